@@ -1,0 +1,235 @@
+//! The ABI shared by Portcullis' eBPF programs (`agent-ebpf`) and its agent.
+//!
+//! Owns: map and program names, the layout of every map key, value and event,
+//! and the limits both sides rely on. It does not own any logic beyond the
+//! pure encodings both sides must agree on (port index, address keys).
+//!
+//! Every struct is `#[repr(C)]` with explicit padding fields so that the bytes
+//! the kernel hashes are the bytes user space wrote. Changing any layout here
+//! means bumping [`LAYOUT_VERSION`]: pinned maps live under a directory named
+//! after it, so an upgraded agent never reads an old map with a new layout.
+#![no_std]
+
+/// Version of every map layout below. Part of the pin path (`v{N}`).
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Map names (the ELF symbol names, and the file names under the pin directory).
+pub mod map_names {
+    /// `Array<u32>`: port index (see [`crate::port_index`]) → segment id (0 = unprotected).
+    pub const PORTS: &str = "PC_PORTS";
+    /// `HashMap<GrantKey, Expiry>`: local identity × segment → expiry.
+    pub const GRANTS: &str = "PC_GRANTS";
+    /// `LpmTrie<PeerKey, Expiry>`: segment × remote source prefix → expiry.
+    pub const PEERS: &str = "PC_PEERS";
+    /// `HashMap<[u8; 16], u32>`: this host's addresses (IPv4 as v4-mapped IPv6).
+    pub const LOCAL_ADDRS: &str = "PC_LOCAL_ADDRS";
+    /// `PerCpuArray<SegmentCounters>`: indexed by segment id.
+    pub const COUNTERS: &str = "PC_COUNTERS";
+    /// `RingBuf` of [`crate::DenyEvent`].
+    pub const DENY_EVENTS: &str = "PC_DENY_EVENTS";
+
+    /// Every pinned map, in a fixed order.
+    pub const ALL: [&str; 6] = [PORTS, GRANTS, PEERS, LOCAL_ADDRS, COUNTERS, DENY_EVENTS];
+}
+
+/// Program names (the Rust function names in `agent-ebpf`).
+pub mod program_names {
+    pub const CONNECT4: &str = "pc_connect4";
+    pub const CONNECT6: &str = "pc_connect6";
+    pub const SENDMSG4: &str = "pc_sendmsg4";
+    pub const SENDMSG6: &str = "pc_sendmsg6";
+}
+
+/// Port-index space: one slot per (protocol, port).
+pub const PORT_SLOTS: u32 = 2 * 65536;
+/// Largest segment id + 1 (ids start at 1; 0 means "no segment").
+pub const MAX_SEGMENTS: u32 = 4096;
+/// Default capacity of the grants map (configurable at load time).
+pub const DEFAULT_MAX_GRANTS: u32 = 262_144;
+/// Default capacity of the peer trie (configurable at load time).
+pub const DEFAULT_MAX_PEERS: u32 = 65_536;
+/// Capacity of the local address map.
+pub const MAX_LOCAL_ADDRS: u32 = 4096;
+/// Size of the deny-event ring buffer in bytes (a power of two, page multiple).
+pub const DENY_RING_BYTES: u32 = 256 * 1024;
+/// Deepest cgroup level whose ancestors the programs walk. systemd nests
+/// services 2-4 levels deep; containers add a few more.
+pub const MAX_CGROUP_DEPTH: i32 = 32;
+
+/// Expiry value meaning "never expires" (standing allows).
+pub const NEVER: u64 = u64::MAX;
+
+/// Transport protocols a segment can protect. Values are the IP protocol numbers.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Proto {
+    Tcp = 6,
+    Udp = 17,
+}
+
+impl Proto {
+    /// From an IP protocol number; `None` for anything a segment cannot protect.
+    #[inline(always)]
+    pub const fn from_ip_proto(n: u32) -> Option<Proto> {
+        match n {
+            6 => Some(Proto::Tcp),
+            17 => Some(Proto::Udp),
+            _ => None,
+        }
+    }
+}
+
+/// Index into [`map_names::PORTS`] for a port in host byte order.
+#[inline(always)]
+pub const fn port_index(proto: Proto, port: u16) -> u32 {
+    let base = match proto {
+        Proto::Tcp => 0,
+        Proto::Udp => 65536,
+    };
+    base + port as u32
+}
+
+/// Identity kinds in a [`GrantKey`].
+pub mod kind {
+    /// `id` is a cgroup v2 id (the cgroup directory's inode number).
+    pub const CGROUP: u32 = 1;
+    /// `id` is a uid.
+    pub const UID: u32 = 2;
+    /// `id` is a gid (the process's primary gid).
+    pub const GID: u32 = 3;
+}
+
+/// Key of [`map_names::GRANTS`]: 16 bytes, no implicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GrantKey {
+    pub kind: u32,
+    pub segment: u32,
+    pub id: u64,
+}
+
+/// Value of [`map_names::GRANTS`] and [`map_names::PEERS`]: when the access ends,
+/// in nanoseconds of CLOCK_BOOTTIME (`bpf_ktime_get_boot_ns`), or [`NEVER`].
+/// An entry is live while `now < at_boot_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expiry {
+    pub at_boot_ns: u64,
+}
+
+/// Data part of an LPM key of [`map_names::PEERS`]: the segment id (big endian,
+/// so it is matched as the first 32 prefix bits) then the source address as
+/// IPv6 (IPv4 as v4-mapped). Prefix length = 32 + address prefix (v4: 96 + n).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    pub segment_be: [u8; 4],
+    pub addr: [u8; 16],
+}
+
+/// Prefix length of a [`PeerKey`] for an IPv6 prefix of `v6_prefix` bits.
+#[inline(always)]
+pub const fn peer_prefix_len(v6_prefix: u32) -> u32 {
+    32 + v6_prefix
+}
+
+/// The v4-mapped IPv6 form of an IPv4 address given as its 4 network-order bytes.
+#[inline(always)]
+pub const fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
+}
+
+/// Per-segment decision counters (per CPU; user space sums them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SegmentCounters {
+    pub allowed: u64,
+    pub denied: u64,
+}
+
+/// Which program made a decision.
+pub mod hook {
+    pub const CONNECT4: u8 = 1;
+    pub const CONNECT6: u8 = 2;
+    pub const SENDMSG4: u8 = 3;
+    pub const SENDMSG6: u8 = 4;
+    pub const SKB_EGRESS: u8 = 5;
+    pub const SKB_INGRESS: u8 = 6;
+    pub const XDP: u8 = 7;
+}
+
+/// A refused connection or packet, sent through [`map_names::DENY_EVENTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DenyEvent {
+    /// CLOCK_BOOTTIME nanoseconds.
+    pub boot_ns: u64,
+    /// The caller's cgroup id (0 for remote peers).
+    pub cgroup_id: u64,
+    pub segment: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Destination port, host byte order.
+    pub port: u16,
+    /// [`Proto`] as its IP protocol number.
+    pub proto: u8,
+    /// One of [`hook`].
+    pub hook: u8,
+    /// Destination address (local hooks) or source address (remote peers), v4-mapped for IPv4.
+    pub addr: [u8; 16],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: each type is #[repr(C)], made only of integers and byte arrays,
+    // with no implicit padding (checked by the layout tests below), so every
+    // bit pattern is valid and no uninitialised byte is ever read.
+    unsafe impl aya::Pod for super::GrantKey {}
+    unsafe impl aya::Pod for super::Expiry {}
+    unsafe impl aya::Pod for super::PeerKey {}
+    unsafe impl aya::Pod for super::SegmentCounters {}
+    unsafe impl aya::Pod for super::DenyEvent {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, size_of};
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<GrantKey>(), 16);
+        assert_eq!(align_of::<GrantKey>(), 8);
+        assert_eq!(size_of::<Expiry>(), 8);
+        assert_eq!(size_of::<PeerKey>(), 20);
+        assert_eq!(size_of::<SegmentCounters>(), 16);
+        // 8 + 8 + 4 * 3 + 2 + 1 + 1 + 16
+        assert_eq!(size_of::<DenyEvent>(), 48);
+    }
+
+    #[test]
+    fn port_index_separates_protocols() {
+        assert_eq!(port_index(Proto::Tcp, 0), 0);
+        assert_eq!(port_index(Proto::Tcp, 65535), 65535);
+        assert_eq!(port_index(Proto::Udp, 0), 65536);
+        assert_eq!(port_index(Proto::Udp, 65535), PORT_SLOTS - 1);
+    }
+
+    #[test]
+    fn v4_mapped_form() {
+        assert_eq!(
+            v4_mapped([127, 0, 0, 1]),
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1]
+        );
+        assert_eq!(peer_prefix_len(96 + 24), 152);
+    }
+
+    #[test]
+    fn proto_numbers() {
+        assert_eq!(Proto::from_ip_proto(6), Some(Proto::Tcp));
+        assert_eq!(Proto::from_ip_proto(17), Some(Proto::Udp));
+        assert_eq!(Proto::from_ip_proto(132), None);
+    }
+}

@@ -1,0 +1,143 @@
+//! `cgroup/connect4,6` and `cgroup/sendmsg4,6`: a local process connecting
+//! (TCP, connected UDP) or sending a datagram (unconnected UDP) to a
+//! protected port on this host gets EPERM unless a live grant covers it.
+//! Destinations that are not this host's are never touched. Minimum kernel:
+//! 4.17 for the hooks, 5.8 for the boot-time clock used by `decide`.
+use agent_common::{hook, v4_mapped, DenyEvent, Proto};
+use aya_ebpf::{
+    helpers::generated::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_uid_gid,
+    },
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
+
+use crate::decide;
+
+const ALLOW: i32 = 1;
+const DENY: i32 = 0;
+
+/// The calling task, as seen from a sock_addr hook.
+struct Caller {
+    uid_gid: u64,
+}
+
+impl decide::LocalSubject for Caller {
+    #[inline(always)]
+    fn uid(&self) -> u32 {
+        self.uid_gid as u32
+    }
+    #[inline(always)]
+    fn gid(&self) -> u32 {
+        (self.uid_gid >> 32) as u32
+    }
+    #[inline(always)]
+    fn ancestor_cgroup(&self, level: i32) -> u64 {
+        // SAFETY: helper with a plain integer argument.
+        unsafe { bpf_get_current_ancestor_cgroup_id(level) }
+    }
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn pc_connect4(ctx: SockAddrContext) -> i32 {
+    on_v4(&ctx, hook::CONNECT4)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn pc_sendmsg4(ctx: SockAddrContext) -> i32 {
+    on_v4(&ctx, hook::SENDMSG4)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn pc_connect6(ctx: SockAddrContext) -> i32 {
+    on_v6(&ctx, hook::CONNECT6)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn pc_sendmsg6(ctx: SockAddrContext) -> i32 {
+    on_v6(&ctx, hook::SENDMSG6)
+}
+
+/// Port (host order) and protocol of the destination, or `None` for
+/// protocols no segment can protect.
+#[inline(always)]
+fn destination(ctx: &SockAddrContext) -> Option<(Proto, u16)> {
+    // SAFETY: `sock_addr` is the context pointer the kernel passed in; these
+    // are 4-byte reads of fields the verifier allows for sock_addr programs.
+    let (port, proto) = unsafe { ((*ctx.sock_addr).user_port, (*ctx.sock_addr).protocol) };
+    Some((Proto::from_ip_proto(proto)?, u16::from_be(port as u16)))
+}
+
+#[inline(always)]
+fn on_v4(ctx: &SockAddrContext, hook: u8) -> i32 {
+    let Some((proto, port)) = destination(ctx) else {
+        return ALLOW;
+    };
+    let segment = decide::segment_of(proto, port);
+    if segment == 0 {
+        return ALLOW;
+    }
+    // SAFETY: as in `destination`.
+    let ip = unsafe { (*ctx.sock_addr).user_ip4 }.to_ne_bytes();
+    if !decide::v4_is_local(ip) {
+        return ALLOW;
+    }
+    verdict(segment, proto, port, v4_mapped(ip), hook)
+}
+
+#[inline(always)]
+fn on_v6(ctx: &SockAddrContext, hook: u8) -> i32 {
+    let Some((proto, port)) = destination(ctx) else {
+        return ALLOW;
+    };
+    let segment = decide::segment_of(proto, port);
+    if segment == 0 {
+        return ALLOW;
+    }
+    // SAFETY: as in `destination`; four aligned 4-byte reads.
+    let w = unsafe {
+        let a = &(*ctx.sock_addr).user_ip6;
+        [a[0], a[1], a[2], a[3]]
+    };
+    let mut ip = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let b = w[i].to_ne_bytes();
+        ip[i * 4] = b[0];
+        ip[i * 4 + 1] = b[1];
+        ip[i * 4 + 2] = b[2];
+        ip[i * 4 + 3] = b[3];
+        i += 1;
+    }
+    if !decide::v6_is_local(ip) {
+        return ALLOW;
+    }
+    verdict(segment, proto, port, ip, hook)
+}
+
+#[inline(always)]
+fn verdict(segment: u32, proto: Proto, port: u16, addr: [u8; 16], hook: u8) -> i32 {
+    // SAFETY: helper without arguments.
+    let caller = Caller {
+        uid_gid: unsafe { bpf_get_current_uid_gid() },
+    };
+    let now = decide::now();
+    if decide::local_allowed(segment, &caller, now) {
+        decide::count(segment, true);
+        return ALLOW;
+    }
+    decide::count(segment, false);
+    decide::report_deny(&DenyEvent {
+        boot_ns: now,
+        // SAFETY: helper without arguments.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        segment,
+        uid: decide::LocalSubject::uid(&caller),
+        gid: decide::LocalSubject::gid(&caller),
+        port,
+        proto: proto as u8,
+        hook,
+        addr,
+    });
+    DENY
+}

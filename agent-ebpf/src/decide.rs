@@ -1,0 +1,151 @@
+//! The one policy question, answered in one place for every hook:
+//! "may this subject reach this protected port now?"
+//!
+//! Two steps: port → segment id (an array load), then identity × segment →
+//! expiry (hash lookups: uid, gid, then the caller's cgroup and each of its
+//! ancestors). An entry counts only while the boot-time clock is below its
+//! expiry, so a grant stops working at its instant with no help from user
+//! space. Minimum kernel: 5.8 (`bpf_ktime_get_boot_ns`).
+use agent_common::{kind, port_index, DenyEvent, GrantKey, Proto, MAX_CGROUP_DEPTH};
+use aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns;
+
+use crate::maps::{COUNTERS, DENY_EVENTS, GRANTS, LOCAL_ADDRS, PORTS};
+
+/// What a hook can tell about the local process behind a connection.
+pub trait LocalSubject {
+    fn uid(&self) -> u32;
+    fn gid(&self) -> u32;
+    /// The id of the caller's cgroup ancestor at `level` (0 = root), or 0
+    /// past the caller's own level.
+    fn ancestor_cgroup(&self, level: i32) -> u64;
+}
+
+/// The segment protecting `port`, or 0 when the port is in no segment.
+#[inline(always)]
+pub fn segment_of(proto: Proto, port: u16) -> u32 {
+    PORTS.get(port_index(proto, port)).copied().unwrap_or(0)
+}
+
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: a helper without arguments, available to every program type.
+    unsafe { bpf_ktime_get_boot_ns() }
+}
+
+#[inline(always)]
+fn live(key: &GrantKey, now: u64) -> bool {
+    match GRANTS.get_ptr(key) {
+        // SAFETY: the pointer comes from a successful lookup and points to an
+        // 8-byte value inside the map; a concurrent update can only replace
+        // it with another valid u64.
+        Some(v) => (unsafe { (*v).at_boot_ns }) > now,
+        None => false,
+    }
+}
+
+/// True when a live grant on `segment` covers the subject's uid, primary
+/// gid, cgroup or one of its ancestors.
+#[inline(always)]
+pub fn local_allowed<S: LocalSubject>(segment: u32, subject: &S, now: u64) -> bool {
+    let uid = GrantKey {
+        kind: kind::UID,
+        segment,
+        id: subject.uid() as u64,
+    };
+    if live(&uid, now) {
+        return true;
+    }
+    let gid = GrantKey {
+        kind: kind::GID,
+        segment,
+        id: subject.gid() as u64,
+    };
+    if live(&gid, now) {
+        return true;
+    }
+    let mut level = 0;
+    while level < MAX_CGROUP_DEPTH {
+        let id = subject.ancestor_cgroup(level);
+        if id == 0 {
+            break;
+        }
+        if live(
+            &GrantKey {
+                kind: kind::CGROUP,
+                segment,
+                id,
+            },
+            now,
+        ) {
+            return true;
+        }
+        level += 1;
+    }
+    false
+}
+
+/// Whether an IPv4 address (network-order bytes) belongs to this host.
+/// 0.0.0.0 counts: connecting to it reaches the local host.
+#[inline(always)]
+pub fn v4_is_local(addr: [u8; 4]) -> bool {
+    if addr[0] == 127 || addr == [0, 0, 0, 0] {
+        return true;
+    }
+    LOCAL_ADDRS
+        .get_ptr(&agent_common::v4_mapped(addr))
+        .is_some()
+}
+
+/// Whether an IPv6 address (network-order bytes) belongs to this host,
+/// including `::`, `::1` and v4-mapped forms of local IPv4 addresses.
+#[inline(always)]
+pub fn v6_is_local(addr: [u8; 16]) -> bool {
+    let head_zero = addr[0]
+        | addr[1]
+        | addr[2]
+        | addr[3]
+        | addr[4]
+        | addr[5]
+        | addr[6]
+        | addr[7]
+        | addr[8]
+        | addr[9]
+        == 0;
+    if head_zero && addr[10] == 0xff && addr[11] == 0xff {
+        return v4_is_local([addr[12], addr[13], addr[14], addr[15]]);
+    }
+    if head_zero
+        && addr[10] == 0
+        && addr[11] == 0
+        && addr[12] == 0
+        && addr[13] == 0
+        && addr[14] == 0
+    {
+        // `::` or `::1`
+        if addr[15] <= 1 {
+            return true;
+        }
+    }
+    LOCAL_ADDRS.get_ptr(&addr).is_some()
+}
+
+#[inline(always)]
+pub fn count(segment: u32, allowed: bool) {
+    if let Some(c) = COUNTERS.get_ptr_mut(segment) {
+        // SAFETY: per-CPU slot of this CPU; programs do not migrate while running.
+        unsafe {
+            if allowed {
+                (*c).allowed += 1;
+            } else {
+                (*c).denied += 1;
+            }
+        }
+    }
+}
+
+/// Reports a refusal to the agent. Dropped silently when the ring is full;
+/// the counters still record it.
+#[inline(always)]
+pub fn report_deny(event: &DenyEvent) {
+    let _ = DENY_EVENTS.output::<DenyEvent>(event, 0);
+}

@@ -1,0 +1,31 @@
+//! Portcullis' kernel programs.
+//!
+//! Layout: [`maps`] declares every map (layouts from `agent-common`);
+//! [`decide`] answers the one policy question every hook asks; each hook
+//! file (`connect.rs`, ...) is a thin entry point that reads its context and
+//! calls `decide`. On the host this crate compiles to an empty program so the
+//! workspace builds and tests with a plain `cargo`.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod connect;
+#[cfg(target_arch = "bpf")]
+mod decide;
+#[cfg(target_arch = "bpf")]
+mod maps;
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any reachable panic path, so this is never called.
+    loop {}
+}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

@@ -1,0 +1,42 @@
+//! Every map the programs use. Names, key and value layouts and sizes come
+//! from `agent-common`; the agent pins each map by name and may override the
+//! sizes of the grant and peer maps at load time.
+use agent_common::{
+    DenyEvent, Expiry, GrantKey, PeerKey, SegmentCounters, DEFAULT_MAX_GRANTS, DEFAULT_MAX_PEERS,
+    DENY_RING_BYTES, MAX_LOCAL_ADDRS, MAX_SEGMENTS, PORT_SLOTS,
+};
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+};
+
+/// Port index → segment id. An array: one bounds check and one load.
+#[map(name = "PC_PORTS")]
+pub static PORTS: Array<u32> = Array::with_max_entries(PORT_SLOTS, 0);
+
+/// Local identity × segment → expiry. Not preallocated: memory follows use.
+#[map(name = "PC_GRANTS")]
+pub static GRANTS: HashMap<GrantKey, Expiry> =
+    HashMap::with_max_entries(DEFAULT_MAX_GRANTS, BPF_F_NO_PREALLOC);
+
+/// Segment × remote source prefix → expiry (used by the XDP program).
+#[map(name = "PC_PEERS")]
+pub static PEERS: LpmTrie<PeerKey, Expiry> =
+    LpmTrie::with_max_entries(DEFAULT_MAX_PEERS, BPF_F_NO_PREALLOC);
+
+/// This host's addresses, IPv4 as v4-mapped IPv6. Kept current by the agent.
+#[map(name = "PC_LOCAL_ADDRS")]
+pub static LOCAL_ADDRS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(MAX_LOCAL_ADDRS, 0);
+
+/// Per-segment allowed/denied counts.
+#[map(name = "PC_COUNTERS")]
+pub static COUNTERS: PerCpuArray<SegmentCounters> = PerCpuArray::with_max_entries(MAX_SEGMENTS, 0);
+
+/// Deny events for the agent's deny log.
+#[map(name = "PC_DENY_EVENTS")]
+pub static DENY_EVENTS: RingBuf = RingBuf::with_byte_size(DENY_RING_BYTES, 0);
+
+/// Keeps the event type in the object's BTF for tools like bpftool.
+#[allow(dead_code)]
+pub const _EVENT: Option<DenyEvent> = None;

@@ -1,0 +1,778 @@
+//! The agent's state and every operation on it: applying a policy, granting,
+//! revoking, expiring, and answering `list` and `status`.
+//!
+//! Owns the policy in force, the grants, the segment ids, and the ledger of
+//! what each source opened. Every change goes the same way: decide, audit,
+//! update the ledger, apply its changes to the kernel, save state. The
+//! runtime (`server`) owns sockets, timers and signals and calls in here.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
+
+use agent_common::{Proto, MAX_SEGMENTS, NEVER};
+use serde_json::{json, Map, Value};
+use tracing::{info, warn};
+
+use crate::{
+    audit::AuditLog,
+    clock,
+    control::{
+        AllowView, GrantView, ListView, PeerCred, Refusal, RefusalCode, ReloadView, Reply,
+        SegmentStatus, StatusView,
+    },
+    dataplane::Dataplane,
+    identity::{parse_ttl, Identity, Protocol},
+    ledger::{Change, Ledger, Source},
+    policy::{Policy, Segment},
+    resolve::Resolver,
+    state::{self, Actor, Grant, Loaded, Saved},
+};
+
+/// Where the agent keeps what it must remember.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    pub state_dir: PathBuf,
+}
+
+pub struct Agent {
+    policy: Policy,
+    segment_ids: BTreeMap<String, u32>,
+    grants: BTreeMap<u64, Grant>,
+    next_id: u64,
+    ledger: Ledger,
+    /// Port → segment id as written to the kernel.
+    ports: BTreeMap<(Proto, u16), u32>,
+    /// Standing allows that do not resolve right now, with why.
+    unresolved: BTreeMap<(String, String), String>,
+    local_addresses: usize,
+    last_reload: Option<ReloadView>,
+    boot_id: String,
+    paths: Paths,
+    pub dataplane: Dataplane,
+    pub resolver: Resolver,
+    pub audit: AuditLog,
+}
+
+fn proto_of(p: Protocol) -> Proto {
+    match p {
+        Protocol::Tcp => Proto::Tcp,
+        Protocol::Udp => Proto::Udp,
+    }
+}
+
+fn refuse(code: RefusalCode, msg: impl Into<String>) -> Refusal {
+    Refusal::new(code, msg)
+}
+
+fn obj(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+fn actor_json(a: &Actor) -> Value {
+    json!({"uid": a.uid, "user": a.user, "pid": a.pid})
+}
+
+impl Agent {
+    /// Takes over the kernel state left by a previous run (if any), restores
+    /// saved grants that are still live, and applies `policy`.
+    pub fn start(
+        policy: Policy,
+        dataplane: Dataplane,
+        resolver: Resolver,
+        audit: AuditLog,
+        paths: Paths,
+    ) -> anyhow::Result<Self> {
+        let ports: BTreeMap<(Proto, u16), u32> = dataplane
+            .read_ports()?
+            .into_iter()
+            .map(|(p, port, s)| ((p, port), s))
+            .collect();
+        let mut agent = Self {
+            policy: Policy {
+                segments: BTreeMap::new(),
+                files: Vec::new(),
+                digest: String::new(),
+            },
+            segment_ids: BTreeMap::new(),
+            grants: BTreeMap::new(),
+            next_id: 1,
+            ledger: Ledger::new(),
+            ports,
+            unresolved: BTreeMap::new(),
+            local_addresses: 0,
+            last_reload: None,
+            boot_id: state::boot_id(),
+            paths,
+            dataplane,
+            resolver,
+            audit,
+        };
+        let mut restored = Vec::new();
+        match state::load(&agent.paths.state_dir)? {
+            Loaded::Fresh => {}
+            Loaded::Ok(saved) => {
+                agent.next_id = saved.next_id.max(1);
+                agent.segment_ids = saved.segment_ids;
+                restored = saved.grants;
+            }
+            Loaded::Corrupt { why, moved_to } => {
+                warn!(%why, moved_to = %moved_to.display(), "state file unreadable; set aside, starting from the kernel maps and policy");
+                let _ = agent.audit.record(
+                    "state_corrupt",
+                    obj(json!({"why": why, "moved_to": moved_to.display().to_string()})),
+                );
+            }
+        }
+        // The previous run's entries: known to the kernel, not (yet) to this
+        // ledger. Everything the new ledger does not claim is deleted once the
+        // policy and grants are applied, never before.
+        let kernel_before = agent.dataplane.read_grants()?;
+        let peers_before = agent.dataplane.read_peers()?;
+
+        agent.apply_policy(policy)?;
+        let now = clock::boot_ns();
+        for g in restored {
+            let deadline = g.deadline(&agent.boot_id);
+            if deadline <= now || !agent.policy.segments.contains_key(&g.segment) {
+                continue;
+            }
+            let id = g.id;
+            let Some(&seg) = agent.segment_ids.get(&g.segment) else {
+                continue;
+            };
+            match agent.resolver.keys(&g.identity, seg) {
+                Ok(keys) => {
+                    let changes = agent.ledger.set(Source::Grant(id), &keys, deadline);
+                    agent.apply_changes(&changes)?;
+                }
+                Err(e) => {
+                    warn!(grant = id, error = %e, "restored grant does not resolve now; kept, retried later")
+                }
+            }
+            agent.grants.insert(
+                id,
+                Grant {
+                    expires_boot_ns: deadline,
+                    boot_id: agent.boot_id.clone(),
+                    ..g
+                },
+            );
+            agent.next_id = agent.next_id.max(id + 1);
+        }
+        // Sweep what no source claims any more.
+        let mut stale = Vec::new();
+        for (key, _) in kernel_before {
+            let k = crate::ledger::EntryKey::Local(key);
+            if agent.ledger.value(&k).is_none() {
+                stale.push(Change::Delete(k));
+            }
+        }
+        for p in peers_before {
+            let k = crate::ledger::EntryKey::Peer {
+                segment: p.segment,
+                addr: p.addr,
+                prefix: p.prefix,
+            };
+            if agent.ledger.value(&k).is_none() {
+                stale.push(Change::Delete(k));
+            }
+        }
+        agent.apply_changes(&stale)?;
+        agent.save();
+        Ok(agent)
+    }
+
+    fn apply_changes(
+        &mut self,
+        changes: &[Change],
+    ) -> Result<(), crate::dataplane::DataplaneError> {
+        self.dataplane.apply(changes)
+    }
+
+    fn save(&self) {
+        let saved = Saved {
+            format: 0,
+            next_id: self.next_id,
+            segment_ids: self.segment_ids.clone(),
+            grants: self.grants.values().cloned().collect(),
+        };
+        if let Err(e) = state::save(&self.paths.state_dir, &saved) {
+            warn!(error = %e, "could not save state; grants stay enforced in the kernel");
+        }
+    }
+
+    fn segment_id(&mut self, name: &str) -> anyhow::Result<u32> {
+        if let Some(id) = self.segment_ids.get(name) {
+            return Ok(*id);
+        }
+        let used: BTreeSet<u32> = self.segment_ids.values().copied().collect();
+        let id = (1..MAX_SEGMENTS)
+            .find(|i| !used.contains(i))
+            .ok_or_else(|| anyhow::anyhow!("more than {} segments", MAX_SEGMENTS - 1))?;
+        self.segment_ids.insert(name.to_string(), id);
+        Ok(id)
+    }
+
+    /// Applies a validated policy as a diff against what is in force: new
+    /// allows first, then ports, then removals, so that anything allowed by
+    /// both the old and the new policy is never refused in between.
+    pub fn apply_policy(&mut self, policy: Policy) -> anyhow::Result<()> {
+        // 1. Segment ids for new segments.
+        for name in policy.segments.keys() {
+            self.segment_id(name)?;
+        }
+        // 2. Standing allows of the new policy.
+        let mut wanted: BTreeSet<Source> = BTreeSet::new();
+        self.unresolved.clear();
+        for seg in policy.segments.values() {
+            let id = self.segment_ids[&seg.name];
+            for identity in &seg.allow {
+                let source = Source::Standing {
+                    segment: seg.name.clone(),
+                    identity: identity.to_string(),
+                };
+                match self.resolver.keys(identity, id) {
+                    Ok(keys) => {
+                        let changes = self.ledger.set(source.clone(), &keys, NEVER);
+                        self.apply_changes(&changes)?;
+                    }
+                    Err(e) => {
+                        // Not there yet (a unit that has not started): keep whatever it
+                        // had, retry at the next refresh.
+                        self.unresolved
+                            .insert((seg.name.clone(), identity.to_string()), e.to_string());
+                    }
+                }
+                wanted.insert(source);
+            }
+        }
+        // 3. Ports.
+        let mut desired: BTreeMap<(Proto, u16), u32> = BTreeMap::new();
+        for seg in policy.segments.values() {
+            let id = self.segment_ids[&seg.name];
+            for range in &seg.ports {
+                for port in range.ports() {
+                    desired.insert((proto_of(range.proto), port), id);
+                }
+            }
+        }
+        for (&(proto, port), &id) in &desired {
+            if self.ports.get(&(proto, port)) != Some(&id) {
+                self.dataplane.set_port(proto, port, id)?;
+            }
+        }
+        let removed: Vec<(Proto, u16)> = self
+            .ports
+            .keys()
+            .filter(|k| !desired.contains_key(k))
+            .copied()
+            .collect();
+        for (proto, port) in removed {
+            self.dataplane.set_port(proto, port, 0)?;
+        }
+        self.ports = desired;
+        // 4. Standing allows and grants that are gone.
+        let stale: Vec<Source> = self
+            .ledger
+            .sources()
+            .filter_map(|(s, _)| match s {
+                Source::Standing { .. } if !wanted.contains(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect();
+        for s in stale {
+            let changes = self.ledger.remove(&s);
+            self.apply_changes(&changes)?;
+        }
+        let orphaned: Vec<u64> = self
+            .grants
+            .values()
+            .filter(|g| !policy.segments.contains_key(&g.segment))
+            .map(|g| g.id)
+            .collect();
+        for id in orphaned {
+            let changes = self.ledger.remove(&Source::Grant(id));
+            self.apply_changes(&changes)?;
+            if let Some(g) = self.grants.remove(&id) {
+                let _ = self.audit.record(
+                    "revoke",
+                    obj(json!({"grant_id": id, "segment": g.segment, "identity": g.identity.to_string(),
+                        "actor": actor_json(&Actor::agent()), "why": "segment removed from policy"})),
+                );
+            }
+        }
+        // Segment ids of removed segments are kept only while nothing uses them.
+        self.segment_ids
+            .retain(|name, _| policy.segments.contains_key(name));
+        self.policy = policy;
+        self.save();
+        Ok(())
+    }
+
+    /// Records a reload attempt's outcome for `status`.
+    pub fn note_reload(&mut self, ok: bool, errors: Vec<String>) {
+        self.last_reload = Some(ReloadView {
+            at: clock::rfc3339(SystemTime::now()),
+            ok,
+            errors,
+        });
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn set_local_address_count(&mut self, n: usize) {
+        self.local_addresses = n;
+    }
+
+    fn segment(&self, name: &str) -> Result<&Segment, Refusal> {
+        self.policy.segments.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.policy.segments.keys().map(String::as_str).collect();
+            refuse(
+                RefusalCode::NotFound,
+                format!(
+                    "unknown segment {name:?}; segments in force: {}",
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            )
+        })
+    }
+
+    /// Whether `cred` may grant and revoke on `segment`: root, or an approver.
+    fn may_administer(&self, cred: &PeerCred, segment: &Segment) -> bool {
+        cred.uid == 0
+            || segment
+                .jit
+                .as_ref()
+                .is_some_and(|j| j.approvers.iter().any(|a| credential_matches(a, cred)))
+    }
+
+    pub fn grant(
+        &mut self,
+        cred: &PeerCred,
+        segment: &str,
+        identity: &str,
+        ttl: Option<&str>,
+        reason: Option<&str>,
+    ) -> Result<Reply, Refusal> {
+        let identity: Identity = identity
+            .parse()
+            .map_err(|e| refuse(RefusalCode::Invalid, format!("identity {identity:?}: {e}")))?;
+        let seg = self.segment(segment)?.clone();
+        if !self.may_administer(cred, &seg) {
+            return Err(self.refused(
+                cred,
+                "grant",
+                &seg.name,
+                format!(
+                    "uid {} may not grant on segment {}: only root and the segment's approvers may",
+                    cred.uid, seg.name
+                ),
+            ));
+        }
+        let Some(jit) = seg.jit.as_ref() else {
+            return Err(refuse(
+                RefusalCode::Invalid,
+                format!("segment {} has no [segment.{}.jit] table, so it takes no grants; add one to its policy", seg.name, seg.name),
+            ));
+        };
+        let ttl = match ttl {
+            Some(t) => {
+                parse_ttl(t).map_err(|e| refuse(RefusalCode::Invalid, format!("TTL {t:?}: {e}")))?
+            }
+            None => jit.default_ttl,
+        };
+        if ttl > jit.max_ttl {
+            return Err(refuse(
+                RefusalCode::Invalid,
+                format!(
+                    "TTL {} is longer than segment {}'s max_ttl of {}",
+                    clock::human(ttl),
+                    seg.name,
+                    clock::human(jit.max_ttl)
+                ),
+            ));
+        }
+        let reason = reason.map(str::trim).filter(|r| !r.is_empty());
+        if jit.require_reason && reason.is_none() {
+            return Err(refuse(
+                RefusalCode::Invalid,
+                format!("segment {} requires a reason (--reason TEXT)", seg.name),
+            ));
+        }
+        let seg_id = self.segment_ids[&seg.name];
+        let keys = self
+            .resolver
+            .keys(&identity, seg_id)
+            .map_err(|e| refuse(RefusalCode::Invalid, format!("{identity}: {e}")))?;
+        let id = self.next_id;
+        let actor = Actor::from_uid(cred.uid, cred.pid);
+        let now_wall = SystemTime::now();
+        let deadline = clock::deadline_after(ttl);
+        let grant = Grant {
+            id,
+            segment: seg.name.clone(),
+            identity: identity.clone(),
+            created_unix_ms: state::unix_ms(now_wall),
+            expires_unix_ms: state::unix_ms(now_wall + ttl),
+            expires_boot_ns: deadline,
+            boot_id: self.boot_id.clone(),
+            actor: actor.clone(),
+            reason: reason.map(str::to_string),
+        };
+        // Audit first: a grant that cannot be recorded is not made.
+        self.audit
+            .record("grant", self.grant_fields(&grant, ttl))
+            .map_err(|e| refuse(RefusalCode::Unavailable, format!("grant refused: the audit log cannot be written ({e}); revocations still work")))?;
+        let changes = self.ledger.set(Source::Grant(id), &keys, deadline);
+        if let Err(e) = self.dataplane.apply(&changes) {
+            // Undo whatever part was written; nothing stays half-applied.
+            let undo = self.ledger.remove(&Source::Grant(id));
+            let _ = self.dataplane.apply(&undo);
+            let _ = self.audit.record(
+                "grant_failed",
+                obj(json!({"grant_id": id, "error": e.to_string()})),
+            );
+            return Err(refuse(
+                RefusalCode::Unavailable,
+                format!("grant refused: {e}"),
+            ));
+        }
+        self.next_id += 1;
+        self.grants.insert(id, grant.clone());
+        self.save();
+        info!(grant = id, segment = %seg.name, %identity, ttl = %clock::human(ttl), actor = %actor, "granted");
+        Ok(Reply::Granted {
+            grant: self.view(&grant),
+        })
+    }
+
+    fn grant_fields(&self, g: &Grant, ttl: Duration) -> Map<String, Value> {
+        obj(json!({
+            "grant_id": g.id,
+            "segment": g.segment,
+            "identity": g.identity.to_string(),
+            "ports": self.ports_of(&g.segment),
+            "ttl_secs": ttl.as_secs(),
+            "expires_at": clock::rfc3339(clock::wall_of(g.expires_boot_ns)),
+            "reason": g.reason,
+            "actor": actor_json(&g.actor),
+        }))
+    }
+
+    /// Records a refused command and builds its refusal.
+    fn refused(&mut self, cred: &PeerCred, op: &str, segment: &str, why: String) -> Refusal {
+        let actor = Actor::from_uid(cred.uid, cred.pid);
+        let _ = self.audit.record(
+            "refused",
+            obj(json!({"op": op, "segment": segment, "actor": actor_json(&actor), "why": why})),
+        );
+        refuse(RefusalCode::Forbidden, why)
+    }
+
+    /// Revokes by id, by identity (optionally on one segment), or a whole segment.
+    pub fn revoke(
+        &mut self,
+        cred: &PeerCred,
+        id: Option<u64>,
+        identity: Option<&str>,
+        segment: Option<&str>,
+    ) -> Result<(Reply, Vec<Grant>), Refusal> {
+        let identity: Option<Identity> = identity
+            .map(|i| {
+                i.parse()
+                    .map_err(|e| refuse(RefusalCode::Invalid, format!("identity {i:?}: {e}")))
+            })
+            .transpose()?;
+        if let Some(s) = segment {
+            self.segment(s)?;
+        }
+        let selected: Vec<u64> = match (id, &identity, segment) {
+            (Some(id), None, None) => {
+                if !self.grants.contains_key(&id) {
+                    return Err(refuse(
+                        RefusalCode::NotFound,
+                        format!("no live grant with id {id} (see `portcullis list`)"),
+                    ));
+                }
+                vec![id]
+            }
+            (None, Some(_), _) | (None, None, Some(_)) => self
+                .grants
+                .values()
+                .filter(|g| identity.as_ref().is_none_or(|i| &g.identity == i))
+                .filter(|g| segment.is_none_or(|s| g.segment == s))
+                .map(|g| g.id)
+                .collect(),
+            _ => {
+                return Err(refuse(
+                    RefusalCode::BadRequest,
+                    "revoke takes a grant id, or --identity [--segment], or --segment",
+                ))
+            }
+        };
+        // Authorize every grant before touching any.
+        for gid in &selected {
+            let g = &self.grants[gid];
+            let seg = self.policy.segments.get(&g.segment);
+            let own = credential_matches(&g.identity, cred)
+                && matches!(g.identity, Identity::User(_) | Identity::Uid(_));
+            if !(own || seg.is_some_and(|s| self.may_administer(cred, s)) || cred.uid == 0) {
+                let why = format!("uid {} may not revoke grant {} on segment {}: only root, the segment's approvers and the grantee may", cred.uid, gid, g.segment);
+                let seg_name = g.segment.clone();
+                return Err(self.refused(cred, "revoke", &seg_name, why));
+            }
+        }
+        let actor = Actor::from_uid(cred.uid, cred.pid);
+        let mut revoked = Vec::new();
+        for gid in selected {
+            // Revocation happens even when the audit log cannot be written.
+            let changes = self.ledger.remove(&Source::Grant(gid));
+            if let Err(e) = self.dataplane.apply(&changes) {
+                return Err(refuse(
+                    RefusalCode::Internal,
+                    format!("revoking grant {gid} failed: {e}"),
+                ));
+            }
+            let g = self.grants.remove(&gid).expect("selected from grants");
+            if let Err(e) = self.audit.record(
+                "revoke",
+                obj(json!({"grant_id": gid, "segment": g.segment, "identity": g.identity.to_string(),
+                    "ports": self.ports_of(&g.segment), "actor": actor_json(&actor)})),
+            ) {
+                warn!(grant = gid, error = %e, "revoked, but the audit record could not be written");
+            }
+            info!(grant = gid, segment = %g.segment, identity = %g.identity, actor = %actor, "revoked");
+            revoked.push(g);
+        }
+        self.save();
+        let views = revoked.iter().map(|g| self.view(g)).collect();
+        Ok((Reply::Revoked { grants: views }, revoked))
+    }
+
+    /// Forgets grants whose deadline has passed (the kernel already stopped
+    /// honouring them at that instant) and returns them.
+    pub fn expire(&mut self) -> Vec<Grant> {
+        let now = clock::boot_ns();
+        let due: Vec<u64> = self
+            .grants
+            .values()
+            .filter(|g| g.expires_boot_ns <= now)
+            .map(|g| g.id)
+            .collect();
+        let mut out = Vec::new();
+        for id in due {
+            let changes = self.ledger.remove(&Source::Grant(id));
+            if let Err(e) = self.dataplane.apply(&changes) {
+                warn!(grant = id, error = %e, "cleaning up an expired grant failed; the kernel ignores it anyway");
+            }
+            let g = self.grants.remove(&id).expect("listed above");
+            let _ = self.audit.record(
+                "expire",
+                obj(
+                    json!({"grant_id": id, "segment": g.segment, "identity": g.identity.to_string(),
+                    "expired_at": clock::rfc3339(clock::wall_of(g.expires_boot_ns)),
+                    "cleaned_at": clock::rfc3339(SystemTime::now())}),
+                ),
+            );
+            info!(grant = id, segment = %g.segment, identity = %g.identity, "expired");
+            out.push(g);
+        }
+        if !out.is_empty() {
+            self.save();
+        }
+        out
+    }
+
+    /// The earliest grant deadline, for the expiry timer.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.grants.values().map(|g| g.expires_boot_ns).min()
+    }
+
+    /// Re-resolves identities that live in the cgroup tree (units restart
+    /// with new cgroup ids) and standing allows that did not resolve before.
+    pub fn refresh_identities(&mut self) -> Result<(), crate::dataplane::DataplaneError> {
+        let segments: Vec<Segment> = self.policy.segments.values().cloned().collect();
+        for seg in segments {
+            let id = self.segment_ids[&seg.name];
+            for identity in seg
+                .allow
+                .iter()
+                .filter(|i| matches!(i, Identity::Unit(_) | Identity::Cgroup(_)))
+            {
+                let source = Source::Standing {
+                    segment: seg.name.clone(),
+                    identity: identity.to_string(),
+                };
+                let slot = (seg.name.clone(), identity.to_string());
+                match self.resolver.keys(identity, id) {
+                    Ok(keys) => {
+                        let changes = self.ledger.set(source, &keys, NEVER);
+                        self.apply_changes(&changes)?;
+                        self.unresolved.remove(&slot);
+                    }
+                    Err(e) => {
+                        let changes = self.ledger.set(source, &[], NEVER);
+                        self.apply_changes(&changes)?;
+                        self.unresolved.insert(slot, e.to_string());
+                    }
+                }
+            }
+        }
+        let grants: Vec<(u64, Identity, String, u64)> = self
+            .grants
+            .values()
+            .filter(|g| matches!(g.identity, Identity::Unit(_) | Identity::Cgroup(_)))
+            .map(|g| {
+                (
+                    g.id,
+                    g.identity.clone(),
+                    g.segment.clone(),
+                    g.expires_boot_ns,
+                )
+            })
+            .collect();
+        for (gid, identity, segment, deadline) in grants {
+            let seg_id = self.segment_ids[&segment];
+            let keys = self.resolver.keys(&identity, seg_id).unwrap_or_default();
+            let changes = self.ledger.set(Source::Grant(gid), &keys, deadline);
+            self.apply_changes(&changes)?;
+        }
+        Ok(())
+    }
+
+    fn ports_of(&self, segment: &str) -> Vec<String> {
+        self.policy
+            .segments
+            .get(segment)
+            .map(|s| s.ports.iter().map(ToString::to_string).collect())
+            .unwrap_or_default()
+    }
+
+    fn view(&self, g: &Grant) -> GrantView {
+        GrantView {
+            id: g.id,
+            segment: g.segment.clone(),
+            identity: g.identity.to_string(),
+            ports: self.ports_of(&g.segment),
+            created_at: clock::rfc3339(
+                SystemTime::UNIX_EPOCH + Duration::from_millis(g.created_unix_ms),
+            ),
+            expires_at: clock::rfc3339(clock::wall_of(g.expires_boot_ns)),
+            remaining_secs: clock::remaining(g.expires_boot_ns).as_secs(),
+            actor: g.actor.to_string(),
+            reason: g.reason.clone(),
+        }
+    }
+
+    pub fn list(&self) -> Reply {
+        let mut standing = Vec::new();
+        for seg in self.policy.segments.values() {
+            for identity in &seg.allow {
+                standing.push(AllowView {
+                    segment: seg.name.clone(),
+                    identity: identity.to_string(),
+                    ports: self.ports_of(&seg.name),
+                    unresolved: self
+                        .unresolved
+                        .get(&(seg.name.clone(), identity.to_string()))
+                        .cloned(),
+                });
+            }
+        }
+        let grants = self.grants.values().map(|g| self.view(g)).collect();
+        Reply::List(ListView { standing, grants })
+    }
+
+    pub fn status(&self) -> Reply {
+        let segments = self
+            .policy
+            .segments
+            .values()
+            .map(|s| {
+                let id = self.segment_ids[&s.name];
+                let c = self.dataplane.counters(id).unwrap_or_default();
+                SegmentStatus {
+                    name: s.name.clone(),
+                    id,
+                    ports: self.ports_of(&s.name),
+                    allowed: c.allowed,
+                    denied: c.denied,
+                }
+            })
+            .collect();
+        let (grant_capacity, peer_capacity) = self.dataplane.capacity();
+        Reply::Status(Box::new(StatusView {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            cgroup: self.dataplane.cgroup().display().to_string(),
+            pin_dir: self.dataplane.pin_dir().display().to_string(),
+            programs: self
+                .dataplane
+                .programs()
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
+            policy_digest: self.policy.digest.clone(),
+            policy_files: self
+                .policy
+                .files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect(),
+            segments,
+            grants: self.grants.len(),
+            grant_entries: self.ledger.len(),
+            grant_capacity,
+            peer_capacity,
+            local_addresses: self.local_addresses,
+            last_reload: self.last_reload.clone(),
+        }))
+    }
+}
+
+/// Whether the process behind `cred` is `identity` (for user/uid/group/gid
+/// identities; group membership includes supplementary groups).
+pub fn credential_matches(identity: &Identity, cred: &PeerCred) -> bool {
+    use nix::unistd::{Gid, Group, Uid, User};
+    match identity {
+        Identity::Uid(u) => *u == cred.uid,
+        Identity::User(name) => User::from_name(name)
+            .ok()
+            .flatten()
+            .is_some_and(|u| u.uid.as_raw() == cred.uid),
+        Identity::Gid(_) | Identity::Group(_) => {
+            let gid = match identity {
+                Identity::Gid(g) => Some(*g),
+                Identity::Group(name) => Group::from_name(name)
+                    .ok()
+                    .flatten()
+                    .map(|g| g.gid.as_raw()),
+                _ => None,
+            };
+            let Some(gid) = gid else { return false };
+            if cred.gid == gid {
+                return true;
+            }
+            let Some(user) = User::from_uid(Uid::from_raw(cred.uid)).ok().flatten() else {
+                return false;
+            };
+            let Ok(name) = std::ffi::CString::new(user.name) else {
+                return false;
+            };
+            nix::unistd::getgrouplist(&name, user.gid)
+                .map(|gs| gs.contains(&Gid::from_raw(gid)))
+                .unwrap_or(false)
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,278 @@
+//! The control socket: the protocol between the CLI and the agent, and both
+//! ends of the connection.
+//!
+//! One request per connection: the client writes one JSON object and a
+//! newline, the agent answers with one JSON object and a newline. Who is
+//! asking comes from the socket's peer credentials (SO_PEERCRED), never from
+//! the request. Owns framing, limits and connection errors; the meaning of
+//! each request lives in `agent`.
+use std::{
+    io::{self, BufRead, BufReader, Read, Write},
+    os::unix::net::UnixStream as StdUnixStream,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// Default socket path; `--socket` or `PORTCULLIS_SOCKET` override it.
+pub const DEFAULT_SOCKET: &str = "/run/portcullis/control.sock";
+/// Largest request or response line accepted.
+pub const MAX_LINE: usize = 1 << 20;
+/// How long either side waits for the other.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a client asks for.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Open `segment` to `identity` for `ttl` (humantime text; the segment's default when absent).
+    Grant {
+        segment: String,
+        identity: String,
+        #[serde(default)]
+        ttl: Option<String>,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// Revoke one grant by id, or every grant of an identity (optionally on one
+    /// segment), or every grant on a segment.
+    Revoke {
+        #[serde(default)]
+        id: Option<u64>,
+        #[serde(default)]
+        identity: Option<String>,
+        #[serde(default)]
+        segment: Option<String>,
+    },
+    // Empty struct variants, not unit variants, so that unknown fields are refused.
+    List {},
+    Status {},
+}
+
+/// Who is asking, from SO_PEERCRED.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerCred {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: Option<i32>,
+}
+
+/// The agent's answer.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Ok(Reply),
+    Error(Refusal),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Reply {
+    Granted { grant: GrantView },
+    Revoked { grants: Vec<GrantView> },
+    List(ListView),
+    Status(Box<StatusView>),
+}
+
+/// Why a request was refused; `code` is stable for scripts.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Refusal {
+    pub code: RefusalCode,
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalCode {
+    BadRequest,
+    NotFound,
+    Forbidden,
+    Invalid,
+    Unavailable,
+    Internal,
+}
+
+impl Refusal {
+    pub fn new(code: RefusalCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct GrantView {
+    pub id: u64,
+    pub segment: String,
+    pub identity: String,
+    pub ports: Vec<String>,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    pub expires_at: String,
+    pub remaining_secs: u64,
+    /// Who granted it: `user (uid N)`.
+    pub actor: String,
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AllowView {
+    pub segment: String,
+    pub identity: String,
+    pub ports: Vec<String>,
+    /// Set when the identity does not currently resolve on this host.
+    pub unresolved: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ListView {
+    pub standing: Vec<AllowView>,
+    pub grants: Vec<GrantView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SegmentStatus {
+    pub name: String,
+    pub id: u32,
+    pub ports: Vec<String>,
+    pub allowed: u64,
+    pub denied: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StatusView {
+    pub version: String,
+    pub cgroup: String,
+    pub pin_dir: String,
+    pub programs: Vec<String>,
+    pub policy_digest: String,
+    pub policy_files: Vec<String>,
+    pub segments: Vec<SegmentStatus>,
+    pub grants: usize,
+    pub grant_entries: usize,
+    pub grant_capacity: u32,
+    pub peer_capacity: u32,
+    pub local_addresses: usize,
+    pub last_reload: Option<ReloadView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ReloadView {
+    pub at: String,
+    pub ok: bool,
+    pub errors: Vec<String>,
+}
+
+/// Why the client could not talk to the agent, in words a user can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("the agent's socket {0} does not exist: is the agent running? (`systemctl status portcullis`, or pass --socket / PORTCULLIS_SOCKET)")]
+    SocketMissing(PathBuf),
+    #[error("the agent is not running: nothing listens on {0} (a stale socket)")]
+    NotRunning(PathBuf),
+    #[error("permission denied on {0}: run as root or as a member of the socket's group")]
+    PermissionDenied(PathBuf),
+    #[error("cannot connect to {path}")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("talking to the agent on {path} failed")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the agent sent a reply this client does not understand: {0}")]
+    BadReply(String),
+}
+
+/// Sends one request and waits for the answer.
+pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
+    let stream = StdUnixStream::connect(socket).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => ClientError::SocketMissing(socket.into()),
+        io::ErrorKind::ConnectionRefused => ClientError::NotRunning(socket.into()),
+        io::ErrorKind::PermissionDenied => ClientError::PermissionDenied(socket.into()),
+        _ => ClientError::Connect {
+            path: socket.into(),
+            source: e,
+        },
+    })?;
+    let io_err = |source| ClientError::Io {
+        path: socket.into(),
+        source,
+    };
+    stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(io_err)?;
+    stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(io_err)?;
+    let mut line = serde_json::to_vec(request).expect("requests always serialize");
+    line.push(b'\n');
+    (&stream).write_all(&line).map_err(io_err)?;
+    let mut reader = BufReader::new((&stream).take(MAX_LINE as u64));
+    let mut reply = String::new();
+    reader.read_line(&mut reply).map_err(io_err)?;
+    if reply.is_empty() {
+        return Err(ClientError::BadReply(
+            "the agent closed the connection without answering".into(),
+        ));
+    }
+    serde_json::from_str(&reply).map_err(|e| ClientError::BadReply(e.to_string()))
+}
+
+/// Parses a request line, turning every problem into a refusal that says what was wrong.
+pub fn parse_request(line: &str) -> Result<Request, Refusal> {
+    serde_json::from_str(line.trim_end())
+        .map_err(|e| Refusal::new(RefusalCode::BadRequest, format!("malformed request: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_as_tagged_json() {
+        let r = Request::Grant {
+            segment: "db".into(),
+            identity: "user:alice".into(),
+            ttl: Some("30m".into()),
+            reason: Some("INC-1".into()),
+        };
+        let text = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            text,
+            r#"{"op":"grant","segment":"db","identity":"user:alice","ttl":"30m","reason":"INC-1"}"#
+        );
+        assert_eq!(parse_request(&text).unwrap(), r);
+        assert_eq!(parse_request(r#"{"op":"list"}"#).unwrap(), Request::List {});
+    }
+
+    #[test]
+    fn malformed_requests_say_what_is_wrong() {
+        let e = parse_request(r#"{"op":"grant","segment":"db"}"#).unwrap_err();
+        assert_eq!(e.code, RefusalCode::BadRequest);
+        assert!(
+            e.message.contains("missing field `identity`"),
+            "{}",
+            e.message
+        );
+        let e = parse_request(r#"{"op":"list","extra":1}"#).unwrap_err();
+        assert!(e.message.contains("unknown field `extra`"), "{}", e.message);
+        let e = parse_request("not json").unwrap_err();
+        assert!(e.message.starts_with("malformed request"), "{}", e.message);
+        let e = parse_request(r#"{"op":"launch_missiles"}"#).unwrap_err();
+        assert!(
+            e.message.contains("unknown variant `launch_missiles`"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn missing_socket_is_reported_in_plain_words() {
+        let err = call(Path::new("/nonexistent/portcullis.sock"), &Request::List {}).unwrap_err();
+        assert!(matches!(err, ClientError::SocketMissing(_)));
+        assert!(err.to_string().contains("is the agent running?"));
+    }
+}

@@ -1,0 +1,530 @@
+//! The kernel side, seen from user space: the only module that talks to aya.
+//!
+//! Owns loading the embedded eBPF object, pinning its maps under
+//! `<bpffs>/v{LAYOUT_VERSION}/maps/`, attaching the programs through kernel
+//! links pinned under `.../links/`, and every map read and write. It does
+//! not decide what the maps should hold: `ledger` and the agent do.
+//!
+//! Restart safety: maps are re-opened from their pins, so their contents
+//! survive the agent. New links are attached beside the old ones (cgroup
+//! multi-attach: a connection passes only if every program allows it, and
+//! both read the same maps) and then renamed over the old pins, which
+//! releases the old links. There is no instant with no program attached.
+use std::{
+    collections::BTreeSet,
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use agent_common::{
+    map_names, port_index, program_names, Expiry, GrantKey, PeerKey, Proto, SegmentCounters,
+    LAYOUT_VERSION, PORT_SLOTS,
+};
+use aya::{
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr, ProgramError},
+    Ebpf, EbpfError, EbpfLoader,
+};
+
+use crate::ledger::{Change, EntryKey};
+
+/// The compiled programs, built by `build.rs` from `agent-ebpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("this binary was built with AYA_BUILD_SKIP=1 and holds no eBPF programs; rebuild without it (`cargo xtask build`)")]
+    NoObject,
+    #[error("{path} is not a bpf filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf` (the agent does this itself when it runs as root)")]
+    NoBpffs { path: PathBuf },
+    #[error("cannot create pin directory {path}")]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("loading the eBPF object failed (needs root or CAP_BPF+CAP_NET_ADMIN, and a kernel ≥ 5.8 with BTF)")]
+    Load(#[source] EbpfError),
+    #[error("program {program} is missing from the eBPF object")]
+    MissingProgram { program: &'static str },
+    #[error("map {map} is missing from the eBPF object")]
+    MissingMap { map: &'static str },
+    #[error("kernel refused to load program {program} (BPF_PROG_LOAD)")]
+    ProgramLoad {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("cannot open cgroup {path} to attach to")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("attaching {program} to cgroup {cgroup} failed (BPF_LINK_CREATE; needs kernel ≥ 5.7 for cgroup links)")]
+    Attach {
+        program: &'static str,
+        cgroup: PathBuf,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("pinning {what} at {path} failed")]
+    Pin {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{op} on map {map} failed")]
+    Map {
+        map: &'static str,
+        op: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("map {map} is full ({capacity} entries); raise its size in the agent config")]
+    Full { map: &'static str, capacity: u32 },
+}
+
+type Result<T, E = DataplaneError> = std::result::Result<T, E>;
+
+/// One entry of the peer trie, as read back from the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerEntry {
+    pub segment: u32,
+    /// IPv6, IPv4 as v4-mapped.
+    pub addr: [u8; 16],
+    /// IPv6 prefix length (IPv4 prefixes are 96 + n).
+    pub prefix: u8,
+    pub expiry: u64,
+}
+
+/// Where and how to load.
+#[derive(Clone, Debug)]
+pub struct DataplaneConfig {
+    /// bpffs directory owned by this agent, e.g. `/sys/fs/bpf/portcullis`.
+    pub bpffs: PathBuf,
+    /// Filesystem path of the cgroup to attach to (the cgroup2 root by default).
+    pub cgroup: PathBuf,
+    pub max_grants: u32,
+    pub max_peers: u32,
+}
+
+const SOCK_ADDR_PROGRAMS: [(&str, &str); 4] = [
+    (program_names::CONNECT4, "connect4"),
+    (program_names::CONNECT6, "connect6"),
+    (program_names::SENDMSG4, "sendmsg4"),
+    (program_names::SENDMSG6, "sendmsg6"),
+];
+
+pub struct Dataplane {
+    pin_dir: PathBuf,
+    cgroup: PathBuf,
+    max_grants: u32,
+    max_peers: u32,
+    ports: Array<MapData, u32>,
+    grants: HashMap<MapData, GrantKey, Expiry>,
+    peers: LpmTrie<MapData, PeerKey, Expiry>,
+    local_addrs: HashMap<MapData, [u8; 16], u32>,
+    counters: PerCpuArray<MapData, SegmentCounters>,
+    deny_events: Option<RingBuf<MapData>>,
+    programs: Vec<&'static str>,
+    _ebpf: Ebpf,
+}
+
+fn map_err(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { map, op, source }
+}
+
+/// True when `path` is on a bpf filesystem.
+fn is_bpffs(path: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    nix::sys::statfs::statfs(path)
+        .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
+        .unwrap_or(false)
+}
+
+/// The pin directory of the current layout under an agent's bpffs directory.
+pub fn pin_dir(bpffs: &Path) -> PathBuf {
+    bpffs.join(format!("v{LAYOUT_VERSION}"))
+}
+
+impl Dataplane {
+    /// Loads the programs (re-using pinned maps), attaches them and pins the links.
+    pub fn open(cfg: &DataplaneConfig) -> Result<Self> {
+        if OBJECT.is_empty() {
+            return Err(DataplaneError::NoObject);
+        }
+        let parent = cfg.bpffs.parent().unwrap_or(Path::new("/"));
+        let mount_probe = if cfg.bpffs.exists() {
+            cfg.bpffs.as_path()
+        } else {
+            parent
+        };
+        if !is_bpffs(mount_probe) {
+            return Err(DataplaneError::NoBpffs {
+                path: mount_probe.to_path_buf(),
+            });
+        }
+        let pin_dir = pin_dir(&cfg.bpffs);
+        for dir in [pin_dir.join("maps"), pin_dir.join("links")] {
+            fs::create_dir_all(&dir).map_err(|source| DataplaneError::PinDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+
+        let mut loader = EbpfLoader::new();
+        let map_paths: Vec<(&str, PathBuf)> = map_names::ALL
+            .iter()
+            .map(|n| (*n, pin_dir.join("maps").join(n)))
+            .collect();
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        loader.map_max_entries(map_names::GRANTS, cfg.max_grants);
+        loader.map_max_entries(map_names::PEERS, cfg.max_peers);
+        let mut ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
+
+        let cgroup_file = fs::File::open(&cfg.cgroup).map_err(|source| DataplaneError::Cgroup {
+            path: cfg.cgroup.clone(),
+            source,
+        })?;
+        let mut programs = Vec::new();
+        for (name, _) in SOCK_ADDR_PROGRAMS {
+            let prog: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::MissingProgram { program: name })?
+                .try_into()
+                .map_err(|source| DataplaneError::ProgramLoad {
+                    program: name,
+                    source,
+                })?;
+            prog.load().map_err(|source| DataplaneError::ProgramLoad {
+                program: name,
+                source,
+            })?;
+            let id = prog
+                // Kernel cgroup links take no flags and always stack with other
+                // programs (multi-attach semantics): `Single` means flags 0 here.
+                .attach(&cgroup_file, CgroupAttachMode::Single)
+                .map_err(|source| DataplaneError::Attach {
+                    program: name,
+                    cgroup: cfg.cgroup.clone(),
+                    source,
+                })?;
+            let link = prog
+                .take_link(id)
+                .map_err(|source| DataplaneError::Attach {
+                    program: name,
+                    cgroup: cfg.cgroup.clone(),
+                    source,
+                })?;
+            let link = FdLink::try_from(link).map_err(|e| DataplaneError::Pin {
+                what: "link",
+                path: pin_dir.join("links").join(name),
+                source: Box::new(e),
+            })?;
+            pin_link_replacing(link, &pin_dir.join("links"), name)?;
+            programs.push(name);
+        }
+
+        let take = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name)
+                .ok_or(DataplaneError::MissingMap { map: name })
+        };
+        let ports = Array::try_from(take(&mut ebpf, map_names::PORTS)?)
+            .map_err(map_err(map_names::PORTS, "open"))?;
+        let grants = HashMap::try_from(take(&mut ebpf, map_names::GRANTS)?)
+            .map_err(map_err(map_names::GRANTS, "open"))?;
+        let peers = LpmTrie::try_from(take(&mut ebpf, map_names::PEERS)?)
+            .map_err(map_err(map_names::PEERS, "open"))?;
+        let local_addrs = HashMap::try_from(take(&mut ebpf, map_names::LOCAL_ADDRS)?)
+            .map_err(map_err(map_names::LOCAL_ADDRS, "open"))?;
+        let counters = PerCpuArray::try_from(take(&mut ebpf, map_names::COUNTERS)?)
+            .map_err(map_err(map_names::COUNTERS, "open"))?;
+        let deny_events = RingBuf::try_from(take(&mut ebpf, map_names::DENY_EVENTS)?)
+            .map_err(map_err(map_names::DENY_EVENTS, "open"))?;
+
+        Ok(Self {
+            pin_dir,
+            cgroup: cfg.cgroup.clone(),
+            max_grants: cfg.max_grants,
+            max_peers: cfg.max_peers,
+            ports,
+            grants,
+            peers,
+            local_addrs,
+            counters,
+            deny_events: Some(deny_events),
+            programs,
+            _ebpf: ebpf,
+        })
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    pub fn cgroup(&self) -> &Path {
+        &self.cgroup
+    }
+
+    /// Names of the attached programs.
+    pub fn programs(&self) -> &[&'static str] {
+        &self.programs
+    }
+
+    /// Hands the deny-event ring buffer to its reader (once).
+    pub fn take_deny_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.deny_events.take()
+    }
+
+    /// Every (protocol, port) → segment entry the kernel holds now.
+    pub fn read_ports(&self) -> Result<Vec<(Proto, u16, u32)>> {
+        let mut out = Vec::new();
+        for index in 0..PORT_SLOTS {
+            let seg = self
+                .ports
+                .get(&index, 0)
+                .map_err(map_err(map_names::PORTS, "read"))?;
+            if seg != 0 {
+                let proto = if index < 65536 {
+                    Proto::Tcp
+                } else {
+                    Proto::Udp
+                };
+                out.push((proto, (index & 0xffff) as u16, seg));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The segment protecting a port, as the kernel sees it (0 = none).
+    pub fn port_segment(&self, proto: Proto, port: u16) -> Result<u32> {
+        self.ports
+            .get(&port_index(proto, port), 0)
+            .map_err(map_err(map_names::PORTS, "read"))
+    }
+
+    pub fn set_port(&mut self, proto: Proto, port: u16, segment: u32) -> Result<()> {
+        self.ports
+            .set(port_index(proto, port), segment, 0)
+            .map_err(map_err(map_names::PORTS, "write"))
+    }
+
+    /// Applies ledger changes in order and stops at the first failure.
+    pub fn apply(&mut self, changes: &[Change]) -> Result<()> {
+        changes.iter().try_for_each(|c| self.apply_one(c))
+    }
+
+    fn apply_one(&mut self, change: &Change) -> Result<()> {
+        match *change {
+            Change::Put(EntryKey::Local(key), at) => self
+                .grants
+                .insert(key, Expiry { at_boot_ns: at }, 0)
+                .map_err(|e| full_or(e, map_names::GRANTS, self.max_grants, "insert")),
+            Change::Delete(EntryKey::Local(key)) => ignore_missing(self.grants.remove(&key))
+                .map_err(map_err(map_names::GRANTS, "delete")),
+            Change::Put(
+                EntryKey::Peer {
+                    segment,
+                    addr,
+                    prefix,
+                },
+                at,
+            ) => {
+                let key = peer_key(segment, addr, prefix);
+                self.peers
+                    .insert(&key, Expiry { at_boot_ns: at }, 0)
+                    .map_err(|e| full_or(e, map_names::PEERS, self.max_peers, "insert"))
+            }
+            Change::Delete(EntryKey::Peer {
+                segment,
+                addr,
+                prefix,
+            }) => ignore_missing(self.peers.remove(&peer_key(segment, addr, prefix)))
+                .map_err(map_err(map_names::PEERS, "delete")),
+        }
+    }
+
+    /// Every local grant entry the kernel holds.
+    pub fn read_grants(&self) -> Result<Vec<(GrantKey, u64)>> {
+        self.grants
+            .iter()
+            .map(|r| r.map(|(k, v)| (k, v.at_boot_ns)))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(map_err(map_names::GRANTS, "read"))
+    }
+
+    /// One local grant entry's expiry, as the kernel holds it.
+    pub fn grant_expiry(&self, key: &GrantKey) -> Result<Option<u64>> {
+        match self.grants.get(key, 0) {
+            Ok(v) => Ok(Some(v.at_boot_ns)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(map_names::GRANTS, "read")(e)),
+        }
+    }
+
+    /// Every peer entry the kernel holds.
+    pub fn read_peers(&self) -> Result<Vec<PeerEntry>> {
+        let mut out = Vec::new();
+        for r in self.peers.iter() {
+            let (k, v) = r.map_err(map_err(map_names::PEERS, "read"))?;
+            let data = k.data();
+            let prefix = (k.prefix_len().saturating_sub(32)) as u8;
+            out.push(PeerEntry {
+                segment: u32::from_be_bytes(data.segment_be),
+                addr: data.addr,
+                prefix,
+                expiry: v.at_boot_ns,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The longest-prefix peer entry for a source address on a segment.
+    pub fn peer_lookup(&self, segment: u32, addr: [u8; 16]) -> Result<Option<u64>> {
+        match self.peers.get(&peer_key(segment, addr, 128), 0) {
+            Ok(v) => Ok(Some(v.at_boot_ns)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(map_names::PEERS, "read")(e)),
+        }
+    }
+
+    /// Makes the local-address map hold exactly `addrs` (adds first).
+    pub fn set_local_addrs(&mut self, addrs: &BTreeSet<[u8; 16]>) -> Result<()> {
+        let current: BTreeSet<[u8; 16]> = self
+            .local_addrs
+            .keys()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(map_err(map_names::LOCAL_ADDRS, "read"))?;
+        for a in addrs.difference(&current) {
+            self.local_addrs
+                .insert(*a, 1, 0)
+                .map_err(map_err(map_names::LOCAL_ADDRS, "insert"))?;
+        }
+        for a in current.difference(addrs) {
+            ignore_missing(self.local_addrs.remove(a))
+                .map_err(map_err(map_names::LOCAL_ADDRS, "delete"))?;
+        }
+        Ok(())
+    }
+
+    /// Allowed/denied counts of a segment, summed over CPUs.
+    pub fn counters(&self, segment: u32) -> Result<SegmentCounters> {
+        let per_cpu = self
+            .counters
+            .get(&segment, 0)
+            .map_err(map_err(map_names::COUNTERS, "read"))?;
+        Ok(per_cpu
+            .iter()
+            .fold(SegmentCounters::default(), |acc, c| SegmentCounters {
+                allowed: acc.allowed + c.allowed,
+                denied: acc.denied + c.denied,
+            }))
+    }
+
+    pub fn capacity(&self) -> (u32, u32) {
+        (self.max_grants, self.max_peers)
+    }
+}
+
+fn peer_key(segment: u32, addr: [u8; 16], prefix: u8) -> aya::maps::lpm_trie::Key<PeerKey> {
+    aya::maps::lpm_trie::Key::new(
+        agent_common::peer_prefix_len(prefix as u32),
+        PeerKey {
+            segment_be: segment.to_be_bytes(),
+            addr,
+        },
+    )
+}
+
+fn ignore_missing(r: std::result::Result<(), MapError>) -> std::result::Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(ref e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+fn full_or(e: MapError, map: &'static str, capacity: u32, op: &'static str) -> DataplaneError {
+    if let MapError::SyscallError(ref s) = e {
+        if s.io_error.raw_os_error() == Some(libc::E2BIG) {
+            return DataplaneError::Full { map, capacity };
+        }
+    }
+    DataplaneError::Map { map, op, source: e }
+}
+
+/// Pins `link` as `dir/name`, atomically replacing a link pinned there by a
+/// previous run (which the kernel then releases).
+fn pin_link_replacing(link: FdLink, dir: &Path, name: &str) -> Result<()> {
+    // bpffs refuses names with a dot in them.
+    let tmp = dir.join(format!("{name}_new"));
+    let _ = fs::remove_file(&tmp);
+    let final_path = dir.join(name);
+    let pinned = link.pin(&tmp).map_err(|e| DataplaneError::Pin {
+        what: "link",
+        path: tmp.clone(),
+        source: Box::new(e),
+    })?;
+    fs::rename(&tmp, &final_path).map_err(|e| DataplaneError::Pin {
+        what: "link",
+        path: final_path.clone(),
+        source: Box::new(e),
+    })?;
+    // Closing our fd leaves the pin holding the link.
+    drop(pinned);
+    Ok(())
+}
+
+/// Removes every program, link and map this agent pinned under `bpffs`:
+/// the one way to stop enforcing. Returns the paths removed.
+pub fn uninstall(bpffs: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    if !bpffs.exists() {
+        return Ok(removed);
+    }
+    // Links first: unpinning them detaches the programs.
+    let mut dirs = vec![bpffs.to_path_buf()];
+    let mut files = Vec::new();
+    while let Some(d) = dirs.pop() {
+        for e in fs::read_dir(&d)? {
+            let e = e?;
+            if e.file_type()?.is_dir() {
+                dirs.push(e.path());
+            } else {
+                files.push(e.path());
+            }
+        }
+    }
+    files.sort_by_key(|p| !p.components().any(|c| c.as_os_str() == "links"));
+    for f in files {
+        fs::remove_file(&f)?;
+        removed.push(f);
+    }
+    let mut all_dirs: Vec<PathBuf> = walk_dirs(bpffs)?;
+    all_dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    for d in all_dirs {
+        fs::remove_dir(&d)?;
+    }
+    Ok(removed)
+}
+
+fn walk_dirs(root: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut out = vec![root.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        for e in fs::read_dir(&out[i])? {
+            let e = e?;
+            if e.file_type()?.is_dir() {
+                out.push(e.path());
+            }
+        }
+        i += 1;
+    }
+    Ok(out)
+}

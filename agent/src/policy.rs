@@ -1,0 +1,282 @@
+//! Segment policy: files on disk → one validated, deterministic `Policy`.
+//!
+//! Owns reading policy files and directories, the file format and its
+//! rules, and the diagnostics a person sees when a rule is broken. It never
+//! touches the kernel or the agent's state: applying a `Policy` is the
+//! dataplane's job, and comparing two of them is how a reload is planned.
+//!
+//! # Layout
+//! - [`diagnostic`](Diagnostic): located, human-readable problem reports.
+//! - `schema`: one file's TOML → segments; per-segment rules.
+//! - `validate`: rules across files (unique names, one segment per port)
+//!   and the host check.
+//! - `host`: the [`HostDirectory`] seam and the real [`SystemHost`].
+//!
+//! The format is documented for operators in `docs/policy.md`.
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use sha2::{Digest, Sha256};
+
+use crate::identity::{Identity, PortRange, Protocol};
+
+mod diagnostic;
+mod host;
+mod schema;
+mod validate;
+
+pub use diagnostic::{Diagnostic, Diagnostics, Location, Severity};
+pub use host::{HostCheck, HostDirectory, SystemHost};
+pub use schema::parse_str;
+
+/// Every segment from every policy file, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub segments: BTreeMap<String, Segment>,
+    /// The files read, in the order read.
+    pub files: Vec<PathBuf>,
+    /// SHA-256 (hex) over every file's path and contents, in path order: equal
+    /// digests mean the same policy text, so a reload can be skipped.
+    pub digest: String,
+}
+
+/// A named set of protected ports and who may reach them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    pub name: String,
+    pub description: Option<String>,
+    /// Never empty; no two ranges overlap, here or in any other segment.
+    pub ports: Vec<PortRange>,
+    /// Standing access: these identities may always connect.
+    pub allow: Vec<Identity>,
+    /// Just-in-time access; `None` means grants to this segment are refused.
+    pub jit: Option<Jit>,
+    /// Where the segment's name was written.
+    pub origin: Location,
+}
+
+/// Rules for time-bounded grants to one segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Jit {
+    /// No grant or request may ask for longer.
+    pub max_ttl: Duration,
+    /// The TTL of a grant that names none; at most `max_ttl`.
+    pub default_ttl: Duration,
+    /// Who may approve requests and grant access besides root; only
+    /// `user:`, `uid:`, `group:` and `gid:` identities.
+    pub approvers: Vec<Identity>,
+    /// Whether a request or grant must state a reason.
+    pub require_reason: bool,
+}
+
+impl Policy {
+    /// The segment protecting `port`, if any (at most one, by validation).
+    pub fn segment_for(&self, port: u16, proto: Protocol) -> Option<&Segment> {
+        self.segments
+            .values()
+            .find(|segment| segment.ports.iter().any(|r| r.contains(port, proto)))
+    }
+
+    /// One line per segment, for logs and `portcullis status`, e.g.
+    /// `payments-db: 5432/tcp, 6432/tcp; 2 standing allows; jit max 1h,
+    /// approvers group:secops`.
+    pub fn summary_lines(&self) -> Vec<String> {
+        self.segments.values().map(Segment::summary).collect()
+    }
+}
+
+impl Segment {
+    fn summary(&self) -> String {
+        let ports = join(&self.ports);
+        let allows = match self.allow.len() {
+            0 => "no standing allows".to_owned(),
+            1 => "1 standing allow".to_owned(),
+            n => format!("{n} standing allows"),
+        };
+        let jit = match &self.jit {
+            None => "no jit".to_owned(),
+            Some(jit) => {
+                let approvers = if jit.approvers.is_empty() {
+                    "root only".to_owned()
+                } else {
+                    join(&jit.approvers)
+                };
+                format!(
+                    "jit max {}, approvers {approvers}",
+                    humantime::format_duration(jit.max_ttl)
+                )
+            }
+        };
+        format!("{}: {ports}; {allows}; {jit}", self.name)
+    }
+}
+
+fn join<T: std::fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Reads every policy file in `paths` (files, or directories whose
+/// non-hidden `*.toml` files are read in name order), checks them together
+/// and against `host`, and returns the policy if nothing is an error.
+///
+/// The diagnostics hold every problem found, warnings included, sorted by
+/// place.
+pub fn load_paths(
+    paths: &[PathBuf],
+    host: &dyn HostDirectory,
+    host_check: HostCheck,
+) -> (Option<Policy>, Diagnostics) {
+    let mut diagnostics = Diagnostics::default();
+    let files = policy_files(paths, &mut diagnostics);
+    let mut texts = Vec::new();
+    let mut segments = Vec::new();
+    for file in files {
+        let Some(text) = read_policy_file(&file, &mut diagnostics) else {
+            continue;
+        };
+        let (parsed, found) = schema::parse_file(&file, &text);
+        segments.extend(parsed);
+        diagnostics.extend(found);
+        texts.push((file, text));
+    }
+    validate::duplicate_names(&segments, &mut diagnostics);
+    validate::port_conflicts(&segments, &mut diagnostics);
+    validate::host_names(&segments, host, host_check, &mut diagnostics);
+    diagnostics.sort();
+    if diagnostics.has_errors() {
+        return (None, diagnostics);
+    }
+    let policy = Policy {
+        digest: digest(&texts),
+        files: texts.into_iter().map(|(file, _)| file).collect(),
+        segments: segments
+            .into_iter()
+            .map(|p| (p.segment.name.clone(), p.segment))
+            .collect(),
+    };
+    (Some(policy), diagnostics)
+}
+
+/// Expands `paths` into the files to read, reporting paths that cannot be
+/// read and directories with no policy in them.
+fn policy_files(paths: &[PathBuf], diagnostics: &mut Diagnostics) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    for path in paths {
+        let metadata = match fs::metadata(path) {
+            Ok(metadata) => metadata,
+            Err(error) => {
+                diagnostics.push(
+                    Diagnostic::error(
+                        None,
+                        format!("cannot read policy path `{}`: {error}", path.display()),
+                    )
+                    .with_help("pass a policy file or a directory of *.toml files"),
+                );
+                continue;
+            }
+        };
+        if !metadata.is_dir() {
+            // A file named explicitly is read whatever its extension.
+            files.push(path.clone());
+            continue;
+        }
+        match directory_policy_files(path) {
+            Ok(found) if found.is_empty() => diagnostics.push(
+                Diagnostic::warning(
+                    None,
+                    format!("policy directory `{}` has no *.toml files", path.display()),
+                )
+                .with_help("no ports are protected until a policy file is added"),
+            ),
+            Ok(found) => files.extend(found),
+            Err(error) => diagnostics.push(Diagnostic::error(
+                None,
+                format!("cannot read policy directory `{}`: {error}", path.display()),
+            )),
+        }
+    }
+    // The same file given twice (as itself and through its directory) is
+    // read once; its segments would otherwise clash with themselves.
+    let mut seen = std::collections::HashSet::new();
+    files.retain(|file| seen.insert(file.clone()));
+    files
+}
+
+/// The non-hidden `*.toml` entries of `dir` that are files (or links to
+/// files), sorted by name so that loading is deterministic.
+fn directory_policy_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || !name.ends_with(".toml") {
+            continue;
+        }
+        // Follows links: a broken link is kept, and reading it reports why.
+        let path = entry.path();
+        if fs::metadata(&path).map_or(true, |m| !m.is_dir()) {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn read_policy_file(file: &Path, diagnostics: &mut Diagnostics) -> Option<String> {
+    let bytes = match fs::read(file) {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            diagnostics.push(Diagnostic::error(
+                None,
+                format!("cannot read policy file `{}`: {error}", file.display()),
+            ));
+            return None;
+        }
+    };
+    match String::from_utf8(bytes) {
+        Ok(text) => Some(text),
+        Err(error) => {
+            let offset = error.utf8_error().valid_up_to();
+            let text = String::from_utf8_lossy(error.as_bytes());
+            let location = diagnostic::SourceMap::new(file, &text).location(offset);
+            diagnostics.push(
+                Diagnostic::error(Some(location), "policy files must be UTF-8 text")
+                    .with_help("re-save the file as UTF-8"),
+            );
+            None
+        }
+    }
+}
+
+/// SHA-256 over (path, contents) of each file, in path order. Each part is
+/// length-prefixed so that moving bytes between a path and a body, or
+/// between files, changes the digest.
+fn digest(texts: &[(PathBuf, String)]) -> String {
+    let mut sorted: Vec<&(PathBuf, String)> = texts.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut hasher = Sha256::new();
+    for (path, text) in sorted {
+        let path = path.as_os_str().as_encoded_bytes();
+        for part in [path, text.as_bytes()] {
+            hasher.update((part.len() as u64).to_le_bytes());
+            hasher.update(part);
+        }
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,195 @@
+//! From an identity to the kernel map keys that stand for it on this host:
+//! `user:` → uid, `group:` → gid, `unit:` → the ids of the cgroups named
+//! after the unit, `cgroup:` → that cgroup's id, `peer:` → a prefix.
+//!
+//! Owns host lookups (passwd, group, cgroupfs). Results are valid for now
+//! only: a unit's cgroup gets a new id when it restarts, so callers
+//! re-resolve when the hierarchy changes.
+use std::net::IpAddr;
+
+use agent_common::{kind, v4_mapped, GrantKey};
+use nix::unistd::{Group, User};
+
+use crate::{
+    cgroupfs::{CgroupError, Hierarchy},
+    identity::Identity,
+    ledger::EntryKey,
+};
+
+/// How deep to look for a unit's cgroup (user units sit at about depth 5).
+const UNIT_SEARCH_DEPTH: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("no user named {0:?} on this host")]
+    NoSuchUser(String),
+    #[error("no group named {0:?} on this host")]
+    NoSuchGroup(String),
+    #[error("unit {0} has no cgroup on this host (is it running? `systemctl status {0}`)")]
+    UnitNotRunning(String),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error("looking up {what} failed")]
+    Lookup {
+        what: String,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+pub struct Resolver {
+    pub hierarchy: Hierarchy,
+}
+
+impl Resolver {
+    pub fn new(hierarchy: Hierarchy) -> Self {
+        Self { hierarchy }
+    }
+
+    /// The map keys that stand for `identity` on `segment`.
+    pub fn keys(&self, identity: &Identity, segment: u32) -> Result<Vec<EntryKey>, ResolveError> {
+        let local = |kind, id| EntryKey::Local(GrantKey { kind, segment, id });
+        Ok(match identity {
+            Identity::Uid(uid) => vec![local(kind::UID, *uid as u64)],
+            Identity::Gid(gid) => vec![local(kind::GID, *gid as u64)],
+            Identity::User(name) => {
+                let user = User::from_name(name)
+                    .map_err(|source| ResolveError::Lookup {
+                        what: format!("user {name}"),
+                        source,
+                    })?
+                    .ok_or_else(|| ResolveError::NoSuchUser(name.clone()))?;
+                vec![local(kind::UID, user.uid.as_raw() as u64)]
+            }
+            Identity::Group(name) => {
+                let group = Group::from_name(name)
+                    .map_err(|source| ResolveError::Lookup {
+                        what: format!("group {name}"),
+                        source,
+                    })?
+                    .ok_or_else(|| ResolveError::NoSuchGroup(name.clone()))?;
+                vec![local(kind::GID, group.gid.as_raw() as u64)]
+            }
+            Identity::Cgroup(path) => vec![local(kind::CGROUP, self.hierarchy.id_of(path)?)],
+            Identity::Unit(name) => {
+                let dirs = self.hierarchy.find_named(name, UNIT_SEARCH_DEPTH);
+                if dirs.is_empty() {
+                    return Err(ResolveError::UnitNotRunning(name.clone()));
+                }
+                let mut keys = Vec::with_capacity(dirs.len());
+                for d in dirs {
+                    // A cgroup removed between the walk and here is simply skipped.
+                    if let Ok(id) = self.hierarchy.id_of(&self.hierarchy.relative(&d)) {
+                        keys.push(local(kind::CGROUP, id));
+                    }
+                }
+                if keys.is_empty() {
+                    return Err(ResolveError::UnitNotRunning(name.clone()));
+                }
+                keys
+            }
+            Identity::Peer(cidr) => vec![peer_key(segment, cidr.addr, cidr.prefix)],
+        })
+    }
+}
+
+/// The trie key of a peer prefix: IPv4 as v4-mapped IPv6 with the prefix moved by 96.
+pub fn peer_key(segment: u32, addr: IpAddr, prefix: u8) -> EntryKey {
+    match addr {
+        IpAddr::V4(v4) => EntryKey::Peer {
+            segment,
+            addr: v4_mapped(v4.octets()),
+            prefix: 96 + prefix,
+        },
+        IpAddr::V6(v6) => EntryKey::Peer {
+            segment,
+            addr: v6.octets(),
+            prefix,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolver() -> Resolver {
+        Resolver::new(Hierarchy {
+            mount: "/nonexistent-cgroupfs".into(),
+        })
+    }
+
+    #[test]
+    fn numeric_identities_need_no_lookup() {
+        let keys = resolver().keys(&"uid:1234".parse().unwrap(), 3).unwrap();
+        assert_eq!(
+            keys,
+            vec![EntryKey::Local(GrantKey {
+                kind: kind::UID,
+                segment: 3,
+                id: 1234
+            })]
+        );
+        let keys = resolver().keys(&"gid:50".parse().unwrap(), 3).unwrap();
+        assert_eq!(
+            keys,
+            vec![EntryKey::Local(GrantKey {
+                kind: kind::GID,
+                segment: 3,
+                id: 50
+            })]
+        );
+    }
+
+    #[test]
+    fn root_user_resolves_to_uid_zero() {
+        let keys = resolver().keys(&"user:root".parse().unwrap(), 1).unwrap();
+        assert_eq!(
+            keys,
+            vec![EntryKey::Local(GrantKey {
+                kind: kind::UID,
+                segment: 1,
+                id: 0
+            })]
+        );
+    }
+
+    #[test]
+    fn missing_names_are_named_in_the_error() {
+        let err = resolver()
+            .keys(&"user:no-such-user-xyz".parse().unwrap(), 1)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no user named \"no-such-user-xyz\" on this host"
+        );
+        let err = resolver()
+            .keys(&"unit:nope-xyz.service".parse().unwrap(), 1)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("unit nope-xyz.service has no cgroup"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn peers_become_v4_mapped_prefixes() {
+        let keys = resolver()
+            .keys(&"peer:10.1.0.0/16".parse().unwrap(), 2)
+            .unwrap();
+        let mut addr = [0u8; 16];
+        addr[10] = 0xff;
+        addr[11] = 0xff;
+        addr[12] = 10;
+        addr[13] = 1;
+        assert_eq!(
+            keys,
+            vec![EntryKey::Peer {
+                segment: 2,
+                addr,
+                prefix: 112
+            }]
+        );
+    }
+}

@@ -1,0 +1,385 @@
+//! The agent process: start-up order, the control socket, timers, signals
+//! and shutdown.
+//!
+//! Start-up: policy is parsed and validated before anything touches the
+//! kernel; then programs are loaded and attached (replacing a previous run's
+//! links without a gap), the saved grants restored, and only then is the
+//! control socket opened. Stopping the agent never detaches anything: the
+//! kernel keeps enforcing from the pinned maps until `portcullis uninstall`.
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{bail, Context};
+use serde_json::json;
+use tokio::{
+    io::unix::AsyncFd,
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    signal::unix::{signal, SignalKind},
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    agent::{Agent, Paths},
+    audit::AuditLog,
+    cgroupfs::Hierarchy,
+    control::{self, PeerCred, Refusal, RefusalCode, Request, Response},
+    dataplane::{Dataplane, DataplaneConfig},
+    hostaddrs::{self, AddressEvents},
+    policy::{self, HostCheck, SystemHost},
+    resolve::Resolver,
+};
+
+/// Everything `portcullis agent` is told.
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    pub policies: PathBuf,
+    pub socket: PathBuf,
+    /// File mode of the control socket.
+    pub socket_mode: u32,
+    /// Group owning the control socket (members may connect).
+    pub socket_group: Option<String>,
+    /// This agent's bpffs directory.
+    pub bpffs: PathBuf,
+    /// Filesystem path of the cgroup to attach to; the cgroup2 root when `None`.
+    pub cgroup: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub audit_log: PathBuf,
+    pub max_grants: u32,
+    pub max_peers: u32,
+    /// How often unit and cgroup identities are re-resolved.
+    pub refresh: Duration,
+}
+
+type Shared = Arc<Mutex<Agent>>;
+
+/// Loads and validates the policy directory for the agent (unresolvable
+/// users and groups are errors; units that are not running are warnings).
+pub fn load_policy(dir: &Path) -> Result<policy::Policy, String> {
+    let (policy, diags) = policy::load_paths(&[dir.to_path_buf()], &SystemHost, HostCheck::Error);
+    for d in diags
+        .0
+        .iter()
+        .filter(|d| !matches!(d.severity, policy::Severity::Error))
+    {
+        warn!("{d}");
+    }
+    match policy {
+        Some(p) if !diags.has_errors() => Ok(p),
+        _ => Err(diags.to_string()),
+    }
+}
+
+/// Mounts bpffs at /sys/fs/bpf when `bpffs` lives there and nothing is mounted.
+fn ensure_bpffs(bpffs: &Path) -> anyhow::Result<()> {
+    let root = Path::new("/sys/fs/bpf");
+    if !bpffs.starts_with(root) {
+        return Ok(());
+    }
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .context("reading /proc/self/mountinfo")?
+        .lines()
+        .any(|l| {
+            l.split(" - ").nth(1).is_some_and(|r| r.starts_with("bpf "))
+                && l.split_whitespace().nth(4) == Some("/sys/fs/bpf")
+        });
+    if !mounted {
+        info!("mounting bpffs at /sys/fs/bpf");
+        nix::mount::mount(
+            Some("bpf"),
+            root,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .context("mount -t bpf bpf /sys/fs/bpf failed (needs root)")?;
+    }
+    Ok(())
+}
+
+pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        warn!(
+            "not running as root: loading programs needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN"
+        );
+    }
+    // 1. Policy first: a bad policy never reaches the kernel.
+    let policy = load_policy(&opts.policies)
+        .map_err(|e| anyhow::anyhow!("policy in {} is invalid:\n{e}", opts.policies.display()))?;
+
+    // 2. Kernel.
+    let hierarchy = Hierarchy::discover()?;
+    let cgroup = opts
+        .cgroup
+        .clone()
+        .unwrap_or_else(|| hierarchy.mount.clone());
+    ensure_bpffs(&opts.bpffs)?;
+    let dataplane = Dataplane::open(&DataplaneConfig {
+        bpffs: opts.bpffs.clone(),
+        cgroup: cgroup.clone(),
+        max_grants: opts.max_grants,
+        max_peers: opts.max_peers,
+    })?;
+    let audit = AuditLog::open(&opts.audit_log)?;
+    let mut agent = Agent::start(
+        policy,
+        dataplane,
+        Resolver::new(hierarchy),
+        audit,
+        Paths {
+            state_dir: opts.state_dir.clone(),
+        },
+    )?;
+    let addrs = hostaddrs::scan().context("listing this host's addresses")?;
+    agent.dataplane.set_local_addrs(&addrs)?;
+    agent.set_local_address_count(addrs.len());
+    let _ = agent.audit.record(
+        "agent_start",
+        json!({"version": env!("CARGO_PKG_VERSION"), "cgroup": cgroup.display().to_string(),
+            "policy_digest": agent.policy().digest, "pid": std::process::id()})
+        .as_object()
+        .cloned()
+        .unwrap_or_default(),
+    );
+    info!(
+        cgroup = %cgroup.display(),
+        pins = %agent.dataplane.pin_dir().display(),
+        segments = agent.policy().segments.len(),
+        addresses = addrs.len(),
+        "enforcing"
+    );
+    let shared: Shared = Arc::new(Mutex::new(agent));
+
+    // 3. Control socket, only once enforcement is in place.
+    let listener = bind_socket(&opts)?;
+    info!(socket = %opts.socket.display(), "control socket ready");
+
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let events = AddressEvents::subscribe().context("subscribing to address changes")?;
+    // SAFETY: `events` owns its descriptor and moves into the AsyncFd, which
+    // drops the registration before the descriptor is closed.
+    let addr_events = unsafe { AsyncFd::register(events)? };
+    let mut refresh = tokio::time::interval(opts.refresh);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    loop {
+        let sleep = next_expiry_sleep(&shared);
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let shared = shared.clone();
+                    tokio::spawn(async move { serve_connection(stream, shared).await });
+                }
+                Err(e) => warn!(error = %e, "accepting a control connection failed"),
+            },
+            _ = tokio::time::sleep(sleep) => {
+                let mut a = shared.lock().expect("agent lock");
+                a.expire();
+            }
+            ready = addr_events.readable() => {
+                let mut guard = ready?;
+                if guard.get_inner().drain() {
+                    update_addresses(&shared);
+                }
+                guard.clear_ready();
+            }
+            _ = refresh.tick() => {
+                let mut a = shared.lock().expect("agent lock");
+                if let Err(e) = a.refresh_identities() {
+                    warn!(error = %e, "re-resolving unit and cgroup identities failed");
+                }
+            }
+            _ = hup.recv() => reload(&shared, &opts.policies),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    let mut a = shared.lock().expect("agent lock");
+    let _ = a.audit.record(
+        "agent_stop",
+        json!({"pid": std::process::id()})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+    );
+    let _ = std::fs::remove_file(&opts.socket);
+    info!("stopping; enforcement stays in place (pinned) until `portcullis uninstall`");
+    Ok(())
+}
+
+fn next_expiry_sleep(shared: &Shared) -> Duration {
+    let a = shared.lock().expect("agent lock");
+    match a.next_deadline() {
+        Some(at) => crate::clock::remaining(at)
+            .max(Duration::from_millis(1))
+            .min(Duration::from_secs(60)),
+        None => Duration::from_secs(60),
+    }
+}
+
+fn update_addresses(shared: &Shared) {
+    match hostaddrs::scan() {
+        Ok(addrs) => {
+            let mut a = shared.lock().expect("agent lock");
+            match a.dataplane.set_local_addrs(&addrs) {
+                Ok(()) => a.set_local_address_count(addrs.len()),
+                Err(e) => error!(error = %e, "updating the local address map failed"),
+            }
+        }
+        Err(e) => error!(error = %e, "listing this host's addresses failed"),
+    }
+}
+
+/// Re-reads the policy; on any error keeps enforcing the previous one.
+pub fn reload(shared: &Shared, dir: &Path) {
+    info!(dir = %dir.display(), "reloading policy");
+    let parsed = load_policy(dir);
+    let mut a = shared.lock().expect("agent lock");
+    match parsed {
+        Ok(policy) => {
+            let digest = policy.digest.clone();
+            match a.apply_policy(policy) {
+                Ok(()) => {
+                    a.note_reload(true, vec![]);
+                    let _ = a.audit.record(
+                        "policy_reload",
+                        json!({"ok": true, "digest": digest})
+                            .as_object()
+                            .cloned()
+                            .unwrap_or_default(),
+                    );
+                    info!(%digest, "policy reloaded");
+                }
+                Err(e) => {
+                    a.note_reload(false, vec![format!("{e:#}")]);
+                    let _ = a.audit.record(
+                        "policy_reload",
+                        json!({"ok": false, "errors": [format!("{e:#}")]})
+                            .as_object()
+                            .cloned()
+                            .unwrap_or_default(),
+                    );
+                    error!(error = %format!("{e:#}"), "applying the new policy failed");
+                }
+            }
+        }
+        Err(errors) => {
+            let lines: Vec<String> = errors.lines().map(str::to_string).collect();
+            a.note_reload(false, lines.clone());
+            let _ = a.audit.record(
+                "policy_reload",
+                json!({"ok": false, "errors": lines})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+            error!("policy reload refused; still enforcing the previous policy:\n{errors}");
+        }
+    }
+}
+
+fn bind_socket(opts: &AgentOptions) -> anyhow::Result<UnixListener> {
+    let path = &opts.socket;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("another agent is already listening on {}", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("binding control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(opts.socket_mode))
+        .with_context(|| format!("setting mode of {}", path.display()))?;
+    if let Some(group) = &opts.socket_group {
+        let gid = nix::unistd::Group::from_name(group)?
+            .with_context(|| format!("socket group {group:?} does not exist"))?
+            .gid;
+        nix::unistd::chown(path, None, Some(gid))
+            .with_context(|| format!("chown {} to group {group}", path.display()))?;
+    }
+    Ok(listener)
+}
+
+async fn serve_connection(stream: UnixStream, shared: Shared) {
+    let cred = match stream.peer_cred() {
+        Ok(c) => PeerCred {
+            uid: c.uid(),
+            gid: c.gid(),
+            pid: c.pid(),
+        },
+        Err(e) => {
+            warn!(error = %e, "control connection without peer credentials; closing");
+            return;
+        }
+    };
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read.take(control::MAX_LINE as u64));
+    let mut line = String::new();
+    let response =
+        match tokio::time::timeout(control::IO_TIMEOUT, reader.read_line(&mut line)).await {
+            Err(_) => Response::Error(Refusal::new(
+                RefusalCode::BadRequest,
+                "timed out waiting for a request",
+            )),
+            Ok(Err(e)) => Response::Error(Refusal::new(
+                RefusalCode::BadRequest,
+                format!("reading the request failed: {e}"),
+            )),
+            Ok(Ok(_)) if !line.ends_with('\n') => Response::Error(Refusal::new(
+                RefusalCode::BadRequest,
+                format!(
+                    "request too long or not newline-terminated (limit {} bytes)",
+                    control::MAX_LINE
+                ),
+            )),
+            Ok(Ok(_)) => match control::parse_request(&line) {
+                Ok(request) => handle(&shared, &cred, request),
+                Err(refusal) => {
+                    warn!(uid = cred.uid, "{}", refusal.message);
+                    Response::Error(refusal)
+                }
+            },
+        };
+    let mut out = serde_json::to_vec(&response).expect("responses serialize");
+    out.push(b'\n');
+    let _ = tokio::time::timeout(control::IO_TIMEOUT, write.write_all(&out)).await;
+}
+
+#[tracing::instrument(skip(shared, request), fields(uid = cred.uid, pid = cred.pid))]
+fn handle(shared: &Shared, cred: &PeerCred, request: Request) -> Response {
+    let mut a = shared.lock().expect("agent lock");
+    let result = match request {
+        Request::Grant {
+            segment,
+            identity,
+            ttl,
+            reason,
+        } => a.grant(cred, &segment, &identity, ttl.as_deref(), reason.as_deref()),
+        Request::Revoke {
+            id,
+            identity,
+            segment,
+        } => a
+            .revoke(cred, id, identity.as_deref(), segment.as_deref())
+            .map(|(reply, _)| reply),
+        Request::List {} => Ok(a.list()),
+        Request::Status {} => Ok(a.status()),
+    };
+    match result {
+        Ok(reply) => Response::Ok(reply),
+        Err(refusal) => {
+            info!(code = ?refusal.code, "refused: {}", refusal.message);
+            Response::Error(refusal)
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! What the agent must remember across restarts: live grants, the id
+//! counter, and the id of every segment name (grant keys in the kernel carry
+//! segment ids, so an id must never be reused for another segment while a
+//! key with it may exist).
+//!
+//! Written atomically (temp file, fsync, rename, fsync of the directory).
+//! A file that cannot be parsed is moved aside and reported; the kernel maps,
+//! which still hold the live entries, keep enforcing meanwhile.
+use std::{
+    collections::BTreeMap,
+    fs::{self, File},
+    io::{self, Write},
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::Identity;
+
+pub const STATE_FILE: &str = "state.json";
+const FORMAT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read state file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write state file {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Who did something, from the control socket's peer credentials.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Actor {
+    pub uid: u32,
+    pub user: Option<String>,
+    pub pid: Option<i32>,
+}
+
+impl Actor {
+    pub fn from_uid(uid: u32, pid: Option<i32>) -> Self {
+        let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map(|u| u.name);
+        Self { uid, user, pid }
+    }
+
+    /// The agent itself (expiry, reload).
+    pub fn agent() -> Self {
+        Self {
+            uid: nix::unistd::getuid().as_raw(),
+            user: Some("portcullis-agent".into()),
+            pid: Some(std::process::id() as i32),
+        }
+    }
+}
+
+impl std::fmt::Display for Actor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.user {
+            Some(name) => write!(f, "{name} (uid {})", self.uid),
+            None => write!(f, "uid {}", self.uid),
+        }
+    }
+}
+
+/// A just-in-time grant.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Grant {
+    pub id: u64,
+    pub segment: String,
+    pub identity: Identity,
+    /// Unix milliseconds.
+    pub created_unix_ms: u64,
+    /// Unix milliseconds; the boot-clock deadline is derived from it after a reboot.
+    pub expires_unix_ms: u64,
+    /// CLOCK_BOOTTIME deadline, valid for `boot_id`.
+    pub expires_boot_ns: u64,
+    pub boot_id: String,
+    pub actor: Actor,
+    pub reason: Option<String>,
+}
+
+impl Grant {
+    /// The boot-clock deadline on this boot.
+    pub fn deadline(&self, boot_id: &str) -> u64 {
+        if self.boot_id == boot_id {
+            self.expires_boot_ns
+        } else {
+            crate::clock::boot_of(
+                UNIX_EPOCH + std::time::Duration::from_millis(self.expires_unix_ms),
+            )
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Saved {
+    pub format: u32,
+    pub next_id: u64,
+    pub segment_ids: BTreeMap<String, u32>,
+    pub grants: Vec<Grant>,
+}
+
+/// The outcome of reading the state file.
+#[derive(Debug)]
+pub enum Loaded {
+    Fresh,
+    Ok(Saved),
+    /// The file was unreadable as state; it was moved to `moved_to`.
+    Corrupt {
+        why: String,
+        moved_to: PathBuf,
+    },
+}
+
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// This boot's id (changes at every boot).
+pub fn boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+pub fn load(dir: &Path) -> Result<Loaded, StateError> {
+    let path = dir.join(STATE_FILE);
+    let text = match fs::read(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Loaded::Fresh),
+        Err(source) => return Err(StateError::Read { path, source }),
+    };
+    match serde_json::from_slice::<Saved>(&text) {
+        Ok(saved) if saved.format == FORMAT => Ok(Loaded::Ok(saved)),
+        Ok(saved) => set_aside(&path, format!("unknown format {}", saved.format)),
+        Err(e) => set_aside(&path, e.to_string()),
+    }
+}
+
+fn set_aside(path: &Path, why: String) -> Result<Loaded, StateError> {
+    let moved_to = path.with_extension(format!("corrupt-{}", unix_ms(SystemTime::now())));
+    fs::rename(path, &moved_to).map_err(|source| StateError::Write {
+        path: path.into(),
+        source,
+    })?;
+    Ok(Loaded::Corrupt { why, moved_to })
+}
+
+pub fn save(dir: &Path, saved: &Saved) -> Result<(), StateError> {
+    let path = dir.join(STATE_FILE);
+    let err = |source| StateError::Write {
+        path: path.clone(),
+        source,
+    };
+    fs::create_dir_all(dir).map_err(err)?;
+    let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
+    let mut f = File::create(&tmp).map_err(err)?;
+    let mut body = serde_json::to_vec_pretty(&Saved {
+        format: FORMAT,
+        ..saved.clone()
+    })
+    .expect("state serializes");
+    body.push(b'\n');
+    f.write_all(&body).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    fs::rename(&tmp, &path).map_err(err)?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("pc-state-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn save_then_load_round_trips() {
+        let d = dir("rt");
+        let saved = Saved {
+            format: FORMAT,
+            next_id: 9,
+            segment_ids: [("db".to_string(), 1)].into(),
+            grants: vec![Grant {
+                id: 8,
+                segment: "db".into(),
+                identity: "user:root".parse().unwrap(),
+                created_unix_ms: 1,
+                expires_unix_ms: 2,
+                expires_boot_ns: 3,
+                boot_id: "b".into(),
+                actor: Actor {
+                    uid: 0,
+                    user: Some("root".into()),
+                    pid: Some(1),
+                },
+                reason: Some("why".into()),
+            }],
+        };
+        save(&d, &saved).unwrap();
+        match load(&d).unwrap() {
+            Loaded::Ok(s) => assert_eq!(s, saved),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn corrupt_file_is_set_aside_and_reported() {
+        let d = dir("corrupt");
+        fs::write(d.join(STATE_FILE), b"{\"format\":1,\"next_id\":").unwrap();
+        match load(&d).unwrap() {
+            Loaded::Corrupt { why, moved_to } => {
+                assert!(why.contains("EOF"), "{why}");
+                assert!(moved_to.exists());
+                assert!(!d.join(STATE_FILE).exists());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(load(&d).unwrap(), Loaded::Fresh));
+    }
+}
