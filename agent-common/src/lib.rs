@@ -27,9 +27,23 @@ pub mod map_names {
     pub const COUNTERS: &str = "PC_COUNTERS";
     /// `RingBuf` of [`crate::DenyEvent`].
     pub const DENY_EVENTS: &str = "PC_DENY_EVENTS";
+    /// `SkStorage<FlowMark>`: sockets that connect4/6 let through to a
+    /// protected port, so cgroup_skb knows which flows to re-check.
+    pub const FLOWS: &str = "PC_FLOWS";
+    /// `RingBuf` of [`crate::KillRequest`]: sockets whose flow was cut.
+    pub const KILL_REQUESTS: &str = "PC_KILL_REQUESTS";
 
     /// Every pinned map, in a fixed order.
-    pub const ALL: [&str; 6] = [PORTS, GRANTS, PEERS, LOCAL_ADDRS, COUNTERS, DENY_EVENTS];
+    pub const ALL: [&str; 8] = [
+        PORTS,
+        GRANTS,
+        PEERS,
+        LOCAL_ADDRS,
+        COUNTERS,
+        DENY_EVENTS,
+        FLOWS,
+        KILL_REQUESTS,
+    ];
 }
 
 /// Program names (the Rust function names in `agent-ebpf`).
@@ -38,6 +52,9 @@ pub mod program_names {
     pub const CONNECT6: &str = "pc_connect6";
     pub const SENDMSG4: &str = "pc_sendmsg4";
     pub const SENDMSG6: &str = "pc_sendmsg6";
+    pub const SKB_EGRESS: &str = "pc_skb_egress";
+    pub const SKB_INGRESS: &str = "pc_skb_ingress";
+    pub const XDP: &str = "pc_xdp";
 }
 
 /// Port-index space: one slot per (protocol, port).
@@ -52,6 +69,11 @@ pub const DEFAULT_MAX_PEERS: u32 = 65_536;
 pub const MAX_LOCAL_ADDRS: u32 = 4096;
 /// Size of the deny-event ring buffer in bytes (a power of two, page multiple).
 pub const DENY_RING_BYTES: u32 = 256 * 1024;
+/// Size of the kill-request ring buffer in bytes.
+pub const KILL_RING_BYTES: u32 = 64 * 1024;
+/// Most IPv6 extension headers the XDP program walks before it gives up
+/// (and drops the packet if it is headed for a protected port).
+pub const MAX_IPV6_EXT_HEADERS: u32 = 8;
 /// Deepest cgroup level whose ancestors the programs walk. systemd nests
 /// services 2-4 levels deep; containers add a few more.
 pub const MAX_CGROUP_DEPTH: i32 = 32;
@@ -161,6 +183,11 @@ pub mod hook {
 }
 
 /// A refused connection or packet, sent through [`map_names::DENY_EVENTS`].
+///
+/// `addr`/`port` are always the protected endpoint (the server side);
+/// `peer_addr`/`peer_port` the side that was refused (the client): for
+/// local hooks the client socket's own address (zero when it has none yet,
+/// as in connect4/6), for XDP the remote source.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DenyEvent {
@@ -169,16 +196,55 @@ pub struct DenyEvent {
     /// The caller's cgroup id (0 for remote peers).
     pub cgroup_id: u64,
     pub segment: u32,
+    /// The caller's uid and primary gid (0 for remote peers).
     pub uid: u32,
     pub gid: u32,
-    /// Destination port, host byte order.
+    /// Protected port, host byte order.
     pub port: u16,
+    /// Client port, host byte order (0 when unknown).
+    pub peer_port: u16,
     /// [`Proto`] as its IP protocol number.
     pub proto: u8,
     /// One of [`hook`].
     pub hook: u8,
-    /// Destination address (local hooks) or source address (remote peers), v4-mapped for IPv4.
+    pub _pad: [u8; 6],
+    /// Protected address, v4-mapped for IPv4.
     pub addr: [u8; 16],
+    /// Client address, v4-mapped for IPv4 (zero when unknown).
+    pub peer_addr: [u8; 16],
+}
+
+/// What connect4/6 remember about a socket they let through to a
+/// protected port: the identity facts cgroup_skb cannot see itself.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowMark {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A socket whose flow a program just cut, for the agent to destroy
+/// (SOCK_DESTROY) so that its owner sees an error at once instead of
+/// waiting for TCP to give up. Addresses and ports are from the socket's
+/// own point of view.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KillRequest {
+    /// The socket cookie, or 0 when unknown (XDP).
+    pub cookie: u64,
+    /// Local and remote port, host byte order.
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// [`Proto`] as its IP protocol number.
+    pub proto: u8,
+    /// 4 or 6: the IP version of the packet.
+    pub ip_version: u8,
+    /// One of [`hook`].
+    pub hook: u8,
+    pub _pad: u8,
+    /// Local and remote address, v4-mapped for IPv4.
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
 }
 
 #[cfg(feature = "user")]
@@ -191,6 +257,8 @@ mod pod {
     unsafe impl aya::Pod for super::PeerKey {}
     unsafe impl aya::Pod for super::SegmentCounters {}
     unsafe impl aya::Pod for super::DenyEvent {}
+    unsafe impl aya::Pod for super::FlowMark {}
+    unsafe impl aya::Pod for super::KillRequest {}
 }
 
 #[cfg(test)]
@@ -205,8 +273,11 @@ mod tests {
         assert_eq!(size_of::<Expiry>(), 8);
         assert_eq!(size_of::<PeerKey>(), 20);
         assert_eq!(size_of::<SegmentCounters>(), 16);
-        // 8 + 8 + 4 * 3 + 2 + 1 + 1 + 16
-        assert_eq!(size_of::<DenyEvent>(), 48);
+        // 8 + 8 + 4 * 3 + 2 + 2 + 1 + 1 + 6 + 16 + 16
+        assert_eq!(size_of::<DenyEvent>(), 72);
+        assert_eq!(size_of::<FlowMark>(), 8);
+        // 8 + 2 + 2 + 1 + 1 + 1 + 1 + 16 + 16
+        assert_eq!(size_of::<KillRequest>(), 48);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! protected port on this host gets EPERM unless a live grant covers it.
 //! Destinations that are not this host's are never touched. Minimum kernel:
 //! 4.17 for the hooks, 5.8 for the boot-time clock used by `decide`.
-use agent_common::{hook, v4_mapped, DenyEvent, Proto};
+use agent_common::{hook, v4_mapped, DenyEvent, FlowMark, Proto};
 use aya_ebpf::{
     helpers::generated::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_uid_gid,
@@ -12,7 +12,7 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 
-use crate::decide;
+use crate::{decide, maps::FLOWS};
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
@@ -41,6 +41,22 @@ impl decide::LocalSubject for Caller {
 #[cgroup_sock_addr(connect4)]
 pub fn pc_connect4(ctx: SockAddrContext) -> i32 {
     on_v4(&ctx, hook::CONNECT4)
+}
+
+/// Remembers who connected this socket to a protected port, so that the
+/// cgroup_skb programs re-check its flow at every packet.
+#[inline(always)]
+fn mark_flow(ctx: &SockAddrContext, uid: u32, gid: u32) {
+    let mut mark = FlowMark { uid, gid };
+    // SAFETY: the context's socket is valid for the duration of the hook;
+    // the returned pointer, when not null, points at this socket's storage.
+    unsafe {
+        let p = FLOWS.get_or_insert_ptr_mut(ctx, Some(&mut mark));
+        if !p.is_null() {
+            (*p).uid = uid;
+            (*p).gid = gid;
+        }
+    }
 }
 
 #[cgroup_sock_addr(sendmsg4)]
@@ -82,7 +98,7 @@ fn on_v4(ctx: &SockAddrContext, hook: u8) -> i32 {
     if !decide::v4_is_local(ip) {
         return ALLOW;
     }
-    verdict(segment, proto, port, v4_mapped(ip), hook)
+    verdict(ctx, segment, proto, port, v4_mapped(ip), hook)
 }
 
 #[inline(always)]
@@ -112,11 +128,18 @@ fn on_v6(ctx: &SockAddrContext, hook: u8) -> i32 {
     if !decide::v6_is_local(ip) {
         return ALLOW;
     }
-    verdict(segment, proto, port, ip, hook)
+    verdict(ctx, segment, proto, port, ip, hook)
 }
 
 #[inline(always)]
-fn verdict(segment: u32, proto: Proto, port: u16, addr: [u8; 16], hook: u8) -> i32 {
+fn verdict(
+    ctx: &SockAddrContext,
+    segment: u32,
+    proto: Proto,
+    port: u16,
+    addr: [u8; 16],
+    hook: u8,
+) -> i32 {
     // SAFETY: helper without arguments.
     let caller = Caller {
         uid_gid: unsafe { bpf_get_current_uid_gid() },
@@ -124,6 +147,15 @@ fn verdict(segment: u32, proto: Proto, port: u16, addr: [u8; 16], hook: u8) -> i
     let now = decide::now();
     if decide::local_allowed(segment, &caller, now) {
         decide::count(segment, true);
+        // Unconnected sends are checked one by one by sendmsg4/6; connected
+        // sockets carry a flow that cgroup_skb keeps checking.
+        if hook == hook::CONNECT4 || hook == hook::CONNECT6 {
+            mark_flow(
+                ctx,
+                decide::LocalSubject::uid(&caller),
+                decide::LocalSubject::gid(&caller),
+            );
+        }
         return ALLOW;
     }
     decide::count(segment, false);
@@ -135,9 +167,12 @@ fn verdict(segment: u32, proto: Proto, port: u16, addr: [u8; 16], hook: u8) -> i
         uid: decide::LocalSubject::uid(&caller),
         gid: decide::LocalSubject::gid(&caller),
         port,
+        peer_port: 0,
         proto: proto as u8,
         hook,
+        _pad: [0; 6],
         addr,
+        peer_addr: [0; 16],
     });
     DENY
 }

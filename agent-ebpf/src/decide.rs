@@ -6,10 +6,15 @@
 //! ancestors). An entry counts only while the boot-time clock is below its
 //! expiry, so a grant stops working at its instant with no help from user
 //! space. Minimum kernel: 5.8 (`bpf_ktime_get_boot_ns`).
-use agent_common::{kind, port_index, DenyEvent, GrantKey, Proto, MAX_CGROUP_DEPTH};
+use agent_common::{
+    kind, peer_prefix_len, port_index, DenyEvent, GrantKey, KillRequest, PeerKey, Proto,
+    MAX_CGROUP_DEPTH,
+};
 use aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns;
 
-use crate::maps::{COUNTERS, DENY_EVENTS, GRANTS, LOCAL_ADDRS, PORTS};
+use aya_ebpf::maps::lpm_trie::Key;
+
+use crate::maps::{COUNTERS, DENY_EVENTS, GRANTS, KILL_REQUESTS, LOCAL_ADDRS, PEERS, PORTS};
 
 /// What a hook can tell about the local process behind a connection.
 pub trait LocalSubject {
@@ -84,11 +89,33 @@ pub fn local_allowed<S: LocalSubject>(segment: u32, subject: &S, now: u64) -> bo
     false
 }
 
-/// Whether an IPv4 address (network-order bytes) belongs to this host.
-/// 0.0.0.0 counts: connecting to it reaches the local host.
+/// True when a live `peer:` entry on `segment` covers the remote address
+/// `addr` (IPv6, IPv4 as v4-mapped): one longest-prefix-match lookup.
+#[inline(always)]
+pub fn peer_allowed(segment: u32, addr: [u8; 16], now: u64) -> bool {
+    let key = Key::new(
+        peer_prefix_len(128),
+        PeerKey {
+            segment_be: segment.to_be_bytes(),
+            addr,
+        },
+    );
+    match PEERS.get(&key) {
+        Some(v) => v.at_boot_ns > now,
+        None => false,
+    }
+}
+
+/// Whether an IPv4 address (network-order bytes) reaches this host.
+/// 0.0.0.0 counts (connecting to it reaches the local host), and so do
+/// limited broadcast and multicast, which are delivered locally too.
 #[inline(always)]
 pub fn v4_is_local(addr: [u8; 4]) -> bool {
-    if addr[0] == 127 || addr == [0, 0, 0, 0] {
+    if addr[0] == 127
+        || addr == [0, 0, 0, 0]
+        || addr == [255, 255, 255, 255]
+        || addr[0] & 0xf0 == 0xe0
+    {
         return true;
     }
     LOCAL_ADDRS
@@ -111,6 +138,10 @@ pub fn v6_is_local(addr: [u8; 16]) -> bool {
         | addr[8]
         | addr[9]
         == 0;
+    // Multicast is delivered to local listeners too.
+    if addr[0] == 0xff {
+        return true;
+    }
     if head_zero && addr[10] == 0xff && addr[11] == 0xff {
         return v4_is_local([addr[12], addr[13], addr[14], addr[15]]);
     }
@@ -148,4 +179,11 @@ pub fn count(segment: u32, allowed: bool) {
 #[inline(always)]
 pub fn report_deny(event: &DenyEvent) {
     let _ = DENY_EVENTS.output::<DenyEvent>(event, 0);
+}
+
+/// Asks the agent to destroy a socket whose flow was just cut. Best effort:
+/// the drop is the guarantee, the destroy is the courtesy.
+#[inline(always)]
+pub fn request_kill(request: &KillRequest) {
+    let _ = KILL_REQUESTS.output::<KillRequest>(request, 0);
 }

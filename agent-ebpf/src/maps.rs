@@ -2,12 +2,13 @@
 //! from `agent-common`; the agent pins each map by name and may override the
 //! sizes of the grant and peer maps at load time.
 use agent_common::{
-    DenyEvent, Expiry, GrantKey, PeerKey, SegmentCounters, DEFAULT_MAX_GRANTS, DEFAULT_MAX_PEERS,
-    DENY_RING_BYTES, MAX_LOCAL_ADDRS, MAX_SEGMENTS, PORT_SLOTS,
+    DenyEvent, Expiry, FlowMark, GrantKey, PeerKey, SegmentCounters, DEFAULT_MAX_GRANTS,
+    DEFAULT_MAX_PEERS, DENY_RING_BYTES, KILL_RING_BYTES, MAX_LOCAL_ADDRS, MAX_SEGMENTS, PORT_SLOTS,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    macros::map,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 
@@ -36,6 +37,15 @@ pub static COUNTERS: PerCpuArray<SegmentCounters> = PerCpuArray::with_max_entrie
 /// Deny events for the agent's deny log.
 #[map(name = "PC_DENY_EVENTS")]
 pub static DENY_EVENTS: RingBuf = RingBuf::with_byte_size(DENY_RING_BYTES, 0);
+
+/// Sockets connect4/6 let through to a protected port (freed with the socket).
+/// Minimum kernel: 5.2 (sk_storage), 5.10 for use from sock_addr programs.
+#[btf_map(name = "PC_FLOWS")]
+pub static FLOWS: SkStorage<FlowMark> = SkStorage::new();
+
+/// Sockets whose flow was just cut, for the agent to destroy.
+#[map(name = "PC_KILL_REQUESTS")]
+pub static KILL_REQUESTS: RingBuf = RingBuf::with_byte_size(KILL_RING_BYTES, 0);
 
 /// Keeps the event type in the object's BTF for tools like bpftool.
 #[allow(dead_code)]

@@ -110,6 +110,10 @@ pub struct AgentArgs {
     /// Capacity of the peer prefix map.
     #[arg(long, default_value_t = agent_common::DEFAULT_MAX_PEERS)]
     pub max_peers: u32,
+    /// Interface on which XDP drops remote traffic to protected ports unless
+    /// a `peer:` grant covers its source (repeatable).
+    #[arg(long = "xdp-iface", value_name = "IFACE")]
+    pub xdp_ifaces: Vec<String>,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -425,6 +429,7 @@ impl AgentArgs {
             audit_log: self.audit_log,
             max_grants: self.max_grants,
             max_peers: self.max_peers,
+            xdp_ifaces: self.xdp_ifaces,
             refresh: Duration::from_secs(2),
         }
     }

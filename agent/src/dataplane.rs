@@ -22,7 +22,11 @@ use agent_common::{
 };
 use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr, ProgramError},
+    programs::{
+        links::{FdLink, PinnedLink},
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError, Xdp,
+        XdpMode,
+    },
     Ebpf, EbpfError, EbpfLoader,
 };
 
@@ -68,6 +72,12 @@ pub enum DataplaneError {
         #[source]
         source: ProgramError,
     },
+    #[error("attaching XDP to interface {iface} failed (does it exist? `ip link show {iface}`)")]
+    XdpAttach {
+        iface: String,
+        #[source]
+        source: ProgramError,
+    },
     #[error("pinning {what} at {path} failed")]
     Pin {
         what: &'static str,
@@ -108,7 +118,22 @@ pub struct DataplaneConfig {
     pub cgroup: PathBuf,
     pub max_grants: u32,
     pub max_peers: u32,
+    /// Interfaces to attach the XDP program to (remote-peer enforcement).
+    pub xdp_ifaces: Vec<String>,
 }
+
+/// How the XDP program ended up attached to an interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XdpAttachment {
+    pub iface: String,
+    /// "native", "generic", or "replaced" (a previous run's link kept its mode).
+    pub mode: &'static str,
+}
+
+const SKB_PROGRAMS: [(&str, CgroupSkbAttachType); 2] = [
+    (program_names::SKB_EGRESS, CgroupSkbAttachType::Egress),
+    (program_names::SKB_INGRESS, CgroupSkbAttachType::Ingress),
+];
 
 const SOCK_ADDR_PROGRAMS: [(&str, &str); 4] = [
     (program_names::CONNECT4, "connect4"),
@@ -128,7 +153,9 @@ pub struct Dataplane {
     local_addrs: HashMap<MapData, [u8; 16], u32>,
     counters: PerCpuArray<MapData, SegmentCounters>,
     deny_events: Option<RingBuf<MapData>>,
+    kill_requests: Option<RingBuf<MapData>>,
     programs: Vec<&'static str>,
+    xdp: Vec<XdpAttachment>,
     _ebpf: Ebpf,
 }
 
@@ -175,6 +202,12 @@ impl Dataplane {
         }
 
         let mut loader = EbpfLoader::new();
+        // PORTCULLIS_VERIFIER_LOG=1 puts the kernel verifier's full log into
+        // load errors, for diagnosing a kernel that refuses the programs.
+        if std::env::var_os("PORTCULLIS_VERIFIER_LOG").is_some_and(|v| v == "1") {
+            loader
+                .verifier_log_level(aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS);
+        }
         let map_paths: Vec<(&str, PathBuf)> = map_names::ALL
             .iter()
             .map(|n| (*n, pin_dir.join("maps").join(n)))
@@ -228,6 +261,40 @@ impl Dataplane {
             pin_link_replacing(link, &pin_dir.join("links"), name)?;
             programs.push(name);
         }
+        for (name, attach_type) in SKB_PROGRAMS {
+            let prog: &mut CgroupSkb = ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::MissingProgram { program: name })?
+                .try_into()
+                .map_err(|source| DataplaneError::ProgramLoad {
+                    program: name,
+                    source,
+                })?;
+            prog.load().map_err(|source| DataplaneError::ProgramLoad {
+                program: name,
+                source,
+            })?;
+            let attach_err = |source| DataplaneError::Attach {
+                program: name,
+                cgroup: cfg.cgroup.clone(),
+                source,
+            };
+            let id = prog
+                .attach(&cgroup_file, attach_type, CgroupAttachMode::Single)
+                .map_err(attach_err)?;
+            let link = prog.take_link(id).map_err(attach_err)?;
+            let link = FdLink::try_from(link).map_err(|e| DataplaneError::Pin {
+                what: "link",
+                path: pin_dir.join("links").join(name),
+                source: Box::new(e),
+            })?;
+            pin_link_replacing(link, &pin_dir.join("links"), name)?;
+            programs.push(name);
+        }
+        let xdp = attach_xdp(&mut ebpf, &pin_dir.join("links"), &cfg.xdp_ifaces)?;
+        if !xdp.is_empty() {
+            programs.push(program_names::XDP);
+        }
 
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name)
@@ -245,6 +312,8 @@ impl Dataplane {
             .map_err(map_err(map_names::COUNTERS, "open"))?;
         let deny_events = RingBuf::try_from(take(&mut ebpf, map_names::DENY_EVENTS)?)
             .map_err(map_err(map_names::DENY_EVENTS, "open"))?;
+        let kill_requests = RingBuf::try_from(take(&mut ebpf, map_names::KILL_REQUESTS)?)
+            .map_err(map_err(map_names::KILL_REQUESTS, "open"))?;
 
         Ok(Self {
             pin_dir,
@@ -257,7 +326,9 @@ impl Dataplane {
             local_addrs,
             counters,
             deny_events: Some(deny_events),
+            kill_requests: Some(kill_requests),
             programs,
+            xdp,
             _ebpf: ebpf,
         })
     }
@@ -273,6 +344,16 @@ impl Dataplane {
     /// Names of the attached programs.
     pub fn programs(&self) -> &[&'static str] {
         &self.programs
+    }
+
+    /// Where the XDP program is attached, and how.
+    pub fn xdp(&self) -> &[XdpAttachment] {
+        &self.xdp
+    }
+
+    /// Hands the kill-request ring buffer to its reader (once).
+    pub fn take_kill_requests(&mut self) -> Option<RingBuf<MapData>> {
+        self.kill_requests.take()
     }
 
     /// Hands the deny-event ring buffer to its reader (once).
@@ -479,6 +560,99 @@ fn pin_link_replacing(link: FdLink, dir: &Path, name: &str) -> Result<()> {
     // Closing our fd leaves the pin holding the link.
     drop(pinned);
     Ok(())
+}
+
+/// The pin name of an interface's XDP link (bpffs refuses dots in names).
+fn xdp_pin_name(iface: &str) -> String {
+    format!("xdp_{}", iface.replace('.', "_"))
+}
+
+/// Attaches the XDP program to each interface: into the link a previous run
+/// pinned (BPF_LINK_UPDATE swaps the program atomically), else a new link in
+/// native mode, falling back to generic mode. Unpins links of interfaces no
+/// longer configured.
+fn attach_xdp(ebpf: &mut Ebpf, links: &Path, ifaces: &[String]) -> Result<Vec<XdpAttachment>> {
+    let name = program_names::XDP;
+    let wanted: Vec<String> = ifaces.iter().map(|i| xdp_pin_name(i)).collect();
+    if let Ok(entries) = fs::read_dir(links) {
+        for e in entries.flatten() {
+            let file = e.file_name().to_string_lossy().to_string();
+            if file.starts_with("xdp_") && !wanted.contains(&file) {
+                tracing::info!(pin = %e.path().display(), "interface no longer configured; detaching its XDP program");
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+    if ifaces.is_empty() {
+        return Ok(Vec::new());
+    }
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or(DataplaneError::MissingProgram { program: name })?
+        .try_into()
+        .map_err(|source| DataplaneError::ProgramLoad {
+            program: name,
+            source,
+        })?;
+    prog.load().map_err(|source| DataplaneError::ProgramLoad {
+        program: name,
+        source,
+    })?;
+    let mut out = Vec::new();
+    for iface in ifaces {
+        let pin = links.join(xdp_pin_name(iface));
+        let xdp_err = |source| DataplaneError::XdpAttach {
+            iface: iface.clone(),
+            source,
+        };
+        if pin.exists() {
+            let previous = PinnedLink::from_pin(&pin).map_err(|e| DataplaneError::Pin {
+                what: "XDP link",
+                path: pin.clone(),
+                source: Box::new(e),
+            })?;
+            let link =
+                aya::programs::xdp::XdpLink::try_from(FdLink::from(previous)).map_err(|e| {
+                    DataplaneError::Pin {
+                        what: "XDP link",
+                        path: pin.clone(),
+                        source: Box::new(e),
+                    }
+                })?;
+            prog.attach_to_link(link).map_err(xdp_err)?;
+            out.push(XdpAttachment {
+                iface: iface.clone(),
+                mode: "replaced",
+            });
+            continue;
+        }
+        let (id, mode) = match prog.attach(iface, XdpMode::Driver) {
+            Ok(id) => (id, "native"),
+            Err(native) => {
+                tracing::info!(%iface, error = %native, "native XDP unavailable; using generic mode");
+                (
+                    prog.attach(iface, XdpMode::Skb).map_err(xdp_err)?,
+                    "generic",
+                )
+            }
+        };
+        let link = prog.take_link(id).map_err(xdp_err)?;
+        let link = FdLink::try_from(link).map_err(|e| DataplaneError::Pin {
+            what: "XDP link (needs kernel ≥ 5.9 for XDP links)",
+            path: pin.clone(),
+            source: Box::new(e),
+        })?;
+        link.pin(&pin).map_err(|e| DataplaneError::Pin {
+            what: "XDP link",
+            path: pin.clone(),
+            source: Box::new(e),
+        })?;
+        out.push(XdpAttachment {
+            iface: iface.clone(),
+            mode,
+        });
+    }
+    Ok(out)
 }
 
 /// Removes every program, link and map this agent pinned under `bpffs`:

@@ -26,4 +26,5 @@ pub mod ledger;
 pub mod policy;
 pub mod resolve;
 pub mod server;
+pub mod sockdiag;
 pub mod state;

@@ -51,6 +51,8 @@ pub struct AgentOptions {
     pub audit_log: PathBuf,
     pub max_grants: u32,
     pub max_peers: u32,
+    /// Interfaces where XDP enforces `peer:` identities for remote traffic.
+    pub xdp_ifaces: Vec<String>,
     /// How often unit and cgroup identities are re-resolved.
     pub refresh: Duration,
 }
@@ -123,6 +125,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         cgroup: cgroup.clone(),
         max_grants: opts.max_grants,
         max_peers: opts.max_peers,
+        xdp_ifaces: opts.xdp_ifaces.clone(),
     })?;
     let audit = AuditLog::open(&opts.audit_log)?;
     let mut agent = Agent::start(
@@ -152,6 +155,12 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         addresses = addrs.len(),
         "enforcing"
     );
+    if let Some(ring) = agent.dataplane.take_kill_requests() {
+        tokio::spawn(crate::sockdiag::serve_kill_requests(ring));
+    }
+    for x in agent.dataplane.xdp() {
+        info!(iface = %x.iface, mode = x.mode, "XDP attached");
+    }
     let shared: Shared = Arc::new(Mutex::new(agent));
 
     // 3. Control socket, only once enforcement is in place.

@@ -21,6 +21,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod netns;
+pub mod session;
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// A name unique to this test process and call.
@@ -250,6 +253,22 @@ impl As {
     }
     pub fn udp_connect(&self, addr: SocketAddr) -> Outcome {
         self.probe(&["udp-connect", &addr.to_string()])
+    }
+}
+
+/// What a finished pc-probe run reported.
+pub fn outcome_of(out: &Output, args: &[&str]) -> Outcome {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().last().unwrap_or("").trim().to_string();
+    if out.status.success() && last == "ok" {
+        Outcome::Ok
+    } else if let Some(e) = last.strip_prefix("err ") {
+        Outcome::Err(e.to_string())
+    } else {
+        panic!(
+            "pc-probe {args:?}: unexpected output {text:?} stderr {:?}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 

@@ -9,6 +9,11 @@
 //!   pc-probe udp-connect ADDR:PORT      connect(2) a UDP socket, send, wait for the echo
 //!   pc-probe hold ADDR:PORT MS COUNT    one TCP session: send/echo every MS, COUNT times;
 //!                                       prints `ok N` per round trip, then `err NAME` and exits on failure
+//!   pc-probe udp-hold ADDR:PORT MS COUNT  the same over a connected UDP socket
+//!   pc-probe raw IFACE LISTEN FRAME...  send hex Ethernet frames on IFACE (AF_PACKET), then wait
+//!                                       for one UDP datagram on the bound address LISTEN
+//!
+//! PC_PROBE_TIMEOUT_MS sets the connect/receive timeout (default 3000).
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream, UdpSocket},
@@ -24,6 +29,7 @@ fn errno_name(e: &std::io::Error) -> String {
         Some(libc::ETIMEDOUT) => "ETIMEDOUT".into(),
         Some(libc::EPIPE) => "EPIPE".into(),
         Some(libc::EAGAIN) => "TIMEOUT".into(),
+        None if e.kind() == std::io::ErrorKind::TimedOut => "TIMEOUT".into(),
         Some(n) => format!("errno{n}"),
         None if e.kind() == std::io::ErrorKind::UnexpectedEof => "EOF".into(),
         None => format!("{:?}", e.kind()),
@@ -47,13 +53,67 @@ fn addr(s: &str) -> SocketAddr {
         .unwrap_or_else(|e| panic!("bad address {s:?}: {e}"))
 }
 
-const TIMEOUT: Duration = Duration::from_secs(3);
+fn timeout() -> Duration {
+    let ms = std::env::var("PC_PROBE_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000);
+    Duration::from_millis(ms)
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex frame"))
+        .collect()
+}
+
+/// Sends raw Ethernet frames on `iface`.
+fn send_raw(iface: &str, frames: &[Vec<u8>]) -> std::io::Result<()> {
+    // SAFETY: plain socket(2)/sendto(2) calls on a descriptor we own, with
+    // buffers we own; results are checked.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let name = std::ffi::CString::new(iface).unwrap();
+        let ifindex = libc::if_nametoindex(name.as_ptr());
+        if ifindex == 0 {
+            libc::close(fd);
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = ifindex as i32;
+        sll.sll_halen = 6;
+        for f in frames {
+            sll.sll_addr[..6].copy_from_slice(&f[..6]);
+            let n = libc::sendto(
+                fd,
+                f.as_ptr().cast(),
+                f.len(),
+                0,
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                libc::close(fd);
+                return Err(e);
+            }
+        }
+        libc::close(fd);
+    }
+    Ok(())
+}
 
 fn run(args: &[String]) -> std::io::Result<()> {
+    let timeout = timeout();
     match args.get(1).map(String::as_str) {
         Some("tcp") => {
-            let mut s = TcpStream::connect_timeout(&addr(&args[2]), TIMEOUT)?;
-            s.set_read_timeout(Some(TIMEOUT))?;
+            let mut s = TcpStream::connect_timeout(&addr(&args[2]), timeout)?;
+            s.set_read_timeout(Some(timeout))?;
             s.write_all(b"ping")?;
             let mut buf = [0u8; 4];
             s.read_exact(&mut buf)?;
@@ -68,7 +128,7 @@ fn run(args: &[String]) -> std::io::Result<()> {
                 "[::]:0".parse().unwrap()
             };
             let s = UdpSocket::bind(bind)?;
-            s.set_read_timeout(Some(TIMEOUT))?;
+            s.set_read_timeout(Some(timeout))?;
             if mode == "udp-connect" {
                 s.connect(target)?;
                 s.send(b"ping")?;
@@ -83,8 +143,8 @@ fn run(args: &[String]) -> std::io::Result<()> {
         Some("hold") => {
             let interval = Duration::from_millis(args[3].parse().expect("MS"));
             let count: u32 = args[4].parse().expect("COUNT");
-            let mut s = TcpStream::connect_timeout(&addr(&args[2]), TIMEOUT)?;
-            s.set_read_timeout(Some(TIMEOUT))?;
+            let mut s = TcpStream::connect_timeout(&addr(&args[2]), timeout)?;
+            s.set_read_timeout(Some(timeout))?;
             let start = Instant::now();
             for i in 0..count {
                 s.write_all(b"ping")?;
@@ -95,8 +155,40 @@ fn run(args: &[String]) -> std::io::Result<()> {
             }
             Ok(())
         }
+        Some("udp-hold") => {
+            let target = addr(&args[2]);
+            let interval = Duration::from_millis(args[3].parse().expect("MS"));
+            let count: u32 = args[4].parse().expect("COUNT");
+            let bind: SocketAddr = if target.is_ipv4() {
+                "0.0.0.0:0".parse().unwrap()
+            } else {
+                "[::]:0".parse().unwrap()
+            };
+            let s = UdpSocket::bind(bind)?;
+            s.set_read_timeout(Some(timeout))?;
+            s.connect(target)?;
+            let start = Instant::now();
+            for i in 0..count {
+                s.send(b"ping")?;
+                let mut buf = [0u8; 16];
+                s.recv(&mut buf)?;
+                println!("ok {i} {}", start.elapsed().as_millis());
+                std::thread::sleep(interval);
+            }
+            Ok(())
+        }
+        Some("raw") => {
+            let listen = UdpSocket::bind(addr(&args[3]))?;
+            listen.set_read_timeout(Some(timeout))?;
+            let frames: Vec<Vec<u8>> = args[4..].iter().map(|f| hex(f)).collect();
+            send_raw(&args[2], &frames)?;
+            let mut buf = [0u8; 2048];
+            listen.recv_from(&mut buf)?;
+            println!("ok");
+            Ok(())
+        }
         _ => {
-            eprintln!("usage: pc-probe tcp|udp|udp-connect ADDR:PORT | hold ADDR:PORT MS COUNT");
+            eprintln!("usage: pc-probe tcp|udp|udp-connect ADDR:PORT | hold|udp-hold ADDR:PORT MS COUNT | raw IFACE LISTEN FRAME...");
             std::process::exit(2);
         }
     }

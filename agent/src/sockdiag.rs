@@ -1,0 +1,401 @@
+//! Destroying sockets whose flow the kernel programs just cut (netlink
+//! SOCK_DIAG `SOCK_DESTROY`, what `ss -K` does; needs
+//! CONFIG_INET_DIAG_DESTROY, kernel ≥ 4.5).
+//!
+//! The programs drop the flow's packets: that is the guarantee. Destroying
+//! the socket is the courtesy that makes its owner see an error at once
+//! (ECONNABORTED locally; the remote side of a TCP connection gets a reset)
+//! instead of waiting for TCP to give up.
+//!
+//! Safety rule: only the exact socket is ever destroyed. With a cookie
+//! (cgroup_skb knows it) the kernel checks it. Without one (XDP), the socket
+//! is first found in a dump that excludes listening sockets, and destroyed
+//! by its cookie, so a server's listener is never touched.
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
+
+use agent_common::KillRequest;
+
+const NETLINK_SOCK_DIAG: i32 = 4;
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const SOCK_DESTROY: u16 = 21;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const INET_DIAG_NOCOOKIE: u32 = !0;
+/// Every TCP state but LISTEN (10).
+const ALL_BUT_LISTEN: u32 = !(1 << 10);
+
+/// One socket's identity, from its own point of view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SocketId {
+    pub proto: u8,
+    pub local: (IpAddr, u16),
+    pub remote: (IpAddr, u16),
+    pub cookie: Option<u64>,
+}
+
+fn ip_of(bytes: [u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(bytes);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+impl SocketId {
+    pub fn from_request(r: &KillRequest) -> Self {
+        Self {
+            proto: r.proto,
+            local: (ip_of(r.local_addr), r.local_port),
+            remote: (ip_of(r.remote_addr), r.remote_port),
+            cookie: (r.cookie != 0).then_some(r.cookie),
+        }
+    }
+
+    fn family(&self) -> u8 {
+        match self.remote.0 {
+            IpAddr::V4(_) => libc::AF_INET as u8,
+            IpAddr::V6(_) => libc::AF_INET6 as u8,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiagError {
+    #[error("netlink SOCK_DIAG socket")]
+    Socket(#[source] io::Error),
+    #[error("SOCK_DIAG request failed")]
+    Io(#[source] io::Error),
+    #[error(
+        "the kernel refused SOCK_DESTROY: {0} (needs CONFIG_INET_DIAG_DESTROY and CAP_NET_ADMIN)"
+    )]
+    Refused(io::Error),
+}
+
+/// A netlink SOCK_DIAG socket.
+pub struct SockDiag {
+    fd: OwnedFd,
+    seq: u32,
+}
+
+/// `struct inet_diag_req_v2`: family, protocol, ext, pad, states, sockid.
+fn request(id: &SocketId, family: u8, states: u32, cookie: Option<u64>) -> [u8; 56] {
+    let mut b = [0u8; 56];
+    b[0] = family;
+    b[1] = id.proto;
+    b[4..8].copy_from_slice(&states.to_ne_bytes());
+    // inet_diag_sockid at offset 8: sport, dport (big endian), src[16], dst[16], if, cookie[2].
+    b[8..10].copy_from_slice(&id.local.1.to_be_bytes());
+    b[10..12].copy_from_slice(&id.remote.1.to_be_bytes());
+    put_addr(&mut b[12..28], id.local.0);
+    put_addr(&mut b[28..44], id.remote.0);
+    let (lo, hi) = match cookie {
+        Some(c) => (c as u32, (c >> 32) as u32),
+        None => (INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE),
+    };
+    b[48..52].copy_from_slice(&lo.to_ne_bytes());
+    b[52..56].copy_from_slice(&hi.to_ne_bytes());
+    b
+}
+
+fn put_addr(dst: &mut [u8], ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => dst[..4].copy_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => dst.copy_from_slice(&v6.octets()),
+    }
+}
+
+fn read_addr(family: u8, src: &[u8]) -> IpAddr {
+    if family == libc::AF_INET as u8 {
+        IpAddr::V4(Ipv4Addr::new(src[0], src[1], src[2], src[3]))
+    } else {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&src[..16]);
+        ip_of(a)
+    }
+}
+
+impl SockDiag {
+    pub fn open() -> Result<Self, DiagError> {
+        // SAFETY: plain socket(2); the result is checked.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                NETLINK_SOCK_DIAG,
+            )
+        };
+        if fd < 0 {
+            return Err(DiagError::Socket(io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` is a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let tv = libc::timeval {
+            tv_sec: 2,
+            tv_usec: 0,
+        };
+        // SAFETY: setting a receive timeout with a valid timeval.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            );
+        }
+        Ok(Self { fd, seq: 0 })
+    }
+
+    fn send(&mut self, msg_type: u16, flags: u16, payload: &[u8]) -> Result<u32, DiagError> {
+        self.seq = self.seq.wrapping_add(1);
+        let len = 16 + payload.len();
+        let mut msg = Vec::with_capacity(len);
+        msg.extend_from_slice(&(len as u32).to_ne_bytes());
+        msg.extend_from_slice(&msg_type.to_ne_bytes());
+        msg.extend_from_slice(&flags.to_ne_bytes());
+        msg.extend_from_slice(&self.seq.to_ne_bytes());
+        msg.extend_from_slice(&0u32.to_ne_bytes());
+        msg.extend_from_slice(payload);
+        // SAFETY: sending a buffer we own, of its length, to the kernel (nl pid 0).
+        let n = unsafe { libc::send(self.fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
+        if n < 0 {
+            return Err(DiagError::Io(io::Error::last_os_error()));
+        }
+        Ok(self.seq)
+    }
+
+    fn recv(&self, buf: &mut [u8]) -> Result<usize, DiagError> {
+        // SAFETY: receiving into a buffer we own, of its length.
+        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(DiagError::Io(io::Error::last_os_error()));
+        }
+        Ok(n as usize)
+    }
+
+    /// Destroys exactly the socket `id`. Returns whether a socket was
+    /// destroyed (false when it is already gone).
+    pub fn destroy(&mut self, id: &SocketId) -> Result<bool, DiagError> {
+        let cookie = match id.cookie {
+            Some(c) => c,
+            None => match self.find_cookie(id)? {
+                Some(c) => c,
+                None => return Ok(false),
+            },
+        };
+        let seq = self.send(
+            SOCK_DESTROY,
+            (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
+            &request(id, id.family(), ALL_BUT_LISTEN, Some(cookie)),
+        )?;
+        let mut buf = [0u8; 512];
+        loop {
+            let n = self.recv(&mut buf)?;
+            let mut off = 0;
+            while off + 16 <= n {
+                let len =
+                    u32::from_ne_bytes(buf[off..off + 4].try_into().expect("4 bytes")) as usize;
+                let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().expect("2 bytes"));
+                let mseq = u32::from_ne_bytes(buf[off + 8..off + 12].try_into().expect("4 bytes"));
+                if ty == NLMSG_ERROR && mseq == seq && off + 20 <= n {
+                    let err =
+                        i32::from_ne_bytes(buf[off + 16..off + 20].try_into().expect("4 bytes"));
+                    return match -err {
+                        0 => Ok(true),
+                        libc::ENOENT | libc::ESTALE => Ok(false),
+                        e => Err(DiagError::Refused(io::Error::from_raw_os_error(e))),
+                    };
+                }
+                if len < 16 {
+                    break;
+                }
+                off += (len + 3) & !3;
+            }
+        }
+    }
+
+    /// The cookie of the non-listening socket with exactly these addresses.
+    /// An IPv4 flow may belong to an AF_INET6 socket (v4-mapped), so both
+    /// families are searched for it.
+    fn find_cookie(&mut self, id: &SocketId) -> Result<Option<u64>, DiagError> {
+        if let Some(c) = self.find_cookie_in(id, id.family())? {
+            return Ok(Some(c));
+        }
+        if id.family() == libc::AF_INET as u8 {
+            return self.find_cookie_in(id, libc::AF_INET6 as u8);
+        }
+        Ok(None)
+    }
+
+    fn find_cookie_in(&mut self, id: &SocketId, family: u8) -> Result<Option<u64>, DiagError> {
+        let seq = self.send(
+            SOCK_DIAG_BY_FAMILY,
+            (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16,
+            &request(id, family, ALL_BUT_LISTEN, None),
+        )?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut found = None;
+        loop {
+            let n = self.recv(&mut buf)?;
+            let mut off = 0;
+            while off + 16 <= n {
+                let len =
+                    u32::from_ne_bytes(buf[off..off + 4].try_into().expect("4 bytes")) as usize;
+                let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().expect("2 bytes"));
+                let mseq = u32::from_ne_bytes(buf[off + 8..off + 12].try_into().expect("4 bytes"));
+                if len < 16 || off + len > n {
+                    return Ok(found);
+                }
+                if mseq == seq {
+                    match ty {
+                        NLMSG_DONE => return Ok(found),
+                        NLMSG_ERROR => return Ok(found),
+                        SOCK_DIAG_BY_FAMILY if len >= 16 + 72 => {
+                            // struct inet_diag_msg: family, state, timer, retrans, sockid (48), ...
+                            let m = &buf[off + 16..off + len];
+                            let family = m[0];
+                            let sport = u16::from_be_bytes([m[4], m[5]]);
+                            let dport = u16::from_be_bytes([m[6], m[7]]);
+                            let src = read_addr(family, &m[8..24]);
+                            let dst = read_addr(family, &m[24..40]);
+                            let cookie = u32::from_ne_bytes(m[44..48].try_into().expect("4 bytes"))
+                                as u64
+                                | (u32::from_ne_bytes(m[48..52].try_into().expect("4 bytes"))
+                                    as u64)
+                                    << 32;
+                            if (src, sport) == id.local && (dst, dport) == id.remote {
+                                found = Some(cookie);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                off += (len + 3) & !3;
+            }
+        }
+    }
+}
+
+/// Reads kill requests from the programs until the ring buffer closes, and
+/// destroys each socket once (a cut flow's retransmissions repeat it).
+pub async fn serve_kill_requests(ring: aya::maps::RingBuf<aya::maps::MapData>) {
+    use std::collections::VecDeque;
+    use tokio::io::unix::AsyncFd;
+    use tracing::{debug, info, warn};
+
+    let mut diag = match SockDiag::open() {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(error = %e, "cannot open SOCK_DIAG; cut flows will end when TCP gives up instead of at once");
+            return;
+        }
+    };
+    // SAFETY: the ring buffer owns its descriptor and moves into the AsyncFd,
+    // which deregisters before dropping it.
+    let mut ring = match unsafe { AsyncFd::register(ring) } {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "cannot watch the kill-request ring buffer");
+            return;
+        }
+    };
+    // The last few hundred sockets handled, oldest first.
+    let mut recent: VecDeque<SocketId> = VecDeque::with_capacity(512);
+    loop {
+        let mut guard = match ring.readable_mut().await {
+            Ok(g) => g,
+            Err(e) => {
+                warn!(error = %e, "kill-request ring buffer failed");
+                return;
+            }
+        };
+        let mut batch = Vec::new();
+        while let Some(item) = guard.get_inner_mut().next() {
+            if item.len() >= std::mem::size_of::<KillRequest>() {
+                // SAFETY: the programs write exactly one KillRequest per
+                // record; read_unaligned copes with any alignment.
+                let req = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<KillRequest>()) };
+                batch.push(SocketId::from_request(&req));
+            }
+        }
+        guard.clear_ready();
+        for id in batch {
+            if recent.contains(&id) {
+                continue;
+            }
+            if recent.len() == 512 {
+                recent.pop_front();
+            }
+            recent.push_back(id);
+            match diag.destroy(&id) {
+                Ok(true) => info!(
+                    local = %format!("{}:{}", id.local.0, id.local.1),
+                    remote = %format!("{}:{}", id.remote.0, id.remote.1),
+                    "cut flow: socket destroyed"
+                ),
+                Ok(false) => debug!(?id, "cut flow: socket already gone"),
+                Err(e) => warn!(error = %e, ?id, "cut flow: destroying the socket failed"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+
+    #[test]
+    fn request_layout_matches_inet_diag_req_v2() {
+        let id = SocketId {
+            proto: 6,
+            local: ("127.0.0.1".parse().unwrap(), 40000),
+            remote: ("127.0.0.2".parse().unwrap(), 5432),
+            cookie: None,
+        };
+        let b = request(&id, id.family(), 0xff, Some(0x1_0000_0002));
+        assert_eq!((b[0], b[1]), (libc::AF_INET as u8, 6));
+        assert_eq!(&b[8..12], &[0x9c, 0x40, 0x15, 0x38]);
+        assert_eq!(&b[12..16], &[127, 0, 0, 1]);
+        assert_eq!(&b[28..32], &[127, 0, 0, 2]);
+        assert_eq!(u32::from_ne_bytes(b[48..52].try_into().unwrap()), 2);
+        assert_eq!(u32::from_ne_bytes(b[52..56].try_into().unwrap()), 1);
+    }
+
+    /// Against the real kernel (needs CAP_NET_ADMIN; skipped otherwise):
+    /// a live loopback connection found by address is destroyed, and its
+    /// listener survives.
+    #[test]
+    fn destroys_exactly_the_connection_and_not_the_listener() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (_server_side, _) = listener.accept().unwrap();
+        let local = client.local_addr().unwrap();
+        let remote = client.peer_addr().unwrap();
+        let mut diag = SockDiag::open().unwrap();
+        let id = SocketId {
+            proto: 6,
+            local: (local.ip(), local.port()),
+            remote: (remote.ip(), remote.port()),
+            cookie: None,
+        };
+        assert!(
+            diag.destroy(&id).unwrap(),
+            "the connection was found and destroyed"
+        );
+        let mut buf = [0u8; 1];
+        let err = std::io::Read::read(&mut &client, &mut buf).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ECONNABORTED));
+        assert!(!diag.destroy(&id).unwrap(), "second destroy finds nothing");
+        // The listener still accepts.
+        TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    }
+}
