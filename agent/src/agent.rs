@@ -26,9 +26,15 @@ use crate::{
     identity::{parse_ttl, Identity, Protocol},
     ledger::{Change, Ledger, Source},
     policy::{Policy, Segment},
+    requests::{Now, RequestBook},
     resolve::Resolver,
     state::{self, Actor, Grant, Loaded, Saved},
 };
+
+/// Requests, approvals, denials and `explain` (the JIT workflow).
+mod jit;
+mod recovery;
+pub use jit::DEFAULT_REQUEST_TTL;
 
 /// Where the agent keeps what it must remember.
 #[derive(Clone, Debug)]
@@ -40,7 +46,12 @@ pub struct Agent {
     policy: Policy,
     segment_ids: BTreeMap<String, u32>,
     grants: BTreeMap<u64, Grant>,
+    /// Ids for grants and requests alike, so the two never collide.
     next_id: u64,
+    /// Access requests: pending and recently decided.
+    requests: RequestBook,
+    /// How long a request stays pending without a decision.
+    request_ttl: Duration,
     ledger: Ledger,
     /// Port → segment id as written to the kernel.
     ports: BTreeMap<(Proto, u16), u32>,
@@ -53,6 +64,8 @@ pub struct Agent {
     pub dataplane: Dataplane,
     pub resolver: Resolver,
     pub audit: AuditLog,
+    /// Counters kept only for `status` and the metrics endpoint.
+    pub metrics: crate::metrics::AgentMetrics,
 }
 
 fn proto_of(p: Protocol) -> Proto {
@@ -101,6 +114,8 @@ impl Agent {
             segment_ids: BTreeMap::new(),
             grants: BTreeMap::new(),
             next_id: 1,
+            requests: RequestBook::new(),
+            request_ttl: DEFAULT_REQUEST_TTL,
             ledger: Ledger::new(),
             ports,
             unresolved: BTreeMap::new(),
@@ -111,14 +126,21 @@ impl Agent {
             dataplane,
             resolver,
             audit,
+            metrics: Default::default(),
         };
         let mut restored = Vec::new();
+        // Without a readable state file the kernel maps are the record of
+        // what is live (see `recovery`).
+        let mut recovering = true;
         match state::load(&agent.paths.state_dir)? {
             Loaded::Fresh => {}
             Loaded::Ok(saved) => {
+                recovering = false;
                 agent.next_id = saved.next_id.max(1);
                 agent.segment_ids = saved.segment_ids;
                 restored = saved.grants;
+                agent.requests =
+                    RequestBook::restore(saved.requests, &agent.boot_id, Now::current());
             }
             Loaded::Corrupt { why, moved_to } => {
                 warn!(%why, moved_to = %moved_to.display(), "state file unreadable; set aside, starting from the kernel maps and policy");
@@ -134,6 +156,9 @@ impl Agent {
         let kernel_before = agent.dataplane.read_grants()?;
         let peers_before = agent.dataplane.read_peers()?;
 
+        if recovering {
+            agent.adopt_segment_ids(&policy);
+        }
         agent.apply_policy(policy)?;
         let now = clock::boot_ns();
         for g in restored {
@@ -164,9 +189,12 @@ impl Agent {
             );
             agent.next_id = agent.next_id.max(id + 1);
         }
+        if recovering {
+            agent.recover_grants(&kernel_before, &peers_before)?;
+        }
         // Sweep what no source claims any more.
         let mut stale = Vec::new();
-        for (key, _) in kernel_before {
+        for &(key, _) in &kernel_before {
             let k = crate::ledger::EntryKey::Local(key);
             if agent.ledger.value(&k).is_none() {
                 stale.push(Change::Delete(k));
@@ -200,6 +228,7 @@ impl Agent {
             next_id: self.next_id,
             segment_ids: self.segment_ids.clone(),
             grants: self.grants.values().cloned().collect(),
+            requests: self.requests.saved(),
         };
         if let Err(e) = state::save(&self.paths.state_dir, &saved) {
             warn!(error = %e, "could not save state; grants stay enforced in the kernel");
@@ -316,6 +345,11 @@ impl Agent {
 
     /// Records a reload attempt's outcome for `status`.
     pub fn note_reload(&mut self, ok: bool, errors: Vec<String>) {
+        if ok {
+            self.metrics.reloads_ok += 1;
+        } else {
+            self.metrics.reloads_failed += 1;
+        }
         self.last_reload = Some(ReloadView {
             at: clock::rfc3339(SystemTime::now()),
             ok,
@@ -323,8 +357,21 @@ impl Agent {
         });
     }
 
+    /// Segment id → name, for naming the segments in kernel deny events.
+    pub fn segment_names(&self) -> std::collections::HashMap<u32, String> {
+        self.segment_ids
+            .iter()
+            .map(|(name, id)| (*id, name.clone()))
+            .collect()
+    }
+
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    /// The outcome of the last reload, if there was one.
+    pub fn last_reload(&self) -> Option<&ReloadView> {
+        self.last_reload.as_ref()
     }
 
     pub fn set_local_address_count(&mut self, n: usize) {
@@ -365,6 +412,18 @@ impl Agent {
         ttl: Option<&str>,
         reason: Option<&str>,
     ) -> Result<Reply, Refusal> {
+        let result = self.grant_checked(cred, segment, identity, ttl, reason);
+        self.audited(cred, "grant", segment, result)
+    }
+
+    fn grant_checked(
+        &mut self,
+        cred: &PeerCred,
+        segment: &str,
+        identity: &str,
+        ttl: Option<&str>,
+        reason: Option<&str>,
+    ) -> Result<Reply, Refusal> {
         let identity: Identity = identity
             .parse()
             .map_err(|e| refuse(RefusalCode::Invalid, format!("identity {identity:?}: {e}")))?;
@@ -380,36 +439,34 @@ impl Agent {
                 ),
             ));
         }
-        let Some(jit) = seg.jit.as_ref() else {
-            return Err(refuse(
-                RefusalCode::Invalid,
-                format!("segment {} has no [segment.{}.jit] table, so it takes no grants; add one to its policy", seg.name, seg.name),
-            ));
-        };
+        let jit = jit_rules(&seg)?;
         let ttl = match ttl {
             Some(t) => {
                 parse_ttl(t).map_err(|e| refuse(RefusalCode::Invalid, format!("TTL {t:?}: {e}")))?
             }
             None => jit.default_ttl,
         };
-        if ttl > jit.max_ttl {
-            return Err(refuse(
-                RefusalCode::Invalid,
-                format!(
-                    "TTL {} is longer than segment {}'s max_ttl of {}",
-                    clock::human(ttl),
-                    seg.name,
-                    clock::human(jit.max_ttl)
-                ),
-            ));
-        }
-        let reason = reason.map(str::trim).filter(|r| !r.is_empty());
-        if jit.require_reason && reason.is_none() {
-            return Err(refuse(
-                RefusalCode::Invalid,
-                format!("segment {} requires a reason (--reason TEXT)", seg.name),
-            ));
-        }
+        check_ttl(&seg, jit, ttl)?;
+        let reason = check_reason(&seg, jit, reason)?;
+        let grant = self.open_grant(cred, &seg, identity, ttl, reason, None)?;
+        Ok(Reply::Granted {
+            grant: self.view(&grant),
+        })
+    }
+
+    /// Opens `seg` to `identity` for `ttl`: resolve, audit (first: a grant
+    /// that cannot be recorded is not made), ledger, kernel, state. The one
+    /// path by which access is granted; the caller has already authorized
+    /// `cred` and checked the segment's rules.
+    fn open_grant(
+        &mut self,
+        cred: &PeerCred,
+        seg: &Segment,
+        identity: Identity,
+        ttl: Duration,
+        reason: Option<String>,
+        request_id: Option<u64>,
+    ) -> Result<Grant, Refusal> {
         let seg_id = self.segment_ids[&seg.name];
         let keys = self
             .resolver
@@ -428,7 +485,8 @@ impl Agent {
             expires_boot_ns: deadline,
             boot_id: self.boot_id.clone(),
             actor: actor.clone(),
-            reason: reason.map(str::to_string),
+            reason,
+            request_id,
         };
         // Audit first: a grant that cannot be recorded is not made.
         self.audit
@@ -441,7 +499,8 @@ impl Agent {
             let _ = self.dataplane.apply(&undo);
             let _ = self.audit.record(
                 "grant_failed",
-                obj(json!({"grant_id": id, "error": e.to_string()})),
+                obj(json!({"grant_id": id, "segment": seg.name, "identity": identity.to_string(),
+                    "actor": actor_json(&actor), "request_id": request_id, "error": e.to_string()})),
             );
             return Err(refuse(
                 RefusalCode::Unavailable,
@@ -452,9 +511,7 @@ impl Agent {
         self.grants.insert(id, grant.clone());
         self.save();
         info!(grant = id, segment = %seg.name, %identity, ttl = %clock::human(ttl), actor = %actor, "granted");
-        Ok(Reply::Granted {
-            grant: self.view(&grant),
-        })
+        Ok(grant)
     }
 
     fn grant_fields(&self, g: &Grant, ttl: Duration) -> Map<String, Value> {
@@ -467,17 +524,44 @@ impl Agent {
             "expires_at": clock::rfc3339(clock::wall_of(g.expires_boot_ns)),
             "reason": g.reason,
             "actor": actor_json(&g.actor),
+            "request_id": g.request_id,
         }))
     }
 
     /// Records a refused command and builds its refusal.
     fn refused(&mut self, cred: &PeerCred, op: &str, segment: &str, why: String) -> Refusal {
+        let refusal = refuse(RefusalCode::Forbidden, why);
+        self.note_refusal(cred, op, segment, &refusal);
+        refusal
+    }
+
+    fn note_refusal(&mut self, cred: &PeerCred, op: &str, segment: &str, refusal: &Refusal) {
         let actor = Actor::from_uid(cred.uid, cred.pid);
         let _ = self.audit.record(
             "refused",
-            obj(json!({"op": op, "segment": segment, "actor": actor_json(&actor), "why": why})),
+            obj(json!({
+                "op": op, "segment": segment, "actor": actor_json(&actor),
+                "why": refusal.message, "code": refusal.code,
+            })),
         );
-        refuse(RefusalCode::Forbidden, why)
+    }
+
+    /// Audits the refusals of an operation that `refused` has not already
+    /// recorded (it records the `Forbidden` ones where authorization fails),
+    /// so that every refusal is audited exactly once.
+    fn audited<T>(
+        &mut self,
+        cred: &PeerCred,
+        op: &str,
+        segment: &str,
+        result: Result<T, Refusal>,
+    ) -> Result<T, Refusal> {
+        if let Err(refusal) = &result {
+            if refusal.code != RefusalCode::Forbidden {
+                self.note_refusal(cred, op, segment, refusal);
+            }
+        }
+        result
     }
 
     /// Revokes by id, by identity (optionally on one segment), or a whole segment.
@@ -488,6 +572,8 @@ impl Agent {
         identity: Option<&str>,
         segment: Option<&str>,
     ) -> Result<(Reply, Vec<Grant>), Refusal> {
+        // For the revocation-to-enforcement latency metric.
+        let started = std::time::Instant::now();
         let identity: Option<Identity> = identity
             .map(|i| {
                 i.parse()
@@ -544,11 +630,14 @@ impl Agent {
                     format!("revoking grant {gid} failed: {e}"),
                 ));
             }
+            self.metrics.revoke_latency.observe(started.elapsed());
             let g = self.grants.remove(&gid).expect("selected from grants");
             if let Err(e) = self.audit.record(
                 "revoke",
                 obj(json!({"grant_id": gid, "segment": g.segment, "identity": g.identity.to_string(),
-                    "ports": self.ports_of(&g.segment), "actor": actor_json(&actor)})),
+                    "ports": self.ports_of(&g.segment), "actor": actor_json(&actor),
+                    "expires_at": clock::rfc3339(clock::wall_of(g.expires_boot_ns)),
+                    "request_id": g.request_id})),
             ) {
                 warn!(grant = gid, error = %e, "revoked, but the audit record could not be written");
             }
@@ -561,8 +650,10 @@ impl Agent {
     }
 
     /// Forgets grants whose deadline has passed (the kernel already stopped
-    /// honouring them at that instant) and returns them.
+    /// honouring them at that instant) and returns them. Expires pending
+    /// requests past their deadline too.
     pub fn expire(&mut self) -> Vec<Grant> {
+        self.expire_requests();
         let now = clock::boot_ns();
         let due: Vec<u64> = self
             .grants
@@ -581,6 +672,8 @@ impl Agent {
                 "expire",
                 obj(
                     json!({"grant_id": id, "segment": g.segment, "identity": g.identity.to_string(),
+                    "ports": self.ports_of(&g.segment), "actor": actor_json(&Actor::agent()),
+                    "request_id": g.request_id,
                     "expired_at": clock::rfc3339(clock::wall_of(g.expires_boot_ns)),
                     "cleaned_at": clock::rfc3339(SystemTime::now())}),
                 ),
@@ -594,9 +687,13 @@ impl Agent {
         out
     }
 
-    /// The earliest grant deadline, for the expiry timer.
+    /// The earliest grant or pending-request deadline, for the expiry timer.
     pub fn next_deadline(&self) -> Option<u64> {
-        self.grants.values().map(|g| g.expires_boot_ns).min()
+        let grants = self.grants.values().map(|g| g.expires_boot_ns).min();
+        match (grants, self.requests.next_deadline()) {
+            (Some(g), Some(r)) => Some(g.min(r)),
+            (g, r) => g.or(r),
+        }
     }
 
     /// Re-resolves identities that live in the cgroup tree (units restart
@@ -669,9 +766,10 @@ impl Agent {
                 SystemTime::UNIX_EPOCH + Duration::from_millis(g.created_unix_ms),
             ),
             expires_at: clock::rfc3339(clock::wall_of(g.expires_boot_ns)),
-            remaining_secs: clock::remaining(g.expires_boot_ns).as_secs(),
+            remaining_secs: clock::remaining(g.expires_boot_ns).as_secs_f64().ceil() as u64,
             actor: g.actor.to_string(),
             reason: g.reason.clone(),
+            request_id: g.request_id,
         }
     }
 
@@ -691,7 +789,12 @@ impl Agent {
             }
         }
         let grants = self.grants.values().map(|g| self.view(g)).collect();
-        Reply::List(ListView { standing, grants })
+        let pending = self.pending_views();
+        Reply::List(ListView {
+            standing,
+            grants,
+            pending,
+        })
     }
 
     pub fn status(&self) -> Reply {
@@ -736,8 +839,52 @@ impl Agent {
             peer_capacity,
             local_addresses: self.local_addresses,
             last_reload: self.last_reload.clone(),
+            audit_log: self.audit.path().display().to_string(),
+            audit_failing: self.audit.failing().map(str::to_string),
+            deny_log: self.metrics.denies.as_ref().map(|d| d.view()),
         }))
     }
+}
+
+/// The segment's JIT rules; a segment without them takes no grants or requests.
+fn jit_rules(seg: &Segment) -> Result<&crate::policy::Jit, Refusal> {
+    seg.jit.as_ref().ok_or_else(|| {
+        refuse(
+            RefusalCode::Invalid,
+            format!("segment {} has no [segment.{}.jit] table, so it takes no grants or requests; add one to its policy", seg.name, seg.name),
+        )
+    })
+}
+
+fn check_ttl(seg: &Segment, jit: &crate::policy::Jit, ttl: Duration) -> Result<(), Refusal> {
+    if ttl > jit.max_ttl {
+        return Err(refuse(
+            RefusalCode::Invalid,
+            format!(
+                "TTL {} is longer than segment {}'s max_ttl of {}",
+                clock::human(ttl),
+                seg.name,
+                clock::human(jit.max_ttl)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The trimmed reason, required where the segment says so.
+fn check_reason(
+    seg: &Segment,
+    jit: &crate::policy::Jit,
+    reason: Option<&str>,
+) -> Result<Option<String>, Refusal> {
+    let reason = reason.map(str::trim).filter(|r| !r.is_empty());
+    if jit.require_reason && reason.is_none() {
+        return Err(refuse(
+            RefusalCode::Invalid,
+            format!("segment {} requires a reason (--reason TEXT)", seg.name),
+        ));
+    }
+    Ok(reason.map(str::to_string))
 }
 
 /// Whether the process behind `cred` is `identity` (for user/uid/group/gid

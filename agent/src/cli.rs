@@ -7,8 +7,12 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
+/// `request --wait`, `explain` arguments, rendering of requests and explanations.
+mod jit;
+
 use crate::{
     clock,
+    config::{self, AgentConfig},
     control::{self, GrantView, ListView, Reply, Request, Response, StatusView},
     identity::{parse_ttl, Identity},
     policy::{self, HostCheck, Severity, SystemHost},
@@ -22,9 +26,10 @@ use crate::{
     about = "Port-level micro-segmentation: internal ports closed by default, opened per identity for a bounded time, enforced by eBPF."
 )]
 pub struct Cli {
-    /// The agent's control socket.
-    #[arg(long, global = true, env = "PORTCULLIS_SOCKET", default_value = control::DEFAULT_SOCKET)]
-    pub socket: PathBuf,
+    /// The agent's control socket [default: `socket` in /etc/portcullis/agent.toml,
+    /// else /run/portcullis/control.sock].
+    #[arg(long, global = true, env = "PORTCULLIS_SOCKET")]
+    pub socket: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -59,8 +64,58 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show standing allows and live grants with their time left.
+    /// Show standing allows, live grants with their time left, and pending requests.
     List {
+        /// Only the requests waiting for a decision.
+        #[arg(long)]
+        pending: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask for access to SEGMENT for yourself (your user: identity); prints
+    /// the request's id. Root or one of the segment's approvers decides.
+    Request {
+        segment: String,
+        /// How long, e.g. 30m (default: the segment's default_ttl; at most its max_ttl).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Why (required where the segment's policy says so).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Wait for the decision: exit 0 when approved, 1 when denied or expired.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a pending request: grants it, for at most the TTL it asked for.
+    Approve {
+        /// The request id printed by `request` and `list --pending`.
+        id: u64,
+        /// Grant less time than asked (never more).
+        #[arg(long)]
+        ttl: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deny a pending request.
+    Deny {
+        id: u64,
+        /// Why; the requester sees it.
+        #[arg(long, required = true)]
+        reason: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Say which segment, rule or grant decides whether IDENTITY (or the
+    /// process --pid PID) may reach PORT/PROTO, read from the kernel maps.
+    Explain {
+        /// IDENTITY PORT/PROTO, or just PORT/PROTO with --pid.
+        #[arg(value_name = "[IDENTITY] PORT/PROTO", num_args = 1..=2, required = true)]
+        args: Vec<String>,
+        /// Take the identity from a running process (its cgroup, uid and gid).
+        #[arg(long)]
+        pid: Option<u32>,
         #[arg(long)]
         json: bool,
     },
@@ -69,6 +124,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Query the audit trail (`--denies`: the kernel deny log), or `audit verify` its hash chain.
+    Audit(crate::audit::query::AuditArgs),
     /// Validate policy files or directories offline (no root, no agent).
     Check {
         #[arg(required = true)]
@@ -80,47 +137,64 @@ pub enum Command {
     Uninstall {
         #[arg(long, default_value = "/sys/fs/bpf/portcullis")]
         bpffs: PathBuf,
+        /// Where the act is recorded (the agent's audit log).
+        #[arg(long, default_value = "/var/log/portcullis/audit.jsonl")]
+        audit_log: PathBuf,
     },
+    /// Per-packet cost of the programs under BPF_PROG_TEST_RUN, as JSON (for `cargo xtask bench`).
+    #[command(hide = true)]
+    BenchDataplane(crate::benchprog::BenchArgs),
 }
 
+/// Flags of `portcullis agent`. Each one left out takes its value from the
+/// configuration file (docs/config.md), and from the documented default
+/// when the file does not set it either.
 #[derive(Args, Debug)]
 pub struct AgentArgs {
-    /// Directory of segment policy files (*.toml).
-    #[arg(long, default_value = "/etc/portcullis/policies")]
-    pub policies: PathBuf,
-    /// bpffs directory for this agent's pinned programs and maps.
-    #[arg(long, default_value = "/sys/fs/bpf/portcullis")]
-    pub bpffs: PathBuf,
-    /// cgroup to attach to, as a filesystem path (default: the cgroup2 root).
+    /// The agent's configuration file (a missing default file means all defaults).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Directory of segment policy files (*.toml) [file: policy_dir].
+    #[arg(long, visible_alias = "policy-dir", value_name = "DIR")]
+    pub policies: Option<PathBuf>,
+    /// bpffs directory for this agent's pinned programs and maps [file: bpffs].
+    #[arg(long)]
+    pub bpffs: Option<PathBuf>,
+    /// cgroup to attach to, as a filesystem path [file: cgroup; default: the cgroup2 root].
     #[arg(long)]
     pub cgroup: Option<PathBuf>,
-    #[arg(long, default_value = "/var/lib/portcullis")]
-    pub state_dir: PathBuf,
-    #[arg(long, default_value = "/var/log/portcullis/audit.jsonl")]
-    pub audit_log: PathBuf,
-    /// Control socket file mode (octal).
-    #[arg(long, default_value = "660", value_parser = parse_mode)]
-    pub socket_mode: u32,
-    /// Group that may use the control socket.
+    /// [file: state_dir]
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// [file: audit_log]
+    #[arg(long)]
+    pub audit_log: Option<PathBuf>,
+    /// Control socket file mode, octal [file: socket_mode].
+    #[arg(long, value_parser = config::parse_mode)]
+    pub socket_mode: Option<u32>,
+    /// Group that may use the control socket [file: socket_group].
     #[arg(long)]
     pub socket_group: Option<String>,
-    /// Capacity of the local grant map.
-    #[arg(long, default_value_t = agent_common::DEFAULT_MAX_GRANTS)]
-    pub max_grants: u32,
-    /// Capacity of the peer prefix map.
-    #[arg(long, default_value_t = agent_common::DEFAULT_MAX_PEERS)]
-    pub max_peers: u32,
+    /// Capacity of the local grant map [file: max_grants].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_grants: Option<u32>,
+    /// Capacity of the peer prefix map [file: max_peers].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_peers: Option<u32>,
+    /// How long a pending access request waits for approval, e.g. 1h [file: request_expiry].
+    #[arg(long, value_parser = parse_duration_flag)]
+    pub request_expiry: Option<Duration>,
     /// Interface on which XDP drops remote traffic to protected ports unless
-    /// a `peer:` grant covers its source (repeatable).
+    /// a `peer:` grant covers its source (repeatable) [file: xdp_ifaces].
     #[arg(long = "xdp-iface", value_name = "IFACE")]
     pub xdp_ifaces: Vec<String>,
+    /// Audit rotation, deny log and metrics endpoint.
+    #[command(flatten)]
+    pub observe: crate::metrics::ObserveArgs,
 }
 
-fn parse_mode(s: &str) -> Result<u32, String> {
-    u32::from_str_radix(s, 8)
-        .ok()
-        .filter(|m| *m <= 0o777)
-        .ok_or_else(|| format!("{s:?} is not an octal file mode like 660"))
+fn parse_duration_flag(s: &str) -> Result<Duration, String> {
+    parse_ttl(s).map_err(|e| e.to_string())
 }
 
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
@@ -131,9 +205,10 @@ fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
 /// Runs a client command (everything but `agent`).
 pub fn run_client(cli: Cli) -> ExitCode {
     let (request, json) = match cli.command {
-        Command::Agent(_) => unreachable!("handled by main"),
+        Command::Agent(_) | Command::BenchDataplane(_) => unreachable!("handled by main"),
         Command::Check { paths } => return check(&paths),
-        Command::Uninstall { bpffs } => return uninstall(&bpffs),
+        Command::Audit(args) => return crate::audit::query::run(args, &client_socket(cli.socket)),
+        Command::Uninstall { bpffs, audit_log } => return uninstall(&bpffs, &audit_log),
         Command::Grant {
             segment,
             identity,
@@ -191,10 +266,52 @@ pub fn run_client(cli: Cli) -> ExitCode {
                 json,
             )
         }
-        Command::List { json } => (Request::List {}, json),
+        Command::List { pending, json } => (
+            if pending {
+                Request::Pending {}
+            } else {
+                Request::List {}
+            },
+            json,
+        ),
+        Command::Request {
+            segment,
+            ttl,
+            reason,
+            wait,
+            json,
+        } => {
+            if let Some(t) = &ttl {
+                if let Err(e) = parse_ttl(t) {
+                    return fail(2, format!("--ttl {t:?}: {e}"));
+                }
+            }
+            let request = Request::RequestAccess {
+                segment,
+                ttl,
+                reason,
+            };
+            if wait {
+                return jit::request_and_wait(&client_socket(cli.socket), request, json);
+            }
+            (request, json)
+        }
+        Command::Approve { id, ttl, json } => {
+            if let Some(t) = &ttl {
+                if let Err(e) = parse_ttl(t) {
+                    return fail(2, format!("--ttl {t:?}: {e}"));
+                }
+            }
+            (Request::Approve { id, ttl }, json)
+        }
+        Command::Deny { id, reason, json } => (Request::Deny { id, reason }, json),
+        Command::Explain { args, pid, json } => match jit::explain_request(args, pid) {
+            Ok(request) => (request, json),
+            Err(msg) => return fail(2, msg),
+        },
         Command::Status { json } => (Request::Status {}, json),
     };
-    let response = match control::call(&cli.socket, &request) {
+    let response = match control::call(&client_socket(cli.socket), &request) {
         Ok(r) => r,
         Err(e) => return fail(3, e),
     };
@@ -249,7 +366,23 @@ fn check(paths: &[PathBuf]) -> ExitCode {
     }
 }
 
-fn uninstall(bpffs: &std::path::Path) -> ExitCode {
+fn uninstall(bpffs: &std::path::Path, audit_log: &std::path::Path) -> ExitCode {
+    if bpffs.exists() {
+        // Recorded before anything is removed; an audit log that cannot be
+        // written does not block removal (this is also the emergency exit).
+        let uid = nix::unistd::getuid().as_raw();
+        let actor = crate::state::Actor::from_uid(uid, Some(std::process::id() as i32));
+        let fields = serde_json::json!({
+            "actor": {"uid": actor.uid, "user": actor.user, "pid": actor.pid},
+            "bpffs": bpffs.display().to_string(),
+        });
+        let recorded = crate::audit::AuditLog::open(audit_log).and_then(|mut log| {
+            log.record("uninstall", fields.as_object().cloned().unwrap_or_default())
+        });
+        if let Err(e) = recorded {
+            eprintln!("portcullis: warning: the uninstall could not be audited: {e}");
+        }
+    }
     match crate::dataplane::uninstall(bpffs) {
         Ok(removed) if removed.is_empty() => {
             println!("nothing pinned under {}; not enforcing", bpffs.display());
@@ -321,13 +454,20 @@ pub fn render(reply: &Reply) -> String {
             .collect(),
         Reply::List(list) => render_list(list),
         Reply::Status(status) => render_status(status),
+        Reply::Requested { request } | Reply::Request { request } => jit::render_request(request),
+        Reply::Approved { request, grant } => {
+            format!("{}{}\n", jit::render_decided(request), grant_line(grant))
+        }
+        Reply::Denied { request } => jit::render_decided(request),
+        Reply::Pending { requests } => jit::render_pending(requests),
+        Reply::Explained(view) => jit::render_explain(view),
     }
 }
 
 fn render_list(l: &ListView) -> String {
     let mut out = String::new();
-    if l.standing.is_empty() && l.grants.is_empty() {
-        return "no standing allows and no grants\n".into();
+    if l.standing.is_empty() && l.grants.is_empty() && l.pending.is_empty() {
+        return "no standing allows, no grants and no pending requests\n".into();
     }
     if !l.standing.is_empty() {
         let rows: Vec<Vec<String>> = l
@@ -370,6 +510,12 @@ fn render_list(l: &ListView) -> String {
             &rows,
         ));
     }
+    if !l.pending.is_empty() {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(&jit::pending_table(&l.pending));
+    }
     out
 }
 
@@ -388,6 +534,19 @@ fn render_status(s: &StatusView) -> String {
         s.peer_capacity,
         s.local_addresses,
     );
+    match &s.audit_failing {
+        Some(why) => out.push_str(&format!(
+            "audit log: {} CANNOT BE WRITTEN ({why}); new grants and approvals are refused until it can, revocations still work\n",
+            s.audit_log
+        )),
+        None => out.push_str(&format!("audit log: {}\n", s.audit_log)),
+    }
+    if let Some(d) = &s.deny_log {
+        out.push_str(&format!(
+            "deny log: {} ({} denies read, {} logged, {} suppressed by the rate limit)\n",
+            d.path, d.received, d.logged, d.suppressed
+        ));
+    }
     if let Some(r) = &s.last_reload {
         out.push_str(&format!(
             "last reload: {} {}\n",
@@ -417,22 +576,58 @@ fn render_status(s: &StatusView) -> String {
 }
 
 impl AgentArgs {
-    pub fn into_options(self, socket: PathBuf) -> AgentOptions {
-        AgentOptions {
-            policies: self.policies,
-            socket,
-            socket_mode: self.socket_mode,
-            socket_group: self.socket_group,
-            bpffs: self.bpffs,
-            cgroup: self.cgroup,
-            state_dir: self.state_dir,
-            audit_log: self.audit_log,
-            max_grants: self.max_grants,
-            max_peers: self.max_peers,
-            xdp_ifaces: self.xdp_ifaces,
-            refresh: Duration::from_secs(2),
-        }
+    /// The agent's options: each flag given, else the configuration file's
+    /// value, else the default. `socket` is the global `--socket`.
+    pub fn into_options(
+        self,
+        socket: Option<PathBuf>,
+    ) -> Result<AgentOptions, config::ConfigError> {
+        let file = match &self.config {
+            Some(path) => AgentConfig::load(path, true)?,
+            None => AgentConfig::load(std::path::Path::new(config::DEFAULT_PATH), false)?,
+        };
+        let observe = self
+            .observe
+            .resolve(&file, self.audit_log.as_deref().unwrap_or(&file.audit_log));
+        Ok(AgentOptions {
+            observe,
+            policies: self.policies.unwrap_or(file.policy_dir),
+            socket: socket.unwrap_or(file.socket),
+            socket_mode: self.socket_mode.unwrap_or(file.socket_mode),
+            socket_group: self.socket_group.or(file.socket_group),
+            bpffs: self.bpffs.unwrap_or(file.bpffs),
+            cgroup: self.cgroup.or(file.cgroup),
+            state_dir: self.state_dir.unwrap_or(file.state_dir),
+            audit_log: self.audit_log.unwrap_or(file.audit_log),
+            max_grants: self.max_grants.unwrap_or(file.max_grants),
+            max_peers: self.max_peers.unwrap_or(file.max_peers),
+            // Repeated flags replace the file's whole list.
+            xdp_ifaces: if self.xdp_ifaces.is_empty() {
+                file.xdp_ifaces
+            } else {
+                self.xdp_ifaces
+            },
+            request_expiry: self.request_expiry.unwrap_or(file.request_expiry),
+            refresh: file.identity_rescan,
+        })
     }
+}
+
+/// The socket a client command uses: `--socket`/`PORTCULLIS_SOCKET`, else
+/// the `socket` of /etc/portcullis/agent.toml, else the default.
+fn client_socket(given: Option<PathBuf>) -> PathBuf {
+    given.unwrap_or_else(|| {
+        match AgentConfig::load(std::path::Path::new(config::DEFAULT_PATH), false) {
+            Ok(c) => c.socket,
+            Err(e) => {
+                eprintln!(
+                    "portcullis: warning: {e:#}; using {}",
+                    control::DEFAULT_SOCKET
+                );
+                control::DEFAULT_SOCKET.into()
+            }
+        }
+    })
 }
 
 #[cfg(test)]
@@ -452,8 +647,53 @@ mod tests {
     }
 
     #[test]
-    fn socket_mode_is_octal() {
-        assert_eq!(parse_mode("660"), Ok(0o660));
-        assert!(parse_mode("999").is_err());
+    fn flags_given_win_over_the_file_and_the_file_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(
+            &file,
+            "policy_dir = \"/from/file\"\nmax_peers = 7\nsocket = \"/file.sock\"\nxdp_ifaces = [\"eth0\"]\n",
+        )
+        .unwrap();
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["portcullis", "agent", "--config", file.to_str().unwrap()];
+            argv.extend_from_slice(args);
+            let cli = Cli::try_parse_from(argv).unwrap();
+            let Command::Agent(a) = cli.command else {
+                panic!("not agent")
+            };
+            a.into_options(cli.socket).unwrap()
+        };
+        let o = parse(&[]);
+        assert_eq!(o.policies, PathBuf::from("/from/file"));
+        assert_eq!(o.max_peers, 7);
+        assert_eq!(o.socket, PathBuf::from("/file.sock"));
+        assert_eq!(o.xdp_ifaces, vec!["eth0".to_string()]);
+        assert_eq!(o.max_grants, agent_common::DEFAULT_MAX_GRANTS);
+        assert_eq!(o.socket_mode, 0o660);
+        let o = parse(&[
+            "--policies",
+            "/from/flag",
+            "--max-peers",
+            "9",
+            "--socket-mode",
+            "600",
+            "--xdp-iface",
+            "eth1",
+        ]);
+        assert_eq!(o.policies, PathBuf::from("/from/flag"));
+        assert_eq!(o.max_peers, 9);
+        assert_eq!(o.socket_mode, 0o600);
+        assert_eq!(o.xdp_ifaces, vec!["eth1".to_string()]);
+        let o = parse(&["--socket", "/flag.sock"]);
+        assert_eq!(o.socket, PathBuf::from("/flag.sock"));
+        // A named configuration file that does not exist is an error.
+        let cli =
+            Cli::try_parse_from(["portcullis", "agent", "--config", "/nonexistent/agent.toml"])
+                .unwrap();
+        let Command::Agent(a) = cli.command else {
+            panic!("not agent")
+        };
+        assert!(a.into_options(None).is_err());
     }
 }

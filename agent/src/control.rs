@@ -45,7 +45,41 @@ pub enum Request {
         #[serde(default)]
         segment: Option<String>,
     },
+    /// Ask for access to `segment` for oneself (the caller's `user:` identity).
+    #[serde(rename = "request")]
+    RequestAccess {
+        segment: String,
+        #[serde(default)]
+        ttl: Option<String>,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// Approve a pending request, optionally for less time than asked.
+    Approve {
+        id: u64,
+        #[serde(default)]
+        ttl: Option<String>,
+    },
+    /// Deny a pending request.
+    Deny {
+        id: u64,
+        reason: String,
+    },
+    /// One request, pending or recently decided (what `request --wait` polls).
+    ShowRequest {
+        id: u64,
+    },
+    /// Which segment, rule or grant decides for a subject on a port, read
+    /// from the kernel maps. Exactly one of `identity` and `pid`.
+    Explain {
+        #[serde(default)]
+        identity: Option<String>,
+        #[serde(default)]
+        pid: Option<u32>,
+        port: String,
+    },
     // Empty struct variants, not unit variants, so that unknown fields are refused.
+    Pending {},
     List {},
     Status {},
 }
@@ -69,10 +103,32 @@ pub enum Response {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Reply {
-    Granted { grant: GrantView },
-    Revoked { grants: Vec<GrantView> },
+    Granted {
+        grant: GrantView,
+    },
+    Revoked {
+        grants: Vec<GrantView>,
+    },
     List(ListView),
     Status(Box<StatusView>),
+    // Requests are boxed: they are the largest replies by far.
+    Requested {
+        request: Box<RequestView>,
+    },
+    Approved {
+        request: Box<RequestView>,
+        grant: GrantView,
+    },
+    Denied {
+        request: Box<RequestView>,
+    },
+    Request {
+        request: Box<RequestView>,
+    },
+    Pending {
+        requests: Vec<RequestView>,
+    },
+    Explained(Box<crate::explain::ExplainView>),
 }
 
 /// Why a request was refused; `code` is stable for scripts.
@@ -115,6 +171,40 @@ pub struct GrantView {
     /// Who granted it: `user (uid N)`.
     pub actor: String,
     pub reason: Option<String>,
+    /// The request this grant approved, if it came from one.
+    #[serde(default)]
+    pub request_id: Option<u64>,
+}
+
+/// An access request and what became of it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RequestView {
+    pub id: u64,
+    pub segment: String,
+    pub identity: String,
+    pub ports: Vec<String>,
+    /// Who asked: `user (uid N)`.
+    pub requester: String,
+    /// The TTL asked for.
+    pub ttl_secs: u64,
+    pub reason: Option<String>,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    /// When the request lapses if nobody decides.
+    pub expires_at: String,
+    /// Time left to decide (0 once decided or expired).
+    pub remaining_secs: u64,
+    /// `pending`, `approved`, `denied` or `expired`.
+    pub state: String,
+    /// The state in words: "approved by root (uid 0) as grant 7".
+    pub outcome: String,
+    pub grant_id: Option<u64>,
+    /// The TTL granted, when approved.
+    pub granted_ttl_secs: Option<u64>,
+    pub decided_by: Option<String>,
+    pub decided_at: Option<String>,
+    /// The approver's reason for a denial.
+    pub decision_reason: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -130,6 +220,9 @@ pub struct AllowView {
 pub struct ListView {
     pub standing: Vec<AllowView>,
     pub grants: Vec<GrantView>,
+    /// Requests waiting for a decision.
+    #[serde(default)]
+    pub pending: Vec<RequestView>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -156,6 +249,15 @@ pub struct StatusView {
     pub peer_capacity: u32,
     pub local_addresses: usize,
     pub last_reload: Option<ReloadView>,
+    /// The audit log's path.
+    #[serde(default)]
+    pub audit_log: String,
+    /// Why the audit log cannot be written, while it cannot (grants are refused meanwhile).
+    #[serde(default)]
+    pub audit_failing: Option<String>,
+    /// The kernel deny log and its counters, once its reader runs.
+    #[serde(default)]
+    pub deny_log: Option<crate::denylog::DenyLogView>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -246,6 +348,48 @@ mod tests {
         );
         assert_eq!(parse_request(&text).unwrap(), r);
         assert_eq!(parse_request(r#"{"op":"list"}"#).unwrap(), Request::List {});
+    }
+
+    #[test]
+    fn jit_requests_have_stable_op_names() {
+        let r =
+            parse_request(r#"{"op":"request","segment":"db","ttl":"5m","reason":"x"}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::RequestAccess {
+                segment: "db".into(),
+                ttl: Some("5m".into()),
+                reason: Some("x".into())
+            }
+        );
+        assert_eq!(
+            parse_request(r#"{"op":"approve","id":4}"#).unwrap(),
+            Request::Approve { id: 4, ttl: None }
+        );
+        let e = parse_request(r#"{"op":"deny","id":4}"#).unwrap_err();
+        assert!(
+            e.message.contains("missing field `reason`"),
+            "{}",
+            e.message
+        );
+        let e = parse_request(r#"{"op":"approve","id":4,"identity":"user:me"}"#).unwrap_err();
+        assert!(
+            e.message.contains("unknown field `identity`"),
+            "{}",
+            e.message
+        );
+        assert_eq!(
+            parse_request(r#"{"op":"explain","pid":42,"port":"5432/tcp"}"#).unwrap(),
+            Request::Explain {
+                identity: None,
+                pid: Some(42),
+                port: "5432/tcp".into()
+            }
+        );
+        assert_eq!(
+            parse_request(r#"{"op":"pending"}"#).unwrap(),
+            Request::Pending {}
+        );
     }
 
     #[test]

@@ -94,6 +94,12 @@ pub enum DataplaneError {
     },
     #[error("map {map} is full ({capacity} entries); raise its size in the agent config")]
     Full { map: &'static str, capacity: u32 },
+    #[error("BPF_PROG_TEST_RUN of {program} failed (needs kernel ≥ 5.10 for cgroup_skb)")]
+    TestRun {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
 }
 
 type Result<T, E = DataplaneError> = std::result::Result<T, E>;
@@ -144,7 +150,9 @@ const SOCK_ADDR_PROGRAMS: [(&str, &str); 4] = [
 
 pub struct Dataplane {
     pin_dir: PathBuf,
+    bpffs: PathBuf,
     cgroup: PathBuf,
+    xdp_ifaces: Vec<String>,
     max_grants: u32,
     max_peers: u32,
     ports: Array<MapData, u32>,
@@ -156,7 +164,56 @@ pub struct Dataplane {
     kill_requests: Option<RingBuf<MapData>>,
     programs: Vec<&'static str>,
     xdp: Vec<XdpAttachment>,
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+}
+
+/// A program of the object, as its concrete type.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(DataplaneError::MissingProgram { program: name })?
+        .try_into()
+        .map_err(|source| DataplaneError::ProgramLoad { program: name, source })
+}
+
+/// A program's link as a plain fd link, to pin it.
+fn fd_link<L>(link: L, links: &Path, name: &str) -> Result<FdLink>
+where
+    FdLink: TryFrom<L, Error = aya::programs::links::LinkError>,
+{
+    FdLink::try_from(link).map_err(|e| DataplaneError::Pin {
+        what: "link (needs kernel ≥ 5.7 for cgroup links)",
+        path: links.join(name),
+        source: Box::new(e),
+    })
+}
+
+/// Pin directories of other layout versions under an agent's bpffs directory.
+fn older_layouts(bpffs: &Path, current: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(bpffs) else { return Vec::new() };
+    let mut out: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.as_path() != current && p.is_dir())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('v')))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Unpins an old layout: links first (which detaches its programs), then maps.
+fn retire_layout(dir: &Path) -> io::Result<()> {
+    for sub in ["links", "maps"] {
+        if let Ok(entries) = fs::read_dir(dir.join(sub)) {
+            for e in entries.flatten() {
+                fs::remove_file(e.path())?;
+            }
+        }
+        let _ = fs::remove_dir(dir.join(sub));
+    }
+    fs::remove_dir(dir)
 }
 
 fn map_err(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
@@ -172,12 +229,21 @@ fn is_bpffs(path: &Path) -> bool {
 }
 
 /// The pin directory of the current layout under an agent's bpffs directory.
+///
+/// `PORTCULLIS_TEST_LAYOUT_VERSION` overrides the version in the path, for
+/// the tests that simulate an upgrade across an incompatible layout; it
+/// changes nothing else.
 pub fn pin_dir(bpffs: &Path) -> PathBuf {
-    bpffs.join(format!("v{LAYOUT_VERSION}"))
+    let version = std::env::var("PORTCULLIS_TEST_LAYOUT_VERSION")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(LAYOUT_VERSION);
+    bpffs.join(format!("v{version}"))
 }
 
 impl Dataplane {
-    /// Loads the programs (re-using pinned maps), attaches them and pins the links.
+    /// Loads the maps (re-using this layout's pins) and the programs, and
+    /// attaches nothing: see [`Dataplane::attach`].
     pub fn open(cfg: &DataplaneConfig) -> Result<Self> {
         if OBJECT.is_empty() {
             return Err(DataplaneError::NoObject);
@@ -219,81 +285,20 @@ impl Dataplane {
         loader.map_max_entries(map_names::PEERS, cfg.max_peers);
         let mut ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
 
-        let cgroup_file = fs::File::open(&cfg.cgroup).map_err(|source| DataplaneError::Cgroup {
-            path: cfg.cgroup.clone(),
-            source,
-        })?;
-        let mut programs = Vec::new();
+        // Load (verify) every program now, attach none: the agent fills the
+        // maps first and calls `attach` once they hold the policy.
         for (name, _) in SOCK_ADDR_PROGRAMS {
-            let prog: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or(DataplaneError::MissingProgram { program: name })?
-                .try_into()
-                .map_err(|source| DataplaneError::ProgramLoad {
-                    program: name,
-                    source,
-                })?;
-            prog.load().map_err(|source| DataplaneError::ProgramLoad {
-                program: name,
-                source,
-            })?;
-            let id = prog
-                // Kernel cgroup links take no flags and always stack with other
-                // programs (multi-attach semantics): `Single` means flags 0 here.
-                .attach(&cgroup_file, CgroupAttachMode::Single)
-                .map_err(|source| DataplaneError::Attach {
-                    program: name,
-                    cgroup: cfg.cgroup.clone(),
-                    source,
-                })?;
-            let link = prog
-                .take_link(id)
-                .map_err(|source| DataplaneError::Attach {
-                    program: name,
-                    cgroup: cfg.cgroup.clone(),
-                    source,
-                })?;
-            let link = FdLink::try_from(link).map_err(|e| DataplaneError::Pin {
-                what: "link",
-                path: pin_dir.join("links").join(name),
-                source: Box::new(e),
-            })?;
-            pin_link_replacing(link, &pin_dir.join("links"), name)?;
-            programs.push(name);
+            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+            prog.load().map_err(|source| DataplaneError::ProgramLoad { program: name, source })?;
         }
-        for (name, attach_type) in SKB_PROGRAMS {
-            let prog: &mut CgroupSkb = ebpf
-                .program_mut(name)
-                .ok_or(DataplaneError::MissingProgram { program: name })?
-                .try_into()
-                .map_err(|source| DataplaneError::ProgramLoad {
-                    program: name,
-                    source,
-                })?;
-            prog.load().map_err(|source| DataplaneError::ProgramLoad {
-                program: name,
-                source,
-            })?;
-            let attach_err = |source| DataplaneError::Attach {
-                program: name,
-                cgroup: cfg.cgroup.clone(),
-                source,
-            };
-            let id = prog
-                .attach(&cgroup_file, attach_type, CgroupAttachMode::Single)
-                .map_err(attach_err)?;
-            let link = prog.take_link(id).map_err(attach_err)?;
-            let link = FdLink::try_from(link).map_err(|e| DataplaneError::Pin {
-                what: "link",
-                path: pin_dir.join("links").join(name),
-                source: Box::new(e),
-            })?;
-            pin_link_replacing(link, &pin_dir.join("links"), name)?;
-            programs.push(name);
+        for (name, _) in SKB_PROGRAMS {
+            let prog: &mut CgroupSkb = program(&mut ebpf, name)?;
+            prog.load().map_err(|source| DataplaneError::ProgramLoad { program: name, source })?;
         }
-        let xdp = attach_xdp(&mut ebpf, &pin_dir.join("links"), &cfg.xdp_ifaces)?;
-        if !xdp.is_empty() {
-            programs.push(program_names::XDP);
+        if !cfg.xdp_ifaces.is_empty() {
+            let name = program_names::XDP;
+            let prog: &mut Xdp = program(&mut ebpf, name)?;
+            prog.load().map_err(|source| DataplaneError::ProgramLoad { program: name, source })?;
         }
 
         let take = |ebpf: &mut Ebpf, name: &'static str| {
@@ -317,7 +322,9 @@ impl Dataplane {
 
         Ok(Self {
             pin_dir,
+            bpffs: cfg.bpffs.clone(),
             cgroup: cfg.cgroup.clone(),
+            xdp_ifaces: cfg.xdp_ifaces.clone(),
             max_grants: cfg.max_grants,
             max_peers: cfg.max_peers,
             ports,
@@ -327,10 +334,56 @@ impl Dataplane {
             counters,
             deny_events: Some(deny_events),
             kill_requests: Some(kill_requests),
-            programs,
-            xdp,
-            _ebpf: ebpf,
+            programs: Vec::new(),
+            xdp: Vec::new(),
+            ebpf,
         })
+    }
+
+    /// Attaches the loaded programs (call once the maps hold the policy).
+    ///
+    /// cgroup programs get new links beside any old ones (multi-attach: a
+    /// connection passes only if every attached program allows it), pinned
+    /// over this layout's previous pins, which releases the old links. XDP
+    /// takes over an existing pinned link in place (BPF_LINK_UPDATE). Then
+    /// links and maps of older layouts are retired. At no instant is a
+    /// protected port without a program whose maps are complete.
+    pub fn attach(&mut self) -> Result<()> {
+        let links = self.pin_dir.join("links");
+        let cgroup_file = fs::File::open(&self.cgroup).map_err(|source| DataplaneError::Cgroup {
+            path: self.cgroup.clone(),
+            source,
+        })?;
+        let mut programs = Vec::new();
+        for (name, _) in SOCK_ADDR_PROGRAMS {
+            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
+            let attach_err = |source| DataplaneError::Attach { program: name, cgroup: self.cgroup.clone(), source };
+            // Kernel cgroup links take no flags and always stack with other
+            // programs (multi-attach semantics): `Single` means flags 0 here.
+            let id = prog.attach(&cgroup_file, CgroupAttachMode::Single).map_err(attach_err)?;
+            let link = prog.take_link(id).map_err(attach_err)?;
+            pin_link_replacing(fd_link(link, &links, name)?, &links, name)?;
+            programs.push(name);
+        }
+        for (name, attach_type) in SKB_PROGRAMS {
+            let prog: &mut CgroupSkb = program(&mut self.ebpf, name)?;
+            let attach_err = |source| DataplaneError::Attach { program: name, cgroup: self.cgroup.clone(), source };
+            let id = prog.attach(&cgroup_file, attach_type, CgroupAttachMode::Single).map_err(attach_err)?;
+            let link = prog.take_link(id).map_err(attach_err)?;
+            pin_link_replacing(fd_link(link, &links, name)?, &links, name)?;
+            programs.push(name);
+        }
+        let older = older_layouts(&self.bpffs, &self.pin_dir);
+        self.xdp = attach_xdp(&mut self.ebpf, &links, &older, &self.xdp_ifaces)?;
+        if !self.xdp.is_empty() {
+            programs.push(program_names::XDP);
+        }
+        self.programs = programs;
+        for dir in older {
+            tracing::info!(dir = %dir.display(), "retiring the pins of an older map layout");
+            retire_layout(&dir).map_err(|source| DataplaneError::PinDir { path: dir.clone(), source })?;
+        }
+        Ok(())
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -509,6 +562,37 @@ impl Dataplane {
     pub fn capacity(&self) -> (u32, u32) {
         (self.max_grants, self.max_peers)
     }
+
+    /// Runs the XDP or a cgroup_skb program `repeat` times on `packet` (an
+    /// Ethernet frame) under BPF_PROG_TEST_RUN, attached nowhere: its return
+    /// value and the kernel's mean time per run. For `portcullis
+    /// bench-dataplane`; loads the XDP program if `open` did not.
+    pub fn test_run(
+        &mut self,
+        name: &'static str,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, std::time::Duration)> {
+        use aya::{TestRun, TestRunOptions};
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            repeat,
+            ..TestRunOptions::new()
+        };
+        let result = if name == program_names::XDP {
+            let prog: &mut Xdp = program(&mut self.ebpf, name)?;
+            match prog.load() {
+                Ok(()) | Err(ProgramError::AlreadyLoaded) => {}
+                Err(source) => return Err(DataplaneError::ProgramLoad { program: name, source }),
+            }
+            prog.test_run(opts)
+        } else {
+            let prog: &mut CgroupSkb = program(&mut self.ebpf, name)?;
+            prog.test_run(opts)
+        }
+        .map_err(|source| DataplaneError::TestRun { program: name, source })?;
+        Ok((result.return_value, result.duration))
+    }
 }
 
 fn peer_key(segment: u32, addr: [u8; 16], prefix: u8) -> aya::maps::lpm_trie::Key<PeerKey> {
@@ -568,10 +652,15 @@ fn xdp_pin_name(iface: &str) -> String {
 }
 
 /// Attaches the XDP program to each interface: into the link a previous run
-/// pinned (BPF_LINK_UPDATE swaps the program atomically), else a new link in
-/// native mode, falling back to generic mode. Unpins links of interfaces no
-/// longer configured.
-fn attach_xdp(ebpf: &mut Ebpf, links: &Path, ifaces: &[String]) -> Result<Vec<XdpAttachment>> {
+/// pinned, in this layout or an older one (BPF_LINK_UPDATE swaps the
+/// program atomically), else a new link in native mode, falling back to
+/// generic mode. Unpins links of interfaces no longer configured.
+fn attach_xdp(
+    ebpf: &mut Ebpf,
+    links: &Path,
+    older: &[PathBuf],
+    ifaces: &[String],
+) -> Result<Vec<XdpAttachment>> {
     let name = program_names::XDP;
     let wanted: Vec<String> = ifaces.iter().map(|i| xdp_pin_name(i)).collect();
     if let Ok(entries) = fs::read_dir(links) {
@@ -586,54 +675,38 @@ fn attach_xdp(ebpf: &mut Ebpf, links: &Path, ifaces: &[String]) -> Result<Vec<Xd
     if ifaces.is_empty() {
         return Ok(Vec::new());
     }
-    let prog: &mut Xdp = ebpf
-        .program_mut(name)
-        .ok_or(DataplaneError::MissingProgram { program: name })?
-        .try_into()
-        .map_err(|source| DataplaneError::ProgramLoad {
-            program: name,
-            source,
-        })?;
-    prog.load().map_err(|source| DataplaneError::ProgramLoad {
-        program: name,
-        source,
-    })?;
+    let prog: &mut Xdp = program(ebpf, name)?;
     let mut out = Vec::new();
     for iface in ifaces {
         let pin = links.join(xdp_pin_name(iface));
-        let xdp_err = |source| DataplaneError::XdpAttach {
-            iface: iface.clone(),
-            source,
+        let pin_err = |e: Box<dyn std::error::Error + Send + Sync>, path: &Path| DataplaneError::Pin {
+            what: "XDP link",
+            path: path.to_path_buf(),
+            source: e,
         };
-        if pin.exists() {
-            let previous = PinnedLink::from_pin(&pin).map_err(|e| DataplaneError::Pin {
-                what: "XDP link",
-                path: pin.clone(),
-                source: Box::new(e),
-            })?;
-            let link =
-                aya::programs::xdp::XdpLink::try_from(FdLink::from(previous)).map_err(|e| {
-                    DataplaneError::Pin {
-                        what: "XDP link",
-                        path: pin.clone(),
-                        source: Box::new(e),
-                    }
-                })?;
+        let xdp_err = |source| DataplaneError::XdpAttach { iface: iface.clone(), source };
+        // A link pinned by a previous run of this or an older layout.
+        let previous = std::iter::once(pin.clone())
+            .chain(older.iter().map(|d| d.join("links").join(xdp_pin_name(iface))))
+            .find(|p| p.exists());
+        if let Some(prev) = previous {
+            if prev != pin {
+                // Pin the same link under this layout before the old layout is retired.
+                let again = PinnedLink::from_pin(&prev).map_err(|e| pin_err(Box::new(e), &prev))?;
+                FdLink::from(again).pin(&pin).map_err(|e| pin_err(Box::new(e), &pin))?;
+            }
+            let held = PinnedLink::from_pin(&pin).map_err(|e| pin_err(Box::new(e), &pin))?;
+            let link = aya::programs::xdp::XdpLink::try_from(FdLink::from(held))
+                .map_err(|e| pin_err(Box::new(e), &pin))?;
             prog.attach_to_link(link).map_err(xdp_err)?;
-            out.push(XdpAttachment {
-                iface: iface.clone(),
-                mode: "replaced",
-            });
+            out.push(XdpAttachment { iface: iface.clone(), mode: "replaced" });
             continue;
         }
         let (id, mode) = match prog.attach(iface, XdpMode::Driver) {
             Ok(id) => (id, "native"),
             Err(native) => {
                 tracing::info!(%iface, error = %native, "native XDP unavailable; using generic mode");
-                (
-                    prog.attach(iface, XdpMode::Skb).map_err(xdp_err)?,
-                    "generic",
-                )
+                (prog.attach(iface, XdpMode::Skb).map_err(xdp_err)?, "generic")
             }
         };
         let link = prog.take_link(id).map_err(xdp_err)?;
@@ -642,15 +715,8 @@ fn attach_xdp(ebpf: &mut Ebpf, links: &Path, ifaces: &[String]) -> Result<Vec<Xd
             path: pin.clone(),
             source: Box::new(e),
         })?;
-        link.pin(&pin).map_err(|e| DataplaneError::Pin {
-            what: "XDP link",
-            path: pin.clone(),
-            source: Box::new(e),
-        })?;
-        out.push(XdpAttachment {
-            iface: iface.clone(),
-            mode,
-        });
+        link.pin(&pin).map_err(|e| pin_err(Box::new(e), &pin))?;
+        out.push(XdpAttachment { iface: iface.clone(), mode });
     }
     Ok(out)
 }

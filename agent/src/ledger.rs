@@ -69,6 +69,17 @@ impl Ledger {
         self.by_source.iter().map(|(s, k)| (s, k.as_slice()))
     }
 
+    /// The sources that open `key`, each with its expiry: the reverse of
+    /// [`Ledger::keys_of`] (used by `explain` to say why an entry exists).
+    pub fn sources_of(&self, key: &EntryKey) -> &[(Source, u64)] {
+        self.entries.get(key).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Every map entry with the sources that open it.
+    pub fn entries(&self) -> impl Iterator<Item = (&EntryKey, &[(Source, u64)])> {
+        self.entries.iter().map(|(k, s)| (k, s.as_slice()))
+    }
+
     /// The value the kernel should hold for `key`.
     pub fn value(&self, key: &EntryKey) -> Option<u64> {
         self.entries.get(key).and_then(|c| latest(c))

@@ -7,24 +7,40 @@
 //! - [`ledger`]: which map entries each source of access opens.
 //! - [`dataplane`]: the only module that touches aya: load, attach, pin, maps.
 //! - [`agent`]: the agent's state and operations (grant, revoke, expire, reload).
+//! - [`requests`]: the book of access requests (pending, approved, denied, expired).
+//! - [`explain`]: why a subject may or may not reach a port, read from the kernel maps.
 //! - [`server`]: the agent process: start-up, control socket, timers, signals.
 //! - [`control`]: the control-socket protocol and client.
-//! - [`audit`]: the hash-chained audit log.
+//! - [`audit`]: the hash-chained audit log, its rotation, and `portcullis audit`.
+//! - [`denylog`]: kernel deny events → the deny log and the journal, rate limited.
+//! - [`metrics`]: the Prometheus endpoint.
 //! - [`state`]: grants and ids saved across restarts.
 //! - [`cli`]: the command line.
+//! - [`config`]: the agent's configuration file (`/etc/portcullis/agent.toml`).
+//! - [`watch`]: inotify watches on the policy directory and the cgroup tree.
 //! - [`cgroupfs`], [`hostaddrs`], [`clock`]: host facts.
+//! - [`benchprog`]: `portcullis bench-dataplane` (hidden): per-packet cost for `cargo xtask bench`.
 pub mod agent;
 pub mod audit;
+pub mod benchprog;
 pub mod cgroupfs;
 pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod denylog;
+pub mod explain;
 pub mod hostaddrs;
 pub mod identity;
 pub mod ledger;
+pub mod metrics;
+pub mod notify;
 pub mod policy;
+pub mod privileges;
+pub mod requests;
 pub mod resolve;
 pub mod server;
 pub mod sockdiag;
 pub mod state;
+pub mod watch;

@@ -29,6 +29,9 @@ mod host;
 mod schema;
 mod validate;
 
+/// Offsets → line:column, for other files reported in the same style
+/// (the agent's configuration).
+pub(crate) use diagnostic::SourceMap;
 pub use diagnostic::{Diagnostic, Diagnostics, Location, Severity};
 pub use host::{HostCheck, HostDirectory, SystemHost};
 pub use schema::parse_str;

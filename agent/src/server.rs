@@ -32,6 +32,7 @@ use crate::{
     hostaddrs::{self, AddressEvents},
     policy::{self, HostCheck, SystemHost},
     resolve::Resolver,
+    watch,
 };
 
 /// Everything `portcullis agent` is told.
@@ -53,11 +54,21 @@ pub struct AgentOptions {
     pub max_peers: u32,
     /// Interfaces where XDP enforces `peer:` identities for remote traffic.
     pub xdp_ifaces: Vec<String>,
-    /// How often unit and cgroup identities are re-resolved.
+    /// How long a pending access request waits for an approver.
+    pub request_expiry: Duration,
+    /// How often unit and cgroup identities are re-resolved even without a
+    /// cgroup event (the safety net under the cgroup watch).
     pub refresh: Duration,
+    /// Audit rotation, the deny log, the metrics endpoint.
+    pub observe: crate::metrics::Observe,
 }
 
 type Shared = Arc<Mutex<Agent>>;
+
+/// Wakes the main loop to recompute when the next grant expires: the loop
+/// sleeps until the earliest deadline it knew of, and a request handled on
+/// another task may have created an earlier one.
+static DEADLINES_CHANGED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 /// Loads and validates the policy directory for the agent (unresolvable
 /// users and groups are errors; units that are not running are warnings).
@@ -104,14 +115,10 @@ fn ensure_bpffs(bpffs: &Path) -> anyhow::Result<()> {
 }
 
 pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        warn!(
-            "not running as root: loading programs needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN"
-        );
-    }
     // 1. Policy first: a bad policy never reaches the kernel.
     let policy = load_policy(&opts.policies)
         .map_err(|e| anyhow::anyhow!("policy in {} is invalid:\n{e}", opts.policies.display()))?;
+    crate::privileges::check()?;
 
     // 2. Kernel.
     let hierarchy = Hierarchy::discover()?;
@@ -127,19 +134,23 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         max_peers: opts.max_peers,
         xdp_ifaces: opts.xdp_ifaces.clone(),
     })?;
-    let audit = AuditLog::open(&opts.audit_log)?;
+    let audit = AuditLog::open_with(&opts.audit_log, opts.observe.audit_rotation)?;
     let mut agent = Agent::start(
         policy,
         dataplane,
-        Resolver::new(hierarchy),
+        Resolver::new(hierarchy.clone()),
         audit,
         Paths {
             state_dir: opts.state_dir.clone(),
         },
     )?;
+    agent.set_request_ttl(opts.request_expiry);
     let addrs = hostaddrs::scan().context("listing this host's addresses")?;
     agent.dataplane.set_local_addrs(&addrs)?;
     agent.set_local_address_count(addrs.len());
+    // Attach only now: the maps hold the policy, the grants and this host's
+    // addresses, so the programs never run on incomplete maps.
+    agent.dataplane.attach()?;
     let _ = agent.audit.record(
         "agent_start",
         json!({"version": env!("CARGO_PKG_VERSION"), "cgroup": cgroup.display().to_string(),
@@ -161,11 +172,17 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     for x in agent.dataplane.xdp() {
         info!(iface = %x.iface, mode = x.mode, "XDP attached");
     }
+    let deny_events = agent.dataplane.take_deny_events();
     let shared: Shared = Arc::new(Mutex::new(agent));
+    // Deny log and metrics endpoint.
+    let observers =
+        crate::metrics::Observers::start(&shared, deny_events, hierarchy, &opts.observe).await?;
 
     // 3. Control socket, only once enforcement is in place.
     let listener = bind_socket(&opts)?;
     info!(socket = %opts.socket.display(), "control socket ready");
+    crate::notify::ready();
+    let mut watchdog = crate::notify::Watchdog::from_env();
 
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -174,8 +191,16 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     // SAFETY: `events` owns its descriptor and moves into the AsyncFd, which
     // drops the registration before the descriptor is closed.
     let addr_events = unsafe { AsyncFd::register(events)? };
-    let mut refresh = tokio::time::interval(opts.refresh);
+    // A 2 s heartbeat: retries, and a fresh look at the next expiry (a grant
+    // made on a control connection does not wake this loop by itself).
+    let mut refresh = tokio::time::interval(Duration::from_secs(2));
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Reload when a policy file changes; re-resolve unit and cgroup
+    // identities as soon as cgroups below the attach point come and go.
+    // The rescan every `opts.refresh` is only the safety net.
+    let mut rescanned = tokio::time::Instant::now();
+    let mut policy_watch = watch::PolicyWatch::new(&opts.policies);
+    let mut cgroup_watch = watch::CgroupWatch::new(&cgroup);
 
     loop {
         let sleep = next_expiry_sleep(&shared);
@@ -200,15 +225,31 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             }
             _ = refresh.tick() => {
                 let mut a = shared.lock().expect("agent lock");
+                // Audit records queued while the log could not be written.
+                a.audit.retry();
+                if rescanned.elapsed() >= opts.refresh {
+                    rescanned = tokio::time::Instant::now();
+                    if let Err(e) = a.refresh_identities() {
+                        warn!(error = %e, "re-resolving unit and cgroup identities failed");
+                    }
+                }
+            }
+            _ = hup.recv() => reload(&shared, &opts.policies),
+            _ = policy_watch.changed() => reload_changed(&shared, &opts.policies),
+            _ = cgroup_watch.changed() => {
+                let mut a = shared.lock().expect("agent lock");
                 if let Err(e) = a.refresh_identities() {
                     warn!(error = %e, "re-resolving unit and cgroup identities failed");
                 }
             }
-            _ = hup.recv() => reload(&shared, &opts.policies),
+            _ = watchdog.tick() => watchdog.ping(),
+            _ = DEADLINES_CHANGED.notified() => {}
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
+    crate::notify::stopping();
+    observers.stop();
     let mut a = shared.lock().expect("agent lock");
     let _ = a.audit.record(
         "agent_stop",
@@ -247,9 +288,33 @@ fn update_addresses(shared: &Shared) {
 
 /// Re-reads the policy; on any error keeps enforcing the previous one.
 pub fn reload(shared: &Shared, dir: &Path) {
-    info!(dir = %dir.display(), "reloading policy");
+    crate::notify::reloading();
+    reload_with(shared, dir, false);
+    crate::notify::ready();
+}
+
+/// A reload because a file changed: skipped when the files' contents are
+/// what is in force already (an editor's swap file, a `touch`), unless the
+/// last reload failed, so that reverting a bad edit clears that failure.
+fn reload_changed(shared: &Shared, dir: &Path) {
+    crate::notify::reloading();
+    reload_with(shared, dir, true);
+    crate::notify::ready();
+}
+
+fn reload_with(shared: &Shared, dir: &Path, only_if_changed: bool) {
     let parsed = load_policy(dir);
     let mut a = shared.lock().expect("agent lock");
+    if let Ok(policy) = &parsed {
+        if only_if_changed
+            && policy.digest == a.policy().digest
+            && a.last_reload().is_none_or(|r| r.ok)
+        {
+            tracing::debug!(dir = %dir.display(), "policy files touched, contents unchanged; not reloading");
+            return;
+        }
+    }
+    info!(dir = %dir.display(), trigger = if only_if_changed { "file change" } else { "SIGHUP" }, "reloading policy");
     match parsed {
         Ok(policy) => {
             let digest = policy.digest.clone();
@@ -294,6 +359,10 @@ pub fn reload(shared: &Shared, dir: &Path) {
 }
 
 fn bind_socket(opts: &AgentOptions) -> anyhow::Result<UnixListener> {
+    // Socket activation first; binding the path ourselves is the fallback.
+    if let Some(listener) = crate::notify::activated_listener().context("taking the socket systemd passed")? {
+        return Ok(listener);
+    }
     let path = &opts.socket;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -383,9 +452,27 @@ fn handle(shared: &Shared, cred: &PeerCred, request: Request) -> Response {
             .map(|(reply, _)| reply),
         Request::List {} => Ok(a.list()),
         Request::Status {} => Ok(a.status()),
+        Request::RequestAccess {
+            segment,
+            ttl,
+            reason,
+        } => a.request(cred, &segment, ttl.as_deref(), reason.as_deref()),
+        Request::Approve { id, ttl } => a.approve(cred, id, ttl.as_deref()),
+        Request::Deny { id, reason } => a.deny(cred, id, &reason),
+        Request::ShowRequest { id } => a.show_request(cred, id),
+        Request::Pending {} => Ok(a.pending()),
+        Request::Explain {
+            identity,
+            pid,
+            port,
+        } => a.explain(cred, identity.as_deref(), pid, &port),
     };
     match result {
-        Ok(reply) => Response::Ok(reply),
+        Ok(reply) => {
+            // A grant or approval may have moved the earliest deadline.
+            DEADLINES_CHANGED.notify_one();
+            Response::Ok(reply)
+        }
         Err(refusal) => {
             info!(code = ?refusal.code, "refused: {}", refusal.message);
             Response::Error(refusal)

@@ -88,6 +88,9 @@ pub struct Grant {
     pub boot_id: String,
     pub actor: Actor,
     pub reason: Option<String>,
+    /// The access request this grant approved, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<u64>,
 }
 
 impl Grant {
@@ -109,6 +112,10 @@ pub struct Saved {
     pub next_id: u64,
     pub segment_ids: BTreeMap<String, u32>,
     pub grants: Vec<Grant>,
+    /// Access requests, pending and recently decided (absent in files
+    /// written before requests existed).
+    #[serde(default)]
+    pub requests: Vec<crate::requests::AccessRequest>,
 }
 
 /// The outcome of reading the state file.
@@ -213,11 +220,30 @@ mod tests {
                     pid: Some(1),
                 },
                 reason: Some("why".into()),
+                request_id: Some(7),
             }],
+            requests: vec![],
         };
         save(&d, &saved).unwrap();
         match load(&d).unwrap() {
             Loaded::Ok(s) => assert_eq!(s, saved),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn files_from_before_requests_still_load() {
+        let d = dir("old");
+        fs::write(
+            d.join(STATE_FILE),
+            br#"{"format":1,"next_id":3,"segment_ids":{"db":1},"grants":[]}"#,
+        )
+        .unwrap();
+        match load(&d).unwrap() {
+            Loaded::Ok(s) => {
+                assert_eq!(s.next_id, 3);
+                assert!(s.requests.is_empty());
+            }
             other => panic!("{other:?}"),
         }
     }

@@ -23,6 +23,7 @@ use std::{
 
 pub mod netns;
 pub mod session;
+pub mod users;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -350,12 +351,20 @@ pub struct Agent {
     pub cgroup: PathBuf,
     child: Option<Child>,
     pub log: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Extra environment for the agent process (kept across restarts).
+    pub env: Vec<(String, String)>,
+    /// A command the agent is started under (e.g. `setpriv ...`), if any.
+    pub wrapper: Vec<String>,
 }
 
 pub struct AgentBuilder {
     policy: String,
     cgroup: PathBuf,
     extra: Vec<String>,
+    audit_log: Option<PathBuf>,
+    env: Vec<(String, String)>,
+    wrapper: Vec<String>,
+    bpffs: Option<PathBuf>,
 }
 
 impl AgentBuilder {
@@ -364,9 +373,38 @@ impl AgentBuilder {
         self
     }
 
+    /// Pins under `path` instead of a fresh directory in /sys/fs/bpf.
+    pub fn bpffs(mut self, path: &Path) -> Self {
+        self.bpffs = Some(path.to_path_buf());
+        self
+    }
+
+    /// Sets an environment variable for the agent process.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Starts the agent under `program args...` (which then runs the agent).
+    pub fn wrap(mut self, program_and_args: &[&str]) -> Self {
+        self.wrapper = program_and_args.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// Writes the audit log at `path` instead of the agent's own directory.
+    pub fn audit_log(mut self, path: &Path) -> Self {
+        self.audit_log = Some(path.to_path_buf());
+        self
+    }
+
     pub fn start(self) -> Agent {
         let agent = Agent::prepare(&self.policy, &self.cgroup);
         let mut agent = agent;
+        if let Some(p) = self.audit_log {
+            agent.audit_log = p;
+        }
+        agent.env = self.env;
+        agent.wrapper = self.wrapper;
         agent.spawn(&self.extra);
         agent
     }
@@ -374,7 +412,12 @@ impl AgentBuilder {
     /// Starts the agent and returns its exit output instead of waiting for readiness
     /// (for tests of start-up failures).
     pub fn start_expecting_failure(self) -> Output {
-        let agent = Agent::prepare(&self.policy, &self.cgroup);
+        let mut agent = Agent::prepare(&self.policy, &self.cgroup);
+        agent.env = self.env;
+        agent.wrapper = self.wrapper;
+        if let Some(b) = self.bpffs {
+            agent.bpffs = b;
+        }
         let out = agent
             .command(&self.extra)
             .stdin(Stdio::null())
@@ -393,6 +436,10 @@ impl Agent {
             policy: policy.to_string(),
             cgroup: cgroup.to_path_buf(),
             extra: vec![],
+            audit_log: None,
+            env: Vec::new(),
+            wrapper: Vec::new(),
+            bpffs: None,
         }
     }
 
@@ -416,11 +463,21 @@ impl Agent {
             cgroup: cgroup.to_path_buf(),
             child: None,
             log: Arc::new(std::sync::Mutex::new(Vec::new())),
+            env: Vec::new(),
+            wrapper: Vec::new(),
         }
     }
 
     fn command(&self, extra: &[String]) -> Command {
-        let mut cmd = Command::new(portcullis_bin());
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(portcullis_bin());
+                c
+            }
+            None => Command::new(portcullis_bin()),
+        };
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.arg("--socket")
             .arg(&self.socket)
             .arg("agent")
@@ -571,6 +628,8 @@ impl Drop for Agent {
             .arg("uninstall")
             .arg("--bpffs")
             .arg(&self.bpffs)
+            .arg("--audit-log")
+            .arg(&self.audit_log)
             .output();
         let _ = fs::remove_dir_all(&self.bpffs);
         let _ = fs::remove_dir_all(&self.dir);

@@ -4,6 +4,7 @@
 //! `Args`) and a `main(options, &Workspace)` function. Adding a subcommand is
 //! one `Command` variant, one `match` arm and one module.
 
+mod install;
 mod run;
 mod setup;
 mod test;
@@ -37,6 +38,11 @@ enum Command {
     Run(run::RunOptions),
     /// Run setup, then the unit, integration and privileged end-to-end tests.
     Test(test::Options),
+    /// Build and install the binary, systemd unit, default config and docs
+    /// (under --destdir, or on this host).
+    Install(install::InstallOptions),
+    /// Build a .deb under target/package/.
+    Package(install::PackageOptions),
 }
 
 fn main() -> ExitCode {
@@ -61,5 +67,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Build(options) => run::build_main(options, &ws),
         Command::Run(options) => run::run_main(options, &ws),
         Command::Test(options) => test::main(options, &ws),
+        Command::Install(options) => install::install_main(options, &ws),
+        Command::Package(options) => install::package_main(options, &ws),
     }
 }

@@ -10,8 +10,16 @@
 //!   pc-probe hold ADDR:PORT MS COUNT    one TCP session: send/echo every MS, COUNT times;
 //!                                       prints `ok N` per round trip, then `err NAME` and exits on failure
 //!   pc-probe udp-hold ADDR:PORT MS COUNT  the same over a connected UDP socket
+//!   pc-probe loop-until ADDR:PORT SECS MAXN  like `loop`, for SECS seconds (at most MAXN connects)
 //!   pc-probe raw IFACE LISTEN FRAME...  send hex Ethernet frames on IFACE (AF_PACKET), then wait
 //!                                       for one UDP datagram on the bound address LISTEN
+//!
+//!   pc-probe loop ADDR:PORT N           N TCP connects back to back (each closed with a reset, so
+//!                                       no TIME_WAIT piles up); prints `loop ok K eperm M other L [FIRST]`
+//!                                       where FIRST names the first error other than EPERM
+//!
+//!   pc-probe flood-udp ADDR:PORT N SECS  up to N unconnected sendto(2)s back to back, stopping
+//!                                       after SECS seconds at most; prints `flood sent S eperm E other O`
 //!
 //! PC_PROBE_TIMEOUT_MS sets the connect/receive timeout (default 3000).
 use std::{
@@ -54,18 +62,30 @@ fn addr(s: &str) -> SocketAddr {
 }
 
 fn timeout() -> Duration {
-    let ms = std::env::var("PC_PROBE_TIMEOUT_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3000);
+    let ms = std::env::var("PC_PROBE_TIMEOUT_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
     Duration::from_millis(ms)
 }
 
+/// SO_LINGER 0: closing sends a reset instead of leaving the connection in
+/// TIME_WAIT, so thousands of connects do not run out of local ports.
+fn reset_on_close(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt(2) on a socket we own, with a pointer to a linger
+    // value that outlives the call and its exact size.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
 fn hex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex frame"))
-        .collect()
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex frame")).collect()
 }
 
 /// Sends raw Ethernet frames on `iface`.
@@ -159,11 +179,7 @@ fn run(args: &[String]) -> std::io::Result<()> {
             let target = addr(&args[2]);
             let interval = Duration::from_millis(args[3].parse().expect("MS"));
             let count: u32 = args[4].parse().expect("COUNT");
-            let bind: SocketAddr = if target.is_ipv4() {
-                "0.0.0.0:0".parse().unwrap()
-            } else {
-                "[::]:0".parse().unwrap()
-            };
+            let bind: SocketAddr = if target.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
             let s = UdpSocket::bind(bind)?;
             s.set_read_timeout(Some(timeout))?;
             s.connect(target)?;
@@ -177,6 +193,54 @@ fn run(args: &[String]) -> std::io::Result<()> {
             }
             Ok(())
         }
+        Some("loop") => {
+            let target = addr(&args[2]);
+            let n: u64 = args[3].parse().expect("N");
+            let (mut ok, mut eperm, mut other) = (0u64, 0u64, 0u64);
+            let mut first_other = None;
+            for _ in 0..n {
+                match TcpStream::connect_timeout(&target, timeout) {
+                    Ok(s) => {
+                        ok += 1;
+                        reset_on_close(&s);
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => eperm += 1,
+                    Err(e) => {
+                        other += 1;
+                        first_other.get_or_insert_with(|| errno_name(&e));
+                    }
+                }
+            }
+            println!("loop ok {ok} eperm {eperm} other {other} {}", first_other.unwrap_or_default());
+            Ok(())
+        }
+        Some("loop-until") => {
+            // Like `loop`, but for SECS seconds (at most MAXN connects), so a
+            // test can keep connecting across an agent restart.
+            let target = addr(&args[2]);
+            let secs: f64 = args[3].parse().expect("SECS");
+            let max: u64 = args[4].parse().expect("MAXN");
+            let end = Instant::now() + Duration::from_secs_f64(secs);
+            let (mut ok, mut eperm, mut other) = (0u64, 0u64, 0u64);
+            let mut first_other = None;
+            let mut n = 0;
+            while n < max && Instant::now() < end {
+                n += 1;
+                match TcpStream::connect_timeout(&target, timeout) {
+                    Ok(s) => {
+                        ok += 1;
+                        reset_on_close(&s);
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => eperm += 1,
+                    Err(e) => {
+                        other += 1;
+                        first_other.get_or_insert_with(|| errno_name(&e));
+                    }
+                }
+            }
+            println!("loop ok {ok} eperm {eperm} other {other} {}", first_other.unwrap_or_default());
+            Ok(())
+        }
         Some("raw") => {
             let listen = UdpSocket::bind(addr(&args[3]))?;
             listen.set_read_timeout(Some(timeout))?;
@@ -187,8 +251,30 @@ fn run(args: &[String]) -> std::io::Result<()> {
             println!("ok");
             Ok(())
         }
+        Some("flood-udp") => {
+            let target = addr(&args[2]);
+            let n: u64 = args[3].parse().expect("N");
+            let limit = Duration::from_secs(args[4].parse().expect("SECS"));
+            let bind: SocketAddr = if target.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
+            let s = UdpSocket::bind(bind)?;
+            let start = Instant::now();
+            let (mut sent, mut eperm, mut other) = (0u64, 0u64, 0u64);
+            for i in 0..n {
+                match s.send_to(b"x", target) {
+                    Ok(_) => sent += 1,
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => eperm += 1,
+                    Err(_) => other += 1,
+                }
+                // Looking at the clock every call would cost as much as the call.
+                if i % 4096 == 0 && start.elapsed() > limit {
+                    break;
+                }
+            }
+            println!("flood sent {sent} eperm {eperm} other {other}");
+            Ok(())
+        }
         _ => {
-            eprintln!("usage: pc-probe tcp|udp|udp-connect ADDR:PORT | hold|udp-hold ADDR:PORT MS COUNT | raw IFACE LISTEN FRAME...");
+            eprintln!("usage: pc-probe tcp|udp|udp-connect ADDR:PORT | hold|udp-hold ADDR:PORT MS COUNT | loop ADDR:PORT N | raw IFACE LISTEN FRAME... | flood-udp ADDR:PORT N SECS");
             std::process::exit(2);
         }
     }

@@ -1,0 +1,524 @@
+//! The just-in-time workflow on the agent's state: a person asks for access
+//! to a segment (`request`), someone entitled says yes (`approve`, which
+//! grants through the same path as `portcullis grant`) or no (`deny`), and
+//! an undecided request lapses. Also `explain`, which reads the kernel maps.
+//!
+//! Who may do what is decided here, from the control socket's peer
+//! credentials only:
+//! - any local user may request access for their own `user:` identity
+//!   (`uid:N` when the uid has no name) to a segment with a `jit` table;
+//! - root and the segment's approvers may approve and deny;
+//! - nobody approves their own request, root included.
+//!
+//! Every refusal is audited once (see `Agent::audited`). The request book
+//! itself (ids, deadlines, state transitions) lives in `crate::requests`.
+use std::{collections::BTreeMap, time::Duration};
+
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::{actor_json, check_reason, check_ttl, jit_rules, obj, refuse, Agent};
+use crate::{
+    clock,
+    control::{PeerCred, Refusal, RefusalCode, Reply, RequestView},
+    explain::{self, Subject},
+    identity::{parse_ttl, Identity},
+    ledger::Source,
+    requests::{AccessRequest, Ask, Decision, Now, RequestError, RequestState},
+    state::Actor,
+};
+
+/// How long a request stays pending when the agent is not told otherwise.
+pub const DEFAULT_REQUEST_TTL: Duration = Duration::from_secs(3600);
+
+fn book_refusal(e: RequestError) -> Refusal {
+    let code = match e {
+        RequestError::NotFound(_) => RefusalCode::NotFound,
+        RequestError::Full => RefusalCode::Unavailable,
+        _ => RefusalCode::Invalid,
+    };
+    refuse(code, e.to_string())
+}
+
+/// The caller's own identity: `user:NAME`, or `uid:N` when the uid has no name.
+fn own_identity(uid: u32) -> Identity {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .and_then(|u| format!("user:{}", u.name).parse().ok())
+        .unwrap_or(Identity::Uid(uid))
+}
+
+fn rfc3339_ms(unix_ms: u64) -> String {
+    clock::rfc3339(std::time::UNIX_EPOCH + Duration::from_millis(unix_ms))
+}
+
+/// An error and its causes on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+impl Agent {
+    /// How long requests stay pending (the agent's `--request-expiry`).
+    pub fn set_request_ttl(&mut self, ttl: Duration) {
+        self.request_ttl = ttl;
+    }
+
+    /// `portcullis request SEGMENT`: the caller asks for access for themselves.
+    pub fn request(
+        &mut self,
+        cred: &PeerCred,
+        segment: &str,
+        ttl: Option<&str>,
+        reason: Option<&str>,
+    ) -> Result<Reply, Refusal> {
+        let result = self.request_checked(cred, segment, ttl, reason);
+        self.audited(cred, "request", segment, result)
+    }
+
+    fn request_checked(
+        &mut self,
+        cred: &PeerCred,
+        segment: &str,
+        ttl: Option<&str>,
+        reason: Option<&str>,
+    ) -> Result<Reply, Refusal> {
+        self.expire_requests();
+        let seg = self.segment(segment)?.clone();
+        let jit = jit_rules(&seg)?;
+        let ttl = match ttl {
+            Some(t) => {
+                parse_ttl(t).map_err(|e| refuse(RefusalCode::Invalid, format!("TTL {t:?}: {e}")))?
+            }
+            None => jit.default_ttl,
+        };
+        check_ttl(&seg, jit, ttl)?;
+        let reason = check_reason(&seg, jit, reason)?;
+        let identity = own_identity(cred.uid);
+        self.requests
+            .admissible(&identity, &seg.name)
+            .map_err(book_refusal)?;
+        let id = self.next_id;
+        let requester = Actor::from_uid(cred.uid, cred.pid);
+        let now = Now::current();
+        let ask = Ask {
+            id,
+            segment: seg.name.clone(),
+            identity: identity.clone(),
+            requester: requester.clone(),
+            ttl,
+            reason: reason.clone(),
+            pending_for: self.request_ttl,
+            boot_id: self.boot_id.clone(),
+        };
+        // Audit first, as for grants: a request nobody can trace is not made.
+        let expires_unix_ms = now
+            .unix_ms
+            .saturating_add(self.request_ttl.as_millis() as u64);
+        self.audit
+            .record(
+                "request",
+                obj(
+                    json!({"request_id": id, "segment": seg.name, "identity": identity.to_string(),
+                    "ports": self.ports_of(&seg.name), "ttl_secs": ttl.as_secs(), "reason": reason,
+                    "expires_at": rfc3339_ms(expires_unix_ms), "actor": actor_json(&requester)}),
+                ),
+            )
+            .map_err(|e| {
+                refuse(
+                    RefusalCode::Unavailable,
+                    format!("request refused: the audit log cannot be written ({e})"),
+                )
+            })?;
+        let request = self.requests.open(ask, now).map_err(book_refusal)?.clone();
+        self.next_id += 1;
+        self.save();
+        info!(request = id, segment = %seg.name, %identity, ttl = %clock::human(ttl), "access requested");
+        Ok(Reply::Requested {
+            request: Box::new(self.request_view(&request)),
+        })
+    }
+
+    /// `portcullis approve ID [--ttl D]`: turns a pending request into a grant.
+    pub fn approve(
+        &mut self,
+        cred: &PeerCred,
+        id: u64,
+        ttl: Option<&str>,
+    ) -> Result<Reply, Refusal> {
+        let segment = self.request_segment(id);
+        let result = self.approve_checked(cred, id, ttl);
+        self.audited(cred, "approve", &segment, result)
+    }
+
+    fn approve_checked(
+        &mut self,
+        cred: &PeerCred,
+        id: u64,
+        ttl: Option<&str>,
+    ) -> Result<Reply, Refusal> {
+        // An overdue request is expired (and audited as such) before anything else.
+        self.expire_requests();
+        let now = Now::current();
+        let req = self
+            .requests
+            .decidable(id, now)
+            .map_err(book_refusal)?
+            .clone();
+        let seg = self.segment(&req.segment)?.clone();
+        if !self.may_administer(cred, &seg) {
+            return Err(self.refused(
+                cred,
+                "approve",
+                &seg.name,
+                format!(
+                    "{} may not approve request {id} on segment {}: only root and the segment's approvers may",
+                    Actor::from_uid(cred.uid, None),
+                    seg.name
+                ),
+            ));
+        }
+        if cred.uid == req.requester.uid {
+            return Err(self.refused(
+                cred,
+                "approve",
+                &seg.name,
+                format!(
+                    "request {id} is your own (made by {}): nobody approves their own request, root included; ask another approver",
+                    req.requester
+                ),
+            ));
+        }
+        // The policy may have changed since the request was made.
+        let jit = jit_rules(&seg)?;
+        let ttl = match ttl {
+            Some(t) => {
+                let asked = parse_ttl(t)
+                    .map_err(|e| refuse(RefusalCode::Invalid, format!("TTL {t:?}: {e}")))?;
+                if asked > req.ttl() {
+                    return Err(refuse(
+                        RefusalCode::Invalid,
+                        format!(
+                            "approve may shorten a request, never lengthen it: request {id} asks for {}, --ttl is {}",
+                            clock::human(req.ttl()),
+                            clock::human(asked)
+                        ),
+                    ));
+                }
+                asked
+            }
+            None => req.ttl(),
+        };
+        check_ttl(&seg, jit, ttl)?;
+        let grant = self.open_grant(
+            cred,
+            &seg,
+            req.identity.clone(),
+            ttl,
+            req.reason.clone(),
+            Some(id),
+        )?;
+        let by = Actor::from_uid(cred.uid, cred.pid);
+        // Decided at the instant it was found decidable: nothing can have
+        // changed in between, the agent is locked.
+        let decided = self
+            .requests
+            .decide(
+                id,
+                Decision::Approve {
+                    grant_id: grant.id,
+                    by: by.clone(),
+                    ttl,
+                },
+                now,
+            )
+            .map_err(book_refusal)?;
+        if let Err(e) = self.audit.record(
+            "approve",
+            obj(
+                json!({"request_id": id, "grant_id": grant.id, "segment": seg.name,
+                "identity": req.identity.to_string(), "ttl_secs": ttl.as_secs(),
+                "requested_ttl_secs": req.ttl_secs, "requested_by": actor_json(&req.requester),
+                "actor": actor_json(&by)}),
+            ),
+        ) {
+            warn!(request = id, error = %e, "approved (the grant is audited), but the approve record could not be written");
+        }
+        self.save();
+        info!(request = id, grant = grant.id, actor = %by, "request approved");
+        Ok(Reply::Approved {
+            request: Box::new(self.request_view(&decided)),
+            grant: self.view(&grant),
+        })
+    }
+
+    /// `portcullis deny ID --reason TEXT`.
+    pub fn deny(&mut self, cred: &PeerCred, id: u64, reason: &str) -> Result<Reply, Refusal> {
+        let segment = self.request_segment(id);
+        let result = self.deny_checked(cred, id, reason);
+        self.audited(cred, "deny", &segment, result)
+    }
+
+    fn deny_checked(&mut self, cred: &PeerCred, id: u64, reason: &str) -> Result<Reply, Refusal> {
+        self.expire_requests();
+        let now = Now::current();
+        let req = self
+            .requests
+            .decidable(id, now)
+            .map_err(book_refusal)?
+            .clone();
+        // A request on a segment that left the policy can still be denied, by root.
+        let authorized = match self.policy.segments.get(&req.segment) {
+            Some(seg) => self.may_administer(cred, seg),
+            None => cred.uid == 0,
+        };
+        if !authorized {
+            return Err(self.refused(
+                cred,
+                "deny",
+                &req.segment,
+                format!(
+                    "{} may not deny request {id} on segment {}: only root and the segment's approvers may",
+                    Actor::from_uid(cred.uid, None),
+                    req.segment
+                ),
+            ));
+        }
+        let reason = reason.trim();
+        if reason.is_empty() {
+            return Err(refuse(
+                RefusalCode::Invalid,
+                "a denial needs a reason (--reason TEXT); the requester sees it",
+            ));
+        }
+        let by = Actor::from_uid(cred.uid, cred.pid);
+        let decided = self
+            .requests
+            .decide(
+                id,
+                Decision::Deny {
+                    by: by.clone(),
+                    reason: reason.to_string(),
+                },
+                now,
+            )
+            .map_err(book_refusal)?;
+        // Denying opens nothing, so it stands even when the audit log fails.
+        if let Err(e) = self.audit.record(
+            "deny",
+            obj(
+                json!({"request_id": id, "segment": req.segment, "identity": req.identity.to_string(),
+                "reason": reason, "requested_by": actor_json(&req.requester), "actor": actor_json(&by)}),
+            ),
+        ) {
+            warn!(request = id, error = %e, "denied, but the audit record could not be written");
+        }
+        self.save();
+        info!(request = id, actor = %by, "request denied");
+        Ok(Reply::Denied {
+            request: Box::new(self.request_view(&decided)),
+        })
+    }
+
+    /// One request, pending or recently decided (polled by `request --wait`).
+    pub fn show_request(&mut self, cred: &PeerCred, id: u64) -> Result<Reply, Refusal> {
+        self.expire_requests();
+        let result = match self.requests.get(id) {
+            Some(r) => Ok(Reply::Request {
+                request: Box::new(self.request_view(r)),
+            }),
+            None => Err(book_refusal(RequestError::NotFound(id))),
+        };
+        self.audited(cred, "show_request", "", result)
+    }
+
+    /// Pending requests, oldest first.
+    pub fn pending(&mut self) -> Reply {
+        self.expire_requests();
+        Reply::Pending {
+            requests: self.pending_views(),
+        }
+    }
+
+    pub(super) fn pending_views(&self) -> Vec<RequestView> {
+        self.requests
+            .pending()
+            .map(|r| self.request_view(r))
+            .collect()
+    }
+
+    /// Marks pending requests past their deadline as expired, audits each,
+    /// and forgets decided requests that are old enough.
+    pub(super) fn expire_requests(&mut self) {
+        let before = self.requests.len();
+        let expired = self.requests.expire_due(Now::current());
+        for r in &expired {
+            let _ = self.audit.record(
+                "request_expire",
+                obj(
+                    json!({"request_id": r.id, "segment": r.segment, "identity": r.identity.to_string(),
+                    "requested_by": actor_json(&r.requester),
+                    "expired_at": rfc3339_ms(r.expires_unix_ms)}),
+                ),
+            );
+            info!(request = r.id, segment = %r.segment, identity = %r.identity, "request expired without a decision");
+        }
+        if !expired.is_empty() || self.requests.len() != before {
+            self.save();
+        }
+    }
+
+    fn request_segment(&self, id: u64) -> String {
+        self.requests
+            .get(id)
+            .map(|r| r.segment.clone())
+            .unwrap_or_default()
+    }
+
+    fn request_view(&self, r: &AccessRequest) -> RequestView {
+        let (grant_id, granted_ttl_secs, decided_by, decided_at, decision_reason) = match &r.state {
+            RequestState::Pending => (None, None, None, None, None),
+            RequestState::Approved {
+                grant_id,
+                by,
+                at_unix_ms,
+                ttl_secs,
+            } => (
+                Some(*grant_id),
+                Some(*ttl_secs),
+                Some(by.to_string()),
+                Some(rfc3339_ms(*at_unix_ms)),
+                None,
+            ),
+            RequestState::Denied {
+                by,
+                at_unix_ms,
+                reason,
+            } => (
+                None,
+                None,
+                Some(by.to_string()),
+                Some(rfc3339_ms(*at_unix_ms)),
+                Some(reason.clone()),
+            ),
+            RequestState::Expired { at_unix_ms } => {
+                (None, None, None, Some(rfc3339_ms(*at_unix_ms)), None)
+            }
+        };
+        RequestView {
+            id: r.id,
+            segment: r.segment.clone(),
+            identity: r.identity.to_string(),
+            ports: self.ports_of(&r.segment),
+            requester: r.requester.to_string(),
+            ttl_secs: r.ttl_secs,
+            reason: r.reason.clone(),
+            created_at: rfc3339_ms(r.created_unix_ms),
+            expires_at: rfc3339_ms(r.expires_unix_ms),
+            remaining_secs: if r.is_pending() {
+                clock::remaining(r.expires_boot_ns).as_secs()
+            } else {
+                0
+            },
+            state: r.state.name().to_string(),
+            outcome: r.state.describe(),
+            grant_id,
+            granted_ttl_secs,
+            decided_by,
+            decided_at,
+            decision_reason,
+        }
+    }
+
+    /// `portcullis explain`: which segment, entry and source decide for a
+    /// subject on a port, read from the kernel maps.
+    pub fn explain(
+        &mut self,
+        cred: &PeerCred,
+        identity: Option<&str>,
+        pid: Option<u32>,
+        port: &str,
+    ) -> Result<Reply, Refusal> {
+        let result = self.explain_checked(identity, pid, port);
+        self.audited(cred, "explain", "", result)
+    }
+
+    fn explain_checked(
+        &self,
+        identity: Option<&str>,
+        pid: Option<u32>,
+        port: &str,
+    ) -> Result<Reply, Refusal> {
+        let subject = match (identity, pid) {
+            (Some(i), None) => Subject::Identity(
+                i.parse()
+                    .map_err(|e| refuse(RefusalCode::Invalid, format!("identity {i:?}: {e}")))?,
+            ),
+            (None, Some(p)) => Subject::Pid(p),
+            _ => {
+                return Err(refuse(
+                    RefusalCode::BadRequest,
+                    "explain takes either an identity or a pid",
+                ))
+            }
+        };
+        let port =
+            explain::parse_port(port).map_err(|e| refuse(RefusalCode::Invalid, chain(&e)))?;
+        let resolved = explain::resolve(&subject, &self.resolver.hierarchy)
+            .map_err(|e| refuse(RefusalCode::NotFound, chain(&e)))?;
+        let names: BTreeMap<u32, String> = self
+            .segment_ids
+            .iter()
+            .map(|(name, id)| (*id, name.clone()))
+            .collect();
+        let view = explain::evaluate(
+            &self.dataplane,
+            &self.ledger,
+            &resolved,
+            port,
+            clock::boot_ns(),
+            &|id| names.get(&id).cloned(),
+            &|s| self.describe_source(s),
+        )
+        .map_err(|e| refuse(RefusalCode::Internal, chain(&e)))?;
+        Ok(Reply::Explained(Box::new(view)))
+    }
+
+    /// What a ledger source is, for people.
+    fn describe_source(&self, source: &Source) -> String {
+        match source {
+            Source::Standing { segment, identity } => match self.policy.segments.get(segment) {
+                Some(seg) => format!(
+                    "standing allow {identity} of segment {segment} (policy {})",
+                    seg.origin.file.display()
+                ),
+                None => format!("standing allow {identity} of segment {segment}"),
+            },
+            Source::Grant(id) => match self.grants.get(id) {
+                Some(g) => {
+                    let mut s = format!(
+                        "grant {id} of {} by {}, {} left",
+                        g.identity,
+                        g.actor,
+                        clock::human(clock::remaining(g.expires_boot_ns))
+                    );
+                    if let Some(r) = g.request_id {
+                        s.push_str(&format!(", approving request {r}"));
+                    }
+                    if let Some(reason) = &g.reason {
+                        s.push_str(&format!(" ({reason})"));
+                    }
+                    s
+                }
+                None => format!("grant {id} (no longer recorded)"),
+            },
+        }
+    }
+}

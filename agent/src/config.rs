@@ -1,0 +1,672 @@
+//! The agent's configuration file, `/etc/portcullis/agent.toml`: where the
+//! agent reads its policy, where it keeps its socket, state, audit log and
+//! pins, what it attaches to, and how large its maps are.
+//!
+//! Owns the file format (every key optional, unknown keys refused), the
+//! documented defaults, and the checks on each value, reported with
+//! file:line:column in the same form as policy problems. It does not merge
+//! command-line flags over the file (`cli` does: a flag that is given wins)
+//! and it starts nothing. Operators' documentation: `docs/config.md`.
+use std::{
+    io,
+    ops::Range,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::{
+    identity::parse_ttl,
+    policy::{Diagnostic, Diagnostics, SourceMap},
+};
+
+/// Where `portcullis agent` looks when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/portcullis/agent.toml";
+
+/// Every key the file may hold, for "did you mean" hints.
+const KEYS: [&str; 19] = [
+    "policy_dir",
+    "socket",
+    "socket_mode",
+    "socket_group",
+    "xdp_ifaces",
+    "audit_log",
+    "state_dir",
+    "bpffs",
+    "cgroup",
+    "max_grants",
+    "max_peers",
+    "request_expiry",
+    "identity_rescan",
+    "audit_max_bytes",
+    "audit_keep",
+    "deny_log",
+    "deny_burst",
+    "deny_window",
+    "metrics_addr",
+];
+
+/// The agent's settings from the file, with the documented default for
+/// every key the file does not set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// Directory of segment policy files (`*.toml`).
+    pub policy_dir: PathBuf,
+    /// The control socket.
+    pub socket: PathBuf,
+    /// File mode of the control socket.
+    pub socket_mode: u32,
+    /// Group owning the control socket; its members may use the CLI.
+    pub socket_group: Option<String>,
+    /// Interfaces to attach the XDP program to (none: no XDP).
+    pub xdp_ifaces: Vec<String>,
+    pub audit_log: PathBuf,
+    pub state_dir: PathBuf,
+    /// This agent's bpffs directory (pinned programs, links and maps).
+    pub bpffs: PathBuf,
+    /// Filesystem path of the cgroup to attach to; `None`: the cgroup2 root.
+    pub cgroup: Option<PathBuf>,
+    /// Capacity of the local grant map.
+    pub max_grants: u32,
+    /// Capacity of the peer prefix map.
+    pub max_peers: u32,
+    /// How long a pending access request waits for an approver.
+    pub request_expiry: Duration,
+    /// How often unit and cgroup identities are re-resolved even when no
+    /// cgroup event was seen (a safety net under the cgroup watch).
+    pub identity_rescan: Duration,
+    /// Rotate the audit log before it grows past this size; 0 never rotates.
+    pub audit_max_bytes: u64,
+    /// Rotated audit files kept (`audit.jsonl.1` ..).
+    pub audit_keep: u32,
+    /// The kernel deny log; `None`: `denies.jsonl` beside the audit log.
+    pub deny_log: Option<PathBuf>,
+    /// Denies written per identity × segment per window (the rest are counted).
+    pub deny_burst: u32,
+    /// The deny log's rate-limit window.
+    pub deny_window: Duration,
+    /// Where the Prometheus endpoint listens; `None`: off.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+impl Default for AgentConfig {
+    /// The documented defaults (docs/config.md, packaging/agent.toml).
+    fn default() -> Self {
+        AgentConfig {
+            policy_dir: "/etc/portcullis/policies".into(),
+            socket: crate::control::DEFAULT_SOCKET.into(),
+            socket_mode: 0o660,
+            socket_group: None,
+            xdp_ifaces: Vec::new(),
+            audit_log: "/var/log/portcullis/audit.jsonl".into(),
+            state_dir: "/var/lib/portcullis".into(),
+            bpffs: "/sys/fs/bpf/portcullis".into(),
+            cgroup: None,
+            max_grants: agent_common::DEFAULT_MAX_GRANTS,
+            max_peers: agent_common::DEFAULT_MAX_PEERS,
+            request_expiry: Duration::from_secs(3600),
+            identity_rescan: Duration::from_secs(30),
+            audit_max_bytes: crate::audit::Rotation::default().max_bytes,
+            audit_keep: crate::audit::Rotation::default().keep as u32,
+            deny_log: None,
+            deny_burst: crate::denylog::DEFAULT_BURST,
+            deny_window: crate::denylog::DEFAULT_WINDOW,
+            metrics_addr: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the agent configuration {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the agent configuration {path} is invalid:\n{diagnostics}")]
+    Invalid {
+        path: PathBuf,
+        diagnostics: Diagnostics,
+    },
+}
+
+/// The file as written: every key optional, each value with its place.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    policy_dir: Option<Spanned<PathBuf>>,
+    socket: Option<Spanned<PathBuf>>,
+    socket_mode: Option<Spanned<RawMode>>,
+    socket_group: Option<Spanned<String>>,
+    xdp_ifaces: Option<Vec<Spanned<String>>>,
+    audit_log: Option<Spanned<PathBuf>>,
+    state_dir: Option<Spanned<PathBuf>>,
+    bpffs: Option<Spanned<PathBuf>>,
+    cgroup: Option<Spanned<PathBuf>>,
+    max_grants: Option<Spanned<i64>>,
+    max_peers: Option<Spanned<i64>>,
+    request_expiry: Option<Spanned<String>>,
+    identity_rescan: Option<Spanned<String>>,
+    audit_max_bytes: Option<Spanned<String>>,
+    audit_keep: Option<Spanned<i64>>,
+    deny_log: Option<Spanned<PathBuf>>,
+    deny_burst: Option<Spanned<i64>>,
+    deny_window: Option<Spanned<String>>,
+    metrics_addr: Option<Spanned<String>>,
+}
+
+/// A mode is written as a string of octal digits; a TOML integer is taken
+/// only to say so, because `660` would silently be decimal.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawMode {
+    Text(String),
+    Number(i64),
+}
+
+impl AgentConfig {
+    /// Reads the configuration at `path`. `explicit` says whether the user
+    /// named the file: a missing default file means "all defaults", a
+    /// missing file that was asked for is an error.
+    pub fn load(path: &Path, explicit: bool) -> Result<AgentConfig, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !explicit => {
+                return Ok(AgentConfig::default())
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        };
+        Self::parse(path, &text).map_err(|diagnostics| ConfigError::Invalid {
+            path: path.to_owned(),
+            diagnostics,
+        })
+    }
+
+    /// Parses one configuration text; `file` is only used in locations.
+    /// Reports every bad value, not just the first (a TOML syntax error or
+    /// an unknown key stops the parse, so those come alone).
+    pub fn parse(file: &Path, text: &str) -> Result<AgentConfig, Diagnostics> {
+        let map = SourceMap::new(file, text);
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let location = map.span(e.span()).unwrap_or_else(|| map.start());
+            let message = e.message().trim().replace('\n', ": ");
+            Diagnostics(vec![
+                Diagnostic::error(Some(location), message.clone()).with_help(serde_help(&message))
+            ])
+        })?;
+        let mut check = Checker {
+            map,
+            diagnostics: Diagnostics::default(),
+        };
+        let mut config = AgentConfig::default();
+        let paths = [
+            ("policy_dir", raw.policy_dir, &mut config.policy_dir),
+            ("socket", raw.socket, &mut config.socket),
+            ("audit_log", raw.audit_log, &mut config.audit_log),
+            ("state_dir", raw.state_dir, &mut config.state_dir),
+            ("bpffs", raw.bpffs, &mut config.bpffs),
+        ];
+        for (key, value, slot) in paths {
+            if let Some(path) = value.and_then(|v| check.path(key, v)) {
+                *slot = path;
+            }
+        }
+        if let Some(cgroup) = raw.cgroup {
+            config.cgroup = check.path("cgroup", cgroup);
+        }
+        if let Some(mode) = raw.socket_mode.and_then(|m| check.mode(m)) {
+            config.socket_mode = mode;
+        }
+        if let Some(group) = raw.socket_group {
+            let span = group.span();
+            let group = group.into_inner();
+            if group.is_empty() {
+                check.error(
+                    span,
+                    "socket_group is empty".into(),
+                    "name a group, or remove the key to keep the socket's group root",
+                );
+            } else {
+                config.socket_group = Some(group);
+            }
+        }
+        if let Some(ifaces) = raw.xdp_ifaces {
+            config.xdp_ifaces = ifaces
+                .into_iter()
+                .filter_map(|i| check.interface(i))
+                .collect();
+        }
+        for (key, value, slot) in [
+            ("max_grants", raw.max_grants, &mut config.max_grants),
+            ("max_peers", raw.max_peers, &mut config.max_peers),
+        ] {
+            if let Some(n) = value.and_then(|v| check.capacity(key, v)) {
+                *slot = n;
+            }
+        }
+        if let Some(expiry) = raw.request_expiry {
+            let span = expiry.span();
+            match parse_ttl(expiry.get_ref()) {
+                Ok(d) => config.request_expiry = d,
+                Err(e) => check.error(
+                    span,
+                    format!("request_expiry: {e}"),
+                    "write a duration such as \"1h\" or \"30m\" (at most 366 days)",
+                ),
+            }
+        }
+        if let Some(rescan) = raw.identity_rescan {
+            let span = rescan.span();
+            match humantime::parse_duration(rescan.get_ref()) {
+                Ok(d) if (Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&d) => {
+                    config.identity_rescan = d
+                }
+                Ok(_) => check.error(
+                    span,
+                    format!("identity_rescan {:?} is out of range", rescan.get_ref()),
+                    "use 1s to 1d; the cgroup watch reacts at once, this is only the safety net",
+                ),
+                Err(e) => check.error(
+                    span,
+                    format!(
+                        "identity_rescan {:?} is not a duration: {e}",
+                        rescan.get_ref()
+                    ),
+                    "write a duration such as \"30s\" or \"5m\"",
+                ),
+            }
+        }
+        // The audit log's rotation, the deny log and the metrics endpoint
+        // (docs/audit.md).
+        if let Some(v) = raw.audit_max_bytes {
+            match crate::metrics::parse_size(v.get_ref()) {
+                Ok(n) => config.audit_max_bytes = n,
+                Err(e) => check.error(
+                    v.span(),
+                    format!("audit_max_bytes: {e}"),
+                    "write a size in quotes, e.g. \"64M\"; \"0\" never rotates",
+                ),
+            }
+        }
+        for (key, value, slot, max) in [
+            ("audit_keep", raw.audit_keep, &mut config.audit_keep, 10_000),
+            (
+                "deny_burst",
+                raw.deny_burst,
+                &mut config.deny_burst,
+                1_000_000,
+            ),
+        ] {
+            if let Some(v) = value {
+                match u32::try_from(*v.get_ref()) {
+                    Ok(n) if (1..=max).contains(&n) => *slot = n,
+                    _ => check.error(
+                        v.span(),
+                        format!("{key} {} is out of range", v.get_ref()),
+                        &format!("use 1 to {max}"),
+                    ),
+                }
+            }
+        }
+        if let Some(p) = raw.deny_log {
+            config.deny_log = check.path("deny_log", p);
+        }
+        if let Some(v) = raw.deny_window {
+            match crate::metrics::parse_window(v.get_ref()) {
+                Ok(d) => config.deny_window = d,
+                Err(e) => check.error(
+                    v.span(),
+                    format!("deny_window {e}"),
+                    "write a duration such as \"60s\" or \"5m\"",
+                ),
+            }
+        }
+        if let Some(v) = raw.metrics_addr {
+            match crate::metrics::parse_addr(v.get_ref()) {
+                Ok(a) => config.metrics_addr = Some(a),
+                Err(e) => check.error(
+                    v.span(),
+                    e,
+                    "e.g. \"127.0.0.1:9464\", or \"9464\" for localhost",
+                ),
+            }
+        }
+        if check.diagnostics.has_errors() {
+            Err(check.diagnostics)
+        } else {
+            Ok(config)
+        }
+    }
+}
+
+/// A socket mode from the command line or the file: octal digits, at most 0777.
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s:?} is not an octal file mode like 0660"))
+}
+
+/// Help for a problem serde found: a near key for an unknown one.
+fn serde_help(message: &str) -> String {
+    let unknown = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next());
+    let near = unknown.and_then(|name| {
+        KEYS.iter()
+            .map(|k| (strsim::jaro_winkler(name, k), *k))
+            .filter(|(score, _)| *score > 0.8)
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, k)| k)
+    });
+    match near {
+        Some(k) => format!("did you mean `{k}`? every key is listed in docs/config.md"),
+        None => "every key, its type and its default are listed in docs/config.md".into(),
+    }
+}
+
+struct Checker<'a> {
+    map: SourceMap<'a>,
+    diagnostics: Diagnostics,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, span: Range<usize>, message: String, help: &str) {
+        let location = self.map.location(span.start);
+        self.diagnostics
+            .push(Diagnostic::error(Some(location), message).with_help(help));
+    }
+
+    /// A path must be absolute: the agent's working directory is no place
+    /// to resolve one against.
+    fn path(&mut self, key: &str, value: Spanned<PathBuf>) -> Option<PathBuf> {
+        let span = value.span();
+        let path = value.into_inner();
+        if path.is_absolute() {
+            return Some(path);
+        }
+        self.error(
+            span,
+            format!(
+                "{key} {:?} is not an absolute path",
+                path.display().to_string()
+            ),
+            "write the full path, starting with `/`",
+        );
+        None
+    }
+
+    fn mode(&mut self, value: Spanned<RawMode>) -> Option<u32> {
+        let span = value.span();
+        match value.into_inner() {
+            RawMode::Text(text) => match parse_mode(&text) {
+                Ok(mode) => Some(mode),
+                Err(e) => {
+                    self.error(
+                        span,
+                        format!("socket_mode {e}"),
+                        "write octal digits in a string, at most \"0777\"",
+                    );
+                    None
+                }
+            },
+            RawMode::Number(n) => {
+                self.error(
+                    span,
+                    format!("socket_mode {n} is a number; a file mode is written as a string"),
+                    "write it in quotes as octal digits, e.g. socket_mode = \"0660\"",
+                );
+                None
+            }
+        }
+    }
+
+    /// Linux interface names: 1-15 bytes, no `/`, no whitespace, not `.`
+    /// or `..` (the kernel's `dev_valid_name`).
+    fn interface(&mut self, value: Spanned<String>) -> Option<String> {
+        let span = value.span();
+        let name = value.into_inner();
+        let valid = (1..=15).contains(&name.len())
+            && name != "."
+            && name != ".."
+            && !name
+                .chars()
+                .any(|c| c == '/' || c == ':' || c.is_whitespace());
+        if valid {
+            return Some(name);
+        }
+        self.error(
+            span,
+            format!("xdp_ifaces: {name:?} is not a network interface name"),
+            "interface names are 1-15 characters without `/`, `:` or spaces; see `ip link`",
+        );
+        None
+    }
+
+    fn capacity(&mut self, key: &str, value: Spanned<i64>) -> Option<u32> {
+        let span = value.span();
+        match u32::try_from(*value.get_ref()) {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                self.error(
+                    span,
+                    format!("{key} {} is out of range", value.get_ref()),
+                    "a map holds 1 to 4294967295 entries; the kernel refuses what memory cannot hold",
+                );
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "/etc/portcullis/agent.toml";
+
+    fn parse(text: &str) -> Result<AgentConfig, Diagnostics> {
+        AgentConfig::parse(Path::new(FILE), text)
+    }
+
+    /// The diagnostics of a text that must be refused, as displayed.
+    fn errors(text: &str) -> Vec<String> {
+        parse(text)
+            .expect_err("must be refused")
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn an_empty_file_means_every_default() {
+        assert_eq!(parse("").unwrap(), AgentConfig::default());
+        assert_eq!(parse("# nothing\n").unwrap(), AgentConfig::default());
+    }
+
+    #[test]
+    fn the_shipped_example_states_exactly_the_defaults() {
+        // packaging/agent.toml documents the defaults by writing them out;
+        // if a default changes, the shipped file must change with it.
+        let text = include_str!("../../packaging/agent.toml");
+        assert_eq!(parse(text).unwrap(), AgentConfig::default());
+    }
+
+    #[test]
+    fn the_documented_example_parses_to_what_it_says() {
+        let doc = include_str!("../../docs/config.md");
+        let start = doc
+            .find("```toml\n")
+            .expect("a toml block in docs/config.md")
+            + 8;
+        let len = doc[start..].find("```").expect("closed block");
+        let c = parse(&doc[start..start + len]).unwrap();
+        assert_eq!(c.xdp_ifaces, vec!["eth0".to_string(), "eth1".to_string()]);
+        assert_eq!(c.socket_group.as_deref(), Some("portcullis"));
+        assert_eq!(c.cgroup, Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(c.request_expiry, Duration::from_secs(30 * 60));
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let c = parse(
+            r#"
+policy_dir = "/srv/policies"
+socket = "/run/pc/control.sock"
+socket_mode = "0600"
+socket_group = "secops"
+xdp_ifaces = ["eth0", "bond0.100"]
+audit_log = "/var/log/pc/audit.jsonl"
+state_dir = "/var/lib/pc"
+bpffs = "/sys/fs/bpf/pc"
+cgroup = "/sys/fs/cgroup/system.slice"
+max_grants = 1024
+max_peers = 64
+request_expiry = "2h"
+identity_rescan = "1m"
+audit_max_bytes = "1M"
+audit_keep = 3
+deny_log = "/var/log/pc/denies.jsonl"
+deny_burst = 20
+deny_window = "5m"
+metrics_addr = "9464"
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c,
+            AgentConfig {
+                policy_dir: "/srv/policies".into(),
+                socket: "/run/pc/control.sock".into(),
+                socket_mode: 0o600,
+                socket_group: Some("secops".into()),
+                xdp_ifaces: vec!["eth0".into(), "bond0.100".into()],
+                audit_log: "/var/log/pc/audit.jsonl".into(),
+                state_dir: "/var/lib/pc".into(),
+                bpffs: "/sys/fs/bpf/pc".into(),
+                cgroup: Some("/sys/fs/cgroup/system.slice".into()),
+                max_grants: 1024,
+                max_peers: 64,
+                request_expiry: Duration::from_secs(7200),
+                identity_rescan: Duration::from_secs(60),
+                audit_max_bytes: 1 << 20,
+                audit_keep: 3,
+                deny_log: Some("/var/log/pc/denies.jsonl".into()),
+                deny_burst: 20,
+                deny_window: Duration::from_secs(300),
+                metrics_addr: Some("127.0.0.1:9464".parse().unwrap()),
+            }
+        );
+        assert_eq!(KEYS.len(), 19, "KEYS lists every field");
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error_at_its_place_with_a_hint() {
+        let e = errors("socket_mode = \"0660\"\npolicies_dir = \"/x\"\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with(&format!("error: {FILE}:2:1: unknown field `policies_dir`")),
+            "{e:?}"
+        );
+        assert!(e[0].contains("did you mean `policy_dir`?"), "{e:?}");
+    }
+
+    #[test]
+    fn a_wrong_type_is_located_at_the_value() {
+        let e = errors("max_grants = \"lots\"\n");
+        assert!(
+            e[0].starts_with(&format!("error: {FILE}:1:14: invalid type")),
+            "{e:?}"
+        );
+        let e = errors("xdp_ifaces = \"eth0\"\n");
+        assert!(e[0].contains(":1:14: invalid type"), "{e:?}");
+    }
+
+    #[test]
+    fn a_syntax_error_is_located() {
+        let e = errors("socket = /run/x.sock\n");
+        assert!(e[0].starts_with(&format!("error: {FILE}:1:10:")), "{e:?}");
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_with_its_line() {
+        let e = errors(
+            r#"policy_dir = "policies"
+socket_mode = "0999"
+socket_group = ""
+xdp_ifaces = ["eth0", "a/b", "much-too-long-ifname"]
+max_grants = 0
+max_peers = -1
+request_expiry = "0s"
+identity_rescan = "soon"
+cgroup = "sys/fs/cgroup"
+"#,
+        );
+        let at = |line: usize, needle: &str| {
+            assert!(
+                e.iter()
+                    .any(|d| d.contains(&format!("{FILE}:{line}:")) && d.contains(needle)),
+                "no error on line {line} mentioning {needle:?} in {e:#?}"
+            )
+        };
+        at(1, "policy_dir \"policies\" is not an absolute path");
+        at(2, "socket_mode \"0999\" is not an octal file mode");
+        at(3, "socket_group is empty");
+        at(4, "\"a/b\" is not a network interface name");
+        at(
+            4,
+            "\"much-too-long-ifname\" is not a network interface name",
+        );
+        at(5, "max_grants 0 is out of range");
+        at(6, "max_peers -1 is out of range");
+        at(7, "request_expiry");
+        at(8, "identity_rescan \"soon\" is not a duration");
+        at(9, "cgroup \"sys/fs/cgroup\" is not an absolute path");
+        assert_eq!(e.len(), 10, "{e:#?}");
+        assert!(e.iter().all(|d| d.contains("\n  help: ")), "{e:#?}");
+    }
+
+    #[test]
+    fn a_numeric_mode_is_refused_with_how_to_write_it() {
+        let e = errors("socket_mode = 660\n");
+        assert!(e[0].contains(":1:15: socket_mode 660 is a number"), "{e:?}");
+        assert!(e[0].contains("socket_mode = \"0660\""), "{e:?}");
+        assert_eq!(parse("socket_mode = \"660\"\n").unwrap().socket_mode, 0o660);
+    }
+
+    #[test]
+    fn a_missing_default_file_means_defaults_but_a_named_one_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("agent.toml");
+        assert_eq!(
+            AgentConfig::load(&missing, false).unwrap(),
+            AgentConfig::default()
+        );
+        let e = AgentConfig::load(&missing, true).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }), "{e}");
+        assert!(e.to_string().contains("agent.toml"), "{e}");
+        // A file that exists is read either way.
+        std::fs::write(&missing, "max_peers = 7\n").unwrap();
+        assert_eq!(AgentConfig::load(&missing, false).unwrap().max_peers, 7);
+        std::fs::write(&missing, "max_peers = 0\n").unwrap();
+        let e = AgentConfig::load(&missing, false).unwrap_err().to_string();
+        assert!(e.contains("agent.toml:1:13: max_peers 0"), "{e}");
+    }
+
+    #[test]
+    fn modes_are_octal_and_bounded() {
+        assert_eq!(parse_mode("660"), Ok(0o660));
+        assert_eq!(parse_mode("0600"), Ok(0o600));
+        assert!(parse_mode("999").is_err());
+        assert!(parse_mode("1777").is_err());
+        assert!(parse_mode("").is_err());
+    }
+}

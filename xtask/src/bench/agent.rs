@@ -1,0 +1,261 @@
+//! A real `portcullis agent` for one measurement: its policy with N
+//! standing `uid:` (and optionally `peer:`) allows, its own directory,
+//! socket, bpffs directory and audit log, attached to the bench's
+//! `filtered` cgroup (never the root). Stopped, and its pins removed (which
+//! detaches its programs), on drop.
+use std::{
+    fmt::Write as _,
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use super::host;
+use crate::util;
+
+/// The segment every bench policy defines.
+pub const SEGMENT: &str = "bench";
+/// How long an agent may take to start (1,000,000 allows included).
+const START_LIMIT: Duration = Duration::from_secs(300);
+const STOP_LIMIT: Duration = Duration::from_secs(10);
+
+/// What the agent enforces.
+pub struct Spec {
+    pub port: u16,
+    /// Standing `uid:N` allows.
+    pub uids: Vec<u32>,
+    /// Standing `peer:A` (/32) allows.
+    pub peers: Vec<Ipv4Addr>,
+    /// `--xdp-iface`.
+    pub xdp_iface: Option<String>,
+}
+
+impl Spec {
+    fn policy(&self) -> String {
+        let mut p = String::with_capacity(64 + 16 * (self.uids.len() + self.peers.len()));
+        let _ = writeln!(p, "[segment.{SEGMENT}]");
+        let _ = writeln!(p, "ports = [\"{}/tcp\"]", self.port);
+        p.push_str("allow = [\n");
+        for uid in &self.uids {
+            let _ = writeln!(p, "\"uid:{uid}\",");
+        }
+        for a in &self.peers {
+            let _ = writeln!(p, "\"peer:{a}\",");
+        }
+        p.push_str("]\n\n");
+        let _ = writeln!(p, "[segment.{SEGMENT}.jit]");
+        p.push_str("max_ttl = \"2h\"\nrequire_reason = false\n");
+        p
+    }
+
+    fn capacity(n: usize, default: u32) -> u32 {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        n.saturating_add(n / 10 + 1024).max(default)
+    }
+}
+
+pub struct Agent {
+    child: Option<Child>,
+    pub pid: u32,
+    dir: PathBuf,
+    bpffs: PathBuf,
+    pub socket: PathBuf,
+    log: PathBuf,
+    bin: PathBuf,
+    /// From spawning the process to its control socket existing (which it
+    /// binds only once the programs are attached and the maps filled).
+    pub start_time: Duration,
+}
+
+impl Agent {
+    /// Starts an agent in `work/NAME` with pins in `bpffs_root/NAME`, and
+    /// waits until it serves its control socket.
+    pub fn start(
+        bin: &Path,
+        work: &Path,
+        bpffs_root: &Path,
+        name: &str,
+        cgroup: &Path,
+        spec: &Spec,
+    ) -> Result<Self> {
+        let dir = work.join(name);
+        let bpffs = bpffs_root.join(name);
+        let policies = dir.join("policies");
+        fs::create_dir_all(&policies)?;
+        fs::write(policies.join("bench.toml"), spec.policy())?;
+        // An empty config file: documented defaults, whatever /etc holds.
+        fs::write(dir.join("agent.toml"), "")?;
+        let socket = dir.join("control.sock");
+        let log = dir.join("agent.log");
+        let mut cmd = Command::new(bin);
+        cmd.arg("agent")
+            .arg("--config")
+            .arg(dir.join("agent.toml"))
+            .arg("--policies")
+            .arg(&policies)
+            .arg("--bpffs")
+            .arg(&bpffs)
+            .arg("--cgroup")
+            .arg(cgroup)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--audit-log")
+            .arg(dir.join("audit.jsonl"))
+            .arg("--max-grants")
+            .arg(Spec::capacity(spec.uids.len(), 262_144).to_string())
+            .arg("--max-peers")
+            .arg(Spec::capacity(spec.peers.len(), 65_536).to_string());
+        if let Some(iface) = &spec.xdp_iface {
+            cmd.arg("--xdp-iface").arg(iface);
+        }
+        // Logs to a file, not to a journal the bench's environment may name.
+        cmd.env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET")
+            .env("PORTCULLIS_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log)?);
+        host::confine(&mut cmd, None, None);
+        let started = Instant::now();
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting `{}`", util::describe(&cmd)))?;
+        let mut me = Self {
+            pid: child.id(),
+            child: Some(child),
+            dir,
+            bpffs,
+            socket,
+            log,
+            bin: bin.to_path_buf(),
+            start_time: Duration::ZERO,
+        };
+        while !me.socket.exists() {
+            if let Some(status) = me.child.as_mut().expect("running").try_wait()? {
+                bail!(
+                    "the agent exited while starting ({status}); its log:\n{}",
+                    me.log_tail()
+                );
+            }
+            if started.elapsed() > START_LIMIT {
+                bail!(
+                    "the agent did not open its control socket within {START_LIMIT:?}; its log:\n{}",
+                    me.log_tail()
+                );
+            }
+            host::check_interrupted()?;
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        me.start_time = started.elapsed();
+        Ok(me)
+    }
+
+    fn log_tail(&self) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    /// How XDP was attached ("native", "generic"), from the agent's log.
+    pub fn xdp_mode(&self) -> Option<String> {
+        let text = fs::read_to_string(&self.log).ok()?;
+        let line = text.lines().find(|l| l.contains("XDP attached"))?;
+        let mode = line.split("mode=").nth(1)?;
+        Some(mode.split_whitespace().next()?.trim_matches('"').to_string())
+    }
+
+    /// `field` of /proc/PID/status in kB (VmRSS, VmHWM).
+    pub fn status_kib(&self, field: &str) -> Result<u64> {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .with_context(|| format!("no {field} in /proc/{}/status", self.pid))
+    }
+
+    /// utime + stime of the agent (all its threads), in clock ticks.
+    pub fn cpu_ticks(&self) -> Result<u64> {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let rest = stat.rsplit_once(')').context("malformed stat")?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // rest starts at field 3 (state): utime is field 14, stime 15.
+        let utime: u64 = f.get(11).context("no utime")?.parse()?;
+        let stime: u64 = f.get(12).context("no stime")?.parse()?;
+        Ok(utime + stime)
+    }
+
+    /// `portcullis --socket S ARGS...`
+    pub fn cli(&self) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg("--socket").arg(&self.socket);
+        c
+    }
+
+    /// Grants `identity` on the bench segment for an hour; returns its id.
+    pub fn grant(&self, identity: &str) -> Result<u64> {
+        let out = util::output(self.cli().args([
+            "grant", SEGMENT, identity, "--ttl", "1h", "--reason", "bench", "--json",
+        ]))?;
+        let v: serde_json::Value = serde_json::from_str(&out)
+            .with_context(|| format!("`portcullis grant --json` printed {out:?}"))?;
+        v["ok"]["grant"]["id"]
+            .as_u64()
+            .with_context(|| format!("no grant id in {out}"))
+    }
+
+    fn stop_now(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) of our own child, which has not been reaped.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let started = Instant::now();
+            while started.elapsed() < STOP_LIMIT {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Unpinning the links detaches the programs: the cgroup is open again.
+        if let Err(e) = host::remove_pins(&self.bpffs) {
+            eprintln!("bench: warning: removing {}: {e}", self.bpffs.display());
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_lists_every_allow_and_a_jit_table() {
+        let spec = Spec {
+            port: 15432,
+            uids: vec![7, 8],
+            peers: vec![Ipv4Addr::new(203, 0, 113, 2)],
+            xdp_iface: None,
+        };
+        let p = spec.policy();
+        assert!(p.contains("ports = [\"15432/tcp\"]"));
+        assert!(p.contains("\"uid:7\",\n\"uid:8\",\n\"peer:203.0.113.2\",\n]"));
+        assert!(p.contains("[segment.bench.jit]"));
+        assert_eq!(Spec::capacity(1_000_000, 262_144), 1_101_024);
+        assert_eq!(Spec::capacity(5, 262_144), 262_144);
+    }
+}

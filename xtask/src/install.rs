@@ -1,0 +1,119 @@
+//! `cargo xtask install` and `cargo xtask package`: put Portcullis on a host.
+//!
+//! Both lay out the same files: the binary in /usr/bin, the systemd unit,
+//! the default agent config (never overwriting an existing one), an empty
+//! policy directory (nothing is protected until ops put policies there),
+//! and the README and example policies under /usr/share/doc. `package`
+//! stages them into a directory and builds a .deb with dpkg-deb.
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{run, setup, util, util::Workspace};
+
+#[derive(clap::Args)]
+pub struct InstallOptions {
+    /// Install under this directory instead of `/` (for staging).
+    #[arg(long, value_name = "DIR")]
+    destdir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct PackageOptions {}
+
+fn copy(from: &Path, to: &Path, mode: u32) -> Result<()> {
+    if let Some(dir) = to.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    fs::copy(from, to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    fs::set_permissions(to, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", to.display()))?;
+    Ok(())
+}
+
+/// Lays out every installed file under `root`; returns the conffiles.
+fn lay_out(ws: &Workspace, bin: &Path, root: &Path) -> Result<Vec<&'static str>> {
+    copy(bin, &root.join("usr/bin/portcullis"), 0o755)?;
+    copy(&ws.root.join("packaging/portcullis.service"), &root.join("lib/systemd/system/portcullis.service"), 0o644)?;
+    let config = root.join("etc/portcullis/agent.toml");
+    if config.exists() {
+        eprintln!("install: keeping the existing {}", config.display());
+    } else {
+        copy(&ws.root.join("packaging/agent.toml"), &config, 0o644)?;
+    }
+    let policies = root.join("etc/portcullis/policies");
+    fs::create_dir_all(&policies).with_context(|| format!("creating {}", policies.display()))?;
+    let doc = root.join("usr/share/doc/portcullis");
+    copy(&ws.root.join("README.md"), &doc.join("README.md"), 0o644)?;
+    for entry in fs::read_dir(ws.root.join("docs")).context("reading docs/")? {
+        let p = entry?.path();
+        if p.extension().is_some_and(|e| e == "md") {
+            copy(&p, &doc.join(p.file_name().expect("file name")), 0o644)?;
+        }
+    }
+    for entry in fs::read_dir(ws.root.join("policies")).context("reading policies/")? {
+        let p = entry?.path();
+        if p.extension().is_some_and(|e| e == "toml") {
+            copy(&p, &doc.join("examples/policies").join(p.file_name().expect("file name")), 0o644)?;
+        }
+    }
+    Ok(vec!["/etc/portcullis/agent.toml"])
+}
+
+pub fn install_main(options: InstallOptions, ws: &Workspace) -> Result<()> {
+    let root = options.destdir.unwrap_or_else(|| PathBuf::from("/"));
+    if root == Path::new("/") && !util::is_root() {
+        bail!("installing into / needs root (or pass --destdir DIR to stage)");
+    }
+    setup::setup(ws)?;
+    let bin = run::build_agent(ws, true)?;
+    lay_out(ws, &bin, &root)?;
+    eprintln!("install: done under {}", root.display());
+    if root == Path::new("/") && Path::new("/run/systemd/system").exists() {
+        util::run(Command::new("systemctl").arg("daemon-reload"))?;
+        eprintln!("install: next: put segment policies in /etc/portcullis/policies, then `systemctl enable --now portcullis`");
+    }
+    Ok(())
+}
+
+pub fn package_main(_options: PackageOptions, ws: &Workspace) -> Result<()> {
+    setup::setup(ws)?;
+    let bin = run::build_agent(ws, true)?;
+    let version = env!("CARGO_PKG_VERSION");
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let out = ws.target_dir()?.join("package");
+    let stage = out.join(format!("portcullis_{version}_{arch}"));
+    if stage.exists() {
+        fs::remove_dir_all(&stage).with_context(|| format!("removing {}", stage.display()))?;
+    }
+    let conffiles = lay_out(ws, &bin, &stage)?;
+    let debian = stage.join("DEBIAN");
+    fs::create_dir_all(&debian)?;
+    fs::write(
+        debian.join("control"),
+        format!(
+            "Package: portcullis\nVersion: {version}\nArchitecture: {arch}\nMaintainer: Portcullis developers <portcullis@localhost>\n\
+             Section: net\nPriority: optional\nDepends: libc6\n\
+             Description: port-level micro-segmentation agent (eBPF)\n \
+             Closes a host's internal ports by default and opens them per identity,\n \
+             for a bounded time, in the kernel; with a CLI and an audit trail.\n"
+        ),
+    )?;
+    fs::write(debian.join("conffiles"), conffiles.join("\n") + "\n")?;
+    let postinst = "#!/bin/sh\nset -e\nif [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi\n";
+    fs::write(debian.join("postinst"), postinst)?;
+    fs::set_permissions(debian.join("postinst"), fs::Permissions::from_mode(0o755))?;
+    let deb = out.join(format!("portcullis_{version}_{arch}.deb"));
+    util::run(Command::new("dpkg-deb").args(["--build", "--root-owner-group"]).arg(&stage).arg(&deb))?;
+    eprintln!("package: {}", deb.display());
+    Ok(())
+}
