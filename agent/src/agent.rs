@@ -499,8 +499,10 @@ impl Agent {
             let _ = self.dataplane.apply(&undo);
             let _ = self.audit.record(
                 "grant_failed",
-                obj(json!({"grant_id": id, "segment": seg.name, "identity": identity.to_string(),
-                    "actor": actor_json(&actor), "request_id": request_id, "error": e.to_string()})),
+                obj(
+                    json!({"grant_id": id, "segment": seg.name, "identity": identity.to_string(),
+                    "actor": actor_json(&actor), "request_id": request_id, "error": e.to_string()}),
+                ),
             );
             return Err(refuse(
                 RefusalCode::Unavailable,

@@ -167,6 +167,25 @@ pub struct Dataplane {
     ebpf: Ebpf,
 }
 
+/// The capacity a map really has. A pinned map keeps the size it was
+/// created with: a different size asked for on a later start takes effect
+/// only after `portcullis uninstall`, and this says so.
+fn capacity<K: aya::Pod, M: aya::maps::IterableMap<K, Expiry>>(map: &M, name: &str, asked: u32) -> u32 {
+    match map.map().info() {
+        Ok(info) if info.max_entries() != asked => {
+            tracing::warn!(
+                map = name,
+                pinned = info.max_entries(),
+                asked,
+                "the pinned map keeps its size; a new size takes effect after `portcullis uninstall`"
+            );
+            info.max_entries()
+        }
+        Ok(info) => info.max_entries(),
+        Err(_) => asked,
+    }
+}
+
 /// A program of the object, as its concrete type.
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T>
 where
@@ -325,8 +344,8 @@ impl Dataplane {
             bpffs: cfg.bpffs.clone(),
             cgroup: cfg.cgroup.clone(),
             xdp_ifaces: cfg.xdp_ifaces.clone(),
-            max_grants: cfg.max_grants,
-            max_peers: cfg.max_peers,
+            max_grants: capacity(&grants, map_names::GRANTS, cfg.max_grants),
+            max_peers: capacity(&peers, map_names::PEERS, cfg.max_peers),
             ports,
             grants,
             peers,

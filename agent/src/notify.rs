@@ -23,7 +23,10 @@ pub fn ready() {
 
 /// A policy reload has started (systemd's reload protocol wants the time).
 pub fn reloading() {
-    let mut states = vec![NotifyState::Reloading, NotifyState::Status("reloading policy")];
+    let mut states = vec![
+        NotifyState::Reloading,
+        NotifyState::Status("reloading policy"),
+    ];
     if let Ok(now) = NotifyState::monotonic_usec_now() {
         states.push(now);
     }
@@ -32,7 +35,10 @@ pub fn reloading() {
 
 /// The agent is shutting down (enforcement stays pinned).
 pub fn stopping() {
-    send(&[NotifyState::Stopping, NotifyState::Status("stopping; enforcement stays in place")]);
+    send(&[
+        NotifyState::Stopping,
+        NotifyState::Status("stopping; enforcement stays in place"),
+    ]);
 }
 
 /// Pings the watchdog at half the interval systemd asked for.

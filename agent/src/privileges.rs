@@ -42,7 +42,9 @@ pub fn missing(eff: u64) -> Vec<&'static str> {
 
 /// Fails with a plain message when the process cannot load and attach the programs.
 pub fn check() -> anyhow::Result<()> {
-    let Some(eff) = effective() else { return Ok(()) };
+    let Some(eff) = effective() else {
+        return Ok(());
+    };
     let missing = missing(eff);
     if missing.is_empty() {
         return Ok(());

@@ -360,7 +360,9 @@ fn reload_with(shared: &Shared, dir: &Path, only_if_changed: bool) {
 
 fn bind_socket(opts: &AgentOptions) -> anyhow::Result<UnixListener> {
     // Socket activation first; binding the path ourselves is the fallback.
-    if let Some(listener) = crate::notify::activated_listener().context("taking the socket systemd passed")? {
+    if let Some(listener) =
+        crate::notify::activated_listener().context("taking the socket systemd passed")?
+    {
         return Ok(listener);
     }
     let path = &opts.socket;

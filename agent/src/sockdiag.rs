@@ -81,6 +81,24 @@ pub struct SockDiag {
     seq: u32,
 }
 
+/// The netlink messages in a received buffer: (type, sequence, payload).
+/// Stops at the first header that does not fit.
+fn messages(buf: &[u8]) -> impl Iterator<Item = (u16, u32, &[u8])> {
+    let mut off = 0;
+    std::iter::from_fn(move || {
+        let header = buf.get(off..off + 16)?;
+        let len = u32::from_ne_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
+        if len < 16 || off + len > buf.len() {
+            return None;
+        }
+        let ty = u16::from_ne_bytes(header[4..6].try_into().expect("2 bytes"));
+        let seq = u32::from_ne_bytes(header[8..12].try_into().expect("4 bytes"));
+        let payload = &buf[off + 16..off + len];
+        off += (len + 3) & !3;
+        Some((ty, seq, payload))
+    })
+}
+
 /// `struct inet_diag_req_v2`: family, protocol, ext, pad, states, sockid.
 fn request(id: &SocketId, family: u8, states: u32, cookie: Option<u64>) -> [u8; 56] {
     let mut b = [0u8; 56];
@@ -195,25 +213,15 @@ impl SockDiag {
         let mut buf = [0u8; 512];
         loop {
             let n = self.recv(&mut buf)?;
-            let mut off = 0;
-            while off + 16 <= n {
-                let len =
-                    u32::from_ne_bytes(buf[off..off + 4].try_into().expect("4 bytes")) as usize;
-                let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().expect("2 bytes"));
-                let mseq = u32::from_ne_bytes(buf[off + 8..off + 12].try_into().expect("4 bytes"));
-                if ty == NLMSG_ERROR && mseq == seq && off + 20 <= n {
-                    let err =
-                        i32::from_ne_bytes(buf[off + 16..off + 20].try_into().expect("4 bytes"));
+            for (ty, mseq, payload) in messages(&buf[..n]) {
+                if ty == NLMSG_ERROR && mseq == seq && payload.len() >= 4 {
+                    let err = i32::from_ne_bytes(payload[..4].try_into().expect("4 bytes"));
                     return match -err {
                         0 => Ok(true),
                         libc::ENOENT | libc::ESTALE => Ok(false),
                         e => Err(DiagError::Refused(io::Error::from_raw_os_error(e))),
                     };
                 }
-                if len < 16 {
-                    break;
-                }
-                off += (len + 3) & !3;
             }
         }
     }
@@ -241,40 +249,32 @@ impl SockDiag {
         let mut found = None;
         loop {
             let n = self.recv(&mut buf)?;
-            let mut off = 0;
-            while off + 16 <= n {
-                let len =
-                    u32::from_ne_bytes(buf[off..off + 4].try_into().expect("4 bytes")) as usize;
-                let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().expect("2 bytes"));
-                let mseq = u32::from_ne_bytes(buf[off + 8..off + 12].try_into().expect("4 bytes"));
-                if len < 16 || off + len > n {
-                    return Ok(found);
+            if n == 0 {
+                return Ok(found);
+            }
+            for (ty, mseq, m) in messages(&buf[..n]) {
+                if mseq != seq {
+                    continue;
                 }
-                if mseq == seq {
-                    match ty {
-                        NLMSG_DONE => return Ok(found),
-                        NLMSG_ERROR => return Ok(found),
-                        SOCK_DIAG_BY_FAMILY if len >= 16 + 72 => {
-                            // struct inet_diag_msg: family, state, timer, retrans, sockid (48), ...
-                            let m = &buf[off + 16..off + len];
-                            let family = m[0];
-                            let sport = u16::from_be_bytes([m[4], m[5]]);
-                            let dport = u16::from_be_bytes([m[6], m[7]]);
-                            let src = read_addr(family, &m[8..24]);
-                            let dst = read_addr(family, &m[24..40]);
-                            let cookie = u32::from_ne_bytes(m[44..48].try_into().expect("4 bytes"))
-                                as u64
-                                | (u32::from_ne_bytes(m[48..52].try_into().expect("4 bytes"))
-                                    as u64)
-                                    << 32;
-                            if (src, sport) == id.local && (dst, dport) == id.remote {
-                                found = Some(cookie);
-                            }
+                match ty {
+                    NLMSG_DONE | NLMSG_ERROR => return Ok(found),
+                    // struct inet_diag_msg: family, state, timer, retrans, sockid (48), ...
+                    SOCK_DIAG_BY_FAMILY if m.len() >= 72 => {
+                        let family = m[0];
+                        let sport = u16::from_be_bytes([m[4], m[5]]);
+                        let dport = u16::from_be_bytes([m[6], m[7]]);
+                        let src = read_addr(family, &m[8..24]);
+                        let dst = read_addr(family, &m[24..40]);
+                        let cookie = u32::from_ne_bytes(m[44..48].try_into().expect("4 bytes"))
+                            as u64
+                            | (u32::from_ne_bytes(m[48..52].try_into().expect("4 bytes")) as u64)
+                                << 32;
+                        if (src, sport) == id.local && (dst, dport) == id.remote {
+                            found = Some(cookie);
                         }
-                        _ => {}
                     }
+                    _ => {}
                 }
-                off += (len + 3) & !3;
             }
         }
     }

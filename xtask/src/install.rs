@@ -30,7 +30,8 @@ fn copy(from: &Path, to: &Path, mode: u32) -> Result<()> {
     if let Some(dir) = to.parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    fs::copy(from, to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    fs::copy(from, to)
+        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
     fs::set_permissions(to, fs::Permissions::from_mode(mode))
         .with_context(|| format!("setting the mode of {}", to.display()))?;
     Ok(())
@@ -39,7 +40,11 @@ fn copy(from: &Path, to: &Path, mode: u32) -> Result<()> {
 /// Lays out every installed file under `root`; returns the conffiles.
 fn lay_out(ws: &Workspace, bin: &Path, root: &Path) -> Result<Vec<&'static str>> {
     copy(bin, &root.join("usr/bin/portcullis"), 0o755)?;
-    copy(&ws.root.join("packaging/portcullis.service"), &root.join("lib/systemd/system/portcullis.service"), 0o644)?;
+    copy(
+        &ws.root.join("packaging/portcullis.service"),
+        &root.join("lib/systemd/system/portcullis.service"),
+        0o644,
+    )?;
     let config = root.join("etc/portcullis/agent.toml");
     if config.exists() {
         eprintln!("install: keeping the existing {}", config.display());
@@ -59,7 +64,12 @@ fn lay_out(ws: &Workspace, bin: &Path, root: &Path) -> Result<Vec<&'static str>>
     for entry in fs::read_dir(ws.root.join("policies")).context("reading policies/")? {
         let p = entry?.path();
         if p.extension().is_some_and(|e| e == "toml") {
-            copy(&p, &doc.join("examples/policies").join(p.file_name().expect("file name")), 0o644)?;
+            copy(
+                &p,
+                &doc.join("examples/policies")
+                    .join(p.file_name().expect("file name")),
+                0o644,
+            )?;
         }
     }
     Ok(vec!["/etc/portcullis/agent.toml"])
@@ -113,7 +123,12 @@ pub fn package_main(_options: PackageOptions, ws: &Workspace) -> Result<()> {
     fs::write(debian.join("postinst"), postinst)?;
     fs::set_permissions(debian.join("postinst"), fs::Permissions::from_mode(0o755))?;
     let deb = out.join(format!("portcullis_{version}_{arch}.deb"));
-    util::run(Command::new("dpkg-deb").args(["--build", "--root-owner-group"]).arg(&stage).arg(&deb))?;
+    util::run(
+        Command::new("dpkg-deb")
+            .args(["--build", "--root-owner-group"])
+            .arg(&stage)
+            .arg(&deb),
+    )?;
     eprintln!("package: {}", deb.display());
     Ok(())
 }

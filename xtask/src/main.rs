@@ -4,6 +4,7 @@
 //! `Args`) and a `main(options, &Workspace)` function. Adding a subcommand is
 //! one `Command` variant, one `match` arm and one module.
 
+mod bench;
 mod install;
 mod run;
 mod setup;
@@ -43,6 +44,9 @@ enum Command {
     Install(install::InstallOptions),
     /// Build a .deb under target/package/.
     Package(install::PackageOptions),
+    /// Measure Portcullis against nftables and iptables (as root; about 10
+    /// minutes): Markdown tables on stdout, JSON in target/bench/.
+    Bench(bench::Options),
 }
 
 fn main() -> ExitCode {
@@ -69,5 +73,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Test(options) => test::main(options, &ws),
         Command::Install(options) => install::install_main(options, &ws),
         Command::Package(options) => install::package_main(options, &ws),
+        Command::Bench(options) => bench::main(options, &ws),
     }
 }

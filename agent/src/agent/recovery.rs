@@ -29,8 +29,12 @@ impl Agent {
     /// port map, so that their grant entries keep meaning the same segment.
     pub(super) fn adopt_segment_ids(&mut self, policy: &Policy) {
         for seg in policy.segments.values() {
-            let Some(range) = seg.ports.first() else { continue };
-            let Some(&id) = self.ports.get(&(proto_of(range.proto), range.first)) else { continue };
+            let Some(range) = seg.ports.first() else {
+                continue;
+            };
+            let Some(&id) = self.ports.get(&(proto_of(range.proto), range.first)) else {
+                continue;
+            };
             if id != 0 && !self.segment_ids.values().any(|v| *v == id) {
                 self.segment_ids.insert(seg.name.clone(), id);
             }
@@ -44,15 +48,20 @@ impl Agent {
         peers: &[PeerEntry],
     ) -> Result<usize, crate::dataplane::DataplaneError> {
         let now = clock::boot_ns();
-        let names: std::collections::BTreeMap<u32, String> =
-            self.segment_ids.iter().map(|(n, id)| (*id, n.clone())).collect();
+        let names: std::collections::BTreeMap<u32, String> = self
+            .segment_ids
+            .iter()
+            .map(|(n, id)| (*id, n.clone()))
+            .collect();
         let mut found: Vec<(EntryKey, Identity, String, u64)> = Vec::new();
         for &(key, expiry) in locals {
             let k = EntryKey::Local(key);
             if expiry == NEVER || expiry <= now || self.ledger.value(&k).is_some() {
                 continue;
             }
-            let Some(segment) = names.get(&key.segment) else { continue };
+            let Some(segment) = names.get(&key.segment) else {
+                continue;
+            };
             let identity = match key.kind {
                 kind::UID => Identity::Uid(key.id as u32),
                 kind::GID => Identity::Gid(key.id as u32),
@@ -65,11 +74,17 @@ impl Agent {
             found.push((k, identity, segment.clone(), expiry));
         }
         for p in peers {
-            let k = EntryKey::Peer { segment: p.segment, addr: p.addr, prefix: p.prefix };
+            let k = EntryKey::Peer {
+                segment: p.segment,
+                addr: p.addr,
+                prefix: p.prefix,
+            };
             if p.expiry == NEVER || p.expiry <= now || self.ledger.value(&k).is_some() {
                 continue;
             }
-            let Some(segment) = names.get(&p.segment) else { continue };
+            let Some(segment) = names.get(&p.segment) else {
+                continue;
+            };
             let ip = Ipv6Addr::from(p.addr);
             let text = match ip.to_ipv4_mapped() {
                 Some(v4) if p.prefix >= 96 => format!("peer:{v4}/{}", p.prefix - 96),
@@ -77,7 +92,9 @@ impl Agent {
             };
             match text.parse::<Identity>() {
                 Ok(identity) => found.push((k, identity, segment.clone(), p.expiry)),
-                Err(e) => warn!(entry = %text, error = %e, "kernel peer entry cannot be named; swept"),
+                Err(e) => {
+                    warn!(entry = %text, error = %e, "kernel peer entry cannot be named; swept")
+                }
             }
         }
         let n = found.len();
@@ -101,8 +118,10 @@ impl Agent {
             self.apply_changes(&changes)?;
             let _ = self.audit.record(
                 "grant_recovered",
-                obj(json!({"grant_id": id, "segment": segment, "identity": identity.to_string(),
-                    "expires_at": clock::rfc3339(wall), "reason": RECOVERED})),
+                obj(
+                    json!({"grant_id": id, "segment": segment, "identity": identity.to_string(),
+                    "expires_at": clock::rfc3339(wall), "reason": RECOVERED}),
+                ),
             );
             self.grants.insert(id, grant);
         }

@@ -62,7 +62,10 @@ fn addr(s: &str) -> SocketAddr {
 }
 
 fn timeout() -> Duration {
-    let ms = std::env::var("PC_PROBE_TIMEOUT_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
+    let ms = std::env::var("PC_PROBE_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000);
     Duration::from_millis(ms)
 }
 
@@ -70,7 +73,10 @@ fn timeout() -> Duration {
 /// TIME_WAIT, so thousands of connects do not run out of local ports.
 fn reset_on_close(s: &TcpStream) {
     use std::os::fd::AsRawFd;
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     // SAFETY: setsockopt(2) on a socket we own, with a pointer to a linger
     // value that outlives the call and its exact size.
     unsafe {
@@ -85,7 +91,10 @@ fn reset_on_close(s: &TcpStream) {
 }
 
 fn hex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex frame")).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex frame"))
+        .collect()
 }
 
 /// Sends raw Ethernet frames on `iface`.
@@ -179,7 +188,11 @@ fn run(args: &[String]) -> std::io::Result<()> {
             let target = addr(&args[2]);
             let interval = Duration::from_millis(args[3].parse().expect("MS"));
             let count: u32 = args[4].parse().expect("COUNT");
-            let bind: SocketAddr = if target.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
+            let bind: SocketAddr = if target.is_ipv4() {
+                "0.0.0.0:0".parse().unwrap()
+            } else {
+                "[::]:0".parse().unwrap()
+            };
             let s = UdpSocket::bind(bind)?;
             s.set_read_timeout(Some(timeout))?;
             s.connect(target)?;
@@ -211,7 +224,10 @@ fn run(args: &[String]) -> std::io::Result<()> {
                     }
                 }
             }
-            println!("loop ok {ok} eperm {eperm} other {other} {}", first_other.unwrap_or_default());
+            println!(
+                "loop ok {ok} eperm {eperm} other {other} {}",
+                first_other.unwrap_or_default()
+            );
             Ok(())
         }
         Some("loop-until") => {
@@ -238,7 +254,10 @@ fn run(args: &[String]) -> std::io::Result<()> {
                     }
                 }
             }
-            println!("loop ok {ok} eperm {eperm} other {other} {}", first_other.unwrap_or_default());
+            println!(
+                "loop ok {ok} eperm {eperm} other {other} {}",
+                first_other.unwrap_or_default()
+            );
             Ok(())
         }
         Some("raw") => {
@@ -255,7 +274,11 @@ fn run(args: &[String]) -> std::io::Result<()> {
             let target = addr(&args[2]);
             let n: u64 = args[3].parse().expect("N");
             let limit = Duration::from_secs(args[4].parse().expect("SECS"));
-            let bind: SocketAddr = if target.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
+            let bind: SocketAddr = if target.is_ipv4() {
+                "0.0.0.0:0".parse().unwrap()
+            } else {
+                "[::]:0".parse().unwrap()
+            };
             let s = UdpSocket::bind(bind)?;
             let start = Instant::now();
             let (mut sent, mut eperm, mut other) = (0u64, 0u64, 0u64);

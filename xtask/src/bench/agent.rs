@@ -20,7 +20,7 @@ use crate::util;
 /// The segment every bench policy defines.
 pub const SEGMENT: &str = "bench";
 /// How long an agent may take to start (1,000,000 allows included).
-const START_LIMIT: Duration = Duration::from_secs(300);
+const START_LIMIT: Duration = Duration::from_secs(480);
 const STOP_LIMIT: Duration = Duration::from_secs(10);
 
 /// What the agent enforces.
@@ -118,6 +118,7 @@ impl Agent {
         cmd.env_remove("JOURNAL_STREAM")
             .env_remove("NOTIFY_SOCKET")
             .env("PORTCULLIS_LOG", "info")
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log)?);
@@ -165,9 +166,14 @@ impl Agent {
     /// How XDP was attached ("native", "generic"), from the agent's log.
     pub fn xdp_mode(&self) -> Option<String> {
         let text = fs::read_to_string(&self.log).ok()?;
-        let line = text.lines().find(|l| l.contains("XDP attached"))?;
+        let line = strip_ansi(text.lines().find(|l| l.contains("XDP attached"))?);
         let mode = line.split("mode=").nth(1)?;
-        Some(mode.split_whitespace().next()?.trim_matches('"').to_string())
+        Some(
+            mode.split_whitespace()
+                .next()?
+                .trim_matches('"')
+                .to_string(),
+        )
     }
 
     /// `field` of /proc/PID/status in kB (VmRSS, VmHWM).
@@ -233,6 +239,24 @@ impl Agent {
     }
 }
 
+/// A log line without colour escapes (`ESC [ ... letter`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         self.stop_now();
@@ -257,5 +281,14 @@ mod tests {
         assert!(p.contains("[segment.bench.jit]"));
         assert_eq!(Spec::capacity(1_000_000, 262_144), 1_101_024);
         assert_eq!(Spec::capacity(5, 262_144), 262_144);
+    }
+
+    #[test]
+    fn reads_the_xdp_mode_through_colours() {
+        let line = "\u{1b}[32m INFO\u{1b}[0m XDP attached \u{1b}[3miface\u{1b}[0m\u{1b}[2m=\u{1b}[0mpcbx1 \u{1b}[3mmode\u{1b}[0m\u{1b}[2m=\u{1b}[0m\"native\"";
+        assert_eq!(
+            strip_ansi(line),
+            " INFO XDP attached iface=pcbx1 mode=\"native\""
+        );
     }
 }

@@ -42,6 +42,24 @@ pub fn nft_file(path: &Path) -> Result<Duration> {
     Ok(started.elapsed())
 }
 
+/// The family and set of the loopback table, and of the veth table.
+pub const LOOPBACK_SET: (&str, &str) = ("inet", "allowed");
+pub const VETH_SET: (&str, &str) = ("netdev", "peers");
+
+/// Writes `add element` of `elements` (each with a 1 h timeout) to the set
+/// `(family, set)` of the bench's table in one batch, for [`nft_file`].
+pub fn write_batch(path: &Path, (family, set): (&str, &str), elements: &[String]) -> Result<()> {
+    let mut text = String::with_capacity(elements.len() * 24 + 64);
+    let _ = writeln!(text, "add element {family} {NFT_TABLE} {set} {{");
+    for (i, e) in elements.iter().enumerate() {
+        let sep = if i + 1 == elements.len() { "" } else { "," };
+        let _ = writeln!(text, "\t{e} timeout 1h{sep}");
+    }
+    text.push_str("}\n");
+    fs::write(path, text)?;
+    Ok(())
+}
+
 /// One of the bench's nftables tables; deleted on drop.
 pub struct NftTable {
     family: &'static str,
@@ -60,7 +78,7 @@ impl NftTable {
              \t}}\n\
              }}\n"
         );
-        Self::create("inet", "allowed", &rules)
+        Self::create(LOOPBACK_SET, &rules)
     }
 
     /// The veth ruleset: address set `peers` on `device`'s ingress, empty.
@@ -74,11 +92,12 @@ impl NftTable {
              \t}}\n\
              }}\n"
         );
-        Self::create("netdev", "peers", &rules)
+        Self::create(VETH_SET, &rules)
     }
 
-    fn create(family: &'static str, set: &'static str, rules: &str) -> Result<Self> {
-        let file = std::env::temp_dir().join(format!("{NFT_TABLE}-{}-{family}.nft", std::process::id()));
+    fn create((family, set): (&'static str, &'static str), rules: &str) -> Result<Self> {
+        let file =
+            std::env::temp_dir().join(format!("{NFT_TABLE}-{}-{family}.nft", std::process::id()));
         fs::write(&file, rules)?;
         let result = nft_file(&file);
         let _ = fs::remove_file(&file);
@@ -86,20 +105,6 @@ impl NftTable {
         let me = Self { family, set };
         result?;
         Ok(me)
-    }
-
-    /// Writes `add element` of `elements` (each with a 1 h timeout) in one
-    /// batch to `path`, for [`nft_file`].
-    pub fn write_batch(&self, path: &Path, elements: &[String]) -> Result<()> {
-        let mut text = String::with_capacity(elements.len() * 24 + 64);
-        let _ = writeln!(text, "add element {} {NFT_TABLE} {} {{", self.family, self.set);
-        for (i, e) in elements.iter().enumerate() {
-            let sep = if i + 1 == elements.len() { "" } else { "," };
-            let _ = writeln!(text, "\t{e} timeout 1h{sep}");
-        }
-        text.push_str("}\n");
-        fs::write(path, text)?;
-        Ok(())
     }
 
     /// `nft add element ... { E timeout 1h }` as its own process.
@@ -121,17 +126,15 @@ impl NftTable {
         ));
         c
     }
-
-    /// Empties the set (between runs that each load it afresh).
-    pub fn flush_set(&self) -> Result<()> {
-        nft(&["flush", "set", self.family, NFT_TABLE, self.set]).map(drop)
-    }
 }
 
 impl Drop for NftTable {
     fn drop(&mut self) {
         if let Err(e) = nft(&["delete", "table", self.family, NFT_TABLE]) {
-            eprintln!("bench: warning: removing nft table {} {NFT_TABLE}: {e}", self.family);
+            eprintln!(
+                "bench: warning: removing nft table {} {NFT_TABLE}: {e}",
+                self.family
+            );
         }
     }
 }
@@ -169,16 +172,15 @@ impl IptablesChain {
         for uid in uids {
             let _ = writeln!(text, "-A {IPT_CHAIN} -m owner --uid-owner {uid} -j ACCEPT");
         }
-        let _ = writeln!(text, "-A {IPT_CHAIN} -p tcp -j REJECT --reject-with tcp-reset");
+        let _ = writeln!(
+            text,
+            "-A {IPT_CHAIN} -p tcp -j REJECT --reject-with tcp-reset"
+        );
         text.push_str("COMMIT\n");
         let file = scratch.join("iptables.rules");
         fs::write(&file, text)?;
         let started = Instant::now();
-        let result = util::output(
-            Command::new("iptables-restore")
-                .arg("--noflush")
-                .arg(&file),
-        );
+        let result = util::output(Command::new("iptables-restore").arg("--noflush").arg(&file));
         let took = started.elapsed();
         let _ = fs::remove_file(&file);
         result?;
@@ -204,7 +206,10 @@ fn remove_iptables_chain() {
     let Ok(rules) = util::output(Command::new("iptables").args(["-S", "OUTPUT"])) else {
         return;
     };
-    for rule in rules.lines().filter(|l| l.ends_with(&format!("-j {IPT_CHAIN}"))) {
+    for rule in rules
+        .lines()
+        .filter(|l| l.ends_with(&format!("-j {IPT_CHAIN}")))
+    {
         let Some(spec) = rule.strip_prefix("-A OUTPUT ") else {
             continue;
         };
@@ -228,7 +233,10 @@ pub fn sweep_leftovers() -> Vec<String> {
     let mut removed = Vec::new();
     let tables = nft(&["list", "tables"]).unwrap_or_default();
     for family in ["inet", "netdev"] {
-        if tables.lines().any(|l| l.trim() == format!("table {family} {NFT_TABLE}")) {
+        if tables
+            .lines()
+            .any(|l| l.trim() == format!("table {family} {NFT_TABLE}"))
+        {
             match nft(&["delete", "table", family, NFT_TABLE]) {
                 Ok(_) => removed.push(format!("nft table {family} {NFT_TABLE}")),
                 Err(e) => eprintln!("bench: warning: {e}"),

@@ -32,7 +32,6 @@ use crate::util;
 
 /// Prefix of every object the bench names.
 pub const PREFIX: &str = "pcbench";
-pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
 const LOCK_FILE: &str = "/run/lock/portcullis-bench.lock";
 
@@ -47,7 +46,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 pub fn catch_interrupts() {
     for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { libc::signal(sig, on_signal as libc::sighandler_t) };
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
     }
 }
 
@@ -139,9 +138,19 @@ pub struct Cgroups {
     pub plain: PathBuf,
 }
 
+/// Where cgroup2 is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified`
+/// on hosts with the hybrid layout).
+pub fn cgroup2_root() -> Result<PathBuf> {
+    util::mounts()?
+        .into_iter()
+        .find(|m| m.fstype == "cgroup2")
+        .map(|m| m.mount_point)
+        .context("no cgroup2 filesystem is mounted; `cargo xtask setup` mounts one")
+}
+
 impl Cgroups {
     pub fn create() -> Result<Self> {
-        let root = Path::new(CGROUP_ROOT).join(format!("{PREFIX}-{}", std::process::id()));
+        let root = cgroup2_root()?.join(format!("{PREFIX}-{}", std::process::id()));
         let me = Self {
             filtered: root.join("filtered"),
             plain: root.join("plain"),
@@ -151,14 +160,6 @@ impl Cgroups {
             fs::create_dir(dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
         }
         Ok(me)
-    }
-
-    /// Path of `filtered` relative to the cgroup2 root, for nft's `socket cgroupv2`.
-    pub fn filtered_name(&self) -> String {
-        self.filtered
-            .strip_prefix(CGROUP_ROOT)
-            .map(|p| p.display().to_string())
-            .unwrap_or_default()
     }
 }
 
@@ -247,7 +248,14 @@ impl Netns {
         let peer_if = format!("{}n", me.host_if);
         ip(&["netns", "add", &me.name])?;
         ip(&[
-            "link", "add", &me.host_if, "type", "veth", "peer", "name", &peer_if,
+            "link",
+            "add",
+            &me.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer_if,
         ])?;
         ip(&["link", "set", &peer_if, "netns", &me.name])?;
         ip(&[
@@ -261,7 +269,13 @@ impl Netns {
         let n = ["-n", me.name.as_str()];
         ip(&[
             &n[..],
-            &["addr", "add", &format!("{}/30", me.peer_addr), "dev", &peer_if],
+            &[
+                "addr",
+                "add",
+                &format!("{}/30", me.peer_addr),
+                "dev",
+                &peer_if,
+            ],
         ]
         .concat())?;
         ip(&[&n[..], &["link", "set", &peer_if, "up"]].concat())?;
@@ -360,7 +374,8 @@ impl Drop for Server {
 /// as uids that may not traverse the workspace's directories).
 pub fn world_executable(from: &Path, dir: &Path) -> Result<PathBuf> {
     let to = dir.join(from.file_name().context("executable without a name")?);
-    fs::copy(from, &to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    fs::copy(from, &to)
+        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
     fs::set_permissions(&to, fs::Permissions::from_mode(0o755))?;
     Ok(to)
 }
@@ -372,7 +387,11 @@ pub fn world_executable(from: &Path, dir: &Path) -> Result<PathBuf> {
 pub fn sweep_leftovers() -> Vec<String> {
     let mut removed = Vec::new();
     let ours = |name: &str| name.starts_with(&format!("{PREFIX}-"));
-    for entry in fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+    for entry in fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let name = entry.file_name().to_string_lossy().to_string();
         if ours(&name) && fs::remove_dir_all(entry.path()).is_ok() {
             removed.push(entry.path().display().to_string());
@@ -384,7 +403,8 @@ pub fn sweep_leftovers() -> Vec<String> {
             removed.push(entry.path().display().to_string());
         }
     }
-    for entry in fs::read_dir(CGROUP_ROOT).into_iter().flatten().flatten() {
+    let cgroups = cgroup2_root().map(fs::read_dir);
+    for entry in cgroups.into_iter().flatten().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
         if ours(&name) && entry.path().is_dir() {
             remove_cgroup_tree(&entry.path());

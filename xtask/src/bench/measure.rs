@@ -1,0 +1,593 @@
+//! The measurements, one function per table of the report. Each returns
+//! raw samples; `report` turns them into medians, ratios and goals.
+//!
+//! Connection rates are measured in blocks that alternate baseline and
+//! filtered runs (B F F B B F ...), so that both see the same machine: the
+//! baseline of a Portcullis block is the bench's `plain` cgroup while the
+//! agent guards `filtered`; over veth it is the second namespace, whose
+//! link has no filter; for nftables and iptables it is the same client with
+//! the ruleset removed between runs.
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{Ipv4Addr, SocketAddrV4},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use super::{
+    agent::{Agent, Spec},
+    client::mono_ns,
+    firewall::{self, IptablesChain, NftTable},
+    host::{self, Cgroups, Netns, Server},
+    report::{Bulk, Footprint, RateBlock, Revocation, ScalePoint},
+};
+use crate::util;
+
+/// The uids of N standing allows are BASE_UID..BASE_UID+N; the allowed
+/// client is the one in the middle.
+const BASE_UID: u32 = 2_000_000;
+/// The revocation probe's uid: in no standing allow, only ever granted.
+const PROBE_UID: u32 = 3_000_000;
+/// The probe connects this often while waiting for the cut (µs).
+pub const PROBE_INTERVAL_US: u64 = 100;
+
+/// How much to measure.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Filtered runs per connection-rate block (as many baseline runs).
+    pub runs: usize,
+    /// Connects per run, and the time bound of a run.
+    pub connects: u64,
+    pub run_seconds: f64,
+    pub revocations: usize,
+    pub idle_seconds: u64,
+    /// Grant counts for the per-packet table and the scale rows.
+    pub sizes: Vec<u32>,
+    /// The grant count of the comparisons (connection rate, revocation, bulk).
+    pub compare_at: u32,
+    pub iptables_rules: Vec<u32>,
+    pub test_run_repeat: u32,
+    pub test_run_runs: u32,
+    pub bulk_starts: usize,
+}
+
+/// Everything a measurement needs from the set-up.
+pub struct Bench<'a> {
+    pub plan: Plan,
+    /// The agent binary.
+    pub portcullis: PathBuf,
+    /// A copy of xtask any uid may run (the client and the probe).
+    pub xtask: PathBuf,
+    /// Scratch directory (agents' directories, rule files).
+    pub work: PathBuf,
+    /// The bench's bpffs directory.
+    pub bpffs: PathBuf,
+    pub cgroups: &'a Cgroups,
+    /// The namespace whose link is filtered (XDP, nft ingress), and the
+    /// one whose link never is (the veth baseline).
+    pub filtered_ns: &'a Netns,
+    pub plain_ns: &'a Netns,
+    pub server: &'a Server,
+}
+
+/// What the peers' measurements give.
+pub struct PeerResults {
+    pub rates: Vec<RateBlock>,
+    /// `nft -f` of the uid set, one per filtered run (s).
+    pub nft_loads: Vec<f64>,
+    /// `iptables-restore` per rule count (s).
+    pub iptables_loads: Vec<(u32, Vec<f64>)>,
+    pub revocation: Revocation,
+}
+
+/// What Portcullis' measurements give.
+pub struct OurResults {
+    pub rates: Vec<RateBlock>,
+    pub scale: Vec<ScalePoint>,
+    pub footprint: Footprint,
+    pub revocation: Revocation,
+    /// One `portcullis grant` process each (ms).
+    pub grant_ms: Vec<f64>,
+    pub xdp_mode: Option<String>,
+}
+
+/// Where a client runs.
+#[derive(Clone, Copy)]
+enum From<'a> {
+    Cgroup(&'a Path, u32),
+    Netns(&'a Netns),
+}
+
+fn uids(n: u32) -> Vec<u32> {
+    (BASE_UID..BASE_UID + n).collect()
+}
+
+fn allowed_uid(n: u32) -> u32 {
+    BASE_UID + n / 2
+}
+
+/// N addresses centred on `around` (which is among them), so that looking
+/// it up walks as deep a trie or hash chain as N entries make.
+pub fn peers_around(around: Ipv4Addr, n: u32) -> Vec<Ipv4Addr> {
+    let first = u32::from(around).wrapping_sub(n / 2);
+    (0..n)
+        .map(|i| Ipv4Addr::from(first.wrapping_add(i)))
+        .collect()
+}
+
+impl Bench<'_> {
+    fn log(&self, msg: &str) {
+        eprintln!("bench: {msg}");
+    }
+
+    fn loopback(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.server.port)
+    }
+
+    /// One client run: connects per second.
+    fn rate(&self, from: From) -> Result<f64> {
+        host::check_interrupted()?;
+        let (mut cmd, addr) = match from {
+            From::Cgroup(cg, uid) => {
+                let mut c = Command::new(&self.xtask);
+                host::confine(&mut c, Some(cg), Some((uid, uid)));
+                (c, self.loopback())
+            }
+            From::Netns(ns) => {
+                let mut c = ns.command(&self.xtask);
+                host::confine(&mut c, None, None);
+                (c, SocketAddrV4::new(ns.host_addr, self.server.port))
+            }
+        };
+        cmd.args(["bench", "client", "--addr"])
+            .arg(addr.to_string())
+            .arg("--count")
+            .arg(self.plan.connects.to_string())
+            .arg("--seconds")
+            .arg(self.plan.run_seconds.to_string());
+        let out = util::output(&mut cmd)?;
+        let v: Value = serde_json::from_str(out.trim())
+            .with_context(|| format!("the bench client printed {out:?}"))?;
+        if let Some(e) = v["error"].as_str() {
+            bail!("an allowed client was refused ({e}) connecting to {addr}: the set-up is wrong");
+        }
+        let ok = v["ok"].as_u64().unwrap_or(0) as f64;
+        let secs = v["elapsed_ns"].as_u64().unwrap_or(0) as f64 / 1e9;
+        if ok < 1.0 || secs <= 0.0 {
+            bail!("the bench client made no connection: {out}");
+        }
+        Ok(ok / secs)
+    }
+
+    /// A warm-up pair, then `runs` baseline and `runs` filtered runs in the
+    /// order B F F B B F ...
+    fn alternate(
+        &self,
+        mut baseline: impl FnMut() -> Result<f64>,
+        mut filtered: impl FnMut() -> Result<f64>,
+    ) -> Result<(Vec<f64>, Vec<f64>)> {
+        baseline()?;
+        filtered()?;
+        let (mut b, mut f) = (Vec::new(), Vec::new());
+        for i in 0..self.plan.runs {
+            if i % 2 == 0 {
+                b.push(baseline()?);
+                f.push(filtered()?);
+            } else {
+                f.push(filtered()?);
+                b.push(baseline()?);
+            }
+        }
+        Ok((b, f))
+    }
+
+    /// `portcullis bench-dataplane`: the per-packet table, as its JSON.
+    pub fn per_packet(&self) -> Result<Value> {
+        self.log("per-packet cost (BPF_PROG_TEST_RUN)");
+        let sizes: Vec<String> = self.plan.sizes.iter().map(u32::to_string).collect();
+        let mut cmd = Command::new(&self.portcullis);
+        cmd.arg("bench-dataplane")
+            .arg("--bpffs")
+            .arg(self.bpffs.join("dataplane"))
+            .arg("--grants")
+            .arg(sizes.join(","))
+            .arg("--repeat")
+            .arg(self.plan.test_run_repeat.to_string())
+            .arg("--runs")
+            .arg(self.plan.test_run_runs.to_string())
+            .arg("--port")
+            .arg(self.server.port.to_string());
+        host::confine(&mut cmd, None, None);
+        let out = util::output(&mut cmd)?;
+        serde_json::from_str(&out).context("bench-dataplane printed invalid JSON")
+    }
+
+    /// nftables and iptables on loopback, and nftables on veth; with the
+    /// nft batch loads (bulk table) and nft's revocation latency.
+    pub fn peers(&self) -> Result<PeerResults> {
+        let n = self.plan.compare_at;
+        let uid = allowed_uid(n);
+        let plain = From::Cgroup(&self.cgroups.plain, uid);
+        let mut blocks = Vec::new();
+
+        self.log(&format!("nftables on loopback, uid set with {n} elements"));
+        let batch = self.work.join("uids.nft");
+        let elements: Vec<String> = uids(n).iter().map(u32::to_string).collect();
+        firewall::write_batch(&batch, firewall::LOOPBACK_SET, &elements)?;
+        let mut loads = Vec::new();
+        let (b, f) = self.alternate(
+            || self.rate(plain),
+            || {
+                let table = NftTable::loopback(self.server.port)?;
+                loads.push(firewall::nft_file(&batch)?.as_secs_f64());
+                let r = self.rate(plain);
+                drop(table);
+                r
+            },
+        )?;
+        // The warm-up load is not a sample.
+        loads.remove(0);
+        blocks.push(RateBlock::new(
+            "loopback",
+            "nftables (output hook, uid set with timeouts)",
+            n,
+            b,
+            f,
+        ));
+
+        let mut ipt_loads = Vec::new();
+        for &rules in &self.plan.iptables_rules {
+            self.log(&format!("iptables on loopback, {rules} owner rules"));
+            let list: Vec<u32> = (0..rules).map(|i| allowed_uid(n) - rules / 2 + i).collect();
+            let mut samples = Vec::new();
+            let (b, f) = self.alternate(
+                || self.rate(plain),
+                || {
+                    let (chain, took) = IptablesChain::load(self.server.port, &list, &self.work)?;
+                    samples.push(took.as_secs_f64());
+                    let r = self.rate(plain);
+                    drop(chain);
+                    r
+                },
+            )?;
+            samples.remove(0);
+            ipt_loads.push((rules, samples));
+            blocks.push(RateBlock::new(
+                "loopback",
+                &format!("iptables ({rules} rules, one per grant)"),
+                rules,
+                b,
+                f,
+            ));
+        }
+
+        self.log(&format!(
+            "nftables on veth ingress, address set with {n} elements"
+        ));
+        {
+            let _table = NftTable::veth(&self.filtered_ns.host_if, self.server.port)?;
+            let batch = self.work.join("peers.nft");
+            let elements: Vec<String> = peers_around(self.filtered_ns.peer_addr, n)
+                .into_iter()
+                .map(firewall::addr_element)
+                .collect();
+            firewall::write_batch(&batch, firewall::VETH_SET, &elements)?;
+            firewall::nft_file(&batch)?;
+            let (b, f) = self.alternate(
+                || self.rate(From::Netns(self.plain_ns)),
+                || self.rate(From::Netns(self.filtered_ns)),
+            )?;
+            blocks.push(RateBlock::new(
+                "veth",
+                "nftables (netdev ingress, address set with timeouts)",
+                n,
+                b,
+                f,
+            ));
+        }
+
+        self.log(&format!(
+            "nftables revocation latency ({} runs)",
+            self.plan.revocations
+        ));
+        let revocation = {
+            let table = NftTable::loopback(self.server.port)?;
+            firewall::nft_file(&batch)?;
+            let probe = Probe::start(self, &self.cgroups.plain)?;
+            let element = PROBE_UID.to_string();
+            self.revocations(
+                "nftables (`nft delete element`)",
+                &probe,
+                libc::ECONNREFUSED,
+                || util::output(&mut table.add_command(&element)).map(drop),
+                || table.delete_command(&element),
+            )?
+        };
+        Ok(PeerResults {
+            rates: blocks,
+            nft_loads: loads,
+            iptables_loads: ipt_loads,
+            revocation,
+        })
+    }
+
+    /// Portcullis at each grant count: start time, memory, connection rate;
+    /// at the comparison count also over veth with XDP, and the revocation
+    /// latency; at the smallest, idle CPU.
+    pub fn portcullis(&self) -> Result<OurResults> {
+        let mut blocks = Vec::new();
+        let mut scale = Vec::new();
+        let mut footprint = Footprint::default();
+        let mut revocation = None;
+        let mut grant_ms = Vec::new();
+        let mut xdp_mode = None;
+        for &n in &self.plan.sizes {
+            let compare = n == self.plan.compare_at;
+            let mut spec = Spec {
+                port: self.server.port,
+                uids: uids(n),
+                peers: Vec::new(),
+                xdp_iface: None,
+            };
+            if compare {
+                spec.peers = peers_around(self.filtered_ns.peer_addr, n);
+                spec.xdp_iface = Some(self.filtered_ns.host_if.clone());
+            }
+            self.log(&format!(
+                "Portcullis with {n} uid allows{}",
+                if compare {
+                    format!(" and {n} peer allows, XDP on {}", self.filtered_ns.host_if)
+                } else {
+                    String::new()
+                }
+            ));
+            let agent = Agent::start(
+                &self.portcullis,
+                &self.work,
+                &self.bpffs,
+                &format!("agent-{n}"),
+                &self.cgroups.filtered,
+                &spec,
+            )?;
+            host::sleep(std::time::Duration::from_secs(1))?;
+            let rss = agent.status_kib("VmRSS")?;
+            if n == self.plan.sizes[0] {
+                let ticks = agent.cpu_ticks()?;
+                self.log(&format!("idle CPU over {} s", self.plan.idle_seconds));
+                host::sleep(std::time::Duration::from_secs(self.plan.idle_seconds))?;
+                footprint.idle_ticks = agent.cpu_ticks()? - ticks;
+                footprint.idle_seconds = self.plan.idle_seconds;
+                footprint.idle_grants = n;
+                footprint.idle_rss_kib = agent.status_kib("VmRSS")?;
+            }
+            if n == *self.plan.sizes.last().expect("sizes") {
+                footprint.big_grants = n;
+                footprint.big_rss_kib = rss;
+                footprint.big_hwm_kib = agent.status_kib("VmHWM")?;
+            }
+            let uid = allowed_uid(n);
+            let (b, f) = self.alternate(
+                || self.rate(From::Cgroup(&self.cgroups.plain, uid)),
+                || self.rate(From::Cgroup(&self.cgroups.filtered, uid)),
+            )?;
+            let label = "Portcullis (connect4 + cgroup_skb, uid allows)";
+            let block = RateBlock::new("loopback", label, n, b, f);
+            scale.push(ScalePoint {
+                grants: n,
+                start_seconds: agent.start_time.as_secs_f64(),
+                rss_kib: rss,
+                ratio: block.ratio(),
+                peers: spec.peers.len() as u32,
+            });
+            if compare {
+                blocks.push(block);
+                xdp_mode = agent.xdp_mode();
+                self.log("Portcullis XDP on veth");
+                let (b, f) = self.alternate(
+                    || self.rate(From::Netns(self.plain_ns)),
+                    || self.rate(From::Netns(self.filtered_ns)),
+                )?;
+                blocks.push(RateBlock::new(
+                    "veth",
+                    "Portcullis (XDP, peer allows)",
+                    n,
+                    b,
+                    f,
+                ));
+                self.log(&format!(
+                    "Portcullis revocation latency ({} runs)",
+                    self.plan.revocations
+                ));
+                let probe = Probe::start(self, &self.cgroups.filtered)?;
+                let identity = format!("uid:{PROBE_UID}");
+                let id = std::cell::Cell::new(0);
+                revocation = Some(self.revocations(
+                    "Portcullis (`portcullis revoke ID`)",
+                    &probe,
+                    libc::EPERM,
+                    || {
+                        let started = Instant::now();
+                        id.set(agent.grant(&identity)?);
+                        grant_ms.push(started.elapsed().as_secs_f64() * 1e3);
+                        Ok(())
+                    },
+                    || {
+                        let mut c = agent.cli();
+                        c.arg("revoke").arg(id.get().to_string());
+                        c
+                    },
+                )?);
+            } else {
+                blocks.push(block);
+            }
+        }
+        let revocation = revocation.context("the comparison grant count is not among the sizes")?;
+        Ok(OurResults {
+            rates: blocks,
+            scale,
+            footprint,
+            revocation,
+            grant_ms,
+            xdp_mode,
+        })
+    }
+
+    /// Time to start an agent with 1 and with N standing allows (policy
+    /// load: parse, validate, write the maps), alternating.
+    pub fn bulk(&self, peers: &PeerResults, ours: &OurResults) -> Result<Bulk> {
+        let n = self.plan.compare_at;
+        self.log(&format!(
+            "bulk load: agent start with 1 and with {n} allows"
+        ));
+        let (mut small, mut big) = (Vec::new(), Vec::new());
+        for i in 0..self.plan.bulk_starts {
+            for (count, into) in [(1, &mut small), (n, &mut big)] {
+                let spec = Spec {
+                    port: self.server.port,
+                    uids: uids(count),
+                    peers: Vec::new(),
+                    xdp_iface: None,
+                };
+                let agent = Agent::start(
+                    &self.portcullis,
+                    &self.work,
+                    &self.bpffs,
+                    &format!("bulk-{count}-{i}"),
+                    &self.cgroups.filtered,
+                    &spec,
+                )?;
+                into.push(agent.start_time.as_secs_f64());
+            }
+        }
+        Ok(Bulk {
+            grants: n,
+            start_one: small,
+            start_n: big,
+            nft_batch: peers.nft_loads.clone(),
+            iptables: peers.iptables_loads.clone(),
+            grant_cli_ms: ours.grant_ms.clone(),
+        })
+    }
+
+    /// `rounds` × (open, check it is open, start the revoking process, wait
+    /// for the probe's first refused connect).
+    fn revocations(
+        &self,
+        tool: &str,
+        probe: &Probe,
+        refused_errno: i32,
+        mut open: impl FnMut() -> Result<()>,
+        mut revoke: impl FnMut() -> Command,
+    ) -> Result<Revocation> {
+        let mut out = Revocation {
+            tool: tool.to_string(),
+            ..Default::default()
+        };
+        let expect = std::io::Error::from_raw_os_error(refused_errno).to_string();
+        for _ in 0..self.plan.revocations {
+            host::check_interrupted()?;
+            open()?;
+            let answer = probe.ask("allowed 2000")?;
+            if answer != "ok" {
+                bail!("{tool}: the probe is not let in after the grant: {answer}");
+            }
+            probe.send(&format!("cut 3000 {PROBE_INTERVAL_US}"))?;
+            let mut cmd = revoke();
+            cmd.stdin(Stdio::null()).stdout(Stdio::null());
+            let t0 = mono_ns();
+            let status = cmd
+                .status()
+                .with_context(|| format!("running `{}`", util::describe(&cmd)))?;
+            let exited = mono_ns();
+            let answer = probe.read()?;
+            if !status.success() {
+                bail!("`{}` failed ({status})", util::describe(&cmd));
+            }
+            let words: Vec<&str> = answer.splitn(4, ' ').collect();
+            let ["refused", at, attempts, error] = words.as_slice() else {
+                bail!("{tool}: no refused connect within 3 s of the revocation: {answer}");
+            };
+            if *error != expect {
+                bail!("{tool}: the probe was refused with {error:?}, expected {expect:?}");
+            }
+            let at: u64 = at.parse()?;
+            out.latency_ms.push(at.saturating_sub(t0) as f64 / 1e6);
+            out.process_ms.push((exited - t0) as f64 / 1e6);
+            out.attempts.push(attempts.parse()?);
+        }
+        Ok(out)
+    }
+}
+
+/// A running `cargo xtask bench probe`.
+struct Probe {
+    child: Child,
+    stdin: std::cell::RefCell<ChildStdin>,
+    stdout: std::cell::RefCell<BufReader<ChildStdout>>,
+}
+
+impl Probe {
+    fn start(bench: &Bench, cgroup: &Path) -> Result<Self> {
+        let mut cmd = Command::new(&bench.xtask);
+        cmd.args(["bench", "probe", "--addr"])
+            .arg(bench.loopback().to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        host::confine(&mut cmd, Some(cgroup), Some((PROBE_UID, PROBE_UID)));
+        let mut child = cmd.spawn().context("starting the revocation probe")?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        Ok(Self {
+            child,
+            stdin: stdin.into(),
+            stdout: stdout.into(),
+        })
+    }
+
+    fn send(&self, line: &str) -> Result<()> {
+        let mut stdin = self.stdin.borrow_mut();
+        writeln!(stdin, "{line}")?;
+        stdin.flush()?;
+        Ok(())
+    }
+
+    fn read(&self) -> Result<String> {
+        let mut line = String::new();
+        if self.stdout.borrow_mut().read_line(&mut line)? == 0 {
+            bail!("the revocation probe exited");
+        }
+        Ok(line.trim().to_string())
+    }
+
+    fn ask(&self, line: &str) -> Result<String> {
+        self.send(line)?;
+        self.read()
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_are_centred_on_the_client() {
+        let a = Ipv4Addr::new(203, 0, 113, 2);
+        let p = peers_around(a, 100_000);
+        assert_eq!(p.len(), 100_000);
+        assert_eq!(p[50_000], a);
+        assert_eq!(peers_around(a, 1), vec![a]);
+        assert_eq!(allowed_uid(1), BASE_UID);
+        assert!(uids(100_000).contains(&allowed_uid(100_000)));
+    }
+}

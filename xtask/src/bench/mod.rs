@@ -1,0 +1,239 @@
+//! `cargo xtask bench`: Portcullis measured side by side with what users
+//! would pick instead (nftables sets with timeouts, iptables owner rules),
+//! in one run on one machine. Prints Markdown tables and saves them with a
+//! JSON document of every sample under `target/bench/`.
+//!
+//! Layout: `measure` runs the measurements (one function per table),
+//! `report` turns samples into medians, ratios and goal verdicts, `agent`
+//! runs a real `portcullis agent`, `firewall` the nftables and iptables
+//! peers, `host` the cgroups, namespaces, server and clean-up, `client`
+//! the hidden `client` and `probe` subcommands the bench spawns where the
+//! traffic starts. The per-packet figures come from the agent binary's
+//! hidden `bench-dataplane` subcommand (agent/src/benchprog.rs).
+//!
+//! Not part of `cargo xtask test`: it takes minutes and its figures are
+//! timings, which tests never assert on.
+use std::{
+    fs,
+    path::PathBuf,
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{run, setup, util, util::Workspace};
+
+mod agent;
+mod client;
+mod firewall;
+mod host;
+mod measure;
+mod report;
+mod stats;
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Options {
+    /// Fewer, shorter runs and at most 100,000 grants (about 2 minutes): for
+    /// trying the bench itself. Its figures are not the reference ones.
+    #[arg(long)]
+    quick: bool,
+    #[command(subcommand)]
+    helper: Option<Helper>,
+}
+
+/// What the bench runs inside its cgroup and namespaces.
+#[derive(clap::Subcommand)]
+enum Helper {
+    #[command(hide = true)]
+    Client(client::ClientArgs),
+    #[command(hide = true)]
+    Probe(client::ProbeArgs),
+}
+
+fn plan(quick: bool) -> measure::Plan {
+    if quick {
+        measure::Plan {
+            runs: 3,
+            connects: 3_000,
+            run_seconds: 3.0,
+            revocations: 20,
+            idle_seconds: 3,
+            sizes: vec![1, 10_000, 100_000],
+            compare_at: 10_000,
+            iptables_rules: vec![1_000],
+            test_run_repeat: 100_000,
+            test_run_runs: 3,
+            bulk_starts: 1,
+        }
+    } else {
+        measure::Plan {
+            runs: 7,
+            connects: 15_000,
+            run_seconds: 5.0,
+            revocations: 200,
+            idle_seconds: 30,
+            sizes: vec![1, 10_000, 100_000, 1_000_000],
+            compare_at: 100_000,
+            iptables_rules: vec![1_000, 10_000],
+            test_run_repeat: 100_000,
+            test_run_runs: 9,
+            bulk_starts: 3,
+        }
+    }
+}
+
+pub fn main(options: Options, ws: &Workspace) -> Result<()> {
+    match options.helper {
+        Some(Helper::Client(args)) => return client::client(args),
+        Some(Helper::Probe(args)) => return client::probe(args),
+        None => {}
+    }
+    if !util::is_root() {
+        bail!(
+            "the bench loads eBPF programs, creates cgroups, namespaces and firewall rules, and \
+             must run as root (euid is {})",
+            util::euid()
+        );
+    }
+    setup::setup(ws)?;
+    firewall::require_tools(ws)?;
+    let portcullis = run::build_agent(ws, true)?;
+    let started = Instant::now();
+    host::catch_interrupts();
+    let _lock = host::BenchLock::acquire()?;
+    let mut removed = host::sweep_leftovers();
+    removed.extend(firewall::sweep_leftovers());
+    for r in &removed {
+        eprintln!("bench: removed a leftover of an earlier run: {r}");
+    }
+    let rules_before = host::ruleset()?;
+
+    let plan = plan(options.quick);
+    let result = run_all(&portcullis, plan.clone());
+    // Every guard has dropped by now: compare the host's rules.
+    let rules_after = host::ruleset()?;
+    let unchanged = rules_before == rules_after;
+    if !unchanged {
+        eprintln!(
+            "bench: WARNING: `nft list ruleset` differs from before the bench:\n--- before\n{rules_before}\n--- after\n{rules_after}"
+        );
+    }
+    let Results {
+        machine,
+        per_packet,
+        peers,
+        ours,
+        bulk,
+    } = result?;
+    let mut rates = ours.rates;
+    rates.extend(peers.rates);
+    let report = report::Report {
+        machine,
+        plan,
+        per_packet,
+        rates,
+        scale: ours.scale,
+        footprint: ours.footprint,
+        revocations: vec![ours.revocation, peers.revocation],
+        bulk,
+        xdp_mode: ours.xdp_mode,
+        host_rules_unchanged: unchanged,
+        took: started.elapsed(),
+        clk_tck: clk_tck(),
+    };
+    let markdown = report.markdown();
+    println!("{markdown}");
+    let dir = ws.target_dir()?.join("bench");
+    fs::create_dir_all(&dir)?;
+    let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let json = serde_json::to_string_pretty(&report.json())?;
+    for name in [format!("bench-{stamp}.json"), "latest.json".into()] {
+        fs::write(dir.join(name), &json)?;
+    }
+    fs::write(dir.join("latest.md"), &markdown)?;
+    eprintln!(
+        "bench: done in {}; saved {} and latest.md",
+        util::human(started.elapsed()),
+        dir.join(format!("bench-{stamp}.json")).display()
+    );
+    Ok(())
+}
+
+fn clk_tck() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(t).unwrap_or(100)
+}
+
+/// Everything measured, before it becomes a report.
+struct Results {
+    machine: report::Machine,
+    per_packet: serde_json::Value,
+    peers: measure::PeerResults,
+    ours: measure::OurResults,
+    bulk: report::Bulk,
+}
+
+/// Removes a directory tree on drop.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Removes the bench's bpffs directory (and anything left pinned in it) on drop.
+struct Pins(PathBuf);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        if let Err(e) = host::remove_pins(&self.0) {
+            eprintln!("bench: warning: removing {}: {e}", self.0.display());
+        }
+    }
+}
+
+/// Creates the fixtures, runs every measurement, and drops the fixtures
+/// (in reverse order) whatever happens.
+fn run_all(portcullis: &std::path::Path, plan: measure::Plan) -> Result<Results> {
+    let pid = std::process::id();
+    let work = Scratch(std::env::temp_dir().join(format!("{}-{pid}", host::PREFIX)));
+    fs::create_dir(&work.0).with_context(|| format!("creating {}", work.0.display()))?;
+    let xtask = host::world_executable(&std::env::current_exe()?, &work.0)?;
+    let bpffs = Pins(PathBuf::from(host::BPFFS_ROOT).join(format!("{}-{pid}", host::PREFIX)));
+    fs::create_dir(&bpffs.0).with_context(|| format!("creating {}", bpffs.0.display()))?;
+    let cgroups = host::Cgroups::create()?;
+    let filtered_ns = host::Netns::create('x', 0)?;
+    let plain_ns = host::Netns::create('p', 1)?;
+    let server = host::Server::start(&[
+        std::net::Ipv4Addr::LOCALHOST,
+        filtered_ns.host_addr,
+        plain_ns.host_addr,
+    ])?;
+    let (nft, iptables) = firewall::versions();
+    let machine = report::Machine::probe(nft, iptables);
+    let bench = measure::Bench {
+        plan,
+        portcullis: portcullis.to_path_buf(),
+        xtask,
+        work: work.0.clone(),
+        bpffs: bpffs.0.clone(),
+        cgroups: &cgroups,
+        filtered_ns: &filtered_ns,
+        plain_ns: &plain_ns,
+        server: &server,
+    };
+    let per_packet = bench.per_packet()?;
+    let peers = bench.peers()?;
+    let ours = bench.portcullis()?;
+    let bulk = bench.bulk(&peers, &ours)?;
+    Ok(Results {
+        machine,
+        per_packet,
+        peers,
+        ours,
+        bulk,
+    })
+}

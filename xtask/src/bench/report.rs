@@ -1,0 +1,606 @@
+//! The bench's results: raw samples in, Markdown tables and a JSON
+//! document out, with each goal of issue 8 marked met or not met and the
+//! measured gap. Every figure is a median (or a p99) of repeated runs, and
+//! every comparison is a ratio of figures measured in the same run.
+use std::{fmt::Write as _, time::Duration};
+
+use serde_json::{json, Value};
+
+use super::{
+    measure::{Plan, PROBE_INTERVAL_US},
+    stats::{median, median_u64, quantile},
+};
+
+/// One connection-rate block: baseline and filtered runs, interleaved.
+pub struct RateBlock {
+    /// "loopback" or "veth".
+    pub path: String,
+    pub filter: String,
+    /// Grants (set elements, rules) loaded.
+    pub grants: u32,
+    /// Connects per second of each run.
+    pub baseline: Vec<f64>,
+    pub filtered: Vec<f64>,
+}
+
+impl RateBlock {
+    pub fn new(
+        path: &str,
+        filter: &str,
+        grants: u32,
+        baseline: Vec<f64>,
+        filtered: Vec<f64>,
+    ) -> Self {
+        Self {
+            path: path.into(),
+            filter: filter.into(),
+            grants,
+            baseline,
+            filtered,
+        }
+    }
+
+    /// Median filtered rate over median baseline rate.
+    pub fn ratio(&self) -> f64 {
+        match (median(&self.filtered), median(&self.baseline)) {
+            (Some(f), Some(b)) if b > 0.0 => f / b,
+            _ => f64::NAN,
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({"path": self.path, "filter": self.filter, "grants": self.grants,
+            "baseline_per_s": self.baseline, "filtered_per_s": self.filtered,
+            "baseline_median": median(&self.baseline), "filtered_median": median(&self.filtered),
+            "ratio": self.ratio()})
+    }
+}
+
+/// Portcullis at one grant count.
+pub struct ScalePoint {
+    pub grants: u32,
+    /// `peer:` allows loaded besides the uid allows.
+    pub peers: u32,
+    pub start_seconds: f64,
+    pub rss_kib: u64,
+    /// Loopback connection rate over its baseline.
+    pub ratio: f64,
+}
+
+#[derive(Default)]
+pub struct Footprint {
+    pub idle_grants: u32,
+    pub idle_rss_kib: u64,
+    pub idle_ticks: u64,
+    pub idle_seconds: u64,
+    pub big_grants: u32,
+    pub big_rss_kib: u64,
+    pub big_hwm_kib: u64,
+}
+
+#[derive(Default)]
+pub struct Revocation {
+    pub tool: String,
+    /// From starting the revoking process to the first refused connect.
+    pub latency_ms: Vec<f64>,
+    /// From starting the revoking process to its exit.
+    pub process_ms: Vec<f64>,
+    /// Connect attempts the probe made until refused.
+    pub attempts: Vec<f64>,
+}
+
+pub struct Bulk {
+    pub grants: u32,
+    /// Agent start times (s) with 1 and with `grants` standing allows.
+    pub start_one: Vec<f64>,
+    pub start_n: Vec<f64>,
+    /// `nft -f` of `grants` elements in one batch (s).
+    pub nft_batch: Vec<f64>,
+    /// `iptables-restore` of N rules (s).
+    pub iptables: Vec<(u32, Vec<f64>)>,
+    /// One `portcullis grant` process, start to exit (ms).
+    pub grant_cli_ms: Vec<f64>,
+}
+
+impl Bulk {
+    /// Time the `grants` allows add to a start, and grants per second.
+    fn portcullis(&self) -> Option<(f64, f64)> {
+        let t = median(&self.start_n)? - median(&self.start_one)?;
+        Some((t, self.grants as f64 / t.max(1e-9)))
+    }
+
+    fn nft(&self) -> Option<(f64, f64)> {
+        let t = median(&self.nft_batch)?;
+        Some((t, self.grants as f64 / t.max(1e-9)))
+    }
+}
+
+pub struct Machine {
+    pub nproc: usize,
+    pub cpu: String,
+    pub kernel: String,
+    pub nft: String,
+    pub iptables: String,
+}
+
+impl Machine {
+    pub fn probe(nft: String, iptables: String) -> Self {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        Self {
+            nproc: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu,
+            kernel,
+            nft,
+            iptables,
+        }
+    }
+}
+
+pub struct Report {
+    pub machine: Machine,
+    pub plan: Plan,
+    pub per_packet: Value,
+    pub rates: Vec<RateBlock>,
+    pub scale: Vec<ScalePoint>,
+    pub footprint: Footprint,
+    pub revocations: Vec<Revocation>,
+    pub bulk: Bulk,
+    pub xdp_mode: Option<String>,
+    pub host_rules_unchanged: bool,
+    pub took: Duration,
+    pub clk_tck: u64,
+}
+
+/// 12,345
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    v.filter(|x| x.is_finite()).map_or_else(|| "n/a".into(), f)
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "**met**"
+    } else {
+        "**not met**"
+    }
+}
+
+/// The per-packet cases, in table order: (JSON key, label).
+const PACKET_CASES: [(&str, &str); 6] = [
+    ("xdp_empty", "XDP, empty program (floor)¹"),
+    ("xdp_non_ip", "XDP, non-IP frame (ARP)"),
+    ("xdp_unprotected", "XDP, TCP SYN to an unprotected port"),
+    ("xdp_allowed", "XDP, protected port, allowed peer"),
+    ("xdp_denied", "XDP, protected port, denied peer²"),
+    ("skb_unmarked", "cgroup_skb egress, unmarked socket³"),
+];
+
+/// The cases the 1.5× goal is about (what grows with the maps).
+const SCALING_CASES: [&str; 3] = ["xdp_allowed", "xdp_denied", "skb_unmarked"];
+
+impl Report {
+    fn packet_median(&self, grants: u64, case: &str) -> Option<f64> {
+        let size = self.per_packet["sizes"]
+            .as_array()?
+            .iter()
+            .find(|s| s["grants"].as_u64() == Some(grants))?;
+        let runs: Vec<u64> = size[case]
+            .as_array()?
+            .iter()
+            .filter_map(Value::as_u64)
+            .collect();
+        median_u64(&runs)
+    }
+
+    fn packet_sizes(&self) -> Vec<u64> {
+        self.per_packet["sizes"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|s| s["grants"].as_u64()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Largest over smallest grant count, per scaling case.
+    fn packet_growth(&self) -> Vec<(&'static str, Option<f64>)> {
+        let sizes = self.packet_sizes();
+        let (Some(&lo), Some(&hi)) = (sizes.first(), sizes.last()) else {
+            return Vec::new();
+        };
+        SCALING_CASES
+            .iter()
+            .map(|c| {
+                let g = match (self.packet_median(hi, c), self.packet_median(lo, c)) {
+                    (Some(h), Some(l)) if l > 0.0 => Some(h / l),
+                    _ => None,
+                };
+                (*c, g)
+            })
+            .collect()
+    }
+
+    fn block(&self, path: &str, filter_starts: &str, grants: u32) -> Option<&RateBlock> {
+        self.rates
+            .iter()
+            .find(|b| b.path == path && b.filter.starts_with(filter_starts) && b.grants == grants)
+    }
+
+    fn revocation(&self, tool_starts: &str) -> Option<&Revocation> {
+        self.revocations
+            .iter()
+            .find(|r| r.tool.starts_with(tool_starts))
+    }
+
+    /// (goal, target, measured, verdict with gap)
+    fn goals(&self) -> Vec<[String; 4]> {
+        let n = self.plan.compare_at;
+        let mut rows = Vec::new();
+        let ours = self
+            .block("loopback", "Portcullis", n)
+            .map(RateBlock::ratio);
+        let nft = self.block("loopback", "nftables", n).map(RateBlock::ratio);
+        rows.push([
+            format!(
+                "Connection rate with {} grants, vs no filter",
+                thousands(n.into())
+            ),
+            "≥ 95 %".into(),
+            opt(ours, |r| format!("{:.1} %", r * 100.0)),
+            opt(ours, |r| {
+                if r >= 0.95 {
+                    met(true).into()
+                } else {
+                    format!("{} ({:.1} points short)", met(false), (0.95 - r) * 100.0)
+                }
+            }),
+        ]);
+        let both = ours.zip(nft);
+        rows.push([
+            format!(
+                "Connection rate with {} grants, vs nftables",
+                thousands(n.into())
+            ),
+            opt(nft, |r| {
+                format!("≥ nftables ({:.1} % of no filter)", r * 100.0)
+            }),
+            opt(ours, |r| format!("{:.1} % of no filter", r * 100.0)),
+            match both {
+                Some((o, t)) if o >= t => format!("{} ({:.2}× nftables' ratio)", met(true), o / t),
+                Some((o, t)) => format!("{} ({:.1} points below)", met(false), (t - o) * 100.0),
+                None => "n/a".into(),
+            },
+        ]);
+        let growth = self.packet_growth();
+        let worst = growth
+            .iter()
+            .filter_map(|(c, g)| g.map(|g| (*c, g)))
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        rows.push([
+            "Per-packet cost, most grants vs 1".into(),
+            "≤ 1.5×".into(),
+            growth
+                .iter()
+                .map(|(c, g)| format!("{c} {}", opt(*g, |g| format!("{g:.2}×"))))
+                .collect::<Vec<_>>()
+                .join(", "),
+            match worst {
+                Some((_, g)) if g <= 1.5 => met(true).into(),
+                Some((c, g)) => format!("{} ({c}: {g:.2}×, {:.2}× over)", met(false), g / 1.5),
+                None => "n/a".into(),
+            },
+        ]);
+        let p = self.revocation("Portcullis");
+        let t = self.revocation("nftables");
+        let p_med = p.and_then(|r| median(&r.latency_ms));
+        let p_99 = p.and_then(|r| quantile(&r.latency_ms, 0.99));
+        let t_med = t.and_then(|r| median(&r.latency_ms));
+        rows.push([
+            "Revocation latency, median, process start included".into(),
+            "< 5 ms".into(),
+            opt(p_med, |m| format!("{m:.2} ms")),
+            opt(p_med, |m| {
+                if m < 5.0 {
+                    met(true).into()
+                } else {
+                    format!("{} ({:.2} ms over)", met(false), m - 5.0)
+                }
+            }),
+        ]);
+        rows.push([
+            "Revocation latency, p99".into(),
+            "< 10 ms".into(),
+            opt(p_99, |m| format!("{m:.2} ms")),
+            opt(p_99, |m| {
+                if m < 10.0 {
+                    met(true).into()
+                } else {
+                    format!("{} ({:.2} ms over)", met(false), m - 10.0)
+                }
+            }),
+        ]);
+        rows.push([
+            "Revocation latency vs nftables (medians)".into(),
+            opt(t_med, |m| format!("< nftables ({m:.2} ms)")),
+            opt(p_med, |m| format!("{m:.2} ms")),
+            match p_med.zip(t_med) {
+                Some((a, b)) if a < b => format!("{} ({:.2}× faster)", met(true), b / a),
+                Some((a, b)) => format!("{} ({:.2}× slower)", met(false), a / b),
+                None => "n/a".into(),
+            },
+        ]);
+        let ours = self.bulk.portcullis().map(|(_, r)| r);
+        let theirs = self.bulk.nft().map(|(_, r)| r);
+        rows.push([
+            "Bulk load, grants per second".into(),
+            opt(theirs, |r| {
+                format!("≥ 10 × nftables ({}/s)", thousands(r as u64))
+            }),
+            opt(ours, |r| format!("{}/s", thousands(r as u64))),
+            match ours.zip(theirs) {
+                Some((o, t)) if o >= 10.0 * t => format!("{} ({:.1}×)", met(true), o / t),
+                Some((o, t)) => format!(
+                    "{} ({:.2}× nftables; {:.1}× short of 10×)",
+                    met(false),
+                    o / t,
+                    10.0 * t / o
+                ),
+                None => "n/a".into(),
+            },
+        ]);
+        let rss = self.footprint.idle_rss_kib as f64 / 1024.0;
+        rows.push([
+            "Agent resident memory, idle".into(),
+            "< 20 MiB".into(),
+            format!("{rss:.1} MiB"),
+            if rss < 20.0 {
+                met(true).into()
+            } else {
+                format!("{} ({:.1} MiB over)", met(false), rss - 20.0)
+            },
+        ]);
+        rows
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut o = String::new();
+        let m = &self.machine;
+        let plan = &self.plan;
+        let n = self.plan.compare_at;
+        let _ = writeln!(o, "Machine: {} × {} (`nproc` {}), Linux {}; {}; {}. The run took {}; the host's ruleset was {} afterwards.\n",
+            m.nproc, m.cpu, m.nproc, m.kernel, m.nft, m.iptables, crate::util::human(self.took),
+            if self.host_rules_unchanged { "unchanged" } else { "**changed** (see the warning above)" });
+
+        let _ = writeln!(o, "#### Goals\n");
+        let _ = writeln!(
+            o,
+            "| Goal | Target | Measured | Verdict |\n|---|---|---|---|"
+        );
+        for [a, b, c, d] in self.goals() {
+            let _ = writeln!(o, "| {a} | {b} | {c} | {d} |");
+        }
+
+        let sizes = self.packet_sizes();
+        let _ = writeln!(o, "\n#### 1. Per-packet cost (ns per packet; BPF_PROG_TEST_RUN, median of {} calls × {} runs)\n",
+            plan.test_run_runs, thousands(plan.test_run_repeat.into()));
+        let head: Vec<String> = sizes
+            .iter()
+            .map(|s| format!("{} grants", thousands(*s)))
+            .collect();
+        let _ = writeln!(o, "| Program, case | {} | most / 1 |", head.join(" | "));
+        let _ = writeln!(o, "|---|{}---|", "---:|".repeat(sizes.len()));
+        for (key, label) in PACKET_CASES {
+            let cells: Vec<String> = sizes
+                .iter()
+                .map(|s| opt(self.packet_median(*s, key), |v| format!("{v:.0}")))
+                .collect();
+            let growth = match (sizes.first(), sizes.last()) {
+                (Some(lo), Some(hi)) => {
+                    match (self.packet_median(*hi, key), self.packet_median(*lo, key)) {
+                        (Some(h), Some(l)) if l > 0.0 => format!("{:.2}×", h / l),
+                        _ => "n/a".into(),
+                    }
+                }
+                _ => "n/a".into(),
+            };
+            let _ = writeln!(o, "| {label} | {} | {growth} |", cells.join(" | "));
+        }
+        let _ = writeln!(o, "\nN grants = N uid grants in PC_GRANTS and N /32 peers in PC_PEERS (consecutive addresses; the allowed peer is the middle one, the denied one just past the end).");
+        let _ = writeln!(o, "¹ Two instructions (`r0 = XDP_PASS; exit`) loaded with bpf(2): the cost of BPF_PROG_TEST_RUN itself.");
+        let _ = writeln!(o, "² Nothing reads the deny-event ring during the run, so after the first ~3,000 packets the event write fails fast; with a reader it costs a little more.");
+        let _ = writeln!(o, "³ BPF_PROG_TEST_RUN gives the packet a fresh socket that connect4/6 never marked: this is the path of every flow Portcullis did not let through a protected port (one socket-storage lookup). The per-packet check of marked flows is in the connection rates below.");
+
+        let _ = writeln!(o, "\n#### 2. Connection rate (TCP connects/s to a protected port by an allowed client; median of {} runs × up to {} connects, interleaved with as many runs without the filter)\n",
+            plan.runs, thousands(plan.connects));
+        let _ = writeln!(o, "| Path | Filter | Grants | No filter | Filtered | Filtered / no filter |\n|---|---|---:|---:|---:|---:|");
+        let mut shown: Vec<&RateBlock> = self
+            .rates
+            .iter()
+            .filter(|b| {
+                b.path == "loopback" && !(b.filter.starts_with("Portcullis") && b.grants != n)
+            })
+            .collect();
+        shown.extend(self.rates.iter().filter(|b| b.path == "veth"));
+        for b in shown {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} | {} | {} |",
+                b.path,
+                b.filter,
+                thousands(b.grants.into()),
+                opt(median(&b.baseline), |v| thousands(v as u64)),
+                opt(median(&b.filtered), |v| thousands(v as u64)),
+                opt(Some(b.ratio()), |r| format!("{:.1} %", r * 100.0))
+            );
+        }
+        let _ = writeln!(o, "\nLoopback: client in a child cgroup as an allowed uid, server in the bench's own cgroup; the no-filter runs use a twin cgroup the agent does not guard (Portcullis) or the same client with the ruleset removed (nftables, iptables; iptables' allowed rule is in the middle of the chain). Veth: client in a network namespace, server in the host's; the no-filter runs go through a second, unfiltered veth pair. Portcullis' XDP ran in {} mode. Every connection is closed with a reset (no TIME_WAIT).",
+            self.xdp_mode.as_deref().unwrap_or("an unknown"));
+
+        let _ = writeln!(o, "\n#### 3. Revocation latency (ms from starting the revoking process to the first refused connect; {} revocations each, with {} grants loaded)\n",
+            plan.revocations, thousands(n.into()));
+        let _ = writeln!(o, "| Tool | Median | p99 | Max | Revoking process, start to exit (median) |\n|---|---:|---:|---:|---:|");
+        for r in &self.revocations {
+            let max = r.latency_ms.iter().copied().fold(f64::NAN, f64::max);
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} | {} |",
+                r.tool,
+                opt(median(&r.latency_ms), |v| format!("{v:.2}")),
+                opt(quantile(&r.latency_ms, 0.99), |v| format!("{v:.2}")),
+                opt(Some(max), |v| format!("{v:.2}")),
+                opt(median(&r.process_ms), |v| format!("{v:.2}"))
+            );
+        }
+        let _ = writeln!(o, "\nA probe in the cgroup connects every {PROBE_INTERVAL_US} µs (plus the connect itself) until refused and stamps the refusal with CLOCK_MONOTONIC; the bench stamps the revoking process's start with the same clock. Portcullis refuses at the map delete, before its audit record and state file are written (fsync'd) and the CLI exits.");
+
+        let b = &self.bulk;
+        let _ = writeln!(
+            o,
+            "\n#### 4. Bulk load ({} grants)\n",
+            thousands(b.grants.into())
+        );
+        let _ = writeln!(o, "| What | Time (median) | Grants/s |\n|---|---:|---:|");
+        if let Some((t, r)) = b.portcullis() {
+            let _ = writeln!(o, "| Portcullis: policy with {} standing `uid:` allows, agent start minus start with 1 allow ({:.3} s − {:.3} s; parse, validate, ledger, map writes) | {:.3} s | {} |",
+                thousands(b.grants.into()), median(&b.start_n).unwrap_or(f64::NAN), median(&b.start_one).unwrap_or(f64::NAN), t, thousands(r as u64));
+        }
+        if let Some((t, r)) = b.nft() {
+            let _ = writeln!(o, "| nftables: `nft -f` adding {} set elements (with timeouts) in one batch | {t:.3} s | {} |", thousands(b.grants.into()), thousands(r as u64));
+        }
+        for (rules, s) in &b.iptables {
+            if let Some(t) = median(s) {
+                let _ = writeln!(
+                    o,
+                    "| iptables: `iptables-restore --noflush` of {} owner rules | {t:.3} s | {} |",
+                    thousands((*rules).into()),
+                    thousands((*rules as f64 / t) as u64)
+                );
+            }
+        }
+        if let Some(ms) = median(&b.grant_cli_ms) {
+            let _ = writeln!(o, "| Portcullis: one `portcullis grant` (process start to exit, audit record fsync'd) | {ms:.2} ms | {} |", thousands((1000.0 / ms) as u64));
+        }
+
+        let f = &self.footprint;
+        let _ = writeln!(o, "\n#### 5. Agent footprint\n");
+        let _ = writeln!(o, "| What | Measured |\n|---|---:|");
+        let _ = writeln!(
+            o,
+            "| Resident memory (VmRSS), idle, {} grant(s) | {:.1} MiB |",
+            thousands(f.idle_grants.into()),
+            f.idle_rss_kib as f64 / 1024.0
+        );
+        let _ = writeln!(
+            o,
+            "| Resident memory, {} grants | {:.1} MiB (peak {:.1} MiB) |",
+            thousands(f.big_grants.into()),
+            f.big_rss_kib as f64 / 1024.0,
+            f.big_hwm_kib as f64 / 1024.0
+        );
+        let cpu_ms = f.idle_ticks as f64 * 1000.0 / self.clk_tck.max(1) as f64;
+        let _ = writeln!(o, "| CPU used while idle over {} s (utime + stime) | {cpu_ms:.0} ms ({:.3} % of one core) |", f.idle_seconds, cpu_ms / (f.idle_seconds.max(1) as f64 * 10.0));
+
+        let _ = writeln!(
+            o,
+            "\n#### 6. Scale (Portcullis from 1 to {} grants)\n",
+            thousands(sizes.last().copied().unwrap_or(0))
+        );
+        let _ = writeln!(o, "| Grants | Agent start | Agent RSS | Connection rate / no filter | XDP allowed (ns) | XDP denied (ns) | cgroup_skb (ns) |\n|---:|---:|---:|---:|---:|---:|---:|");
+        for s in &self.scale {
+            let peers = if s.peers > 0 {
+                format!(" (+ {} peers, XDP)", thousands(s.peers.into()))
+            } else {
+                String::new()
+            };
+            let g = u64::from(s.grants);
+            let _ = writeln!(
+                o,
+                "| {}{peers} | {:.2} s | {:.1} MiB | {:.1} % | {} | {} | {} |",
+                thousands(g),
+                s.start_seconds,
+                s.rss_kib as f64 / 1024.0,
+                s.ratio * 100.0,
+                opt(self.packet_median(g, "xdp_allowed"), |v| format!("{v:.0}")),
+                opt(self.packet_median(g, "xdp_denied"), |v| format!("{v:.0}")),
+                opt(self.packet_median(g, "skb_unmarked"), |v| format!("{v:.0}"))
+            );
+        }
+        o
+    }
+
+    pub fn json(&self) -> Value {
+        let f = &self.footprint;
+        let b = &self.bulk;
+        json!({
+            "machine": {"nproc": self.machine.nproc, "cpu": self.machine.cpu, "kernel": self.machine.kernel,
+                "nft": self.machine.nft, "iptables": self.machine.iptables},
+            "plan": {"runs": self.plan.runs, "connects": self.plan.connects, "run_seconds": self.plan.run_seconds,
+                "revocations": self.plan.revocations, "idle_seconds": self.plan.idle_seconds, "sizes": self.plan.sizes,
+                "compare_at": self.plan.compare_at, "iptables_rules": self.plan.iptables_rules,
+                "test_run_repeat": self.plan.test_run_repeat, "test_run_runs": self.plan.test_run_runs,
+                "probe_interval_us": PROBE_INTERVAL_US},
+            "took_seconds": self.took.as_secs_f64(),
+            "host_rules_unchanged": self.host_rules_unchanged,
+            "goals": self.goals().iter().map(|[a, b, c, d]| json!({"goal": a, "target": b, "measured": c, "verdict": d.replace("**", "")})).collect::<Vec<_>>(),
+            "per_packet_ns": self.per_packet,
+            "connection_rates": self.rates.iter().map(RateBlock::json).collect::<Vec<_>>(),
+            "xdp_mode": self.xdp_mode,
+            "revocation_ms": self.revocations.iter().map(|r| json!({"tool": r.tool, "latency": r.latency_ms,
+                "process": r.process_ms, "attempts": r.attempts, "median": median(&r.latency_ms),
+                "p99": quantile(&r.latency_ms, 0.99), "process_median": median(&r.process_ms)})).collect::<Vec<_>>(),
+            "bulk": {"grants": b.grants, "agent_start_one_s": b.start_one, "agent_start_n_s": b.start_n,
+                "nft_batch_s": b.nft_batch, "iptables_restore_s": b.iptables.iter().map(|(n, s)| json!({"rules": n, "seconds": s})).collect::<Vec<_>>(),
+                "grant_cli_ms": b.grant_cli_ms,
+                "portcullis_per_s": b.portcullis().map(|x| x.1), "nft_per_s": b.nft().map(|x| x.1)},
+            "footprint": {"idle_grants": f.idle_grants, "idle_rss_kib": f.idle_rss_kib, "idle_cpu_ticks": f.idle_ticks,
+                "clk_tck": self.clk_tck, "idle_seconds": f.idle_seconds, "big_grants": f.big_grants,
+                "big_rss_kib": f.big_rss_kib, "big_hwm_kib": f.big_hwm_kib},
+            "scale": self.scale.iter().map(|s| json!({"grants": s.grants, "peers": s.peers, "start_seconds": s.start_seconds,
+                "rss_kib": s.rss_kib, "connection_ratio": s.ratio})).collect::<Vec<_>>(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_thousands() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1_000_000), "1,000,000");
+    }
+
+    #[test]
+    fn ratio_is_of_medians() {
+        let b = RateBlock::new(
+            "loopback",
+            "x",
+            1,
+            vec![100.0, 300.0, 200.0],
+            vec![90.0, 180.0, 270.0],
+        );
+        assert!((b.ratio() - 0.9).abs() < 1e-9);
+    }
+}
