@@ -302,7 +302,18 @@ fn reload_changed(shared: &Shared, dir: &Path) {
     crate::notify::ready();
 }
 
+/// The agent as the actor of what it does by itself, for audit records.
+fn agent_actor() -> serde_json::Value {
+    json!({"uid": nix::unistd::getuid().as_raw(), "user": "portcullis-agent", "pid": std::process::id()})
+}
+
 fn reload_with(shared: &Shared, dir: &Path, only_if_changed: bool) {
+    // What asked for this reload: a changed file, or SIGHUP (systemctl reload).
+    let trigger = if only_if_changed {
+        "file change"
+    } else {
+        "SIGHUP"
+    };
     let parsed = load_policy(dir);
     let mut a = shared.lock().expect("agent lock");
     if let Ok(policy) = &parsed {
@@ -323,7 +334,7 @@ fn reload_with(shared: &Shared, dir: &Path, only_if_changed: bool) {
                     a.note_reload(true, vec![]);
                     let _ = a.audit.record(
                         "policy_reload",
-                        json!({"ok": true, "digest": digest})
+                        json!({"ok": true, "digest": digest, "trigger": trigger, "actor": agent_actor()})
                             .as_object()
                             .cloned()
                             .unwrap_or_default(),
@@ -334,7 +345,7 @@ fn reload_with(shared: &Shared, dir: &Path, only_if_changed: bool) {
                     a.note_reload(false, vec![format!("{e:#}")]);
                     let _ = a.audit.record(
                         "policy_reload",
-                        json!({"ok": false, "errors": [format!("{e:#}")]})
+                        json!({"ok": false, "errors": [format!("{e:#}")], "trigger": trigger, "actor": agent_actor()})
                             .as_object()
                             .cloned()
                             .unwrap_or_default(),
@@ -348,7 +359,7 @@ fn reload_with(shared: &Shared, dir: &Path, only_if_changed: bool) {
             a.note_reload(false, lines.clone());
             let _ = a.audit.record(
                 "policy_reload",
-                json!({"ok": false, "errors": lines})
+                json!({"ok": false, "errors": lines, "trigger": trigger, "actor": agent_actor()})
                     .as_object()
                     .cloned()
                     .unwrap_or_default(),

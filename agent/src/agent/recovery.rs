@@ -12,7 +12,7 @@ use agent_common::{kind, GrantKey, NEVER};
 use serde_json::json;
 use tracing::warn;
 
-use super::{obj, proto_of, Agent};
+use super::{actor_json, obj, proto_of, Agent};
 use crate::{
     clock,
     dataplane::PeerEntry,
@@ -120,6 +120,7 @@ impl Agent {
                 "grant_recovered",
                 obj(
                     json!({"grant_id": id, "segment": segment, "identity": identity.to_string(),
+                    "ports": self.ports_of(&segment), "actor": actor_json(&Actor::agent()),
                     "expires_at": clock::rfc3339(wall), "reason": RECOVERED}),
                 ),
             );

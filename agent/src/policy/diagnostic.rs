@@ -171,17 +171,22 @@ pub(crate) struct SourceMap<'a> {
     text: &'a str,
     /// Byte offset where each line starts; line 1 starts at 0.
     line_starts: Vec<usize>,
+    /// Whether each line is plain ASCII (then a column is a byte count, which
+    /// keeps locations O(1) even on one very long line of identities).
+    ascii_lines: Vec<bool>,
 }
 
 impl<'a> SourceMap<'a> {
     pub(crate) fn new(file: &'a Path, text: &'a str) -> Self {
-        let line_starts = std::iter::once(0)
+        let line_starts: Vec<usize> = std::iter::once(0)
             .chain(text.match_indices('\n').map(|(i, _)| i + 1))
             .collect();
+        let ascii_lines = text.split('\n').map(str::is_ascii).collect();
         SourceMap {
             file,
             text,
             line_starts,
+            ascii_lines,
         }
     }
 
@@ -191,10 +196,13 @@ impl<'a> SourceMap<'a> {
         let start = self.line_starts[line - 1];
         // A span from the parser always falls on a character boundary; if
         // one ever did not, counting bytes is the honest fallback.
-        let column = self
-            .text
-            .get(start..offset)
-            .map_or(offset - start, |prefix| prefix.chars().count());
+        let column = if self.ascii_lines.get(line - 1).copied().unwrap_or(false) {
+            offset - start
+        } else {
+            self.text
+                .get(start..offset)
+                .map_or(offset - start, |prefix| prefix.chars().count())
+        };
         Location {
             file: self.file.to_owned(),
             line,

@@ -297,6 +297,8 @@ impl Parser<'_> {
             r#"write each identity as a string, e.g. "user:root" or "peer:10.0.0.0/8""#.to_owned()
         });
         let mut identities: Vec<Identity> = Vec::new();
+        // Seen identities, for the duplicate warning in O(1) per entry.
+        let mut seen = std::collections::HashSet::new();
         for (text, location) in entries.unwrap_or_default() {
             let identity = match text.parse::<Identity>() {
                 Ok(identity) => identity,
@@ -308,7 +310,7 @@ impl Parser<'_> {
                     continue;
                 }
             };
-            if identities.contains(&identity) {
+            if !seen.insert(identity.clone()) {
                 self.warning(
                     location,
                     format!("`{identity}` is listed twice in `{key}`"),
