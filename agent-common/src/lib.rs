@@ -19,8 +19,13 @@ pub mod map_names {
     pub const PORTS: &str = "PC_PORTS";
     /// `HashMap<GrantKey, Expiry>`: local identity × segment → expiry.
     pub const GRANTS: &str = "PC_GRANTS";
-    /// `LpmTrie<PeerKey, Expiry>`: segment × remote source prefix → expiry.
+    /// `LpmTrie<PeerKey, Expiry>`: segment × remote source prefix → expiry,
+    /// for prefixes shorter than a single host.
     pub const PEERS: &str = "PC_PEERS";
+    /// `HashMap<PeerKey, Expiry>`: segment × single remote host (/32, /128)
+    /// → expiry. Looked up before the trie: one O(1) lookup for the common
+    /// case, whatever the number of entries.
+    pub const PEER_HOSTS: &str = "PC_PEER_HOSTS";
     /// `HashMap<[u8; 16], u32>`: this host's addresses (IPv4 as v4-mapped IPv6).
     pub const LOCAL_ADDRS: &str = "PC_LOCAL_ADDRS";
     /// `PerCpuArray<SegmentCounters>`: indexed by segment id.
@@ -34,10 +39,11 @@ pub mod map_names {
     pub const KILL_REQUESTS: &str = "PC_KILL_REQUESTS";
 
     /// Every pinned map, in a fixed order.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         PORTS,
         GRANTS,
         PEERS,
+        PEER_HOSTS,
         LOCAL_ADDRS,
         COUNTERS,
         DENY_EVENTS,

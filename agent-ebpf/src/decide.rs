@@ -14,7 +14,9 @@ use aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns;
 
 use aya_ebpf::maps::lpm_trie::Key;
 
-use crate::maps::{COUNTERS, DENY_EVENTS, GRANTS, KILL_REQUESTS, LOCAL_ADDRS, PEERS, PORTS};
+use crate::maps::{
+    COUNTERS, DENY_EVENTS, GRANTS, KILL_REQUESTS, LOCAL_ADDRS, PEERS, PEER_HOSTS, PORTS,
+};
 
 /// What a hook can tell about the local process behind a connection.
 pub trait LocalSubject {
@@ -90,16 +92,22 @@ pub fn local_allowed<S: LocalSubject>(segment: u32, subject: &S, now: u64) -> bo
 }
 
 /// True when a live `peer:` entry on `segment` covers the remote address
-/// `addr` (IPv6, IPv4 as v4-mapped): one longest-prefix-match lookup.
+/// `addr` (IPv6, IPv4 as v4-mapped): a host lookup, then a longest-prefix match.
 #[inline(always)]
 pub fn peer_allowed(segment: u32, addr: [u8; 16], now: u64) -> bool {
-    let key = Key::new(
-        peer_prefix_len(128),
-        PeerKey {
-            segment_be: segment.to_be_bytes(),
-            addr,
-        },
-    );
+    let data = PeerKey {
+        segment_be: segment.to_be_bytes(),
+        addr,
+    };
+    // Single hosts first: a hash lookup, flat in the number of entries.
+    if let Some(v) = PEER_HOSTS.get_ptr(&data) {
+        // SAFETY: pointer from a successful lookup to an 8-byte value.
+        if (unsafe { (*v).at_boot_ns }) > now {
+            return true;
+        }
+    }
+    // Then the prefixes: the longest match decides.
+    let key = Key::new(peer_prefix_len(128), data);
     match PEERS.get(&key) {
         Some(v) => v.at_boot_ns > now,
         None => false,

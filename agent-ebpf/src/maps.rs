@@ -26,6 +26,11 @@ pub static GRANTS: HashMap<GrantKey, Expiry> =
 pub static PEERS: LpmTrie<PeerKey, Expiry> =
     LpmTrie::with_max_entries(DEFAULT_MAX_PEERS, BPF_F_NO_PREALLOC);
 
+/// Segment × single remote host → expiry (checked before `PEERS`).
+#[map(name = "PC_PEER_HOSTS")]
+pub static PEER_HOSTS: HashMap<PeerKey, Expiry> =
+    HashMap::with_max_entries(DEFAULT_MAX_PEERS, BPF_F_NO_PREALLOC);
+
 /// This host's addresses, IPv4 as v4-mapped IPv6. Kept current by the agent.
 #[map(name = "PC_LOCAL_ADDRS")]
 pub static LOCAL_ADDRS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(MAX_LOCAL_ADDRS, 0);

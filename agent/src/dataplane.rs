@@ -158,6 +158,7 @@ pub struct Dataplane {
     ports: Array<MapData, u32>,
     grants: HashMap<MapData, GrantKey, Expiry>,
     peers: LpmTrie<MapData, PeerKey, Expiry>,
+    peer_hosts: HashMap<MapData, PeerKey, Expiry>,
     local_addrs: HashMap<MapData, [u8; 16], u32>,
     counters: PerCpuArray<MapData, SegmentCounters>,
     deny_events: Option<RingBuf<MapData>>,
@@ -170,7 +171,11 @@ pub struct Dataplane {
 /// The capacity a map really has. A pinned map keeps the size it was
 /// created with: a different size asked for on a later start takes effect
 /// only after `portcullis uninstall`, and this says so.
-fn capacity<K: aya::Pod, M: aya::maps::IterableMap<K, Expiry>>(map: &M, name: &str, asked: u32) -> u32 {
+fn capacity<K: aya::Pod, M: aya::maps::IterableMap<K, Expiry>>(
+    map: &M,
+    name: &str,
+    asked: u32,
+) -> u32 {
     match map.map().info() {
         Ok(info) if info.max_entries() != asked => {
             tracing::warn!(
@@ -194,7 +199,10 @@ where
     ebpf.program_mut(name)
         .ok_or(DataplaneError::MissingProgram { program: name })?
         .try_into()
-        .map_err(|source| DataplaneError::ProgramLoad { program: name, source })
+        .map_err(|source| DataplaneError::ProgramLoad {
+            program: name,
+            source,
+        })
 }
 
 /// A program's link as a plain fd link, to pin it.
@@ -211,12 +219,18 @@ where
 
 /// Pin directories of other layout versions under an agent's bpffs directory.
 fn older_layouts(bpffs: &Path, current: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = fs::read_dir(bpffs) else { return Vec::new() };
+    let Ok(entries) = fs::read_dir(bpffs) else {
+        return Vec::new();
+    };
     let mut out: Vec<PathBuf> = entries
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.as_path() != current && p.is_dir())
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('v')))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('v'))
+        })
         .collect();
     out.sort();
     out
@@ -302,22 +316,32 @@ impl Dataplane {
         }
         loader.map_max_entries(map_names::GRANTS, cfg.max_grants);
         loader.map_max_entries(map_names::PEERS, cfg.max_peers);
+        loader.map_max_entries(map_names::PEER_HOSTS, cfg.max_peers);
         let mut ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
 
         // Load (verify) every program now, attach none: the agent fills the
         // maps first and calls `attach` once they hold the policy.
         for (name, _) in SOCK_ADDR_PROGRAMS {
             let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-            prog.load().map_err(|source| DataplaneError::ProgramLoad { program: name, source })?;
+            prog.load().map_err(|source| DataplaneError::ProgramLoad {
+                program: name,
+                source,
+            })?;
         }
         for (name, _) in SKB_PROGRAMS {
             let prog: &mut CgroupSkb = program(&mut ebpf, name)?;
-            prog.load().map_err(|source| DataplaneError::ProgramLoad { program: name, source })?;
+            prog.load().map_err(|source| DataplaneError::ProgramLoad {
+                program: name,
+                source,
+            })?;
         }
         if !cfg.xdp_ifaces.is_empty() {
             let name = program_names::XDP;
             let prog: &mut Xdp = program(&mut ebpf, name)?;
-            prog.load().map_err(|source| DataplaneError::ProgramLoad { program: name, source })?;
+            prog.load().map_err(|source| DataplaneError::ProgramLoad {
+                program: name,
+                source,
+            })?;
         }
 
         let take = |ebpf: &mut Ebpf, name: &'static str| {
@@ -328,6 +352,8 @@ impl Dataplane {
             .map_err(map_err(map_names::PORTS, "open"))?;
         let grants = HashMap::try_from(take(&mut ebpf, map_names::GRANTS)?)
             .map_err(map_err(map_names::GRANTS, "open"))?;
+        let peer_hosts = HashMap::try_from(take(&mut ebpf, map_names::PEER_HOSTS)?)
+            .map_err(map_err(map_names::PEER_HOSTS, "open"))?;
         let peers = LpmTrie::try_from(take(&mut ebpf, map_names::PEERS)?)
             .map_err(map_err(map_names::PEERS, "open"))?;
         let local_addrs = HashMap::try_from(take(&mut ebpf, map_names::LOCAL_ADDRS)?)
@@ -349,6 +375,7 @@ impl Dataplane {
             ports,
             grants,
             peers,
+            peer_hosts,
             local_addrs,
             counters,
             deny_events: Some(deny_events),
@@ -369,25 +396,38 @@ impl Dataplane {
     /// protected port without a program whose maps are complete.
     pub fn attach(&mut self) -> Result<()> {
         let links = self.pin_dir.join("links");
-        let cgroup_file = fs::File::open(&self.cgroup).map_err(|source| DataplaneError::Cgroup {
-            path: self.cgroup.clone(),
-            source,
-        })?;
+        let cgroup_file =
+            fs::File::open(&self.cgroup).map_err(|source| DataplaneError::Cgroup {
+                path: self.cgroup.clone(),
+                source,
+            })?;
         let mut programs = Vec::new();
         for (name, _) in SOCK_ADDR_PROGRAMS {
             let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
-            let attach_err = |source| DataplaneError::Attach { program: name, cgroup: self.cgroup.clone(), source };
+            let attach_err = |source| DataplaneError::Attach {
+                program: name,
+                cgroup: self.cgroup.clone(),
+                source,
+            };
             // Kernel cgroup links take no flags and always stack with other
             // programs (multi-attach semantics): `Single` means flags 0 here.
-            let id = prog.attach(&cgroup_file, CgroupAttachMode::Single).map_err(attach_err)?;
+            let id = prog
+                .attach(&cgroup_file, CgroupAttachMode::Single)
+                .map_err(attach_err)?;
             let link = prog.take_link(id).map_err(attach_err)?;
             pin_link_replacing(fd_link(link, &links, name)?, &links, name)?;
             programs.push(name);
         }
         for (name, attach_type) in SKB_PROGRAMS {
             let prog: &mut CgroupSkb = program(&mut self.ebpf, name)?;
-            let attach_err = |source| DataplaneError::Attach { program: name, cgroup: self.cgroup.clone(), source };
-            let id = prog.attach(&cgroup_file, attach_type, CgroupAttachMode::Single).map_err(attach_err)?;
+            let attach_err = |source| DataplaneError::Attach {
+                program: name,
+                cgroup: self.cgroup.clone(),
+                source,
+            };
+            let id = prog
+                .attach(&cgroup_file, attach_type, CgroupAttachMode::Single)
+                .map_err(attach_err)?;
             let link = prog.take_link(id).map_err(attach_err)?;
             pin_link_replacing(fd_link(link, &links, name)?, &links, name)?;
             programs.push(name);
@@ -400,7 +440,10 @@ impl Dataplane {
         self.programs = programs;
         for dir in older {
             tracing::info!(dir = %dir.display(), "retiring the pins of an older map layout");
-            retire_layout(&dir).map_err(|source| DataplaneError::PinDir { path: dir.clone(), source })?;
+            retire_layout(&dir).map_err(|source| DataplaneError::PinDir {
+                path: dir.clone(),
+                source,
+            })?;
         }
         Ok(())
     }
@@ -479,6 +522,34 @@ impl Dataplane {
                 .map_err(|e| full_or(e, map_names::GRANTS, self.max_grants, "insert")),
             Change::Delete(EntryKey::Local(key)) => ignore_missing(self.grants.remove(&key))
                 .map_err(map_err(map_names::GRANTS, "delete")),
+            // A single host (IPv6 /128, IPv4 /32 as v4-mapped): the host map.
+            Change::Put(
+                EntryKey::Peer {
+                    segment,
+                    addr,
+                    prefix: 128,
+                },
+                at,
+            ) => self
+                .peer_hosts
+                .insert(
+                    PeerKey {
+                        segment_be: segment.to_be_bytes(),
+                        addr,
+                    },
+                    Expiry { at_boot_ns: at },
+                    0,
+                )
+                .map_err(|e| full_or(e, map_names::PEER_HOSTS, self.max_peers, "insert")),
+            Change::Delete(EntryKey::Peer {
+                segment,
+                addr,
+                prefix: 128,
+            }) => ignore_missing(self.peer_hosts.remove(&PeerKey {
+                segment_be: segment.to_be_bytes(),
+                addr,
+            }))
+            .map_err(map_err(map_names::PEER_HOSTS, "delete")),
             Change::Put(
                 EntryKey::Peer {
                     segment,
@@ -533,14 +604,39 @@ impl Dataplane {
                 expiry: v.at_boot_ns,
             });
         }
+        for r in self.peer_hosts.iter() {
+            let (k, v) = r.map_err(map_err(map_names::PEER_HOSTS, "read"))?;
+            out.push(PeerEntry {
+                segment: u32::from_be_bytes(k.segment_be),
+                addr: k.addr,
+                prefix: 128,
+                expiry: v.at_boot_ns,
+            });
+        }
         Ok(out)
     }
 
-    /// The longest-prefix peer entry for a source address on a segment.
+    /// The peer entry that decides for a source address on a segment, as
+    /// the XDP program finds it: a live host entry, else the longest prefix,
+    /// else an expired host entry.
     pub fn peer_lookup(&self, segment: u32, addr: [u8; 16]) -> Result<Option<u64>> {
+        let host = match self.peer_hosts.get(
+            &PeerKey {
+                segment_be: segment.to_be_bytes(),
+                addr,
+            },
+            0,
+        ) {
+            Ok(v) => Some(v.at_boot_ns),
+            Err(MapError::KeyNotFound) => None,
+            Err(e) => return Err(map_err(map_names::PEER_HOSTS, "read")(e)),
+        };
+        if host.is_some_and(|at| at > crate::clock::boot_ns()) {
+            return Ok(host);
+        }
         match self.peers.get(&peer_key(segment, addr, 128), 0) {
             Ok(v) => Ok(Some(v.at_boot_ns)),
-            Err(MapError::KeyNotFound) => Ok(None),
+            Err(MapError::KeyNotFound) => Ok(host),
             Err(e) => Err(map_err(map_names::PEERS, "read")(e)),
         }
     }
@@ -602,14 +698,22 @@ impl Dataplane {
             let prog: &mut Xdp = program(&mut self.ebpf, name)?;
             match prog.load() {
                 Ok(()) | Err(ProgramError::AlreadyLoaded) => {}
-                Err(source) => return Err(DataplaneError::ProgramLoad { program: name, source }),
+                Err(source) => {
+                    return Err(DataplaneError::ProgramLoad {
+                        program: name,
+                        source,
+                    })
+                }
             }
             prog.test_run(opts)
         } else {
             let prog: &mut CgroupSkb = program(&mut self.ebpf, name)?;
             prog.test_run(opts)
         }
-        .map_err(|source| DataplaneError::TestRun { program: name, source })?;
+        .map_err(|source| DataplaneError::TestRun {
+            program: name,
+            source,
+        })?;
         Ok((result.return_value, result.duration))
     }
 }
@@ -698,34 +802,50 @@ fn attach_xdp(
     let mut out = Vec::new();
     for iface in ifaces {
         let pin = links.join(xdp_pin_name(iface));
-        let pin_err = |e: Box<dyn std::error::Error + Send + Sync>, path: &Path| DataplaneError::Pin {
-            what: "XDP link",
-            path: path.to_path_buf(),
-            source: e,
+        let pin_err =
+            |e: Box<dyn std::error::Error + Send + Sync>, path: &Path| DataplaneError::Pin {
+                what: "XDP link",
+                path: path.to_path_buf(),
+                source: e,
+            };
+        let xdp_err = |source| DataplaneError::XdpAttach {
+            iface: iface.clone(),
+            source,
         };
-        let xdp_err = |source| DataplaneError::XdpAttach { iface: iface.clone(), source };
         // A link pinned by a previous run of this or an older layout.
         let previous = std::iter::once(pin.clone())
-            .chain(older.iter().map(|d| d.join("links").join(xdp_pin_name(iface))))
+            .chain(
+                older
+                    .iter()
+                    .map(|d| d.join("links").join(xdp_pin_name(iface))),
+            )
             .find(|p| p.exists());
         if let Some(prev) = previous {
             if prev != pin {
                 // Pin the same link under this layout before the old layout is retired.
                 let again = PinnedLink::from_pin(&prev).map_err(|e| pin_err(Box::new(e), &prev))?;
-                FdLink::from(again).pin(&pin).map_err(|e| pin_err(Box::new(e), &pin))?;
+                FdLink::from(again)
+                    .pin(&pin)
+                    .map_err(|e| pin_err(Box::new(e), &pin))?;
             }
             let held = PinnedLink::from_pin(&pin).map_err(|e| pin_err(Box::new(e), &pin))?;
             let link = aya::programs::xdp::XdpLink::try_from(FdLink::from(held))
                 .map_err(|e| pin_err(Box::new(e), &pin))?;
             prog.attach_to_link(link).map_err(xdp_err)?;
-            out.push(XdpAttachment { iface: iface.clone(), mode: "replaced" });
+            out.push(XdpAttachment {
+                iface: iface.clone(),
+                mode: "replaced",
+            });
             continue;
         }
         let (id, mode) = match prog.attach(iface, XdpMode::Driver) {
             Ok(id) => (id, "native"),
             Err(native) => {
                 tracing::info!(%iface, error = %native, "native XDP unavailable; using generic mode");
-                (prog.attach(iface, XdpMode::Skb).map_err(xdp_err)?, "generic")
+                (
+                    prog.attach(iface, XdpMode::Skb).map_err(xdp_err)?,
+                    "generic",
+                )
             }
         };
         let link = prog.take_link(id).map_err(xdp_err)?;
@@ -735,7 +855,10 @@ fn attach_xdp(
             source: Box::new(e),
         })?;
         link.pin(&pin).map_err(|e| pin_err(Box::new(e), &pin))?;
-        out.push(XdpAttachment { iface: iface.clone(), mode });
+        out.push(XdpAttachment {
+            iface: iface.clone(),
+            mode,
+        });
     }
     Ok(out)
 }

@@ -44,7 +44,7 @@ enum Command {
     Install(install::InstallOptions),
     /// Build a .deb under target/package/.
     Package(install::PackageOptions),
-    /// Measure Portcullis against nftables and iptables (as root; about 10
+    /// Measure Portcullis against nftables and iptables (as root; about 5
     /// minutes): Markdown tables on stdout, JSON in target/bench/.
     Bench(bench::Options),
 }

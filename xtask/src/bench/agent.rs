@@ -157,6 +157,11 @@ impl Agent {
         Ok(me)
     }
 
+    /// The agent's bpffs directory (its pins).
+    pub fn bpffs(&self) -> &Path {
+        &self.bpffs
+    }
+
     fn log_tail(&self) -> String {
         let text = fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();

@@ -130,6 +130,26 @@ pub fn confine(cmd: &mut Command, cgroup: Option<&Path>, ids: Option<(u32, u32)>
     }
 }
 
+/// Runs the child on the host's last CPU only: BPF_PROG_TEST_RUN times
+/// the program on the CPU it is called from, and CPUs of a shared machine
+/// differ by up to a quarter, which would otherwise show up as differences
+/// between grant counts.
+pub fn pin_to_last_cpu(cmd: &mut Command) {
+    let cpu = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
+    // SAFETY: sched_setaffinity on the child itself, with a cpu_set_t built
+    // on the stack; async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// `/sys/fs/cgroup/pcbench-PID/{filtered,plain}`: the agent attaches to
 /// `filtered`; `plain` is the unfiltered twin for the baseline runs.
 pub struct Cgroups {

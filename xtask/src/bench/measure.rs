@@ -23,7 +23,8 @@ use super::{
     client::mono_ns,
     firewall::{self, IptablesChain, NftTable},
     host::{self, Cgroups, Netns, Server},
-    report::{Bulk, Footprint, RateBlock, Revocation, ScalePoint},
+    progstats,
+    report::{Bulk, Footprint, ProgramCost, RateBlock, Revocation, ScalePoint},
 };
 use crate::util;
 
@@ -72,6 +73,8 @@ pub struct Bench<'a> {
     pub filtered_ns: &'a Netns,
     pub plain_ns: &'a Netns,
     pub server: &'a Server,
+    /// For the progress lines.
+    pub started: Instant,
 }
 
 /// What the peers' measurements give.
@@ -93,6 +96,8 @@ pub struct OurResults {
     /// One `portcullis grant` process each (ms).
     pub grant_ms: Vec<f64>,
     pub xdp_mode: Option<String>,
+    /// Program run times on the allowed path, loopback and veth.
+    pub costs: Vec<ProgramCost>,
 }
 
 /// Where a client runs.
@@ -121,7 +126,7 @@ pub fn peers_around(around: Ipv4Addr, n: u32) -> Vec<Ipv4Addr> {
 
 impl Bench<'_> {
     fn log(&self, msg: &str) {
-        eprintln!("bench: {msg}");
+        eprintln!("bench: [{}] {msg}", util::human(self.started.elapsed()));
     }
 
     fn loopback(&self) -> SocketAddrV4 {
@@ -130,6 +135,12 @@ impl Bench<'_> {
 
     /// One client run: connects per second.
     fn rate(&self, from: From) -> Result<f64> {
+        let (ok, secs) = self.client_run(from)?;
+        Ok(ok as f64 / secs)
+    }
+
+    /// One client run: connects made, and seconds taken.
+    fn client_run(&self, from: From) -> Result<(u64, f64)> {
         host::check_interrupted()?;
         let (mut cmd, addr) = match from {
             From::Cgroup(cg, uid) => {
@@ -155,12 +166,38 @@ impl Bench<'_> {
         if let Some(e) = v["error"].as_str() {
             bail!("an allowed client was refused ({e}) connecting to {addr}: the set-up is wrong");
         }
-        let ok = v["ok"].as_u64().unwrap_or(0) as f64;
+        let ok = v["ok"].as_u64().unwrap_or(0);
         let secs = v["elapsed_ns"].as_u64().unwrap_or(0) as f64 / 1e9;
-        if ok < 1.0 || secs <= 0.0 {
+        if ok == 0 || secs <= 0.0 {
             bail!("the bench client made no connection: {out}");
         }
-        Ok(ok / secs)
+        Ok((ok, secs))
+    }
+
+    /// One extra filtered run with the kernel's BPF run-time statistics on:
+    /// what each of the agent's programs cost per connection. Not part of
+    /// the rates (the statistics themselves cost two clock reads per run).
+    fn program_cost(
+        &self,
+        agent: &Agent,
+        from: From,
+        path: &str,
+        baseline: &[f64],
+    ) -> Result<ProgramCost> {
+        let stats = progstats::StatsOn::enable()?;
+        let before = progstats::snapshot(agent.bpffs())?;
+        let (connects, _) = self.client_run(from)?;
+        let after = progstats::snapshot(agent.bpffs())?;
+        drop(stats);
+        Ok(ProgramCost {
+            path: path.into(),
+            connects,
+            programs: progstats::delta(&before, &after)
+                .into_iter()
+                .map(|(n, (r, t))| (n, r, t))
+                .collect(),
+            baseline_per_s: crate::bench::stats::median(baseline).unwrap_or(f64::NAN),
+        })
     }
 
     /// A warm-up pair, then `runs` baseline and `runs` filtered runs in the
@@ -202,6 +239,7 @@ impl Bench<'_> {
             .arg("--port")
             .arg(self.server.port.to_string());
         host::confine(&mut cmd, None, None);
+        host::pin_to_last_cpu(&mut cmd);
         let out = util::output(&mut cmd)?;
         serde_json::from_str(&out).context("bench-dataplane printed invalid JSON")
     }
@@ -302,7 +340,6 @@ impl Bench<'_> {
             self.revocations(
                 "nftables (`nft delete element`)",
                 &probe,
-                libc::ECONNREFUSED,
                 || util::output(&mut table.add_command(&element)).map(drop),
                 || table.delete_command(&element),
             )?
@@ -325,6 +362,7 @@ impl Bench<'_> {
         let mut revocation = None;
         let mut grant_ms = Vec::new();
         let mut xdp_mode = None;
+        let mut costs = Vec::new();
         for &n in &self.plan.sizes {
             let compare = n == self.plan.compare_at;
             let mut spec = Spec {
@@ -384,6 +422,13 @@ impl Bench<'_> {
                 peers: spec.peers.len() as u32,
             });
             if compare {
+                self.log("Portcullis program run times on loopback (BPF statistics)");
+                costs.push(self.program_cost(
+                    &agent,
+                    From::Cgroup(&self.cgroups.filtered, uid),
+                    "loopback",
+                    &block.baseline,
+                )?);
                 blocks.push(block);
                 xdp_mode = agent.xdp_mode();
                 self.log("Portcullis XDP on veth");
@@ -391,6 +436,7 @@ impl Bench<'_> {
                     || self.rate(From::Netns(self.plain_ns)),
                     || self.rate(From::Netns(self.filtered_ns)),
                 )?;
+                costs.push(self.program_cost(&agent, From::Netns(self.filtered_ns), "veth", &b)?);
                 blocks.push(RateBlock::new(
                     "veth",
                     "Portcullis (XDP, peer allows)",
@@ -408,7 +454,6 @@ impl Bench<'_> {
                 revocation = Some(self.revocations(
                     "Portcullis (`portcullis revoke ID`)",
                     &probe,
-                    libc::EPERM,
                     || {
                         let started = Instant::now();
                         id.set(agent.grant(&identity)?);
@@ -433,6 +478,7 @@ impl Bench<'_> {
             revocation,
             grant_ms,
             xdp_mode,
+            costs,
         })
     }
 
@@ -479,7 +525,6 @@ impl Bench<'_> {
         &self,
         tool: &str,
         probe: &Probe,
-        refused_errno: i32,
         mut open: impl FnMut() -> Result<()>,
         mut revoke: impl FnMut() -> Command,
     ) -> Result<Revocation> {
@@ -487,7 +532,20 @@ impl Bench<'_> {
             tool: tool.to_string(),
             ..Default::default()
         };
-        let expect = std::io::Error::from_raw_os_error(refused_errno).to_string();
+        // Any of these is the refusal: the tool's own error (EPERM from
+        // Portcullis' connect hook, ECONNREFUSED from nft's reset), a reset
+        // when the revocation lands between a connect's SYN and its ACK, or
+        // an abort when Portcullis destroys the half-open socket. Anything
+        // else (a timeout, an unreachable network) means a broken set-up.
+        let refusals: Vec<String> = [
+            libc::EPERM,
+            libc::ECONNREFUSED,
+            libc::ECONNRESET,
+            libc::ECONNABORTED,
+        ]
+        .iter()
+        .map(|&e| std::io::Error::from_raw_os_error(e).to_string())
+        .collect();
         for _ in 0..self.plan.revocations {
             host::check_interrupted()?;
             open()?;
@@ -511,9 +569,10 @@ impl Bench<'_> {
             let ["refused", at, attempts, error] = words.as_slice() else {
                 bail!("{tool}: no refused connect within 3 s of the revocation: {answer}");
             };
-            if *error != expect {
-                bail!("{tool}: the probe was refused with {error:?}, expected {expect:?}");
+            if !refusals.iter().any(|r| r == error) {
+                bail!("{tool}: the probe was refused with {error:?}, expected one of {refusals:?}");
             }
+            *out.errors.entry(error.to_string()).or_default() += 1;
             let at: u64 = at.parse()?;
             out.latency_ms.push(at.saturating_sub(t0) as f64 / 1e6);
             out.process_ms.push((exited - t0) as f64 / 1e6);

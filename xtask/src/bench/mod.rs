@@ -28,13 +28,14 @@ mod client;
 mod firewall;
 mod host;
 mod measure;
+mod progstats;
 mod report;
-mod stats;
+pub mod stats;
 
 #[derive(clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Options {
-    /// Fewer, shorter runs and at most 100,000 grants (about 2 minutes): for
+    /// Fewer, shorter runs and at most 100,000 grants (about a minute): for
     /// trying the bench itself. Its figures are not the reference ones.
     #[arg(long)]
     quick: bool,
@@ -68,8 +69,8 @@ fn plan(quick: bool) -> measure::Plan {
         }
     } else {
         measure::Plan {
-            runs: 7,
-            connects: 15_000,
+            runs: 9,
+            connects: 20_000,
             run_seconds: 5.0,
             revocations: 200,
             idle_seconds: 30,
@@ -77,7 +78,7 @@ fn plan(quick: bool) -> measure::Plan {
             compare_at: 100_000,
             iptables_rules: vec![1_000, 10_000],
             test_run_repeat: 100_000,
-            test_run_runs: 9,
+            test_run_runs: 15,
             bulk_starts: 3,
         }
     }
@@ -110,7 +111,7 @@ pub fn main(options: Options, ws: &Workspace) -> Result<()> {
     let rules_before = host::ruleset()?;
 
     let plan = plan(options.quick);
-    let result = run_all(&portcullis, plan.clone());
+    let result = run_all(&portcullis, plan.clone(), started);
     // Every guard has dropped by now: compare the host's rules.
     let rules_after = host::ruleset()?;
     let unchanged = rules_before == rules_after;
@@ -138,6 +139,7 @@ pub fn main(options: Options, ws: &Workspace) -> Result<()> {
         revocations: vec![ours.revocation, peers.revocation],
         bulk,
         xdp_mode: ours.xdp_mode,
+        costs: ours.costs,
         host_rules_unchanged: unchanged,
         took: started.elapsed(),
         clk_tck: clk_tck(),
@@ -197,7 +199,7 @@ impl Drop for Pins {
 
 /// Creates the fixtures, runs every measurement, and drops the fixtures
 /// (in reverse order) whatever happens.
-fn run_all(portcullis: &std::path::Path, plan: measure::Plan) -> Result<Results> {
+fn run_all(portcullis: &std::path::Path, plan: measure::Plan, started: Instant) -> Result<Results> {
     let pid = std::process::id();
     let work = Scratch(std::env::temp_dir().join(format!("{}-{pid}", host::PREFIX)));
     fs::create_dir(&work.0).with_context(|| format!("creating {}", work.0.display()))?;
@@ -224,6 +226,7 @@ fn run_all(portcullis: &std::path::Path, plan: measure::Plan) -> Result<Results>
         filtered_ns: &filtered_ns,
         plain_ns: &plain_ns,
         server: &server,
+        started,
     };
     let per_packet = bench.per_packet()?;
     let peers = bench.peers()?;

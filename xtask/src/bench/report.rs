@@ -56,6 +56,29 @@ impl RateBlock {
     }
 }
 
+/// What the agent's programs cost on the allowed path, from the kernel's
+/// run-time statistics over one run.
+pub struct ProgramCost {
+    pub path: String,
+    pub connects: u64,
+    /// (program, runs, nanoseconds)
+    pub programs: Vec<(String, u64, u64)>,
+    /// The no-filter rate of the same path, for the share of a connection.
+    pub baseline_per_s: f64,
+}
+
+impl ProgramCost {
+    fn per_connection_ns(&self) -> f64 {
+        self.programs.iter().map(|p| p.2 as f64).sum::<f64>() / self.connects.max(1) as f64
+    }
+
+    fn json(&self) -> Value {
+        json!({"path": self.path, "connects": self.connects, "baseline_per_s": self.baseline_per_s,
+            "programs": self.programs.iter().map(|(n, r, t)| json!({"program": n, "runs": r, "ns": t})).collect::<Vec<_>>(),
+            "ns_per_connection": self.per_connection_ns()})
+    }
+}
+
 /// Portcullis at one grant count.
 pub struct ScalePoint {
     pub grants: u32,
@@ -87,6 +110,8 @@ pub struct Revocation {
     pub process_ms: Vec<f64>,
     /// Connect attempts the probe made until refused.
     pub attempts: Vec<f64>,
+    /// How the first refused connect failed, and how often.
+    pub errors: std::collections::BTreeMap<String, usize>,
 }
 
 pub struct Bulk {
@@ -157,6 +182,7 @@ pub struct Report {
     pub revocations: Vec<Revocation>,
     pub bulk: Bulk,
     pub xdp_mode: Option<String>,
+    pub costs: Vec<ProgramCost>,
     pub host_rules_unchanged: bool,
     pub took: Duration,
     pub clk_tck: u64,
@@ -164,13 +190,15 @@ pub struct Report {
 
 /// 12,345
 fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
+    let digits = n.to_string();
+    let first = match digits.len() % 3 {
+        0 => 3,
+        r => r,
+    };
+    let mut out = digits[..first].to_string();
+    for group in digits.as_bytes()[first..].chunks(3) {
+        out.push(',');
+        out.push_str(std::str::from_utf8(group).expect("ASCII digits"));
     }
     out
 }
@@ -455,19 +483,45 @@ impl Report {
         let _ = writeln!(o, "\nLoopback: client in a child cgroup as an allowed uid, server in the bench's own cgroup; the no-filter runs use a twin cgroup the agent does not guard (Portcullis) or the same client with the ruleset removed (nftables, iptables; iptables' allowed rule is in the middle of the chain). Veth: client in a network namespace, server in the host's; the no-filter runs go through a second, unfiltered veth pair. Portcullis' XDP ran in {} mode. Every connection is closed with a reset (no TIME_WAIT).",
             self.xdp_mode.as_deref().unwrap_or("an unknown"));
 
+        if !self.costs.is_empty() {
+            let _ = writeln!(o, "\nWhere Portcullis' share goes, from the kernel's BPF run-time statistics over one extra run each ({} grants loaded; the statistics add two clock reads per program run):\n", thousands(n.into()));
+            let _ = writeln!(o, "| Path | Program | Runs per connection | ns per run | ns per connection |\n|---|---|---:|---:|---:|");
+            for c in &self.costs {
+                for (name, runs, ns) in &c.programs {
+                    let _ = writeln!(
+                        o,
+                        "| {} | {name} | {:.2} | {:.0} | {:.0} |",
+                        c.path,
+                        *runs as f64 / c.connects.max(1) as f64,
+                        *ns as f64 / (*runs).max(1) as f64,
+                        *ns as f64 / c.connects.max(1) as f64
+                    );
+                }
+                let per = c.per_connection_ns();
+                let _ = writeln!(
+                    o,
+                    "| {} | all | | | {per:.0} ({:.1} % of a connection at the no-filter rate) |",
+                    c.path,
+                    per * c.baseline_per_s / 1e9 * 100.0
+                );
+            }
+        }
+
         let _ = writeln!(o, "\n#### 3. Revocation latency (ms from starting the revoking process to the first refused connect; {} revocations each, with {} grants loaded)\n",
             plan.revocations, thousands(n.into()));
-        let _ = writeln!(o, "| Tool | Median | p99 | Max | Revoking process, start to exit (median) |\n|---|---:|---:|---:|---:|");
+        let _ = writeln!(o, "| Tool | Median | p99 | Max | Revoking process, start to exit (median) | First refusal seen as |\n|---|---:|---:|---:|---:|---|");
         for r in &self.revocations {
             let max = r.latency_ms.iter().copied().fold(f64::NAN, f64::max);
+            let errors: Vec<String> = r.errors.iter().map(|(e, n)| format!("{e} ×{n}")).collect();
             let _ = writeln!(
                 o,
-                "| {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} |",
                 r.tool,
                 opt(median(&r.latency_ms), |v| format!("{v:.2}")),
                 opt(quantile(&r.latency_ms, 0.99), |v| format!("{v:.2}")),
                 opt(Some(max), |v| format!("{v:.2}")),
-                opt(median(&r.process_ms), |v| format!("{v:.2}"))
+                opt(median(&r.process_ms), |v| format!("{v:.2}")),
+                errors.join(", ")
             );
         }
         let _ = writeln!(o, "\nA probe in the cgroup connects every {PROBE_INTERVAL_US} µs (plus the connect itself) until refused and stamps the refusal with CLOCK_MONOTONIC; the bench stamps the revoking process's start with the same clock. Portcullis refuses at the map delete, before its audit record and state file are written (fsync'd) and the CLI exits.");
@@ -564,9 +618,11 @@ impl Report {
             "per_packet_ns": self.per_packet,
             "connection_rates": self.rates.iter().map(RateBlock::json).collect::<Vec<_>>(),
             "xdp_mode": self.xdp_mode,
+            "program_cost": self.costs.iter().map(ProgramCost::json).collect::<Vec<_>>(),
             "revocation_ms": self.revocations.iter().map(|r| json!({"tool": r.tool, "latency": r.latency_ms,
                 "process": r.process_ms, "attempts": r.attempts, "median": median(&r.latency_ms),
-                "p99": quantile(&r.latency_ms, 0.99), "process_median": median(&r.process_ms)})).collect::<Vec<_>>(),
+                "p99": quantile(&r.latency_ms, 0.99), "process_median": median(&r.process_ms),
+                "errors": r.errors})).collect::<Vec<_>>(),
             "bulk": {"grants": b.grants, "agent_start_one_s": b.start_one, "agent_start_n_s": b.start_n,
                 "nft_batch_s": b.nft_batch, "iptables_restore_s": b.iptables.iter().map(|(n, s)| json!({"rules": n, "seconds": s})).collect::<Vec<_>>(),
                 "grant_cli_ms": b.grant_cli_ms,
