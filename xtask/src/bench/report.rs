@@ -452,7 +452,7 @@ impl Report {
             };
             let _ = writeln!(o, "| {label} | {} | {growth} |", cells.join(" | "));
         }
-        let _ = writeln!(o, "\nN grants = N uid grants in PC_GRANTS and N /32 peers in PC_PEERS (consecutive addresses; the allowed peer is the middle one, the denied one just past the end).");
+        let _ = writeln!(o, "\nN grants = N uid grants in PC_GRANTS and N /32 peers in PC_PEER_HOSTS (consecutive addresses; the allowed peer is the middle one, the denied one just past the end).");
         let _ = writeln!(o, "¹ Two instructions (`r0 = XDP_PASS; exit`) loaded with bpf(2): the cost of BPF_PROG_TEST_RUN itself.");
         let _ = writeln!(o, "² Nothing reads the deny-event ring during the run, so after the first ~3,000 packets the event write fails fast; with a reader it costs a little more.");
         let _ = writeln!(o, "³ BPF_PROG_TEST_RUN gives the packet a fresh socket that connect4/6 never marked: this is the path of every flow Portcullis did not let through a protected port (one socket-storage lookup). The per-packet check of marked flows is in the connection rates below.");
