@@ -30,6 +30,9 @@ const PACKAGES: &[&str] = &[
     "socat",
     "ncat",
     "procps",
+    // systemd-analyze (the unit file test) and setpriv (the capability test).
+    "systemd",
+    "util-linux",
 ];
 /// fcntl locks apt and dpkg hold while they work.
 const APT_LOCKS: &[&str] = &[
