@@ -241,7 +241,7 @@ impl StderrSummary {
 }
 
 /// Removes colour escape sequences (`ESC [ ... letter`) and the line end.
-fn strip_ansi(line: &str) -> String {
+pub(crate) fn strip_ansi(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut chars = line.trim_end().chars();
     while let Some(c) = chars.next() {

@@ -137,6 +137,38 @@ fn send_raw(iface: &str, frames: &[Vec<u8>]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Connects to `target` up to `max` times (until `end`, if given), closing
+/// each connection with a reset, and prints `loop ok K eperm M other L [FIRST]`.
+fn connect_loop(
+    target: SocketAddr,
+    timeout: Duration,
+    max: u64,
+    end: Option<Instant>,
+) -> std::io::Result<()> {
+    let (mut ok, mut eperm, mut other) = (0u64, 0u64, 0u64);
+    let mut first_other = None;
+    let mut n = 0;
+    while n < max && end.is_none_or(|e| Instant::now() < e) {
+        n += 1;
+        match TcpStream::connect_timeout(&target, timeout) {
+            Ok(s) => {
+                ok += 1;
+                reset_on_close(&s);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => eperm += 1,
+            Err(e) => {
+                other += 1;
+                first_other.get_or_insert_with(|| errno_name(&e));
+            }
+        }
+    }
+    println!(
+        "loop ok {ok} eperm {eperm} other {other} {}",
+        first_other.unwrap_or_default()
+    );
+    Ok(())
+}
+
 fn run(args: &[String]) -> std::io::Result<()> {
     let timeout = timeout();
     match args.get(1).map(String::as_str) {
@@ -207,58 +239,16 @@ fn run(args: &[String]) -> std::io::Result<()> {
             Ok(())
         }
         Some("loop") => {
-            let target = addr(&args[2]);
             let n: u64 = args[3].parse().expect("N");
-            let (mut ok, mut eperm, mut other) = (0u64, 0u64, 0u64);
-            let mut first_other = None;
-            for _ in 0..n {
-                match TcpStream::connect_timeout(&target, timeout) {
-                    Ok(s) => {
-                        ok += 1;
-                        reset_on_close(&s);
-                    }
-                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => eperm += 1,
-                    Err(e) => {
-                        other += 1;
-                        first_other.get_or_insert_with(|| errno_name(&e));
-                    }
-                }
-            }
-            println!(
-                "loop ok {ok} eperm {eperm} other {other} {}",
-                first_other.unwrap_or_default()
-            );
-            Ok(())
+            connect_loop(addr(&args[2]), timeout, n, None)
         }
         Some("loop-until") => {
             // Like `loop`, but for SECS seconds (at most MAXN connects), so a
             // test can keep connecting across an agent restart.
-            let target = addr(&args[2]);
             let secs: f64 = args[3].parse().expect("SECS");
             let max: u64 = args[4].parse().expect("MAXN");
             let end = Instant::now() + Duration::from_secs_f64(secs);
-            let (mut ok, mut eperm, mut other) = (0u64, 0u64, 0u64);
-            let mut first_other = None;
-            let mut n = 0;
-            while n < max && Instant::now() < end {
-                n += 1;
-                match TcpStream::connect_timeout(&target, timeout) {
-                    Ok(s) => {
-                        ok += 1;
-                        reset_on_close(&s);
-                    }
-                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => eperm += 1,
-                    Err(e) => {
-                        other += 1;
-                        first_other.get_or_insert_with(|| errno_name(&e));
-                    }
-                }
-            }
-            println!(
-                "loop ok {ok} eperm {eperm} other {other} {}",
-                first_other.unwrap_or_default()
-            );
-            Ok(())
+            connect_loop(addr(&args[2]), timeout, max, Some(end))
         }
         Some("raw") => {
             let listen = UdpSocket::bind(addr(&args[3]))?;

@@ -171,7 +171,7 @@ impl Agent {
     /// How XDP was attached ("native", "generic"), from the agent's log.
     pub fn xdp_mode(&self) -> Option<String> {
         let text = fs::read_to_string(&self.log).ok()?;
-        let line = strip_ansi(text.lines().find(|l| l.contains("XDP attached"))?);
+        let line = crate::util::strip_ansi(text.lines().find(|l| l.contains("XDP attached"))?);
         let mode = line.split("mode=").nth(1)?;
         Some(
             mode.split_whitespace()
@@ -244,24 +244,6 @@ impl Agent {
     }
 }
 
-/// A log line without colour escapes (`ESC [ ... letter`).
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 impl Drop for Agent {
     fn drop(&mut self) {
         self.stop_now();
@@ -292,7 +274,7 @@ mod tests {
     fn reads_the_xdp_mode_through_colours() {
         let line = "\u{1b}[32m INFO\u{1b}[0m XDP attached \u{1b}[3miface\u{1b}[0m\u{1b}[2m=\u{1b}[0mpcbx1 \u{1b}[3mmode\u{1b}[0m\u{1b}[2m=\u{1b}[0m\"native\"";
         assert_eq!(
-            strip_ansi(line),
+            crate::util::strip_ansi(line),
             " INFO XDP attached iface=pcbx1 mode=\"native\""
         );
     }
