@@ -440,12 +440,7 @@ impl Agent {
             ));
         }
         let jit = jit_rules(&seg)?;
-        let ttl = match ttl {
-            Some(t) => {
-                parse_ttl(t).map_err(|e| refuse(RefusalCode::Invalid, format!("TTL {t:?}: {e}")))?
-            }
-            None => jit.default_ttl,
-        };
+        let ttl = requested_ttl(jit, ttl)?;
         check_ttl(&seg, jit, ttl)?;
         let reason = check_reason(&seg, jit, reason)?;
         let grant = self.open_grant(cred, &seg, identity, ttl, reason, None)?;
@@ -856,6 +851,16 @@ fn jit_rules(seg: &Segment) -> Result<&crate::policy::Jit, Refusal> {
             format!("segment {} has no [segment.{}.jit] table, so it takes no grants or requests; add one to its policy", seg.name, seg.name),
         )
     })
+}
+
+/// A `--ttl` argument, parsed, as a refusal when it is not a valid TTL.
+fn ttl_arg(t: &str) -> Result<Duration, Refusal> {
+    parse_ttl(t).map_err(|e| refuse(RefusalCode::Invalid, format!("TTL {t:?}: {e}")))
+}
+
+/// The TTL asked for, or the segment's default when none was given.
+fn requested_ttl(jit: &crate::policy::Jit, ttl: Option<&str>) -> Result<Duration, Refusal> {
+    ttl.map_or(Ok(jit.default_ttl), ttl_arg)
 }
 
 fn check_ttl(seg: &Segment, jit: &crate::policy::Jit, ttl: Duration) -> Result<(), Refusal> {

@@ -232,18 +232,7 @@ impl As {
             .stdin(Stdio::null())
             .output()
             .expect("run pc-probe");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let last = text.lines().last().unwrap_or("").trim().to_string();
-        if out.status.success() && last == "ok" {
-            Outcome::Ok
-        } else if let Some(e) = last.strip_prefix("err ") {
-            Outcome::Err(e.to_string())
-        } else {
-            panic!(
-                "pc-probe {args:?}: unexpected output {text:?} stderr {:?}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        outcome_of(&out, args)
     }
 
     pub fn tcp(&self, addr: SocketAddr) -> Outcome {

@@ -17,12 +17,14 @@ use std::{collections::BTreeMap, time::Duration};
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::{actor_json, check_reason, check_ttl, jit_rules, obj, refuse, Agent};
+use super::{
+    actor_json, check_reason, check_ttl, jit_rules, obj, refuse, requested_ttl, ttl_arg, Agent,
+};
 use crate::{
     clock,
     control::{PeerCred, Refusal, RefusalCode, Reply, RequestView},
     explain::{self, Subject},
-    identity::{parse_ttl, Identity},
+    identity::Identity,
     ledger::Source,
     requests::{AccessRequest, Ask, Decision, Now, RequestError, RequestState},
     state::Actor,
@@ -93,12 +95,7 @@ impl Agent {
         self.expire_requests();
         let seg = self.segment(segment)?.clone();
         let jit = jit_rules(&seg)?;
-        let ttl = match ttl {
-            Some(t) => {
-                parse_ttl(t).map_err(|e| refuse(RefusalCode::Invalid, format!("TTL {t:?}: {e}")))?
-            }
-            None => jit.default_ttl,
-        };
+        let ttl = requested_ttl(jit, ttl)?;
         check_ttl(&seg, jit, ttl)?;
         let reason = check_reason(&seg, jit, reason)?;
         let identity = own_identity(cred.uid);
@@ -200,8 +197,7 @@ impl Agent {
         let jit = jit_rules(&seg)?;
         let ttl = match ttl {
             Some(t) => {
-                let asked = parse_ttl(t)
-                    .map_err(|e| refuse(RefusalCode::Invalid, format!("TTL {t:?}: {e}")))?;
+                let asked = ttl_arg(t)?;
                 if asked > req.ttl() {
                     return Err(refuse(
                         RefusalCode::Invalid,

@@ -169,6 +169,16 @@ fn connect_loop(
     Ok(())
 }
 
+/// A UDP socket bound to the unspecified address of `target`'s family.
+fn udp_socket_for(target: SocketAddr) -> std::io::Result<UdpSocket> {
+    let any: SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0".parse().expect("valid address")
+    } else {
+        "[::]:0".parse().expect("valid address")
+    };
+    UdpSocket::bind(any)
+}
+
 fn run(args: &[String]) -> std::io::Result<()> {
     let timeout = timeout();
     match args.get(1).map(String::as_str) {
@@ -183,12 +193,7 @@ fn run(args: &[String]) -> std::io::Result<()> {
         }
         Some(mode @ ("udp" | "udp-connect")) => {
             let target = addr(&args[2]);
-            let bind: SocketAddr = if target.is_ipv4() {
-                "0.0.0.0:0".parse().unwrap()
-            } else {
-                "[::]:0".parse().unwrap()
-            };
-            let s = UdpSocket::bind(bind)?;
+            let s = udp_socket_for(target)?;
             s.set_read_timeout(Some(timeout))?;
             if mode == "udp-connect" {
                 s.connect(target)?;
@@ -220,12 +225,7 @@ fn run(args: &[String]) -> std::io::Result<()> {
             let target = addr(&args[2]);
             let interval = Duration::from_millis(args[3].parse().expect("MS"));
             let count: u32 = args[4].parse().expect("COUNT");
-            let bind: SocketAddr = if target.is_ipv4() {
-                "0.0.0.0:0".parse().unwrap()
-            } else {
-                "[::]:0".parse().unwrap()
-            };
-            let s = UdpSocket::bind(bind)?;
+            let s = udp_socket_for(target)?;
             s.set_read_timeout(Some(timeout))?;
             s.connect(target)?;
             let start = Instant::now();
@@ -264,12 +264,7 @@ fn run(args: &[String]) -> std::io::Result<()> {
             let target = addr(&args[2]);
             let n: u64 = args[3].parse().expect("N");
             let limit = Duration::from_secs(args[4].parse().expect("SECS"));
-            let bind: SocketAddr = if target.is_ipv4() {
-                "0.0.0.0:0".parse().unwrap()
-            } else {
-                "[::]:0".parse().unwrap()
-            };
-            let s = UdpSocket::bind(bind)?;
+            let s = udp_socket_for(target)?;
             let start = Instant::now();
             let (mut sent, mut eperm, mut other) = (0u64, 0u64, 0u64);
             for i in 0..n {
