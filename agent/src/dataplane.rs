@@ -17,8 +17,8 @@ use std::{
 };
 
 use agent_common::{
-    map_names, port_index, program_names, Expiry, GrantKey, PeerKey, Proto, SegmentCounters,
-    LAYOUT_VERSION, PORT_SLOTS,
+    global_names, map_names, port_index, program_names, Expiry, GrantKey, PeerKey, Proto,
+    SegmentCounters, LAYOUT_VERSION, PORT_SLOTS,
 };
 use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf},
@@ -30,7 +30,10 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 
-use crate::ledger::{Change, EntryKey};
+use crate::{
+    hostaddrs::LocalNet,
+    ledger::{Change, EntryKey},
+};
 
 /// The compiled programs, built by `build.rs` from `agent-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent"));
@@ -159,7 +162,7 @@ pub struct Dataplane {
     grants: HashMap<MapData, GrantKey, Expiry>,
     peers: LpmTrie<MapData, PeerKey, Expiry>,
     peer_hosts: HashMap<MapData, PeerKey, Expiry>,
-    local_addrs: HashMap<MapData, [u8; 16], u32>,
+    local_nets: LpmTrie<MapData, [u8; 16], u32>,
     counters: PerCpuArray<MapData, SegmentCounters>,
     deny_events: Option<RingBuf<MapData>>,
     kill_requests: Option<RingBuf<MapData>>,
@@ -317,6 +320,10 @@ impl Dataplane {
         loader.map_max_entries(map_names::GRANTS, cfg.max_grants);
         loader.map_max_entries(map_names::PEERS, cfg.max_peers);
         loader.map_max_entries(map_names::PEER_HOSTS, cfg.max_peers);
+        // Local-destination decisions apply to the host's network namespace
+        // only: the agent's own (0 when the kernel cannot tell, kernel < 5.14).
+        let host_netns = crate::hostaddrs::netns_cookie().unwrap_or(0);
+        loader.override_global(global_names::HOST_NETNS, &host_netns, true);
         let mut ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
 
         // Load (verify) every program now, attach none: the agent fills the
@@ -356,8 +363,8 @@ impl Dataplane {
             .map_err(map_err(map_names::PEER_HOSTS, "open"))?;
         let peers = LpmTrie::try_from(take(&mut ebpf, map_names::PEERS)?)
             .map_err(map_err(map_names::PEERS, "open"))?;
-        let local_addrs = HashMap::try_from(take(&mut ebpf, map_names::LOCAL_ADDRS)?)
-            .map_err(map_err(map_names::LOCAL_ADDRS, "open"))?;
+        let local_nets = LpmTrie::try_from(take(&mut ebpf, map_names::LOCAL_NETS)?)
+            .map_err(map_err(map_names::LOCAL_NETS, "open"))?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, map_names::COUNTERS)?)
             .map_err(map_err(map_names::COUNTERS, "open"))?;
         let deny_events = RingBuf::try_from(take(&mut ebpf, map_names::DENY_EVENTS)?)
@@ -376,7 +383,7 @@ impl Dataplane {
             grants,
             peers,
             peer_hosts,
-            local_addrs,
+            local_nets,
             counters,
             deny_events: Some(deny_events),
             kill_requests: Some(kill_requests),
@@ -641,21 +648,34 @@ impl Dataplane {
         }
     }
 
-    /// Makes the local-address map hold exactly `addrs` (adds first).
-    pub fn set_local_addrs(&mut self, addrs: &BTreeSet<[u8; 16]>) -> Result<()> {
-        let current: BTreeSet<[u8; 16]> = self
-            .local_addrs
+    /// Makes the local-prefix trie hold exactly `nets` (adds first, so a
+    /// prefix that stays local is never missing for an instant).
+    pub fn set_local_addrs(&mut self, nets: &BTreeSet<LocalNet>) -> Result<()> {
+        let current: BTreeSet<LocalNet> = self
+            .local_nets
             .keys()
+            .map(|k| {
+                k.map(|k| LocalNet {
+                    addr: k.data(),
+                    prefix: k.prefix_len() as u8,
+                })
+            })
             .collect::<std::result::Result<_, _>>()
-            .map_err(map_err(map_names::LOCAL_ADDRS, "read"))?;
-        for a in addrs.difference(&current) {
-            self.local_addrs
-                .insert(*a, 1, 0)
-                .map_err(map_err(map_names::LOCAL_ADDRS, "insert"))?;
+            .map_err(map_err(map_names::LOCAL_NETS, "read"))?;
+        let key = |n: &LocalNet| aya::maps::lpm_trie::Key::new(n.prefix as u32, n.addr);
+        for n in nets.difference(&current) {
+            self.local_nets.insert(&key(n), 1, 0).map_err(|e| {
+                full_or(
+                    e,
+                    map_names::LOCAL_NETS,
+                    agent_common::MAX_LOCAL_NETS,
+                    "insert",
+                )
+            })?;
         }
-        for a in current.difference(addrs) {
-            ignore_missing(self.local_addrs.remove(a))
-                .map_err(map_err(map_names::LOCAL_ADDRS, "delete"))?;
+        for n in current.difference(nets) {
+            ignore_missing(self.local_nets.remove(&key(n)))
+                .map_err(map_err(map_names::LOCAL_NETS, "delete"))?;
         }
         Ok(())
     }
