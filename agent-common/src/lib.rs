@@ -78,6 +78,9 @@ pub mod program_names {
     pub const SKB_EGRESS: &str = "pc_skb_egress";
     pub const SKB_INGRESS: &str = "pc_skb_ingress";
     pub const XDP: &str = "pc_xdp";
+    /// Never attached: the ingress peer check with the socket's facts taken
+    /// from the packet, for `cargo xtask bench` (BPF_PROG_TEST_RUN).
+    pub const SKB_INGRESS_BENCH: &str = "pc_skb_ingress_bench";
 }
 
 /// Port-index space: one slot per (protocol, port).
