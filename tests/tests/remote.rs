@@ -61,8 +61,11 @@ fn tcp_cycle(v6: bool) {
         start.elapsed()
     );
     assert!(trips <= 1);
-    // The agent destroyed the server's socket, which reset the connection.
-    assert_eq!(err, "ECONNRESET");
+    // XDP drops the flow's next packet. It no longer asks the agent to
+    // destroy the server's socket (issue 13: nothing a packet says may make
+    // the agent kill a socket); the agent's sweep after a revoke does, which
+    // resets the client. Either way the session is cut.
+    assert!(err == "ECONNRESET" || err == "TIMEOUT", "{err}");
     assert_eq!(
         peer.probe(&["tcp", &target], DENIED_WAIT_MS),
         Outcome::Err("TIMEOUT".into())
@@ -127,7 +130,9 @@ fn expiry_cuts_a_remote_session_at_its_next_packet() {
     session.wait_round_trips(3, Duration::from_secs(10));
     let (err, _, took) = session.wait_failure(Duration::from_secs(15));
     println!("remote tcp session cut by expiry after {took:?}, error {err}");
-    assert_eq!(err, "ECONNRESET");
+    // Reset by the agent's sweep after the expiry, or dropped by XDP (which
+    // no longer asks for sockets to be destroyed: issue 13).
+    assert!(err == "ECONNRESET" || err == "TIMEOUT", "{err}");
 }
 
 #[test]
