@@ -219,16 +219,18 @@ impl AddressEvents {
         Ok(Self { socket })
     }
 
-    /// Reads and discards pending events; returns whether there were any.
-    /// The content does not matter: any event triggers a full rescan.
+    /// Reads pending events; returns whether any could change "this host":
+    /// an address or link change, or a local, broadcast or anycast route
+    /// added or removed (ordinary route churn, as on a router, does not
+    /// cost a rescan). Anything undecodable, or lost (ENOBUFS), counts.
     pub fn drain(&self) -> bool {
-        let mut buf = vec![0u8; 16 * 1024];
+        let mut buf = vec![0u8; 64 * 1024];
         let mut any = false;
         // Bounded: a burst larger than this is picked up on the next wake-up.
         for _ in 0..4096 {
             match self.socket.recv(&mut &mut buf[..], libc::MSG_DONTWAIT) {
                 Ok(0) => return any,
-                Ok(_) => any = true,
+                Ok(n) => any |= relevant(&buf[..n]),
                 // On ENOBUFS (overrun) events were lost: report "changed" so the caller rescans.
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => any = true,
                 Err(_) => return any,
@@ -236,6 +238,31 @@ impl AddressEvents {
         }
         any
     }
+}
+
+/// Whether a datagram of rtnetlink notifications may change the local set.
+fn relevant(mut bytes: &[u8]) -> bool {
+    while !bytes.is_empty() {
+        let Ok(msg) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes) else {
+            return true;
+        };
+        let len = (msg.header.length as usize).max(1).min(bytes.len());
+        let matters = match msg.payload {
+            NetlinkPayload::InnerMessage(
+                RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r),
+            ) => matches!(
+                r.header.kind,
+                RouteType::Local | RouteType::Broadcast | RouteType::Anycast
+            ),
+            _ => true,
+        };
+        if matters {
+            return true;
+        }
+        // Netlink messages are 4-byte aligned.
+        bytes = &bytes[((len + 3) & !3).min(bytes.len())..];
+    }
+    false
 }
 
 impl AsRawFd for AddressEvents {
@@ -302,6 +329,30 @@ mod tests {
         let mut v6 = [0u8; 16];
         v6[15] = 1;
         assert_eq!(display(&v6), "::1");
+    }
+
+    #[test]
+    fn only_local_route_events_count() {
+        let event = |kind: RouteType| {
+            let mut route = RouteMessage::default();
+            route.header.address_family = AddressFamily::Inet;
+            route.header.kind = kind;
+            let mut packet = NetlinkMessage::new(
+                NetlinkHeader::default(),
+                NetlinkPayload::from(RouteNetlinkMessage::NewRoute(route)),
+            );
+            packet.finalize();
+            let mut buf = vec![0; packet.buffer_len()];
+            packet.serialize(&mut buf);
+            buf
+        };
+        assert!(!relevant(&event(RouteType::Unicast)));
+        assert!(relevant(&event(RouteType::Local)));
+        assert!(relevant(&event(RouteType::Broadcast)));
+        let mut two = event(RouteType::Unicast);
+        two.extend(event(RouteType::Anycast));
+        assert!(relevant(&two));
+        assert!(relevant(b"garbage"));
     }
 
     #[test]
