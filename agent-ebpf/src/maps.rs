@@ -21,7 +21,7 @@ pub static PORTS: Array<u32> = Array::with_max_entries(PORT_SLOTS, 0);
 pub static GRANTS: HashMap<GrantKey, Expiry> =
     HashMap::with_max_entries(DEFAULT_MAX_GRANTS, BPF_F_NO_PREALLOC);
 
-/// Segment × remote source prefix → expiry (used by the XDP program).
+/// Segment × remote source prefix → expiry (XDP and the cgroup_skb ingress peer check).
 #[map(name = "PC_PEERS")]
 pub static PEERS: LpmTrie<PeerKey, Expiry> =
     LpmTrie::with_max_entries(DEFAULT_MAX_PEERS, BPF_F_NO_PREALLOC);

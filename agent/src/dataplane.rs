@@ -624,7 +624,7 @@ impl Dataplane {
     }
 
     /// The peer entry that decides for a source address on a segment, as
-    /// the XDP program finds it: a live host entry, else the longest prefix,
+    /// the XDP program and the ingress peer check find it: a live host entry, else the longest prefix,
     /// else an expired host entry.
     pub fn peer_lookup(&self, segment: u32, addr: [u8; 16]) -> Result<Option<u64>> {
         let host = match self.peer_hosts.get(
