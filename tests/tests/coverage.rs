@@ -9,6 +9,7 @@
 //! - Remote peers are covered on every interface without `--xdp-iface`
 //!   (cgroup_skb ingress), granted by `peer:`, cut by revoke; replies to this
 //!   host's own connections from a protected port number still pass.
+//!   Traffic decapsulated on this host (VXLAN) is judged by its inner source.
 //! - XDP fails closed on VLAN stacks it does not follow to the ports.
 //! - Spoofed packets from the network never make the agent destroy a flow.
 use std::{
@@ -342,6 +343,129 @@ fn a_netns_udp_peer_is_refused_without_xdp_granted_and_cut_by_revoke() {
     let (err, trips, _) = session.wait_failure(Duration::from_secs(10));
     assert!(trips <= 1, "{trips} round trips after the revoke");
     assert_eq!(err, "TIMEOUT");
+}
+
+fn ip_ok(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A VXLAN tunnel over the peer's veth; the host end is deleted on drop
+/// (the peer end goes with its namespace).
+struct Vxlan {
+    host_dev: String,
+    host_inner: Ipv4Addr,
+    peer_inner: Ipv4Addr,
+}
+
+impl Vxlan {
+    fn new(peer: &PeerHost) -> Self {
+        let pid = std::process::id();
+        // Shared address space (RFC 6598), only ever inside this tunnel.
+        let c = (pid & 0xff) as u8;
+        let host_inner = Ipv4Addr::new(100, 64, c, 1);
+        let peer_inner = Ipv4Addr::new(100, 64, c, 2);
+        let vni = (4000 + pid % 10_000).to_string();
+        let port = (40_000 + pid % 10_000).to_string();
+        let host_dev = format!("pcvx{:x}", pid & 0xffff);
+        let (hv4, pv4) = (peer.host_v4.to_string(), peer.peer_v4.to_string());
+        ip_ok(&[
+            "link",
+            "add",
+            &host_dev,
+            "type",
+            "vxlan",
+            "id",
+            &vni,
+            "dstport",
+            &port,
+            "local",
+            &hv4,
+            "remote",
+            &pv4,
+            "dev",
+            &peer.host_if,
+        ]);
+        let me = Self {
+            host_dev,
+            host_inner,
+            peer_inner,
+        };
+        ip_ok(&[
+            "addr",
+            "add",
+            &format!("{host_inner}/30"),
+            "dev",
+            &me.host_dev,
+        ]);
+        ip_ok(&["link", "set", &me.host_dev, "up"]);
+        ip_ok(&[
+            "-n",
+            &peer.ns,
+            "link",
+            "add",
+            "vx0",
+            "type",
+            "vxlan",
+            "id",
+            &vni,
+            "dstport",
+            &port,
+            "local",
+            &pv4,
+            "remote",
+            &hv4,
+            "dev",
+            &peer.peer_if,
+        ]);
+        ip_ok(&[
+            "-n",
+            &peer.ns,
+            "addr",
+            "add",
+            &format!("{peer_inner}/30"),
+            "dev",
+            "vx0",
+        ]);
+        ip_ok(&["-n", &peer.ns, "link", "set", "vx0", "up"]);
+        me
+    }
+}
+
+impl Drop for Vxlan {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_dev])
+            .output();
+    }
+}
+
+#[test]
+fn traffic_decapsulated_on_this_host_is_judged_by_its_inner_source() {
+    let peer = PeerHost::new();
+    let cg = TestCgroup::new();
+    let tunnel = Vxlan::new(&peer);
+    let server = ProcServer::in_cgroup(&cg, "tcp", &tunnel.host_inner.to_string());
+    let agent = Agent::start(&policy(&[(server.port, "tcp")]), &cg.path);
+    let target = SocketAddr::new(IpAddr::V4(tunnel.host_inner), server.port).to_string();
+    // The outer source (the veth peer) is granted, the inner one is not.
+    agent.grant("db", &peer.peer_cidr(false), "10m");
+    assert_eq!(
+        peer.probe(&["tcp", &target], DENIED_WAIT_MS),
+        Outcome::Err("TIMEOUT".into()),
+        "an ungranted inner source got through a VXLAN tunnel"
+    );
+    agent.grant("db", &format!("peer:{}/32", tunnel.peer_inner), "10m");
+    assert_eq!(
+        peer.probe(&["tcp", &target], 3000),
+        Outcome::Ok,
+        "the granted inner source was refused (is the tunnel up?)"
+    );
 }
 
 /// Binds a TCP client to a local port, connects out, sends and reads an echo.
