@@ -18,7 +18,7 @@ use std::{
 
 use agent_common::{
     global_names, map_names, port_index, program_names, Expiry, GrantKey, PeerKey, Proto,
-    SegmentCounters, LAYOUT_VERSION, PORT_SLOTS,
+    SegmentCounters, LAYOUT_VERSION, MAX_LOCAL_NETS, PORT_SLOTS,
 };
 use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf},
@@ -97,6 +97,8 @@ pub enum DataplaneError {
     },
     #[error("map {map} is full ({capacity} entries); raise its size in the agent config")]
     Full { map: &'static str, capacity: u32 },
+    #[error("this host has more than {capacity} local, broadcast and anycast route prefixes (`ip route show table all type local`), more than map PC_LOCAL_NETS holds; the destinations left out are not protected as this host's")]
+    LocalNetsFull { capacity: u32 },
     #[error("BPF_PROG_TEST_RUN of {program} failed (needs kernel ≥ 5.10 for cgroup_skb)")]
     TestRun {
         program: &'static str,
@@ -665,12 +667,12 @@ impl Dataplane {
         let key = |n: &LocalNet| aya::maps::lpm_trie::Key::new(n.prefix as u32, n.addr);
         for n in nets.difference(&current) {
             self.local_nets.insert(&key(n), 1, 0).map_err(|e| {
-                full_or(
-                    e,
-                    map_names::LOCAL_NETS,
-                    agent_common::MAX_LOCAL_NETS,
-                    "insert",
-                )
+                match full_or(e, map_names::LOCAL_NETS, MAX_LOCAL_NETS, "insert") {
+                    DataplaneError::Full { capacity, .. } => {
+                        DataplaneError::LocalNetsFull { capacity }
+                    }
+                    other => other,
+                }
             })?;
         }
         for n in current.difference(nets) {
