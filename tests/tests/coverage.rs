@@ -19,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use portcullis_tests::{netns::PeerHost, session::Session, *};
+use portcullis_tests::{frames::*, netns::PeerHost, session::Session, *};
 
 const DENIED_WAIT_MS: u64 = 700;
 
@@ -516,96 +516,6 @@ fn replies_to_this_hosts_own_connection_from_a_protected_port_number_pass() {
 
 // ---- 4. XDP fails closed on VLAN stacks ---------------------------------------
 
-fn csum(data: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for c in data.chunks(2) {
-        sum += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
-    }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// An IPv4 packet around a transport payload, with its transport checksum
-/// (at `csum_at` inside the payload) computed over the pseudo-header.
-fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, mut payload: Vec<u8>, csum_at: usize) -> Vec<u8> {
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&src.octets());
-    pseudo.extend_from_slice(&dst.octets());
-    pseudo.extend_from_slice(&[0, proto]);
-    pseudo.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-    pseudo.extend_from_slice(&payload);
-    let c = match csum(&pseudo) {
-        0 if proto == 17 => 0xffff,
-        c => c,
-    };
-    payload[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
-    let mut h = vec![0x45, 0];
-    h.extend_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
-    h.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0]);
-    h.extend_from_slice(&src.octets());
-    h.extend_from_slice(&dst.octets());
-    let c = csum(&h);
-    h[10..12].copy_from_slice(&c.to_be_bytes());
-    h.extend_from_slice(&payload);
-    h
-}
-
-fn udp4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, data: &[u8]) -> Vec<u8> {
-    let mut u = Vec::new();
-    u.extend_from_slice(&sport.to_be_bytes());
-    u.extend_from_slice(&dport.to_be_bytes());
-    u.extend_from_slice(&((8 + data.len()) as u16).to_be_bytes());
-    u.extend_from_slice(&[0, 0]);
-    u.extend_from_slice(data);
-    ipv4(src, dst, 17, u, 6)
-}
-
-/// A bare TCP ACK (what an established flow's packets look like).
-fn tcp_ack4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, seq: u32) -> Vec<u8> {
-    let mut t = Vec::new();
-    t.extend_from_slice(&sport.to_be_bytes());
-    t.extend_from_slice(&dport.to_be_bytes());
-    t.extend_from_slice(&seq.to_be_bytes());
-    t.extend_from_slice(&1u32.to_be_bytes());
-    t.extend_from_slice(&[0x50, 0x10, 0xff, 0xff, 0, 0, 0, 0]);
-    ipv4(src, dst, 6, t, 16)
-}
-
-/// An Ethernet frame from the peer to the host with `tags` (TPID, VID 0
-/// each) before the IPv4 ethertype.
-fn frame(peer: &PeerHost, tags: &[u16], ip: &[u8]) -> Vec<u8> {
-    let mut f = Vec::new();
-    f.extend_from_slice(&peer.host_mac);
-    f.extend_from_slice(&peer.peer_mac);
-    for tpid in tags {
-        f.extend_from_slice(&tpid.to_be_bytes());
-        f.extend_from_slice(&[0, 0]);
-    }
-    f.extend_from_slice(&0x0800u16.to_be_bytes());
-    f.extend_from_slice(ip);
-    f
-}
-
-fn hex(f: &[u8]) -> String {
-    f.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Sends frames from the peer's interface; true when a UDP reply reached
-/// `listen` (the crafted datagrams' source) within `wait_ms`.
-fn send_frames(peer: &PeerHost, listen: SocketAddr, frames: &[Vec<u8>], wait_ms: u64) -> bool {
-    let hexes: Vec<String> = frames.iter().map(|f| hex(f)).collect();
-    let listen = listen.to_string();
-    let mut args: Vec<&str> = vec!["raw", &peer.peer_if, &listen];
-    args.extend(hexes.iter().map(String::as_str));
-    match peer.probe(&args, wait_ms) {
-        Outcome::Ok => true,
-        Outcome::Err(e) if e == "TIMEOUT" => false,
-        Outcome::Err(e) => panic!("pc-probe raw: {e}"),
-    }
-}
-
 #[test]
 fn vlan_stacks_xdp_cannot_follow_are_dropped() {
     let peer = PeerHost::new();
@@ -622,8 +532,10 @@ fn vlan_stacks_xdp_cannot_follow_are_dropped() {
         ("QinQ 88a8+8100+8100", &[0x88a8, 0x8100, 0x8100]),
     ];
     let (p, h) = (peer.peer_v4, peer.host_v4);
-    let build =
-        |tags: &[u16], sport: u16| frame(&peer, tags, &udp4(p, h, sport, server.port(), b"ping"));
+    let build = |tags: &[u16], sport: u16| {
+        let dgram = udp(p.into(), h.into(), sport, server.port(), b"ping");
+        eth_tagged(&peer, tags, 0x0800, &ipv4(p, h, 17, sport, 0, &dgram))
+    };
     for (i, (name, tags)) in stacks.iter().enumerate() {
         let sport = 42000 + i as u16;
         let src = SocketAddr::new(IpAddr::V4(p), sport);
@@ -696,7 +608,10 @@ fn spoofed_acks_from_loopback_or_this_hosts_address_do_not_destroy_an_allowed_fl
         // ACKs "from" the client's own address and port, to the server's
         // port, arriving from the network on the XDP interface.
         let frames: Vec<Vec<u8>> = (0..50)
-            .map(|i| frame(&peer, &[], &tcp_ack4(host, host, cport, port, i * 1000)))
+            .map(|i| {
+                let seg = tcp_ack(host, host, cport, port, i * 1000);
+                eth(&peer, 0x0800, &ipv4(host, host, 6, i as u16, 0, &seg))
+            })
             .collect();
         let listen = SocketAddr::new(IpAddr::V4(peer.peer_v4), 42300);
         send_frames(&peer, listen, &frames, 200);
