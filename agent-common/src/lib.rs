@@ -11,7 +11,7 @@
 #![no_std]
 
 /// Version of every map layout below. Part of the pin path (`v{N}`).
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Map names (the ELF symbol names, and the file names under the pin directory).
 pub mod map_names {
@@ -26,8 +26,11 @@ pub mod map_names {
     /// → expiry. Looked up before the trie: one O(1) lookup for the common
     /// case, whatever the number of entries.
     pub const PEER_HOSTS: &str = "PC_PEER_HOSTS";
-    /// `HashMap<[u8; 16], u32>`: this host's addresses (IPv4 as v4-mapped IPv6).
-    pub const LOCAL_ADDRS: &str = "PC_LOCAL_ADDRS";
+    /// `LpmTrie<[u8; 16], u32>`: the prefixes the kernel delivers to this
+    /// host (its local, broadcast and anycast routes, IPv4 as v4-mapped
+    /// IPv6; prefix length over the 128 bits). Layout 2 (was a hash map of
+    /// single addresses, `PC_LOCAL_ADDRS`).
+    pub const LOCAL_NETS: &str = "PC_LOCAL_NETS";
     /// `PerCpuArray<SegmentCounters>`: indexed by segment id.
     pub const COUNTERS: &str = "PC_COUNTERS";
     /// `RingBuf` of [`crate::DenyEvent`].
@@ -37,19 +40,33 @@ pub mod map_names {
     pub const FLOWS: &str = "PC_FLOWS";
     /// `RingBuf` of [`crate::KillRequest`]: sockets whose flow was cut.
     pub const KILL_REQUESTS: &str = "PC_KILL_REQUESTS";
+    /// `SkStorage<u32>`: this host's own TCP client sockets whose local
+    /// (ephemeral) port is a protected number, marked by cgroup_skb egress
+    /// at their SYN, so the ingress peer check lets their replies through.
+    pub const OUTBOUND: &str = "PC_OUTBOUND";
 
     /// Every pinned map, in a fixed order.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
         PORTS,
         GRANTS,
         PEERS,
         PEER_HOSTS,
-        LOCAL_ADDRS,
+        LOCAL_NETS,
         COUNTERS,
         DENY_EVENTS,
         FLOWS,
         KILL_REQUESTS,
+        OUTBOUND,
     ];
+}
+
+/// Read-only globals the agent sets at load time (`EbpfLoader::set_global`).
+pub mod global_names {
+    /// `u64`: the network-namespace cookie of the host's namespace (the
+    /// agent's own, from SO_NETNS_COOKIE), or 0 when the kernel cannot tell
+    /// (then every namespace counts as the host's). Local-destination
+    /// decisions apply only to callers in this namespace.
+    pub const HOST_NETNS: &str = "PC_HOST_NETNS";
 }
 
 /// Program names (the Rust function names in `agent-ebpf`).
@@ -61,6 +78,9 @@ pub mod program_names {
     pub const SKB_EGRESS: &str = "pc_skb_egress";
     pub const SKB_INGRESS: &str = "pc_skb_ingress";
     pub const XDP: &str = "pc_xdp";
+    /// Never attached: the ingress peer check with the socket's facts taken
+    /// from the packet, for `cargo xtask bench` (BPF_PROG_TEST_RUN).
+    pub const SKB_INGRESS_BENCH: &str = "pc_skb_ingress_bench";
 }
 
 /// Port-index space: one slot per (protocol, port).
@@ -71,8 +91,12 @@ pub const MAX_SEGMENTS: u32 = 4096;
 pub const DEFAULT_MAX_GRANTS: u32 = 262_144;
 /// Default capacity of the peer trie (configurable at load time).
 pub const DEFAULT_MAX_PEERS: u32 = 65_536;
-/// Capacity of the local address map.
-pub const MAX_LOCAL_ADDRS: u32 = 4096;
+/// Capacity of the local-prefix trie.
+pub const MAX_LOCAL_NETS: u32 = 4096;
+/// Most 802.1Q/802.1ad tags the XDP program walks; a frame with more (or
+/// any VLAN ethertype left after them) is dropped, since the kernel may
+/// strip them and deliver what XDP could not follow.
+pub const MAX_VLAN_TAGS: u32 = 8;
 /// Size of the deny-event ring buffer in bytes (a power of two, page multiple).
 pub const DENY_RING_BYTES: u32 = 256 * 1024;
 /// Size of the kill-request ring buffer in bytes.
@@ -236,7 +260,8 @@ pub struct FlowMark {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KillRequest {
-    /// The socket cookie, or 0 when unknown (XDP).
+    /// The socket cookie. Only cgroup_skb asks (for flows connect4/6
+    /// admitted); nothing a packet from the network says can cause a request.
     pub cookie: u64,
     /// Local and remote port, host byte order.
     pub local_port: u16,

@@ -1,12 +1,16 @@
 //! `cgroup/connect4,6` and `cgroup/sendmsg4,6`: a local process connecting
 //! (TCP, connected UDP) or sending a datagram (unconnected UDP) to a
 //! protected port on this host gets EPERM unless a live grant covers it.
-//! Destinations that are not this host's are never touched. Minimum kernel:
-//! 4.17 for the hooks, 5.8 for the boot-time clock used by `decide`.
+//! Destinations that are not this host's are never touched, and neither are
+//! callers in another network namespace (a container's own loopback and
+//! addresses are not this host's; what it sends to this host arrives from
+//! the network and meets the ingress peer check). Minimum kernel: 4.17 for
+//! the hooks, 5.7 for the netns cookie, 5.8 for the boot-time clock.
 use agent_common::{hook, v4_mapped, DenyEvent, FlowMark, Proto};
 use aya_ebpf::{
     helpers::generated::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_uid_gid,
+        bpf_get_netns_cookie,
     },
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
@@ -84,6 +88,14 @@ fn destination(ctx: &SockAddrContext) -> Option<(Proto, u16)> {
     Some((Proto::from_ip_proto(proto)?, u16::from_be(port as u16)))
 }
 
+/// Whether the calling socket lives in the host's network namespace.
+#[inline(always)]
+fn in_host_netns(ctx: &SockAddrContext) -> bool {
+    // SAFETY: the helper takes the program's context pointer.
+    let cookie = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
+    decide::in_host_netns(cookie)
+}
+
 #[inline(always)]
 fn on_v4(ctx: &SockAddrContext, hook: u8) -> i32 {
     let Some((proto, port)) = destination(ctx) else {
@@ -95,7 +107,7 @@ fn on_v4(ctx: &SockAddrContext, hook: u8) -> i32 {
     }
     // SAFETY: as in `destination`.
     let ip = unsafe { (*ctx.sock_addr).user_ip4 }.to_ne_bytes();
-    if !decide::v4_is_local(ip) {
+    if !decide::v4_is_local(ip) || !in_host_netns(ctx) {
         return ALLOW;
     }
     verdict(ctx, segment, proto, port, v4_mapped(ip), hook)
@@ -125,7 +137,7 @@ fn on_v6(ctx: &SockAddrContext, hook: u8) -> i32 {
         ip[i * 4 + 3] = b[3];
         i += 1;
     }
-    if !decide::v6_is_local(ip) {
+    if !decide::v6_is_local(ip) || !in_host_netns(ctx) {
         return ALLOW;
     }
     verdict(ctx, segment, proto, port, ip, hook)

@@ -15,7 +15,8 @@ use aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns;
 use aya_ebpf::maps::lpm_trie::Key;
 
 use crate::maps::{
-    COUNTERS, DENY_EVENTS, GRANTS, KILL_REQUESTS, LOCAL_ADDRS, PEERS, PEER_HOSTS, PORTS,
+    COUNTERS, DENY_EVENTS, GRANTS, KILL_REQUESTS, LOCAL_NETS, PC_HOST_NETNS, PEERS, PEER_HOSTS,
+    PORTS,
 };
 
 /// What a hook can tell about the local process behind a connection.
@@ -116,7 +117,9 @@ pub fn peer_allowed(segment: u32, addr: [u8; 16], now: u64) -> bool {
 
 /// Whether an IPv4 address (network-order bytes) reaches this host.
 /// 0.0.0.0 counts (connecting to it reaches the local host), and so do
-/// limited broadcast and multicast, which are delivered locally too.
+/// limited broadcast and multicast, which are delivered locally too; then
+/// every prefix of the kernel's local routes (addresses, subnet broadcast
+/// addresses, `local` routes).
 #[inline(always)]
 pub fn v4_is_local(addr: [u8; 4]) -> bool {
     if addr[0] == 127
@@ -126,9 +129,25 @@ pub fn v4_is_local(addr: [u8; 4]) -> bool {
     {
         return true;
     }
-    LOCAL_ADDRS
-        .get_ptr(&agent_common::v4_mapped(addr))
-        .is_some()
+    in_local_nets(agent_common::v4_mapped(addr))
+}
+
+/// Whether the kernel delivers `addr` (IPv6 bytes) locally: a longest-prefix
+/// match in the mirror of its local, broadcast and anycast routes.
+#[inline(always)]
+fn in_local_nets(addr: [u8; 16]) -> bool {
+    LOCAL_NETS.get(&Key::new(128, addr)).is_some()
+}
+
+/// Whether a caller in the network namespace `cookie` is in the host's
+/// namespace, the only one whose "this host" the programs protect. True
+/// when the agent could not learn the host's cookie (kernel < 5.14).
+#[inline(always)]
+pub fn in_host_netns(cookie: u64) -> bool {
+    // SAFETY: a read of a plain u64 the loader set; volatile so the
+    // compiler does not fold the load-time value 0 into the code.
+    let host = unsafe { core::ptr::read_volatile(&PC_HOST_NETNS) };
+    host == 0 || host == cookie
 }
 
 /// Whether an IPv6 address (network-order bytes) belongs to this host,
@@ -165,7 +184,7 @@ pub fn v6_is_local(addr: [u8; 16]) -> bool {
             return true;
         }
     }
-    LOCAL_ADDRS.get_ptr(&addr).is_some()
+    in_local_nets(addr)
 }
 
 #[inline(always)]

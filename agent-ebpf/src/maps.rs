@@ -3,7 +3,7 @@
 //! sizes of the grant and peer maps at load time.
 use agent_common::{
     DenyEvent, Expiry, FlowMark, GrantKey, PeerKey, SegmentCounters, DEFAULT_MAX_GRANTS,
-    DEFAULT_MAX_PEERS, DENY_RING_BYTES, KILL_RING_BYTES, MAX_LOCAL_ADDRS, MAX_SEGMENTS, PORT_SLOTS,
+    DEFAULT_MAX_PEERS, DENY_RING_BYTES, KILL_RING_BYTES, MAX_LOCAL_NETS, MAX_SEGMENTS, PORT_SLOTS,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -21,7 +21,7 @@ pub static PORTS: Array<u32> = Array::with_max_entries(PORT_SLOTS, 0);
 pub static GRANTS: HashMap<GrantKey, Expiry> =
     HashMap::with_max_entries(DEFAULT_MAX_GRANTS, BPF_F_NO_PREALLOC);
 
-/// Segment × remote source prefix → expiry (used by the XDP program).
+/// Segment × remote source prefix → expiry (XDP and the cgroup_skb ingress peer check).
 #[map(name = "PC_PEERS")]
 pub static PEERS: LpmTrie<PeerKey, Expiry> =
     LpmTrie::with_max_entries(DEFAULT_MAX_PEERS, BPF_F_NO_PREALLOC);
@@ -31,9 +31,11 @@ pub static PEERS: LpmTrie<PeerKey, Expiry> =
 pub static PEER_HOSTS: HashMap<PeerKey, Expiry> =
     HashMap::with_max_entries(DEFAULT_MAX_PEERS, BPF_F_NO_PREALLOC);
 
-/// This host's addresses, IPv4 as v4-mapped IPv6. Kept current by the agent.
-#[map(name = "PC_LOCAL_ADDRS")]
-pub static LOCAL_ADDRS: HashMap<[u8; 16], u32> = HashMap::with_max_entries(MAX_LOCAL_ADDRS, 0);
+/// The prefixes the kernel delivers to this host (its local, broadcast and
+/// anycast routes), IPv4 as v4-mapped IPv6. Kept current by the agent.
+#[map(name = "PC_LOCAL_NETS")]
+pub static LOCAL_NETS: LpmTrie<[u8; 16], u32> =
+    LpmTrie::with_max_entries(MAX_LOCAL_NETS, BPF_F_NO_PREALLOC);
 
 /// Per-segment allowed/denied counts.
 #[map(name = "PC_COUNTERS")]
@@ -51,6 +53,17 @@ pub static FLOWS: SkStorage<FlowMark> = SkStorage::new();
 /// Sockets whose flow was just cut, for the agent to destroy.
 #[map(name = "PC_KILL_REQUESTS")]
 pub static KILL_REQUESTS: RingBuf = RingBuf::with_byte_size(KILL_RING_BYTES, 0);
+
+/// This host's own TCP client sockets on a protected local port (their
+/// ephemeral port happens to be a protected number), marked at their SYN
+/// by cgroup_skb egress so that the ingress peer check passes the replies.
+#[btf_map(name = "PC_OUTBOUND")]
+pub static OUTBOUND: SkStorage<u32> = SkStorage::new();
+
+/// The host's network-namespace cookie, set by the agent at load time
+/// (0: unknown, every namespace counts as the host's).
+#[unsafe(no_mangle)]
+pub static PC_HOST_NETNS: u64 = 0;
 
 /// Keeps the event type in the object's BTF for tools like bpftool.
 #[allow(dead_code)]

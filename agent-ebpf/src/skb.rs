@@ -1,13 +1,24 @@
-//! `cgroup_skb` egress and ingress: every packet of a flow that connect4/6
-//! let through to a protected port is checked again, so a revoked or
-//! expired grant stops an open session at its next packet.
+//! `cgroup_skb` egress and ingress at the attach cgroup.
 //!
-//! Only sockets marked by connect4/6 (per-socket storage) are checked; for
-//! every other socket the cost is one storage lookup. The flow's protected
-//! endpoint is the socket's own destination, so no packet parsing is
-//! needed. A dropped packet also asks the agent to destroy the socket, so
-//! its owner sees an error at once. Minimum kernel: 5.10.
+//! Local flows: every packet of a flow that connect4/6 let through to a
+//! protected port is checked again, so a revoked or expired grant stops an
+//! open session at its next packet. Only sockets marked by connect4/6
+//! (per-socket storage) are checked; the flow's protected endpoint is the
+//! socket's own destination. A dropped packet also asks the agent to destroy
+//! the socket, so its owner sees an error at once.
+//!
+//! Remote peers (ingress, on every interface, with no XDP needed): a packet
+//! arriving from the network (not through this namespace's loopback) for a
+//! socket on a protected local port — a listener, the sockets it accepted,
+//! an unconnected UDP socket — is dropped unless a live `peer:` entry covers
+//! its source. Packets from local processes come through loopback and were
+//! decided at connect. This host's own TCP clients whose ephemeral port
+//! happens to be a protected number are marked at their SYN (egress) and
+//! their replies pass: the socket is known. Drops here never ask for a
+//! socket to be destroyed: nothing a packet says can make the agent kill
+//! a socket. Minimum kernel: 5.10.
 use agent_common::{hook, v4_mapped, DenyEvent, FlowMark, KillRequest, Proto};
+use aya_ebpf::bindings::BPF_SK_STORAGE_GET_F_CREATE;
 use aya_ebpf::{
     bindings::{__sk_buff, bpf_sock},
     helpers::generated::{
@@ -18,11 +29,20 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 
-use crate::{decide, maps::FLOWS};
+use crate::{
+    decide,
+    maps::{FLOWS, OUTBOUND},
+};
 
 const PASS: i32 = 1;
 const DROP: i32 = 0;
 const AF_INET: u32 = 2;
+/// The loopback device has this index in every network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
+const TCP_SYN_SENT: u32 = 2;
+const TCP_LISTEN: u32 = 10;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
 
 /// The socket's owner, as far as a cgroup_skb program can tell: its cgroup
 /// from the socket, its uid and gid from the mark connect4/6 left.
@@ -49,12 +69,251 @@ impl decide::LocalSubject for SocketOwner {
 
 #[cgroup_skb(egress)]
 pub fn pc_skb_egress(ctx: SkBuffContext) -> i32 {
-    on_packet(&ctx, hook::SKB_EGRESS)
+    let Some(full) = full_sock(&ctx) else {
+        return PASS;
+    };
+    mark_outbound(full);
+    local_flow(&ctx, full, hook::SKB_EGRESS)
 }
 
 #[cgroup_skb(ingress)]
 pub fn pc_skb_ingress(ctx: SkBuffContext) -> i32 {
-    on_packet(&ctx, hook::SKB_INGRESS)
+    let Some(full) = full_sock(&ctx) else {
+        return PASS;
+    };
+    if local_flow(&ctx, full, hook::SKB_INGRESS) == DROP {
+        return DROP;
+    }
+    remote_peer(&ctx, full, socket_facts(full))
+}
+
+/// Never attached: `cargo xtask bench` runs it under BPF_PROG_TEST_RUN to
+/// time the ingress peer check. BPF_PROG_TEST_RUN hands a program a blank
+/// socket (no protocol, no port), so this entry point takes the socket's
+/// facts from the packet (a SYN to a listener on the destination port)
+/// and then runs exactly the decision `pc_skb_ingress` runs.
+#[cgroup_skb(ingress)]
+pub fn pc_skb_ingress_bench(ctx: SkBuffContext) -> i32 {
+    let Some(full) = full_sock(&ctx) else {
+        return PASS;
+    };
+    if local_flow(&ctx, full, hook::SKB_INGRESS) == DROP {
+        return DROP;
+    }
+    let Some(facts) = packet_facts(&ctx) else {
+        return PASS;
+    };
+    remote_peer(&ctx, full, facts)
+}
+
+/// What the ingress peer check needs to know about the receiving socket.
+struct SockFacts {
+    protocol: u32,
+    state: u32,
+    /// Host byte order.
+    local_port: u32,
+    /// Network byte order; 0 when unconnected.
+    remote_port: u16,
+}
+
+#[inline(always)]
+fn socket_facts(full: *mut bpf_sock) -> SockFacts {
+    // SAFETY: plain field reads of a full socket, one volatile load each
+    // (see `local_flow`: the verifier wants constant-offset loads).
+    unsafe {
+        use core::ptr::{addr_of, read_volatile as rv};
+        SockFacts {
+            protocol: rv(addr_of!((*full).protocol)),
+            state: rv(addr_of!((*full).state)),
+            local_port: rv(addr_of!((*full).src_port)),
+            remote_port: rv(addr_of!((*full).dst_port)),
+        }
+    }
+}
+
+/// For the bench entry point: a listener's facts, read from the packet.
+#[inline(always)]
+fn packet_facts(ctx: &SkBuffContext) -> Option<SockFacts> {
+    // SAFETY: context field read.
+    let proto = u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16);
+    let (protocol, port_at) = if proto == ETH_P_IP {
+        let h: [u8; 20] = ctx.load(0).ok()?;
+        (h[9] as u32, ((h[0] & 0x0f) as usize) * 4 + 2)
+    } else if proto == ETH_P_IPV6 {
+        let h: [u8; 40] = ctx.load(0).ok()?;
+        (h[6] as u32, 42)
+    } else {
+        return None;
+    };
+    let port: [u8; 2] = ctx.load(port_at).ok()?;
+    Some(SockFacts {
+        protocol,
+        state: TCP_LISTEN,
+        local_port: u16::from_be_bytes(port) as u32,
+        remote_port: 0,
+    })
+}
+
+/// The packet's full socket, if it has one.
+#[inline(always)]
+fn full_sock(ctx: &SkBuffContext) -> Option<*mut bpf_sock> {
+    let skb = ctx.skb.skb;
+    // SAFETY: reading the socket pointer of the context; the verifier types
+    // it as a nullable socket pointer, checked below.
+    let sk = unsafe { (*skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return None;
+    }
+    // SAFETY: `sk` is a non-null socket pointer from the context.
+    let full: *mut bpf_sock = unsafe { bpf_sk_fullsock(sk) };
+    (!full.is_null()).then_some(full)
+}
+
+/// Per-socket storage of `map` for `full`, created (holding 1) when `create`.
+#[inline(always)]
+fn storage<T>(map: &T, full: *mut bpf_sock, create: bool) -> *mut u32 {
+    let mut one: u32 = 1;
+    // SAFETY: the map pointer is the address of the map definition (what
+    // aya's own accessors pass); `full` is a full socket; `one` is the
+    // initial value when the storage is created.
+    unsafe {
+        bpf_sk_storage_get(
+            core::ptr::from_ref(map).cast_mut().cast(),
+            full.cast(),
+            if create {
+                core::ptr::from_mut(&mut one).cast()
+            } else {
+                core::ptr::null_mut()
+            },
+            if create {
+                BPF_SK_STORAGE_GET_F_CREATE as u64
+            } else {
+                0
+            },
+        )
+    }
+    .cast()
+}
+
+/// A TCP socket sending its SYN from a protected local port is one of this
+/// host's own clients (its ephemeral port happens to be protected): mark
+/// it, so that the ingress peer check lets the replies through.
+#[inline(always)]
+fn mark_outbound(full: *mut bpf_sock) {
+    // SAFETY: plain field reads of a full socket, one volatile load each
+    // (see `local_flow`: the verifier wants constant-offset loads).
+    let (protocol, state, local_port) = unsafe {
+        use core::ptr::{addr_of, read_volatile as rv};
+        (
+            rv(addr_of!((*full).protocol)),
+            rv(addr_of!((*full).state)),
+            rv(addr_of!((*full).src_port)),
+        )
+    };
+    if protocol != Proto::Tcp as u32 || state != TCP_SYN_SENT {
+        return;
+    }
+    if decide::segment_of(Proto::Tcp, local_port as u16) == 0 {
+        return;
+    }
+    let _ = storage(&OUTBOUND, full, true);
+}
+
+/// Source and destination address (v4-mapped for IPv4) and source port of
+/// the packet (the cgroup_skb packet starts at the IP header).
+#[inline(always)]
+fn packet_addrs(ctx: &SkBuffContext) -> Option<([u8; 16], [u8; 16], u16)> {
+    // SAFETY: context field read.
+    let proto = u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16);
+    if proto == ETH_P_IP {
+        let h: [u8; 20] = ctx.load(0).ok()?;
+        let ihl = ((h[0] & 0x0f) as usize) * 4;
+        let sport: [u8; 2] = ctx.load(ihl).unwrap_or([0, 0]);
+        return Some((
+            v4_mapped([h[12], h[13], h[14], h[15]]),
+            v4_mapped([h[16], h[17], h[18], h[19]]),
+            u16::from_be_bytes(sport),
+        ));
+    }
+    if proto == ETH_P_IPV6 {
+        let h: [u8; 40] = ctx.load(0).ok()?;
+        // Informational only: past extension headers this is not the port.
+        let sport: [u8; 2] = ctx.load(40).unwrap_or([0, 0]);
+        let mut src = [0u8; 16];
+        let mut dst = [0u8; 16];
+        src.copy_from_slice(&h[8..24]);
+        dst.copy_from_slice(&h[24..40]);
+        return Some((src, dst, u16::from_be_bytes(sport)));
+    }
+    None
+}
+
+/// The ingress peer check: a packet from the network for a socket on a
+/// protected local port passes only if a live `peer:` entry covers its
+/// source. Local sources arriving from the network (spoofed 127.0.0.1, this
+/// host's own addresses) are judged like any other peer.
+#[inline(always)]
+fn remote_peer(ctx: &SkBuffContext, full: *mut bpf_sock, facts: SockFacts) -> i32 {
+    let skb = ctx.skb.skb;
+    // SAFETY: context field read.
+    if unsafe { (*skb).ifindex } == LOOPBACK_IFINDEX {
+        // From a process of this namespace: decided by connect4/6/sendmsg.
+        return PASS;
+    }
+    let SockFacts {
+        protocol,
+        state,
+        local_port,
+        remote_port,
+    } = facts;
+    let Some(proto) = Proto::from_ip_proto(protocol) else {
+        return PASS;
+    };
+    let port = local_port as u16;
+    let segment = decide::segment_of(proto, port);
+    if segment == 0 {
+        return PASS;
+    }
+    match proto {
+        // A reply to this host's own connection attempt, or to a client
+        // marked at its SYN: its peer was chosen by a local process.
+        Proto::Tcp => {
+            if state == TCP_SYN_SENT || !storage(&OUTBOUND, full, false).is_null() {
+                return PASS;
+            }
+        }
+        // A connected UDP socket only hears from the peer its owner chose.
+        Proto::Udp => {
+            if remote_port != 0 {
+                return PASS;
+            }
+        }
+    }
+    let Some((src, dst, sport)) = packet_addrs(ctx) else {
+        // Not IP: nothing a protected port could receive.
+        return PASS;
+    };
+    let now = decide::now();
+    if decide::peer_allowed(segment, src, now) {
+        decide::count(segment, true);
+        return PASS;
+    }
+    decide::count(segment, false);
+    decide::report_deny(&DenyEvent {
+        boot_ns: now,
+        cgroup_id: 0,
+        segment,
+        uid: 0,
+        gid: 0,
+        port,
+        peer_port: sport,
+        proto: proto as u8,
+        hook: hook::SKB_INGRESS,
+        _pad: [0; 6],
+        addr: dst,
+        peer_addr: src,
+    });
+    DROP
 }
 
 /// An address of a socket as IPv6 bytes (v4-mapped for AF_INET).
@@ -76,20 +335,10 @@ fn sock_addr(family: u32, v4: u32, v6: [u32; 4]) -> [u8; 16] {
     out
 }
 
+/// The re-check of a local flow connect4/6 admitted (marked sockets only).
 #[inline(always)]
-fn on_packet(ctx: &SkBuffContext, hook: u8) -> i32 {
+fn local_flow(ctx: &SkBuffContext, full: *mut bpf_sock, hook: u8) -> i32 {
     let skb = ctx.skb.skb;
-    // SAFETY: reading the socket pointer of the context; the verifier types
-    // it as a nullable socket pointer, checked below.
-    let sk = unsafe { (*skb).__bindgen_anon_2.sk };
-    if sk.is_null() {
-        return PASS;
-    }
-    // SAFETY: `sk` is a non-null socket pointer from the context.
-    let full: *mut bpf_sock = unsafe { bpf_sk_fullsock(sk) };
-    if full.is_null() {
-        return PASS;
-    }
     // SAFETY: the map pointer is the address of the map definition (what
     // aya's own accessors pass); `full` is a full socket; no value to create.
     let mark = unsafe {

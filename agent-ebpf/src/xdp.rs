@@ -1,14 +1,20 @@
-//! XDP on the interfaces named with `--xdp-iface`: a packet from a remote
-//! peer to a protected local port is dropped unless a live `peer:` entry
-//! covers its source. One trie lookup decides.
+//! XDP on the interfaces named with `--xdp-iface`, an option for dropping
+//! early (remote peers are covered on every interface without it, by the
+//! cgroup_skb ingress check): a packet from a remote peer to a protected
+//! local port is dropped unless a live `peer:` entry covers its source.
 //!
-//! No bypass by malformed headers: the parser follows VLAN tags, IPv4
-//! options and the IPv6 extension-header chain; a packet whose headers
-//! cannot be followed to the transport ports is dropped when it could be
-//! headed for a protected port. Non-first fragments carry no ports and pass:
-//! their datagram can only be reassembled if its first fragment (which does
-//! carry the ports) passed. Minimum kernel: 5.9 for XDP links.
-use agent_common::{hook, v4_mapped, DenyEvent, KillRequest, Proto, MAX_IPV6_EXT_HEADERS};
+//! Fails closed: the parser follows up to `MAX_VLAN_TAGS` 802.1Q/802.1ad
+//! tags (0x8100, 0x88a8, 0x9100, 0x9200), IPv4 options and the IPv6
+//! extension-header chain; a frame it cannot follow to the transport ports
+//! (a VLAN ethertype left after the tags it walks, truncated headers, an
+//! extension chain too long or unknown) is dropped, since the kernel may
+//! strip what XDP could not follow and deliver it. Non-first fragments
+//! carry no ports and pass: their datagram can only be reassembled if its
+//! first fragment (which does carry the ports) passed.
+//!
+//! A drop here never asks the agent to destroy a socket: a packet's
+//! addresses are whatever its sender wrote. Minimum kernel: 5.9 for XDP links.
+use agent_common::{hook, v4_mapped, DenyEvent, Proto, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS};
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
     macros::xdp,
@@ -21,6 +27,9 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
+/// Pre-standard QinQ outer tags some switches still emit.
+const ETH_P_QINQ1: u16 = 0x9100;
+const ETH_P_QINQ2: u16 = 0x9200;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 /// Headers past this offset are not followed (the packet is dropped if it
@@ -61,7 +70,7 @@ fn try_xdp(ctx: &XdpContext) -> Result<u32, Malformed> {
     let mut ethertype = be16([eth[12], eth[13]]);
     let mut off = 14usize;
     let mut tags = 0;
-    while tags < 2 && (ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD) {
+    while tags < MAX_VLAN_TAGS && is_vlan(ethertype) {
         let tag: [u8; 4] = bytes(ctx, off)?;
         ethertype = be16([tag[2], tag[3]]);
         off += 4;
@@ -70,8 +79,19 @@ fn try_xdp(ctx: &XdpContext) -> Result<u32, Malformed> {
     match ethertype {
         ETH_P_IP => ipv4(ctx, off),
         ETH_P_IPV6 => ipv6(ctx, off),
+        // More tags than we walk: the kernel may strip them all and deliver
+        // the packet inside, which we could not judge.
+        t if is_vlan(t) => Err(Malformed),
         _ => Ok(XDP_PASS),
     }
+}
+
+#[inline(always)]
+fn is_vlan(ethertype: u16) -> bool {
+    matches!(
+        ethertype,
+        ETH_P_8021Q | ETH_P_8021AD | ETH_P_QINQ1 | ETH_P_QINQ2
+    )
 }
 
 #[inline(always)]
@@ -95,7 +115,7 @@ fn ipv4(ctx: &XdpContext, off: usize) -> Result<u32, Malformed> {
     }
     let src = v4_mapped([ip[12], ip[13], ip[14], ip[15]]);
     let dst = v4_mapped([ip[16], ip[17], ip[18], ip[19]]);
-    transport(ctx, off + ihl, proto, src, dst, 4)
+    transport(ctx, off + ihl, proto, src, dst)
 }
 
 #[inline(always)]
@@ -148,7 +168,7 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Result<u32, Malformed> {
     let mut dst = [0u8; 16];
     src.copy_from_slice(&ip[8..24]);
     dst.copy_from_slice(&ip[24..40]);
-    transport(ctx, off, proto, src, dst, 6)
+    transport(ctx, off, proto, src, dst)
 }
 
 #[inline(always)]
@@ -158,10 +178,8 @@ fn transport(
     proto: Proto,
     src: [u8; 16],
     dst: [u8; 16],
-    ip_version: u8,
 ) -> Result<u32, Malformed> {
-    // The ports must be there; for TCP the flags too (they tell a new
-    // connection from an established one).
+    // The ports must be there.
     let ports: [u8; 4] = bytes(ctx, off)?;
     let sport = be16([ports[0], ports[1]]);
     let dport = be16([ports[2], ports[3]]);
@@ -169,14 +187,6 @@ fn transport(
     if segment == 0 {
         return Ok(XDP_PASS);
     }
-    let established = match proto {
-        Proto::Tcp => {
-            let flags: [u8; 1] = bytes(ctx, off + 13)?;
-            // Anything but a bare SYN belongs to a connection that exists.
-            flags[0] & 0x12 != 0x02
-        }
-        Proto::Udp => false,
-    };
     let now = decide::now();
     if decide::peer_allowed(segment, src, now) {
         decide::count(segment, true);
@@ -197,20 +207,5 @@ fn transport(
         addr: dst,
         peer_addr: src,
     });
-    if established {
-        // The local end of a cut TCP connection: the agent finds it by its
-        // addresses (no cookie here) and resets it.
-        decide::request_kill(&KillRequest {
-            cookie: 0,
-            local_port: dport,
-            remote_port: sport,
-            proto: proto as u8,
-            ip_version,
-            hook: hook::XDP,
-            _pad: 0,
-            local_addr: dst,
-            remote_addr: src,
-        });
-    }
     Ok(XDP_DROP)
 }

@@ -19,6 +19,13 @@
 //! - cgroup_skb egress: BPF_PROG_TEST_RUN gives the packet a fresh socket
 //!   that connect4/6 never marked, so this is the path of every unmarked
 //!   flow (one socket-storage lookup, pass), whatever the port.
+//! - cgroup_skb ingress peer check (`skb_ingress_*`): a SYN arriving on a
+//!   real, non-loopback device for a listener's port: unprotected (one
+//!   array load, pass), allowed peer (host-map lookup among N, pass),
+//!   denied peer (drop). BPF_PROG_TEST_RUN gives a blank socket, so these
+//!   run `pc_skb_ingress_bench`, the same decision with the listener's
+//!   protocol and port read from the packet instead of the socket (two
+//!   loads more than the real program's socket-field reads).
 //! - The floor: a two-instruction XDP program (`r0 = XDP_PASS; exit`),
 //!   loaded with a raw bpf(2) call: the cost of BPF_PROG_TEST_RUN itself.
 use std::{
@@ -44,6 +51,7 @@ const FILL_CHUNK: usize = 8192;
 const XDP_PASS: u32 = 2;
 const XDP_DROP: u32 = 1;
 const SKB_PASS: u32 = 1;
+const SKB_DROP: u32 = 0;
 
 /// Flags of `portcullis bench-dataplane`.
 #[derive(Args, Debug)]
@@ -114,6 +122,14 @@ fn run(args: &BenchArgs) -> anyhow::Result<Value> {
     dp.set_port(Proto::Tcp, args.port, SEGMENT)?;
 
     let floor = EmptyXdp::load().context("loading the empty XDP program")?;
+    // The ingress cases need a packet that arrives from the network: any
+    // device but loopback. Without one they are left out (and say so).
+    let ifindex = nix::net::if_::if_nameindex()
+        .ok()
+        .and_then(|l| l.iter().map(|i| i.index()).find(|&i| i > 1));
+    if ifindex.is_none() {
+        eprintln!("portcullis bench-dataplane: no network device besides loopback; the skb_ingress cases are left out");
+    }
     let arp = arp_frame();
     let mut sizes = Vec::new();
     let mut filled = 0u32;
@@ -124,7 +140,7 @@ fn run(args: &BenchArgs) -> anyhow::Result<Value> {
         filled = n;
         let allowed = peer_addr(n / 2);
         let denied = peer_addr(n + 1);
-        let cases: [(&str, &'static str, Vec<u8>, u32); 5] = [
+        let mut cases: Vec<(&str, &'static str, Vec<u8>, u32)> = vec![
             ("xdp_non_ip", program_names::XDP, arp.clone(), XDP_PASS),
             (
                 "xdp_unprotected",
@@ -151,6 +167,28 @@ fn run(args: &BenchArgs) -> anyhow::Result<Value> {
                 SKB_PASS,
             ),
         ];
+        if ifindex.is_some() {
+            cases.extend([
+                (
+                    "skb_ingress_unprotected",
+                    program_names::SKB_INGRESS_BENCH,
+                    tcp_syn(allowed, args.port.wrapping_add(1)),
+                    SKB_PASS,
+                ),
+                (
+                    "skb_ingress_allowed",
+                    program_names::SKB_INGRESS_BENCH,
+                    tcp_syn(allowed, args.port),
+                    SKB_PASS,
+                ),
+                (
+                    "skb_ingress_denied",
+                    program_names::SKB_INGRESS_BENCH,
+                    tcp_syn(denied, args.port),
+                    SKB_DROP,
+                ),
+            ]);
+        }
         let mut entry = serde_json::Map::new();
         entry.insert("grants".into(), json!(n));
         entry.insert("fill_ms".into(), json!(fill_time.as_secs_f64() * 1e3));
@@ -160,7 +198,10 @@ fn run(args: &BenchArgs) -> anyhow::Result<Value> {
         let mut ns: Vec<Vec<u64>> = vec![Vec::new(); cases.len() + 1];
         for round in 0..=args.runs {
             for (i, (label, program, frame, expect)) in cases.iter().enumerate() {
-                let (ret, per_run) = dp.test_run(program, frame, args.repeat)?;
+                let on = (*program == program_names::SKB_INGRESS_BENCH)
+                    .then_some(ifindex)
+                    .flatten();
+                let (ret, per_run) = dp.test_run(program, frame, on, args.repeat)?;
                 if ret != *expect {
                     bail!("{label} with {n} grants: {program} returned {ret}, expected {expect}: the case does not measure the path it names");
                 }

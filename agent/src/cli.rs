@@ -184,8 +184,9 @@ pub struct AgentArgs {
     /// How long a pending access request waits for approval, e.g. 1h [file: request_expiry].
     #[arg(long, value_parser = parse_duration_flag)]
     pub request_expiry: Option<Duration>,
-    /// Interface on which XDP drops remote traffic to protected ports unless
-    /// a `peer:` grant covers its source (repeatable) [file: xdp_ifaces].
+    /// Interface on which XDP drops remote traffic to protected ports early
+    /// unless a `peer:` grant covers its source; without it, remote peers are
+    /// still checked on every interface (repeatable) [file: xdp_ifaces].
     #[arg(long = "xdp-iface", value_name = "IFACE")]
     pub xdp_ifaces: Vec<String>,
     /// Audit rotation, deny log and metrics endpoint.

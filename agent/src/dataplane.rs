@@ -17,8 +17,8 @@ use std::{
 };
 
 use agent_common::{
-    map_names, port_index, program_names, Expiry, GrantKey, PeerKey, Proto, SegmentCounters,
-    LAYOUT_VERSION, PORT_SLOTS,
+    global_names, map_names, port_index, program_names, Expiry, GrantKey, PeerKey, Proto,
+    SegmentCounters, LAYOUT_VERSION, MAX_LOCAL_NETS, PORT_SLOTS,
 };
 use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf},
@@ -30,7 +30,10 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 
-use crate::ledger::{Change, EntryKey};
+use crate::{
+    hostaddrs::LocalNet,
+    ledger::{Change, EntryKey},
+};
 
 /// The compiled programs, built by `build.rs` from `agent-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent"));
@@ -94,6 +97,8 @@ pub enum DataplaneError {
     },
     #[error("map {map} is full ({capacity} entries); raise its size in the agent config")]
     Full { map: &'static str, capacity: u32 },
+    #[error("this host has more than {capacity} local, broadcast and anycast route prefixes (`ip route show table all type local`), more than map PC_LOCAL_NETS holds; the destinations left out are not protected as this host's")]
+    LocalNetsFull { capacity: u32 },
     #[error("BPF_PROG_TEST_RUN of {program} failed (needs kernel ≥ 5.10 for cgroup_skb)")]
     TestRun {
         program: &'static str,
@@ -159,7 +164,7 @@ pub struct Dataplane {
     grants: HashMap<MapData, GrantKey, Expiry>,
     peers: LpmTrie<MapData, PeerKey, Expiry>,
     peer_hosts: HashMap<MapData, PeerKey, Expiry>,
-    local_addrs: HashMap<MapData, [u8; 16], u32>,
+    local_nets: LpmTrie<MapData, [u8; 16], u32>,
     counters: PerCpuArray<MapData, SegmentCounters>,
     deny_events: Option<RingBuf<MapData>>,
     kill_requests: Option<RingBuf<MapData>>,
@@ -317,6 +322,10 @@ impl Dataplane {
         loader.map_max_entries(map_names::GRANTS, cfg.max_grants);
         loader.map_max_entries(map_names::PEERS, cfg.max_peers);
         loader.map_max_entries(map_names::PEER_HOSTS, cfg.max_peers);
+        // Local-destination decisions apply to the host's network namespace
+        // only: the agent's own (0 when the kernel cannot tell, kernel < 5.14).
+        let host_netns = crate::hostaddrs::netns_cookie().unwrap_or(0);
+        loader.override_global(global_names::HOST_NETNS, &host_netns, true);
         let mut ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
 
         // Load (verify) every program now, attach none: the agent fills the
@@ -356,8 +365,8 @@ impl Dataplane {
             .map_err(map_err(map_names::PEER_HOSTS, "open"))?;
         let peers = LpmTrie::try_from(take(&mut ebpf, map_names::PEERS)?)
             .map_err(map_err(map_names::PEERS, "open"))?;
-        let local_addrs = HashMap::try_from(take(&mut ebpf, map_names::LOCAL_ADDRS)?)
-            .map_err(map_err(map_names::LOCAL_ADDRS, "open"))?;
+        let local_nets = LpmTrie::try_from(take(&mut ebpf, map_names::LOCAL_NETS)?)
+            .map_err(map_err(map_names::LOCAL_NETS, "open"))?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, map_names::COUNTERS)?)
             .map_err(map_err(map_names::COUNTERS, "open"))?;
         let deny_events = RingBuf::try_from(take(&mut ebpf, map_names::DENY_EVENTS)?)
@@ -376,7 +385,7 @@ impl Dataplane {
             grants,
             peers,
             peer_hosts,
-            local_addrs,
+            local_nets,
             counters,
             deny_events: Some(deny_events),
             kill_requests: Some(kill_requests),
@@ -617,7 +626,7 @@ impl Dataplane {
     }
 
     /// The peer entry that decides for a source address on a segment, as
-    /// the XDP program finds it: a live host entry, else the longest prefix,
+    /// the XDP program and the ingress peer check find it: a live host entry, else the longest prefix,
     /// else an expired host entry.
     pub fn peer_lookup(&self, segment: u32, addr: [u8; 16]) -> Result<Option<u64>> {
         let host = match self.peer_hosts.get(
@@ -641,21 +650,34 @@ impl Dataplane {
         }
     }
 
-    /// Makes the local-address map hold exactly `addrs` (adds first).
-    pub fn set_local_addrs(&mut self, addrs: &BTreeSet<[u8; 16]>) -> Result<()> {
-        let current: BTreeSet<[u8; 16]> = self
-            .local_addrs
+    /// Makes the local-prefix trie hold exactly `nets` (adds first, so a
+    /// prefix that stays local is never missing for an instant).
+    pub fn set_local_addrs(&mut self, nets: &BTreeSet<LocalNet>) -> Result<()> {
+        let current: BTreeSet<LocalNet> = self
+            .local_nets
             .keys()
+            .map(|k| {
+                k.map(|k| LocalNet {
+                    addr: k.data(),
+                    prefix: k.prefix_len() as u8,
+                })
+            })
             .collect::<std::result::Result<_, _>>()
-            .map_err(map_err(map_names::LOCAL_ADDRS, "read"))?;
-        for a in addrs.difference(&current) {
-            self.local_addrs
-                .insert(*a, 1, 0)
-                .map_err(map_err(map_names::LOCAL_ADDRS, "insert"))?;
+            .map_err(map_err(map_names::LOCAL_NETS, "read"))?;
+        let key = |n: &LocalNet| aya::maps::lpm_trie::Key::new(n.prefix as u32, n.addr);
+        for n in nets.difference(&current) {
+            self.local_nets.insert(&key(n), 1, 0).map_err(|e| {
+                match full_or(e, map_names::LOCAL_NETS, MAX_LOCAL_NETS, "insert") {
+                    DataplaneError::Full { capacity, .. } => {
+                        DataplaneError::LocalNetsFull { capacity }
+                    }
+                    other => other,
+                }
+            })?;
         }
-        for a in current.difference(addrs) {
-            ignore_missing(self.local_addrs.remove(a))
-                .map_err(map_err(map_names::LOCAL_ADDRS, "delete"))?;
+        for n in current.difference(nets) {
+            ignore_missing(self.local_nets.remove(&key(n)))
+                .map_err(map_err(map_names::LOCAL_NETS, "delete"))?;
         }
         Ok(())
     }
@@ -680,34 +702,47 @@ impl Dataplane {
 
     /// Runs the XDP or a cgroup_skb program `repeat` times on `packet` (an
     /// Ethernet frame) under BPF_PROG_TEST_RUN, attached nowhere: its return
-    /// value and the kernel's mean time per run. For `portcullis
-    /// bench-dataplane`; loads the XDP program if `open` did not.
+    /// value and the kernel's mean time per run. `ifindex` (cgroup_skb only)
+    /// makes the packet arrive on that device instead of loopback (kernel ≥
+    /// 5.10 for `ifindex` in the test context). For `portcullis
+    /// bench-dataplane`; loads a program `open` did not.
     pub fn test_run(
         &mut self,
         name: &'static str,
         packet: &[u8],
+        ifindex: Option<u32>,
         repeat: u32,
     ) -> Result<(u32, std::time::Duration)> {
         use aya::{TestRun, TestRunOptions};
+        // The leading fields of `struct __sk_buff` up to `ifindex` (offset
+        // 40); the kernel takes the rest as zero.
+        let mut skb_ctx = [0u8; 44];
+        if let Some(i) = ifindex {
+            skb_ctx[40..44].copy_from_slice(&i.to_ne_bytes());
+        }
         let opts = TestRunOptions {
             data_in: Some(packet),
+            ctx_in: ifindex.map(|_| &skb_ctx[..]),
             repeat,
             ..TestRunOptions::new()
+        };
+        let load_err = |source| DataplaneError::ProgramLoad {
+            program: name,
+            source,
         };
         let result = if name == program_names::XDP {
             let prog: &mut Xdp = program(&mut self.ebpf, name)?;
             match prog.load() {
                 Ok(()) | Err(ProgramError::AlreadyLoaded) => {}
-                Err(source) => {
-                    return Err(DataplaneError::ProgramLoad {
-                        program: name,
-                        source,
-                    })
-                }
+                Err(source) => return Err(load_err(source)),
             }
             prog.test_run(opts)
         } else {
             let prog: &mut CgroupSkb = program(&mut self.ebpf, name)?;
+            match prog.load() {
+                Ok(()) | Err(ProgramError::AlreadyLoaded) => {}
+                Err(source) => return Err(load_err(source)),
+            }
             prog.test_run(opts)
         }
         .map_err(|source| DataplaneError::TestRun {

@@ -396,7 +396,9 @@ fn a_unit_that_is_not_running_is_accepted_warned_and_covered_when_its_cgroup_app
 /// The ids of the local grant map's entries, read from the kernel with
 /// bpftool: `(kind, segment, id)` per key.
 fn kernel_grant_keys(agent: &Agent) -> Vec<(u32, u32, u64)> {
-    let map = agent.bpffs.join("v1/maps/PC_GRANTS");
+    let map = agent
+        .bpffs
+        .join(format!("v{}/maps/PC_GRANTS", agent_common::LAYOUT_VERSION));
     let out = Command::new("bpftool")
         .args(["-j", "map", "dump", "pinned"])
         .arg(&map)

@@ -4,12 +4,12 @@
 //! (fragments, extension headers, short headers) aimed at a protected port
 //! never get through.
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
     process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
-use portcullis_tests::{netns::PeerHost, session::Session, *};
+use portcullis_tests::{frames::*, netns::PeerHost, session::Session, *};
 
 fn policy(ports: &[(u16, &str)]) -> String {
     let ports: Vec<String> = ports
@@ -61,8 +61,11 @@ fn tcp_cycle(v6: bool) {
         start.elapsed()
     );
     assert!(trips <= 1);
-    // The agent destroyed the server's socket, which reset the connection.
-    assert_eq!(err, "ECONNRESET");
+    // XDP drops the flow's next packet. It no longer asks the agent to
+    // destroy the server's socket (issue 13: nothing a packet says may make
+    // the agent kill a socket); the agent's sweep after a revoke does, which
+    // resets the client. Either way the session is cut.
+    assert!(err == "ECONNRESET" || err == "TIMEOUT", "{err}");
     assert_eq!(
         peer.probe(&["tcp", &target], DENIED_WAIT_MS),
         Outcome::Err("TIMEOUT".into())
@@ -127,7 +130,9 @@ fn expiry_cuts_a_remote_session_at_its_next_packet() {
     session.wait_round_trips(3, Duration::from_secs(10));
     let (err, _, took) = session.wait_failure(Duration::from_secs(15));
     println!("remote tcp session cut by expiry after {took:?}, error {err}");
-    assert_eq!(err, "ECONNRESET");
+    // Reset by the agent's sweep after the expiry, or dropped by XDP (which
+    // no longer asks for sockets to be destroyed: issue 13).
+    assert!(err == "ECONNRESET" || err == "TIMEOUT", "{err}");
 }
 
 #[test]
@@ -189,124 +194,6 @@ fn unprotected_ports_and_replies_to_this_hosts_connections_pass() {
 }
 
 // ---- crafted packets -------------------------------------------------------
-
-fn csum(data: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for c in data.chunks(2) {
-        let w = if c.len() == 2 {
-            u16::from_be_bytes([c[0], c[1]])
-        } else {
-            u16::from_be_bytes([c[0], 0])
-        };
-        sum += w as u32;
-    }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-fn eth(peer: &PeerHost, ethertype: u16, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::new();
-    f.extend_from_slice(&peer.host_mac);
-    f.extend_from_slice(&peer.peer_mac);
-    f.extend_from_slice(&ethertype.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// An IPv4 packet; `frag` is the flags+offset field (offset in 8-byte units).
-fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, id: u16, frag: u16, payload: &[u8]) -> Vec<u8> {
-    let mut h = vec![0x45, 0];
-    h.extend_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
-    h.extend_from_slice(&id.to_be_bytes());
-    h.extend_from_slice(&frag.to_be_bytes());
-    h.extend_from_slice(&[64, proto, 0, 0]);
-    h.extend_from_slice(&src.octets());
-    h.extend_from_slice(&dst.octets());
-    let c = csum(&h);
-    h[10..12].copy_from_slice(&c.to_be_bytes());
-    h.extend_from_slice(payload);
-    h
-}
-
-/// A UDP datagram with its checksum over the IPv4 or IPv6 pseudo-header.
-fn udp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, data: &[u8]) -> Vec<u8> {
-    let len = (8 + data.len()) as u16;
-    let mut u = Vec::new();
-    u.extend_from_slice(&sport.to_be_bytes());
-    u.extend_from_slice(&dport.to_be_bytes());
-    u.extend_from_slice(&len.to_be_bytes());
-    u.extend_from_slice(&[0, 0]);
-    u.extend_from_slice(data);
-    let mut pseudo = Vec::new();
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            pseudo.extend_from_slice(&s.octets());
-            pseudo.extend_from_slice(&d.octets());
-            pseudo.extend_from_slice(&[0, 17]);
-            pseudo.extend_from_slice(&len.to_be_bytes());
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            pseudo.extend_from_slice(&s.octets());
-            pseudo.extend_from_slice(&d.octets());
-            pseudo.extend_from_slice(&(len as u32).to_be_bytes());
-            pseudo.extend_from_slice(&[0, 0, 0, 17]);
-        }
-        _ => unreachable!(),
-    }
-    pseudo.extend_from_slice(&u);
-    let c = match csum(&pseudo) {
-        0 => 0xffff,
-        c => c,
-    };
-    u[6..8].copy_from_slice(&c.to_be_bytes());
-    u
-}
-
-fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, payload: &[u8]) -> Vec<u8> {
-    let mut h = vec![0x60, 0, 0, 0];
-    h.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-    h.extend_from_slice(&[next, 64]);
-    h.extend_from_slice(&src.octets());
-    h.extend_from_slice(&dst.octets());
-    h.extend_from_slice(payload);
-    h
-}
-
-/// An 8-byte options header (hop-by-hop or destination options) with PadN.
-fn opts_header(next: u8) -> Vec<u8> {
-    vec![next, 0, 1, 4, 0, 0, 0, 0]
-}
-
-fn frag_header(next: u8, offset_units: u16, more: bool, id: u32) -> Vec<u8> {
-    let mut h = vec![next, 0];
-    h.extend_from_slice(&((offset_units << 3) | more as u16).to_be_bytes());
-    h.extend_from_slice(&id.to_be_bytes());
-    h
-}
-
-fn hex(frames: &[Vec<u8>]) -> Vec<String> {
-    frames
-        .iter()
-        .map(|f| f.iter().map(|b| format!("{b:02x}")).collect())
-        .collect()
-}
-
-/// Sends `frames` from the peer's interface and reports whether a UDP reply
-/// reached `listen` (the crafted datagrams' source) within `wait_ms`.
-fn send_frames(peer: &PeerHost, listen: SocketAddr, frames: &[Vec<u8>], wait_ms: u64) -> bool {
-    let hexes = hex(frames);
-    let mut args: Vec<&str> = vec!["raw", &peer.peer_if];
-    let listen_s = listen.to_string();
-    args.push(&listen_s);
-    args.extend(hexes.iter().map(String::as_str));
-    match peer.probe(&args, wait_ms) {
-        Outcome::Ok => true,
-        Outcome::Err(e) if e == "TIMEOUT" => false,
-        Outcome::Err(e) => panic!("pc-probe raw: {e}"),
-    }
-}
 
 /// Fixture for crafted-packet tests: a UDP echo server on a protected port.
 struct Crafted {

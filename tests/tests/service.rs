@@ -157,7 +157,10 @@ fn restart_with_a_policy_change_and_a_layout_upgrade_has_no_gap() {
         !agent.bpffs.join("v0").exists(),
         "old layout pins were not retired"
     );
-    assert!(agent.bpffs.join("v1").exists());
+    assert!(agent
+        .bpffs
+        .join(format!("v{}", agent_common::LAYOUT_VERSION))
+        .exists());
     assert_eq!(
         As::root_in(&granted).tcp(other.addr),
         Outcome::eperm(),

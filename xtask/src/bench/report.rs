@@ -216,17 +216,35 @@ fn met(ok: bool) -> &'static str {
 }
 
 /// The per-packet cases, in table order: (JSON key, label).
-const PACKET_CASES: [(&str, &str); 6] = [
+const PACKET_CASES: [(&str, &str); 9] = [
     ("xdp_empty", "XDP, empty program (floor)¹"),
     ("xdp_non_ip", "XDP, non-IP frame (ARP)"),
     ("xdp_unprotected", "XDP, TCP SYN to an unprotected port"),
     ("xdp_allowed", "XDP, protected port, allowed peer"),
     ("xdp_denied", "XDP, protected port, denied peer²"),
     ("skb_unmarked", "cgroup_skb egress, unmarked socket³"),
+    (
+        "skb_ingress_unprotected",
+        "cgroup_skb ingress, SYN to an unprotected port⁴",
+    ),
+    (
+        "skb_ingress_allowed",
+        "cgroup_skb ingress, protected port, allowed peer⁴",
+    ),
+    (
+        "skb_ingress_denied",
+        "cgroup_skb ingress, protected port, denied peer²⁴",
+    ),
 ];
 
 /// The cases the 1.5× goal is about (what grows with the maps).
-const SCALING_CASES: [&str; 3] = ["xdp_allowed", "xdp_denied", "skb_unmarked"];
+const SCALING_CASES: [&str; 5] = [
+    "xdp_allowed",
+    "xdp_denied",
+    "skb_unmarked",
+    "skb_ingress_allowed",
+    "skb_ingress_denied",
+];
 
 impl Report {
     fn packet_median(&self, grants: u64, case: &str) -> Option<f64> {
@@ -456,6 +474,7 @@ impl Report {
         let _ = writeln!(o, "¹ Two instructions (`r0 = XDP_PASS; exit`) loaded with bpf(2): the cost of BPF_PROG_TEST_RUN itself.");
         let _ = writeln!(o, "² Nothing reads the deny-event ring during the run, so after the first ~3,000 packets the event write fails fast; with a reader it costs a little more.");
         let _ = writeln!(o, "³ BPF_PROG_TEST_RUN gives the packet a fresh socket that connect4/6 never marked: this is the path of every flow Portcullis did not let through a protected port (one socket-storage lookup). The per-packet check of marked flows is in the connection rates below.");
+        let _ = writeln!(o, "⁴ The remote-peer check every interface gets without XDP: a SYN arriving on a network device for a listener's port. BPF_PROG_TEST_RUN gives a blank socket, so this runs `pc_skb_ingress_bench`, the same decision with the listener's protocol and port read from the packet.");
 
         let _ = writeln!(o, "\n#### 2. Connection rate (TCP connects/s to a protected port by an allowed client; median of {} runs × up to {} connects, interleaved with as many runs without the filter)\n",
             plan.runs, thousands(plan.connects));
