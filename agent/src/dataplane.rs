@@ -32,6 +32,9 @@ use aya::{
 
 use crate::ledger::{Change, EntryKey};
 
+/// All-or-nothing application of a policy change.
+mod txn;
+
 /// The compiled programs, built by `build.rs` from `agent-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent"));
 
@@ -94,6 +97,12 @@ pub enum DataplaneError {
     },
     #[error("map {map} is full ({capacity} entries); raise its size in the agent config")]
     Full { map: &'static str, capacity: u32 },
+    #[error("the change needs {needed} entries in map {map}, which holds {capacity}; nothing was changed (raise max_grants or max_peers in the agent config; a pinned map's size changes after `portcullis uninstall`)")]
+    NoRoom {
+        map: &'static str,
+        capacity: u32,
+        needed: usize,
+    },
     #[error("BPF_PROG_TEST_RUN of {program} failed (needs kernel ≥ 5.10 for cgroup_skb)")]
     TestRun {
         program: &'static str,
