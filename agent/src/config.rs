@@ -562,6 +562,8 @@ deny_log = "/var/log/pc/denies.jsonl"
 deny_burst = 20
 deny_window = "5m"
 metrics_addr = "9464"
+grant_grace = "5m"
+policy_symlinks_outside = true
 "#,
         )
         .unwrap();
@@ -587,9 +589,11 @@ metrics_addr = "9464"
                 deny_burst: 20,
                 deny_window: Duration::from_secs(300),
                 metrics_addr: Some("127.0.0.1:9464".parse().unwrap()),
+                grant_grace: Duration::from_secs(300),
+                policy_symlinks_outside: true,
             }
         );
-        assert_eq!(KEYS.len(), 19, "KEYS lists every field");
+        assert_eq!(KEYS.len(), 21, "KEYS lists every field");
     }
 
     #[test]
