@@ -13,6 +13,8 @@
 //! neither the old nor the new policy opens.)
 //!
 //! Kernel: hash and LPM-trie map updates (Linux 4.11 for LPM tries).
+use std::collections::HashMap;
+
 use agent_common::Proto;
 use aya::maps::MapError;
 use tracing::error;
@@ -47,7 +49,12 @@ impl Room {
 
 impl Dataplane {
     /// What the kernel holds for exactly `key` (no longest-prefix match).
-    pub fn entry_value(&self, key: &EntryKey) -> Result<Option<u64>> {
+    /// `prefixes` caches the peer trie, read whole at most once.
+    fn entry_value(
+        &self,
+        key: &EntryKey,
+        prefixes: &mut Option<HashMap<(u32, [u8; 16], u8), u64>>,
+    ) -> Result<Option<u64>> {
         match *key {
             EntryKey::Local(k) => self.grant_expiry(&k),
             EntryKey::Peer {
@@ -70,15 +77,32 @@ impl Dataplane {
                 addr,
                 prefix,
             } => {
-                // An LPM lookup is not exact: find the entry itself.
-                let want = peer_key(segment, addr, prefix);
-                for r in self.peers.iter() {
-                    let (k, v) = r.map_err(map_err(map_names::PEERS, "read"))?;
-                    if k.prefix_len() == want.prefix_len() && k.data() == want.data() {
-                        return Ok(Some(v.at_boot_ns));
+                // An LPM lookup is not exact: read the trie's entries.
+                if prefixes.is_none() {
+                    let mut all = HashMap::new();
+                    for r in self.peers.iter() {
+                        let (k, v) = r.map_err(map_err(map_names::PEERS, "read"))?;
+                        let want = k.data();
+                        all.insert(
+                            (
+                                u32::from_be_bytes(want.segment_be),
+                                want.addr,
+                                k.prefix_len() as u8,
+                            ),
+                            v.at_boot_ns,
+                        );
                     }
+                    *prefixes = Some(all);
                 }
-                Ok(None)
+                let want = peer_key(segment, addr, prefix);
+                Ok(prefixes.as_ref().and_then(|all| {
+                    all.get(&(
+                        u32::from_be_bytes(want.data().segment_be),
+                        want.data().addr,
+                        want.prefix_len() as u8,
+                    ))
+                    .copied()
+                }))
             }
         }
     }
@@ -89,11 +113,12 @@ impl Dataplane {
     /// anyway, every earlier one is undone before the error is returned.
     pub fn apply_atomic(&mut self, changes: &[Change], ports: &[(Proto, u16, u32)]) -> Result<()> {
         let mut before = Vec::with_capacity(changes.len());
+        let mut prefixes = None;
         for c in changes {
             let key = match c {
                 Change::Put(k, _) | Change::Delete(k) => *k,
             };
-            before.push(self.entry_value(&key)?);
+            before.push(self.entry_value(&key, &mut prefixes)?);
         }
         let deletes_first = self.check_room(changes, &before)?;
         let (puts, deletes): (Vec<usize>, Vec<usize>) =
