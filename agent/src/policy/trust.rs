@@ -202,3 +202,81 @@ pub(super) fn read(file: &Path) -> Result<Vec<u8>, Diagnostic> {
     }
     Ok(bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn message(r: Result<impl std::fmt::Debug, Diagnostic>) -> String {
+        r.expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn a_regular_private_file_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("a.toml");
+        fs::write(&f, "x").unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(read(&f).unwrap(), b"x");
+    }
+
+    #[test]
+    fn a_file_writable_by_others_is_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("a.toml");
+        fs::write(&f, "x").unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o646)).unwrap();
+        let m = message(read(&f));
+        assert!(m.contains("writable by everyone (mode 0646)"), "{m}");
+        assert!(m.contains("chmod go-w"), "{m}");
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o664)).unwrap();
+        assert!(message(read(&f)).contains("writable by its group"));
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("a.toml");
+        let c = std::ffi::CString::new(f.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo(3) with a valid NUL-terminated path in a fresh directory.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let m = message(read(&f));
+        assert!(m.contains("is a FIFO"), "{m}");
+    }
+
+    #[test]
+    fn a_file_over_the_cap_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("a.toml");
+        let file = fs::File::create(&f).unwrap();
+        file.set_len(MAX_POLICY_BYTES + 1).unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(message(read(&f)).contains("more than"));
+    }
+
+    #[test]
+    fn symlinks_stay_inside_the_directory_unless_allowed() {
+        let outside = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let target = outside.path().join("t.toml");
+        fs::write(&target, "x").unwrap();
+        fs::write(dir.path().join("real.toml"), "x").unwrap();
+        let out = dir.path().join("out.toml");
+        let inside = dir.path().join("in.toml");
+        std::os::unix::fs::symlink(&target, &out).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("real.toml"), &inside).unwrap();
+        let strict = FileTrust::default();
+        let m = message(check_entry(dir.path(), &out, &strict));
+        assert!(
+            m.contains("symbolic link out of the policy directory"),
+            "{m}"
+        );
+        assert!(check_entry(dir.path(), &inside, &strict).is_ok());
+        let lax = FileTrust {
+            symlinks_outside: true,
+        };
+        assert!(check_entry(dir.path(), &out, &lax).is_ok());
+    }
+}
