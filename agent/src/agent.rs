@@ -6,12 +6,12 @@
 //! update the ledger, apply its changes to the kernel, save state. The
 //! runtime (`server`) owns sockets, timers and signals and calls in here.
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     path::PathBuf,
     time::{Duration, SystemTime},
 };
 
-use agent_common::{Proto, MAX_SEGMENTS, NEVER};
+use agent_common::{Proto, NEVER};
 use serde_json::{json, Map, Value};
 use tracing::{info, warn};
 
@@ -31,9 +31,14 @@ use crate::{
     state::{self, Actor, Grant, Loaded, Saved},
 };
 
+/// Applying a policy as one transaction; grants of vanished segments.
+mod apply;
 /// Requests, approvals, denials and `explain` (the JIT workflow).
 mod jit;
 mod recovery;
+/// Approvers may not grant to themselves or to catch-alls.
+mod selfgrant;
+pub use apply::DEFAULT_GRANT_GRACE;
 pub use jit::DEFAULT_REQUEST_TTL;
 
 /// Where the agent keeps what it must remember.
@@ -46,6 +51,10 @@ pub struct Agent {
     policy: Policy,
     segment_ids: BTreeMap<String, u32>,
     grants: BTreeMap<u64, Grant>,
+    /// Grants whose segment left the policy: they open nothing, and are
+    /// live again if the segment comes back within `grant_grace`.
+    suspended: BTreeMap<u64, apply::Suspended>,
+    grant_grace: Duration,
     /// Ids for grants and requests alike, so the two never collide.
     next_id: u64,
     /// Access requests: pending and recently decided.
@@ -99,6 +108,7 @@ impl Agent {
         resolver: Resolver,
         audit: AuditLog,
         paths: Paths,
+        grant_grace: Duration,
     ) -> anyhow::Result<Self> {
         let ports: BTreeMap<(Proto, u16), u32> = dataplane
             .read_ports()?
@@ -110,9 +120,12 @@ impl Agent {
                 segments: BTreeMap::new(),
                 files: Vec::new(),
                 digest: String::new(),
+                allow_empty: false,
             },
             segment_ids: BTreeMap::new(),
             grants: BTreeMap::new(),
+            suspended: BTreeMap::new(),
+            grant_grace: DEFAULT_GRANT_GRACE,
             next_id: 1,
             requests: RequestBook::new(),
             request_ttl: DEFAULT_REQUEST_TTL,
@@ -128,6 +141,17 @@ impl Agent {
             audit,
             metrics: Default::default(),
         };
+        agent.grant_grace = grant_grace;
+        // An empty policy over pins that protect ports would open them all:
+        // a directory being redeployed, not an intent, unless it says so.
+        if policy.segments.is_empty() && !agent.ports.is_empty() && !policy.allow_empty {
+            anyhow::bail!(
+                "the policy protects nothing, but the pinned maps protect {} port(s) from a previous run; \
+                 refusing to open them all. If that is intended, add `allow_empty = true` to a policy file \
+                 (see docs/policy.md), or run `portcullis uninstall`",
+                agent.ports.len()
+            );
+        }
         let mut restored = Vec::new();
         // Without a readable state file the kernel maps are the record of
         // what is live (see `recovery`).
@@ -163,7 +187,22 @@ impl Agent {
         let now = clock::boot_ns();
         for g in restored {
             let deadline = g.deadline(&agent.boot_id);
-            if deadline <= now || !agent.policy.segments.contains_key(&g.segment) {
+            if deadline <= now {
+                continue;
+            }
+            if !agent.policy.segments.contains_key(&g.segment) {
+                // Suspended before the restart, or its segment left while
+                // the agent was down: kept for the grace, opens nothing.
+                let id = g.id;
+                agent.suspend(
+                    Grant {
+                        expires_boot_ns: deadline,
+                        boot_id: agent.boot_id.clone(),
+                        ..g
+                    },
+                    "segment not in the policy at start",
+                );
+                agent.next_id = agent.next_id.max(id + 1);
                 continue;
             }
             let id = g.id;
@@ -227,120 +266,17 @@ impl Agent {
             format: 0,
             next_id: self.next_id,
             segment_ids: self.segment_ids.clone(),
-            grants: self.grants.values().cloned().collect(),
+            grants: self
+                .grants
+                .values()
+                .chain(self.suspended.values().map(|s| &s.grant))
+                .cloned()
+                .collect(),
             requests: self.requests.saved(),
         };
         if let Err(e) = state::save(&self.paths.state_dir, &saved) {
             warn!(error = %e, "could not save state; grants stay enforced in the kernel");
         }
-    }
-
-    fn segment_id(&mut self, name: &str) -> anyhow::Result<u32> {
-        if let Some(id) = self.segment_ids.get(name) {
-            return Ok(*id);
-        }
-        let used: BTreeSet<u32> = self.segment_ids.values().copied().collect();
-        let id = (1..MAX_SEGMENTS)
-            .find(|i| !used.contains(i))
-            .ok_or_else(|| anyhow::anyhow!("more than {} segments", MAX_SEGMENTS - 1))?;
-        self.segment_ids.insert(name.to_string(), id);
-        Ok(id)
-    }
-
-    /// Applies a validated policy as a diff against what is in force: new
-    /// allows first, then ports, then removals, so that anything allowed by
-    /// both the old and the new policy is never refused in between.
-    pub fn apply_policy(&mut self, policy: Policy) -> anyhow::Result<()> {
-        // 1. Segment ids for new segments.
-        for name in policy.segments.keys() {
-            self.segment_id(name)?;
-        }
-        // 2. Standing allows of the new policy.
-        let mut wanted: BTreeSet<Source> = BTreeSet::new();
-        self.unresolved.clear();
-        for seg in policy.segments.values() {
-            let id = self.segment_ids[&seg.name];
-            for identity in &seg.allow {
-                let source = Source::Standing {
-                    segment: seg.name.clone(),
-                    identity: identity.to_string(),
-                };
-                match self.resolver.keys(identity, id) {
-                    Ok(keys) => {
-                        let changes = self.ledger.set(source.clone(), &keys, NEVER);
-                        self.apply_changes(&changes)?;
-                    }
-                    Err(e) => {
-                        // Not there yet (a unit that has not started): keep whatever it
-                        // had, retry at the next refresh.
-                        self.unresolved
-                            .insert((seg.name.clone(), identity.to_string()), e.to_string());
-                    }
-                }
-                wanted.insert(source);
-            }
-        }
-        // 3. Ports.
-        let mut desired: BTreeMap<(Proto, u16), u32> = BTreeMap::new();
-        for seg in policy.segments.values() {
-            let id = self.segment_ids[&seg.name];
-            for range in &seg.ports {
-                for port in range.ports() {
-                    desired.insert((proto_of(range.proto), port), id);
-                }
-            }
-        }
-        for (&(proto, port), &id) in &desired {
-            if self.ports.get(&(proto, port)) != Some(&id) {
-                self.dataplane.set_port(proto, port, id)?;
-            }
-        }
-        let removed: Vec<(Proto, u16)> = self
-            .ports
-            .keys()
-            .filter(|k| !desired.contains_key(k))
-            .copied()
-            .collect();
-        for (proto, port) in removed {
-            self.dataplane.set_port(proto, port, 0)?;
-        }
-        self.ports = desired;
-        // 4. Standing allows and grants that are gone.
-        let stale: Vec<Source> = self
-            .ledger
-            .sources()
-            .filter_map(|(s, _)| match s {
-                Source::Standing { .. } if !wanted.contains(s) => Some(s.clone()),
-                _ => None,
-            })
-            .collect();
-        for s in stale {
-            let changes = self.ledger.remove(&s);
-            self.apply_changes(&changes)?;
-        }
-        let orphaned: Vec<u64> = self
-            .grants
-            .values()
-            .filter(|g| !policy.segments.contains_key(&g.segment))
-            .map(|g| g.id)
-            .collect();
-        for id in orphaned {
-            let changes = self.ledger.remove(&Source::Grant(id));
-            self.apply_changes(&changes)?;
-            if let Some(g) = self.grants.remove(&id) {
-                let _ = self.audit.record(
-                    "revoke",
-                    obj(json!({"grant_id": id, "segment": g.segment, "identity": g.identity.to_string(),
-                        "actor": actor_json(&Actor::agent()), "why": "segment removed from policy"})),
-                );
-            }
-        }
-        // Segment ids of removed segments are kept only while nothing uses them.
-        self.segment_ids
-            .retain(|name, _| policy.segments.contains_key(name));
-        self.policy = policy;
-        self.save();
-        Ok(())
     }
 
     /// Records a reload attempt's outcome for `status`.
@@ -437,6 +373,14 @@ impl Agent {
                     "uid {} may not grant on segment {}: only root and the segment's approvers may",
                     cred.uid, seg.name
                 ),
+            ));
+        }
+        if let Some(why) = selfgrant::refusal(&identity, cred, &self.resolver) {
+            return Err(self.refused(
+                cred,
+                "grant",
+                &seg.name,
+                format!("uid {} may not grant {identity} on segment {}: {why}; approvers do not open segments to themselves or to everyone, only root may", cred.uid, seg.name),
             ));
         }
         let jit = jit_rules(&seg)?;
@@ -577,6 +521,24 @@ impl Agent {
                     .map_err(|e| refuse(RefusalCode::Invalid, format!("identity {i:?}: {e}")))
             })
             .transpose()?;
+        if let Some(gid) = id.filter(|i| self.suspended.contains_key(i) && identity.is_none()) {
+            return self.revoke_suspended(cred, gid);
+        }
+        if let (None, Some(i), None) = (id, &identity, segment) {
+            // Suspended grants of that identity go too (root only: their
+            // segment, and so its approvers, are not in the policy).
+            if cred.uid == 0 {
+                let ids: Vec<u64> = self
+                    .suspended
+                    .values()
+                    .filter(|s| &s.grant.identity == i)
+                    .map(|s| s.grant.id)
+                    .collect();
+                for gid in ids {
+                    self.revoke_suspended(cred, gid)?;
+                }
+            }
+        }
         if let Some(s) = segment {
             self.segment(s)?;
         }
@@ -651,6 +613,9 @@ impl Agent {
     /// requests past their deadline too.
     pub fn expire(&mut self) -> Vec<Grant> {
         self.expire_requests();
+        if self.expire_suspended() {
+            self.save();
+        }
         let now = clock::boot_ns();
         let due: Vec<u64> = self
             .grants
@@ -686,7 +651,12 @@ impl Agent {
 
     /// The earliest grant or pending-request deadline, for the expiry timer.
     pub fn next_deadline(&self) -> Option<u64> {
-        let grants = self.grants.values().map(|g| g.expires_boot_ns).min();
+        let grants = self
+            .grants
+            .values()
+            .map(|g| g.expires_boot_ns)
+            .chain(self.next_suspended_deadline())
+            .min();
         match (grants, self.requests.next_deadline()) {
             (Some(g), Some(r)) => Some(g.min(r)),
             (g, r) => g.or(r),
@@ -767,6 +737,10 @@ impl Agent {
             actor: g.actor.to_string(),
             reason: g.reason.clone(),
             request_id: g.request_id,
+            suspended_until: self
+                .suspended
+                .get(&g.id)
+                .map(|s| clock::rfc3339(clock::wall_of(s.until.min(g.expires_boot_ns)))),
         }
     }
 
@@ -785,7 +759,12 @@ impl Agent {
                 });
             }
         }
-        let grants = self.grants.values().map(|g| self.view(g)).collect();
+        let grants = self
+            .grants
+            .values()
+            .chain(self.suspended.values().map(|s| &s.grant))
+            .map(|g| self.view(g))
+            .collect();
         let pending = self.pending_views();
         Reply::List(ListView {
             standing,

@@ -189,6 +189,12 @@ pub struct AgentArgs {
     /// still checked on every interface (repeatable) [file: xdp_ifaces].
     #[arg(long = "xdp-iface", value_name = "IFACE")]
     pub xdp_ifaces: Vec<String>,
+    /// How long grants of a segment that leaves the policy are kept (suspended), e.g. 10m [file: grant_grace].
+    #[arg(long, value_parser = parse_duration_flag)]
+    pub grant_grace: Option<Duration>,
+    /// Read policy files that are symbolic links out of the policy directory [file: policy_symlinks_outside].
+    #[arg(long)]
+    pub policy_symlinks_outside: bool,
     /// Audit rotation, deny log and metrics endpoint.
     #[command(flatten)]
     pub observe: crate::metrics::ObserveArgs,
@@ -500,7 +506,10 @@ fn render_list(l: &ListView) -> String {
                     g.id.to_string(),
                     g.segment.clone(),
                     g.identity.clone(),
-                    left(g.remaining_secs),
+                    match &g.suspended_until {
+                        Some(_) => format!("{} (suspended)", left(g.remaining_secs)),
+                        None => left(g.remaining_secs),
+                    },
                     g.actor.clone(),
                     g.reason.clone().unwrap_or_default(),
                 ]
@@ -610,6 +619,10 @@ impl AgentArgs {
             },
             request_expiry: self.request_expiry.unwrap_or(file.request_expiry),
             refresh: file.identity_rescan,
+            grant_grace: self.grant_grace.unwrap_or(file.grant_grace),
+            policy_trust: crate::policy::FileTrust {
+                symlinks_outside: self.policy_symlinks_outside || file.policy_symlinks_outside,
+            },
         })
     }
 }

@@ -26,7 +26,7 @@ use crate::{
 pub const DEFAULT_PATH: &str = "/etc/portcullis/agent.toml";
 
 /// Every key the file may hold, for "did you mean" hints.
-const KEYS: [&str; 19] = [
+const KEYS: [&str; 21] = [
     "policy_dir",
     "socket",
     "socket_mode",
@@ -46,6 +46,8 @@ const KEYS: [&str; 19] = [
     "deny_burst",
     "deny_window",
     "metrics_addr",
+    "grant_grace",
+    "policy_symlinks_outside",
 ];
 
 /// The agent's settings from the file, with the documented default for
@@ -89,6 +91,10 @@ pub struct AgentConfig {
     pub deny_window: Duration,
     /// Where the Prometheus endpoint listens; `None`: off.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// How long grants of a segment that left the policy are kept.
+    pub grant_grace: Duration,
+    /// Whether policy files may be symbolic links out of `policy_dir`.
+    pub policy_symlinks_outside: bool,
 }
 
 impl Default for AgentConfig {
@@ -114,6 +120,8 @@ impl Default for AgentConfig {
             deny_burst: crate::denylog::DEFAULT_BURST,
             deny_window: crate::denylog::DEFAULT_WINDOW,
             metrics_addr: None,
+            grant_grace: crate::agent::DEFAULT_GRANT_GRACE,
+            policy_symlinks_outside: false,
         }
     }
 }
@@ -156,6 +164,8 @@ struct RawConfig {
     deny_burst: Option<Spanned<i64>>,
     deny_window: Option<Spanned<String>>,
     metrics_addr: Option<Spanned<String>>,
+    grant_grace: Option<Spanned<String>>,
+    policy_symlinks_outside: Option<bool>,
 }
 
 /// A mode is written as a string of octal digits; a TOML integer is taken
@@ -251,6 +261,20 @@ impl AgentConfig {
             if let Some(n) = value.and_then(|v| check.capacity(key, v)) {
                 *slot = n;
             }
+        }
+        if let Some(grace) = raw.grant_grace {
+            let span = grace.span();
+            match parse_ttl(grace.get_ref()) {
+                Ok(d) => config.grant_grace = d,
+                Err(e) => check.error(
+                    span,
+                    format!("grant_grace: {e}"),
+                    "write a duration such as \"10m\" (at most 366 days)",
+                ),
+            }
+        }
+        if let Some(outside) = raw.policy_symlinks_outside {
+            config.policy_symlinks_outside = outside;
         }
         if let Some(expiry) = raw.request_expiry {
             let span = expiry.span();
@@ -538,6 +562,8 @@ deny_log = "/var/log/pc/denies.jsonl"
 deny_burst = 20
 deny_window = "5m"
 metrics_addr = "9464"
+grant_grace = "5m"
+policy_symlinks_outside = true
 "#,
         )
         .unwrap();
@@ -563,9 +589,11 @@ metrics_addr = "9464"
                 deny_burst: 20,
                 deny_window: Duration::from_secs(300),
                 metrics_addr: Some("127.0.0.1:9464".parse().unwrap()),
+                grant_grace: Duration::from_secs(300),
+                policy_symlinks_outside: true,
             }
         );
-        assert_eq!(KEYS.len(), 19, "KEYS lists every field");
+        assert_eq!(KEYS.len(), 21, "KEYS lists every field");
     }
 
     #[test]

@@ -174,6 +174,11 @@ pub struct GrantView {
     /// The request this grant approved, if it came from one.
     #[serde(default)]
     pub request_id: Option<u64>,
+    /// Set while the grant's segment is not in the policy: the grant opens
+    /// nothing and is dropped at this instant (RFC 3339) unless the segment
+    /// comes back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspended_until: Option<String>,
 }
 
 /// An access request and what became of it.

@@ -35,6 +35,9 @@ use crate::{
     ledger::{Change, EntryKey},
 };
 
+/// All-or-nothing application of a policy change.
+mod txn;
+
 /// The compiled programs, built by `build.rs` from `agent-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent"));
 
@@ -99,6 +102,12 @@ pub enum DataplaneError {
     Full { map: &'static str, capacity: u32 },
     #[error("this host has more than {capacity} local, broadcast and anycast route prefixes (`ip route show table all type local`), more than map PC_LOCAL_NETS holds; the destinations left out are not protected as this host's")]
     LocalNetsFull { capacity: u32 },
+    #[error("the change needs {needed} entries in map {map}, which holds {capacity}; nothing was changed (raise max_grants or max_peers in the agent config; a pinned map's size changes after `portcullis uninstall`)")]
+    NoRoom {
+        map: &'static str,
+        capacity: u32,
+        needed: usize,
+    },
     #[error("BPF_PROG_TEST_RUN of {program} failed (needs kernel ≥ 5.10 for cgroup_skb)")]
     TestRun {
         program: &'static str,

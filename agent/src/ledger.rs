@@ -39,7 +39,7 @@ pub enum Change {
     Delete(EntryKey),
 }
 
-#[derive(Default, Debug)]
+#[derive(Default, Debug, Clone)]
 pub struct Ledger {
     entries: HashMap<EntryKey, Vec<(Source, u64)>>,
     by_source: HashMap<Source, Vec<EntryKey>>,
@@ -138,6 +138,34 @@ impl Ledger {
         changes
     }
 
+    /// The writes that turn a kernel holding `self` into one holding `to`:
+    /// puts first, then deletes, each in key order (so that a plan is
+    /// deterministic). Planning a change on a copy and diffing is how a
+    /// policy change is checked whole before the first write.
+    pub fn diff(&self, to: &Ledger) -> Vec<Change> {
+        let mut puts = Vec::new();
+        let mut deletes = Vec::new();
+        for key in to.entries.keys() {
+            let want = to.value(key);
+            if want != self.value(key) {
+                puts.push(Change::Put(*key, want.expect("present in `to`")));
+            }
+        }
+        for key in self.entries.keys() {
+            if !to.entries.contains_key(key) {
+                deletes.push(Change::Delete(*key));
+            }
+        }
+        puts.sort_by_key(|c| match c {
+            Change::Put(k, _) | Change::Delete(k) => *k,
+        });
+        deletes.sort_by_key(|c| match c {
+            Change::Put(k, _) | Change::Delete(k) => *k,
+        });
+        puts.extend(deletes);
+        puts
+    }
+
     fn drop_contribution(&mut self, source: &Source, key: EntryKey) -> Option<Change> {
         let Entry::Occupied(mut slot) = self.entries.entry(key) else {
             return None;
@@ -214,6 +242,24 @@ mod tests {
             vec![Change::Put(uid(3), 10), Change::Delete(uid(1))]
         );
         assert_eq!(l.keys_of(&Source::Grant(1)), &[uid(2), uid(3)]);
+    }
+
+    #[test]
+    fn diff_is_what_turns_one_into_the_other() {
+        let mut a = Ledger::new();
+        a.set(Source::Grant(1), &[uid(1), uid(2)], 10);
+        let mut b = a.clone();
+        b.remove(&Source::Grant(1));
+        b.set(Source::Grant(2), &[uid(2), uid(3)], 20);
+        assert_eq!(
+            a.diff(&b),
+            vec![
+                Change::Put(uid(2), 20),
+                Change::Put(uid(3), 20),
+                Change::Delete(uid(1))
+            ]
+        );
+        assert_eq!(a.diff(&a.clone()), vec![]);
     }
 
     #[test]

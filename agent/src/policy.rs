@@ -27,6 +27,7 @@ use crate::identity::{Identity, PortRange, Protocol};
 mod diagnostic;
 mod host;
 mod schema;
+mod trust;
 mod validate;
 
 /// Offsets → line:column, for other files reported in the same style
@@ -35,6 +36,7 @@ pub(crate) use diagnostic::SourceMap;
 pub use diagnostic::{Diagnostic, Diagnostics, Location, Severity};
 pub use host::{HostCheck, HostDirectory, SystemHost};
 pub use schema::parse_str;
+pub use trust::{FileTrust, MAX_POLICY_BYTES};
 
 /// Every segment from every policy file, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +47,9 @@ pub struct Policy {
     /// SHA-256 (hex) over every file's path and contents, in path order: equal
     /// digests mean the same policy text, so a reload can be skipped.
     pub digest: String,
+    /// A file says `allow_empty = true`: this policy may protect nothing,
+    /// and its files may define no segments, on purpose.
+    pub allow_empty: bool,
 }
 
 /// A named set of protected ports and who may reach them.
@@ -137,15 +142,29 @@ pub fn load_paths(
     host: &dyn HostDirectory,
     host_check: HostCheck,
 ) -> (Option<Policy>, Diagnostics) {
+    load_paths_trusted(paths, host, host_check, &FileTrust::default())
+}
+
+/// [`load_paths`], with the agent's rules for which files are trusted
+/// (see `trust`): a file that breaks them is an error naming the file and
+/// the fix.
+pub fn load_paths_trusted(
+    paths: &[PathBuf],
+    host: &dyn HostDirectory,
+    host_check: HostCheck,
+    trust: &FileTrust,
+) -> (Option<Policy>, Diagnostics) {
     let mut diagnostics = Diagnostics::default();
-    let files = policy_files(paths, &mut diagnostics);
+    let files = policy_files(paths, trust, &mut diagnostics);
     let mut texts = Vec::new();
     let mut segments = Vec::new();
+    let mut allow_empty = false;
     for file in files {
         let Some(text) = read_policy_file(&file, &mut diagnostics) else {
             continue;
         };
-        let (parsed, found) = schema::parse_file(&file, &text);
+        let (parsed, found, declared) = schema::parse_file_declared(&file, &text);
+        allow_empty |= declared;
         segments.extend(parsed);
         diagnostics.extend(found);
         texts.push((file, text));
@@ -160,6 +179,7 @@ pub fn load_paths(
     let policy = Policy {
         digest: digest(&texts),
         files: texts.into_iter().map(|(file, _)| file).collect(),
+        allow_empty,
         segments: segments
             .into_iter()
             .map(|p| (p.segment.name.clone(), p.segment))
@@ -170,7 +190,11 @@ pub fn load_paths(
 
 /// Expands `paths` into the files to read, reporting paths that cannot be
 /// read and directories with no policy in them.
-fn policy_files(paths: &[PathBuf], diagnostics: &mut Diagnostics) -> Vec<PathBuf> {
+fn policy_files(
+    paths: &[PathBuf],
+    trust: &FileTrust,
+    diagnostics: &mut Diagnostics,
+) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = Vec::new();
     for path in paths {
         let metadata = match fs::metadata(path) {
@@ -191,6 +215,10 @@ fn policy_files(paths: &[PathBuf], diagnostics: &mut Diagnostics) -> Vec<PathBuf
             files.push(path.clone());
             continue;
         }
+        if let Err(d) = trust::check_dir(path) {
+            diagnostics.push(d);
+            continue;
+        }
         match directory_policy_files(path) {
             Ok(found) if found.is_empty() => diagnostics.push(
                 Diagnostic::warning(
@@ -199,7 +227,14 @@ fn policy_files(paths: &[PathBuf], diagnostics: &mut Diagnostics) -> Vec<PathBuf
                 )
                 .with_help("no ports are protected until a policy file is added"),
             ),
-            Ok(found) => files.extend(found),
+            Ok(found) => {
+                for file in found {
+                    match trust::check_entry(path, &file, trust) {
+                        Ok(()) => files.push(file),
+                        Err(d) => diagnostics.push(d),
+                    }
+                }
+            }
             Err(error) => diagnostics.push(Diagnostic::error(
                 None,
                 format!("cannot read policy directory `{}`: {error}", path.display()),
@@ -235,13 +270,10 @@ fn directory_policy_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 }
 
 fn read_policy_file(file: &Path, diagnostics: &mut Diagnostics) -> Option<String> {
-    let bytes = match fs::read(file) {
+    let bytes = match trust::read(file) {
         Ok(bytes) => bytes,
-        Err(error) => {
-            diagnostics.push(Diagnostic::error(
-                None,
-                format!("cannot read policy file `{}`: {error}", file.display()),
-            ));
+        Err(d) => {
+            diagnostics.push(d);
             return None;
         }
     };
@@ -258,6 +290,38 @@ fn read_policy_file(file: &Path, diagnostics: &mut Diagnostics) -> Option<String
             None
         }
     }
+}
+
+/// Whether replacing `old` by `new` looks like a policy caught in the middle
+/// of a rewrite rather than an intent: the new policy protects nothing
+/// while the old one protected something, or a file that defined segments
+/// now defines none (emptied, truncated). Either is refused unless a file
+/// of the new policy says `allow_empty = true` (or the operator forces it).
+/// A file that is gone, and segments moved between files, are intents.
+pub fn suspicious_shrink(old: &Policy, new: &Policy) -> Option<String> {
+    if new.allow_empty || old.segments.is_empty() {
+        return None;
+    }
+    let fix = "if that is intended, add `allow_empty = true` to a policy file (docs/policy.md); \
+               if a deploy is rewriting the files, the reload is retried when they change again";
+    if new.segments.is_empty() {
+        return Some(format!(
+            "the new policy protects nothing (it would remove every segment: {}); refused, still enforcing the previous policy; {fix}",
+            old.segments.keys().cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    let defined_in =
+        |p: &Policy, f: &Path| p.segments.values().filter(|s| s.origin.file == f).count();
+    for file in &new.files {
+        let before = defined_in(old, file);
+        if before > 0 && defined_in(new, file) == 0 {
+            return Some(format!(
+                "policy file `{}` defined {before} segment(s) and now defines none (emptied or being rewritten?); refused, still enforcing the previous policy; {fix}",
+                file.display()
+            ));
+        }
+    }
+    None
 }
 
 /// SHA-256 over (path, contents) of each file, in path order. Each part is

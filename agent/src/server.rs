@@ -61,6 +61,10 @@ pub struct AgentOptions {
     pub refresh: Duration,
     /// Audit rotation, the deny log, the metrics endpoint.
     pub observe: crate::metrics::Observe,
+    /// How long grants of a segment that left the policy are kept.
+    pub grant_grace: Duration,
+    /// Which policy files are read (symbolic links out of the directory).
+    pub policy_trust: policy::FileTrust,
 }
 
 type Shared = Arc<Mutex<Agent>>;
@@ -71,9 +75,11 @@ type Shared = Arc<Mutex<Agent>>;
 static DEADLINES_CHANGED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 /// Loads and validates the policy directory for the agent (unresolvable
-/// users and groups are errors; units that are not running are warnings).
-pub fn load_policy(dir: &Path) -> Result<policy::Policy, String> {
-    let (policy, diags) = policy::load_paths(&[dir.to_path_buf()], &SystemHost, HostCheck::Error);
+/// users and groups are errors; units that are not running are warnings;
+/// untrusted files — see `policy::FileTrust` — are errors).
+pub fn load_policy(dir: &Path, trust: &policy::FileTrust) -> Result<policy::Policy, String> {
+    let (policy, diags) =
+        policy::load_paths_trusted(&[dir.to_path_buf()], &SystemHost, HostCheck::Error, trust);
     for d in diags
         .0
         .iter()
@@ -116,7 +122,7 @@ fn ensure_bpffs(bpffs: &Path) -> anyhow::Result<()> {
 
 pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     // 1. Policy first: a bad policy never reaches the kernel.
-    let policy = load_policy(&opts.policies)
+    let policy = load_policy(&opts.policies, &opts.policy_trust)
         .map_err(|e| anyhow::anyhow!("policy in {} is invalid:\n{e}", opts.policies.display()))?;
     crate::privileges::check()?;
 
@@ -143,6 +149,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         Paths {
             state_dir: opts.state_dir.clone(),
         },
+        opts.grant_grace,
     )?;
     agent.set_request_ttl(opts.request_expiry);
     let addrs = hostaddrs::scan().context("listing this host's addresses")?;
@@ -234,8 +241,8 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                     }
                 }
             }
-            _ = hup.recv() => reload(&shared, &opts.policies),
-            _ = policy_watch.changed() => reload_changed(&shared, &opts.policies),
+            _ = hup.recv() => reload(&shared, &opts.policies, &opts.policy_trust),
+            _ = policy_watch.changed() => reload_changed(&shared, &opts.policies, &opts.policy_trust),
             _ = cgroup_watch.changed() => {
                 let mut a = shared.lock().expect("agent lock");
                 if let Err(e) = a.refresh_identities() {
@@ -287,18 +294,18 @@ fn update_addresses(shared: &Shared) {
 }
 
 /// Re-reads the policy; on any error keeps enforcing the previous one.
-pub fn reload(shared: &Shared, dir: &Path) {
+pub fn reload(shared: &Shared, dir: &Path, trust: &policy::FileTrust) {
     crate::notify::reloading();
-    reload_with(shared, dir, false);
+    reload_with(shared, dir, trust, false);
     crate::notify::ready();
 }
 
 /// A reload because a file changed: skipped when the files' contents are
 /// what is in force already (an editor's swap file, a `touch`), unless the
 /// last reload failed, so that reverting a bad edit clears that failure.
-fn reload_changed(shared: &Shared, dir: &Path) {
+fn reload_changed(shared: &Shared, dir: &Path, trust: &policy::FileTrust) {
     crate::notify::reloading();
-    reload_with(shared, dir, true);
+    reload_with(shared, dir, trust, true);
     crate::notify::ready();
 }
 
@@ -307,15 +314,20 @@ fn agent_actor() -> serde_json::Value {
     json!({"uid": nix::unistd::getuid().as_raw(), "user": "portcullis-agent", "pid": std::process::id()})
 }
 
-fn reload_with(shared: &Shared, dir: &Path, only_if_changed: bool) {
+fn reload_with(shared: &Shared, dir: &Path, trust: &policy::FileTrust, only_if_changed: bool) {
     // What asked for this reload: a changed file, or SIGHUP (systemctl reload).
     let trigger = if only_if_changed {
         "file change"
     } else {
         "SIGHUP"
     };
-    let parsed = load_policy(dir);
+    let parsed = load_policy(dir, trust);
     let mut a = shared.lock().expect("agent lock");
+    // An emptied file or directory is a deploy in progress, not an intent.
+    let parsed = parsed.and_then(|p| match policy::suspicious_shrink(a.policy(), &p) {
+        Some(why) => Err(why),
+        None => Ok(p),
+    });
     if let Ok(policy) = &parsed {
         if only_if_changed
             && policy.digest == a.policy().digest

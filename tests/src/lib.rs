@@ -24,6 +24,7 @@ use std::{
 pub mod frames;
 pub mod netns;
 pub mod session;
+pub mod traffic;
 pub mod users;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);

@@ -6,7 +6,6 @@
 //! child cgroup, real servers on loopback and real clients in that cgroup.
 use std::{
     fs,
-    net::SocketAddr,
     os::unix::{fs::PermissionsExt, process::CommandExt},
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
@@ -18,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-use portcullis_tests::*;
+use portcullis_tests::{traffic::*, *};
 
 /// Generous bound for anything the agent does in reaction to an event.
 const WITHIN: Duration = Duration::from_secs(10);
@@ -481,94 +480,6 @@ fn a_cgroup_recreated_at_the_same_path_is_covered_and_its_old_id_forgotten() {
 
 // ---- hot reload -----------------------------------------------------------
 
-/// A TCP listener that accepts and drops connections as fast as they come,
-/// for clients that connect thousands of times (the echo server's polling
-/// accept lets the backlog overflow, and a dropped SYN stalls a client for
-/// a second).
-struct Sink {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-}
-
-impl Sink {
-    fn new() -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind sink");
-        let addr = listener.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        thread::spawn(move || {
-            for conn in listener.incoming() {
-                if s.load(Ordering::Relaxed) {
-                    break;
-                }
-                drop(conn);
-            }
-        });
-        Sink { addr, stop }
-    }
-}
-
-/// One connect (no data: a [`Sink`] answers none), as `pc-probe loop` sees it.
-fn connect_once(who: &As, addr: SocketAddr) -> Outcome {
-    let out = who
-        .command(probe_bin())
-        .args(["loop", &addr.to_string(), "1"])
-        .output()
-        .expect("run pc-probe loop");
-    match String::from_utf8_lossy(&out.stdout).trim() {
-        "loop ok 1 eperm 0 other 0" => Outcome::Ok,
-        "loop ok 0 eperm 1 other 0" => Outcome::eperm(),
-        other => Outcome::Err(other.to_string()),
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // Wake the blocking accept so that the thread sees `stop`.
-        let _ = std::net::TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-    }
-}
-
-/// Runs `pc-probe loop` in `who`'s place until `stop`, batch after batch
-/// (at most `max_batches`), and adds up what it saw.
-fn probe_loop(
-    who: As,
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    max_batches: usize,
-) -> thread::JoinHandle<(u64, u64, u64, Vec<String>)> {
-    thread::spawn(move || {
-        let (mut ok, mut eperm, mut other) = (0, 0, 0);
-        let mut errors = Vec::new();
-        for _ in 0..max_batches {
-            if stop.load(Ordering::Relaxed) {
-                break;
-            }
-            let out = who
-                .command(probe_bin())
-                .args(["loop", &addr.to_string(), "1000"])
-                .env("PC_PROBE_TIMEOUT_MS", "2000")
-                .stdin(Stdio::null())
-                .output()
-                .expect("run pc-probe loop");
-            let text = String::from_utf8_lossy(&out.stdout);
-            let f: Vec<&str> = text.split_whitespace().collect();
-            assert!(
-                f.len() >= 7 && f[0] == "loop",
-                "pc-probe loop said {text:?}"
-            );
-            ok += f[2].parse::<u64>().unwrap();
-            eperm += f[4].parse::<u64>().unwrap();
-            other += f[6].parse::<u64>().unwrap();
-            if let Some(e) = f.get(7) {
-                errors.push(e.to_string());
-            }
-        }
-        (ok, eperm, other, errors)
-    })
-}
-
 #[test]
 fn a_hundred_reloads_that_keep_an_allow_never_refuse_it() {
     let cg = TestCgroup::new();
@@ -773,14 +684,24 @@ fn removing_a_segment_unprotects_its_ports_and_removes_its_grants_only() {
 
     // `one`'s port is no longer protected: anyone connects.
     assert_eq!(stranger.tcp(one.addr), Outcome::Ok);
-    // Its grant is gone, audited; `two`'s grant is untouched.
+    // Its grant opens nothing any more: it is suspended (issue 12: kept for
+    // the grace period in case the segment comes back), audited; `two`'s
+    // grant is untouched.
     let list: serde_json::Value = serde_json::from_str(&agent.ok(&["list", "--json"])).unwrap();
     let grants = list["ok"]["grants"].as_array().unwrap();
-    assert_eq!(grants.len(), 1, "{list:#}");
-    assert_eq!(grants[0]["id"], on_two);
-    assert!(agent.audit_records().iter().any(|r| r["event"] == "revoke"
-        && r["grant_id"] == on_one
-        && r["why"] == "segment removed from policy"));
+    assert_eq!(grants.len(), 2, "{list:#}");
+    let live: Vec<_> = grants
+        .iter()
+        .filter(|g| g.get("suspended_until").is_none())
+        .collect();
+    assert_eq!(live.len(), 1, "{list:#}");
+    assert_eq!(live[0]["id"], on_two);
+    assert!(agent
+        .audit_records()
+        .iter()
+        .any(|r| r["event"] == "grant_suspended"
+            && r["grant_id"] == on_one
+            && r["why"] == "segment removed from policy"));
     assert_eq!(holder.tcp(two.addr), Outcome::Ok);
     assert_eq!(stranger.tcp(two.addr), Outcome::eperm());
     assert_eq!(status(&agent)["grant_entries"], 1);

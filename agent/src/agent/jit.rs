@@ -193,6 +193,18 @@ impl Agent {
                 ),
             ));
         }
+        if let Some(why) = super::selfgrant::refusal(&req.identity, cred, &self.resolver) {
+            return Err(self.refused(
+                cred,
+                "approve",
+                &seg.name,
+                format!(
+                    "{} may not approve request {id} on segment {}: {why}; approvers do not open segments to themselves, only root may",
+                    Actor::from_uid(cred.uid, None),
+                    seg.name
+                ),
+            ));
+        }
         // The policy may have changed since the request was made.
         let jit = jit_rules(&seg)?;
         let ttl = match ttl {

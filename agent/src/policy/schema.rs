@@ -52,9 +52,19 @@ pub fn parse_str(file: &Path, text: &str) -> Result<Vec<Segment>, Diagnostics> {
 /// Parses one file, keeping every segment that could be read even when
 /// others (or parts of it) are wrong, so that later checks can still run.
 pub(super) fn parse_file(file: &Path, text: &str) -> (Vec<ParsedSegment>, Diagnostics) {
+    let (segments, diagnostics, _) = parse_file_declared(file, text);
+    (segments, diagnostics)
+}
+
+/// [`parse_file`], and whether the file says `allow_empty = true`.
+pub(super) fn parse_file_declared(
+    file: &Path,
+    text: &str,
+) -> (Vec<ParsedSegment>, Diagnostics, bool) {
     let mut parser = Parser {
         map: SourceMap::new(file, text),
         diagnostics: Diagnostics::default(),
+        allow_empty: false,
     };
     let segments = match ImDocument::parse(text) {
         Ok(document) => parser.document(document.as_table()),
@@ -71,7 +81,7 @@ pub(super) fn parse_file(file: &Path, text: &str) -> (Vec<ParsedSegment>, Diagno
             Vec::new()
         }
     };
-    (segments, parser.diagnostics)
+    (segments, parser.diagnostics, parser.allow_empty)
 }
 
 /// Whether `name` matches `[a-z0-9][a-z0-9_-]{0,62}`.
@@ -87,6 +97,8 @@ pub(super) fn valid_segment_name(name: &str) -> bool {
 struct Parser<'a> {
     map: SourceMap<'a>,
     diagnostics: Diagnostics,
+    /// The file's top-level `allow_empty = true`.
+    allow_empty: bool,
 }
 
 impl Parser<'_> {
@@ -127,10 +139,21 @@ impl Parser<'_> {
         let mut saw_segments = false;
         for (key, item) in root.iter() {
             let location = self.key_location(root, key, &start);
+            if key == "allow_empty" {
+                match item.as_bool() {
+                    Some(b) => self.allow_empty = b,
+                    None => self.error(
+                        location,
+                        format!("`allow_empty` must be a boolean, not {}", article(item.type_name())),
+                        "write allow_empty = true, at the top of the file, before any [segment.NAME]",
+                    ),
+                }
+                continue;
+            }
             if key != "segment" {
                 let help = if item.is_table_like() && valid_segment_name(key) {
                     format!("segments are tables named [segment.NAME]: write [segment.{key}]")
-                } else if let Some(close) = did_you_mean(key, &["segment"]) {
+                } else if let Some(close) = did_you_mean(key, &["segment", "allow_empty"]) {
                     format!("did you mean `{close}`?")
                 } else {
                     "a policy file holds only [segment.NAME] tables".to_owned()
@@ -152,7 +175,7 @@ impl Parser<'_> {
                 segments.extend(self.segment(name, name_location, item));
             }
         }
-        if !saw_segments && !self.diagnostics.has_errors() {
+        if !saw_segments && !self.diagnostics.has_errors() && !self.allow_empty {
             self.warning(
                 start,
                 "this file defines no segments".to_owned(),

@@ -502,3 +502,56 @@ proptest! {
         check_any(&text)?;
     }
 }
+
+// ---- reloads that look like a rewrite in progress ---------------------------
+
+fn loaded(files: &[(&str, &str)]) -> Policy {
+    let dir = policy_dir(files);
+    let (policy, d) = load(dir.path(), &FakeHost::default(), HostCheck::Warn);
+    policy.unwrap_or_else(|| panic!("{d}"))
+}
+
+const ONE: &str = "[segment.one]\nports = [\"1000/tcp\"]\n";
+const TWO: &str = "[segment.two]\nports = [\"2000/tcp\"]\n";
+
+#[test]
+fn an_emptied_policy_or_file_is_suspicious_unless_declared() {
+    let old = loaded(&[("a.toml", ONE), ("b.toml", TWO)]);
+    // Everything gone: refused.
+    let none = loaded(&[]);
+    assert!(suspicious_shrink(&old, &none)
+        .unwrap()
+        .contains("protects nothing"));
+    // One file emptied (same path, no segments): refused. Tempdirs differ,
+    // so compare within one directory.
+    let dir = policy_dir(&[("a.toml", ONE), ("b.toml", TWO)]);
+    let host = FakeHost::default();
+    let before = load(dir.path(), &host, HostCheck::Warn).0.unwrap();
+    fs::write(dir.path().join("b.toml"), "").unwrap();
+    let after = load(dir.path(), &host, HostCheck::Warn).0.unwrap();
+    let why = suspicious_shrink(&before, &after).unwrap();
+    assert!(
+        why.contains("b.toml") && why.contains("now defines none"),
+        "{why}"
+    );
+    // Declared on purpose: accepted.
+    fs::write(dir.path().join("b.toml"), "allow_empty = true\n").unwrap();
+    let declared = load(dir.path(), &host, HostCheck::Warn).0.unwrap();
+    assert!(declared.allow_empty);
+    assert_eq!(suspicious_shrink(&before, &declared), None);
+    // A file removed is an intent.
+    fs::remove_file(dir.path().join("b.toml")).unwrap();
+    let removed = load(dir.path(), &host, HostCheck::Warn).0.unwrap();
+    assert_eq!(suspicious_shrink(&before, &removed), None);
+}
+
+#[test]
+fn allow_empty_must_be_a_boolean() {
+    let dir = policy_dir(&[("a.toml", "allow_empty = \"yes\"\n")]);
+    let (policy, d) = load(dir.path(), &FakeHost::default(), HostCheck::Warn);
+    assert!(policy.is_none());
+    assert!(
+        d.to_string().contains("`allow_empty` must be a boolean"),
+        "{d}"
+    );
+}

@@ -1,0 +1,298 @@
+//! Applying a policy, as one transaction, and what becomes of the grants of
+//! a segment that leaves the policy.
+//!
+//! Owns `apply_policy`: the new policy is planned on copies of the ledger
+//! and the segment ids, the plan's writes are checked whole (capacity, then
+//! each write with an undo log, see `dataplane::txn`), and only when the
+//! kernel holds all of it does the agent's state move. A refused change
+//! leaves the kernel and the agent exactly as they were.
+//!
+//! Also owns *suspended* grants: a grant whose segment disappears from the
+//! policy (a file being rewritten, a directory replaced by a deploy) opens
+//! nothing while its segment is gone, but is kept for a grace period
+//! (`grant_grace`, default 10 minutes) and is live again, with its original
+//! expiry, if the segment comes back in time. Suspension, resumption and the
+//! end of the grace are audited.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
+
+use agent_common::{Proto, MAX_SEGMENTS, NEVER};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::{actor_json, obj, proto_of, Agent};
+use crate::{
+    clock,
+    control::{PeerCred, Refusal, Reply},
+    identity::Identity,
+    ledger::Source,
+    policy::Policy,
+    state::{Actor, Grant},
+};
+
+/// How long a grant outlives its segment's absence from the policy.
+pub const DEFAULT_GRANT_GRACE: Duration = Duration::from_secs(10 * 60);
+
+/// A grant whose segment is not in the policy in force.
+#[derive(Clone, Debug)]
+pub(super) struct Suspended {
+    pub grant: Grant,
+    /// Boot-clock instant at which the grant is dropped for good.
+    pub until: u64,
+}
+
+/// The first free segment id for `name` in `ids` (or its id if it has one).
+fn assign_id(ids: &mut BTreeMap<String, u32>, name: &str) -> anyhow::Result<u32> {
+    if let Some(id) = ids.get(name) {
+        return Ok(*id);
+    }
+    let used: BTreeSet<u32> = ids.values().copied().collect();
+    let id = (1..MAX_SEGMENTS)
+        .find(|i| !used.contains(i))
+        .ok_or_else(|| anyhow::anyhow!("more than {} segments", MAX_SEGMENTS - 1))?;
+    ids.insert(name.to_string(), id);
+    Ok(id)
+}
+
+impl Agent {
+    /// How long grants of a vanished segment are kept (`grant_grace`).
+    pub fn set_grant_grace(&mut self, grace: Duration) {
+        self.grant_grace = grace;
+    }
+
+    /// Applies a validated policy, all of it or none of it: on error the
+    /// kernel and the agent's state are what they were before the call.
+    ///
+    /// The writes are a diff against what is in force, in an order that
+    /// never refuses what both policies allow: new allows first, then
+    /// ports, then removals.
+    pub fn apply_policy(&mut self, policy: Policy) -> anyhow::Result<()> {
+        // 1. Plan, on copies.
+        let mut ids = self.segment_ids.clone();
+        for name in policy.segments.keys() {
+            assign_id(&mut ids, name)?;
+        }
+        let mut ledger = self.ledger.clone();
+        let mut unresolved = BTreeMap::new();
+        let mut wanted: BTreeSet<Source> = BTreeSet::new();
+        for seg in policy.segments.values() {
+            let id = ids[&seg.name];
+            for identity in &seg.allow {
+                let source = Source::Standing {
+                    segment: seg.name.clone(),
+                    identity: identity.to_string(),
+                };
+                match self.resolver.keys(identity, id) {
+                    Ok(keys) => {
+                        ledger.set(source.clone(), &keys, NEVER);
+                    }
+                    // Not there yet (a unit that has not started): keep
+                    // whatever it had, retry at the next refresh.
+                    Err(e) => {
+                        unresolved.insert((seg.name.clone(), identity.to_string()), e.to_string());
+                    }
+                }
+                wanted.insert(source);
+            }
+        }
+        let mut desired: BTreeMap<(Proto, u16), u32> = BTreeMap::new();
+        for seg in policy.segments.values() {
+            let id = ids[&seg.name];
+            for range in &seg.ports {
+                for port in range.ports() {
+                    desired.insert((proto_of(range.proto), port), id);
+                }
+            }
+        }
+        let mut port_writes: Vec<(Proto, u16, u32)> = desired
+            .iter()
+            .filter(|(k, id)| self.ports.get(k) != Some(id))
+            .map(|(&(p, port), &id)| (p, port, id))
+            .collect();
+        port_writes.extend(
+            self.ports
+                .keys()
+                .filter(|k| !desired.contains_key(k))
+                .map(|&(p, port)| (p, port, 0)),
+        );
+        let stale: Vec<Source> = ledger
+            .sources()
+            .filter_map(|(s, _)| match s {
+                Source::Standing { .. } if !wanted.contains(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect();
+        for s in &stale {
+            ledger.remove(s);
+        }
+        // Grants of segments that left: they open nothing from now on.
+        let leaving: Vec<u64> = self
+            .grants
+            .values()
+            .filter(|g| !policy.segments.contains_key(&g.segment))
+            .map(|g| g.id)
+            .collect();
+        for id in &leaving {
+            ledger.remove(&Source::Grant(*id));
+        }
+        // Suspended grants whose segment is back: live again, same expiry.
+        let now = clock::boot_ns();
+        let mut returning = Vec::new();
+        for (&gid, s) in &self.suspended {
+            let Some(&seg) = ids.get(&s.grant.segment) else {
+                continue;
+            };
+            if !policy.segments.contains_key(&s.grant.segment) || s.grant.expires_boot_ns <= now {
+                continue;
+            }
+            match self.resolver.keys(&s.grant.identity, seg) {
+                Ok(keys) => {
+                    ledger.set(Source::Grant(gid), &keys, s.grant.expires_boot_ns);
+                }
+                Err(e) => {
+                    warn!(grant = gid, error = %e, "resumed grant does not resolve now; kept, retried later")
+                }
+            }
+            returning.push(gid);
+        }
+
+        // 2. Write, all or nothing.
+        let changes = self.ledger.diff(&ledger);
+        self.dataplane.apply_atomic(&changes, &port_writes)?;
+
+        // 3. Commit.
+        self.ledger = ledger;
+        self.ports = desired;
+        self.unresolved = unresolved;
+        for id in leaving {
+            if let Some(g) = self.grants.remove(&id) {
+                self.suspend(g, "segment removed from policy");
+            }
+        }
+        for id in returning {
+            if let Some(s) = self.suspended.remove(&id) {
+                let _ = self.audit.record(
+                    "grant_resumed",
+                    obj(json!({"grant_id": id, "segment": s.grant.segment,
+                        "identity": s.grant.identity.to_string(), "ports": self.ports_of_in(&policy, &s.grant.segment),
+                        "expires_at": clock::rfc3339(clock::wall_of(s.grant.expires_boot_ns)),
+                        "actor": actor_json(&Actor::agent())})),
+                );
+                info!(grant = id, segment = %s.grant.segment, identity = %s.grant.identity, "segment is back; grant resumed");
+                self.grants.insert(id, s.grant);
+            }
+        }
+        // Segment ids are kept while a policy segment or a suspended grant
+        // uses them.
+        let suspended: BTreeSet<&str> = self
+            .suspended
+            .values()
+            .map(|s| s.grant.segment.as_str())
+            .collect();
+        ids.retain(|name, _| {
+            policy.segments.contains_key(name) || suspended.contains(name.as_str())
+        });
+        self.segment_ids = ids;
+        self.policy = policy;
+        self.save();
+        Ok(())
+    }
+
+    fn ports_of_in(&self, policy: &Policy, segment: &str) -> Vec<String> {
+        policy
+            .segments
+            .get(segment)
+            .map(|s| s.ports.iter().map(ToString::to_string).collect())
+            .unwrap_or_default()
+    }
+
+    /// Keeps `g` (whose segment is not in the policy, and which opens
+    /// nothing) for the grace period.
+    pub(super) fn suspend(&mut self, g: Grant, why: &str) {
+        let until = clock::boot_ns().saturating_add(self.grant_grace.as_nanos() as u64);
+        let _ = self.audit.record(
+            "grant_suspended",
+            obj(
+                json!({"grant_id": g.id, "segment": g.segment, "identity": g.identity.to_string(),
+                "why": why, "grace_secs": self.grant_grace.as_secs(),
+                "until": clock::rfc3339(clock::wall_of(until.min(g.expires_boot_ns))),
+                "expires_at": clock::rfc3339(clock::wall_of(g.expires_boot_ns)),
+                "actor": actor_json(&Actor::agent())}),
+            ),
+        );
+        warn!(grant = g.id, segment = %g.segment, identity = %g.identity, grace = %clock::human(self.grant_grace),
+            "segment left the policy; grant suspended (live again if the segment comes back within the grace)");
+        self.suspended.insert(g.id, Suspended { grant: g, until });
+    }
+
+    /// Drops suspended grants that expired or outlived the grace (audited).
+    pub(super) fn expire_suspended(&mut self) -> bool {
+        let now = clock::boot_ns();
+        let due: Vec<u64> = self
+            .suspended
+            .values()
+            .filter(|s| s.until <= now || s.grant.expires_boot_ns <= now)
+            .map(|s| s.grant.id)
+            .collect();
+        for id in &due {
+            let s = self.suspended.remove(id).expect("listed above");
+            let g = s.grant;
+            let (event, why) = if g.expires_boot_ns <= now {
+                ("expire", "expired while its segment was not in the policy")
+            } else {
+                (
+                    "revoke",
+                    "segment removed from policy and not back within the grace",
+                )
+            };
+            let _ = self.audit.record(
+                event,
+                obj(
+                    json!({"grant_id": id, "segment": g.segment, "identity": g.identity.to_string(),
+                    "actor": actor_json(&Actor::agent()), "why": why, "request_id": g.request_id,
+                    "expires_at": clock::rfc3339(clock::wall_of(g.expires_boot_ns))}),
+                ),
+            );
+            info!(grant = id, segment = %g.segment, identity = %g.identity, "{why}; grant dropped");
+        }
+        !due.is_empty()
+    }
+
+    /// `revoke ID` of a suspended grant: root or the grantee only.
+    pub(super) fn revoke_suspended(
+        &mut self,
+        cred: &PeerCred,
+        gid: u64,
+    ) -> Result<(Reply, Vec<Grant>), Refusal> {
+        let g = &self.suspended[&gid].grant;
+        let own = super::credential_matches(&g.identity, cred)
+            && matches!(g.identity, Identity::User(_) | Identity::Uid(_));
+        if !(own || cred.uid == 0) {
+            let why = format!("uid {} may not revoke grant {gid}: its segment {} is not in the policy, so only root and the grantee may", cred.uid, g.segment);
+            let seg = g.segment.clone();
+            return Err(self.refused(cred, "revoke", &seg, why));
+        }
+        let s = self.suspended.remove(&gid).expect("checked above");
+        let actor = Actor::from_uid(cred.uid, cred.pid);
+        let _ = self.audit.record(
+            "revoke",
+            obj(json!({"grant_id": gid, "segment": s.grant.segment, "identity": s.grant.identity.to_string(),
+                "actor": actor_json(&actor), "suspended": true, "request_id": s.grant.request_id,
+                "expires_at": clock::rfc3339(clock::wall_of(s.grant.expires_boot_ns))})),
+        );
+        info!(grant = gid, segment = %s.grant.segment, actor = %actor, "revoked (suspended)");
+        let view = self.view(&s.grant);
+        self.save();
+        Ok((Reply::Revoked { grants: vec![view] }, vec![s.grant]))
+    }
+
+    /// The earliest instant a suspended grant must be looked at.
+    pub(super) fn next_suspended_deadline(&self) -> Option<u64> {
+        self.suspended
+            .values()
+            .map(|s| s.until.min(s.grant.expires_boot_ns))
+            .min()
+    }
+}
