@@ -32,8 +32,10 @@ use crate::{
 };
 
 /// Requests, approvals, denials and `explain` (the JIT workflow).
+mod enforce;
 mod jit;
 mod recovery;
+pub use enforce::{EnforcementView, RepairView};
 pub use jit::DEFAULT_REQUEST_TTL;
 
 /// Where the agent keeps what it must remember.
@@ -66,6 +68,8 @@ pub struct Agent {
     pub audit: AuditLog,
     /// Counters kept only for `status` and the metrics endpoint.
     pub metrics: crate::metrics::AgentMetrics,
+    /// Repairs and failures of the kernel check (see `enforce`).
+    pub enforcement: enforce::Enforcement,
 }
 
 fn proto_of(p: Protocol) -> Proto {
@@ -127,6 +131,7 @@ impl Agent {
             resolver,
             audit,
             metrics: Default::default(),
+            enforcement: Default::default(),
         };
         let mut restored = Vec::new();
         // Without a readable state file the kernel maps are the record of
@@ -812,16 +817,14 @@ impl Agent {
             })
             .collect();
         let (grant_capacity, peer_capacity) = self.dataplane.capacity();
+        let (programs, enforcement) = self.enforcement_view();
         Reply::Status(Box::new(StatusView {
             version: env!("CARGO_PKG_VERSION").to_string(),
             cgroup: self.dataplane.cgroup().display().to_string(),
             pin_dir: self.dataplane.pin_dir().display().to_string(),
-            programs: self
-                .dataplane
-                .programs()
-                .iter()
-                .map(|p| p.to_string())
-                .collect(),
+            // What the kernel has, not what the agent believes.
+            programs,
+            enforcement: Some(enforcement),
             policy_digest: self.policy.digest.clone(),
             policy_files: self
                 .policy

@@ -27,7 +27,7 @@ use crate::{
     agent::{Agent, Paths},
     audit::AuditLog,
     cgroupfs::Hierarchy,
-    control::{self, PeerCred, Refusal, RefusalCode, Request, Response},
+    control::{self, PeerCred, Refusal, RefusalCode, Reply, Request, Response},
     dataplane::{Dataplane, DataplaneConfig},
     hostaddrs::{self, AddressEvents},
     policy::{self, HostCheck, SystemHost},
@@ -70,6 +70,9 @@ type Shared = Arc<Mutex<Agent>>;
 /// another task may have created an earlier one.
 static DEADLINES_CHANGED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
+/// Stops the main loop once `uninstall` went through this agent.
+static UNINSTALLED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 /// Loads and validates the policy directory for the agent (unresolvable
 /// users and groups are errors; units that are not running are warnings).
 pub fn load_policy(dir: &Path) -> Result<policy::Policy, String> {
@@ -87,7 +90,8 @@ pub fn load_policy(dir: &Path) -> Result<policy::Policy, String> {
     }
 }
 
-/// Mounts bpffs at /sys/fs/bpf when `bpffs` lives there and nothing is mounted.
+/// Mounts bpffs at /sys/fs/bpf when `bpffs` lives there and nothing is
+/// mounted, with mode 0700 so that only root can create pin directories.
 fn ensure_bpffs(bpffs: &Path) -> anyhow::Result<()> {
     let root = Path::new("/sys/fs/bpf");
     if !bpffs.starts_with(root) {
@@ -107,9 +111,9 @@ fn ensure_bpffs(bpffs: &Path) -> anyhow::Result<()> {
             root,
             Some("bpf"),
             nix::mount::MsFlags::empty(),
-            None::<&str>,
+            Some("mode=0700"),
         )
-        .context("mount -t bpf bpf /sys/fs/bpf failed (needs root)")?;
+        .context("mount -t bpf -o mode=0700 bpf /sys/fs/bpf failed (needs root)")?;
     }
     Ok(())
 }
@@ -119,6 +123,14 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let policy = load_policy(&opts.policies)
         .map_err(|e| anyhow::anyhow!("policy in {} is invalid:\n{e}", opts.policies.display()))?;
     crate::privileges::check()?;
+    // One agent per pin directory, state directory, audit log and socket:
+    // a second one stops here, before it touches any of them.
+    let _locks = crate::lock::take_agent_locks(
+        &opts.bpffs,
+        &opts.state_dir,
+        &opts.audit_log,
+        &opts.socket,
+    )?;
 
     // 2. Kernel.
     let hierarchy = Hierarchy::discover()?;
@@ -225,6 +237,8 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             }
             _ = refresh.tick() => {
                 let mut a = shared.lock().expect("agent lock");
+                // Enforcement checked against the kernel, repaired at once.
+                a.check_enforcement();
                 // Audit records queued while the log could not be written.
                 a.audit.retry();
                 if rescanned.elapsed() >= opts.refresh {
@@ -242,7 +256,11 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                     warn!(error = %e, "re-resolving unit and cgroup identities failed");
                 }
             }
-            _ = watchdog.tick() => watchdog.ping(),
+            // No ping while enforcement is missing and cannot be repaired.
+            _ = watchdog.tick() => if shared.lock().expect("agent lock").enforcing() {
+                watchdog.ping();
+            },
+            _ = UNINSTALLED.notified() => break,
             _ = DEADLINES_CHANGED.notified() => {}
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -259,7 +277,11 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             .unwrap_or_default(),
     );
     let _ = std::fs::remove_file(&opts.socket);
-    info!("stopping; enforcement stays in place (pinned) until `portcullis uninstall`");
+    if a.enforcement.uninstalled {
+        info!("stopping after `portcullis uninstall`: nothing is enforced");
+    } else {
+        info!("stopping; enforcement stays in place (pinned) until `portcullis uninstall`");
+    }
     Ok(())
 }
 
@@ -479,7 +501,11 @@ fn handle(shared: &Shared, cred: &PeerCred, request: Request) -> Response {
             pid,
             port,
         } => a.explain(cred, identity.as_deref(), pid, &port),
+        Request::Uninstall {} => a.uninstall(cred),
     };
+    if matches!(result, Ok(Reply::Uninstalled { .. })) {
+        UNINSTALLED.notify_one();
+    }
     match result {
         Ok(reply) => {
             // A grant or approval may have moved the earliest deadline.
