@@ -131,7 +131,10 @@ mod tests {
         fs::create_dir_all(d.join("pins/v1")).unwrap();
         fs::set_permissions(d.join("pins/v1"), fs::Permissions::from_mode(0o777)).unwrap();
         let e = secure(&d.join("pins"), |_| false).unwrap_err().to_string();
-        assert!(e.contains("writable by group or others") && e.contains("chmod 0700"), "{e}");
+        assert!(
+            e.contains("writable by group or others") && e.contains("chmod 0700"),
+            "{e}"
+        );
         // A sticky world-writable parent on bpffs is fine; the same without sticky is not.
         fs::set_permissions(d.join("pins/v1"), fs::Permissions::from_mode(0o700)).unwrap();
         fs::set_permissions(&d, fs::Permissions::from_mode(0o1777)).unwrap();

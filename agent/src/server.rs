@@ -125,12 +125,8 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     crate::privileges::check()?;
     // One agent per pin directory, state directory, audit log and socket:
     // a second one stops here, before it touches any of them.
-    let _locks = crate::lock::take_agent_locks(
-        &opts.bpffs,
-        &opts.state_dir,
-        &opts.audit_log,
-        &opts.socket,
-    )?;
+    let _locks =
+        crate::lock::take_agent_locks(&opts.bpffs, &opts.state_dir, &opts.audit_log, &opts.socket)?;
 
     // 2. Kernel.
     let hierarchy = Hierarchy::discover()?;

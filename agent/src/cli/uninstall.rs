@@ -201,8 +201,9 @@ fn by_itself(bpffs: &Path, audit_log: &Path, ports: &[String]) -> ExitCode {
         "via": "cli",
         "ports": ports,
     });
-    let recorded = crate::audit::AuditLog::open(audit_log)
-        .and_then(|mut log| log.record("uninstall", fields.as_object().cloned().unwrap_or_default()));
+    let recorded = crate::audit::AuditLog::open(audit_log).and_then(|mut log| {
+        log.record("uninstall", fields.as_object().cloned().unwrap_or_default())
+    });
     if let Err(e) = recorded {
         eprintln!("portcullis: warning: the uninstall could not be audited: {e}");
     }

@@ -11,8 +11,7 @@
 //! Minimum kernel: 5.7 (cgroup links), 5.9 (XDP links and link info).
 use std::{
     ffi::CString,
-    fs,
-    io,
+    fs, io,
     mem::size_of,
     os::{
         fd::{AsRawFd, FromRawFd, OwnedFd},
@@ -246,9 +245,9 @@ impl Dataplane {
             };
             let want = nix::net::if_::if_nametoindex(iface.as_str()).unwrap_or(0) as u64;
             match link_facts(&held.fd) {
-                Ok(f) if f.target != 0 && f.target == want => {
-                    out.attached.push(format!("{} on {iface}", program_names::XDP))
-                }
+                Ok(f) if f.target != 0 && f.target == want => out
+                    .attached
+                    .push(format!("{} on {iface}", program_names::XDP)),
                 _ => out.missing.push(format!(
                     "{} is not attached to interface {iface}",
                     program_names::XDP
@@ -344,7 +343,12 @@ impl Dataplane {
         for iface in &lost {
             let prog: &mut aya::programs::Xdp = super::program(&mut self.ebpf, program_names::XDP)?;
             super::new_xdp_link(prog, iface, &links.join(super::xdp_pin_name(iface)))?;
-            self.hold(&links, &super::xdp_pin_name(iface), program_names::XDP, LinkKind::Xdp(iface.clone()))?;
+            self.hold(
+                &links,
+                &super::xdp_pin_name(iface),
+                program_names::XDP,
+                LinkKind::Xdp(iface.clone()),
+            )?;
         }
         Ok(())
     }
