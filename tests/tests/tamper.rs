@@ -476,3 +476,46 @@ fn uninstall_of_a_directory_with_nothing_pinned_fails() {
     let out = uninstall(&["--yes", "--bpffs", empty.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
 }
+
+#[test]
+fn an_xdp_link_detached_behind_the_agents_back_is_replaced_within_a_heartbeat() {
+    let peer = portcullis_tests::netns::PeerHost::new();
+    let cg = TestCgroup::new();
+    let server = EchoServer::tcp(&peer.host_addr(false, 0).to_string());
+    let agent = Agent::builder(&policy(server.port()), &cg.path)
+        .arg("--xdp-iface")
+        .arg(&peer.host_if)
+        .start();
+    let target = server.addr.to_string();
+    let refused = || peer.probe(&["tcp", &target], 700) == Outcome::Err("TIMEOUT".into());
+    assert!(refused(), "ungranted peer got through");
+    let pin = agent
+        .bpffs
+        .join("v1/links")
+        .join(format!("xdp_{}", peer.host_if));
+    let id = link_id(&pin);
+    let out = Command::new("bpftool")
+        .args(["link", "detach", "id", &id.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "bpftool link detach: {}", text(&out));
+    assert!(
+        eventually(HEARTBEAT_DEADLINE, || !events(
+            &agent,
+            "enforcement_repaired"
+        )
+        .is_empty()),
+        "the detached XDP link was not noticed within a heartbeat"
+    );
+    let rec = &events(&agent, "enforcement_repaired")[0];
+    assert!(
+        rec["missing"]
+            .to_string()
+            .contains("pc_xdp is not attached"),
+        "{rec}"
+    );
+    assert_eq!(rec["ok"], true, "{rec}");
+    assert_ne!(link_id(&pin), id, "no new XDP link pinned");
+    assert!(refused(), "the peer got through after the repair");
+    assert!(agent.cli(&["status"]).status.success());
+}
