@@ -87,8 +87,10 @@ impl Agent {
             }
         }
         let ok = after.ok() && !after.cgroup_recreated;
-        // A failure that persists is audited once, not on every heartbeat.
-        if ok || self.enforcement.failing != after.missing {
+        // A failure that persists is audited and logged once, not on every
+        // heartbeat (the agent retries the repair on each).
+        let news = ok || self.enforcement.failing != after.missing;
+        if news {
             let _ = self.audit.record(
                 "enforcement_repaired",
                 obj(json!({
@@ -105,8 +107,10 @@ impl Agent {
             error!(missing = ?missing, "enforcement was missing in the kernel; repaired");
         } else {
             self.enforcement.repair_failures += 1;
-            error!(missing = ?missing, still_missing = ?after.missing,
-                "enforcement is missing in the kernel and could not be repaired; not pinging the watchdog");
+            if news {
+                error!(missing = ?missing, still_missing = ?after.missing,
+                    "enforcement is missing in the kernel and could not be repaired; not pinging the watchdog until it is");
+            }
         }
         self.enforcement.last_repair = Some(RepairView { at, missing, ok });
         self.enforcement.failing = after.missing;

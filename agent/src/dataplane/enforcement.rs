@@ -292,11 +292,12 @@ impl Dataplane {
                 .any(|h| !pin_is(&links.join(&h.pin), h.id));
         if cgroup_bad {
             if let Err(e) = self.attach_cgroup() {
-                tracing::error!(error = %format!("{e:#}"), "re-attaching the cgroup programs failed");
+                // The agent logs what is still missing; this is the why.
+                tracing::warn!(error = %format!("{e:#}"), "re-attaching the cgroup programs failed");
             }
         }
         if let Err(e) = self.repair_xdp() {
-            tracing::error!(error = %format!("{e:#}"), "re-attaching XDP failed");
+            tracing::warn!(error = %format!("{e:#}"), "re-attaching XDP failed");
         }
         for (name, id) in self.map_ids.clone() {
             let pin = self.pin_dir.join("maps").join(name);
@@ -309,7 +310,7 @@ impl Dataplane {
                 Err(e) => Err(e.to_string()),
             };
             if let Err(e) = pinned {
-                tracing::error!(map = name, pin = %pin.display(), error = %e, "re-pinning a map failed");
+                tracing::warn!(map = name, pin = %pin.display(), error = %e, "re-pinning a map failed");
             }
         }
         (before, self.check())
