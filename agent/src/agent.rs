@@ -531,7 +531,13 @@ impl Agent {
     }
 
     /// Records a refused command and builds its refusal.
-    fn refused(&mut self, cred: &PeerCred, op: &str, segment: &str, why: String) -> Refusal {
+    pub(crate) fn refused(
+        &mut self,
+        cred: &PeerCred,
+        op: &str,
+        segment: &str,
+        why: String,
+    ) -> Refusal {
         let refusal = refuse(RefusalCode::Forbidden, why);
         self.note_refusal(cred, op, segment, &refusal);
         refusal

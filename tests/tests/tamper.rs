@@ -7,6 +7,7 @@
 //! stays valid, and fails on a directory with nothing pinned.
 use std::{
     fs,
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     thread,
@@ -434,6 +435,18 @@ fn uninstall_with_an_agent_running_goes_through_it_and_the_chain_stays_valid() {
     let server = EchoServer::tcp("127.0.0.1:0");
     let agent = Agent::start(&policy(server.port()), &cg.path);
     agent.grant("db", "uid:40300", "30m");
+    // Not as an ordinary user: the pin directory is root's alone.
+    let out = Command::new(portcullis_bin())
+        .args(["uninstall", "--yes", "--bpffs"])
+        .arg(&agent.bpffs)
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("needs root"), "{}", text(&out));
+    assert_eq!(As::root_in(&cg.path).tcp(server.addr), Outcome::eperm());
     let out = uninstall(&[
         "--yes",
         "--bpffs",

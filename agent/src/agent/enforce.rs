@@ -162,9 +162,14 @@ impl Agent {
     /// the agent after replying.
     pub fn uninstall(&mut self, cred: &PeerCred) -> Result<Reply, Refusal> {
         if cred.uid != 0 {
-            return Err(refuse(
-                RefusalCode::Forbidden,
-                "only root may uninstall (lift enforcement)",
+            return Err(self.refused(
+                cred,
+                "uninstall",
+                "",
+                format!(
+                    "uid {} may not uninstall: only root may lift enforcement",
+                    cred.uid
+                ),
             ));
         }
         let bpffs = self.dataplane.bpffs().to_path_buf();

@@ -39,22 +39,25 @@ pub struct UninstallArgs {
     pub yes: bool,
 }
 
-/// Whether anything is pinned below `dir`.
-fn has_pins(dir: &Path) -> bool {
+/// Whether anything is pinned below `dir` (a missing `dir`: no). A
+/// directory that cannot be read is an error, not "nothing pinned".
+fn has_pins(dir: &Path) -> std::io::Result<bool> {
     let mut dirs = vec![dir.to_path_buf()];
     while let Some(d) = dirs.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
         };
         for e in entries.flatten() {
             match e.file_type() {
                 Ok(t) if t.is_dir() => dirs.push(e.path()),
-                Ok(_) => return true,
+                Ok(_) => return Ok(true),
                 Err(_) => {}
             }
         }
     }
-    false
+    Ok(false)
 }
 
 fn ports_text(ports: &[String]) -> String {
@@ -87,7 +90,19 @@ pub fn run(args: UninstallArgs) -> ExitCode {
     };
     let bpffs = args.bpffs.unwrap_or(file.bpffs);
     let audit_log = args.audit_log.unwrap_or(file.audit_log);
-    if !has_pins(&bpffs) {
+    let pinned = match has_pins(&bpffs) {
+        Ok(p) => p,
+        Err(e) => {
+            return fail(
+                1,
+                format!(
+                    "cannot read {}: {e} (uninstall needs root)",
+                    bpffs.display()
+                ),
+            )
+        }
+    };
+    if !pinned {
         return fail(
             1,
             format!(
