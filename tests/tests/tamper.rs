@@ -532,3 +532,60 @@ fn an_xdp_link_detached_behind_the_agents_back_is_replaced_within_a_heartbeat() 
     assert!(refused(), "the peer got through after the repair");
     assert!(agent.cli(&["status"]).status.success());
 }
+
+/// `portcullis uninstall ARGS` on a terminal (a pty from script(1)), with
+/// `answer` typed at the prompt.
+fn uninstall_on_a_terminal(args: &str, answer: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "{} uninstall {args}",
+            portcullis_bin().to_str().unwrap()
+        ))
+        .arg("/dev/null")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run script(1)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(answer.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn uninstall_on_a_terminal_asks_and_a_no_changes_nothing() {
+    let cg = TestCgroup::new();
+    let server = EchoServer::tcp("127.0.0.1:0");
+    let mut agent = Agent::start(&policy(server.port()), &cg.path);
+    agent.stop();
+    let args = format!(
+        "--bpffs {} --audit-log {}",
+        agent.bpffs.display(),
+        agent.audit_log.display()
+    );
+    let out = uninstall_on_a_terminal(&args, "n\n");
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("[y/N]") && said.contains(&format!("{}/tcp", server.port())),
+        "the question does not say which ports open: {said}"
+    );
+    assert!(said.contains("not confirmed"), "{said}");
+    assert!(agent.bpffs.join("v1/links").exists());
+    assert_eq!(As::root_in(&cg.path).tcp(server.addr), Outcome::eperm());
+    assert!(events(&agent, "uninstall").is_empty());
+
+    let out = uninstall_on_a_terminal(&args, "y\n");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!agent.bpffs.exists());
+    assert!(eventually(Duration::from_secs(5), || As::root_in(&cg.path)
+        .tcp(server.addr)
+        .is_ok()));
+    assert_eq!(events(&agent, "uninstall").len(), 1);
+}
