@@ -133,18 +133,27 @@ pub fn lock_path(kind: Kind, path: &Path) -> PathBuf {
     }
 }
 
-fn open(path: &Path) -> Result<File, LockError> {
+fn open(kind: Kind, path: &Path) -> Result<File, LockError> {
     let err = |source| LockError::Open {
         path: path.to_path_buf(),
         source,
     };
     if let Some(dir) = path.parent() {
         if !dir.exists() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(err)?;
+            // Parents as anyone creates them (the runtime directory also
+            // holds the socket others may use); the pin-lock directory and
+            // the state directory are root's alone.
+            if let Some(up) = dir.parent() {
+                fs::create_dir_all(up).map_err(err)?;
+            }
+            let mode = match kind {
+                Kind::Pins | Kind::State => 0o700,
+                Kind::Audit | Kind::Socket => 0o755,
+            };
+            match fs::DirBuilder::new().mode(mode).create(dir) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(err(e)),
+                _ => {}
+            }
         }
     }
     OpenOptions::new()
@@ -169,7 +178,7 @@ fn read_holder(file: &mut File) -> Holder {
 /// process has it.
 pub fn take(kind: Kind, path: &Path, holder: &Holder) -> Result<Lock, LockError> {
     let lock_file = lock_path(kind, path);
-    let file = open(&lock_file)?;
+    let file = open(kind, &lock_file)?;
     let mut locked = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(l) => l,
         Err((mut file, nix::Error::EWOULDBLOCK)) => {
@@ -277,6 +286,26 @@ mod tests {
         drop(first);
         assert_eq!(holder(Kind::State, &dir), None);
         take(Kind::State, &dir, &me).unwrap();
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_socket_lock_leaves_its_directory_reachable_and_a_state_lock_does_not() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("pc-lockdir-{}", std::process::id()));
+        let me = Holder::default();
+        let _s = take(Kind::Socket, &dir.join("run/control.sock"), &me).unwrap();
+        let _t = take(Kind::State, &dir.join("state"), &me).unwrap();
+        let mode = |p: &str| fs::metadata(dir.join(p)).unwrap().permissions().mode() & 0o777;
+        // Others must still reach a socket beside the lock (umask permitting).
+        let umask = fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:"))
+            .and_then(|m| u32::from_str_radix(m.trim(), 8).ok())
+            .unwrap();
+        assert_eq!(mode("run"), 0o755 & !umask);
+        assert_eq!(mode("state"), 0o700);
         let _ = fs::remove_dir_all(&dir);
     }
 }
