@@ -3,9 +3,9 @@
 //!
 //! Start-up: policy is parsed and validated before anything touches the
 //! kernel; the agent's locks are taken (one agent per pins, state, audit log
-//! and socket; see `lock`); then programs are loaded and attached (replacing a previous run's
-//! links without a gap), the saved grants restored, and only then is the
-//! control socket opened. Every 2 s heartbeat checks enforcement against
+//! and socket; see `lock`); then programs are loaded and attached (replacing
+//! a previous run's links without a gap), the saved grants restored, and
+//! only then is the control socket opened. Every 2 s heartbeat checks enforcement against
 //! the kernel and repairs it (`agent::enforce`); the watchdog is pinged only
 //! while it is whole. Stopping the agent never detaches anything: the
 //! kernel keeps enforcing from the pinned maps until `portcullis uninstall`.
