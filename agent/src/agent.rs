@@ -33,12 +33,15 @@ use crate::{
 
 /// Applying a policy as one transaction; grants of vanished segments.
 mod apply;
+/// What the kernel has attached, checked against what the agent expects.
+mod enforce;
 /// Requests, approvals, denials and `explain` (the JIT workflow).
 mod jit;
 mod recovery;
 /// Approvers may not grant to themselves or to catch-alls.
 mod selfgrant;
 pub use apply::DEFAULT_GRANT_GRACE;
+pub use enforce::{EnforcementView, RepairView};
 pub use jit::DEFAULT_REQUEST_TTL;
 
 /// Where the agent keeps what it must remember.
@@ -75,6 +78,8 @@ pub struct Agent {
     pub audit: AuditLog,
     /// Counters kept only for `status` and the metrics endpoint.
     pub metrics: crate::metrics::AgentMetrics,
+    /// Repairs and failures of the kernel check (see `enforce`).
+    pub enforcement: enforce::Enforcement,
 }
 
 fn proto_of(p: Protocol) -> Proto {
@@ -140,6 +145,7 @@ impl Agent {
             resolver,
             audit,
             metrics: Default::default(),
+            enforcement: Default::default(),
         };
         agent.grant_grace = grant_grace;
         // An empty policy over pins that protect ports would open them all:
@@ -470,7 +476,13 @@ impl Agent {
     }
 
     /// Records a refused command and builds its refusal.
-    fn refused(&mut self, cred: &PeerCred, op: &str, segment: &str, why: String) -> Refusal {
+    pub(crate) fn refused(
+        &mut self,
+        cred: &PeerCred,
+        op: &str,
+        segment: &str,
+        why: String,
+    ) -> Refusal {
         let refusal = refuse(RefusalCode::Forbidden, why);
         self.note_refusal(cred, op, segment, &refusal);
         refusal
@@ -791,16 +803,14 @@ impl Agent {
             })
             .collect();
         let (grant_capacity, peer_capacity) = self.dataplane.capacity();
+        let (programs, enforcement) = self.enforcement_view();
         Reply::Status(Box::new(StatusView {
             version: env!("CARGO_PKG_VERSION").to_string(),
             cgroup: self.dataplane.cgroup().display().to_string(),
             pin_dir: self.dataplane.pin_dir().display().to_string(),
-            programs: self
-                .dataplane
-                .programs()
-                .iter()
-                .map(|p| p.to_string())
-                .collect(),
+            // What the kernel has, not what the agent believes.
+            programs,
+            enforcement: Some(enforcement),
             policy_digest: self.policy.digest.clone(),
             policy_files: self
                 .policy

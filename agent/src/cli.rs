@@ -9,6 +9,8 @@ use clap::{Args, Parser, Subcommand};
 
 /// `request --wait`, `explain` arguments, rendering of requests and explanations.
 mod jit;
+/// `uninstall`: through the running agent, or under its locks.
+mod uninstall;
 
 use crate::{
     clock,
@@ -132,15 +134,9 @@ pub enum Command {
         paths: Vec<PathBuf>,
     },
     /// Stop enforcing: detach every program and remove every pinned map of
-    /// the agent's bpffs directory. Explicit by design: stopping the agent
-    /// never does this.
-    Uninstall {
-        #[arg(long, default_value = "/sys/fs/bpf/portcullis")]
-        bpffs: PathBuf,
-        /// Where the act is recorded (the agent's audit log).
-        #[arg(long, default_value = "/var/log/portcullis/audit.jsonl")]
-        audit_log: PathBuf,
-    },
+    /// the agent's bpffs directory (through the agent when one runs; it then
+    /// stops). Explicit by design: stopping the agent never does this.
+    Uninstall(uninstall::UninstallArgs),
     /// Per-packet cost of the programs under BPF_PROG_TEST_RUN, as JSON (for `cargo xtask bench`).
     #[command(hide = true)]
     BenchDataplane(crate::benchprog::BenchArgs),
@@ -215,7 +211,7 @@ pub fn run_client(cli: Cli) -> ExitCode {
         Command::Agent(_) | Command::BenchDataplane(_) => unreachable!("handled by main"),
         Command::Check { paths } => return check(&paths),
         Command::Audit(args) => return crate::audit::query::run(args, &client_socket(cli.socket)),
-        Command::Uninstall { bpffs, audit_log } => return uninstall(&bpffs, &audit_log),
+        Command::Uninstall(args) => return uninstall::run(args),
         Command::Grant {
             segment,
             identity,
@@ -328,15 +324,20 @@ pub fn run_client(cli: Cli) -> ExitCode {
             serde_json::to_string_pretty(&response).expect("serializes")
         );
         return match response {
-            Response::Ok(_) => ExitCode::SUCCESS,
-            Response::Error(_) => ExitCode::from(1),
+            Response::Ok(reply) if !not_enforcing(&reply) => ExitCode::SUCCESS,
+            _ => ExitCode::from(1),
         };
     }
     match response {
         Response::Error(refusal) => fail(1, refusal.message),
         Response::Ok(reply) => {
             print!("{}", render(&reply));
-            ExitCode::SUCCESS
+            // `status` fails while the kernel lacks part of the enforcement.
+            if not_enforcing(&reply) {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
     }
 }
@@ -370,40 +371,6 @@ fn check(paths: &[PathBuf]) -> ExitCode {
             ExitCode::SUCCESS
         }
         _ => fail(2, format!("{errors} error(s); nothing was applied")),
-    }
-}
-
-fn uninstall(bpffs: &std::path::Path, audit_log: &std::path::Path) -> ExitCode {
-    if bpffs.exists() {
-        // Recorded before anything is removed; an audit log that cannot be
-        // written does not block removal (this is also the emergency exit).
-        let uid = nix::unistd::getuid().as_raw();
-        let actor = crate::state::Actor::from_uid(uid, Some(std::process::id() as i32));
-        let fields = serde_json::json!({
-            "actor": {"uid": actor.uid, "user": actor.user, "pid": actor.pid},
-            "bpffs": bpffs.display().to_string(),
-        });
-        let recorded = crate::audit::AuditLog::open(audit_log).and_then(|mut log| {
-            log.record("uninstall", fields.as_object().cloned().unwrap_or_default())
-        });
-        if let Err(e) = recorded {
-            eprintln!("portcullis: warning: the uninstall could not be audited: {e}");
-        }
-    }
-    match crate::dataplane::uninstall(bpffs) {
-        Ok(removed) if removed.is_empty() => {
-            println!("nothing pinned under {}; not enforcing", bpffs.display());
-            ExitCode::SUCCESS
-        }
-        Ok(removed) => {
-            println!(
-                "removed {} pinned object(s) under {}; ports are no longer protected",
-                removed.len(),
-                bpffs.display()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(1, format!("uninstall of {} failed: {e}", bpffs.display())),
     }
 }
 
@@ -468,7 +435,21 @@ pub fn render(reply: &Reply) -> String {
         Reply::Denied { request } => jit::render_decided(request),
         Reply::Pending { requests } => jit::render_pending(requests),
         Reply::Explained(view) => jit::render_explain(view),
+        Reply::Uninstalled {
+            bpffs,
+            removed,
+            pid,
+            ports,
+        } => format!(
+            "the agent (pid {pid}) removed {removed} pinned object(s) under {bpffs}; ports are no longer protected: {}\n",
+            ports.join(", ")
+        ),
     }
+}
+
+/// A `status` reply whose kernel check found enforcement incomplete.
+fn not_enforcing(reply: &Reply) -> bool {
+    matches!(reply, Reply::Status(s) if s.enforcement.as_ref().is_some_and(|e| !e.ok))
 }
 
 fn render_list(l: &ListView) -> String {
@@ -530,8 +511,12 @@ fn render_list(l: &ListView) -> String {
 }
 
 fn render_status(s: &StatusView) -> String {
+    let enforcing = match &s.enforcement {
+        Some(e) if !e.ok => "NOT FULLY ENFORCING",
+        _ => "enforcing",
+    };
     let mut out = format!(
-        "portcullis {} enforcing on cgroup {}\nprograms: {}\npins: {}\npolicy: {} ({} file(s))\ngrants: {} live, {} map entries of {}; peer capacity {}\nlocal addresses: {}\n",
+        "portcullis {} {enforcing} on cgroup {}\nprograms (as the kernel has them): {}\npins: {}\npolicy: {} ({} file(s))\ngrants: {} live, {} map entries of {}; peer capacity {}\nlocal addresses: {}\n",
         s.version,
         s.cgroup,
         s.programs.join(", "),
@@ -544,6 +529,25 @@ fn render_status(s: &StatusView) -> String {
         s.peer_capacity,
         s.local_addresses,
     );
+    if let Some(e) = &s.enforcement {
+        for m in &e.missing {
+            out.push_str(&format!("MISSING in the kernel: {m}\n"));
+        }
+        if let Some(r) = &e.last_repair {
+            out.push_str(&format!(
+                "enforcement repaired {} time(s); last at {}{}: {}\n",
+                e.repairs,
+                r.at,
+                if r.ok { "" } else { " (FAILED)" },
+                r.missing.join("; ")
+            ));
+        }
+        if let Some(at) = &e.cgroup_recreated_at {
+            out.push_str(&format!(
+                "attach cgroup was removed and recreated; programs re-attached to the new one at {at}\n"
+            ));
+        }
+    }
     match &s.audit_failing {
         Some(why) => out.push_str(&format!(
             "audit log: {} CANNOT BE WRITTEN ({why}); new grants and approvals are refused until it can, revocations still work\n",

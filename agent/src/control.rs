@@ -82,6 +82,8 @@ pub enum Request {
     Pending {},
     List {},
     Status {},
+    /// Lift enforcement (root only): the agent audits, unpins and stops.
+    Uninstall {},
 }
 
 /// Who is asking, from SO_PEERCRED.
@@ -129,6 +131,13 @@ pub enum Reply {
         requests: Vec<RequestView>,
     },
     Explained(Box<crate::explain::ExplainView>),
+    /// `uninstall` through the agent: what it removed and which ports it opened.
+    Uninstalled {
+        bpffs: String,
+        removed: usize,
+        pid: u32,
+        ports: Vec<String>,
+    },
 }
 
 /// Why a request was refused; `code` is stable for scripts.
@@ -263,6 +272,9 @@ pub struct StatusView {
     /// The kernel deny log and its counters, once its reader runs.
     #[serde(default)]
     pub deny_log: Option<crate::denylog::DenyLogView>,
+    /// Enforcement as the kernel has it (checked when `status` asks).
+    #[serde(default)]
+    pub enforcement: Option<crate::agent::EnforcementView>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

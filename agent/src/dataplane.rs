@@ -10,9 +10,14 @@
 //! multi-attach: a connection passes only if every program allows it, and
 //! both read the same maps) and then renamed over the old pins, which
 //! releases the old links. There is no instant with no program attached.
+//!
+//! The agent also keeps a descriptor of every link it attached, so deleting
+//! a pin alone does not detach anything while it runs; [`enforcement`]
+//! checks the kernel against those links on every heartbeat and repairs.
 use std::{
     collections::BTreeSet,
     fs, io,
+    os::{fd::OwnedFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
 };
 
@@ -38,6 +43,9 @@ use crate::{
 /// All-or-nothing application of a policy change.
 mod txn;
 
+mod enforcement;
+pub use enforcement::KernelCheck;
+
 /// The compiled programs, built by `build.rs` from `agent-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent"));
 
@@ -47,6 +55,8 @@ pub enum DataplaneError {
     NoObject,
     #[error("{path} is not a bpf filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf` (the agent does this itself when it runs as root)")]
     NoBpffs { path: PathBuf },
+    #[error(transparent)]
+    Unsafe(#[from] crate::pindir::PinDirError),
     #[error("cannot create pin directory {path}")]
     PinDir {
         path: PathBuf,
@@ -162,8 +172,33 @@ const SOCK_ADDR_PROGRAMS: [(&str, &str); 4] = [
     (program_names::SENDMSG6, "sendmsg6"),
 ];
 
+/// What a held link is attached to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum LinkKind {
+    Cgroup,
+    Xdp(String),
+}
+
+/// A link this agent attached, held open beside its pin.
+#[derive(Debug)]
+struct HeldLink {
+    /// File name under `links/`.
+    pin: String,
+    program: &'static str,
+    kind: LinkKind,
+    fd: OwnedFd,
+    id: u32,
+    prog_id: u32,
+}
+
 pub struct Dataplane {
     pin_dir: PathBuf,
+    /// Links attached by this agent (cgroup programs and XDP).
+    held: Vec<HeldLink>,
+    /// Ids of this agent's maps, by map name, as pinned at load.
+    map_ids: Vec<(&'static str, u32)>,
+    /// Inode (cgroup id) of the cgroup the programs were last attached to.
+    cgroup_ino: u64,
     bpffs: PathBuf,
     cgroup: PathBuf,
     xdp_ifaces: Vec<String>,
@@ -306,12 +341,12 @@ impl Dataplane {
                 path: mount_probe.to_path_buf(),
             });
         }
+        // Only root may touch the pins: refuse a directory someone else owns
+        // or may write, before anything is pinned or re-opened.
+        crate::pindir::secure(&cfg.bpffs, is_bpffs)?;
         let pin_dir = pin_dir(&cfg.bpffs);
         for dir in [pin_dir.join("maps"), pin_dir.join("links")] {
-            fs::create_dir_all(&dir).map_err(|source| DataplaneError::PinDir {
-                path: dir.clone(),
-                source,
-            })?;
+            crate::pindir::create(&dir)?;
         }
 
         let mut loader = EbpfLoader::new();
@@ -336,6 +371,14 @@ impl Dataplane {
         let host_netns = crate::hostaddrs::netns_cookie().unwrap_or(0);
         loader.override_global(global_names::HOST_NETNS, &host_netns, true);
         let mut ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
+        // The maps just loaded are the ones pinned (created or re-opened).
+        let map_ids = map_paths
+            .iter()
+            .filter_map(|(name, path)| {
+                let name = map_names::ALL.iter().find(|n| *n == name)?;
+                Some((*name, aya::maps::MapInfo::from_pin(path).ok()?.id()))
+            })
+            .collect();
 
         // Load (verify) every program now, attach none: the agent fills the
         // maps first and calls `attach` once they hold the policy.
@@ -385,6 +428,9 @@ impl Dataplane {
 
         Ok(Self {
             pin_dir,
+            held: Vec::new(),
+            map_ids,
+            cgroup_ino: 0,
             bpffs: cfg.bpffs.clone(),
             cgroup: cfg.cgroup.clone(),
             xdp_ifaces: cfg.xdp_ifaces.clone(),
@@ -413,12 +459,46 @@ impl Dataplane {
     /// links and maps of older layouts are retired. At no instant is a
     /// protected port without a program whose maps are complete.
     pub fn attach(&mut self) -> Result<()> {
+        self.attach_cgroup()?;
+        let links = self.pin_dir.join("links");
+        let older = older_layouts(&self.bpffs, &self.pin_dir);
+        self.xdp = attach_xdp(&mut self.ebpf, &links, &older, &self.xdp_ifaces)?;
+        self.held.retain(|h| h.kind == LinkKind::Cgroup);
+        for x in self.xdp.clone() {
+            let pin = xdp_pin_name(&x.iface);
+            self.hold(&links, &pin, program_names::XDP, LinkKind::Xdp(x.iface))?;
+        }
+        let mut programs = self.programs.clone();
+        if !self.xdp.is_empty() {
+            programs.push(program_names::XDP);
+        }
+        self.programs = programs;
+        for dir in older {
+            tracing::info!(dir = %dir.display(), "retiring the pins of an older map layout");
+            retire_layout(&dir).map_err(|source| DataplaneError::PinDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the cgroup programs to the cgroup now at `self.cgroup` (new
+    /// links beside old ones, pinned over them) and holds the new links.
+    fn attach_cgroup(&mut self) -> Result<()> {
         let links = self.pin_dir.join("links");
         let cgroup_file =
             fs::File::open(&self.cgroup).map_err(|source| DataplaneError::Cgroup {
                 path: self.cgroup.clone(),
                 source,
             })?;
+        let ino = cgroup_file
+            .metadata()
+            .map_err(|source| DataplaneError::Cgroup {
+                path: self.cgroup.clone(),
+                source,
+            })?
+            .ino();
         let mut programs = Vec::new();
         for (name, _) in SOCK_ADDR_PROGRAMS {
             let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
@@ -434,6 +514,7 @@ impl Dataplane {
                 .map_err(attach_err)?;
             let link = prog.take_link(id).map_err(attach_err)?;
             pin_link_replacing(fd_link(link, &links, name)?, &links, name)?;
+            self.hold(&links, name, name, LinkKind::Cgroup)?;
             programs.push(name);
         }
         for (name, attach_type) in SKB_PROGRAMS {
@@ -448,22 +529,54 @@ impl Dataplane {
                 .map_err(attach_err)?;
             let link = prog.take_link(id).map_err(attach_err)?;
             pin_link_replacing(fd_link(link, &links, name)?, &links, name)?;
+            self.hold(&links, name, name, LinkKind::Cgroup)?;
             programs.push(name);
         }
-        let older = older_layouts(&self.bpffs, &self.pin_dir);
-        self.xdp = attach_xdp(&mut self.ebpf, &links, &older, &self.xdp_ifaces)?;
-        if !self.xdp.is_empty() {
-            programs.push(program_names::XDP);
-        }
+        self.cgroup_ino = ino;
         self.programs = programs;
-        for dir in older {
-            tracing::info!(dir = %dir.display(), "retiring the pins of an older map layout");
-            retire_layout(&dir).map_err(|source| DataplaneError::PinDir {
-                path: dir.clone(),
-                source,
-            })?;
-        }
         Ok(())
+    }
+
+    /// Opens the link pinned as `links/pin` and holds it (replacing the
+    /// link held under that pin name before, which is then released).
+    fn hold(
+        &mut self,
+        links: &Path,
+        pin: &str,
+        program: &'static str,
+        kind: LinkKind,
+    ) -> Result<()> {
+        let path = links.join(pin);
+        let pin_err = |e: io::Error| DataplaneError::Pin {
+            what: "link (re-opening it to hold it)",
+            path: path.clone(),
+            source: Box::new(e),
+        };
+        let fd = enforcement::obj_get(&path).map_err(pin_err)?;
+        let facts = enforcement::link_facts(&fd).map_err(pin_err)?;
+        self.held.retain(|h| h.pin != pin);
+        self.held.push(HeldLink {
+            pin: pin.to_string(),
+            program,
+            kind,
+            fd,
+            id: facts.id,
+            prog_id: facts.prog_id,
+        });
+        Ok(())
+    }
+
+    /// Lets go of the links this agent holds (for an uninstall through the
+    /// agent: once the pins are gone too, nothing is attached).
+    pub fn release_links(&mut self) {
+        self.held.clear();
+        self.programs.clear();
+        self.xdp.clear();
+    }
+
+    /// This agent's bpffs directory (holding every layout's pins).
+    pub fn bpffs(&self) -> &Path {
+        &self.bpffs
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -882,27 +995,73 @@ fn attach_xdp(
             });
             continue;
         }
-        let (id, mode) = match prog.attach(iface, XdpMode::Driver) {
-            Ok(id) => (id, "native"),
-            Err(native) => {
-                tracing::info!(%iface, error = %native, "native XDP unavailable; using generic mode");
-                (
-                    prog.attach(iface, XdpMode::Skb).map_err(xdp_err)?,
-                    "generic",
-                )
-            }
-        };
-        let link = prog.take_link(id).map_err(xdp_err)?;
-        let link = FdLink::try_from(link).map_err(|e| DataplaneError::Pin {
-            what: "XDP link (needs kernel ≥ 5.9 for XDP links)",
-            path: pin.clone(),
-            source: Box::new(e),
-        })?;
-        link.pin(&pin).map_err(|e| pin_err(Box::new(e), &pin))?;
+        let mode = new_xdp_link(prog, iface, &pin)?;
         out.push(XdpAttachment {
             iface: iface.clone(),
             mode,
         });
+    }
+    Ok(out)
+}
+
+/// Attaches the XDP program to `iface` through a new link pinned at `pin`:
+/// native mode, else generic. Returns the mode.
+fn new_xdp_link(prog: &mut Xdp, iface: &str, pin: &Path) -> Result<&'static str> {
+    let xdp_err = |source| DataplaneError::XdpAttach {
+        iface: iface.to_string(),
+        source,
+    };
+    let (id, mode) = match prog.attach(iface, XdpMode::Driver) {
+        Ok(id) => (id, "native"),
+        Err(native) => {
+            tracing::info!(%iface, error = %native, "native XDP unavailable; using generic mode");
+            (
+                prog.attach(iface, XdpMode::Skb).map_err(xdp_err)?,
+                "generic",
+            )
+        }
+    };
+    let link = prog.take_link(id).map_err(xdp_err)?;
+    let link = FdLink::try_from(link).map_err(|e| DataplaneError::Pin {
+        what: "XDP link (needs kernel ≥ 5.9 for XDP links)",
+        path: pin.to_path_buf(),
+        source: Box::new(e),
+    })?;
+    link.pin(pin).map_err(|e| DataplaneError::Pin {
+        what: "XDP link",
+        path: pin.to_path_buf(),
+        source: Box::new(e),
+    })?;
+    Ok(mode)
+}
+
+/// Pins the object behind `fd` at `path` (BPF_OBJ_PIN).
+fn pin_fd(fd: &OwnedFd, path: &Path) -> Result<()> {
+    enforcement::obj_pin(fd, path).map_err(|e| DataplaneError::Pin {
+        what: "link",
+        path: path.to_path_buf(),
+        source: Box::new(e),
+    })
+}
+
+/// Every (protocol, port) → segment entry of the ports map pinned under
+/// `bpffs` (for `uninstall` to say which ports it opens).
+pub fn pinned_ports(bpffs: &Path) -> Result<Vec<(Proto, u16)>> {
+    let path = pin_dir(bpffs).join("maps").join(map_names::PORTS);
+    let data = MapData::from_pin(&path).map_err(map_err(map_names::PORTS, "open"))?;
+    let map = aya::maps::Map::from_map_data(data).map_err(map_err(map_names::PORTS, "open"))?;
+    let ports: Array<MapData, u32> =
+        Array::try_from(map).map_err(map_err(map_names::PORTS, "open"))?;
+    let mut out = Vec::new();
+    for index in 0..PORT_SLOTS {
+        if ports.get(&index, 0).unwrap_or(0) != 0 {
+            let proto = if index < 65536 {
+                Proto::Tcp
+            } else {
+                Proto::Udp
+            };
+            out.push((proto, (index & 0xffff) as u16));
+        }
     }
     Ok(out)
 }

@@ -5,7 +5,10 @@
 //! - [`policy`]: segment policy files: parse, validate, diagnostics.
 //! - [`resolve`]: from an identity to the kernel keys that stand for it here.
 //! - [`ledger`]: which map entries each source of access opens.
-//! - [`dataplane`]: the only module that touches aya: load, attach, pin, maps.
+//! - [`dataplane`]: the only module that touches aya: load, attach, pin, maps;
+//!   its `enforcement` part checks the kernel against what it attached and repairs.
+//! - [`lock`]: one agent per pin directory, state directory, audit log and socket.
+//! - [`pindir`]: pin directories only root can touch.
 //! - [`agent`]: the agent's state and operations (grant, revoke, expire, reload).
 //! - [`requests`]: the book of access requests (pending, approved, denied, expired).
 //! - [`explain`]: why a subject may or may not reach a port, read from the kernel maps.
@@ -34,8 +37,10 @@ pub mod explain;
 pub mod hostaddrs;
 pub mod identity;
 pub mod ledger;
+pub mod lock;
 pub mod metrics;
 pub mod notify;
+pub mod pindir;
 pub mod policy;
 pub mod privileges;
 pub mod requests;

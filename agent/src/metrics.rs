@@ -435,6 +435,24 @@ pub fn render(agent: &Agent) -> String {
         n(agent.metrics.reloads_failed),
     );
     e.single(
+        "portcullis_enforcement_repairs_total",
+        "counter",
+        "Times the heartbeat found a program, link or pin missing in the kernel and put it back.",
+        n(agent.enforcement.repairs),
+    );
+    e.single(
+        "portcullis_enforcement_repair_failures_total",
+        "counter",
+        "Heartbeats that found enforcement missing and could not repair it.",
+        n(agent.enforcement.repair_failures),
+    );
+    e.single(
+        "portcullis_enforcement_ok",
+        "gauge",
+        "1 while the kernel has every program attached and every pin in place, 0 otherwise.",
+        if agent.enforcing() { 1.0 } else { 0.0 },
+    );
+    e.single(
         "portcullis_audit_write_failures_total",
         "counter",
         "Audit records that could not be written (grants are refused meanwhile).",

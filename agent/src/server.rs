@@ -2,9 +2,12 @@
 //! and shutdown.
 //!
 //! Start-up: policy is parsed and validated before anything touches the
-//! kernel; then programs are loaded and attached (replacing a previous run's
-//! links without a gap), the saved grants restored, and only then is the
-//! control socket opened. Stopping the agent never detaches anything: the
+//! kernel; the agent's locks are taken (one agent per pins, state, audit log
+//! and socket; see `lock`); then programs are loaded and attached (replacing
+//! a previous run's links without a gap), the saved grants restored, and
+//! only then is the control socket opened. Every 2 s heartbeat checks enforcement against
+//! the kernel and repairs it (`agent::enforce`); the watchdog is pinged only
+//! while it is whole. Stopping the agent never detaches anything: the
 //! kernel keeps enforcing from the pinned maps until `portcullis uninstall`.
 use std::{
     os::unix::fs::PermissionsExt,
@@ -27,7 +30,7 @@ use crate::{
     agent::{Agent, Paths},
     audit::AuditLog,
     cgroupfs::Hierarchy,
-    control::{self, PeerCred, Refusal, RefusalCode, Request, Response},
+    control::{self, PeerCred, Refusal, RefusalCode, Reply, Request, Response},
     dataplane::{Dataplane, DataplaneConfig},
     hostaddrs::{self, AddressEvents},
     policy::{self, HostCheck, SystemHost},
@@ -74,6 +77,9 @@ type Shared = Arc<Mutex<Agent>>;
 /// another task may have created an earlier one.
 static DEADLINES_CHANGED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
+/// Stops the main loop once `uninstall` went through this agent.
+static UNINSTALLED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 /// Loads and validates the policy directory for the agent (unresolvable
 /// users and groups are errors; units that are not running are warnings;
 /// untrusted files — see `policy::FileTrust` — are errors).
@@ -93,7 +99,8 @@ pub fn load_policy(dir: &Path, trust: &policy::FileTrust) -> Result<policy::Poli
     }
 }
 
-/// Mounts bpffs at /sys/fs/bpf when `bpffs` lives there and nothing is mounted.
+/// Mounts bpffs at /sys/fs/bpf when `bpffs` lives there and nothing is
+/// mounted, with mode 0700 so that only root can create pin directories.
 fn ensure_bpffs(bpffs: &Path) -> anyhow::Result<()> {
     let root = Path::new("/sys/fs/bpf");
     if !bpffs.starts_with(root) {
@@ -113,9 +120,9 @@ fn ensure_bpffs(bpffs: &Path) -> anyhow::Result<()> {
             root,
             Some("bpf"),
             nix::mount::MsFlags::empty(),
-            None::<&str>,
+            Some("mode=0700"),
         )
-        .context("mount -t bpf bpf /sys/fs/bpf failed (needs root)")?;
+        .context("mount -t bpf -o mode=0700 bpf /sys/fs/bpf failed (needs root)")?;
     }
     Ok(())
 }
@@ -125,6 +132,10 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let policy = load_policy(&opts.policies, &opts.policy_trust)
         .map_err(|e| anyhow::anyhow!("policy in {} is invalid:\n{e}", opts.policies.display()))?;
     crate::privileges::check()?;
+    // One agent per pin directory, state directory, audit log and socket:
+    // a second one stops here, before it touches any of them.
+    let _locks =
+        crate::lock::take_agent_locks(&opts.bpffs, &opts.state_dir, &opts.audit_log, &opts.socket)?;
 
     // 2. Kernel.
     let hierarchy = Hierarchy::discover()?;
@@ -232,6 +243,8 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             }
             _ = refresh.tick() => {
                 let mut a = shared.lock().expect("agent lock");
+                // Enforcement checked against the kernel, repaired at once.
+                a.check_enforcement();
                 // Audit records queued while the log could not be written.
                 a.audit.retry();
                 if rescanned.elapsed() >= opts.refresh {
@@ -249,7 +262,11 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                     warn!(error = %e, "re-resolving unit and cgroup identities failed");
                 }
             }
-            _ = watchdog.tick() => watchdog.ping(),
+            // No ping while enforcement is missing and cannot be repaired.
+            _ = watchdog.tick() => if shared.lock().expect("agent lock").enforcing() {
+                watchdog.ping();
+            },
+            _ = UNINSTALLED.notified() => break,
             _ = DEADLINES_CHANGED.notified() => {}
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -266,7 +283,11 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             .unwrap_or_default(),
     );
     let _ = std::fs::remove_file(&opts.socket);
-    info!("stopping; enforcement stays in place (pinned) until `portcullis uninstall`");
+    if a.enforcement.uninstalled {
+        info!("stopping after `portcullis uninstall`: nothing is enforced");
+    } else {
+        info!("stopping; enforcement stays in place (pinned) until `portcullis uninstall`");
+    }
     Ok(())
 }
 
@@ -491,7 +512,11 @@ fn handle(shared: &Shared, cred: &PeerCred, request: Request) -> Response {
             pid,
             port,
         } => a.explain(cred, identity.as_deref(), pid, &port),
+        Request::Uninstall {} => a.uninstall(cred),
     };
+    if matches!(result, Ok(Reply::Uninstalled { .. })) {
+        UNINSTALLED.notify_one();
+    }
     match result {
         Ok(reply) => {
             // A grant or approval may have moved the earliest deadline.

@@ -617,6 +617,7 @@ impl Drop for Agent {
         // Unpinning releases the links and maps: nothing stays attached.
         let _ = Command::new(portcullis_bin())
             .arg("uninstall")
+            .arg("--yes")
             .arg("--bpffs")
             .arg(&self.bpffs)
             .arg("--audit-log")

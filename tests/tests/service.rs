@@ -429,6 +429,7 @@ fn uninstall_is_the_only_way_to_stop_enforcing_and_is_audited() {
     let out = Command::new(portcullis_bin())
         .args([
             "uninstall",
+            "--yes",
             "--bpffs",
             agent.bpffs.to_str().unwrap(),
             "--audit-log",

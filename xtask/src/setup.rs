@@ -407,7 +407,12 @@ fn bpffs(ws: &Workspace, s: &Step, root: bool) -> Result<((), String)> {
     }
     s.note("mounting");
     fs::create_dir_all(at).with_context(|| format!("creating {BPFFS}"))?;
-    util::run(ws.command("mount").args(["-t", "bpf", "bpf", BPFFS]))?;
+    // mode=0700: only root may create pin directories (without it the
+    // mount root is 1777 and any user could pre-create the agent's).
+    util::run(
+        ws.command("mount")
+            .args(["-t", "bpf", "-o", "mode=0700", "bpf", BPFFS]),
+    )?;
     if !mounted("bpf", at)? {
         bail!("`mount -t bpf bpf {BPFFS}` succeeded but /proc/self/mountinfo shows no bpf there");
     }

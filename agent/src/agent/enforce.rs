@@ -1,0 +1,216 @@
+//! Keeping enforcement in force, and lifting it on purpose.
+//!
+//! Owns what the agent does with the dataplane's kernel check on every
+//! heartbeat: repair at once, audit `enforcement_repaired` with what was
+//! missing, log at error level, count it, and remember whether enforcement
+//! is whole (the server pings the systemd watchdog only while it is, and
+//! `status` exits non-zero while it is not). Also the `uninstall` control
+//! operation: the agent records it, lets go of its links, removes its pins
+//! and stops, so the audit chain keeps a single writer.
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tracing::{error, info, warn};
+
+use super::{actor_json, obj, refuse, Agent};
+use crate::{
+    control::{PeerCred, Refusal, RefusalCode, Reply},
+    state::Actor,
+};
+
+/// Enforcement as the kernel has it, for `status` and the metrics.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct EnforcementView {
+    /// Every program is attached where it belongs and every pin is this agent's.
+    pub ok: bool,
+    /// What the kernel lacks right now (empty when `ok`).
+    #[serde(default)]
+    pub missing: Vec<String>,
+    /// Repairs made since the agent started.
+    #[serde(default)]
+    pub repairs: u64,
+    /// The last repair: when, and what was missing.
+    #[serde(default)]
+    pub last_repair: Option<RepairView>,
+    /// When the attach cgroup was last found removed and recreated (the
+    /// programs were attached to the new one).
+    #[serde(default)]
+    pub cgroup_recreated_at: Option<String>,
+    /// Set once `uninstall` went through this agent: nothing is enforced.
+    #[serde(default)]
+    pub uninstalled: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct RepairView {
+    pub at: String,
+    pub missing: Vec<String>,
+    /// Whether the kernel had everything again afterwards.
+    pub ok: bool,
+}
+
+/// What the agent remembers between heartbeats.
+#[derive(Clone, Debug, Default)]
+pub struct Enforcement {
+    pub repairs: u64,
+    pub repair_failures: u64,
+    pub last_repair: Option<RepairView>,
+    pub cgroup_recreated_at: Option<String>,
+    /// What was still missing after the last check, if anything.
+    pub failing: Vec<String>,
+    pub uninstalled: bool,
+}
+
+impl Agent {
+    /// The heartbeat's check: asks the kernel, repairs what is missing,
+    /// audits and logs each repair. True when enforcement is whole.
+    pub fn check_enforcement(&mut self) -> bool {
+        if self.enforcement.uninstalled {
+            return false;
+        }
+        let (before, after) = self.dataplane.repair();
+        if before.ok() && !before.cgroup_recreated {
+            self.enforcement.failing.clear();
+            return true;
+        }
+        let at = crate::clock::rfc3339(std::time::SystemTime::now());
+        let mut missing = before.missing.clone();
+        if before.cgroup_recreated {
+            missing.insert(
+                0,
+                format!(
+                    "the attach cgroup {} was removed and recreated",
+                    self.dataplane.cgroup().display()
+                ),
+            );
+            if after.ok() {
+                self.enforcement.cgroup_recreated_at = Some(at.clone());
+            }
+        }
+        let ok = after.ok() && !after.cgroup_recreated;
+        // A failure that persists is audited and logged once, not on every
+        // heartbeat (the agent retries the repair on each).
+        let news = ok || self.enforcement.failing != after.missing;
+        if news {
+            let _ = self.audit.record(
+                "enforcement_repaired",
+                obj(json!({
+                    "missing": missing,
+                    "ok": ok,
+                    "still_missing": after.missing,
+                    "cgroup": self.dataplane.cgroup().display().to_string(),
+                    "actor": actor_json(&Actor::agent()),
+                })),
+            );
+        }
+        if ok {
+            self.enforcement.repairs += 1;
+            error!(missing = ?missing, "enforcement was missing in the kernel; repaired");
+        } else {
+            self.enforcement.repair_failures += 1;
+            if news {
+                error!(missing = ?missing, still_missing = ?after.missing,
+                    "enforcement is missing in the kernel and could not be repaired; not pinging the watchdog until it is");
+            }
+        }
+        self.enforcement.last_repair = Some(RepairView { at, missing, ok });
+        self.enforcement.failing = after.missing;
+        ok
+    }
+
+    /// Whether the last check found enforcement whole.
+    pub fn enforcing(&self) -> bool {
+        !self.enforcement.uninstalled && self.enforcement.failing.is_empty()
+    }
+
+    /// `status`'s view: asks the kernel now.
+    pub(super) fn enforcement_view(&self) -> (Vec<String>, EnforcementView) {
+        let e = &self.enforcement;
+        if e.uninstalled {
+            return (
+                Vec::new(),
+                EnforcementView {
+                    ok: false,
+                    missing: vec!["uninstalled: nothing is pinned or attached".into()],
+                    uninstalled: true,
+                    ..EnforcementView::default()
+                },
+            );
+        }
+        let check = self.dataplane.check();
+        let mut missing = check.missing.clone();
+        if check.cgroup_recreated {
+            missing.push(format!(
+                "the attach cgroup {} was recreated and has none of the programs yet",
+                self.dataplane.cgroup().display()
+            ));
+        }
+        (
+            check.attached,
+            EnforcementView {
+                ok: missing.is_empty(),
+                missing,
+                repairs: e.repairs,
+                last_repair: e.last_repair.clone(),
+                cgroup_recreated_at: e.cgroup_recreated_at.clone(),
+                uninstalled: false,
+            },
+        )
+    }
+
+    /// `portcullis uninstall` through the agent (root only): audited first,
+    /// then the links are released and the pins removed. The server stops
+    /// the agent after replying.
+    pub fn uninstall(&mut self, cred: &PeerCred) -> Result<Reply, Refusal> {
+        if cred.uid != 0 {
+            return Err(self.refused(
+                cred,
+                "uninstall",
+                "",
+                format!(
+                    "uid {} may not uninstall: only root may lift enforcement",
+                    cred.uid
+                ),
+            ));
+        }
+        let bpffs = self.dataplane.bpffs().to_path_buf();
+        let ports: Vec<String> = self
+            .ports
+            .keys()
+            .map(|(proto, port)| format!("{port}/{}", proto_name(*proto)))
+            .collect();
+        let actor = Actor::from_uid(cred.uid, cred.pid);
+        if let Err(e) = self.audit.record(
+            "uninstall",
+            obj(json!({
+                "actor": actor_json(&actor),
+                "bpffs": bpffs.display().to_string(),
+                "via": "agent",
+                "ports": ports,
+            })),
+        ) {
+            warn!(error = %e, "the uninstall could not be audited; lifting enforcement anyway");
+        }
+        self.dataplane.release_links();
+        let removed = crate::dataplane::uninstall(&bpffs).map_err(|e| {
+            refuse(
+                RefusalCode::Internal,
+                format!("removing the pins under {} failed: {e}", bpffs.display()),
+            )
+        })?;
+        self.enforcement.uninstalled = true;
+        info!(bpffs = %bpffs.display(), removed = removed.len(), "uninstalled: enforcement lifted; stopping");
+        Ok(Reply::Uninstalled {
+            bpffs: bpffs.display().to_string(),
+            removed: removed.len(),
+            pid: std::process::id(),
+            ports,
+        })
+    }
+}
+
+fn proto_name(p: agent_common::Proto) -> &'static str {
+    match p {
+        agent_common::Proto::Tcp => "tcp",
+        agent_common::Proto::Udp => "udp",
+    }
+}
