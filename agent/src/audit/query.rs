@@ -23,6 +23,7 @@ use crate::{
     clock,
     control::{self, Reply, Request, Response},
     identity::{parse_ttl, Identity},
+    termtext,
 };
 
 /// Where the audit log is when neither `--file` nor the agent says.
@@ -309,7 +310,7 @@ fn print_lines(
                     }
                 }
             }
-            _ => writeln!(out, "(unreadable line) {trimmed}")?,
+            _ => writeln!(out, "(unreadable line) {}", termtext::escape(trimmed))?,
         }
     }
 }
@@ -350,7 +351,19 @@ const SHOWN: [&str; 7] = [
 ];
 
 /// One readable line: time, event, actor, identity → segment, details.
+/// Every string of the record (keys too) goes through
+/// [`termtext::escape`] first: old records and cgroup names may hold
+/// anything.
 pub fn render(rec: &Map<String, Value>) -> String {
+    let mut v = Value::Object(rec.clone());
+    termtext::escape_value(&mut v);
+    match v {
+        Value::Object(rec) => render_escaped(&rec),
+        _ => unreachable!("an object stays an object"),
+    }
+}
+
+fn render_escaped(rec: &Map<String, Value>) -> String {
     let text = |k: &str| rec.get(k).and_then(Value::as_str).unwrap_or("");
     let actor = match rec.get("actor") {
         Some(Value::Object(a)) => {
