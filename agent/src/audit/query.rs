@@ -415,8 +415,10 @@ fn render_escaped(rec: &Map<String, Value>) -> String {
                     clock::human(Duration::from_secs(n.as_u64().unwrap_or(0)))
                 )
             }
+            // Quoted, not JSON-encoded: `s` is escaped already, and JSON
+            // would double every backslash of the escapes.
             (_, Value::String(s)) if s.is_empty() || s.contains(char::is_whitespace) => {
-                format!("{k}={v}")
+                format!("{k}=\"{}\"", s.replace('"', "\\\""))
             }
             (_, Value::String(s)) => format!("{k}={s}"),
             (_, Value::Array(items)) if items.iter().all(Value::is_string) => format!(
