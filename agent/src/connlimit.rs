@@ -153,10 +153,11 @@ impl WarnLimiter {
 }
 
 /// How long the accept loop pauses after a failed accept: doubling from
-/// 10 ms to 1 s while failures continue, so that running out of
-/// descriptors does not become a busy loop.
+/// 10 ms to 200 ms while failures continue, so that running out of
+/// descriptors is neither a busy loop nor a long wait for root once a
+/// descriptor is free again.
 pub fn backoff(consecutive_failures: u32) -> Duration {
-    Duration::from_millis(10u64 << consecutive_failures.min(7)).min(Duration::from_secs(1))
+    Duration::from_millis(10u64 << consecutive_failures.min(5)).min(Duration::from_millis(200))
 }
 
 #[cfg(test)]
@@ -216,6 +217,7 @@ mod tests {
     fn backoff_grows_and_is_capped() {
         assert_eq!(backoff(0), Duration::from_millis(10));
         assert_eq!(backoff(1), Duration::from_millis(20));
-        assert_eq!(backoff(50), Duration::from_secs(1));
+        assert_eq!(backoff(5), Duration::from_millis(200));
+        assert_eq!(backoff(50), Duration::from_millis(200));
     }
 }
