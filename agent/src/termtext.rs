@@ -110,15 +110,17 @@ pub fn escape_value(v: &mut Value) {
 
 /// A copy of `value` whose every string is escaped, as the same type: the
 /// CLI renders replies through this so that no field can be forgotten.
+///
+/// Panics if `T` does not survive a round trip through JSON with its
+/// strings changed; the reply types do (tested), and printing the raw
+/// value instead would defeat the point.
 pub fn escaped<T>(value: &T) -> T
 where
-    T: serde::Serialize + serde::de::DeserializeOwned + Clone,
+    T: serde::Serialize + serde::de::DeserializeOwned,
 {
-    let Ok(mut v) = serde_json::to_value(value) else {
-        return value.clone();
-    };
+    let mut v = serde_json::to_value(value).expect("replies serialize to JSON");
     escape_value(&mut v);
-    serde_json::from_value(v).unwrap_or_else(|_| value.clone())
+    serde_json::from_value(v).expect("an escaped reply reads back as the same type")
 }
 
 #[cfg(test)]
@@ -157,6 +159,26 @@ mod tests {
             "a\\nb\\u{1b}[2K\\u{202e}c"
         );
         assert_eq!(escape("\u{1b}]0;title\u{7}"), "\\u{1b}]0;title\\u{7}");
+    }
+
+    #[test]
+    fn replies_come_back_escaped_as_the_same_type() {
+        use crate::control::{AllowView, ListView, Reply};
+        let reply = Reply::List(ListView {
+            standing: vec![AllowView {
+                segment: "db".into(),
+                identity: "cgroup:/evil\u{1b}]0;t\u{7}".into(),
+                ports: vec!["5432/tcp".into()],
+                unresolved: Some("gone\n".into()),
+            }],
+            grants: vec![],
+            pending: vec![],
+        });
+        let Reply::List(l) = escaped(&reply) else {
+            panic!("not a list")
+        };
+        assert_eq!(l.standing[0].identity, "cgroup:/evil\\u{1b}]0;t\\u{7}");
+        assert_eq!(l.standing[0].unresolved.as_deref(), Some("gone\\n"));
     }
 
     #[test]

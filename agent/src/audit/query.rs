@@ -119,7 +119,8 @@ fn verify(path: &Path) -> ExitCode {
     match super::verify_chain(path) {
         Err(e) => fail(1, format!("cannot read {}: {e}", path.display())),
         Ok(Err(brk)) => {
-            println!("BROKEN at {brk}");
+            // The broken record's own text is untrusted.
+            println!("BROKEN at {}", termtext::escape(&brk.to_string()));
             fail(
                 1,
                 "the audit chain is broken; records after this point cannot be trusted",
