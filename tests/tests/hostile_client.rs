@@ -319,7 +319,7 @@ fn control_characters_and_bidi_overrides_in_reasons_are_refused_at_the_agent() {
         assert_eq!(out.status.code(), Some(2), "{reason:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            err.contains(&format!("reason: ")) && err.contains(&format!("at character {position}")),
+            err.contains("reason: ") && err.contains(&format!("at character {position}")),
             "{err}"
         );
         assert!(
