@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use portcullis_tests::*;
+use portcullis_tests::{flood::*, *};
 
 fn policy(port: u16) -> String {
     format!(
@@ -69,73 +69,6 @@ fn cli_within(
     }
 }
 
-/// Opens N connections to SOCKET as the calling user and keeps them open:
-/// whenever the agent closes one, it is opened again, for SECS seconds.
-/// Prints `ready CONNECTED` once the first round is done, then at the end
-/// `done reconnects R refusal TEXT`.
-const FLOODER: &str = r#"
-import socket, sys, time, selectors
-path, n, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-sel = selectors.DefaultSelector()
-refusal = ""
-def opened():
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(0.5)
-    try:
-        s.connect(path)
-    except OSError:
-        s.close()
-        return None
-    s.setblocking(False)
-    sel.register(s, selectors.EVENT_READ)
-    return s
-live = 0
-for _ in range(n):
-    if opened() is not None:
-        live += 1
-print("ready", live, flush=True)
-reconnects = 0
-end = time.time() + secs
-while time.time() < end:
-    for key, _ in sel.select(timeout=0.05):
-        s = key.fileobj
-        try:
-            data = s.recv(4096)
-        except OSError:
-            data = b""
-        if data and not refusal:
-            refusal = data.decode(errors="replace").strip()
-        sel.unregister(s)
-        s.close()
-        if opened() is not None:
-            reconnects += 1
-print("done reconnects", reconnects, "refusal", refusal, flush=True)
-"#;
-
-fn start_flood(socket: &std::path::Path, uid: u32, n: usize, secs: u32) -> Child {
-    // prlimit (as root) lets the flooder hold more descriptors than the
-    // agent's 1024; setpriv then drops to the ordinary user.
-    Command::new("prlimit")
-        .args(["--nofile=8192:8192", "setpriv"])
-        .arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={uid}"))
-        .args(["--clear-groups", "/usr/bin/python3", "-c", FLOODER])
-        .arg(socket)
-        .arg(n.to_string())
-        .arg(secs.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the flooder (python3, setpriv, prlimit)")
-}
-
-fn open_fds(pid: u32) -> usize {
-    fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_flood_of_idle_connections_from_a_user_does_not_keep_root_from_revoking() {
     let cg = TestCgroup::new();
@@ -152,19 +85,7 @@ fn a_flood_of_idle_connections_from_a_user_does_not_keep_root_from_revoking() {
 
     let attacker = 40129;
     let mut flood = start_flood(&agent.socket, attacker, 1200, 12);
-    let mut out = flood.stdout.take().unwrap();
-    // Wait for "ready N": every connection attempted once.
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !buf.ends_with(b"\n") {
-        assert!(Instant::now() < deadline, "the flooder never got ready");
-        if out.read(&mut byte).unwrap() == 0 {
-            panic!("the flooder exited: {}", String::from_utf8_lossy(&buf));
-        }
-        buf.push(byte[0]);
-    }
-    let ready = String::from_utf8_lossy(&buf).to_string();
+    let (mut out, ready) = wait_ready(&mut flood);
     eprintln!("flooder: {}", ready.trim());
     let connected: usize = ready
         .split_whitespace()
@@ -659,22 +580,6 @@ fn every_system_call_the_agent_makes_is_allowed_by_the_units_filter() {
     );
 }
 
-/// Waits (bounded) for a flooder's `ready` line.
-fn wait_ready(flood: &mut Child) -> std::process::ChildStdout {
-    let mut out = flood.stdout.take().unwrap();
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !buf.ends_with(b"\n") {
-        assert!(Instant::now() < deadline, "the flooder never got ready");
-        if out.read(&mut byte).unwrap() == 0 {
-            panic!("the flooder exited: {}", String::from_utf8_lossy(&buf));
-        }
-        buf.push(byte[0]);
-    }
-    out
-}
-
 /// EMFILE: the agent is left only a few spare descriptors (its limit
 /// lowered while it runs) and two users flood it. Accepting fails; the
 /// agent backs off and says so once, not once per failure.
@@ -705,7 +610,7 @@ fn running_out_of_descriptors_backs_off_with_one_warning() {
         .into_iter()
         .map(|uid| start_flood(&agent.socket, uid, 60, 6))
         .collect();
-    let mut outs: Vec<_> = floods.iter_mut().map(wait_ready).collect();
+    let mut outs: Vec<_> = floods.iter_mut().map(|f| wait_ready(f).0).collect();
     for (flood, out) in floods.iter_mut().zip(outs.iter_mut()) {
         let mut rest = String::new();
         out.read_to_string(&mut rest).unwrap();
