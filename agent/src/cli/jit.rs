@@ -237,6 +237,9 @@ pub(super) fn request_and_wait(socket: &Path, request: Request, json: bool) -> E
                 };
             }
             Ok(Response::Ok(_)) => {}
+            // Too many connections from this user right now (see
+            // connlimit): ask again at the next poll.
+            Ok(Response::Error(refusal)) if refusal.code == control::RefusalCode::Unavailable => {}
             Ok(Response::Error(refusal)) => {
                 if json {
                     print_json(&Response::Error(refusal));
