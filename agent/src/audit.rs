@@ -417,8 +417,15 @@ fn io_cause(e: &AuditError) -> String {
     }
 }
 
+/// Opens the log for appending; a new file is 0640 (owner writes, the
+/// log directory's group reads), never world-readable.
 fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
 }
 
 pub fn chain_hash(prev: &str, canonical: &str) -> String {

@@ -2,7 +2,13 @@
 //! output (readable tables for people, `--json` for scripts).
 //!
 //! Exit codes: 0 done; 1 the agent refused (the message says why); 2 bad
-//! arguments or an invalid policy (`check`); 3 the agent could not be reached.
+//! arguments (including text with control characters, which the agent
+//! refuses too) or an invalid policy (`check`); 3 the agent could not be
+//! reached.
+//!
+//! Human-readable output never prints text from the agent raw: replies go
+//! through [`termtext::escaped`] before rendering, refusals through
+//! [`termtext::escape`]. `--json` prints the reply exactly.
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
@@ -19,6 +25,7 @@ use crate::{
     identity::{parse_ttl, Identity},
     policy::{self, HostCheck, Severity, SystemHost},
     server::AgentOptions,
+    termtext,
 };
 
 #[derive(Parser, Debug)]
@@ -295,6 +302,9 @@ pub fn run_client(cli: Cli) -> ExitCode {
                 reason,
             };
             if wait {
+                if let Err(msg) = sendable(&request) {
+                    return fail(2, msg);
+                }
                 return jit::request_and_wait(&client_socket(cli.socket), request, json);
             }
             (request, json)
@@ -314,6 +324,9 @@ pub fn run_client(cli: Cli) -> ExitCode {
         },
         Command::Status { json } => (Request::Status {}, json),
     };
+    if let Err(msg) = sendable(&request) {
+        return fail(2, msg);
+    }
     let response = match control::call(&client_socket(cli.socket), &request) {
         Ok(r) => r,
         Err(e) => return fail(3, e),
@@ -329,9 +342,9 @@ pub fn run_client(cli: Cli) -> ExitCode {
         };
     }
     match response {
-        Response::Error(refusal) => fail(1, refusal.message),
+        Response::Error(refusal) => refused(&refusal),
         Response::Ok(reply) => {
-            print!("{}", render(&reply));
+            print!("{}", render(&termtext::escaped(&reply)));
             // `status` fails while the kernel lacks part of the enforcement.
             if not_enforcing(&reply) {
                 ExitCode::from(1)
@@ -340,6 +353,31 @@ pub fn run_client(cli: Cli) -> ExitCode {
             }
         }
     }
+}
+
+/// Checks what the agent would refuse before sending: text with control
+/// characters or direction overrides, a request over the size cap.
+fn sendable(request: &Request) -> Result<(), String> {
+    control::check_text(request).map_err(|e| e.to_string())?;
+    let len = serde_json::to_vec(request).map(|v| v.len()).unwrap_or(0) + 1;
+    if len > control::MAX_REQUEST {
+        return Err(format!(
+            "this request is {len} bytes; the agent reads at most {} (shorten --reason)",
+            control::MAX_REQUEST
+        ));
+    }
+    Ok(())
+}
+
+/// The agent's refusal, escaped (it may quote what was sent): exit 2 for
+/// a request the agent could not accept as sent (bad text, too long), 1
+/// for every other refusal.
+fn refused(refusal: &control::Refusal) -> ExitCode {
+    let code = match refusal.code {
+        control::RefusalCode::BadRequest => 2,
+        _ => 1,
+    };
+    fail(code, termtext::escape(&refusal.message))
 }
 
 fn check(paths: &[PathBuf]) -> ExitCode {

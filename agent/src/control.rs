@@ -17,9 +17,19 @@ use serde::{Deserialize, Serialize};
 
 /// Default socket path; `--socket` or `PORTCULLIS_SOCKET` override it.
 pub const DEFAULT_SOCKET: &str = "/run/portcullis/control.sock";
-/// Largest request or response line accepted.
-pub const MAX_LINE: usize = 1 << 20;
-/// How long either side waits for the other.
+/// Largest request line the agent reads (JSON and newline): far more than
+/// any real request needs, and small enough that the most connections
+/// the agent serves at once ([`crate::connlimit::MAX_CONNECTIONS`]) hold
+/// at most 2 MiB between them.
+pub const MAX_REQUEST: usize = 16 * 1024;
+/// Largest reply line the client reads (a `list` of many grants is large).
+pub const MAX_REPLY: usize = 1 << 20;
+/// How long the agent waits for a whole request once connected: a client
+/// that connects and says nothing loses its place after this.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+/// How long the agent waits to hand its reply to the client.
+pub const REPLY_DEADLINE: Duration = Duration::from_secs(5);
+/// How long the client waits for the agent.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a client asks for.
@@ -328,10 +338,17 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
     stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(io_err)?;
     let mut line = serde_json::to_vec(request).expect("requests always serialize");
     line.push(b'\n');
-    (&stream).write_all(&line).map_err(io_err)?;
-    let mut reader = BufReader::new((&stream).take(MAX_LINE as u64));
+    // The agent answers a request it will not read in full (too long) and
+    // closes: the write then fails, but its refusal is there to read.
+    let written = (&stream).write_all(&line);
+    let mut reader = BufReader::new((&stream).take(MAX_REPLY as u64));
     let mut reply = String::new();
-    reader.read_line(&mut reply).map_err(io_err)?;
+    let read = reader.read_line(&mut reply);
+    match (written, read) {
+        (Err(e), _) if reply.is_empty() => return Err(io_err(e)),
+        (_, Err(e)) if reply.is_empty() => return Err(io_err(e)),
+        _ => {}
+    }
     if reply.is_empty() {
         return Err(ClientError::BadReply(
             "the agent closed the connection without answering".into(),
@@ -340,10 +357,64 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
     serde_json::from_str(&reply).map_err(|e| ClientError::BadReply(e.to_string()))
 }
 
-/// Parses a request line, turning every problem into a refusal that says what was wrong.
+/// Parses a request line, turning every problem into a refusal that says
+/// what was wrong. Text fields with control characters or bidirectional
+/// overrides are refused here, before the agent stores or echoes them.
 pub fn parse_request(line: &str) -> Result<Request, Refusal> {
-    serde_json::from_str(line.trim_end())
-        .map_err(|e| Refusal::new(RefusalCode::BadRequest, format!("malformed request: {e}")))
+    let request: Request = serde_json::from_str(line.trim_end())
+        .map_err(|e| Refusal::new(RefusalCode::BadRequest, format!("malformed request: {e}")))?;
+    check_text(&request)
+        .map_err(|e| Refusal::new(RefusalCode::BadRequest, format!("refused: {e}")))?;
+    Ok(request)
+}
+
+/// Every text field of `request`, named as on the wire, checked with
+/// [`crate::termtext::check`].
+pub fn check_text(request: &Request) -> Result<(), crate::termtext::UnsafeText> {
+    let fields: Vec<(&str, Option<&str>)> = match request {
+        Request::Grant {
+            segment,
+            identity,
+            ttl,
+            reason,
+        } => vec![
+            ("segment", Some(segment)),
+            ("identity", Some(identity)),
+            ("ttl", ttl.as_deref()),
+            ("reason", reason.as_deref()),
+        ],
+        Request::Revoke {
+            identity, segment, ..
+        } => vec![
+            ("identity", identity.as_deref()),
+            ("segment", segment.as_deref()),
+        ],
+        Request::RequestAccess {
+            segment,
+            ttl,
+            reason,
+        } => vec![
+            ("segment", Some(segment)),
+            ("ttl", ttl.as_deref()),
+            ("reason", reason.as_deref()),
+        ],
+        Request::Approve { ttl, .. } => vec![("ttl", ttl.as_deref())],
+        Request::Deny { reason, .. } => vec![("reason", Some(reason))],
+        Request::Explain { identity, port, .. } => {
+            vec![("identity", identity.as_deref()), ("port", Some(port))]
+        }
+        Request::ShowRequest { .. }
+        | Request::Pending {}
+        | Request::List {}
+        | Request::Status {}
+        | Request::Uninstall {} => {
+            vec![]
+        }
+    };
+    fields
+        .into_iter()
+        .filter_map(|(name, text)| text.map(|t| (name, t)))
+        .try_for_each(|(name, text)| crate::termtext::check(name, text))
 }
 
 #[cfg(test)]
@@ -428,6 +499,34 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    #[test]
+    fn text_with_controls_is_refused_naming_field_and_position() {
+        let e =
+            parse_request(r#"{"op":"request","segment":"db","reason":"ok\nforged"}"#).unwrap_err();
+        assert_eq!(e.code, RefusalCode::BadRequest);
+        assert!(
+            e.message
+                .contains("reason: control character U+000A at character 3"),
+            "{}",
+            e.message
+        );
+        let e = parse_request(r#"{"op":"deny","id":1,"reason":"\u202eoops"}"#).unwrap_err();
+        assert!(
+            e.message
+                .contains("reason: bidirectional control U+202E at character 1"),
+            "{}",
+            e.message
+        );
+        let e =
+            parse_request(r#"{"op":"grant","segment":"d\u001bb","identity":"uid:1"}"#).unwrap_err();
+        assert!(
+            e.message.contains("segment: control character U+001B"),
+            "{}",
+            e.message
+        );
+        assert!(parse_request(r#"{"op":"deny","id":1,"reason":"use the replica"}"#).is_ok());
     }
 
     #[test]

@@ -615,9 +615,13 @@ impl Sink {
             if let Some(dir) = self.path.parent() {
                 fs::create_dir_all(dir)?;
             }
+            // A new deny log is 0640, like the audit log: it names users,
+            // cgroups and peers.
+            use std::os::unix::fs::OpenOptionsExt;
             let f = OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o640)
                 .open(&self.path)?;
             self.size = f.metadata()?.len();
             self.file = Some(io::BufWriter::new(f));

@@ -14,6 +14,8 @@
 //! - [`explain`]: why a subject may or may not reach a port, read from the kernel maps.
 //! - [`server`]: the agent process: start-up, control socket, timers, signals.
 //! - [`control`]: the control-socket protocol and client.
+//! - [`connlimit`]: how many control connections are served, per uid and for root.
+//! - [`termtext`]: free text the agent refuses, and the one escaping function for output.
 //! - [`audit`]: the hash-chained audit log, its rotation, and `portcullis audit`.
 //! - [`denylog`]: kernel deny events → the deny log and the journal, rate limited.
 //! - [`metrics`]: the Prometheus endpoint.
@@ -30,6 +32,7 @@ pub mod cgroupfs;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod connlimit;
 pub mod control;
 pub mod dataplane;
 pub mod denylog;
@@ -48,4 +51,5 @@ pub mod resolve;
 pub mod server;
 pub mod sockdiag;
 pub mod state;
+pub mod termtext;
 pub mod watch;

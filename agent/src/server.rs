@@ -30,6 +30,7 @@ use crate::{
     agent::{Agent, Paths},
     audit::AuditLog,
     cgroupfs::Hierarchy,
+    connlimit,
     control::{self, PeerCred, Refusal, RefusalCode, Reply, Request, Response},
     dataplane::{Dataplane, DataplaneConfig},
     hostaddrs::{self, AddressEvents},
@@ -202,6 +203,10 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     crate::notify::ready();
     let mut watchdog = crate::notify::Watchdog::from_env();
 
+    // Accepting runs on its own task: a flood of connections neither
+    // delays timers and reloads nor waits behind them.
+    let acceptor = tokio::spawn(accept_loop(listener, shared.clone()));
+
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -223,13 +228,6 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     loop {
         let sleep = next_expiry_sleep(&shared);
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let shared = shared.clone();
-                    tokio::spawn(async move { serve_connection(stream, shared).await });
-                }
-                Err(e) => warn!(error = %e, "accepting a control connection failed"),
-            },
             _ = tokio::time::sleep(sleep) => {
                 let mut a = shared.lock().expect("agent lock");
                 a.expire();
@@ -273,6 +271,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         }
     }
     crate::notify::stopping();
+    acceptor.abort();
     observers.stop();
     let mut a = shared.lock().expect("agent lock");
     let _ = a.audit.record(
@@ -434,7 +433,40 @@ fn bind_socket(opts: &AgentOptions) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-async fn serve_connection(stream: UnixStream, shared: Shared) {
+/// Accepts control connections for as long as the agent runs. Each one
+/// is admitted by [`connlimit::Limits`] (per uid, total, root's reserve)
+/// or answered at once with a refusal and closed. When accepting fails
+/// (EMFILE, ENFILE, ENOBUFS...), the loop backs off and warns at most once
+/// a minute, saying how many failures it did not report.
+async fn accept_loop(listener: UnixListener, shared: Shared) {
+    let limits = connlimit::Limits::default();
+    let mut warn_limit = connlimit::WarnLimiter::new(Duration::from_secs(60));
+    let mut failures: u32 = 0;
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                failures = 0;
+                admit(stream, &limits, &shared);
+            }
+            Err(e) => {
+                if let Some(suppressed) = warn_limit.due(std::time::Instant::now()) {
+                    warn!(
+                        error = %e,
+                        suppressed,
+                        "accepting a control connection failed; backing off (further failures are reported at most once a minute)"
+                    );
+                }
+                tokio::time::sleep(connlimit::backoff(failures)).await;
+                failures = failures.saturating_add(1);
+            }
+        }
+    }
+}
+
+/// Serves `stream` on its own task if its uid may have another
+/// connection; otherwise tells the peer why (without waiting for it) and
+/// closes.
+fn admit(stream: UnixStream, limits: &connlimit::Limits, shared: &Shared) {
     let cred = match stream.peer_cred() {
         Ok(c) => PeerCred {
             uid: c.uid(),
@@ -442,41 +474,84 @@ async fn serve_connection(stream: UnixStream, shared: Shared) {
             pid: c.pid(),
         },
         Err(e) => {
-            warn!(error = %e, "control connection without peer credentials; closing");
+            tracing::debug!(error = %e, "control connection without peer credentials; closing");
             return;
         }
     };
+    match limits.admit(cred.uid) {
+        Ok(slot) => {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                serve_connection(stream, cred, shared).await;
+                drop(slot);
+            });
+        }
+        Err(refused) => {
+            tracing::debug!(uid = cred.uid, "{refused}");
+            let response =
+                Response::Error(Refusal::new(RefusalCode::Unavailable, refused.to_string()));
+            let mut out = serde_json::to_vec(&response).expect("responses serialize");
+            out.push(b'\n');
+            // A fresh socket's send buffer is empty: this never blocks,
+            // and a peer that does not read loses nothing but the reason.
+            let _ = stream.try_write(&out);
+        }
+    }
+}
+
+async fn serve_connection(stream: UnixStream, cred: PeerCred, shared: Shared) {
     let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read.take(control::MAX_LINE as u64));
-    let mut line = String::new();
-    let response =
-        match tokio::time::timeout(control::IO_TIMEOUT, reader.read_line(&mut line)).await {
-            Err(_) => Response::Error(Refusal::new(
-                RefusalCode::BadRequest,
-                "timed out waiting for a request",
-            )),
-            Ok(Err(e)) => Response::Error(Refusal::new(
-                RefusalCode::BadRequest,
-                format!("reading the request failed: {e}"),
-            )),
-            Ok(Ok(_)) if !line.ends_with('\n') => Response::Error(Refusal::new(
-                RefusalCode::BadRequest,
-                format!(
-                    "request too long or not newline-terminated (limit {} bytes)",
-                    control::MAX_LINE
-                ),
-            )),
-            Ok(Ok(_)) => match control::parse_request(&line) {
-                Ok(request) => handle(&shared, &cred, request),
-                Err(refusal) => {
-                    warn!(uid = cred.uid, "{}", refusal.message);
-                    Response::Error(refusal)
-                }
-            },
-        };
+    // One byte past the cap tells a request that is too long from one
+    // that fits exactly.
+    let mut reader = BufReader::new(read.take(control::MAX_REQUEST as u64 + 1));
+    let mut line = Vec::new();
+    let response = match tokio::time::timeout(
+        control::REQUEST_DEADLINE,
+        reader.read_until(b'\n', &mut line),
+    )
+    .await
+    {
+        Err(_) => Response::Error(Refusal::new(
+            RefusalCode::BadRequest,
+            format!(
+                "no complete request within {} s of connecting",
+                control::REQUEST_DEADLINE.as_secs()
+            ),
+        )),
+        Ok(Err(e)) => Response::Error(Refusal::new(
+            RefusalCode::BadRequest,
+            format!("reading the request failed: {e}"),
+        )),
+        Ok(Ok(_)) if line.len() > control::MAX_REQUEST => Response::Error(Refusal::new(
+            RefusalCode::BadRequest,
+            format!(
+                "request too long: the agent reads at most {} bytes per request",
+                control::MAX_REQUEST
+            ),
+        )),
+        Ok(Ok(_)) if !line.ends_with(b"\n") => Response::Error(Refusal::new(
+            RefusalCode::BadRequest,
+            "request not newline-terminated (the connection was closed mid-request)",
+        )),
+        Ok(Ok(_)) => match std::str::from_utf8(&line)
+            .map_err(|e| {
+                Refusal::new(
+                    RefusalCode::BadRequest,
+                    format!("malformed request: not UTF-8 ({e})"),
+                )
+            })
+            .and_then(control::parse_request)
+        {
+            Ok(request) => handle(&shared, &cred, request),
+            Err(refusal) => {
+                info!(uid = cred.uid, "{}", refusal.message);
+                Response::Error(refusal)
+            }
+        },
+    };
     let mut out = serde_json::to_vec(&response).expect("responses serialize");
     out.push(b'\n');
-    let _ = tokio::time::timeout(control::IO_TIMEOUT, write.write_all(&out)).await;
+    let _ = tokio::time::timeout(control::REPLY_DEADLINE, write.write_all(&out)).await;
 }
 
 #[tracing::instrument(skip(shared, request), fields(uid = cred.uid, pid = cred.pid))]

@@ -174,7 +174,21 @@ pub fn save(dir: &Path, saved: &Saved) -> Result<(), StateError> {
     };
     fs::create_dir_all(dir).map_err(err)?;
     let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
-    let mut f = File::create(&tmp).map_err(err)?;
+    // 0600: the grants and pending requests are the agent's alone (a
+    // temporary file left by a crash gets the mode too).
+    let mut f = {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(err)?;
+        f.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(err)?;
+        f
+    };
     let mut body = serde_json::to_vec_pretty(&Saved {
         format: FORMAT,
         ..saved.clone()

@@ -21,6 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod flood;
 pub mod frames;
 pub mod netns;
 pub mod session;

@@ -3,8 +3,12 @@
 //! Both lay out the same files: the binary in /usr/bin, the systemd unit,
 //! the default agent config (never overwriting an existing one), an empty
 //! policy directory (nothing is protected until ops put policies there),
-//! and the README and example policies under /usr/share/doc. `package`
-//! stages them into a directory and builds a .deb with dpkg-deb.
+//! the README, docs, copyright and example policies under /usr/share/doc.
+//! The examples are the policies committed in the repository (`git
+//! ls-files` at HEAD), never whatever the working tree holds. `package`
+//! stages them into a directory and builds a .deb with dpkg-deb, with the
+//! maintainer scripts of packaging/debian/ (stop on remove, lift
+//! enforcement on purge, daemon-reload).
 use std::{
     fs,
     os::unix::fs::PermissionsExt,
@@ -61,18 +65,60 @@ fn lay_out(ws: &Workspace, bin: &Path, root: &Path) -> Result<Vec<&'static str>>
             copy(&p, &doc.join(p.file_name().expect("file name")), 0o644)?;
         }
     }
-    for entry in fs::read_dir(ws.root.join("policies")).context("reading policies/")? {
-        let p = entry?.path();
-        if p.extension().is_some_and(|e| e == "toml") {
-            copy(
-                &p,
-                &doc.join("examples/policies")
-                    .join(p.file_name().expect("file name")),
-                0o644,
-            )?;
+    copy(
+        &ws.root.join("packaging/copyright"),
+        &doc.join("copyright"),
+        0o644,
+    )?;
+    for (name, body) in committed_policies(ws)? {
+        let to = doc.join("examples/policies").join(name);
+        if let Some(dir) = to.parent() {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
+        fs::write(&to, body).with_context(|| format!("writing {}", to.display()))?;
+        fs::set_permissions(&to, fs::Permissions::from_mode(0o644))?;
     }
     Ok(vec!["/etc/portcullis/agent.toml"])
+}
+
+/// The example policies as committed: `policies/*.toml` tracked by git,
+/// with their contents at HEAD (a local edit or an untracked file is not
+/// shipped).
+fn committed_policies(ws: &Workspace) -> Result<Vec<(String, Vec<u8>)>> {
+    let listed = util::output(Command::new("git").arg("-C").arg(&ws.root).args([
+        "ls-tree",
+        "--name-only",
+        "HEAD",
+        "policies/",
+    ]))
+    .context(
+        "listing the committed policies (the examples are packaged from git, not the working tree)",
+    )?;
+    let mut out = Vec::new();
+    for path in listed.lines().filter(|p| p.ends_with(".toml")) {
+        let body = Command::new("git")
+            .arg("-C")
+            .arg(&ws.root)
+            .args(["show", &format!("HEAD:{path}")])
+            .output()
+            .with_context(|| format!("git show HEAD:{path}"))?;
+        if !body.status.success() {
+            bail!(
+                "git show HEAD:{path} failed: {}",
+                String::from_utf8_lossy(&body.stderr)
+            );
+        }
+        let name = Path::new(path)
+            .file_name()
+            .expect("a listed file has a name")
+            .to_string_lossy()
+            .into_owned();
+        out.push((name, body.stdout));
+    }
+    if out.is_empty() {
+        bail!("no policies/*.toml committed at HEAD: nothing to ship as examples");
+    }
+    Ok(out)
 }
 
 pub fn install_main(options: InstallOptions, ws: &Workspace) -> Result<()> {
@@ -119,9 +165,13 @@ pub fn package_main(_options: PackageOptions, ws: &Workspace) -> Result<()> {
         ),
     )?;
     fs::write(debian.join("conffiles"), conffiles.join("\n") + "\n")?;
-    let postinst = "#!/bin/sh\nset -e\nif [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi\n";
-    fs::write(debian.join("postinst"), postinst)?;
-    fs::set_permissions(debian.join("postinst"), fs::Permissions::from_mode(0o755))?;
+    for script in ["postinst", "prerm", "postrm"] {
+        copy(
+            &ws.root.join("packaging/debian").join(script),
+            &debian.join(script),
+            0o755,
+        )?;
+    }
     let deb = out.join(format!("portcullis_{version}_{arch}.deb"));
     util::run(
         Command::new("dpkg-deb")

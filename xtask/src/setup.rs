@@ -33,6 +33,10 @@ const PACKAGES: &[&str] = &[
     // systemd-analyze (the unit file test) and setpriv (the capability test).
     "systemd",
     "util-linux",
+    // The unit's system call filter test traces the agent; the control
+    // socket flood test's client is a python3 script.
+    "strace",
+    "python3",
 ];
 /// fcntl locks apt and dpkg hold while they work.
 const APT_LOCKS: &[&str] = &[

@@ -23,6 +23,7 @@ use crate::{
     clock,
     control::{self, Reply, Request, Response},
     identity::{parse_ttl, Identity},
+    termtext,
 };
 
 /// Where the audit log is when neither `--file` nor the agent says.
@@ -118,7 +119,8 @@ fn verify(path: &Path) -> ExitCode {
     match super::verify_chain(path) {
         Err(e) => fail(1, format!("cannot read {}: {e}", path.display())),
         Ok(Err(brk)) => {
-            println!("BROKEN at {brk}");
+            // The broken record's own text is untrusted.
+            println!("BROKEN at {}", termtext::escape(&brk.to_string()));
             fail(
                 1,
                 "the audit chain is broken; records after this point cannot be trusted",
@@ -309,7 +311,7 @@ fn print_lines(
                     }
                 }
             }
-            _ => writeln!(out, "(unreadable line) {trimmed}")?,
+            _ => writeln!(out, "(unreadable line) {}", termtext::escape(trimmed))?,
         }
     }
 }
@@ -350,7 +352,19 @@ const SHOWN: [&str; 7] = [
 ];
 
 /// One readable line: time, event, actor, identity → segment, details.
+/// Every string of the record (keys too) goes through
+/// [`termtext::escape`] first: old records and cgroup names may hold
+/// anything.
 pub fn render(rec: &Map<String, Value>) -> String {
+    let mut v = Value::Object(rec.clone());
+    termtext::escape_value(&mut v);
+    match v {
+        Value::Object(rec) => render_escaped(&rec),
+        _ => unreachable!("an object stays an object"),
+    }
+}
+
+fn render_escaped(rec: &Map<String, Value>) -> String {
     let text = |k: &str| rec.get(k).and_then(Value::as_str).unwrap_or("");
     let actor = match rec.get("actor") {
         Some(Value::Object(a)) => {
@@ -402,8 +416,10 @@ pub fn render(rec: &Map<String, Value>) -> String {
                     clock::human(Duration::from_secs(n.as_u64().unwrap_or(0)))
                 )
             }
+            // Quoted, not JSON-encoded: `s` is escaped already, and JSON
+            // would double every backslash of the escapes.
             (_, Value::String(s)) if s.is_empty() || s.contains(char::is_whitespace) => {
-                format!("{k}={v}")
+                format!("{k}=\"{}\"", s.replace('"', "\\\""))
             }
             (_, Value::String(s)) => format!("{k}={s}"),
             (_, Value::Array(items)) if items.iter().all(Value::is_string) => format!(

@@ -8,11 +8,12 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use super::{fail, left, table};
+use super::{fail, left, refused, table};
 use crate::{
     control::{self, Reply, Request, RequestView, Response},
     explain::{self, ExplainView},
     identity::Identity,
+    termtext::escaped,
 };
 
 /// How often `request --wait` asks the agent.
@@ -204,14 +205,14 @@ pub(super) fn request_and_wait(socket: &Path, request: Request, json: bool) -> E
     };
     let filed = match first {
         Response::Ok(Reply::Requested { request }) => request,
-        Response::Error(refusal) if !json => return fail(1, refusal.message),
+        Response::Error(refusal) if !json => return refused(&refusal),
         other => {
             print_json(&other);
             return ExitCode::from(1);
         }
     };
     if !json {
-        print!("{}", render_requested(&filed));
+        print!("{}", render_requested(&escaped(&*filed)));
         eprintln!(
             "portcullis: waiting for a decision on request {}…",
             filed.id
@@ -227,7 +228,7 @@ pub(super) fn request_and_wait(socket: &Path, request: Request, json: bool) -> E
                 if json {
                     print_json(&Response::Ok(Reply::Request { request }));
                 } else {
-                    print!("{}", render_decided(&request));
+                    print!("{}", render_decided(&escaped(&*request)));
                 }
                 return if approved {
                     ExitCode::SUCCESS
@@ -236,12 +237,15 @@ pub(super) fn request_and_wait(socket: &Path, request: Request, json: bool) -> E
                 };
             }
             Ok(Response::Ok(_)) => {}
+            // Too many connections from this user right now (see
+            // connlimit): ask again at the next poll.
+            Ok(Response::Error(refusal)) if refusal.code == control::RefusalCode::Unavailable => {}
             Ok(Response::Error(refusal)) => {
                 if json {
                     print_json(&Response::Error(refusal));
                     return ExitCode::from(1);
                 }
-                return fail(1, refusal.message);
+                return refused(&refusal);
             }
             // The agent may be restarting: keep asking until the deadline.
             Err(e) if !unreachable_said => {
