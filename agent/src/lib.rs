@@ -43,4 +43,5 @@ pub mod resolve;
 pub mod server;
 pub mod sockdiag;
 pub mod state;
+pub mod sweep;
 pub mod watch;
