@@ -123,29 +123,36 @@ impl Hierarchy {
     pub fn trusted_id(&self, cgroup: &str) -> Result<u64, CgroupError> {
         let id = self.id_of(cgroup)?;
         let target = self.fs_path(cgroup);
+        // The directory and its ancestors up to the mount, nearest first.
+        let mut chain = vec![target.clone()];
         let mut dir = target.clone();
-        loop {
-            let meta = fs::metadata(&dir).map_err(|source| CgroupError::Io {
-                path: self.relative(&dir),
+        while dir != self.mount && dir.pop() && dir.starts_with(&self.mount) {
+            chain.push(dir.clone());
+        }
+        // Delegation first: it names the cause (whose subtree this is).
+        if let Some(d) = chain.iter().skip(1).find(|d| is_delegated(d)) {
+            return Err(CgroupError::Untrusted {
+                path: cgroup.to_string(),
+                why: format!(
+                    "it is below {}, a cgroup delegated to its owner (trusted.delegate)",
+                    self.relative(d)
+                ),
+            });
+        }
+        for d in &chain {
+            let meta = fs::metadata(d).map_err(|source| CgroupError::Io {
+                path: self.relative(d),
                 source,
             })?;
             if meta.uid() != 0 {
                 return Err(CgroupError::Untrusted {
                     path: cgroup.to_string(),
-                    why: format!("{} is owned by uid {}, not root", self.relative(&dir), meta.uid()),
-                });
-            }
-            if dir != target && is_delegated(&dir) {
-                return Err(CgroupError::Untrusted {
-                    path: cgroup.to_string(),
                     why: format!(
-                        "it is below {}, a cgroup delegated to its owner (trusted.delegate)",
-                        self.relative(&dir)
+                        "{} is owned by uid {}, not root",
+                        self.relative(d),
+                        meta.uid()
                     ),
                 });
-            }
-            if dir == self.mount || !dir.pop() || !dir.starts_with(&self.mount) {
-                break;
             }
         }
         Ok(id)
@@ -218,8 +225,16 @@ pub fn unit_control_group(unit: &str) -> Result<Option<String>, CgroupError> {
         unit: unit.to_string(),
         why,
     };
+    let program = systemctl();
+    // sd_booted(3): without systemd as init no unit is running (unless the
+    // one asked is a stand-in named by PORTCULLIS_SYSTEMCTL).
+    if std::env::var_os("PORTCULLIS_SYSTEMCTL").is_none()
+        && !Path::new("/run/systemd/system").is_dir()
+    {
+        return Ok(None);
+    }
     // `--` because unit names may start with `-` (`-.slice`).
-    let mut child = Command::new(systemctl())
+    let mut child = Command::new(program)
         .args(["show", "--property=ControlGroup", "--value", "--", unit])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -236,7 +251,9 @@ pub fn unit_control_group(unit: &str) -> Result<Option<String>, CgroupError> {
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(fail(format!("systemctl did not answer within {SYSTEMCTL_TIMEOUT:?}")));
+                return Err(fail(format!(
+                    "systemctl did not answer within {SYSTEMCTL_TIMEOUT:?}"
+                )));
             }
             Err(e) => return Err(fail(e.to_string())),
         }
@@ -259,7 +276,10 @@ pub fn unit_control_group(unit: &str) -> Result<Option<String>, CgroupError> {
         return Ok(None);
     }
     if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
-        return Err(fail(format!("unexpected ControlGroup {:?}", path.escape_debug().to_string())));
+        return Err(fail(format!(
+            "unexpected ControlGroup {:?}",
+            path.escape_debug().to_string()
+        )));
     }
     Ok(Some(path.to_string()))
 }

@@ -54,7 +54,9 @@ impl Resolver {
     pub fn unit_cgroup_id(&self, unit: &str) -> Result<u64, ResolveError> {
         match cgroupfs::unit_control_group(unit)? {
             Some(path) => match self.hierarchy.trusted_id(&path) {
-                Err(CgroupError::Missing { .. }) => Err(ResolveError::UnitNotRunning(unit.to_string())),
+                Err(CgroupError::Missing { .. }) => {
+                    Err(ResolveError::UnitNotRunning(unit.to_string()))
+                }
                 other => Ok(other?),
             },
             None => Err(ResolveError::UnitNotRunning(unit.to_string())),

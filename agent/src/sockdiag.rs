@@ -89,8 +89,14 @@ fn parse_diag(proto: u8, m: &[u8]) -> Option<DiagSocket> {
     Some(DiagSocket {
         proto,
         state: m[1],
-        local: (read_addr(family, &m[8..24]), u16::from_be_bytes([m[4], m[5]])),
-        remote: (read_addr(family, &m[24..40]), u16::from_be_bytes([m[6], m[7]])),
+        local: (
+            read_addr(family, &m[8..24]),
+            u16::from_be_bytes([m[4], m[5]]),
+        ),
+        remote: (
+            read_addr(family, &m[24..40]),
+            u16::from_be_bytes([m[6], m[7]]),
+        ),
         cookie: u32_at(44) as u64 | (u32_at(48) as u64) << 32,
         uid: u32_at(64),
         inode: u32_at(68),
@@ -299,7 +305,12 @@ impl SockDiag {
     /// Every `proto` socket of address family `family` (AF_INET, AF_INET6)
     /// in one of `states` (a bit mask of TCP states), in this network
     /// namespace. One netlink dump.
-    pub fn dump(&mut self, proto: u8, family: u8, states: u32) -> Result<Vec<DiagSocket>, DiagError> {
+    pub fn dump(
+        &mut self,
+        proto: u8,
+        family: u8,
+        states: u32,
+    ) -> Result<Vec<DiagSocket>, DiagError> {
         let any = SocketId {
             proto,
             local: (IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),

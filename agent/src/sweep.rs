@@ -52,7 +52,7 @@ use crate::{
     agent::Agent,
     clock,
     explain::KernelView,
-    sockdiag::{DiagSocket, DiagError, SockDiag, ALL_BUT_LISTEN, ALL_STATES},
+    sockdiag::{DiagError, DiagSocket, SockDiag, ALL_BUT_LISTEN, ALL_STATES},
 };
 
 /// Sweeps are at least this far apart, however many triggers arrive.
@@ -329,7 +329,9 @@ pub fn judge(
     }
     // Then remote peers, from the server's side.
     for s in sockets.iter().filter(|s| open(s)) {
-        if servers_of_local.contains(&s.cookie) || by_ends.contains_key(&(s.proto, s.remote, s.local)) {
+        if servers_of_local.contains(&s.cookie)
+            || by_ends.contains_key(&(s.proto, s.remote, s.local))
+        {
             continue;
         }
         let seg = segment(s.proto, s.local.1);
@@ -492,7 +494,12 @@ pub fn start(mount: &Path, attach: &Path, agent: std::sync::Arc<Mutex<Agent>>) -
         }
     };
     let mut once = move || match sweeper.sweep(&agent) {
-        Ok(r) if r.cut > 0 => info!(sockets = r.sockets, judged = r.judged, cut = r.cut, "swept open flows"),
+        Ok(r) if r.cut > 0 => info!(
+            sockets = r.sockets,
+            judged = r.judged,
+            cut = r.cut,
+            "swept open flows"
+        ),
         Ok(r) => debug!(sockets = r.sockets, judged = r.judged, "swept open flows"),
         Err(e) => warn!(error = %e, "sweeping open flows failed"),
     };

@@ -23,6 +23,7 @@ use std::{
 
 pub mod netns;
 pub mod session;
+pub mod units;
 pub mod users;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
