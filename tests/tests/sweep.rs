@@ -1,0 +1,197 @@
+//! Every open flow is judged, not only new ones (issue 13, parts 2, 3, 4):
+//! flows opened before the agent starts, or before a reload protects their
+//! port, are cut; a revoke cuts idle flows too; and a cut local flow is
+//! closed at both ends, so the server sees it at once.
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc::{channel, Receiver},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use portcullis_tests::{session::Session, *};
+
+fn policy(ports: &[String], allow: &[&str]) -> String {
+    let ports: Vec<String> = ports.iter().map(|p| format!("\"{p}\"")).collect();
+    let allow: Vec<String> = allow.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "[segment.db]\nports = [{}]\nallow = [{}]\n\n[segment.db.jit]\nmax_ttl = \"1h\"\nrequire_reason = false\n",
+        ports.join(", "),
+        allow.join(", ")
+    )
+}
+
+fn hold(client: &As, kind: &str, addr: SocketAddr, every_ms: u32) -> Session {
+    let mut cmd = client.command(probe_bin());
+    cmd.args([kind, &addr.to_string(), &every_ms.to_string(), "600"]);
+    Session::start(cmd)
+}
+
+/// A TCP echo server that reports when an accepted connection ends
+/// (EOF or an error on its socket), and how.
+struct WatchedServer {
+    addr: SocketAddr,
+    closed: Receiver<(Instant, String)>,
+    stop: Arc<AtomicBool>,
+}
+
+impl WatchedServer {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, closed) = channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        let tx = tx.clone();
+                        conn.set_nonblocking(false).unwrap();
+                        conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                        thread::spawn(move || {
+                            let mut buf = [0u8; 64];
+                            let how = loop {
+                                match conn.read(&mut buf) {
+                                    Ok(0) => break "EOF".to_string(),
+                                    Ok(n) => {
+                                        if let Err(e) = conn.write_all(&buf[..n]) {
+                                            break format!("write: {e}");
+                                        }
+                                    }
+                                    Err(e) => break format!("{e}"),
+                                }
+                            };
+                            let _ = tx.send((Instant::now(), how));
+                        });
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Self { addr, closed, stop }
+    }
+}
+
+impl Drop for WatchedServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn tcp_and_connected_udp_opened_before_the_agent_starts_are_cut_at_start() {
+    let cg = TestCgroup::new();
+    let tcp = EchoServer::tcp("127.0.0.1:0");
+    let udp = EchoServer::udp("127.0.0.1:0");
+    let client = As::root_in(&cg.path);
+    let tcp_session = hold(&client, "hold", tcp.addr, 100);
+    let udp_session = hold(&client, "udp-hold", udp.addr, 100);
+    tcp_session.wait_round_trips(2, Duration::from_secs(10));
+    udp_session.wait_round_trips(2, Duration::from_secs(10));
+    // The test's own connection, from outside the attach point, is not the agent's business.
+    let mut outside = TcpStream::connect(tcp.addr).unwrap();
+
+    let _agent = Agent::start(
+        &policy(
+            &[format!("{}/tcp", tcp.port()), format!("{}/udp", udp.port())],
+            &[],
+        ),
+        &cg.path,
+    );
+    let (err, trips, took) = tcp_session.wait_failure(Duration::from_secs(5));
+    println!("pre-existing tcp flow cut {took:?} after start ({trips} more round trips): {err}");
+    assert_eq!(err, "ECONNABORTED", "the socket was destroyed");
+    let (err, trips, took) = udp_session.wait_failure(Duration::from_secs(5));
+    println!("pre-existing connected udp flow cut {took:?} after start ({trips} more): {err}");
+    assert_ne!(err, "TIMEOUT", "the socket was destroyed, not left to time out");
+
+    outside.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    outside
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    outside.read_exact(&mut buf).expect("an unenforced flow keeps working");
+}
+
+#[test]
+fn an_allowed_flow_open_before_start_survives_it() {
+    let cg = TestCgroup::new();
+    let server = EchoServer::tcp("127.0.0.1:0");
+    let session = hold(&As::root_in(&cg.path), "hold", server.addr, 100);
+    session.wait_round_trips(2, Duration::from_secs(10));
+    let _agent = Agent::start(
+        &policy(
+            &[format!("{}/tcp", server.port())],
+            &[&format!("cgroup:{}", cg.rel)],
+        ),
+        &cg.path,
+    );
+    session.wait_round_trips(5, Duration::from_secs(5));
+}
+
+#[test]
+fn a_tcp_flow_opened_before_a_reload_protects_its_port_is_cut_at_the_reload() {
+    let cg = TestCgroup::new();
+    let server = EchoServer::tcp("127.0.0.1:0");
+    let other = EchoServer::tcp("127.0.0.1:0");
+    let agent = Agent::start(&policy(&[format!("{}/tcp", other.port())], &[]), &cg.path);
+    let session = hold(&As::root_in(&cg.path), "hold", server.addr, 100);
+    session.wait_round_trips(3, Duration::from_secs(10));
+
+    let text = policy(&[format!("{}/tcp", server.port())], &[]);
+    let tmp = agent.policies.join(".test.toml.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, agent.policies.join("test.toml")).unwrap();
+    // SAFETY: kill(2) on the agent process this test started.
+    assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) }, 0);
+    let (err, trips, took) = session.wait_failure(Duration::from_secs(10));
+    println!("tcp flow cut {took:?} after the reload was asked for ({trips} more): {err}");
+    assert_eq!(err, "ECONNABORTED");
+}
+
+/// Revokes the grant that lets a session through and returns how long
+/// until the server saw its socket close.
+fn revoke_and_time_server_close(every_ms: u32) -> (Duration, String, Session) {
+    let cg = TestCgroup::new();
+    let server = WatchedServer::start();
+    let agent = Agent::start(&policy(&[format!("{}/tcp", server.addr.port())], &[]), &cg.path);
+    let id = agent.grant("db", &format!("cgroup:{}", cg.rel), "10m");
+    let session = hold(&As::root_in(&cg.path), "hold", server.addr, every_ms);
+    session.wait_round_trips(1, Duration::from_secs(10));
+    // A moment so that an idle client is really idle (a wait, not a threshold).
+    thread::sleep(Duration::from_millis(200));
+    let start = Instant::now();
+    agent.ok(&["revoke", &id.to_string()]);
+    let (at, how) = server
+        .closed
+        .recv_timeout(Duration::from_secs(1))
+        .expect("the server did not see the connection close within 1 s of the revoke");
+    (at.duration_since(start), how, session)
+}
+
+#[test]
+fn revoke_closes_both_ends_of_a_busy_local_flow() {
+    let (took, how, session) = revoke_and_time_server_close(20);
+    println!(
+        "busy client: server saw the close {:.1} ms after revoke ({how})",
+        took.as_secs_f64() * 1e3
+    );
+    let (err, _, _) = session.wait_failure(Duration::from_secs(5));
+    assert_eq!(err, "ECONNABORTED");
+}
+
+#[test]
+fn revoke_closes_both_ends_of_an_idle_local_flow() {
+    let (took, how, _session) = revoke_and_time_server_close(100_000);
+    println!(
+        "idle client: server saw the close {:.1} ms after revoke ({how})",
+        took.as_secs_f64() * 1e3
+    );
+}
