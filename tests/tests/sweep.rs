@@ -14,7 +14,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use portcullis_tests::{session::Session, *};
+use std::net::IpAddr;
+
+use portcullis_tests::{netns, session::Session, *};
 
 fn policy(ports: &[String], allow: &[&str]) -> String {
     let ports: Vec<String> = ports.iter().map(|p| format!("\"{p}\"")).collect();
@@ -211,4 +213,112 @@ fn revoke_closes_both_ends_of_an_idle_local_flow() {
         "idle client: server saw the close {:.1} ms after revoke ({how})",
         took.as_secs_f64() * 1e3
     );
+}
+
+// ---- kill requests cannot be forged from the network ----------------------
+
+fn csum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for c in data.chunks(2) {
+        let w = if c.len() == 2 {
+            u16::from_be_bytes([c[0], c[1]])
+        } else {
+            u16::from_be_bytes([c[0], 0])
+        };
+        sum += w as u32;
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An Ethernet frame carrying an IPv4 TCP ACK from `src` to `dst`.
+fn ack_frame(peer: &netns::PeerHost, src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    let (IpAddr::V4(s), IpAddr::V4(d)) = (src.ip(), dst.ip()) else {
+        panic!("IPv4 only")
+    };
+    let mut tcp = Vec::new();
+    tcp.extend_from_slice(&src.port().to_be_bytes());
+    tcp.extend_from_slice(&dst.port().to_be_bytes());
+    tcp.extend_from_slice(&0x1000_0000u32.to_be_bytes()); // seq
+    tcp.extend_from_slice(&0x2000_0000u32.to_be_bytes()); // ack
+    tcp.extend_from_slice(&[0x50, 0x10, 0xff, 0xff, 0, 0, 0, 0]); // ACK, window
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&s.octets());
+    pseudo.extend_from_slice(&d.octets());
+    pseudo.extend_from_slice(&[0, 6, 0, tcp.len() as u8]);
+    pseudo.extend_from_slice(&tcp);
+    let c = csum(&pseudo);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&((20 + tcp.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&[0, 1, 0x40, 0, 64, 6, 0, 0]);
+    ip.extend_from_slice(&s.octets());
+    ip.extend_from_slice(&d.octets());
+    let c = csum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    ip.extend_from_slice(&tcp);
+    let mut f = Vec::new();
+    f.extend_from_slice(&peer.host_mac);
+    f.extend_from_slice(&peer.peer_mac);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f
+}
+
+/// The client end of the one established TCP connection to `server`.
+fn client_end(server: SocketAddr) -> SocketAddr {
+    let out = std::process::Command::new("ss")
+        .args(["-Htn", "state", "established", "dst"])
+        .arg(server.to_string())
+        .output()
+        .expect("run ss");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .next()
+        .unwrap_or_else(|| panic!("no connection to {server}: {text:?}"));
+    line.split_whitespace()
+        .nth(2)
+        .and_then(|l| l.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected ss line {line:?}"))
+}
+
+#[test]
+fn spoofed_acks_from_this_hosts_addresses_do_not_destroy_an_allowed_flow() {
+    let cg = TestCgroup::new();
+    let peer = netns::PeerHost::new();
+    let server = EchoServer::tcp("0.0.0.0:0");
+    let agent = Agent::builder(&policy(&[format!("{}/tcp", server.port())], &[]), &cg.path)
+        .arg("--xdp-iface")
+        .arg(&peer.host_if)
+        .start();
+    agent.grant("db", &format!("cgroup:{}", cg.rel), "10m");
+    let client = As::root_in(&cg.path);
+    let mut sessions = Vec::new();
+    for ip in [IpAddr::from([127, 0, 0, 1]), IpAddr::V4(peer.host_v4)] {
+        let target = SocketAddr::new(ip, server.port());
+        let s = hold(&client, "hold", target, 50);
+        s.wait_round_trips(2, Duration::from_secs(10));
+        let from = client_end(target);
+        // "From" the client to the server, as the server's accepted socket
+        // would receive it: what the agent used to destroy on request.
+        let frames: Vec<String> = (0..200)
+            .map(|_| {
+                ack_frame(&peer, from, target)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect()
+            })
+            .collect();
+        let listen = SocketAddr::new(IpAddr::V4(peer.peer_v4), 40999).to_string();
+        let mut args: Vec<&str> = vec!["raw", &peer.peer_if, &listen];
+        args.extend(frames.iter().map(String::as_str));
+        let _ = peer.probe(&args, 300);
+        sessions.push(s);
+    }
+    for s in &sessions {
+        s.wait_round_trips(5, Duration::from_secs(5));
+    }
 }
