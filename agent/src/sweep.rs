@@ -56,7 +56,7 @@ use crate::{
 };
 
 /// Sweeps are at least this far apart, however many triggers arrive.
-pub const MIN_INTERVAL: Duration = Duration::from_millis(20);
+pub const MIN_INTERVAL: Duration = Duration::from_millis(50);
 /// Most cgroup directories walked below the attach point per sweep.
 const MAX_CGROUPS: usize = 200_000;
 /// TCP states of a flow worth cutting: ESTABLISHED, SYN_SENT, SYN_RECV,

@@ -322,3 +322,54 @@ fn spoofed_acks_from_this_hosts_addresses_do_not_destroy_an_allowed_flow() {
         s.wait_round_trips(5, Duration::from_secs(5));
     }
 }
+
+/// User and system CPU time a process has used so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which ends at the last ')').
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis((f[11] + f[12]) * 1000 / hz)
+}
+
+#[test]
+fn a_flood_of_spoofed_kill_triggers_is_batched_and_the_allowed_flow_survives() {
+    let cg = TestCgroup::new();
+    let peer = netns::PeerHost::new();
+    let server = EchoServer::tcp("127.0.0.1:0");
+    let agent = Agent::builder(&policy(&[format!("{}/tcp", server.port())], &[]), &cg.path)
+        .arg("--xdp-iface")
+        .arg(&peer.host_if)
+        .start();
+    agent.grant("db", &format!("cgroup:{}", cg.rel), "10m");
+    let session = hold(&As::root_in(&cg.path), "hold", server.addr, 50);
+    session.wait_round_trips(2, Duration::from_secs(10));
+    let from = client_end(server.addr);
+    let frame: String = ack_frame(&peer, from, server.addr)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let listen = SocketAddr::new(IpAddr::V4(peer.peer_v4), 40999).to_string();
+    let before = cpu_time(agent.pid());
+    let started = Instant::now();
+    for _ in 0..50 {
+        let mut args: Vec<&str> = vec!["raw", &peer.peer_if, &listen];
+        args.extend(std::iter::repeat_n(frame.as_str(), 200));
+        let _ = peer.probe(&args, 1);
+    }
+    let sent_in = started.elapsed();
+    // Let the agent drain what it was woken for (a wait, not a threshold).
+    thread::sleep(Duration::from_millis(500));
+    let used = cpu_time(agent.pid()) - before;
+    println!(
+        "10000 spoofed ACKs in {:.0} ms cost the agent {} ms of CPU",
+        sent_in.as_secs_f64() * 1e3,
+        used.as_millis()
+    );
+    session.wait_round_trips(5, Duration::from_secs(5));
+}
