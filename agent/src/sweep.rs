@@ -17,9 +17,13 @@
 //!   process). A refused local flow is cut at both ends: the client's
 //!   socket and the server's accepted socket, so no backend stays
 //!   half-open.
-//! - Any other flow to a protected local port is a *remote* one; the
-//!   server's socket (below the attach point) is judged by the peer
-//!   entries for the remote address.
+//! - Any other flow to a protected local port that a server accepted (a
+//!   TCP listener, or an unconnected UDP socket, is bound to the port) is
+//!   a *remote* one; the server's socket is judged by the peer entries for
+//!   the remote address when the programs cover it: it is below the attach
+//!   point, or XDP filters peers (which it does whatever the cgroup). A
+//!   connection this host made *out* from a port that happens to be
+//!   protected has no listener behind it and is left alone.
 //!
 //! Sweeps run at start (before the agent reports ready), after every
 //! reload, revoke and expiry, and whenever the programs ask for a flow to
@@ -52,7 +56,7 @@ use crate::{
     agent::Agent,
     clock,
     explain::KernelView,
-    sockdiag::{DiagError, DiagSocket, SockDiag, ALL_BUT_LISTEN, ALL_STATES},
+    sockdiag::{DiagError, DiagSocket, SockDiag, ALL_STATES},
 };
 
 /// Sweeps are at least this far apart, however many triggers arrive.
@@ -64,6 +68,8 @@ const MAX_CGROUPS: usize = 200_000;
 const TCP_OPEN_STATES: u32 = (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 8);
 const TCP_ESTABLISHED: u8 = 1;
 const TCP_LISTEN: u8 = 10;
+/// The state sock_diag reports for an unconnected UDP socket (TCP_CLOSE).
+const UDP_UNCONNECTED: u8 = 7;
 const TCP: u8 = 6;
 const UDP: u8 = 17;
 
@@ -263,6 +269,7 @@ pub fn judge(
     cgroups: &Cgroups,
     kernel: &impl KernelView,
     owners: &mut impl Owners,
+    all_remote: bool,
 ) -> (Vec<Cut>, usize) {
     let now = clock::boot_ns();
     let by_ends: HashMap<(u8, (IpAddr, u16), (IpAddr, u16)), &DiagSocket> = sockets
@@ -277,6 +284,21 @@ pub fn judge(
         .filter(|s| s.proto == UDP)
         .map(|s| (s.local.1, s.local.0))
         .collect();
+    // Ports a server accepts on: (proto, port, address), the address
+    // unspecified for a wildcard bind.
+    let serving: HashSet<(u8, u16, IpAddr)> = sockets
+        .iter()
+        .filter(|s| {
+            (s.proto == TCP && s.state == TCP_LISTEN)
+                || (s.proto == UDP && s.state == UDP_UNCONNECTED)
+        })
+        .map(|s| (s.proto, s.local.1, s.local.0))
+        .collect();
+    let accepted = |s: &DiagSocket| {
+        serving.contains(&(s.proto, s.local.1, s.local.0))
+            || serving.contains(&(s.proto, s.local.1, IpAddr::V4([0; 4].into())))
+            || serving.contains(&(s.proto, s.local.1, IpAddr::V6([0u8; 16].into())))
+    };
     let segment = |proto: u8, port: u16| {
         proto_of(proto)
             .and_then(|p| kernel.port_segment(p, port).ok())
@@ -335,7 +357,7 @@ pub fn judge(
             continue;
         }
         let seg = segment(s.proto, s.local.1);
-        if seg == 0 || cgroups.chain(s.cgroup_id).is_none() {
+        if seg == 0 || !accepted(s) || !(all_remote || cgroups.chain(s.cgroup_id).is_some()) {
             continue;
         }
         judged += 1;
@@ -360,6 +382,8 @@ pub struct Sweeper {
     diag: SockDiag,
     mount: PathBuf,
     attach: PathBuf,
+    /// XDP filters peers: remote flows are judged whatever the server's cgroup.
+    all_remote: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -375,19 +399,20 @@ pub enum SweepError {
 }
 
 impl Sweeper {
-    pub fn open(mount: &Path, attach: &Path) -> Result<Self, SweepError> {
+    pub fn open(mount: &Path, attach: &Path, all_remote: bool) -> Result<Self, SweepError> {
         Ok(Self {
             diag: SockDiag::open()?,
             mount: mount.to_path_buf(),
             attach: attach.to_path_buf(),
+            all_remote,
         })
     }
 
-    /// Every TCP socket but listeners and every UDP socket, both families.
+    /// Every TCP and UDP socket, both families.
     fn dump(&mut self) -> Result<Vec<DiagSocket>, SweepError> {
         let mut all = Vec::new();
         for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-            all.extend(self.diag.dump(TCP, family, ALL_BUT_LISTEN)?);
+            all.extend(self.diag.dump(TCP, family, ALL_STATES)?);
             all.extend(self.diag.dump(UDP, family, ALL_STATES)?);
         }
         Ok(all)
@@ -402,7 +427,11 @@ impl Sweeper {
                 path: self.attach.display().to_string(),
                 source,
             })?;
-        Ok(Snapshot { sockets, cgroups })
+        Ok(Snapshot {
+            sockets,
+            cgroups,
+            all_remote: self.all_remote,
+        })
     }
 
     /// Destroys the sockets of `cuts`; returns how many were destroyed.
@@ -449,11 +478,18 @@ impl Sweeper {
 pub struct Snapshot {
     pub sockets: Vec<DiagSocket>,
     pub cgroups: Cgroups,
+    pub all_remote: bool,
 }
 
 impl Snapshot {
     pub fn judge(&self, kernel: &impl KernelView, owners: &mut impl Owners) -> (Vec<Cut>, usize) {
-        judge(&self.sockets, &self.cgroups, kernel, owners)
+        judge(
+            &self.sockets,
+            &self.cgroups,
+            kernel,
+            owners,
+            self.all_remote,
+        )
     }
 }
 
@@ -486,7 +522,8 @@ pub fn request() {
 /// Without sock_diag, says why and returns `None`: the programs still drop
 /// refused flows' packets, but unmarked flows are not cut.
 pub fn start(mount: &Path, attach: &Path, agent: std::sync::Arc<Mutex<Agent>>) -> Option<Trigger> {
-    let mut sweeper = match Sweeper::open(mount, attach) {
+    let all_remote = !agent.lock().expect("agent lock").dataplane.xdp().is_empty();
+    let mut sweeper = match Sweeper::open(mount, attach, all_remote) {
         Ok(s) => s,
         Err(e) => {
             warn!(error = %e, "cannot open sock_diag: flows opened before enforcement are not swept");

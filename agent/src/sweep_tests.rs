@@ -85,7 +85,7 @@ fn tcp_pair(client_cg: u64) -> Vec<DiagSocket> {
 }
 
 fn run(sockets: &[DiagSocket], m: &Maps) -> Vec<(u64, End)> {
-    let (cuts, _) = judge(sockets, &cgroups(), m, &mut Gids(HashMap::new(), 0));
+    let (cuts, _) = judge(sockets, &cgroups(), m, &mut Gids(HashMap::new(), 0), false);
     cuts.iter().map(|c| (c.socket.cookie, c.end)).collect()
 }
 
@@ -107,7 +107,7 @@ fn a_local_flow_allowed_by_uid_cgroup_ancestor_or_gid_is_kept() {
     let mut m = maps();
     grant(&mut m, kind::GID, 50);
     let mut gids = Gids(HashMap::from([(1, 50)]), 0);
-    let (cuts, judged) = judge(&tcp_pair(CHILD), &cgroups(), &m, &mut gids);
+    let (cuts, judged) = judge(&tcp_pair(CHILD), &cgroups(), &m, &mut gids, false);
     assert_eq!((cuts.len(), judged), (0, 1));
 }
 
@@ -148,15 +148,31 @@ fn a_connected_udp_client_to_a_wildcard_bound_server_is_local() {
 
 #[test]
 fn remote_flows_are_judged_by_peer_entries_on_the_servers_side() {
+    let listener = sock(TCP, 10, ("0.0.0.0", PORT), ("0.0.0.0", 0), 4);
     let s = sock(TCP, 1, ("10.0.0.1", PORT), ("10.9.0.2", 50000), 5);
-    assert_eq!(run(&[s], &maps()), vec![(5, End::Peer)]);
+    assert_eq!(run(&[listener, s], &maps()), vec![(5, End::Peer)]);
     let mut m = maps();
     m.peers.insert((7, v4_mapped([10, 9, 0, 2])), u64::MAX);
-    assert_eq!(run(&[s], &m), vec![]);
-    // A server outside the attach point is not judged.
+    assert_eq!(run(&[listener, s], &m), vec![]);
+    // A server outside the attach point is judged only when XDP filters peers.
     let mut outside = s;
     outside.cgroup_id = OUTSIDE;
-    assert_eq!(run(&[outside], &maps()), vec![]);
+    assert_eq!(run(&[listener, outside], &maps()), vec![]);
+    let (cuts, _) = judge(
+        &[listener, outside],
+        &cgroups(),
+        &maps(),
+        &mut Gids(HashMap::new(), 0),
+        true,
+    );
+    assert_eq!(cuts.len(), 1);
+}
+
+#[test]
+fn an_outgoing_connection_from_a_protected_port_number_is_not_a_server() {
+    // This host connected out; its ephemeral port happens to be protected.
+    let s = sock(TCP, 1, ("10.0.0.1", PORT), ("10.9.0.2", 443), 5);
+    assert_eq!(run(&[s], &maps()), vec![]);
 }
 
 #[test]
@@ -164,7 +180,7 @@ fn the_gid_is_looked_up_only_when_uid_and_cgroup_refuse() {
     let mut m = maps();
     grant(&mut m, kind::UID, 1000);
     let mut gids = Gids(HashMap::new(), 0);
-    judge(&tcp_pair(CHILD), &cgroups(), &m, &mut gids);
+    judge(&tcp_pair(CHILD), &cgroups(), &m, &mut gids, false);
     assert_eq!(gids.1, 0);
 }
 
