@@ -73,6 +73,9 @@ const UDP_UNCONNECTED: u8 = 7;
 const TCP: u8 = 6;
 const UDP: u8 = 17;
 
+/// A socket's protocol, local and remote address and port.
+type Ends = (u8, (IpAddr, u16), (IpAddr, u16));
+
 /// Which end of a refused flow a socket is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum End {
@@ -272,7 +275,7 @@ pub fn judge(
     all_remote: bool,
 ) -> (Vec<Cut>, usize) {
     let now = clock::boot_ns();
-    let by_ends: HashMap<(u8, (IpAddr, u16), (IpAddr, u16)), &DiagSocket> = sockets
+    let by_ends: HashMap<Ends, &DiagSocket> = sockets
         .iter()
         .filter(|s| s.state != TCP_LISTEN)
         .map(|s| ((s.proto, s.local, s.remote), s))
