@@ -457,4 +457,64 @@ mod tests {
         // The listener still accepts.
         TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     }
+
+    #[test]
+    fn parses_the_cgroup_id_attribute_after_the_message() {
+        let mut m = vec![0u8; DIAG_MSG_LEN];
+        m[0] = libc::AF_INET as u8;
+        m[1] = 1;
+        m[4..6].copy_from_slice(&40000u16.to_be_bytes());
+        m[6..8].copy_from_slice(&5432u16.to_be_bytes());
+        m[8..12].copy_from_slice(&[127, 0, 0, 1]);
+        m[24..28].copy_from_slice(&[127, 0, 0, 2]);
+        m[64..68].copy_from_slice(&1000u32.to_ne_bytes());
+        m[68..72].copy_from_slice(&77u32.to_ne_bytes());
+        // An unrelated attribute (3 bytes of payload, padded), then the cgroup id.
+        m.extend_from_slice(&7u16.to_ne_bytes());
+        m.extend_from_slice(&1u16.to_ne_bytes());
+        m.extend_from_slice(&[1, 2, 3, 0]);
+        m.extend_from_slice(&12u16.to_ne_bytes());
+        m.extend_from_slice(&INET_DIAG_CGROUP_ID.to_ne_bytes());
+        m.extend_from_slice(&0xabcdu64.to_ne_bytes());
+        let d = parse_diag(6, &m).unwrap();
+        assert_eq!(d.local, ("127.0.0.1".parse().unwrap(), 40000));
+        assert_eq!(d.remote, ("127.0.0.2".parse().unwrap(), 5432));
+        assert_eq!(
+            (d.state, d.uid, d.inode, d.cgroup_id),
+            (1, 1000, 77, 0xabcd)
+        );
+        assert_eq!(parse_diag(6, &m[..DIAG_MSG_LEN - 1]), None);
+    }
+
+    /// Against the real kernel (root only): a dump finds a live loopback
+    /// connection with this process's uid and cgroup id.
+    #[test]
+    fn a_dump_reports_the_owner_of_a_live_connection() {
+        use std::os::unix::fs::MetadataExt;
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let _server = listener.accept().unwrap();
+        let local = client.local_addr().unwrap();
+        let mut diag = SockDiag::open().unwrap();
+        let all = diag.dump(6, libc::AF_INET as u8, ALL_STATES).unwrap();
+        let me = all
+            .iter()
+            .find(|s| s.local == (local.ip(), local.port()))
+            .expect("the client socket is in the dump");
+        assert_eq!(me.uid, 0);
+        let cgroup = crate::cgroupfs::cgroup_of_pid(std::process::id()).unwrap();
+        let mount = crate::cgroupfs::mount_point().unwrap();
+        let id = std::fs::metadata(mount.join(cgroup.trim_start_matches('/')))
+            .unwrap()
+            .ino();
+        assert_eq!(me.cgroup_id, id);
+        assert!(
+            all.iter().any(|s| s.state == 10),
+            "listeners are dumped too"
+        );
+    }
 }
