@@ -24,6 +24,10 @@ pub enum CgroupError {
         #[source]
         source: io::Error,
     },
+    #[error("cgroup {path} cannot stand for a system identity: {why}")]
+    Untrusted { path: String, why: String },
+    #[error("asking systemd for unit {unit}'s cgroup failed: {why}")]
+    Systemd { unit: String, why: String },
     #[error("process {pid} not found or has no cgroup v2 entry")]
     NoProcess { pid: u32 },
 }
@@ -109,32 +113,49 @@ impl Hierarchy {
         }
     }
 
-    /// Every cgroup directory named `unit` (a systemd unit's cgroup carries the
-    /// unit's name), at most `max_depth` levels down. Sorted, so results are
-    /// deterministic.
-    pub fn find_named(&self, unit: &str, max_depth: usize) -> Vec<PathBuf> {
-        let mut found = Vec::new();
-        let mut stack = vec![(self.mount.clone(), 0usize)];
-        while let Some((dir, depth)) = stack.pop() {
-            let Ok(entries) = fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let Ok(ft) = entry.file_type() else { continue };
-                if !ft.is_dir() {
-                    continue;
-                }
-                let path = entry.path();
-                if entry.file_name().to_str() == Some(unit) {
-                    found.push(path.clone());
-                }
-                if depth + 1 < max_depth {
-                    stack.push((path, depth + 1));
-                }
+    /// The id of `cgroup` if a system unit may own it: the directory and
+    /// every ancestor up to the mount are owned by root, and no ancestor
+    /// above it is delegated (systemd marks a delegated cgroup, such as
+    /// `user@UID.service`, with the `trusted.delegate` xattr; whoever it is
+    /// delegated to may create any directory below it). A cgroup that fails
+    /// this is one an unprivileged user could have made, so it never stands
+    /// for a system unit's or a `cgroup:` identity.
+    pub fn trusted_id(&self, cgroup: &str) -> Result<u64, CgroupError> {
+        let id = self.id_of(cgroup)?;
+        let target = self.fs_path(cgroup);
+        // The directory and its ancestors up to the mount, nearest first.
+        let mut chain = vec![target.clone()];
+        let mut dir = target.clone();
+        while dir != self.mount && dir.pop() && dir.starts_with(&self.mount) {
+            chain.push(dir.clone());
+        }
+        // Delegation first: it names the cause (whose subtree this is).
+        if let Some(d) = chain.iter().skip(1).find(|d| is_delegated(d)) {
+            return Err(CgroupError::Untrusted {
+                path: cgroup.to_string(),
+                why: format!(
+                    "it is below {}, a cgroup delegated to its owner (trusted.delegate)",
+                    self.relative(d)
+                ),
+            });
+        }
+        for d in &chain {
+            let meta = fs::metadata(d).map_err(|source| CgroupError::Io {
+                path: self.relative(d),
+                source,
+            })?;
+            if meta.uid() != 0 {
+                return Err(CgroupError::Untrusted {
+                    path: cgroup.to_string(),
+                    why: format!(
+                        "{} is owned by uid {}, not root",
+                        self.relative(d),
+                        meta.uid()
+                    ),
+                });
             }
         }
-        found.sort();
-        found
+        Ok(id)
     }
 
     /// The path of the cgroup with id `id`, searched breadth-first. `None`
@@ -160,6 +181,107 @@ impl Hierarchy {
         }
         None
     }
+}
+
+/// Whether systemd marked the cgroup directory `dir` as delegated (the
+/// `trusted.delegate` xattr, systemd ≥ 251; reading trusted.* needs
+/// CAP_SYS_ADMIN, which root has; without it the attribute reads as absent).
+pub fn is_delegated(dir: &Path) -> bool {
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    let mut buf = [0u8; 8];
+    // SAFETY: both strings are NUL-terminated; the buffer is ours and its
+    // length is passed, so the kernel writes at most that much.
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            c"trusted.delegate".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    // systemd writes "1"; any value (or one too long for the buffer) counts.
+    n >= 0 || io::Error::last_os_error().raw_os_error() == Some(libc::ERANGE)
+}
+
+/// The program asked for units' cgroups: `systemctl`, or the one named by
+/// `PORTCULLIS_SYSTEMCTL` (set by whoever starts the agent, i.e. root; the
+/// end-to-end tests use it to stand in for systemd on hosts without it).
+fn systemctl() -> std::ffi::OsString {
+    std::env::var_os("PORTCULLIS_SYSTEMCTL").unwrap_or_else(|| "systemctl".into())
+}
+
+/// How long systemctl may take to answer before the unit counts as unresolved.
+const SYSTEMCTL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The cgroup systemd created for `unit` (its `ControlGroup` property, a
+/// path relative to the cgroup2 mount), or `None` when the unit is not
+/// running. Only systemd is asked: a directory of the same name elsewhere
+/// in the hierarchy means nothing.
+pub fn unit_control_group(unit: &str) -> Result<Option<String>, CgroupError> {
+    use std::process::{Command, Stdio};
+    let fail = |why: String| CgroupError::Systemd {
+        unit: unit.to_string(),
+        why,
+    };
+    let program = systemctl();
+    // sd_booted(3): without systemd as init no unit is running (unless the
+    // one asked is a stand-in named by PORTCULLIS_SYSTEMCTL).
+    if std::env::var_os("PORTCULLIS_SYSTEMCTL").is_none()
+        && !Path::new("/run/systemd/system").is_dir()
+    {
+        return Ok(None);
+    }
+    // `--` because unit names may start with `-` (`-.slice`).
+    let mut child = Command::new(program)
+        .args(["show", "--property=ControlGroup", "--value", "--", unit])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("cannot run systemctl: {e}")))?;
+    let deadline = std::time::Instant::now() + SYSTEMCTL_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5))
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(fail(format!(
+                    "systemctl did not answer within {SYSTEMCTL_TIMEOUT:?}"
+                )));
+            }
+            Err(e) => return Err(fail(e.to_string())),
+        }
+    };
+    let mut out = String::new();
+    let mut err = String::new();
+    use std::io::Read;
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_string(&mut out);
+    }
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    if !status.success() {
+        let first = err.lines().next().unwrap_or("").escape_debug().to_string();
+        return Err(fail(format!("systemctl exited with {status}: {first}")));
+    }
+    let path = out.trim();
+    if path.is_empty() {
+        return Ok(None);
+    }
+    if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
+        return Err(fail(format!(
+            "unexpected ControlGroup {:?}",
+            path.escape_debug().to_string()
+        )));
+    }
+    Ok(Some(path.to_string()))
 }
 
 /// The cgroup v2 path of a process (the `0::` line of /proc/PID/cgroup).

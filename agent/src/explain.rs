@@ -26,10 +26,6 @@ use crate::{
     ledger::{EntryKey, Ledger, Source},
 };
 
-/// How deep to look for a unit's cgroup: the same depth `resolve` uses
-/// when it turns a `unit:` identity into map keys.
-const UNIT_SEARCH_DEPTH: usize = 8;
-
 /// What to explain for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Subject {
@@ -290,17 +286,11 @@ pub fn resolve(subject: &Subject, h: &Hierarchy) -> Result<Resolved, ExplainErro
                     probes.extend(cgroup_probes(h, path, &mut notes));
                 }
                 Identity::Unit(name) => {
-                    let dirs = h.find_named(name, UNIT_SEARCH_DEPTH);
-                    let Some(first) = dirs.first() else {
-                        return Err(ExplainError::UnitNotRunning(name.clone()));
+                    // The same cgroup `resolve` gives the kernel: systemd's.
+                    let path = match cgroupfs::unit_control_group(name) {
+                        Ok(Some(path)) if h.trusted_id(&path).is_ok() => path,
+                        _ => return Err(ExplainError::UnitNotRunning(name.clone())),
                     };
-                    let path = h.relative(first);
-                    if dirs.len() > 1 {
-                        notes.push(format!(
-                            "unit {name} has {} cgroups; explaining {path} (name another with cgroup:PATH)",
-                            dirs.len()
-                        ));
-                    }
                     probes.extend(cgroup_probes(h, &path, &mut notes));
                 }
                 Identity::Peer(cidr) => {

@@ -23,6 +23,8 @@
 //! - [`cli`]: the command line.
 //! - [`config`]: the agent's configuration file (`/etc/portcullis/agent.toml`).
 //! - [`watch`]: inotify watches on the policy directory and the cgroup tree.
+//! - [`sweep`]: judging every open flow with the kernel maps and cutting refused ones
+//!   (at start, after revoke, expiry and reload, on kill requests); [`sockdiag`] is its netlink shim.
 //! - [`cgroupfs`], [`hostaddrs`], [`clock`]: host facts.
 //! - [`benchprog`]: `portcullis bench-dataplane` (hidden): per-packet cost for `cargo xtask bench`.
 pub mod agent;
@@ -51,5 +53,6 @@ pub mod resolve;
 pub mod server;
 pub mod sockdiag;
 pub mod state;
+pub mod sweep;
 pub mod termtext;
 pub mod watch;

@@ -1,8 +1,11 @@
 //! From an identity to the kernel map keys that stand for it on this host:
-//! `user:` → uid, `group:` → gid, `unit:` → the ids of the cgroups named
-//! after the unit, `cgroup:` → that cgroup's id, `peer:` → a prefix.
+//! `user:` → uid, `group:` → gid, `unit:` → the id of the cgroup systemd
+//! created for the unit, `cgroup:` → that cgroup's id, `peer:` → a prefix.
+//! A `unit:` or `cgroup:` identity never resolves to a cgroup an
+//! unprivileged user could have created (not root's, or below a delegated
+//! cgroup): see [`Hierarchy::trusted_id`].
 //!
-//! Owns host lookups (passwd, group, cgroupfs). Results are valid for now
+//! Owns host lookups (passwd, group, systemd, cgroupfs). Results are valid for now
 //! only: a unit's cgroup gets a new id when it restarts, so callers
 //! re-resolve when the hierarchy changes.
 use std::net::IpAddr;
@@ -11,13 +14,10 @@ use agent_common::{kind, v4_mapped, GrantKey};
 use nix::unistd::{Group, User};
 
 use crate::{
-    cgroupfs::{CgroupError, Hierarchy},
+    cgroupfs::{self, CgroupError, Hierarchy},
     identity::Identity,
     ledger::EntryKey,
 };
-
-/// How deep to look for a unit's cgroup (user units sit at about depth 5).
-const UNIT_SEARCH_DEPTH: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
@@ -46,6 +46,23 @@ impl Resolver {
         Self { hierarchy }
     }
 
+    /// The id of the cgroup systemd created for `unit`: systemd says
+    /// which one it is (never a same-named directory elsewhere), and it
+    /// must be one no unprivileged user could have made
+    /// ([`Hierarchy::trusted_id`]). One unit is one map entry, whatever
+    /// directories users create.
+    pub fn unit_cgroup_id(&self, unit: &str) -> Result<u64, ResolveError> {
+        match cgroupfs::unit_control_group(unit)? {
+            Some(path) => match self.hierarchy.trusted_id(&path) {
+                Err(CgroupError::Missing { .. }) => {
+                    Err(ResolveError::UnitNotRunning(unit.to_string()))
+                }
+                other => Ok(other?),
+            },
+            None => Err(ResolveError::UnitNotRunning(unit.to_string())),
+        }
+    }
+
     /// The map keys that stand for `identity` on `segment`.
     pub fn keys(&self, identity: &Identity, segment: u32) -> Result<Vec<EntryKey>, ResolveError> {
         let local = |kind, id| EntryKey::Local(GrantKey { kind, segment, id });
@@ -70,24 +87,8 @@ impl Resolver {
                     .ok_or_else(|| ResolveError::NoSuchGroup(name.clone()))?;
                 vec![local(kind::GID, group.gid.as_raw() as u64)]
             }
-            Identity::Cgroup(path) => vec![local(kind::CGROUP, self.hierarchy.id_of(path)?)],
-            Identity::Unit(name) => {
-                let dirs = self.hierarchy.find_named(name, UNIT_SEARCH_DEPTH);
-                if dirs.is_empty() {
-                    return Err(ResolveError::UnitNotRunning(name.clone()));
-                }
-                let mut keys = Vec::with_capacity(dirs.len());
-                for d in dirs {
-                    // A cgroup removed between the walk and here is simply skipped.
-                    if let Ok(id) = self.hierarchy.id_of(&self.hierarchy.relative(&d)) {
-                        keys.push(local(kind::CGROUP, id));
-                    }
-                }
-                if keys.is_empty() {
-                    return Err(ResolveError::UnitNotRunning(name.clone()));
-                }
-                keys
-            }
+            Identity::Cgroup(path) => vec![local(kind::CGROUP, self.hierarchy.trusted_id(path)?)],
+            Identity::Unit(name) => vec![local(kind::CGROUP, self.unit_cgroup_id(name)?)],
             Identity::Peer(cidr) => vec![peer_key(segment, cidr.addr, cidr.prefix)],
         })
     }
@@ -167,8 +168,8 @@ mod tests {
             .keys(&"unit:nope-xyz.service".parse().unwrap(), 1)
             .unwrap_err();
         assert!(
-            err.to_string()
-                .starts_with("unit nope-xyz.service has no cgroup"),
+            // "has no cgroup" with systemd, "asking systemd ... failed" without.
+            err.to_string().contains("unit nope-xyz.service"),
             "{err}"
         );
     }

@@ -185,14 +185,20 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         addresses = addrs.len(),
         "enforcing"
     );
-    if let Some(ring) = agent.dataplane.take_kill_requests() {
-        tokio::spawn(crate::sockdiag::serve_kill_requests(ring));
-    }
+    let kill_requests = agent.dataplane.take_kill_requests();
     for x in agent.dataplane.xdp() {
         info!(iface = %x.iface, mode = x.mode, "XDP attached");
     }
     let deny_events = agent.dataplane.take_deny_events();
     let shared: Shared = Arc::new(Mutex::new(agent));
+    // Judge the flows that were open before enforcement (or while the
+    // agent was down), then keep a sweeper for revokes, expiries, reloads
+    // and the programs' kill requests.
+    if let Some(trigger) = crate::sweep::start(&hierarchy.mount, &cgroup, shared.clone()) {
+        if let Some(ring) = kill_requests {
+            tokio::spawn(crate::sweep::serve_kill_requests(ring, trigger));
+        }
+    }
     // Deny log and metrics endpoint.
     let observers =
         crate::metrics::Observers::start(&shared, deny_events, hierarchy, &opts.observe).await?;
@@ -230,7 +236,9 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         tokio::select! {
             _ = tokio::time::sleep(sleep) => {
                 let mut a = shared.lock().expect("agent lock");
-                a.expire();
+                if !a.expire().is_empty() {
+                    crate::sweep::request();
+                }
             }
             ready = addr_events.readable() => {
                 let mut guard = ready?;
@@ -363,6 +371,7 @@ fn reload_with(shared: &Shared, dir: &Path, trust: &policy::FileTrust, only_if_c
             let digest = policy.digest.clone();
             match a.apply_policy(policy) {
                 Ok(()) => {
+                    crate::sweep::request();
                     a.note_reload(true, vec![]);
                     let _ = a.audit.record(
                         "policy_reload",
@@ -570,7 +579,11 @@ fn handle(shared: &Shared, cred: &PeerCred, request: Request) -> Response {
             segment,
         } => a
             .revoke(cred, id, identity.as_deref(), segment.as_deref())
-            .map(|(reply, _)| reply),
+            .map(|(reply, _)| {
+                // Idle flows and flows the programs never marked are cut now.
+                crate::sweep::request();
+                reply
+            }),
         Request::List {} => Ok(a.list()),
         Request::Status {} => Ok(a.status()),
         Request::RequestAccess {

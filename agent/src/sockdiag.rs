@@ -1,6 +1,8 @@
-//! Destroying sockets whose flow the kernel programs just cut (netlink
-//! SOCK_DIAG `SOCK_DESTROY`, what `ss -K` does; needs
-//! CONFIG_INET_DIAG_DESTROY, kernel ≥ 4.5).
+//! The netlink SOCK_DIAG shim: dumping this network namespace's TCP and
+//! UDP sockets with their owner (uid, inode, cgroup id; the cgroup id
+//! attribute needs kernel ≥ 5.7) and destroying one exact socket
+//! (`SOCK_DESTROY`, what `ss -K` does; needs CONFIG_INET_DIAG_DESTROY,
+//! kernel ≥ 4.5). Which sockets to destroy is `sweep`'s business.
 //!
 //! The programs drop the flow's packets: that is the guarantee. Destroying
 //! the socket is the courtesy that makes its owner see an error at once
@@ -26,7 +28,81 @@ const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const INET_DIAG_NOCOOKIE: u32 = !0;
 /// Every TCP state but LISTEN (10).
-const ALL_BUT_LISTEN: u32 = !(1 << 10);
+pub const ALL_BUT_LISTEN: u32 = !(1 << 10);
+/// Every state.
+pub const ALL_STATES: u32 = !0;
+/// `INET_DIAG_CGROUP_ID` (kernel ≥ 5.7): the socket's cgroup v2 id, sent
+/// with every dumped socket.
+const INET_DIAG_CGROUP_ID: u16 = 21;
+/// Size of `struct inet_diag_msg`.
+const DIAG_MSG_LEN: usize = 72;
+
+/// One socket from a dump, from its own point of view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiagSocket {
+    pub proto: u8,
+    /// TCP state (`TCP_ESTABLISHED` = 1, ...); UDP uses 1 for connected, 7 for not.
+    pub state: u8,
+    pub local: (IpAddr, u16),
+    pub remote: (IpAddr, u16),
+    pub cookie: u64,
+    /// The socket's uid (the creator's fsuid).
+    pub uid: u32,
+    /// Its inode, to find the process holding it in /proc.
+    pub inode: u32,
+    /// Its cgroup v2 id, or 0 when the kernel did not say (before 5.7).
+    pub cgroup_id: u64,
+}
+
+impl DiagSocket {
+    pub fn id(&self) -> SocketId {
+        SocketId {
+            proto: self.proto,
+            local: self.local,
+            remote: self.remote,
+            cookie: Some(self.cookie),
+        }
+    }
+}
+
+/// Parses one `SOCK_DIAG_BY_FAMILY` answer: `struct inet_diag_msg`, then
+/// attributes. `None` when it is too short to be one.
+fn parse_diag(proto: u8, m: &[u8]) -> Option<DiagSocket> {
+    if m.len() < DIAG_MSG_LEN {
+        return None;
+    }
+    let u32_at = |o: usize| u32::from_ne_bytes(m[o..o + 4].try_into().expect("4 bytes"));
+    let family = m[0];
+    let mut cgroup_id = 0;
+    let mut off = DIAG_MSG_LEN;
+    while off + 4 <= m.len() {
+        let len = u16::from_ne_bytes([m[off], m[off + 1]]) as usize;
+        let ty = u16::from_ne_bytes([m[off + 2], m[off + 3]]) & 0x3fff;
+        if len < 4 || off + len > m.len() {
+            break;
+        }
+        if ty == INET_DIAG_CGROUP_ID && len >= 12 {
+            cgroup_id = u64::from_ne_bytes(m[off + 4..off + 12].try_into().expect("8 bytes"));
+        }
+        off += (len + 3) & !3;
+    }
+    Some(DiagSocket {
+        proto,
+        state: m[1],
+        local: (
+            read_addr(family, &m[8..24]),
+            u16::from_be_bytes([m[4], m[5]]),
+        ),
+        remote: (
+            read_addr(family, &m[24..40]),
+            u16::from_be_bytes([m[6], m[7]]),
+        ),
+        cookie: u32_at(44) as u64 | (u32_at(48) as u64) << 32,
+        uid: u32_at(64),
+        inode: u32_at(68),
+        cgroup_id,
+    })
+}
 
 /// One socket's identity, from its own point of view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -226,6 +302,53 @@ impl SockDiag {
         }
     }
 
+    /// Every `proto` socket of address family `family` (AF_INET, AF_INET6)
+    /// in one of `states` (a bit mask of TCP states), in this network
+    /// namespace. One netlink dump.
+    pub fn dump(
+        &mut self,
+        proto: u8,
+        family: u8,
+        states: u32,
+    ) -> Result<Vec<DiagSocket>, DiagError> {
+        let any = SocketId {
+            proto,
+            local: (IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+            remote: (IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+            cookie: None,
+        };
+        let seq = self.send(
+            SOCK_DIAG_BY_FAMILY,
+            (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16,
+            &request(&any, family, states, None),
+        )?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut out = Vec::new();
+        loop {
+            let n = self.recv(&mut buf)?;
+            if n == 0 {
+                return Ok(out);
+            }
+            for (ty, mseq, m) in messages(&buf[..n]) {
+                if mseq != seq {
+                    continue;
+                }
+                match ty {
+                    NLMSG_DONE => return Ok(out),
+                    NLMSG_ERROR => {
+                        let err = m
+                            .get(..4)
+                            .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
+                            .unwrap_or(0);
+                        return Err(DiagError::Io(io::Error::from_raw_os_error(-err)));
+                    }
+                    SOCK_DIAG_BY_FAMILY => out.extend(parse_diag(proto, m)),
+                    _ => {}
+                }
+            }
+        }
+    }
+
     /// The cookie of the non-listening socket with exactly these addresses.
     /// An IPv4 flow may belong to an AF_INET6 socket (v4-mapped), so both
     /// families are searched for it.
@@ -275,70 +398,6 @@ impl SockDiag {
                     }
                     _ => {}
                 }
-            }
-        }
-    }
-}
-
-/// Reads kill requests from the programs until the ring buffer closes, and
-/// destroys each socket once (a cut flow's retransmissions repeat it).
-pub async fn serve_kill_requests(ring: aya::maps::RingBuf<aya::maps::MapData>) {
-    use std::collections::VecDeque;
-    use tokio::io::unix::AsyncFd;
-    use tracing::{debug, info, warn};
-
-    let mut diag = match SockDiag::open() {
-        Ok(d) => d,
-        Err(e) => {
-            warn!(error = %e, "cannot open SOCK_DIAG; cut flows will end when TCP gives up instead of at once");
-            return;
-        }
-    };
-    // SAFETY: the ring buffer owns its descriptor and moves into the AsyncFd,
-    // which deregisters before dropping it.
-    let mut ring = match unsafe { AsyncFd::register(ring) } {
-        Ok(r) => r,
-        Err(e) => {
-            warn!(error = %e, "cannot watch the kill-request ring buffer");
-            return;
-        }
-    };
-    // The last few hundred sockets handled, oldest first.
-    let mut recent: VecDeque<SocketId> = VecDeque::with_capacity(512);
-    loop {
-        let mut guard = match ring.readable_mut().await {
-            Ok(g) => g,
-            Err(e) => {
-                warn!(error = %e, "kill-request ring buffer failed");
-                return;
-            }
-        };
-        let mut batch = Vec::new();
-        while let Some(item) = guard.get_inner_mut().next() {
-            if item.len() >= std::mem::size_of::<KillRequest>() {
-                // SAFETY: the programs write exactly one KillRequest per
-                // record; read_unaligned copes with any alignment.
-                let req = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<KillRequest>()) };
-                batch.push(SocketId::from_request(&req));
-            }
-        }
-        guard.clear_ready();
-        for id in batch {
-            if recent.contains(&id) {
-                continue;
-            }
-            if recent.len() == 512 {
-                recent.pop_front();
-            }
-            recent.push_back(id);
-            match diag.destroy(&id) {
-                Ok(true) => info!(
-                    local = %format!("{}:{}", id.local.0, id.local.1),
-                    remote = %format!("{}:{}", id.remote.0, id.remote.1),
-                    "cut flow: socket destroyed"
-                ),
-                Ok(false) => debug!(?id, "cut flow: socket already gone"),
-                Err(e) => warn!(error = %e, ?id, "cut flow: destroying the socket failed"),
             }
         }
     }
@@ -397,5 +456,65 @@ mod tests {
         assert!(!diag.destroy(&id).unwrap(), "second destroy finds nothing");
         // The listener still accepts.
         TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn parses_the_cgroup_id_attribute_after_the_message() {
+        let mut m = vec![0u8; DIAG_MSG_LEN];
+        m[0] = libc::AF_INET as u8;
+        m[1] = 1;
+        m[4..6].copy_from_slice(&40000u16.to_be_bytes());
+        m[6..8].copy_from_slice(&5432u16.to_be_bytes());
+        m[8..12].copy_from_slice(&[127, 0, 0, 1]);
+        m[24..28].copy_from_slice(&[127, 0, 0, 2]);
+        m[64..68].copy_from_slice(&1000u32.to_ne_bytes());
+        m[68..72].copy_from_slice(&77u32.to_ne_bytes());
+        // An unrelated attribute (3 bytes of payload, padded), then the cgroup id.
+        m.extend_from_slice(&7u16.to_ne_bytes());
+        m.extend_from_slice(&1u16.to_ne_bytes());
+        m.extend_from_slice(&[1, 2, 3, 0]);
+        m.extend_from_slice(&12u16.to_ne_bytes());
+        m.extend_from_slice(&INET_DIAG_CGROUP_ID.to_ne_bytes());
+        m.extend_from_slice(&0xabcdu64.to_ne_bytes());
+        let d = parse_diag(6, &m).unwrap();
+        assert_eq!(d.local, ("127.0.0.1".parse().unwrap(), 40000));
+        assert_eq!(d.remote, ("127.0.0.2".parse().unwrap(), 5432));
+        assert_eq!(
+            (d.state, d.uid, d.inode, d.cgroup_id),
+            (1, 1000, 77, 0xabcd)
+        );
+        assert_eq!(parse_diag(6, &m[..DIAG_MSG_LEN - 1]), None);
+    }
+
+    /// Against the real kernel (root only): a dump finds a live loopback
+    /// connection with this process's uid and cgroup id.
+    #[test]
+    fn a_dump_reports_the_owner_of_a_live_connection() {
+        use std::os::unix::fs::MetadataExt;
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let _server = listener.accept().unwrap();
+        let local = client.local_addr().unwrap();
+        let mut diag = SockDiag::open().unwrap();
+        let all = diag.dump(6, libc::AF_INET as u8, ALL_STATES).unwrap();
+        let me = all
+            .iter()
+            .find(|s| s.local == (local.ip(), local.port()))
+            .expect("the client socket is in the dump");
+        assert_eq!(me.uid, 0);
+        let cgroup = crate::cgroupfs::cgroup_of_pid(std::process::id()).unwrap();
+        let mount = crate::cgroupfs::mount_point().unwrap();
+        let id = std::fs::metadata(mount.join(cgroup.trim_start_matches('/')))
+            .unwrap()
+            .ino();
+        assert_eq!(me.cgroup_id, id);
+        assert!(
+            all.iter().any(|s| s.state == 10),
+            "listeners are dumped too"
+        );
     }
 }

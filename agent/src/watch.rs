@@ -359,6 +359,14 @@ impl Tree {
                 self.limit(&format!("{MAX_CGROUP_WATCHES} directories"));
                 return;
             }
+            // Below a delegated cgroup (a user's session manager, a
+            // container runtime) its owner creates what it likes, and
+            // nothing there can stand for a unit or a `cgroup:` identity
+            // (`Hierarchy::trusted_id`): not watched, so that churn there
+            // costs the agent nothing.
+            if depth > 0 && crate::cgroupfs::is_delegated(&dir) {
+                continue;
+            }
             match inotify.add_watch(&dir, cgroup_mask()) {
                 Ok(wd) => {
                     self.dirs.insert(wd, (dir.clone(), depth));

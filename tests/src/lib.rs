@@ -26,6 +26,7 @@ pub mod frames;
 pub mod netns;
 pub mod session;
 pub mod traffic;
+pub mod units;
 pub mod users;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);

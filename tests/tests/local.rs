@@ -162,7 +162,10 @@ fn unit_identity_matches_the_units_cgroup() {
     let server = EchoServer::tcp("127.0.0.1:0");
     let unit = format!("{}.service", unique("pc-unit"));
     let svc = cg.child(&format!("system.slice/{unit}"));
-    let agent = Agent::start(&tcp_policy(server.port()), &cg.path);
+    // systemd says which cgroup is the unit's (a stand-in here).
+    let systemd = portcullis_tests::units::FakeSystemd::new();
+    systemd.start_unit(&unit, &format!("{}/system.slice/{unit}", cg.rel));
+    let agent = systemd.agent(&tcp_policy(server.port()), &cg.path).start();
     assert_eq!(As::root_in(&svc).tcp(server.addr), Outcome::eperm());
     agent.grant("db", &format!("unit:{unit}"), "10m");
     assert_eq!(As::root_in(&svc).tcp(server.addr), Outcome::Ok);

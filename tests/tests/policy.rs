@@ -359,10 +359,14 @@ fn a_unit_that_is_not_running_is_accepted_warned_and_covered_when_its_cgroup_app
     let cg = TestCgroup::new();
     let server = EchoServer::tcp("127.0.0.1:0");
     let unit = format!("{}.service", unique("pc-late"));
-    let agent = Agent::start(
-        &segment("db", &tcp(server.port()), &[&format!("unit:{unit}")], false),
-        &cg.path,
-    );
+    // systemd says which cgroup is the unit's (a stand-in here).
+    let systemd = portcullis_tests::units::FakeSystemd::new();
+    let agent = systemd
+        .agent(
+            &segment("db", &tcp(server.port()), &[&format!("unit:{unit}")], false),
+            &cg.path,
+        )
+        .start();
     assert!(
         agent
             .log
@@ -378,7 +382,9 @@ fn a_unit_that_is_not_running_is_accepted_warned_and_covered_when_its_cgroup_app
         .unwrap_or("");
     assert!(unresolved.contains("has no cgroup"), "{list:#}");
 
-    // The unit starts: its cgroup appears, then a process runs in it.
+    // The unit starts: systemd knows its cgroup, the cgroup appears, then
+    // a process runs in it.
+    systemd.start_unit(&unit, &format!("{}/system.slice/{unit}", cg.rel));
     let svc = cg.child(&format!("system.slice/{unit}"));
     let client = As::root_in(&svc);
     assert!(

@@ -38,10 +38,6 @@ pub enum HostCheck {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemHost;
 
-/// How deep below the cgroup2 root a unit's cgroup is looked for: unit
-/// cgroups sit a few levels down (`/user.slice/user-1000.slice/...`).
-const CGROUP_SEARCH_DEPTH: usize = 8;
-
 impl HostDirectory for SystemHost {
     // A lookup that fails (NSS down, LDAP unreachable) proves nothing; it
     // counts as "exists" so that the agent's own resolution, which reports
@@ -61,10 +57,9 @@ impl HostDirectory for SystemHost {
                 return loaded;
             }
         }
-        // Without systemd, a unit exists if a cgroup carries its name: the
-        // same search the agent makes to cover the unit.
-        cgroupfs::Hierarchy::discover()
-            .is_ok_and(|cgroups| !cgroups.find_named(name, CGROUP_SEARCH_DEPTH).is_empty())
+        // Otherwise, whether the unit has a cgroup: the same question the
+        // agent asks to cover the unit.
+        cgroupfs::unit_control_group(name).is_ok_and(|cg| cg.is_some())
     }
 }
 

@@ -36,6 +36,7 @@ fn errno_name(e: &std::io::Error) -> String {
         Some(libc::ECONNABORTED) => "ECONNABORTED".into(),
         Some(libc::ETIMEDOUT) => "ETIMEDOUT".into(),
         Some(libc::EPIPE) => "EPIPE".into(),
+        Some(libc::EDESTADDRREQ) => "EDESTADDRREQ".into(),
         Some(libc::EAGAIN) => "TIMEOUT".into(),
         None if e.kind() == std::io::ErrorKind::TimedOut => "TIMEOUT".into(),
         Some(n) => format!("errno{n}"),

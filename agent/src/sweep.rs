@@ -1,0 +1,503 @@
+//! Judging every open flow, not only new ones: the sweep.
+//!
+//! The programs decide a flow when it opens (connect4/6) and, for flows
+//! they marked, at every packet (cgroup_skb). Flows opened before the agent
+//! started, before a reload protected their port, or whose revocation
+//! request was lost (a full kill ring) are not marked. The sweep closes
+//! that gap: it dumps this network namespace's established TCP and
+//! connected UDP sockets (sock_diag), judges each flow to a protected port
+//! with the kernel maps by the kernel's own rules, and destroys the
+//! sockets of refused flows at once, idle or not.
+//!
+//! - A *local* flow has both ends on this host (both sockets are in the
+//!   dump; for UDP, a socket bound to the destination port). Its client
+//!   is judged by uid, primary gid (of the process holding the socket,
+//!   from /proc) and its cgroup with every ancestor, and only when that
+//!   cgroup is below the agent's attach point (the programs see no other
+//!   process). A refused local flow is cut at both ends: the client's
+//!   socket and the server's accepted socket, so no backend stays
+//!   half-open.
+//! - Any other flow to a protected local port that a server accepted (a
+//!   TCP listener, or an unconnected UDP socket, is bound to the port) is
+//!   a *remote* one; the server's socket is judged by the peer entries for
+//!   the remote address when the programs cover it: it is below the attach
+//!   point, or XDP filters peers (which it does whatever the cgroup). A
+//!   connection this host made *out* from a port that happens to be
+//!   protected has no listener behind it and is left alone.
+//!
+//! Sweeps run at start (before the agent reports ready), after every
+//! reload, revoke and expiry, and whenever the programs ask for a flow to
+//! be cut (the kill ring). A kill request only wakes the sweeper: nothing a
+//! packet says is acted on, the sweep decides from the maps, so a forged
+//! request cannot destroy an allowed flow, and one sweep (one dump per
+//! protocol and family) serves every request read in one go. Sweeps are at
+//! least [`MIN_INTERVAL`] apart.
+//!
+//! Owns the decision of which sockets to destroy; `sockdiag` is the netlink
+//! shim, `explain::KernelView` the map reads. Kernel: sock_diag with
+//! `INET_DIAG_CGROUP_ID` (≥ 5.7) and `SOCK_DESTROY` (≥ 4.5, CONFIG_INET_DIAG_DESTROY).
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    net::IpAddr,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    sync::Mutex,
+    time::Duration,
+};
+
+use agent_common::{kind, v4_mapped, GrantKey, Proto};
+use tracing::{debug, info, warn};
+
+use crate::{
+    agent::Agent,
+    clock,
+    explain::KernelView,
+    sockdiag::{DiagError, DiagSocket, SockDiag, ALL_STATES},
+};
+
+/// Sweeps are at least this far apart, however many triggers arrive.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(50);
+/// Most cgroup directories walked below the attach point per sweep.
+const MAX_CGROUPS: usize = 200_000;
+/// TCP states of a flow worth cutting: ESTABLISHED, SYN_SENT, SYN_RECV,
+/// FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT (1, 2, 3, 4, 5, 8).
+const TCP_OPEN_STATES: u32 = (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 8);
+const TCP_ESTABLISHED: u8 = 1;
+const TCP_LISTEN: u8 = 10;
+/// The state sock_diag reports for an unconnected UDP socket (TCP_CLOSE).
+const UDP_UNCONNECTED: u8 = 7;
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+
+/// A socket's protocol, local and remote address and port.
+type Ends = (u8, (IpAddr, u16), (IpAddr, u16));
+
+/// Which end of a refused flow a socket is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// The local client of a local flow.
+    Client,
+    /// The server's accepted socket of a refused local flow.
+    Server,
+    /// A server socket talking to a refused remote peer.
+    Peer,
+}
+
+/// A socket to destroy, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cut {
+    pub socket: DiagSocket,
+    pub end: End,
+    pub segment: u32,
+}
+
+/// What one sweep saw and did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    pub sockets: usize,
+    pub judged: usize,
+    pub cut: usize,
+}
+
+/// The cgroups the programs cover: the attach point, its ancestors and
+/// everything below it, as parent links by cgroup id.
+pub struct Cgroups {
+    /// cgroup id → parent id, for the attach point and below.
+    below: HashMap<u64, u64>,
+    /// The attach point's ancestors, root first (without the attach point).
+    above: Vec<u64>,
+    attach: u64,
+}
+
+impl Cgroups {
+    /// Walks the hierarchy at and below `attach` (bounded by [`MAX_CGROUPS`]).
+    pub fn scan(mount: &Path, attach: &Path) -> std::io::Result<Self> {
+        let attach_id = fs::metadata(attach)?.ino();
+        let mut above = Vec::new();
+        let mut dir = attach.to_path_buf();
+        while dir != mount && dir.pop() && dir.starts_with(mount) {
+            above.push(fs::metadata(&dir)?.ino());
+        }
+        above.reverse();
+        let mut below = HashMap::from([(attach_id, 0)]);
+        let mut stack: Vec<(PathBuf, u64)> = vec![(attach.to_path_buf(), attach_id)];
+        while let Some((dir, id)) = stack.pop() {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if below.len() >= MAX_CGROUPS {
+                    break;
+                }
+                if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                if let Ok(m) = e.metadata() {
+                    below.insert(m.ino(), id);
+                    stack.push((e.path(), m.ino()));
+                }
+            }
+        }
+        Ok(Self {
+            below,
+            above,
+            attach: attach_id,
+        })
+    }
+
+    /// The cgroup and every ancestor (the ids the programs look up), or
+    /// `None` when the cgroup is not below the attach point.
+    pub fn chain(&self, id: u64) -> Option<Vec<u64>> {
+        self.below.get(&id)?;
+        let mut out = self.above.clone();
+        let mut path = vec![id];
+        let mut at = id;
+        while at != self.attach {
+            at = *self.below.get(&at)?;
+            path.push(at);
+            if path.len() > self.below.len() {
+                return None;
+            }
+        }
+        out.extend(path.into_iter().rev());
+        Some(out)
+    }
+}
+
+fn mapped(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4_mapped(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+fn proto_of(n: u8) -> Option<Proto> {
+    Proto::from_ip_proto(n as u32)
+}
+
+/// The primary (real) gid of the process holding socket `inode`, from /proc.
+pub trait Owners {
+    fn gid_of(&mut self, inode: u32) -> Option<u32>;
+}
+
+/// /proc, scanned once per sweep and only when a gid is needed.
+#[derive(Default)]
+pub struct ProcOwners {
+    by_inode: Option<HashMap<u32, u32>>,
+}
+
+impl ProcOwners {
+    fn scan() -> HashMap<u32, u32> {
+        let mut out = HashMap::new();
+        let Ok(procs) = fs::read_dir("/proc") else {
+            return out;
+        };
+        for p in procs.flatten() {
+            let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+                continue;
+            };
+            let mut gid = None;
+            for fd in fds.flatten() {
+                let Ok(target) = fs::read_link(fd.path()) else {
+                    continue;
+                };
+                let Some(inode) = target
+                    .to_str()
+                    .and_then(|t| t.strip_prefix("socket:["))
+                    .and_then(|t| t.strip_suffix(']'))
+                    .and_then(|t| t.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                if gid.is_none() {
+                    gid = fs::read_to_string(format!("/proc/{pid}/status"))
+                        .ok()
+                        .and_then(|s| crate::explain::status_ids(&s))
+                        .map(|(_, g)| g);
+                }
+                if let Some(g) = gid {
+                    out.entry(inode).or_insert(g);
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Owners for ProcOwners {
+    fn gid_of(&mut self, inode: u32) -> Option<u32> {
+        self.by_inode
+            .get_or_insert_with(Self::scan)
+            .get(&inode)
+            .copied()
+    }
+}
+
+/// Whether a live entry in the grant map covers this local client, by the
+/// programs' rule: uid, then the cgroup and its ancestors, then the gid.
+fn local_allowed(
+    kernel: &impl KernelView,
+    owners: &mut impl Owners,
+    segment: u32,
+    s: &DiagSocket,
+    chain: &[u64],
+    now: u64,
+) -> bool {
+    let live = |kind, id| {
+        kernel
+            .grant_expiry(&GrantKey { kind, segment, id })
+            .ok()
+            .flatten()
+            .is_some_and(|at| at > now)
+    };
+    if live(kind::UID, s.uid as u64) || chain.iter().any(|&c| live(kind::CGROUP, c)) {
+        return true;
+    }
+    owners
+        .gid_of(s.inode)
+        .is_some_and(|g| live(kind::GID, g as u64))
+}
+
+/// Decides which sockets of `sockets` (one dump of every family and
+/// protocol) to destroy, reading only the kernel maps.
+pub fn judge(
+    sockets: &[DiagSocket],
+    cgroups: &Cgroups,
+    kernel: &impl KernelView,
+    owners: &mut impl Owners,
+    all_remote: bool,
+) -> (Vec<Cut>, usize) {
+    let now = clock::boot_ns();
+    let by_ends: HashMap<Ends, &DiagSocket> = sockets
+        .iter()
+        .filter(|s| s.state != TCP_LISTEN)
+        .map(|s| ((s.proto, s.local, s.remote), s))
+        .collect();
+    // UDP sockets bound to a port: (port, address), the address
+    // unspecified for a wildcard bind.
+    let udp_bound: HashSet<(u16, IpAddr)> = sockets
+        .iter()
+        .filter(|s| s.proto == UDP)
+        .map(|s| (s.local.1, s.local.0))
+        .collect();
+    // Ports a server accepts on: (proto, port, address), the address
+    // unspecified for a wildcard bind.
+    let serving: HashSet<(u8, u16, IpAddr)> = sockets
+        .iter()
+        .filter(|s| {
+            (s.proto == TCP && s.state == TCP_LISTEN)
+                || (s.proto == UDP && s.state == UDP_UNCONNECTED)
+        })
+        .map(|s| (s.proto, s.local.1, s.local.0))
+        .collect();
+    let accepted = |s: &DiagSocket| {
+        serving.contains(&(s.proto, s.local.1, s.local.0))
+            || serving.contains(&(s.proto, s.local.1, IpAddr::V4([0; 4].into())))
+            || serving.contains(&(s.proto, s.local.1, IpAddr::V6([0u8; 16].into())))
+    };
+    let segment = |proto: u8, port: u16| {
+        proto_of(proto)
+            .and_then(|p| kernel.port_segment(p, port).ok())
+            .unwrap_or(0)
+    };
+    let open = |s: &DiagSocket| match s.proto {
+        TCP => TCP_OPEN_STATES & (1 << s.state) != 0,
+        _ => s.state == TCP_ESTABLISHED,
+    };
+    let mut cuts = Vec::new();
+    let mut judged = 0;
+    let mut servers_of_local: HashSet<u64> = HashSet::new();
+    // Local flows first, from their client's side.
+    for s in sockets.iter().filter(|s| open(s)) {
+        let seg = segment(s.proto, s.remote.1);
+        if seg == 0 {
+            continue;
+        }
+        let mirror = by_ends.get(&(s.proto, s.remote, s.local)).copied();
+        let local = mirror.is_some()
+            || (s.proto == UDP
+                && (udp_bound.contains(&(s.remote.1, s.remote.0))
+                    || udp_bound.contains(&(s.remote.1, IpAddr::V4([0; 4].into())))
+                    || udp_bound.contains(&(s.remote.1, IpAddr::V6([0u8; 16].into())))));
+        if !local {
+            continue;
+        }
+        if let Some(m) = mirror {
+            servers_of_local.insert(m.cookie);
+        }
+        let Some(chain) = cgroups.chain(s.cgroup_id) else {
+            continue;
+        };
+        judged += 1;
+        if local_allowed(kernel, owners, seg, s, &chain, now) {
+            continue;
+        }
+        cuts.push(Cut {
+            socket: *s,
+            end: End::Client,
+            segment: seg,
+        });
+        if let Some(m) = mirror {
+            cuts.push(Cut {
+                socket: *m,
+                end: End::Server,
+                segment: seg,
+            });
+        }
+    }
+    // Then remote peers, from the server's side.
+    for s in sockets.iter().filter(|s| open(s)) {
+        if servers_of_local.contains(&s.cookie)
+            || by_ends.contains_key(&(s.proto, s.remote, s.local))
+        {
+            continue;
+        }
+        let seg = segment(s.proto, s.local.1);
+        if seg == 0 || !accepted(s) || !(all_remote || cgroups.chain(s.cgroup_id).is_some()) {
+            continue;
+        }
+        judged += 1;
+        let allowed = kernel
+            .peer_lookup(seg, mapped(s.remote.0))
+            .ok()
+            .flatten()
+            .is_some_and(|at| at > now);
+        if !allowed {
+            cuts.push(Cut {
+                socket: *s,
+                end: End::Peer,
+                segment: seg,
+            });
+        }
+    }
+    (cuts, judged)
+}
+
+/// The sweeper: a netlink socket and the cgroup hierarchy it judges in.
+pub struct Sweeper {
+    diag: SockDiag,
+    mount: PathBuf,
+    attach: PathBuf,
+    /// XDP filters peers: remote flows are judged whatever the server's cgroup.
+    all_remote: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error("listing sockets (sock_diag) failed")]
+    Diag(#[from] DiagError),
+    #[error("reading the cgroup tree at {path} failed")]
+    Cgroups {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Sweeper {
+    pub fn open(mount: &Path, attach: &Path, all_remote: bool) -> Result<Self, SweepError> {
+        Ok(Self {
+            diag: SockDiag::open()?,
+            mount: mount.to_path_buf(),
+            attach: attach.to_path_buf(),
+            all_remote,
+        })
+    }
+
+    /// Every TCP and UDP socket, both families.
+    fn dump(&mut self) -> Result<Vec<DiagSocket>, SweepError> {
+        let mut all = Vec::new();
+        for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+            all.extend(self.diag.dump(TCP, family, ALL_STATES)?);
+            all.extend(self.diag.dump(UDP, family, ALL_STATES)?);
+        }
+        Ok(all)
+    }
+
+    /// What a sweep judges: the sockets and the covered cgroups, read
+    /// without any lock held.
+    pub fn snapshot(&mut self) -> Result<Snapshot, SweepError> {
+        let sockets = self.dump()?;
+        let cgroups =
+            Cgroups::scan(&self.mount, &self.attach).map_err(|source| SweepError::Cgroups {
+                path: self.attach.display().to_string(),
+                source,
+            })?;
+        Ok(Snapshot {
+            sockets,
+            cgroups,
+            all_remote: self.all_remote,
+        })
+    }
+
+    /// Destroys the sockets of `cuts`; returns how many were destroyed.
+    pub fn cut(&mut self, cuts: &[Cut]) -> usize {
+        let mut n = 0;
+        for cut in cuts {
+            let s = &cut.socket;
+            match self.diag.destroy(&s.id()) {
+                Ok(true) => {
+                    n += 1;
+                    info!(
+                        end = ?cut.end,
+                        segment = cut.segment,
+                        local = %format!("{}:{}", s.local.0, s.local.1),
+                        remote = %format!("{}:{}", s.remote.0, s.remote.1),
+                        uid = s.uid,
+                        "cut flow: socket destroyed"
+                    );
+                }
+                Ok(false) => debug!(?s, "cut flow: socket already gone"),
+                Err(e) => warn!(error = %e, ?s, "cut flow: destroying the socket failed"),
+            }
+        }
+        n
+    }
+
+    /// One sweep for the running agent: snapshot, judge under the agent's
+    /// lock with its maps, destroy.
+    pub fn sweep(&mut self, agent: &Mutex<Agent>) -> Result<Report, SweepError> {
+        let snap = self.snapshot()?;
+        let (cuts, judged) = {
+            let a = agent.lock().expect("agent lock");
+            snap.judge(&a.dataplane, &mut ProcOwners::default())
+        };
+        Ok(Report {
+            sockets: snap.sockets.len(),
+            judged,
+            cut: self.cut(&cuts),
+        })
+    }
+}
+
+/// The sockets and cgroups one sweep judges.
+pub struct Snapshot {
+    pub sockets: Vec<DiagSocket>,
+    pub cgroups: Cgroups,
+    pub all_remote: bool,
+}
+
+impl Snapshot {
+    pub fn judge(&self, kernel: &impl KernelView, owners: &mut impl Owners) -> (Vec<Cut>, usize) {
+        judge(
+            &self.sockets,
+            &self.cgroups,
+            kernel,
+            owners,
+            self.all_remote,
+        )
+    }
+}
+
+/// The sweeper thread, its triggers and the kill-ring reader.
+#[path = "sweep_runtime.rs"]
+mod runtime;
+pub use runtime::{channel, request, run, serve_kill_requests, start, Trigger};
+
+#[cfg(test)]
+#[path = "sweep_tests.rs"]
+mod tests;

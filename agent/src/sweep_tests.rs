@@ -1,0 +1,191 @@
+//! The sweep's decisions against a table standing in for the kernel maps.
+use std::collections::HashMap;
+
+use super::*;
+use crate::dataplane::DataplaneError;
+
+#[derive(Default)]
+struct Maps {
+    ports: HashMap<(Proto, u16), u32>,
+    grants: HashMap<GrantKey, u64>,
+    peers: HashMap<(u32, [u8; 16]), u64>,
+}
+
+impl KernelView for Maps {
+    fn port_segment(&self, proto: Proto, port: u16) -> Result<u32, DataplaneError> {
+        Ok(self.ports.get(&(proto, port)).copied().unwrap_or(0))
+    }
+    fn grant_expiry(&self, key: &GrantKey) -> Result<Option<u64>, DataplaneError> {
+        Ok(self.grants.get(key).copied())
+    }
+    fn peer_lookup(&self, segment: u32, addr: [u8; 16]) -> Result<Option<u64>, DataplaneError> {
+        Ok(self.peers.get(&(segment, addr)).copied())
+    }
+}
+
+struct Gids(HashMap<u32, u32>, usize);
+impl Owners for Gids {
+    fn gid_of(&mut self, inode: u32) -> Option<u32> {
+        self.1 += 1;
+        self.0.get(&inode).copied()
+    }
+}
+
+const PORT: u16 = 5432;
+const ATTACH: u64 = 100;
+const CHILD: u64 = 101;
+const OUTSIDE: u64 = 999;
+
+fn cgroups() -> Cgroups {
+    Cgroups {
+        below: HashMap::from([(ATTACH, 0), (CHILD, ATTACH)]),
+        above: vec![1],
+        attach: ATTACH,
+    }
+}
+
+fn maps() -> Maps {
+    let mut m = Maps::default();
+    m.ports.insert((Proto::Tcp, PORT), 7);
+    m.ports.insert((Proto::Udp, PORT), 7);
+    m
+}
+
+fn grant(m: &mut Maps, kind: u32, id: u64) {
+    m.grants.insert(
+        GrantKey {
+            kind,
+            segment: 7,
+            id,
+        },
+        u64::MAX,
+    );
+}
+
+fn sock(proto: u8, state: u8, local: (&str, u16), remote: (&str, u16), cookie: u64) -> DiagSocket {
+    DiagSocket {
+        proto,
+        state,
+        local: (local.0.parse().unwrap(), local.1),
+        remote: (remote.0.parse().unwrap(), remote.1),
+        cookie,
+        uid: 1000,
+        inode: cookie as u32,
+        cgroup_id: CHILD,
+    }
+}
+
+/// A loopback TCP flow: (client, server's accepted socket).
+fn tcp_pair(client_cg: u64) -> Vec<DiagSocket> {
+    let mut c = sock(TCP, 1, ("127.0.0.1", 40000), ("127.0.0.1", PORT), 1);
+    c.cgroup_id = client_cg;
+    let mut s = sock(TCP, 1, ("127.0.0.1", PORT), ("127.0.0.1", 40000), 2);
+    s.cgroup_id = OUTSIDE;
+    vec![c, s]
+}
+
+fn run(sockets: &[DiagSocket], m: &Maps) -> Vec<(u64, End)> {
+    let (cuts, _) = judge(sockets, &cgroups(), m, &mut Gids(HashMap::new(), 0), false);
+    cuts.iter().map(|c| (c.socket.cookie, c.end)).collect()
+}
+
+#[test]
+fn a_refused_local_flow_is_cut_at_both_ends() {
+    assert_eq!(
+        run(&tcp_pair(CHILD), &maps()),
+        vec![(1, End::Client), (2, End::Server)]
+    );
+}
+
+#[test]
+fn a_local_flow_allowed_by_uid_cgroup_ancestor_or_gid_is_kept() {
+    for (kind, id) in [(kind::UID, 1000), (kind::CGROUP, ATTACH), (kind::CGROUP, 1)] {
+        let mut m = maps();
+        grant(&mut m, kind, id);
+        assert_eq!(run(&tcp_pair(CHILD), &m), vec![], "{kind} {id}");
+    }
+    let mut m = maps();
+    grant(&mut m, kind::GID, 50);
+    let mut gids = Gids(HashMap::from([(1, 50)]), 0);
+    let (cuts, judged) = judge(&tcp_pair(CHILD), &cgroups(), &m, &mut gids, false);
+    assert_eq!((cuts.len(), judged), (0, 1));
+}
+
+#[test]
+fn an_expired_entry_does_not_allow() {
+    let mut m = maps();
+    m.grants.insert(
+        GrantKey {
+            kind: kind::UID,
+            segment: 7,
+            id: 1000,
+        },
+        1,
+    );
+    assert_eq!(run(&tcp_pair(CHILD), &m).len(), 2);
+}
+
+#[test]
+fn clients_outside_the_attach_point_are_not_judged() {
+    assert_eq!(run(&tcp_pair(OUTSIDE), &maps()), vec![]);
+}
+
+#[test]
+fn unprotected_ports_are_not_touched() {
+    let mut m = maps();
+    m.ports.clear();
+    assert_eq!(run(&tcp_pair(CHILD), &m), vec![]);
+}
+
+#[test]
+fn a_connected_udp_client_to_a_wildcard_bound_server_is_local() {
+    let c = sock(UDP, 1, ("127.0.0.1", 40000), ("127.0.0.1", PORT), 1);
+    let server = sock(UDP, 7, ("0.0.0.0", PORT), ("0.0.0.0", 0), 2);
+    assert_eq!(run(&[c, server], &maps()), vec![(1, End::Client)]);
+    // Without a local socket on the port it is not a local flow.
+    assert_eq!(run(&[c], &maps()), vec![]);
+}
+
+#[test]
+fn remote_flows_are_judged_by_peer_entries_on_the_servers_side() {
+    let listener = sock(TCP, 10, ("0.0.0.0", PORT), ("0.0.0.0", 0), 4);
+    let s = sock(TCP, 1, ("10.0.0.1", PORT), ("10.9.0.2", 50000), 5);
+    assert_eq!(run(&[listener, s], &maps()), vec![(5, End::Peer)]);
+    let mut m = maps();
+    m.peers.insert((7, v4_mapped([10, 9, 0, 2])), u64::MAX);
+    assert_eq!(run(&[listener, s], &m), vec![]);
+    // A server outside the attach point is judged only when XDP filters peers.
+    let mut outside = s;
+    outside.cgroup_id = OUTSIDE;
+    assert_eq!(run(&[listener, outside], &maps()), vec![]);
+    let (cuts, _) = judge(
+        &[listener, outside],
+        &cgroups(),
+        &maps(),
+        &mut Gids(HashMap::new(), 0),
+        true,
+    );
+    assert_eq!(cuts.len(), 1);
+}
+
+#[test]
+fn an_outgoing_connection_from_a_protected_port_number_is_not_a_server() {
+    // This host connected out; its ephemeral port happens to be protected.
+    let s = sock(TCP, 1, ("10.0.0.1", PORT), ("10.9.0.2", 443), 5);
+    assert_eq!(run(&[s], &maps()), vec![]);
+}
+
+#[test]
+fn the_gid_is_looked_up_only_when_uid_and_cgroup_refuse() {
+    let mut m = maps();
+    grant(&mut m, kind::UID, 1000);
+    let mut gids = Gids(HashMap::new(), 0);
+    judge(&tcp_pair(CHILD), &cgroups(), &m, &mut gids, false);
+    assert_eq!(gids.1, 0);
+}
+
+#[test]
+fn chains_run_from_the_root_to_the_cgroup() {
+    assert_eq!(cgroups().chain(CHILD), Some(vec![1, ATTACH, CHILD]));
+    assert_eq!(cgroups().chain(OUTSIDE), None);
+}
