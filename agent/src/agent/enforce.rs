@@ -58,6 +58,8 @@ pub struct Enforcement {
     /// What was still missing after the last check, if anything.
     pub failing: Vec<String>,
     pub uninstalled: bool,
+    /// The last check could not be made (out of descriptors): said once.
+    pub unchecked: bool,
 }
 
 impl Agent {
@@ -68,6 +70,16 @@ impl Agent {
             return false;
         }
         let (before, after) = self.dataplane.repair();
+        if let Some(why) = &before.unchecked {
+            // Not evidence of tampering: keep the last verdict, say so once
+            // per episode, and repair nothing on it.
+            if !self.enforcement.unchecked {
+                warn!(reason = %why, "could not check enforcement against the kernel; keeping the last result until a check succeeds");
+            }
+            self.enforcement.unchecked = true;
+            return self.enforcement.failing.is_empty();
+        }
+        self.enforcement.unchecked = false;
         if before.ok() && !before.cgroup_recreated {
             self.enforcement.failing.clear();
             return true;

@@ -192,12 +192,42 @@ pub struct KernelCheck {
     pub missing: Vec<String>,
     /// The attach cgroup at its path is not the one the programs were attached to.
     pub cgroup_recreated: bool,
+    /// Set when the check could not be made (the agent is out of file
+    /// descriptors or memory): what it found is not evidence of anything
+    /// missing, and nothing is repaired on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unchecked: Option<String>,
 }
 
 impl KernelCheck {
     pub fn ok(&self) -> bool {
         self.missing.is_empty()
     }
+}
+
+/// Descriptors the check needs at once, with room to spare.
+const CHECK_HEADROOM: usize = 8;
+
+/// Whether this process can open a few more descriptors. A check that found
+/// something "missing" while descriptors (or kernel memory) ran out proves
+/// nothing: `Some(why)` then.
+fn no_headroom() -> Option<String> {
+    let mut held = Vec::with_capacity(CHECK_HEADROOM);
+    for _ in 0..CHECK_HEADROOM {
+        match fs::File::open("/dev/null") {
+            Ok(f) => held.push(f),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM)
+                ) =>
+            {
+                return Some(format!("the agent cannot open file descriptors ({e})"));
+            }
+            Err(_) => break,
+        }
+    }
+    None
 }
 
 /// Whether the object pinned at `path` is the link `id`.
@@ -272,6 +302,9 @@ impl Dataplane {
                 ));
             }
         }
+        if !out.missing.is_empty() {
+            out.unchecked = no_headroom();
+        }
         out
     }
 
@@ -279,7 +312,7 @@ impl Dataplane {
     /// Returns what was missing before and what the kernel has after.
     pub fn repair(&mut self) -> (KernelCheck, KernelCheck) {
         let before = self.check();
-        if before.ok() && !before.cgroup_recreated {
+        if (before.ok() && !before.cgroup_recreated) || before.unchecked.is_some() {
             return (before.clone(), before);
         }
         let links = self.pin_dir.join("links");
