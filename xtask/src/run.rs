@@ -53,13 +53,61 @@ pub fn run_main(options: RunOptions, ws: &Workspace) -> Result<()> {
     }
     setup::setup(ws)?;
     let bin = build_agent(ws, true)?;
+    let policies = trusted_policies(ws)?;
     let mut cmd = Command::new(&bin);
     cmd.arg("agent")
         .arg("--policies")
-        .arg(ws.root.join("policies"))
+        .arg(&policies)
         .args(&options.agent_args);
     eprintln!("run: {}", util::describe(&cmd));
     // Replace this process so that signals reach the agent directly.
     let err = cmd.exec();
     bail!("could not run `{}`: {err}", util::describe(&cmd))
+}
+
+/// Whether the agent would trust `path` as a policy directory or file:
+/// owned by root and not writable by group or others (docs/policy.md).
+fn trusted(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    meta.uid() == 0 && meta.mode() & 0o022 == 0
+}
+
+/// The example policies, where the agent will accept them. The agent reads
+/// only root-owned policy files that group and others cannot write; a
+/// checkout made by an ordinary user (or with a group-writable umask) is
+/// copied to a root-owned directory under target/ instead, and the agent
+/// then reads that copy (edits to `policies/` need another `cargo xtask run`).
+fn trusted_policies(ws: &Workspace) -> Result<PathBuf> {
+    use std::{fs, os::unix::fs::PermissionsExt};
+    let repo = ws.root.join("policies");
+    let mut all_trusted = trusted(&fs::metadata(&repo)?);
+    for entry in fs::read_dir(&repo)? {
+        let entry = entry?;
+        all_trusted &= trusted(&fs::symlink_metadata(entry.path())?);
+    }
+    if all_trusted {
+        return Ok(repo);
+    }
+    let copy = ws.target_dir()?.join("run-policies");
+    let _ = fs::remove_dir_all(&copy);
+    fs::create_dir_all(&copy)?;
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o755))?;
+    std::os::unix::fs::chown(&copy, Some(0), Some(0))?;
+    for entry in fs::read_dir(&repo)? {
+        let entry = entry?;
+        if !entry.file_type()?.is_file() {
+            continue;
+        }
+        let to = copy.join(entry.file_name());
+        fs::copy(entry.path(), &to)?;
+        fs::set_permissions(&to, fs::Permissions::from_mode(0o644))?;
+        std::os::unix::fs::chown(&to, Some(0), Some(0))?;
+    }
+    eprintln!(
+        "run: {} is not root-owned or is writable by group/others, which the agent refuses \
+         for policy files; using a root-owned copy in {}",
+        repo.display(),
+        copy.display()
+    );
+    Ok(copy)
 }
