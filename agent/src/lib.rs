@@ -26,9 +26,10 @@
 //! - [`sweep`]: judging every open flow with the kernel maps and cutting refused ones
 //!   (at start, after revoke, expiry and reload, on kill requests); [`sockdiag`] is its netlink shim.
 //! - [`cgroupfs`], [`hostaddrs`], [`clock`]: host facts.
-//! - [`benchprog`]: `portcullis bench-dataplane` (hidden): per-packet cost for `cargo xtask bench`.
+//! - `benchprog` (feature `bench`): `portcullis bench-dataplane` (hidden): per-packet cost for `cargo xtask bench`.
 pub mod agent;
 pub mod audit;
+#[cfg(feature = "bench")]
 pub mod benchprog;
 pub mod cgroupfs;
 pub mod cli;
