@@ -20,7 +20,7 @@
 use std::{io, net::IpAddr, time::Duration};
 
 use netlink_packet_core::{
-    Nla as _, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla as _, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_sock_diag::{
     inet::{nlas::Nla, ExtensionFlags, InetRequest, InetResponse, SocketId as WireId, StateFlags},
@@ -351,8 +351,18 @@ mod tests {
         m[1] = 1;
         m[4..6].copy_from_slice(&40000u16.to_be_bytes());
         m[6..8].copy_from_slice(&5432u16.to_be_bytes());
-        m[8..24].copy_from_slice(&"::ffff:127.0.0.1".parse::<std::net::Ipv6Addr>().unwrap().octets());
-        m[24..40].copy_from_slice(&"::ffff:127.0.0.2".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        m[8..24].copy_from_slice(
+            &"::ffff:127.0.0.1"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
+        m[24..40].copy_from_slice(
+            &"::ffff:127.0.0.2"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
         m[44..52].copy_from_slice(&cookie_bytes(0x1_0000_0002));
         m[64..68].copy_from_slice(&1000u32.to_ne_bytes());
         m[68..72].copy_from_slice(&77u32.to_ne_bytes());

@@ -46,7 +46,7 @@ use std::{
     time::Duration,
 };
 
-use agent_common::{kind, v4_mapped, GrantKey, Proto};
+use agent_common::{key_of_ip, kind, GrantKey, Proto};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -161,19 +161,11 @@ impl Cgroups {
             }
         }
         out.extend(path.into_iter().rev());
+        // The programs look at the first MAX_CGROUP_DEPTH levels (root = 0)
+        // and no deeper: judge as they do.
+        out.truncate(agent_common::MAX_CGROUP_DEPTH as usize);
         Some(out)
     }
-}
-
-fn mapped(ip: IpAddr) -> [u8; 16] {
-    match ip {
-        IpAddr::V4(v4) => v4_mapped(v4.octets()),
-        IpAddr::V6(v6) => v6.octets(),
-    }
-}
-
-fn proto_of(n: u8) -> Option<Proto> {
-    Proto::from_ip_proto(n as u32)
 }
 
 /// The primary (real) gid of the process holding socket `inode`, from /proc.
@@ -300,7 +292,7 @@ pub fn judge(
             || serving.contains(&(s.proto, s.local.1, IpAddr::V6([0u8; 16].into())))
     };
     let segment = |proto: u8, port: u16| {
-        proto_of(proto)
+        Proto::from_u8(proto)
             .and_then(|p| kernel.port_segment(p, port).ok())
             .unwrap_or(0)
     };
@@ -362,7 +354,7 @@ pub fn judge(
         }
         judged += 1;
         let allowed = kernel
-            .peer_lookup(seg, mapped(s.remote.0))
+            .peer_lookup(seg, key_of_ip(s.remote.0))
             .ok()
             .flatten()
             .is_some_and(|at| at > now);

@@ -26,7 +26,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use agent_common::{map_names, Expiry, GrantKey, PeerKey, SegmentCounters};
+use agent_common::{map_names, DenyEvent, Expiry, GrantKey, KillRequest, PeerKey, SegmentCounters};
 use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf},
     programs::ProgramError,
@@ -44,6 +44,8 @@ mod bench;
 mod links;
 mod loader;
 mod maps;
+mod ring;
+pub use ring::{AsyncRing, Ring};
 
 use links::{new_xdp_link, pin_fd, xdp_pin_name, HeldLink, LinkKind};
 use loader::program;
@@ -220,12 +222,12 @@ impl Dataplane {
     }
 
     /// Hands the kill-request ring buffer to its reader (once).
-    pub fn take_kill_requests(&mut self) -> Option<RingBuf<MapData>> {
-        self.kill_requests.take()
+    pub fn take_kill_requests(&mut self) -> Option<Ring<KillRequest>> {
+        self.kill_requests.take().map(Ring::new)
     }
 
     /// Hands the deny-event ring buffer to its reader (once).
-    pub fn take_deny_events(&mut self) -> Option<RingBuf<MapData>> {
-        self.deny_events.take()
+    pub fn take_deny_events(&mut self) -> Option<Ring<DenyEvent>> {
+        self.deny_events.take().map(Ring::new)
     }
 }
