@@ -181,35 +181,25 @@ pub struct ProcOwners {
 
 impl ProcOwners {
     fn scan() -> HashMap<u32, u32> {
+        use procfs::process::{all_processes, FDTarget};
         let mut out = HashMap::new();
-        let Ok(procs) = fs::read_dir("/proc") else {
+        let Ok(procs) = all_processes() else {
             return out;
         };
         for p in procs.flatten() {
-            let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            let Ok(fds) = p.fd() else {
                 continue;
             };
             let mut gid = None;
             for fd in fds.flatten() {
-                let Ok(target) = fs::read_link(fd.path()) else {
+                let FDTarget::Socket(inode) = fd.target else {
                     continue;
                 };
-                let Some(inode) = target
-                    .to_str()
-                    .and_then(|t| t.strip_prefix("socket:["))
-                    .and_then(|t| t.strip_suffix(']'))
-                    .and_then(|t| t.parse::<u32>().ok())
-                else {
+                let Ok(inode) = u32::try_from(inode) else {
                     continue;
                 };
                 if gid.is_none() {
-                    gid = fs::read_to_string(format!("/proc/{pid}/status"))
-                        .ok()
-                        .and_then(|s| crate::explain::status_ids(&s))
-                        .map(|(_, g)| g);
+                    gid = p.status().ok().map(|s| s.rgid);
                 }
                 if let Some(g) = gid {
                     out.entry(inode).or_insert(g);
