@@ -10,6 +10,12 @@
 //! after it, so an upgraded agent never reads an old map with a new layout.
 #![no_std]
 
+/// Conversions for user space only (addresses, protocol names).
+#[cfg(feature = "user")]
+mod user;
+#[cfg(feature = "user")]
+pub use user::{ip_of_key, key_of_ip};
+
 /// Version of every map layout below. Part of the pin path (`v{N}`).
 pub const LAYOUT_VERSION: u32 = 2;
 

@@ -34,38 +34,8 @@ pub enum CgroupError {
 
 /// The mount point of the cgroup2 filesystem, from /proc/self/mountinfo.
 pub fn mount_point() -> Result<PathBuf, CgroupError> {
-    let info = fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::MountInfo)?;
-    parse_mountinfo(&info).ok_or(CgroupError::NotMounted)
-}
-
-/// The first cgroup2 mount point in a mountinfo text.
-pub fn parse_mountinfo(info: &str) -> Option<PathBuf> {
-    info.lines().find_map(|line| {
-        // Fields: id parent major:minor root mountpoint options [optional...] - fstype source super
-        let (left, right) = line.split_once(" - ")?;
-        let fstype = right.split_whitespace().next()?;
-        let mount_point = left.split_whitespace().nth(4)?;
-        (fstype == "cgroup2").then(|| PathBuf::from(unescape(mount_point)))
-    })
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v as char);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i] as char);
-        i += 1;
-    }
-    out
+    let mounts = crate::mounts::mounts().map_err(CgroupError::MountInfo)?;
+    crate::mounts::first_of_type(&mounts, "cgroup2").ok_or(CgroupError::NotMounted)
 }
 
 /// A cgroup hierarchy rooted at its mount point.
@@ -297,26 +267,6 @@ pub fn cgroup_of_pid(pid: u32) -> Result<String, CgroupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_cgroup2_in_hybrid_mountinfo() {
-        let info = "\
-25 30 0:23 / /sys rw,nosuid - sysfs sysfs rw
-35 25 0:30 / /sys/fs/cgroup ro - tmpfs tmpfs ro,mode=755
-41 35 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
-42 35 0:39 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu";
-        assert_eq!(
-            parse_mountinfo(info),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-    }
-
-    #[test]
-    fn optional_fields_and_escapes() {
-        let info = "41 35 0:38 / /mnt/my\\040cg rw shared:9 master:2 - cgroup2 none rw";
-        assert_eq!(parse_mountinfo(info), Some(PathBuf::from("/mnt/my cg")));
-        assert_eq!(parse_mountinfo("1 2 0:1 / / rw - ext4 /dev/sda rw"), None);
-    }
 
     #[test]
     fn relative_paths() {

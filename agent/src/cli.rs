@@ -145,6 +145,7 @@ pub enum Command {
     /// stops). Explicit by design: stopping the agent never does this.
     Uninstall(uninstall::UninstallArgs),
     /// Per-packet cost of the programs under BPF_PROG_TEST_RUN, as JSON (for `cargo xtask bench`).
+    #[cfg(feature = "bench")]
     #[command(hide = true)]
     BenchDataplane(crate::benchprog::BenchArgs),
 }
@@ -215,7 +216,9 @@ fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
 /// Runs a client command (everything but `agent`).
 pub fn run_client(cli: Cli) -> ExitCode {
     let (request, json) = match cli.command {
-        Command::Agent(_) | Command::BenchDataplane(_) => unreachable!("handled by main"),
+        Command::Agent(_) => unreachable!("handled by main"),
+        #[cfg(feature = "bench")]
+        Command::BenchDataplane(_) => unreachable!("handled by main"),
         Command::Check { paths } => return check(&paths),
         Command::Audit(args) => return crate::audit::query::run(args, &client_socket(cli.socket)),
         Command::Uninstall(args) => return uninstall::run(args),

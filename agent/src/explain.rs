@@ -13,9 +13,9 @@
 //! Owns resolving a subject into kernel keys (a running process from
 //! /proc, or an identity) and rendering the evaluation. It never writes a
 //! map and does not decide anything the kernel has not already decided.
-use std::{fs, net::IpAddr};
+use std::fs;
 
-use agent_common::{kind, v4_mapped, GrantKey, Proto, NEVER};
+use agent_common::{kind, GrantKey, Proto, NEVER};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -300,7 +300,7 @@ pub fn resolve(subject: &Subject, h: &Hierarchy) -> Result<Resolved, ExplainErro
                     }
                     probes.push(Probe {
                         label: format!("peer {}", cidr.addr),
-                        lookup: Lookup::Peer(mapped(cidr.addr)),
+                        lookup: Lookup::Peer(agent_common::key_of_ip(cidr.addr)),
                     });
                     notes.push("peers are decided for packets arriving from the network".into());
                 }
@@ -313,13 +313,6 @@ pub fn resolve(subject: &Subject, h: &Hierarchy) -> Result<Resolved, ExplainErro
         probes,
         notes,
     })
-}
-
-fn mapped(addr: IpAddr) -> [u8; 16] {
-    match addr {
-        IpAddr::V4(v4) => v4_mapped(v4.octets()),
-        IpAddr::V6(v6) => v6.octets(),
-    }
 }
 
 /// Whether a peer trie entry (v6 form, v6 prefix length) contains `addr`.
@@ -372,10 +365,7 @@ pub fn evaluate(
     segment_name: &dyn Fn(u32) -> Option<String>,
     describe: &dyn Fn(&Source) -> String,
 ) -> Result<ExplainView, ExplainError> {
-    let proto_text = match proto {
-        Proto::Tcp => "tcp",
-        Proto::Udp => "udp",
-    };
+    let proto_text = proto.name();
     let port_text = format!("{port}/{proto_text}");
     let mut notes = resolved.notes.clone();
     let segment_id = kernel.port_segment(proto, port)?;
@@ -479,6 +469,7 @@ pub fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use agent_common::v4_mapped;
     use std::collections::HashMap;
 
     #[derive(Default)]

@@ -189,11 +189,7 @@ fn local_net(route: &RouteMessage) -> Option<LocalNet> {
 
 /// Renders a key of the local-address map for logs.
 pub fn display(addr: &[u8; 16]) -> String {
-    let ip = std::net::Ipv6Addr::from(*addr);
-    match ip.to_ipv4_mapped() {
-        Some(v4) => IpAddr::V4(v4).to_string(),
-        None => IpAddr::V6(ip).to_string(),
-    }
+    agent_common::ip_of_key(*addr).to_string()
 }
 
 /// A netlink socket subscribed to address, link and route changes;

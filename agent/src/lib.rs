@@ -25,10 +25,11 @@
 //! - [`watch`]: inotify watches on the policy directory and the cgroup tree.
 //! - [`sweep`]: judging every open flow with the kernel maps and cutting refused ones
 //!   (at start, after revoke, expiry and reload, on kill requests); [`sockdiag`] is its netlink shim.
-//! - [`cgroupfs`], [`hostaddrs`], [`clock`]: host facts.
-//! - [`benchprog`]: `portcullis bench-dataplane` (hidden): per-packet cost for `cargo xtask bench`.
+//! - [`cgroupfs`], [`hostaddrs`], [`clock`], [`mounts`]: host facts.
+//! - `benchprog` (feature `bench`): `portcullis bench-dataplane` (hidden): per-packet cost for `cargo xtask bench`.
 pub mod agent;
 pub mod audit;
+#[cfg(feature = "bench")]
 pub mod benchprog;
 pub mod cgroupfs;
 pub mod cli;
@@ -44,6 +45,7 @@ pub mod identity;
 pub mod ledger;
 pub mod lock;
 pub mod metrics;
+pub mod mounts;
 pub mod notify;
 pub mod pindir;
 pub mod policy;

@@ -36,6 +36,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        #[cfg(feature = "bench")]
         Command::BenchDataplane(args) => portcullis::benchprog::main(args),
         _ => cli::run_client(cli),
     }

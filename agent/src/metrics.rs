@@ -206,7 +206,7 @@ pub struct Observers {
 impl Observers {
     pub async fn start(
         shared: &Arc<std::sync::Mutex<Agent>>,
-        ring: Option<aya::maps::RingBuf<aya::maps::MapData>>,
+        ring: Option<crate::dataplane::Ring<agent_common::DenyEvent>>,
         hierarchy: Hierarchy,
         opts: &Observe,
     ) -> anyhow::Result<Self> {

@@ -107,13 +107,8 @@ fn ensure_bpffs(bpffs: &Path) -> anyhow::Result<()> {
     if !bpffs.starts_with(root) {
         return Ok(());
     }
-    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
-        .context("reading /proc/self/mountinfo")?
-        .lines()
-        .any(|l| {
-            l.split(" - ").nth(1).is_some_and(|r| r.starts_with("bpf "))
-                && l.split_whitespace().nth(4) == Some("/sys/fs/bpf")
-        });
+    let mounts = crate::mounts::mounts().context("reading /proc/self/mountinfo")?;
+    let mounted = crate::mounts::is_mounted(&mounts, "bpf", root);
     if !mounted {
         info!("mounting bpffs at /sys/fs/bpf");
         nix::mount::mount(

@@ -46,7 +46,7 @@ use std::{
     time::Duration,
 };
 
-use agent_common::{kind, v4_mapped, GrantKey, Proto};
+use agent_common::{key_of_ip, kind, GrantKey, Proto};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -161,19 +161,11 @@ impl Cgroups {
             }
         }
         out.extend(path.into_iter().rev());
+        // The programs look at the first MAX_CGROUP_DEPTH levels (root = 0)
+        // and no deeper: judge as they do.
+        out.truncate(agent_common::MAX_CGROUP_DEPTH as usize);
         Some(out)
     }
-}
-
-fn mapped(ip: IpAddr) -> [u8; 16] {
-    match ip {
-        IpAddr::V4(v4) => v4_mapped(v4.octets()),
-        IpAddr::V6(v6) => v6.octets(),
-    }
-}
-
-fn proto_of(n: u8) -> Option<Proto> {
-    Proto::from_ip_proto(n as u32)
 }
 
 /// The primary (real) gid of the process holding socket `inode`, from /proc.
@@ -189,35 +181,25 @@ pub struct ProcOwners {
 
 impl ProcOwners {
     fn scan() -> HashMap<u32, u32> {
+        use procfs::process::{all_processes, FDTarget};
         let mut out = HashMap::new();
-        let Ok(procs) = fs::read_dir("/proc") else {
+        let Ok(procs) = all_processes() else {
             return out;
         };
         for p in procs.flatten() {
-            let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            let Ok(fds) = p.fd() else {
                 continue;
             };
             let mut gid = None;
             for fd in fds.flatten() {
-                let Ok(target) = fs::read_link(fd.path()) else {
+                let FDTarget::Socket(inode) = fd.target else {
                     continue;
                 };
-                let Some(inode) = target
-                    .to_str()
-                    .and_then(|t| t.strip_prefix("socket:["))
-                    .and_then(|t| t.strip_suffix(']'))
-                    .and_then(|t| t.parse::<u32>().ok())
-                else {
+                let Ok(inode) = u32::try_from(inode) else {
                     continue;
                 };
                 if gid.is_none() {
-                    gid = fs::read_to_string(format!("/proc/{pid}/status"))
-                        .ok()
-                        .and_then(|s| crate::explain::status_ids(&s))
-                        .map(|(_, g)| g);
+                    gid = p.status().ok().map(|s| s.rgid);
                 }
                 if let Some(g) = gid {
                     out.entry(inode).or_insert(g);
@@ -300,7 +282,7 @@ pub fn judge(
             || serving.contains(&(s.proto, s.local.1, IpAddr::V6([0u8; 16].into())))
     };
     let segment = |proto: u8, port: u16| {
-        proto_of(proto)
+        Proto::from_u8(proto)
             .and_then(|p| kernel.port_segment(p, port).ok())
             .unwrap_or(0)
     };
@@ -362,7 +344,7 @@ pub fn judge(
         }
         judged += 1;
         let allowed = kernel
-            .peer_lookup(seg, mapped(s.remote.0))
+            .peer_lookup(seg, key_of_ip(s.remote.0))
             .ok()
             .flatten()
             .is_some_and(|at| at > now);

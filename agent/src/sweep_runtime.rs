@@ -100,11 +100,11 @@ pub fn run(wake: Receiver<()>, mut once: impl FnMut()) {
 /// Reads kill requests from the programs until the ring buffer closes.
 /// Each read (however many requests it holds) wakes the sweeper once;
 /// what a request says is never acted on by itself.
-pub async fn serve_kill_requests(ring: aya::maps::RingBuf<aya::maps::MapData>, trigger: Trigger) {
-    use tokio::io::unix::AsyncFd;
-    // SAFETY: the ring buffer owns its descriptor and moves into the AsyncFd,
-    // which deregisters before dropping it.
-    let mut ring = match unsafe { AsyncFd::register(ring) } {
+pub async fn serve_kill_requests(
+    ring: crate::dataplane::Ring<agent_common::KillRequest>,
+    trigger: Trigger,
+) {
+    let mut ring = match ring.into_async() {
         Ok(r) => r,
         Err(e) => {
             warn!(error = %e, "cannot watch the kill-request ring buffer; revocations and expiries still sweep");
@@ -112,21 +112,16 @@ pub async fn serve_kill_requests(ring: aya::maps::RingBuf<aya::maps::MapData>, t
         }
     };
     loop {
-        let mut guard = match ring.readable_mut().await {
-            Ok(g) => g,
+        match ring.next_batch(|_request| {}).await {
+            Ok(0) => {}
+            Ok(n) => {
+                debug!(requests = n, "kill requests: sweeping");
+                trigger.sweep();
+            }
             Err(e) => {
                 warn!(error = %e, "kill-request ring buffer failed");
                 return;
             }
-        };
-        let mut n = 0usize;
-        while guard.get_inner_mut().next().is_some() {
-            n += 1;
-        }
-        guard.clear_ready();
-        if n > 0 {
-            debug!(requests = n, "kill requests: sweeping");
-            trigger.sweep();
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The sweep's decisions against a table standing in for the kernel maps.
 use std::collections::HashMap;
 
+use agent_common::v4_mapped;
+
 use super::*;
 use crate::dataplane::DataplaneError;
 
@@ -188,4 +190,29 @@ fn the_gid_is_looked_up_only_when_uid_and_cgroup_refuse() {
 fn chains_run_from_the_root_to_the_cgroup() {
     assert_eq!(cgroups().chain(CHILD), Some(vec![1, ATTACH, CHILD]));
     assert_eq!(cgroups().chain(OUTSIDE), None);
+}
+
+/// The chain a sweep judges stops where the programs stop looking
+/// (`MAX_CGROUP_DEPTH` levels from the root), so a grant to a cgroup deeper
+/// than that keeps no flow the kernel refuses.
+#[test]
+fn the_cgroup_chain_stops_at_the_programs_depth() {
+    let depth = agent_common::MAX_CGROUP_DEPTH as u64;
+    // Root (1) above the attach point (100), then a line of children.
+    let mut below = HashMap::from([(ATTACH, 0)]);
+    for id in ATTACH + 1..ATTACH + depth + 8 {
+        below.insert(id, id - 1);
+    }
+    let cg = Cgroups {
+        below,
+        above: vec![1],
+        attach: ATTACH,
+    };
+    let deepest = ATTACH + depth + 7;
+    let chain = cg.chain(deepest).unwrap();
+    assert_eq!(chain.len(), depth as usize);
+    assert_eq!(chain[0], 1, "root first");
+    assert!(!chain.contains(&deepest));
+    // A shallow cgroup keeps its whole chain.
+    assert_eq!(cg.chain(ATTACH + 1).unwrap(), vec![1, ATTACH, ATTACH + 1]);
 }

@@ -221,8 +221,5 @@ impl Agent {
 }
 
 fn proto_name(p: agent_common::Proto) -> &'static str {
-    match p {
-        agent_common::Proto::Tcp => "tcp",
-        agent_common::Proto::Udp => "udp",
-    }
+    p.name()
 }

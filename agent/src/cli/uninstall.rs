@@ -149,10 +149,7 @@ pub fn run(args: UninstallArgs) -> ExitCode {
 }
 
 fn proto_label(p: agent_common::Proto) -> &'static str {
-    match p {
-        agent_common::Proto::Tcp => "tcp",
-        agent_common::Proto::Udp => "udp",
-    }
+    p.name()
 }
 
 /// An agent holds the pins: it audits, unpins and stops.

@@ -47,13 +47,16 @@ impl Room {
     }
 }
 
+/// The peer trie read whole: (segment, address, prefix) → expiry.
+type PeerPrefixes = HashMap<(u32, [u8; 16], u8), u64>;
+
 impl Dataplane {
     /// What the kernel holds for exactly `key` (no longest-prefix match).
     /// `prefixes` caches the peer trie, read whole at most once.
     fn entry_value(
         &self,
         key: &EntryKey,
-        prefixes: &mut Option<HashMap<(u32, [u8; 16], u8), u64>>,
+        prefixes: &mut Option<PeerPrefixes>,
     ) -> Result<Option<u64>> {
         match *key {
             EntryKey::Local(k) => self.grant_expiry(&k),
@@ -128,7 +131,7 @@ impl Dataplane {
             let order: Vec<usize> = if deletes_first {
                 deletes.iter().chain(puts.iter()).copied().collect()
             } else {
-                puts.iter().copied().collect()
+                puts.to_vec()
             };
             for i in order {
                 self.write(&changes[i], before[i], &mut undo)?;

@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{run, setup, util, util::Workspace};
+use crate::{setup, util, util::Workspace};
 
 mod agent;
 mod client;
@@ -99,7 +99,7 @@ pub fn main(options: Options, ws: &Workspace) -> Result<()> {
     }
     setup::setup(ws)?;
     firewall::require_tools(ws)?;
-    let portcullis = run::build_agent(ws, true)?;
+    let portcullis = build_bench_agent(ws)?;
     let started = Instant::now();
     host::catch_interrupts();
     let _lock = host::BenchLock::acquire()?;
@@ -239,4 +239,20 @@ fn run_all(portcullis: &std::path::Path, plan: measure::Plan, started: Instant) 
         ours,
         bulk,
     })
+}
+
+/// Builds the release agent with its `bench` feature, which adds the hidden
+/// `portcullis bench-dataplane` (BPF_PROG_TEST_RUN) the bench measures with.
+fn build_bench_agent(ws: &Workspace) -> Result<PathBuf> {
+    let mut cmd = ws.cargo();
+    cmd.args([
+        "build",
+        "--release",
+        "--package",
+        "portcullis",
+        "--features",
+        "bench",
+    ]);
+    util::run(&mut cmd)?;
+    Ok(ws.target_dir()?.join("release").join("portcullis"))
 }

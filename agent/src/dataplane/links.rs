@@ -1,0 +1,335 @@
+//! Attaching: the cgroup programs through kernel links pinned under
+//! `<pin dir>/links/` (new links beside the old ones, then renamed over
+//! their pins), the XDP program into a previous run's link or a new one,
+//! and the descriptors of every link this agent holds.
+//!
+//! Kernel: cgroup BPF links (Linux 5.7), XDP links (Linux 5.9).
+use std::{
+    fs, io,
+    os::{fd::OwnedFd, unix::fs::MetadataExt},
+    path::{Path, PathBuf},
+};
+
+use agent_common::program_names;
+use aya::{
+    programs::{
+        links::{FdLink, PinnedLink},
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, Xdp, XdpMode,
+    },
+    Ebpf,
+};
+
+use super::{
+    enforcement,
+    loader::{older_layouts, program, retire_layout},
+    Dataplane, DataplaneError, Result, XdpAttachment,
+};
+
+pub(super) const SKB_PROGRAMS: [(&str, CgroupSkbAttachType); 2] = [
+    (program_names::SKB_EGRESS, CgroupSkbAttachType::Egress),
+    (program_names::SKB_INGRESS, CgroupSkbAttachType::Ingress),
+];
+
+pub(super) const SOCK_ADDR_PROGRAMS: [(&str, &str); 4] = [
+    (program_names::CONNECT4, "connect4"),
+    (program_names::CONNECT6, "connect6"),
+    (program_names::SENDMSG4, "sendmsg4"),
+    (program_names::SENDMSG6, "sendmsg6"),
+];
+
+/// What a held link is attached to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum LinkKind {
+    Cgroup,
+    Xdp(String),
+}
+
+/// A link this agent attached, held open beside its pin.
+#[derive(Debug)]
+pub(super) struct HeldLink {
+    /// File name under `links/`.
+    pub(super) pin: String,
+    pub(super) program: &'static str,
+    pub(super) kind: LinkKind,
+    pub(super) fd: OwnedFd,
+    pub(super) id: u32,
+    pub(super) prog_id: u32,
+}
+
+/// A program's link as a plain fd link, to pin it.
+pub(super) fn fd_link<L>(link: L, links: &Path, name: &str) -> Result<FdLink>
+where
+    FdLink: TryFrom<L, Error = aya::programs::links::LinkError>,
+{
+    FdLink::try_from(link).map_err(|e| DataplaneError::Pin {
+        what: "link (needs kernel ≥ 5.7 for cgroup links)",
+        path: links.join(name),
+        source: Box::new(e),
+    })
+}
+
+impl Dataplane {
+    /// Attaches the loaded programs (call once the maps hold the policy).
+    ///
+    /// cgroup programs get new links beside any old ones (multi-attach: a
+    /// connection passes only if every attached program allows it), pinned
+    /// over this layout's previous pins, which releases the old links. XDP
+    /// takes over an existing pinned link in place (BPF_LINK_UPDATE). Then
+    /// links and maps of older layouts are retired. At no instant is a
+    /// protected port without a program whose maps are complete.
+    pub fn attach(&mut self) -> Result<()> {
+        self.attach_cgroup()?;
+        let links = self.pin_dir.join("links");
+        let older = older_layouts(&self.bpffs, &self.pin_dir);
+        self.xdp = attach_xdp(&mut self.ebpf, &links, &older, &self.xdp_ifaces)?;
+        self.held.retain(|h| h.kind == LinkKind::Cgroup);
+        for x in self.xdp.clone() {
+            let pin = xdp_pin_name(&x.iface);
+            self.hold(&links, &pin, program_names::XDP, LinkKind::Xdp(x.iface))?;
+        }
+        let mut programs = self.programs.clone();
+        if !self.xdp.is_empty() {
+            programs.push(program_names::XDP);
+        }
+        self.programs = programs;
+        for dir in older {
+            tracing::info!(dir = %dir.display(), "retiring the pins of an older map layout");
+            retire_layout(&dir).map_err(|source| DataplaneError::PinDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the cgroup programs to the cgroup now at `self.cgroup` (new
+    /// links beside old ones, pinned over them) and holds the new links.
+    pub(super) fn attach_cgroup(&mut self) -> Result<()> {
+        let links = self.pin_dir.join("links");
+        let cgroup_file =
+            fs::File::open(&self.cgroup).map_err(|source| DataplaneError::Cgroup {
+                path: self.cgroup.clone(),
+                source,
+            })?;
+        let ino = cgroup_file
+            .metadata()
+            .map_err(|source| DataplaneError::Cgroup {
+                path: self.cgroup.clone(),
+                source,
+            })?
+            .ino();
+        let mut programs = Vec::new();
+        for (name, _) in SOCK_ADDR_PROGRAMS {
+            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
+            let attach_err = |source| DataplaneError::Attach {
+                program: name,
+                cgroup: self.cgroup.clone(),
+                source,
+            };
+            // Kernel cgroup links take no flags and always stack with other
+            // programs (multi-attach semantics): `Single` means flags 0 here.
+            let id = prog
+                .attach(&cgroup_file, CgroupAttachMode::Single)
+                .map_err(attach_err)?;
+            let link = prog.take_link(id).map_err(attach_err)?;
+            pin_link_replacing(fd_link(link, &links, name)?, &links, name)?;
+            self.hold(&links, name, name, LinkKind::Cgroup)?;
+            programs.push(name);
+        }
+        for (name, attach_type) in SKB_PROGRAMS {
+            let prog: &mut CgroupSkb = program(&mut self.ebpf, name)?;
+            let attach_err = |source| DataplaneError::Attach {
+                program: name,
+                cgroup: self.cgroup.clone(),
+                source,
+            };
+            let id = prog
+                .attach(&cgroup_file, attach_type, CgroupAttachMode::Single)
+                .map_err(attach_err)?;
+            let link = prog.take_link(id).map_err(attach_err)?;
+            pin_link_replacing(fd_link(link, &links, name)?, &links, name)?;
+            self.hold(&links, name, name, LinkKind::Cgroup)?;
+            programs.push(name);
+        }
+        self.cgroup_ino = ino;
+        self.programs = programs;
+        Ok(())
+    }
+
+    /// Opens the link pinned as `links/pin` and holds it (replacing the
+    /// link held under that pin name before, which is then released).
+    pub(super) fn hold(
+        &mut self,
+        links: &Path,
+        pin: &str,
+        program: &'static str,
+        kind: LinkKind,
+    ) -> Result<()> {
+        let path = links.join(pin);
+        let pin_err = |e: io::Error| DataplaneError::Pin {
+            what: "link (re-opening it to hold it)",
+            path: path.clone(),
+            source: Box::new(e),
+        };
+        let fd = enforcement::obj_get(&path).map_err(pin_err)?;
+        let facts = enforcement::link_facts(&fd).map_err(pin_err)?;
+        self.held.retain(|h| h.pin != pin);
+        self.held.push(HeldLink {
+            pin: pin.to_string(),
+            program,
+            kind,
+            fd,
+            id: facts.id,
+            prog_id: facts.prog_id,
+        });
+        Ok(())
+    }
+
+    /// Lets go of the links this agent holds (for an uninstall through the
+    /// agent: once the pins are gone too, nothing is attached).
+    pub fn release_links(&mut self) {
+        self.held.clear();
+        self.programs.clear();
+        self.xdp.clear();
+    }
+}
+
+/// Pins `link` as `dir/name`, atomically replacing a link pinned there by a
+/// previous run (which the kernel then releases).
+pub(super) fn pin_link_replacing(link: FdLink, dir: &Path, name: &str) -> Result<()> {
+    // bpffs refuses names with a dot in them.
+    let tmp = dir.join(format!("{name}_new"));
+    let _ = fs::remove_file(&tmp);
+    let final_path = dir.join(name);
+    let pinned = link.pin(&tmp).map_err(|e| DataplaneError::Pin {
+        what: "link",
+        path: tmp.clone(),
+        source: Box::new(e),
+    })?;
+    fs::rename(&tmp, &final_path).map_err(|e| DataplaneError::Pin {
+        what: "link",
+        path: final_path.clone(),
+        source: Box::new(e),
+    })?;
+    // Closing our fd leaves the pin holding the link.
+    drop(pinned);
+    Ok(())
+}
+
+/// The pin name of an interface's XDP link (bpffs refuses dots in names).
+pub(super) fn xdp_pin_name(iface: &str) -> String {
+    format!("xdp_{}", iface.replace('.', "_"))
+}
+
+/// Attaches the XDP program to each interface: into the link a previous run
+/// pinned, in this layout or an older one (BPF_LINK_UPDATE swaps the
+/// program atomically), else a new link in native mode, falling back to
+/// generic mode. Unpins links of interfaces no longer configured.
+pub(super) fn attach_xdp(
+    ebpf: &mut Ebpf,
+    links: &Path,
+    older: &[PathBuf],
+    ifaces: &[String],
+) -> Result<Vec<XdpAttachment>> {
+    let name = program_names::XDP;
+    let wanted: Vec<String> = ifaces.iter().map(|i| xdp_pin_name(i)).collect();
+    if let Ok(entries) = fs::read_dir(links) {
+        for e in entries.flatten() {
+            let file = e.file_name().to_string_lossy().to_string();
+            if file.starts_with("xdp_") && !wanted.contains(&file) {
+                tracing::info!(pin = %e.path().display(), "interface no longer configured; detaching its XDP program");
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+    if ifaces.is_empty() {
+        return Ok(Vec::new());
+    }
+    let prog: &mut Xdp = program(ebpf, name)?;
+    let mut out = Vec::new();
+    for iface in ifaces {
+        let pin = links.join(xdp_pin_name(iface));
+        let pin_err =
+            |e: Box<dyn std::error::Error + Send + Sync>, path: &Path| DataplaneError::Pin {
+                what: "XDP link",
+                path: path.to_path_buf(),
+                source: e,
+            };
+        let xdp_err = |source| DataplaneError::XdpAttach {
+            iface: iface.clone(),
+            source,
+        };
+        // A link pinned by a previous run of this or an older layout.
+        let previous = std::iter::once(pin.clone())
+            .chain(
+                older
+                    .iter()
+                    .map(|d| d.join("links").join(xdp_pin_name(iface))),
+            )
+            .find(|p| p.exists());
+        if let Some(prev) = previous {
+            if prev != pin {
+                // Pin the same link under this layout before the old layout is retired.
+                let again = PinnedLink::from_pin(&prev).map_err(|e| pin_err(Box::new(e), &prev))?;
+                FdLink::from(again)
+                    .pin(&pin)
+                    .map_err(|e| pin_err(Box::new(e), &pin))?;
+            }
+            let held = PinnedLink::from_pin(&pin).map_err(|e| pin_err(Box::new(e), &pin))?;
+            let link = aya::programs::xdp::XdpLink::try_from(FdLink::from(held))
+                .map_err(|e| pin_err(Box::new(e), &pin))?;
+            prog.attach_to_link(link).map_err(xdp_err)?;
+            out.push(XdpAttachment {
+                iface: iface.clone(),
+                mode: "replaced",
+            });
+            continue;
+        }
+        let mode = new_xdp_link(prog, iface, &pin)?;
+        out.push(XdpAttachment {
+            iface: iface.clone(),
+            mode,
+        });
+    }
+    Ok(out)
+}
+
+/// Attaches the XDP program to `iface` through a new link pinned at `pin`:
+/// native mode, else generic. Returns the mode.
+pub(super) fn new_xdp_link(prog: &mut Xdp, iface: &str, pin: &Path) -> Result<&'static str> {
+    let xdp_err = |source| DataplaneError::XdpAttach {
+        iface: iface.to_string(),
+        source,
+    };
+    let (id, mode) = match prog.attach(iface, XdpMode::Driver) {
+        Ok(id) => (id, "native"),
+        Err(native) => {
+            tracing::info!(%iface, error = %native, "native XDP unavailable; using generic mode");
+            (
+                prog.attach(iface, XdpMode::Skb).map_err(xdp_err)?,
+                "generic",
+            )
+        }
+    };
+    let link = prog.take_link(id).map_err(xdp_err)?;
+    let link = FdLink::try_from(link).map_err(|e| DataplaneError::Pin {
+        what: "XDP link (needs kernel ≥ 5.9 for XDP links)",
+        path: pin.to_path_buf(),
+        source: Box::new(e),
+    })?;
+    link.pin(pin).map_err(|e| DataplaneError::Pin {
+        what: "XDP link",
+        path: pin.to_path_buf(),
+        source: Box::new(e),
+    })?;
+    Ok(mode)
+}
+
+/// Pins the object behind `fd` at `path` (BPF_OBJ_PIN).
+pub(super) fn pin_fd(fd: &OwnedFd, path: &Path) -> Result<()> {
+    enforcement::obj_pin(fd, path).map_err(|e| DataplaneError::Pin {
+        what: "link",
+        path: path.to_path_buf(),
+        source: Box::new(e),
+    })
+}

@@ -1,0 +1,275 @@
+//! Typed map I/O: ports, local grants, peers, local nets, counters and
+//! capacities, as the agent reads and writes them one entry at a time.
+//! All-or-nothing writes are `txn`'s.
+//!
+//! Kernel: array, hash, LPM-trie and per-CPU array maps (Linux 4.11).
+use std::collections::BTreeSet;
+
+use agent_common::{
+    map_names, port_index, Expiry, GrantKey, PeerKey, Proto, SegmentCounters, MAX_LOCAL_NETS,
+    PORT_SLOTS,
+};
+use aya::maps::MapError;
+
+use super::{map_err, Dataplane, DataplaneError, PeerEntry, Result};
+use crate::{
+    hostaddrs::LocalNet,
+    ledger::{Change, EntryKey},
+};
+
+impl Dataplane {
+    /// Every (protocol, port) → segment entry the kernel holds now.
+    pub fn read_ports(&self) -> Result<Vec<(Proto, u16, u32)>> {
+        let mut out = Vec::new();
+        for index in 0..PORT_SLOTS {
+            let seg = self
+                .ports
+                .get(&index, 0)
+                .map_err(map_err(map_names::PORTS, "read"))?;
+            if seg != 0 {
+                let proto = if index < 65536 {
+                    Proto::Tcp
+                } else {
+                    Proto::Udp
+                };
+                out.push((proto, (index & 0xffff) as u16, seg));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The segment protecting a port, as the kernel sees it (0 = none).
+    pub fn port_segment(&self, proto: Proto, port: u16) -> Result<u32> {
+        self.ports
+            .get(&port_index(proto, port), 0)
+            .map_err(map_err(map_names::PORTS, "read"))
+    }
+
+    pub fn set_port(&mut self, proto: Proto, port: u16, segment: u32) -> Result<()> {
+        self.ports
+            .set(port_index(proto, port), segment, 0)
+            .map_err(map_err(map_names::PORTS, "write"))
+    }
+
+    /// Applies ledger changes in order and stops at the first failure.
+    pub fn apply(&mut self, changes: &[Change]) -> Result<()> {
+        changes.iter().try_for_each(|c| self.apply_one(c))
+    }
+
+    pub(super) fn apply_one(&mut self, change: &Change) -> Result<()> {
+        match *change {
+            Change::Put(EntryKey::Local(key), at) => self
+                .grants
+                .insert(key, Expiry { at_boot_ns: at }, 0)
+                .map_err(|e| full_or(e, map_names::GRANTS, self.max_grants, "insert")),
+            Change::Delete(EntryKey::Local(key)) => ignore_missing(self.grants.remove(&key))
+                .map_err(map_err(map_names::GRANTS, "delete")),
+            // A single host (IPv6 /128, IPv4 /32 as v4-mapped): the host map.
+            Change::Put(
+                EntryKey::Peer {
+                    segment,
+                    addr,
+                    prefix: 128,
+                },
+                at,
+            ) => self
+                .peer_hosts
+                .insert(
+                    PeerKey {
+                        segment_be: segment.to_be_bytes(),
+                        addr,
+                    },
+                    Expiry { at_boot_ns: at },
+                    0,
+                )
+                .map_err(|e| full_or(e, map_names::PEER_HOSTS, self.max_peers, "insert")),
+            Change::Delete(EntryKey::Peer {
+                segment,
+                addr,
+                prefix: 128,
+            }) => ignore_missing(self.peer_hosts.remove(&PeerKey {
+                segment_be: segment.to_be_bytes(),
+                addr,
+            }))
+            .map_err(map_err(map_names::PEER_HOSTS, "delete")),
+            Change::Put(
+                EntryKey::Peer {
+                    segment,
+                    addr,
+                    prefix,
+                },
+                at,
+            ) => {
+                let key = peer_key(segment, addr, prefix);
+                self.peers
+                    .insert(&key, Expiry { at_boot_ns: at }, 0)
+                    .map_err(|e| full_or(e, map_names::PEERS, self.max_peers, "insert"))
+            }
+            Change::Delete(EntryKey::Peer {
+                segment,
+                addr,
+                prefix,
+            }) => ignore_missing(self.peers.remove(&peer_key(segment, addr, prefix)))
+                .map_err(map_err(map_names::PEERS, "delete")),
+        }
+    }
+
+    /// Every local grant entry the kernel holds.
+    pub fn read_grants(&self) -> Result<Vec<(GrantKey, u64)>> {
+        self.grants
+            .iter()
+            .map(|r| r.map(|(k, v)| (k, v.at_boot_ns)))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(map_err(map_names::GRANTS, "read"))
+    }
+
+    /// One local grant entry's expiry, as the kernel holds it.
+    pub fn grant_expiry(&self, key: &GrantKey) -> Result<Option<u64>> {
+        match self.grants.get(key, 0) {
+            Ok(v) => Ok(Some(v.at_boot_ns)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(map_names::GRANTS, "read")(e)),
+        }
+    }
+
+    /// Every peer entry the kernel holds.
+    pub fn read_peers(&self) -> Result<Vec<PeerEntry>> {
+        let mut out = Vec::new();
+        for r in self.peers.iter() {
+            let (k, v) = r.map_err(map_err(map_names::PEERS, "read"))?;
+            let data = k.data();
+            let prefix = (k.prefix_len().saturating_sub(32)) as u8;
+            out.push(PeerEntry {
+                segment: u32::from_be_bytes(data.segment_be),
+                addr: data.addr,
+                prefix,
+                expiry: v.at_boot_ns,
+            });
+        }
+        for r in self.peer_hosts.iter() {
+            let (k, v) = r.map_err(map_err(map_names::PEER_HOSTS, "read"))?;
+            out.push(PeerEntry {
+                segment: u32::from_be_bytes(k.segment_be),
+                addr: k.addr,
+                prefix: 128,
+                expiry: v.at_boot_ns,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The peer entry that decides for a source address on a segment, as
+    /// the XDP program and the ingress peer check find it: a live host entry, else the longest prefix,
+    /// else an expired host entry.
+    pub fn peer_lookup(&self, segment: u32, addr: [u8; 16]) -> Result<Option<u64>> {
+        let host = match self.peer_hosts.get(
+            &PeerKey {
+                segment_be: segment.to_be_bytes(),
+                addr,
+            },
+            0,
+        ) {
+            Ok(v) => Some(v.at_boot_ns),
+            Err(MapError::KeyNotFound) => None,
+            Err(e) => return Err(map_err(map_names::PEER_HOSTS, "read")(e)),
+        };
+        if host.is_some_and(|at| at > crate::clock::boot_ns()) {
+            return Ok(host);
+        }
+        match self.peers.get(&peer_key(segment, addr, 128), 0) {
+            Ok(v) => Ok(Some(v.at_boot_ns)),
+            Err(MapError::KeyNotFound) => Ok(host),
+            Err(e) => Err(map_err(map_names::PEERS, "read")(e)),
+        }
+    }
+
+    /// Makes the local-prefix trie hold exactly `nets` (adds first, so a
+    /// prefix that stays local is never missing for an instant).
+    pub fn set_local_addrs(&mut self, nets: &BTreeSet<LocalNet>) -> Result<()> {
+        let current: BTreeSet<LocalNet> = self
+            .local_nets
+            .keys()
+            .map(|k| {
+                k.map(|k| LocalNet {
+                    addr: k.data(),
+                    prefix: k.prefix_len() as u8,
+                })
+            })
+            .collect::<std::result::Result<_, _>>()
+            .map_err(map_err(map_names::LOCAL_NETS, "read"))?;
+        let key = |n: &LocalNet| aya::maps::lpm_trie::Key::new(n.prefix as u32, n.addr);
+        for n in nets.difference(&current) {
+            self.local_nets.insert(&key(n), 1, 0).map_err(|e| {
+                match full_or(e, map_names::LOCAL_NETS, MAX_LOCAL_NETS, "insert") {
+                    DataplaneError::Full { capacity, .. } => {
+                        DataplaneError::LocalNetsFull { capacity }
+                    }
+                    other => other,
+                }
+            })?;
+        }
+        for n in current.difference(nets) {
+            ignore_missing(self.local_nets.remove(&key(n)))
+                .map_err(map_err(map_names::LOCAL_NETS, "delete"))?;
+        }
+        Ok(())
+    }
+
+    /// Allowed/denied counts of a segment, summed over CPUs.
+    pub fn counters(&self, segment: u32) -> Result<SegmentCounters> {
+        let per_cpu = self
+            .counters
+            .get(&segment, 0)
+            .map_err(map_err(map_names::COUNTERS, "read"))?;
+        Ok(per_cpu
+            .iter()
+            .fold(SegmentCounters::default(), |acc, c| SegmentCounters {
+                allowed: acc.allowed + c.allowed,
+                denied: acc.denied + c.denied,
+            }))
+    }
+
+    pub fn capacity(&self) -> (u32, u32) {
+        (self.max_grants, self.max_peers)
+    }
+}
+
+pub(super) fn peer_key(
+    segment: u32,
+    addr: [u8; 16],
+    prefix: u8,
+) -> aya::maps::lpm_trie::Key<PeerKey> {
+    aya::maps::lpm_trie::Key::new(
+        agent_common::peer_prefix_len(prefix as u32),
+        PeerKey {
+            segment_be: segment.to_be_bytes(),
+            addr,
+        },
+    )
+}
+
+pub(super) fn ignore_missing(
+    r: std::result::Result<(), MapError>,
+) -> std::result::Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(ref e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+pub(super) fn full_or(
+    e: MapError,
+    map: &'static str,
+    capacity: u32,
+    op: &'static str,
+) -> DataplaneError {
+    if let MapError::SyscallError(ref s) = e {
+        if s.io_error.raw_os_error() == Some(libc::E2BIG) {
+            return DataplaneError::Full { map, capacity };
+        }
+    }
+    DataplaneError::Map { map, op, source: e }
+}

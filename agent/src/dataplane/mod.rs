@@ -1,0 +1,233 @@
+//! The kernel side, seen from user space: the only module that talks to aya.
+//!
+//! Owns loading the embedded eBPF object, pinning its maps under
+//! `<bpffs>/v{LAYOUT_VERSION}/maps/`, attaching the programs through kernel
+//! links pinned under `.../links/`, and every map read and write. It does
+//! not decide what the maps should hold: `ledger` and the agent do.
+//!
+//! Restart safety: maps are re-opened from their pins, so their contents
+//! survive the agent. New links are attached beside the old ones (cgroup
+//! multi-attach: a connection passes only if every program allows it, and
+//! both read the same maps) and then renamed over the old pins, which
+//! releases the old links. There is no instant with no program attached.
+//!
+//! The agent also keeps a descriptor of every link it attached, so deleting
+//! a pin alone does not detach anything while it runs; [`enforcement`]
+//! checks the kernel against those links on every heartbeat and repairs.
+//!
+//! Split by lifecycle stage: [`loader`] (the object, its pins, layout
+//! retirement, uninstall), [`links`] (cgroup and XDP attach, pin
+//! replacing), [`maps`] (typed map I/O), `txn` (all-or-nothing writes),
+//! [`enforcement`] (the kernel checked against what was attached), and
+//! `bench` (BPF_PROG_TEST_RUN, feature `bench` only). This file holds the
+//! shared types: the error, the configuration and the `Dataplane` itself.
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use agent_common::{map_names, DenyEvent, Expiry, GrantKey, KillRequest, PeerKey, SegmentCounters};
+use aya::{
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf},
+    programs::ProgramError,
+    Ebpf, EbpfError,
+};
+
+/// All-or-nothing application of a policy change.
+mod txn;
+
+mod enforcement;
+pub use enforcement::KernelCheck;
+
+#[cfg(feature = "bench")]
+mod bench;
+mod links;
+mod loader;
+mod maps;
+mod ring;
+pub use ring::{AsyncRing, Ring};
+
+use links::{new_xdp_link, pin_fd, xdp_pin_name, HeldLink, LinkKind};
+use loader::program;
+pub use loader::{pin_dir, pinned_ports, uninstall};
+use maps::peer_key;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("this binary was built with AYA_BUILD_SKIP=1 and holds no eBPF programs; rebuild without it (`cargo xtask build`)")]
+    NoObject,
+    #[error("{path} is not a bpf filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf` (the agent does this itself when it runs as root)")]
+    NoBpffs { path: PathBuf },
+    #[error(transparent)]
+    Unsafe(#[from] crate::pindir::PinDirError),
+    #[error("cannot create pin directory {path}")]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("loading the eBPF object failed (needs root or CAP_BPF+CAP_NET_ADMIN, and a kernel ≥ 5.8 with BTF)")]
+    Load(#[source] EbpfError),
+    #[error("program {program} is missing from the eBPF object")]
+    MissingProgram { program: &'static str },
+    #[error("map {map} is missing from the eBPF object")]
+    MissingMap { map: &'static str },
+    #[error("kernel refused to load program {program} (BPF_PROG_LOAD)")]
+    ProgramLoad {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("cannot open cgroup {path} to attach to")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("attaching {program} to cgroup {cgroup} failed (BPF_LINK_CREATE; needs kernel ≥ 5.7 for cgroup links)")]
+    Attach {
+        program: &'static str,
+        cgroup: PathBuf,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("attaching XDP to interface {iface} failed (does it exist? `ip link show {iface}`)")]
+    XdpAttach {
+        iface: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("pinning {what} at {path} failed")]
+    Pin {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{op} on map {map} failed")]
+    Map {
+        map: &'static str,
+        op: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("map {map} is full ({capacity} entries); raise its size in the agent config")]
+    Full { map: &'static str, capacity: u32 },
+    #[error("this host has more than {capacity} local, broadcast and anycast route prefixes (`ip route show table all type local`), more than map PC_LOCAL_NETS holds; the destinations left out are not protected as this host's")]
+    LocalNetsFull { capacity: u32 },
+    #[error("the change needs {needed} entries in map {map}, which holds {capacity}; nothing was changed (raise max_grants or max_peers in the agent config; a pinned map's size changes after `portcullis uninstall`)")]
+    NoRoom {
+        map: &'static str,
+        capacity: u32,
+        needed: usize,
+    },
+    #[cfg(feature = "bench")]
+    #[error("BPF_PROG_TEST_RUN of {program} failed (needs kernel ≥ 5.10 for cgroup_skb)")]
+    TestRun {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+}
+
+type Result<T, E = DataplaneError> = std::result::Result<T, E>;
+
+/// One entry of the peer trie, as read back from the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerEntry {
+    pub segment: u32,
+    /// IPv6, IPv4 as v4-mapped.
+    pub addr: [u8; 16],
+    /// IPv6 prefix length (IPv4 prefixes are 96 + n).
+    pub prefix: u8,
+    pub expiry: u64,
+}
+
+/// Where and how to load.
+#[derive(Clone, Debug)]
+pub struct DataplaneConfig {
+    /// bpffs directory owned by this agent, e.g. `/sys/fs/bpf/portcullis`.
+    pub bpffs: PathBuf,
+    /// Filesystem path of the cgroup to attach to (the cgroup2 root by default).
+    pub cgroup: PathBuf,
+    pub max_grants: u32,
+    pub max_peers: u32,
+    /// Interfaces to attach the XDP program to (remote-peer enforcement).
+    pub xdp_ifaces: Vec<String>,
+}
+
+/// How the XDP program ended up attached to an interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XdpAttachment {
+    pub iface: String,
+    /// "native", "generic", or "replaced" (a previous run's link kept its mode).
+    pub mode: &'static str,
+}
+
+pub struct Dataplane {
+    pin_dir: PathBuf,
+    /// Links attached by this agent (cgroup programs and XDP).
+    held: Vec<HeldLink>,
+    /// Ids of this agent's maps, by map name, as pinned at load.
+    map_ids: Vec<(&'static str, u32)>,
+    /// Inode (cgroup id) of the cgroup the programs were last attached to.
+    cgroup_ino: u64,
+    bpffs: PathBuf,
+    cgroup: PathBuf,
+    xdp_ifaces: Vec<String>,
+    max_grants: u32,
+    max_peers: u32,
+    ports: Array<MapData, u32>,
+    grants: HashMap<MapData, GrantKey, Expiry>,
+    peers: LpmTrie<MapData, PeerKey, Expiry>,
+    peer_hosts: HashMap<MapData, PeerKey, Expiry>,
+    local_nets: LpmTrie<MapData, [u8; 16], u32>,
+    counters: PerCpuArray<MapData, SegmentCounters>,
+    deny_events: Option<RingBuf<MapData>>,
+    kill_requests: Option<RingBuf<MapData>>,
+    programs: Vec<&'static str>,
+    xdp: Vec<XdpAttachment>,
+    ebpf: Ebpf,
+}
+
+pub(crate) fn map_err(
+    map: &'static str,
+    op: &'static str,
+) -> impl FnOnce(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { map, op, source }
+}
+
+impl Dataplane {
+    /// This agent's bpffs directory (holding every layout's pins).
+    pub fn bpffs(&self) -> &Path {
+        &self.bpffs
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    pub fn cgroup(&self) -> &Path {
+        &self.cgroup
+    }
+
+    /// Names of the attached programs.
+    pub fn programs(&self) -> &[&'static str] {
+        &self.programs
+    }
+
+    /// Where the XDP program is attached, and how.
+    pub fn xdp(&self) -> &[XdpAttachment] {
+        &self.xdp
+    }
+
+    /// Hands the kill-request ring buffer to its reader (once).
+    pub fn take_kill_requests(&mut self) -> Option<Ring<KillRequest>> {
+        self.kill_requests.take().map(Ring::new)
+    }
+
+    /// Hands the deny-event ring buffer to its reader (once).
+    pub fn take_deny_events(&mut self) -> Option<Ring<DenyEvent>> {
+        self.deny_events.take().map(Ring::new)
+    }
+}
