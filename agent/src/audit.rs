@@ -36,7 +36,9 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tracing::{error, info, warn};
 
+mod event;
 pub mod query;
+pub use event::AuditEvent;
 
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -199,11 +201,16 @@ impl AuditLog {
         self.backlog.len()
     }
 
-    /// Appends one record (`event` plus the given fields), fsyncs, and
-    /// returns its hash; queued records are written first. On failure the
-    /// chain is unchanged, the error is remembered for `status` and logged,
-    /// and the record is queued unless its event is in [`AUDIT_FIRST`].
-    pub fn record(
+    /// Appends one record, fsyncs, and returns its hash; queued records
+    /// are written first. On failure the chain is unchanged, the error is
+    /// remembered for `status` and logged, and the record is queued unless
+    /// its event is in [`AUDIT_FIRST`]. The one way records are written.
+    pub fn record(&mut self, event: AuditEvent) -> Result<String, AuditError> {
+        let (kind, fields) = event.into_fields();
+        self.record_fields(&kind, fields)
+    }
+
+    fn record_fields(
         &mut self,
         event: &str,
         fields: Map<String, Value>,
@@ -686,10 +693,11 @@ mod tests {
     fn chain_verifies_and_survives_reopen() {
         let p = tmp("reopen");
         let mut log = AuditLog::open(&p).unwrap();
-        log.record("grant", fields(json!({"grant_id": 1}))).unwrap();
+        log.record_fields("grant", fields(json!({"grant_id": 1})))
+            .unwrap();
         drop(log);
         let mut log = AuditLog::open(&p).unwrap();
-        log.record("revoke", fields(json!({"grant_id": 1})))
+        log.record_fields("revoke", fields(json!({"grant_id": 1})))
             .unwrap();
         assert_eq!(verify(&p).unwrap(), Ok(2));
     }
@@ -699,7 +707,8 @@ mod tests {
         let p = tmp("tamper");
         let mut log = AuditLog::open(&p).unwrap();
         for i in 0..4 {
-            log.record("grant", fields(json!({"grant_id": i}))).unwrap();
+            log.record_fields("grant", fields(json!({"grant_id": i})))
+                .unwrap();
         }
         let text = fs::read_to_string(&p).unwrap();
         let lines: Vec<&str> = text.lines().collect();
@@ -738,7 +747,7 @@ mod tests {
         let p = tmp("rotate");
         let mut log = rotating(&p, 600, 3);
         for i in 0..12 {
-            log.record(
+            log.record_fields(
                 "grant",
                 fields(json!({"grant_id": i, "pad": "x".repeat(100)})),
             )
@@ -764,7 +773,7 @@ mod tests {
         // Reopening continues the chain.
         drop(log);
         let mut log = rotating(&p, 600, 3);
-        log.record("revoke", fields(json!({"grant_id": 1})))
+        log.record_fields("revoke", fields(json!({"grant_id": 1})))
             .unwrap();
         assert!(verify_chain(&p).unwrap().is_ok());
 
@@ -780,12 +789,13 @@ mod tests {
     fn an_interrupted_rotation_is_completed_on_open() {
         let p = tmp("interrupted");
         let mut log = AuditLog::open(&p).unwrap();
-        log.record("grant", fields(json!({"grant_id": 1}))).unwrap();
+        log.record_fields("grant", fields(json!({"grant_id": 1})))
+            .unwrap();
         drop(log);
         // The agent died between the rename and the rotate record.
         fs::rename(&p, rotated_path(&p, 1)).unwrap();
         let mut log = rotating(&p, 1 << 20, 2);
-        log.record("revoke", fields(json!({"grant_id": 1})))
+        log.record_fields("revoke", fields(json!({"grant_id": 1})))
             .unwrap();
         let text = fs::read_to_string(&p).unwrap();
         assert!(text
@@ -801,14 +811,17 @@ mod tests {
     fn records_that_cannot_wait_are_refused_and_the_rest_written_late() {
         let p = tmp("backlog");
         let mut log = AuditLog::open(&p).unwrap();
-        log.record("grant", fields(json!({"grant_id": 1}))).unwrap();
+        log.record_fields("grant", fields(json!({"grant_id": 1})))
+            .unwrap();
         fs::remove_file(&p).unwrap();
         fs::create_dir(&p).unwrap();
         log.file = None;
         assert!(log
-            .record("revoke", fields(json!({"grant_id": 1})))
+            .record_fields("revoke", fields(json!({"grant_id": 1})))
             .is_err());
-        assert!(log.record("grant", fields(json!({"grant_id": 2}))).is_err());
+        assert!(log
+            .record_fields("grant", fields(json!({"grant_id": 2})))
+            .is_err());
         assert_eq!(log.backlog(), 1, "the grant is refused, not queued");
         fs::remove_dir(&p).unwrap();
         // The original file is gone (a new one chains on): write into it and
@@ -816,7 +829,8 @@ mod tests {
         log.retry();
         assert_eq!(log.backlog(), 0);
         assert!(log.failing().is_none());
-        log.record("grant", fields(json!({"grant_id": 3}))).unwrap();
+        log.record_fields("grant", fields(json!({"grant_id": 3})))
+            .unwrap();
         let recs: Vec<Value> = fs::read_to_string(&p)
             .unwrap()
             .lines()
@@ -834,12 +848,13 @@ mod tests {
     fn a_torn_last_line_does_not_stop_the_log_and_is_reported() {
         let p = tmp("torn");
         let mut log = AuditLog::open(&p).unwrap();
-        log.record("grant", fields(json!({"grant_id": 1}))).unwrap();
+        log.record_fields("grant", fields(json!({"grant_id": 1})))
+            .unwrap();
         drop(log);
         let mut f = OpenOptions::new().append(true).open(&p).unwrap();
         f.write_all(b"{\"event\":\"rev").unwrap();
         let mut log = AuditLog::open(&p).unwrap();
-        log.record("revoke", fields(json!({"grant_id": 1})))
+        log.record_fields("revoke", fields(json!({"grant_id": 1})))
             .unwrap();
         let text = fs::read_to_string(&p).unwrap();
         assert_eq!(text.lines().count(), 3, "{text}");
@@ -851,13 +866,16 @@ mod tests {
     fn a_failed_write_leaves_the_chain_and_remembers_why() {
         let p = tmp("fail");
         let mut log = AuditLog::open(&p).unwrap();
-        log.record("grant", fields(json!({"grant_id": 1}))).unwrap();
+        log.record_fields("grant", fields(json!({"grant_id": 1})))
+            .unwrap();
         // A directory where the file should be: every reopen fails.
         fs::remove_file(&p).unwrap();
         fs::create_dir(&p).unwrap();
         log.file = None;
         let head = log.last_hash().to_string();
-        assert!(log.record("grant", fields(json!({"grant_id": 2}))).is_err());
+        assert!(log
+            .record_fields("grant", fields(json!({"grant_id": 2})))
+            .is_err());
         assert_eq!(log.last_hash(), head);
         assert_eq!(log.write_failures(), 1);
         assert!(
@@ -866,7 +884,8 @@ mod tests {
             log.failing()
         );
         fs::remove_dir(&p).unwrap();
-        log.record("grant", fields(json!({"grant_id": 3}))).unwrap();
+        log.record_fields("grant", fields(json!({"grant_id": 3})))
+            .unwrap();
         assert!(log.failing().is_none());
     }
 }

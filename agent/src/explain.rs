@@ -21,8 +21,9 @@ use serde::{Deserialize, Serialize};
 use crate::{
     cgroupfs::{self, Hierarchy},
     clock,
-    dataplane::{Dataplane, DataplaneError},
+    dataplane::DataplaneError,
     identity::{Identity, PortRange, Protocol},
+    kernel::KernelMaps,
     ledger::{EntryKey, Ledger, Source},
 };
 
@@ -54,22 +55,23 @@ pub enum ExplainError {
     Kernel(#[from] DataplaneError),
 }
 
-/// The kernel reads explain needs; the dataplane in the agent, a table in tests.
+/// The kernel reads explain (and the sweep) need: three lookups, nothing
+/// written. Every [`KernelMaps`] has them; sweep tests give a table.
 pub trait KernelView {
     fn port_segment(&self, proto: Proto, port: u16) -> Result<u32, DataplaneError>;
     fn grant_expiry(&self, key: &GrantKey) -> Result<Option<u64>, DataplaneError>;
     fn peer_lookup(&self, segment: u32, addr: [u8; 16]) -> Result<Option<u64>, DataplaneError>;
 }
 
-impl KernelView for Dataplane {
+impl<K: KernelMaps + ?Sized> KernelView for K {
     fn port_segment(&self, proto: Proto, port: u16) -> Result<u32, DataplaneError> {
-        Dataplane::port_segment(self, proto, port)
+        KernelMaps::port_segment(self, proto, port)
     }
     fn grant_expiry(&self, key: &GrantKey) -> Result<Option<u64>, DataplaneError> {
-        Dataplane::grant_expiry(self, key)
+        KernelMaps::grant_expiry(self, key)
     }
     fn peer_lookup(&self, segment: u32, addr: [u8; 16]) -> Result<Option<u64>, DataplaneError> {
-        Dataplane::peer_lookup(self, segment, addr)
+        KernelMaps::peer_lookup(self, segment, addr)
     }
 }
 
@@ -323,7 +325,7 @@ fn mapped(addr: IpAddr) -> [u8; 16] {
 }
 
 /// Whether a peer trie entry (v6 form, v6 prefix length) contains `addr`.
-fn prefix_contains(net: &[u8; 16], prefix: u8, addr: &[u8; 16]) -> bool {
+pub(crate) fn prefix_contains(net: &[u8; 16], prefix: u8, addr: &[u8; 16]) -> bool {
     let bits = u128::from_be_bytes(*addr);
     let net = u128::from_be_bytes(*net);
     let mask = if prefix == 0 {
@@ -364,7 +366,7 @@ fn ledger_sources(ledger: &Ledger, segment: u32, lookup: &Lookup) -> Vec<(Source
 /// Evaluates `resolved` against the kernel maps at boot-clock instant `now`.
 /// `segment_name` names a segment id; `describe` says what a ledger source is.
 pub fn evaluate(
-    kernel: &dyn KernelView,
+    kernel: &(impl KernelView + ?Sized),
     ledger: &Ledger,
     resolved: &Resolved,
     (proto, port): (Proto, u16),
@@ -479,31 +481,7 @@ pub fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-
-    #[derive(Default)]
-    struct FakeKernel {
-        ports: HashMap<(Proto, u16), u32>,
-        grants: HashMap<GrantKey, u64>,
-        peers: Vec<(u32, [u8; 16], u8, u64)>,
-    }
-
-    impl KernelView for FakeKernel {
-        fn port_segment(&self, proto: Proto, port: u16) -> Result<u32, DataplaneError> {
-            Ok(*self.ports.get(&(proto, port)).unwrap_or(&0))
-        }
-        fn grant_expiry(&self, key: &GrantKey) -> Result<Option<u64>, DataplaneError> {
-            Ok(self.grants.get(key).copied())
-        }
-        fn peer_lookup(&self, seg: u32, addr: [u8; 16]) -> Result<Option<u64>, DataplaneError> {
-            Ok(self
-                .peers
-                .iter()
-                .filter(|(s, net, p, _)| *s == seg && prefix_contains(net, *p, &addr))
-                .max_by_key(|(_, _, p, _)| *p)
-                .map(|(_, _, _, e)| *e))
-        }
-    }
+    use crate::kernel::FakeKernel;
 
     const NOW: u64 = 1_000_000_000_000;
 
@@ -564,10 +542,10 @@ mod tests {
 
     #[test]
     fn a_live_grant_allows_and_is_traced_to_its_source() {
-        let mut k = FakeKernel::default();
-        k.ports.insert((Proto::Tcp, 5432), 3);
+        let k = FakeKernel::default();
+        k.maps().ports.insert((Proto::Tcp, 5432), 3);
         let expiry = NOW + 90 * 1_000_000_000;
-        k.grants.insert(uid_key(1000), expiry);
+        k.maps().grants.insert(uid_key(1000), expiry);
         let mut l = Ledger::new();
         l.set(Source::Grant(7), &[EntryKey::Local(uid_key(1000))], expiry);
         let v = run(&k, &l, &resolved(vec![uid(1000), uid(1001)]), 5432);
@@ -581,10 +559,10 @@ mod tests {
 
     #[test]
     fn an_expired_entry_still_in_the_map_denies() {
-        let mut k = FakeKernel::default();
-        k.ports.insert((Proto::Tcp, 5432), 3);
+        let k = FakeKernel::default();
+        k.maps().ports.insert((Proto::Tcp, 5432), 3);
         // The kernel stops honouring an entry at its instant, before the agent sweeps it.
-        k.grants.insert(uid_key(1000), NOW);
+        k.maps().grants.insert(uid_key(1000), NOW);
         let v = run(&k, &Ledger::new(), &resolved(vec![uid(1000)]), 5432);
         assert!(!v.allowed);
         assert!(v.checks[0].in_kernel && !v.checks[0].live);
@@ -593,10 +571,10 @@ mod tests {
 
     #[test]
     fn a_standing_allow_wins_over_a_shorter_grant_and_disagreements_are_noted() {
-        let mut k = FakeKernel::default();
-        k.ports.insert((Proto::Tcp, 5432), 3);
-        k.grants.insert(uid_key(5), NOW + 10);
-        k.grants.insert(uid_key(6), NEVER);
+        let k = FakeKernel::default();
+        k.maps().ports.insert((Proto::Tcp, 5432), 3);
+        k.maps().grants.insert(uid_key(5), NOW + 10);
+        k.maps().grants.insert(uid_key(6), NEVER);
         let mut l = Ledger::new();
         l.set(
             Source::Standing {
@@ -625,10 +603,10 @@ mod tests {
 
     #[test]
     fn peers_match_by_longest_prefix() {
-        let mut k = FakeKernel::default();
-        k.ports.insert((Proto::Tcp, 5432), 3);
+        let k = FakeKernel::default();
+        k.maps().ports.insert((Proto::Tcp, 5432), 3);
         let net = v4_mapped([10, 1, 0, 0]);
-        k.peers.push((3, net, 96 + 16, NEVER));
+        k.maps().peers.push((3, net, 96 + 16, NEVER));
         let mut l = Ledger::new();
         l.set(
             Source::Standing {

@@ -17,7 +17,6 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use serde_json::json;
 use tokio::{
     io::unix::AsyncFd,
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
@@ -145,17 +144,21 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| hierarchy.mount.clone());
     ensure_bpffs(&opts.bpffs)?;
-    let dataplane = Dataplane::open(&DataplaneConfig {
+    let mut dataplane = Dataplane::open(&DataplaneConfig {
         bpffs: opts.bpffs.clone(),
         cgroup: cgroup.clone(),
         max_grants: opts.max_grants,
         max_peers: opts.max_peers,
         xdp_ifaces: opts.xdp_ifaces.clone(),
     })?;
+    // The rings go to their readers; the maps (and the links' check) go to
+    // the agent, which sees them only through `KernelMaps`.
+    let kill_requests = dataplane.take_kill_requests();
+    let deny_events = dataplane.take_deny_events();
     let audit = AuditLog::open_with(&opts.audit_log, opts.observe.audit_rotation)?;
     let mut agent = Agent::start(
         policy,
-        dataplane,
+        Box::new(dataplane),
         Resolver::new(hierarchy.clone()),
         audit,
         Paths {
@@ -165,31 +168,21 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     )?;
     agent.set_request_ttl(opts.request_expiry);
     let addrs = hostaddrs::scan().context("listing this host's addresses")?;
-    agent.dataplane.set_local_addrs(&addrs)?;
-    agent.set_local_address_count(addrs.len());
+    agent.set_local_addrs(&addrs)?;
     // Attach only now: the maps hold the policy, the grants and this host's
     // addresses, so the programs never run on incomplete maps.
-    agent.dataplane.attach()?;
-    let _ = agent.audit.record(
-        "agent_start",
-        json!({"version": env!("CARGO_PKG_VERSION"), "cgroup": cgroup.display().to_string(),
-            "policy_digest": agent.policy().digest, "pid": std::process::id()})
-        .as_object()
-        .cloned()
-        .unwrap_or_default(),
-    );
+    let xdp = agent.attach()?;
+    agent.note_start(&cgroup);
     info!(
         cgroup = %cgroup.display(),
-        pins = %agent.dataplane.pin_dir().display(),
+        pins = %agent.pin_dir().display(),
         segments = agent.policy().segments.len(),
         addresses = addrs.len(),
         "enforcing"
     );
-    let kill_requests = agent.dataplane.take_kill_requests();
-    for x in agent.dataplane.xdp() {
+    for x in &xdp {
         info!(iface = %x.iface, mode = x.mode, "XDP attached");
     }
-    let deny_events = agent.dataplane.take_deny_events();
     let shared: Shared = Arc::new(Mutex::new(agent));
     // Judge the flows that were open before enforcement (or while the
     // agent was down), then keep a sweeper for revokes, expiries, reloads
@@ -252,7 +245,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                 // Enforcement checked against the kernel, repaired at once.
                 a.check_enforcement();
                 // Audit records queued while the log could not be written.
-                a.audit.retry();
+                a.retry_audit();
                 if rescanned.elapsed() >= opts.refresh {
                     rescanned = tokio::time::Instant::now();
                     if let Err(e) = a.refresh_identities() {
@@ -282,15 +275,9 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     acceptor.abort();
     observers.stop();
     let mut a = shared.lock().expect("agent lock");
-    let _ = a.audit.record(
-        "agent_stop",
-        json!({"pid": std::process::id()})
-            .as_object()
-            .cloned()
-            .unwrap_or_default(),
-    );
+    a.note_stop();
     let _ = std::fs::remove_file(&opts.socket);
-    if a.enforcement.uninstalled {
+    if a.uninstalled() {
         info!("stopping after `portcullis uninstall`: nothing is enforced");
     } else {
         info!("stopping; enforcement stays in place (pinned) until `portcullis uninstall`");
@@ -312,9 +299,8 @@ fn update_addresses(shared: &Shared) {
     match hostaddrs::scan() {
         Ok(addrs) => {
             let mut a = shared.lock().expect("agent lock");
-            match a.dataplane.set_local_addrs(&addrs) {
-                Ok(()) => a.set_local_address_count(addrs.len()),
-                Err(e) => error!(error = %e, "updating the local address map failed"),
+            if let Err(e) = a.set_local_addrs(&addrs) {
+                error!(error = %e, "updating the local address map failed");
             }
         }
         Err(e) => error!(error = %e, "listing this host's addresses failed"),
@@ -335,11 +321,6 @@ fn reload_changed(shared: &Shared, dir: &Path, trust: &policy::FileTrust) {
     crate::notify::reloading();
     reload_with(shared, dir, trust, true);
     crate::notify::ready();
-}
-
-/// The agent as the actor of what it does by itself, for audit records.
-fn agent_actor() -> serde_json::Value {
-    json!({"uid": nix::unistd::getuid().as_raw(), "user": "portcullis-agent", "pid": std::process::id()})
 }
 
 fn reload_with(shared: &Shared, dir: &Path, trust: &policy::FileTrust, only_if_changed: bool) {
@@ -372,39 +353,18 @@ fn reload_with(shared: &Shared, dir: &Path, trust: &policy::FileTrust, only_if_c
             match a.apply_policy(policy) {
                 Ok(()) => {
                     crate::sweep::request();
-                    a.note_reload(true, vec![]);
-                    let _ = a.audit.record(
-                        "policy_reload",
-                        json!({"ok": true, "digest": digest, "trigger": trigger, "actor": agent_actor()})
-                            .as_object()
-                            .cloned()
-                            .unwrap_or_default(),
-                    );
+                    a.note_reload(Ok(digest.clone()), trigger);
                     info!(%digest, "policy reloaded");
                 }
                 Err(e) => {
-                    a.note_reload(false, vec![format!("{e:#}")]);
-                    let _ = a.audit.record(
-                        "policy_reload",
-                        json!({"ok": false, "errors": [format!("{e:#}")], "trigger": trigger, "actor": agent_actor()})
-                            .as_object()
-                            .cloned()
-                            .unwrap_or_default(),
-                    );
+                    a.note_reload(Err(vec![format!("{e:#}")]), trigger);
                     error!(error = %format!("{e:#}"), "applying the new policy failed");
                 }
             }
         }
         Err(errors) => {
             let lines: Vec<String> = errors.lines().map(str::to_string).collect();
-            a.note_reload(false, lines.clone());
-            let _ = a.audit.record(
-                "policy_reload",
-                json!({"ok": false, "errors": lines, "trigger": trigger, "actor": agent_actor()})
-                    .as_object()
-                    .cloned()
-                    .unwrap_or_default(),
-            );
+            a.note_reload(Err(lines), trigger);
             error!("policy reload refused; still enforcing the previous policy:\n{errors}");
         }
     }
