@@ -60,13 +60,14 @@ impl FakeMaps {
                 addr,
                 prefix,
             } => {
+                let full = self.peers.len() >= self.max_peers as usize;
                 match self
                     .peers
                     .iter_mut()
                     .find(|p| (p.0, p.1, p.2) == (segment, addr, prefix))
                 {
                     Some(p) => p.3 = at,
-                    None if self.peers.len() >= self.max_peers as usize => {
+                    None if full => {
                         return Err(DataplaneError::Full {
                             map: agent_common::map_names::PEERS,
                             capacity: self.max_peers,
@@ -164,7 +165,7 @@ impl KernelMaps for FakeKernel {
             changes.iter().partition(|c| matches!(c, Change::Put(..)));
         // Puts, ports, deletes; deletes first only when that is what fits
         // (as `dataplane::txn` does), and nothing at all when neither does.
-        let mut attempt = |m: &mut FakeMaps, deletes_first: bool| {
+        let attempt = |m: &mut FakeMaps, deletes_first: bool| {
             if deletes_first {
                 deletes.iter().try_for_each(|c| m.apply_one(c))?;
             }
