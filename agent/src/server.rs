@@ -511,7 +511,20 @@ async fn serve_connection(stream: UnixStream, cred: PeerCred, shared: Shared) {
             })
             .and_then(control::parse_request)
         {
-            Ok(request) => handle(&shared, &cred, request),
+            // The agent's work (its lock, the audit fsync, the state write)
+            // runs off the async workers; the reply still waits for the
+            // audit record to be on disk.
+            Ok(request) => {
+                let shared = shared.clone();
+                tokio::task::spawn_blocking(move || handle(&shared, &cred, request))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Response::Error(Refusal::new(
+                            RefusalCode::Internal,
+                            format!("handling the request failed: {e}"),
+                        ))
+                    })
+            }
             Err(refusal) => {
                 info!(uid = cred.uid, "{}", refusal.message);
                 Response::Error(refusal)
@@ -525,6 +538,7 @@ async fn serve_connection(stream: UnixStream, cred: PeerCred, shared: Shared) {
 
 #[tracing::instrument(skip(shared, request), fields(uid = cred.uid, pid = cred.pid))]
 fn handle(shared: &Shared, cred: &PeerCred, request: Request) -> Response {
+    let wake = moves_deadlines(&request);
     let mut a = shared.lock().expect("agent lock");
     let result = match request {
         Request::Grant {
@@ -567,13 +581,66 @@ fn handle(shared: &Shared, cred: &PeerCred, request: Request) -> Response {
     }
     match result {
         Ok(reply) => {
-            // A grant or approval may have moved the earliest deadline.
-            DEADLINES_CHANGED.notify_one();
+            // A grant or approval may have moved the earliest deadline; a
+            // read-only reply wakes nothing.
+            if wake {
+                DEADLINES_CHANGED.notify_one();
+            }
             Response::Ok(reply)
         }
         Err(refusal) => {
             info!(code = ?refusal.code, "refused: {}", refusal.message);
             Response::Error(refusal)
+        }
+    }
+}
+
+/// Whether a request can move the earliest grant or request deadline (and
+/// so must wake the main loop's expiry timer). `list`, `status`,
+/// `pending`, `show`, `explain` and `uninstall` cannot.
+fn moves_deadlines(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::Grant { .. }
+            | Request::Revoke { .. }
+            | Request::RequestAccess { .. }
+            | Request::Approve { .. }
+            | Request::Deny { .. }
+    )
+}
+
+#[cfg(test)]
+mod handle_tests {
+    use super::*;
+
+    #[test]
+    fn read_only_requests_do_not_wake_the_main_loop() {
+        for r in [
+            Request::List {},
+            Request::Status {},
+            Request::Pending {},
+            Request::ShowRequest { id: 1 },
+            Request::Explain {
+                identity: Some("uid:1".into()),
+                pid: None,
+                port: "1/tcp".into(),
+            },
+        ] {
+            assert!(!moves_deadlines(&r), "{r:?}");
+        }
+        for r in [
+            Request::Approve { id: 1, ttl: None },
+            Request::Deny {
+                id: 1,
+                reason: "no".into(),
+            },
+            Request::Revoke {
+                id: Some(1),
+                identity: None,
+                segment: None,
+            },
+        ] {
+            assert!(moves_deadlines(&r), "{r:?}");
         }
     }
 }

@@ -217,15 +217,32 @@ impl AuditEvent {
         "records_lost",
     ];
 
-    /// The event's name as written in the `event` field.
-    pub fn kind(&self) -> String {
-        match serde_json::to_value(self) {
-            Ok(serde_json::Value::Object(m)) => m
-                .get("event")
-                .and_then(|v| v.as_str())
-                .unwrap_or("other")
-                .to_string(),
-            _ => "other".to_string(),
+    /// The event's name as written in the `event` field. Exhaustive: a new
+    /// variant does not compile until it is named here (and in [`Self::KINDS`]
+    /// and docs/audit.md, which a test checks).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::AgentStart { .. } => "agent_start",
+            Self::AgentStop { .. } => "agent_stop",
+            Self::Grant { .. } => "grant",
+            Self::GrantFailed { .. } => "grant_failed",
+            Self::Request { .. } => "request",
+            Self::Approve { .. } => "approve",
+            Self::Deny { .. } => "deny",
+            Self::RequestExpire { .. } => "request_expire",
+            Self::Revoke { .. } => "revoke",
+            Self::Expire { .. } => "expire",
+            Self::GrantSuspended { .. } => "grant_suspended",
+            Self::GrantResumed { .. } => "grant_resumed",
+            Self::GrantRecovered { .. } => "grant_recovered",
+            Self::Refused { .. } => "refused",
+            Self::PolicyReload { .. } => "policy_reload",
+            Self::StateCorrupt { .. } => "state_corrupt",
+            Self::EnforcementRepaired { .. } => "enforcement_repaired",
+            Self::Uninstall { .. } => "uninstall",
+            Self::Rotate { .. } => "rotate",
+            Self::RecordsLost { .. } => "records_lost",
+            Self::Other => "other",
         }
     }
 
@@ -245,5 +262,106 @@ impl AuditEvent {
     /// Reads one record (a log line's object) back; unknown kinds are `Other`.
     pub fn from_record(rec: &serde_json::Map<String, serde_json::Value>) -> Option<Self> {
         serde_json::from_value(serde_json::Value::Object(rec.clone())).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Map, Value};
+
+    use super::*;
+
+    fn map(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn docs_audit_md_lists_every_kind() {
+        let docs = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/audit.md"));
+        for kind in AuditEvent::KINDS {
+            assert!(
+                docs.contains(&format!("`{kind}`")),
+                "docs/audit.md does not describe the audit event kind `{kind}`"
+            );
+        }
+    }
+
+    #[test]
+    fn every_listed_kind_is_a_variant_with_that_name() {
+        for kind in AuditEvent::KINDS {
+            // Fields are missing, so a known kind fails to read; only an
+            // unknown one reads (as `Other`).
+            let read = serde_json::from_value::<AuditEvent>(json!({ "event": kind }));
+            assert!(
+                !matches!(read, Ok(AuditEvent::Other)),
+                "{kind} is not a variant"
+            );
+        }
+        let rotate = AuditEvent::Rotate {
+            previous_file: "a".into(),
+        };
+        assert_eq!(rotate.kind(), "rotate");
+        assert_eq!(rotate.into_fields().0, "rotate");
+    }
+
+    /// The docs' sample `grant` line (from a test run of the old json!()
+    /// writer): the typed event writes the same fields, nulls included.
+    #[test]
+    fn a_grant_writes_the_fields_the_old_records_had() {
+        let line = r#"{"actor":{"pid":15351,"uid":0,"user":"root"},"event":"grant","expires_at":"2026-11-22T16:11:56Z","grant_id":1,"hash":"86d7","identity":"uid:40001","ports":["45061/tcp"],"prev":"b577","reason":"e2e test","request_id":null,"segment":"db","ts":"2026-11-22T16:01:56.762Z","ttl_secs":600}"#;
+        let mut rec = map(serde_json::from_str(line).unwrap());
+        let ev = AuditEvent::from_record(&rec).unwrap();
+        let (kind, fields) = ev.into_fields();
+        assert_eq!(kind, "grant");
+        for k in ["event", "hash", "prev", "ts"] {
+            rec.remove(k);
+        }
+        assert_eq!(fields, rec);
+    }
+
+    #[test]
+    fn optional_fields_are_absent_or_null_as_before() {
+        let (_, f) = AuditEvent::PolicyReload {
+            ok: true,
+            digest: Some("d".into()),
+            errors: None,
+            trigger: Some("SIGHUP".into()),
+            actor: None,
+        }
+        .into_fields();
+        assert_eq!(
+            f,
+            map(json!({"ok": true, "digest": "d", "trigger": "SIGHUP"}))
+        );
+        let actor = Actor {
+            uid: 0,
+            user: None,
+            pid: None,
+        };
+        let (_, f) = AuditEvent::GrantFailed {
+            grant_id: 4,
+            segment: "db".into(),
+            identity: "uid:1".into(),
+            actor,
+            request_id: None,
+            error: "full".into(),
+        }
+        .into_fields();
+        assert_eq!(f["request_id"], Value::Null);
+        assert_eq!(f["actor"], json!({"uid": 0, "user": null, "pid": null}));
+    }
+
+    #[test]
+    fn records_from_newer_versions_and_late_records_still_read() {
+        let newer = map(json!({"event": "quorum_reached", "ts": "x", "votes": 3}));
+        assert_eq!(AuditEvent::from_record(&newer), Some(AuditEvent::Other));
+        let late = map(
+            json!({"event": "agent_stop", "pid": 7, "recorded_late": true,
+            "happened_at": "x", "ts": "y", "prev": "0", "hash": "1"}),
+        );
+        assert_eq!(
+            AuditEvent::from_record(&late),
+            Some(AuditEvent::AgentStop { pid: 7 })
+        );
     }
 }
