@@ -44,6 +44,8 @@ mod authz;
 mod book;
 /// What the kernel has attached, checked against what the agent expects.
 mod enforce;
+/// Typed refusals, mapped to `Refusal` at the edge.
+mod errors;
 /// Making, revoking and expiring grants.
 mod grants;
 /// Requests, approvals, denials and `explain` (the JIT workflow).
@@ -54,6 +56,7 @@ mod views;
 pub use apply::DEFAULT_GRANT_GRACE;
 pub use authz::credential_matches;
 pub use enforce::{EnforcementView, RepairView};
+pub use errors::CoreError;
 pub use jit::DEFAULT_REQUEST_TTL;
 
 /// Where the agent keeps what it must remember.

@@ -31,6 +31,7 @@ use std::{collections::BTreeSet, fs, net::IpAddr};
 
 use agent_common::kind;
 
+use super::errors::CoreError;
 use super::*;
 use crate::{cgroupfs::cgroup_of_pid, ledger::EntryKey};
 
@@ -149,21 +150,14 @@ fn ancestors(path: &str) -> Vec<String> {
 }
 
 impl Agent {
-    pub(super) fn segment(&self, name: &str) -> Result<&Segment, Refusal> {
-        self.policy.segments.get(name).ok_or_else(|| {
-            let known: Vec<&str> = self.policy.segments.keys().map(String::as_str).collect();
-            refuse(
-                RefusalCode::NotFound,
-                format!(
-                    "unknown segment {name:?}; segments in force: {}",
-                    if known.is_empty() {
-                        "none".into()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
-            )
-        })
+    pub(super) fn segment(&self, name: &str) -> Result<&Segment, CoreError> {
+        self.policy
+            .segments
+            .get(name)
+            .ok_or_else(|| CoreError::UnknownSegment {
+                name: name.to_string(),
+                known: self.policy.segments.keys().cloned().collect(),
+            })
     }
 
     /// Whether `cred` may grant and revoke on `segment`: root, or an approver.
@@ -173,6 +167,19 @@ impl Agent {
                 .jit
                 .as_ref()
                 .is_some_and(|j| j.approvers.iter().any(|a| credential_matches(a, cred)))
+    }
+
+    /// Records a command refused for who asked, and builds its refusal.
+    pub(super) fn forbidden(
+        &mut self,
+        cred: &PeerCred,
+        op: &str,
+        segment: &str,
+        why: CoreError,
+    ) -> Refusal {
+        let refusal = Refusal::from(why);
+        self.note_refusal(cred, op, segment, &refusal);
+        refusal
     }
 
     /// Records a refused command and builds its refusal.
@@ -225,25 +232,25 @@ impl Agent {
 }
 
 /// The segment's JIT rules; a segment without them takes no grants or requests.
-pub(super) fn jit_rules(seg: &Segment) -> Result<&crate::policy::Jit, Refusal> {
-    seg.jit.as_ref().ok_or_else(|| {
-        refuse(
-            RefusalCode::Invalid,
-            format!("segment {} has no [segment.{}.jit] table, so it takes no grants or requests; add one to its policy", seg.name, seg.name),
-        )
+pub(super) fn jit_rules(seg: &Segment) -> Result<&crate::policy::Jit, CoreError> {
+    seg.jit.as_ref().ok_or_else(|| CoreError::NoJit {
+        segment: seg.name.clone(),
     })
 }
 
-/// A `--ttl` argument, parsed, as a refusal when it is not a valid TTL.
-pub(super) fn ttl_arg(t: &str) -> Result<Duration, Refusal> {
-    parse_ttl(t).map_err(|e| refuse(RefusalCode::Invalid, format!("TTL {t:?}: {e}")))
+/// A `--ttl` argument, parsed.
+pub(super) fn ttl_arg(t: &str) -> Result<Duration, CoreError> {
+    parse_ttl(t).map_err(|e| CoreError::BadTtl {
+        text: t.to_string(),
+        why: e.to_string(),
+    })
 }
 
 /// The TTL asked for, or the segment's default when none was given.
 pub(super) fn requested_ttl(
     jit: &crate::policy::Jit,
     ttl: Option<&str>,
-) -> Result<Duration, Refusal> {
+) -> Result<Duration, CoreError> {
     ttl.map_or(Ok(jit.default_ttl), ttl_arg)
 }
 
@@ -251,17 +258,13 @@ pub(super) fn check_ttl(
     seg: &Segment,
     jit: &crate::policy::Jit,
     ttl: Duration,
-) -> Result<(), Refusal> {
+) -> Result<(), CoreError> {
     if ttl > jit.max_ttl {
-        return Err(refuse(
-            RefusalCode::Invalid,
-            format!(
-                "TTL {} is longer than segment {}'s max_ttl of {}",
-                clock::human(ttl),
-                seg.name,
-                clock::human(jit.max_ttl)
-            ),
-        ));
+        return Err(CoreError::TtlTooLong {
+            segment: seg.name.clone(),
+            asked: ttl,
+            max: jit.max_ttl,
+        });
     }
     Ok(())
 }
@@ -271,13 +274,12 @@ pub(super) fn check_reason(
     seg: &Segment,
     jit: &crate::policy::Jit,
     reason: Option<&str>,
-) -> Result<Option<String>, Refusal> {
+) -> Result<Option<String>, CoreError> {
     let reason = reason.map(str::trim).filter(|r| !r.is_empty());
     if jit.require_reason && reason.is_none() {
-        return Err(refuse(
-            RefusalCode::Invalid,
-            format!("segment {} requires a reason (--reason TEXT)", seg.name),
-        ));
+        return Err(CoreError::ReasonRequired {
+            segment: seg.name.clone(),
+        });
     }
     Ok(reason.map(str::to_string))
 }

@@ -4,6 +4,7 @@
 //! audit first, ledger, kernel, state) and the ways it ends (revoke,
 //! expire). Who may do each is `authz`'s; what the wire says is `views`'.
 use super::authz::{check_reason, check_ttl, credential_matches, jit_rules, requested_ttl};
+use super::errors::CoreError;
 use super::*;
 
 impl Agent {
@@ -32,14 +33,15 @@ impl Agent {
             .map_err(|e| refuse(RefusalCode::Invalid, format!("identity {identity:?}: {e}")))?;
         let seg = self.segment(segment)?.clone();
         if !self.may_administer(cred, &seg) {
-            return Err(self.refused(
+            return Err(self.forbidden(
                 cred,
                 "grant",
                 &seg.name,
-                format!(
-                    "uid {} may not grant on segment {}: only root and the segment's approvers may",
-                    cred.uid, seg.name
-                ),
+                CoreError::NotApprover {
+                    who: format!("uid {}", cred.uid),
+                    action: "grant".into(),
+                    segment: seg.name.clone(),
+                },
             ));
         }
         if let Some(why) = super::authz::refusal(&identity, cred, &self.resolver) {

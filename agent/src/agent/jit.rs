@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use super::{
     authz::{check_reason, check_ttl, jit_rules, requested_ttl, ttl_arg},
+    errors::CoreError,
     refuse, Agent,
 };
 use crate::{
@@ -174,26 +175,26 @@ impl Agent {
             .clone();
         let seg = self.segment(&req.segment)?.clone();
         if !self.may_administer(cred, &seg) {
-            return Err(self.refused(
+            return Err(self.forbidden(
                 cred,
                 "approve",
                 &seg.name,
-                format!(
-                    "{} may not approve request {id} on segment {}: only root and the segment's approvers may",
-                    Actor::from_uid(cred.uid, None),
-                    seg.name
-                ),
+                CoreError::NotApprover {
+                    who: Actor::from_uid(cred.uid, None).to_string(),
+                    action: format!("approve request {id}"),
+                    segment: seg.name.clone(),
+                },
             ));
         }
         if cred.uid == req.requester.uid {
-            return Err(self.refused(
+            return Err(self.forbidden(
                 cred,
                 "approve",
                 &seg.name,
-                format!(
-                    "request {id} is your own (made by {}): nobody approves their own request, root included; ask another approver",
-                    req.requester
-                ),
+                CoreError::SelfApproval {
+                    id,
+                    requester: req.requester.to_string(),
+                },
             ));
         }
         if let Some(why) = super::authz::refusal(&req.identity, cred, &self.resolver) {
@@ -214,14 +215,12 @@ impl Agent {
             Some(t) => {
                 let asked = ttl_arg(t)?;
                 if asked > req.ttl() {
-                    return Err(refuse(
-                        RefusalCode::Invalid,
-                        format!(
-                            "approve may shorten a request, never lengthen it: request {id} asks for {}, --ttl is {}",
-                            clock::human(req.ttl()),
-                            clock::human(asked)
-                        ),
-                    ));
+                    return Err(CoreError::LongerThanRequested {
+                        id,
+                        requested: req.ttl(),
+                        asked,
+                    }
+                    .into());
                 }
                 asked
             }
@@ -292,15 +291,15 @@ impl Agent {
             None => cred.uid == 0,
         };
         if !authorized {
-            return Err(self.refused(
+            return Err(self.forbidden(
                 cred,
                 "deny",
                 &req.segment,
-                format!(
-                    "{} may not deny request {id} on segment {}: only root and the segment's approvers may",
-                    Actor::from_uid(cred.uid, None),
-                    req.segment
-                ),
+                CoreError::NotApprover {
+                    who: Actor::from_uid(cred.uid, None).to_string(),
+                    action: format!("deny request {id}"),
+                    segment: req.segment.clone(),
+                },
             ));
         }
         let reason = reason.trim();
