@@ -10,6 +10,7 @@
 //! - [`kernel`]: the `KernelMaps` seam between the core and the kernel maps (and a fake for tests).
 //! - [`lock`]: one agent per pin directory, state directory, audit log and socket.
 //! - [`pindir`]: pin directories only root can touch.
+//! - [`actor`]: who did something (from peer credentials), and Unix milliseconds.
 //! - [`agent`]: the agent's state and operations (grant, revoke, expire, reload).
 //! - [`requests`]: the book of access requests (pending, approved, denied, expired).
 //! - [`explain`]: why a subject may or may not reach a port, read from the kernel maps.
@@ -28,6 +29,7 @@
 //!   (at start, after revoke, expiry and reload, on kill requests); [`sockdiag`] is its netlink shim.
 //! - [`cgroupfs`], [`hostaddrs`], [`clock`]: host facts.
 //! - [`benchprog`]: `portcullis bench-dataplane` (hidden): per-packet cost for `cargo xtask bench`.
+pub mod actor;
 pub mod agent;
 pub mod audit;
 pub mod benchprog;
