@@ -7,8 +7,10 @@
 //! - [`ledger`]: which map entries each source of access opens.
 //! - [`dataplane`]: the only module that touches aya: load, attach, pin, maps;
 //!   its `enforcement` part checks the kernel against what it attached and repairs.
+//! - [`kernel`]: the `KernelMaps` seam between the core and the kernel maps (and a fake for tests).
 //! - [`lock`]: one agent per pin directory, state directory, audit log and socket.
 //! - [`pindir`]: pin directories only root can touch.
+//! - [`actor`]: who did something (from peer credentials), and Unix milliseconds.
 //! - [`agent`]: the agent's state and operations (grant, revoke, expire, reload).
 //! - [`requests`]: the book of access requests (pending, approved, denied, expired).
 //! - [`explain`]: why a subject may or may not reach a port, read from the kernel maps.
@@ -27,6 +29,7 @@
 //!   (at start, after revoke, expiry and reload, on kill requests); [`sockdiag`] is its netlink shim.
 //! - [`cgroupfs`], [`hostaddrs`], [`clock`], [`mounts`]: host facts.
 //! - `benchprog` (feature `bench`): `portcullis bench-dataplane` (hidden): per-packet cost for `cargo xtask bench`.
+pub mod actor;
 pub mod agent;
 pub mod audit;
 #[cfg(feature = "bench")]
@@ -42,6 +45,7 @@ pub mod denylog;
 pub mod explain;
 pub mod hostaddrs;
 pub mod identity;
+pub mod kernel;
 pub mod ledger;
 pub mod lock;
 pub mod metrics;

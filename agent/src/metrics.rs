@@ -222,7 +222,7 @@ impl Observers {
                     .context("starting the deny-log reader thread")?,
             );
             if let Ok(mut a) = shared.lock() {
-                a.metrics.denies = Some(stats);
+                a.set_deny_stats(stats);
             }
         }
         let mut endpoint = None;
@@ -391,8 +391,7 @@ pub fn render(agent: &Agent) -> String {
         "Access requests waiting for an approver.",
         n(pending),
     );
-    let local = agent.dataplane.read_grants().map(|g| g.len());
-    let peers = agent.dataplane.read_peers().map(|p| p.len());
+    let (local, peers) = agent.map_entries();
     e.family(
         "portcullis_map_entries",
         "gauge",
@@ -427,24 +426,24 @@ pub fn render(agent: &Agent) -> String {
     e.sample(
         "portcullis_policy_reloads_total",
         &[("result", "success")],
-        n(agent.metrics.reloads_ok),
+        n(agent.metrics().reloads_ok),
     );
     e.sample(
         "portcullis_policy_reloads_total",
         &[("result", "failure")],
-        n(agent.metrics.reloads_failed),
+        n(agent.metrics().reloads_failed),
     );
     e.single(
         "portcullis_enforcement_repairs_total",
         "counter",
         "Times the heartbeat found a program, link or pin missing in the kernel and put it back.",
-        n(agent.enforcement.repairs),
+        n(agent.enforcement().repairs),
     );
     e.single(
         "portcullis_enforcement_repair_failures_total",
         "counter",
         "Heartbeats that found enforcement missing and could not repair it.",
-        n(agent.enforcement.repair_failures),
+        n(agent.enforcement().repair_failures),
     );
     e.single(
         "portcullis_enforcement_ok",
@@ -456,13 +455,13 @@ pub fn render(agent: &Agent) -> String {
         "portcullis_audit_write_failures_total",
         "counter",
         "Audit records that could not be written (grants are refused meanwhile).",
-        n(agent.audit.write_failures()),
+        n(agent.audit_health().0),
     );
     e.single(
         "portcullis_audit_log_writable",
         "gauge",
         "1 when the last audit write succeeded, 0 while the log cannot be written.",
-        if agent.audit.failing().is_some() {
+        if agent.audit_health().1.is_some() {
             0.0
         } else {
             1.0
@@ -472,9 +471,9 @@ pub fn render(agent: &Agent) -> String {
         "portcullis_audit_records_queued",
         "gauge",
         "Records of revocations, expiries and other events waiting in memory for the audit log to take writes again.",
-        n(agent.audit.backlog()),
+        n(agent.audit_health().2),
     );
-    if let Some(d) = &agent.metrics.denies {
+    if let Some(d) = &agent.metrics().denies {
         let v = d.view();
         e.family(
             "portcullis_deny_events_total",
@@ -501,7 +500,7 @@ pub fn render(agent: &Agent) -> String {
     e.histogram(
         "portcullis_revocation_enforcement_seconds",
         "Time from the agent handling a revocation to the kernel map delete returning (enforced from then on).",
-        &agent.metrics.revoke_latency,
+        &agent.metrics().revoke_latency,
     );
     e.out
 }

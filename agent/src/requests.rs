@@ -12,7 +12,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{identity::Identity, state::Actor};
+use crate::{actor::Actor, identity::Identity};
 
 /// How long a decided request stays in the book, so that a waiting
 /// requester (`request --wait`) and `list` can still see the outcome.
@@ -34,7 +34,7 @@ pub struct Now {
 impl Now {
     pub fn current() -> Self {
         Self {
-            unix_ms: crate::state::unix_ms(std::time::SystemTime::now()),
+            unix_ms: crate::actor::unix_ms(std::time::SystemTime::now()),
             boot_ns: crate::clock::boot_ns(),
         }
     }

@@ -17,11 +17,9 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use serde_json::json;
 use tokio::{
     io::unix::AsyncFd,
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
-    net::{UnixListener, UnixStream},
+    net::UnixListener,
     signal::unix::{signal, SignalKind},
 };
 use tracing::{error, info, warn};
@@ -30,14 +28,15 @@ use crate::{
     agent::{Agent, Paths},
     audit::AuditLog,
     cgroupfs::Hierarchy,
-    connlimit,
-    control::{self, PeerCred, Refusal, RefusalCode, Reply, Request, Response},
     dataplane::{Dataplane, DataplaneConfig},
     hostaddrs::{self, AddressEvents},
     policy::{self, HostCheck, SystemHost},
     resolve::Resolver,
     watch,
 };
+
+/// Control connections: admission, dispatch, replies.
+mod conn;
 
 /// Everything `portcullis agent` is told.
 #[derive(Clone, Debug)]
@@ -140,17 +139,21 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| hierarchy.mount.clone());
     ensure_bpffs(&opts.bpffs)?;
-    let dataplane = Dataplane::open(&DataplaneConfig {
+    let mut dataplane = Dataplane::open(&DataplaneConfig {
         bpffs: opts.bpffs.clone(),
         cgroup: cgroup.clone(),
         max_grants: opts.max_grants,
         max_peers: opts.max_peers,
         xdp_ifaces: opts.xdp_ifaces.clone(),
     })?;
+    // The rings go to their readers; the maps (and the links' check) go to
+    // the agent, which sees them only through `KernelMaps`.
+    let kill_requests = dataplane.take_kill_requests();
+    let deny_events = dataplane.take_deny_events();
     let audit = AuditLog::open_with(&opts.audit_log, opts.observe.audit_rotation)?;
     let mut agent = Agent::start(
         policy,
-        dataplane,
+        Box::new(dataplane),
         Resolver::new(hierarchy.clone()),
         audit,
         Paths {
@@ -160,31 +163,21 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     )?;
     agent.set_request_ttl(opts.request_expiry);
     let addrs = hostaddrs::scan().context("listing this host's addresses")?;
-    agent.dataplane.set_local_addrs(&addrs)?;
-    agent.set_local_address_count(addrs.len());
+    agent.set_local_addrs(&addrs)?;
     // Attach only now: the maps hold the policy, the grants and this host's
     // addresses, so the programs never run on incomplete maps.
-    agent.dataplane.attach()?;
-    let _ = agent.audit.record(
-        "agent_start",
-        json!({"version": env!("CARGO_PKG_VERSION"), "cgroup": cgroup.display().to_string(),
-            "policy_digest": agent.policy().digest, "pid": std::process::id()})
-        .as_object()
-        .cloned()
-        .unwrap_or_default(),
-    );
+    let xdp = agent.attach()?;
+    agent.note_start(&cgroup);
     info!(
         cgroup = %cgroup.display(),
-        pins = %agent.dataplane.pin_dir().display(),
+        pins = %agent.pin_dir().display(),
         segments = agent.policy().segments.len(),
         addresses = addrs.len(),
         "enforcing"
     );
-    let kill_requests = agent.dataplane.take_kill_requests();
-    for x in agent.dataplane.xdp() {
+    for x in &xdp {
         info!(iface = %x.iface, mode = x.mode, "XDP attached");
     }
-    let deny_events = agent.dataplane.take_deny_events();
     let shared: Shared = Arc::new(Mutex::new(agent));
     // Judge the flows that were open before enforcement (or while the
     // agent was down), then keep a sweeper for revokes, expiries, reloads
@@ -206,7 +199,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
 
     // Accepting runs on its own task: a flood of connections neither
     // delays timers and reloads nor waits behind them.
-    let acceptor = tokio::spawn(accept_loop(listener, shared.clone()));
+    let acceptor = tokio::spawn(conn::accept_loop(listener, shared.clone()));
 
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -247,7 +240,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                 // Enforcement checked against the kernel, repaired at once.
                 a.check_enforcement();
                 // Audit records queued while the log could not be written.
-                a.audit.retry();
+                a.retry_audit();
                 if rescanned.elapsed() >= opts.refresh {
                     rescanned = tokio::time::Instant::now();
                     if let Err(e) = a.refresh_identities() {
@@ -277,15 +270,9 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     acceptor.abort();
     observers.stop();
     let mut a = shared.lock().expect("agent lock");
-    let _ = a.audit.record(
-        "agent_stop",
-        json!({"pid": std::process::id()})
-            .as_object()
-            .cloned()
-            .unwrap_or_default(),
-    );
+    a.note_stop();
     let _ = std::fs::remove_file(&opts.socket);
-    if a.enforcement.uninstalled {
+    if a.uninstalled() {
         info!("stopping after `portcullis uninstall`: nothing is enforced");
     } else {
         info!("stopping; enforcement stays in place (pinned) until `portcullis uninstall`");
@@ -307,9 +294,8 @@ fn update_addresses(shared: &Shared) {
     match hostaddrs::scan() {
         Ok(addrs) => {
             let mut a = shared.lock().expect("agent lock");
-            match a.dataplane.set_local_addrs(&addrs) {
-                Ok(()) => a.set_local_address_count(addrs.len()),
-                Err(e) => error!(error = %e, "updating the local address map failed"),
+            if let Err(e) = a.set_local_addrs(&addrs) {
+                error!(error = %e, "updating the local address map failed");
             }
         }
         Err(e) => error!(error = %e, "listing this host's addresses failed"),
@@ -330,11 +316,6 @@ fn reload_changed(shared: &Shared, dir: &Path, trust: &policy::FileTrust) {
     crate::notify::reloading();
     reload_with(shared, dir, trust, true);
     crate::notify::ready();
-}
-
-/// The agent as the actor of what it does by itself, for audit records.
-fn agent_actor() -> serde_json::Value {
-    json!({"uid": nix::unistd::getuid().as_raw(), "user": "portcullis-agent", "pid": std::process::id()})
 }
 
 fn reload_with(shared: &Shared, dir: &Path, trust: &policy::FileTrust, only_if_changed: bool) {
@@ -367,39 +348,18 @@ fn reload_with(shared: &Shared, dir: &Path, trust: &policy::FileTrust, only_if_c
             match a.apply_policy(policy) {
                 Ok(()) => {
                     crate::sweep::request();
-                    a.note_reload(true, vec![]);
-                    let _ = a.audit.record(
-                        "policy_reload",
-                        json!({"ok": true, "digest": digest, "trigger": trigger, "actor": agent_actor()})
-                            .as_object()
-                            .cloned()
-                            .unwrap_or_default(),
-                    );
+                    a.note_reload(Ok(digest.clone()), trigger);
                     info!(%digest, "policy reloaded");
                 }
                 Err(e) => {
-                    a.note_reload(false, vec![format!("{e:#}")]);
-                    let _ = a.audit.record(
-                        "policy_reload",
-                        json!({"ok": false, "errors": [format!("{e:#}")], "trigger": trigger, "actor": agent_actor()})
-                            .as_object()
-                            .cloned()
-                            .unwrap_or_default(),
-                    );
+                    a.note_reload(Err(vec![format!("{e:#}")]), trigger);
                     error!(error = %format!("{e:#}"), "applying the new policy failed");
                 }
             }
         }
         Err(errors) => {
             let lines: Vec<String> = errors.lines().map(str::to_string).collect();
-            a.note_reload(false, lines.clone());
-            let _ = a.audit.record(
-                "policy_reload",
-                json!({"ok": false, "errors": lines, "trigger": trigger, "actor": agent_actor()})
-                    .as_object()
-                    .cloned()
-                    .unwrap_or_default(),
-            );
+            a.note_reload(Err(lines), trigger);
             error!("policy reload refused; still enforcing the previous policy:\n{errors}");
         }
     }
@@ -435,180 +395,4 @@ fn bind_socket(opts: &AgentOptions) -> anyhow::Result<UnixListener> {
             .with_context(|| format!("chown {} to group {group}", path.display()))?;
     }
     Ok(listener)
-}
-
-/// Accepts control connections for as long as the agent runs. Each one
-/// is admitted by [`connlimit::Limits`] (per uid, total, root's reserve)
-/// or answered at once with a refusal and closed. When accepting fails
-/// (EMFILE, ENFILE, ENOBUFS...), the loop backs off and warns at most once
-/// a minute, saying how many failures it did not report.
-async fn accept_loop(listener: UnixListener, shared: Shared) {
-    let limits = connlimit::Limits::default();
-    let mut warn_limit = connlimit::WarnLimiter::new(Duration::from_secs(60));
-    let mut failures: u32 = 0;
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                failures = 0;
-                admit(stream, &limits, &shared);
-            }
-            Err(e) => {
-                if let Some(suppressed) = warn_limit.due(std::time::Instant::now()) {
-                    warn!(
-                        error = %e,
-                        suppressed,
-                        "accepting a control connection failed; backing off (further failures are reported at most once a minute)"
-                    );
-                }
-                tokio::time::sleep(connlimit::backoff(failures)).await;
-                failures = failures.saturating_add(1);
-            }
-        }
-    }
-}
-
-/// Serves `stream` on its own task if its uid may have another
-/// connection; otherwise tells the peer why (without waiting for it) and
-/// closes.
-fn admit(stream: UnixStream, limits: &connlimit::Limits, shared: &Shared) {
-    let cred = match stream.peer_cred() {
-        Ok(c) => PeerCred {
-            uid: c.uid(),
-            gid: c.gid(),
-            pid: c.pid(),
-        },
-        Err(e) => {
-            tracing::debug!(error = %e, "control connection without peer credentials; closing");
-            return;
-        }
-    };
-    match limits.admit(cred.uid) {
-        Ok(slot) => {
-            let shared = shared.clone();
-            tokio::spawn(async move {
-                serve_connection(stream, cred, shared).await;
-                drop(slot);
-            });
-        }
-        Err(refused) => {
-            tracing::debug!(uid = cred.uid, "{refused}");
-            let response =
-                Response::Error(Refusal::new(RefusalCode::Unavailable, refused.to_string()));
-            let mut out = serde_json::to_vec(&response).expect("responses serialize");
-            out.push(b'\n');
-            // A fresh socket's send buffer is empty: this never blocks,
-            // and a peer that does not read loses nothing but the reason.
-            let _ = stream.try_write(&out);
-        }
-    }
-}
-
-async fn serve_connection(stream: UnixStream, cred: PeerCred, shared: Shared) {
-    let (read, mut write) = stream.into_split();
-    // One byte past the cap tells a request that is too long from one
-    // that fits exactly.
-    let mut reader = BufReader::new(read.take(control::MAX_REQUEST as u64 + 1));
-    let mut line = Vec::new();
-    let response = match tokio::time::timeout(
-        control::REQUEST_DEADLINE,
-        reader.read_until(b'\n', &mut line),
-    )
-    .await
-    {
-        Err(_) => Response::Error(Refusal::new(
-            RefusalCode::BadRequest,
-            format!(
-                "no complete request within {} s of connecting",
-                control::REQUEST_DEADLINE.as_secs()
-            ),
-        )),
-        Ok(Err(e)) => Response::Error(Refusal::new(
-            RefusalCode::BadRequest,
-            format!("reading the request failed: {e}"),
-        )),
-        Ok(Ok(_)) if line.len() > control::MAX_REQUEST => Response::Error(Refusal::new(
-            RefusalCode::BadRequest,
-            format!(
-                "request too long: the agent reads at most {} bytes per request",
-                control::MAX_REQUEST
-            ),
-        )),
-        Ok(Ok(_)) if !line.ends_with(b"\n") => Response::Error(Refusal::new(
-            RefusalCode::BadRequest,
-            "request not newline-terminated (the connection was closed mid-request)",
-        )),
-        Ok(Ok(_)) => match std::str::from_utf8(&line)
-            .map_err(|e| {
-                Refusal::new(
-                    RefusalCode::BadRequest,
-                    format!("malformed request: not UTF-8 ({e})"),
-                )
-            })
-            .and_then(control::parse_request)
-        {
-            Ok(request) => handle(&shared, &cred, request),
-            Err(refusal) => {
-                info!(uid = cred.uid, "{}", refusal.message);
-                Response::Error(refusal)
-            }
-        },
-    };
-    let mut out = serde_json::to_vec(&response).expect("responses serialize");
-    out.push(b'\n');
-    let _ = tokio::time::timeout(control::REPLY_DEADLINE, write.write_all(&out)).await;
-}
-
-#[tracing::instrument(skip(shared, request), fields(uid = cred.uid, pid = cred.pid))]
-fn handle(shared: &Shared, cred: &PeerCred, request: Request) -> Response {
-    let mut a = shared.lock().expect("agent lock");
-    let result = match request {
-        Request::Grant {
-            segment,
-            identity,
-            ttl,
-            reason,
-        } => a.grant(cred, &segment, &identity, ttl.as_deref(), reason.as_deref()),
-        Request::Revoke {
-            id,
-            identity,
-            segment,
-        } => a
-            .revoke(cred, id, identity.as_deref(), segment.as_deref())
-            .map(|(reply, _)| {
-                // Idle flows and flows the programs never marked are cut now.
-                crate::sweep::request();
-                reply
-            }),
-        Request::List {} => Ok(a.list()),
-        Request::Status {} => Ok(a.status()),
-        Request::RequestAccess {
-            segment,
-            ttl,
-            reason,
-        } => a.request(cred, &segment, ttl.as_deref(), reason.as_deref()),
-        Request::Approve { id, ttl } => a.approve(cred, id, ttl.as_deref()),
-        Request::Deny { id, reason } => a.deny(cred, id, &reason),
-        Request::ShowRequest { id } => a.show_request(cred, id),
-        Request::Pending {} => Ok(a.pending()),
-        Request::Explain {
-            identity,
-            pid,
-            port,
-        } => a.explain(cred, identity.as_deref(), pid, &port),
-        Request::Uninstall {} => a.uninstall(cred),
-    };
-    if matches!(result, Ok(Reply::Uninstalled { .. })) {
-        UNINSTALLED.notify_one();
-    }
-    match result {
-        Ok(reply) => {
-            // A grant or approval may have moved the earliest deadline.
-            DEADLINES_CHANGED.notify_one();
-            Response::Ok(reply)
-        }
-        Err(refusal) => {
-            info!(code = ?refusal.code, "refused: {}", refusal.message);
-            Response::Error(refusal)
-        }
-    }
 }

@@ -37,41 +37,7 @@ pub enum StateError {
     },
 }
 
-/// Who did something, from the control socket's peer credentials.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Actor {
-    pub uid: u32,
-    pub user: Option<String>,
-    pub pid: Option<i32>,
-}
-
-impl Actor {
-    pub fn from_uid(uid: u32, pid: Option<i32>) -> Self {
-        let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-            .ok()
-            .flatten()
-            .map(|u| u.name);
-        Self { uid, user, pid }
-    }
-
-    /// The agent itself (expiry, reload).
-    pub fn agent() -> Self {
-        Self {
-            uid: nix::unistd::getuid().as_raw(),
-            user: Some("portcullis-agent".into()),
-            pid: Some(std::process::id() as i32),
-        }
-    }
-}
-
-impl std::fmt::Display for Actor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.user {
-            Some(name) => write!(f, "{name} (uid {})", self.uid),
-            None => write!(f, "uid {}", self.uid),
-        }
-    }
-}
+pub use crate::actor::{unix_ms, Actor};
 
 /// A just-in-time grant.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -128,12 +94,6 @@ pub enum Loaded {
         why: String,
         moved_to: PathBuf,
     },
-}
-
-pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// This boot's id (changes at every boot).

@@ -222,7 +222,7 @@ impl Owners for ProcOwners {
 /// Whether a live entry in the grant map covers this local client, by the
 /// programs' rule: uid, then the cgroup and its ancestors, then the gid.
 fn local_allowed(
-    kernel: &impl KernelView,
+    kernel: &(impl KernelView + ?Sized),
     owners: &mut impl Owners,
     segment: u32,
     s: &DiagSocket,
@@ -249,7 +249,7 @@ fn local_allowed(
 pub fn judge(
     sockets: &[DiagSocket],
     cgroups: &Cgroups,
-    kernel: &impl KernelView,
+    kernel: &(impl KernelView + ?Sized),
     owners: &mut impl Owners,
     all_remote: bool,
 ) -> (Vec<Cut>, usize) {
@@ -446,7 +446,7 @@ impl Sweeper {
         let snap = self.snapshot()?;
         let (cuts, judged) = {
             let a = agent.lock().expect("agent lock");
-            snap.judge(&a.dataplane, &mut ProcOwners::default())
+            snap.judge(a.kernel(), &mut ProcOwners::default())
         };
         Ok(Report {
             sockets: snap.sockets.len(),
@@ -464,7 +464,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn judge(&self, kernel: &impl KernelView, owners: &mut impl Owners) -> (Vec<Cut>, usize) {
+    pub fn judge(
+        &self,
+        kernel: &(impl KernelView + ?Sized),
+        owners: &mut impl Owners,
+    ) -> (Vec<Cut>, usize) {
         judge(
             &self.sockets,
             &self.cgroups,

@@ -19,11 +19,11 @@ use std::{
 };
 
 use agent_common::{Proto, MAX_SEGMENTS, NEVER};
-use serde_json::json;
 use tracing::{info, warn};
 
-use super::{actor_json, obj, proto_of, Agent};
+use super::{proto_of, Agent};
 use crate::{
+    audit::AuditEvent,
     clock,
     control::{PeerCred, Refusal, Reply},
     identity::Identity,
@@ -160,7 +160,7 @@ impl Agent {
 
         // 2. Write, all or nothing.
         let changes = self.ledger.diff(&ledger);
-        self.dataplane.apply_atomic(&changes, &port_writes)?;
+        self.kernel.apply_atomic(&changes, &port_writes)?;
 
         // 3. Commit.
         self.ledger = ledger;
@@ -173,13 +173,14 @@ impl Agent {
         }
         for id in returning {
             if let Some(s) = self.suspended.remove(&id) {
-                let _ = self.audit.record(
-                    "grant_resumed",
-                    obj(json!({"grant_id": id, "segment": s.grant.segment,
-                        "identity": s.grant.identity.to_string(), "ports": self.ports_of_in(&policy, &s.grant.segment),
-                        "expires_at": clock::rfc3339(clock::wall_of(s.grant.expires_boot_ns)),
-                        "actor": actor_json(&Actor::agent())})),
-                );
+                let _ = self.audit.record(AuditEvent::GrantResumed {
+                    grant_id: id,
+                    segment: s.grant.segment.clone(),
+                    identity: s.grant.identity.to_string(),
+                    ports: self.ports_of_in(&policy, &s.grant.segment),
+                    expires_at: clock::rfc3339(clock::wall_of(s.grant.expires_boot_ns)),
+                    actor: Actor::agent(),
+                });
                 info!(grant = id, segment = %s.grant.segment, identity = %s.grant.identity, "segment is back; grant resumed");
                 self.grants.insert(id, s.grant);
             }
@@ -212,16 +213,16 @@ impl Agent {
     /// nothing) for the grace period.
     pub(super) fn suspend(&mut self, g: Grant, why: &str) {
         let until = clock::boot_ns().saturating_add(self.grant_grace.as_nanos() as u64);
-        let _ = self.audit.record(
-            "grant_suspended",
-            obj(
-                json!({"grant_id": g.id, "segment": g.segment, "identity": g.identity.to_string(),
-                "why": why, "grace_secs": self.grant_grace.as_secs(),
-                "until": clock::rfc3339(clock::wall_of(until.min(g.expires_boot_ns))),
-                "expires_at": clock::rfc3339(clock::wall_of(g.expires_boot_ns)),
-                "actor": actor_json(&Actor::agent())}),
-            ),
-        );
+        let _ = self.audit.record(AuditEvent::GrantSuspended {
+            grant_id: g.id,
+            segment: g.segment.clone(),
+            identity: g.identity.to_string(),
+            why: why.to_string(),
+            grace_secs: self.grant_grace.as_secs(),
+            until: clock::rfc3339(clock::wall_of(until.min(g.expires_boot_ns))),
+            expires_at: clock::rfc3339(clock::wall_of(g.expires_boot_ns)),
+            actor: Actor::agent(),
+        });
         warn!(grant = g.id, segment = %g.segment, identity = %g.identity, grace = %clock::human(self.grant_grace),
             "segment left the policy; grant suspended (live again if the segment comes back within the grace)");
         self.suspended.insert(g.id, Suspended { grant: g, until });
@@ -239,22 +240,38 @@ impl Agent {
         for id in &due {
             let s = self.suspended.remove(id).expect("listed above");
             let g = s.grant;
+            let expires_at = clock::rfc3339(clock::wall_of(g.expires_boot_ns));
             let (event, why) = if g.expires_boot_ns <= now {
-                ("expire", "expired while its segment was not in the policy")
+                let why = "expired while its segment was not in the policy";
+                let event = AuditEvent::Expire {
+                    grant_id: *id,
+                    segment: g.segment.clone(),
+                    identity: g.identity.to_string(),
+                    ports: None,
+                    actor: Actor::agent(),
+                    request_id: g.request_id,
+                    expired_at: None,
+                    cleaned_at: None,
+                    expires_at: Some(expires_at),
+                    why: Some(why.to_string()),
+                };
+                (event, why)
             } else {
-                (
-                    "revoke",
-                    "segment removed from policy and not back within the grace",
-                )
+                let why = "segment removed from policy and not back within the grace";
+                let event = AuditEvent::Revoke {
+                    grant_id: *id,
+                    segment: g.segment.clone(),
+                    identity: g.identity.to_string(),
+                    ports: None,
+                    actor: Actor::agent(),
+                    expires_at,
+                    request_id: g.request_id,
+                    why: Some(why.to_string()),
+                    suspended: None,
+                };
+                (event, why)
             };
-            let _ = self.audit.record(
-                event,
-                obj(
-                    json!({"grant_id": id, "segment": g.segment, "identity": g.identity.to_string(),
-                    "actor": actor_json(&Actor::agent()), "why": why, "request_id": g.request_id,
-                    "expires_at": clock::rfc3339(clock::wall_of(g.expires_boot_ns))}),
-                ),
-            );
+            let _ = self.audit.record(event);
             info!(grant = id, segment = %g.segment, identity = %g.identity, "{why}; grant dropped");
         }
         !due.is_empty()
@@ -276,12 +293,17 @@ impl Agent {
         }
         let s = self.suspended.remove(&gid).expect("checked above");
         let actor = Actor::from_uid(cred.uid, cred.pid);
-        let _ = self.audit.record(
-            "revoke",
-            obj(json!({"grant_id": gid, "segment": s.grant.segment, "identity": s.grant.identity.to_string(),
-                "actor": actor_json(&actor), "suspended": true, "request_id": s.grant.request_id,
-                "expires_at": clock::rfc3339(clock::wall_of(s.grant.expires_boot_ns))})),
-        );
+        let _ = self.audit.record(AuditEvent::Revoke {
+            grant_id: gid,
+            segment: s.grant.segment.clone(),
+            identity: s.grant.identity.to_string(),
+            ports: None,
+            actor: actor.clone(),
+            expires_at: clock::rfc3339(clock::wall_of(s.grant.expires_boot_ns)),
+            request_id: s.grant.request_id,
+            why: None,
+            suspended: Some(true),
+        });
         info!(grant = gid, segment = %s.grant.segment, actor = %actor, "revoked (suspended)");
         let view = self.view(&s.grant);
         self.save();

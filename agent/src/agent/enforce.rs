@@ -8,11 +8,11 @@
 //! operation: the agent records it, lets go of its links, removes its pins
 //! and stops, so the audit chain keeps a single writer.
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tracing::{error, info, warn};
 
-use super::{actor_json, obj, refuse, Agent};
+use super::{refuse, Agent};
 use crate::{
+    audit::AuditEvent,
     control::{PeerCred, Refusal, RefusalCode, Reply},
     state::Actor,
 };
@@ -69,7 +69,7 @@ impl Agent {
         if self.enforcement.uninstalled {
             return false;
         }
-        let (before, after) = self.dataplane.repair();
+        let (before, after) = self.kernel.repair();
         if let Some(why) = &before.unchecked {
             // Not evidence of tampering: keep the last verdict, say so once
             // per episode, and repair nothing on it.
@@ -91,7 +91,7 @@ impl Agent {
                 0,
                 format!(
                     "the attach cgroup {} was removed and recreated",
-                    self.dataplane.cgroup().display()
+                    self.kernel.cgroup().display()
                 ),
             );
             if after.ok() {
@@ -103,16 +103,13 @@ impl Agent {
         // heartbeat (the agent retries the repair on each).
         let news = ok || self.enforcement.failing != after.missing;
         if news {
-            let _ = self.audit.record(
-                "enforcement_repaired",
-                obj(json!({
-                    "missing": missing,
-                    "ok": ok,
-                    "still_missing": after.missing,
-                    "cgroup": self.dataplane.cgroup().display().to_string(),
-                    "actor": actor_json(&Actor::agent()),
-                })),
-            );
+            let _ = self.audit.record(AuditEvent::EnforcementRepaired {
+                missing: missing.clone(),
+                ok,
+                still_missing: after.missing.clone(),
+                cgroup: self.kernel.cgroup().display().to_string(),
+                actor: Actor::agent(),
+            });
         }
         if ok {
             self.enforcement.repairs += 1;
@@ -148,12 +145,12 @@ impl Agent {
                 },
             );
         }
-        let check = self.dataplane.check();
+        let check = self.kernel.check();
         let mut missing = check.missing.clone();
         if check.cgroup_recreated {
             missing.push(format!(
                 "the attach cgroup {} was recreated and has none of the programs yet",
-                self.dataplane.cgroup().display()
+                self.kernel.cgroup().display()
             ));
         }
         (
@@ -184,25 +181,22 @@ impl Agent {
                 ),
             ));
         }
-        let bpffs = self.dataplane.bpffs().to_path_buf();
+        let bpffs = self.kernel.bpffs().to_path_buf();
         let ports: Vec<String> = self
             .ports
             .keys()
             .map(|(proto, port)| format!("{port}/{}", proto_name(*proto)))
             .collect();
         let actor = Actor::from_uid(cred.uid, cred.pid);
-        if let Err(e) = self.audit.record(
-            "uninstall",
-            obj(json!({
-                "actor": actor_json(&actor),
-                "bpffs": bpffs.display().to_string(),
-                "via": "agent",
-                "ports": ports,
-            })),
-        ) {
+        if let Err(e) = self.audit.record(AuditEvent::Uninstall {
+            actor,
+            bpffs: bpffs.display().to_string(),
+            via: "agent".into(),
+            ports: ports.clone(),
+        }) {
             warn!(error = %e, "the uninstall could not be audited; lifting enforcement anyway");
         }
-        self.dataplane.release_links();
+        self.kernel.release_links();
         let removed = crate::dataplane::uninstall(&bpffs).map_err(|e| {
             refuse(
                 RefusalCode::Internal,

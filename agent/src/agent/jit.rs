@@ -14,13 +14,15 @@
 //! itself (ids, deadlines, state transitions) lives in `crate::requests`.
 use std::{collections::BTreeMap, time::Duration};
 
-use serde_json::json;
 use tracing::{info, warn};
 
 use super::{
-    actor_json, check_reason, check_ttl, jit_rules, obj, refuse, requested_ttl, ttl_arg, Agent,
+    authz::{check_reason, check_ttl, jit_rules, requested_ttl, ttl_arg},
+    errors::CoreError,
+    refuse, Agent,
 };
 use crate::{
+    audit::AuditEvent,
     clock,
     control::{PeerCred, Refusal, RefusalCode, Reply, RequestView},
     explain::{self, Subject},
@@ -120,14 +122,16 @@ impl Agent {
             .unix_ms
             .saturating_add(self.request_ttl.as_millis() as u64);
         self.audit
-            .record(
-                "request",
-                obj(
-                    json!({"request_id": id, "segment": seg.name, "identity": identity.to_string(),
-                    "ports": self.ports_of(&seg.name), "ttl_secs": ttl.as_secs(), "reason": reason,
-                    "expires_at": rfc3339_ms(expires_unix_ms), "actor": actor_json(&requester)}),
-                ),
-            )
+            .record(AuditEvent::Request {
+                request_id: id,
+                segment: seg.name.clone(),
+                identity: identity.to_string(),
+                ports: self.ports_of(&seg.name),
+                ttl_secs: ttl.as_secs(),
+                reason: reason.clone(),
+                expires_at: rfc3339_ms(expires_unix_ms),
+                actor: requester.clone(),
+            })
             .map_err(|e| {
                 refuse(
                     RefusalCode::Unavailable,
@@ -171,29 +175,29 @@ impl Agent {
             .clone();
         let seg = self.segment(&req.segment)?.clone();
         if !self.may_administer(cred, &seg) {
-            return Err(self.refused(
+            return Err(self.forbidden(
                 cred,
                 "approve",
                 &seg.name,
-                format!(
-                    "{} may not approve request {id} on segment {}: only root and the segment's approvers may",
-                    Actor::from_uid(cred.uid, None),
-                    seg.name
-                ),
+                CoreError::NotApprover {
+                    who: Actor::from_uid(cred.uid, None).to_string(),
+                    action: format!("approve request {id}"),
+                    segment: seg.name.clone(),
+                },
             ));
         }
         if cred.uid == req.requester.uid {
-            return Err(self.refused(
+            return Err(self.forbidden(
                 cred,
                 "approve",
                 &seg.name,
-                format!(
-                    "request {id} is your own (made by {}): nobody approves their own request, root included; ask another approver",
-                    req.requester
-                ),
+                CoreError::SelfApproval {
+                    id,
+                    requester: req.requester.to_string(),
+                },
             ));
         }
-        if let Some(why) = super::selfgrant::refusal(&req.identity, cred, &self.resolver) {
+        if let Some(why) = super::authz::refusal(&req.identity, cred, &self.resolver) {
             return Err(self.refused(
                 cred,
                 "approve",
@@ -211,14 +215,12 @@ impl Agent {
             Some(t) => {
                 let asked = ttl_arg(t)?;
                 if asked > req.ttl() {
-                    return Err(refuse(
-                        RefusalCode::Invalid,
-                        format!(
-                            "approve may shorten a request, never lengthen it: request {id} asks for {}, --ttl is {}",
-                            clock::human(req.ttl()),
-                            clock::human(asked)
-                        ),
-                    ));
+                    return Err(CoreError::LongerThanRequested {
+                        id,
+                        requested: req.ttl(),
+                        asked,
+                    }
+                    .into());
                 }
                 asked
             }
@@ -248,15 +250,16 @@ impl Agent {
                 now,
             )
             .map_err(book_refusal)?;
-        if let Err(e) = self.audit.record(
-            "approve",
-            obj(
-                json!({"request_id": id, "grant_id": grant.id, "segment": seg.name,
-                "identity": req.identity.to_string(), "ttl_secs": ttl.as_secs(),
-                "requested_ttl_secs": req.ttl_secs, "requested_by": actor_json(&req.requester),
-                "actor": actor_json(&by)}),
-            ),
-        ) {
+        if let Err(e) = self.audit.record(AuditEvent::Approve {
+            request_id: id,
+            grant_id: grant.id,
+            segment: seg.name.clone(),
+            identity: req.identity.to_string(),
+            ttl_secs: ttl.as_secs(),
+            requested_ttl_secs: req.ttl_secs,
+            requested_by: req.requester.clone(),
+            actor: by.clone(),
+        }) {
             warn!(request = id, error = %e, "approved (the grant is audited), but the approve record could not be written");
         }
         self.save();
@@ -288,15 +291,15 @@ impl Agent {
             None => cred.uid == 0,
         };
         if !authorized {
-            return Err(self.refused(
+            return Err(self.forbidden(
                 cred,
                 "deny",
                 &req.segment,
-                format!(
-                    "{} may not deny request {id} on segment {}: only root and the segment's approvers may",
-                    Actor::from_uid(cred.uid, None),
-                    req.segment
-                ),
+                CoreError::NotApprover {
+                    who: Actor::from_uid(cred.uid, None).to_string(),
+                    action: format!("deny request {id}"),
+                    segment: req.segment.clone(),
+                },
             ));
         }
         let reason = reason.trim();
@@ -319,13 +322,14 @@ impl Agent {
             )
             .map_err(book_refusal)?;
         // Denying opens nothing, so it stands even when the audit log fails.
-        if let Err(e) = self.audit.record(
-            "deny",
-            obj(
-                json!({"request_id": id, "segment": req.segment, "identity": req.identity.to_string(),
-                "reason": reason, "requested_by": actor_json(&req.requester), "actor": actor_json(&by)}),
-            ),
-        ) {
+        if let Err(e) = self.audit.record(AuditEvent::Deny {
+            request_id: id,
+            segment: req.segment.clone(),
+            identity: req.identity.to_string(),
+            reason: reason.to_string(),
+            requested_by: req.requester.clone(),
+            actor: by.clone(),
+        }) {
             warn!(request = id, error = %e, "denied, but the audit record could not be written");
         }
         self.save();
@@ -368,14 +372,13 @@ impl Agent {
         let before = self.requests.len();
         let expired = self.requests.expire_due(Now::current());
         for r in &expired {
-            let _ = self.audit.record(
-                "request_expire",
-                obj(
-                    json!({"request_id": r.id, "segment": r.segment, "identity": r.identity.to_string(),
-                    "requested_by": actor_json(&r.requester),
-                    "expired_at": rfc3339_ms(r.expires_unix_ms)}),
-                ),
-            );
+            let _ = self.audit.record(AuditEvent::RequestExpire {
+                request_id: r.id,
+                segment: r.segment.clone(),
+                identity: r.identity.to_string(),
+                requested_by: r.requester.clone(),
+                expired_at: rfc3339_ms(r.expires_unix_ms),
+            });
             info!(request = r.id, segment = %r.segment, identity = %r.identity, "request expired without a decision");
         }
         if !expired.is_empty() || self.requests.len() != before {
@@ -487,7 +490,7 @@ impl Agent {
             .map(|(name, id)| (*id, name.clone()))
             .collect();
         let view = explain::evaluate(
-            &self.dataplane,
+            &*self.kernel,
             &self.ledger,
             &resolved,
             port,

@@ -9,11 +9,11 @@
 use std::{net::Ipv6Addr, time::SystemTime};
 
 use agent_common::{kind, GrantKey, NEVER};
-use serde_json::json;
 use tracing::warn;
 
-use super::{actor_json, obj, proto_of, Agent};
+use super::{proto_of, Agent};
 use crate::{
+    audit::AuditEvent,
     clock,
     dataplane::PeerEntry,
     identity::Identity,
@@ -116,14 +116,15 @@ impl Agent {
             };
             let changes = self.ledger.set(Source::Grant(id), &[key], expiry);
             self.apply_changes(&changes)?;
-            let _ = self.audit.record(
-                "grant_recovered",
-                obj(
-                    json!({"grant_id": id, "segment": segment, "identity": identity.to_string(),
-                    "ports": self.ports_of(&segment), "actor": actor_json(&Actor::agent()),
-                    "expires_at": clock::rfc3339(wall), "reason": RECOVERED}),
-                ),
-            );
+            let _ = self.audit.record(AuditEvent::GrantRecovered {
+                grant_id: id,
+                segment: segment.clone(),
+                identity: identity.to_string(),
+                ports: self.ports_of(&segment),
+                actor: Actor::agent(),
+                expires_at: clock::rfc3339(wall),
+                reason: RECOVERED.into(),
+            });
             self.grants.insert(id, grant);
         }
         if n > 0 {

@@ -207,15 +207,13 @@ fn by_itself(bpffs: &Path, audit_log: &Path, ports: &[String]) -> ExitCode {
     }
     let uid = nix::unistd::getuid().as_raw();
     let actor = crate::state::Actor::from_uid(uid, Some(std::process::id() as i32));
-    let fields = serde_json::json!({
-        "actor": {"uid": actor.uid, "user": actor.user, "pid": actor.pid},
-        "bpffs": bpffs.display().to_string(),
-        "via": "cli",
-        "ports": ports,
-    });
-    let recorded = crate::audit::AuditLog::open(audit_log).and_then(|mut log| {
-        log.record("uninstall", fields.as_object().cloned().unwrap_or_default())
-    });
+    let event = crate::audit::AuditEvent::Uninstall {
+        actor,
+        bpffs: bpffs.display().to_string(),
+        via: "cli".into(),
+        ports: ports.to_vec(),
+    };
+    let recorded = crate::audit::AuditLog::open(audit_log).and_then(|mut log| log.record(event));
     if let Err(e) = recorded {
         eprintln!("portcullis: warning: the uninstall could not be audited: {e}");
     }

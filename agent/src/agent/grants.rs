@@ -1,0 +1,353 @@
+//! Grants: making, revoking, expiring and re-resolving them.
+//!
+//! Owns the one path by which access is granted (`open_grant`: resolve,
+//! audit first, ledger, kernel, state) and the ways it ends (revoke,
+//! expire). Who may do each is `authz`'s; what the wire says is `views`'.
+use super::authz::{check_reason, check_ttl, credential_matches, jit_rules, requested_ttl};
+use super::errors::CoreError;
+use super::*;
+
+impl Agent {
+    pub fn grant(
+        &mut self,
+        cred: &PeerCred,
+        segment: &str,
+        identity: &str,
+        ttl: Option<&str>,
+        reason: Option<&str>,
+    ) -> Result<Reply, Refusal> {
+        let result = self.grant_checked(cred, segment, identity, ttl, reason);
+        self.audited(cred, "grant", segment, result)
+    }
+
+    fn grant_checked(
+        &mut self,
+        cred: &PeerCred,
+        segment: &str,
+        identity: &str,
+        ttl: Option<&str>,
+        reason: Option<&str>,
+    ) -> Result<Reply, Refusal> {
+        let identity: Identity = identity
+            .parse()
+            .map_err(|e| refuse(RefusalCode::Invalid, format!("identity {identity:?}: {e}")))?;
+        let seg = self.segment(segment)?.clone();
+        if !self.may_administer(cred, &seg) {
+            return Err(self.forbidden(
+                cred,
+                "grant",
+                &seg.name,
+                CoreError::NotApprover {
+                    who: format!("uid {}", cred.uid),
+                    action: "grant".into(),
+                    segment: seg.name.clone(),
+                },
+            ));
+        }
+        if let Some(why) = super::authz::refusal(&identity, cred, &self.resolver) {
+            return Err(self.refused(
+                cred,
+                "grant",
+                &seg.name,
+                format!("uid {} may not grant {identity} on segment {}: {why}; approvers do not open segments to themselves or to everyone, only root may", cred.uid, seg.name),
+            ));
+        }
+        let jit = jit_rules(&seg)?;
+        let ttl = requested_ttl(jit, ttl)?;
+        check_ttl(&seg, jit, ttl)?;
+        let reason = check_reason(&seg, jit, reason)?;
+        let grant = self.open_grant(cred, &seg, identity, ttl, reason, None)?;
+        Ok(Reply::Granted {
+            grant: self.view(&grant),
+        })
+    }
+
+    /// Opens `seg` to `identity` for `ttl`: resolve, audit (first: a grant
+    /// that cannot be recorded is not made), ledger, kernel, state. The one
+    /// path by which access is granted; the caller has already authorized
+    /// `cred` and checked the segment's rules.
+    pub(super) fn open_grant(
+        &mut self,
+        cred: &PeerCred,
+        seg: &Segment,
+        identity: Identity,
+        ttl: Duration,
+        reason: Option<String>,
+        request_id: Option<u64>,
+    ) -> Result<Grant, Refusal> {
+        let seg_id = self.segment_ids[&seg.name];
+        let keys = self
+            .resolver
+            .keys(&identity, seg_id)
+            .map_err(|e| refuse(RefusalCode::Invalid, format!("{identity}: {e}")))?;
+        let id = self.next_id;
+        let actor = Actor::from_uid(cred.uid, cred.pid);
+        let now_wall = SystemTime::now();
+        let deadline = clock::deadline_after(ttl);
+        let grant = Grant {
+            id,
+            segment: seg.name.clone(),
+            identity: identity.clone(),
+            created_unix_ms: state::unix_ms(now_wall),
+            expires_unix_ms: state::unix_ms(now_wall + ttl),
+            expires_boot_ns: deadline,
+            boot_id: self.boot_id.clone(),
+            actor: actor.clone(),
+            reason,
+            request_id,
+        };
+        // Audit first: a grant that cannot be recorded is not made.
+        self.audit
+            .record(self.grant_event(&grant, ttl))
+            .map_err(|e| refuse(RefusalCode::Unavailable, format!("grant refused: the audit log cannot be written ({e}); revocations still work")))?;
+        let changes = self.ledger.set(Source::Grant(id), &keys, deadline);
+        if let Err(e) = self.kernel.apply(&changes) {
+            // Undo whatever part was written; nothing stays half-applied.
+            let undo = self.ledger.remove(&Source::Grant(id));
+            let _ = self.kernel.apply(&undo);
+            let _ = self.audit.record(AuditEvent::GrantFailed {
+                grant_id: id,
+                segment: seg.name.clone(),
+                identity: identity.to_string(),
+                actor: actor.clone(),
+                request_id,
+                error: e.to_string(),
+            });
+            return Err(refuse(
+                RefusalCode::Unavailable,
+                format!("grant refused: {e}"),
+            ));
+        }
+        self.next_id += 1;
+        self.grants.insert(id, grant.clone());
+        self.save();
+        info!(grant = id, segment = %seg.name, %identity, ttl = %clock::human(ttl), actor = %actor, "granted");
+        Ok(grant)
+    }
+
+    fn grant_event(&self, g: &Grant, ttl: Duration) -> AuditEvent {
+        AuditEvent::Grant {
+            grant_id: g.id,
+            segment: g.segment.clone(),
+            identity: g.identity.to_string(),
+            ports: self.ports_of(&g.segment),
+            ttl_secs: ttl.as_secs(),
+            expires_at: clock::rfc3339(clock::wall_of(g.expires_boot_ns)),
+            reason: g.reason.clone(),
+            actor: g.actor.clone(),
+            request_id: g.request_id,
+        }
+    }
+
+    /// Revokes by id, by identity (optionally on one segment), or a whole segment.
+    pub fn revoke(
+        &mut self,
+        cred: &PeerCred,
+        id: Option<u64>,
+        identity: Option<&str>,
+        segment: Option<&str>,
+    ) -> Result<(Reply, Vec<Grant>), Refusal> {
+        // For the revocation-to-enforcement latency metric.
+        let started = std::time::Instant::now();
+        let identity: Option<Identity> = identity
+            .map(|i| {
+                i.parse()
+                    .map_err(|e| refuse(RefusalCode::Invalid, format!("identity {i:?}: {e}")))
+            })
+            .transpose()?;
+        if let Some(gid) = id.filter(|i| self.suspended.contains_key(i) && identity.is_none()) {
+            return self.revoke_suspended(cred, gid);
+        }
+        if let (None, Some(i), None) = (id, &identity, segment) {
+            // Suspended grants of that identity go too (root only: their
+            // segment, and so its approvers, are not in the policy).
+            if cred.uid == 0 {
+                let ids: Vec<u64> = self
+                    .suspended
+                    .values()
+                    .filter(|s| &s.grant.identity == i)
+                    .map(|s| s.grant.id)
+                    .collect();
+                for gid in ids {
+                    self.revoke_suspended(cred, gid)?;
+                }
+            }
+        }
+        if let Some(s) = segment {
+            self.segment(s)?;
+        }
+        let selected: Vec<u64> = match (id, &identity, segment) {
+            (Some(id), None, None) => {
+                if !self.grants.contains_key(&id) {
+                    return Err(refuse(
+                        RefusalCode::NotFound,
+                        format!("no live grant with id {id} (see `portcullis list`)"),
+                    ));
+                }
+                vec![id]
+            }
+            (None, Some(_), _) | (None, None, Some(_)) => self
+                .grants
+                .values()
+                .filter(|g| identity.as_ref().is_none_or(|i| &g.identity == i))
+                .filter(|g| segment.is_none_or(|s| g.segment == s))
+                .map(|g| g.id)
+                .collect(),
+            _ => {
+                return Err(refuse(
+                    RefusalCode::BadRequest,
+                    "revoke takes a grant id, or --identity [--segment], or --segment",
+                ))
+            }
+        };
+        // Authorize every grant before touching any.
+        for gid in &selected {
+            let g = self.grants.get(gid).expect("selected from grants");
+            let seg = self.policy.segments.get(&g.segment);
+            let own = credential_matches(&g.identity, cred)
+                && matches!(g.identity, Identity::User(_) | Identity::Uid(_));
+            if !(own || seg.is_some_and(|s| self.may_administer(cred, s)) || cred.uid == 0) {
+                let why = format!("uid {} may not revoke grant {} on segment {}: only root, the segment's approvers and the grantee may", cred.uid, gid, g.segment);
+                let seg_name = g.segment.clone();
+                return Err(self.refused(cred, "revoke", &seg_name, why));
+            }
+        }
+        let actor = Actor::from_uid(cred.uid, cred.pid);
+        let mut revoked = Vec::new();
+        for gid in selected {
+            // Revocation happens even when the audit log cannot be written.
+            let changes = self.ledger.remove(&Source::Grant(gid));
+            if let Err(e) = self.kernel.apply(&changes) {
+                return Err(refuse(
+                    RefusalCode::Internal,
+                    format!("revoking grant {gid} failed: {e}"),
+                ));
+            }
+            self.metrics.revoke_latency.observe(started.elapsed());
+            let g = self.grants.remove(&gid).expect("selected from grants");
+            if let Err(e) = self.audit.record(AuditEvent::Revoke {
+                grant_id: gid,
+                segment: g.segment.clone(),
+                identity: g.identity.to_string(),
+                ports: Some(self.ports_of(&g.segment)),
+                actor: actor.clone(),
+                expires_at: clock::rfc3339(clock::wall_of(g.expires_boot_ns)),
+                request_id: g.request_id,
+                why: None,
+                suspended: None,
+            }) {
+                warn!(grant = gid, error = %e, "revoked, but the audit record could not be written");
+            }
+            info!(grant = gid, segment = %g.segment, identity = %g.identity, actor = %actor, "revoked");
+            revoked.push(g);
+        }
+        self.save();
+        let views = revoked.iter().map(|g| self.view(g)).collect();
+        Ok((Reply::Revoked { grants: views }, revoked))
+    }
+
+    /// Forgets grants whose deadline has passed (the kernel already stopped
+    /// honouring them at that instant) and returns them. Expires pending
+    /// requests past their deadline too.
+    pub fn expire(&mut self) -> Vec<Grant> {
+        self.expire_requests();
+        if self.expire_suspended() {
+            self.save();
+        }
+        let now = clock::boot_ns();
+        // Earliest first, from the deadline index: no scan of every grant.
+        let due = self.grants.due(now);
+        let mut out = Vec::new();
+        for id in due {
+            let changes = self.ledger.remove(&Source::Grant(id));
+            if let Err(e) = self.kernel.apply(&changes) {
+                warn!(grant = id, error = %e, "cleaning up an expired grant failed; the kernel ignores it anyway");
+            }
+            let g = self.grants.remove(&id).expect("listed above");
+            let _ = self.audit.record(AuditEvent::Expire {
+                grant_id: id,
+                segment: g.segment.clone(),
+                identity: g.identity.to_string(),
+                ports: Some(self.ports_of(&g.segment)),
+                actor: Actor::agent(),
+                request_id: g.request_id,
+                expired_at: Some(clock::rfc3339(clock::wall_of(g.expires_boot_ns))),
+                cleaned_at: Some(clock::rfc3339(SystemTime::now())),
+                expires_at: None,
+                why: None,
+            });
+            info!(grant = id, segment = %g.segment, identity = %g.identity, "expired");
+            out.push(g);
+        }
+        if !out.is_empty() {
+            self.save();
+        }
+        out
+    }
+
+    /// The earliest grant or pending-request deadline, for the expiry timer.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let grants = self
+            .grants
+            .next_deadline()
+            .into_iter()
+            .chain(self.next_suspended_deadline())
+            .min();
+        match (grants, self.requests.next_deadline()) {
+            (Some(g), Some(r)) => Some(g.min(r)),
+            (g, r) => g.or(r),
+        }
+    }
+
+    /// Re-resolves identities that live in the cgroup tree (units restart
+    /// with new cgroup ids) and standing allows that did not resolve before.
+    pub fn refresh_identities(&mut self) -> Result<(), crate::dataplane::DataplaneError> {
+        let segments: Vec<Segment> = self.policy.segments.values().cloned().collect();
+        for seg in segments {
+            let id = self.segment_ids[&seg.name];
+            for identity in seg
+                .allow
+                .iter()
+                .filter(|i| matches!(i, Identity::Unit(_) | Identity::Cgroup(_)))
+            {
+                let source = Source::Standing {
+                    segment: seg.name.clone(),
+                    identity: identity.to_string(),
+                };
+                let slot = (seg.name.clone(), identity.to_string());
+                match self.resolver.keys(identity, id) {
+                    Ok(keys) => {
+                        let changes = self.ledger.set(source, &keys, NEVER);
+                        self.apply_changes(&changes)?;
+                        self.unresolved.remove(&slot);
+                    }
+                    Err(e) => {
+                        let changes = self.ledger.set(source, &[], NEVER);
+                        self.apply_changes(&changes)?;
+                        self.unresolved.insert(slot, e.to_string());
+                    }
+                }
+            }
+        }
+        let grants: Vec<(u64, Identity, String, u64)> = self
+            .grants
+            .values()
+            .filter(|g| matches!(g.identity, Identity::Unit(_) | Identity::Cgroup(_)))
+            .map(|g| {
+                (
+                    g.id,
+                    g.identity.clone(),
+                    g.segment.clone(),
+                    g.expires_boot_ns,
+                )
+            })
+            .collect();
+        for (gid, identity, segment, deadline) in grants {
+            let seg_id = self.segment_ids[&segment];
+            let keys = self.resolver.keys(&identity, seg_id).unwrap_or_default();
+            let changes = self.ledger.set(Source::Grant(gid), &keys, deadline);
+            self.apply_changes(&changes)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,137 @@
+//! The seam between the agent's core and the kernel: [`KernelMaps`], what
+//! the core needs from the pinned maps (and from the links' check), with
+//! its two implementations — the real [`Dataplane`] and, in tests, an
+//! in-memory [`FakeKernel`].
+//!
+//! Owns the trait and the fake. It does not own loading, attaching, pins or
+//! the rings: the server opens the dataplane, takes its rings, and hands it
+//! to the agent as a `Box<dyn KernelMaps>`; from then on the core sees only
+//! this trait. Every method of the real implementation delegates to the
+//! dataplane's own public method of the same name.
+//!
+//! Kernel: what the dataplane needs (see `dataplane`); the fake needs none.
+use std::{collections::BTreeSet, path::Path};
+
+use agent_common::{GrantKey, Proto, SegmentCounters};
+
+use crate::{
+    dataplane::{Dataplane, DataplaneError, KernelCheck, PeerEntry, XdpAttachment},
+    hostaddrs::LocalNet,
+    ledger::Change,
+};
+
+/// What the agent's core reads from and writes to the kernel.
+pub trait KernelMaps: Send {
+    /// Applies ledger changes in order; stops at the first failure.
+    fn apply(&mut self, changes: &[Change]) -> Result<(), DataplaneError>;
+    /// Puts, then `ports`, then deletes, all or nothing (see `dataplane::txn`).
+    fn apply_atomic(
+        &mut self,
+        changes: &[Change],
+        ports: &[(Proto, u16, u32)],
+    ) -> Result<(), DataplaneError>;
+    /// Makes the local-prefix trie hold exactly `nets`.
+    fn set_local_addrs(&mut self, nets: &BTreeSet<LocalNet>) -> Result<(), DataplaneError>;
+    /// Every (protocol, port) → segment entry the kernel holds.
+    fn read_ports(&self) -> Result<Vec<(Proto, u16, u32)>, DataplaneError>;
+    /// Every local grant entry the kernel holds.
+    fn read_grants(&self) -> Result<Vec<(GrantKey, u64)>, DataplaneError>;
+    /// Every peer entry the kernel holds.
+    fn read_peers(&self) -> Result<Vec<PeerEntry>, DataplaneError>;
+    /// The segment protecting a port (0 = none).
+    fn port_segment(&self, proto: Proto, port: u16) -> Result<u32, DataplaneError>;
+    /// One local grant entry's expiry.
+    fn grant_expiry(&self, key: &GrantKey) -> Result<Option<u64>, DataplaneError>;
+    /// The peer entry that decides for `addr` on `segment`.
+    fn peer_lookup(&self, segment: u32, addr: [u8; 16]) -> Result<Option<u64>, DataplaneError>;
+    /// Allowed/denied counts of a segment.
+    fn counters(&self, segment: u32) -> Result<SegmentCounters, DataplaneError>;
+    /// (grant map, peer maps) capacity.
+    fn capacity(&self) -> (u32, u32);
+
+    /// Attaches the programs (the server does this once the maps are full);
+    /// returns where XDP went.
+    fn attach(&mut self) -> Result<Vec<XdpAttachment>, DataplaneError>;
+    /// Whether XDP enforces remote peers on some interface.
+    fn has_xdp(&self) -> bool;
+    /// Asks the kernel what is attached; changes nothing.
+    fn check(&self) -> KernelCheck;
+    /// Re-attaches what is missing: (before, after).
+    fn repair(&mut self) -> (KernelCheck, KernelCheck);
+    /// Lets go of the held links (for uninstall).
+    fn release_links(&mut self);
+    fn bpffs(&self) -> &Path;
+    fn pin_dir(&self) -> &Path;
+    fn cgroup(&self) -> &Path;
+}
+
+impl KernelMaps for Dataplane {
+    fn apply(&mut self, changes: &[Change]) -> Result<(), DataplaneError> {
+        Dataplane::apply(self, changes)
+    }
+    fn apply_atomic(
+        &mut self,
+        changes: &[Change],
+        ports: &[(Proto, u16, u32)],
+    ) -> Result<(), DataplaneError> {
+        Dataplane::apply_atomic(self, changes, ports)
+    }
+    fn set_local_addrs(&mut self, nets: &BTreeSet<LocalNet>) -> Result<(), DataplaneError> {
+        Dataplane::set_local_addrs(self, nets)
+    }
+    fn read_ports(&self) -> Result<Vec<(Proto, u16, u32)>, DataplaneError> {
+        Dataplane::read_ports(self)
+    }
+    fn read_grants(&self) -> Result<Vec<(GrantKey, u64)>, DataplaneError> {
+        Dataplane::read_grants(self)
+    }
+    fn read_peers(&self) -> Result<Vec<PeerEntry>, DataplaneError> {
+        Dataplane::read_peers(self)
+    }
+    fn port_segment(&self, proto: Proto, port: u16) -> Result<u32, DataplaneError> {
+        Dataplane::port_segment(self, proto, port)
+    }
+    fn grant_expiry(&self, key: &GrantKey) -> Result<Option<u64>, DataplaneError> {
+        Dataplane::grant_expiry(self, key)
+    }
+    fn peer_lookup(&self, segment: u32, addr: [u8; 16]) -> Result<Option<u64>, DataplaneError> {
+        Dataplane::peer_lookup(self, segment, addr)
+    }
+    fn counters(&self, segment: u32) -> Result<SegmentCounters, DataplaneError> {
+        Dataplane::counters(self, segment)
+    }
+    fn capacity(&self) -> (u32, u32) {
+        Dataplane::capacity(self)
+    }
+    fn attach(&mut self) -> Result<Vec<XdpAttachment>, DataplaneError> {
+        Dataplane::attach(self)?;
+        Ok(Dataplane::xdp(self).to_vec())
+    }
+    fn has_xdp(&self) -> bool {
+        !Dataplane::xdp(self).is_empty()
+    }
+    fn check(&self) -> KernelCheck {
+        Dataplane::check(self)
+    }
+    fn repair(&mut self) -> (KernelCheck, KernelCheck) {
+        Dataplane::repair(self)
+    }
+    fn release_links(&mut self) {
+        Dataplane::release_links(self)
+    }
+    fn bpffs(&self) -> &Path {
+        Dataplane::bpffs(self)
+    }
+    fn pin_dir(&self) -> &Path {
+        Dataplane::pin_dir(self)
+    }
+    fn cgroup(&self) -> &Path {
+        Dataplane::cgroup(self)
+    }
+}
+
+#[cfg(test)]
+pub(crate) use fake::{FakeKernel, Write};
+
+#[cfg(test)]
+mod fake;
