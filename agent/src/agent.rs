@@ -23,7 +23,7 @@ use crate::{
         SegmentStatus, StatusView,
     },
     dataplane::Dataplane,
-    identity::{parse_ttl, Identity, Protocol},
+    identity::{Identity, Protocol},
     ledger::{Change, Ledger, Source},
     policy::{Policy, Segment},
     requests::{Now, RequestBook},
@@ -351,7 +351,7 @@ impl Agent {
         cred: &PeerCred,
         segment: &str,
         identity: &str,
-        ttl: Option<&str>,
+        ttl: Option<Duration>,
         reason: Option<&str>,
     ) -> Result<Reply, Refusal> {
         let result = self.grant_checked(cred, segment, identity, ttl, reason);
@@ -363,7 +363,7 @@ impl Agent {
         cred: &PeerCred,
         segment: &str,
         identity: &str,
-        ttl: Option<&str>,
+        ttl: Option<Duration>,
         reason: Option<&str>,
     ) -> Result<Reply, Refusal> {
         let identity: Identity = identity
@@ -842,14 +842,10 @@ fn jit_rules(seg: &Segment) -> Result<&crate::policy::Jit, Refusal> {
     })
 }
 
-/// A `--ttl` argument, parsed, as a refusal when it is not a valid TTL.
-fn ttl_arg(t: &str) -> Result<Duration, Refusal> {
-    parse_ttl(t).map_err(|e| refuse(RefusalCode::Invalid, format!("TTL {t:?}: {e}")))
-}
-
-/// The TTL asked for, or the segment's default when none was given.
-fn requested_ttl(jit: &crate::policy::Jit, ttl: Option<&str>) -> Result<Duration, Refusal> {
-    ttl.map_or(Ok(jit.default_ttl), ttl_arg)
+/// The TTL asked for (in bounds since the request was decoded), or the
+/// segment's default when none was given.
+fn requested_ttl(jit: &crate::policy::Jit, ttl: Option<Duration>) -> Result<Duration, Refusal> {
+    Ok(ttl.unwrap_or(jit.default_ttl))
 }
 
 fn check_ttl(seg: &Segment, jit: &crate::policy::Jit, ttl: Duration) -> Result<(), Refusal> {

@@ -11,7 +11,7 @@
 //! kernel keeps enforcing from the pinned maps until `portcullis uninstall`.
 use std::{
     os::unix::fs::PermissionsExt,
-    path::{Path, PathBuf},
+    path::Path,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -33,43 +33,13 @@ use crate::{
     connlimit,
     control::{self, PeerCred, Refusal, RefusalCode, Reply, Request, Response},
     dataplane::{Dataplane, DataplaneConfig},
+    duration::Ttl,
     hostaddrs::{self, AddressEvents},
     policy::{self, HostCheck, SystemHost},
     resolve::Resolver,
+    settings::Settings,
     watch,
 };
-
-/// Everything `portcullis agent` is told.
-#[derive(Clone, Debug)]
-pub struct AgentOptions {
-    pub policies: PathBuf,
-    pub socket: PathBuf,
-    /// File mode of the control socket.
-    pub socket_mode: u32,
-    /// Group owning the control socket (members may connect).
-    pub socket_group: Option<String>,
-    /// This agent's bpffs directory.
-    pub bpffs: PathBuf,
-    /// Filesystem path of the cgroup to attach to; the cgroup2 root when `None`.
-    pub cgroup: Option<PathBuf>,
-    pub state_dir: PathBuf,
-    pub audit_log: PathBuf,
-    pub max_grants: u32,
-    pub max_peers: u32,
-    /// Interfaces where XDP enforces `peer:` identities for remote traffic.
-    pub xdp_ifaces: Vec<String>,
-    /// How long a pending access request waits for an approver.
-    pub request_expiry: Duration,
-    /// How often unit and cgroup identities are re-resolved even without a
-    /// cgroup event (the safety net under the cgroup watch).
-    pub refresh: Duration,
-    /// Audit rotation, the deny log, the metrics endpoint.
-    pub observe: crate::metrics::Observe,
-    /// How long grants of a segment that left the policy are kept.
-    pub grant_grace: Duration,
-    /// Which policy files are read (symbolic links out of the directory).
-    pub policy_trust: policy::FileTrust,
-}
 
 type Shared = Arc<Mutex<Agent>>;
 
@@ -128,7 +98,7 @@ fn ensure_bpffs(bpffs: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
+pub async fn run(opts: Settings) -> anyhow::Result<()> {
     // 1. Policy first: a bad policy never reaches the kernel.
     let policy = load_policy(&opts.policies, &opts.policy_trust)
         .map_err(|e| anyhow::anyhow!("policy in {} is invalid:\n{e}", opts.policies.display()))?;
@@ -152,7 +122,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         max_peers: opts.max_peers,
         xdp_ifaces: opts.xdp_ifaces.clone(),
     })?;
-    let audit = AuditLog::open_with(&opts.audit_log, opts.observe.audit_rotation)?;
+    let audit = AuditLog::open_with(&opts.audit_log, opts.audit_rotation)?;
     let mut agent = Agent::start(
         policy,
         dataplane,
@@ -200,8 +170,14 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         }
     }
     // Deny log and metrics endpoint.
-    let observers =
-        crate::metrics::Observers::start(&shared, deny_events, hierarchy, &opts.observe).await?;
+    let observers = crate::observe::Observers::start(
+        &shared,
+        deny_events,
+        hierarchy,
+        &opts.deny_log,
+        opts.metrics_addr,
+    )
+    .await?;
 
     // 3. Control socket, only once enforcement is in place.
     let listener = bind_socket(&opts)?;
@@ -226,7 +202,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Reload when a policy file changes; re-resolve unit and cgroup
     // identities as soon as cgroups below the attach point come and go.
-    // The rescan every `opts.refresh` is only the safety net.
+    // The rescan every `opts.identity_rescan` is only the safety net.
     let mut rescanned = tokio::time::Instant::now();
     let mut policy_watch = watch::PolicyWatch::new(&opts.policies);
     let mut cgroup_watch = watch::CgroupWatch::new(&cgroup);
@@ -253,7 +229,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                 a.check_enforcement();
                 // Audit records queued while the log could not be written.
                 a.audit.retry();
-                if rescanned.elapsed() >= opts.refresh {
+                if rescanned.elapsed() >= opts.identity_rescan {
                     rescanned = tokio::time::Instant::now();
                     if let Err(e) = a.refresh_identities() {
                         warn!(error = %e, "re-resolving unit and cgroup identities failed");
@@ -410,7 +386,7 @@ fn reload_with(shared: &Shared, dir: &Path, trust: &policy::FileTrust, only_if_c
     }
 }
 
-fn bind_socket(opts: &AgentOptions) -> anyhow::Result<UnixListener> {
+fn bind_socket(opts: &Settings) -> anyhow::Result<UnixListener> {
     // Socket activation first; binding the path ourselves is the fallback.
     if let Some(listener) =
         crate::notify::activated_listener().context("taking the socket systemd passed")?
@@ -572,7 +548,13 @@ fn handle(shared: &Shared, cred: &PeerCred, request: Request) -> Response {
             identity,
             ttl,
             reason,
-        } => a.grant(cred, &segment, &identity, ttl.as_deref(), reason.as_deref()),
+        } => a.grant(
+            cred,
+            &segment,
+            &identity,
+            ttl.map(Ttl::get),
+            reason.as_deref(),
+        ),
         Request::Revoke {
             id,
             identity,
@@ -590,8 +572,8 @@ fn handle(shared: &Shared, cred: &PeerCred, request: Request) -> Response {
             segment,
             ttl,
             reason,
-        } => a.request(cred, &segment, ttl.as_deref(), reason.as_deref()),
-        Request::Approve { id, ttl } => a.approve(cred, id, ttl.as_deref()),
+        } => a.request(cred, &segment, ttl.map(Ttl::get), reason.as_deref()),
+        Request::Approve { id, ttl } => a.approve(cred, id, ttl.map(Ttl::get)),
         Request::Deny { id, reason } => a.deny(cred, id, &reason),
         Request::ShowRequest { id } => a.show_request(cred, id),
         Request::Pending {} => Ok(a.pending()),

@@ -17,9 +17,7 @@ use std::{collections::BTreeMap, time::Duration};
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::{
-    actor_json, check_reason, check_ttl, jit_rules, obj, refuse, requested_ttl, ttl_arg, Agent,
-};
+use super::{actor_json, check_reason, check_ttl, jit_rules, obj, refuse, requested_ttl, Agent};
 use crate::{
     clock,
     control::{PeerCred, Refusal, RefusalCode, Reply, RequestView},
@@ -78,7 +76,7 @@ impl Agent {
         &mut self,
         cred: &PeerCred,
         segment: &str,
-        ttl: Option<&str>,
+        ttl: Option<Duration>,
         reason: Option<&str>,
     ) -> Result<Reply, Refusal> {
         let result = self.request_checked(cred, segment, ttl, reason);
@@ -89,7 +87,7 @@ impl Agent {
         &mut self,
         cred: &PeerCred,
         segment: &str,
-        ttl: Option<&str>,
+        ttl: Option<Duration>,
         reason: Option<&str>,
     ) -> Result<Reply, Refusal> {
         self.expire_requests();
@@ -148,7 +146,7 @@ impl Agent {
         &mut self,
         cred: &PeerCred,
         id: u64,
-        ttl: Option<&str>,
+        ttl: Option<Duration>,
     ) -> Result<Reply, Refusal> {
         let segment = self.request_segment(id);
         let result = self.approve_checked(cred, id, ttl);
@@ -159,7 +157,7 @@ impl Agent {
         &mut self,
         cred: &PeerCred,
         id: u64,
-        ttl: Option<&str>,
+        ttl: Option<Duration>,
     ) -> Result<Reply, Refusal> {
         // An overdue request is expired (and audited as such) before anything else.
         self.expire_requests();
@@ -208,8 +206,7 @@ impl Agent {
         // The policy may have changed since the request was made.
         let jit = jit_rules(&seg)?;
         let ttl = match ttl {
-            Some(t) => {
-                let asked = ttl_arg(t)?;
+            Some(asked) => {
                 if asked > req.ttl() {
                     return Err(refuse(
                         RefusalCode::Invalid,
