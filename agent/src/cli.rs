@@ -51,7 +51,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent in the foreground: load and attach the programs, apply
     /// the policy, serve the control socket.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Open SEGMENT to IDENTITY for a bounded time; prints the grant's id.
     Grant {
         segment: String,

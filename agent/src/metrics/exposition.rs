@@ -295,7 +295,10 @@ mod tests {
             assert!(text.contains(line), "{line:?} missing from\n{text}");
         }
         // Unread maps and an absent deny log leave their samples out.
-        assert!(!text.contains("map=\"peers\"} "), "{text}");
+        assert!(
+            !text.contains("portcullis_map_entries{map=\"peers\"}"),
+            "{text}"
+        );
         assert!(!text.contains("portcullis_deny_events_total{"), "{text}");
     }
 }
