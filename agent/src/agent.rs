@@ -27,7 +27,7 @@ use crate::{
         AllowView, GrantView, ListView, PeerCred, Refusal, RefusalCode, ReloadView, Reply,
         SegmentStatus, StatusView,
     },
-    identity::{parse_ttl, Identity, Protocol},
+    identity::{Identity, Protocol},
     kernel::KernelMaps,
     ledger::{Change, Ledger, Source},
     policy::{Policy, Segment},

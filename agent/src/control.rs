@@ -15,6 +15,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use crate::duration::Ttl;
+
 /// Default socket path; `--socket` or `PORTCULLIS_SOCKET` override it.
 pub const DEFAULT_SOCKET: &str = "/run/portcullis/control.sock";
 /// Largest request line the agent reads (JSON and newline): far more than
@@ -36,12 +38,14 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    /// Open `segment` to `identity` for `ttl` (humantime text; the segment's default when absent).
+    /// Open `segment` to `identity` for `ttl` (humantime text on the wire,
+    /// refused when the message is decoded if it is not a valid TTL; the
+    /// segment's default when absent).
     Grant {
         segment: String,
         identity: String,
         #[serde(default)]
-        ttl: Option<String>,
+        ttl: Option<Ttl>,
         #[serde(default)]
         reason: Option<String>,
     },
@@ -60,7 +64,7 @@ pub enum Request {
     RequestAccess {
         segment: String,
         #[serde(default)]
-        ttl: Option<String>,
+        ttl: Option<Ttl>,
         #[serde(default)]
         reason: Option<String>,
     },
@@ -68,7 +72,7 @@ pub enum Request {
     Approve {
         id: u64,
         #[serde(default)]
-        ttl: Option<String>,
+        ttl: Option<Ttl>,
     },
     /// Deny a pending request.
     Deny {
@@ -375,12 +379,11 @@ pub fn check_text(request: &Request) -> Result<(), crate::termtext::UnsafeText> 
         Request::Grant {
             segment,
             identity,
-            ttl,
             reason,
+            ..
         } => vec![
             ("segment", Some(segment)),
             ("identity", Some(identity)),
-            ("ttl", ttl.as_deref()),
             ("reason", reason.as_deref()),
         ],
         Request::Revoke {
@@ -390,20 +393,15 @@ pub fn check_text(request: &Request) -> Result<(), crate::termtext::UnsafeText> 
             ("segment", segment.as_deref()),
         ],
         Request::RequestAccess {
-            segment,
-            ttl,
-            reason,
-        } => vec![
-            ("segment", Some(segment)),
-            ("ttl", ttl.as_deref()),
-            ("reason", reason.as_deref()),
-        ],
-        Request::Approve { ttl, .. } => vec![("ttl", ttl.as_deref())],
+            segment, reason, ..
+        } => vec![("segment", Some(segment)), ("reason", reason.as_deref())],
         Request::Deny { reason, .. } => vec![("reason", Some(reason))],
         Request::Explain { identity, port, .. } => {
             vec![("identity", identity.as_deref()), ("port", Some(port))]
         }
+        // A TTL was checked when the request was decoded.
         Request::ShowRequest { .. }
+        | Request::Approve { .. }
         | Request::Pending {}
         | Request::List {}
         | Request::Status {}
@@ -426,7 +424,7 @@ mod tests {
         let r = Request::Grant {
             segment: "db".into(),
             identity: "user:alice".into(),
-            ttl: Some("30m".into()),
+            ttl: Some("30m".parse().unwrap()),
             reason: Some("INC-1".into()),
         };
         let text = serde_json::to_string(&r).unwrap();
@@ -439,6 +437,30 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_ttl_is_refused_when_the_request_is_decoded() {
+        for (ttl, needle) in [
+            ("0s", "TTL must be greater than zero"),
+            ("367d", "longer than the maximum of 366 days"),
+            ("soon", "`soon` is not a duration"),
+            ("5m\\u001b[2J", "is not a duration"),
+        ] {
+            let line = format!(r#"{{"op":"approve","id":4,"ttl":"{ttl}"}}"#);
+            let e = parse_request(&line).unwrap_err();
+            assert_eq!(e.code, RefusalCode::BadRequest, "{ttl}: {}", e.message);
+            assert!(e.message.contains(needle), "{ttl}: {}", e.message);
+            assert!(!e.message.contains('\u{1b}'), "quoted raw: {:?}", e.message);
+        }
+        let r = parse_request(r#"{"op":"approve","id":4,"ttl":"90m"}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Approve {
+                id: 4,
+                ttl: Some("1h 30m".parse().unwrap())
+            }
+        );
+    }
+
+    #[test]
     fn jit_requests_have_stable_op_names() {
         let r =
             parse_request(r#"{"op":"request","segment":"db","ttl":"5m","reason":"x"}"#).unwrap();
@@ -446,7 +468,7 @@ mod tests {
             r,
             Request::RequestAccess {
                 segment: "db".into(),
-                ttl: Some("5m".into()),
+                ttl: Some("5m".parse().unwrap()),
                 reason: Some("x".into())
             }
         );

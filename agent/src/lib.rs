@@ -1,7 +1,8 @@
 //! Portcullis: a port-level micro-segmentation agent.
 //!
 //! # Layout
-//! - [`identity`]: identities, port ranges and TTLs: parsing and display.
+//! - [`identity`]: identities and port ranges: parsing and display.
+//! - [`duration`]: bounded durations (TTLs, intervals), parsed once where they enter.
 //! - [`policy`]: segment policy files: parse, validate, diagnostics.
 //! - [`resolve`]: from an identity to the kernel keys that stand for it here.
 //! - [`ledger`]: which map entries each source of access opens.
@@ -20,10 +21,12 @@
 //! - [`termtext`]: free text the agent refuses, and the one escaping function for output.
 //! - [`audit`]: the hash-chained audit log, its rotation, and `portcullis audit`.
 //! - [`denylog`]: kernel deny events → the deny log and the journal, rate limited.
-//! - [`metrics`]: the Prometheus endpoint.
+//! - [`metrics`]: the Prometheus snapshot, exposition and endpoint; [`observe`] takes the
+//!   snapshot from the agent and starts the deny-log reader and the endpoint.
 //! - [`state`]: grants and ids saved across restarts.
 //! - [`cli`]: the command line.
-//! - [`config`]: the agent's configuration file (`/etc/portcullis/agent.toml`).
+//! - [`settings`]: flags over the configuration file (`/etc/portcullis/agent.toml`) over
+//!   defaults, resolved once; [`duration`] parses every duration a user writes.
 //! - [`watch`]: inotify watches on the policy directory and the cgroup tree.
 //! - [`sweep`]: judging every open flow with the kernel maps and cutting refused ones
 //!   (at start, after revoke, expiry and reload, on kill requests); [`sockdiag`] is its netlink shim.
@@ -37,11 +40,11 @@ pub mod benchprog;
 pub mod cgroupfs;
 pub mod cli;
 pub mod clock;
-pub mod config;
 pub mod connlimit;
 pub mod control;
 pub mod dataplane;
 pub mod denylog;
+pub mod duration;
 pub mod explain;
 pub mod hostaddrs;
 pub mod identity;
@@ -51,12 +54,14 @@ pub mod lock;
 pub mod metrics;
 pub mod mounts;
 pub mod notify;
+pub mod observe;
 pub mod pindir;
 pub mod policy;
 pub mod privileges;
 pub mod requests;
 pub mod resolve;
 pub mod server;
+pub mod settings;
 pub mod sockdiag;
 pub mod state;
 pub mod sweep;

@@ -11,7 +11,7 @@
 //! kernel keeps enforcing from the pinned maps until `portcullis uninstall`.
 use std::{
     os::unix::fs::PermissionsExt,
-    path::{Path, PathBuf},
+    path::Path,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -32,43 +32,12 @@ use crate::{
     hostaddrs::{self, AddressEvents},
     policy::{self, HostCheck, SystemHost},
     resolve::Resolver,
+    settings::Settings,
     watch,
 };
 
 /// Control connections: admission, dispatch, replies.
 mod conn;
-
-/// Everything `portcullis agent` is told.
-#[derive(Clone, Debug)]
-pub struct AgentOptions {
-    pub policies: PathBuf,
-    pub socket: PathBuf,
-    /// File mode of the control socket.
-    pub socket_mode: u32,
-    /// Group owning the control socket (members may connect).
-    pub socket_group: Option<String>,
-    /// This agent's bpffs directory.
-    pub bpffs: PathBuf,
-    /// Filesystem path of the cgroup to attach to; the cgroup2 root when `None`.
-    pub cgroup: Option<PathBuf>,
-    pub state_dir: PathBuf,
-    pub audit_log: PathBuf,
-    pub max_grants: u32,
-    pub max_peers: u32,
-    /// Interfaces where XDP enforces `peer:` identities for remote traffic.
-    pub xdp_ifaces: Vec<String>,
-    /// How long a pending access request waits for an approver.
-    pub request_expiry: Duration,
-    /// How often unit and cgroup identities are re-resolved even without a
-    /// cgroup event (the safety net under the cgroup watch).
-    pub refresh: Duration,
-    /// Audit rotation, the deny log, the metrics endpoint.
-    pub observe: crate::metrics::Observe,
-    /// How long grants of a segment that left the policy are kept.
-    pub grant_grace: Duration,
-    /// Which policy files are read (symbolic links out of the directory).
-    pub policy_trust: policy::FileTrust,
-}
 
 type Shared = Arc<Mutex<Agent>>;
 
@@ -122,7 +91,7 @@ fn ensure_bpffs(bpffs: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
+pub async fn run(opts: Settings) -> anyhow::Result<()> {
     // 1. Policy first: a bad policy never reaches the kernel.
     let policy = load_policy(&opts.policies, &opts.policy_trust)
         .map_err(|e| anyhow::anyhow!("policy in {} is invalid:\n{e}", opts.policies.display()))?;
@@ -150,7 +119,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     // the agent, which sees them only through `KernelMaps`.
     let kill_requests = dataplane.take_kill_requests();
     let deny_events = dataplane.take_deny_events();
-    let audit = AuditLog::open_with(&opts.audit_log, opts.observe.audit_rotation)?;
+    let audit = AuditLog::open_with(&opts.audit_log, opts.audit_rotation)?;
     let mut agent = Agent::start(
         policy,
         Box::new(dataplane),
@@ -188,8 +157,14 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         }
     }
     // Deny log and metrics endpoint.
-    let observers =
-        crate::metrics::Observers::start(&shared, deny_events, hierarchy, &opts.observe).await?;
+    let observers = crate::observe::Observers::start(
+        &shared,
+        deny_events,
+        hierarchy,
+        &opts.deny_log,
+        opts.metrics_addr,
+    )
+    .await?;
 
     // 3. Control socket, only once enforcement is in place.
     let listener = bind_socket(&opts)?;
@@ -214,7 +189,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Reload when a policy file changes; re-resolve unit and cgroup
     // identities as soon as cgroups below the attach point come and go.
-    // The rescan every `opts.refresh` is only the safety net.
+    // The rescan every `opts.identity_rescan` is only the safety net.
     let mut rescanned = tokio::time::Instant::now();
     let mut policy_watch = watch::PolicyWatch::new(&opts.policies);
     let mut cgroup_watch = watch::CgroupWatch::new(&cgroup);
@@ -241,7 +216,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                 a.check_enforcement();
                 // Audit records queued while the log could not be written.
                 a.retry_audit();
-                if rescanned.elapsed() >= opts.refresh {
+                if rescanned.elapsed() >= opts.identity_rescan {
                     rescanned = tokio::time::Instant::now();
                     if let Err(e) = a.refresh_identities() {
                         warn!(error = %e, "re-resolving unit and cgroup identities failed");
@@ -365,7 +340,7 @@ fn reload_with(shared: &Shared, dir: &Path, trust: &policy::FileTrust, only_if_c
     }
 }
 
-fn bind_socket(opts: &AgentOptions) -> anyhow::Result<UnixListener> {
+fn bind_socket(opts: &Settings) -> anyhow::Result<UnixListener> {
     // Socket activation first; binding the path ourselves is the fallback.
     if let Some(listener) =
         crate::notify::activated_listener().context("taking the socket systemd passed")?

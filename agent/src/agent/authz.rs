@@ -238,20 +238,13 @@ pub(super) fn jit_rules(seg: &Segment) -> Result<&crate::policy::Jit, CoreError>
     })
 }
 
-/// A `--ttl` argument, parsed.
-pub(super) fn ttl_arg(t: &str) -> Result<Duration, CoreError> {
-    parse_ttl(t).map_err(|e| CoreError::BadTtl {
-        text: t.to_string(),
-        why: e.to_string(),
-    })
-}
-
-/// The TTL asked for, or the segment's default when none was given.
+/// The TTL asked for (in bounds since the request was decoded), or the
+/// segment's default when none was given.
 pub(super) fn requested_ttl(
     jit: &crate::policy::Jit,
-    ttl: Option<&str>,
+    ttl: Option<Duration>,
 ) -> Result<Duration, CoreError> {
-    ttl.map_or(Ok(jit.default_ttl), ttl_arg)
+    Ok(ttl.unwrap_or(jit.default_ttl))
 }
 
 pub(super) fn check_ttl(

@@ -13,7 +13,7 @@ impl Agent {
         cred: &PeerCred,
         segment: &str,
         identity: &str,
-        ttl: Option<&str>,
+        ttl: Option<Duration>,
         reason: Option<&str>,
     ) -> Result<Reply, Refusal> {
         let result = self.grant_checked(cred, segment, identity, ttl, reason);
@@ -25,7 +25,7 @@ impl Agent {
         cred: &PeerCred,
         segment: &str,
         identity: &str,
-        ttl: Option<&str>,
+        ttl: Option<Duration>,
         reason: Option<&str>,
     ) -> Result<Reply, Refusal> {
         let identity: Identity = identity

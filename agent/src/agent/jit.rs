@@ -17,7 +17,7 @@ use std::{collections::BTreeMap, time::Duration};
 use tracing::{info, warn};
 
 use super::{
-    authz::{check_reason, check_ttl, jit_rules, requested_ttl, ttl_arg},
+    authz::{check_reason, check_ttl, jit_rules, requested_ttl},
     errors::CoreError,
     refuse, Agent,
 };
@@ -80,7 +80,7 @@ impl Agent {
         &mut self,
         cred: &PeerCred,
         segment: &str,
-        ttl: Option<&str>,
+        ttl: Option<Duration>,
         reason: Option<&str>,
     ) -> Result<Reply, Refusal> {
         let result = self.request_checked(cred, segment, ttl, reason);
@@ -91,7 +91,7 @@ impl Agent {
         &mut self,
         cred: &PeerCred,
         segment: &str,
-        ttl: Option<&str>,
+        ttl: Option<Duration>,
         reason: Option<&str>,
     ) -> Result<Reply, Refusal> {
         self.expire_requests();
@@ -152,7 +152,7 @@ impl Agent {
         &mut self,
         cred: &PeerCred,
         id: u64,
-        ttl: Option<&str>,
+        ttl: Option<Duration>,
     ) -> Result<Reply, Refusal> {
         let segment = self.request_segment(id);
         let result = self.approve_checked(cred, id, ttl);
@@ -163,7 +163,7 @@ impl Agent {
         &mut self,
         cred: &PeerCred,
         id: u64,
-        ttl: Option<&str>,
+        ttl: Option<Duration>,
     ) -> Result<Reply, Refusal> {
         // An overdue request is expired (and audited as such) before anything else.
         self.expire_requests();
@@ -212,8 +212,7 @@ impl Agent {
         // The policy may have changed since the request was made.
         let jit = jit_rules(&seg)?;
         let ttl = match ttl {
-            Some(t) => {
-                let asked = ttl_arg(t)?;
+            Some(asked) => {
                 if asked > req.ttl() {
                     return Err(CoreError::LongerThanRequested {
                         id,

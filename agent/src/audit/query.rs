@@ -22,7 +22,8 @@ use serde_json::{Map, Value};
 use crate::{
     clock,
     control::{self, Reply, Request, Response},
-    identity::{parse_ttl, Identity},
+    duration::parse_ttl,
+    identity::Identity,
     termtext,
 };
 

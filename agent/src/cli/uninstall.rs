@@ -17,9 +17,9 @@ use clap::Args;
 
 use super::fail;
 use crate::{
-    config::{self, AgentConfig},
     control::{self, Reply, Request, Response},
     lock::{self, Holder, Kind},
+    settings::{self, AgentConfig},
 };
 
 #[derive(Args, Debug)]
@@ -82,7 +82,7 @@ fn confirm(question: &str) -> bool {
 pub fn run(args: UninstallArgs) -> ExitCode {
     let file = match &args.config {
         Some(path) => AgentConfig::load(path, true),
-        None => AgentConfig::load(Path::new(config::DEFAULT_PATH), false),
+        None => AgentConfig::load(Path::new(settings::DEFAULT_PATH), false),
     };
     let file = match file {
         Ok(f) => f,

@@ -19,7 +19,10 @@ use super::{
     diagnostic::{Diagnostic, Diagnostics, Location, SourceMap},
     Jit, Segment,
 };
-use crate::identity::{parse_ttl, Identity, PortRange};
+use crate::{
+    duration::parse_ttl,
+    identity::{Identity, PortRange},
+};
 
 const SEGMENT_KEYS: [&str; 4] = ["description", "ports", "allow", "jit"];
 const JIT_KEYS: [&str; 4] = ["max_ttl", "default_ttl", "approvers", "require_reason"];

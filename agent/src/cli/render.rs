@@ -1,0 +1,237 @@
+//! Human-readable output of replies: tables for `list` and `status`, one
+//! line per grant, and (through [`super::jit`]) requests and explanations.
+//! Callers pass replies already escaped ([`crate::termtext::escaped`]);
+//! `--json` output does not come here.
+use std::time::Duration;
+
+use super::jit;
+use crate::{
+    clock,
+    control::{GrantView, ListView, Reply, StatusView},
+};
+
+pub(super) fn left(secs: u64) -> String {
+    clock::human(Duration::from_secs(secs))
+}
+
+/// A plain text table with a header row.
+pub(super) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ");
+        s.truncate(s.trim_end().len());
+        s.push('\n');
+        s
+    };
+    let mut out = line(header.to_vec());
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+fn grant_line(g: &GrantView) -> String {
+    format!(
+        "grant {}: {} → {} ({}) for {}, until {}",
+        g.id,
+        g.identity,
+        g.segment,
+        g.ports.join(", "),
+        left(g.remaining_secs),
+        g.expires_at
+    )
+}
+
+pub fn render(reply: &Reply) -> String {
+    match reply {
+        Reply::Granted { grant } => format!("{}\n", grant_line(grant)),
+        Reply::Revoked { grants } if grants.is_empty() => {
+            "no matching grants; nothing revoked\n".into()
+        }
+        Reply::Revoked { grants } => grants
+            .iter()
+            .map(|g| format!("revoked {}\n", grant_line(g).trim_start_matches("grant ")))
+            .collect(),
+        Reply::List(list) => render_list(list),
+        Reply::Status(status) => render_status(status),
+        Reply::Requested { request } | Reply::Request { request } => jit::render_request(request),
+        Reply::Approved { request, grant } => {
+            format!("{}{}\n", jit::render_decided(request), grant_line(grant))
+        }
+        Reply::Denied { request } => jit::render_decided(request),
+        Reply::Pending { requests } => jit::render_pending(requests),
+        Reply::Explained(view) => jit::render_explain(view),
+        Reply::Uninstalled {
+            bpffs,
+            removed,
+            pid,
+            ports,
+        } => format!(
+            "the agent (pid {pid}) removed {removed} pinned object(s) under {bpffs}; ports are no longer protected: {}\n",
+            ports.join(", ")
+        ),
+    }
+}
+
+/// A `status` reply whose kernel check found enforcement incomplete.
+pub(super) fn not_enforcing(reply: &Reply) -> bool {
+    matches!(reply, Reply::Status(s) if s.enforcement.as_ref().is_some_and(|e| !e.ok))
+}
+
+fn render_list(l: &ListView) -> String {
+    let mut out = String::new();
+    if l.standing.is_empty() && l.grants.is_empty() && l.pending.is_empty() {
+        return "no standing allows, no grants and no pending requests\n".into();
+    }
+    if !l.standing.is_empty() {
+        let rows: Vec<Vec<String>> = l
+            .standing
+            .iter()
+            .map(|a| {
+                vec![
+                    a.segment.clone(),
+                    a.identity.clone(),
+                    a.ports.join(","),
+                    a.unresolved
+                        .clone()
+                        .map(|u| format!("not resolved: {u}"))
+                        .unwrap_or_else(|| "standing".into()),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["SEGMENT", "IDENTITY", "PORTS", "ACCESS"], &rows));
+    }
+    if !l.grants.is_empty() {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        let rows: Vec<Vec<String>> = l
+            .grants
+            .iter()
+            .map(|g| {
+                vec![
+                    g.id.to_string(),
+                    g.segment.clone(),
+                    g.identity.clone(),
+                    match &g.suspended_until {
+                        Some(_) => format!("{} (suspended)", left(g.remaining_secs)),
+                        None => left(g.remaining_secs),
+                    },
+                    g.actor.clone(),
+                    g.reason.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &["ID", "SEGMENT", "IDENTITY", "LEFT", "GRANTED BY", "REASON"],
+            &rows,
+        ));
+    }
+    if !l.pending.is_empty() {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(&jit::pending_table(&l.pending));
+    }
+    out
+}
+
+fn render_status(s: &StatusView) -> String {
+    let enforcing = match &s.enforcement {
+        Some(e) if !e.ok => "NOT FULLY ENFORCING",
+        _ => "enforcing",
+    };
+    let mut out = format!(
+        "portcullis {} {enforcing} on cgroup {}\nprograms (as the kernel has them): {}\npins: {}\npolicy: {} ({} file(s))\ngrants: {} live, {} map entries of {}; peer capacity {}\nlocal addresses: {}\n",
+        s.version,
+        s.cgroup,
+        s.programs.join(", "),
+        s.pin_dir,
+        &s.policy_digest[..s.policy_digest.len().min(12)],
+        s.policy_files.len(),
+        s.grants,
+        s.grant_entries,
+        s.grant_capacity,
+        s.peer_capacity,
+        s.local_addresses,
+    );
+    if let Some(e) = &s.enforcement {
+        for m in &e.missing {
+            out.push_str(&format!("MISSING in the kernel: {m}\n"));
+        }
+        if let Some(r) = &e.last_repair {
+            out.push_str(&format!(
+                "enforcement repaired {} time(s); last at {}{}: {}\n",
+                e.repairs,
+                r.at,
+                if r.ok { "" } else { " (FAILED)" },
+                r.missing.join("; ")
+            ));
+        }
+        if let Some(at) = &e.cgroup_recreated_at {
+            out.push_str(&format!(
+                "attach cgroup was removed and recreated; programs re-attached to the new one at {at}\n"
+            ));
+        }
+    }
+    match &s.audit_failing {
+        Some(why) => out.push_str(&format!(
+            "audit log: {} CANNOT BE WRITTEN ({why}); new grants and approvals are refused until it can, revocations still work\n",
+            s.audit_log
+        )),
+        None => out.push_str(&format!("audit log: {}\n", s.audit_log)),
+    }
+    if let Some(d) = &s.deny_log {
+        out.push_str(&format!(
+            "deny log: {} ({} denies read, {} logged, {} suppressed by the rate limit)\n",
+            d.path, d.received, d.logged, d.suppressed
+        ));
+    }
+    if let Some(r) = &s.last_reload {
+        out.push_str(&format!(
+            "last reload: {} {}\n",
+            r.at,
+            if r.ok {
+                "ok".to_string()
+            } else {
+                format!("FAILED:\n  {}", r.errors.join("\n  "))
+            }
+        ));
+    }
+    out.push('\n');
+    let rows: Vec<Vec<String>> = s
+        .segments
+        .iter()
+        .map(|g| {
+            vec![
+                g.name.clone(),
+                g.ports.join(","),
+                g.allowed.to_string(),
+                g.denied.to_string(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["SEGMENT", "PORTS", "ALLOWED", "DENIED"], &rows));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns() {
+        let t = table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
+        assert_eq!(t, "A    BB\nxxx  y\n");
+    }
+}

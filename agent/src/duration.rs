@@ -1,0 +1,294 @@
+//! Bounded durations: one type for every duration a user writes (a grant's
+//! `--ttl`, on the command line and on the control socket; the policy's
+//! `default_ttl`/`max_ttl`; the agent's `request_expiry`, `grant_grace`,
+//! `identity_rescan` and `deny_window`).
+//!
+//! A [`Bounded`] value is parsed once, where it enters (a clap flag, a
+//! config key, a JSON field of a request), and is within its bounds from
+//! then on: nothing downstream re-parses text or re-checks a range. It
+//! displays and serialises as the humantime text it was written in
+//! canonical form (`30m`, `1h 30m`), so the wire format and files do not
+//! change. Owns the parsing and the range check, not what each duration
+//! means (that is the module using it).
+use std::{fmt, marker::PhantomData, str::FromStr, time::Duration};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use thiserror::Error;
+
+/// Longest TTL a grant or policy may ask for. A year and a day lets "yearly"
+/// access exist while catching typos such as `100000h`.
+pub const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 60 * 60);
+
+/// The range one kind of duration must fall in, and how to name it in
+/// errors.
+pub trait Bounds {
+    /// Shortest accepted; `Duration::ZERO` means "more than zero".
+    const MIN: Duration;
+    /// Longest accepted.
+    const MAX: Duration;
+    /// What the value is, as errors name it ("TTL", "window").
+    const WHAT: &'static str;
+    /// [`Self::MAX`] as people write it ("366 days").
+    const MAX_TEXT: &'static str;
+    /// [`Self::MIN`] as people write it (unused when `MIN` is zero).
+    const MIN_TEXT: &'static str;
+}
+
+/// A grant's or request's TTL, a policy's `default_ttl`/`max_ttl`, the
+/// agent's `request_expiry` and `grant_grace`: more than zero, at most
+/// [`MAX_TTL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TtlBounds;
+
+impl Bounds for TtlBounds {
+    const MIN: Duration = Duration::ZERO;
+    const MAX: Duration = MAX_TTL;
+    const WHAT: &'static str = "TTL";
+    const MAX_TEXT: &'static str = "366 days";
+    const MIN_TEXT: &'static str = "";
+}
+
+/// A periodic interval (`identity_rescan`, `deny_window`): 1s to 1d.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IntervalBounds;
+
+impl Bounds for IntervalBounds {
+    const MIN: Duration = Duration::from_secs(1);
+    const MAX: Duration = Duration::from_secs(86_400);
+    const WHAT: &'static str = "interval";
+    const MAX_TEXT: &'static str = "1d";
+    const MIN_TEXT: &'static str = "1s";
+}
+
+/// A duration within `B`'s bounds.
+pub struct Bounded<B>(Duration, PhantomData<B>);
+
+/// See [`TtlBounds`].
+pub type Ttl = Bounded<TtlBounds>;
+/// See [`IntervalBounds`].
+pub type Interval = Bounded<IntervalBounds>;
+
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum DurationError {
+    #[error("`{value}` is not a duration: {source}")]
+    Parse {
+        value: String,
+        #[source]
+        source: humantime::DurationError,
+    },
+    #[error("{what} must be greater than zero")]
+    Zero { value: String, what: &'static str },
+    #[error("{what} `{value}` is shorter than the minimum of {min}")]
+    TooShort {
+        value: String,
+        what: &'static str,
+        min: &'static str,
+    },
+    #[error("{what} `{value}` is longer than the maximum of {max}")]
+    TooLong {
+        value: String,
+        what: &'static str,
+        max: &'static str,
+    },
+}
+
+impl DurationError {
+    /// How to fix it, for diagnostics.
+    pub fn help(&self) -> String {
+        match self {
+            DurationError::Parse { .. } | DurationError::Zero { .. } => {
+                "write a duration such as `90s`, `30m`, `1h` or `1h 30m`".to_owned()
+            }
+            DurationError::TooShort { min, .. } => format!("use at least `{min}`"),
+            DurationError::TooLong { what: "TTL", .. } => {
+                "grants are meant to expire; use at most `366d`, or a standing allow".to_owned()
+            }
+            DurationError::TooLong { max, .. } => format!("use at most `{max}`"),
+        }
+    }
+
+    /// What is wrong, without the value (for messages that name the key
+    /// and value first: `identity_rescan "soon" is not a duration: ...`).
+    pub fn reason(&self) -> String {
+        match self {
+            DurationError::Parse { source, .. } => format!("is not a duration: {source}"),
+            DurationError::Zero { .. } => "is zero; it must be greater than zero".into(),
+            DurationError::TooShort { min, .. } => format!("is out of range: at least {min}"),
+            DurationError::TooLong { max, .. } => format!("is out of range: at most {max}"),
+        }
+    }
+}
+
+impl<B: Bounds> Bounded<B> {
+    /// `d` if it is within the bounds.
+    pub fn new(d: Duration) -> Result<Self, DurationError> {
+        Self::check(d, || humantime::format_duration(d).to_string())
+    }
+
+    fn check(d: Duration, value: impl FnOnce() -> String) -> Result<Self, DurationError> {
+        if d.is_zero() && B::MIN.is_zero() {
+            Err(DurationError::Zero {
+                value: value(),
+                what: B::WHAT,
+            })
+        } else if d < B::MIN {
+            Err(DurationError::TooShort {
+                value: value(),
+                what: B::WHAT,
+                min: B::MIN_TEXT,
+            })
+        } else if d > B::MAX {
+            Err(DurationError::TooLong {
+                value: value(),
+                what: B::WHAT,
+                max: B::MAX_TEXT,
+            })
+        } else {
+            Ok(Bounded(d, PhantomData))
+        }
+    }
+
+    /// The duration.
+    pub fn get(self) -> Duration {
+        self.0
+    }
+}
+
+impl<B: Bounds> FromStr for Bounded<B> {
+    type Err = DurationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // The text may come from a peer on the control socket: what an
+        // error quotes of it is escaped, since errors reach logs and terminals.
+        let value = || crate::termtext::escape(s).into_owned();
+        let d = humantime::parse_duration(s).map_err(|source| DurationError::Parse {
+            value: value(),
+            source,
+        })?;
+        Self::check(d, value)
+    }
+}
+
+impl<B> fmt::Display for Bounded<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+// By hand rather than derived: a derive would require `B` itself to be
+// `Clone`, `PartialEq`... although only the duration is compared.
+impl<B> Clone for Bounded<B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B> Copy for Bounded<B> {}
+impl<B> PartialEq for Bounded<B> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+impl<B> Eq for Bounded<B> {}
+impl<B> fmt::Debug for Bounded<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+impl<B> From<Bounded<B>> for Duration {
+    fn from(b: Bounded<B>) -> Duration {
+        b.0
+    }
+}
+
+impl<B> Serialize for Bounded<B> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de, B: Bounds> Deserialize<'de> for Bounded<B> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A TTL argument as text, for the places that take one from a string
+/// (policy files, `audit --since`).
+pub fn parse_ttl(s: &str) -> Result<Duration, DurationError> {
+    s.parse::<Ttl>().map(Ttl::get)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls() {
+        assert_eq!(parse_ttl("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(parse_ttl("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_ttl("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_ttl("366d").unwrap(), MAX_TTL);
+        assert_eq!(
+            parse_ttl("0s").unwrap_err().to_string(),
+            "TTL must be greater than zero"
+        );
+        let e = parse_ttl("367d").unwrap_err();
+        assert!(matches!(e, DurationError::TooLong { .. }), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "TTL `367d` is longer than the maximum of 366 days"
+        );
+        assert!(e.help().contains("366d"), "{}", e.help());
+        assert!(matches!(parse_ttl("30"), Err(DurationError::Parse { .. })));
+        assert!(parse_ttl("soon").unwrap_err().to_string().contains("soon"));
+    }
+
+    #[test]
+    fn intervals_are_one_second_to_one_day() {
+        assert_eq!(
+            "1s".parse::<Interval>().unwrap().get(),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            "1d".parse::<Interval>().unwrap().get(),
+            Duration::from_secs(86_400)
+        );
+        let short = "500ms".parse::<Interval>().unwrap_err();
+        assert!(matches!(short, DurationError::TooShort { .. }), "{short}");
+        assert_eq!(short.reason(), "is out of range: at least 1s");
+        let long = "2d".parse::<Interval>().unwrap_err();
+        assert_eq!(
+            long.to_string(),
+            "interval `2d` is longer than the maximum of 1d"
+        );
+        assert!(matches!(
+            "0s".parse::<Interval>(),
+            Err(DurationError::TooShort { .. })
+        ));
+    }
+
+    #[test]
+    fn text_round_trips_and_serde_is_the_text() {
+        let t: Ttl = "1h 30m".parse().unwrap();
+        assert_eq!(t.to_string(), "1h 30m");
+        assert_eq!(t.to_string().parse::<Ttl>().unwrap(), t);
+        assert_eq!(serde_json::to_string(&t).unwrap(), "\"1h 30m\"");
+        let back: Ttl = serde_json::from_str("\"90m\"").unwrap();
+        assert_eq!(back.get(), Duration::from_secs(5400));
+        let e = serde_json::from_str::<Ttl>("\"0s\"").unwrap_err();
+        assert!(e.to_string().contains("greater than zero"), "{e}");
+        assert!(serde_json::from_str::<Ttl>("30").is_err());
+    }
+
+    #[test]
+    fn new_checks_the_bounds_too() {
+        assert!(Ttl::new(Duration::ZERO).is_err());
+        assert!(Ttl::new(MAX_TTL + Duration::from_secs(1)).is_err());
+        assert_eq!(
+            Interval::new(Duration::from_secs(60)).unwrap().get(),
+            Duration::from_secs(60)
+        );
+    }
+}
