@@ -7,6 +7,7 @@
 //! - [`ledger`]: which map entries each source of access opens.
 //! - [`dataplane`]: the only module that touches aya: load, attach, pin, maps;
 //!   its `enforcement` part checks the kernel against what it attached and repairs.
+//! - [`kernlog`]: kernel debug lines (`portcullis debug on|off`) forwarded into the log.
 //! - [`lock`]: one agent per pin directory, state directory, audit log and socket.
 //! - [`pindir`]: pin directories only root can touch.
 //! - [`agent`]: the agent's state and operations (grant, revoke, expire, reload).
@@ -41,6 +42,7 @@ pub mod denylog;
 pub mod explain;
 pub mod hostaddrs;
 pub mod identity;
+pub mod kernlog;
 pub mod ledger;
 pub mod lock;
 pub mod metrics;

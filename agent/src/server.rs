@@ -190,6 +190,13 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         info!(iface = %x.iface, mode = x.mode, "XDP attached");
     }
     let deny_events = agent.dataplane.take_deny_events();
+    // Kernel debug lines (off until `portcullis debug on`): a failure
+    // costs the debug lines only, never enforcement.
+    if let Err(e) =
+        crate::kernlog::KernelLog::open(agent.dataplane.ebpf_mut()).and_then(|k| k.serve())
+    {
+        tracing::warn!("kernel debug lines unavailable: {e}");
+    }
     let shared: Shared = Arc::new(Mutex::new(agent));
     // Judge the flows that were open before enforcement (or while the
     // agent was down), then keep a sweeper for revokes, expiries, reloads
@@ -601,6 +608,7 @@ fn handle(shared: &Shared, cred: &PeerCred, request: Request) -> Response {
             port,
         } => a.explain(cred, identity.as_deref(), pid, &port),
         Request::Uninstall {} => a.uninstall(cred),
+        Request::Debug { on } => crate::kernlog::request(cred, on),
     };
     if matches!(result, Ok(Reply::Uninstalled { .. })) {
         UNINSTALLED.notify_one();
