@@ -119,7 +119,7 @@ fn reason_name(r: u32) -> &'static str {
     }
 }
 
-/// Writes one debug line, if this CPU's budget allows: `HOOK: allow|drop
+/// Writes one debug line, if this CPU's budget allows: `HOOK: allow|deny
 /// REASON segment=S port=P id=ID [level=L]`. `id` is the matched or
 /// refused uid, gid or cgroup id (0 for remote peers); `level` the cgroup
 /// level of a cgroup match, packed with the reason by [`code`] (a BPF
@@ -134,7 +134,7 @@ pub fn emit(hook: u32, code: u32, segment: u32, port: u32, id: u64) {
     let verdict = if why < reason::FIRST_DENY {
         "allow"
     } else {
-        "drop"
+        "deny"
     };
     if why == reason::CGROUP {
         aya_log_ebpf::info!(

@@ -67,7 +67,7 @@ fn refusals_are_explained_in_the_log_only_while_debug_is_on() {
     // On: a refusal on port B is explained, with its reason.
     assert!(agent.ok(&["debug", "on"]).contains("are on"));
     assert_eq!(client.tcp(b.addr), Outcome::eperm());
-    let line = wait_line(&agent, &["connect4: drop no-grant", &port_b]);
+    let line = wait_line(&agent, &["connect4: deny no-grant", &port_b]);
     assert!(line.contains("id=0"), "the refused uid (root): {line}");
     // ...and the earlier refusal, from while it was off, is not there.
     let early: Vec<String> = kernel_lines(&agent)
@@ -93,10 +93,10 @@ fn refusals_are_explained_in_the_log_only_while_debug_is_on() {
     agent.ok(&["debug", "on"]);
     agent.ok(&["revoke", "--segment", "beta"]);
     assert_eq!(client.tcp(b.addr), Outcome::eperm());
-    wait_line(&agent, &["connect4: drop no-grant", &port_b]);
+    wait_line(&agent, &["connect4: deny no-grant", &port_b]);
     let after_off: Vec<String> = kernel_lines(&agent)
         .into_iter()
-        .filter(|l| l.contains("drop") && l.contains(&port_a))
+        .filter(|l| l.contains("deny") && l.contains(&port_a))
         .collect();
     assert!(
         after_off.is_empty(),
