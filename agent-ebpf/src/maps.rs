@@ -2,8 +2,9 @@
 //! from `agent-common`; the agent pins each map by name and may override the
 //! sizes of the grant and peer maps at load time.
 use agent_common::{
-    DebugBudget, DenyEvent, Expiry, FlowMark, GrantKey, PeerKey, SegmentCounters, DEFAULT_MAX_GRANTS,
-    DEFAULT_MAX_PEERS, DENY_RING_BYTES, KILL_RING_BYTES, MAX_LOCAL_NETS, MAX_SEGMENTS, PORT_SLOTS,
+    DebugBudget, DenyEvent, Expiry, FlowMark, GrantKey, PeerKey, SegmentCounters,
+    DEFAULT_MAX_GRANTS, DEFAULT_MAX_PEERS, DENY_RING_BYTES, KILL_RING_BYTES, MAX_LOCAL_NETS,
+    MAX_SEGMENTS, PORT_SLOTS,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,

@@ -128,8 +128,8 @@ fn run(args: &BenchArgs) -> anyhow::Result<Value> {
     // The debug switch for the `*_debug_on` cases. Nothing reads the debug
     // ring, as nothing reads the deny ring: those cases measure debug on
     // under a flood, where the per-CPU budget refuses almost every line.
-    let kernel_log = crate::kernlog::KernelLog::open(dp.ebpf_mut())
-        .context("opening the kernel debug maps")?;
+    let kernel_log =
+        crate::kernlog::KernelLog::open(dp.ebpf_mut()).context("opening the kernel debug maps")?;
     let debug = kernel_log.switch();
 
     let floor = EmptyXdp::load().context("loading the empty XDP program")?;

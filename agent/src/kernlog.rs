@@ -99,11 +99,14 @@ impl DebugSwitch {
 
     /// Lines the per-CPU budget dropped since the programs were loaded.
     pub fn dropped(&self) -> Result<u64> {
-        let per_cpu = self.budget.get(&0, 0).map_err(|source| KernelLogError::Map {
-            map: map_names::DEBUG_BUDGET,
-            op: "lookup",
-            source,
-        })?;
+        let per_cpu = self
+            .budget
+            .get(&0, 0)
+            .map_err(|source| KernelLogError::Map {
+                map: map_names::DEBUG_BUDGET,
+                op: "lookup",
+                source,
+            })?;
         Ok(per_cpu.iter().map(|b| u64::from(b.dropped)).sum())
     }
 }
@@ -118,17 +121,14 @@ impl KernelLog {
     /// Takes the debug maps out of `ebpf` (after its programs are loaded,
     /// or while `self` lives: the programs hold the maps by descriptor).
     pub fn open(ebpf: &mut Ebpf) -> Result<Self> {
-        let mut take = |map: &'static str| {
-            ebpf.take_map(map)
-                .ok_or(KernelLogError::MissingMap { map })
-        };
-        let flag = Array::try_from(take(map_names::DEBUG)?).map_err(|source| {
-            KernelLogError::Map {
+        let mut take =
+            |map: &'static str| ebpf.take_map(map).ok_or(KernelLogError::MissingMap { map });
+        let flag =
+            Array::try_from(take(map_names::DEBUG)?).map_err(|source| KernelLogError::Map {
                 map: map_names::DEBUG,
                 op: "open",
                 source,
-            }
-        })?;
+            })?;
         let budget = PerCpuArray::try_from(take(map_names::DEBUG_BUDGET)?).map_err(|source| {
             KernelLogError::Map {
                 map: map_names::DEBUG_BUDGET,
@@ -156,14 +156,15 @@ impl KernelLog {
         let _ = SWITCH.set(self.switch.clone());
         // SAFETY: the logger owns the ring's descriptor and moves into the
         // AsyncFd, which drops the registration before the descriptor closes.
-        let mut ring = unsafe {
-            AsyncFd::register_with_interest(self.logger, tokio::io::Interest::READABLE)
-        }
-        .map_err(|e| KernelLogError::Watch(e.into()))?;
+        let mut ring =
+            unsafe { AsyncFd::register_with_interest(self.logger, tokio::io::Interest::READABLE) }
+                .map_err(|e| KernelLogError::Watch(e.into()))?;
         tokio::spawn(async move {
             loop {
                 let Ok(mut guard) = ring.readable_mut().await else {
-                    tracing::warn!("the kernel debug ring can no longer be read; kernel debug lines stop here");
+                    tracing::warn!(
+                        "the kernel debug ring can no longer be read; kernel debug lines stop here"
+                    );
                     return;
                 };
                 guard.get_inner_mut().flush();
@@ -210,4 +211,47 @@ pub fn request(cred: &PeerCred, on: Option<bool>) -> Result<Reply, Refusal> {
         dropped: switch.dropped().map_err(internal)?,
         lines_per_sec: DEBUG_LINES_PER_SEC,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cred(uid: u32) -> PeerCred {
+        PeerCred {
+            uid,
+            gid: uid,
+            pid: None,
+        }
+    }
+
+    #[test]
+    fn only_root_may_use_kernel_debug() {
+        for on in [None, Some(true), Some(false)] {
+            let refusal = request(&cred(1000), on).unwrap_err();
+            assert_eq!(refusal.code, RefusalCode::Forbidden);
+            assert!(refusal.message.contains("only root"), "{}", refusal.message);
+        }
+    }
+
+    #[test]
+    fn root_without_loaded_programs_is_told_it_is_unavailable() {
+        // No agent in this process served a KernelLog, so no switch is set.
+        let refusal = request(&cred(0), Some(true)).unwrap_err();
+        assert_eq!(refusal.code, RefusalCode::Unavailable);
+    }
+
+    #[test]
+    fn the_debug_op_is_on_the_wire_as_documented() {
+        use crate::control::{parse_request, Request};
+        assert_eq!(
+            parse_request(r#"{"op":"debug","on":true}"#).unwrap(),
+            Request::Debug { on: Some(true) }
+        );
+        assert_eq!(
+            parse_request(r#"{"op":"debug"}"#).unwrap(),
+            Request::Debug { on: None }
+        );
+        assert!(parse_request(r#"{"op":"debug","on":"yes"}"#).is_err());
+    }
 }

@@ -74,7 +74,10 @@ fn refusals_are_explained_in_the_log_only_while_debug_is_on() {
         .into_iter()
         .filter(|l| l.contains(&port_a))
         .collect();
-    assert!(early.is_empty(), "lines from while debug was off: {early:?}");
+    assert!(
+        early.is_empty(),
+        "lines from while debug was off: {early:?}"
+    );
 
     // The rule that let a connection through is named too.
     agent.grant("beta", &format!("cgroup:{}", cg.rel), "10m");
@@ -118,7 +121,11 @@ fn only_root_may_switch_kernel_debug() {
     for args in [&["debug", "on"][..], &["debug"][..]] {
         let out = agent.cli_as(mallory.uid, mallory.gid, args);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} succeeded for uid {}", mallory.uid);
+        assert!(
+            !out.status.success(),
+            "{args:?} succeeded for uid {}",
+            mallory.uid
+        );
         assert!(stderr.contains("only root"), "{args:?}: {stderr}");
     }
     assert!(agent.ok(&["debug"]).contains("are off"));
