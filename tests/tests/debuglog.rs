@@ -8,8 +8,10 @@
 //! any line written during it would already be there.
 use std::{fs, os::unix::fs::PermissionsExt, time::Duration};
 
+use std::net::{IpAddr, SocketAddr};
+
 use portcullis_tests::users::TestUser;
-use portcullis_tests::*;
+use portcullis_tests::{frames::*, netns::PeerHost, *};
 
 const TARGET: &str = "portcullis::kernel";
 
@@ -129,4 +131,40 @@ fn only_root_may_switch_kernel_debug() {
         assert!(stderr.contains("only root"), "{args:?}: {stderr}");
     }
     assert!(agent.ok(&["debug"]).contains("are off"));
+}
+
+#[test]
+fn xdp_names_why_it_dropped_a_frame() {
+    let peer = PeerHost::new();
+    let cg = TestCgroup::new();
+    // Outside the cgroup: only XDP judges the peer's datagrams to it.
+    let server = EchoServer::udp(&format!("{}:0", peer.host_v4));
+    let policy = format!(
+        "[segment.db]\nports = [\"{}/udp\"]\n\n[segment.db.jit]\nmax_ttl = \"1h\"\nrequire_reason = false\n",
+        server.port()
+    );
+    let agent = Agent::builder(&policy, &cg.path)
+        .arg("--xdp-iface")
+        .arg(&peer.host_if)
+        .start();
+    agent.ok(&["debug", "on"]);
+    let (p, h) = (peer.peer_v4, peer.host_v4);
+    let frame = |tags: &[u16], sport: u16| {
+        let dgram = udp(p.into(), h.into(), sport, server.port(), b"ping");
+        eth_tagged(&peer, tags, 0x0800, &ipv4(p, h, 17, sport, 0, &dgram))
+    };
+    // An ungranted peer: no entry covers its source.
+    let src = SocketAddr::new(IpAddr::V4(p), 42300);
+    assert!(!send_frames(&peer, src, &[frame(&[], 42300)], 700));
+    wait_line(
+        &agent,
+        &[
+            "xdp: deny no-peer-entry",
+            &format!("port={}", server.port()),
+        ],
+    );
+    // More VLAN tags than XDP walks: dropped before any port is read.
+    let src = SocketAddr::new(IpAddr::V4(p), 42301);
+    assert!(!send_frames(&peer, src, &[frame(&[0x8100; 9], 42301)], 700));
+    wait_line(&agent, &["xdp: deny vlan-stack-too-deep"]);
 }
