@@ -64,6 +64,18 @@ pub mod map_names {
         KILL_REQUESTS,
         OUTBOUND,
     ];
+
+    /// `Array<u32>`, one entry: the kernel debug switch (0 = off, the
+    /// default). Not pinned: each agent's programs start with debug off,
+    /// and the agent that loaded them is the only one that flips it.
+    pub const DEBUG: &str = "PC_DEBUG";
+    /// `PerCpuArray<DebugBudget>`, one entry: the per-CPU rate limit of
+    /// debug lines. Not pinned.
+    pub const DEBUG_BUDGET: &str = "PC_DEBUG_BUDGET";
+    /// `RingBuf` of aya-log records (the name `aya-log` looks for). Not
+    /// pinned; 128 KiB, so a reader that falls behind loses lines, never
+    /// memory.
+    pub const DEBUG_LOG: &str = "AYA_LOGS";
 }
 
 /// Read-only globals the agent sets at load time (`EbpfLoader::set_global`).
@@ -113,6 +125,10 @@ pub const MAX_IPV6_EXT_HEADERS: u32 = 8;
 /// Deepest cgroup level whose ancestors the programs walk. systemd nests
 /// services 2-4 levels deep; containers add a few more.
 pub const MAX_CGROUP_DEPTH: i32 = 32;
+
+/// Most kernel debug lines each CPU writes per second while debug is on;
+/// past it lines are dropped (counted in [`DebugBudget::dropped`]).
+pub const DEBUG_LINES_PER_SEC: u32 = 64;
 
 /// Expiry value meaning "never expires" (standing allows).
 pub const NEVER: u64 = u64::MAX;
@@ -284,6 +300,39 @@ pub struct KillRequest {
     pub remote_addr: [u8; 16],
 }
 
+/// Value of [`map_names::DEBUG_BUDGET`]: this CPU's debug-line budget.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DebugBudget {
+    /// CLOCK_BOOTTIME nanoseconds at which the current one-second window began.
+    pub window_ns: u64,
+    /// Lines written in the current window.
+    pub used: u32,
+    /// Lines dropped by the limit since the programs were loaded.
+    pub dropped: u32,
+}
+
+// The ABI checked at compile time, on both sides: the eBPF build fails
+// here too if a layout drifts. Sizes are the sums of the fields (no
+// implicit padding); a change means a new LAYOUT_VERSION.
+const _: () = {
+    use core::mem::{align_of, size_of};
+    assert!(size_of::<GrantKey>() == 16 && align_of::<GrantKey>() == 8);
+    assert!(size_of::<Expiry>() == 8);
+    assert!(size_of::<PeerKey>() == 20);
+    assert!(size_of::<SegmentCounters>() == 16);
+    // 8 + 8 + 4 * 3 + 2 + 2 + 1 + 1 + 6 + 16 + 16
+    assert!(size_of::<DenyEvent>() == 72);
+    assert!(size_of::<FlowMark>() == 8);
+    // 8 + 2 + 2 + 1 + 1 + 1 + 1 + 16 + 16
+    assert!(size_of::<KillRequest>() == 48);
+    assert!(size_of::<DebugBudget>() == 16);
+    // Ring buffer sizes must be powers of two and page multiples (a power
+    // of two of at least a page is one).
+    assert!(DENY_RING_BYTES.is_power_of_two() && DENY_RING_BYTES >= 4096);
+    assert!(KILL_RING_BYTES.is_power_of_two() && KILL_RING_BYTES >= 4096);
+};
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: each type is #[repr(C)], made only of integers and byte arrays,
@@ -296,6 +345,7 @@ mod pod {
     unsafe impl aya::Pod for super::DenyEvent {}
     unsafe impl aya::Pod for super::FlowMark {}
     unsafe impl aya::Pod for super::KillRequest {}
+    unsafe impl aya::Pod for super::DebugBudget {}
 }
 
 #[cfg(test)]
@@ -315,6 +365,7 @@ mod tests {
         assert_eq!(size_of::<FlowMark>(), 8);
         // 8 + 2 + 2 + 1 + 1 + 1 + 1 + 16 + 16
         assert_eq!(size_of::<KillRequest>(), 48);
+        assert_eq!(size_of::<DebugBudget>(), 16);
     }
 
     #[test]

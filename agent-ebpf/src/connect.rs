@@ -16,7 +16,7 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 
-use crate::{decide, maps::FLOWS};
+use crate::{debug, decide, maps::FLOWS};
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
@@ -157,7 +157,17 @@ fn verdict(
         uid_gid: unsafe { bpf_get_current_uid_gid() },
     };
     let now = decide::now();
-    if decide::local_allowed(segment, &caller, now) {
+    let found = decide::local_match(segment, &caller, now);
+    if debug::on() {
+        debug::emit(
+            hook as u32,
+            debug::code(found.reason, found.level),
+            segment,
+            port as u32,
+            found.id,
+        );
+    }
+    if found.allowed() {
         decide::count(segment, true);
         // Unconnected sends are checked one by one by sendmsg4/6; connected
         // sockets carry a flow that cgroup_skb keeps checking.

@@ -14,6 +14,7 @@ use aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns;
 
 use aya_ebpf::maps::lpm_trie::Key;
 
+use crate::debug;
 use crate::maps::{
     COUNTERS, DENY_EVENTS, GRANTS, KILL_REQUESTS, LOCAL_NETS, PC_HOST_NETNS, PEERS, PEER_HOSTS,
     PORTS,
@@ -40,36 +41,81 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_boot_ns() }
 }
 
+/// What a grant lookup found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Found {
+    Live,
+    Expired,
+    Missing,
+}
+
 #[inline(always)]
-fn live(key: &GrantKey, now: u64) -> bool {
+fn lookup(key: &GrantKey, now: u64) -> Found {
     match GRANTS.get_ptr(key) {
         // SAFETY: the pointer comes from a successful lookup and points to an
         // 8-byte value inside the map; a concurrent update can only replace
         // it with another valid u64.
-        Some(v) => (unsafe { (*v).at_boot_ns }) > now,
-        None => false,
+        Some(v) if (unsafe { (*v).at_boot_ns }) > now => Found::Live,
+        Some(_) => Found::Expired,
+        None => Found::Missing,
     }
 }
 
-/// True when a live grant on `segment` covers the subject's uid, primary
-/// gid, cgroup or one of its ancestors.
-#[inline(always)]
-pub fn local_allowed<S: LocalSubject>(segment: u32, subject: &S, now: u64) -> bool {
-    let uid = GrantKey {
-        kind: kind::UID,
-        segment,
-        id: subject.uid() as u64,
-    };
-    if live(&uid, now) {
-        return true;
+/// How the local decision ended: the rule that matched, or why none did
+/// (a [`debug::reason`] code), and the matched identity (uid, gid or
+/// cgroup id) and cgroup level, for the debug line.
+#[derive(Clone, Copy)]
+pub struct LocalMatch {
+    pub reason: u32,
+    pub id: u64,
+    pub level: u32,
+}
+
+impl LocalMatch {
+    #[inline(always)]
+    pub fn allowed(&self) -> bool {
+        self.reason < debug::reason::FIRST_DENY
     }
-    let gid = GrantKey {
-        kind: kind::GID,
-        segment,
-        id: subject.gid() as u64,
-    };
-    if live(&gid, now) {
-        return true;
+}
+
+/// Which live grant on `segment` covers the subject's uid, primary gid,
+/// cgroup or one of its ancestors (in that order), or why none does.
+#[inline(always)]
+pub fn local_match<S: LocalSubject>(segment: u32, subject: &S, now: u64) -> LocalMatch {
+    let uid = subject.uid() as u64;
+    let mut expired = lookup(
+        &GrantKey {
+            kind: kind::UID,
+            segment,
+            id: uid,
+        },
+        now,
+    );
+    if expired == Found::Live {
+        return LocalMatch {
+            reason: debug::reason::UID,
+            id: uid,
+            level: 0,
+        };
+    }
+    let gid = subject.gid() as u64;
+    match lookup(
+        &GrantKey {
+            kind: kind::GID,
+            segment,
+            id: gid,
+        },
+        now,
+    ) {
+        Found::Live => {
+            return LocalMatch {
+                reason: debug::reason::GID,
+                id: gid,
+                level: 0,
+            }
+        }
+        Found::Expired => expired = Found::Expired,
+        Found::Missing => {}
     }
     let mut level = 0;
     while level < MAX_CGROUP_DEPTH {
@@ -77,7 +123,7 @@ pub fn local_allowed<S: LocalSubject>(segment: u32, subject: &S, now: u64) -> bo
         if id == 0 {
             break;
         }
-        if live(
+        match lookup(
             &GrantKey {
                 kind: kind::CGROUP,
                 segment,
@@ -85,33 +131,54 @@ pub fn local_allowed<S: LocalSubject>(segment: u32, subject: &S, now: u64) -> bo
             },
             now,
         ) {
-            return true;
+            Found::Live => {
+                return LocalMatch {
+                    reason: debug::reason::CGROUP,
+                    id,
+                    level: level as u32,
+                }
+            }
+            Found::Expired => expired = Found::Expired,
+            Found::Missing => {}
         }
         level += 1;
     }
-    false
+    LocalMatch {
+        reason: if expired == Found::Expired {
+            debug::reason::GRANT_EXPIRED
+        } else {
+            debug::reason::NO_GRANT
+        },
+        id: uid,
+        level: 0,
+    }
 }
 
-/// True when a live `peer:` entry on `segment` covers the remote address
-/// `addr` (IPv6, IPv4 as v4-mapped): a host lookup, then a longest-prefix match.
+/// Which live `peer:` entry on `segment` covers the remote address `addr`
+/// (IPv6, IPv4 as v4-mapped), as a [`debug::reason`] code: a host lookup,
+/// then a longest-prefix match. Allowed when below `FIRST_DENY`.
 #[inline(always)]
-pub fn peer_allowed(segment: u32, addr: [u8; 16], now: u64) -> bool {
+pub fn peer_match(segment: u32, addr: [u8; 16], now: u64) -> u32 {
     let data = PeerKey {
         segment_be: segment.to_be_bytes(),
         addr,
     };
+    let mut expired = false;
     // Single hosts first: a hash lookup, flat in the number of entries.
     if let Some(v) = PEER_HOSTS.get_ptr(&data) {
         // SAFETY: pointer from a successful lookup to an 8-byte value.
         if (unsafe { (*v).at_boot_ns }) > now {
-            return true;
+            return debug::reason::PEER_HOST;
         }
+        expired = true;
     }
     // Then the prefixes: the longest match decides.
     let key = Key::new(peer_prefix_len(128), data);
     match PEERS.get(&key) {
-        Some(v) => v.at_boot_ns > now,
-        None => false,
+        Some(v) if v.at_boot_ns > now => debug::reason::PEER_PREFIX,
+        Some(_) => debug::reason::PEER_EXPIRED,
+        None if expired => debug::reason::PEER_EXPIRED,
+        None => debug::reason::NO_PEER,
     }
 }
 

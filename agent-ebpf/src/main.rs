@@ -1,7 +1,8 @@
 //! Portcullis' kernel programs.
 //!
 //! Layout: [`maps`] declares every map (layouts from `agent-common`);
-//! [`decide`] answers the one policy question every hook asks; each hook
+//! [`decide`] answers the one policy question every hook asks;
+//! [`debug`] writes the optional debug lines (off unless the agent says); each hook
 //! file (`connect.rs`, ...) is a thin entry point that reads its context and
 //! calls `decide`. On the host this crate compiles to an empty program so the
 //! workspace builds and tests with a plain `cargo`.
@@ -10,6 +11,8 @@
 
 #[cfg(target_arch = "bpf")]
 mod connect;
+#[cfg(target_arch = "bpf")]
+mod debug;
 #[cfg(target_arch = "bpf")]
 mod decide;
 #[cfg(target_arch = "bpf")]

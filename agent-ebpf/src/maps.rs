@@ -2,8 +2,9 @@
 //! from `agent-common`; the agent pins each map by name and may override the
 //! sizes of the grant and peer maps at load time.
 use agent_common::{
-    DenyEvent, Expiry, FlowMark, GrantKey, PeerKey, SegmentCounters, DEFAULT_MAX_GRANTS,
-    DEFAULT_MAX_PEERS, DENY_RING_BYTES, KILL_RING_BYTES, MAX_LOCAL_NETS, MAX_SEGMENTS, PORT_SLOTS,
+    DebugBudget, DenyEvent, Expiry, FlowMark, GrantKey, PeerKey, SegmentCounters,
+    DEFAULT_MAX_GRANTS, DEFAULT_MAX_PEERS, DENY_RING_BYTES, KILL_RING_BYTES, MAX_LOCAL_NETS,
+    MAX_SEGMENTS, PORT_SLOTS,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -59,6 +60,15 @@ pub static KILL_REQUESTS: RingBuf = RingBuf::with_byte_size(KILL_RING_BYTES, 0);
 /// by cgroup_skb egress so that the ingress peer check passes the replies.
 #[btf_map(name = "PC_OUTBOUND")]
 pub static OUTBOUND: SkStorage<u32> = SkStorage::new();
+
+/// The kernel debug switch (entry 0: 0 off, else on); see `debug.rs`.
+/// Not pinned: written only by the agent that loaded these programs.
+#[map(name = "PC_DEBUG")]
+pub static DEBUG: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Each CPU's debug-line budget for the current second.
+#[map(name = "PC_DEBUG_BUDGET")]
+pub static DEBUG_BUDGET: PerCpuArray<DebugBudget> = PerCpuArray::with_max_entries(1, 0);
 
 /// The host's network-namespace cookie, set by the agent at load time
 /// (0: unknown, every namespace counts as the host's).

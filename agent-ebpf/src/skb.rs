@@ -30,7 +30,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    decide,
+    debug, decide,
     maps::{FLOWS, OUTBOUND},
 };
 
@@ -294,7 +294,13 @@ fn remote_peer(ctx: &SkBuffContext, full: *mut bpf_sock, facts: SockFacts) -> i3
         return PASS;
     };
     let now = decide::now();
-    if decide::peer_allowed(segment, src, now) {
+    let found = decide::peer_match(segment, src, now);
+    // Allowed packets are logged only at connection set-up (a listener's
+    // packet): per-packet lines would spend the budget on bulk transfers.
+    if debug::on() && (found >= debug::reason::FIRST_DENY || state == TCP_LISTEN) {
+        debug::emit(hook::SKB_INGRESS as u32, found, segment, port as u32, 0);
+    }
+    if found < debug::reason::FIRST_DENY {
         decide::count(segment, true);
         return PASS;
     }
@@ -366,8 +372,13 @@ fn local_flow(ctx: &SkBuffContext, full: *mut bpf_sock, hook: u8) -> i32 {
     }
     let owner = SocketOwner { skb, mark };
     let now = decide::now();
-    if decide::local_allowed(segment, &owner, now) {
+    let found = decide::local_match(segment, &owner, now);
+    if found.allowed() {
         return PASS;
+    }
+    // Only the cut is logged: every packet of an admitted flow passes here.
+    if debug::on() {
+        debug::emit(hook as u32, found.reason, segment, port as u32, found.id);
     }
     // SAFETY: as above, plain field reads of a full socket. Each field is
     // read on its own with a volatile load: the verifier allows only

@@ -21,7 +21,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 
-use crate::decide;
+use crate::{debug, decide};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -36,8 +36,12 @@ const IPPROTO_UDP: u8 = 17;
 /// may be for a protected port). Also bounds offsets for the verifier.
 const MAX_L4_OFFSET: usize = 1024;
 
-/// A packet that cannot be parsed far enough to be judged.
-struct Malformed;
+/// A packet that cannot be parsed far enough to be judged, and why (a
+/// `debug::reason` code).
+struct Malformed(u32);
+
+const TRUNCATED: Malformed = Malformed(debug::reason::TRUNCATED);
+const BAD_IP: Malformed = Malformed(debug::reason::BAD_IP_HEADER);
 
 #[xdp]
 pub fn pc_xdp(ctx: XdpContext) -> u32 {
@@ -45,7 +49,12 @@ pub fn pc_xdp(ctx: XdpContext) -> u32 {
         Ok(action) => action,
         // Truncated or inconsistent headers: the kernel would drop such a
         // packet too; never let it reach a protected port.
-        Err(Malformed) => XDP_DROP,
+        Err(Malformed(why)) => {
+            if debug::on() {
+                debug::emit(hook::XDP as u32, why, 0, 0, 0);
+            }
+            XDP_DROP
+        }
     }
 }
 
@@ -54,7 +63,7 @@ fn bytes<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<[u8; N], Mal
     let start = ctx.data();
     let end = ctx.data_end();
     if offset > MAX_L4_OFFSET + 64 || start + offset + N > end {
-        return Err(Malformed);
+        return Err(TRUNCATED);
     }
     // SAFETY: bounds checked against data_end just above.
     Ok(unsafe { *((start + offset) as *const [u8; N]) })
@@ -81,7 +90,7 @@ fn try_xdp(ctx: &XdpContext) -> Result<u32, Malformed> {
         ETH_P_IPV6 => ipv6(ctx, off),
         // More tags than we walk: the kernel may strip them all and deliver
         // the packet inside, which we could not judge.
-        t if is_vlan(t) => Err(Malformed),
+        t if is_vlan(t) => Err(Malformed(debug::reason::VLAN_STACK)),
         _ => Ok(XDP_PASS),
     }
 }
@@ -98,11 +107,11 @@ fn is_vlan(ethertype: u16) -> bool {
 fn ipv4(ctx: &XdpContext, off: usize) -> Result<u32, Malformed> {
     let ip: [u8; 20] = bytes(ctx, off)?;
     if ip[0] >> 4 != 4 {
-        return Err(Malformed);
+        return Err(BAD_IP);
     }
     let ihl = ((ip[0] & 0x0f) as usize) * 4;
     if ihl < 20 {
-        return Err(Malformed);
+        return Err(BAD_IP);
     }
     let proto = match ip[9] {
         IPPROTO_TCP => Proto::Tcp,
@@ -122,7 +131,7 @@ fn ipv4(ctx: &XdpContext, off: usize) -> Result<u32, Malformed> {
 fn ipv6(ctx: &XdpContext, off: usize) -> Result<u32, Malformed> {
     let ip: [u8; 40] = bytes(ctx, off)?;
     if ip[0] >> 4 != 6 {
-        return Err(Malformed);
+        return Err(BAD_IP);
     }
     let mut next = ip[6];
     let mut off = off + 40;
@@ -153,7 +162,7 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Result<u32, Malformed> {
             _ => break,
         }
         if off > MAX_L4_OFFSET {
-            return Err(Malformed);
+            return Err(Malformed(debug::reason::EXT_CHAIN));
         }
         n += 1;
     }
@@ -161,7 +170,7 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Result<u32, Malformed> {
         IPPROTO_TCP => Proto::Tcp,
         IPPROTO_UDP => Proto::Udp,
         // Still inside an extension-header chain longer than we follow.
-        0 | 43 | 60 | 51 | 44 => return Err(Malformed),
+        0 | 43 | 60 | 51 | 44 => return Err(Malformed(debug::reason::EXT_CHAIN)),
         _ => return Ok(XDP_PASS),
     };
     let mut src = [0u8; 16];
@@ -188,7 +197,11 @@ fn transport(
         return Ok(XDP_PASS);
     }
     let now = decide::now();
-    if decide::peer_allowed(segment, src, now) {
+    let found = decide::peer_match(segment, src, now);
+    if debug::on() {
+        debug_peer(ctx, off, proto, found, segment, dport);
+    }
+    if found < debug::reason::FIRST_DENY {
         decide::count(segment, true);
         return Ok(XDP_PASS);
     }
@@ -208,4 +221,21 @@ fn transport(
         peer_addr: src,
     });
     Ok(XDP_DROP)
+}
+
+/// The debug line of a peer decision: every drop, and of the packets let
+/// through only TCP SYNs (connection set-up), so that bulk transfers do
+/// not spend the debug budget.
+#[inline(always)]
+fn debug_peer(ctx: &XdpContext, off: usize, proto: Proto, found: u32, segment: u32, port: u16) {
+    if found < debug::reason::FIRST_DENY {
+        let Ok(tcp) = bytes::<14>(ctx, off) else {
+            return;
+        };
+        // SYN without ACK.
+        if proto != Proto::Tcp || tcp[13] & 0x12 != 0x02 {
+            return;
+        }
+    }
+    debug::emit(hook::XDP as u32, found, segment, port as u32, 0);
 }

@@ -26,6 +26,11 @@
 //!   run `pc_skb_ingress_bench`, the same decision with the listener's
 //!   protocol and port read from the packet instead of the socket (two
 //!   loads more than the real program's socket-field reads).
+//! - `*_debug_on`: the same with kernel debug lines switched on (the
+//!   cases without the suffix run with it off, the default). Nothing reads
+//!   the debug ring and each CPU may write 64 lines a second, so nearly
+//!   every run pays for the switch, the budget check and nothing more:
+//!   debug on under a flood.
 //! - The floor: a two-instruction XDP program (`r0 = XDP_PASS; exit`),
 //!   loaded with a raw bpf(2) call: the cost of BPF_PROG_TEST_RUN itself.
 use std::{
@@ -120,6 +125,12 @@ fn run(args: &BenchArgs) -> anyhow::Result<Value> {
     })
     .context("loading the programs")?;
     dp.set_port(Proto::Tcp, args.port, SEGMENT)?;
+    // The debug switch for the `*_debug_on` cases. Nothing reads the debug
+    // ring, as nothing reads the deny ring: those cases measure debug on
+    // under a flood, where the per-CPU budget refuses almost every line.
+    let kernel_log =
+        crate::kernlog::KernelLog::open(dp.ebpf_mut()).context("opening the kernel debug maps")?;
+    let debug = kernel_log.switch();
 
     let floor = EmptyXdp::load().context("loading the empty XDP program")?;
     // The ingress cases need a packet that arrives from the network: any
@@ -167,6 +178,20 @@ fn run(args: &BenchArgs) -> anyhow::Result<Value> {
                 SKB_PASS,
             ),
         ];
+        cases.extend([
+            (
+                "xdp_allowed_debug_on",
+                program_names::XDP,
+                tcp_syn(allowed, args.port),
+                XDP_PASS,
+            ),
+            (
+                "xdp_denied_debug_on",
+                program_names::XDP,
+                tcp_syn(denied, args.port),
+                XDP_DROP,
+            ),
+        ]);
         if ifindex.is_some() {
             cases.extend([
                 (
@@ -187,6 +212,12 @@ fn run(args: &BenchArgs) -> anyhow::Result<Value> {
                     tcp_syn(denied, args.port),
                     SKB_DROP,
                 ),
+                (
+                    "skb_ingress_denied_debug_on",
+                    program_names::SKB_INGRESS_BENCH,
+                    tcp_syn(denied, args.port),
+                    SKB_DROP,
+                ),
             ]);
         }
         let mut entry = serde_json::Map::new();
@@ -201,6 +232,7 @@ fn run(args: &BenchArgs) -> anyhow::Result<Value> {
                 let on = (*program == program_names::SKB_INGRESS_BENCH)
                     .then_some(ifindex)
                     .flatten();
+                debug.set(label.ends_with("_debug_on"))?;
                 let (ret, per_run) = dp.test_run(program, frame, on, args.repeat)?;
                 if ret != *expect {
                     bail!("{label} with {n} grants: {program} returned {ret}, expected {expect}: the case does not measure the path it names");
@@ -223,6 +255,7 @@ fn run(args: &BenchArgs) -> anyhow::Result<Value> {
         entry.insert("xdp_empty".into(), json!(ns[cases.len()]));
         sizes.push(Value::Object(entry));
     }
+    drop(kernel_log);
     Ok(json!({
         "repeat": args.repeat,
         "runs": args.runs,

@@ -148,6 +148,15 @@ pub enum Command {
     /// the agent's bpffs directory (through the agent when one runs; it then
     /// stops). Explicit by design: stopping the agent never does this.
     Uninstall(uninstall::UninstallArgs),
+    /// Kernel debug lines in the agent's log (root only): which rule let a
+    /// connection through, why one was refused. Off by default; without
+    /// on/off, shows the state.
+    Debug {
+        #[arg(value_parser = ["on", "off"])]
+        state: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Per-packet cost of the programs under BPF_PROG_TEST_RUN, as JSON (for `cargo xtask bench`).
     #[cfg(feature = "bench")]
     #[command(hide = true)]
@@ -255,6 +264,12 @@ pub fn run_client(cli: Cli) -> ExitCode {
             Err(msg) => return fail(2, msg),
         },
         Command::Status { json } => (Request::Status {}, json),
+        Command::Debug { state, json } => (
+            Request::Debug {
+                on: state.map(|s| s == "on"),
+            },
+            json,
+        ),
     };
     if let Err(msg) = sendable(&request) {
         return fail(2, msg);

@@ -98,6 +98,11 @@ pub enum Request {
     Status {},
     /// Lift enforcement (root only): the agent audits, unpins and stops.
     Uninstall {},
+    /// Kernel debug lines on or off, or (absent) just their state; root only.
+    Debug {
+        #[serde(default)]
+        on: Option<bool>,
+    },
 }
 
 /// Who is asking, from SO_PEERCRED.
@@ -151,6 +156,12 @@ pub enum Reply {
         removed: usize,
         pid: u32,
         ports: Vec<String>,
+    },
+    /// Kernel debug lines: on or off, and how many the rate limit dropped.
+    Debug {
+        on: bool,
+        dropped: u64,
+        lines_per_sec: u32,
     },
 }
 
@@ -405,7 +416,8 @@ pub fn check_text(request: &Request) -> Result<(), crate::termtext::UnsafeText> 
         | Request::Pending {}
         | Request::List {}
         | Request::Status {}
-        | Request::Uninstall {} => {
+        | Request::Uninstall {}
+        | Request::Debug { .. } => {
             vec![]
         }
     };

@@ -9,6 +9,7 @@
 //! - [`dataplane`]: the only module that touches aya: load, attach, pin, maps;
 //!   its `enforcement` part checks the kernel against what it attached and repairs.
 //! - [`kernel`]: the `KernelMaps` seam between the core and the kernel maps (and a fake for tests).
+//! - [`kernlog`]: kernel debug lines (`portcullis debug on|off`) forwarded into the log.
 //! - [`lock`]: one agent per pin directory, state directory, audit log and socket.
 //! - [`pindir`]: pin directories only root can touch.
 //! - [`actor`]: who did something (from peer credentials), and Unix milliseconds.
@@ -49,6 +50,7 @@ pub mod explain;
 pub mod hostaddrs;
 pub mod identity;
 pub mod kernel;
+pub mod kernlog;
 pub mod ledger;
 pub mod lock;
 pub mod metrics;

@@ -119,6 +119,11 @@ pub async fn run(opts: Settings) -> anyhow::Result<()> {
     // the agent, which sees them only through `KernelMaps`.
     let kill_requests = dataplane.take_kill_requests();
     let deny_events = dataplane.take_deny_events();
+    // Kernel debug lines (off until `portcullis debug on`): a failure
+    // costs the debug lines only, never enforcement.
+    if let Err(e) = crate::kernlog::KernelLog::open(dataplane.ebpf_mut()).and_then(|k| k.serve()) {
+        tracing::warn!("kernel debug lines unavailable: {e}");
+    }
     let audit = AuditLog::open_with(&opts.audit_log, opts.audit_rotation)?;
     let mut agent = Agent::start(
         policy,

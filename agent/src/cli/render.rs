@@ -80,6 +80,14 @@ pub fn render(reply: &Reply) -> String {
             "the agent (pid {pid}) removed {removed} pinned object(s) under {bpffs}; ports are no longer protected: {}\n",
             ports.join(", ")
         ),
+        Reply::Debug {
+            on,
+            dropped,
+            lines_per_sec,
+        } => format!(
+            "kernel debug lines are {} (target portcullis::kernel, at most {lines_per_sec} a second per CPU; {dropped} dropped by that limit since the programs were loaded)\n",
+            if *on { "on" } else { "off" }
+        ),
     }
 }
 

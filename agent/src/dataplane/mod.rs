@@ -227,6 +227,11 @@ impl Dataplane {
     }
 
     /// Hands the deny-event ring buffer to its reader (once).
+    /// The loaded object, for `kernlog` to take its debug maps.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     pub fn take_deny_events(&mut self) -> Option<Ring<DenyEvent>> {
         self.deny_events.take().map(Ring::new)
     }

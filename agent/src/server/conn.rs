@@ -190,6 +190,7 @@ fn handle(shared: &Shared, cred: &PeerCred, request: Request) -> Response {
             port,
         } => a.explain(cred, identity.as_deref(), pid, &port),
         Request::Uninstall {} => a.uninstall(cred),
+        Request::Debug { on } => crate::kernlog::request(cred, on),
     };
     if matches!(result, Ok(Reply::Uninstalled { .. })) {
         UNINSTALLED.notify_one();

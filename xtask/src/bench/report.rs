@@ -216,7 +216,7 @@ fn met(ok: bool) -> &'static str {
 }
 
 /// The per-packet cases, in table order: (JSON key, label).
-const PACKET_CASES: [(&str, &str); 9] = [
+const PACKET_CASES: [(&str, &str); 12] = [
     ("xdp_empty", "XDP, empty program (floor)¹"),
     ("xdp_non_ip", "XDP, non-IP frame (ARP)"),
     ("xdp_unprotected", "XDP, TCP SYN to an unprotected port"),
@@ -234,6 +234,18 @@ const PACKET_CASES: [(&str, &str); 9] = [
     (
         "skb_ingress_denied",
         "cgroup_skb ingress, protected port, denied peer²⁴",
+    ),
+    (
+        "xdp_allowed_debug_on",
+        "XDP, protected port, allowed peer, kernel debug on⁵",
+    ),
+    (
+        "xdp_denied_debug_on",
+        "XDP, protected port, denied peer, kernel debug on²⁵",
+    ),
+    (
+        "skb_ingress_denied_debug_on",
+        "cgroup_skb ingress, denied peer, kernel debug on²⁴⁵",
     ),
 ];
 
@@ -475,6 +487,7 @@ impl Report {
         let _ = writeln!(o, "² Nothing reads the deny-event ring during the run, so after the first ~3,000 packets the event write fails fast; with a reader it costs a little more.");
         let _ = writeln!(o, "³ BPF_PROG_TEST_RUN gives the packet a fresh socket that connect4/6 never marked: this is the path of every flow Portcullis did not let through a protected port (one socket-storage lookup). The per-packet check of marked flows is in the connection rates below.");
         let _ = writeln!(o, "⁴ The remote-peer check every interface gets without XDP: a SYN arriving on a network device for a listener's port. BPF_PROG_TEST_RUN gives a blank socket, so this runs `pc_skb_ingress_bench`, the same decision with the listener's protocol and port read from the packet.");
+        let _ = writeln!(o, "⁵ `portcullis debug on` (every other row runs with it off, the default). Nothing reads the debug ring and each CPU may write 64 lines a second, so nearly every run pays for the switch and the budget check only: debug on under a flood.");
 
         let _ = writeln!(o, "\n#### 2. Connection rate (TCP connects/s to a protected port by an allowed client; median of {} runs × up to {} connects, interleaved with as many runs without the filter)\n",
             plan.runs, thousands(plan.connects));
