@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use portcullis_tests::{netns::PeerHost, session::Session, *};
+use portcullis_tests::{netns::PeerHost, session::Session, users, *};
 
 fn policy(ports: &[String], allow: &[&str]) -> String {
     let ports: Vec<String> = ports.iter().map(|p| format!("\"{p}\"")).collect();
@@ -95,4 +95,122 @@ fn a_connected_udp_flow_to_another_host_survives_a_sweep_when_the_port_is_bound_
     // And the local protected port stays closed to that process.
     let me = SocketAddr::new(peer.host_v4.into(), port);
     assert_eq!(As::root_in(&cg.path).udp(me), Outcome::eperm());
+}
+
+/// Ways a local process might name a protected port or reach it that the
+/// connect/sendmsg hooks must still see: TCP Fast Open (`sendto` with
+/// MSG_FASTOPEN, which connects inside sendmsg), `sendmmsg`, an IPv6
+/// link-local address with its scope id, and the IPv4-compatible
+/// (`::a.b.c.d`) and NAT64 (`64:ff9b::/96`) spellings of this host's
+/// addresses. Run by an ordinary user; none may reach the echo servers.
+const PROBE: &str = r#"
+import ctypes, errno, socket, sys
+kind, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def name(e):
+    return errno.errorcode.get(e.errno, str(e)) if e.errno else type(e).__name__
+try:
+    if kind == "tfo":
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        s.sendto(b"ping", socket.MSG_FASTOPEN, (host, port))
+        s.settimeout(3)
+        assert s.recv(16) == b"ping"
+    elif kind == "sendmmsg":
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(2)
+        libc = ctypes.CDLL(None, use_errno=True)
+        class iovec(ctypes.Structure):
+            _fields_ = [("base", ctypes.c_char_p), ("len", ctypes.c_size_t)]
+        class sin(ctypes.Structure):
+            _fields_ = [("family", ctypes.c_ushort), ("port", ctypes.c_ushort), ("addr", ctypes.c_ubyte * 4), ("zero", ctypes.c_ubyte * 8)]
+        class msghdr(ctypes.Structure):
+            _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint), ("iov", ctypes.POINTER(iovec)), ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t), ("flags", ctypes.c_int)]
+        class mmsghdr(ctypes.Structure):
+            _fields_ = [("hdr", msghdr), ("len", ctypes.c_uint)]
+        a = sin(socket.AF_INET, socket.htons(port), (ctypes.c_ubyte * 4)(*socket.inet_aton(host)))
+        iov = iovec(b"ping", 4)
+        msgs = (mmsghdr * 2)()
+        for m in msgs:
+            m.hdr = msghdr(ctypes.cast(ctypes.pointer(a), ctypes.c_void_p), ctypes.sizeof(a), ctypes.pointer(iov), 1, None, 0, 0)
+        n = libc.sendmmsg(s.fileno(), msgs, 2, 0)
+        if n < 0:
+            raise OSError(ctypes.get_errno(), "sendmmsg")
+        assert s.recv(16) == b"ping"
+    elif kind == "tcp6":
+        info = socket.getaddrinfo(host, port, socket.AF_INET6, socket.SOCK_STREAM)[0]
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        s.settimeout(3)
+        s.connect(info[4])
+        s.send(b"ping")
+        assert s.recv(16) == b"ping"
+    print("ok")
+except OSError as e:
+    print("err", name(e))
+except Exception as e:
+    print("err", type(e).__name__)
+"#;
+
+fn python_probe(who: &As, kind: &str, host: &str, port: u16) -> String {
+    let out = who
+        .command("python3")
+        .args(["-c", PROBE, kind, host, &port.to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run python3 probe");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// This host's first IPv6 link-local address with its interface, if any.
+fn link_local() -> Option<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-6", "-o", "addr", "show", "scope", "link"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = text.lines().next()?;
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let addr = f.get(3)?.split('/').next()?;
+    Some(format!("{addr}%{}", f.get(1)?))
+}
+
+#[test]
+fn other_spellings_and_other_send_calls_do_not_reach_a_protected_port() {
+    let cg = TestCgroup::new();
+    let user = users::TestUser::new();
+    let tcp = EchoServer::tcp("[::]:0");
+    let udp = EchoServer::udp("0.0.0.0:0");
+    let who = As::user(&cg.path, user.uid, user.gid);
+    // Before enforcement every probe that can get through does.
+    assert_eq!(python_probe(&who, "tfo", "127.0.0.1", tcp.port()), "ok");
+    assert_eq!(
+        python_probe(&who, "sendmmsg", "127.0.0.1", udp.port()),
+        "ok"
+    );
+    let _agent = Agent::start(
+        &policy(
+            &[format!("{}/tcp", tcp.port()), format!("{}/udp", udp.port())],
+            &[],
+        ),
+        &cg.path,
+    );
+    let mut tried = vec![
+        ("tfo", "127.0.0.1".to_string()),
+        ("tfo", "::1".to_string()),
+        ("tfo", "::ffff:127.0.0.1".to_string()),
+        ("tcp6", "::127.0.0.1".to_string()),
+        ("tcp6", "64:ff9b::127.0.0.1".to_string()),
+        ("tcp6", "::ffff:0.0.0.0".to_string()),
+    ];
+    if let Some(ll) = link_local() {
+        tried.push(("tcp6", ll.clone()));
+        tried.push(("tfo", ll));
+    }
+    for (kind, host) in &tried {
+        let got = python_probe(&who, kind, host, tcp.port());
+        println!("{kind} [{host}]:{} -> {got}", tcp.port());
+        assert_ne!(got, "ok", "{kind} to [{host}] reached the protected port");
+    }
+    let got = python_probe(&who, "sendmmsg", "127.0.0.1", udp.port());
+    println!("sendmmsg 127.0.0.1:{} -> {got}", udp.port());
+    assert_eq!(got, "err EPERM");
 }
