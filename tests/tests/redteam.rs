@@ -334,3 +334,74 @@ fn a_flow_in_a_cgroup_past_the_sweeps_walk_limit_is_still_cut() {
     let (err, trips, took) = session.wait_failure(Duration::from_secs(20));
     println!("flow past the walk limit cut {took:?} after the reload ({trips} more): {err}");
 }
+
+/// A policy directory whose parent an ordinary user owns can be swapped by
+/// that user for any other root-owned directory (`mv policies x; ln -s
+/// /elsewhere policies`); before the fix the agent and `portcullis check`
+/// checked only the directory itself and accepted both the original and
+/// the swapped-in one.
+#[test]
+fn a_policy_directory_below_a_users_directory_is_refused() {
+    let user = users::TestUser::new();
+    let top = std::env::temp_dir().join(unique("pc-redteam-parent"));
+    std::fs::create_dir(&top).unwrap();
+    let cleanup = scopeguard(&top);
+    let parent = top.join("owned");
+    std::fs::create_dir(&parent).unwrap();
+    std::os::unix::fs::chown(&parent, Some(user.uid), Some(user.gid)).unwrap();
+    let dir = parent.join("policies");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("a.toml"), policy(&["5432/tcp".into()], &[])).unwrap();
+    let out = std::process::Command::new(portcullis_bin())
+        .arg("check")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let err =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    println!("{err}");
+    assert!(
+        !out.status.success(),
+        "accepted a directory a user can swap"
+    );
+    assert!(err.contains(&parent.display().to_string()), "{err}");
+    assert!(err.contains("not root"), "{err}");
+
+    // The swap itself: a link the user made, to a root-owned directory.
+    let other = top.join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(
+        other.join("x.toml"),
+        policy(&["5432/tcp".into()], &["uid:65534"]),
+    )
+    .unwrap();
+    let root_parent = top.join("rootparent");
+    std::fs::create_dir(&root_parent).unwrap();
+    let link = root_parent.join("policies");
+    std::os::unix::fs::symlink(&other, &link).unwrap();
+    std::os::unix::fs::lchown(&link, Some(user.uid), Some(user.gid)).unwrap();
+    let out = std::process::Command::new(portcullis_bin())
+        .arg("check")
+        .arg(&link)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    println!("{err}");
+    assert!(
+        !out.status.success(),
+        "accepted a user's link to another directory"
+    );
+    assert!(err.contains("symbolic link"), "{err}");
+    drop(cleanup);
+}
+
+/// Removes a directory tree when dropped.
+struct RemoveOnDrop(std::path::PathBuf);
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+fn scopeguard(p: &std::path::Path) -> RemoveOnDrop {
+    RemoveOnDrop(p.to_path_buf())
+}
