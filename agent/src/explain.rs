@@ -61,6 +61,12 @@ pub trait KernelView {
     fn port_segment(&self, proto: Proto, port: u16) -> Result<u32, DataplaneError>;
     fn grant_expiry(&self, key: &GrantKey) -> Result<Option<u64>, DataplaneError>;
     fn peer_lookup(&self, segment: u32, addr: [u8; 16]) -> Result<Option<u64>, DataplaneError>;
+    /// Whether `addr` (IPv6, IPv4 as v4-mapped) is in the mirror of the
+    /// kernel's local, broadcast and anycast routes (`PC_LOCAL_NETS`).
+    /// Views without that map count every address as local.
+    fn in_local_nets(&self, _addr: [u8; 16]) -> Result<bool, DataplaneError> {
+        Ok(true)
+    }
 }
 
 impl<K: KernelMaps + ?Sized> KernelView for K {
@@ -72,6 +78,9 @@ impl<K: KernelMaps + ?Sized> KernelView for K {
     }
     fn peer_lookup(&self, segment: u32, addr: [u8; 16]) -> Result<Option<u64>, DataplaneError> {
         KernelMaps::peer_lookup(self, segment, addr)
+    }
+    fn in_local_nets(&self, addr: [u8; 16]) -> Result<bool, DataplaneError> {
+        KernelMaps::in_local_nets(self, addr)
     }
 }
 

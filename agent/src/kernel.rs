@@ -44,6 +44,8 @@ pub trait KernelMaps: Send {
     fn grant_expiry(&self, key: &GrantKey) -> Result<Option<u64>, DataplaneError>;
     /// The peer entry that decides for `addr` on `segment`.
     fn peer_lookup(&self, segment: u32, addr: [u8; 16]) -> Result<Option<u64>, DataplaneError>;
+    /// Whether `addr` is in the mirror of the kernel's local routes.
+    fn in_local_nets(&self, addr: [u8; 16]) -> Result<bool, DataplaneError>;
     /// Allowed/denied counts of a segment.
     fn counters(&self, segment: u32) -> Result<SegmentCounters, DataplaneError>;
     /// (grant map, peer maps) capacity.
@@ -96,6 +98,9 @@ impl KernelMaps for Dataplane {
     }
     fn peer_lookup(&self, segment: u32, addr: [u8; 16]) -> Result<Option<u64>, DataplaneError> {
         Dataplane::peer_lookup(self, segment, addr)
+    }
+    fn in_local_nets(&self, addr: [u8; 16]) -> Result<bool, DataplaneError> {
+        Dataplane::in_local_nets(self, addr)
     }
     fn counters(&self, segment: u32) -> Result<SegmentCounters, DataplaneError> {
         Dataplane::counters(self, segment)

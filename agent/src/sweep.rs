@@ -10,7 +10,8 @@
 //! sockets of refused flows at once, idle or not.
 //!
 //! - A *local* flow has both ends on this host (both sockets are in the
-//!   dump; for UDP, a socket bound to the destination port). Its client
+//!   dump; for UDP, a destination that is this host, by the programs' rule,
+//!   and a socket bound to its port). Its client
 //!   is judged by uid, primary gid (of the process holding the socket,
 //!   from /proc) and its cgroup with every ancestor, and only when that
 //!   cgroup is below the agent's attach point (the programs see no other
@@ -168,6 +169,21 @@ impl Cgroups {
     }
 }
 
+/// Whether `ip` is this host's by the programs' rule (`decide::v4_is_local`,
+/// `v6_is_local`): loopback, unspecified, limited broadcast, multicast, then
+/// the mirror of the kernel's local routes. An unreadable map counts as local.
+fn this_host(kernel: &(impl KernelView + ?Sized), ip: IpAddr) -> bool {
+    let addr = agent_common::key_of_ip(ip);
+    let v4 = addr[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+    let by_rule = if v4 {
+        let a = &addr[12..];
+        a[0] == 127 || a == [0, 0, 0, 0] || a == [255; 4] || a[0] & 0xf0 == 0xe0
+    } else {
+        addr[0] == 0xff || (addr[..15] == [0; 15] && addr[15] <= 1)
+    };
+    by_rule || kernel.in_local_nets(addr).unwrap_or(true)
+}
+
 /// The primary (real) gid of the process holding socket `inode`, from /proc.
 pub trait Owners {
     fn gid_of(&mut self, inode: u32) -> Option<u32>;
@@ -300,8 +316,12 @@ pub fn judge(
             continue;
         }
         let mirror = by_ends.get(&(s.proto, s.remote, s.local)).copied();
+        // A connected UDP socket is a local flow only when its destination
+        // is this host: a local socket bound to the same port number says
+        // nothing about a datagram sent to another host.
         let local = mirror.is_some()
             || (s.proto == UDP
+                && this_host(kernel, s.remote.0)
                 && (udp_bound.contains(&(s.remote.1, s.remote.0))
                     || udp_bound.contains(&(s.remote.1, IpAddr::V4([0; 4].into())))
                     || udp_bound.contains(&(s.remote.1, IpAddr::V6([0u8; 16].into())))));

@@ -75,12 +75,19 @@ fn trusted(meta: &std::fs::Metadata) -> bool {
 /// The example policies, where the agent will accept them. The agent reads
 /// only root-owned policy files that group and others cannot write; a
 /// checkout made by an ordinary user (or with a group-writable umask) is
-/// copied to a root-owned directory under target/ instead, and the agent
+/// copied to a root-owned directory, /run/portcullis-xtask/policies, instead, and the agent
 /// then reads that copy (edits to `policies/` need another `cargo xtask run`).
 fn trusted_policies(ws: &Workspace) -> Result<PathBuf> {
     use std::{fs, os::unix::fs::PermissionsExt};
     let repo = ws.root.join("policies");
     let mut all_trusted = trusted(&fs::metadata(&repo)?);
+    // The agent also checks every directory above the policy directory
+    // (root's, and not writable by others unless sticky).
+    for dir in repo.canonicalize()?.ancestors().skip(1) {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(dir)?;
+        all_trusted &= m.uid() == 0 && (m.mode() & 0o022 == 0 || m.mode() & 0o1000 != 0);
+    }
     for entry in fs::read_dir(&repo)? {
         let entry = entry?;
         all_trusted &= trusted(&fs::symlink_metadata(entry.path())?);
@@ -88,7 +95,8 @@ fn trusted_policies(ws: &Workspace) -> Result<PathBuf> {
     if all_trusted {
         return Ok(repo);
     }
-    let copy = ws.target_dir()?.join("run-policies");
+    // Not under target/: the checkout's owner could swap a copy there.
+    let copy = PathBuf::from("/run/portcullis-xtask/policies");
     let _ = fs::remove_dir_all(&copy);
     fs::create_dir_all(&copy)?;
     fs::set_permissions(&copy, fs::Permissions::from_mode(0o755))?;

@@ -183,6 +183,17 @@ impl Dataplane {
         }
     }
 
+    /// Whether `addr` falls in a prefix of the local-prefix trie (what the
+    /// programs' `in_local_nets` asks).
+    pub fn in_local_nets(&self, addr: [u8; 16]) -> Result<bool> {
+        let key = aya::maps::lpm_trie::Key::new(128, addr);
+        match self.local_nets.get(&key, 0) {
+            Ok(_) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(map_err(map_names::LOCAL_NETS, "read")(e)),
+        }
+    }
+
     /// Makes the local-prefix trie hold exactly `nets` (adds first, so a
     /// prefix that stays local is never missing for an instant).
     pub fn set_local_addrs(&mut self, nets: &BTreeSet<LocalNet>) -> Result<()> {

@@ -97,7 +97,63 @@ pub(super) fn check_dir(dir: &Path) -> Result<(), Diagnostic> {
             format!("cannot read policy directory `{}`: {e}", dir.display()),
         )
     })?;
-    check_owner_mode(dir, &meta, "policy directory")
+    check_owner_mode(dir, &meta, "policy directory")?;
+    check_ancestors(dir)
+}
+
+/// Checks every directory above the policy directory, and every symbolic
+/// link on the way to it, as written and as resolved: whoever may rename
+/// an entry of an ancestor (its owner, or anyone when it is writable by
+/// group or others without the sticky bit) can swap the policy directory
+/// for another one, as can the owner of a link on the path. sshd's
+/// `StrictModes` checks the same way.
+fn check_ancestors(dir: &Path) -> Result<(), Diagnostic> {
+    let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let resolved = fs::canonicalize(dir).unwrap_or_else(|_| absolute.clone());
+    for path in [&absolute, &resolved] {
+        let mut at = std::path::PathBuf::new();
+        for part in path.components() {
+            at.push(part);
+            let Ok(meta) = fs::symlink_metadata(&at) else {
+                continue;
+            };
+            let link = meta.file_type().is_symlink();
+            let ancestor = at != *path;
+            if !link && !ancestor {
+                continue;
+            }
+            let what = if link {
+                "a symbolic link on the way to the policy directory,"
+            } else {
+                "a directory above the policy directory,"
+            };
+            if !trusted_owner(meta.uid()) {
+                return Err(Diagnostic::error(
+                    None,
+                    format!(
+                        "{what} `{}`, is owned by {}, not root: its owner can replace the policy directory `{}` with another one",
+                        at.display(),
+                        owner_name(meta.uid()),
+                        dir.display()
+                    ),
+                )
+                .with_help(format!("run `chown root: {}`, or move the policies to a directory only root controls", at.display())));
+            }
+            let mode = meta.mode() & 0o7777;
+            if !link && mode & 0o022 != 0 && mode & 0o1000 == 0 {
+                return Err(Diagnostic::error(
+                    None,
+                    format!(
+                        "{what} `{}`, is writable by others (mode {mode:04o}) and not sticky: anyone who can write it can replace the policy directory `{}`",
+                        at.display(),
+                        dir.display()
+                    ),
+                )
+                .with_help(format!("run `chmod go-w {}`", at.display())));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks that `entry`, a `*.toml` entry of `dir`, is not a symbolic link
