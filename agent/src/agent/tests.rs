@@ -174,16 +174,14 @@ fn ttl_bounds_are_the_segments() {
     let f = Fixture::new(FakeKernel::default());
     let mut a = f.start(POLICY);
     let e = a
-        .grant(&cred(ROOT), "db", "uid:41050", Some("2h"), None)
+        .grant(&cred(ROOT), "db", "uid:41050", Some(ttl("2h")), None)
         .unwrap_err();
     assert_eq!(e.code, RefusalCode::Invalid);
     assert!(e.message.contains("max_ttl"), "{}", e.message);
-    let e = a
-        .grant(&cred(ROOT), "db", "uid:41050", Some("soon"), None)
-        .unwrap_err();
-    assert_eq!(e.code, RefusalCode::Invalid);
+    // A TTL that is not a duration ("soon") is refused when the request is
+    // decoded (duration::Ttl), before it reaches the core.
     // Exactly the maximum is allowed.
-    a.grant(&cred(ROOT), "db", "uid:41050", Some("1h"), None)
+    a.grant(&cred(ROOT), "db", "uid:41050", Some(ttl("1h")), None)
         .unwrap();
     let e = a
         .grant(&cred(ROOT), "nope", "uid:1", None, None)
@@ -201,7 +199,7 @@ fn nobody_approves_their_own_request_and_only_approvers_approve() {
     assert_eq!(e.code, RefusalCode::Forbidden);
     assert!(e.message.contains("your own"), "{}", e.message);
 
-    let theirs = request_id(a.request(&cred(USER), "db", Some("30m"), None).unwrap());
+    let theirs = request_id(a.request(&cred(USER), "db", Some(ttl("30m")), None).unwrap());
     let e = a.approve(&cred(OTHER), theirs, None).unwrap_err();
     assert_eq!(e.code, RefusalCode::Forbidden);
     let e = a.deny(&cred(OTHER), theirs, "no").unwrap_err();
@@ -216,11 +214,11 @@ fn nobody_approves_their_own_request_and_only_approvers_approve() {
 fn approve_may_shorten_never_lengthen() {
     let f = Fixture::new(FakeKernel::default());
     let mut a = f.start(POLICY);
-    let id = request_id(a.request(&cred(USER), "db", Some("10m"), None).unwrap());
-    let e = a.approve(&cred(APPROVER), id, Some("20m")).unwrap_err();
+    let id = request_id(a.request(&cred(USER), "db", Some(ttl("10m")), None).unwrap());
+    let e = a.approve(&cred(APPROVER), id, Some(ttl("20m"))).unwrap_err();
     assert_eq!(e.code, RefusalCode::Invalid);
     assert!(e.message.contains("never lengthen"), "{}", e.message);
-    a.approve(&cred(APPROVER), id, Some("5m")).unwrap();
+    a.approve(&cred(APPROVER), id, Some(ttl("5m"))).unwrap();
     let approved = f.events().into_iter().find_map(|e| match e {
         AuditEvent::Approve {
             ttl_secs,
@@ -309,7 +307,7 @@ fn grants_are_recovered_from_the_maps_without_a_state_file() {
     let f = Fixture::new(FakeKernel::default());
     {
         let mut a = f.start(POLICY);
-        a.grant(&cred(ROOT), "db", "uid:41050", Some("30m"), None)
+        a.grant(&cred(ROOT), "db", "uid:41050", Some(ttl("30m")), None)
             .unwrap();
     }
     // A new agent over the same maps, with no state file.
@@ -332,11 +330,11 @@ fn the_next_deadline_is_the_earliest_grant() {
     let mut a = f.start(POLICY);
     assert_eq!(a.next_deadline(), None);
     let long = granted_id(
-        a.grant(&cred(ROOT), "db", "uid:41050", Some("50m"), None)
+        a.grant(&cred(ROOT), "db", "uid:41050", Some(ttl("50m")), None)
             .unwrap(),
     );
     let short = granted_id(
-        a.grant(&cred(ROOT), "db", "uid:41051", Some("5m"), None)
+        a.grant(&cred(ROOT), "db", "uid:41051", Some(ttl("5m")), None)
             .unwrap(),
     );
     let seg = db_id(&f.kernel);
@@ -350,4 +348,11 @@ fn the_next_deadline_is_the_earliest_grant() {
     assert_eq!(a.next_deadline(), Some(s));
     a.revoke(&cred(ROOT), Some(short), None, None).unwrap();
     assert_eq!(a.next_deadline(), Some(l));
+}
+
+/// A TTL as the decoded request carries it.
+fn ttl(text: &str) -> std::time::Duration {
+    text.parse::<crate::duration::Ttl>()
+        .expect("a valid TTL")
+        .get()
 }
