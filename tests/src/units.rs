@@ -60,7 +60,9 @@ impl Drop for FakeSystemd {
 /// The keys of the agent's PC_GRANTS map, read from the kernel with
 /// bpftool: `(kind, segment, id)` per entry.
 pub fn kernel_grant_keys(agent: &Agent) -> Vec<(u32, u32, u64)> {
-    let map = agent.bpffs.join(format!("v{}/maps/PC_GRANTS", agent_common::LAYOUT_VERSION));
+    let map = agent
+        .bpffs
+        .join(format!("v{}/maps/PC_GRANTS", agent_common::LAYOUT_VERSION));
     let out = std::process::Command::new("bpftool")
         .args(["-j", "map", "dump", "pinned"])
         .arg(&map)

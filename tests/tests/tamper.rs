@@ -283,7 +283,9 @@ fn links_detached_behind_the_agents_back_are_reattached_within_a_heartbeat() {
     let agent = Agent::start(&policy(server.port()), &cg.path);
     let stranger = As::root_in(&cg.path);
     assert_eq!(stranger.tcp(server.addr), Outcome::eperm());
-    let links = agent.bpffs.join(format!("v{}/links", agent_common::LAYOUT_VERSION));
+    let links = agent
+        .bpffs
+        .join(format!("v{}/links", agent_common::LAYOUT_VERSION));
     let pins: Vec<PathBuf> = fs::read_dir(&links)
         .unwrap()
         .flatten()
@@ -402,7 +404,12 @@ fn uninstall_honours_the_configured_bpffs_and_needs_yes_without_a_terminal() {
     let out = uninstall(&["--config", cfg]);
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("--yes"), "{}", text(&out));
-    assert!(b.bpffs.join(format!("v{}/links", agent_common::LAYOUT_VERSION)).exists(), "removed without --yes");
+    assert!(
+        b.bpffs
+            .join(format!("v{}/links", agent_common::LAYOUT_VERSION))
+            .exists(),
+        "removed without --yes"
+    );
     assert_eq!(As::root_in(&cg_b.path).tcp(server.addr), Outcome::eperm());
 
     let out = uninstall(&["--config", cfg, "--yes"]);
@@ -420,7 +427,10 @@ fn uninstall_honours_the_configured_bpffs_and_needs_yes_without_a_terminal() {
     .tcp(server.addr)
     .is_ok()));
     // The other agent's pins are untouched and it still enforces.
-    assert!(a.bpffs.join(format!("v{}/links", agent_common::LAYOUT_VERSION)).exists());
+    assert!(a
+        .bpffs
+        .join(format!("v{}/links", agent_common::LAYOUT_VERSION))
+        .exists());
     assert_eq!(As::root_in(&cg_a.path).tcp(server.addr), Outcome::eperm());
     assert!(a.cli(&["status"]).status.success());
     // Recorded in the configured audit log, chained.
@@ -577,7 +587,10 @@ fn uninstall_on_a_terminal_asks_and_a_no_changes_nothing() {
         "the question does not say which ports open: {said}"
     );
     assert!(said.contains("not confirmed"), "{said}");
-    assert!(agent.bpffs.join(format!("v{}/links", agent_common::LAYOUT_VERSION)).exists());
+    assert!(agent
+        .bpffs
+        .join(format!("v{}/links", agent_common::LAYOUT_VERSION))
+        .exists());
     assert_eq!(As::root_in(&cg.path).tcp(server.addr), Outcome::eperm());
     assert!(events(&agent, "uninstall").is_empty());
 

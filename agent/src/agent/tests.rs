@@ -199,7 +199,10 @@ fn nobody_approves_their_own_request_and_only_approvers_approve() {
     assert_eq!(e.code, RefusalCode::Forbidden);
     assert!(e.message.contains("your own"), "{}", e.message);
 
-    let theirs = request_id(a.request(&cred(USER), "db", Some(ttl("30m")), None).unwrap());
+    let theirs = request_id(
+        a.request(&cred(USER), "db", Some(ttl("30m")), None)
+            .unwrap(),
+    );
     let e = a.approve(&cred(OTHER), theirs, None).unwrap_err();
     assert_eq!(e.code, RefusalCode::Forbidden);
     let e = a.deny(&cred(OTHER), theirs, "no").unwrap_err();
@@ -214,8 +217,13 @@ fn nobody_approves_their_own_request_and_only_approvers_approve() {
 fn approve_may_shorten_never_lengthen() {
     let f = Fixture::new(FakeKernel::default());
     let mut a = f.start(POLICY);
-    let id = request_id(a.request(&cred(USER), "db", Some(ttl("10m")), None).unwrap());
-    let e = a.approve(&cred(APPROVER), id, Some(ttl("20m"))).unwrap_err();
+    let id = request_id(
+        a.request(&cred(USER), "db", Some(ttl("10m")), None)
+            .unwrap(),
+    );
+    let e = a
+        .approve(&cred(APPROVER), id, Some(ttl("20m")))
+        .unwrap_err();
     assert_eq!(e.code, RefusalCode::Invalid);
     assert!(e.message.contains("never lengthen"), "{}", e.message);
     a.approve(&cred(APPROVER), id, Some(ttl("5m"))).unwrap();

@@ -237,9 +237,11 @@ impl KernelMaps for FakeKernel {
         Ok(self.maps().grants.get(key).copied())
     }
     fn in_local_nets(&self, addr: [u8; 16]) -> Result<bool, DataplaneError> {
-        Ok(self.maps().local_nets.iter().any(|n| {
-            crate::explain::prefix_contains(&n.addr, n.prefix, &addr)
-        }))
+        Ok(self
+            .maps()
+            .local_nets
+            .iter()
+            .any(|n| crate::explain::prefix_contains(&n.addr, n.prefix, &addr)))
     }
     fn peer_lookup(&self, seg: u32, addr: [u8; 16]) -> Result<Option<u64>, DataplaneError> {
         Ok(self

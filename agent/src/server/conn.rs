@@ -161,7 +161,13 @@ fn handle(shared: &Shared, cred: &PeerCred, request: Request) -> Response {
             identity,
             ttl,
             reason,
-        } => a.grant(cred, &segment, &identity, ttl.map(crate::duration::Ttl::get), reason.as_deref()),
+        } => a.grant(
+            cred,
+            &segment,
+            &identity,
+            ttl.map(crate::duration::Ttl::get),
+            reason.as_deref(),
+        ),
         Request::Revoke {
             id,
             identity,
@@ -179,7 +185,12 @@ fn handle(shared: &Shared, cred: &PeerCred, request: Request) -> Response {
             segment,
             ttl,
             reason,
-        } => a.request(cred, &segment, ttl.map(crate::duration::Ttl::get), reason.as_deref()),
+        } => a.request(
+            cred,
+            &segment,
+            ttl.map(crate::duration::Ttl::get),
+            reason.as_deref(),
+        ),
         Request::Approve { id, ttl } => a.approve(cred, id, ttl.map(crate::duration::Ttl::get)),
         Request::Deny { id, reason } => a.deny(cred, id, &reason),
         Request::ShowRequest { id } => a.show_request(cred, id),
