@@ -276,7 +276,7 @@ pub fn netns_cookie() -> Option<u64> {
         .or_else(|_| std::net::UdpSocket::bind("[::1]:0"))
         .ok()?;
     let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    let mut len = size_of::<u64>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `cookie`, a local u64.
     let rc = unsafe {
         libc::getsockopt(

@@ -282,7 +282,7 @@ fn read_policy_file(file: &Path, diagnostics: &mut Diagnostics) -> Option<String
         Err(error) => {
             let offset = error.utf8_error().valid_up_to();
             let text = String::from_utf8_lossy(error.as_bytes());
-            let location = diagnostic::SourceMap::new(file, &text).location(offset);
+            let location = SourceMap::new(file, &text).location(offset);
             diagnostics.push(
                 Diagnostic::error(Some(location), "policy files must be UTF-8 text")
                     .with_help("re-save the file as UTF-8"),

@@ -416,7 +416,7 @@ mod tests {
             "the connection was found and destroyed"
         );
         let mut buf = [0u8; 1];
-        let err = std::io::Read::read(&mut &client, &mut buf).unwrap_err();
+        let err = io::Read::read(&mut &client, &mut buf).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ECONNABORTED));
         assert!(!diag.destroy(&id).unwrap(), "second destroy finds nothing");
         // The listener still accepts.
@@ -438,9 +438,9 @@ mod tests {
         let mut id = client_socket(&mut diag, &client).id();
         id.cookie ^= 1;
         assert!(!diag.destroy(&id).unwrap(), "nothing destroyed");
-        std::io::Write::write_all(&mut &server_side, b"x").unwrap();
+        io::Write::write_all(&mut &server_side, b"x").unwrap();
         let mut buf = [0u8; 1];
-        std::io::Read::read_exact(&mut &client, &mut buf).unwrap();
+        io::Read::read_exact(&mut &client, &mut buf).unwrap();
         assert_eq!(&buf, b"x", "the connection still works");
     }
 

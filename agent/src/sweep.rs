@@ -173,7 +173,7 @@ impl Cgroups {
 /// `v6_is_local`): loopback, unspecified, limited broadcast, multicast, then
 /// the mirror of the kernel's local routes. An unreadable map counts as local.
 fn this_host(kernel: &(impl KernelView + ?Sized), ip: IpAddr) -> bool {
-    let addr = agent_common::key_of_ip(ip);
+    let addr = key_of_ip(ip);
     let v4 = addr[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
     let by_rule = if v4 {
         let a = &addr[12..];

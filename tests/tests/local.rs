@@ -163,7 +163,7 @@ fn unit_identity_matches_the_units_cgroup() {
     let unit = format!("{}.service", unique("pc-unit"));
     let svc = cg.child(&format!("system.slice/{unit}"));
     // systemd says which cgroup is the unit's (a stand-in here).
-    let systemd = portcullis_tests::units::FakeSystemd::new();
+    let systemd = units::FakeSystemd::new();
     systemd.start_unit(&unit, &format!("{}/system.slice/{unit}", cg.rel));
     let agent = systemd.agent(&tcp_policy(server.port()), &cg.path).start();
     assert_eq!(As::root_in(&svc).tcp(server.addr), Outcome::eperm());

@@ -360,7 +360,7 @@ fn a_unit_that_is_not_running_is_accepted_warned_and_covered_when_its_cgroup_app
     let server = EchoServer::tcp("127.0.0.1:0");
     let unit = format!("{}.service", unique("pc-late"));
     // systemd says which cgroup is the unit's (a stand-in here).
-    let systemd = portcullis_tests::units::FakeSystemd::new();
+    let systemd = units::FakeSystemd::new();
     let agent = systemd
         .agent(
             &segment("db", &tcp(server.port()), &[&format!("unit:{unit}")], false),

@@ -502,7 +502,7 @@ fn uninstall_of_a_directory_with_nothing_pinned_fails() {
 
 #[test]
 fn an_xdp_link_detached_behind_the_agents_back_is_replaced_within_a_heartbeat() {
-    let peer = portcullis_tests::netns::PeerHost::new();
+    let peer = netns::PeerHost::new();
     let cg = TestCgroup::new();
     let server = EchoServer::tcp(&peer.host_addr(false, 0).to_string());
     let agent = Agent::builder(&policy(server.port()), &cg.path)

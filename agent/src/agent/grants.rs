@@ -44,7 +44,7 @@ impl Agent {
                 },
             ));
         }
-        if let Some(why) = super::authz::refusal(&identity, cred, &self.resolver) {
+        if let Some(why) = authz::refusal(&identity, cred, &self.resolver) {
             return Err(self.refused(
                 cred,
                 "grant",

@@ -359,7 +359,7 @@ fn the_next_deadline_is_the_earliest_grant() {
 }
 
 /// A TTL as the decoded request carries it.
-fn ttl(text: &str) -> std::time::Duration {
+fn ttl(text: &str) -> Duration {
     text.parse::<crate::duration::Ttl>()
         .expect("a valid TTL")
         .get()

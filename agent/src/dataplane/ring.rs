@@ -27,7 +27,7 @@ pub struct Ring<T: Pod> {
 
 /// Copies a `T` out of a ring-buffer record; `None` for a short record.
 pub fn record<T: Pod>(bytes: &[u8]) -> Option<T> {
-    if bytes.len() < std::mem::size_of::<T>() {
+    if bytes.len() < size_of::<T>() {
         return None;
     }
     // SAFETY: the record holds at least size_of::<T>() bytes, and T is plain
@@ -56,7 +56,7 @@ impl<T: Pod> Ring<T> {
             match value {
                 Some(v) => each(v),
                 None => {
-                    tracing::debug!(len = std::mem::size_of::<T>(), "short ring record skipped")
+                    tracing::debug!(len = size_of::<T>(), "short ring record skipped")
                 }
             }
         }

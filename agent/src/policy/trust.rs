@@ -30,19 +30,11 @@ use super::diagnostic::Diagnostic;
 pub const MAX_POLICY_BYTES: u64 = 1024 * 1024;
 
 /// What a reader of policy files accepts.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct FileTrust {
     /// Whether a `*.toml` entry of the policy directory may be a symbolic
     /// link to a file outside that directory.
     pub symlinks_outside: bool,
-}
-
-impl Default for FileTrust {
-    fn default() -> Self {
-        FileTrust {
-            symlinks_outside: false,
-        }
-    }
 }
 
 /// Root, and the user this process runs as (the agent's user).

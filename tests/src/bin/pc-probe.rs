@@ -86,7 +86,7 @@ fn reset_on_close(s: &TcpStream) {
             libc::SOL_SOCKET,
             libc::SO_LINGER,
             (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            size_of::<libc::linger>() as libc::socklen_t,
         );
     }
 }
@@ -125,7 +125,7 @@ fn send_raw(iface: &str, frames: &[Vec<u8>]) -> std::io::Result<()> {
                 f.len(),
                 0,
                 (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                size_of::<libc::sockaddr_ll>() as u32,
             );
             if n < 0 {
                 let e = std::io::Error::last_os_error();

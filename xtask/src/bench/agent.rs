@@ -171,7 +171,7 @@ impl Agent {
     /// How XDP was attached ("native", "generic"), from the agent's log.
     pub fn xdp_mode(&self) -> Option<String> {
         let text = fs::read_to_string(&self.log).ok()?;
-        let line = crate::util::strip_ansi(text.lines().find(|l| l.contains("XDP attached"))?);
+        let line = util::strip_ansi(text.lines().find(|l| l.contains("XDP attached"))?);
         let mode = line.split("mode=").nth(1)?;
         Some(
             mode.split_whitespace()
@@ -274,7 +274,7 @@ mod tests {
     fn reads_the_xdp_mode_through_colours() {
         let line = "\u{1b}[32m INFO\u{1b}[0m XDP attached \u{1b}[3miface\u{1b}[0m\u{1b}[2m=\u{1b}[0mpcbx1 \u{1b}[3mmode\u{1b}[0m\u{1b}[2m=\u{1b}[0m\"native\"";
         assert_eq!(
-            crate::util::strip_ansi(line),
+            util::strip_ansi(line),
             " INFO XDP attached iface=pcbx1 mode=\"native\""
         );
     }

@@ -92,13 +92,13 @@ fn connect_once(addr: &libc::sockaddr_in) -> Result<(), io::Error> {
             libc::SOL_SOCKET,
             libc::SO_LINGER,
             (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            size_of::<libc::linger>() as libc::socklen_t,
         ) | libc::setsockopt(
             raw,
             libc::SOL_SOCKET,
             libc::SO_SNDTIMEO,
             (&CONNECT_TIMEOUT as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            size_of::<libc::timeval>() as libc::socklen_t,
         )
     };
     if rc != 0 {
@@ -109,7 +109,7 @@ fn connect_once(addr: &libc::sockaddr_in) -> Result<(), io::Error> {
         libc::connect(
             raw,
             (addr as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
         )
     };
     let result = if rc == 0 {

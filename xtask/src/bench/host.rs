@@ -135,14 +135,14 @@ pub fn confine(cmd: &mut Command, cgroup: Option<&Path>, ids: Option<(u32, u32)>
 /// differ by up to a quarter, which would otherwise show up as differences
 /// between grant counts.
 pub fn pin_to_last_cpu(cmd: &mut Command) {
-    let cpu = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
+    let cpu = thread::available_parallelism().map_or(1, |n| n.get()) - 1;
     // SAFETY: sched_setaffinity on the child itself, with a cpu_set_t built
     // on the stack; async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {
             let mut set: libc::cpu_set_t = std::mem::zeroed();
             libc::CPU_SET(cpu, &mut set);
-            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
                 return Err(io::Error::last_os_error());
             }
             Ok(())

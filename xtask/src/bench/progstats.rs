@@ -32,7 +32,7 @@ impl StatsOn {
                 libc::SYS_bpf,
                 BPF_ENABLE_STATS,
                 &kind as *const u32,
-                std::mem::size_of::<u32>() as u32,
+                size_of::<u32>() as u32,
             )
         };
         if fd < 0 {
