@@ -21,14 +21,14 @@ use anyhow::{bail, Context, Result};
 use crate::{run, setup, util, util::Workspace};
 
 #[derive(clap::Args)]
-pub struct InstallOptions {
+pub(crate) struct InstallOptions {
     /// Install under this directory instead of `/` (for staging).
     #[arg(long, value_name = "DIR")]
     destdir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
-pub struct PackageOptions {}
+pub(crate) struct PackageOptions {}
 
 fn copy(from: &Path, to: &Path, mode: u32) -> Result<()> {
     if let Some(dir) = to.parent() {
@@ -121,7 +121,7 @@ fn committed_policies(ws: &Workspace) -> Result<Vec<(String, Vec<u8>)>> {
     Ok(out)
 }
 
-pub fn install_main(options: InstallOptions, ws: &Workspace) -> Result<()> {
+pub(crate) fn install_main(options: InstallOptions, ws: &Workspace) -> Result<()> {
     let root = options.destdir.unwrap_or_else(|| PathBuf::from("/"));
     if root == Path::new("/") && !util::is_root() {
         bail!("installing into / needs root (or pass --destdir DIR to stage)");
@@ -137,7 +137,7 @@ pub fn install_main(options: InstallOptions, ws: &Workspace) -> Result<()> {
     Ok(())
 }
 
-pub fn package_main(_options: PackageOptions, ws: &Workspace) -> Result<()> {
+pub(crate) fn package_main(_options: PackageOptions, ws: &Workspace) -> Result<()> {
     setup::setup(ws)?;
     let bin = run::build_agent(ws, true)?;
     let version = env!("CARGO_PKG_VERSION");

@@ -7,23 +7,23 @@ use anyhow::{bail, Result};
 use crate::{setup, util, util::Workspace};
 
 /// The agent's package and binary.
-pub const AGENT: &str = "portcullis";
+pub(crate) const AGENT: &str = "portcullis";
 
 #[derive(clap::Args)]
-pub struct BuildOptions {
+pub(crate) struct BuildOptions {
     /// Build with the release profile.
     #[arg(long)]
     release: bool,
 }
 
 #[derive(clap::Args)]
-pub struct RunOptions {
+pub(crate) struct RunOptions {
     /// Extra arguments for `portcullis agent`, after `--`.
     #[arg(last = true, value_name = "AGENT_ARGS")]
     agent_args: Vec<OsString>,
 }
 
-pub fn build_main(options: BuildOptions, ws: &Workspace) -> Result<()> {
+pub(crate) fn build_main(options: BuildOptions, ws: &Workspace) -> Result<()> {
     setup::setup(ws)?;
     let bin = build_agent(ws, options.release)?;
     eprintln!("build: ok ({})", bin.display());
@@ -33,7 +33,7 @@ pub fn build_main(options: BuildOptions, ws: &Workspace) -> Result<()> {
 /// `cargo build -p portcullis [--release]`; returns the binary's path.
 /// agent/build.rs builds the eBPF object with nightly and bpf-linker, which
 /// children find in PATH ($CARGO_HOME/bin first).
-pub fn build_agent(ws: &Workspace, release: bool) -> Result<PathBuf> {
+pub(crate) fn build_agent(ws: &Workspace, release: bool) -> Result<PathBuf> {
     let mut cmd = ws.cargo();
     cmd.args(["build", "--package", AGENT]);
     if release {
@@ -44,7 +44,7 @@ pub fn build_agent(ws: &Workspace, release: bool) -> Result<PathBuf> {
     Ok(ws.target_dir()?.join(profile).join(AGENT))
 }
 
-pub fn run_main(options: RunOptions, ws: &Workspace) -> Result<()> {
+pub(crate) fn run_main(options: RunOptions, ws: &Workspace) -> Result<()> {
     if !util::is_root() {
         bail!(
             "the agent loads eBPF programs and must run as root (euid is {})",

@@ -48,14 +48,14 @@ const APT_LOCKS: &[&str] = &[
 const APT_LOCK_WAIT: Duration = Duration::from_secs(600);
 
 #[derive(clap::Args)]
-pub struct Options {}
+pub(crate) struct Options {}
 
-pub fn main(_: Options, ws: &Workspace) -> Result<()> {
+pub(crate) fn main(_: Options, ws: &Workspace) -> Result<()> {
     setup(ws)
 }
 
 /// Runs every step; stops at the first that fails.
-pub fn setup(ws: &Workspace) -> Result<()> {
+pub(crate) fn setup(ws: &Workspace) -> Result<()> {
     let start = Instant::now();
     let root = step("privileges", |_| {
         Ok(if util::is_root() {

@@ -11,7 +11,7 @@ const E2E_CRATE: &str = "portcullis-tests";
 const DEFAULT_TEST_THREADS: &str = "--test-threads=2";
 
 #[derive(clap::Args)]
-pub struct Options {
+pub(crate) struct Options {
     /// Not root: run only the unit tests of libraries and binaries, without
     /// the end-to-end tests (which need root).
     #[arg(long)]
@@ -23,7 +23,7 @@ pub struct Options {
     args: Vec<OsString>,
 }
 
-pub fn main(options: Options, ws: &Workspace) -> Result<()> {
+pub(crate) fn main(options: Options, ws: &Workspace) -> Result<()> {
     let privileged = !options.no_privileged;
     if privileged && !util::is_root() {
         bail!(

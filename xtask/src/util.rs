@@ -22,7 +22,7 @@ use anyhow::{anyhow, bail, Context, Result};
 const TAIL_LINES: usize = 20;
 
 /// The workspace and the environment child processes run in.
-pub struct Workspace {
+pub(crate) struct Workspace {
     /// The workspace root (the parent of `xtask/`).
     pub root: PathBuf,
     /// `$CARGO_HOME`, default `~/.cargo`; `cargo install` puts binaries in its `bin/`.
@@ -35,7 +35,7 @@ pub struct Workspace {
 }
 
 impl Workspace {
-    pub fn new() -> Result<Self> {
+    pub(crate) fn new() -> Result<Self> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .context("xtask's manifest directory has no parent")?
@@ -63,7 +63,7 @@ impl Workspace {
     }
 
     /// A command run in the workspace root with the children's `PATH` and no stdin.
-    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+    pub(crate) fn command(&self, program: impl AsRef<OsStr>) -> Command {
         let mut cmd = Command::new(program);
         cmd.current_dir(&self.root)
             .env("PATH", &self.path)
@@ -72,7 +72,7 @@ impl Workspace {
     }
 
     /// `cargo` with the toolchain that runs xtask.
-    pub fn cargo(&self) -> Command {
+    pub(crate) fn cargo(&self) -> Command {
         let mut cmd = self.command(&self.cargo);
         // Our stderr pipe (see `run`) would turn cargo's colours off.
         if env::var_os("CARGO_TERM_COLOR").is_none() && io::stderr().is_terminal() {
@@ -82,14 +82,14 @@ impl Workspace {
     }
 
     /// The first executable called `name` in the children's `PATH`.
-    pub fn which(&self, name: &str) -> Option<PathBuf> {
+    pub(crate) fn which(&self, name: &str) -> Option<PathBuf> {
         env::split_paths(&self.path)
             .map(|dir| dir.join(name))
             .find(|file| is_executable(file))
     }
 
     /// Cargo's target directory (honours `CARGO_TARGET_DIR` and config).
-    pub fn target_dir(&self) -> Result<&Path> {
+    pub(crate) fn target_dir(&self) -> Result<&Path> {
         if let Some(dir) = self.target_dir.get() {
             return Ok(dir);
         }
@@ -112,7 +112,7 @@ fn is_executable(file: &Path) -> bool {
 
 /// The command as a shell line, with the environment variables set on it
 /// (except `PATH`) in front.
-pub fn describe(cmd: &Command) -> String {
+pub(crate) fn describe(cmd: &Command) -> String {
     let mut line = String::new();
     let envs = cmd
         .get_envs()
@@ -148,7 +148,7 @@ fn quote(word: &OsStr) -> String {
 
 /// Runs a long command with its output shown live. Its stderr also goes
 /// through a buffer so that a failure can quote its error lines.
-pub fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let line = describe(cmd);
     let mut child = cmd
         .stderr(Stdio::piped())
@@ -259,7 +259,7 @@ pub(crate) fn strip_ansi(line: &str) -> String {
 }
 
 /// Runs a quick command and returns its stdout; a failure quotes its stderr.
-pub fn output(cmd: &mut Command) -> Result<String> {
+pub(crate) fn output(cmd: &mut Command) -> Result<String> {
     let line = describe(cmd);
     let out = cmd
         .stdin(Stdio::null())
@@ -276,23 +276,23 @@ pub fn output(cmd: &mut Command) -> Result<String> {
     String::from_utf8(out.stdout).with_context(|| format!("`{line}` printed non-UTF-8 output"))
 }
 
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
 
-pub fn euid() -> u32 {
+pub(crate) fn euid() -> u32 {
     // SAFETY: as above.
     unsafe { libc::geteuid() }
 }
 
 /// One line of `/proc/self/mountinfo`.
-pub struct Mount {
+pub(crate) struct Mount {
     pub mount_point: PathBuf,
     pub fstype: String,
 }
 
-pub fn mounts() -> Result<Vec<Mount>> {
+pub(crate) fn mounts() -> Result<Vec<Mount>> {
     let text =
         fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     Ok(text.lines().filter_map(parse_mountinfo_line).collect())
@@ -330,7 +330,7 @@ fn unescape_octal(field: &str) -> String {
 
 /// The pid holding a write-conflicting fcntl lock on `file`, if any (how apt
 /// and dpkg lock). Needs root to open the lock files.
-pub fn lock_holder(file: &Path) -> Option<i32> {
+pub(crate) fn lock_holder(file: &Path) -> Option<i32> {
     use std::os::fd::AsRawFd;
     let f = fs::OpenOptions::new()
         .read(true)
@@ -347,7 +347,7 @@ pub fn lock_holder(file: &Path) -> Option<i32> {
 }
 
 /// "1m05s" or "3.2s".
-pub fn human(d: Duration) -> String {
+pub(crate) fn human(d: Duration) -> String {
     let secs = d.as_secs();
     if secs >= 60 {
         format!("{}m{:02}s", secs / 60, secs % 60)

@@ -36,8 +36,8 @@ use super::*;
 use crate::{cgroupfs::cgroup_of_pid, ledger::EntryKey};
 
 /// The widest `peer:` networks a non-root approver may open.
-pub const MIN_PEER_PREFIX_V4: u8 = 8;
-pub const MIN_PEER_PREFIX_V6: u8 = 32;
+pub(super) const MIN_PEER_PREFIX_V4: u8 = 8;
+pub(super) const MIN_PEER_PREFIX_V6: u8 = 32;
 
 /// Why `cred` (not root) may not open anything to `identity`, if so.
 pub(super) fn refusal(identity: &Identity, cred: &PeerCred, resolver: &Resolver) -> Option<String> {

@@ -17,7 +17,7 @@ pub(crate) struct GrantBook {
 
 impl GrantBook {
     /// Adds or replaces grant `id`.
-    pub fn insert(&mut self, id: u64, grant: Grant) {
+    pub(super) fn insert(&mut self, id: u64, grant: Grant) {
         debug_assert_eq!(id, grant.id);
         if let Some(old) = self.by_id.remove(&id) {
             self.by_deadline.remove(&(old.expires_boot_ns, id));
@@ -26,36 +26,36 @@ impl GrantBook {
         self.by_id.insert(id, grant);
     }
 
-    pub fn remove(&mut self, id: &u64) -> Option<Grant> {
+    pub(super) fn remove(&mut self, id: &u64) -> Option<Grant> {
         let g = self.by_id.remove(id)?;
         self.by_deadline.remove(&(g.expires_boot_ns, *id));
         Some(g)
     }
 
-    pub fn get(&self, id: &u64) -> Option<&Grant> {
+    pub(super) fn get(&self, id: &u64) -> Option<&Grant> {
         self.by_id.get(id)
     }
 
-    pub fn contains_key(&self, id: &u64) -> bool {
+    pub(super) fn contains_key(&self, id: &u64) -> bool {
         self.by_id.contains_key(id)
     }
 
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.by_id.len()
     }
 
     /// In id order.
-    pub fn values(&self) -> impl Iterator<Item = &Grant> {
+    pub(super) fn values(&self) -> impl Iterator<Item = &Grant> {
         self.by_id.values()
     }
 
     /// The earliest deadline of any grant.
-    pub fn next_deadline(&self) -> Option<u64> {
+    pub(super) fn next_deadline(&self) -> Option<u64> {
         self.by_deadline.first().map(|&(at, _)| at)
     }
 
     /// Ids of the grants whose deadline is at or before `now`, earliest first.
-    pub fn due(&self, now: u64) -> Vec<u64> {
+    pub(super) fn due(&self, now: u64) -> Vec<u64> {
         self.by_deadline
             .range(..=(now, u64::MAX))
             .map(|&(_, id)| id)

@@ -79,7 +79,7 @@ fn confirm(question: &str) -> bool {
     matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes")
 }
 
-pub fn run(args: UninstallArgs) -> ExitCode {
+pub(super) fn run(args: UninstallArgs) -> ExitCode {
     let file = match &args.config {
         Some(path) => AgentConfig::load(path, true),
         None => AgentConfig::load(Path::new(settings::DEFAULT_PATH), false),

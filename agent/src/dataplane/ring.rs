@@ -26,7 +26,7 @@ pub struct Ring<T: Pod> {
 }
 
 /// Copies a `T` out of a ring-buffer record; `None` for a short record.
-pub fn record<T: Pod>(bytes: &[u8]) -> Option<T> {
+pub(super) fn record<T: Pod>(bytes: &[u8]) -> Option<T> {
     if bytes.len() < size_of::<T>() {
         return None;
     }

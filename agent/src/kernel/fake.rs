@@ -131,7 +131,7 @@ impl Default for FakeKernel {
 }
 
 impl FakeKernel {
-    pub fn with_capacity(max_grants: u32, max_peers: u32) -> Self {
+    pub(crate) fn with_capacity(max_grants: u32, max_peers: u32) -> Self {
         Self {
             maps: Arc::new(Mutex::new(FakeMaps {
                 max_grants,
@@ -143,7 +143,7 @@ impl FakeKernel {
     }
 
     /// The maps, to read or to arrange a test's starting point.
-    pub fn maps(&self) -> MutexGuard<'_, FakeMaps> {
+    pub(crate) fn maps(&self) -> MutexGuard<'_, FakeMaps> {
         self.maps.lock().expect("fake maps")
     }
 }

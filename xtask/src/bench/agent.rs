@@ -18,13 +18,13 @@ use super::host;
 use crate::util;
 
 /// The segment every bench policy defines.
-pub const SEGMENT: &str = "bench";
+pub(super) const SEGMENT: &str = "bench";
 /// How long an agent may take to start (1,000,000 allows included).
 const START_LIMIT: Duration = Duration::from_secs(480);
 const STOP_LIMIT: Duration = Duration::from_secs(10);
 
 /// What the agent enforces.
-pub struct Spec {
+pub(super) struct Spec {
     pub port: u16,
     /// Standing `uid:N` allows.
     pub uids: Vec<u32>,
@@ -58,7 +58,7 @@ impl Spec {
     }
 }
 
-pub struct Agent {
+pub(super) struct Agent {
     child: Option<Child>,
     pub pid: u32,
     dir: PathBuf,
@@ -74,7 +74,7 @@ pub struct Agent {
 impl Agent {
     /// Starts an agent in `work/NAME` with pins in `bpffs_root/NAME`, and
     /// waits until it serves its control socket.
-    pub fn start(
+    pub(super) fn start(
         bin: &Path,
         work: &Path,
         bpffs_root: &Path,
@@ -158,7 +158,7 @@ impl Agent {
     }
 
     /// The agent's bpffs directory (its pins).
-    pub fn bpffs(&self) -> &Path {
+    pub(super) fn bpffs(&self) -> &Path {
         &self.bpffs
     }
 
@@ -169,7 +169,7 @@ impl Agent {
     }
 
     /// How XDP was attached ("native", "generic"), from the agent's log.
-    pub fn xdp_mode(&self) -> Option<String> {
+    pub(super) fn xdp_mode(&self) -> Option<String> {
         let text = fs::read_to_string(&self.log).ok()?;
         let line = util::strip_ansi(text.lines().find(|l| l.contains("XDP attached"))?);
         let mode = line.split("mode=").nth(1)?;
@@ -182,7 +182,7 @@ impl Agent {
     }
 
     /// `field` of /proc/PID/status in kB (VmRSS, VmHWM).
-    pub fn status_kib(&self, field: &str) -> Result<u64> {
+    pub(super) fn status_kib(&self, field: &str) -> Result<u64> {
         let status = fs::read_to_string(format!("/proc/{}/status", self.pid))?;
         status
             .lines()
@@ -192,7 +192,7 @@ impl Agent {
     }
 
     /// utime + stime of the agent (all its threads), in clock ticks.
-    pub fn cpu_ticks(&self) -> Result<u64> {
+    pub(super) fn cpu_ticks(&self) -> Result<u64> {
         let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
         // Fields after the command name, which is in parentheses and may hold spaces.
         let rest = stat.rsplit_once(')').context("malformed stat")?.1;
@@ -204,14 +204,14 @@ impl Agent {
     }
 
     /// `portcullis --socket S ARGS...`
-    pub fn cli(&self) -> Command {
+    pub(super) fn cli(&self) -> Command {
         let mut c = Command::new(&self.bin);
         c.arg("--socket").arg(&self.socket);
         c
     }
 
     /// Grants `identity` on the bench segment for an hour; returns its id.
-    pub fn grant(&self, identity: &str) -> Result<u64> {
+    pub(super) fn grant(&self, identity: &str) -> Result<u64> {
         let out = util::output(self.cli().args([
             "grant", SEGMENT, identity, "--ttl", "1h", "--reason", "bench", "--json",
         ]))?;

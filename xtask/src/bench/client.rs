@@ -31,7 +31,7 @@ const CONNECT_TIMEOUT: libc::timeval = libc::timeval {
 };
 
 #[derive(clap::Args)]
-pub struct ClientArgs {
+pub(super) struct ClientArgs {
     /// Where to connect.
     #[arg(long)]
     addr: SocketAddrV4,
@@ -44,14 +44,14 @@ pub struct ClientArgs {
 }
 
 #[derive(clap::Args)]
-pub struct ProbeArgs {
+pub(super) struct ProbeArgs {
     /// Where to connect.
     #[arg(long)]
     addr: SocketAddrV4,
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: one clock for every process on the host.
-pub fn mono_ns() -> u64 {
+pub(super) fn mono_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -124,7 +124,7 @@ fn connect_once(addr: &libc::sockaddr_in) -> Result<(), io::Error> {
 /// `cargo xtask bench client`: prints
 /// `{"ok": N, "elapsed_ns": T, "error": null | "..."}`; stops at the first
 /// refused connect (an allowed client is never refused).
-pub fn client(args: ClientArgs) -> Result<()> {
+pub(super) fn client(args: ClientArgs) -> Result<()> {
     let addr = sockaddr(args.addr);
     let limit = Duration::from_secs_f64(args.seconds);
     let started = Instant::now();
@@ -151,7 +151,7 @@ pub fn client(args: ClientArgs) -> Result<()> {
 /// - `allowed MS`: connect until one succeeds → `ok`, or `timeout ERROR` after MS ms.
 /// - `cut MS US`: connect every US µs until one is refused →
 ///   `refused MONO_NS ATTEMPTS ERROR`, or `timeout` after MS ms.
-pub fn probe(args: ProbeArgs) -> Result<()> {
+pub(super) fn probe(args: ProbeArgs) -> Result<()> {
     let addr = sockaddr(args.addr);
     let stdin = io::stdin();
     let mut out = io::stdout().lock();

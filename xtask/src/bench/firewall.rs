@@ -28,27 +28,31 @@ use anyhow::{bail, Result};
 
 use crate::util;
 
-pub const NFT_TABLE: &str = "pcbench";
-pub const IPT_CHAIN: &str = "PCBENCH";
+pub(super) const NFT_TABLE: &str = "pcbench";
+pub(super) const IPT_CHAIN: &str = "PCBENCH";
 
 fn nft(args: &[&str]) -> Result<String> {
     util::output(Command::new("nft").args(args))
 }
 
 /// Runs `nft -f FILE` and returns how long it took.
-pub fn nft_file(path: &Path) -> Result<Duration> {
+pub(super) fn nft_file(path: &Path) -> Result<Duration> {
     let started = Instant::now();
     util::output(Command::new("nft").arg("-f").arg(path))?;
     Ok(started.elapsed())
 }
 
 /// The family and set of the loopback table, and of the veth table.
-pub const LOOPBACK_SET: (&str, &str) = ("inet", "allowed");
-pub const VETH_SET: (&str, &str) = ("netdev", "peers");
+pub(super) const LOOPBACK_SET: (&str, &str) = ("inet", "allowed");
+pub(super) const VETH_SET: (&str, &str) = ("netdev", "peers");
 
 /// Writes `add element` of `elements` (each with a 1 h timeout) to the set
 /// `(family, set)` of the bench's table in one batch, for [`nft_file`].
-pub fn write_batch(path: &Path, (family, set): (&str, &str), elements: &[String]) -> Result<()> {
+pub(super) fn write_batch(
+    path: &Path,
+    (family, set): (&str, &str),
+    elements: &[String],
+) -> Result<()> {
     let mut text = String::with_capacity(elements.len() * 24 + 64);
     let _ = writeln!(text, "add element {family} {NFT_TABLE} {set} {{");
     for (i, e) in elements.iter().enumerate() {
@@ -61,14 +65,14 @@ pub fn write_batch(path: &Path, (family, set): (&str, &str), elements: &[String]
 }
 
 /// One of the bench's nftables tables; deleted on drop.
-pub struct NftTable {
+pub(super) struct NftTable {
     family: &'static str,
     set: &'static str,
 }
 
 impl NftTable {
     /// The loopback ruleset: uid set `allowed`, empty.
-    pub fn loopback(port: u16) -> Result<Self> {
+    pub(super) fn loopback(port: u16) -> Result<Self> {
         let rules = format!(
             "table inet {NFT_TABLE} {{\n\
              \tset allowed {{ typeof meta skuid; flags timeout; }}\n\
@@ -82,7 +86,7 @@ impl NftTable {
     }
 
     /// The veth ruleset: address set `peers` on `device`'s ingress, empty.
-    pub fn veth(device: &str, port: u16) -> Result<Self> {
+    pub(super) fn veth(device: &str, port: u16) -> Result<Self> {
         let rules = format!(
             "table netdev {NFT_TABLE} {{\n\
              \tset peers {{ type ipv4_addr; flags timeout; }}\n\
@@ -108,7 +112,7 @@ impl NftTable {
     }
 
     /// `nft add element ... { E timeout 1h }` as its own process.
-    pub fn add_command(&self, element: &str) -> Command {
+    pub(super) fn add_command(&self, element: &str) -> Command {
         let mut c = Command::new("nft");
         c.arg(format!(
             "add element {} {NFT_TABLE} {} {{ {element} timeout 1h }}",
@@ -118,7 +122,7 @@ impl NftTable {
     }
 
     /// `nft delete element ... { E }` as its own process: the revocation.
-    pub fn delete_command(&self, element: &str) -> Command {
+    pub(super) fn delete_command(&self, element: &str) -> Command {
         let mut c = Command::new("nft");
         c.arg(format!(
             "delete element {} {NFT_TABLE} {} {{ {element} }}",
@@ -152,7 +156,7 @@ fn nft_filter_table_exists() -> bool {
 /// The iptables chain `PCBENCH` and the OUTPUT rule that jumps to it;
 /// removed on drop, with the `filter` table itself when the chain's
 /// creation made it (iptables-nft) and it holds nothing else.
-pub struct IptablesChain {
+pub(super) struct IptablesChain {
     remove_filter_table: bool,
 }
 
@@ -160,7 +164,7 @@ impl IptablesChain {
     /// Loads one ACCEPT rule per uid, then a reset, for TCP to `port`, in
     /// one `iptables-restore --noflush`; returns the guard and how long the
     /// load took.
-    pub fn load(port: u16, uids: &[u32], scratch: &Path) -> Result<(Self, Duration)> {
+    pub(super) fn load(port: u16, uids: &[u32], scratch: &Path) -> Result<(Self, Duration)> {
         let made_table = iptables_is_nft() && !nft_filter_table_exists();
         let me = Self {
             remove_filter_table: made_table,
@@ -229,7 +233,7 @@ fn remove_iptables_chain() {
 }
 
 /// Removes the bench's tables and chain left by a crashed run.
-pub fn sweep_leftovers() -> Vec<String> {
+pub(super) fn sweep_leftovers() -> Vec<String> {
     let mut removed = Vec::new();
     let tables = nft(&["list", "tables"]).unwrap_or_default();
     for family in ["inet", "netdev"] {
@@ -251,7 +255,7 @@ pub fn sweep_leftovers() -> Vec<String> {
 }
 
 /// The version lines of the peers, for the report.
-pub fn versions() -> (String, String) {
+pub(super) fn versions() -> (String, String) {
     let first = |cmd: &mut Command| {
         util::output(cmd)
             .map(|o| o.lines().next().unwrap_or("").trim().to_string())
@@ -264,12 +268,12 @@ pub fn versions() -> (String, String) {
 }
 
 /// Element text of an address for an nft set.
-pub fn addr_element(a: Ipv4Addr) -> String {
+pub(super) fn addr_element(a: Ipv4Addr) -> String {
     a.to_string()
 }
 
 /// Fails unless nft and iptables are there (`cargo xtask setup` installs them).
-pub fn require_tools(ws: &util::Workspace) -> Result<()> {
+pub(super) fn require_tools(ws: &util::Workspace) -> Result<()> {
     for tool in ["nft", "iptables", "iptables-restore", "iptables-save", "ip"] {
         if ws.which(tool).is_none() && !Path::new("/usr/sbin").join(tool).exists() {
             bail!("`{tool}` is missing; `cargo xtask setup` installs it");

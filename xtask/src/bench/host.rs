@@ -31,8 +31,8 @@ use anyhow::{bail, Context, Result};
 use crate::util;
 
 /// Prefix of every object the bench names.
-pub const PREFIX: &str = "pcbench";
-pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
+pub(super) const PREFIX: &str = "pcbench";
+pub(super) const BPFFS_ROOT: &str = "/sys/fs/bpf";
 const LOCK_FILE: &str = "/run/lock/portcullis-bench.lock";
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -43,7 +43,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 
 /// Turns SIGINT and SIGTERM into a flag that the measurement loops check,
 /// so that an interrupted bench unwinds through its guards.
-pub fn catch_interrupts() {
+pub(super) fn catch_interrupts() {
     for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
@@ -51,7 +51,7 @@ pub fn catch_interrupts() {
 }
 
 /// An error once SIGINT or SIGTERM arrived.
-pub fn check_interrupted() -> Result<()> {
+pub(super) fn check_interrupted() -> Result<()> {
     if INTERRUPTED.load(Ordering::SeqCst) {
         bail!("interrupted; removing what the bench created");
     }
@@ -59,7 +59,7 @@ pub fn check_interrupted() -> Result<()> {
 }
 
 /// Sleeps in small steps, returning early with an error when interrupted.
-pub fn sleep(d: Duration) -> Result<()> {
+pub(super) fn sleep(d: Duration) -> Result<()> {
     let step = Duration::from_millis(100);
     let mut left = d;
     while !left.is_zero() {
@@ -72,10 +72,10 @@ pub fn sleep(d: Duration) -> Result<()> {
 }
 
 /// Held for the whole run: a second bench would fight over the same names.
-pub struct BenchLock(#[allow(dead_code)] fs::File);
+pub(super) struct BenchLock(#[allow(dead_code)] fs::File);
 
 impl BenchLock {
-    pub fn acquire() -> Result<Self> {
+    pub(super) fn acquire() -> Result<Self> {
         let file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -93,7 +93,7 @@ impl BenchLock {
 /// How a child process starts: in which cgroup, as which uid and gid. It
 /// always dies with the bench (PR_SET_PDEATHSIG), so a killed bench leaves
 /// no client or agent running.
-pub fn confine(cmd: &mut Command, cgroup: Option<&Path>, ids: Option<(u32, u32)>) {
+pub(super) fn confine(cmd: &mut Command, cgroup: Option<&Path>, ids: Option<(u32, u32)>) {
     let procs = cgroup.map(|c| {
         std::ffi::CString::new(c.join("cgroup.procs").as_os_str().as_encoded_bytes())
             .expect("cgroup paths have no NUL")
@@ -134,7 +134,7 @@ pub fn confine(cmd: &mut Command, cgroup: Option<&Path>, ids: Option<(u32, u32)>
 /// the program on the CPU it is called from, and CPUs of a shared machine
 /// differ by up to a quarter, which would otherwise show up as differences
 /// between grant counts.
-pub fn pin_to_last_cpu(cmd: &mut Command) {
+pub(super) fn pin_to_last_cpu(cmd: &mut Command) {
     let cpu = thread::available_parallelism().map_or(1, |n| n.get()) - 1;
     // SAFETY: sched_setaffinity on the child itself, with a cpu_set_t built
     // on the stack; async-signal-safe.
@@ -152,7 +152,7 @@ pub fn pin_to_last_cpu(cmd: &mut Command) {
 
 /// `/sys/fs/cgroup/pcbench-PID/{filtered,plain}`: the agent attaches to
 /// `filtered`; `plain` is the unfiltered twin for the baseline runs.
-pub struct Cgroups {
+pub(super) struct Cgroups {
     pub root: PathBuf,
     pub filtered: PathBuf,
     pub plain: PathBuf,
@@ -160,7 +160,7 @@ pub struct Cgroups {
 
 /// Where cgroup2 is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified`
 /// on hosts with the hybrid layout).
-pub fn cgroup2_root() -> Result<PathBuf> {
+pub(super) fn cgroup2_root() -> Result<PathBuf> {
     util::mounts()?
         .into_iter()
         .find(|m| m.fstype == "cgroup2")
@@ -169,7 +169,7 @@ pub fn cgroup2_root() -> Result<PathBuf> {
 }
 
 impl Cgroups {
-    pub fn create() -> Result<Self> {
+    pub(super) fn create() -> Result<Self> {
         let root = cgroup2_root()?.join(format!("{PREFIX}-{}", std::process::id()));
         let me = Self {
             filtered: root.join("filtered"),
@@ -213,7 +213,7 @@ fn remove_cgroup_tree(path: &Path) {
 
 /// Unpins everything under a bpffs directory: links first (which detaches
 /// their programs), then maps, then the directories.
-pub fn remove_pins(dir: &Path) -> io::Result<()> {
+pub(super) fn remove_pins(dir: &Path) -> io::Result<()> {
     if !dir.exists() {
         return Ok(());
     }
@@ -242,7 +242,7 @@ pub fn remove_pins(dir: &Path) -> io::Result<()> {
 }
 
 /// A peer host: a network namespace joined to the host by a veth pair.
-pub struct Netns {
+pub(super) struct Netns {
     pub name: String,
     /// The veth end on the host (where XDP or nft's ingress hook goes).
     pub host_if: String,
@@ -256,7 +256,7 @@ fn ip(args: &[&str]) -> Result<()> {
 
 impl Netns {
     /// `tag` tells the pairs of one run apart; `subnet` is the /30's index in 203.0.113.0/24.
-    pub fn create(tag: char, subnet: u8) -> Result<Self> {
+    pub(super) fn create(tag: char, subnet: u8) -> Result<Self> {
         let pid = std::process::id();
         let base = subnet * 4;
         let me = Self {
@@ -304,7 +304,7 @@ impl Netns {
     }
 
     /// `program args...` inside the namespace.
-    pub fn command(&self, program: &Path) -> Command {
+    pub(super) fn command(&self, program: &Path) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.name]).arg(program);
         c
@@ -326,7 +326,7 @@ impl Drop for Netns {
 
 /// A TCP server that accepts and immediately closes, on one port of
 /// several addresses, until dropped.
-pub struct Server {
+pub(super) struct Server {
     pub port: u16,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
@@ -337,7 +337,7 @@ pub struct Server {
 const BACKLOG: i32 = 4096;
 
 impl Server {
-    pub fn start(addrs: &[Ipv4Addr]) -> Result<Self> {
+    pub(super) fn start(addrs: &[Ipv4Addr]) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut me = Self {
             port: 0,
@@ -392,7 +392,7 @@ impl Drop for Server {
 
 /// A copy of an executable that any uid may run (the bench's clients run
 /// as uids that may not traverse the workspace's directories).
-pub fn world_executable(from: &Path, dir: &Path) -> Result<PathBuf> {
+pub(super) fn world_executable(from: &Path, dir: &Path) -> Result<PathBuf> {
     let to = dir.join(from.file_name().context("executable without a name")?);
     fs::copy(from, &to)
         .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
@@ -404,7 +404,7 @@ pub fn world_executable(from: &Path, dir: &Path) -> Result<PathBuf> {
 /// cgroups, namespaces. (The firewall's leftovers are `firewall`'s.) Only
 /// called with the lock held, so nothing named `pcbench` belongs to a
 /// running bench.
-pub fn sweep_leftovers() -> Vec<String> {
+pub(super) fn sweep_leftovers() -> Vec<String> {
     let mut removed = Vec::new();
     let ours = |name: &str| name.starts_with(&format!("{PREFIX}-"));
     for entry in fs::read_dir(std::env::temp_dir())
@@ -443,6 +443,6 @@ pub fn sweep_leftovers() -> Vec<String> {
 }
 
 /// `nft list ruleset`, to show at the end that the host's rules are as they were.
-pub fn ruleset() -> Result<String> {
+pub(super) fn ruleset() -> Result<String> {
     util::output(Command::new("nft").args(["list", "ruleset"]))
 }

@@ -34,11 +34,11 @@ const BASE_UID: u32 = 2_000_000;
 /// The revocation probe's uid: in no standing allow, only ever granted.
 const PROBE_UID: u32 = 3_000_000;
 /// The probe connects this often while waiting for the cut (µs).
-pub const PROBE_INTERVAL_US: u64 = 100;
+pub(super) const PROBE_INTERVAL_US: u64 = 100;
 
 /// How much to measure.
 #[derive(Clone, Debug)]
-pub struct Plan {
+pub(super) struct Plan {
     /// Filtered runs per connection-rate block (as many baseline runs).
     pub runs: usize,
     /// Connects per run, and the time bound of a run.
@@ -57,7 +57,7 @@ pub struct Plan {
 }
 
 /// Everything a measurement needs from the set-up.
-pub struct Bench<'a> {
+pub(super) struct Bench<'a> {
     pub plan: Plan,
     /// The agent binary.
     pub portcullis: PathBuf,
@@ -78,7 +78,7 @@ pub struct Bench<'a> {
 }
 
 /// What the peers' measurements give.
-pub struct PeerResults {
+pub(super) struct PeerResults {
     pub rates: Vec<RateBlock>,
     /// `nft -f` of the uid set, one per filtered run (s).
     pub nft_loads: Vec<f64>,
@@ -88,7 +88,7 @@ pub struct PeerResults {
 }
 
 /// What Portcullis' measurements give.
-pub struct OurResults {
+pub(super) struct OurResults {
     pub rates: Vec<RateBlock>,
     pub scale: Vec<ScalePoint>,
     pub footprint: Footprint,
@@ -117,7 +117,7 @@ fn allowed_uid(n: u32) -> u32 {
 
 /// N addresses centred on `around` (which is among them), so that looking
 /// it up walks as deep a trie or hash chain as N entries make.
-pub fn peers_around(around: Ipv4Addr, n: u32) -> Vec<Ipv4Addr> {
+pub(super) fn peers_around(around: Ipv4Addr, n: u32) -> Vec<Ipv4Addr> {
     let first = u32::from(around).wrapping_sub(n / 2);
     (0..n)
         .map(|i| Ipv4Addr::from(first.wrapping_add(i)))
@@ -223,7 +223,7 @@ impl Bench<'_> {
     }
 
     /// `portcullis bench-dataplane`: the per-packet table, as its JSON.
-    pub fn per_packet(&self) -> Result<Value> {
+    pub(super) fn per_packet(&self) -> Result<Value> {
         self.log("per-packet cost (BPF_PROG_TEST_RUN)");
         let sizes: Vec<String> = self.plan.sizes.iter().map(u32::to_string).collect();
         let mut cmd = Command::new(&self.portcullis);
@@ -246,7 +246,7 @@ impl Bench<'_> {
 
     /// nftables and iptables on loopback, and nftables on veth; with the
     /// nft batch loads (bulk table) and nft's revocation latency.
-    pub fn peers(&self) -> Result<PeerResults> {
+    pub(super) fn peers(&self) -> Result<PeerResults> {
         let n = self.plan.compare_at;
         let uid = allowed_uid(n);
         let plain = From::Cgroup(&self.cgroups.plain, uid);
@@ -355,7 +355,7 @@ impl Bench<'_> {
     /// Portcullis at each grant count: start time, memory, connection rate;
     /// at the comparison count also over veth with XDP, and the revocation
     /// latency; at the smallest, idle CPU.
-    pub fn portcullis(&self) -> Result<OurResults> {
+    pub(super) fn portcullis(&self) -> Result<OurResults> {
         let mut blocks = Vec::new();
         let mut scale = Vec::new();
         let mut footprint = Footprint::default();
@@ -484,7 +484,7 @@ impl Bench<'_> {
 
     /// Time to start an agent with 1 and with N standing allows (policy
     /// load: parse, validate, write the maps), alternating.
-    pub fn bulk(&self, peers: &PeerResults, ours: &OurResults) -> Result<Bulk> {
+    pub(super) fn bulk(&self, peers: &PeerResults, ours: &OurResults) -> Result<Bulk> {
         let n = self.plan.compare_at;
         self.log(&format!(
             "bulk load: agent start with 1 and with {n} allows"

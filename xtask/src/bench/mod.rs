@@ -30,11 +30,11 @@ mod host;
 mod measure;
 mod progstats;
 mod report;
-pub mod stats;
+pub(crate) mod stats;
 
 #[derive(clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
-pub struct Options {
+pub(crate) struct Options {
     /// Fewer, shorter runs and at most 100,000 grants (about a minute): for
     /// trying the bench itself. Its figures are not the reference ones.
     #[arg(long)]
@@ -84,7 +84,7 @@ fn plan(quick: bool) -> measure::Plan {
     }
 }
 
-pub fn main(options: Options, ws: &Workspace) -> Result<()> {
+pub(crate) fn main(options: Options, ws: &Workspace) -> Result<()> {
     match options.helper {
         Some(Helper::Client(args)) => return client::client(args),
         Some(Helper::Probe(args)) => return client::probe(args),

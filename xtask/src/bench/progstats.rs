@@ -18,13 +18,13 @@ use serde_json::Value;
 use crate::util;
 
 /// Run-time statistics are collected while this lives.
-pub struct StatsOn(#[allow(dead_code)] OwnedFd);
+pub(super) struct StatsOn(#[allow(dead_code)] OwnedFd);
 
 const BPF_ENABLE_STATS: libc::c_long = 32;
 const BPF_STATS_RUN_TIME: u32 = 0;
 
 impl StatsOn {
-    pub fn enable() -> Result<Self> {
+    pub(super) fn enable() -> Result<Self> {
         let kind: u32 = BPF_STATS_RUN_TIME;
         // SAFETY: the attr for BPF_ENABLE_STATS is one u32, valid for the call.
         let fd = unsafe {
@@ -45,7 +45,7 @@ impl StatsOn {
 }
 
 /// Cumulative (run_time_ns, run_cnt) per program name.
-pub type Snapshot = BTreeMap<String, (u64, u64)>;
+pub(super) type Snapshot = BTreeMap<String, (u64, u64)>;
 
 fn bpftool_json(args: &[&str]) -> Result<Value> {
     let out = util::output(Command::new("bpftool").args(args))?;
@@ -54,7 +54,7 @@ fn bpftool_json(args: &[&str]) -> Result<Value> {
 }
 
 /// The statistics of every program linked under an agent's bpffs directory.
-pub fn snapshot(bpffs: &Path) -> Result<Snapshot> {
+pub(super) fn snapshot(bpffs: &Path) -> Result<Snapshot> {
     let mut out = Snapshot::new();
     for layout in fs::read_dir(bpffs)? {
         let links = layout?.path().join("links");
@@ -78,7 +78,7 @@ pub fn snapshot(bpffs: &Path) -> Result<Snapshot> {
 }
 
 /// Per program between two snapshots: (runs, nanoseconds).
-pub fn delta(before: &Snapshot, after: &Snapshot) -> BTreeMap<String, (u64, u64)> {
+pub(super) fn delta(before: &Snapshot, after: &Snapshot) -> BTreeMap<String, (u64, u64)> {
     after
         .iter()
         .map(|(name, &(t, c))| {

@@ -12,7 +12,7 @@ use super::{
 };
 
 /// One connection-rate block: baseline and filtered runs, interleaved.
-pub struct RateBlock {
+pub(super) struct RateBlock {
     /// "loopback" or "veth".
     pub path: String,
     pub filter: String,
@@ -24,7 +24,7 @@ pub struct RateBlock {
 }
 
 impl RateBlock {
-    pub fn new(
+    pub(super) fn new(
         path: &str,
         filter: &str,
         grants: u32,
@@ -41,7 +41,7 @@ impl RateBlock {
     }
 
     /// Median filtered rate over median baseline rate.
-    pub fn ratio(&self) -> f64 {
+    pub(super) fn ratio(&self) -> f64 {
         match (median(&self.filtered), median(&self.baseline)) {
             (Some(f), Some(b)) if b > 0.0 => f / b,
             _ => f64::NAN,
@@ -58,7 +58,7 @@ impl RateBlock {
 
 /// What the agent's programs cost on the allowed path, from the kernel's
 /// run-time statistics over one run.
-pub struct ProgramCost {
+pub(super) struct ProgramCost {
     pub path: String,
     pub connects: u64,
     /// (program, runs, nanoseconds)
@@ -80,7 +80,7 @@ impl ProgramCost {
 }
 
 /// Portcullis at one grant count.
-pub struct ScalePoint {
+pub(super) struct ScalePoint {
     pub grants: u32,
     /// `peer:` allows loaded besides the uid allows.
     pub peers: u32,
@@ -91,7 +91,7 @@ pub struct ScalePoint {
 }
 
 #[derive(Default)]
-pub struct Footprint {
+pub(super) struct Footprint {
     pub idle_grants: u32,
     pub idle_rss_kib: u64,
     pub idle_ticks: u64,
@@ -102,7 +102,7 @@ pub struct Footprint {
 }
 
 #[derive(Default)]
-pub struct Revocation {
+pub(super) struct Revocation {
     pub tool: String,
     /// From starting the revoking process to the first refused connect.
     pub latency_ms: Vec<f64>,
@@ -114,7 +114,7 @@ pub struct Revocation {
     pub errors: std::collections::BTreeMap<String, usize>,
 }
 
-pub struct Bulk {
+pub(super) struct Bulk {
     pub grants: u32,
     /// Agent start times (s) with 1 and with `grants` standing allows.
     pub start_one: Vec<f64>,
@@ -140,7 +140,7 @@ impl Bulk {
     }
 }
 
-pub struct Machine {
+pub(super) struct Machine {
     pub nproc: usize,
     pub cpu: String,
     pub kernel: String,
@@ -149,7 +149,7 @@ pub struct Machine {
 }
 
 impl Machine {
-    pub fn probe(nft: String, iptables: String) -> Self {
+    pub(super) fn probe(nft: String, iptables: String) -> Self {
         let cpu = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
             .and_then(|t| {
@@ -172,7 +172,7 @@ impl Machine {
     }
 }
 
-pub struct Report {
+pub(super) struct Report {
     pub machine: Machine,
     pub plan: Plan,
     pub per_packet: Value,
@@ -439,7 +439,7 @@ impl Report {
         rows
     }
 
-    pub fn markdown(&self) -> String {
+    pub(super) fn markdown(&self) -> String {
         let mut o = String::new();
         let m = &self.machine;
         let plan = &self.plan;
@@ -633,7 +633,7 @@ impl Report {
         o
     }
 
-    pub fn json(&self) -> Value {
+    pub(super) fn json(&self) -> Value {
         let f = &self.footprint;
         let b = &self.bulk;
         json!({

@@ -4,7 +4,7 @@
 /// The `q`-quantile (0.0..=1.0) of `samples` by the nearest-rank method:
 /// the smallest sample with at least `q` of all samples at or below it.
 /// `None` for no samples.
-pub fn quantile(samples: &[f64], q: f64) -> Option<f64> {
+pub(crate) fn quantile(samples: &[f64], q: f64) -> Option<f64> {
     if samples.is_empty() {
         return None;
     }
@@ -15,7 +15,7 @@ pub fn quantile(samples: &[f64], q: f64) -> Option<f64> {
 }
 
 /// The median; for an even count, the mean of the two middle samples.
-pub fn median(samples: &[f64]) -> Option<f64> {
+pub(crate) fn median(samples: &[f64]) -> Option<f64> {
     if samples.is_empty() {
         return None;
     }
@@ -30,7 +30,7 @@ pub fn median(samples: &[f64]) -> Option<f64> {
 }
 
 /// The median of integer samples.
-pub fn median_u64(samples: &[u64]) -> Option<f64> {
+pub(crate) fn median_u64(samples: &[u64]) -> Option<f64> {
     median(&samples.iter().map(|&s| s as f64).collect::<Vec<_>>())
 }
 
