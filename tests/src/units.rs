@@ -87,6 +87,7 @@ pub fn kernel_grant_keys(agent: &Agent) -> Vec<(u32, u32, u64)> {
                     u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
                 })
                 .collect();
+            assert_eq!(bytes.len(), 16, "GrantKey is 16 bytes");
             (
                 u32::from_ne_bytes(bytes[0..4].try_into().unwrap()),
                 u32::from_ne_bytes(bytes[4..8].try_into().unwrap()),

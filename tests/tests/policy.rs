@@ -17,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-use portcullis_tests::{traffic::*, *};
+use portcullis_tests::{traffic::*, units::kernel_grant_keys, *};
 
 /// Generous bound for anything the agent does in reaction to an event.
 const WITHIN: Duration = Duration::from_secs(10);
@@ -397,46 +397,6 @@ fn a_unit_that_is_not_running_is_accepted_warned_and_covered_when_its_cgroup_app
 }
 
 // ---- cgroups that come and go ---------------------------------------------
-
-/// The ids of the local grant map's entries, read from the kernel with
-/// bpftool: `(kind, segment, id)` per key.
-fn kernel_grant_keys(agent: &Agent) -> Vec<(u32, u32, u64)> {
-    let map = agent
-        .bpffs
-        .join(format!("v{}/maps/PC_GRANTS", agent_common::LAYOUT_VERSION));
-    let out = Command::new("bpftool")
-        .args(["-j", "map", "dump", "pinned"])
-        .arg(&map)
-        .output()
-        .expect("run bpftool (installed by `cargo xtask setup`)");
-    assert!(
-        out.status.success(),
-        "bpftool map dump {}: {}",
-        map.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool -j output");
-    v.as_array()
-        .expect("a list of entries")
-        .iter()
-        .map(|e| {
-            let bytes: Vec<u8> = e["key"]
-                .as_array()
-                .expect("raw key bytes")
-                .iter()
-                .map(|b| {
-                    u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
-                })
-                .collect();
-            assert_eq!(bytes.len(), 16, "GrantKey is 16 bytes");
-            (
-                u32::from_ne_bytes(bytes[0..4].try_into().unwrap()),
-                u32::from_ne_bytes(bytes[4..8].try_into().unwrap()),
-                u64::from_ne_bytes(bytes[8..16].try_into().unwrap()),
-            )
-        })
-        .collect()
-}
 
 fn cgroup_id(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
