@@ -55,9 +55,11 @@ pub static FLOWS: SkStorage<FlowMark> = SkStorage::new();
 #[map(name = "PC_KILL_REQUESTS")]
 pub static KILL_REQUESTS: RingBuf = RingBuf::with_byte_size(KILL_RING_BYTES, 0);
 
-/// This host's own TCP client sockets on a protected local port (their
-/// ephemeral port happens to be a protected number), marked at their SYN
-/// by cgroup_skb egress so that the ingress peer check passes the replies.
+/// Sockets on a protected local port: this host's own clients (their
+/// ephemeral port happens to be a protected number), marked when they speak
+/// first (a TCP SYN, a UDP datagram) by cgroup_skb egress so that the
+/// ingress peer check passes the replies; UDP sockets that heard from the
+/// network while unconnected are marked as servers' (see `skb.rs`).
 #[btf_map(name = "PC_OUTBOUND")]
 pub static OUTBOUND: SkStorage<u32> = SkStorage::new();
 

@@ -10,11 +10,13 @@
 //! Remote peers (ingress, on every interface, with no XDP needed): a packet
 //! arriving from the network (not through this namespace's loopback) for a
 //! socket on a protected local port — a listener, the sockets it accepted,
-//! an unconnected UDP socket — is dropped unless a live `peer:` entry covers
-//! its source. Packets from local processes come through loopback and were
-//! decided at connect. This host's own TCP clients whose ephemeral port
-//! happens to be a protected number are marked at their SYN (egress) and
-//! their replies pass: the socket is known. Drops here never ask for a
+//! a UDP socket that heard from the network while unconnected — is dropped
+//! unless a live `peer:` entry covers its source. Packets from local
+//! processes come through loopback and were decided at connect. This host's
+//! own clients whose ephemeral port happens to be a protected number are
+//! marked when they speak first (a TCP SYN, a UDP datagram from a socket
+//! that heard nothing yet) and, connected, their replies pass: the peer
+//! was chosen by a local process. Drops here never ask for a
 //! socket to be destroyed: nothing a packet says can make the agent kill
 //! a socket. Minimum kernel: 5.10.
 use agent_common::{hook, v4_mapped, DenyEvent, FlowMark, KillRequest, Proto};
@@ -172,7 +174,13 @@ fn full_sock(ctx: &SkBuffContext) -> Option<*mut bpf_sock> {
 /// Per-socket storage of `map` for `full`, created (holding 1) when `create`.
 #[inline(always)]
 fn storage<T>(map: &T, full: *mut bpf_sock, create: bool) -> *mut u32 {
-    let mut one: u32 = 1;
+    storage_with(map, full, create, 1)
+}
+
+/// `storage`, created with `initial`.
+#[inline(always)]
+fn storage_with<T>(map: &T, full: *mut bpf_sock, create: bool, initial: u32) -> *mut u32 {
+    let mut one: u32 = initial;
     // SAFETY: the map pointer is the address of the map definition (what
     // aya's own accessors pass); `full` is a full socket; `one` is the
     // initial value when the storage is created.
@@ -195,9 +203,17 @@ fn storage<T>(map: &T, full: *mut bpf_sock, create: bool) -> *mut u32 {
     .cast()
 }
 
-/// A TCP socket sending its SYN from a protected local port is one of this
-/// host's own clients (its ephemeral port happens to be protected): mark
-/// it, so that the ingress peer check lets the replies through.
+/// `PC_OUTBOUND` values: the socket spoke first (this host's own client),
+/// or it heard from the network while unconnected (a server's socket).
+const SENT_FIRST: u32 = 1;
+const HEARD_FIRST: u32 = 2;
+
+/// A socket on a protected local port that speaks before it hears from the
+/// network is one of this host's own clients (its ephemeral port happens
+/// to be protected): a TCP socket sending its SYN, or a UDP socket sending
+/// before anything arrived from the network. Mark it, so that the ingress
+/// peer check lets the replies through. A UDP socket that heard first
+/// keeps its `HEARD_FIRST` mark (see `remote_peer`).
 #[inline(always)]
 fn mark_outbound(full: *mut bpf_sock) {
     // SAFETY: plain field reads of a full socket, one volatile load each
@@ -210,12 +226,17 @@ fn mark_outbound(full: *mut bpf_sock) {
             rv(addr_of!((*full).src_port)),
         )
     };
-    if protocol != Proto::Tcp as u32 || state != TCP_SYN_SENT {
+    let proto = if protocol == Proto::Tcp as u32 && state == TCP_SYN_SENT {
+        Proto::Tcp
+    } else if protocol == Proto::Udp as u32 {
+        Proto::Udp
+    } else {
+        return;
+    };
+    if decide::segment_of(proto, local_port as u16) == 0 {
         return;
     }
-    if decide::segment_of(Proto::Tcp, local_port as u16) == 0 {
-        return;
-    }
+    // Created with SENT_FIRST; an existing mark (either value) stays.
     let _ = storage(&OUTBOUND, full, true);
 }
 
@@ -282,10 +303,24 @@ fn remote_peer(ctx: &SkBuffContext, full: *mut bpf_sock, facts: SockFacts) -> i3
                 return PASS;
             }
         }
-        // A connected UDP socket only hears from the peer its owner chose.
+        // A connected UDP socket that spoke first hears only from the
+        // peer its owner chose. A socket that heard from the network while
+        // unconnected is a server's, for good: connected later to the peer
+        // it heard from, it is still checked like a listener, so a revoked
+        // peer is dropped.
         Proto::Udp => {
-            if remote_port != 0 {
-                return PASS;
+            let mark = storage_with(&OUTBOUND, full, true, HEARD_FIRST);
+            if !mark.is_null() {
+                // SAFETY: a non-null pointer from bpf_sk_storage_get points
+                // at the socket's u32 value.
+                unsafe {
+                    if remote_port == 0 && *mark != HEARD_FIRST {
+                        *mark = HEARD_FIRST;
+                    }
+                    if remote_port != 0 && *mark == SENT_FIRST {
+                        return PASS;
+                    }
+                }
             }
         }
     }

@@ -59,8 +59,6 @@ use crate::{
 
 /// Sweeps are at least this far apart, however many triggers arrive.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(50);
-/// Most cgroup directories walked below the attach point per sweep.
-const MAX_CGROUPS: usize = 200_000;
 /// TCP states of a flow worth cutting: ESTABLISHED, SYN_SENT, SYN_RECV,
 /// FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT (1, 2, 3, 4, 5, 8).
 const TCP_OPEN_STATES: u32 = (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 8);
@@ -102,17 +100,28 @@ pub struct Report {
 }
 
 /// The cgroups the programs cover: the attach point, its ancestors and
-/// everything below it, as parent links by cgroup id.
+/// what is below it, learned one judged socket at a time.
+///
+/// Nothing walks the hierarchy: a user with a delegated subtree can create
+/// any number of cgroups, and a walk bounded to N of them would leave flows
+/// in the rest unjudged, one unbounded would stall every sweep. Instead the
+/// cgroup of each socket worth judging is found from the process holding
+/// it (`/proc/PID/cgroup`), checked against the socket's cgroup id (the
+/// directory's inode), and linked up to the attach point by `stat`: cost
+/// grows with the flows judged, not with the cgroups that exist.
 pub struct Cgroups {
-    /// cgroup id → parent id, for the attach point and below.
+    /// cgroup id → parent id, for the attach point and what was learned below it.
     below: HashMap<u64, u64>,
     /// The attach point's ancestors, root first (without the attach point).
     above: Vec<u64>,
     attach: u64,
+    /// The cgroup2 mount and the attach point's directory; `None` in tests
+    /// that give the links directly.
+    paths: Option<(PathBuf, PathBuf)>,
 }
 
 impl Cgroups {
-    /// Walks the hierarchy at and below `attach` (bounded by [`MAX_CGROUPS`]).
+    /// The attach point and its ancestors; what is below is learned later.
     pub fn scan(mount: &Path, attach: &Path) -> std::io::Result<Self> {
         let attach_id = fs::metadata(attach)?.ino();
         let mut above = Vec::new();
@@ -121,34 +130,33 @@ impl Cgroups {
             above.push(fs::metadata(&dir)?.ino());
         }
         above.reverse();
-        let mut below = HashMap::from([(attach_id, 0)]);
-        let mut stack: Vec<(PathBuf, u64)> = vec![(attach.to_path_buf(), attach_id)];
-        while let Some((dir, id)) = stack.pop() {
-            let Ok(entries) = fs::read_dir(&dir) else {
-                continue;
-            };
-            for e in entries.flatten() {
-                if below.len() >= MAX_CGROUPS {
-                    break;
-                }
-                if !e.file_type().is_ok_and(|t| t.is_dir()) {
-                    continue;
-                }
-                if let Ok(m) = e.metadata() {
-                    below.insert(m.ino(), id);
-                    stack.push((e.path(), m.ino()));
-                }
-            }
-        }
         Ok(Self {
-            below,
+            below: HashMap::from([(attach_id, 0)]),
             above,
             attach: attach_id,
+            paths: Some((mount.to_path_buf(), attach.to_path_buf())),
         })
     }
 
+    /// Known links only (tests): `below` maps cgroup id → parent id and
+    /// holds the attach point (its parent ignored).
+    #[cfg(test)]
+    pub(crate) fn from_links(below: HashMap<u64, u64>, above: Vec<u64>, attach: u64) -> Self {
+        Self {
+            below,
+            above,
+            attach,
+            paths: None,
+        }
+    }
+
+    /// The attach point is the hierarchy's root: every cgroup is below it.
+    fn covers_all(&self) -> bool {
+        self.above.is_empty()
+    }
+
     /// The cgroup and every ancestor (the ids the programs look up), or
-    /// `None` when the cgroup is not below the attach point.
+    /// `None` when the cgroup is not known to be below the attach point.
     pub fn chain(&self, id: u64) -> Option<Vec<u64>> {
         self.below.get(&id)?;
         let mut out = self.above.clone();
@@ -167,6 +175,52 @@ impl Cgroups {
         out.truncate(agent_common::MAX_CGROUP_DEPTH as usize);
         Some(out)
     }
+
+    /// The chain of socket `s`'s cgroup, learning it from the process that
+    /// holds the socket when it is not known yet. A cgroup that cannot be
+    /// placed (removed since, or its holder moved elsewhere) is judged,
+    /// when the attach point is the root, by the root's entries alone,
+    /// which can only refuse more; below a child attach point it is not
+    /// judged (it may not be below it at all).
+    pub fn chain_of(&mut self, s: &DiagSocket, owners: &mut impl Owners) -> Option<Vec<u64>> {
+        if !self.below.contains_key(&s.cgroup_id) {
+            self.learn(s, owners);
+        }
+        self.chain(s.cgroup_id)
+            .or_else(|| self.covers_all().then(|| vec![self.attach]))
+    }
+
+    /// Links the cgroup of `s` up to the attach point, from the cgroup path
+    /// of the socket's holder, when that directory is the socket's cgroup.
+    fn learn(&mut self, s: &DiagSocket, owners: &mut impl Owners) {
+        let Some((mount, attach)) = &self.paths else {
+            return;
+        };
+        let Some(rel) = owners.cgroup_of(s.inode) else {
+            return;
+        };
+        let dir = mount.join(rel.trim_start_matches('/'));
+        if !dir.starts_with(attach) || dir.components().any(|c| c.as_os_str() == "..") {
+            return;
+        }
+        let mut at = dir;
+        let mut ids = Vec::new();
+        loop {
+            let Ok(m) = fs::metadata(&at) else {
+                return;
+            };
+            ids.push(m.ino());
+            if at == *attach || !at.pop() {
+                break;
+            }
+        }
+        if ids.first() != Some(&s.cgroup_id) || ids.last() != Some(&self.attach) {
+            return;
+        }
+        // Child → parent links; the attach point's own entry stays.
+        self.below
+            .extend(ids.windows(2).map(|pair| (pair[0], pair[1])));
+    }
 }
 
 /// Whether `ip` is this host's by the programs' rule (`decide::v4_is_local`,
@@ -184,19 +238,27 @@ fn this_host(kernel: &(impl KernelView + ?Sized), ip: IpAddr) -> bool {
     by_rule || kernel.in_local_nets(addr).unwrap_or(true)
 }
 
-/// The primary (real) gid of the process holding socket `inode`, from /proc.
+/// What /proc says of the process holding socket `inode`.
 pub trait Owners {
+    /// Its primary (real) gid.
     fn gid_of(&mut self, inode: u32) -> Option<u32>;
+    /// Its cgroup2 path (relative to the hierarchy's root, as in
+    /// `/proc/PID/cgroup`).
+    fn cgroup_of(&mut self, inode: u32) -> Option<String>;
 }
 
-/// /proc, scanned once per sweep and only when a gid is needed.
+/// /proc, scanned once per sweep and only when an owner is needed; each
+/// holder's status and cgroup are read once, when first asked for.
 #[derive(Default)]
 pub struct ProcOwners {
-    by_inode: Option<HashMap<u32, u32>>,
+    /// Socket inode → pid of a process holding it.
+    by_inode: Option<HashMap<u32, i32>>,
+    gids: HashMap<i32, Option<u32>>,
+    cgroups: HashMap<i32, Option<String>>,
 }
 
 impl ProcOwners {
-    fn scan() -> HashMap<u32, u32> {
+    fn scan() -> HashMap<u32, i32> {
         use procfs::process::{all_processes, FDTarget};
         let mut out = HashMap::new();
         let Ok(procs) = all_processes() else {
@@ -206,32 +268,52 @@ impl ProcOwners {
             let Ok(fds) = p.fd() else {
                 continue;
             };
-            let mut gid = None;
             for fd in fds.flatten() {
                 let FDTarget::Socket(inode) = fd.target else {
                     continue;
                 };
-                let Ok(inode) = u32::try_from(inode) else {
-                    continue;
-                };
-                if gid.is_none() {
-                    gid = p.status().ok().map(|s| s.rgid);
-                }
-                if let Some(g) = gid {
-                    out.entry(inode).or_insert(g);
+                if let Ok(inode) = u32::try_from(inode) {
+                    out.entry(inode).or_insert(p.pid);
                 }
             }
         }
         out
     }
-}
 
-impl Owners for ProcOwners {
-    fn gid_of(&mut self, inode: u32) -> Option<u32> {
+    fn holder(&mut self, inode: u32) -> Option<i32> {
         self.by_inode
             .get_or_insert_with(Self::scan)
             .get(&inode)
             .copied()
+    }
+}
+
+impl Owners for ProcOwners {
+    fn gid_of(&mut self, inode: u32) -> Option<u32> {
+        let pid = self.holder(inode)?;
+        *self.gids.entry(pid).or_insert_with(|| {
+            procfs::process::Process::new(pid)
+                .and_then(|p| p.status())
+                .ok()
+                .map(|s| s.rgid)
+        })
+    }
+
+    fn cgroup_of(&mut self, inode: u32) -> Option<String> {
+        let pid = self.holder(inode)?;
+        self.cgroups
+            .entry(pid)
+            .or_insert_with(|| {
+                let groups = procfs::process::Process::new(pid)
+                    .and_then(|p| p.cgroups())
+                    .ok()?;
+                groups
+                    .0
+                    .into_iter()
+                    .find(|g| g.hierarchy == 0 && g.controllers.is_empty())
+                    .map(|g| g.pathname)
+            })
+            .clone()
     }
 }
 
@@ -264,7 +346,7 @@ fn local_allowed(
 /// protocol) to destroy, reading only the kernel maps.
 pub fn judge(
     sockets: &[DiagSocket],
-    cgroups: &Cgroups,
+    cgroups: &mut Cgroups,
     kernel: &(impl KernelView + ?Sized),
     owners: &mut impl Owners,
     all_remote: bool,
@@ -331,7 +413,7 @@ pub fn judge(
         if let Some(m) = mirror {
             servers_of_local.insert(m.cookie);
         }
-        let Some(chain) = cgroups.chain(s.cgroup_id) else {
+        let Some(chain) = cgroups.chain_of(s, owners) else {
             continue;
         };
         judged += 1;
@@ -359,7 +441,7 @@ pub fn judge(
             continue;
         }
         let seg = segment(s.proto, s.local.1);
-        if seg == 0 || !accepted(s) || !(all_remote || cgroups.chain(s.cgroup_id).is_some()) {
+        if seg == 0 || !accepted(s) || !(all_remote || cgroups.chain_of(s, owners).is_some()) {
             continue;
         }
         judged += 1;
@@ -463,7 +545,7 @@ impl Sweeper {
     /// One sweep for the running agent: snapshot, judge under the agent's
     /// lock with its maps, destroy.
     pub fn sweep(&mut self, agent: &Mutex<Agent>) -> Result<Report, SweepError> {
-        let snap = self.snapshot()?;
+        let mut snap = self.snapshot()?;
         let (cuts, judged) = {
             let a = agent.lock().expect("agent lock");
             snap.judge(a.kernel(), &mut ProcOwners::default())
@@ -485,13 +567,13 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn judge(
-        &self,
+        &mut self,
         kernel: &(impl KernelView + ?Sized),
         owners: &mut impl Owners,
     ) -> (Vec<Cut>, usize) {
         judge(
             &self.sockets,
-            &self.cgroups,
+            &mut self.cgroups,
             kernel,
             owners,
             self.all_remote,

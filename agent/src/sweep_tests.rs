@@ -31,6 +31,9 @@ impl Owners for Gids {
         self.1 += 1;
         self.0.get(&inode).copied()
     }
+    fn cgroup_of(&mut self, _inode: u32) -> Option<String> {
+        None
+    }
 }
 
 const PORT: u16 = 5432;
@@ -39,11 +42,11 @@ const CHILD: u64 = 101;
 const OUTSIDE: u64 = 999;
 
 fn cgroups() -> Cgroups {
-    Cgroups {
-        below: HashMap::from([(ATTACH, 0), (CHILD, ATTACH)]),
-        above: vec![1],
-        attach: ATTACH,
-    }
+    Cgroups::from_links(
+        HashMap::from([(ATTACH, 0), (CHILD, ATTACH)]),
+        vec![1],
+        ATTACH,
+    )
 }
 
 fn maps() -> Maps {
@@ -87,7 +90,13 @@ fn tcp_pair(client_cg: u64) -> Vec<DiagSocket> {
 }
 
 fn run(sockets: &[DiagSocket], m: &Maps) -> Vec<(u64, End)> {
-    let (cuts, _) = judge(sockets, &cgroups(), m, &mut Gids(HashMap::new(), 0), false);
+    let (cuts, _) = judge(
+        sockets,
+        &mut cgroups(),
+        m,
+        &mut Gids(HashMap::new(), 0),
+        false,
+    );
     cuts.iter().map(|c| (c.socket.cookie, c.end)).collect()
 }
 
@@ -109,7 +118,7 @@ fn a_local_flow_allowed_by_uid_cgroup_ancestor_or_gid_is_kept() {
     let mut m = maps();
     grant(&mut m, kind::GID, 50);
     let mut gids = Gids(HashMap::from([(1, 50)]), 0);
-    let (cuts, judged) = judge(&tcp_pair(CHILD), &cgroups(), &m, &mut gids, false);
+    let (cuts, judged) = judge(&tcp_pair(CHILD), &mut cgroups(), &m, &mut gids, false);
     assert_eq!((cuts.len(), judged), (0, 1));
 }
 
@@ -162,7 +171,7 @@ fn remote_flows_are_judged_by_peer_entries_on_the_servers_side() {
     assert_eq!(run(&[listener, outside], &maps()), vec![]);
     let (cuts, _) = judge(
         &[listener, outside],
-        &cgroups(),
+        &mut cgroups(),
         &maps(),
         &mut Gids(HashMap::new(), 0),
         true,
@@ -182,7 +191,7 @@ fn the_gid_is_looked_up_only_when_uid_and_cgroup_refuse() {
     let mut m = maps();
     grant(&mut m, kind::UID, 1000);
     let mut gids = Gids(HashMap::new(), 0);
-    judge(&tcp_pair(CHILD), &cgroups(), &m, &mut gids, false);
+    judge(&tcp_pair(CHILD), &mut cgroups(), &m, &mut gids, false);
     assert_eq!(gids.1, 0);
 }
 
@@ -203,11 +212,7 @@ fn the_cgroup_chain_stops_at_the_programs_depth() {
     for id in ATTACH + 1..ATTACH + depth + 8 {
         below.insert(id, id - 1);
     }
-    let cg = Cgroups {
-        below,
-        above: vec![1],
-        attach: ATTACH,
-    };
+    let cg = Cgroups::from_links(below, vec![1], ATTACH);
     let deepest = ATTACH + depth + 7;
     let chain = cg.chain(deepest).unwrap();
     assert_eq!(chain.len(), depth as usize);
@@ -215,4 +220,110 @@ fn the_cgroup_chain_stops_at_the_programs_depth() {
     assert!(!chain.contains(&deepest));
     // A shallow cgroup keeps its whole chain.
     assert_eq!(cg.chain(ATTACH + 1).unwrap(), vec![1, ATTACH, ATTACH + 1]);
+}
+
+/// Holders whose cgroup paths are given: socket inode → path.
+struct Paths(HashMap<u32, String>);
+impl Owners for Paths {
+    fn gid_of(&mut self, _inode: u32) -> Option<u32> {
+        None
+    }
+    fn cgroup_of(&mut self, inode: u32) -> Option<String> {
+        self.0.get(&inode).cloned()
+    }
+}
+
+/// A directory tree standing in for the cgroup2 hierarchy: `mount/attach`
+/// with `a/b` below; removed when dropped.
+struct Tree(PathBuf);
+impl Tree {
+    fn new() -> Self {
+        let top = std::env::temp_dir().join(format!(
+            "pc-sweep-tree-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        fs::create_dir_all(top.join("attach/a/b")).unwrap();
+        fs::create_dir_all(top.join("elsewhere")).unwrap();
+        Self(top)
+    }
+    fn ino(&self, rel: &str) -> u64 {
+        fs::metadata(self.0.join(rel)).unwrap().ino()
+    }
+}
+impl Drop for Tree {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn held(cgroup_id: u64, inode: u32) -> DiagSocket {
+    let mut s = sock(
+        TCP,
+        1,
+        ("127.0.0.1", 40000),
+        ("127.0.0.1", PORT),
+        inode as u64,
+    );
+    s.cgroup_id = cgroup_id;
+    s
+}
+
+/// A cgroup nobody walked is placed from its holder's path, however many
+/// cgroups exist: the chain runs from the mount through the attach point.
+#[test]
+fn a_sockets_cgroup_is_learned_from_its_holder_without_a_walk() {
+    let t = Tree::new();
+    let mut cg = Cgroups::scan(&t.0, &t.0.join("attach")).unwrap();
+    let leaf = t.ino("attach/a/b");
+    assert_eq!(
+        cg.chain(leaf),
+        None,
+        "nothing below the attach point is walked"
+    );
+    let mut owners = Paths(HashMap::from([(9, "/attach/a/b".to_string())]));
+    let chain = cg.chain_of(&held(leaf, 9), &mut owners).unwrap();
+    assert_eq!(
+        chain,
+        vec![t.ino(""), t.ino("attach"), t.ino("attach/a"), leaf]
+    );
+    // Learned once, known after.
+    assert_eq!(cg.chain(leaf), Some(chain));
+}
+
+/// A holder's path that is not the socket's cgroup (it moved, or the
+/// socket's cgroup was removed), or is outside the attach point, places
+/// nothing; below a child attach point such a socket is not judged.
+#[test]
+fn a_holder_elsewhere_places_nothing() {
+    let t = Tree::new();
+    let mut cg = Cgroups::scan(&t.0, &t.0.join("attach")).unwrap();
+    let leaf = t.ino("attach/a/b");
+    let mut owners = Paths(HashMap::from([
+        (1, "/attach/a".to_string()),
+        (2, "/elsewhere".to_string()),
+        (3, "/attach/../elsewhere".to_string()),
+    ]));
+    assert_eq!(cg.chain_of(&held(leaf, 1), &mut owners), None);
+    let other = t.ino("elsewhere");
+    assert_eq!(cg.chain_of(&held(other, 2), &mut owners), None);
+    assert_eq!(cg.chain_of(&held(other, 3), &mut owners), None);
+    assert_eq!(cg.chain_of(&held(leaf, 4), &mut owners), None, "no holder");
+}
+
+/// Attached at the root, a socket whose cgroup cannot be placed is still
+/// judged, by the root's entries only: a removed cgroup hides nothing.
+#[test]
+fn at_the_root_an_unplaceable_cgroup_is_judged_by_the_root_alone() {
+    let t = Tree::new();
+    let mut cg = Cgroups::scan(&t.0, &t.0).unwrap();
+    let mut owners = Paths(HashMap::new());
+    assert_eq!(
+        cg.chain_of(&held(123_456_789, 1), &mut owners),
+        Some(vec![t.ino("")])
+    );
+    // A cut follows when neither uid nor gid allows it.
+    let sockets = tcp_pair(123_456_789);
+    let (cuts, judged) = judge(&sockets, &mut cg, &maps(), &mut owners, false);
+    assert_eq!((cuts.len(), judged), (2, 1));
 }

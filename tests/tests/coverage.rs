@@ -514,6 +514,55 @@ fn replies_to_this_hosts_own_connection_from_a_protected_port_number_pass() {
     );
 }
 
+/// Binds a UDP client to a local port, connects it out, sends and reads
+/// an echo.
+const BOUND_UDP_CLIENT_PY: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.settimeout(3)
+try:
+    s.connect((sys.argv[3], int(sys.argv[4])))
+    for _ in range(3):
+        s.send(b'ping')
+        if s.recv(10) != b'ping':
+            raise OSError(0, 'short echo')
+    print('ok')
+except socket.timeout:
+    print('err TIMEOUT')
+except OSError as e:
+    print('err errno%d' % e.errno)
+"#;
+
+/// A connected UDP socket that speaks first is this host's client: its
+/// replies pass, although its port number is protected and the peer has no
+/// grant (a socket that heard first is a server's and is checked; see
+/// redteam.rs).
+#[test]
+fn replies_to_this_hosts_own_udp_client_on_a_protected_port_number_pass() {
+    let peer = PeerHost::new();
+    let cg = TestCgroup::new();
+    let reserved = EchoServer::udp("127.0.0.1:0");
+    let port = reserved.port();
+    drop(reserved);
+    let _agent = Agent::start(&policy(&[(port, "udp")]), &cg.path);
+    let remote = ProcServer::start(peer.command("python3"), "udp", &peer.peer_v4.to_string());
+    let out = python_line(
+        As::root_in(&cg.path).command("python3"),
+        BOUND_UDP_CLIENT_PY,
+        &[
+            &peer.host_v4.to_string(),
+            &port.to_string(),
+            &peer.peer_v4.to_string(),
+            &remote.port.to_string(),
+        ],
+    );
+    assert_eq!(
+        out, "ok",
+        "replies to this host's own UDP client were dropped"
+    );
+}
+
 // ---- 4. XDP fails closed on VLAN stacks ---------------------------------------
 
 #[test]

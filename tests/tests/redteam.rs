@@ -310,14 +310,15 @@ fn sweep_cost_with_many_cgroups() {
     }
 }
 
-/// Finding (written up, not fixed): the sweep walks at most 200,000
-/// cgroups below the attach point per sweep; a flow whose socket's cgroup
-/// is past that is not judged. Anyone with a delegated subtree (every
-/// systemd user session) can create that many cgroups and keep, in a
-/// cgroup past the limit, a flow opened before its port was protected.
+/// Finding (fixed): the sweep walked at most 200,000 cgroups below the
+/// attach point per sweep; a flow whose socket's cgroup was past that was
+/// not judged. Anyone with a delegated subtree (every systemd user
+/// session) can create that many cgroups and keep, in a cgroup past the
+/// limit, a flow opened before its port was protected. The sweep now
+/// places each judged socket's cgroup from its holder instead of walking.
 /// Slow (creates 200,100 cgroups): run with `--ignored`.
 #[test]
-#[ignore = "finding: flows in cgroups past the sweep's 200,000-cgroup walk are never judged"]
+#[ignore = "slow: creates 200,100 cgroups"]
 fn a_flow_in_a_cgroup_past_the_sweeps_walk_limit_is_still_cut() {
     let cg = TestCgroup::new();
     let server = EchoServer::tcp("127.0.0.1:0");
@@ -406,14 +407,14 @@ fn scopeguard(p: &std::path::Path) -> RemoveOnDrop {
     RemoveOnDrop(p.to_path_buf())
 }
 
-/// Finding (written up, not fixed): a UDP server on a protected port that
-/// connects its one socket to the peer it heard from (a common shape for
-/// a single-client UDP service) keeps talking to that peer after the
-/// peer's grant is revoked: the ingress check passes every connected UDP
-/// socket, and the sweep judges a remote UDP flow only when an unconnected
-/// socket is also bound to the port.
+/// Finding (fixed): a UDP server on a protected port that connects its
+/// one socket to the peer it heard from (a common shape for a
+/// single-client UDP service) kept talking to that peer after the peer's
+/// grant was revoked: the ingress check passed every connected UDP socket.
+/// Now only a connected socket that spoke first (a client) is exempt; one
+/// that heard from the network while unconnected is checked like a
+/// listener.
 #[test]
-#[ignore = "finding: a revoked peer keeps a connected UDP server socket"]
 fn a_revoked_peer_loses_a_connected_udp_server_socket() {
     let cg = TestCgroup::new();
     let peer = PeerHost::new();
