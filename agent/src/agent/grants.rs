@@ -151,8 +151,10 @@ impl Agent {
         let started = std::time::Instant::now();
         let identity: Option<Identity> = identity
             .map(|i| {
-                i.parse()
-                    .map_err(|e| refuse(RefusalCode::Invalid, format!("identity {i:?}: {e}")))
+                i.parse().map_err(|e| CoreError::BadIdentity {
+                    text: i.to_string(),
+                    why: format!("{e}"),
+                })
             })
             .transpose()?;
         if let Some(gid) = id.filter(|i| self.suspended.contains_key(i) && identity.is_none()) {
@@ -179,10 +181,7 @@ impl Agent {
         let selected: Vec<u64> = match (id, &identity, segment) {
             (Some(id), None, None) => {
                 if !self.grants.contains_key(&id) {
-                    return Err(refuse(
-                        RefusalCode::NotFound,
-                        format!("no live grant with id {id} (see `portcullis list`)"),
-                    ));
+                    return Err(CoreError::NoSuchGrant { id }.into());
                 }
                 vec![id]
             }
@@ -193,12 +192,7 @@ impl Agent {
                 .filter(|g| segment.is_none_or(|s| g.segment == s))
                 .map(|g| g.id)
                 .collect(),
-            _ => {
-                return Err(refuse(
-                    RefusalCode::BadRequest,
-                    "revoke takes a grant id, or --identity [--segment], or --segment",
-                ))
-            }
+            _ => return Err(CoreError::RevokeWhat.into()),
         };
         // Authorize every grant before touching any.
         for gid in &selected {
@@ -207,9 +201,13 @@ impl Agent {
             let own = credential_matches(&g.identity, cred)
                 && matches!(g.identity, Identity::User(_) | Identity::Uid(_));
             if !(own || seg.is_some_and(|s| self.may_administer(cred, s)) || cred.uid == 0) {
-                let why = format!("uid {} may not revoke grant {} on segment {}: only root, the segment's approvers and the grantee may", cred.uid, gid, g.segment);
+                let why = CoreError::MayNotRevoke {
+                    uid: cred.uid,
+                    grant: *gid,
+                    segment: g.segment.clone(),
+                };
                 let seg_name = g.segment.clone();
-                return Err(self.refused(cred, "revoke", &seg_name, why));
+                return Err(self.forbidden(cred, "revoke", &seg_name, why));
             }
         }
         let actor = Actor::from_uid(cred.uid, cred.pid);
@@ -218,10 +216,11 @@ impl Agent {
             // Revocation happens even when the audit log cannot be written.
             let changes = self.ledger.remove(&Source::Grant(gid));
             if let Err(e) = self.kernel.apply(&changes) {
-                return Err(refuse(
-                    RefusalCode::Internal,
-                    format!("revoking grant {gid} failed: {e}"),
-                ));
+                return Err(CoreError::RevokeFailed {
+                    id: gid,
+                    why: e.to_string(),
+                }
+                .into());
             }
             self.metrics.revoke_latency.observe(started.elapsed());
             let g = self.grants.remove(&gid).expect("selected from grants");
