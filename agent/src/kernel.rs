@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// What the agent's core reads from and writes to the kernel.
-pub trait KernelMaps: Send {
+pub(crate) trait KernelMaps: Send {
     /// Applies ledger changes in order; stops at the first failure.
     fn apply(&mut self, changes: &[Change]) -> Result<(), DataplaneError>;
     /// Puts, then `ports`, then deletes, all or nothing (see `dataplane::txn`).

@@ -52,7 +52,7 @@ static UNINSTALLED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 /// Loads and validates the policy directory for the agent (unresolvable
 /// users and groups are errors; units that are not running are warnings;
 /// untrusted files — see `policy::FileTrust` — are errors).
-pub fn load_policy(dir: &Path, trust: &policy::FileTrust) -> Result<policy::Policy, String> {
+pub(crate) fn load_policy(dir: &Path, trust: &policy::FileTrust) -> Result<policy::Policy, String> {
     let (policy, diags) =
         policy::load_paths_trusted(&[dir.to_path_buf()], &SystemHost, HostCheck::Error, trust);
     for d in diags
@@ -91,7 +91,7 @@ fn ensure_bpffs(bpffs: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn run(opts: Settings) -> anyhow::Result<()> {
+pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
     // 1. Policy first: a bad policy never reaches the kernel.
     let policy = load_policy(&opts.policies, &opts.policy_trust)
         .map_err(|e| anyhow::anyhow!("policy in {} is invalid:\n{e}", opts.policies.display()))?;
@@ -293,7 +293,7 @@ fn update_addresses(shared: &Shared) {
 }
 
 /// Re-reads the policy; on any error keeps enforcing the previous one.
-pub fn reload(shared: &Shared, dir: &Path, trust: &policy::FileTrust) {
+pub(crate) fn reload(shared: &Shared, dir: &Path, trust: &policy::FileTrust) {
     crate::notify::reloading();
     reload_with(shared, dir, trust, false);
     crate::notify::ready();

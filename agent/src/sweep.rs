@@ -58,7 +58,7 @@ use crate::{
 };
 
 /// Sweeps are at least this far apart, however many triggers arrive.
-pub const MIN_INTERVAL: Duration = Duration::from_millis(50);
+pub(crate) const MIN_INTERVAL: Duration = Duration::from_millis(50);
 /// Most cgroup directories walked below the attach point per sweep.
 const MAX_CGROUPS: usize = 200_000;
 /// TCP states of a flow worth cutting: ESTABLISHED, SYN_SENT, SYN_RECV,
@@ -76,7 +76,7 @@ type Ends = (u8, (IpAddr, u16), (IpAddr, u16));
 
 /// Which end of a refused flow a socket is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum End {
+pub(crate) enum End {
     /// The local client of a local flow.
     Client,
     /// The server's accepted socket of a refused local flow.
@@ -87,7 +87,7 @@ pub enum End {
 
 /// A socket to destroy, and why.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cut {
+pub(crate) struct Cut {
     pub socket: DiagSocket,
     pub end: End,
     pub segment: u32,
@@ -95,7 +95,7 @@ pub struct Cut {
 
 /// What one sweep saw and did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Report {
+pub(crate) struct Report {
     pub sockets: usize,
     pub judged: usize,
     pub cut: usize,
@@ -103,7 +103,7 @@ pub struct Report {
 
 /// The cgroups the programs cover: the attach point, its ancestors and
 /// everything below it, as parent links by cgroup id.
-pub struct Cgroups {
+pub(crate) struct Cgroups {
     /// cgroup id → parent id, for the attach point and below.
     below: HashMap<u64, u64>,
     /// The attach point's ancestors, root first (without the attach point).
@@ -113,7 +113,7 @@ pub struct Cgroups {
 
 impl Cgroups {
     /// Walks the hierarchy at and below `attach` (bounded by [`MAX_CGROUPS`]).
-    pub fn scan(mount: &Path, attach: &Path) -> std::io::Result<Self> {
+    pub(crate) fn scan(mount: &Path, attach: &Path) -> std::io::Result<Self> {
         let attach_id = fs::metadata(attach)?.ino();
         let mut above = Vec::new();
         let mut dir = attach.to_path_buf();
@@ -149,7 +149,7 @@ impl Cgroups {
 
     /// The cgroup and every ancestor (the ids the programs look up), or
     /// `None` when the cgroup is not below the attach point.
-    pub fn chain(&self, id: u64) -> Option<Vec<u64>> {
+    pub(crate) fn chain(&self, id: u64) -> Option<Vec<u64>> {
         self.below.get(&id)?;
         let mut out = self.above.clone();
         let mut path = vec![id];
@@ -185,13 +185,13 @@ fn this_host(kernel: &(impl KernelView + ?Sized), ip: IpAddr) -> bool {
 }
 
 /// The primary (real) gid of the process holding socket `inode`, from /proc.
-pub trait Owners {
+pub(crate) trait Owners {
     fn gid_of(&mut self, inode: u32) -> Option<u32>;
 }
 
 /// /proc, scanned once per sweep and only when a gid is needed.
 #[derive(Default)]
-pub struct ProcOwners {
+pub(crate) struct ProcOwners {
     by_inode: Option<HashMap<u32, u32>>,
 }
 
@@ -262,7 +262,7 @@ fn local_allowed(
 
 /// Decides which sockets of `sockets` (one dump of every family and
 /// protocol) to destroy, reading only the kernel maps.
-pub fn judge(
+pub(crate) fn judge(
     sockets: &[DiagSocket],
     cgroups: &Cgroups,
     kernel: &(impl KernelView + ?Sized),
@@ -380,7 +380,7 @@ pub fn judge(
 }
 
 /// The sweeper: a netlink socket and the cgroup hierarchy it judges in.
-pub struct Sweeper {
+pub(crate) struct Sweeper {
     diag: SockDiag,
     mount: PathBuf,
     attach: PathBuf,
@@ -389,7 +389,7 @@ pub struct Sweeper {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum SweepError {
+pub(crate) enum SweepError {
     #[error("listing sockets (sock_diag) failed")]
     Diag(#[from] DiagError),
     #[error("reading the cgroup tree at {path} failed")]
@@ -401,7 +401,7 @@ pub enum SweepError {
 }
 
 impl Sweeper {
-    pub fn open(mount: &Path, attach: &Path, all_remote: bool) -> Result<Self, SweepError> {
+    pub(crate) fn open(mount: &Path, attach: &Path, all_remote: bool) -> Result<Self, SweepError> {
         Ok(Self {
             diag: SockDiag::open()?,
             mount: mount.to_path_buf(),
@@ -422,7 +422,7 @@ impl Sweeper {
 
     /// What a sweep judges: the sockets and the covered cgroups, read
     /// without any lock held.
-    pub fn snapshot(&mut self) -> Result<Snapshot, SweepError> {
+    pub(crate) fn snapshot(&mut self) -> Result<Snapshot, SweepError> {
         let sockets = self.dump()?;
         let cgroups =
             Cgroups::scan(&self.mount, &self.attach).map_err(|source| SweepError::Cgroups {
@@ -437,7 +437,7 @@ impl Sweeper {
     }
 
     /// Destroys the sockets of `cuts`; returns how many were destroyed.
-    pub fn cut(&mut self, cuts: &[Cut]) -> usize {
+    pub(crate) fn cut(&mut self, cuts: &[Cut]) -> usize {
         let mut n = 0;
         for cut in cuts {
             let s = &cut.socket;
@@ -462,7 +462,7 @@ impl Sweeper {
 
     /// One sweep for the running agent: snapshot, judge under the agent's
     /// lock with its maps, destroy.
-    pub fn sweep(&mut self, agent: &Mutex<Agent>) -> Result<Report, SweepError> {
+    pub(crate) fn sweep(&mut self, agent: &Mutex<Agent>) -> Result<Report, SweepError> {
         let snap = self.snapshot()?;
         let (cuts, judged) = {
             let a = agent.lock().expect("agent lock");
@@ -477,14 +477,14 @@ impl Sweeper {
 }
 
 /// The sockets and cgroups one sweep judges.
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub sockets: Vec<DiagSocket>,
     pub cgroups: Cgroups,
     pub all_remote: bool,
 }
 
 impl Snapshot {
-    pub fn judge(
+    pub(crate) fn judge(
         &self,
         kernel: &(impl KernelView + ?Sized),
         owners: &mut impl Owners,
@@ -502,7 +502,7 @@ impl Snapshot {
 /// The sweeper thread, its triggers and the kill-ring reader.
 #[path = "sweep_runtime.rs"]
 mod runtime;
-pub use runtime::{channel, request, run, serve_kill_requests, start, Trigger};
+pub(crate) use runtime::{request, serve_kill_requests, start};
 
 #[cfg(test)]
 #[path = "sweep_tests.rs"]

@@ -32,21 +32,21 @@ mod cgroup;
 mod policy;
 #[cfg(test)]
 mod tests;
-pub use cgroup::CgroupWatch;
-pub use policy::PolicyWatch;
+pub(crate) use cgroup::CgroupWatch;
+pub(crate) use policy::PolicyWatch;
 
 /// Quiet time after the last policy-file event before reloading: an
 /// editor's write-then-rename, or a deploy tool writing several files,
 /// becomes one reload.
-pub const POLICY_DEBOUNCE: Duration = Duration::from_millis(200);
+pub(crate) const POLICY_DEBOUNCE: Duration = Duration::from_millis(200);
 /// A policy directory that never goes quiet is still reloaded this often.
 const POLICY_MAX_WAIT: Duration = Duration::from_secs(2);
 /// At most one identity refresh per this much time while cgroups churn.
-pub const CGROUP_DEBOUNCE: Duration = Duration::from_millis(50);
+pub(crate) const CGROUP_DEBOUNCE: Duration = Duration::from_millis(50);
 /// How deep below the attach point cgroup directories are watched; the
 /// same depth at which `resolve` looks for a unit's cgroup. Deeper cgroups
 /// are found by the periodic rescan.
-pub const CGROUP_WATCH_DEPTH: usize = 8;
+pub(crate) const CGROUP_WATCH_DEPTH: usize = 8;
 /// Upper bound on cgroup directories watched (each costs kernel memory and
 /// counts against `fs.inotify.max_user_watches`).
 const MAX_CGROUP_WATCHES: usize = 32_768;

@@ -19,7 +19,7 @@ use crate::{
 
 /// Enforcement as the kernel has it, for `status` and the metrics.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct EnforcementView {
+pub(crate) struct EnforcementView {
     /// Every program is attached where it belongs and every pin is this agent's.
     pub ok: bool,
     /// What the kernel lacks right now (empty when `ok`).
@@ -41,7 +41,7 @@ pub struct EnforcementView {
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct RepairView {
+pub(crate) struct RepairView {
     pub at: String,
     pub missing: Vec<String>,
     /// Whether the kernel had everything again afterwards.
@@ -50,7 +50,7 @@ pub struct RepairView {
 
 /// What the agent remembers between heartbeats.
 #[derive(Clone, Debug, Default)]
-pub struct Enforcement {
+pub(crate) struct Enforcement {
     pub repairs: u64,
     pub repair_failures: u64,
     pub last_repair: Option<RepairView>,
@@ -65,7 +65,7 @@ pub struct Enforcement {
 impl Agent {
     /// The heartbeat's check: asks the kernel, repairs what is missing,
     /// audits and logs each repair. True when enforcement is whole.
-    pub fn check_enforcement(&mut self) -> bool {
+    pub(crate) fn check_enforcement(&mut self) -> bool {
         if self.enforcement.uninstalled {
             return false;
         }
@@ -127,7 +127,7 @@ impl Agent {
     }
 
     /// Whether the last check found enforcement whole.
-    pub fn enforcing(&self) -> bool {
+    pub(crate) fn enforcing(&self) -> bool {
         !self.enforcement.uninstalled && self.enforcement.failing.is_empty()
     }
 
@@ -169,7 +169,7 @@ impl Agent {
     /// `portcullis uninstall` through the agent (root only): audited first,
     /// then the links are released and the pins removed. The server stops
     /// the agent after replying.
-    pub fn uninstall(&mut self, cred: &PeerCred) -> Result<Reply, Refusal> {
+    pub(crate) fn uninstall(&mut self, cred: &PeerCred) -> Result<Reply, Refusal> {
         if cred.uid != 0 {
             return Err(self.refused(
                 cred,

@@ -15,13 +15,11 @@ use crate::{
 
 /// Why the core refuses a command.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum CoreError {
+pub(crate) enum CoreError {
     #[error("unknown segment {name:?}; segments in force: {}", in_force(known))]
     UnknownSegment { name: String, known: Vec<String> },
     #[error("segment {segment} has no [segment.{segment}.jit] table, so it takes no grants or requests; add one to its policy")]
     NoJit { segment: String },
-    #[error("TTL {text:?}: {why}")]
-    BadTtl { text: String, why: String },
     #[error("TTL {} is longer than segment {segment}'s max_ttl of {}", clock::human(*asked), clock::human(*max))]
     TtlTooLong {
         segment: String,
@@ -93,11 +91,10 @@ fn in_force(known: &[String]) -> String {
 
 impl CoreError {
     /// The stable refusal code the edge reports.
-    pub fn code(&self) -> RefusalCode {
+    pub(crate) fn code(&self) -> RefusalCode {
         match self {
             Self::UnknownSegment { .. } => RefusalCode::NotFound,
             Self::NoJit { .. }
-            | Self::BadTtl { .. }
             | Self::TtlTooLong { .. }
             | Self::ReasonRequired { .. }
             | Self::LongerThanRequested { .. } => RefusalCode::Invalid,

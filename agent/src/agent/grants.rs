@@ -8,7 +8,7 @@ use super::errors::CoreError;
 use super::*;
 
 impl Agent {
-    pub fn grant(
+    pub(crate) fn grant(
         &mut self,
         cred: &PeerCred,
         segment: &str,
@@ -140,7 +140,7 @@ impl Agent {
     }
 
     /// Revokes by id, by identity (optionally on one segment), or a whole segment.
-    pub fn revoke(
+    pub(crate) fn revoke(
         &mut self,
         cred: &PeerCred,
         id: Option<u64>,
@@ -248,7 +248,7 @@ impl Agent {
     /// Forgets grants whose deadline has passed (the kernel already stopped
     /// honouring them at that instant) and returns them. Expires pending
     /// requests past their deadline too.
-    pub fn expire(&mut self) -> Vec<Grant> {
+    pub(crate) fn expire(&mut self) -> Vec<Grant> {
         self.expire_requests();
         if self.expire_suspended() {
             self.save();
@@ -285,7 +285,7 @@ impl Agent {
     }
 
     /// The earliest grant or pending-request deadline, for the expiry timer.
-    pub fn next_deadline(&self) -> Option<u64> {
+    pub(crate) fn next_deadline(&self) -> Option<u64> {
         let grants = self
             .grants
             .next_deadline()
@@ -300,7 +300,7 @@ impl Agent {
 
     /// Re-resolves identities that live in the cgroup tree (units restart
     /// with new cgroup ids) and standing allows that did not resolve before.
-    pub fn refresh_identities(&mut self) -> Result<(), crate::dataplane::DataplaneError> {
+    pub(crate) fn refresh_identities(&mut self) -> Result<(), crate::dataplane::DataplaneError> {
         let segments: Vec<Segment> = self.policy.segments.values().cloned().collect();
         for seg in segments {
             let id = self.segment_ids[&seg.name];

@@ -33,7 +33,7 @@ use crate::{
 };
 
 /// How long a request stays pending when the agent is not told otherwise.
-pub const DEFAULT_REQUEST_TTL: Duration = Duration::from_secs(3600);
+pub(crate) const DEFAULT_REQUEST_TTL: Duration = Duration::from_secs(3600);
 
 /// A refusal of the request book, at the edge.
 fn book_refusal(e: RequestError) -> Refusal {
@@ -67,12 +67,12 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 impl Agent {
     /// How long requests stay pending (the agent's `--request-expiry`).
-    pub fn set_request_ttl(&mut self, ttl: Duration) {
+    pub(crate) fn set_request_ttl(&mut self, ttl: Duration) {
         self.request_ttl = ttl;
     }
 
     /// `portcullis request SEGMENT`: the caller asks for access for themselves.
-    pub fn request(
+    pub(crate) fn request(
         &mut self,
         cred: &PeerCred,
         segment: &str,
@@ -139,7 +139,7 @@ impl Agent {
     }
 
     /// `portcullis approve ID [--ttl D]`: turns a pending request into a grant.
-    pub fn approve(
+    pub(crate) fn approve(
         &mut self,
         cred: &PeerCred,
         id: u64,
@@ -261,7 +261,12 @@ impl Agent {
     }
 
     /// `portcullis deny ID --reason TEXT`.
-    pub fn deny(&mut self, cred: &PeerCred, id: u64, reason: &str) -> Result<Reply, Refusal> {
+    pub(crate) fn deny(
+        &mut self,
+        cred: &PeerCred,
+        id: u64,
+        reason: &str,
+    ) -> Result<Reply, Refusal> {
         let segment = self.request_segment(id);
         let result = self.deny_checked(cred, id, reason);
         self.audited(cred, "deny", &segment, result)
@@ -327,7 +332,7 @@ impl Agent {
     }
 
     /// One request, pending or recently decided (polled by `request --wait`).
-    pub fn show_request(&mut self, cred: &PeerCred, id: u64) -> Result<Reply, Refusal> {
+    pub(crate) fn show_request(&mut self, cred: &PeerCred, id: u64) -> Result<Reply, Refusal> {
         self.expire_requests();
         let result = match self.requests.get(id) {
             Some(r) => Ok(Reply::Request {
@@ -339,7 +344,7 @@ impl Agent {
     }
 
     /// Pending requests, oldest first.
-    pub fn pending(&mut self) -> Reply {
+    pub(crate) fn pending(&mut self) -> Reply {
         self.expire_requests();
         Reply::Pending {
             requests: self.pending_views(),
@@ -437,7 +442,7 @@ impl Agent {
 
     /// `portcullis explain`: which segment, entry and source decide for a
     /// subject on a port, read from the kernel maps.
-    pub fn explain(
+    pub(crate) fn explain(
         &mut self,
         cred: &PeerCred,
         identity: Option<&str>,

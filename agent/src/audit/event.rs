@@ -17,7 +17,7 @@ use crate::{control::RefusalCode, state::Actor};
 /// One audit record's event and fields (without `ts`, `prev`, `hash`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "event", rename_all = "snake_case")]
-pub enum AuditEvent {
+pub(crate) enum AuditEvent {
     AgentStart {
         version: String,
         cgroup: String,
@@ -199,7 +199,8 @@ pub enum AuditEvent {
 
 impl AuditEvent {
     /// Every kind this version writes, as named on disk (for the docs test).
-    pub const KINDS: [&'static str; 20] = [
+    #[cfg(test)]
+    pub(crate) const KINDS: [&'static str; 20] = [
         "agent_start",
         "agent_stop",
         "grant",
@@ -225,7 +226,7 @@ impl AuditEvent {
     /// The event's name as written in the `event` field. Exhaustive: a new
     /// variant does not compile until it is named here (and in [`Self::KINDS`]
     /// and docs/audit.md, which a test checks).
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Self::AgentStart { .. } => "agent_start",
             Self::AgentStop { .. } => "agent_stop",
@@ -253,7 +254,7 @@ impl AuditEvent {
 
     /// The event's name as recorded: [`Self::kind`], or for [`Self::Other`]
     /// its own `event` field ("" when it has none, or not as text).
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         match self {
             Self::Other(fields) => fields
                 .get("event")
@@ -264,7 +265,7 @@ impl AuditEvent {
     }
 
     /// The segment the event is about, if it names one.
-    pub fn segment(&self) -> Option<&str> {
+    pub(crate) fn segment(&self) -> Option<&str> {
         match self {
             Self::Grant { segment, .. }
             | Self::GrantFailed { segment, .. }
@@ -291,7 +292,7 @@ impl AuditEvent {
     }
 
     /// The identity the event is about, as written (`user:alice`), if any.
-    pub fn identity(&self) -> Option<&str> {
+    pub(crate) fn identity(&self) -> Option<&str> {
         match self {
             Self::Grant { identity, .. }
             | Self::GrantFailed { identity, .. }
@@ -319,7 +320,7 @@ impl AuditEvent {
 
     /// Who did it, for the kinds that record an actor. [`Self::Other`] has
     /// none here: its `actor` field, if any, is shown as written.
-    pub fn actor(&self) -> Option<&Actor> {
+    pub(crate) fn actor(&self) -> Option<&Actor> {
         match self {
             Self::Grant { actor, .. }
             | Self::GrantFailed { actor, .. }
@@ -347,7 +348,7 @@ impl AuditEvent {
 
     /// The cgroup the event names (the attach point of `agent_start` and
     /// `enforcement_repaired`), which `--identity cgroup:` also matches.
-    pub fn cgroup(&self) -> Option<&str> {
+    pub(crate) fn cgroup(&self) -> Option<&str> {
         match self {
             Self::AgentStart { cgroup, .. } | Self::EnforcementRepaired { cgroup, .. } => {
                 Some(cgroup)
@@ -374,7 +375,7 @@ impl AuditEvent {
     /// version cannot read as one of its kinds is [`Self::Other`], whole.
     /// Fields beyond a known kind's own (`ts`, `hash`, `recorded_late`, ...)
     /// are not part of the event.
-    pub fn from_record(rec: &serde_json::Map<String, serde_json::Value>) -> Self {
+    pub(crate) fn from_record(rec: &serde_json::Map<String, serde_json::Value>) -> Self {
         // `Other` is untagged: a record no tagged variant reads lands there,
         // so deserializing an object cannot fail.
         Self::deserialize(&serde_json::Value::Object(rec.clone()))

@@ -34,16 +34,16 @@ use crate::{
 };
 
 /// Where the audit log is when neither `--file` nor the agent says.
-pub const DEFAULT_AUDIT_LOG: &str = "/var/log/portcullis/audit.jsonl";
+pub(crate) const DEFAULT_AUDIT_LOG: &str = "/var/log/portcullis/audit.jsonl";
 /// The deny log's file name, beside the audit log unless configured.
-pub const DENY_LOG_NAME: &str = "denies.jsonl";
+pub(crate) const DENY_LOG_NAME: &str = "denies.jsonl";
 /// How often `--follow` looks for new lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(300);
 
 /// `portcullis audit`: query the audit trail, or verify its chain.
 #[derive(Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
-pub struct AuditArgs {
+pub(crate) struct AuditArgs {
     #[command(subcommand)]
     pub command: Option<AuditCommand>,
     #[command(flatten)]
@@ -51,7 +51,7 @@ pub struct AuditArgs {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum AuditCommand {
+pub(crate) enum AuditCommand {
     /// Check the hash chain; names the first broken record. Given the
     /// current log (the default), checks its rotated files too.
     Verify {
@@ -61,7 +61,7 @@ pub enum AuditCommand {
 }
 
 #[derive(Args, Debug, Default)]
-pub struct QueryArgs {
+pub(crate) struct QueryArgs {
     /// Only records newer than this: a duration (`1h`, `30m`) or an RFC 3339 time.
     #[arg(long, value_name = "WHEN")]
     pub since: Option<String>,
@@ -95,7 +95,7 @@ fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
 }
 
 /// Runs `portcullis audit ...`.
-pub fn run(args: AuditArgs, socket: &Path) -> ExitCode {
+pub(crate) fn run(args: AuditArgs, socket: &Path) -> ExitCode {
     match args.command {
         Some(AuditCommand::Verify { file }) => {
             let path = file.unwrap_or_else(|| log_paths(socket).0);
@@ -149,7 +149,7 @@ fn verify(path: &Path) -> ExitCode {
 }
 
 /// Which records to show.
-pub struct Filter {
+pub(crate) struct Filter {
     since: Option<SystemTime>,
     identity: Option<Identity>,
     segment: Option<String>,
@@ -157,7 +157,7 @@ pub struct Filter {
 }
 
 impl Filter {
-    pub fn new(q: &QueryArgs) -> Result<Self, String> {
+    pub(crate) fn new(q: &QueryArgs) -> Result<Self, String> {
         let since = q
             .since
             .as_deref()
@@ -186,7 +186,7 @@ impl Filter {
         })
     }
 
-    pub fn matches(&self, rec: &Record) -> bool {
+    pub(crate) fn matches(&self, rec: &Record) -> bool {
         if let Some(since) = self.since {
             match rec.ts().and_then(|t| humantime::parse_rfc3339_weak(t).ok()) {
                 Some(t) if t >= since => {}
@@ -212,7 +212,7 @@ impl Filter {
 
 /// One line of a log, read back: its envelope and its event.
 #[derive(Debug, PartialEq)]
-pub struct Record {
+pub(crate) struct Record {
     /// When it was written (`ts`), as written.
     ts: Option<String>,
     pub event: AuditEvent,
@@ -224,7 +224,7 @@ pub struct Record {
 
 impl Record {
     /// Reads a line's object. Never fails (see [`AuditEvent::from_record`]).
-    pub fn read(mut rec: Map<String, Value>) -> Self {
+    pub(crate) fn read(mut rec: Map<String, Value>) -> Self {
         let event = AuditEvent::from_record(&rec);
         let ts = rec.get("ts").and_then(Value::as_str).map(str::to_string);
         let extra = match &event {

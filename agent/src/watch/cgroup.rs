@@ -17,7 +17,7 @@ use super::{disabled, Edge, Inbox, CGROUP_DEBOUNCE, CGROUP_WATCH_DEPTH, MAX_CGRO
 /// Watches the cgroup directories below the attach point, to
 /// [`CGROUP_WATCH_DEPTH`] levels, adding a watch for each new directory
 /// (and whatever was created in it before the watch was in place).
-pub struct CgroupWatch {
+pub(crate) struct CgroupWatch {
     inbox: Option<Inbox>,
     tree: Tree,
 }
@@ -147,7 +147,7 @@ impl CgroupWatch {
     /// processes there and below are checked, so only cgroups there and
     /// below can change a decision). Never fails: without inotify the
     /// watch logs why and stays silent.
-    pub fn new(root: &Path) -> Self {
+    pub(crate) fn new(root: &Path) -> Self {
         let mut tree = Tree {
             root: root.to_path_buf(),
             dirs: HashMap::new(),
@@ -168,13 +168,14 @@ impl CgroupWatch {
     }
 
     /// How many directories are watched.
-    pub fn watched(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn watched(&self) -> usize {
         self.tree.dirs.len()
     }
 
     /// Returns when cgroups appeared or disappeared: at once for the first
     /// change, then at most once per [`CGROUP_DEBOUNCE`].
-    pub async fn changed(&mut self) {
+    pub(crate) async fn changed(&mut self) {
         let Some(inbox) = self.inbox.as_mut() else {
             return std::future::pending().await;
         };

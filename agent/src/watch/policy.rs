@@ -14,7 +14,7 @@ use super::{disabled, Edge, Inbox, POLICY_DEBOUNCE, POLICY_MAX_WAIT};
 /// own name in its parent (so that a directory replaced wholesale, or a
 /// symlink to it swapped, is seen too). A path that is a single file is
 /// watched through its parent.
-pub struct PolicyWatch {
+pub(crate) struct PolicyWatch {
     inbox: Option<Inbox>,
     path: PathBuf,
     parent: PathBuf,
@@ -37,7 +37,7 @@ fn dir_mask() -> AddWatchFlags {
 impl PolicyWatch {
     /// Starts watching `path` (a directory of policy files, or one file).
     /// Never fails: without inotify the watch logs why and stays silent.
-    pub fn new(path: &Path) -> Self {
+    pub(crate) fn new(path: &Path) -> Self {
         let parent = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
@@ -76,7 +76,7 @@ impl PolicyWatch {
 
     /// Returns when a policy file changed and things have been quiet for
     /// [`POLICY_DEBOUNCE`].
-    pub async fn changed(&mut self) {
+    pub(crate) async fn changed(&mut self) {
         let Some(inbox) = self.inbox.as_mut() else {
             return std::future::pending().await;
         };
