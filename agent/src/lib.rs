@@ -1,37 +1,37 @@
 //! Portcullis: a port-level micro-segmentation agent.
 //!
 //! # Layout
-//! - [`identity`]: identities and port ranges: parsing and display.
-//! - [`duration`]: bounded durations (TTLs, intervals), parsed once where they enter.
+//! - `identity`: identities and port ranges: parsing and display.
+//! - `duration`: bounded durations (TTLs, intervals), parsed once where they enter.
 //! - [`policy`]: segment policy files: parse, validate, diagnostics.
-//! - [`resolve`]: from an identity to the kernel keys that stand for it here.
-//! - [`ledger`]: which map entries each source of access opens.
-//! - [`dataplane`]: the only module that touches aya: load, attach, pin, maps;
+//! - `resolve`: from an identity to the kernel keys that stand for it here.
+//! - `ledger`: which map entries each source of access opens.
+//! - `dataplane`: the only module that touches aya: load, attach, pin, maps;
 //!   its `enforcement` part checks the kernel against what it attached and repairs.
-//! - [`kernel`]: the `KernelMaps` seam between the core and the kernel maps (and a fake for tests).
-//! - [`kernlog`]: kernel debug lines (`portcullis debug on|off`) forwarded into the log.
-//! - [`lock`]: one agent per pin directory, state directory, audit log and socket.
-//! - [`pindir`]: pin directories only root can touch.
-//! - [`actor`]: who did something (from peer credentials), and Unix milliseconds.
-//! - [`agent`]: the agent's state and operations (grant, revoke, expire, reload).
-//! - [`requests`]: the book of access requests (pending, approved, denied, expired).
-//! - [`explain`]: why a subject may or may not reach a port, read from the kernel maps.
-//! - [`server`]: the agent process: start-up, control socket, timers, signals.
-//! - [`control`]: the control-socket protocol and client.
-//! - [`connlimit`]: how many control connections are served, per uid and for root.
-//! - [`termtext`]: free text the agent refuses, and the one escaping function for output.
-//! - [`audit`]: the hash-chained audit log, its rotation, and `portcullis audit`.
-//! - [`denylog`]: kernel deny events → the deny log and the journal, rate limited.
-//! - [`metrics`]: the Prometheus snapshot, exposition and endpoint; [`observe`] takes the
+//! - `kernel`: the `KernelMaps` seam between the core and the kernel maps (and a fake for tests).
+//! - `kernlog`: kernel debug lines (`portcullis debug on|off`) forwarded into the log.
+//! - `lock`: one agent per pin directory, state directory, audit log and socket.
+//! - `pindir`: pin directories only root can touch.
+//! - `actor`: who did something (from peer credentials), and Unix milliseconds.
+//! - `agent`: the agent's state and operations (grant, revoke, expire, reload).
+//! - `requests`: the book of access requests (pending, approved, denied, expired).
+//! - `explain`: why a subject may or may not reach a port, read from the kernel maps.
+//! - `server`: the agent process: start-up, control socket, timers, signals.
+//! - `control`: the control-socket protocol and client.
+//! - `connlimit`: how many control connections are served, per uid and for root.
+//! - `termtext`: free text the agent refuses, and the one escaping function for output.
+//! - `audit`: the hash-chained audit log, its rotation, and `portcullis audit`.
+//! - `denylog`: kernel deny events → the deny log and the journal, rate limited.
+//! - `metrics`: the Prometheus snapshot, exposition and endpoint; `observe` takes the
 //!   snapshot from the agent and starts the deny-log reader and the endpoint.
-//! - [`state`]: grants and ids saved across restarts.
-//! - [`cli`]: the command line.
-//! - [`settings`]: flags over the configuration file (`/etc/portcullis/agent.toml`) over
-//!   defaults, resolved once; [`duration`] parses every duration a user writes.
-//! - [`watch`]: inotify watches on the policy directory and the cgroup tree.
-//! - [`sweep`]: judging every open flow with the kernel maps and cutting refused ones
-//!   (at start, after revoke, expiry and reload, on kill requests); [`sockdiag`] is its netlink shim.
-//! - [`cgroupfs`], [`hostaddrs`], [`clock`], [`mounts`]: host facts.
+//! - `state`: grants and ids saved across restarts.
+//! - `cli`: the command line.
+//! - `settings`: flags over the configuration file (`/etc/portcullis/agent.toml`) over
+//!   defaults, resolved once; `duration` parses every duration a user writes.
+//! - `watch`: inotify watches on the policy directory and the cgroup tree.
+//! - `sweep`: judging every open flow with the kernel maps and cutting refused ones
+//!   (at start, after revoke, expiry and reload, on kill requests); `sockdiag` is its netlink shim.
+//! - `cgroupfs`, `hostaddrs`, `clock`, `mounts`: host facts.
 //! - `benchprog` (feature `bench`): `portcullis bench-dataplane` (hidden): per-packet cost for `cargo xtask bench`.
 //!
 //! The crate's public surface is [`main`] (the binary is a one-line call to
