@@ -55,7 +55,6 @@ mod recovery;
 mod views;
 pub(crate) use apply::DEFAULT_GRANT_GRACE;
 pub(crate) use authz::credential_matches;
-pub(crate) use enforce::EnforcementView;
 pub(crate) use jit::DEFAULT_REQUEST_TTL;
 
 /// Where the agent keeps what it must remember.

@@ -326,18 +326,6 @@ pub(crate) fn resolve(subject: &Subject, h: &Hierarchy) -> Result<Resolved, Expl
     })
 }
 
-/// Whether a peer trie entry (v6 form, v6 prefix length) contains `addr`.
-pub(crate) fn prefix_contains(net: &[u8; 16], prefix: u8, addr: &[u8; 16]) -> bool {
-    let bits = u128::from_be_bytes(*addr);
-    let net = u128::from_be_bytes(*net);
-    let mask = if prefix == 0 {
-        0
-    } else {
-        u128::MAX << (128 - prefix.min(128) as u32)
-    };
-    bits & mask == net & mask
-}
-
 /// The ledger's sources for what the kernel matched: the exact key for
 /// local lookups, the longest recorded prefix containing the address for peers.
 fn ledger_sources(ledger: &Ledger, segment: u32, lookup: &Lookup) -> Vec<(Source, u64)> {
@@ -356,7 +344,9 @@ fn ledger_sources(ledger: &Ledger, segment: u32, lookup: &Lookup) -> Vec<(Source
                     segment: seg,
                     addr: net,
                     prefix,
-                } if *seg == segment && prefix_contains(net, *prefix, addr) => Some((*prefix, s)),
+                } if *seg == segment && crate::kernel::prefix_contains(net, *prefix, addr) => {
+                    Some((*prefix, s))
+                }
                 _ => None,
             })
             .max_by_key(|(prefix, _)| *prefix)

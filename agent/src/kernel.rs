@@ -140,3 +140,15 @@ pub(crate) use fake::{FakeKernel, Write};
 
 #[cfg(test)]
 mod fake;
+
+/// Whether a peer trie entry (v6 form, v6 prefix length) contains `addr`.
+pub(crate) fn prefix_contains(net: &[u8; 16], prefix: u8, addr: &[u8; 16]) -> bool {
+    let bits = u128::from_be_bytes(*addr);
+    let net = u128::from_be_bytes(*net);
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u128::MAX << (128 - prefix.min(128) as u32)
+    };
+    bits & mask == net & mask
+}

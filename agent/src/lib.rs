@@ -74,6 +74,9 @@ pub(crate) mod sweep;
 pub(crate) mod termtext;
 pub(crate) mod watch;
 
+#[cfg(test)]
+mod layout_tests;
+
 use std::process::ExitCode;
 
 use clap::Parser;
