@@ -10,14 +10,14 @@ use serde::{Deserialize, Serialize};
 
 /// Who did something, from the control socket's peer credentials.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Actor {
+pub(crate) struct Actor {
     pub uid: u32,
     pub user: Option<String>,
     pub pid: Option<i32>,
 }
 
 impl Actor {
-    pub fn from_uid(uid: u32, pid: Option<i32>) -> Self {
+    pub(crate) fn from_uid(uid: u32, pid: Option<i32>) -> Self {
         let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
             .ok()
             .flatten()
@@ -26,7 +26,7 @@ impl Actor {
     }
 
     /// The agent itself (expiry, reload).
-    pub fn agent() -> Self {
+    pub(crate) fn agent() -> Self {
         Self {
             uid: nix::unistd::getuid().as_raw(),
             user: Some("portcullis-agent".into()),
@@ -44,7 +44,7 @@ impl std::fmt::Display for Actor {
     }
 }
 
-pub fn unix_ms(t: SystemTime) -> u64 {
+pub(crate) fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)

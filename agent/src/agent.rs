@@ -53,19 +53,17 @@ mod jit;
 mod recovery;
 /// Domain state → control wire types.
 mod views;
-pub use apply::DEFAULT_GRANT_GRACE;
-pub use authz::credential_matches;
-pub use enforce::{EnforcementView, RepairView};
-pub use errors::CoreError;
-pub use jit::DEFAULT_REQUEST_TTL;
+pub(crate) use apply::DEFAULT_GRANT_GRACE;
+pub(crate) use authz::credential_matches;
+pub(crate) use jit::DEFAULT_REQUEST_TTL;
 
 /// Where the agent keeps what it must remember.
 #[derive(Clone, Debug)]
-pub struct Paths {
+pub(crate) struct Paths {
     pub state_dir: PathBuf,
 }
 
-pub struct Agent {
+pub(crate) struct Agent {
     policy: Policy,
     segment_ids: BTreeMap<String, u32>,
     grants: book::GrantBook,
@@ -112,7 +110,7 @@ fn refuse(code: RefusalCode, msg: impl Into<String>) -> Refusal {
 impl Agent {
     /// Takes over the kernel state left by a previous run (if any), restores
     /// saved grants that are still live, and applies `policy`.
-    pub fn start(
+    pub(crate) fn start(
         policy: Policy,
         kernel: Box<dyn KernelMaps>,
         resolver: Resolver,
@@ -292,7 +290,7 @@ impl Agent {
 
     /// Records a reload attempt's outcome for `status` and the audit log:
     /// the new digest, or the errors. `trigger` is what asked for it.
-    pub fn note_reload(&mut self, outcome: Result<String, Vec<String>>, trigger: &str) {
+    pub(crate) fn note_reload(&mut self, outcome: Result<String, Vec<String>>, trigger: &str) {
         let ok = outcome.is_ok();
         if ok {
             self.metrics.reloads_ok += 1;
@@ -318,7 +316,7 @@ impl Agent {
     }
 
     /// Audits the start of enforcement (after `attach`).
-    pub fn note_start(&mut self, cgroup: &std::path::Path) {
+    pub(crate) fn note_start(&mut self, cgroup: &std::path::Path) {
         let _ = self.audit.record(AuditEvent::AgentStart {
             version: env!("CARGO_PKG_VERSION").to_string(),
             cgroup: cgroup.display().to_string(),
@@ -328,31 +326,31 @@ impl Agent {
     }
 
     /// Audits the agent stopping (enforcement stays pinned).
-    pub fn note_stop(&mut self) {
+    pub(crate) fn note_stop(&mut self) {
         let _ = self.audit.record(AuditEvent::AgentStop {
             pid: std::process::id(),
         });
     }
 
     /// Segment id → name, for naming the segments in kernel deny events.
-    pub fn segment_names(&self) -> std::collections::HashMap<u32, String> {
+    pub(crate) fn segment_names(&self) -> std::collections::HashMap<u32, String> {
         self.segment_ids
             .iter()
             .map(|(name, id)| (*id, name.clone()))
             .collect()
     }
 
-    pub fn policy(&self) -> &Policy {
+    pub(crate) fn policy(&self) -> &Policy {
         &self.policy
     }
 
     /// The outcome of the last reload, if there was one.
-    pub fn last_reload(&self) -> Option<&ReloadView> {
+    pub(crate) fn last_reload(&self) -> Option<&ReloadView> {
         self.last_reload.as_ref()
     }
 
     /// Makes the kernel's local-prefix map hold exactly `nets`.
-    pub fn set_local_addrs(
+    pub(crate) fn set_local_addrs(
         &mut self,
         nets: &std::collections::BTreeSet<crate::hostaddrs::LocalNet>,
     ) -> Result<(), crate::dataplane::DataplaneError> {
@@ -363,48 +361,48 @@ impl Agent {
 
     /// Attaches the programs once the maps hold the policy, the grants and
     /// this host's addresses; returns where XDP went.
-    pub fn attach(
+    pub(crate) fn attach(
         &mut self,
     ) -> Result<Vec<crate::dataplane::XdpAttachment>, crate::dataplane::DataplaneError> {
         self.kernel.attach()
     }
 
     /// Whether XDP enforces remote peers (the sweep then judges every flow).
-    pub fn has_xdp(&self) -> bool {
+    pub(crate) fn has_xdp(&self) -> bool {
         self.kernel.has_xdp()
     }
 
     /// The maps' read side, for the sweep's judgement.
-    pub fn kernel(&self) -> &dyn KernelMaps {
+    pub(crate) fn kernel(&self) -> &dyn KernelMaps {
         &*self.kernel
     }
 
-    pub fn pin_dir(&self) -> &std::path::Path {
+    pub(crate) fn pin_dir(&self) -> &std::path::Path {
         self.kernel.pin_dir()
     }
 
     /// Counters kept for `status` and the metrics endpoint.
-    pub fn metrics(&self) -> &crate::metrics::AgentMetrics {
+    pub(crate) fn metrics(&self) -> &crate::metrics::AgentMetrics {
         &self.metrics
     }
 
     /// Where the deny log's counters live, once its reader runs.
-    pub fn set_deny_stats(&mut self, stats: std::sync::Arc<crate::denylog::DenyStats>) {
+    pub(crate) fn set_deny_stats(&mut self, stats: std::sync::Arc<crate::denylog::DenyStats>) {
         self.metrics.denies = Some(stats);
     }
 
     /// Repairs and failures of the kernel check so far.
-    pub fn enforcement(&self) -> &enforce::Enforcement {
+    pub(crate) fn enforcement(&self) -> &enforce::Enforcement {
         &self.enforcement
     }
 
     /// Whether `uninstall` went through this agent.
-    pub fn uninstalled(&self) -> bool {
+    pub(crate) fn uninstalled(&self) -> bool {
         self.enforcement.uninstalled
     }
 
     /// The audit log's health: write failures, why it fails now, backlog.
-    pub fn audit_health(&self) -> (u64, Option<&str>, usize) {
+    pub(crate) fn audit_health(&self) -> (u64, Option<&str>, usize) {
         (
             self.audit.write_failures(),
             self.audit.failing(),
@@ -413,12 +411,12 @@ impl Agent {
     }
 
     /// Writes audit records queued while the log could not be written.
-    pub fn retry_audit(&mut self) {
+    pub(crate) fn retry_audit(&mut self) {
         self.audit.retry();
     }
 
     /// Entries in the local grant map and in the peer maps, as the kernel has them.
-    pub fn map_entries(
+    pub(crate) fn map_entries(
         &self,
     ) -> (
         Result<usize, crate::dataplane::DataplaneError>,

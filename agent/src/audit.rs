@@ -37,27 +37,25 @@ use sha2::{Digest, Sha256};
 use tracing::{error, info, warn};
 
 mod event;
-pub mod query;
+pub(crate) mod query;
 mod verify;
-pub use event::AuditEvent;
-pub use verify::{
-    chain_files, verify, verify_chain, verify_file, Break, ChainReport, Start, Verified,
-};
+pub(crate) use event::AuditEvent;
+pub(crate) use verify::{chain_files, verify_chain};
 
-pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+pub(crate) const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// The event name of the record that opens a file after a rotation.
-pub const ROTATE: &str = "rotate";
+pub(crate) const ROTATE: &str = "rotate";
 
 /// Events whose action is made only once its record is written: never
 /// queued, the caller refuses the action instead.
-pub const AUDIT_FIRST: [&str; 2] = ["grant", "request"];
+pub(crate) const AUDIT_FIRST: [&str; 2] = ["grant", "request"];
 
 /// Records kept in memory while the log cannot be written.
-pub const MAX_BACKLOG: usize = 10_000;
+pub(crate) const MAX_BACKLOG: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
-pub enum AuditError {
+pub(crate) enum AuditError {
     #[error("cannot open audit log {path}: {source}")]
     Open {
         path: PathBuf,
@@ -74,7 +72,7 @@ pub enum AuditError {
 
 /// When to start a new file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Rotation {
+pub(crate) struct Rotation {
     /// Rotate before a record would take the file past this size; 0 = never.
     pub max_bytes: u64,
     /// Rotated files kept (`.1` .. `.keep`); at least 1.
@@ -82,7 +80,7 @@ pub struct Rotation {
 }
 
 impl Rotation {
-    pub const NEVER: Rotation = Rotation {
+    pub(crate) const NEVER: Rotation = Rotation {
         max_bytes: 0,
         keep: 1,
     };
@@ -99,14 +97,14 @@ impl Default for Rotation {
 }
 
 /// The path of rotated file number `n` (`audit.jsonl.3`).
-pub fn rotated_path(path: &Path, n: usize) -> PathBuf {
+pub(crate) fn rotated_path(path: &Path, n: usize) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(format!(".{n}"));
     PathBuf::from(s)
 }
 
 /// An open, append-only audit log.
-pub struct AuditLog {
+pub(crate) struct AuditLog {
     path: PathBuf,
     rotation: Rotation,
     file: Option<File>,
@@ -127,13 +125,13 @@ pub struct AuditLog {
 
 impl AuditLog {
     /// Opens (or creates) the log, never rotating it.
-    pub fn open(path: &Path) -> Result<Self, AuditError> {
+    pub(crate) fn open(path: &Path) -> Result<Self, AuditError> {
         Self::open_with(path, Rotation::NEVER)
     }
 
     /// Opens (or creates) the log and finds the hash to chain to: the last
     /// record of the log, or of `.1` when the log is empty.
-    pub fn open_with(path: &Path, rotation: Rotation) -> Result<Self, AuditError> {
+    pub(crate) fn open_with(path: &Path, rotation: Rotation) -> Result<Self, AuditError> {
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(|source| AuditError::Open {
                 path: path.into(),
@@ -181,27 +179,28 @@ impl AuditLog {
         })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// The last write failure, if the log cannot be written right now.
-    pub fn failing(&self) -> Option<&str> {
+    pub(crate) fn failing(&self) -> Option<&str> {
         self.failing.as_deref()
     }
 
     /// Records that could not be written since the agent started.
-    pub fn write_failures(&self) -> u64 {
+    pub(crate) fn write_failures(&self) -> u64 {
         self.write_failures
     }
 
     /// The hash of the last record written (the head of the chain).
-    pub fn last_hash(&self) -> &str {
+    #[cfg(test)]
+    pub(crate) fn last_hash(&self) -> &str {
         &self.last_hash
     }
 
     /// Records waiting in memory for the log to take writes again.
-    pub fn backlog(&self) -> usize {
+    pub(crate) fn backlog(&self) -> usize {
         self.backlog.len()
     }
 
@@ -209,7 +208,7 @@ impl AuditLog {
     /// are written first. On failure the chain is unchanged, the error is
     /// remembered for `status` and logged, and the record is queued unless
     /// its event is in [`AUDIT_FIRST`]. The one way records are written.
-    pub fn record(&mut self, event: AuditEvent) -> Result<String, AuditError> {
+    pub(crate) fn record(&mut self, event: AuditEvent) -> Result<String, AuditError> {
         let (kind, fields) = event.into_fields();
         self.record_fields(&kind, fields)
     }
@@ -230,7 +229,7 @@ impl AuditLog {
 
     /// Writes the queued records, if any (called on a timer, so they do
     /// not wait for the next event once the disk has room again).
-    pub fn retry(&mut self) {
+    pub(crate) fn retry(&mut self) {
         if !self.backlog.is_empty() || self.lost > 0 {
             let result = self.flush_backlog().map(|()| String::new());
             let _ = self.note("backlog", result);
@@ -439,7 +438,7 @@ fn open_append(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-pub fn chain_hash(prev: &str, canonical: &str) -> String {
+pub(crate) fn chain_hash(prev: &str, canonical: &str) -> String {
     let mut h = Sha256::new();
     h.update(prev.as_bytes());
     h.update(b"\n");

@@ -60,7 +60,7 @@ const SKB_DROP: u32 = 0;
 
 /// Flags of `portcullis bench-dataplane`.
 #[derive(Args, Debug)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// A bpffs directory for this run's pinned maps (created; removed at the end).
     #[arg(long)]
     pub bpffs: PathBuf,
@@ -92,7 +92,7 @@ impl Drop for PinGuard {
     }
 }
 
-pub fn main(args: BenchArgs) -> std::process::ExitCode {
+pub(crate) fn main(args: BenchArgs) -> std::process::ExitCode {
     match run(&args) {
         Ok(doc) => {
             println!("{doc}");
@@ -428,7 +428,7 @@ impl EmptyXdp {
                 libc::SYS_bpf,
                 BPF_PROG_LOAD,
                 &attr as *const ProgLoadAttr,
-                std::mem::size_of::<ProgLoadAttr>() as u32,
+                size_of::<ProgLoadAttr>() as u32,
             )
         };
         if fd < 0 {
@@ -455,7 +455,7 @@ impl EmptyXdp {
                 libc::SYS_bpf,
                 BPF_PROG_TEST_RUN,
                 &mut attr as *mut TestRunAttr,
-                std::mem::size_of::<TestRunAttr>() as u32,
+                size_of::<TestRunAttr>() as u32,
             )
         };
         if rc < 0 {

@@ -11,7 +11,7 @@ use std::{
 };
 
 #[derive(Debug, thiserror::Error)]
-pub enum CgroupError {
+pub(crate) enum CgroupError {
     #[error("cannot read /proc/self/mountinfo")]
     MountInfo(#[source] io::Error),
     #[error("no cgroup2 filesystem is mounted (looked in /proc/self/mountinfo); mount one with `mount -t cgroup2 none /sys/fs/cgroup`")]
@@ -33,31 +33,31 @@ pub enum CgroupError {
 }
 
 /// The mount point of the cgroup2 filesystem, from /proc/self/mountinfo.
-pub fn mount_point() -> Result<PathBuf, CgroupError> {
+pub(crate) fn mount_point() -> Result<PathBuf, CgroupError> {
     let mounts = crate::mounts::mounts().map_err(CgroupError::MountInfo)?;
     crate::mounts::first_of_type(&mounts, "cgroup2").ok_or(CgroupError::NotMounted)
 }
 
 /// A cgroup hierarchy rooted at its mount point.
 #[derive(Clone, Debug)]
-pub struct Hierarchy {
+pub(crate) struct Hierarchy {
     pub mount: PathBuf,
 }
 
 impl Hierarchy {
-    pub fn discover() -> Result<Self, CgroupError> {
+    pub(crate) fn discover() -> Result<Self, CgroupError> {
         Ok(Self {
             mount: mount_point()?,
         })
     }
 
     /// Absolute filesystem path of a cgroup path like `/system.slice/x.service`.
-    pub fn fs_path(&self, cgroup: &str) -> PathBuf {
+    pub(crate) fn fs_path(&self, cgroup: &str) -> PathBuf {
         self.mount.join(cgroup.trim_start_matches('/'))
     }
 
     /// The id of the cgroup at `cgroup` (a path relative to the mount, with a leading `/`).
-    pub fn id_of(&self, cgroup: &str) -> Result<u64, CgroupError> {
+    pub(crate) fn id_of(&self, cgroup: &str) -> Result<u64, CgroupError> {
         let path = self.fs_path(cgroup);
         match fs::metadata(&path) {
             Ok(m) if m.is_dir() => Ok(m.ino()),
@@ -75,7 +75,7 @@ impl Hierarchy {
     }
 
     /// The cgroup path (relative to the mount) of a cgroup directory.
-    pub fn relative(&self, fs_path: &Path) -> String {
+    pub(crate) fn relative(&self, fs_path: &Path) -> String {
         match fs_path.strip_prefix(&self.mount) {
             Ok(rel) if rel.as_os_str().is_empty() => "/".to_string(),
             Ok(rel) => format!("/{}", rel.display()),
@@ -90,7 +90,7 @@ impl Hierarchy {
     /// delegated to may create any directory below it). A cgroup that fails
     /// this is one an unprivileged user could have made, so it never stands
     /// for a system unit's or a `cgroup:` identity.
-    pub fn trusted_id(&self, cgroup: &str) -> Result<u64, CgroupError> {
+    pub(crate) fn trusted_id(&self, cgroup: &str) -> Result<u64, CgroupError> {
         let id = self.id_of(cgroup)?;
         let target = self.fs_path(cgroup);
         // The directory and its ancestors up to the mount, nearest first.
@@ -130,7 +130,7 @@ impl Hierarchy {
 
     /// The path of the cgroup with id `id`, searched breadth-first. `None`
     /// when it no longer exists.
-    pub fn path_of_id(&self, id: u64) -> Option<String> {
+    pub(crate) fn path_of_id(&self, id: u64) -> Option<String> {
         let mut queue = std::collections::VecDeque::from([self.mount.clone()]);
         let mut visited = 0usize;
         while let Some(dir) = queue.pop_front() {
@@ -156,7 +156,7 @@ impl Hierarchy {
 /// Whether systemd marked the cgroup directory `dir` as delegated (the
 /// `trusted.delegate` xattr, systemd ≥ 251; reading trusted.* needs
 /// CAP_SYS_ADMIN, which root has; without it the attribute reads as absent).
-pub fn is_delegated(dir: &Path) -> bool {
+pub(crate) fn is_delegated(dir: &Path) -> bool {
     let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
         return false;
     };
@@ -189,7 +189,7 @@ const SYSTEMCTL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5)
 /// path relative to the cgroup2 mount), or `None` when the unit is not
 /// running. Only systemd is asked: a directory of the same name elsewhere
 /// in the hierarchy means nothing.
-pub fn unit_control_group(unit: &str) -> Result<Option<String>, CgroupError> {
+pub(crate) fn unit_control_group(unit: &str) -> Result<Option<String>, CgroupError> {
     use std::process::{Command, Stdio};
     let fail = |why: String| CgroupError::Systemd {
         unit: unit.to_string(),
@@ -255,7 +255,7 @@ pub fn unit_control_group(unit: &str) -> Result<Option<String>, CgroupError> {
 }
 
 /// The cgroup v2 path of a process (the `0::` line of /proc/PID/cgroup).
-pub fn cgroup_of_pid(pid: u32) -> Result<String, CgroupError> {
+pub(crate) fn cgroup_of_pid(pid: u32) -> Result<String, CgroupError> {
     let text = fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .map_err(|_| CgroupError::NoProcess { pid })?;
     text.lines()

@@ -20,7 +20,7 @@ mod render;
 /// `uninstall`: through the running agent, or under its locks.
 mod uninstall;
 
-pub use render::render;
+pub(crate) use render::render;
 use render::{left, not_enforcing, table};
 
 use crate::{
@@ -38,7 +38,7 @@ use crate::{
     version,
     about = "Port-level micro-segmentation: internal ports closed by default, opened per identity for a bounded time, enforced by eBPF."
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// The agent's control socket [default: `socket` in /etc/portcullis/agent.toml,
     /// else /run/portcullis/control.sock].
     #[arg(long, global = true, env = "PORTCULLIS_SOCKET")]
@@ -48,7 +48,7 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the agent in the foreground: load and attach the programs, apply
     /// the policy, serve the control socket.
     Agent(Box<AgentArgs>),
@@ -169,7 +169,7 @@ fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
 }
 
 /// Runs a client command (everything but `agent`).
-pub fn run_client(cli: Cli) -> ExitCode {
+pub(crate) fn run_client(cli: Cli) -> ExitCode {
     let (request, json) = match cli.command {
         Command::Agent(_) => unreachable!("handled by main"),
         #[cfg(feature = "bench")]

@@ -10,24 +10,24 @@ use std::time::{Duration, SystemTime};
 use nix::time::{clock_gettime, ClockId};
 
 /// Nanoseconds of CLOCK_BOOTTIME now.
-pub fn boot_ns() -> u64 {
+pub(crate) fn boot_ns() -> u64 {
     let ts = clock_gettime(ClockId::CLOCK_BOOTTIME).expect("CLOCK_BOOTTIME is always available");
     ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
 }
 
 /// The boot-clock instant `ttl` from now, saturating below [`agent_common::NEVER`].
-pub fn deadline_after(ttl: Duration) -> u64 {
+pub(crate) fn deadline_after(ttl: Duration) -> u64 {
     let ns = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
     boot_ns().saturating_add(ns).min(agent_common::NEVER - 1)
 }
 
 /// Time left until a boot-clock instant (zero once it has passed).
-pub fn remaining(at_boot_ns: u64) -> Duration {
+pub(crate) fn remaining(at_boot_ns: u64) -> Duration {
     Duration::from_nanos(at_boot_ns.saturating_sub(boot_ns()))
 }
 
 /// The wall-clock time of a boot-clock instant, for display.
-pub fn wall_of(at_boot_ns: u64) -> SystemTime {
+pub(crate) fn wall_of(at_boot_ns: u64) -> SystemTime {
     let now_boot = boot_ns();
     let now = SystemTime::now();
     if at_boot_ns >= now_boot {
@@ -39,7 +39,7 @@ pub fn wall_of(at_boot_ns: u64) -> SystemTime {
 
 /// The boot-clock instant of a wall-clock time (for grants saved to disk,
 /// which must survive a reboot: the boot clock restarts at zero).
-pub fn boot_of(wall: SystemTime) -> u64 {
+pub(crate) fn boot_of(wall: SystemTime) -> u64 {
     let now_boot = boot_ns();
     match wall.duration_since(SystemTime::now()) {
         Ok(ahead) => now_boot.saturating_add(ahead.as_nanos() as u64),
@@ -48,17 +48,17 @@ pub fn boot_of(wall: SystemTime) -> u64 {
 }
 
 /// "12m 30s" style, rounded to the second, for tables.
-pub fn human(d: Duration) -> String {
+pub(crate) fn human(d: Duration) -> String {
     humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
 }
 
 /// RFC 3339, UTC, millisecond precision (audit records).
-pub fn rfc3339_millis(t: SystemTime) -> String {
+pub(crate) fn rfc3339_millis(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
 /// RFC 3339, UTC, second precision.
-pub fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 

@@ -15,15 +15,15 @@ use std::{
 };
 
 /// Connections served at once, all uids together.
-pub const MAX_CONNECTIONS: usize = 128;
+pub(crate) const MAX_CONNECTIONS: usize = 128;
 /// Of [`MAX_CONNECTIONS`], how many only root may use.
-pub const ROOT_RESERVED: usize = 32;
+pub(crate) const ROOT_RESERVED: usize = 32;
 /// Connections one non-root uid may hold at once.
-pub const MAX_PER_UID: usize = 8;
+pub(crate) const MAX_PER_UID: usize = 8;
 
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Refused {
+pub(crate) enum Refused {
     #[error("too many control connections from uid {uid} (at most {limit} at a time); try again")]
     PerUid { uid: u32, limit: usize },
     #[error("the agent is serving {limit} control connections; try again")]
@@ -38,7 +38,7 @@ struct Counts {
 
 /// The live connections, shared by the accept loop and the connection tasks.
 #[derive(Debug, Clone)]
-pub struct Limits {
+pub(crate) struct Limits {
     counts: Arc<Mutex<Counts>>,
     max_total: usize,
     root_reserved: usize,
@@ -53,13 +53,13 @@ impl Default for Limits {
 
 /// One admitted connection; releases its place when dropped.
 #[derive(Debug)]
-pub struct Slot {
+pub(crate) struct Slot {
     counts: Arc<Mutex<Counts>>,
     uid: u32,
 }
 
 impl Limits {
-    pub fn new(max_total: usize, root_reserved: usize, per_uid: usize) -> Self {
+    pub(crate) fn new(max_total: usize, root_reserved: usize, per_uid: usize) -> Self {
         Self {
             counts: Arc::default(),
             max_total,
@@ -70,7 +70,7 @@ impl Limits {
 
     /// Admits a connection from `uid`, or says why not. Root may use every
     /// place; other uids neither the reserved ones nor more than their share.
-    pub fn admit(&self, uid: u32) -> Result<Slot, Refused> {
+    pub(crate) fn admit(&self, uid: u32) -> Result<Slot, Refused> {
         let mut c = self.counts.lock().expect("connection counts");
         if uid != 0 {
             let mine = c.by_uid.get(&uid).copied().unwrap_or(0);
@@ -99,7 +99,8 @@ impl Limits {
     }
 
     /// Connections being served now.
-    pub fn active(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn active(&self) -> usize {
         self.counts.lock().expect("connection counts").total
     }
 }
@@ -121,14 +122,14 @@ impl Drop for Slot {
 /// failures were not reported in between: a flood that exhausts the
 /// agent's descriptors must not become a flood of log lines too.
 #[derive(Debug)]
-pub struct WarnLimiter {
+pub(crate) struct WarnLimiter {
     every: Duration,
     last: Option<Instant>,
     suppressed: u64,
 }
 
 impl WarnLimiter {
-    pub fn new(every: Duration) -> Self {
+    pub(crate) fn new(every: Duration) -> Self {
         Self {
             every,
             last: None,
@@ -138,7 +139,7 @@ impl WarnLimiter {
 
     /// `Some(n)` when a warning is due now (`n` failures were suppressed
     /// since the previous one); `None` to stay quiet.
-    pub fn due(&mut self, now: Instant) -> Option<u64> {
+    pub(crate) fn due(&mut self, now: Instant) -> Option<u64> {
         match self.last {
             Some(t) if now.duration_since(t) < self.every => {
                 self.suppressed += 1;
@@ -156,7 +157,7 @@ impl WarnLimiter {
 /// 10 ms to 200 ms while failures continue, so that running out of
 /// descriptors is neither a busy loop nor a long wait for root once a
 /// descriptor is free again.
-pub fn backoff(consecutive_failures: u32) -> Duration {
+pub(crate) fn backoff(consecutive_failures: u32) -> Duration {
     Duration::from_millis(10u64 << consecutive_failures.min(5)).min(Duration::from_millis(200))
 }
 

@@ -17,27 +17,32 @@ use serde::{Deserialize, Serialize};
 
 use crate::duration::Ttl;
 
+mod views;
+pub(crate) use views::{EnforcementView, RepairView};
+
 /// Default socket path; `--socket` or `PORTCULLIS_SOCKET` override it.
-pub const DEFAULT_SOCKET: &str = "/run/portcullis/control.sock";
+pub(crate) const DEFAULT_SOCKET: &str = "/run/portcullis/control.sock";
 /// Largest request line the agent reads (JSON and newline): far more than
 /// any real request needs, and small enough that the most connections
 /// the agent serves at once ([`crate::connlimit::MAX_CONNECTIONS`]) hold
 /// at most 2 MiB between them.
-pub const MAX_REQUEST: usize = 16 * 1024;
+pub(crate) const MAX_REQUEST: usize = 16 * 1024;
 /// Largest reply line the client reads (a `list` of many grants is large).
-pub const MAX_REPLY: usize = 1 << 20;
+pub(crate) const MAX_REPLY: usize = 1 << 20;
 /// How long the agent waits for a whole request once connected: a client
 /// that connects and says nothing loses its place after this.
-pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+pub(crate) const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
 /// How long the agent waits to hand its reply to the client.
-pub const REPLY_DEADLINE: Duration = Duration::from_secs(5);
+pub(crate) const REPLY_DEADLINE: Duration = Duration::from_secs(5);
 /// How long the client waits for the agent.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a client asks for.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+// The variant names are the wire ops (`request`, `show_request`).
+#[allow(clippy::enum_variant_names)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Request {
+pub(crate) enum Request {
     /// Open `segment` to `identity` for `ttl` (humantime text on the wire,
     /// refused when the message is decoded if it is not a valid TTL; the
     /// segment's default when absent).
@@ -107,7 +112,7 @@ pub enum Request {
 
 /// Who is asking, from SO_PEERCRED.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerCred {
+pub(crate) struct PeerCred {
     pub uid: u32,
     pub gid: u32,
     pub pid: Option<i32>,
@@ -116,14 +121,14 @@ pub struct PeerCred {
 /// The agent's answer.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "snake_case")]
-pub enum Response {
+pub(crate) enum Response {
     Ok(Reply),
     Error(Refusal),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Reply {
+pub(crate) enum Reply {
     Granted {
         grant: GrantView,
     },
@@ -167,14 +172,14 @@ pub enum Reply {
 
 /// Why a request was refused; `code` is stable for scripts.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Refusal {
+pub(crate) struct Refusal {
     pub code: RefusalCode,
     pub message: String,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-pub enum RefusalCode {
+pub(crate) enum RefusalCode {
     BadRequest,
     NotFound,
     Forbidden,
@@ -184,7 +189,7 @@ pub enum RefusalCode {
 }
 
 impl Refusal {
-    pub fn new(code: RefusalCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: RefusalCode, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
@@ -193,7 +198,7 @@ impl Refusal {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct GrantView {
+pub(crate) struct GrantView {
     pub id: u64,
     pub segment: String,
     pub identity: String,
@@ -217,7 +222,7 @@ pub struct GrantView {
 
 /// An access request and what became of it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct RequestView {
+pub(crate) struct RequestView {
     pub id: u64,
     pub segment: String,
     pub identity: String,
@@ -247,7 +252,7 @@ pub struct RequestView {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct AllowView {
+pub(crate) struct AllowView {
     pub segment: String,
     pub identity: String,
     pub ports: Vec<String>,
@@ -256,7 +261,7 @@ pub struct AllowView {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct ListView {
+pub(crate) struct ListView {
     pub standing: Vec<AllowView>,
     pub grants: Vec<GrantView>,
     /// Requests waiting for a decision.
@@ -265,7 +270,7 @@ pub struct ListView {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct SegmentStatus {
+pub(crate) struct SegmentStatus {
     pub name: String,
     pub id: u32,
     pub ports: Vec<String>,
@@ -274,7 +279,7 @@ pub struct SegmentStatus {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct StatusView {
+pub(crate) struct StatusView {
     pub version: String,
     pub cgroup: String,
     pub pin_dir: String,
@@ -299,11 +304,11 @@ pub struct StatusView {
     pub deny_log: Option<crate::denylog::DenyLogView>,
     /// Enforcement as the kernel has it (checked when `status` asks).
     #[serde(default)]
-    pub enforcement: Option<crate::agent::EnforcementView>,
+    pub enforcement: Option<EnforcementView>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct ReloadView {
+pub(crate) struct ReloadView {
     pub at: String,
     pub ok: bool,
     pub errors: Vec<String>,
@@ -311,7 +316,7 @@ pub struct ReloadView {
 
 /// Why the client could not talk to the agent, in words a user can act on.
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
+pub(crate) enum ClientError {
     #[error("the agent's socket {0} does not exist: is the agent running? (`systemctl status portcullis`, or pass --socket / PORTCULLIS_SOCKET)")]
     SocketMissing(PathBuf),
     #[error("the agent is not running: nothing listens on {0} (a stale socket)")]
@@ -335,7 +340,7 @@ pub enum ClientError {
 }
 
 /// Sends one request and waits for the answer.
-pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
+pub(crate) fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
     let stream = StdUnixStream::connect(socket).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => ClientError::SocketMissing(socket.into()),
         io::ErrorKind::ConnectionRefused => ClientError::NotRunning(socket.into()),
@@ -375,7 +380,7 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
 /// Parses a request line, turning every problem into a refusal that says
 /// what was wrong. Text fields with control characters or bidirectional
 /// overrides are refused here, before the agent stores or echoes them.
-pub fn parse_request(line: &str) -> Result<Request, Refusal> {
+pub(crate) fn parse_request(line: &str) -> Result<Request, Refusal> {
     let request: Request = serde_json::from_str(line.trim_end())
         .map_err(|e| Refusal::new(RefusalCode::BadRequest, format!("malformed request: {e}")))?;
     check_text(&request)
@@ -385,7 +390,7 @@ pub fn parse_request(line: &str) -> Result<Request, Refusal> {
 
 /// Every text field of `request`, named as on the wire, checked with
 /// [`crate::termtext::check`].
-pub fn check_text(request: &Request) -> Result<(), crate::termtext::UnsafeText> {
+pub(crate) fn check_text(request: &Request) -> Result<(), crate::termtext::UnsafeText> {
     let fields: Vec<(&str, Option<&str>)> = match request {
         Request::Grant {
             segment,

@@ -17,7 +17,7 @@ use thiserror::Error;
 
 /// Longest TTL a grant or policy may ask for. A year and a day lets "yearly"
 /// access exist while catching typos such as `100000h`.
-pub const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 60 * 60);
+pub(crate) const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 60 * 60);
 
 /// The range one kind of duration must fall in, and how to name it in
 /// errors.
@@ -38,7 +38,7 @@ pub trait Bounds {
 /// agent's `request_expiry` and `grant_grace`: more than zero, at most
 /// [`MAX_TTL`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct TtlBounds;
+pub(crate) struct TtlBounds;
 
 impl Bounds for TtlBounds {
     const MIN: Duration = Duration::ZERO;
@@ -50,7 +50,7 @@ impl Bounds for TtlBounds {
 
 /// A periodic interval (`identity_rescan`, `deny_window`): 1s to 1d.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct IntervalBounds;
+pub(crate) struct IntervalBounds;
 
 impl Bounds for IntervalBounds {
     const MIN: Duration = Duration::from_secs(1);
@@ -64,9 +64,9 @@ impl Bounds for IntervalBounds {
 pub struct Bounded<B>(Duration, PhantomData<B>);
 
 /// See [`TtlBounds`].
-pub type Ttl = Bounded<TtlBounds>;
+pub(crate) type Ttl = Bounded<TtlBounds>;
 /// See [`IntervalBounds`].
-pub type Interval = Bounded<IntervalBounds>;
+pub(crate) type Interval = Bounded<IntervalBounds>;
 
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum DurationError {
@@ -216,7 +216,7 @@ impl<'de, B: Bounds> Deserialize<'de> for Bounded<B> {
 
 /// A TTL argument as text, for the places that take one from a string
 /// (policy files, `audit --since`).
-pub fn parse_ttl(s: &str) -> Result<Duration, DurationError> {
+pub(crate) fn parse_ttl(s: &str) -> Result<Duration, DurationError> {
     s.parse::<Ttl>().map(Ttl::get)
 }
 

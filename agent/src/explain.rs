@@ -29,14 +29,14 @@ use crate::{
 
 /// What to explain for.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Subject {
+pub(crate) enum Subject {
     Identity(Identity),
     /// A running process: its cgroup, real uid and real gid.
     Pid(u32),
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ExplainError {
+pub(crate) enum ExplainError {
     #[error("{0:?} is not one port: write PORT/PROTO, e.g. 5432/tcp")]
     Port(String),
     #[error("cannot read process {pid}: {why}")]
@@ -57,7 +57,7 @@ pub enum ExplainError {
 
 /// The kernel reads explain (and the sweep) need: three lookups, nothing
 /// written. Every [`KernelMaps`] has them; sweep tests give a table.
-pub trait KernelView {
+pub(crate) trait KernelView {
     fn port_segment(&self, proto: Proto, port: u16) -> Result<u32, DataplaneError>;
     fn grant_expiry(&self, key: &GrantKey) -> Result<Option<u64>, DataplaneError>;
     fn peer_lookup(&self, segment: u32, addr: [u8; 16]) -> Result<Option<u64>, DataplaneError>;
@@ -86,7 +86,7 @@ impl<K: KernelMaps + ?Sized> KernelView for K {
 
 /// One key the kernel looks up for the subject.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Lookup {
+pub(crate) enum Lookup {
     /// A [`GrantKey`] without its segment: kind and id.
     Local { kind: u32, id: u64 },
     /// A source address (IPv4 v4-mapped), matched by longest prefix.
@@ -94,7 +94,7 @@ pub enum Lookup {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Probe {
+pub(crate) struct Probe {
     /// For people: "uid 1000 (alice)", "cgroup /a/b (id 4242)".
     pub label: String,
     pub lookup: Lookup,
@@ -102,7 +102,7 @@ pub struct Probe {
 
 /// A subject turned into what the kernel would see.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Resolved {
+pub(crate) struct Resolved {
     /// "pid 4242", "user:alice".
     pub subject: String,
     pub probes: Vec<Probe>,
@@ -111,7 +111,7 @@ pub struct Resolved {
 
 /// One looked-up key and what it holds.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct KeyCheck {
+pub(crate) struct KeyCheck {
     pub key: String,
     /// Whether the kernel map holds an entry for it.
     pub in_kernel: bool,
@@ -127,7 +127,7 @@ pub struct KeyCheck {
 
 /// The answer.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ExplainView {
+pub(crate) struct ExplainView {
     pub subject: String,
     /// "5432/tcp".
     pub port: String,
@@ -144,7 +144,7 @@ pub struct ExplainView {
 }
 
 /// Parses `5432/tcp` into one port.
-pub fn parse_port(text: &str) -> Result<(Proto, u16), ExplainError> {
+pub(crate) fn parse_port(text: &str) -> Result<(Proto, u16), ExplainError> {
     let range: PortRange = text
         .parse()
         .map_err(|_| ExplainError::Port(text.to_string()))?;
@@ -160,7 +160,7 @@ pub fn parse_port(text: &str) -> Result<(Proto, u16), ExplainError> {
 
 /// Real uid and real gid from the text of /proc/PID/status (what
 /// `bpf_get_current_uid_gid` reports).
-pub fn status_ids(status: &str) -> Option<(u32, u32)> {
+pub(crate) fn status_ids(status: &str) -> Option<(u32, u32)> {
     let field = |name: &str| {
         status
             .lines()
@@ -172,7 +172,7 @@ pub fn status_ids(status: &str) -> Option<(u32, u32)> {
 }
 
 /// A cgroup path and every ancestor, root first: `/a/b` → `/`, `/a`, `/a/b`.
-pub fn cgroup_chain(path: &str) -> Vec<String> {
+pub(crate) fn cgroup_chain(path: &str) -> Vec<String> {
     let mut out = vec!["/".to_string()];
     let mut current = String::new();
     for part in path.split('/').filter(|p| !p.is_empty()) {
@@ -231,7 +231,7 @@ fn cgroup_probes(h: &Hierarchy, path: &str, notes: &mut Vec<String>) -> Vec<Prob
 }
 
 /// What the kernel would look up for `subject`.
-pub fn resolve(subject: &Subject, h: &Hierarchy) -> Result<Resolved, ExplainError> {
+pub(crate) fn resolve(subject: &Subject, h: &Hierarchy) -> Result<Resolved, ExplainError> {
     let mut notes = Vec::new();
     let mut probes = Vec::new();
     let subject_text = match subject {
@@ -326,18 +326,6 @@ pub fn resolve(subject: &Subject, h: &Hierarchy) -> Result<Resolved, ExplainErro
     })
 }
 
-/// Whether a peer trie entry (v6 form, v6 prefix length) contains `addr`.
-pub(crate) fn prefix_contains(net: &[u8; 16], prefix: u8, addr: &[u8; 16]) -> bool {
-    let bits = u128::from_be_bytes(*addr);
-    let net = u128::from_be_bytes(*net);
-    let mask = if prefix == 0 {
-        0
-    } else {
-        u128::MAX << (128 - prefix.min(128) as u32)
-    };
-    bits & mask == net & mask
-}
-
 /// The ledger's sources for what the kernel matched: the exact key for
 /// local lookups, the longest recorded prefix containing the address for peers.
 fn ledger_sources(ledger: &Ledger, segment: u32, lookup: &Lookup) -> Vec<(Source, u64)> {
@@ -356,7 +344,9 @@ fn ledger_sources(ledger: &Ledger, segment: u32, lookup: &Lookup) -> Vec<(Source
                     segment: seg,
                     addr: net,
                     prefix,
-                } if *seg == segment && prefix_contains(net, *prefix, addr) => Some((*prefix, s)),
+                } if *seg == segment && crate::kernel::prefix_contains(net, *prefix, addr) => {
+                    Some((*prefix, s))
+                }
                 _ => None,
             })
             .max_by_key(|(prefix, _)| *prefix)
@@ -367,7 +357,7 @@ fn ledger_sources(ledger: &Ledger, segment: u32, lookup: &Lookup) -> Vec<(Source
 
 /// Evaluates `resolved` against the kernel maps at boot-clock instant `now`.
 /// `segment_name` names a segment id; `describe` says what a ledger source is.
-pub fn evaluate(
+pub(crate) fn evaluate(
     kernel: &(impl KernelView + ?Sized),
     ledger: &Ledger,
     resolved: &Resolved,

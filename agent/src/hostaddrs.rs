@@ -34,20 +34,20 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 /// A prefix the kernel delivers to this host: IPv6 bytes (IPv4 as
 /// v4-mapped) and an IPv6 prefix length (IPv4 prefixes are 96 + n).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct LocalNet {
+pub(crate) struct LocalNet {
     pub addr: [u8; 16],
     pub prefix: u8,
 }
 
 impl LocalNet {
     /// A single address (/128, or /32 for IPv4).
-    pub fn host(addr: [u8; 16]) -> Self {
+    pub(crate) fn host(addr: [u8; 16]) -> Self {
         Self { addr, prefix: 128 }
     }
 
     /// From an address and its own family's prefix length; host bits are
     /// cleared (the trie compares only the prefix, but keys stay canonical).
-    pub fn new(ip: IpAddr, len: u8) -> Self {
+    pub(crate) fn new(ip: IpAddr, len: u8) -> Self {
         let (addr, prefix) = match ip {
             IpAddr::V4(v4) => (v4_mapped(v4.octets()), 96 + len.min(32)),
             IpAddr::V6(v6) => (v6.octets(), len.min(128)),
@@ -77,7 +77,7 @@ impl std::fmt::Display for LocalNet {
 
 /// Errors of the route dump.
 #[derive(Debug, thiserror::Error)]
-pub enum HostAddrsError {
+pub(crate) enum HostAddrsError {
     #[error("rtnetlink socket (NETLINK_ROUTE) failed")]
     Socket(#[source] io::Error),
     #[error("RTM_GETROUTE dump failed")]
@@ -92,7 +92,7 @@ pub enum HostAddrsError {
 
 /// Every prefix this host accepts as its own now: local, broadcast and
 /// anycast routes of every routing table, plus every interface address.
-pub fn scan() -> Result<BTreeSet<LocalNet>, HostAddrsError> {
+pub(crate) fn scan() -> Result<BTreeSet<LocalNet>, HostAddrsError> {
     let mut out = local_routes()?;
     for ifa in nix::ifaddrs::getifaddrs().map_err(HostAddrsError::Ifaddrs)? {
         let Some(addr) = ifa.address else { continue };
@@ -107,7 +107,7 @@ pub fn scan() -> Result<BTreeSet<LocalNet>, HostAddrsError> {
 
 /// The kernel's local, broadcast and anycast routes of every table (one
 /// RTM_GETROUTE dump per family; `rtm_table` 0 asks for all tables).
-pub fn local_routes() -> Result<BTreeSet<LocalNet>, HostAddrsError> {
+pub(crate) fn local_routes() -> Result<BTreeSet<LocalNet>, HostAddrsError> {
     let mut socket = Socket::new(NETLINK_ROUTE).map_err(HostAddrsError::Socket)?;
     socket.bind_auto().map_err(HostAddrsError::Socket)?;
     socket
@@ -188,18 +188,19 @@ fn local_net(route: &RouteMessage) -> Option<LocalNet> {
 }
 
 /// Renders a key of the local-address map for logs.
-pub fn display(addr: &[u8; 16]) -> String {
+#[cfg(test)]
+pub(crate) fn display(addr: &[u8; 16]) -> String {
     agent_common::ip_of_key(*addr).to_string()
 }
 
 /// A netlink socket subscribed to address, link and route changes;
 /// readable when one happened.
-pub struct AddressEvents {
+pub(crate) struct AddressEvents {
     socket: Socket,
 }
 
 impl AddressEvents {
-    pub fn subscribe() -> io::Result<Self> {
+    pub(crate) fn subscribe() -> io::Result<Self> {
         let mut socket = Socket::new(NETLINK_ROUTE)?;
         socket.bind_auto()?;
         for group in [
@@ -219,7 +220,7 @@ impl AddressEvents {
     /// an address or link change, or a local, broadcast or anycast route
     /// added or removed (ordinary route churn, as on a router, does not
     /// cost a rescan). Anything undecodable, or lost (ENOBUFS), counts.
-    pub fn drain(&self) -> bool {
+    pub(crate) fn drain(&self) -> bool {
         let mut buf = vec![0u8; 64 * 1024];
         let mut any = false;
         // Bounded: a burst larger than this is picked up on the next wake-up.
@@ -270,7 +271,7 @@ impl AsRawFd for AddressEvents {
 /// This process's network namespace cookie (SO_NETNS_COOKIE, kernel ≥
 /// 5.14), which the programs compare with `bpf_get_netns_cookie` to tell
 /// the host's namespace from a container's; `None` on older kernels.
-pub fn netns_cookie() -> Option<u64> {
+pub(crate) fn netns_cookie() -> Option<u64> {
     const SO_NETNS_COOKIE: libc::c_int = 71;
     let sock = std::net::UdpSocket::bind("127.0.0.1:0")
         .or_else(|_| std::net::UdpSocket::bind("[::1]:0"))

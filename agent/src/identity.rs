@@ -45,7 +45,7 @@ macro_rules! serde_as_string {
 }
 
 mod ports;
-pub use ports::{PortRange, PortRangeError, Protocol, ProtocolError};
+pub(crate) use ports::{PortRange, Protocol};
 
 // ---------------------------------------------------------------------------
 // CIDR blocks

@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// What the agent's core reads from and writes to the kernel.
-pub trait KernelMaps: Send {
+pub(crate) trait KernelMaps: Send {
     /// Applies ledger changes in order; stops at the first failure.
     fn apply(&mut self, changes: &[Change]) -> Result<(), DataplaneError>;
     /// Puts, then `ports`, then deletes, all or nothing (see `dataplane::txn`).
@@ -140,3 +140,15 @@ pub(crate) use fake::{FakeKernel, Write};
 
 #[cfg(test)]
 mod fake;
+
+/// Whether a peer trie entry (v6 form, v6 prefix length) contains `addr`.
+pub(crate) fn prefix_contains(net: &[u8; 16], prefix: u8, addr: &[u8; 16]) -> bool {
+    let bits = u128::from_be_bytes(*addr);
+    let net = u128::from_be_bytes(*net);
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u128::MAX << (128 - prefix.min(128) as u32)
+    };
+    bits & mask == net & mask
+}

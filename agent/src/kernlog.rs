@@ -26,10 +26,10 @@ use tokio::io::unix::AsyncFd;
 use crate::control::{PeerCred, Refusal, RefusalCode, Reply};
 
 /// The `tracing` target of every forwarded kernel line.
-pub const TARGET: &str = "portcullis::kernel";
+pub(crate) const TARGET: &str = "portcullis::kernel";
 
 #[derive(Debug, thiserror::Error)]
-pub enum KernelLogError {
+pub(crate) enum KernelLogError {
     #[error("map {map} is missing from the eBPF object (was it built without debug support?)")]
     MissingMap { map: &'static str },
     #[error("opening the kernel debug ring {} failed", map_names::DEBUG_LOG)]
@@ -65,14 +65,14 @@ impl log::Log for Forward {
 }
 
 /// The switch and the budget maps of one load of the programs.
-pub struct DebugSwitch {
+pub(crate) struct DebugSwitch {
     flag: Mutex<Array<MapData, u32>>,
     budget: PerCpuArray<MapData, DebugBudget>,
 }
 
 impl DebugSwitch {
     /// Turns the programs' debug lines on or off; they see it at their next run.
-    pub fn set(&self, on: bool) -> Result<()> {
+    pub(crate) fn set(&self, on: bool) -> Result<()> {
         self.flag
             .lock()
             .expect("debug switch lock")
@@ -84,7 +84,7 @@ impl DebugSwitch {
             })
     }
 
-    pub fn is_on(&self) -> Result<bool> {
+    pub(crate) fn is_on(&self) -> Result<bool> {
         self.flag
             .lock()
             .expect("debug switch lock")
@@ -98,7 +98,7 @@ impl DebugSwitch {
     }
 
     /// Lines the per-CPU budget dropped since the programs were loaded.
-    pub fn dropped(&self) -> Result<u64> {
+    pub(crate) fn dropped(&self) -> Result<u64> {
         let per_cpu = self
             .budget
             .get(&0, 0)
@@ -112,7 +112,7 @@ impl DebugSwitch {
 }
 
 /// The debug maps of one load, taken out of the object.
-pub struct KernelLog {
+pub(crate) struct KernelLog {
     logger: EbpfLogger<Forward>,
     switch: Arc<DebugSwitch>,
 }
@@ -120,7 +120,7 @@ pub struct KernelLog {
 impl KernelLog {
     /// Takes the debug maps out of `ebpf` (after its programs are loaded,
     /// or while `self` lives: the programs hold the maps by descriptor).
-    pub fn open(ebpf: &mut Ebpf) -> Result<Self> {
+    pub(crate) fn open(ebpf: &mut Ebpf) -> Result<Self> {
         let mut take =
             |map: &'static str| ebpf.take_map(map).ok_or(KernelLogError::MissingMap { map });
         let flag =
@@ -146,13 +146,14 @@ impl KernelLog {
         })
     }
 
-    pub fn switch(&self) -> Arc<DebugSwitch> {
+    #[cfg(feature = "bench")]
+    pub(crate) fn switch(&self) -> Arc<DebugSwitch> {
         self.switch.clone()
     }
 
     /// Forwards lines on a task of its own for as long as the agent runs,
     /// and makes the switch the one `portcullis debug` turns.
-    pub fn serve(self) -> Result<()> {
+    pub(crate) fn serve(self) -> Result<()> {
         let _ = SWITCH.set(self.switch.clone());
         // SAFETY: the logger owns the ring's descriptor and moves into the
         // AsyncFd, which drops the registration before the descriptor closes.
@@ -180,7 +181,7 @@ static SWITCH: OnceLock<Arc<DebugSwitch>> = OnceLock::new();
 
 /// `portcullis debug [on|off]`: root only, since the lines name the uids
 /// and cgroups of everyone refused. `None` only reports the state.
-pub fn request(cred: &PeerCred, on: Option<bool>) -> Result<Reply, Refusal> {
+pub(crate) fn request(cred: &PeerCred, on: Option<bool>) -> Result<Reply, Refusal> {
     if cred.uid != 0 {
         return Err(Refusal::new(
             RefusalCode::Forbidden,

@@ -13,7 +13,7 @@ use agent_common::GrantKey;
 
 /// One map entry: a local identity key, or a peer prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum EntryKey {
+pub(crate) enum EntryKey {
     Local(GrantKey),
     /// Segment id, address (v4-mapped for IPv4) and IPv6 prefix length.
     Peer {
@@ -25,7 +25,7 @@ pub enum EntryKey {
 
 /// What grants access.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Source {
+pub(crate) enum Source {
     /// A standing allow from policy: segment name and identity text.
     Standing { segment: String, identity: String },
     /// A grant, by id.
@@ -34,13 +34,13 @@ pub enum Source {
 
 /// A write the kernel must see.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     Put(EntryKey, u64),
     Delete(EntryKey),
 }
 
 #[derive(Default, Debug, Clone)]
-pub struct Ledger {
+pub(crate) struct Ledger {
     entries: HashMap<EntryKey, Vec<(Source, u64)>>,
     by_source: HashMap<Source, Vec<EntryKey>>,
 }
@@ -50,53 +50,50 @@ fn latest(contributions: &[(Source, u64)]) -> Option<u64> {
 }
 
 impl Ledger {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
-    /// Whether `source` is recorded.
-    pub fn contains(&self, source: &Source) -> bool {
-        self.by_source.contains_key(source)
-    }
-
     /// The keys a source contributes to.
-    pub fn keys_of(&self, source: &Source) -> &[EntryKey] {
+    #[cfg(test)]
+    pub(crate) fn keys_of(&self, source: &Source) -> &[EntryKey] {
         self.by_source.get(source).map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// Every source and the keys it opens.
-    pub fn sources(&self) -> impl Iterator<Item = (&Source, &[EntryKey])> {
+    pub(crate) fn sources(&self) -> impl Iterator<Item = (&Source, &[EntryKey])> {
         self.by_source.iter().map(|(s, k)| (s, k.as_slice()))
     }
 
     /// The sources that open `key`, each with its expiry: the reverse of
     /// [`Ledger::keys_of`] (used by `explain` to say why an entry exists).
-    pub fn sources_of(&self, key: &EntryKey) -> &[(Source, u64)] {
+    pub(crate) fn sources_of(&self, key: &EntryKey) -> &[(Source, u64)] {
         self.entries.get(key).map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// Every map entry with the sources that open it.
-    pub fn entries(&self) -> impl Iterator<Item = (&EntryKey, &[(Source, u64)])> {
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&EntryKey, &[(Source, u64)])> {
         self.entries.iter().map(|(k, s)| (k, s.as_slice()))
     }
 
     /// The value the kernel should hold for `key`.
-    pub fn value(&self, key: &EntryKey) -> Option<u64> {
+    pub(crate) fn value(&self, key: &EntryKey) -> Option<u64> {
         self.entries.get(key).and_then(|c| latest(c))
     }
 
     /// Number of distinct map entries.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
     /// Records `source` opening `keys` until `expiry` (replacing what it
     /// opened before) and returns the writes, puts first.
-    pub fn set(&mut self, source: Source, keys: &[EntryKey], expiry: u64) -> Vec<Change> {
+    pub(crate) fn set(&mut self, source: Source, keys: &[EntryKey], expiry: u64) -> Vec<Change> {
         let mut changes = Vec::new();
         let mut keys: Vec<EntryKey> = keys.to_vec();
         keys.sort();
@@ -125,7 +122,7 @@ impl Ledger {
 
     /// Forgets `source` and returns the writes: keys no one else opens are
     /// deleted, keys others still open drop to the others' latest expiry.
-    pub fn remove(&mut self, source: &Source) -> Vec<Change> {
+    pub(crate) fn remove(&mut self, source: &Source) -> Vec<Change> {
         let Some(keys) = self.by_source.remove(source) else {
             return Vec::new();
         };
@@ -142,7 +139,7 @@ impl Ledger {
     /// puts first, then deletes, each in key order (so that a plan is
     /// deterministic). Planning a change on a copy and diffing is how a
     /// policy change is checked whole before the first write.
-    pub fn diff(&self, to: &Ledger) -> Vec<Change> {
+    pub(crate) fn diff(&self, to: &Ledger) -> Vec<Change> {
         let mut puts = Vec::new();
         let mut deletes = Vec::new();
         for key in to.entries.keys() {

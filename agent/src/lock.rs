@@ -27,10 +27,10 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 /// Where the locks of pin directories live.
-pub const LOCK_DIR: &str = "/run/portcullis/locks";
+pub(crate) const LOCK_DIR: &str = "/run/portcullis/locks";
 
 #[derive(Debug, thiserror::Error)]
-pub enum LockError {
+pub(crate) enum LockError {
     #[error("{what} {path} belongs to a Portcullis agent that is already running ({holder}); this one changes nothing and exits: stop that one first, or give this one its own {flag}")]
     Held {
         what: &'static str,
@@ -54,7 +54,7 @@ pub enum LockError {
 
 /// Who holds a lock, as it wrote itself into the lock file.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct Holder {
+pub(crate) struct Holder {
     pub pid: u32,
     /// The holder's control socket (`None` for `portcullis uninstall`).
     #[serde(default)]
@@ -73,20 +73,13 @@ impl fmt::Display for Holder {
 
 /// A held lock; released when dropped (or when the process exits).
 #[derive(Debug)]
-pub struct Lock {
+pub(crate) struct Lock {
     _file: Flock<File>,
-    path: PathBuf,
-}
-
-impl Lock {
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 /// What a lock protects, for messages.
 #[derive(Clone, Copy, Debug)]
-pub enum Kind {
+pub(crate) enum Kind {
     Pins,
     State,
     Audit,
@@ -113,7 +106,7 @@ impl Kind {
 }
 
 /// The lock file of `path` for `kind`.
-pub fn lock_path(kind: Kind, path: &Path) -> PathBuf {
+pub(crate) fn lock_path(kind: Kind, path: &Path) -> PathBuf {
     let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     match kind {
         Kind::Pins => {
@@ -176,7 +169,7 @@ fn read_holder(file: &mut File) -> Holder {
 /// Takes the lock of `path` for `kind` without waiting, and writes `holder`
 /// into it. Fails with [`LockError::Held`] naming the holder when another
 /// process has it.
-pub fn take(kind: Kind, path: &Path, holder: &Holder) -> Result<Lock, LockError> {
+pub(crate) fn take(kind: Kind, path: &Path, holder: &Holder) -> Result<Lock, LockError> {
     let lock_file = lock_path(kind, path);
     let file = open(kind, &lock_file)?;
     let mut locked = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
@@ -207,14 +200,11 @@ pub fn take(kind: Kind, path: &Path, holder: &Holder) -> Result<Lock, LockError>
             source,
         });
     }
-    Ok(Lock {
-        _file: locked,
-        path: lock_file,
-    })
+    Ok(Lock { _file: locked })
 }
 
 /// Who holds the lock of `path` for `kind` right now, if anyone.
-pub fn holder(kind: Kind, path: &Path) -> Option<Holder> {
+pub(crate) fn holder(kind: Kind, path: &Path) -> Option<Holder> {
     let lock_file = lock_path(kind, path);
     let file = File::open(&lock_file).ok()?;
     match Flock::lock(file, FlockArg::LockSharedNonblock) {
@@ -226,12 +216,12 @@ pub fn holder(kind: Kind, path: &Path) -> Option<Holder> {
 
 /// The locks an agent holds for its whole life.
 #[derive(Debug)]
-pub struct AgentLocks {
+pub(crate) struct AgentLocks {
     _locks: Vec<Lock>,
 }
 
 /// Takes the agent's four locks (pins, state, audit log, socket), or none.
-pub fn take_agent_locks(
+pub(crate) fn take_agent_locks(
     bpffs: &Path,
     state_dir: &Path,
     audit_log: &Path,

@@ -19,17 +19,17 @@ use crate::denylog::{DenyLogView, DenyStats};
 mod exposition;
 mod http;
 
-pub use exposition::render;
-pub use http::{serve, MAX_REQUEST, REQUEST_TIMEOUT};
+pub(crate) use exposition::render;
+pub(crate) use http::serve;
 
 /// Upper bounds (seconds) of the revocation latency histogram.
-pub const LATENCY_BUCKETS: [f64; 14] = [
+pub(crate) const LATENCY_BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
 /// A cumulative histogram with fixed buckets.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Histogram {
+pub(crate) struct Histogram {
     bounds: &'static [f64],
     /// Observations ≤ each bound (not cumulative; summed when rendered).
     counts: Vec<u64>,
@@ -38,7 +38,7 @@ pub struct Histogram {
 }
 
 impl Histogram {
-    pub fn new(bounds: &'static [f64]) -> Self {
+    pub(crate) fn new(bounds: &'static [f64]) -> Self {
         Self {
             bounds,
             counts: vec![0; bounds.len()],
@@ -47,7 +47,7 @@ impl Histogram {
         }
     }
 
-    pub fn observe(&mut self, d: Duration) {
+    pub(crate) fn observe(&mut self, d: Duration) {
         let secs = d.as_secs_f64();
         if let Some(i) = self.bounds.iter().position(|b| secs <= *b) {
             self.counts[i] += 1;
@@ -55,15 +55,11 @@ impl Histogram {
         self.count += 1;
         self.sum += secs;
     }
-
-    pub fn count(&self) -> u64 {
-        self.count
-    }
 }
 
 /// What the agent counts only to report it.
 #[derive(Clone, Debug)]
-pub struct AgentMetrics {
+pub(crate) struct AgentMetrics {
     pub reloads_ok: u64,
     pub reloads_failed: u64,
     /// From a revocation being handled to the kernel map delete returning.
@@ -85,7 +81,7 @@ impl Default for AgentMetrics {
 
 /// One segment's kernel counters.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct SegmentCounts {
+pub(crate) struct SegmentCounts {
     pub name: String,
     pub allowed: u64,
     pub denied: u64,
@@ -94,7 +90,7 @@ pub struct SegmentCounts {
 /// Every number the metrics page shows, taken at one moment; rendered by
 /// [`render`]. Map entry counts are `None` when the map could not be read.
 #[derive(Clone, Debug)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub segments: Vec<SegmentCounts>,
     pub grants_live: u64,
     pub requests_pending: u64,

@@ -14,19 +14,19 @@ use procfs::{process::MountInfos, FromBufRead};
 
 /// One mount: its filesystem type and where it is mounted.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mount {
+pub(crate) struct Mount {
     pub fs_type: String,
     pub mount_point: PathBuf,
 }
 
 /// The mounts of this process's namespace, in mountinfo order.
-pub fn mounts() -> io::Result<Vec<Mount>> {
+pub(crate) fn mounts() -> io::Result<Vec<Mount>> {
     let file = std::fs::File::open("/proc/self/mountinfo")?;
     parse(io::BufReader::new(file))
 }
 
 /// The mounts in a mountinfo text.
-pub fn parse(text: impl io::BufRead) -> io::Result<Vec<Mount>> {
+pub(crate) fn parse(text: impl io::BufRead) -> io::Result<Vec<Mount>> {
     let infos = MountInfos::from_buf_read(text)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
     Ok(infos
@@ -39,7 +39,7 @@ pub fn parse(text: impl io::BufRead) -> io::Result<Vec<Mount>> {
 }
 
 /// The first mount point of a filesystem of type `fs_type`.
-pub fn first_of_type(mounts: &[Mount], fs_type: &str) -> Option<PathBuf> {
+pub(crate) fn first_of_type(mounts: &[Mount], fs_type: &str) -> Option<PathBuf> {
     mounts
         .iter()
         .find(|m| m.fs_type == fs_type)
@@ -47,7 +47,7 @@ pub fn first_of_type(mounts: &[Mount], fs_type: &str) -> Option<PathBuf> {
 }
 
 /// Whether a filesystem of type `fs_type` is mounted at `at`.
-pub fn is_mounted(mounts: &[Mount], fs_type: &str, at: &Path) -> bool {
+pub(crate) fn is_mounted(mounts: &[Mount], fs_type: &str, at: &Path) -> bool {
     mounts
         .iter()
         .any(|m| m.fs_type == fs_type && m.mount_point == at)

@@ -17,12 +17,12 @@ fn send(states: &[NotifyState]) {
 }
 
 /// Enforcement is in place and the control socket answers.
-pub fn ready() {
+pub(crate) fn ready() {
     send(&[NotifyState::Ready, NotifyState::Status("enforcing")]);
 }
 
 /// A policy reload has started (systemd's reload protocol wants the time).
-pub fn reloading() {
+pub(crate) fn reloading() {
     let mut states = vec![
         NotifyState::Reloading,
         NotifyState::Status("reloading policy"),
@@ -34,7 +34,7 @@ pub fn reloading() {
 }
 
 /// The agent is shutting down (enforcement stays pinned).
-pub fn stopping() {
+pub(crate) fn stopping() {
     send(&[
         NotifyState::Stopping,
         NotifyState::Status("stopping; enforcement stays in place"),
@@ -42,10 +42,10 @@ pub fn stopping() {
 }
 
 /// Pings the watchdog at half the interval systemd asked for.
-pub struct Watchdog(Option<tokio::time::Interval>);
+pub(crate) struct Watchdog(Option<tokio::time::Interval>);
 
 impl Watchdog {
-    pub fn from_env() -> Self {
+    pub(crate) fn from_env() -> Self {
         Self(sd_notify::watchdog_enabled().map(|d| {
             let mut i = tokio::time::interval((d / 2).max(Duration::from_millis(10)));
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -54,7 +54,7 @@ impl Watchdog {
     }
 
     /// Completes when the next ping is due; never when the watchdog is off.
-    pub async fn tick(&mut self) {
+    pub(crate) async fn tick(&mut self) {
         match &mut self.0 {
             Some(i) => {
                 i.tick().await;
@@ -63,13 +63,13 @@ impl Watchdog {
         }
     }
 
-    pub fn ping(&self) {
+    pub(crate) fn ping(&self) {
         send(&[NotifyState::Watchdog]);
     }
 }
 
 /// The control socket passed by systemd socket activation, if any.
-pub fn activated_listener() -> io::Result<Option<tokio::net::UnixListener>> {
+pub(crate) fn activated_listener() -> io::Result<Option<tokio::net::UnixListener>> {
     let Some(fd) = sd_notify::listen_fds()?.next() else {
         return Ok(None);
     };

@@ -17,13 +17,13 @@ use crate::{
 
 /// The deny-log reader and the metrics endpoint, started once the agent
 /// enforces; [`Observers::stop`] flushes the deny log's open windows.
-pub struct Observers {
+pub(crate) struct Observers {
     deny: Option<DenyLogger>,
     endpoint: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Observers {
-    pub async fn start(
+    pub(crate) async fn start(
         shared: &Arc<std::sync::Mutex<Agent>>,
         ring: Option<crate::dataplane::Ring<agent_common::DenyEvent>>,
         hierarchy: Hierarchy,
@@ -66,7 +66,7 @@ impl Observers {
 
     /// Stops both. Call without holding the agent lock: the deny-log reader
     /// takes it to name segments.
-    pub fn stop(self) {
+    pub(crate) fn stop(self) {
         if let Some(e) = self.endpoint {
             e.abort();
         }
@@ -77,7 +77,7 @@ impl Observers {
 }
 
 /// What the metrics page shows of `agent` now (its lock held by the caller).
-pub fn snapshot(agent: &Agent) -> Snapshot {
+pub(crate) fn snapshot(agent: &Agent) -> Snapshot {
     let (segments, grants_live, grant_capacity, peer_capacity) = match agent.status() {
         Reply::Status(s) => (s.segments, s.grants, s.grant_capacity, s.peer_capacity),
         _ => (Vec::new(), 0, 0, 0),

@@ -21,7 +21,7 @@ const GROUP_OTHER_WRITE: u32 = 0o022;
 const STICKY: u32 = 0o1000;
 
 #[derive(Debug, thiserror::Error)]
-pub enum PinDirError {
+pub(crate) enum PinDirError {
     #[error("pin directory {path} is owned by uid {uid}, not root, so that user could unpin the links and lift enforcement; remove it (`rm -r {path}`) and let the agent create it, or `chown root:root {path} && chmod 0700 {path}`; mount bpffs with `mode=0700` so no one else can create directories in it")]
     NotRoot { path: PathBuf, uid: u32 },
     #[error("pin directory {path} is writable by group or others (mode {mode:04o}), so they could unpin the links and lift enforcement; `chmod 0700 {path}` (the agent creates it 0700), and mount bpffs with `mode=0700`")]
@@ -35,7 +35,7 @@ pub enum PinDirError {
 }
 
 /// Creates `dir` mode 0700 (with missing parents) if it does not exist.
-pub fn create(dir: &Path) -> Result<(), PinDirError> {
+pub(crate) fn create(dir: &Path) -> Result<(), PinDirError> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -72,7 +72,7 @@ fn check(dir: &Path, parent: bool) -> Result<(), PinDirError> {
 /// Creates the agent's bpffs directory 0700 if missing, then checks it, the
 /// pin directories below it that exist, and every parent that is on a bpf
 /// filesystem (`on_bpffs` tells).
-pub fn secure(bpffs: &Path, on_bpffs: impl Fn(&Path) -> bool) -> Result<(), PinDirError> {
+pub(crate) fn secure(bpffs: &Path, on_bpffs: impl Fn(&Path) -> bool) -> Result<(), PinDirError> {
     for parent in bpffs.ancestors().skip(1) {
         if !on_bpffs(parent) {
             break;

@@ -13,7 +13,7 @@ const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 /// The effective capability set of this process (`CapEff` in /proc/self/status).
-pub fn effective() -> Option<u64> {
+pub(crate) fn effective() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     parse_cap_eff(&status)
 }
@@ -24,7 +24,7 @@ fn parse_cap_eff(status: &str) -> Option<u64> {
 }
 
 /// The capabilities missing from `eff`, by name.
-pub fn missing(eff: u64) -> Vec<&'static str> {
+pub(crate) fn missing(eff: u64) -> Vec<&'static str> {
     let has = |bit: u32| eff & (1u64 << bit) != 0;
     let admin = has(CAP_SYS_ADMIN);
     let mut out = Vec::new();
@@ -41,7 +41,7 @@ pub fn missing(eff: u64) -> Vec<&'static str> {
 }
 
 /// Fails with a plain message when the process cannot load and attach the programs.
-pub fn check() -> anyhow::Result<()> {
+pub(crate) fn check() -> anyhow::Result<()> {
     let Some(eff) = effective() else {
         return Ok(());
     };

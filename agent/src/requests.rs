@@ -16,23 +16,23 @@ use crate::{actor::Actor, identity::Identity};
 
 /// How long a decided request stays in the book, so that a waiting
 /// requester (`request --wait`) and `list` can still see the outcome.
-pub const KEEP_DECIDED: Duration = Duration::from_secs(600);
+pub(crate) const KEEP_DECIDED: Duration = Duration::from_secs(600);
 /// Most pending requests at once. Any local user may ask, so the book is
 /// bounded: nobody can grow the state file without limit.
-pub const MAX_PENDING: usize = 1024;
+pub(crate) const MAX_PENDING: usize = 1024;
 /// Most decided requests remembered (oldest forgotten first).
-pub const MAX_DECIDED: usize = 1024;
+pub(crate) const MAX_DECIDED: usize = 1024;
 
 /// One instant on both clocks: wall (for people and across reboots) and
 /// boot (what deadlines are compared with).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Now {
+pub(crate) struct Now {
     pub unix_ms: u64,
     pub boot_ns: u64,
 }
 
 impl Now {
-    pub fn current() -> Self {
+    pub(crate) fn current() -> Self {
         Self {
             unix_ms: crate::actor::unix_ms(std::time::SystemTime::now()),
             boot_ns: crate::clock::boot_ns(),
@@ -43,7 +43,7 @@ impl Now {
 /// Where a request is in its life.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "state", rename_all = "snake_case", deny_unknown_fields)]
-pub enum RequestState {
+pub(crate) enum RequestState {
     Pending,
     Approved {
         grant_id: u64,
@@ -64,7 +64,7 @@ pub enum RequestState {
 
 impl RequestState {
     /// One word for tables and scripts.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             RequestState::Pending => "pending",
             RequestState::Approved { .. } => "approved",
@@ -74,7 +74,7 @@ impl RequestState {
     }
 
     /// A phrase: "approved by alice (uid 1001) as grant 7".
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             RequestState::Pending => "pending".into(),
             RequestState::Approved { grant_id, by, .. } => {
@@ -98,7 +98,7 @@ impl RequestState {
 /// A person asking for access to one segment for a bounded time.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct AccessRequest {
+pub(crate) struct AccessRequest {
     /// Drawn from the agent's id counter, shared with grants.
     pub id: u64,
     pub segment: String,
@@ -120,7 +120,7 @@ pub struct AccessRequest {
 
 /// What a new request asks for; the book assigns nothing but its deadline.
 #[derive(Clone, Debug)]
-pub struct Ask {
+pub(crate) struct Ask {
     pub id: u64,
     pub segment: String,
     pub identity: Identity,
@@ -134,7 +134,7 @@ pub struct Ask {
 
 /// A decision on a pending request.
 #[derive(Clone, Debug)]
-pub enum Decision {
+pub(crate) enum Decision {
     Approve {
         grant_id: u64,
         by: Actor,
@@ -147,7 +147,7 @@ pub enum Decision {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RequestError {
+pub(crate) enum RequestError {
     #[error("no request with id {0} (see `portcullis list --pending`)")]
     NotFound(u64),
     #[error("request {id} is no longer pending: it was {outcome}")]
@@ -173,29 +173,29 @@ fn ns(d: Duration) -> u64 {
 }
 
 impl AccessRequest {
-    pub fn ttl(&self) -> Duration {
+    pub(crate) fn ttl(&self) -> Duration {
         Duration::from_secs(self.ttl_secs)
     }
 
-    pub fn is_pending(&self) -> bool {
+    pub(crate) fn is_pending(&self) -> bool {
         self.state == RequestState::Pending
     }
 }
 
 /// Every request the agent remembers, by id.
 #[derive(Debug, Default)]
-pub struct RequestBook {
+pub(crate) struct RequestBook {
     requests: BTreeMap<u64, AccessRequest>,
 }
 
 impl RequestBook {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Takes back saved requests. Deadlines saved on another boot are moved
     /// onto this boot's clock through their wall-clock time.
-    pub fn restore(saved: Vec<AccessRequest>, boot_id: &str, now: Now) -> Self {
+    pub(crate) fn restore(saved: Vec<AccessRequest>, boot_id: &str, now: Now) -> Self {
         let requests = saved
             .into_iter()
             .map(|mut r| {
@@ -211,21 +211,25 @@ impl RequestBook {
     }
 
     /// Everything to save, in id order.
-    pub fn saved(&self) -> Vec<AccessRequest> {
+    pub(crate) fn saved(&self) -> Vec<AccessRequest> {
         self.requests.values().cloned().collect()
     }
 
-    pub fn get(&self, id: u64) -> Option<&AccessRequest> {
+    pub(crate) fn get(&self, id: u64) -> Option<&AccessRequest> {
         self.requests.get(&id)
     }
 
     /// Pending requests, oldest first.
-    pub fn pending(&self) -> impl Iterator<Item = &AccessRequest> {
+    pub(crate) fn pending(&self) -> impl Iterator<Item = &AccessRequest> {
         self.requests.values().filter(|r| r.is_pending())
     }
 
     /// Whether a new request by `identity` for `segment` would be accepted.
-    pub fn admissible(&self, identity: &Identity, segment: &str) -> Result<(), RequestError> {
+    pub(crate) fn admissible(
+        &self,
+        identity: &Identity,
+        segment: &str,
+    ) -> Result<(), RequestError> {
         if let Some(existing) = self
             .pending()
             .find(|r| &r.identity == identity && r.segment == segment)
@@ -243,7 +247,7 @@ impl RequestBook {
     }
 
     /// Records a new pending request.
-    pub fn open(&mut self, ask: Ask, now: Now) -> Result<&AccessRequest, RequestError> {
+    pub(crate) fn open(&mut self, ask: Ask, now: Now) -> Result<&AccessRequest, RequestError> {
         self.admissible(&ask.identity, &ask.segment)?;
         assert!(
             !self.requests.contains_key(&ask.id),
@@ -266,7 +270,7 @@ impl RequestBook {
     }
 
     /// The request `id` if it can still be decided now.
-    pub fn decidable(&self, id: u64, now: Now) -> Result<&AccessRequest, RequestError> {
+    pub(crate) fn decidable(&self, id: u64, now: Now) -> Result<&AccessRequest, RequestError> {
         let r = self.requests.get(&id).ok_or(RequestError::NotFound(id))?;
         match &r.state {
             RequestState::Pending if r.expires_boot_ns <= now.boot_ns => {
@@ -282,7 +286,7 @@ impl RequestBook {
     }
 
     /// Decides a pending request once and for all.
-    pub fn decide(
+    pub(crate) fn decide(
         &mut self,
         id: u64,
         decision: Decision,
@@ -309,7 +313,7 @@ impl RequestBook {
     /// Marks every pending request past its deadline as expired and returns
     /// them; forgets decided requests older than [`KEEP_DECIDED`] (and the
     /// oldest beyond [`MAX_DECIDED`]).
-    pub fn expire_due(&mut self, now: Now) -> Vec<AccessRequest> {
+    pub(crate) fn expire_due(&mut self, now: Now) -> Vec<AccessRequest> {
         let mut expired = Vec::new();
         for r in self.requests.values_mut() {
             if r.is_pending() && r.expires_boot_ns <= now.boot_ns {
@@ -340,16 +344,17 @@ impl RequestBook {
     }
 
     /// The earliest deadline of a pending request, for the agent's timer.
-    pub fn next_deadline(&self) -> Option<u64> {
+    pub(crate) fn next_deadline(&self) -> Option<u64> {
         self.pending().map(|r| r.expires_boot_ns).min()
     }
 
     /// Requests remembered: pending and recently decided.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.requests.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.requests.is_empty()
     }
 }

@@ -20,7 +20,7 @@ use crate::{
 };
 
 #[derive(Debug, thiserror::Error)]
-pub enum ResolveError {
+pub(crate) enum ResolveError {
     #[error("no user named {0:?} on this host")]
     NoSuchUser(String),
     #[error("no group named {0:?} on this host")]
@@ -37,12 +37,12 @@ pub enum ResolveError {
     },
 }
 
-pub struct Resolver {
+pub(crate) struct Resolver {
     pub hierarchy: Hierarchy,
 }
 
 impl Resolver {
-    pub fn new(hierarchy: Hierarchy) -> Self {
+    pub(crate) fn new(hierarchy: Hierarchy) -> Self {
         Self { hierarchy }
     }
 
@@ -51,7 +51,7 @@ impl Resolver {
     /// must be one no unprivileged user could have made
     /// ([`Hierarchy::trusted_id`]). One unit is one map entry, whatever
     /// directories users create.
-    pub fn unit_cgroup_id(&self, unit: &str) -> Result<u64, ResolveError> {
+    pub(crate) fn unit_cgroup_id(&self, unit: &str) -> Result<u64, ResolveError> {
         match cgroupfs::unit_control_group(unit)? {
             Some(path) => match self.hierarchy.trusted_id(&path) {
                 Err(CgroupError::Missing { .. }) => {
@@ -64,7 +64,11 @@ impl Resolver {
     }
 
     /// The map keys that stand for `identity` on `segment`.
-    pub fn keys(&self, identity: &Identity, segment: u32) -> Result<Vec<EntryKey>, ResolveError> {
+    pub(crate) fn keys(
+        &self,
+        identity: &Identity,
+        segment: u32,
+    ) -> Result<Vec<EntryKey>, ResolveError> {
         let local = |kind, id| EntryKey::Local(GrantKey { kind, segment, id });
         Ok(match identity {
             Identity::Uid(uid) => vec![local(kind::UID, *uid as u64)],
@@ -95,7 +99,7 @@ impl Resolver {
 }
 
 /// The trie key of a peer prefix: IPv4 as v4-mapped IPv6 with the prefix moved by 96.
-pub fn peer_key(segment: u32, addr: IpAddr, prefix: u8) -> EntryKey {
+pub(crate) fn peer_key(segment: u32, addr: IpAddr, prefix: u8) -> EntryKey {
     match addr {
         IpAddr::V4(v4) => EntryKey::Peer {
             segment,

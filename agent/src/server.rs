@@ -52,7 +52,7 @@ static UNINSTALLED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 /// Loads and validates the policy directory for the agent (unresolvable
 /// users and groups are errors; units that are not running are warnings;
 /// untrusted files — see `policy::FileTrust` — are errors).
-pub fn load_policy(dir: &Path, trust: &policy::FileTrust) -> Result<policy::Policy, String> {
+pub(crate) fn load_policy(dir: &Path, trust: &policy::FileTrust) -> Result<policy::Policy, String> {
     let (policy, diags) =
         policy::load_paths_trusted(&[dir.to_path_buf()], &SystemHost, HostCheck::Error, trust);
     for d in diags
@@ -91,7 +91,7 @@ fn ensure_bpffs(bpffs: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn run(opts: Settings) -> anyhow::Result<()> {
+pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
     // 1. Policy first: a bad policy never reaches the kernel.
     let policy = load_policy(&opts.policies, &opts.policy_trust)
         .map_err(|e| anyhow::anyhow!("policy in {} is invalid:\n{e}", opts.policies.display()))?;
@@ -200,22 +200,25 @@ pub async fn run(opts: Settings) -> anyhow::Result<()> {
     let mut cgroup_watch = watch::CgroupWatch::new(&cgroup);
 
     loop {
-        let sleep = next_expiry_sleep(&shared);
+        let sleep = blocking(|| next_expiry_sleep(&shared));
+        // Every branch that takes the agent lock runs through `blocking`: the
+        // lock may be held by a control request writing the audit log, and
+        // the branch itself may fsync the audit log or write the state file.
         tokio::select! {
-            _ = tokio::time::sleep(sleep) => {
+            _ = tokio::time::sleep(sleep) => blocking(|| {
                 let mut a = shared.lock().expect("agent lock");
                 if !a.expire().is_empty() {
                     crate::sweep::request();
                 }
-            }
+            }),
             ready = addr_events.readable() => {
                 let mut guard = ready?;
                 if guard.get_inner().drain() {
-                    update_addresses(&shared);
+                    blocking(|| update_addresses(&shared));
                 }
                 guard.clear_ready();
             }
-            _ = refresh.tick() => {
+            _ = refresh.tick() => blocking(|| {
                 let mut a = shared.lock().expect("agent lock");
                 // Enforcement checked against the kernel, repaired at once.
                 a.check_enforcement();
@@ -227,17 +230,17 @@ pub async fn run(opts: Settings) -> anyhow::Result<()> {
                         warn!(error = %e, "re-resolving unit and cgroup identities failed");
                     }
                 }
-            }
-            _ = hup.recv() => reload(&shared, &opts.policies, &opts.policy_trust),
-            _ = policy_watch.changed() => reload_changed(&shared, &opts.policies, &opts.policy_trust),
-            _ = cgroup_watch.changed() => {
+            }),
+            _ = hup.recv() => blocking(|| reload(&shared, &opts.policies, &opts.policy_trust)),
+            _ = policy_watch.changed() => blocking(|| reload_changed(&shared, &opts.policies, &opts.policy_trust)),
+            _ = cgroup_watch.changed() => blocking(|| {
                 let mut a = shared.lock().expect("agent lock");
                 if let Err(e) = a.refresh_identities() {
                     warn!(error = %e, "re-resolving unit and cgroup identities failed");
                 }
-            }
+            }),
             // No ping while enforcement is missing and cannot be repaired.
-            _ = watchdog.tick() => if shared.lock().expect("agent lock").enforcing() {
+            _ = watchdog.tick() => if blocking(|| shared.lock().expect("agent lock").enforcing()) {
                 watchdog.ping();
             },
             _ = UNINSTALLED.notified() => break,
@@ -258,6 +261,13 @@ pub async fn run(opts: Settings) -> anyhow::Result<()> {
         info!("stopping; enforcement stays in place (pinned) until `portcullis uninstall`");
     }
     Ok(())
+}
+
+/// Runs `f`, which takes the agent lock (and may write the audit log or the
+/// state file), telling tokio that this worker blocks meanwhile: its other
+/// tasks (control connections, the metrics endpoint) move to another worker.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    tokio::task::block_in_place(f)
 }
 
 fn next_expiry_sleep(shared: &Shared) -> Duration {
@@ -283,7 +293,7 @@ fn update_addresses(shared: &Shared) {
 }
 
 /// Re-reads the policy; on any error keeps enforcing the previous one.
-pub fn reload(shared: &Shared, dir: &Path, trust: &policy::FileTrust) {
+pub(crate) fn reload(shared: &Shared, dir: &Path, trust: &policy::FileTrust) {
     crate::notify::reloading();
     reload_with(shared, dir, trust, false);
     crate::notify::ready();

@@ -15,18 +15,18 @@ use std::{
     time::Duration,
 };
 
-pub mod file;
-pub mod flags;
-pub mod values;
+pub(crate) mod file;
+pub(crate) mod flags;
+pub(crate) mod values;
 
-pub use file::{AgentConfig, ConfigError, DEFAULT_PATH};
-pub use flags::AgentArgs;
+pub(crate) use file::{AgentConfig, ConfigError, DEFAULT_PATH};
+pub(crate) use flags::AgentArgs;
 
 use crate::{audit::Rotation, denylog::DenyLogConfig, duration::Bounded, policy};
 
 /// Everything `portcullis agent` is told, resolved.
 #[derive(Clone, Debug)]
-pub struct Settings {
+pub(crate) struct Settings {
     pub policies: PathBuf,
     pub socket: PathBuf,
     /// File mode of the control socket.
@@ -63,7 +63,7 @@ pub struct Settings {
 impl AgentArgs {
     /// The agent's settings: each flag given, else the configuration file's
     /// value, else the default. `socket` is the global `--socket`.
-    pub fn into_options(self, socket: Option<PathBuf>) -> Result<Settings, ConfigError> {
+    pub(crate) fn into_options(self, socket: Option<PathBuf>) -> Result<Settings, ConfigError> {
         let file = match &self.config {
             Some(path) => AgentConfig::load(path, true)?,
             None => AgentConfig::load(Path::new(DEFAULT_PATH), false)?,
@@ -72,7 +72,7 @@ impl AgentArgs {
     }
 
     /// Flags over `file` (which holds the default for what it does not set).
-    pub fn resolve(self, file: AgentConfig, socket: Option<PathBuf>) -> Settings {
+    pub(crate) fn resolve(self, file: AgentConfig, socket: Option<PathBuf>) -> Settings {
         let audit_log = self.audit_log.unwrap_or(file.audit_log);
         let mut deny_log = DenyLogConfig::new(
             self.deny_log

@@ -29,9 +29,9 @@ use netlink_packet_sock_diag::{
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
 
 /// Every TCP state but LISTEN (10).
-pub const ALL_BUT_LISTEN: u32 = !(1 << 10);
+pub(crate) const ALL_BUT_LISTEN: u32 = !(1 << 10);
 /// Every state.
-pub const ALL_STATES: u32 = !0;
+pub(crate) const ALL_STATES: u32 = !0;
 /// `INET_DIAG_CGROUP_ID` (kernel ≥ 5.7): the socket's cgroup v2 id, sent
 /// with every dumped socket.
 const INET_DIAG_CGROUP_ID: u16 = 21;
@@ -40,7 +40,7 @@ const RECV_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One socket from a dump, from its own point of view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DiagSocket {
+pub(crate) struct DiagSocket {
     pub proto: u8,
     /// TCP state (`TCP_ESTABLISHED` = 1, ...); UDP uses 1 for connected, 7 for not.
     pub state: u8,
@@ -56,7 +56,7 @@ pub struct DiagSocket {
 }
 
 impl DiagSocket {
-    pub fn id(&self) -> SocketId {
+    pub(crate) fn id(&self) -> SocketId {
         SocketId {
             proto: self.proto,
             local: self.local,
@@ -69,7 +69,7 @@ impl DiagSocket {
 /// One socket's identity, from its own point of view, with the cookie the
 /// kernel checks on destroy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct SocketId {
+pub(crate) struct SocketId {
     pub proto: u8,
     pub local: (IpAddr, u16),
     pub remote: (IpAddr, u16),
@@ -158,7 +158,7 @@ fn socket_of(proto: u8, r: &InetResponse) -> DiagSocket {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum DiagError {
+pub(crate) enum DiagError {
     #[error("netlink SOCK_DIAG socket")]
     Socket(#[source] io::Error),
     #[error("SOCK_DIAG request failed")]
@@ -172,13 +172,13 @@ pub enum DiagError {
 }
 
 /// A netlink SOCK_DIAG socket.
-pub struct SockDiag {
+pub(crate) struct SockDiag {
     socket: Socket,
     seq: u32,
 }
 
 impl SockDiag {
-    pub fn open() -> Result<Self, DiagError> {
+    pub(crate) fn open() -> Result<Self, DiagError> {
         let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(DiagError::Socket)?;
         socket.bind_auto().map_err(DiagError::Socket)?;
         socket
@@ -248,7 +248,7 @@ impl SockDiag {
     /// Destroys exactly the socket `id` (its cookie is checked by the
     /// kernel; listeners are excluded). Returns whether a socket was
     /// destroyed (false when it is already gone).
-    pub fn destroy(&mut self, id: &SocketId) -> Result<bool, DiagError> {
+    pub(crate) fn destroy(&mut self, id: &SocketId) -> Result<bool, DiagError> {
         let msg = SockDiagMessage::InetRequest(request(id, id.family(), ALL_BUT_LISTEN));
         let seq = self.send(NLM_F_REQUEST | NLM_F_ACK, SockDiagDestroy::new(msg))?;
         let answer = self.answers(seq, |payload| match payload {
@@ -265,7 +265,7 @@ impl SockDiag {
     /// Every `proto` socket of address family `family` (AF_INET, AF_INET6)
     /// in one of `states` (a bit mask of TCP states), in this network
     /// namespace. One netlink dump.
-    pub fn dump(
+    pub(crate) fn dump(
         &mut self,
         proto: u8,
         family: u8,

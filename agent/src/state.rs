@@ -18,11 +18,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::identity::Identity;
 
-pub const STATE_FILE: &str = "state.json";
+pub(crate) const STATE_FILE: &str = "state.json";
 const FORMAT: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
-pub enum StateError {
+pub(crate) enum StateError {
     #[error("cannot read state file {path}")]
     Read {
         path: PathBuf,
@@ -37,11 +37,11 @@ pub enum StateError {
     },
 }
 
-pub use crate::actor::{unix_ms, Actor};
+pub(crate) use crate::actor::{unix_ms, Actor};
 
 /// A just-in-time grant.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Grant {
+pub(crate) struct Grant {
     pub id: u64,
     pub segment: String,
     pub identity: Identity,
@@ -61,7 +61,7 @@ pub struct Grant {
 
 impl Grant {
     /// The boot-clock deadline on this boot.
-    pub fn deadline(&self, boot_id: &str) -> u64 {
+    pub(crate) fn deadline(&self, boot_id: &str) -> u64 {
         if self.boot_id == boot_id {
             self.expires_boot_ns
         } else {
@@ -73,7 +73,7 @@ impl Grant {
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Saved {
+pub(crate) struct Saved {
     pub format: u32,
     pub next_id: u64,
     pub segment_ids: BTreeMap<String, u32>,
@@ -86,7 +86,7 @@ pub struct Saved {
 
 /// The outcome of reading the state file.
 #[derive(Debug)]
-pub enum Loaded {
+pub(crate) enum Loaded {
     Fresh,
     Ok(Saved),
     /// The file was unreadable as state; it was moved to `moved_to`.
@@ -97,13 +97,13 @@ pub enum Loaded {
 }
 
 /// This boot's id (changes at every boot).
-pub fn boot_id() -> String {
+pub(crate) fn boot_id() -> String {
     fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
 }
 
-pub fn load(dir: &Path) -> Result<Loaded, StateError> {
+pub(crate) fn load(dir: &Path) -> Result<Loaded, StateError> {
     let path = dir.join(STATE_FILE);
     let text = match fs::read(&path) {
         Ok(t) => t,
@@ -126,7 +126,7 @@ fn set_aside(path: &Path, why: String) -> Result<Loaded, StateError> {
     Ok(Loaded::Corrupt { why, moved_to })
 }
 
-pub fn save(dir: &Path, saved: &Saved) -> Result<(), StateError> {
+pub(crate) fn save(dir: &Path, saved: &Saved) -> Result<(), StateError> {
     let path = dir.join(STATE_FILE);
     let err = |source| StateError::Write {
         path: path.clone(),

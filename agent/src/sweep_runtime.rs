@@ -18,10 +18,10 @@ use crate::agent::Agent;
 /// Asks the sweeper thread for a sweep. Requests made while one is pending
 /// are one request.
 #[derive(Clone)]
-pub struct Trigger(SyncSender<()>);
+pub(crate) struct Trigger(SyncSender<()>);
 
 impl Trigger {
-    pub fn sweep(&self) {
+    pub(crate) fn sweep(&self) {
         match self.0.try_send(()) {
             Ok(()) | Err(TrySendError::Full(())) => {}
             Err(TrySendError::Disconnected(())) => debug!("sweeper gone; sweep not run"),
@@ -33,7 +33,7 @@ static TRIGGER: std::sync::OnceLock<Trigger> = std::sync::OnceLock::new();
 
 /// Asks the agent's sweeper for a sweep (after a revoke, an expiry, a
 /// reload). Does nothing before [`start`].
-pub fn request() {
+pub(crate) fn request() {
     if let Some(t) = TRIGGER.get() {
         t.sweep();
     }
@@ -43,7 +43,7 @@ pub fn request() {
 /// then starts the sweeper thread that [`request`] and the kill ring wake.
 /// Without sock_diag, says why and returns `None`: the programs still drop
 /// refused flows' packets, but unmarked flows are not cut.
-pub fn start(mount: &Path, attach: &Path, agent: Arc<Mutex<Agent>>) -> Option<Trigger> {
+pub(crate) fn start(mount: &Path, attach: &Path, agent: Arc<Mutex<Agent>>) -> Option<Trigger> {
     let all_remote = agent.lock().expect("agent lock").has_xdp();
     let mut sweeper = match Sweeper::open(mount, attach, all_remote) {
         Ok(s) => s,
@@ -74,14 +74,14 @@ pub fn start(mount: &Path, attach: &Path, agent: Arc<Mutex<Agent>>) -> Option<Tr
 }
 
 /// A trigger and the receiving end for [`run`].
-pub fn channel() -> (Trigger, Receiver<()>) {
+pub(crate) fn channel() -> (Trigger, Receiver<()>) {
     let (tx, rx) = sync_channel(1);
     (Trigger(tx), rx)
 }
 
 /// The sweeper thread's loop: one sweep per wake-up, at least
 /// [`MIN_INTERVAL`] apart; `once` runs one sweep.
-pub fn run(wake: Receiver<()>, mut once: impl FnMut()) {
+pub(crate) fn run(wake: Receiver<()>, mut once: impl FnMut()) {
     let mut last: Option<Instant> = None;
     while wake.recv().is_ok() {
         if let Some(at) = last {
@@ -100,7 +100,7 @@ pub fn run(wake: Receiver<()>, mut once: impl FnMut()) {
 /// Reads kill requests from the programs until the ring buffer closes.
 /// Each read (however many requests it holds) wakes the sweeper once;
 /// what a request says is never acted on by itself.
-pub async fn serve_kill_requests(
+pub(crate) async fn serve_kill_requests(
     ring: crate::dataplane::Ring<agent_common::KillRequest>,
     trigger: Trigger,
 ) {

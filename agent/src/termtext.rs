@@ -22,7 +22,7 @@ fn is_bidi_control(c: char) -> bool {
 /// Whether `c` must not be printed raw: C0 and C1 controls and DEL, bidi
 /// controls, line and paragraph separators, zero-width and other invisible
 /// format characters.
-pub fn is_unsafe(c: char) -> bool {
+pub(crate) fn is_unsafe(c: char) -> bool {
     c.is_control()
         || is_bidi_control(c)
         || matches!(
@@ -37,7 +37,7 @@ pub fn is_unsafe(c: char) -> bool {
     "{field}: {what} U+{code:04X} at character {position} is not allowed; \
      use plain printable text (no newlines, tabs, escape sequences or direction overrides)"
 )]
-pub struct UnsafeText {
+pub(crate) struct UnsafeText {
     /// The request field, e.g. `reason`.
     pub field: String,
     /// 1-based, in characters.
@@ -48,7 +48,7 @@ pub struct UnsafeText {
 
 /// Refuses control characters and bidirectional overrides in `text`,
 /// naming `field` and the first offending character's position.
-pub fn check(field: &str, text: &str) -> Result<(), UnsafeText> {
+pub(crate) fn check(field: &str, text: &str) -> Result<(), UnsafeText> {
     match text.chars().enumerate().find(|(_, c)| is_unsafe(*c)) {
         None => Ok(()),
         Some((i, c)) => Err(UnsafeText {
@@ -69,7 +69,7 @@ pub fn check(field: &str, text: &str) -> Result<(), UnsafeText> {
 /// `text` with every unsafe character written as a visible escape
 /// (`\n`, `\t`, `\r`, `\u{1b}`, `\u{202e}`); unchanged (and not copied)
 /// when there is none.
-pub fn escape(text: &str) -> Cow<'_, str> {
+pub(crate) fn escape(text: &str) -> Cow<'_, str> {
     if !text.chars().any(is_unsafe) {
         return Cow::Borrowed(text);
     }
@@ -89,7 +89,7 @@ pub fn escape(text: &str) -> Cow<'_, str> {
 /// Escapes every string in `v`, object keys included, in place: for
 /// rendering structured values (replies, audit and deny records) that may
 /// carry text from anywhere.
-pub fn escape_value(v: &mut Value) {
+pub(crate) fn escape_value(v: &mut Value) {
     match v {
         Value::String(s) => {
             if let Cow::Owned(e) = escape(s) {
@@ -114,7 +114,7 @@ pub fn escape_value(v: &mut Value) {
 /// Panics if `T` does not survive a round trip through JSON with its
 /// strings changed; the reply types do (tested), and printing the raw
 /// value instead would defeat the point.
-pub fn escaped<T>(value: &T) -> T
+pub(crate) fn escaped<T>(value: &T) -> T
 where
     T: serde::Serialize + serde::de::DeserializeOwned,
 {

@@ -33,7 +33,7 @@ use crate::{
 };
 
 /// How long a grant outlives its segment's absence from the policy.
-pub const DEFAULT_GRANT_GRACE: Duration = Duration::from_secs(10 * 60);
+pub(crate) const DEFAULT_GRANT_GRACE: Duration = Duration::from_secs(10 * 60);
 
 /// A grant whose segment is not in the policy in force.
 #[derive(Clone, Debug)]
@@ -57,18 +57,13 @@ fn assign_id(ids: &mut BTreeMap<String, u32>, name: &str) -> anyhow::Result<u32>
 }
 
 impl Agent {
-    /// How long grants of a vanished segment are kept (`grant_grace`).
-    pub fn set_grant_grace(&mut self, grace: Duration) {
-        self.grant_grace = grace;
-    }
-
     /// Applies a validated policy, all of it or none of it: on error the
     /// kernel and the agent's state are what they were before the call.
     ///
     /// The writes are a diff against what is in force, in an order that
     /// never refuses what both policies allow: new allows first, then
     /// ports, then removals.
-    pub fn apply_policy(&mut self, policy: Policy) -> anyhow::Result<()> {
+    pub(crate) fn apply_policy(&mut self, policy: Policy) -> anyhow::Result<()> {
         // 1. Plan, on copies.
         let mut ids = self.segment_ids.clone();
         for name in policy.segments.keys() {

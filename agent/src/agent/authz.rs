@@ -279,7 +279,7 @@ pub(super) fn check_reason(
 
 /// Whether the process behind `cred` is `identity` (for user/uid/group/gid
 /// identities; group membership includes supplementary groups).
-pub fn credential_matches(identity: &Identity, cred: &PeerCred) -> bool {
+pub(crate) fn credential_matches(identity: &Identity, cred: &PeerCred) -> bool {
     use nix::unistd::{Gid, Group, Uid, User};
     match identity {
         Identity::Uid(u) => *u == cred.uid,

@@ -7,50 +7,18 @@
 //! `status` exits non-zero while it is not). Also the `uninstall` control
 //! operation: the agent records it, lets go of its links, removes its pins
 //! and stops, so the audit chain keeps a single writer.
-use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
 use super::{refuse, Agent};
 use crate::{
     audit::AuditEvent,
-    control::{PeerCred, Refusal, RefusalCode, Reply},
+    control::{EnforcementView, PeerCred, Refusal, RefusalCode, RepairView, Reply},
     state::Actor,
 };
 
-/// Enforcement as the kernel has it, for `status` and the metrics.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct EnforcementView {
-    /// Every program is attached where it belongs and every pin is this agent's.
-    pub ok: bool,
-    /// What the kernel lacks right now (empty when `ok`).
-    #[serde(default)]
-    pub missing: Vec<String>,
-    /// Repairs made since the agent started.
-    #[serde(default)]
-    pub repairs: u64,
-    /// The last repair: when, and what was missing.
-    #[serde(default)]
-    pub last_repair: Option<RepairView>,
-    /// When the attach cgroup was last found removed and recreated (the
-    /// programs were attached to the new one).
-    #[serde(default)]
-    pub cgroup_recreated_at: Option<String>,
-    /// Set once `uninstall` went through this agent: nothing is enforced.
-    #[serde(default)]
-    pub uninstalled: bool,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct RepairView {
-    pub at: String,
-    pub missing: Vec<String>,
-    /// Whether the kernel had everything again afterwards.
-    pub ok: bool,
-}
-
 /// What the agent remembers between heartbeats.
 #[derive(Clone, Debug, Default)]
-pub struct Enforcement {
+pub(crate) struct Enforcement {
     pub repairs: u64,
     pub repair_failures: u64,
     pub last_repair: Option<RepairView>,
@@ -65,7 +33,7 @@ pub struct Enforcement {
 impl Agent {
     /// The heartbeat's check: asks the kernel, repairs what is missing,
     /// audits and logs each repair. True when enforcement is whole.
-    pub fn check_enforcement(&mut self) -> bool {
+    pub(crate) fn check_enforcement(&mut self) -> bool {
         if self.enforcement.uninstalled {
             return false;
         }
@@ -127,7 +95,7 @@ impl Agent {
     }
 
     /// Whether the last check found enforcement whole.
-    pub fn enforcing(&self) -> bool {
+    pub(crate) fn enforcing(&self) -> bool {
         !self.enforcement.uninstalled && self.enforcement.failing.is_empty()
     }
 
@@ -169,7 +137,7 @@ impl Agent {
     /// `portcullis uninstall` through the agent (root only): audited first,
     /// then the links are released and the pins removed. The server stops
     /// the agent after replying.
-    pub fn uninstall(&mut self, cred: &PeerCred) -> Result<Reply, Refusal> {
+    pub(crate) fn uninstall(&mut self, cred: &PeerCred) -> Result<Reply, Refusal> {
         if cred.uid != 0 {
             return Err(self.refused(
                 cred,

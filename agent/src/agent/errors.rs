@@ -10,17 +10,16 @@ use std::time::Duration;
 use crate::{
     clock,
     control::{Refusal, RefusalCode},
+    requests::RequestError,
 };
 
 /// Why the core refuses a command.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum CoreError {
+pub(crate) enum CoreError {
     #[error("unknown segment {name:?}; segments in force: {}", in_force(known))]
     UnknownSegment { name: String, known: Vec<String> },
     #[error("segment {segment} has no [segment.{segment}.jit] table, so it takes no grants or requests; add one to its policy")]
     NoJit { segment: String },
-    #[error("TTL {text:?}: {why}")]
-    BadTtl { text: String, why: String },
     #[error("TTL {} is longer than segment {segment}'s max_ttl of {}", clock::human(*asked), clock::human(*max))]
     TtlTooLong {
         segment: String,
@@ -46,6 +45,40 @@ pub enum CoreError {
     },
     #[error("request {id} is your own (made by {requester}): nobody approves their own request, root included; ask another approver")]
     SelfApproval { id: u64, requester: String },
+    /// An identity given on the command line that does not parse.
+    #[error("identity {text:?}: {why}")]
+    BadIdentity { text: String, why: String },
+    #[error("no live grant with id {id} (see `portcullis list`)")]
+    NoSuchGrant { id: u64 },
+    #[error("revoke takes a grant id, or --identity [--segment], or --segment")]
+    RevokeWhat,
+    #[error("uid {uid} may not revoke grant {grant} on segment {segment}: only root, the segment's approvers and the grantee may")]
+    MayNotRevoke {
+        uid: u32,
+        grant: u64,
+        segment: String,
+    },
+    /// The kernel refused to delete a grant's entries.
+    #[error("revoking grant {id} failed: {why}")]
+    RevokeFailed { id: u64, why: String },
+    /// The request book refused (no such request, decided, duplicate, full).
+    #[error(transparent)]
+    Book(#[from] RequestError),
+    #[error("request refused: the audit log cannot be written ({why})")]
+    RequestNotAudited { why: String },
+    #[error("a denial needs a reason (--reason TEXT); the requester sees it")]
+    DenialWithoutReason,
+    #[error("explain takes either an identity or a pid")]
+    ExplainWhat,
+    /// `explain`'s port does not parse (`why` is the whole error chain).
+    #[error("{why}")]
+    ExplainPort { why: String },
+    /// `explain`'s identity or pid names nothing on this host.
+    #[error("{why}")]
+    ExplainSubject { why: String },
+    /// Reading the kernel maps for `explain` failed.
+    #[error("{why}")]
+    ExplainMaps { why: String },
 }
 
 fn in_force(known: &[String]) -> String {
@@ -58,15 +91,30 @@ fn in_force(known: &[String]) -> String {
 
 impl CoreError {
     /// The stable refusal code the edge reports.
-    pub fn code(&self) -> RefusalCode {
+    pub(crate) fn code(&self) -> RefusalCode {
         match self {
             Self::UnknownSegment { .. } => RefusalCode::NotFound,
             Self::NoJit { .. }
-            | Self::BadTtl { .. }
             | Self::TtlTooLong { .. }
             | Self::ReasonRequired { .. }
             | Self::LongerThanRequested { .. } => RefusalCode::Invalid,
-            Self::NotApprover { .. } | Self::SelfApproval { .. } => RefusalCode::Forbidden,
+            Self::NotApprover { .. } | Self::SelfApproval { .. } | Self::MayNotRevoke { .. } => {
+                RefusalCode::Forbidden
+            }
+            Self::BadIdentity { .. } | Self::DenialWithoutReason | Self::ExplainPort { .. } => {
+                RefusalCode::Invalid
+            }
+            Self::NoSuchGrant { .. } | Self::ExplainSubject { .. } => RefusalCode::NotFound,
+            Self::RevokeWhat | Self::ExplainWhat => RefusalCode::BadRequest,
+            Self::RevokeFailed { .. } | Self::ExplainMaps { .. } => RefusalCode::Internal,
+            Self::RequestNotAudited { .. } => RefusalCode::Unavailable,
+            Self::Book(e) => match e {
+                RequestError::NotFound(_) => RefusalCode::NotFound,
+                RequestError::Full => RefusalCode::Unavailable,
+                RequestError::Decided { .. }
+                | RequestError::Expired { .. }
+                | RequestError::Duplicate { .. } => RefusalCode::Invalid,
+            },
         }
     }
 }
@@ -104,5 +152,70 @@ mod tests {
             requester: "alice (uid 1000)".into(),
         });
         assert_eq!(r.code, RefusalCode::Forbidden);
+    }
+
+    /// The refusals revoke, the request book and explain used to build as
+    /// strings: same words, same codes.
+    #[test]
+    fn revoke_book_and_explain_refusals_keep_their_words_and_codes() {
+        let cases = [
+            (
+                CoreError::NoSuchGrant { id: 9 },
+                RefusalCode::NotFound,
+                "no live grant with id 9 (see `portcullis list`)",
+            ),
+            (
+                CoreError::RevokeWhat,
+                RefusalCode::BadRequest,
+                "revoke takes a grant id, or --identity [--segment], or --segment",
+            ),
+            (
+                CoreError::MayNotRevoke { uid: 1000, grant: 3, segment: "db".into() },
+                RefusalCode::Forbidden,
+                "uid 1000 may not revoke grant 3 on segment db: only root, the segment's approvers and the grantee may",
+            ),
+            (
+                CoreError::BadIdentity { text: "x".into(), why: "bad".into() },
+                RefusalCode::Invalid,
+                "identity \"x\": bad",
+            ),
+            (
+                CoreError::Book(RequestError::NotFound(4)),
+                RefusalCode::NotFound,
+                "no request with id 4 (see `portcullis list --pending`)",
+            ),
+            (
+                CoreError::Book(RequestError::Full),
+                RefusalCode::Unavailable,
+                "1024 requests are already pending; ask an approver to decide some first",
+            ),
+            (
+                CoreError::Book(RequestError::Expired { id: 2 }),
+                RefusalCode::Invalid,
+                "request 2 expired without a decision; the requester must ask again",
+            ),
+            (
+                CoreError::RequestNotAudited { why: "disk full".into() },
+                RefusalCode::Unavailable,
+                "request refused: the audit log cannot be written (disk full)",
+            ),
+            (
+                CoreError::DenialWithoutReason,
+                RefusalCode::Invalid,
+                "a denial needs a reason (--reason TEXT); the requester sees it",
+            ),
+            (
+                CoreError::ExplainWhat,
+                RefusalCode::BadRequest,
+                "explain takes either an identity or a pid",
+            ),
+            (CoreError::ExplainPort { why: "p".into() }, RefusalCode::Invalid, "p"),
+            (CoreError::ExplainSubject { why: "s".into() }, RefusalCode::NotFound, "s"),
+            (CoreError::ExplainMaps { why: "m".into() }, RefusalCode::Internal, "m"),
+        ];
+        for (e, code, message) in cases {
+            let r = Refusal::from(e);
+            assert_eq!((r.code, r.message.as_str()), (code, message));
+        }
     }
 }

@@ -8,7 +8,7 @@ use super::errors::CoreError;
 use super::*;
 
 impl Agent {
-    pub fn grant(
+    pub(crate) fn grant(
         &mut self,
         cred: &PeerCred,
         segment: &str,
@@ -140,7 +140,7 @@ impl Agent {
     }
 
     /// Revokes by id, by identity (optionally on one segment), or a whole segment.
-    pub fn revoke(
+    pub(crate) fn revoke(
         &mut self,
         cred: &PeerCred,
         id: Option<u64>,
@@ -151,8 +151,10 @@ impl Agent {
         let started = std::time::Instant::now();
         let identity: Option<Identity> = identity
             .map(|i| {
-                i.parse()
-                    .map_err(|e| refuse(RefusalCode::Invalid, format!("identity {i:?}: {e}")))
+                i.parse().map_err(|e| CoreError::BadIdentity {
+                    text: i.to_string(),
+                    why: format!("{e}"),
+                })
             })
             .transpose()?;
         if let Some(gid) = id.filter(|i| self.suspended.contains_key(i) && identity.is_none()) {
@@ -179,10 +181,7 @@ impl Agent {
         let selected: Vec<u64> = match (id, &identity, segment) {
             (Some(id), None, None) => {
                 if !self.grants.contains_key(&id) {
-                    return Err(refuse(
-                        RefusalCode::NotFound,
-                        format!("no live grant with id {id} (see `portcullis list`)"),
-                    ));
+                    return Err(CoreError::NoSuchGrant { id }.into());
                 }
                 vec![id]
             }
@@ -193,12 +192,7 @@ impl Agent {
                 .filter(|g| segment.is_none_or(|s| g.segment == s))
                 .map(|g| g.id)
                 .collect(),
-            _ => {
-                return Err(refuse(
-                    RefusalCode::BadRequest,
-                    "revoke takes a grant id, or --identity [--segment], or --segment",
-                ))
-            }
+            _ => return Err(CoreError::RevokeWhat.into()),
         };
         // Authorize every grant before touching any.
         for gid in &selected {
@@ -207,9 +201,13 @@ impl Agent {
             let own = credential_matches(&g.identity, cred)
                 && matches!(g.identity, Identity::User(_) | Identity::Uid(_));
             if !(own || seg.is_some_and(|s| self.may_administer(cred, s)) || cred.uid == 0) {
-                let why = format!("uid {} may not revoke grant {} on segment {}: only root, the segment's approvers and the grantee may", cred.uid, gid, g.segment);
+                let why = CoreError::MayNotRevoke {
+                    uid: cred.uid,
+                    grant: *gid,
+                    segment: g.segment.clone(),
+                };
                 let seg_name = g.segment.clone();
-                return Err(self.refused(cred, "revoke", &seg_name, why));
+                return Err(self.forbidden(cred, "revoke", &seg_name, why));
             }
         }
         let actor = Actor::from_uid(cred.uid, cred.pid);
@@ -218,10 +216,11 @@ impl Agent {
             // Revocation happens even when the audit log cannot be written.
             let changes = self.ledger.remove(&Source::Grant(gid));
             if let Err(e) = self.kernel.apply(&changes) {
-                return Err(refuse(
-                    RefusalCode::Internal,
-                    format!("revoking grant {gid} failed: {e}"),
-                ));
+                return Err(CoreError::RevokeFailed {
+                    id: gid,
+                    why: e.to_string(),
+                }
+                .into());
             }
             self.metrics.revoke_latency.observe(started.elapsed());
             let g = self.grants.remove(&gid).expect("selected from grants");
@@ -249,7 +248,7 @@ impl Agent {
     /// Forgets grants whose deadline has passed (the kernel already stopped
     /// honouring them at that instant) and returns them. Expires pending
     /// requests past their deadline too.
-    pub fn expire(&mut self) -> Vec<Grant> {
+    pub(crate) fn expire(&mut self) -> Vec<Grant> {
         self.expire_requests();
         if self.expire_suspended() {
             self.save();
@@ -286,7 +285,7 @@ impl Agent {
     }
 
     /// The earliest grant or pending-request deadline, for the expiry timer.
-    pub fn next_deadline(&self) -> Option<u64> {
+    pub(crate) fn next_deadline(&self) -> Option<u64> {
         let grants = self
             .grants
             .next_deadline()
@@ -301,7 +300,7 @@ impl Agent {
 
     /// Re-resolves identities that live in the cgroup tree (units restart
     /// with new cgroup ids) and standing allows that did not resolve before.
-    pub fn refresh_identities(&mut self) -> Result<(), crate::dataplane::DataplaneError> {
+    pub(crate) fn refresh_identities(&mut self) -> Result<(), crate::dataplane::DataplaneError> {
         let segments: Vec<Segment> = self.policy.segments.values().cloned().collect();
         for seg in segments {
             let id = self.segment_ids[&seg.name];

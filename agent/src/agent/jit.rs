@@ -19,12 +19,12 @@ use tracing::{info, warn};
 use super::{
     authz::{check_reason, check_ttl, jit_rules, requested_ttl},
     errors::CoreError,
-    refuse, Agent,
+    Agent,
 };
 use crate::{
     audit::AuditEvent,
     clock,
-    control::{PeerCred, Refusal, RefusalCode, Reply, RequestView},
+    control::{PeerCred, Refusal, Reply, RequestView},
     explain::{self, Subject},
     identity::Identity,
     ledger::Source,
@@ -33,15 +33,11 @@ use crate::{
 };
 
 /// How long a request stays pending when the agent is not told otherwise.
-pub const DEFAULT_REQUEST_TTL: Duration = Duration::from_secs(3600);
+pub(crate) const DEFAULT_REQUEST_TTL: Duration = Duration::from_secs(3600);
 
+/// A refusal of the request book, at the edge.
 fn book_refusal(e: RequestError) -> Refusal {
-    let code = match e {
-        RequestError::NotFound(_) => RefusalCode::NotFound,
-        RequestError::Full => RefusalCode::Unavailable,
-        _ => RefusalCode::Invalid,
-    };
-    refuse(code, e.to_string())
+    CoreError::Book(e).into()
 }
 
 /// The caller's own identity: `user:NAME`, or `uid:N` when the uid has no name.
@@ -71,12 +67,12 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 impl Agent {
     /// How long requests stay pending (the agent's `--request-expiry`).
-    pub fn set_request_ttl(&mut self, ttl: Duration) {
+    pub(crate) fn set_request_ttl(&mut self, ttl: Duration) {
         self.request_ttl = ttl;
     }
 
     /// `portcullis request SEGMENT`: the caller asks for access for themselves.
-    pub fn request(
+    pub(crate) fn request(
         &mut self,
         cred: &PeerCred,
         segment: &str,
@@ -132,12 +128,7 @@ impl Agent {
                 expires_at: rfc3339_ms(expires_unix_ms),
                 actor: requester.clone(),
             })
-            .map_err(|e| {
-                refuse(
-                    RefusalCode::Unavailable,
-                    format!("request refused: the audit log cannot be written ({e})"),
-                )
-            })?;
+            .map_err(|e| CoreError::RequestNotAudited { why: e.to_string() })?;
         let request = self.requests.open(ask, now).map_err(book_refusal)?.clone();
         self.next_id += 1;
         self.save();
@@ -148,7 +139,7 @@ impl Agent {
     }
 
     /// `portcullis approve ID [--ttl D]`: turns a pending request into a grant.
-    pub fn approve(
+    pub(crate) fn approve(
         &mut self,
         cred: &PeerCred,
         id: u64,
@@ -270,7 +261,12 @@ impl Agent {
     }
 
     /// `portcullis deny ID --reason TEXT`.
-    pub fn deny(&mut self, cred: &PeerCred, id: u64, reason: &str) -> Result<Reply, Refusal> {
+    pub(crate) fn deny(
+        &mut self,
+        cred: &PeerCred,
+        id: u64,
+        reason: &str,
+    ) -> Result<Reply, Refusal> {
         let segment = self.request_segment(id);
         let result = self.deny_checked(cred, id, reason);
         self.audited(cred, "deny", &segment, result)
@@ -303,10 +299,7 @@ impl Agent {
         }
         let reason = reason.trim();
         if reason.is_empty() {
-            return Err(refuse(
-                RefusalCode::Invalid,
-                "a denial needs a reason (--reason TEXT); the requester sees it",
-            ));
+            return Err(CoreError::DenialWithoutReason.into());
         }
         let by = Actor::from_uid(cred.uid, cred.pid);
         let decided = self
@@ -339,7 +332,7 @@ impl Agent {
     }
 
     /// One request, pending or recently decided (polled by `request --wait`).
-    pub fn show_request(&mut self, cred: &PeerCred, id: u64) -> Result<Reply, Refusal> {
+    pub(crate) fn show_request(&mut self, cred: &PeerCred, id: u64) -> Result<Reply, Refusal> {
         self.expire_requests();
         let result = match self.requests.get(id) {
             Some(r) => Ok(Reply::Request {
@@ -351,7 +344,7 @@ impl Agent {
     }
 
     /// Pending requests, oldest first.
-    pub fn pending(&mut self) -> Reply {
+    pub(crate) fn pending(&mut self) -> Reply {
         self.expire_requests();
         Reply::Pending {
             requests: self.pending_views(),
@@ -449,7 +442,7 @@ impl Agent {
 
     /// `portcullis explain`: which segment, entry and source decide for a
     /// subject on a port, read from the kernel maps.
-    pub fn explain(
+    pub(crate) fn explain(
         &mut self,
         cred: &PeerCred,
         identity: Option<&str>,
@@ -467,22 +460,19 @@ impl Agent {
         port: &str,
     ) -> Result<Reply, Refusal> {
         let subject = match (identity, pid) {
-            (Some(i), None) => Subject::Identity(
-                i.parse()
-                    .map_err(|e| refuse(RefusalCode::Invalid, format!("identity {i:?}: {e}")))?,
-            ),
-            (None, Some(p)) => Subject::Pid(p),
-            _ => {
-                return Err(refuse(
-                    RefusalCode::BadRequest,
-                    "explain takes either an identity or a pid",
-                ))
+            (Some(i), None) => {
+                Subject::Identity(i.parse().map_err(|e| CoreError::BadIdentity {
+                    text: i.to_string(),
+                    why: format!("{e}"),
+                })?)
             }
+            (None, Some(p)) => Subject::Pid(p),
+            _ => return Err(CoreError::ExplainWhat.into()),
         };
         let port =
-            explain::parse_port(port).map_err(|e| refuse(RefusalCode::Invalid, chain(&e)))?;
+            explain::parse_port(port).map_err(|e| CoreError::ExplainPort { why: chain(&e) })?;
         let resolved = explain::resolve(&subject, &self.resolver.hierarchy)
-            .map_err(|e| refuse(RefusalCode::NotFound, chain(&e)))?;
+            .map_err(|e| CoreError::ExplainSubject { why: chain(&e) })?;
         let names: BTreeMap<u32, String> = self
             .segment_ids
             .iter()
@@ -497,7 +487,7 @@ impl Agent {
             &|id| names.get(&id).cloned(),
             &|s| self.describe_source(s),
         )
-        .map_err(|e| refuse(RefusalCode::Internal, chain(&e)))?;
+        .map_err(|e| CoreError::ExplainMaps { why: chain(&e) })?;
         Ok(Reply::Explained(Box::new(view)))
     }
 

@@ -35,7 +35,7 @@ impl Agent {
         }
     }
 
-    pub fn list(&self) -> Reply {
+    pub(crate) fn list(&self) -> Reply {
         let mut standing = Vec::new();
         for seg in self.policy.segments.values() {
             for identity in &seg.allow {
@@ -64,7 +64,7 @@ impl Agent {
         })
     }
 
-    pub fn status(&self) -> Reply {
+    pub(crate) fn status(&self) -> Reply {
         let segments = self
             .policy
             .segments

@@ -7,7 +7,9 @@
 //! chain covers (see docs/audit.md): a field that some records of a kind
 //! carry and others do not is `skip_serializing_if = "Option::is_none"`;
 //! one that is always written, even as `null`, is a plain `Option`.
-//! Records from a newer version read back as [`AuditEvent::Other`].
+//! A record this version cannot read as one of its kinds (a kind from a
+//! newer version, or a known kind in another shape) reads back, whole, as
+//! [`AuditEvent::Other`]: it is still shown, never dropped or fatal.
 use serde::{Deserialize, Serialize};
 
 use crate::{control::RefusalCode, state::Actor};
@@ -15,7 +17,7 @@ use crate::{control::RefusalCode, state::Actor};
 /// One audit record's event and fields (without `ts`, `prev`, `hash`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "event", rename_all = "snake_case")]
-pub enum AuditEvent {
+pub(crate) enum AuditEvent {
     AgentStart {
         version: String,
         cgroup: String,
@@ -187,14 +189,18 @@ pub enum AuditEvent {
         count: u64,
         why: String,
     },
-    /// A record of a kind this version does not know (written by a newer one).
-    #[serde(other)]
-    Other,
+    /// A record this version cannot read as one of the kinds above: a kind
+    /// written by a newer version, or a known kind whose fields have another
+    /// shape (an older or hand-edited record). Kept whole, `event` included,
+    /// so it is shown as written and serializes back unchanged.
+    #[serde(untagged)]
+    Other(serde_json::Map<String, serde_json::Value>),
 }
 
 impl AuditEvent {
     /// Every kind this version writes, as named on disk (for the docs test).
-    pub const KINDS: [&'static str; 20] = [
+    #[cfg(test)]
+    pub(crate) const KINDS: [&'static str; 20] = [
         "agent_start",
         "agent_stop",
         "grant",
@@ -220,7 +226,7 @@ impl AuditEvent {
     /// The event's name as written in the `event` field. Exhaustive: a new
     /// variant does not compile until it is named here (and in [`Self::KINDS`]
     /// and docs/audit.md, which a test checks).
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Self::AgentStart { .. } => "agent_start",
             Self::AgentStop { .. } => "agent_stop",
@@ -242,7 +248,113 @@ impl AuditEvent {
             Self::Uninstall { .. } => "uninstall",
             Self::Rotate { .. } => "rotate",
             Self::RecordsLost { .. } => "records_lost",
-            Self::Other => "other",
+            Self::Other(_) => "other",
+        }
+    }
+
+    /// The event's name as recorded: [`Self::kind`], or for [`Self::Other`]
+    /// its own `event` field ("" when it has none, or not as text).
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            Self::Other(fields) => fields
+                .get("event")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or(""),
+            known => known.kind(),
+        }
+    }
+
+    /// The segment the event is about, if it names one.
+    pub(crate) fn segment(&self) -> Option<&str> {
+        match self {
+            Self::Grant { segment, .. }
+            | Self::GrantFailed { segment, .. }
+            | Self::Request { segment, .. }
+            | Self::Approve { segment, .. }
+            | Self::Deny { segment, .. }
+            | Self::RequestExpire { segment, .. }
+            | Self::Revoke { segment, .. }
+            | Self::Expire { segment, .. }
+            | Self::GrantSuspended { segment, .. }
+            | Self::GrantResumed { segment, .. }
+            | Self::GrantRecovered { segment, .. }
+            | Self::Refused { segment, .. } => Some(segment),
+            Self::Other(fields) => fields.get("segment").and_then(serde_json::Value::as_str),
+            Self::AgentStart { .. }
+            | Self::AgentStop { .. }
+            | Self::PolicyReload { .. }
+            | Self::StateCorrupt { .. }
+            | Self::EnforcementRepaired { .. }
+            | Self::Uninstall { .. }
+            | Self::Rotate { .. }
+            | Self::RecordsLost { .. } => None,
+        }
+    }
+
+    /// The identity the event is about, as written (`user:alice`), if any.
+    pub(crate) fn identity(&self) -> Option<&str> {
+        match self {
+            Self::Grant { identity, .. }
+            | Self::GrantFailed { identity, .. }
+            | Self::Request { identity, .. }
+            | Self::Approve { identity, .. }
+            | Self::Deny { identity, .. }
+            | Self::RequestExpire { identity, .. }
+            | Self::Revoke { identity, .. }
+            | Self::Expire { identity, .. }
+            | Self::GrantSuspended { identity, .. }
+            | Self::GrantResumed { identity, .. }
+            | Self::GrantRecovered { identity, .. } => Some(identity),
+            Self::Other(fields) => fields.get("identity").and_then(serde_json::Value::as_str),
+            Self::AgentStart { .. }
+            | Self::AgentStop { .. }
+            | Self::Refused { .. }
+            | Self::PolicyReload { .. }
+            | Self::StateCorrupt { .. }
+            | Self::EnforcementRepaired { .. }
+            | Self::Uninstall { .. }
+            | Self::Rotate { .. }
+            | Self::RecordsLost { .. } => None,
+        }
+    }
+
+    /// Who did it, for the kinds that record an actor. [`Self::Other`] has
+    /// none here: its `actor` field, if any, is shown as written.
+    pub(crate) fn actor(&self) -> Option<&Actor> {
+        match self {
+            Self::Grant { actor, .. }
+            | Self::GrantFailed { actor, .. }
+            | Self::Request { actor, .. }
+            | Self::Approve { actor, .. }
+            | Self::Deny { actor, .. }
+            | Self::Revoke { actor, .. }
+            | Self::Expire { actor, .. }
+            | Self::GrantSuspended { actor, .. }
+            | Self::GrantResumed { actor, .. }
+            | Self::GrantRecovered { actor, .. }
+            | Self::Refused { actor, .. }
+            | Self::EnforcementRepaired { actor, .. }
+            | Self::Uninstall { actor, .. } => Some(actor),
+            Self::PolicyReload { actor, .. } => actor.as_ref(),
+            Self::AgentStart { .. }
+            | Self::AgentStop { .. }
+            | Self::RequestExpire { .. }
+            | Self::StateCorrupt { .. }
+            | Self::Rotate { .. }
+            | Self::RecordsLost { .. }
+            | Self::Other(_) => None,
+        }
+    }
+
+    /// The cgroup the event names (the attach point of `agent_start` and
+    /// `enforcement_repaired`), which `--identity cgroup:` also matches.
+    pub(crate) fn cgroup(&self) -> Option<&str> {
+        match self {
+            Self::AgentStart { cgroup, .. } | Self::EnforcementRepaired { cgroup, .. } => {
+                Some(cgroup)
+            }
+            Self::Other(fields) => fields.get("cgroup").and_then(serde_json::Value::as_str),
+            _ => None,
         }
     }
 
@@ -259,109 +371,17 @@ impl AuditEvent {
         (kind, m)
     }
 
-    /// Reads one record (a log line's object) back; unknown kinds are `Other`.
-    pub fn from_record(rec: &serde_json::Map<String, serde_json::Value>) -> Option<Self> {
-        serde_json::from_value(serde_json::Value::Object(rec.clone())).ok()
+    /// Reads one record (a log line's object) back. Never fails: what this
+    /// version cannot read as one of its kinds is [`Self::Other`], whole.
+    /// Fields beyond a known kind's own (`ts`, `hash`, `recorded_late`, ...)
+    /// are not part of the event.
+    pub(crate) fn from_record(rec: &serde_json::Map<String, serde_json::Value>) -> Self {
+        // `Other` is untagged: a record no tagged variant reads lands there,
+        // so deserializing an object cannot fail.
+        Self::deserialize(&serde_json::Value::Object(rec.clone()))
+            .unwrap_or_else(|_| Self::Other(rec.clone()))
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use serde_json::{json, Map, Value};
-
-    use super::*;
-
-    fn map(v: Value) -> Map<String, Value> {
-        v.as_object().unwrap().clone()
-    }
-
-    #[test]
-    fn docs_audit_md_lists_every_kind() {
-        let docs = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/audit.md"));
-        for kind in AuditEvent::KINDS {
-            assert!(
-                docs.contains(&format!("`{kind}`")),
-                "docs/audit.md does not describe the audit event kind `{kind}`"
-            );
-        }
-    }
-
-    #[test]
-    fn every_listed_kind_is_a_variant_with_that_name() {
-        for kind in AuditEvent::KINDS {
-            // Fields are missing, so a known kind fails to read; only an
-            // unknown one reads (as `Other`).
-            let read = serde_json::from_value::<AuditEvent>(json!({ "event": kind }));
-            assert!(
-                !matches!(read, Ok(AuditEvent::Other)),
-                "{kind} is not a variant"
-            );
-        }
-        let rotate = AuditEvent::Rotate {
-            previous_file: "a".into(),
-        };
-        assert_eq!(rotate.kind(), "rotate");
-        assert_eq!(rotate.into_fields().0, "rotate");
-    }
-
-    /// The docs' sample `grant` line (from a test run of the old json!()
-    /// writer): the typed event writes the same fields, nulls included.
-    #[test]
-    fn a_grant_writes_the_fields_the_old_records_had() {
-        let line = r#"{"actor":{"pid":15351,"uid":0,"user":"root"},"event":"grant","expires_at":"2026-11-22T16:11:56Z","grant_id":1,"hash":"86d7","identity":"uid:40001","ports":["45061/tcp"],"prev":"b577","reason":"e2e test","request_id":null,"segment":"db","ts":"2026-11-22T16:01:56.762Z","ttl_secs":600}"#;
-        let mut rec = map(serde_json::from_str(line).unwrap());
-        let ev = AuditEvent::from_record(&rec).unwrap();
-        let (kind, fields) = ev.into_fields();
-        assert_eq!(kind, "grant");
-        for k in ["event", "hash", "prev", "ts"] {
-            rec.remove(k);
-        }
-        assert_eq!(fields, rec);
-    }
-
-    #[test]
-    fn optional_fields_are_absent_or_null_as_before() {
-        let (_, f) = AuditEvent::PolicyReload {
-            ok: true,
-            digest: Some("d".into()),
-            errors: None,
-            trigger: Some("SIGHUP".into()),
-            actor: None,
-        }
-        .into_fields();
-        assert_eq!(
-            f,
-            map(json!({"ok": true, "digest": "d", "trigger": "SIGHUP"}))
-        );
-        let actor = Actor {
-            uid: 0,
-            user: None,
-            pid: None,
-        };
-        let (_, f) = AuditEvent::GrantFailed {
-            grant_id: 4,
-            segment: "db".into(),
-            identity: "uid:1".into(),
-            actor,
-            request_id: None,
-            error: "full".into(),
-        }
-        .into_fields();
-        assert_eq!(f["request_id"], Value::Null);
-        assert_eq!(f["actor"], json!({"uid": 0, "user": null, "pid": null}));
-    }
-
-    #[test]
-    fn records_from_newer_versions_and_late_records_still_read() {
-        let newer = map(json!({"event": "quorum_reached", "ts": "x", "votes": 3}));
-        assert_eq!(AuditEvent::from_record(&newer), Some(AuditEvent::Other));
-        let late = map(
-            json!({"event": "agent_stop", "pid": 7, "recorded_late": true,
-            "happened_at": "x", "ts": "y", "prev": "0", "hash": "1"}),
-        );
-        assert_eq!(
-            AuditEvent::from_record(&late),
-            Some(AuditEvent::AgentStop { pid: 7 })
-        );
-    }
-}
+mod tests;

@@ -6,6 +6,12 @@
 //! running. Owns filtering, rendering, `--follow` and `audit verify`; the
 //! files and the chain rule belong to [`crate::audit`] and
 //! [`crate::denylog`].
+//!
+//! An audit line is read as a [`Record`]: its envelope (`ts`) and its typed
+//! [`AuditEvent`]. A line this version cannot read as one of its kinds (a
+//! newer kind, an old shape, and the deny log's `deny` and `suppressed`
+//! records, which are not audit events) is [`AuditEvent::Other`] and is
+//! shown from its own fields, escaped, like any other.
 use std::{
     fs::File,
     io::{self, BufRead, BufReader, Seek, SeekFrom, Write},
@@ -19,8 +25,8 @@ use std::{
 use clap::{Args, Subcommand};
 use serde_json::{Map, Value};
 
+use super::AuditEvent;
 use crate::{
-    clock,
     control::{self, Reply, Request, Response},
     duration::parse_ttl,
     identity::Identity,
@@ -28,16 +34,16 @@ use crate::{
 };
 
 /// Where the audit log is when neither `--file` nor the agent says.
-pub const DEFAULT_AUDIT_LOG: &str = "/var/log/portcullis/audit.jsonl";
+pub(crate) const DEFAULT_AUDIT_LOG: &str = "/var/log/portcullis/audit.jsonl";
 /// The deny log's file name, beside the audit log unless configured.
-pub const DENY_LOG_NAME: &str = "denies.jsonl";
+pub(crate) const DENY_LOG_NAME: &str = "denies.jsonl";
 /// How often `--follow` looks for new lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(300);
 
 /// `portcullis audit`: query the audit trail, or verify its chain.
 #[derive(Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
-pub struct AuditArgs {
+pub(crate) struct AuditArgs {
     #[command(subcommand)]
     pub command: Option<AuditCommand>,
     #[command(flatten)]
@@ -45,7 +51,7 @@ pub struct AuditArgs {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum AuditCommand {
+pub(crate) enum AuditCommand {
     /// Check the hash chain; names the first broken record. Given the
     /// current log (the default), checks its rotated files too.
     Verify {
@@ -55,7 +61,7 @@ pub enum AuditCommand {
 }
 
 #[derive(Args, Debug, Default)]
-pub struct QueryArgs {
+pub(crate) struct QueryArgs {
     /// Only records newer than this: a duration (`1h`, `30m`) or an RFC 3339 time.
     #[arg(long, value_name = "WHEN")]
     pub since: Option<String>,
@@ -89,7 +95,7 @@ fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
 }
 
 /// Runs `portcullis audit ...`.
-pub fn run(args: AuditArgs, socket: &Path) -> ExitCode {
+pub(crate) fn run(args: AuditArgs, socket: &Path) -> ExitCode {
     match args.command {
         Some(AuditCommand::Verify { file }) => {
             let path = file.unwrap_or_else(|| log_paths(socket).0);
@@ -143,7 +149,7 @@ fn verify(path: &Path) -> ExitCode {
 }
 
 /// Which records to show.
-pub struct Filter {
+pub(crate) struct Filter {
     since: Option<SystemTime>,
     identity: Option<Identity>,
     segment: Option<String>,
@@ -151,7 +157,7 @@ pub struct Filter {
 }
 
 impl Filter {
-    pub fn new(q: &QueryArgs) -> Result<Self, String> {
+    pub(crate) fn new(q: &QueryArgs) -> Result<Self, String> {
         let since = q
             .since
             .as_deref()
@@ -180,21 +186,20 @@ impl Filter {
         })
     }
 
-    pub fn matches(&self, rec: &Map<String, Value>) -> bool {
-        let text = |k: &str| rec.get(k).and_then(Value::as_str);
+    pub(crate) fn matches(&self, rec: &Record) -> bool {
         if let Some(since) = self.since {
-            match text("ts").and_then(|t| humantime::parse_rfc3339_weak(t).ok()) {
+            match rec.ts().and_then(|t| humantime::parse_rfc3339_weak(t).ok()) {
                 Some(t) if t >= since => {}
                 _ => return false,
             }
         }
         if let Some(seg) = &self.segment {
-            if text("segment") != Some(seg.as_str()) {
+            if rec.event.segment() != Some(seg.as_str()) {
                 return false;
             }
         }
         if let Some(ev) = &self.event {
-            if text("event") != Some(ev.as_str()) {
+            if rec.event.name() != ev.as_str() {
                 return false;
             }
         }
@@ -205,27 +210,80 @@ impl Filter {
     }
 }
 
+/// One line of a log, read back: its envelope and its event.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Record {
+    /// When it was written (`ts`), as written.
+    ts: Option<String>,
+    pub event: AuditEvent,
+    /// Fields of the line that are neither the envelope nor the event's own:
+    /// `recorded_late` and `happened_at`, or a field a newer version added
+    /// to a known kind. Shown with the event's, never dropped.
+    extra: Map<String, Value>,
+}
+
+impl Record {
+    /// Reads a line's object. Never fails (see [`AuditEvent::from_record`]).
+    pub(crate) fn read(mut rec: Map<String, Value>) -> Self {
+        let event = AuditEvent::from_record(&rec);
+        let ts = rec.get("ts").and_then(Value::as_str).map(str::to_string);
+        let extra = match &event {
+            // `Other` keeps the whole line already.
+            AuditEvent::Other(_) => Map::new(),
+            known => {
+                let (_, own) = known.clone().into_fields();
+                for k in SHOWN.iter().copied().chain(own.keys().map(String::as_str)) {
+                    rec.remove(k);
+                }
+                rec
+            }
+        };
+        Self { ts, event, extra }
+    }
+
+    fn ts(&self) -> Option<&str> {
+        self.ts.as_deref()
+    }
+
+    /// A top-level text field of a record this version does not type (the
+    /// deny log's `cgroup`, `user`, `group`); known kinds have none of them.
+    fn other_text(&self, k: &str) -> Option<&str> {
+        match &self.event {
+            AuditEvent::Other(f) => f.get(k).and_then(Value::as_str),
+            _ => None,
+        }
+    }
+
+    fn other_num(&self, k: &str) -> Option<u64> {
+        match &self.event {
+            AuditEvent::Other(f) => f.get(k).and_then(Value::as_u64),
+            _ => None,
+        }
+    }
+}
+
 /// Whether a record is about `id`: its `identity` field names it, or (deny
 /// records) its cgroup, uid, user, gid, group or peer address falls under it.
-fn identity_matches(id: &Identity, rec: &Map<String, Value>) -> bool {
-    let text = |k: &str| rec.get(k).and_then(Value::as_str);
-    let num = |k: &str| rec.get(k).and_then(Value::as_u64);
-    if let Some(recorded) = text("identity") {
+fn identity_matches(id: &Identity, rec: &Record) -> bool {
+    let identity = rec.event.identity();
+    if let Some(recorded) = identity {
         if recorded == id.to_string() {
             return true;
         }
     }
+    let cgroup = rec.event.cgroup();
     match id {
-        Identity::Cgroup(p) => text("cgroup").is_some_and(|c| {
+        Identity::Cgroup(p) => cgroup.is_some_and(|c| {
             c == p || p == "/" || c.starts_with(&format!("{}/", p.trim_end_matches('/')))
         }),
-        Identity::Unit(u) => text("cgroup")
-            .is_some_and(|c| c.ends_with(&format!("/{u}")) || c.contains(&format!("/{u}/"))),
-        Identity::Uid(u) => num("uid") == Some(u64::from(*u)),
-        Identity::User(name) => text("user") == Some(name.as_str()),
-        Identity::Gid(g) => num("gid") == Some(u64::from(*g)),
-        Identity::Group(name) => text("group") == Some(name.as_str()),
-        Identity::Peer(cidr) => text("identity")
+        Identity::Unit(u) => {
+            cgroup.is_some_and(|c| c.ends_with(&format!("/{u}")) || c.contains(&format!("/{u}/")))
+        }
+        Identity::Uid(u) => rec.other_num("uid") == Some(u64::from(*u)),
+        Identity::User(name) => rec.other_text("user") == Some(name.as_str()),
+        Identity::Gid(g) => rec.other_num("gid") == Some(u64::from(*g)),
+        Identity::Group(name) => rec.other_text("group") == Some(name.as_str()),
+        Identity::Peer(cidr) => identity
             .and_then(|i| i.strip_prefix("peer:"))
             .and_then(|a| a.split('/').next()?.parse::<IpAddr>().ok())
             .is_some_and(|ip| cidr.contains(ip)),
@@ -304,6 +362,7 @@ fn print_lines(
         }
         match serde_json::from_str::<Value>(trimmed) {
             Ok(Value::Object(rec)) => {
+                let rec = Record::read(rec);
                 if filter.matches(&rec) {
                     if json {
                         writeln!(out, "{trimmed}")?;
@@ -347,244 +406,8 @@ fn follow(
     }
 }
 
-/// Fields shown in their own column, or not at all.
-const SHOWN: [&str; 7] = [
-    "ts", "event", "actor", "identity", "segment", "prev", "hash",
-];
-
-/// One readable line: time, event, actor, identity → segment, details.
-/// Every string of the record (keys too) goes through
-/// [`termtext::escape`] first: old records and cgroup names may hold
-/// anything.
-pub fn render(rec: &Map<String, Value>) -> String {
-    let mut v = Value::Object(rec.clone());
-    termtext::escape_value(&mut v);
-    match v {
-        Value::Object(rec) => render_escaped(&rec),
-        _ => unreachable!("an object stays an object"),
-    }
-}
-
-fn render_escaped(rec: &Map<String, Value>) -> String {
-    let text = |k: &str| rec.get(k).and_then(Value::as_str).unwrap_or("");
-    let actor = match rec.get("actor") {
-        Some(Value::Object(a)) => {
-            let uid = a.get("uid").and_then(Value::as_u64);
-            let user = a.get("user").and_then(Value::as_str);
-            let pid = a.get("pid").and_then(Value::as_i64);
-            let mut s = match (user, uid) {
-                (Some(u), Some(id)) => format!("{u}({id})"),
-                (None, Some(id)) => format!("uid {id}"),
-                (Some(u), None) => u.to_string(),
-                (None, None) => String::new(),
-            };
-            if let Some(p) = pid {
-                s.push_str(&format!("/pid {p}"));
-            }
-            format!("by {s}")
-        }
-        _ => String::new(),
-    };
-    let subject = match (text("identity"), text("segment")) {
-        ("", "") => String::new(),
-        (i, "") => i.to_string(),
-        ("", s) => format!("on {s}"),
-        (i, s) => format!("{i} → {s}"),
-    };
-    match text("event") {
-        "deny" => return render_deny(rec, &subject),
-        "suppressed" => {
-            return format!(
-                "{}  {:<14}  {subject}  {} more denies in {}s{}",
-                text("ts"),
-                "suppressed",
-                rec.get("suppressed").unwrap_or(&Value::Null),
-                rec.get("window_secs").unwrap_or(&Value::Null),
-                who(rec)
-            )
-        }
-        _ => {}
-    }
-    let mut details = Vec::new();
-    for (k, v) in rec {
-        if SHOWN.contains(&k.as_str()) || v.is_null() {
-            continue;
-        }
-        details.push(match (k.as_str(), v) {
-            ("ttl_secs", Value::Number(n)) => {
-                format!(
-                    "ttl={}",
-                    clock::human(Duration::from_secs(n.as_u64().unwrap_or(0)))
-                )
-            }
-            // Quoted, not JSON-encoded: `s` is escaped already, and JSON
-            // would double every backslash of the escapes.
-            (_, Value::String(s)) if s.is_empty() || s.contains(char::is_whitespace) => {
-                format!("{k}=\"{}\"", s.replace('"', "\\\""))
-            }
-            (_, Value::String(s)) => format!("{k}={s}"),
-            (_, Value::Array(items)) if items.iter().all(Value::is_string) => format!(
-                "{k}={}",
-                items
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ),
-            _ => format!("{k}={v}"),
-        });
-    }
-    let cols = [subject, actor, details.join(" ")];
-    let mut line = format!("{}  {:<14}", text("ts"), text("event"));
-    for c in cols.iter().filter(|c| !c.is_empty()) {
-        line.push_str("  ");
-        line.push_str(c);
-    }
-    line.trim_end().to_string()
-}
-
-/// `uid 0 (root) gid 0 (root)` of a deny record, with a leading space;
-/// empty for remote peers.
-fn who(rec: &Map<String, Value>) -> String {
-    let Some(uid) = rec.get("uid").and_then(Value::as_u64) else {
-        return String::new();
-    };
-    let name = |k: &str| {
-        rec.get(k)
-            .and_then(Value::as_str)
-            .map(|n| format!(" ({n})"))
-            .unwrap_or_default()
-    };
-    let gid = rec.get("gid").and_then(Value::as_u64).unwrap_or(0);
-    format!(", uid {uid}{} gid {gid}{}", name("user"), name("group"))
-}
-
-/// `ts deny  cgroup:/x → db  sendmsg4 127.0.0.1:5432/udp, uid 0 (root) gid 0 (root)`.
-fn render_deny(rec: &Map<String, Value>, subject: &str) -> String {
-    let text = |k: &str| rec.get(k).and_then(Value::as_str).unwrap_or("");
-    let addr = text("addr");
-    let addr = if addr.contains(':') {
-        format!("[{addr}]")
-    } else {
-        addr.to_string()
-    };
-    let port = rec.get("port").and_then(Value::as_u64).unwrap_or(0);
-    let mut line = format!(
-        "{}  {:<14}  {subject}  {} {addr}:{port}/{}{}",
-        text("ts"),
-        "deny",
-        text("hook"),
-        text("proto"),
-        who(rec)
-    );
-    if let Some(peer) = rec.get("peer").and_then(Value::as_str) {
-        line.push_str(&format!(" from {peer}"));
-    }
-    line
-}
-
+mod render;
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn rec(v: Value) -> Map<String, Value> {
-        v.as_object().unwrap().clone()
-    }
-
-    fn filter(args: &[&str]) -> Filter {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct T {
-            #[command(flatten)]
-            q: QueryArgs,
-        }
-        let mut argv = vec!["t"];
-        argv.extend_from_slice(args);
-        Filter::new(&T::parse_from(argv).q).unwrap()
-    }
-
-    #[test]
-    fn records_render_on_one_readable_line() {
-        let r = rec(json!({
-            "ts": "2026-05-09T10:00:00.000Z", "event": "grant", "grant_id": 7,
-            "identity": "user:alice", "segment": "db", "ports": ["5432/tcp", "6432/tcp"],
-            "ttl_secs": 1800, "reason": "INC-1 lag", "prev": "00", "hash": "11",
-            "actor": {"uid": 0, "user": "root", "pid": 42}
-        }));
-        assert_eq!(
-            render(&r),
-            "2026-05-09T10:00:00.000Z  grant           user:alice → db  by root(0)/pid 42  grant_id=7 ports=5432/tcp,6432/tcp reason=\"INC-1 lag\" ttl=30m"
-        );
-    }
-
-    #[test]
-    fn denies_render_what_was_refused_and_who() {
-        let d = rec(
-            json!({"ts": "T", "event": "deny", "identity": "cgroup:/a", "segment": "db",
-            "hook": "connect6", "addr": "::1", "port": 5432, "proto": "tcp", "cgroup": "/a",
-            "cgroup_id": 9, "uid": 0, "user": "root", "gid": 0, "group": "root", "segment_id": 1}),
-        );
-        assert_eq!(
-            render(&d),
-            "T  deny            cgroup:/a → db  connect6 [::1]:5432/tcp, uid 0 (root) gid 0 (root)"
-        );
-        let p = rec(
-            json!({"ts": "T", "event": "deny", "identity": "peer:10.0.0.9", "segment": "db",
-            "hook": "xdp", "addr": "10.0.0.1", "port": 5432, "proto": "tcp", "peer": "10.0.0.9:4000"}),
-        );
-        assert_eq!(
-            render(&p),
-            "T  deny            peer:10.0.0.9 → db  xdp 10.0.0.1:5432/tcp from 10.0.0.9:4000"
-        );
-        let s = rec(
-            json!({"ts": "T", "event": "suppressed", "identity": "cgroup:/a", "segment": "db",
-            "suppressed": 97, "window_secs": 2.0, "uid": 0, "user": "root", "gid": 0, "group": "root"}),
-        );
-        assert_eq!(
-            render(&s),
-            "T  suppressed      cgroup:/a → db  97 more denies in 2.0s, uid 0 (root) gid 0 (root)"
-        );
-    }
-
-    #[test]
-    fn filters_by_time_segment_event_and_identity() {
-        let now = clock::rfc3339_millis(SystemTime::now());
-        let old = "2000-01-01T00:00:00.000Z";
-        let grant =
-            rec(json!({"ts": now, "event": "grant", "identity": "user:alice", "segment": "db"}));
-        let deny = rec(
-            json!({"ts": now, "event": "deny", "identity": "cgroup:/a/b.service",
-            "cgroup": "/a/b.service", "uid": 1000, "user": "alice", "gid": 100, "segment": "db"}),
-        );
-        let peer =
-            rec(json!({"ts": old, "event": "deny", "identity": "peer:10.1.2.3", "segment": "web"}));
-        assert!(filter(&["--since", "1h"]).matches(&grant));
-        assert!(!filter(&["--since", "1h"]).matches(&peer));
-        assert!(filter(&["--segment", "web"]).matches(&peer));
-        assert!(!filter(&["--segment", "web"]).matches(&grant));
-        assert!(filter(&["--event", "grant"]).matches(&grant));
-        assert!(filter(&["--identity", "user:alice"]).matches(&grant));
-        assert!(filter(&["--identity", "user:alice"]).matches(&deny));
-        assert!(!filter(&["--identity", "user:bob"]).matches(&grant));
-        assert!(filter(&["--identity", "cgroup:/a"]).matches(&deny));
-        assert!(!filter(&["--identity", "cgroup:/ab"]).matches(&deny));
-        assert!(filter(&["--identity", "unit:b.service"]).matches(&deny));
-        assert!(filter(&["--identity", "uid:1000"]).matches(&deny));
-        assert!(filter(&["--identity", "gid:100"]).matches(&deny));
-        assert!(filter(&["--identity", "peer:10.0.0.0/8"]).matches(&peer));
-        assert!(!filter(&["--identity", "peer:192.168.0.0/16"]).matches(&peer));
-    }
-
-    #[test]
-    fn partial_lines_are_left_for_later() {
-        let data = b"{\"event\":\"a\",\"ts\":\"x\"}\n{\"event\":\"b\"";
-        let mut out = Vec::new();
-        let n = print_lines(&data[..], &filter(&[]), true, &mut out).unwrap();
-        assert_eq!(n, 23);
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "{\"event\":\"a\",\"ts\":\"x\"}\n"
-        );
-    }
-}
+mod tests;
+use render::render;
+use render::SHOWN;

@@ -1,5 +1,5 @@
 //! Unit tests of the audit log: chain, rotation, backlog, verify.
-use super::*;
+use super::{verify::verify, *};
 use serde_json::json;
 
 fn fields(v: Value) -> Map<String, Value> {

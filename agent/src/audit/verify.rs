@@ -13,7 +13,7 @@ use super::{chain_hash, rotated_path, GENESIS, ROTATE};
 
 /// The first place a chain breaks.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Break {
+pub(crate) struct Break {
     pub path: PathBuf,
     pub line: usize,
     /// The broken record's event and time, when they can be read.
@@ -33,7 +33,7 @@ impl std::fmt::Display for Break {
 
 /// What a file's chain must start from.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Start {
+pub(crate) enum Start {
     /// The file is the oldest there is: its first record chains to the
     /// genesis hash, or it is a `rotate` record (older files were dropped).
     Oldest,
@@ -44,14 +44,14 @@ pub enum Start {
 
 /// A verified file.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Verified {
+pub(crate) struct Verified {
     pub records: usize,
     /// The head of the chain after this file (`None` for an empty file).
     pub last_hash: Option<String>,
 }
 
 /// Checks every record's hash and its link to the one before.
-pub fn verify_file(path: &Path, start: &Start) -> io::Result<Result<Verified, Break>> {
+pub(crate) fn verify_file(path: &Path, start: &Start) -> io::Result<Result<Verified, Break>> {
     let reader = BufReader::new(File::open(path)?);
     let mut prev: Option<String> = None;
     let mut count = 0;
@@ -135,7 +135,7 @@ fn describe(rec: &Map<String, Value>) -> Option<String> {
 
 /// The files of a log, oldest first: `.N` … `.1`, then the log itself.
 /// Only the log when it is itself a rotated file (`audit.jsonl.3`).
-pub fn chain_files(path: &Path) -> Vec<PathBuf> {
+pub(crate) fn chain_files(path: &Path) -> Vec<PathBuf> {
     let is_rotated = path
         .extension()
         .and_then(|e| e.to_str())
@@ -159,13 +159,13 @@ pub fn chain_files(path: &Path) -> Vec<PathBuf> {
 
 /// A verified chain across files.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChainReport {
+pub(crate) struct ChainReport {
     pub files: Vec<(PathBuf, usize)>,
     pub last_hash: Option<String>,
 }
 
 /// Verifies the log and its rotated files as one chain.
-pub fn verify_chain(path: &Path) -> io::Result<Result<ChainReport, Break>> {
+pub(crate) fn verify_chain(path: &Path) -> io::Result<Result<ChainReport, Break>> {
     let mut start = Start::Oldest;
     let mut report = ChainReport {
         files: Vec::new(),
@@ -187,6 +187,7 @@ pub fn verify_chain(path: &Path) -> io::Result<Result<ChainReport, Break>> {
 
 /// Checks one file on its own, as the oldest of its chain. Returns the
 /// number of records.
-pub fn verify(path: &Path) -> io::Result<Result<usize, Break>> {
+#[cfg(test)]
+pub(crate) fn verify(path: &Path) -> io::Result<Result<usize, Break>> {
     Ok(verify_file(path, &Start::Oldest)?.map(|v| v.records))
 }

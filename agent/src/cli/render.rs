@@ -52,7 +52,7 @@ fn grant_line(g: &GrantView) -> String {
     )
 }
 
-pub fn render(reply: &Reply) -> String {
+pub(crate) fn render(reply: &Reply) -> String {
     match reply {
         Reply::Granted { grant } => format!("{}\n", grant_line(grant)),
         Reply::Revoked { grants } if grants.is_empty() => {

@@ -23,7 +23,7 @@ use crate::{
 };
 
 #[derive(Args, Debug)]
-pub struct UninstallArgs {
+pub(crate) struct UninstallArgs {
     /// The agent's configuration file, for `bpffs` and `audit_log` [default:
     /// /etc/portcullis/agent.toml; a missing default file means all defaults].
     #[arg(long, value_name = "PATH")]

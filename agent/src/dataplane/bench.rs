@@ -14,7 +14,7 @@ impl Dataplane {
     /// makes the packet arrive on that device instead of loopback (kernel ≥
     /// 5.10 for `ifindex` in the test context). For `portcullis
     /// bench-dataplane`; loads a program `open` did not.
-    pub fn test_run(
+    pub(crate) fn test_run(
         &mut self,
         name: &'static str,
         packet: &[u8],

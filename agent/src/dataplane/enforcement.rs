@@ -185,7 +185,7 @@ fn prog_query(cgroup: &fs::File, attach_type: u32) -> io::Result<Vec<u32>> {
 
 /// What the kernel has, compared with what this agent put there.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct KernelCheck {
+pub(crate) struct KernelCheck {
     /// Programs the kernel has attached where they belong.
     pub attached: Vec<String>,
     /// What is missing or not this agent's, in words.
@@ -200,7 +200,7 @@ pub struct KernelCheck {
 }
 
 impl KernelCheck {
-    pub fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         self.missing.is_empty()
     }
 }
@@ -239,7 +239,7 @@ fn pin_is(path: &Path, id: u32) -> bool {
 
 impl Dataplane {
     /// Asks the kernel what is in force; changes nothing.
-    pub fn check(&self) -> KernelCheck {
+    pub(crate) fn check(&self) -> KernelCheck {
         let mut out = KernelCheck::default();
         let links = self.pin_dir.join("links");
         match fs::File::open(&self.cgroup) {
@@ -310,7 +310,7 @@ impl Dataplane {
 
     /// Checks, re-attaches and re-pins what is missing, and checks again.
     /// Returns what was missing before and what the kernel has after.
-    pub fn repair(&mut self) -> (KernelCheck, KernelCheck) {
+    pub(crate) fn repair(&mut self) -> (KernelCheck, KernelCheck) {
         let before = self.check();
         if (before.ok() && !before.cgroup_recreated) || before.unchecked.is_some() {
             return (before.clone(), before);

@@ -77,7 +77,7 @@ impl Dataplane {
     /// takes over an existing pinned link in place (BPF_LINK_UPDATE). Then
     /// links and maps of older layouts are retired. At no instant is a
     /// protected port without a program whose maps are complete.
-    pub fn attach(&mut self) -> Result<()> {
+    pub(crate) fn attach(&mut self) -> Result<()> {
         self.attach_cgroup()?;
         let links = self.pin_dir.join("links");
         let older = older_layouts(&self.bpffs, &self.pin_dir);
@@ -187,7 +187,7 @@ impl Dataplane {
 
     /// Lets go of the links this agent holds (for an uninstall through the
     /// agent: once the pins are gone too, nothing is attached).
-    pub fn release_links(&mut self) {
+    pub(crate) fn release_links(&mut self) {
         self.held.clear();
         self.programs.clear();
         self.xdp.clear();

@@ -108,7 +108,7 @@ pub(super) fn is_bpffs(path: &Path) -> bool {
 /// `PORTCULLIS_TEST_LAYOUT_VERSION` overrides the version in the path, for
 /// the tests that simulate an upgrade across an incompatible layout; it
 /// changes nothing else.
-pub fn pin_dir(bpffs: &Path) -> PathBuf {
+pub(crate) fn pin_dir(bpffs: &Path) -> PathBuf {
     let version = std::env::var("PORTCULLIS_TEST_LAYOUT_VERSION")
         .ok()
         .and_then(|v| v.parse::<u32>().ok())
@@ -119,7 +119,7 @@ pub fn pin_dir(bpffs: &Path) -> PathBuf {
 impl Dataplane {
     /// Loads the maps (re-using this layout's pins) and the programs, and
     /// attaches nothing: see [`Dataplane::attach`].
-    pub fn open(cfg: &DataplaneConfig) -> Result<Self> {
+    pub(crate) fn open(cfg: &DataplaneConfig) -> Result<Self> {
         if OBJECT.is_empty() {
             return Err(DataplaneError::NoObject);
         }
@@ -246,7 +246,7 @@ impl Dataplane {
 
 /// Every (protocol, port) → segment entry of the ports map pinned under
 /// `bpffs` (for `uninstall` to say which ports it opens).
-pub fn pinned_ports(bpffs: &Path) -> Result<Vec<(Proto, u16)>> {
+pub(crate) fn pinned_ports(bpffs: &Path) -> Result<Vec<(Proto, u16)>> {
     let path = pin_dir(bpffs).join("maps").join(map_names::PORTS);
     let data = MapData::from_pin(&path).map_err(map_err(map_names::PORTS, "open"))?;
     let map = aya::maps::Map::from_map_data(data).map_err(map_err(map_names::PORTS, "open"))?;
@@ -268,7 +268,7 @@ pub fn pinned_ports(bpffs: &Path) -> Result<Vec<(Proto, u16)>> {
 
 /// Removes every program, link and map this agent pinned under `bpffs`:
 /// the one way to stop enforcing. Returns the paths removed.
-pub fn uninstall(bpffs: &Path) -> io::Result<Vec<PathBuf>> {
+pub(crate) fn uninstall(bpffs: &Path) -> io::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     if !bpffs.exists() {
         return Ok(removed);

@@ -19,7 +19,7 @@ use crate::{
 
 impl Dataplane {
     /// Every (protocol, port) → segment entry the kernel holds now.
-    pub fn read_ports(&self) -> Result<Vec<(Proto, u16, u32)>> {
+    pub(crate) fn read_ports(&self) -> Result<Vec<(Proto, u16, u32)>> {
         let mut out = Vec::new();
         for index in 0..PORT_SLOTS {
             let seg = self
@@ -39,20 +39,20 @@ impl Dataplane {
     }
 
     /// The segment protecting a port, as the kernel sees it (0 = none).
-    pub fn port_segment(&self, proto: Proto, port: u16) -> Result<u32> {
+    pub(crate) fn port_segment(&self, proto: Proto, port: u16) -> Result<u32> {
         self.ports
             .get(&port_index(proto, port), 0)
             .map_err(map_err(map_names::PORTS, "read"))
     }
 
-    pub fn set_port(&mut self, proto: Proto, port: u16, segment: u32) -> Result<()> {
+    pub(crate) fn set_port(&mut self, proto: Proto, port: u16, segment: u32) -> Result<()> {
         self.ports
             .set(port_index(proto, port), segment, 0)
             .map_err(map_err(map_names::PORTS, "write"))
     }
 
     /// Applies ledger changes in order and stops at the first failure.
-    pub fn apply(&mut self, changes: &[Change]) -> Result<()> {
+    pub(crate) fn apply(&mut self, changes: &[Change]) -> Result<()> {
         changes.iter().try_for_each(|c| self.apply_one(c))
     }
 
@@ -115,7 +115,7 @@ impl Dataplane {
     }
 
     /// Every local grant entry the kernel holds.
-    pub fn read_grants(&self) -> Result<Vec<(GrantKey, u64)>> {
+    pub(crate) fn read_grants(&self) -> Result<Vec<(GrantKey, u64)>> {
         self.grants
             .iter()
             .map(|r| r.map(|(k, v)| (k, v.at_boot_ns)))
@@ -124,7 +124,7 @@ impl Dataplane {
     }
 
     /// One local grant entry's expiry, as the kernel holds it.
-    pub fn grant_expiry(&self, key: &GrantKey) -> Result<Option<u64>> {
+    pub(crate) fn grant_expiry(&self, key: &GrantKey) -> Result<Option<u64>> {
         match self.grants.get(key, 0) {
             Ok(v) => Ok(Some(v.at_boot_ns)),
             Err(MapError::KeyNotFound) => Ok(None),
@@ -133,7 +133,7 @@ impl Dataplane {
     }
 
     /// Every peer entry the kernel holds.
-    pub fn read_peers(&self) -> Result<Vec<PeerEntry>> {
+    pub(crate) fn read_peers(&self) -> Result<Vec<PeerEntry>> {
         let mut out = Vec::new();
         for r in self.peers.iter() {
             let (k, v) = r.map_err(map_err(map_names::PEERS, "read"))?;
@@ -161,7 +161,7 @@ impl Dataplane {
     /// The peer entry that decides for a source address on a segment, as
     /// the XDP program and the ingress peer check find it: a live host entry, else the longest prefix,
     /// else an expired host entry.
-    pub fn peer_lookup(&self, segment: u32, addr: [u8; 16]) -> Result<Option<u64>> {
+    pub(crate) fn peer_lookup(&self, segment: u32, addr: [u8; 16]) -> Result<Option<u64>> {
         let host = match self.peer_hosts.get(
             &PeerKey {
                 segment_be: segment.to_be_bytes(),
@@ -185,7 +185,7 @@ impl Dataplane {
 
     /// Whether `addr` falls in a prefix of the local-prefix trie (what the
     /// programs' `in_local_nets` asks).
-    pub fn in_local_nets(&self, addr: [u8; 16]) -> Result<bool> {
+    pub(crate) fn in_local_nets(&self, addr: [u8; 16]) -> Result<bool> {
         let key = aya::maps::lpm_trie::Key::new(128, addr);
         match self.local_nets.get(&key, 0) {
             Ok(_) => Ok(true),
@@ -196,7 +196,7 @@ impl Dataplane {
 
     /// Makes the local-prefix trie hold exactly `nets` (adds first, so a
     /// prefix that stays local is never missing for an instant).
-    pub fn set_local_addrs(&mut self, nets: &BTreeSet<LocalNet>) -> Result<()> {
+    pub(crate) fn set_local_addrs(&mut self, nets: &BTreeSet<LocalNet>) -> Result<()> {
         let current: BTreeSet<LocalNet> = self
             .local_nets
             .keys()
@@ -227,7 +227,7 @@ impl Dataplane {
     }
 
     /// Allowed/denied counts of a segment, summed over CPUs.
-    pub fn counters(&self, segment: u32) -> Result<SegmentCounters> {
+    pub(crate) fn counters(&self, segment: u32) -> Result<SegmentCounters> {
         let per_cpu = self
             .counters
             .get(&segment, 0)
@@ -240,7 +240,7 @@ impl Dataplane {
             }))
     }
 
-    pub fn capacity(&self) -> (u32, u32) {
+    pub(crate) fn capacity(&self) -> (u32, u32) {
         (self.max_grants, self.max_peers)
     }
 }

@@ -37,7 +37,7 @@ use aya::{
 mod txn;
 
 mod enforcement;
-pub use enforcement::KernelCheck;
+pub(crate) use enforcement::KernelCheck;
 
 #[cfg(feature = "bench")]
 mod bench;
@@ -45,15 +45,15 @@ mod links;
 mod loader;
 mod maps;
 mod ring;
-pub use ring::{AsyncRing, Ring};
+pub(crate) use ring::Ring;
 
 use links::{new_xdp_link, pin_fd, xdp_pin_name, HeldLink, LinkKind};
 use loader::program;
-pub use loader::{pin_dir, pinned_ports, uninstall};
+pub(crate) use loader::{pinned_ports, uninstall};
 use maps::peer_key;
 
 #[derive(Debug, thiserror::Error)]
-pub enum DataplaneError {
+pub(crate) enum DataplaneError {
     #[error("this binary was built with AYA_BUILD_SKIP=1 and holds no eBPF programs; rebuild without it (`cargo xtask build`)")]
     NoObject,
     #[error("{path} is not a bpf filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf` (the agent does this itself when it runs as root)")]
@@ -134,7 +134,7 @@ type Result<T, E = DataplaneError> = std::result::Result<T, E>;
 
 /// One entry of the peer trie, as read back from the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PeerEntry {
+pub(crate) struct PeerEntry {
     pub segment: u32,
     /// IPv6, IPv4 as v4-mapped.
     pub addr: [u8; 16],
@@ -145,7 +145,7 @@ pub struct PeerEntry {
 
 /// Where and how to load.
 #[derive(Clone, Debug)]
-pub struct DataplaneConfig {
+pub(crate) struct DataplaneConfig {
     /// bpffs directory owned by this agent, e.g. `/sys/fs/bpf/portcullis`.
     pub bpffs: PathBuf,
     /// Filesystem path of the cgroup to attach to (the cgroup2 root by default).
@@ -158,13 +158,13 @@ pub struct DataplaneConfig {
 
 /// How the XDP program ended up attached to an interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct XdpAttachment {
+pub(crate) struct XdpAttachment {
     pub iface: String,
     /// "native", "generic", or "replaced" (a previous run's link kept its mode).
     pub mode: &'static str,
 }
 
-pub struct Dataplane {
+pub(crate) struct Dataplane {
     pin_dir: PathBuf,
     /// Links attached by this agent (cgroup programs and XDP).
     held: Vec<HeldLink>,
@@ -199,40 +199,35 @@ pub(crate) fn map_err(
 
 impl Dataplane {
     /// This agent's bpffs directory (holding every layout's pins).
-    pub fn bpffs(&self) -> &Path {
+    pub(crate) fn bpffs(&self) -> &Path {
         &self.bpffs
     }
 
-    pub fn pin_dir(&self) -> &Path {
+    pub(crate) fn pin_dir(&self) -> &Path {
         &self.pin_dir
     }
 
-    pub fn cgroup(&self) -> &Path {
+    pub(crate) fn cgroup(&self) -> &Path {
         &self.cgroup
     }
 
-    /// Names of the attached programs.
-    pub fn programs(&self) -> &[&'static str] {
-        &self.programs
-    }
-
     /// Where the XDP program is attached, and how.
-    pub fn xdp(&self) -> &[XdpAttachment] {
+    pub(crate) fn xdp(&self) -> &[XdpAttachment] {
         &self.xdp
     }
 
     /// Hands the kill-request ring buffer to its reader (once).
-    pub fn take_kill_requests(&mut self) -> Option<Ring<KillRequest>> {
+    pub(crate) fn take_kill_requests(&mut self) -> Option<Ring<KillRequest>> {
         self.kill_requests.take().map(Ring::new)
     }
 
     /// Hands the deny-event ring buffer to its reader (once).
     /// The loaded object, for `kernlog` to take its debug maps.
-    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+    pub(crate) fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
     }
 
-    pub fn take_deny_events(&mut self) -> Option<Ring<DenyEvent>> {
+    pub(crate) fn take_deny_events(&mut self) -> Option<Ring<DenyEvent>> {
         self.deny_events.take().map(Ring::new)
     }
 }

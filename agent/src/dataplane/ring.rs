@@ -20,7 +20,7 @@ use aya::{
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 /// A ring buffer whose records are `T`s.
-pub struct Ring<T: Pod> {
+pub(crate) struct Ring<T: Pod> {
     ring: RingBuf<MapData>,
     _records: PhantomData<fn() -> T>,
 }
@@ -37,7 +37,7 @@ pub(super) fn record<T: Pod>(bytes: &[u8]) -> Option<T> {
 }
 
 impl<T: Pod> Ring<T> {
-    pub fn new(ring: RingBuf<MapData>) -> Self {
+    pub(crate) fn new(ring: RingBuf<MapData>) -> Self {
         Self {
             ring,
             _records: PhantomData,
@@ -46,7 +46,7 @@ impl<T: Pod> Ring<T> {
 
     /// Hands at most `max` records to `each` (short records are skipped,
     /// and counted); returns how many records were consumed. Never blocks.
-    pub fn drain(&mut self, max: usize, mut each: impl FnMut(T)) -> usize {
+    pub(crate) fn drain(&mut self, max: usize, mut each: impl FnMut(T)) -> usize {
         let mut n = 0;
         while n < max {
             let Some(item) = self.ring.next() else { break };
@@ -65,7 +65,7 @@ impl<T: Pod> Ring<T> {
 
     /// Blocks this thread until a record may be there or `timeout` passed.
     /// An interrupted wait is a normal return.
-    pub fn wait(&self, timeout: Duration) -> io::Result<()> {
+    pub(crate) fn wait(&self, timeout: Duration) -> io::Result<()> {
         let mut fds = [PollFd::new(self.ring.as_fd(), PollFlags::POLLIN)];
         match poll(
             &mut fds,
@@ -77,7 +77,7 @@ impl<T: Pod> Ring<T> {
     }
 
     /// For tokio: the ring registered with the reactor, to await records.
-    pub fn into_async(self) -> io::Result<AsyncRing<T>> {
+    pub(crate) fn into_async(self) -> io::Result<AsyncRing<T>> {
         // SAFETY: the ring buffer owns its descriptor, which stays open and
         // the same for as long as the AsyncFd holds it (it moves in here and
         // `as_raw_fd` always returns the ring's one descriptor).
@@ -99,14 +99,14 @@ impl<T: Pod> AsRawFd for Ring<T> {
 }
 
 /// A [`Ring`] read from tokio.
-pub struct AsyncRing<T: Pod> {
+pub(crate) struct AsyncRing<T: Pod> {
     fd: tokio::io::unix::AsyncFd<Ring<T>>,
 }
 
 impl<T: Pod> AsyncRing<T> {
     /// Waits until records are there, then hands every record there now to
     /// `each`; returns how many were consumed (0 after a spurious wake-up).
-    pub async fn next_batch(&mut self, each: impl FnMut(T)) -> io::Result<usize> {
+    pub(crate) async fn next_batch(&mut self, each: impl FnMut(T)) -> io::Result<usize> {
         let mut guard = self.fd.readable_mut().await?;
         let n = guard.get_inner_mut().drain(usize::MAX, each);
         guard.clear_ready();

@@ -114,7 +114,11 @@ impl Dataplane {
     /// `ports` (between the puts and the deletes), all or nothing: every map
     /// is first checked to have room for the writes, and if a write fails
     /// anyway, every earlier one is undone before the error is returned.
-    pub fn apply_atomic(&mut self, changes: &[Change], ports: &[(Proto, u16, u32)]) -> Result<()> {
+    pub(crate) fn apply_atomic(
+        &mut self,
+        changes: &[Change],
+        ports: &[(Proto, u16, u32)],
+    ) -> Result<()> {
         let mut before = Vec::with_capacity(changes.len());
         let mut prefixes = None;
         for c in changes {

@@ -41,13 +41,12 @@ mod names;
 mod sink;
 
 use limiter::{Admit, Limiter, Summary};
-pub use names::hook_name;
 use names::Names;
 use sink::Sink;
 
 /// How the deny log is written and limited.
 #[derive(Clone, Debug)]
-pub struct DenyLogConfig {
+pub(crate) struct DenyLogConfig {
     pub path: PathBuf,
     /// Denies written per identity × segment per window.
     pub burst: u32,
@@ -59,13 +58,13 @@ pub struct DenyLogConfig {
 }
 
 /// Denies written per identity × segment per window, by default.
-pub const DEFAULT_BURST: u32 = 10;
+pub(crate) const DEFAULT_BURST: u32 = 10;
 /// The rate-limit window, by default.
-pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
 
 impl DenyLogConfig {
     /// The defaults, writing to `path`.
-    pub fn new(path: PathBuf) -> Self {
+    pub(crate) fn new(path: PathBuf) -> Self {
         Self {
             path,
             burst: DEFAULT_BURST,
@@ -83,7 +82,7 @@ const TICK: Duration = Duration::from_millis(250);
 
 /// Counts since the agent started, shared with `status` and the metrics.
 #[derive(Debug, Default)]
-pub struct DenyStats {
+pub(crate) struct DenyStats {
     pub path: PathBuf,
     pub received: AtomicU64,
     pub logged: AtomicU64,
@@ -93,7 +92,7 @@ pub struct DenyStats {
 
 /// The deny log, as `status` shows it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct DenyLogView {
+pub(crate) struct DenyLogView {
     pub path: String,
     /// Deny events read from the kernel.
     pub received: u64,
@@ -105,14 +104,14 @@ pub struct DenyLogView {
 }
 
 impl DenyStats {
-    pub fn new(path: PathBuf) -> Self {
+    pub(crate) fn new(path: PathBuf) -> Self {
         Self {
             path,
             ..Default::default()
         }
     }
 
-    pub fn view(&self) -> DenyLogView {
+    pub(crate) fn view(&self) -> DenyLogView {
         DenyLogView {
             path: self.path.display().to_string(),
             received: self.received.load(Ordering::Relaxed),
@@ -124,17 +123,17 @@ impl DenyStats {
 }
 
 /// Segment id → name, as the agent knows them now.
-pub type SegmentNames = Box<dyn Fn() -> HashMap<u32, String> + Send>;
+pub(crate) type SegmentNames = Box<dyn Fn() -> HashMap<u32, String> + Send>;
 
 /// The running reader; [`DenyLogger::stop`] flushes pending summaries.
-pub struct DenyLogger {
+pub(crate) struct DenyLogger {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl DenyLogger {
     /// Starts reading `ring` on a thread of its own.
-    pub fn spawn(
+    pub(crate) fn spawn(
         ring: Ring<DenyEvent>,
         cfg: DenyLogConfig,
         hierarchy: Hierarchy,
@@ -160,7 +159,7 @@ impl DenyLogger {
     }
 
     /// Stops the reader and writes the summaries of open windows.
-    pub fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();

@@ -149,7 +149,7 @@ impl Names {
 /// The address in an event: v4-mapped IPv6 shows as IPv4.
 use agent_common::ip_of_key as ip_of;
 
-pub fn hook_name(h: u8) -> &'static str {
+pub(crate) fn hook_name(h: u8) -> &'static str {
     match h {
         hook::CONNECT4 => "connect4",
         hook::CONNECT6 => "connect6",

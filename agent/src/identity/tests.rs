@@ -1,5 +1,5 @@
 //! Unit and property tests of identities, port ranges and CIDRs.
-use super::*;
+use super::{ports::PortRangeError, *};
 use proptest::prelude::*;
 
 fn id(s: &str) -> Identity {

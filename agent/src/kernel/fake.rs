@@ -241,14 +241,14 @@ impl KernelMaps for FakeKernel {
             .maps()
             .local_nets
             .iter()
-            .any(|n| crate::explain::prefix_contains(&n.addr, n.prefix, &addr)))
+            .any(|n| super::prefix_contains(&n.addr, n.prefix, &addr)))
     }
     fn peer_lookup(&self, seg: u32, addr: [u8; 16]) -> Result<Option<u64>, DataplaneError> {
         Ok(self
             .maps()
             .peers
             .iter()
-            .filter(|(s, net, p, _)| *s == seg && crate::explain::prefix_contains(net, *p, &addr))
+            .filter(|(s, net, p, _)| *s == seg && super::prefix_contains(net, *p, &addr))
             .max_by_key(|(_, _, p, _)| *p)
             .map(|(_, _, _, e)| *e))
     }

@@ -83,7 +83,7 @@ fn n(v: impl TryInto<u64>) -> f64 {
 }
 
 /// The metrics page for a snapshot.
-pub fn render(s: &Snapshot) -> String {
+pub(crate) fn render(s: &Snapshot) -> String {
     let mut e = Exposition::default();
     e.family(
         "portcullis_segment_allowed_total",

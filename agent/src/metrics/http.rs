@@ -14,14 +14,14 @@ use tokio::{
 use tracing::{debug, warn};
 
 /// Largest request head read.
-pub const MAX_REQUEST: usize = 8 * 1024;
+pub(crate) const MAX_REQUEST: usize = 8 * 1024;
 /// How long a client may take to send its request.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 8;
 
 /// Serves `GET /metrics` on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, page: Arc<dyn Fn() -> String + Send + Sync>) {
+pub(crate) async fn serve(listener: TcpListener, page: Arc<dyn Fn() -> String + Send + Sync>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let permit = match slots.clone().acquire_owned().await {

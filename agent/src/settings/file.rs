@@ -25,7 +25,7 @@ use crate::{
 };
 
 /// Where `portcullis agent` looks when `--config` is not given.
-pub const DEFAULT_PATH: &str = "/etc/portcullis/agent.toml";
+pub(crate) const DEFAULT_PATH: &str = "/etc/portcullis/agent.toml";
 
 /// Every key the file may hold, for "did you mean" hints.
 const KEYS: [&str; 21] = [
@@ -55,7 +55,7 @@ const KEYS: [&str; 21] = [
 /// The agent's settings from the file, with the documented default for
 /// every key the file does not set.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AgentConfig {
+pub(crate) struct AgentConfig {
     /// Directory of segment policy files (`*.toml`).
     pub policy_dir: PathBuf,
     /// The control socket.
@@ -129,7 +129,7 @@ impl Default for AgentConfig {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     #[error("cannot read the agent configuration {path}")]
     Read {
         path: PathBuf,
@@ -183,7 +183,7 @@ impl AgentConfig {
     /// Reads the configuration at `path`. `explicit` says whether the user
     /// named the file: a missing default file means "all defaults", a
     /// missing file that was asked for is an error.
-    pub fn load(path: &Path, explicit: bool) -> Result<AgentConfig, ConfigError> {
+    pub(crate) fn load(path: &Path, explicit: bool) -> Result<AgentConfig, ConfigError> {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == io::ErrorKind::NotFound && !explicit => {
@@ -205,7 +205,7 @@ impl AgentConfig {
     /// Parses one configuration text; `file` is only used in locations.
     /// Reports every bad value, not just the first (a TOML syntax error or
     /// an unknown key stops the parse, so those come alone).
-    pub fn parse(file: &Path, text: &str) -> Result<AgentConfig, Diagnostics> {
+    pub(crate) fn parse(file: &Path, text: &str) -> Result<AgentConfig, Diagnostics> {
         let map = SourceMap::new(file, text);
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let location = map.span(e.span()).unwrap_or_else(|| map.start());

@@ -14,7 +14,7 @@ use crate::duration::{Interval, Ttl};
 /// configuration file (docs/config.md), and from the documented default
 /// when the file does not set it either.
 #[derive(Args, Debug, Default)]
-pub struct AgentArgs {
+pub(crate) struct AgentArgs {
     /// The agent's configuration file (a missing default file means all defaults).
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,

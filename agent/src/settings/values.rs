@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 /// A size in bytes: `4096`, `64K`, `64M`, `1G` (powers of 1024).
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => t.split_at(i),
@@ -33,7 +33,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 /// A listen address: `PORT`, `HOST:PORT` or `[V6]:PORT`; a bare port (or
 /// `localhost:PORT`) means 127.0.0.1.
-pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+pub(crate) fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     let s = s.trim();
     if let Ok(port) = s.parse::<u16>() {
         return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
@@ -49,7 +49,7 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
 }
 
 /// A socket mode from the command line or the file: octal digits, at most 0777.
-pub fn parse_mode(s: &str) -> Result<u32, String> {
+pub(crate) fn parse_mode(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s, 8)
         .ok()
         .filter(|m| *m <= 0o777)
