@@ -58,7 +58,7 @@ use crate::{
 };
 
 /// Sweeps are at least this far apart, however many triggers arrive.
-pub const MIN_INTERVAL: Duration = Duration::from_millis(50);
+pub(crate) const MIN_INTERVAL: Duration = Duration::from_millis(50);
 /// TCP states of a flow worth cutting: ESTABLISHED, SYN_SENT, SYN_RECV,
 /// FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT (1, 2, 3, 4, 5, 8).
 const TCP_OPEN_STATES: u32 = (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 8);
@@ -74,7 +74,7 @@ type Ends = (u8, (IpAddr, u16), (IpAddr, u16));
 
 /// Which end of a refused flow a socket is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum End {
+pub(crate) enum End {
     /// The local client of a local flow.
     Client,
     /// The server's accepted socket of a refused local flow.
@@ -85,7 +85,7 @@ pub enum End {
 
 /// A socket to destroy, and why.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cut {
+pub(crate) struct Cut {
     pub socket: DiagSocket,
     pub end: End,
     pub segment: u32,
@@ -93,7 +93,7 @@ pub struct Cut {
 
 /// What one sweep saw and did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Report {
+pub(crate) struct Report {
     pub sockets: usize,
     pub judged: usize,
     pub cut: usize,
@@ -109,7 +109,7 @@ pub struct Report {
 /// it (`/proc/PID/cgroup`), checked against the socket's cgroup id (the
 /// directory's inode), and linked up to the attach point by `stat`: cost
 /// grows with the flows judged, not with the cgroups that exist.
-pub struct Cgroups {
+pub(crate) struct Cgroups {
     /// cgroup id → parent id, for the attach point and what was learned below it.
     below: HashMap<u64, u64>,
     /// The attach point's ancestors, root first (without the attach point).
@@ -122,7 +122,7 @@ pub struct Cgroups {
 
 impl Cgroups {
     /// The attach point and its ancestors; what is below is learned later.
-    pub fn scan(mount: &Path, attach: &Path) -> std::io::Result<Self> {
+    pub(crate) fn scan(mount: &Path, attach: &Path) -> std::io::Result<Self> {
         let attach_id = fs::metadata(attach)?.ino();
         let mut above = Vec::new();
         let mut dir = attach.to_path_buf();
@@ -157,7 +157,7 @@ impl Cgroups {
 
     /// The cgroup and every ancestor (the ids the programs look up), or
     /// `None` when the cgroup is not known to be below the attach point.
-    pub fn chain(&self, id: u64) -> Option<Vec<u64>> {
+    pub(crate) fn chain(&self, id: u64) -> Option<Vec<u64>> {
         self.below.get(&id)?;
         let mut out = self.above.clone();
         let mut path = vec![id];
@@ -182,7 +182,11 @@ impl Cgroups {
     /// when the attach point is the root, by the root's entries alone,
     /// which can only refuse more; below a child attach point it is not
     /// judged (it may not be below it at all).
-    pub fn chain_of(&mut self, s: &DiagSocket, owners: &mut impl Owners) -> Option<Vec<u64>> {
+    pub(crate) fn chain_of(
+        &mut self,
+        s: &DiagSocket,
+        owners: &mut impl Owners,
+    ) -> Option<Vec<u64>> {
         if !self.below.contains_key(&s.cgroup_id) {
             self.learn(s, owners);
         }
@@ -239,7 +243,7 @@ fn this_host(kernel: &(impl KernelView + ?Sized), ip: IpAddr) -> bool {
 }
 
 /// What /proc says of the process holding socket `inode`.
-pub trait Owners {
+pub(crate) trait Owners {
     /// Its primary (real) gid.
     fn gid_of(&mut self, inode: u32) -> Option<u32>;
     /// Its cgroup2 path (relative to the hierarchy's root, as in
@@ -250,7 +254,7 @@ pub trait Owners {
 /// /proc, scanned once per sweep and only when an owner is needed; each
 /// holder's status and cgroup are read once, when first asked for.
 #[derive(Default)]
-pub struct ProcOwners {
+pub(crate) struct ProcOwners {
     /// Socket inode → pid of a process holding it.
     by_inode: Option<HashMap<u32, i32>>,
     gids: HashMap<i32, Option<u32>>,
@@ -344,7 +348,7 @@ fn local_allowed(
 
 /// Decides which sockets of `sockets` (one dump of every family and
 /// protocol) to destroy, reading only the kernel maps.
-pub fn judge(
+pub(crate) fn judge(
     sockets: &[DiagSocket],
     cgroups: &mut Cgroups,
     kernel: &(impl KernelView + ?Sized),
@@ -462,7 +466,7 @@ pub fn judge(
 }
 
 /// The sweeper: a netlink socket and the cgroup hierarchy it judges in.
-pub struct Sweeper {
+pub(crate) struct Sweeper {
     diag: SockDiag,
     mount: PathBuf,
     attach: PathBuf,
@@ -471,7 +475,7 @@ pub struct Sweeper {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum SweepError {
+pub(crate) enum SweepError {
     #[error("listing sockets (sock_diag) failed")]
     Diag(#[from] DiagError),
     #[error("reading the cgroup tree at {path} failed")]
@@ -483,7 +487,7 @@ pub enum SweepError {
 }
 
 impl Sweeper {
-    pub fn open(mount: &Path, attach: &Path, all_remote: bool) -> Result<Self, SweepError> {
+    pub(crate) fn open(mount: &Path, attach: &Path, all_remote: bool) -> Result<Self, SweepError> {
         Ok(Self {
             diag: SockDiag::open()?,
             mount: mount.to_path_buf(),
@@ -504,7 +508,7 @@ impl Sweeper {
 
     /// What a sweep judges: the sockets and the covered cgroups, read
     /// without any lock held.
-    pub fn snapshot(&mut self) -> Result<Snapshot, SweepError> {
+    pub(crate) fn snapshot(&mut self) -> Result<Snapshot, SweepError> {
         let sockets = self.dump()?;
         let cgroups =
             Cgroups::scan(&self.mount, &self.attach).map_err(|source| SweepError::Cgroups {
@@ -519,7 +523,7 @@ impl Sweeper {
     }
 
     /// Destroys the sockets of `cuts`; returns how many were destroyed.
-    pub fn cut(&mut self, cuts: &[Cut]) -> usize {
+    pub(crate) fn cut(&mut self, cuts: &[Cut]) -> usize {
         let mut n = 0;
         for cut in cuts {
             let s = &cut.socket;
@@ -544,7 +548,7 @@ impl Sweeper {
 
     /// One sweep for the running agent: snapshot, judge under the agent's
     /// lock with its maps, destroy.
-    pub fn sweep(&mut self, agent: &Mutex<Agent>) -> Result<Report, SweepError> {
+    pub(crate) fn sweep(&mut self, agent: &Mutex<Agent>) -> Result<Report, SweepError> {
         let mut snap = self.snapshot()?;
         let (cuts, judged) = {
             let a = agent.lock().expect("agent lock");
@@ -559,14 +563,14 @@ impl Sweeper {
 }
 
 /// The sockets and cgroups one sweep judges.
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub sockets: Vec<DiagSocket>,
     pub cgroups: Cgroups,
     pub all_remote: bool,
 }
 
 impl Snapshot {
-    pub fn judge(
+    pub(crate) fn judge(
         &mut self,
         kernel: &(impl KernelView + ?Sized),
         owners: &mut impl Owners,
@@ -584,7 +588,7 @@ impl Snapshot {
 /// The sweeper thread, its triggers and the kill-ring reader.
 #[path = "sweep_runtime.rs"]
 mod runtime;
-pub use runtime::{channel, request, run, serve_kill_requests, start, Trigger};
+pub(crate) use runtime::{request, serve_kill_requests, start};
 
 #[cfg(test)]
 #[path = "sweep_tests.rs"]
