@@ -58,6 +58,7 @@ pub use authz::credential_matches;
 pub use enforce::{EnforcementView, RepairView};
 pub use errors::CoreError;
 pub use jit::DEFAULT_REQUEST_TTL;
+pub use views::ListCursor;
 
 /// Where the agent keeps what it must remember.
 #[derive(Clone, Debug)]

@@ -2,12 +2,14 @@
 //! ends of the connection.
 //!
 //! One request per connection: the client writes one JSON object and a
-//! newline, the agent answers with one JSON object and a newline. Who is
+//! newline, the agent answers with one JSON object and a newline, or, for
+//! replies that can be of any size (`list`, `revoke`), with a header line
+//! and one line per record (see `stream`). Who is
 //! asking comes from the socket's peer credentials (SO_PEERCRED), never from
 //! the request. Owns framing, limits and connection errors; the meaning of
 //! each request lives in `agent`.
 use std::{
-    io::{self, BufRead, BufReader, Read, Write},
+    io::{self, BufReader, Read, Write},
     os::unix::net::UnixStream as StdUnixStream,
     path::{Path, PathBuf},
     time::Duration,
@@ -17,6 +19,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::duration::Ttl;
 
+/// Replies of any size: header, records, end.
+mod stream;
+pub use stream::{Record, Records, StreamOf, MAX_LINE};
+
 /// Default socket path; `--socket` or `PORTCULLIS_SOCKET` override it.
 pub const DEFAULT_SOCKET: &str = "/run/portcullis/control.sock";
 /// Largest request line the agent reads (JSON and newline): far more than
@@ -24,12 +30,11 @@ pub const DEFAULT_SOCKET: &str = "/run/portcullis/control.sock";
 /// the agent serves at once ([`crate::connlimit::MAX_CONNECTIONS`]) hold
 /// at most 2 MiB between them.
 pub const MAX_REQUEST: usize = 16 * 1024;
-/// Largest reply line the client reads (a `list` of many grants is large).
-pub const MAX_REPLY: usize = 1 << 20;
 /// How long the agent waits for a whole request once connected: a client
 /// that connects and says nothing loses its place after this.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
-/// How long the agent waits to hand its reply to the client.
+/// How long the agent waits to hand its reply, or one page of a streamed
+/// reply, to the client: a client that stops reading loses its reply.
 pub const REPLY_DEADLINE: Duration = Duration::from_secs(5);
 /// How long the client waits for the agent.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -162,6 +167,11 @@ pub enum Reply {
         on: bool,
         dropped: u64,
         lines_per_sec: u32,
+    },
+    /// The header of a streamed reply: records follow, one per line, then
+    /// an end line (see [`Record`]). `list` and `revoke` answer this way.
+    Stream {
+        of: StreamOf,
     },
 }
 
@@ -332,11 +342,29 @@ pub enum ClientError {
     },
     #[error("the agent sent a reply this client does not understand: {0}")]
     BadReply(String),
+    #[error("the agent's reply was cut short after {0} record(s) (the agent stops a reply that is not read within its deadline)")]
+    CutShort(u64),
 }
 
-/// Sends one request and waits for the answer.
+/// An answer: a whole reply, or the records of a streamed one.
+pub enum Answer {
+    Whole(Response),
+    Stream(Records),
+}
+
+/// Sends one request and waits for the answer; a streamed reply is
+/// gathered into one [`Reply`] (use [`open`] to read it record by record).
 pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
-    let stream = StdUnixStream::connect(socket).map_err(|e| match e.kind() {
+    match open(socket, request)? {
+        Answer::Whole(response) => Ok(response),
+        Answer::Stream(records) => records.collect().map(Response::Ok),
+    }
+}
+
+/// Sends one request and reads the first line of the answer: the whole
+/// reply, or the header of a streamed one whose records are read on demand.
+pub fn open(socket: &Path, request: &Request) -> Result<Answer, ClientError> {
+    let conn = StdUnixStream::connect(socket).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => ClientError::SocketMissing(socket.into()),
         io::ErrorKind::ConnectionRefused => ClientError::NotRunning(socket.into()),
         io::ErrorKind::PermissionDenied => ClientError::PermissionDenied(socket.into()),
@@ -349,27 +377,32 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
         path: socket.into(),
         source,
     };
-    stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(io_err)?;
-    stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(io_err)?;
+    conn.set_read_timeout(Some(IO_TIMEOUT)).map_err(io_err)?;
+    conn.set_write_timeout(Some(IO_TIMEOUT)).map_err(io_err)?;
     let mut line = serde_json::to_vec(request).expect("requests always serialize");
     line.push(b'\n');
     // The agent answers a request it will not read in full (too long) and
     // closes: the write then fails, but its refusal is there to read.
-    let written = (&stream).write_all(&line);
-    let mut reader = BufReader::new((&stream).take(MAX_REPLY as u64));
-    let mut reply = String::new();
-    let read = reader.read_line(&mut reply);
-    match (written, read) {
-        (Err(e), _) if reply.is_empty() => return Err(io_err(e)),
-        (_, Err(e)) if reply.is_empty() => return Err(io_err(e)),
-        _ => {}
-    }
-    if reply.is_empty() {
-        return Err(ClientError::BadReply(
-            "the agent closed the connection without answering".into(),
-        ));
-    }
-    serde_json::from_str(&reply).map_err(|e| ClientError::BadReply(e.to_string()))
+    let written = (&conn).write_all(&line);
+    let mut reader = BufReader::new(conn.take(0));
+    let reply = match (written, stream::read_line(&mut reader, socket)) {
+        (_, Ok(Some(reply))) => reply,
+        (Err(e), _) => return Err(io_err(e)),
+        (Ok(()), Err(e)) => return Err(e),
+        (Ok(()), Ok(None)) => {
+            return Err(ClientError::BadReply(
+                "the agent closed the connection without answering".into(),
+            ))
+        }
+    };
+    let response: Response =
+        serde_json::from_str(&reply).map_err(|e| ClientError::BadReply(e.to_string()))?;
+    Ok(match response {
+        Response::Ok(Reply::Stream { of }) => {
+            Answer::Stream(Records::new(of, reader, socket.to_path_buf()))
+        }
+        whole => Answer::Whole(whole),
+    })
 }
 
 /// Parses a request line, turning every problem into a refusal that says
