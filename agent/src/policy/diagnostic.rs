@@ -417,6 +417,9 @@ mod tests {
             all.push(Diagnostic::warning(at("b.toml", line), "meh"));
         }
         all.push(Diagnostic::error(at("c.toml", 1), "x".repeat(5000)));
+        // Beyond the cap, problems are only counted as they are found.
+        assert_eq!(all.0.len(), 1 + MAX_PER_FILE + MAX_PER_FILE + 1);
+        assert!(all.has_errors());
         all.cap();
         let a: Vec<_> = all.iter().filter(|d| d.message.contains("bad")).collect();
         assert_eq!(a.len(), MAX_PER_FILE);
