@@ -50,7 +50,7 @@ impl GrantBook {
     }
 
     /// In id order, from id `first` on.
-    pub(super) fn from_id(&self, first: u64) -> impl Iterator<Item = &Grant> {
+    pub(super) fn starting_at(&self, first: u64) -> impl Iterator<Item = &Grant> {
         self.by_id.range(first..).map(|(_, g)| g)
     }
 

@@ -141,7 +141,7 @@ impl Agent {
                 _ => 0,
             };
             // Live and suspended grants have distinct ids: merged in id order.
-            let mut live = self.grants.from_id(first).peekable();
+            let mut live = self.grants.starting_at(first).peekable();
             let mut suspended = self
                 .suspended
                 .range(first..)
