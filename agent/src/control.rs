@@ -8,19 +8,17 @@
 //! asking comes from the socket's peer credentials (SO_PEERCRED), never from
 //! the request. Owns framing, limits and connection errors; the meaning of
 //! each request lives in `agent`.
-use std::{
-    io::{self, BufReader, Read, Write},
-    os::unix::net::UnixStream as StdUnixStream,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{io, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
 use crate::duration::Ttl;
 
+/// The client's end: connect, send, read a whole or a streamed reply.
+mod client;
 /// Replies of any size: header, records, end.
 mod stream;
+pub use client::{call, open, Answer};
 pub use stream::{Record, Records, StreamOf, MAX_LINE};
 
 /// Default socket path; `--socket` or `PORTCULLIS_SOCKET` override it.
@@ -346,65 +344,6 @@ pub enum ClientError {
     CutShort(u64),
 }
 
-/// An answer: a whole reply, or the records of a streamed one.
-pub enum Answer {
-    Whole(Response),
-    Stream(Records),
-}
-
-/// Sends one request and waits for the answer; a streamed reply is
-/// gathered into one [`Reply`] (use [`open`] to read it record by record).
-pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
-    match open(socket, request)? {
-        Answer::Whole(response) => Ok(response),
-        Answer::Stream(records) => records.collect().map(Response::Ok),
-    }
-}
-
-/// Sends one request and reads the first line of the answer: the whole
-/// reply, or the header of a streamed one whose records are read on demand.
-pub fn open(socket: &Path, request: &Request) -> Result<Answer, ClientError> {
-    let conn = StdUnixStream::connect(socket).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => ClientError::SocketMissing(socket.into()),
-        io::ErrorKind::ConnectionRefused => ClientError::NotRunning(socket.into()),
-        io::ErrorKind::PermissionDenied => ClientError::PermissionDenied(socket.into()),
-        _ => ClientError::Connect {
-            path: socket.into(),
-            source: e,
-        },
-    })?;
-    let io_err = |source| ClientError::Io {
-        path: socket.into(),
-        source,
-    };
-    conn.set_read_timeout(Some(IO_TIMEOUT)).map_err(io_err)?;
-    conn.set_write_timeout(Some(IO_TIMEOUT)).map_err(io_err)?;
-    let mut line = serde_json::to_vec(request).expect("requests always serialize");
-    line.push(b'\n');
-    // The agent answers a request it will not read in full (too long) and
-    // closes: the write then fails, but its refusal is there to read.
-    let written = (&conn).write_all(&line);
-    let mut reader = BufReader::new(conn.take(0));
-    let reply = match (written, stream::read_line(&mut reader, socket)) {
-        (_, Ok(Some(reply))) => reply,
-        (Err(e), _) => return Err(io_err(e)),
-        (Ok(()), Err(e)) => return Err(e),
-        (Ok(()), Ok(None)) => {
-            return Err(ClientError::BadReply(
-                "the agent closed the connection without answering".into(),
-            ))
-        }
-    };
-    let response: Response =
-        serde_json::from_str(&reply).map_err(|e| ClientError::BadReply(e.to_string()))?;
-    Ok(match response {
-        Response::Ok(Reply::Stream { of }) => {
-            Answer::Stream(Records::new(of, reader, socket.to_path_buf()))
-        }
-        whole => Answer::Whole(whole),
-    })
-}
-
 /// Parses a request line, turning every problem into a refusal that says
 /// what was wrong. Text fields with control characters or bidirectional
 /// overrides are refused here, before the agent stores or echoes them.
@@ -598,7 +537,11 @@ mod tests {
 
     #[test]
     fn missing_socket_is_reported_in_plain_words() {
-        let err = call(Path::new("/nonexistent/portcullis.sock"), &Request::List {}).unwrap_err();
+        let err = call(
+            std::path::Path::new("/nonexistent/portcullis.sock"),
+            &Request::List {},
+        )
+        .unwrap_err();
         assert!(matches!(err, ClientError::SocketMissing(_)));
         assert!(err.to_string().contains("is the agent running?"));
     }
