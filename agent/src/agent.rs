@@ -56,6 +56,7 @@ mod views;
 pub(crate) use apply::DEFAULT_GRANT_GRACE;
 pub(crate) use authz::credential_matches;
 pub(crate) use jit::DEFAULT_REQUEST_TTL;
+pub(crate) use views::ListCursor;
 
 /// Where the agent keeps what it must remember.
 #[derive(Clone, Debug)]

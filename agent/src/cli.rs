@@ -17,6 +17,8 @@ use clap::{Parser, Subcommand};
 mod jit;
 /// Human-readable replies: tables, grant lines, status.
 mod render;
+/// Streamed replies (`list --json`, `revoke`) printed record by record.
+mod stream;
 /// `uninstall`: through the running agent, or under its locks.
 mod uninstall;
 
@@ -274,8 +276,18 @@ pub(crate) fn run_client(cli: Cli) -> ExitCode {
     if let Err(msg) = sendable(&request) {
         return fail(2, msg);
     }
-    let response = match control::call(&client_socket(cli.socket), &request) {
-        Ok(r) => r,
+    let response = match control::open(&client_socket(cli.socket), &request) {
+        Ok(control::Answer::Whole(r)) => r,
+        // `list --json` and `revoke` print as the records arrive.
+        Ok(control::Answer::Stream(records)) if json => return stream::print_json(records),
+        Ok(control::Answer::Stream(records)) if records.of() == control::StreamOf::Revoked => {
+            return stream::print_revoked(records)
+        }
+        // A table needs every row first.
+        Ok(control::Answer::Stream(records)) => match records.collect() {
+            Ok(reply) => Response::Ok(reply),
+            Err(e) => return fail(3, e),
+        },
         Err(e) => return fail(3, e),
     };
     if json {

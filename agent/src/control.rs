@@ -2,16 +2,13 @@
 //! ends of the connection.
 //!
 //! One request per connection: the client writes one JSON object and a
-//! newline, the agent answers with one JSON object and a newline. Who is
+//! newline, the agent answers with one JSON object and a newline, or, for
+//! replies that can be of any size (`list`, `revoke`), with a header line
+//! and one line per record (see `stream`). Who is
 //! asking comes from the socket's peer credentials (SO_PEERCRED), never from
 //! the request. Owns framing, limits and connection errors; the meaning of
 //! each request lives in `agent`.
-use std::{
-    io::{self, BufRead, BufReader, Read, Write},
-    os::unix::net::UnixStream as StdUnixStream,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{io, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +16,12 @@ use crate::duration::Ttl;
 
 mod views;
 pub(crate) use views::{EnforcementView, RepairView};
+/// The client's end: connect, send, read a whole or a streamed reply.
+mod client;
+/// Replies of any size: header, records, end.
+mod stream;
+pub(crate) use client::{call, open, Answer};
+pub(crate) use stream::{Record, Records, StreamOf};
 
 /// Default socket path; `--socket` or `PORTCULLIS_SOCKET` override it.
 pub(crate) const DEFAULT_SOCKET: &str = "/run/portcullis/control.sock";
@@ -27,12 +30,11 @@ pub(crate) const DEFAULT_SOCKET: &str = "/run/portcullis/control.sock";
 /// the agent serves at once ([`crate::connlimit::MAX_CONNECTIONS`]) hold
 /// at most 2 MiB between them.
 pub(crate) const MAX_REQUEST: usize = 16 * 1024;
-/// Largest reply line the client reads (a `list` of many grants is large).
-pub(crate) const MAX_REPLY: usize = 1 << 20;
 /// How long the agent waits for a whole request once connected: a client
 /// that connects and says nothing loses its place after this.
 pub(crate) const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
-/// How long the agent waits to hand its reply to the client.
+/// How long the agent waits to hand its reply, or one page of a streamed
+/// reply, to the client: a client that stops reading loses its reply.
 pub(crate) const REPLY_DEADLINE: Duration = Duration::from_secs(5);
 /// How long the client waits for the agent.
 pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -167,6 +169,11 @@ pub(crate) enum Reply {
         on: bool,
         dropped: u64,
         lines_per_sec: u32,
+    },
+    /// The header of a streamed reply: records follow, one per line, then
+    /// an end line (see [`Record`]). `list` and `revoke` answer this way.
+    Stream {
+        of: StreamOf,
     },
 }
 
@@ -337,44 +344,8 @@ pub(crate) enum ClientError {
     },
     #[error("the agent sent a reply this client does not understand: {0}")]
     BadReply(String),
-}
-
-/// Sends one request and waits for the answer.
-pub(crate) fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
-    let stream = StdUnixStream::connect(socket).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => ClientError::SocketMissing(socket.into()),
-        io::ErrorKind::ConnectionRefused => ClientError::NotRunning(socket.into()),
-        io::ErrorKind::PermissionDenied => ClientError::PermissionDenied(socket.into()),
-        _ => ClientError::Connect {
-            path: socket.into(),
-            source: e,
-        },
-    })?;
-    let io_err = |source| ClientError::Io {
-        path: socket.into(),
-        source,
-    };
-    stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(io_err)?;
-    stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(io_err)?;
-    let mut line = serde_json::to_vec(request).expect("requests always serialize");
-    line.push(b'\n');
-    // The agent answers a request it will not read in full (too long) and
-    // closes: the write then fails, but its refusal is there to read.
-    let written = (&stream).write_all(&line);
-    let mut reader = BufReader::new((&stream).take(MAX_REPLY as u64));
-    let mut reply = String::new();
-    let read = reader.read_line(&mut reply);
-    match (written, read) {
-        (Err(e), _) if reply.is_empty() => return Err(io_err(e)),
-        (_, Err(e)) if reply.is_empty() => return Err(io_err(e)),
-        _ => {}
-    }
-    if reply.is_empty() {
-        return Err(ClientError::BadReply(
-            "the agent closed the connection without answering".into(),
-        ));
-    }
-    serde_json::from_str(&reply).map_err(|e| ClientError::BadReply(e.to_string()))
+    #[error("the agent's reply was cut short after {0} record(s) (the agent stops a reply that is not read within its deadline)")]
+    CutShort(u64),
 }
 
 /// Parses a request line, turning every problem into a refusal that says
@@ -570,7 +541,11 @@ mod tests {
 
     #[test]
     fn missing_socket_is_reported_in_plain_words() {
-        let err = call(Path::new("/nonexistent/portcullis.sock"), &Request::List {}).unwrap_err();
+        let err = call(
+            std::path::Path::new("/nonexistent/portcullis.sock"),
+            &Request::List {},
+        )
+        .unwrap_err();
         assert!(matches!(err, ClientError::SocketMissing(_)));
         assert!(err.to_string().contains("is the agent running?"));
     }

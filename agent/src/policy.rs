@@ -26,6 +26,8 @@ use crate::identity::{Identity, PortRange, Protocol};
 
 mod diagnostic;
 mod host;
+/// Disjoint port ranges, for overlap checks in O(log n).
+mod ranges;
 mod schema;
 mod trust;
 mod validate;
@@ -166,13 +168,16 @@ pub fn load_paths_trusted(
         let (parsed, found, declared) = schema::parse_file_declared(&file, &text);
         allow_empty |= declared;
         segments.extend(parsed);
-        diagnostics.extend(found);
+        diagnostics.merge(found);
         texts.push((file, text));
     }
     validate::duplicate_names(&segments, &mut diagnostics);
     validate::port_conflicts(&segments, &mut diagnostics);
     validate::host_names(&segments, host, host_check, &mut diagnostics);
     diagnostics.sort();
+    // Bounded output for any input: at most the first problems per file
+    // (and in all), with a count of the rest.
+    diagnostics.cap();
     if diagnostics.has_errors() {
         return (None, diagnostics);
     }

@@ -49,6 +49,11 @@ impl GrantBook {
         self.by_id.values()
     }
 
+    /// In id order, from id `first` on.
+    pub(super) fn starting_at(&self, first: u64) -> impl Iterator<Item = &Grant> {
+        self.by_id.range(first..).map(|(_, g)| g)
+    }
+
     /// The earliest deadline of any grant.
     pub(super) fn next_deadline(&self) -> Option<u64> {
         self.by_deadline.first().map(|&(at, _)| at)

@@ -385,7 +385,7 @@ impl Agent {
             .unwrap_or_default()
     }
 
-    fn request_view(&self, r: &AccessRequest) -> RequestView {
+    pub(super) fn request_view(&self, r: &AccessRequest) -> RequestView {
         let (grant_id, granted_ttl_secs, decided_by, decided_at, decision_reason) = match &r.state {
             RequestState::Pending => (None, None, None, None, None),
             RequestState::Approved {

@@ -4,6 +4,26 @@
 //! state (`list`, `status`, one grant); everything else returns domain
 //! values or errors.
 use super::*;
+use crate::control::Record;
+
+/// Where a paged `list` goes on: at which standing allow, grant or request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ListCursor {
+    Start,
+    /// Allow number `next` of `segment` (segments in name order).
+    Standing {
+        segment: String,
+        next: usize,
+    },
+    /// The grant with the least id at or above `next_id`.
+    Grant {
+        next_id: u64,
+    },
+    /// The pending request with the least id at or above `next_id`.
+    Pending {
+        next_id: u64,
+    },
+}
 
 impl Agent {
     pub(super) fn ports_of(&self, segment: &str) -> Vec<String> {
@@ -62,6 +82,102 @@ impl Agent {
             grants,
             pending,
         })
+    }
+
+    /// One page of `list`, from `at` on: records until their weight
+    /// reaches `budget` (at least one), and where the next page starts
+    /// (`None` after the last). Pages are taken under the agent's lock one
+    /// at a time, so a long list never holds it while a client reads;
+    /// each page is consistent, the whole list is not a snapshot (a grant
+    /// made or revoked between pages may or may not be in it).
+    pub(crate) fn list_page(
+        &self,
+        at: &ListCursor,
+        budget: usize,
+    ) -> (Vec<Record>, Option<ListCursor>) {
+        let mut page = Vec::new();
+        let mut weight = 0;
+        // Adds `record` unless the page is full; then returns where to go on.
+        let mut add = |record: Record, here: ListCursor| -> Option<ListCursor> {
+            if weight >= budget && !page.is_empty() {
+                return Some(here);
+            }
+            weight += record.weight();
+            page.push(record);
+            None
+        };
+        if let ListCursor::Start | ListCursor::Standing { .. } = at {
+            let (from, skip) = match at {
+                ListCursor::Standing { segment, next } => (segment.as_str(), *next),
+                _ => ("", 0),
+            };
+            let segments = self
+                .policy
+                .segments
+                .range::<str, _>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded));
+            for seg in segments.map(|(_, s)| s) {
+                // A segment gone since the last page: the next one starts at 0.
+                let first = if seg.name == from { skip } else { 0 };
+                for (next, identity) in seg.allow.iter().enumerate().skip(first) {
+                    let identity = identity.to_string();
+                    let record = Record::Standing(AllowView {
+                        segment: seg.name.clone(),
+                        ports: self.ports_of(&seg.name),
+                        unresolved: self
+                            .unresolved
+                            .get(&(seg.name.clone(), identity.clone()))
+                            .cloned(),
+                        identity,
+                    });
+                    let here = ListCursor::Standing {
+                        segment: seg.name.clone(),
+                        next,
+                    };
+                    if let Some(stop) = add(record, here) {
+                        return (page, Some(stop));
+                    }
+                }
+            }
+        }
+        if let ListCursor::Start | ListCursor::Standing { .. } | ListCursor::Grant { .. } = at {
+            let first = match at {
+                ListCursor::Grant { next_id } => *next_id,
+                _ => 0,
+            };
+            // Live and suspended grants have distinct ids: merged in id order.
+            let mut live = self.grants.starting_at(first).peekable();
+            let mut suspended = self
+                .suspended
+                .range(first..)
+                .map(|(_, s)| &s.grant)
+                .peekable();
+            loop {
+                let g = match (live.peek(), suspended.peek()) {
+                    (Some(l), Some(s)) if l.id < s.id => live.next(),
+                    (Some(_), None) => live.next(),
+                    (_, Some(_)) => suspended.next(),
+                    (None, None) => break,
+                };
+                let g = g.expect("peeked");
+                if let Some(stop) = add(
+                    Record::Grant(self.view(g)),
+                    ListCursor::Grant { next_id: g.id },
+                ) {
+                    return (page, Some(stop));
+                }
+            }
+        }
+        let first = match at {
+            ListCursor::Pending { next_id } => *next_id,
+            _ => 0,
+        };
+        for r in self.requests.pending().filter(|r| r.id >= first) {
+            let here = ListCursor::Pending { next_id: r.id };
+            if let Some(stop) = add(Record::Pending(self.request_view(r)), here) {
+                return (page, Some(stop));
+            }
+        }
+        (page, None)
     }
 
     pub(crate) fn status(&self) -> Reply {

@@ -80,6 +80,8 @@ pub(crate) fn render(reply: &Reply) -> String {
             "the agent (pid {pid}) removed {removed} pinned object(s) under {bpffs}; ports are no longer protected: {}\n",
             ports.join(", ")
         ),
+        // The records of a stream are printed by `super::stream`.
+        Reply::Stream { .. } => String::new(),
         Reply::Debug {
             on,
             dropped,

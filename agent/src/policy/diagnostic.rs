@@ -4,6 +4,7 @@
 //! mapping from byte offsets in a file to 1-based line:column. It does not
 //! decide what is wrong; `schema` and `validate` do.
 use std::{
+    collections::BTreeMap,
     fmt,
     ops::Range,
     path::{Path, PathBuf},
@@ -90,13 +91,26 @@ impl fmt::Display for Diagnostic {
     }
 }
 
-/// Every problem found, in file order.
+/// Every problem found, in file order, and a count per file of those
+/// found beyond [`MAX_PER_FILE`] (kept only as a number, so a file with a
+/// million problems costs a hundred and a count, not a million).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Diagnostics(pub Vec<Diagnostic>);
+pub struct Diagnostics(pub Vec<Diagnostic>, Omitted);
+
+/// Per file (`None`: no place): problems kept, errors and warnings left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Omitted(BTreeMap<Option<PathBuf>, (usize, usize, usize)>);
+
+impl From<Vec<Diagnostic>> for Diagnostics {
+    fn from(all: Vec<Diagnostic>) -> Self {
+        Diagnostics(all, Omitted::default())
+    }
+}
 
 impl Diagnostics {
+    /// Whether any error was found (kept or only counted).
     pub fn has_errors(&self) -> bool {
-        self.errors().next().is_some()
+        self.errors().next().is_some() || self.1 .0.values().any(|&(_, e, _)| e > 0)
     }
 
     pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
@@ -111,8 +125,30 @@ impl Diagnostics {
         self.0.is_empty()
     }
 
+    /// Adds a problem, or only counts it once its file has [`MAX_PER_FILE`].
     pub fn push(&mut self, diagnostic: Diagnostic) {
-        self.0.push(diagnostic);
+        let file = diagnostic.location.as_ref().map(|l| l.file.clone());
+        let (kept, errors, warnings) = self.1 .0.entry(file).or_default();
+        if *kept < MAX_PER_FILE {
+            *kept += 1;
+            self.0.push(diagnostic);
+        } else if diagnostic.severity == Severity::Error {
+            *errors += 1;
+        } else {
+            *warnings += 1;
+        }
+    }
+
+    /// Adds every problem of `other`, and its counts of those left out.
+    pub fn merge(&mut self, other: Diagnostics) {
+        for (file, (_, e, w)) in other.1 .0 {
+            let entry = self.1 .0.entry(file).or_default();
+            entry.1 += e;
+            entry.2 += w;
+        }
+        for d in other.0 {
+            self.push(d);
+        }
     }
 
     pub fn iter(&self) -> std::slice::Iter<'_, Diagnostic> {
@@ -126,9 +162,127 @@ impl Diagnostics {
     }
 }
 
+/// At most this many problems are reported per file; the rest are counted.
+pub(crate) const MAX_PER_FILE: usize = 100;
+/// At most this many problems are reported for all files together.
+pub(crate) const MAX_TOTAL: usize = 1000;
+/// A message or help text longer than this many characters is cut (a
+/// message may quote what the file says, and a file may say a lot).
+pub(crate) const MAX_TEXT_CHARS: usize = 1024;
+
+impl Diagnostics {
+    /// Keeps the first [`MAX_PER_FILE`] problems of each file (in the
+    /// order they are now in) and [`MAX_TOTAL`] in all, cuts long texts,
+    /// and adds for each file with more one problem that says how many
+    /// errors and warnings were left out. An error left out keeps the
+    /// count of errors above zero: the summary is then an error too.
+    pub(crate) fn cap(&mut self) {
+        let mut kept: Vec<Diagnostic> = Vec::with_capacity(self.0.len().min(MAX_TOTAL + 1));
+        // (file, shown, omitted errors, omitted warnings) of the file in hand.
+        let mut file: Option<Option<PathBuf>> = None;
+        let (mut shown, mut errors, mut warnings) = (0usize, 0usize, 0usize);
+        let mut total_errors = 0usize;
+        let mut total_warnings = 0usize;
+        // Those left out when they were found, per file.
+        let mut counted = std::mem::take(&mut self.1 .0);
+        let mut flush = |kept: &mut Vec<Diagnostic>, f: &Option<PathBuf>, e: usize, w: usize| {
+            let (_, e0, w0) = counted.remove(f).unwrap_or_default();
+            let (e, w) = (e + e0, w + w0);
+            if e + w > 0 {
+                kept.push(omitted(f.as_deref(), e, w, MAX_PER_FILE, "per file"));
+            }
+        };
+        for mut d in std::mem::take(&mut self.0) {
+            let this = d.location.as_ref().map(|l| l.file.clone());
+            if file.as_ref() != Some(&this) {
+                if let Some(f) = &file {
+                    flush(&mut kept, f, errors, warnings);
+                }
+                file = Some(this);
+                (shown, errors, warnings) = (0, 0, 0);
+            }
+            let is_error = d.severity == Severity::Error;
+            if shown >= MAX_PER_FILE {
+                if is_error {
+                    errors += 1
+                } else {
+                    warnings += 1
+                }
+                continue;
+            }
+            if kept.len() >= MAX_TOTAL {
+                if is_error {
+                    total_errors += 1
+                } else {
+                    total_warnings += 1
+                }
+                continue;
+            }
+            shown += 1;
+            cut(&mut d.message);
+            if let Some(help) = &mut d.help {
+                cut(help);
+            }
+            kept.push(d);
+        }
+        if let Some(f) = &file {
+            flush(&mut kept, f, errors, warnings);
+        }
+        if total_errors + total_warnings > 0 {
+            kept.push(omitted(
+                None,
+                total_errors,
+                total_warnings,
+                MAX_TOTAL,
+                "in all",
+            ));
+        }
+        self.0 = kept;
+    }
+}
+
+/// The problem that stands for the ones [`Diagnostics::cap`] left out.
+fn omitted(
+    file: Option<&Path>,
+    errors: usize,
+    warnings: usize,
+    max: usize,
+    scope: &str,
+) -> Diagnostic {
+    let what = match (errors, warnings) {
+        (e, 0) => format!("{e} more error(s)"),
+        (0, w) => format!("{w} more warning(s)"),
+        (e, w) => format!("{e} more error(s) and {w} more warning(s)"),
+    };
+    let message = match file {
+        Some(f) => format!(
+            "{what} in {} not shown (at most {max} are reported {scope})",
+            f.display()
+        ),
+        None => format!("{what} not shown (at most {max} are reported {scope})"),
+    };
+    let d = if errors > 0 {
+        Diagnostic::error(None, message)
+    } else {
+        Diagnostic::warning(None, message)
+    };
+    d.with_help("fix the problems shown and check again (`portcullis check FILE`)")
+}
+
+/// Cuts `text` to [`MAX_TEXT_CHARS`] characters, marking the cut.
+fn cut(text: &mut String) {
+    if let Some((at, _)) = text.char_indices().nth(MAX_TEXT_CHARS) {
+        let rest = text.len() - at;
+        text.truncate(at);
+        text.push_str(&format!("… ({rest} more bytes)"));
+    }
+}
+
 impl Extend<Diagnostic> for Diagnostics {
     fn extend<T: IntoIterator<Item = Diagnostic>>(&mut self, iter: T) {
-        self.0.extend(iter);
+        for d in iter {
+            self.push(d);
+        }
     }
 }
 
@@ -244,6 +398,86 @@ mod tests {
         assert_eq!(at(text.len() + 10), (4, 1));
     }
 
+    fn at(file: &str, line: usize) -> Option<Location> {
+        Some(Location {
+            file: file.into(),
+            line,
+            column: 1,
+        })
+    }
+
+    #[test]
+    fn at_most_the_first_problems_of_each_file_are_kept_with_a_count_of_the_rest() {
+        let mut all = Diagnostics::default();
+        all.push(Diagnostic::warning(None, "no place"));
+        for line in 1..=MAX_PER_FILE + 50 {
+            all.push(Diagnostic::error(at("a.toml", line), format!("bad {line}")));
+        }
+        for line in 1..=MAX_PER_FILE + 3 {
+            all.push(Diagnostic::warning(at("b.toml", line), "meh"));
+        }
+        all.push(Diagnostic::error(at("c.toml", 1), "x".repeat(5000)));
+        // Beyond the cap, problems are only counted as they are found.
+        assert_eq!(all.0.len(), 1 + MAX_PER_FILE + MAX_PER_FILE + 1);
+        assert!(all.has_errors());
+        all.cap();
+        let a: Vec<_> = all.iter().filter(|d| d.message.contains("bad")).collect();
+        assert_eq!(a.len(), MAX_PER_FILE);
+        assert_eq!(a[0].message, "bad 1");
+        assert_eq!(a[MAX_PER_FILE - 1].message, format!("bad {MAX_PER_FILE}"));
+        let text = all.to_string();
+        assert!(
+            text.contains(
+                "error: 50 more error(s) in a.toml not shown (at most 100 are reported per file)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("warning: 3 more warning(s) in b.toml not shown"),
+            "{text}"
+        );
+        // The summary of a file follows that file's problems.
+        let summary = all
+            .iter()
+            .position(|d| d.message.contains("in a.toml"))
+            .unwrap();
+        assert_eq!(all.0[summary - 1].message, format!("bad {MAX_PER_FILE}"));
+        let long = all.iter().find(|d| d.message.starts_with("xxx")).unwrap();
+        assert!(
+            long.message.ends_with("… (3976 more bytes)"),
+            "{}",
+            &long.message[1000..]
+        );
+        assert!(long.message.chars().count() < MAX_TEXT_CHARS + 30);
+        assert_eq!(all.0.len(), 1 + MAX_PER_FILE + 1 + MAX_PER_FILE + 1 + 1);
+    }
+
+    #[test]
+    fn at_most_max_total_problems_are_kept_in_all_and_errors_stay_errors() {
+        let mut all = Diagnostics::default();
+        for f in 0..30 {
+            for line in 1..=60 {
+                all.push(Diagnostic::error(at(&format!("f{f:02}.toml"), line), "e"));
+            }
+        }
+        all.cap();
+        let shown = all.iter().filter(|d| d.message == "e").count();
+        assert_eq!(shown, MAX_TOTAL);
+        let text = all.to_string();
+        assert!(
+            text.contains("error: 800 more error(s) not shown (at most 1000 are reported in all)"),
+            "{text}"
+        );
+        assert!(all.has_errors());
+        // Only errors left out: still an error, never silently fewer.
+        let mut only = Diagnostics::default();
+        for line in 1..=MAX_PER_FILE + 1 {
+            only.push(Diagnostic::error(at("a.toml", line), "e"));
+        }
+        only.cap();
+        assert_eq!(only.errors().count(), MAX_PER_FILE + 1);
+    }
+
     #[test]
     fn display_matches_the_documented_form() {
         let location = Location {
@@ -259,7 +493,7 @@ mod tests {
         );
         let w = Diagnostic::warning(None, "no policy files");
         assert_eq!(w.to_string(), "warning: no policy files");
-        let all = Diagnostics(vec![d, w]);
+        let all = Diagnostics::from(vec![d, w]);
         assert!(all.has_errors());
         assert_eq!(all.to_string().lines().count(), 3);
     }

@@ -17,6 +17,7 @@ use toml_edit::{ImDocument, Item, TableLike, Value};
 
 use super::{
     diagnostic::{Diagnostic, Diagnostics, Location, SourceMap},
+    ranges::RangeSet,
     Jit, Segment,
 };
 use crate::{
@@ -277,6 +278,9 @@ impl Parser<'_> {
                 r#"list the ports to protect, e.g. ports = ["5432/tcp"], or delete the segment"#,
             );
         }
+        // The ranges kept so far, each with the index of its location:
+        // one ordered search per entry, not a scan of every earlier one.
+        let mut kept: RangeSet<usize> = RangeSet::default();
         for (text, location) in entries {
             let range = match text.parse::<PortRange>() {
                 Ok(range) => range,
@@ -287,12 +291,11 @@ impl Parser<'_> {
             };
             // A segment's ranges may not overlap either: one of them would
             // be dead text, and usually it is a typo in the other.
-            let earlier = ports
-                .iter()
-                .zip(&locations)
-                .find(|(p, _)| p.overlaps(&range));
+            let earlier = kept
+                .overlapping(&range)
+                .map(|(other, &at)| (*other, &locations[at]));
             if let Some((other, other_location)) = earlier {
-                let (message, help) = if *other == range {
+                let (message, help) = if other == range {
                     (
                         format!("`{range}` is listed twice in segment `{name}` (first at {other_location})"),
                         "list each port once",
@@ -306,6 +309,7 @@ impl Parser<'_> {
                 self.error(location, message, help);
                 continue;
             }
+            kept.insert(range, locations.len());
             ports.push(range);
             locations.push(location);
         }

@@ -3,11 +3,12 @@
 //! Owns: segment names are unique across files, a port belongs to at most
 //! one segment, and named users, groups and units exist on this host (as
 //! `HostCheck` says). Rules about one segment alone are `schema`'s.
-use std::collections::{hash_map::Entry, HashMap};
+use std::collections::{hash_map::Entry, HashMap, HashSet};
 
 use super::{
     diagnostic::{Diagnostic, Diagnostics, Location},
     host::{HostCheck, HostDirectory},
+    ranges::RangeSet,
     schema::ParsedSegment,
 };
 use crate::identity::Identity;
@@ -37,40 +38,50 @@ pub(super) fn duplicate_names(segments: &[ParsedSegment], diagnostics: &mut Diag
 }
 
 /// Reports every port range that shares a port with a range of an earlier
-/// segment. Ranges within one segment are checked by `schema`.
+/// segment, once, naming one such range. Ranges within one segment are
+/// checked by `schema`.
+///
+/// The ranges of earlier segments are kept in one ordered set of disjoint
+/// ranges: each range costs one search, so n ranges cost O(n log n), where
+/// comparing each with every earlier one cost O(n²) (18 s for one file of
+/// 65,535 ports). A range that conflicts is reported and left out of the
+/// set, so the set stays disjoint.
 pub(super) fn port_conflicts(segments: &[ParsedSegment], diagnostics: &mut Diagnostics) {
-    for (i, later) in segments.iter().enumerate() {
-        for earlier in &segments[..i] {
-            // A duplicated segment is reported once, by `duplicate_names`.
-            if earlier.segment.name == later.segment.name {
+    let mut earlier: RangeSet<(&str, &Location)> = RangeSet::default();
+    let mut seen: HashSet<&str> = HashSet::new();
+    for later in segments {
+        let name = later.segment.name.as_str();
+        // A duplicated segment is reported once, by `duplicate_names`.
+        if !seen.insert(name) {
+            continue;
+        }
+        let mut clear = Vec::new();
+        let later_ports = later.segment.ports.iter().zip(&later.port_locations);
+        for (range, location) in later_ports {
+            let Some((other, (other_name, other_location))) = earlier.overlapping(range) else {
+                clear.push((*range, location));
                 continue;
-            }
-            let later_ports = later.segment.ports.iter().zip(&later.port_locations);
-            for (range, location) in later_ports {
-                let earlier_ports = earlier.segment.ports.iter().zip(&earlier.port_locations);
-                for (other, other_location) in earlier_ports {
-                    if !range.overlaps(other) {
-                        continue;
-                    }
-                    let message = if range == other {
-                        format!(
-                            "`{range}` is in segment `{}` and also in segment `{}` at {other_location}",
-                            later.segment.name, earlier.segment.name
-                        )
-                    } else {
-                        format!(
-                            "`{range}` in segment `{}` overlaps `{other}` of segment `{}` at {other_location}",
-                            later.segment.name, earlier.segment.name
-                        )
-                    };
-                    diagnostics.push(
-                        Diagnostic::error(Some(location.clone()), message).with_help(
-                            "a port belongs to at most one segment: remove it from one of them, \
-                             or merge the segments",
-                        ),
-                    );
-                }
-            }
+            };
+            let message = if range == other {
+                format!(
+                    "`{range}` is in segment `{name}` and also in segment `{other_name}` at {other_location}"
+                )
+            } else {
+                format!(
+                    "`{range}` in segment `{name}` overlaps `{other}` of segment `{other_name}` at {other_location}"
+                )
+            };
+            diagnostics.push(
+                Diagnostic::error(Some(location.clone()), message).with_help(
+                    "a port belongs to at most one segment: remove it from one of them, \
+                     or merge the segments",
+                ),
+            );
+        }
+        // A segment's own ranges are disjoint (`schema` keeps them so);
+        // they join the set only once all of them were checked.
+        for (range, location) in clear {
+            earlier.insert(range, (name, location));
         }
     }
 }

@@ -1,20 +1,23 @@
 //! The control socket's connections: admission, reading one request,
 //! dispatching it to the agent off the async workers, and the reply.
 //!
-//! Owns the per-connection deadlines and limits and which requests wake the
-//! main loop; what each request does is the agent's (`crate::agent`).
+//! Owns the per-connection deadlines and limits, which requests wake the
+//! main loop, and how large replies are streamed (`list` page by page,
+//! the lock released before each page is written; `revoke`'s grants);
+//! what each request does is the agent's (`crate::agent`).
 use std::time::Duration;
 
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
-    net::{UnixListener, UnixStream},
+    net::{unix::OwnedWriteHalf, UnixListener, UnixStream},
 };
 use tracing::{info, warn};
 
 use super::{Shared, DEADLINES_CHANGED, UNINSTALLED};
 use crate::{
+    agent::ListCursor,
     connlimit,
-    control::{self, PeerCred, Refusal, RefusalCode, Reply, Request, Response},
+    control::{self, PeerCred, Record, Refusal, RefusalCode, Reply, Request, Response, StreamOf},
 };
 
 /// Accepts control connections for as long as the agent runs. Each one
@@ -126,6 +129,8 @@ async fn serve_connection(stream: UnixStream, cred: PeerCred, shared: Shared) {
             })
             .and_then(control::parse_request)
         {
+            // A list of any size goes out page by page (see `stream_list`).
+            Ok(Request::List {}) => return stream_list(write, shared).await,
             // The agent's work (its lock, the audit fsync, the state write)
             // runs off the async workers; the reply still waits for the
             // audit record to be on disk.
@@ -146,9 +151,113 @@ async fn serve_connection(stream: UnixStream, cred: PeerCred, shared: Shared) {
             }
         },
     };
-    let mut out = serde_json::to_vec(&response).expect("responses serialize");
+    match response {
+        // A revoke has happened by now, whatever the client does next: the
+        // grants it ended go out as a stream, so that no number of them
+        // makes the reply too large to read.
+        Response::Ok(Reply::Revoked { grants }) => stream_revoked(write, grants).await,
+        response => {
+            let mut out = serde_json::to_vec(&response).expect("responses serialize");
+            out.push(b'\n');
+            let _ = send(&mut write, &out).await;
+        }
+    }
+}
+
+/// Records per page of a streamed reply, by weight ([`control::Record::weight`]:
+/// one per record plus one per port it names): bounds what one connection
+/// holds in memory and how long one page holds the agent's lock.
+const PAGE_WEIGHT: usize = 4096;
+
+/// Writes `bytes` within [`control::REPLY_DEADLINE`]; false if the client
+/// did not take them in time (it stopped reading, or went away).
+async fn send(write: &mut OwnedWriteHalf, bytes: &[u8]) -> bool {
+    matches!(
+        tokio::time::timeout(control::REPLY_DEADLINE, write.write_all(bytes)).await,
+        Ok(Ok(()))
+    )
+}
+
+fn push_line(out: &mut Vec<u8>, value: &impl serde::Serialize) {
+    serde_json::to_writer(&mut *out, value).expect("replies serialize");
     out.push(b'\n');
-    let _ = tokio::time::timeout(control::REPLY_DEADLINE, write.write_all(&out)).await;
+}
+
+/// `list` as a stream: each page is built under the agent's lock, the lock
+/// is released, and only then is the page written. A client that stops
+/// reading holds no lock and at most one page; when a page is not taken
+/// within the deadline, the stream stops without its end line.
+async fn stream_list(mut write: OwnedWriteHalf, shared: Shared) {
+    let mut out = Vec::new();
+    push_line(
+        &mut out,
+        &Response::Ok(Reply::Stream { of: StreamOf::List }),
+    );
+    let mut at = ListCursor::Start;
+    let mut records: u64 = 0;
+    loop {
+        let shared = shared.clone();
+        let page = tokio::task::spawn_blocking(move || {
+            let (page, next) = shared
+                .lock()
+                .expect("agent lock")
+                .list_page(&at, PAGE_WEIGHT);
+            // Serialized after the lock is released.
+            let mut bytes = Vec::new();
+            for record in &page {
+                push_line(&mut bytes, record);
+            }
+            (bytes, page.len() as u64, next)
+        })
+        .await;
+        let Ok((bytes, n, next)) = page else {
+            warn!("building a page of `list` failed; the stream stops without its end");
+            return;
+        };
+        out.extend_from_slice(&bytes);
+        records += n;
+        if !send(&mut write, &out).await {
+            info!(
+                "stopped a `list` reply after {records} records: the client did not take a page within {} s",
+                control::REPLY_DEADLINE.as_secs()
+            );
+            return;
+        }
+        out.clear();
+        match next {
+            Some(next) => at = next,
+            None => break,
+        }
+    }
+    push_line(&mut out, &Record::End { records });
+    let _ = send(&mut write, &out).await;
+}
+
+/// The grants a revoke ended, as a stream of pages.
+async fn stream_revoked(mut write: OwnedWriteHalf, grants: Vec<control::GrantView>) {
+    let mut out = Vec::new();
+    push_line(
+        &mut out,
+        &Response::Ok(Reply::Stream {
+            of: StreamOf::Revoked,
+        }),
+    );
+    let records = grants.len() as u64;
+    let mut weight = 0;
+    for grant in grants {
+        let record = Record::Grant(grant);
+        weight += record.weight();
+        push_line(&mut out, &record);
+        if weight >= PAGE_WEIGHT {
+            if !send(&mut write, &out).await {
+                return;
+            }
+            out.clear();
+            weight = 0;
+        }
+    }
+    push_line(&mut out, &Record::End { records });
+    let _ = send(&mut write, &out).await;
 }
 
 #[tracing::instrument(skip(shared, request), fields(uid = cred.uid, pid = cred.pid))]
@@ -179,6 +288,8 @@ fn handle(shared: &Shared, cred: &PeerCred, request: Request) -> Response {
                 crate::sweep::request();
                 reply
             }),
+        // Streamed by `serve_connection`; answered whole here only if a
+        // caller ever sends it this way.
         Request::List {} => Ok(a.list()),
         Request::Status {} => Ok(a.status()),
         Request::RequestAccess {

@@ -210,7 +210,7 @@ impl AgentConfig {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let location = map.span(e.span()).unwrap_or_else(|| map.start());
             let message = e.message().trim().replace('\n', ": ");
-            Diagnostics(vec![
+            Diagnostics::from(vec![
                 Diagnostic::error(Some(location), message.clone()).with_help(serde_help(&message))
             ])
         })?;
