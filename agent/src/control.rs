@@ -253,6 +253,9 @@ pub struct AllowView {
     pub ports: Vec<String>,
     /// Set when the identity does not currently resolve on this host.
     pub unresolved: Option<String>,
+    /// The segment's mode: "enforce" or "audit".
+    #[serde(default)]
+    pub mode: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -271,6 +274,12 @@ pub struct SegmentStatus {
     pub ports: Vec<String>,
     pub allowed: u64,
     pub denied: u64,
+    /// Refusals audit mode let through.
+    #[serde(default)]
+    pub would_deny: u64,
+    /// "enforce" or "audit".
+    #[serde(default)]
+    pub mode: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -14,7 +14,7 @@ struct Maps {
 }
 
 impl KernelView for Maps {
-    fn port_segment(&self, proto: Proto, port: u16) -> Result<u32, DataplaneError> {
+    fn port_entry(&self, proto: Proto, port: u16) -> Result<u32, DataplaneError> {
         Ok(self.ports.get(&(proto, port)).copied().unwrap_or(0))
     }
     fn grant_expiry(&self, key: &GrantKey) -> Result<Option<u64>, DataplaneError> {

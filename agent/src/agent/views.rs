@@ -35,6 +35,19 @@ impl Agent {
         }
     }
 
+    /// The mode a segment is in: the agent-wide override, else its own.
+    pub(super) fn mode_of(&self, segment: &Segment) -> Mode {
+        self.mode_override.unwrap_or(segment.mode)
+    }
+
+    /// The mode of the segment named `name` (enforce when unknown).
+    pub fn mode_named(&self, name: &str) -> Mode {
+        self.policy
+            .segments
+            .get(name)
+            .map_or(Mode::Enforce, |s| self.mode_of(s))
+    }
+
     pub fn list(&self) -> Reply {
         let mut standing = Vec::new();
         for seg in self.policy.segments.values() {
@@ -43,6 +56,7 @@ impl Agent {
                     segment: seg.name.clone(),
                     identity: identity.to_string(),
                     ports: self.ports_of(&seg.name),
+                    mode: self.mode_of(seg).name().to_owned(),
                     unresolved: self
                         .unresolved
                         .get(&(seg.name.clone(), identity.to_string()))
@@ -78,6 +92,8 @@ impl Agent {
                     ports: self.ports_of(&s.name),
                     allowed: c.allowed,
                     denied: c.denied,
+                    would_deny: c.would_deny,
+                    mode: self.mode_of(s).name().to_owned(),
                 }
             })
             .collect();
