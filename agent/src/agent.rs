@@ -40,6 +40,8 @@ use crate::{
 mod apply;
 /// Who may do what; approvers may not grant to themselves or to catch-alls.
 mod authz;
+/// `discover`: who may, and the join with the segments in force.
+mod discovery;
 /// The live grants, indexed by id and by deadline.
 mod book;
 /// What the kernel has attached, checked against what the agent expects.
@@ -85,6 +87,8 @@ pub struct Agent {
     /// The agent-wide mode (`--mode`), over each segment's own; `None`:
     /// each segment's.
     mode_override: Option<Mode>,
+    /// Whether the hooks feed the discovery map.
+    discovery_on: bool,
     /// Standing allows that do not resolve right now, with why.
     unresolved: BTreeMap<(String, String), String>,
     local_addresses: usize,
@@ -146,6 +150,7 @@ impl Agent {
             ledger: Ledger::new(),
             ports,
             mode_override,
+            discovery_on: true,
             unresolved: BTreeMap::new(),
             local_addresses: 0,
             last_reload: None,

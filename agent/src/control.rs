@@ -96,6 +96,8 @@ pub enum Request {
     Pending {},
     List {},
     Status {},
+    /// Listening sockets and who the kernel saw reach each port; root only.
+    Discover {},
     /// Lift enforcement (root only): the agent audits, unpins and stops.
     Uninstall {},
     /// Kernel debug lines on or off, or (absent) just their state; root only.
@@ -150,6 +152,8 @@ pub enum Reply {
         requests: Vec<RequestView>,
     },
     Explained(Box<crate::explain::ExplainView>),
+    /// `discover`: listeners and the clients the kernel saw.
+    Discovered(Box<crate::discover::DiscoveryView>),
     /// `uninstall` through the agent: what it removed and which ports it opened.
     Uninstalled {
         bpffs: String,
@@ -425,6 +429,7 @@ pub fn check_text(request: &Request) -> Result<(), crate::termtext::UnsafeText> 
         | Request::Pending {}
         | Request::List {}
         | Request::Status {}
+        | Request::Discover {}
         | Request::Uninstall {}
         | Request::Debug { .. } => {
             vec![]

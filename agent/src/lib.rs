@@ -44,6 +44,7 @@ pub mod clock;
 pub mod connlimit;
 pub mod control;
 pub mod dataplane;
+pub mod discover;
 pub mod denylog;
 pub mod duration;
 pub mod explain;

@@ -138,6 +138,7 @@ pub async fn run(opts: Settings) -> anyhow::Result<()> {
         opts.mode,
     )?;
     agent.set_request_ttl(opts.request_expiry);
+    agent.set_discovery(opts.discovery);
     let addrs = hostaddrs::scan().context("listing this host's addresses")?;
     agent.set_local_addrs(&addrs)?;
     // Attach only now: the maps hold the policy, the grants and this host's

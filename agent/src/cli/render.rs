@@ -54,6 +54,7 @@ fn grant_line(g: &GrantView) -> String {
 
 pub fn render(reply: &Reply) -> String {
     match reply {
+        Reply::Discovered(v) => super::suggest::render_discovery(v),
         Reply::Granted { grant } => format!("{}\n", grant_line(grant)),
         Reply::Revoked { grants } if grants.is_empty() => {
             "no matching grants; nothing revoked\n".into()

@@ -181,6 +181,7 @@ fn handle(shared: &Shared, cred: &PeerCred, request: Request) -> Response {
             }),
         Request::List {} => Ok(a.list()),
         Request::Status {} => Ok(a.status()),
+        Request::Discover {} => a.discover(cred),
         Request::RequestAccess {
             segment,
             ttl,
