@@ -123,3 +123,126 @@ fn the_agent_wide_mode_flag_puts_every_segment_in_audit() {
     assert_eq!(client.tcp(server.addr), Outcome::Ok);
     assert_eq!(segment_status(&agent)["mode"], "audit");
 }
+
+/// A TCP echo server run by `socat` as `who` (its own process, cgroup and
+/// uid, as a real service would be); killed on drop.
+struct Listener {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl Listener {
+    fn start(who: &As) -> Self {
+        // A free port: bound, released, then taken by socat (bounded retries
+        // below cover the rare race with another process).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = who
+            .command("socat")
+            .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork"))
+            .arg("EXEC:cat")
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("run socat");
+        assert!(
+            eventually(Duration::from_secs(10), || connect_outside(addr)),
+            "socat did not listen on {addr}"
+        );
+        Self { child, addr }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn discover_shows_listener_and_clients_and_suggest_allows_exactly_them() {
+    let cg = TestCgroup::new();
+    let alice = TestUser::new();
+    let bob = TestUser::new();
+    let owner = TestUser::new();
+    let server_cg = cg.child("server");
+    let server = Listener::start(&As::user(&server_cg, owner.uid, owner.gid));
+    let port = server.addr.port();
+    let agent = Agent::start(&policy(port, "audit", &[]), &cg.path);
+    let as_alice = As::user(&cg.path, alice.uid, alice.gid);
+    let as_bob = As::user(&cg.path, bob.uid, bob.gid);
+    for _ in 0..3 {
+        assert_eq!(as_alice.tcp(server.addr), Outcome::Ok);
+    }
+
+    // discover: the listener with its cgroup and uid, alice with her count.
+    let view = json(&agent.ok(&["discover", "--json"]))["ok"].clone();
+    let entry = view["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == port && p["proto"] == "tcp")
+        .unwrap_or_else(|| panic!("port {port} not discovered: {view}"))
+        .clone();
+    assert_eq!(entry["segment"], "db", "{entry}");
+    assert_eq!(entry["mode"], "audit", "{entry}");
+    let listener = &entry["listeners"][0];
+    assert_eq!(listener["uid"], owner.uid, "{entry}");
+    assert_eq!(listener["user"], owner.name.as_str(), "{entry}");
+    assert_eq!(
+        listener["cgroup"],
+        format!("{}/server", cg.rel).as_str(),
+        "{entry}"
+    );
+    assert_eq!(listener["process"], "socat", "{entry}");
+    let clients = entry["clients"].as_array().unwrap();
+    assert_eq!(clients.len(), 1, "only alice reached the port: {entry}");
+    assert_eq!(clients[0]["uid"], alice.uid, "{entry}");
+    assert_eq!(clients[0]["gid"], alice.gid, "{entry}");
+    assert_eq!(clients[0]["cgroup"], cg.rel.as_str(), "{entry}");
+    assert_eq!(clients[0]["count"], 3, "{entry}");
+    // The table names them too.
+    let table = agent.ok(&["discover"]);
+    assert!(table.contains(&alice.name) && table.contains("socat"), "{table}");
+
+    // suggest: a policy `check` accepts, allowing alice only.
+    let text = agent.ok(&["suggest", "--segment", "db"]);
+    println!("{text}");
+    assert!(text.contains(&alice.identity()), "{text}");
+    assert!(text.contains("3 connection(s)"), "{text}");
+    let file = agent.dir.join("suggested.toml");
+    fs::write(&file, &text).unwrap();
+    agent.ok(&["check", file.to_str().unwrap()]);
+    // The port-scoped form says the same.
+    let by_port = agent.ok(&["suggest", "--port", &format!("{port}/tcp")]);
+    assert!(by_port.contains(&alice.identity()), "{by_port}");
+
+    // Applied (it enforces): exactly the observed clients get in.
+    reload_with(&agent, &text);
+    assert!(
+        eventually(Duration::from_secs(10), || segment_status(&agent)["mode"] == "enforce"),
+        "the suggested policy was not applied"
+    );
+    assert_eq!(as_alice.tcp(server.addr), Outcome::Ok);
+    assert_eq!(as_bob.tcp(server.addr), Outcome::eperm());
+    assert_eq!(As::root_in(&cg.path).tcp(server.addr), Outcome::eperm());
+}
+
+#[test]
+fn discover_is_for_root_only() {
+    let cg = TestCgroup::new();
+    let server = EchoServer::tcp("127.0.0.1:0");
+    let agent = Agent::builder(&policy(server.port(), "audit", &[]), &cg.path)
+        .arg("--socket-mode")
+        .arg("0666")
+        .start();
+    let user = TestUser::new();
+    let out = agent.cli_as(user.uid, user.gid, &["discover"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("root only"), "{err}");
+}

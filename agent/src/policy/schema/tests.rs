@@ -165,7 +165,7 @@ fn unknown_key_far_from_any_known_key_lists_the_keys() {
     let d = only("[segment.a]\nports = [\"1/tcp\"]\nowner = \"dba\"\n");
     assert_eq!(
         help(&d),
-        "the keys of segment `a` are description, ports, allow, jit"
+        "the keys of segment `a` are description, ports, allow, jit, mode"
     );
 }
 

@@ -103,7 +103,7 @@ discovery = false
             discovery: false,
         }
     );
-    assert_eq!(KEYS.len(), 21, "KEYS lists every field");
+    assert_eq!(KEYS.len(), 23, "KEYS lists every field");
 }
 
 #[test]
