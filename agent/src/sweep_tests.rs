@@ -216,3 +216,25 @@ fn the_cgroup_chain_stops_at_the_programs_depth() {
     // A shallow cgroup keeps its whole chain.
     assert_eq!(cg.chain(ATTACH + 1).unwrap(), vec![1, ATTACH, ATTACH + 1]);
 }
+
+#[test]
+fn a_segment_in_audit_mode_cuts_nothing_and_enforce_cuts_again() {
+    let mut m = maps();
+    for v in m.ports.values_mut() {
+        *v = agent_common::port_entry::new(7, true);
+    }
+    assert_eq!(run(&tcp_pair(CHILD), &m), vec![], "audit mode only logs");
+    // A remote peer on an audit-mode port is left alone too.
+    let listener = sock(TCP, 10, ("0.0.0.0", PORT), ("0.0.0.0", 0), 5);
+    let accepted = sock(TCP, 1, ("10.0.0.1", PORT), ("10.9.9.9", 50000), 6);
+    assert_eq!(run(&[listener, accepted], &m), vec![]);
+    // Back to enforce (the same segment id, the mode bit cleared).
+    for v in m.ports.values_mut() {
+        *v = agent_common::port_entry::new(7, false);
+    }
+    assert_eq!(
+        run(&tcp_pair(CHILD), &m),
+        vec![(1, End::Client), (2, End::Server)]
+    );
+    assert_eq!(run(&[listener, accepted], &m), vec![(6, End::Peer)]);
+}
