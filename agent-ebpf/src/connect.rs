@@ -195,21 +195,22 @@ fn verdict(
     let refuse = decide::refused(
         entry,
         &DenyEvent {
-        boot_ns: now,
-        // SAFETY: helper without arguments.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        segment,
-        uid: decide::LocalSubject::uid(&caller),
-        gid: decide::LocalSubject::gid(&caller),
-        port,
-        peer_port: 0,
-        proto: proto as u8,
-        hook,
-        verdict: decide::verdict_of(entry),
-        _pad: [0; 5],
-        addr,
-        peer_addr: [0; 16],
-    });
+            boot_ns: now,
+            // SAFETY: helper without arguments.
+            cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+            segment,
+            uid: decide::LocalSubject::uid(&caller),
+            gid: decide::LocalSubject::gid(&caller),
+            port,
+            peer_port: 0,
+            proto: proto as u8,
+            hook,
+            verdict: decide::verdict_of(entry),
+            _pad: [0; 5],
+            addr,
+            peer_addr: [0; 16],
+        },
+    );
     if refuse {
         DENY
     } else {

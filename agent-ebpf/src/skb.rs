@@ -22,8 +22,8 @@ use aya_ebpf::bindings::BPF_SK_STORAGE_GET_F_CREATE;
 use aya_ebpf::{
     bindings::{__sk_buff, bpf_sock},
     helpers::generated::{
-        bpf_get_socket_cookie, bpf_sk_fullsock, bpf_sk_storage_delete, bpf_sk_storage_get, bpf_skb_ancestor_cgroup_id,
-        bpf_skb_cgroup_id,
+        bpf_get_socket_cookie, bpf_sk_fullsock, bpf_sk_storage_delete, bpf_sk_storage_get,
+        bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
     },
     macros::cgroup_skb,
     programs::SkBuffContext,

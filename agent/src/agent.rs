@@ -40,10 +40,10 @@ use crate::{
 mod apply;
 /// Who may do what; approvers may not grant to themselves or to catch-alls.
 mod authz;
-/// `discover`: who may, and the join with the segments in force.
-mod discovery;
 /// The live grants, indexed by id and by deadline.
 mod book;
+/// `discover`: who may, and the join with the segments in force.
+mod discovery;
 /// What the kernel has attached, checked against what the agent expects.
 mod enforce;
 /// Typed refusals, mapped to `Refusal` at the edge.

@@ -151,7 +151,8 @@ pub fn build(
             .push(client);
     }
     for p in ports.values_mut() {
-        p.listeners.sort_by(|a, b| (&a.addr, a.pid).cmp(&(&b.addr, b.pid)));
+        p.listeners
+            .sort_by(|a, b| (&a.addr, a.pid).cmp(&(&b.addr, b.pid)));
         p.listeners.dedup();
         p.clients.sort_by(|a, b| b.count.cmp(&a.count));
     }
@@ -294,9 +295,7 @@ fn socket_owners() -> HashMap<u32, (u32, String)> {
             let Ok(inode) = u32::try_from(inode) else {
                 continue;
             };
-            let name = comm.get_or_insert_with(|| {
-                p.stat().map(|s| s.comm).unwrap_or_default()
-            });
+            let name = comm.get_or_insert_with(|| p.stat().map(|s| s.comm).unwrap_or_default());
             out.entry(inode)
                 .or_insert_with(|| (p.pid as u32, name.clone()));
         }

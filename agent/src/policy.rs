@@ -103,7 +103,9 @@ impl std::str::FromStr for Mode {
         match s {
             "enforce" => Ok(Mode::Enforce),
             "audit" => Ok(Mode::Audit),
-            other => Err(format!("unknown mode `{other}`: write \"enforce\" or \"audit\"")),
+            other => Err(format!(
+                "unknown mode `{other}`: write \"enforce\" or \"audit\""
+            )),
         }
     }
 }

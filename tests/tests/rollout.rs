@@ -93,7 +93,11 @@ fn audit_mode_lets_a_stranger_in_and_logs_would_deny_then_enforce_refuses_and_cu
     session.wait_round_trips(3, Duration::from_secs(5));
     let list = agent.ok(&["list"]);
     assert!(list.contains("audit"), "{list}");
-    let explain = agent.ok(&["explain", &stranger.identity(), &format!("{}/tcp", server.port())]);
+    let explain = agent.ok(&[
+        "explain",
+        &stranger.identity(),
+        &format!("{}/tcp", server.port()),
+    ]);
     assert!(explain.contains("WOULD DENY"), "{explain}");
 
     // Enforce: an ordinary reload; the open flow is cut, new ones refused.
@@ -207,7 +211,10 @@ fn discover_shows_listener_and_clients_and_suggest_allows_exactly_them() {
     assert_eq!(clients[0]["count"], 3, "{entry}");
     // The table names them too.
     let table = agent.ok(&["discover"]);
-    assert!(table.contains(&alice.name) && table.contains("socat"), "{table}");
+    assert!(
+        table.contains(&alice.name) && table.contains("socat"),
+        "{table}"
+    );
 
     // suggest: a policy `check` accepts, allowing alice only.
     let text = agent.ok(&["suggest", "--segment", "db"]);
@@ -224,7 +231,8 @@ fn discover_shows_listener_and_clients_and_suggest_allows_exactly_them() {
     // Applied (it enforces): exactly the observed clients get in.
     reload_with(&agent, &text);
     assert!(
-        eventually(Duration::from_secs(10), || segment_status(&agent)["mode"] == "enforce"),
+        eventually(Duration::from_secs(10), || segment_status(&agent)["mode"]
+            == "enforce"),
         "the suggested policy was not applied"
     );
     assert_eq!(as_alice.tcp(server.addr), Outcome::Ok);

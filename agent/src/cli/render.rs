@@ -237,7 +237,14 @@ fn render_status(s: &StatusView) -> String {
         })
         .collect();
     out.push_str(&table(
-        &["SEGMENT", "PORTS", "MODE", "ALLOWED", "DENIED", "WOULD_DENY"],
+        &[
+            "SEGMENT",
+            "PORTS",
+            "MODE",
+            "ALLOWED",
+            "DENIED",
+            "WOULD_DENY",
+        ],
         &rows,
     ));
     out

@@ -10,12 +10,7 @@
 //! parsed back before it is written (a name that is not a valid identity
 //! is left out, counted in a comment), strings go through TOML escaping,
 //! and comments hold only numbers and times the agent wrote, never a name.
-use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
-    net::IpAddr,
-    time::Duration,
-};
+use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr, time::Duration};
 
 use super::render::table;
 use crate::{
@@ -57,11 +52,7 @@ pub(super) fn suggest(view: &DiscoveryView, args: &SuggestArgs) -> Result<String
                 .iter()
                 .find(|x| &x.name == s)
                 .ok_or_else(|| format!("no segment named {s:?} in the policy in force"))?;
-            let ports = seg
-                .ports
-                .iter()
-                .filter_map(|p| p.parse().ok())
-                .collect();
+            let ports = seg.ports.iter().filter_map(|p| p.parse().ok()).collect();
             (seg.name.clone(), ports, Some(seg.mode.as_str()))
         }
         Target::Port(p) => {
@@ -84,7 +75,10 @@ pub(super) fn suggest(view: &DiscoveryView, args: &SuggestArgs) -> Result<String
             continue;
         }
         for c in &port.clients {
-            if args.since.is_some_and(|d| c.last_seen_secs_ago > d.as_secs()) {
+            if args
+                .since
+                .is_some_and(|d| c.last_seen_secs_ago > d.as_secs())
+            {
                 continue;
             }
             let Some(identity) = identity_of(c, args.aggregate) else {
@@ -201,7 +195,10 @@ pub(super) fn render_discovery(v: &DiscoveryView) -> String {
                     l.addr,
                     l.process.as_deref().unwrap_or("?"),
                     l.uid,
-                    l.user.as_deref().map(|u| format!(" ({u})")).unwrap_or_default(),
+                    l.user
+                        .as_deref()
+                        .map(|u| format!(" ({u})"))
+                        .unwrap_or_default(),
                     l.unit.as_deref().or(l.cgroup.as_deref()).unwrap_or("?"),
                 ),
                 String::new(),
@@ -323,7 +320,11 @@ mod tests {
         nobody.uid = Some(4242);
         let mut peer = client("peer");
         peer.peer = Some("10.1.2.3".into());
-        let text = suggest(&view(vec![unit, alice, alice2, nobody, peer]), &by_segment()).unwrap();
+        let text = suggest(
+            &view(vec![unit, alice, alice2, nobody, peer]),
+            &by_segment(),
+        )
+        .unwrap();
         let seg = parsed(&text);
         let allow: Vec<String> = seg.allow.iter().map(ToString::to_string).collect();
         assert_eq!(
@@ -358,7 +359,11 @@ mod tests {
             ..by_segment()
         };
         let text = suggest(&view(vec![a, b, c]), &args).unwrap();
-        let allow: Vec<String> = parsed(&text).allow.iter().map(ToString::to_string).collect();
+        let allow: Vec<String> = parsed(&text)
+            .allow
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(allow, ["peer:10.1.2.0/24", "peer:2001:db8::/64"], "{text}");
         assert!(text.contains("2 connection(s)"), "{text}");
     }
@@ -375,7 +380,11 @@ mod tests {
             ..by_segment()
         };
         let text = suggest(&view(vec![old, new]), &args).unwrap();
-        let allow: Vec<String> = parsed(&text).allow.iter().map(ToString::to_string).collect();
+        let allow: Vec<String> = parsed(&text)
+            .allow
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(allow, ["uid:2"], "{text}");
     }
 

@@ -233,11 +233,13 @@ impl Parser<'_> {
                         Mode::Enforce
                     }
                     None => {
-                        let message = format!(
-                            "`mode` must be a string, not {}",
-                            article(item.type_name())
+                        let message =
+                            format!("`mode` must be a string, not {}", article(item.type_name()));
+                        self.error(
+                            location,
+                            message,
+                            r#"write mode = "audit" or mode = "enforce""#,
                         );
-                        self.error(location, message, r#"write mode = "audit" or mode = "enforce""#);
                         Mode::Enforce
                     }
                 }

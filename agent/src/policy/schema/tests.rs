@@ -522,3 +522,30 @@ approvers = ["peer:10.0.0.0/8"]
     assert_eq!(lines, vec![5, 3, 3, 4, 4, 7, 8, 10, 11, 12], "{found:#?}");
     assert!(found.iter().all(|d| d.severity == Severity::Error));
 }
+
+#[test]
+fn mode_is_enforce_by_default_audit_when_asked_and_checked() {
+    use crate::policy::Mode;
+    let segs = parse_str(Path::new(FILE), "[segment.a]\nports = [\"1/tcp\"]\n").unwrap();
+    assert_eq!(segs[0].mode, Mode::Enforce);
+    let segs = parse_str(
+        Path::new(FILE),
+        "[segment.a]\nports = [\"1/tcp\"]\nmode = \"audit\"\n",
+    )
+    .unwrap();
+    assert_eq!(segs[0].mode, Mode::Audit);
+    let text = "[segment.a]\nports = [\"1/tcp\"]\nmode = \"log\"\n";
+    assert_error(
+        &only(text),
+        text,
+        "\"log\"",
+        "unknown mode `log`: write \"enforce\" or \"audit\"",
+    );
+    let text = "[segment.a]\nports = [\"1/tcp\"]\nmode = true\n";
+    assert_error(
+        &only(text),
+        text,
+        "true",
+        "`mode` must be a string, not a boolean",
+    );
+}
