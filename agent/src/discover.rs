@@ -154,7 +154,7 @@ pub fn build(
         p.listeners
             .sort_by(|a, b| (&a.addr, a.pid).cmp(&(&b.addr, b.pid)));
         p.listeners.dedup();
-        p.clients.sort_by(|a, b| b.count.cmp(&a.count));
+        p.clients.sort_by_key(|c| std::cmp::Reverse(c.count));
     }
     DiscoveryView {
         recording,

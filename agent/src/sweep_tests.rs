@@ -221,7 +221,7 @@ fn the_cgroup_chain_stops_at_the_programs_depth() {
 fn a_segment_in_audit_mode_cuts_nothing_and_enforce_cuts_again() {
     let mut m = maps();
     for v in m.ports.values_mut() {
-        *v = agent_common::port_entry::new(7, true);
+        *v = port_entry::new(7, true);
     }
     assert_eq!(run(&tcp_pair(CHILD), &m), vec![], "audit mode only logs");
     // A remote peer on an audit-mode port is left alone too.
@@ -230,7 +230,7 @@ fn a_segment_in_audit_mode_cuts_nothing_and_enforce_cuts_again() {
     assert_eq!(run(&[listener, accepted], &m), vec![]);
     // Back to enforce (the same segment id, the mode bit cleared).
     for v in m.ports.values_mut() {
-        *v = agent_common::port_entry::new(7, false);
+        *v = port_entry::new(7, false);
     }
     assert_eq!(
         run(&tcp_pair(CHILD), &m),
