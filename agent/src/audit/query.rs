@@ -392,7 +392,7 @@ fn render_escaped(rec: &Map<String, Value>) -> String {
         (i, s) => format!("{i} → {s}"),
     };
     match text("event") {
-        "deny" => return render_deny(rec, &subject),
+        "deny" | "would_deny" => return render_deny(rec, &subject),
         "suppressed" => {
             return format!(
                 "{}  {:<14}  {subject}  {} more denies in {}s{}",
@@ -472,7 +472,7 @@ fn render_deny(rec: &Map<String, Value>, subject: &str) -> String {
     let mut line = format!(
         "{}  {:<14}  {subject}  {} {addr}:{port}/{}{}",
         text("ts"),
-        "deny",
+        text("event"),
         text("hook"),
         text("proto"),
         who(rec)
@@ -536,6 +536,14 @@ mod tests {
         assert_eq!(
             render(&p),
             "T  deny            peer:10.0.0.9 → db  xdp 10.0.0.1:5432/tcp from 10.0.0.9:4000"
+        );
+        let w = rec(
+            json!({"ts": "T", "event": "would_deny", "identity": "peer:10.0.0.9", "segment": "db",
+            "hook": "skb_ingress", "addr": "10.0.0.1", "port": 5432, "proto": "tcp", "peer": "10.0.0.9:4000"}),
+        );
+        assert_eq!(
+            render(&w),
+            "T  would_deny      peer:10.0.0.9 → db  skb_ingress 10.0.0.1:5432/tcp from 10.0.0.9:4000"
         );
         let s = rec(
             json!({"ts": "T", "event": "suppressed", "identity": "cgroup:/a", "segment": "db",
