@@ -17,11 +17,16 @@ mod user;
 pub use user::{ip_of_key, key_of_ip};
 
 /// Version of every map layout below. Part of the pin path (`v{N}`).
-pub const LAYOUT_VERSION: u32 = 2;
+/// Layout 3: port entries carry the segment's mode bit ([`port_entry`]),
+/// [`SegmentCounters`] counts would-be refusals, [`DenyEvent`] says whether
+/// it was a refusal or an audit-mode one, and [`map_names::DISCOVERY`] exists.
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Map names (the ELF symbol names, and the file names under the pin directory).
 pub mod map_names {
-    /// `Array<u32>`: port index (see [`crate::port_index`]) → segment id (0 = unprotected).
+    /// `Array<u32>`: port index (see [`crate::port_index`]) → port entry:
+    /// the segment id and its mode bit (see [`crate::port_entry`]; 0 =
+    /// unprotected).
     pub const PORTS: &str = "PC_PORTS";
     /// `HashMap<GrantKey, Expiry>`: local identity × segment → expiry.
     pub const GRANTS: &str = "PC_GRANTS";
@@ -50,9 +55,13 @@ pub mod map_names {
     /// (ephemeral) port is a protected number, marked by cgroup_skb egress
     /// at their SYN, so the ingress peer check lets their replies through.
     pub const OUTBOUND: &str = "PC_OUTBOUND";
+    /// `LruHashMap<DiscoveryKey, Sighting>`: who the hooks saw reach which
+    /// local port (protected or not) and how often. Bounded; the least
+    /// recently seen entries make room.
+    pub const DISCOVERY: &str = "PC_DISCOVERY";
 
     /// Every pinned map, in a fixed order.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         PORTS,
         GRANTS,
         PEERS,
@@ -63,6 +72,7 @@ pub mod map_names {
         FLOWS,
         KILL_REQUESTS,
         OUTBOUND,
+        DISCOVERY,
     ];
 
     /// `Array<u32>`, one entry: the kernel debug switch (0 = off, the
@@ -85,6 +95,9 @@ pub mod global_names {
     /// (then every namespace counts as the host's). Local-destination
     /// decisions apply only to callers in this namespace.
     pub const HOST_NETNS: &str = "PC_HOST_NETNS";
+    /// `u32`: 1 when the hooks feed [`super::map_names::DISCOVERY`], 0 when
+    /// discovery is off (`discovery = false`).
+    pub const DISCOVERY_ON: &str = "PC_DISCOVERY_ON";
 }
 
 /// Program names (the Rust function names in `agent-ebpf`).
@@ -99,6 +112,39 @@ pub mod program_names {
     /// Never attached: the ingress peer check with the socket's facts taken
     /// from the packet, for `cargo xtask bench` (BPF_PROG_TEST_RUN).
     pub const SKB_INGRESS_BENCH: &str = "pc_skb_ingress_bench";
+}
+
+/// The value of a [`map_names::PORTS`] entry: the segment id in the low
+/// bits, the segment's mode in [`port_entry::AUDIT`]. One load answers both
+/// "which segment" and "enforce or audit", so audit mode costs nothing more
+/// on the connect path.
+pub mod port_entry {
+    /// Set: the segment is in audit mode (decide, log `would_deny`, let through).
+    pub const AUDIT: u32 = 1 << 31;
+    /// The bits holding the segment id.
+    pub const SEGMENT: u32 = !AUDIT;
+
+    /// The entry for `segment` in the given mode.
+    #[inline(always)]
+    pub const fn new(segment: u32, audit: bool) -> u32 {
+        if audit {
+            segment | AUDIT
+        } else {
+            segment
+        }
+    }
+
+    /// The segment id of an entry (0: unprotected).
+    #[inline(always)]
+    pub const fn segment(entry: u32) -> u32 {
+        entry & SEGMENT
+    }
+
+    /// Whether an entry's segment is in audit mode.
+    #[inline(always)]
+    pub const fn audit(entry: u32) -> bool {
+        entry & AUDIT != 0
+    }
 }
 
 /// Port-index space: one slot per (protocol, port).
@@ -221,6 +267,8 @@ pub const fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
 pub struct SegmentCounters {
     pub allowed: u64,
     pub denied: u64,
+    /// Refusals an audit-mode segment let through.
+    pub would_deny: u64,
 }
 
 /// Which program made a decision.
@@ -259,11 +307,61 @@ pub struct DenyEvent {
     pub proto: u8,
     /// One of [`hook`].
     pub hook: u8,
-    pub _pad: [u8; 6],
+    /// One of [`verdict`]: refused, or let through by audit mode.
+    pub verdict: u8,
+    pub _pad: [u8; 5],
     /// Protected address, v4-mapped for IPv4.
     pub addr: [u8; 16],
     /// Client address, v4-mapped for IPv4 (zero when unknown).
     pub peer_addr: [u8; 16],
+}
+
+/// What a [`DenyEvent`] records.
+pub mod verdict {
+    /// The connection or packet was refused.
+    pub const DENIED: u8 = 0;
+    /// The segment is in audit mode: it would have been refused, and was let through.
+    pub const WOULD_DENY: u8 = 1;
+}
+
+/// Capacity of [`map_names::DISCOVERY`] (an LRU: the oldest entries make room).
+pub const DISCOVERY_ENTRIES: u32 = 16_384;
+
+/// What kind of client a [`DiscoveryKey`] names.
+pub mod seen {
+    /// A local process: `cgroup_id`, `uid`, `gid` are set.
+    pub const LOCAL: u8 = 1;
+    /// A remote peer: `addr` is set.
+    pub const PEER: u8 = 2;
+}
+
+/// Key of [`map_names::DISCOVERY`]: a local port and who reached it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DiscoveryKey {
+    /// The local port reached, host byte order.
+    pub port: u16,
+    /// [`Proto`] as its IP protocol number.
+    pub proto: u8,
+    /// One of [`seen`].
+    pub kind: u8,
+    pub uid: u32,
+    pub gid: u32,
+    pub _pad: u32,
+    pub cgroup_id: u64,
+    /// The peer's address, v4-mapped for IPv4 (zero for local clients).
+    pub addr: [u8; 16],
+}
+
+/// Value of [`map_names::DISCOVERY`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sighting {
+    /// CLOCK_BOOTTIME nanoseconds of the first and the latest sighting.
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// Connections (TCP) or datagrams sent unconnected (UDP) seen.
+    pub count: u64,
 }
 
 /// What connect4/6 remember about a socket they let through to a
@@ -320,8 +418,11 @@ const _: () = {
     assert!(size_of::<GrantKey>() == 16 && align_of::<GrantKey>() == 8);
     assert!(size_of::<Expiry>() == 8);
     assert!(size_of::<PeerKey>() == 20);
-    assert!(size_of::<SegmentCounters>() == 16);
-    // 8 + 8 + 4 * 3 + 2 + 2 + 1 + 1 + 6 + 16 + 16
+    assert!(size_of::<SegmentCounters>() == 24);
+    // 2 + 1 + 1 + 4 + 4 + 4 + 8 + 16
+    assert!(size_of::<DiscoveryKey>() == 40 && align_of::<DiscoveryKey>() == 8);
+    assert!(size_of::<Sighting>() == 24);
+    // 8 + 8 + 4 * 3 + 2 + 2 + 1 + 1 + 1 + 5 + 16 + 16
     assert!(size_of::<DenyEvent>() == 72);
     assert!(size_of::<FlowMark>() == 8);
     // 8 + 2 + 2 + 1 + 1 + 1 + 1 + 16 + 16
@@ -346,6 +447,8 @@ mod pod {
     unsafe impl aya::Pod for super::FlowMark {}
     unsafe impl aya::Pod for super::KillRequest {}
     unsafe impl aya::Pod for super::DebugBudget {}
+    unsafe impl aya::Pod for super::DiscoveryKey {}
+    unsafe impl aya::Pod for super::Sighting {}
 }
 
 #[cfg(test)]
@@ -359,8 +462,10 @@ mod tests {
         assert_eq!(align_of::<GrantKey>(), 8);
         assert_eq!(size_of::<Expiry>(), 8);
         assert_eq!(size_of::<PeerKey>(), 20);
-        assert_eq!(size_of::<SegmentCounters>(), 16);
-        // 8 + 8 + 4 * 3 + 2 + 2 + 1 + 1 + 6 + 16 + 16
+        assert_eq!(size_of::<SegmentCounters>(), 24);
+        assert_eq!(size_of::<DiscoveryKey>(), 40);
+        assert_eq!(size_of::<Sighting>(), 24);
+        // 8 + 8 + 4 * 3 + 2 + 2 + 1 + 1 + 1 + 5 + 16 + 16
         assert_eq!(size_of::<DenyEvent>(), 72);
         assert_eq!(size_of::<FlowMark>(), 8);
         // 8 + 2 + 2 + 1 + 1 + 1 + 1 + 16 + 16
@@ -383,6 +488,15 @@ mod tests {
             [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1]
         );
         assert_eq!(peer_prefix_len(96 + 24), 152);
+    }
+
+    #[test]
+    fn port_entry_round_trip() {
+        let e = port_entry::new(MAX_SEGMENTS - 1, true);
+        assert_eq!(port_entry::segment(e), MAX_SEGMENTS - 1);
+        assert!(port_entry::audit(e));
+        assert!(!port_entry::audit(port_entry::new(7, false)));
+        assert_eq!(port_entry::new(7, false), 7);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 
-use crate::{debug, decide, maps::FLOWS};
+use crate::{debug, decide, discovery, maps::FLOWS};
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
@@ -101,8 +101,8 @@ fn on_v4(ctx: &SockAddrContext, hook: u8) -> i32 {
     let Some((proto, port)) = destination(ctx) else {
         return ALLOW;
     };
-    let segment = decide::segment_of(proto, port);
-    if segment == 0 {
+    let entry = decide::port_of(proto, port);
+    if entry == 0 && !discovery::on() {
         return ALLOW;
     }
     // SAFETY: as in `destination`.
@@ -110,7 +110,11 @@ fn on_v4(ctx: &SockAddrContext, hook: u8) -> i32 {
     if !decide::v4_is_local(ip) || !in_host_netns(ctx) {
         return ALLOW;
     }
-    verdict(ctx, segment, proto, port, v4_mapped(ip), hook)
+    discovery::local(proto, port);
+    if entry == 0 {
+        return ALLOW;
+    }
+    verdict(ctx, entry, proto, port, v4_mapped(ip), hook)
 }
 
 #[inline(always)]
@@ -118,8 +122,8 @@ fn on_v6(ctx: &SockAddrContext, hook: u8) -> i32 {
     let Some((proto, port)) = destination(ctx) else {
         return ALLOW;
     };
-    let segment = decide::segment_of(proto, port);
-    if segment == 0 {
+    let entry = decide::port_of(proto, port);
+    if entry == 0 && !discovery::on() {
         return ALLOW;
     }
     // SAFETY: as in `destination`; four aligned 4-byte reads.
@@ -140,13 +144,17 @@ fn on_v6(ctx: &SockAddrContext, hook: u8) -> i32 {
     if !decide::v6_is_local(ip) || !in_host_netns(ctx) {
         return ALLOW;
     }
-    verdict(ctx, segment, proto, port, ip, hook)
+    discovery::local(proto, port);
+    if entry == 0 {
+        return ALLOW;
+    }
+    verdict(ctx, entry, proto, port, ip, hook)
 }
 
 #[inline(always)]
 fn verdict(
     ctx: &SockAddrContext,
-    segment: u32,
+    entry: u32,
     proto: Proto,
     port: u16,
     addr: [u8; 16],
@@ -156,6 +164,7 @@ fn verdict(
     let caller = Caller {
         uid_gid: unsafe { bpf_get_current_uid_gid() },
     };
+    let segment = decide::segment(entry);
     let now = decide::now();
     let found = decide::local_match(segment, &caller, now);
     if debug::on() {
@@ -168,7 +177,7 @@ fn verdict(
         );
     }
     if found.allowed() {
-        decide::count(segment, true);
+        decide::count_allowed(segment);
         // Unconnected sends are checked one by one by sendmsg4/6; connected
         // sockets carry a flow that cgroup_skb keeps checking.
         if hook == hook::CONNECT4 || hook == hook::CONNECT6 {
@@ -180,21 +189,31 @@ fn verdict(
         }
         return ALLOW;
     }
-    decide::count(segment, false);
-    decide::report_deny(&DenyEvent {
-        boot_ns: now,
-        // SAFETY: helper without arguments.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        segment,
-        uid: decide::LocalSubject::uid(&caller),
-        gid: decide::LocalSubject::gid(&caller),
-        port,
-        peer_port: 0,
-        proto: proto as u8,
-        hook,
-        _pad: [0; 6],
-        addr,
-        peer_addr: [0; 16],
-    });
-    DENY
+    // In audit mode the connection goes through unmarked: its flow is not
+    // re-checked per packet, and the sweep cuts it once the segment
+    // enforces.
+    let refuse = decide::refused(
+        entry,
+        &DenyEvent {
+            boot_ns: now,
+            // SAFETY: helper without arguments.
+            cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+            segment,
+            uid: decide::LocalSubject::uid(&caller),
+            gid: decide::LocalSubject::gid(&caller),
+            port,
+            peer_port: 0,
+            proto: proto as u8,
+            hook,
+            verdict: decide::verdict_of(entry),
+            _pad: [0; 5],
+            addr,
+            peer_addr: [0; 16],
+        },
+    );
+    if refuse {
+        DENY
+    } else {
+        ALLOW
+    }
 }

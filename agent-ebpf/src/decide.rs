@@ -6,9 +6,13 @@
 //! ancestors). An entry counts only while the boot-time clock is below its
 //! expiry, so a grant stops working at its instant with no help from user
 //! space. Minimum kernel: 5.8 (`bpf_ktime_get_boot_ns`).
+//!
+//! Audit mode: the port entry carries the segment's mode bit, so the same
+//! load that finds the segment tells whether a refusal is enforced or only
+//! recorded ([`refused`]); the decision itself is the same in both modes.
 use agent_common::{
-    kind, peer_prefix_len, port_index, DenyEvent, GrantKey, KillRequest, PeerKey, Proto,
-    MAX_CGROUP_DEPTH,
+    kind, peer_prefix_len, port_entry, port_index, verdict, DenyEvent, GrantKey, KillRequest,
+    PeerKey, Proto, MAX_CGROUP_DEPTH,
 };
 use aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns;
 
@@ -29,10 +33,54 @@ pub trait LocalSubject {
     fn ancestor_cgroup(&self, level: i32) -> u64;
 }
 
-/// The segment protecting `port`, or 0 when the port is in no segment.
+/// The port entry of `port` (segment id and mode, see
+/// `agent_common::port_entry`), or 0 when the port is in no segment.
 #[inline(always)]
-pub fn segment_of(proto: Proto, port: u16) -> u32 {
+pub fn port_of(proto: Proto, port: u16) -> u32 {
     PORTS.get(port_index(proto, port)).copied().unwrap_or(0)
+}
+
+/// The segment id of a port entry.
+#[inline(always)]
+pub fn segment(entry: u32) -> u32 {
+    port_entry::segment(entry)
+}
+
+/// Whether a port entry's segment only records refusals (audit mode).
+#[inline(always)]
+pub fn audit(entry: u32) -> bool {
+    port_entry::audit(entry)
+}
+
+/// The [`DenyEvent::verdict`] a refusal on this port entry gets.
+#[inline(always)]
+pub fn verdict_of(entry: u32) -> u8 {
+    if audit(entry) {
+        verdict::WOULD_DENY
+    } else {
+        verdict::DENIED
+    }
+}
+
+/// A refusal the decision reached on the port entry `entry`: counted and
+/// reported (`event.verdict` from [`verdict_of`]), and whether the hook must
+/// refuse — true in enforce mode, false in audit mode, where the
+/// connection or packet goes through as if allowed.
+#[inline(always)]
+pub fn refused(entry: u32, event: &DenyEvent) -> bool {
+    let enforce = !audit(entry);
+    if let Some(c) = COUNTERS.get_ptr_mut(segment(entry)) {
+        // SAFETY: per-CPU slot of this CPU; programs do not migrate while running.
+        unsafe {
+            if enforce {
+                (*c).denied += 1;
+            } else {
+                (*c).would_deny += 1;
+            }
+        }
+    }
+    report_deny(event);
+    enforce
 }
 
 #[inline(always)]
@@ -254,16 +302,13 @@ pub fn v6_is_local(addr: [u8; 16]) -> bool {
     in_local_nets(addr)
 }
 
+/// Counts an allowed connection or packet (refusals: [`refused`]).
 #[inline(always)]
-pub fn count(segment: u32, allowed: bool) {
+pub fn count_allowed(segment: u32) {
     if let Some(c) = COUNTERS.get_ptr_mut(segment) {
         // SAFETY: per-CPU slot of this CPU; programs do not migrate while running.
         unsafe {
-            if allowed {
-                (*c).allowed += 1;
-            } else {
-                (*c).denied += 1;
-            }
+            (*c).allowed += 1;
         }
     }
 }

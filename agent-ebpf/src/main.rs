@@ -2,7 +2,7 @@
 //!
 //! Layout: [`maps`] declares every map (layouts from `agent-common`);
 //! [`decide`] answers the one policy question every hook asks;
-//! [`debug`] writes the optional debug lines (off unless the agent says); each hook
+//! [`discovery`] counts who reaches which port; [`debug`] writes the optional debug lines (off unless the agent says); each hook
 //! file (`connect.rs`, ...) is a thin entry point that reads its context and
 //! calls `decide`. On the host this crate compiles to an empty program so the
 //! workspace builds and tests with a plain `cargo`.
@@ -15,6 +15,8 @@ mod connect;
 mod debug;
 #[cfg(target_arch = "bpf")]
 mod decide;
+#[cfg(target_arch = "bpf")]
+mod discovery;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]

@@ -2,18 +2,19 @@
 //! from `agent-common`; the agent pins each map by name and may override the
 //! sizes of the grant and peer maps at load time.
 use agent_common::{
-    DebugBudget, DenyEvent, Expiry, FlowMark, GrantKey, PeerKey, SegmentCounters,
-    DEFAULT_MAX_GRANTS, DEFAULT_MAX_PEERS, DENY_RING_BYTES, KILL_RING_BYTES, MAX_LOCAL_NETS,
-    MAX_SEGMENTS, PORT_SLOTS,
+    DebugBudget, DenyEvent, DiscoveryKey, Expiry, FlowMark, GrantKey, PeerKey, SegmentCounters,
+    Sighting, DEFAULT_MAX_GRANTS, DEFAULT_MAX_PEERS, DENY_RING_BYTES, DISCOVERY_ENTRIES,
+    KILL_RING_BYTES, MAX_LOCAL_NETS, MAX_SEGMENTS, PORT_SLOTS,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 
-/// Port index → segment id. An array: one bounds check and one load.
+/// Port index → port entry (segment id and mode bit). An array: one bounds
+/// check and one load.
 #[map(name = "PC_PORTS")]
 pub static PORTS: Array<u32> = Array::with_max_entries(PORT_SLOTS, 0);
 
@@ -62,6 +63,16 @@ pub static KILL_REQUESTS: RingBuf = RingBuf::with_byte_size(KILL_RING_BYTES, 0);
 /// network while unconnected are marked as servers' (see `skb.rs`).
 #[btf_map(name = "PC_OUTBOUND")]
 pub static OUTBOUND: SkStorage<u32> = SkStorage::new();
+
+/// Who reached which local port, and how often (see `discovery.rs`).
+/// An LRU: when full, the least recently seen entries make room.
+#[map(name = "PC_DISCOVERY")]
+pub static DISCOVERY: LruHashMap<DiscoveryKey, Sighting> =
+    LruHashMap::with_max_entries(DISCOVERY_ENTRIES, 0);
+
+/// 1 when the hooks feed `DISCOVERY`, set by the agent at load time.
+#[unsafe(no_mangle)]
+pub static PC_DISCOVERY_ON: u32 = 0;
 
 /// The kernel debug switch (entry 0: 0 off, else on); see `debug.rs`.
 /// Not pinned: written only by the agent that loaded these programs.

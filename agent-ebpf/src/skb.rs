@@ -24,15 +24,15 @@ use aya_ebpf::bindings::BPF_SK_STORAGE_GET_F_CREATE;
 use aya_ebpf::{
     bindings::{__sk_buff, bpf_sock},
     helpers::generated::{
-        bpf_get_socket_cookie, bpf_sk_fullsock, bpf_sk_storage_get, bpf_skb_ancestor_cgroup_id,
-        bpf_skb_cgroup_id,
+        bpf_get_socket_cookie, bpf_sk_fullsock, bpf_sk_storage_delete, bpf_sk_storage_get,
+        bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
     },
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
 
 use crate::{
-    debug, decide,
+    debug, decide, discovery,
     maps::{FLOWS, OUTBOUND},
 };
 
@@ -233,7 +233,7 @@ fn mark_outbound(full: *mut bpf_sock) {
     } else {
         return;
     };
-    if decide::segment_of(proto, local_port as u16) == 0 {
+    if decide::port_of(proto, local_port as u16) == 0 {
         return;
     }
     // Created with SENT_FIRST; an existing mark (either value) stays.
@@ -291,10 +291,17 @@ fn remote_peer(ctx: &SkBuffContext, full: *mut bpf_sock, facts: SockFacts) -> i3
         return PASS;
     };
     let port = local_port as u16;
-    let segment = decide::segment_of(proto, port);
-    if segment == 0 {
+    let entry = decide::port_of(proto, port);
+    if entry == 0 {
+        // Unprotected: only discovery looks, at connection set-up.
+        if discovery::on() && (state == TCP_LISTEN || (proto == Proto::Udp && remote_port == 0)) {
+            if let Some((src, _, _)) = packet_addrs(ctx) {
+                discovery::peer(proto, port, src);
+            }
+        }
         return PASS;
     }
+    let segment = decide::segment(entry);
     match proto {
         // A reply to this host's own connection attempt, or to a client
         // marked at its SYN: its peer was chosen by a local process.
@@ -328,6 +335,11 @@ fn remote_peer(ctx: &SkBuffContext, full: *mut bpf_sock, facts: SockFacts) -> i3
         // Not IP: nothing a protected port could receive.
         return PASS;
     };
+    // Connection set-up (a listener's packet) or an unconnected datagram.
+    let setup = state == TCP_LISTEN || proto == Proto::Udp;
+    if setup {
+        discovery::peer(proto, port, src);
+    }
     let now = decide::now();
     let found = decide::peer_match(segment, src, now);
     // Allowed packets are logged only at connection set-up (a listener's
@@ -336,25 +348,36 @@ fn remote_peer(ctx: &SkBuffContext, full: *mut bpf_sock, facts: SockFacts) -> i3
         debug::emit(hook::SKB_INGRESS as u32, found, segment, port as u32, 0);
     }
     if found < debug::reason::FIRST_DENY {
-        decide::count(segment, true);
+        decide::count_allowed(segment);
         return PASS;
     }
-    decide::count(segment, false);
-    decide::report_deny(&DenyEvent {
-        boot_ns: now,
-        cgroup_id: 0,
-        segment,
-        uid: 0,
-        gid: 0,
-        port,
-        peer_port: sport,
-        proto: proto as u8,
-        hook: hook::SKB_INGRESS,
-        _pad: [0; 6],
-        addr: dst,
-        peer_addr: src,
-    });
-    DROP
+    // Audit mode: a flow it let in keeps flowing, recorded once, at set-up.
+    if decide::audit(entry) && !setup {
+        return PASS;
+    }
+    let refuse = decide::refused(
+        entry,
+        &DenyEvent {
+            boot_ns: now,
+            cgroup_id: 0,
+            segment,
+            uid: 0,
+            gid: 0,
+            port,
+            peer_port: sport,
+            proto: proto as u8,
+            hook: hook::SKB_INGRESS,
+            verdict: decide::verdict_of(entry),
+            _pad: [0; 5],
+            addr: dst,
+            peer_addr: src,
+        },
+    );
+    if refuse {
+        DROP
+    } else {
+        PASS
+    }
 }
 
 /// An address of a socket as IPv6 bytes (v4-mapped for AF_INET).
@@ -401,10 +424,11 @@ fn local_flow(ctx: &SkBuffContext, full: *mut bpf_sock, hook: u8) -> i32 {
         return PASS;
     };
     let port = u16::from_be(dst_port);
-    let segment = decide::segment_of(proto, port);
-    if segment == 0 {
+    let entry = decide::port_of(proto, port);
+    if entry == 0 {
         return PASS;
     }
+    let segment = decide::segment(entry);
     let owner = SocketOwner { skb, mark };
     let now = decide::now();
     let found = decide::local_match(segment, &owner, now);
@@ -439,22 +463,34 @@ fn local_flow(ctx: &SkBuffContext, full: *mut bpf_sock, hook: u8) -> i32 {
             rv(addr_of!((*full).src_port)) as u16,
         )
     };
-    decide::count(segment, false);
-    decide::report_deny(&DenyEvent {
-        boot_ns: now,
-        // SAFETY: context pointer.
-        cgroup_id: unsafe { bpf_skb_cgroup_id(skb) },
-        segment,
-        uid: mark.uid,
-        gid: mark.gid,
-        port,
-        peer_port: src_port,
-        proto: proto as u8,
-        hook,
-        _pad: [0; 6],
-        addr: dst,
-        peer_addr: src,
-    });
+    let refuse = decide::refused(
+        entry,
+        &DenyEvent {
+            boot_ns: now,
+            // SAFETY: context pointer.
+            cgroup_id: unsafe { bpf_skb_cgroup_id(skb) },
+            segment,
+            uid: mark.uid,
+            gid: mark.gid,
+            port,
+            peer_port: src_port,
+            proto: proto as u8,
+            hook,
+            verdict: decide::verdict_of(entry),
+            _pad: [0; 5],
+            addr: dst,
+            peer_addr: src,
+        },
+    );
+    if !refuse {
+        // Audit mode: recorded once, then the flow is no longer re-checked
+        // (the sweep judges it again when the segment enforces).
+        // SAFETY: `full` is a full socket; the map pointer as above.
+        unsafe {
+            bpf_sk_storage_delete(core::ptr::from_ref(&FLOWS).cast_mut().cast(), full.cast());
+        }
+        return PASS;
+    }
     let v4 = dst[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
     decide::request_kill(&KillRequest {
         // SAFETY: context pointer.

@@ -192,35 +192,50 @@ fn transport(
     let ports: [u8; 4] = bytes(ctx, off)?;
     let sport = be16([ports[0], ports[1]]);
     let dport = be16([ports[2], ports[3]]);
-    let segment = decide::segment_of(proto, dport);
-    if segment == 0 {
+    let entry = decide::port_of(proto, dport);
+    if entry == 0 {
         return Ok(XDP_PASS);
     }
+    let segment = decide::segment(entry);
     let now = decide::now();
     let found = decide::peer_match(segment, src, now);
     if debug::on() {
         debug_peer(ctx, off, proto, found, segment, dport);
     }
     if found < debug::reason::FIRST_DENY {
-        decide::count(segment, true);
+        decide::count_allowed(segment);
         return Ok(XDP_PASS);
     }
-    decide::count(segment, false);
-    decide::report_deny(&DenyEvent {
-        boot_ns: now,
-        cgroup_id: 0,
-        segment,
-        uid: 0,
-        gid: 0,
-        port: dport,
-        peer_port: sport,
-        proto: proto as u8,
-        hook: hook::XDP,
-        _pad: [0; 6],
-        addr: dst,
-        peer_addr: src,
-    });
-    Ok(XDP_DROP)
+    // Audit mode records connection set-up only (TCP SYNs, every UDP
+    // datagram): a flow it let in is not reported at every packet.
+    if decide::audit(entry) && proto == Proto::Tcp && !is_syn(ctx, off) {
+        return Ok(XDP_PASS);
+    }
+    let refuse = decide::refused(
+        entry,
+        &DenyEvent {
+            boot_ns: now,
+            cgroup_id: 0,
+            segment,
+            uid: 0,
+            gid: 0,
+            port: dport,
+            peer_port: sport,
+            proto: proto as u8,
+            hook: hook::XDP,
+            verdict: decide::verdict_of(entry),
+            _pad: [0; 5],
+            addr: dst,
+            peer_addr: src,
+        },
+    );
+    Ok(if refuse { XDP_DROP } else { XDP_PASS })
+}
+
+/// Whether the TCP header at `off` is a SYN without ACK.
+#[inline(always)]
+fn is_syn(ctx: &XdpContext, off: usize) -> bool {
+    bytes::<14>(ctx, off).is_ok_and(|tcp| tcp[13] & 0x12 == 0x02)
 }
 
 /// The debug line of a peer decision: every drop, and of the packets let
@@ -228,14 +243,8 @@ fn transport(
 /// not spend the debug budget.
 #[inline(always)]
 fn debug_peer(ctx: &XdpContext, off: usize, proto: Proto, found: u32, segment: u32, port: u16) {
-    if found < debug::reason::FIRST_DENY {
-        let Ok(tcp) = bytes::<14>(ctx, off) else {
-            return;
-        };
-        // SYN without ACK.
-        if proto != Proto::Tcp || tcp[13] & 0x12 != 0x02 {
-            return;
-        }
+    if found < debug::reason::FIRST_DENY && (proto != Proto::Tcp || !is_syn(ctx, off)) {
+        return;
     }
     debug::emit(hook::XDP as u32, found, segment, port as u32, 0);
 }

@@ -30,7 +30,7 @@ use crate::{
     identity::{Identity, Protocol},
     kernel::KernelMaps,
     ledger::{Change, Ledger, Source},
-    policy::{Policy, Segment},
+    policy::{Mode, Policy, Segment},
     requests::{Now, RequestBook},
     resolve::Resolver,
     state::{self, Actor, Grant, Loaded, Saved},
@@ -42,6 +42,8 @@ mod apply;
 mod authz;
 /// The live grants, indexed by id and by deadline.
 mod book;
+/// `discover`: who may, and the join with the segments in force.
+mod discovery;
 /// What the kernel has attached, checked against what the agent expects.
 mod enforce;
 /// Typed refusals, mapped to `Refusal` at the edge.
@@ -79,8 +81,13 @@ pub(crate) struct Agent {
     /// How long a request stays pending without a decision.
     request_ttl: Duration,
     ledger: Ledger,
-    /// Port → segment id as written to the kernel.
+    /// Port → port entry (segment id and mode bit) as written to the kernel.
     ports: BTreeMap<(Proto, u16), u32>,
+    /// The agent-wide mode (`--mode`), over each segment's own; `None`:
+    /// each segment's.
+    mode_override: Option<Mode>,
+    /// Whether the hooks feed the discovery map.
+    discovery_on: bool,
     /// Standing allows that do not resolve right now, with why.
     unresolved: BTreeMap<(String, String), String>,
     local_addresses: usize,
@@ -118,6 +125,7 @@ impl Agent {
         audit: AuditLog,
         paths: Paths,
         grant_grace: Duration,
+        mode_override: Option<Mode>,
     ) -> anyhow::Result<Self> {
         let ports: BTreeMap<(Proto, u16), u32> = kernel
             .read_ports()?
@@ -140,6 +148,8 @@ impl Agent {
             request_ttl: DEFAULT_REQUEST_TTL,
             ledger: Ledger::new(),
             ports,
+            mode_override,
+            discovery_on: true,
             unresolved: BTreeMap::new(),
             local_addresses: 0,
             last_reload: None,

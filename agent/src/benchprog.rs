@@ -76,6 +76,10 @@ pub(crate) struct BenchArgs {
     /// The protected TCP port in the test frames.
     #[arg(long, default_value_t = 15432)]
     pub port: u16,
+    /// Load the programs with discovery off (the agent's `--no-discovery`),
+    /// to compare the ingress cases with and without it.
+    #[arg(long)]
+    pub no_discovery: bool,
 }
 
 /// Removes the run's pins however the run ends.
@@ -122,6 +126,7 @@ fn run(args: &BenchArgs) -> anyhow::Result<Value> {
         max_grants: capacity.max(DEFAULT_MAX_GRANTS),
         max_peers: capacity.max(DEFAULT_MAX_PEERS),
         xdp_ifaces: Vec::new(),
+        discovery: !args.no_discovery,
     })
     .context("loading the programs")?;
     dp.set_port(Proto::Tcp, args.port, SEGMENT)?;

@@ -254,6 +254,26 @@ pub(crate) fn unit_control_group(unit: &str) -> Result<Option<String>, CgroupErr
     Ok(Some(path.to_string()))
 }
 
+/// The unit a cgroup path looks like it belongs to: its last component,
+/// when that is named like a service (`/system.slice/redis.service` →
+/// `redis.service`). A look only: anyone who may create cgroups can name
+/// one so; [`verified_unit`] asks systemd.
+pub(crate) fn unit_like(path: &str) -> Option<&str> {
+    let last = path.rsplit('/').next()?;
+    (last.len() > ".service".len() && last.ends_with(".service")).then_some(last)
+}
+
+/// The unit whose cgroup `path` is, by systemd's own word: [`unit_like`],
+/// confirmed by the unit's `ControlGroup`. `None` for a same-named
+/// directory anywhere else (a user's delegated subtree, a container).
+pub(crate) fn verified_unit(path: &str) -> Option<String> {
+    let unit = unit_like(path)?;
+    match unit_control_group(unit) {
+        Ok(Some(cg)) if cg == path => Some(unit.to_owned()),
+        _ => None,
+    }
+}
+
 /// The cgroup v2 path of a process (the `0::` line of /proc/PID/cgroup).
 pub(crate) fn cgroup_of_pid(pid: u32) -> Result<String, CgroupError> {
     let text = fs::read_to_string(format!("/proc/{pid}/cgroup"))

@@ -19,6 +19,8 @@ mod jit;
 mod render;
 /// Streamed replies (`list --json`, `revoke`) printed record by record.
 mod stream;
+/// `discover`'s table and `suggest`.
+mod suggest;
 /// `uninstall`: through the running agent, or under its locks.
 mod uninstall;
 
@@ -26,7 +28,7 @@ pub(crate) use render::render;
 use render::{left, not_enforcing, table};
 
 use crate::{
-    control::{self, Request, Response},
+    control::{self, Reply, Request, Response},
     duration::Ttl,
     identity::Identity,
     policy::{self, HostCheck, Severity, SystemHost},
@@ -133,6 +135,28 @@ pub(crate) enum Command {
         pid: Option<u32>,
         #[arg(long)]
         json: bool,
+    },
+    /// List every listening TCP/UDP socket and who the kernel saw reach
+    /// each port since the agent started, protected or not (root only).
+    Discover {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a segment policy (TOML) allowing the clients the kernel saw,
+    /// for review: `--segment S` (its ports) or `--port PORT/PROTO`.
+    Suggest {
+        /// One port, e.g. 5432/tcp.
+        #[arg(long, conflicts_with = "segment", required_unless_present = "segment")]
+        port: Option<String>,
+        /// A segment of the policy in force (all of its ports).
+        #[arg(long)]
+        segment: Option<String>,
+        /// Only clients seen within this long, e.g. 7d.
+        #[arg(long)]
+        since: Option<Ttl>,
+        /// Peers as their /24 (IPv4) or /64 (IPv6) instead of single addresses.
+        #[arg(long)]
+        aggregate: bool,
     },
     /// Show what the agent enforces: programs, segments, counters, capacity.
     Status {
@@ -266,6 +290,41 @@ pub(crate) fn run_client(cli: Cli) -> ExitCode {
             Err(msg) => return fail(2, msg),
         },
         Command::Status { json } => (Request::Status {}, json),
+        Command::Discover { json } => (Request::Discover {}, json),
+        Command::Suggest {
+            port,
+            segment,
+            since,
+            aggregate,
+        } => {
+            let target = match (port, segment) {
+                (Some(p), _) => match p.parse::<crate::identity::PortRange>() {
+                    Ok(r) if r.first == r.last => suggest::Target::Port(r),
+                    _ => return fail(2, format!("--port {p:?}: write one port, e.g. 5432/tcp")),
+                },
+                (None, Some(s)) => suggest::Target::Segment(s),
+                (None, None) => return fail(2, "suggest needs --port PORT/PROTO or --segment S"),
+            };
+            let args = suggest::SuggestArgs {
+                target,
+                since: since.map(Ttl::get),
+                aggregate,
+            };
+            return match control::call(&client_socket(cli.socket), &Request::Discover {}) {
+                Err(e) => fail(3, e),
+                Ok(Response::Error(refusal)) => refused(&refusal),
+                Ok(Response::Ok(Reply::Discovered(view))) => {
+                    match suggest::suggest(&termtext::escaped(&*view), &args) {
+                        Ok(text) => {
+                            print!("{text}");
+                            ExitCode::SUCCESS
+                        }
+                        Err(msg) => fail(1, termtext::escape(&msg)),
+                    }
+                }
+                Ok(Response::Ok(_)) => fail(3, "the agent answered discover with something else"),
+            };
+        }
         Command::Debug { state, json } => (
             Request::Debug {
                 on: state.map(|s| s == "on"),

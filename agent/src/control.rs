@@ -103,6 +103,8 @@ pub(crate) enum Request {
     Pending {},
     List {},
     Status {},
+    /// Listening sockets and who the kernel saw reach each port; root only.
+    Discover {},
     /// Lift enforcement (root only): the agent audits, unpins and stops.
     Uninstall {},
     /// Kernel debug lines on or off, or (absent) just their state; root only.
@@ -157,6 +159,8 @@ pub(crate) enum Reply {
         requests: Vec<RequestView>,
     },
     Explained(Box<crate::explain::ExplainView>),
+    /// `discover`: listeners and the clients the kernel saw.
+    Discovered(Box<crate::discover::DiscoveryView>),
     /// `uninstall` through the agent: what it removed and which ports it opened.
     Uninstalled {
         bpffs: String,
@@ -265,6 +269,9 @@ pub(crate) struct AllowView {
     pub ports: Vec<String>,
     /// Set when the identity does not currently resolve on this host.
     pub unresolved: Option<String>,
+    /// The segment's mode: "enforce" or "audit".
+    #[serde(default)]
+    pub mode: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -283,6 +290,12 @@ pub(crate) struct SegmentStatus {
     pub ports: Vec<String>,
     pub allowed: u64,
     pub denied: u64,
+    /// Refusals audit mode let through.
+    #[serde(default)]
+    pub would_deny: u64,
+    /// "enforce" or "audit".
+    #[serde(default)]
+    pub mode: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -392,6 +405,7 @@ pub(crate) fn check_text(request: &Request) -> Result<(), crate::termtext::Unsaf
         | Request::Pending {}
         | Request::List {}
         | Request::Status {}
+        | Request::Discover {}
         | Request::Uninstall {}
         | Request::Debug { .. } => {
             vec![]

@@ -58,7 +58,7 @@ pub(crate) enum ExplainError {
 /// The kernel reads explain (and the sweep) need: three lookups, nothing
 /// written. Every [`KernelMaps`] has them; sweep tests give a table.
 pub(crate) trait KernelView {
-    fn port_segment(&self, proto: Proto, port: u16) -> Result<u32, DataplaneError>;
+    fn port_entry(&self, proto: Proto, port: u16) -> Result<u32, DataplaneError>;
     fn grant_expiry(&self, key: &GrantKey) -> Result<Option<u64>, DataplaneError>;
     fn peer_lookup(&self, segment: u32, addr: [u8; 16]) -> Result<Option<u64>, DataplaneError>;
     /// Whether `addr` (IPv6, IPv4 as v4-mapped) is in the mirror of the
@@ -70,8 +70,8 @@ pub(crate) trait KernelView {
 }
 
 impl<K: KernelMaps + ?Sized> KernelView for K {
-    fn port_segment(&self, proto: Proto, port: u16) -> Result<u32, DataplaneError> {
-        KernelMaps::port_segment(self, proto, port)
+    fn port_entry(&self, proto: Proto, port: u16) -> Result<u32, DataplaneError> {
+        KernelMaps::port_entry(self, proto, port)
     }
     fn grant_expiry(&self, key: &GrantKey) -> Result<Option<u64>, DataplaneError> {
         KernelMaps::grant_expiry(self, key)
@@ -141,6 +141,11 @@ pub(crate) struct ExplainView {
     pub remaining_secs: Option<u64>,
     pub checks: Vec<KeyCheck>,
     pub notes: Vec<String>,
+    /// The segment's mode as the kernel holds it ("enforce", "audit");
+    /// `None` for an unprotected port. In audit mode a refusal (`allowed`
+    /// false) is logged as `would_deny` and let through.
+    #[serde(default)]
+    pub mode: Option<String>,
 }
 
 /// Parses `5432/tcp` into one port.
@@ -369,7 +374,9 @@ pub(crate) fn evaluate(
     let proto_text = proto.name();
     let port_text = format!("{port}/{proto_text}");
     let mut notes = resolved.notes.clone();
-    let segment_id = kernel.port_segment(proto, port)?;
+    let entry = kernel.port_entry(proto, port)?;
+    let segment_id = agent_common::port_entry::segment(entry);
+    let audit = agent_common::port_entry::audit(entry);
     if segment_id == 0 {
         return Ok(ExplainView {
             subject: resolved.subject.clone(),
@@ -381,6 +388,7 @@ pub(crate) fn evaluate(
             remaining_secs: None,
             checks: Vec::new(),
             notes,
+            mode: None,
         });
     }
     let segment = segment_name(segment_id);
@@ -448,8 +456,13 @@ pub(crate) fn evaluate(
         None => (
             false,
             format!(
-                "no live entry for any of the {} key(s) looked up",
-                checks.len()
+                "no live entry for any of the {} key(s) looked up{}",
+                checks.len(),
+                if audit {
+                    "; the segment is in audit mode: let through and logged as would_deny"
+                } else {
+                    ""
+                }
             ),
             None,
         ),
@@ -464,6 +477,7 @@ pub(crate) fn evaluate(
         remaining_secs,
         checks,
         notes,
+        mode: Some(if audit { "audit" } else { "enforce" }.to_owned()),
     })
 }
 

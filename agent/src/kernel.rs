@@ -12,7 +12,7 @@
 //! Kernel: what the dataplane needs (see `dataplane`); the fake needs none.
 use std::{collections::BTreeSet, path::Path};
 
-use agent_common::{GrantKey, Proto, SegmentCounters};
+use agent_common::{DiscoveryKey, GrantKey, Proto, SegmentCounters, Sighting};
 
 use crate::{
     dataplane::{Dataplane, DataplaneError, KernelCheck, PeerEntry, XdpAttachment},
@@ -38,8 +38,8 @@ pub(crate) trait KernelMaps: Send {
     fn read_grants(&self) -> Result<Vec<(GrantKey, u64)>, DataplaneError>;
     /// Every peer entry the kernel holds.
     fn read_peers(&self) -> Result<Vec<PeerEntry>, DataplaneError>;
-    /// The segment protecting a port (0 = none).
-    fn port_segment(&self, proto: Proto, port: u16) -> Result<u32, DataplaneError>;
+    /// A port's entry: segment id and mode bit (`agent_common::port_entry`; 0 = none).
+    fn port_entry(&self, proto: Proto, port: u16) -> Result<u32, DataplaneError>;
     /// One local grant entry's expiry.
     fn grant_expiry(&self, key: &GrantKey) -> Result<Option<u64>, DataplaneError>;
     /// The peer entry that decides for `addr` on `segment`.
@@ -48,6 +48,8 @@ pub(crate) trait KernelMaps: Send {
     fn in_local_nets(&self, addr: [u8; 16]) -> Result<bool, DataplaneError>;
     /// Allowed/denied counts of a segment.
     fn counters(&self, segment: u32) -> Result<SegmentCounters, DataplaneError>;
+    /// Every entry of the discovery map: who reached which local port.
+    fn read_discovery(&self) -> Result<Vec<(DiscoveryKey, Sighting)>, DataplaneError>;
     /// (grant map, peer maps) capacity.
     fn capacity(&self) -> (u32, u32);
 
@@ -90,8 +92,8 @@ impl KernelMaps for Dataplane {
     fn read_peers(&self) -> Result<Vec<PeerEntry>, DataplaneError> {
         Dataplane::read_peers(self)
     }
-    fn port_segment(&self, proto: Proto, port: u16) -> Result<u32, DataplaneError> {
-        Dataplane::port_segment(self, proto, port)
+    fn port_entry(&self, proto: Proto, port: u16) -> Result<u32, DataplaneError> {
+        Dataplane::port_entry(self, proto, port)
     }
     fn grant_expiry(&self, key: &GrantKey) -> Result<Option<u64>, DataplaneError> {
         Dataplane::grant_expiry(self, key)
@@ -104,6 +106,9 @@ impl KernelMaps for Dataplane {
     }
     fn counters(&self, segment: u32) -> Result<SegmentCounters, DataplaneError> {
         Dataplane::counters(self, segment)
+    }
+    fn read_discovery(&self) -> Result<Vec<(DiscoveryKey, Sighting)>, DataplaneError> {
+        Dataplane::read_discovery(self)
     }
     fn capacity(&self) -> (u32, u32) {
         Dataplane::capacity(self)

@@ -49,6 +49,7 @@ pub(crate) mod connlimit;
 pub(crate) mod control;
 pub(crate) mod dataplane;
 pub(crate) mod denylog;
+pub(crate) mod discover;
 pub(crate) mod duration;
 pub(crate) mod explain;
 pub(crate) mod hostaddrs;

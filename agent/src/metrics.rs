@@ -85,6 +85,8 @@ pub(crate) struct SegmentCounts {
     pub name: String,
     pub allowed: u64,
     pub denied: u64,
+    /// Refusals an audit-mode segment let through.
+    pub would_deny: u64,
 }
 
 /// Every number the metrics page shows, taken at one moment; rendered by

@@ -93,6 +93,7 @@ pub(crate) fn snapshot(agent: &Agent) -> Snapshot {
                 name: s.name,
                 allowed: s.allowed,
                 denied: s.denied,
+                would_deny: s.would_deny,
             })
             .collect(),
         grants_live: grants_live as u64,

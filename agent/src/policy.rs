@@ -65,8 +65,51 @@ pub struct Segment {
     pub allow: Vec<Identity>,
     /// Just-in-time access; `None` means grants to this segment are refused.
     pub jit: Option<Jit>,
+    /// Enforce refusals, or only record them (`mode = "audit"`).
+    pub mode: Mode,
     /// Where the segment's name was written.
     pub origin: Location,
+}
+
+/// What the kernel does with a connection the segment refuses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Refuse it (EPERM, or the packet is dropped). The default.
+    #[default]
+    Enforce,
+    /// Let it through and log it as `would_deny`: for rolling out a
+    /// segment without breaking whoever it did not list yet.
+    Audit,
+}
+
+impl Mode {
+    /// The name written in policy files and shown by the CLI.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "enforce" => Ok(Mode::Enforce),
+            "audit" => Ok(Mode::Audit),
+            other => Err(format!(
+                "unknown mode `{other}`: write \"enforce\" or \"audit\""
+            )),
+        }
+    }
 }
 
 /// Rules for time-bounded grants to one segment.

@@ -114,6 +114,7 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
         max_grants: opts.max_grants,
         max_peers: opts.max_peers,
         xdp_ifaces: opts.xdp_ifaces.clone(),
+        discovery: opts.discovery,
     })?;
     // The rings go to their readers; the maps (and the links' check) go to
     // the agent, which sees them only through `KernelMaps`.
@@ -134,8 +135,10 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
             state_dir: opts.state_dir.clone(),
         },
         opts.grant_grace,
+        opts.mode,
     )?;
     agent.set_request_ttl(opts.request_expiry);
+    agent.set_discovery(opts.discovery);
     let addrs = hostaddrs::scan().context("listing this host's addresses")?;
     agent.set_local_addrs(&addrs)?;
     // Attach only now: the maps hold the policy, the grants and this host's

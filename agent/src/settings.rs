@@ -58,6 +58,10 @@ pub(crate) struct Settings {
     pub deny_log: DenyLogConfig,
     /// Where the Prometheus endpoint listens; off when `None`.
     pub metrics_addr: Option<SocketAddr>,
+    /// The agent-wide mode over each segment's (`None`: each segment's).
+    pub mode: Option<policy::Mode>,
+    /// Whether the hooks feed the discovery map.
+    pub discovery: bool,
 }
 
 impl AgentArgs {
@@ -111,6 +115,8 @@ impl AgentArgs {
             },
             deny_log,
             metrics_addr: self.metrics_addr.or(file.metrics_addr),
+            mode: self.mode.or(file.mode),
+            discovery: file.discovery && !self.no_discovery,
             audit_log,
         }
     }

@@ -26,6 +26,10 @@
 //!   connection this host made *out* from a port that happens to be
 //!   protected has no listener behind it and is left alone.
 //!
+//! A segment in audit mode is not judged: its refusals are let through and
+//! logged, open flows included, until a reload makes it enforce (then the
+//! reload's sweep cuts what it refuses).
+//!
 //! Sweeps run at start (before the agent reports ready), after every
 //! reload, revoke and expiry, and whenever the programs ask for a flow to
 //! be cut (the kill ring). A kill request only wakes the sweeper: nothing a
@@ -47,7 +51,7 @@ use std::{
     time::Duration,
 };
 
-use agent_common::{key_of_ip, kind, GrantKey, Proto};
+use agent_common::{key_of_ip, kind, port_entry, GrantKey, Proto};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -383,10 +387,14 @@ pub(crate) fn judge(
             || serving.contains(&(s.proto, s.local.1, IpAddr::V4([0; 4].into())))
             || serving.contains(&(s.proto, s.local.1, IpAddr::V6([0u8; 16].into())))
     };
+    // A segment in audit mode cuts nothing: its refusals are only logged
+    // (by the programs, at connect); its flows are judged again once a
+    // reload makes it enforce.
     let segment = |proto: u8, port: u16| {
         Proto::from_u8(proto)
-            .and_then(|p| kernel.port_segment(p, port).ok())
-            .unwrap_or(0)
+            .and_then(|p| kernel.port_entry(p, port).ok())
+            .filter(|&e| !port_entry::audit(e))
+            .map_or(0, port_entry::segment)
     };
     let open = |s: &DiagSocket| match s.proto {
         TCP => TCP_OPEN_STATES & (1 << s.state) != 0,

@@ -14,7 +14,7 @@ struct Maps {
 }
 
 impl KernelView for Maps {
-    fn port_segment(&self, proto: Proto, port: u16) -> Result<u32, DataplaneError> {
+    fn port_entry(&self, proto: Proto, port: u16) -> Result<u32, DataplaneError> {
         Ok(self.ports.get(&(proto, port)).copied().unwrap_or(0))
     }
     fn grant_expiry(&self, key: &GrantKey) -> Result<Option<u64>, DataplaneError> {
@@ -326,4 +326,26 @@ fn at_the_root_an_unplaceable_cgroup_is_judged_by_the_root_alone() {
     let sockets = tcp_pair(123_456_789);
     let (cuts, judged) = judge(&sockets, &mut cg, &maps(), &mut owners, false);
     assert_eq!((cuts.len(), judged), (2, 1));
+}
+
+#[test]
+fn a_segment_in_audit_mode_cuts_nothing_and_enforce_cuts_again() {
+    let mut m = maps();
+    for v in m.ports.values_mut() {
+        *v = port_entry::new(7, true);
+    }
+    assert_eq!(run(&tcp_pair(CHILD), &m), vec![], "audit mode only logs");
+    // A remote peer on an audit-mode port is left alone too.
+    let listener = sock(TCP, 10, ("0.0.0.0", PORT), ("0.0.0.0", 0), 5);
+    let accepted = sock(TCP, 1, ("10.0.0.1", PORT), ("10.9.9.9", 50000), 6);
+    assert_eq!(run(&[listener, accepted], &m), vec![]);
+    // Back to enforce (the same segment id, the mode bit cleared).
+    for v in m.ports.values_mut() {
+        *v = port_entry::new(7, false);
+    }
+    assert_eq!(
+        run(&tcp_pair(CHILD), &m),
+        vec![(1, End::Client), (2, End::Server)]
+    );
+    assert_eq!(run(&[listener, accepted], &m), vec![(6, End::Peer)]);
 }

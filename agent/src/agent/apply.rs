@@ -28,7 +28,7 @@ use crate::{
     control::{PeerCred, Refusal, Reply},
     identity::Identity,
     ledger::Source,
-    policy::Policy,
+    policy::{Mode, Policy},
     state::{Actor, Grant},
 };
 
@@ -94,7 +94,10 @@ impl Agent {
         }
         let mut desired: BTreeMap<(Proto, u16), u32> = BTreeMap::new();
         for seg in policy.segments.values() {
-            let id = ids[&seg.name];
+            // The mode rides in the port entry: a switch is a port write,
+            // part of the same transaction as everything else.
+            let audit = self.mode_of(seg) == Mode::Audit;
+            let id = agent_common::port_entry::new(ids[&seg.name], audit);
             for range in &seg.ports {
                 for port in range.ports() {
                     desired.insert((proto_of(range.proto), port), id);

@@ -32,9 +32,10 @@ impl Agent {
             let Some(range) = seg.ports.first() else {
                 continue;
             };
-            let Some(&id) = self.ports.get(&(proto_of(range.proto), range.first)) else {
+            let Some(&entry) = self.ports.get(&(proto_of(range.proto), range.first)) else {
                 continue;
             };
+            let id = agent_common::port_entry::segment(entry);
             if id != 0 && !self.segment_ids.values().any(|v| *v == id) {
                 self.segment_ids.insert(seg.name.clone(), id);
             }

@@ -86,6 +86,7 @@ impl Fixture {
                 state_dir: self.dir.path().join(state),
             },
             Duration::from_secs(60),
+            None,
         )
         .expect("agent starts over the fake kernel")
     }

@@ -55,6 +55,11 @@ impl Agent {
         }
     }
 
+    /// The mode a segment is in: the agent-wide override, else its own.
+    pub(super) fn mode_of(&self, segment: &Segment) -> Mode {
+        self.mode_override.unwrap_or(segment.mode)
+    }
+
     pub(crate) fn list(&self) -> Reply {
         let mut standing = Vec::new();
         for seg in self.policy.segments.values() {
@@ -63,6 +68,7 @@ impl Agent {
                     segment: seg.name.clone(),
                     identity: identity.to_string(),
                     ports: self.ports_of(&seg.name),
+                    mode: self.mode_of(seg).name().to_owned(),
                     unresolved: self
                         .unresolved
                         .get(&(seg.name.clone(), identity.to_string()))
@@ -123,6 +129,7 @@ impl Agent {
                     let record = Record::Standing(AllowView {
                         segment: seg.name.clone(),
                         ports: self.ports_of(&seg.name),
+                        mode: self.mode_of(seg).name().to_owned(),
                         unresolved: self
                             .unresolved
                             .get(&(seg.name.clone(), identity.clone()))
@@ -194,6 +201,8 @@ impl Agent {
                     ports: self.ports_of(&s.name),
                     allowed: c.allowed,
                     denied: c.denied,
+                    would_deny: c.would_deny,
+                    mode: self.mode_of(s).name().to_owned(),
                 }
             })
             .collect();

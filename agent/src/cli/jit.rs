@@ -154,7 +154,15 @@ pub(super) fn render_explain(v: &ExplainView) -> String {
             .collect();
         out.push_str(&table(&["KEY", "KERNEL ENTRY", "SOURCE"], &rows));
     }
-    let verdict = if v.allowed { "ALLOW" } else { "DENY" };
+    let audit = v.mode.as_deref() == Some("audit");
+    let verdict = match (v.allowed, audit) {
+        (true, _) => "ALLOW",
+        (false, false) => "DENY",
+        (false, true) => "WOULD DENY (segment in audit mode: let through, logged)",
+    };
+    if let Some(mode) = &v.mode {
+        out.push_str(&format!("mode: {mode}\n"));
+    }
     match v.remaining_secs {
         Some(s) => out.push_str(&format!("{verdict} for {}: {}\n", left(s), v.decided_by)),
         None => out.push_str(&format!("{verdict}: {}\n", v.decided_by)),

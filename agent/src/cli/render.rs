@@ -54,6 +54,7 @@ fn grant_line(g: &GrantView) -> String {
 
 pub(crate) fn render(reply: &Reply) -> String {
     match reply {
+        Reply::Discovered(v) => super::suggest::render_discovery(v),
         Reply::Granted { grant } => format!("{}\n", grant_line(grant)),
         Reply::Revoked { grants } if grants.is_empty() => {
             "no matching grants; nothing revoked\n".into()
@@ -112,6 +113,7 @@ fn render_list(l: &ListView) -> String {
                     a.segment.clone(),
                     a.identity.clone(),
                     a.ports.join(","),
+                    a.mode.clone(),
                     a.unresolved
                         .clone()
                         .map(|u| format!("not resolved: {u}"))
@@ -119,7 +121,10 @@ fn render_list(l: &ListView) -> String {
                 ]
             })
             .collect();
-        out.push_str(&table(&["SEGMENT", "IDENTITY", "PORTS", "ACCESS"], &rows));
+        out.push_str(&table(
+            &["SEGMENT", "IDENTITY", "PORTS", "MODE", "ACCESS"],
+            &rows,
+        ));
     }
     if !l.grants.is_empty() {
         if !out.is_empty() {
@@ -226,12 +231,24 @@ fn render_status(s: &StatusView) -> String {
             vec![
                 g.name.clone(),
                 g.ports.join(","),
+                g.mode.clone(),
                 g.allowed.to_string(),
                 g.denied.to_string(),
+                g.would_deny.to_string(),
             ]
         })
         .collect();
-    out.push_str(&table(&["SEGMENT", "PORTS", "ALLOWED", "DENIED"], &rows));
+    out.push_str(&table(
+        &[
+            "SEGMENT",
+            "PORTS",
+            "MODE",
+            "ALLOWED",
+            "DENIED",
+            "WOULD_DENY",
+        ],
+        &rows,
+    ));
     out
 }
 

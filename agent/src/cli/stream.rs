@@ -232,6 +232,7 @@ mod tests {
             segment: "db".into(),
             identity: "user:app".into(),
             ports: vec!["5432/tcp".into()],
+            mode: "enforce".into(),
             unresolved: None,
         };
         for (s, g) in [(0, 0), (1, 0), (0, 3), (2, 2)] {

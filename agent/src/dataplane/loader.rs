@@ -163,6 +163,8 @@ impl Dataplane {
         // only: the agent's own (0 when the kernel cannot tell, kernel < 5.14).
         let host_netns = crate::hostaddrs::netns_cookie().unwrap_or(0);
         loader.override_global(global_names::HOST_NETNS, &host_netns, true);
+        let discovery_on = u32::from(cfg.discovery);
+        loader.override_global(global_names::DISCOVERY_ON, &discovery_on, true);
         let mut ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
         // The maps just loaded are the ones pinned (created or re-opened).
         let map_ids = map_paths
@@ -214,6 +216,8 @@ impl Dataplane {
             .map_err(map_err(map_names::LOCAL_NETS, "open"))?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, map_names::COUNTERS)?)
             .map_err(map_err(map_names::COUNTERS, "open"))?;
+        let discovery = HashMap::try_from(take(&mut ebpf, map_names::DISCOVERY)?)
+            .map_err(map_err(map_names::DISCOVERY, "open"))?;
         let deny_events = RingBuf::try_from(take(&mut ebpf, map_names::DENY_EVENTS)?)
             .map_err(map_err(map_names::DENY_EVENTS, "open"))?;
         let kill_requests = RingBuf::try_from(take(&mut ebpf, map_names::KILL_REQUESTS)?)
@@ -235,6 +239,7 @@ impl Dataplane {
             peer_hosts,
             local_nets,
             counters,
+            discovery,
             deny_events: Some(deny_events),
             kill_requests: Some(kill_requests),
             programs: Vec::new(),

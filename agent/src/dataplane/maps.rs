@@ -6,8 +6,8 @@
 use std::collections::BTreeSet;
 
 use agent_common::{
-    map_names, port_index, Expiry, GrantKey, PeerKey, Proto, SegmentCounters, MAX_LOCAL_NETS,
-    PORT_SLOTS,
+    map_names, port_index, DiscoveryKey, Expiry, GrantKey, PeerKey, Proto, SegmentCounters,
+    Sighting, DISCOVERY_ENTRIES, MAX_LOCAL_NETS, PORT_SLOTS,
 };
 use aya::maps::MapError;
 
@@ -18,7 +18,7 @@ use crate::{
 };
 
 impl Dataplane {
-    /// Every (protocol, port) → segment entry the kernel holds now.
+    /// Every (protocol, port) → port entry (segment id and mode bit) the kernel holds now.
     pub(crate) fn read_ports(&self) -> Result<Vec<(Proto, u16, u32)>> {
         let mut out = Vec::new();
         for index in 0..PORT_SLOTS {
@@ -38,8 +38,9 @@ impl Dataplane {
         Ok(out)
     }
 
-    /// The segment protecting a port, as the kernel sees it (0 = none).
-    pub(crate) fn port_segment(&self, proto: Proto, port: u16) -> Result<u32> {
+    /// A port's entry as the kernel holds it: segment id and mode bit
+    /// (`agent_common::port_entry`; 0 = unprotected).
+    pub(crate) fn port_entry(&self, proto: Proto, port: u16) -> Result<u32> {
         self.ports
             .get(&port_index(proto, port), 0)
             .map_err(map_err(map_names::PORTS, "read"))
@@ -237,7 +238,22 @@ impl Dataplane {
             .fold(SegmentCounters::default(), |acc, c| SegmentCounters {
                 allowed: acc.allowed + c.allowed,
                 denied: acc.denied + c.denied,
+                would_deny: acc.would_deny + c.would_deny,
             }))
+    }
+
+    /// Every entry of the discovery map (bounded by its capacity). Entries
+    /// the LRU evicts while the walk runs are skipped.
+    pub(crate) fn read_discovery(&self) -> Result<Vec<(DiscoveryKey, Sighting)>> {
+        let mut out = Vec::new();
+        for entry in self.discovery.iter().take(DISCOVERY_ENTRIES as usize * 2) {
+            match entry {
+                Ok(kv) => out.push(kv),
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err(map_names::DISCOVERY, "read")(e)),
+            }
+        }
+        Ok(out)
     }
 
     pub(crate) fn capacity(&self) -> (u32, u32) {

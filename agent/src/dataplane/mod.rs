@@ -26,7 +26,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use agent_common::{map_names, DenyEvent, Expiry, GrantKey, KillRequest, PeerKey, SegmentCounters};
+use agent_common::{
+    map_names, DenyEvent, DiscoveryKey, Expiry, GrantKey, KillRequest, PeerKey, SegmentCounters,
+    Sighting,
+};
 use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf},
     programs::ProgramError,
@@ -154,6 +157,8 @@ pub(crate) struct DataplaneConfig {
     pub max_peers: u32,
     /// Interfaces to attach the XDP program to (remote-peer enforcement).
     pub xdp_ifaces: Vec<String>,
+    /// Whether the hooks feed the discovery map (`discovery` setting).
+    pub discovery: bool,
 }
 
 /// How the XDP program ended up attached to an interface.
@@ -183,6 +188,7 @@ pub(crate) struct Dataplane {
     peer_hosts: HashMap<MapData, PeerKey, Expiry>,
     local_nets: LpmTrie<MapData, [u8; 16], u32>,
     counters: PerCpuArray<MapData, SegmentCounters>,
+    discovery: HashMap<MapData, DiscoveryKey, Sighting>,
     deny_events: Option<RingBuf<MapData>>,
     kill_requests: Option<RingBuf<MapData>>,
     programs: Vec<&'static str>,

@@ -141,7 +141,7 @@ impl Dataplane {
                 self.write(&changes[i], before[i], &mut undo)?;
             }
             for &(proto, port, segment) in ports {
-                let was = self.port_segment(proto, port)?;
+                let was = self.port_entry(proto, port)?;
                 if was != segment {
                     undo.push(Undo::Port(proto, port, was));
                     self.set_port(proto, port, segment)?;

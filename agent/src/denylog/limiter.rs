@@ -141,7 +141,8 @@ mod tests {
             peer_port: 0,
             proto: 6,
             hook: hook::CONNECT4,
-            _pad: [0; 6],
+            verdict: agent_common::verdict::DENIED,
+            _pad: [0; 5],
             addr: agent_common::v4_mapped([127, 0, 0, 1]),
             peer_addr: [0; 16],
         }

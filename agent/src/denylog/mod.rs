@@ -29,7 +29,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use agent_common::{hook, DenyEvent};
+use agent_common::{hook, verdict, DenyEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tracing::{info, warn};
@@ -226,7 +226,12 @@ impl Reader {
                     %who,
                     port = ev.port,
                     proto = text("proto"),
-                    "denied"
+                    "{}",
+                    if ev.verdict == verdict::WOULD_DENY {
+                        "would deny (audit mode: let through)"
+                    } else {
+                        "denied"
+                    }
                 );
                 self.sink.write(rec);
                 self.stats.logged.fetch_add(1, Ordering::Relaxed);
@@ -253,6 +258,9 @@ impl Reader {
             secs.ceil()
         );
         rec.insert("event".into(), "suppressed".into());
+        if s.first.verdict == verdict::WOULD_DENY {
+            rec.insert("would_deny".into(), true.into());
+        }
         rec.insert("ts".into(), clock::rfc3339_millis(SystemTime::now()).into());
         rec.insert("suppressed".into(), s.suppressed.into());
         rec.insert(
@@ -263,10 +271,22 @@ impl Reader {
     }
 }
 
-/// Who was refused where: the rate limit's unit.
+/// The deny log's `event` of a kernel event: `deny`, or `would_deny` for
+/// a refusal a segment in audit mode let through.
+pub(crate) fn event_name(ev: &DenyEvent) -> &'static str {
+    if ev.verdict == verdict::WOULD_DENY {
+        "would_deny"
+    } else {
+        "deny"
+    }
+}
+
+/// Who was refused where: the rate limit's unit. Would-be refusals are
+/// limited apart from real ones, so neither hides the other.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Subject {
     segment: u32,
+    would: bool,
     cgroup_id: u64,
     uid: u32,
     /// The remote source, for remote peers only.
@@ -278,6 +298,7 @@ impl Subject {
         let remote = is_remote(ev);
         Self {
             segment: ev.segment,
+            would: ev.verdict == verdict::WOULD_DENY,
             cgroup_id: if remote { 0 } else { ev.cgroup_id },
             uid: if remote { 0 } else { ev.uid },
             peer: if remote { ev.peer_addr } else { [0; 16] },

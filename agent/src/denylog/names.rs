@@ -112,6 +112,11 @@ impl Names {
             Some(p) => format!("cgroup:{p}"),
             None => format!("cgroup-id:{}", ev.cgroup_id),
         };
+        // A cgroup named like a unit, for people; `suggest` asks systemd
+        // before it writes a unit into a policy.
+        if let Some(unit) = cgroup.as_deref().and_then(crate::cgroupfs::unit_like) {
+            m.insert("unit".into(), unit.into());
+        }
         m.insert("identity".into(), identity.into());
         m.insert("cgroup".into(), cgroup.into());
         m.insert("cgroup_id".into(), ev.cgroup_id.into());
@@ -125,7 +130,7 @@ impl Names {
     /// The deny log record of one event.
     pub(super) fn record(&mut self, ev: &DenyEvent) -> Map<String, Value> {
         let mut m = self.subject_fields(ev);
-        m.insert("event".into(), "deny".into());
+        m.insert("event".into(), super::event_name(ev).into());
         m.insert(
             "ts".into(),
             clock::rfc3339_millis(clock::wall_of(ev.boot_ns)).into(),
@@ -182,7 +187,8 @@ mod tests {
             peer_port: 0,
             proto: 6,
             hook: hook::CONNECT4,
-            _pad: [0; 6],
+            verdict: agent_common::verdict::DENIED,
+            _pad: [0; 5],
             addr: agent_common::v4_mapped([127, 0, 0, 1]),
             peer_addr: [0; 16],
         }

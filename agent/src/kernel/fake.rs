@@ -11,7 +11,7 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use agent_common::{GrantKey, Proto, SegmentCounters};
+use agent_common::{DiscoveryKey, GrantKey, Proto, SegmentCounters, Sighting};
 
 use super::KernelMaps;
 use crate::{
@@ -37,6 +37,8 @@ pub(crate) struct FakeMaps {
     pub peers: Vec<(u32, [u8; 16], u8, u64)>,
     pub local_nets: BTreeSet<LocalNet>,
     pub counters: BTreeMap<u32, SegmentCounters>,
+    /// What the discovery map holds (tests fill it as the hooks would).
+    pub discovery: Vec<(DiscoveryKey, Sighting)>,
     pub max_grants: u32,
     pub max_peers: u32,
     /// Every write so far, oldest first.
@@ -230,7 +232,7 @@ impl KernelMaps for FakeKernel {
             })
             .collect())
     }
-    fn port_segment(&self, proto: Proto, port: u16) -> Result<u32, DataplaneError> {
+    fn port_entry(&self, proto: Proto, port: u16) -> Result<u32, DataplaneError> {
         Ok(*self.maps().ports.get(&(proto, port)).unwrap_or(&0))
     }
     fn grant_expiry(&self, key: &GrantKey) -> Result<Option<u64>, DataplaneError> {
@@ -259,6 +261,9 @@ impl KernelMaps for FakeKernel {
             .get(&segment)
             .copied()
             .unwrap_or_default())
+    }
+    fn read_discovery(&self) -> Result<Vec<(DiscoveryKey, Sighting)>, DataplaneError> {
+        Ok(self.maps().discovery.clone())
     }
     fn capacity(&self) -> (u32, u32) {
         let m = self.maps();

@@ -109,6 +109,18 @@ pub(crate) fn render(s: &Snapshot) -> String {
             n(seg.denied),
         );
     }
+    e.family(
+        "portcullis_segment_would_deny_total",
+        "counter",
+        "Connections and packets a segment in audit mode would have refused, and let through.",
+    );
+    for seg in &s.segments {
+        e.sample(
+            "portcullis_segment_would_deny_total",
+            &[("segment", &seg.name)],
+            n(seg.would_deny),
+        );
+    }
     e.single(
         "portcullis_grants_live",
         "gauge",
@@ -277,6 +289,7 @@ mod tests {
             name: "db".into(),
             allowed: 3,
             denied: 4,
+            would_deny: 0,
         });
         s.grants_live = 2;
         s.grant_entries = Some(5);

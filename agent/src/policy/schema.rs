@@ -18,14 +18,14 @@ use toml_edit::{ImDocument, Item, TableLike, Value};
 use super::{
     diagnostic::{Diagnostic, Diagnostics, Location, SourceMap},
     ranges::RangeSet,
-    Jit, Segment,
+    Jit, Mode, Segment,
 };
 use crate::{
     duration::parse_ttl,
     identity::{Identity, PortRange},
 };
 
-const SEGMENT_KEYS: [&str; 4] = ["description", "ports", "allow", "jit"];
+const SEGMENT_KEYS: [&str; 5] = ["description", "ports", "allow", "jit", "mode"];
 const JIT_KEYS: [&str; 4] = ["max_ttl", "default_ttl", "approvers", "require_reason"];
 /// `default_ttl` when the policy gives none (capped at `max_ttl`).
 const DEFAULT_TTL: Duration = Duration::from_secs(15 * 60);
@@ -223,6 +223,29 @@ impl Parser<'_> {
             found.map(str::to_owned)
         });
 
+        let mode = match table.get("mode") {
+            None => Mode::Enforce,
+            Some(item) => {
+                let location = self.item_location(item, &origin);
+                match item.as_str().map(str::parse::<Mode>) {
+                    Some(Ok(mode)) => mode,
+                    Some(Err(message)) => {
+                        self.error(location, message, r#"write mode = "audit" to only log refusals, or leave it out to enforce"#);
+                        Mode::Enforce
+                    }
+                    None => {
+                        let message =
+                            format!("`mode` must be a string, not {}", article(item.type_name()));
+                        self.error(
+                            location,
+                            message,
+                            r#"write mode = "audit" or mode = "enforce""#,
+                        );
+                        Mode::Enforce
+                    }
+                }
+            }
+        };
         let (ports, port_locations) = self.ports(name, table, &origin);
         let mut identities = Vec::new();
         let allow = match table.get("allow") {
@@ -240,6 +263,7 @@ impl Parser<'_> {
                 ports,
                 allow,
                 jit,
+                mode,
                 origin,
             },
             port_locations,

@@ -292,6 +292,7 @@ fn handle(shared: &Shared, cred: &PeerCred, request: Request) -> Response {
         // caller ever sends it this way.
         Request::List {} => Ok(a.list()),
         Request::Status {} => Ok(a.status()),
+        Request::Discover {} => a.discover(cred),
         Request::RequestAccess {
             segment,
             ttl,

@@ -28,7 +28,7 @@ use crate::{
 pub(crate) const DEFAULT_PATH: &str = "/etc/portcullis/agent.toml";
 
 /// Every key the file may hold, for "did you mean" hints.
-const KEYS: [&str; 21] = [
+const KEYS: [&str; 23] = [
     "policy_dir",
     "socket",
     "socket_mode",
@@ -50,6 +50,8 @@ const KEYS: [&str; 21] = [
     "metrics_addr",
     "grant_grace",
     "policy_symlinks_outside",
+    "mode",
+    "discovery",
 ];
 
 /// The agent's settings from the file, with the documented default for
@@ -97,6 +99,11 @@ pub(crate) struct AgentConfig {
     pub grant_grace: Duration,
     /// Whether policy files may be symbolic links out of `policy_dir`.
     pub policy_symlinks_outside: bool,
+    /// Every segment's mode, over what each segment says; `None`: each
+    /// segment's own (`mode` in the policy, enforce by default).
+    pub mode: Option<crate::policy::Mode>,
+    /// Whether the kernel records who reaches which port (`portcullis discover`).
+    pub discovery: bool,
 }
 
 impl Default for AgentConfig {
@@ -124,6 +131,8 @@ impl Default for AgentConfig {
             metrics_addr: None,
             grant_grace: crate::agent::DEFAULT_GRANT_GRACE,
             policy_symlinks_outside: false,
+            mode: None,
+            discovery: true,
         }
     }
 }
@@ -168,6 +177,8 @@ struct RawConfig {
     metrics_addr: Option<Spanned<String>>,
     grant_grace: Option<Spanned<String>>,
     policy_symlinks_outside: Option<bool>,
+    mode: Option<Spanned<String>>,
+    discovery: Option<bool>,
 }
 
 /// A mode is written as a string of octal digits; a TOML integer is taken
@@ -275,6 +286,19 @@ impl AgentConfig {
         }
         if let Some(outside) = raw.policy_symlinks_outside {
             config.policy_symlinks_outside = outside;
+        }
+        if let Some(on) = raw.discovery {
+            config.discovery = on;
+        }
+        if let Some(v) = raw.mode {
+            match v.get_ref().parse::<crate::policy::Mode>() {
+                Ok(m) => config.mode = Some(m),
+                Err(e) => check.error(
+                    v.span(),
+                    e,
+                    "\"audit\" lets every segment's refusals through and logs them as would_deny; leave the key out to use each segment's own mode",
+                ),
+            }
         }
         if let Some(d) = raw.request_expiry.and_then(|v| {
             check.duration::<TtlBounds>(

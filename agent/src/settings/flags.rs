@@ -74,6 +74,13 @@ pub(crate) struct AgentArgs {
     /// The deny log's rate-limit window, 1s to 1d, e.g. 1m [file: deny_window; default: 60s].
     #[arg(long, value_name = "DURATION")]
     pub deny_window: Option<Interval>,
+    /// Every segment's mode, over each segment's own `mode`: audit logs
+    /// refusals as would_deny and lets them through [file: mode; default: each segment's].
+    #[arg(long, value_name = "MODE", value_parser = clap::value_parser!(crate::policy::Mode))]
+    pub mode: Option<crate::policy::Mode>,
+    /// Do not record who reaches which port in the kernel (`portcullis discover`) [file: discovery; default: on].
+    #[arg(long)]
+    pub no_discovery: bool,
     /// Serve Prometheus metrics at http://ADDR/metrics: PORT (on localhost) or HOST:PORT [file: metrics_addr; default: off].
     #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
     pub metrics_addr: Option<SocketAddr>,

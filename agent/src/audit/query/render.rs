@@ -139,7 +139,7 @@ fn render_escaped(rec: &Map<String, Value>) -> String {
     let subject = subject(text("identity"), text("segment"));
     match text("event") {
         // The deny log's records (an audit `deny`, a request denied, is typed).
-        "deny" => return render_deny(rec, &subject),
+        "deny" | "would_deny" => return render_deny(rec, &subject),
         "suppressed" => {
             return format!(
                 "{}  {:<14}  {subject}  {} more denies in {}s{}",
@@ -184,7 +184,7 @@ fn render_deny(rec: &Map<String, Value>, subject: &str) -> String {
     let mut line = format!(
         "{}  {:<14}  {subject}  {} {addr}:{port}/{}{}",
         text("ts"),
-        "deny",
+        text("event"),
         text("hook"),
         text("proto"),
         who(rec)

@@ -51,6 +51,14 @@ fn denies_render_what_was_refused_and_who() {
         render(&p),
         "T  deny            peer:10.0.0.9 → db  xdp 10.0.0.1:5432/tcp from 10.0.0.9:4000"
     );
+    let w = rec(
+        json!({"ts": "T", "event": "would_deny", "identity": "peer:10.0.0.9", "segment": "db",
+        "hook": "skb_ingress", "addr": "10.0.0.1", "port": 5432, "proto": "tcp", "peer": "10.0.0.9:4000"}),
+    );
+    assert_eq!(
+        render(&w),
+        "T  would_deny      peer:10.0.0.9 → db  skb_ingress 10.0.0.1:5432/tcp from 10.0.0.9:4000"
+    );
     let s = rec(
         json!({"ts": "T", "event": "suppressed", "identity": "cgroup:/a", "segment": "db",
         "suppressed": 97, "window_secs": 2.0, "uid": 0, "user": "root", "gid": 0, "group": "root"}),

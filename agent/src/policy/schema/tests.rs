@@ -165,7 +165,7 @@ fn unknown_key_far_from_any_known_key_lists_the_keys() {
     let d = only("[segment.a]\nports = [\"1/tcp\"]\nowner = \"dba\"\n");
     assert_eq!(
         help(&d),
-        "the keys of segment `a` are description, ports, allow, jit"
+        "the keys of segment `a` are description, ports, allow, jit, mode"
     );
 }
 
@@ -521,4 +521,31 @@ approvers = ["peer:10.0.0.0/8"]
     // colour (5) is found while reading segment a's keys, before its ports.
     assert_eq!(lines, vec![5, 3, 3, 4, 4, 7, 8, 10, 11, 12], "{found:#?}");
     assert!(found.iter().all(|d| d.severity == Severity::Error));
+}
+
+#[test]
+fn mode_is_enforce_by_default_audit_when_asked_and_checked() {
+    use crate::policy::Mode;
+    let segs = parse_str(Path::new(FILE), "[segment.a]\nports = [\"1/tcp\"]\n").unwrap();
+    assert_eq!(segs[0].mode, Mode::Enforce);
+    let segs = parse_str(
+        Path::new(FILE),
+        "[segment.a]\nports = [\"1/tcp\"]\nmode = \"audit\"\n",
+    )
+    .unwrap();
+    assert_eq!(segs[0].mode, Mode::Audit);
+    let text = "[segment.a]\nports = [\"1/tcp\"]\nmode = \"log\"\n";
+    assert_error(
+        &only(text),
+        text,
+        "\"log\"",
+        "unknown mode `log`: write \"enforce\" or \"audit\"",
+    );
+    let text = "[segment.a]\nports = [\"1/tcp\"]\nmode = true\n";
+    assert_error(
+        &only(text),
+        text,
+        "true",
+        "`mode` must be a string, not a boolean",
+    );
 }

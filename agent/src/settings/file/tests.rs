@@ -70,6 +70,8 @@ deny_window = "5m"
 metrics_addr = "9464"
 grant_grace = "5m"
 policy_symlinks_outside = true
+mode = "audit"
+discovery = false
 "#,
     )
     .unwrap();
@@ -97,9 +99,11 @@ policy_symlinks_outside = true
             metrics_addr: Some("127.0.0.1:9464".parse().unwrap()),
             grant_grace: Duration::from_secs(300),
             policy_symlinks_outside: true,
+            mode: Some(crate::policy::Mode::Audit),
+            discovery: false,
         }
     );
-    assert_eq!(KEYS.len(), 21, "KEYS lists every field");
+    assert_eq!(KEYS.len(), 23, "KEYS lists every field");
 }
 
 #[test]
