@@ -102,6 +102,8 @@ pub(crate) struct Agent {
     metrics: crate::metrics::AgentMetrics,
     /// Repairs and failures of the kernel check (see `enforce`).
     enforcement: enforce::Enforcement,
+    /// What the metrics endpoint shows, replaced by [`Agent::publish`].
+    board: std::sync::Arc<crate::metrics::Board>,
 }
 
 fn proto_of(p: Protocol) -> Proto {
@@ -160,6 +162,7 @@ impl Agent {
             audit,
             metrics: Default::default(),
             enforcement: Default::default(),
+            board: Default::default(),
         };
         agent.grant_grace = grant_grace;
         // An empty policy over pins that protect ports would open them all:
@@ -392,24 +395,27 @@ impl Agent {
         self.kernel.pin_dir()
     }
 
-    /// Counters kept for `status` and the metrics endpoint.
-    pub(crate) fn metrics(&self) -> &crate::metrics::AgentMetrics {
-        &self.metrics
-    }
-
     /// Where the deny log's counters live, once its reader runs.
     pub(crate) fn set_deny_stats(&mut self, stats: std::sync::Arc<crate::denylog::DenyStats>) {
         self.metrics.denies = Some(stats);
     }
 
-    /// Repairs and failures of the kernel check so far.
-    pub(crate) fn enforcement(&self) -> &enforce::Enforcement {
-        &self.enforcement
-    }
-
     /// Whether `uninstall` went through this agent.
     pub(crate) fn uninstalled(&self) -> bool {
         self.enforcement.uninstalled
+    }
+
+    /// The board the metrics endpoint reads (see [`Agent::publish`]).
+    pub(crate) fn board(&self) -> std::sync::Arc<crate::metrics::Board> {
+        self.board.clone()
+    }
+
+    /// Puts what the metrics show of the agent now on its board, so that a
+    /// scrape never takes the agent's lock: O(segments), no map walk. The
+    /// server calls it after every request and every piece of main-loop
+    /// work, with the lock still held.
+    pub(crate) fn publish(&self) {
+        self.board.publish(self.metrics_snapshot());
     }
 
     /// The audit log's health: write failures, why it fails now, backlog.
@@ -424,19 +430,6 @@ impl Agent {
     /// Writes audit records queued while the log could not be written.
     pub(crate) fn retry_audit(&mut self) {
         self.audit.retry();
-    }
-
-    /// Entries in the local grant map and in the peer maps, as the kernel has them.
-    pub(crate) fn map_entries(
-        &self,
-    ) -> (
-        Result<usize, crate::dataplane::DataplaneError>,
-        Result<usize, crate::dataplane::DataplaneError>,
-    ) {
-        (
-            self.kernel.read_grants().map(|g| g.len()),
-            self.kernel.read_peers().map(|p| p.len()),
-        )
     }
 }
 

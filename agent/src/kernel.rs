@@ -20,6 +20,9 @@ use crate::{
     ledger::Change,
 };
 
+/// Reads one segment's counters, summed over CPUs (`None` if the read fails).
+pub(crate) type CountersReader = Box<dyn Fn(u32) -> Option<SegmentCounters> + Send + Sync>;
+
 /// What the agent's core reads from and writes to the kernel.
 pub(crate) trait KernelMaps: Send {
     /// Applies ledger changes in order; stops at the first failure.
@@ -48,6 +51,9 @@ pub(crate) trait KernelMaps: Send {
     fn in_local_nets(&self, addr: [u8; 16]) -> Result<bool, DataplaneError>;
     /// Allowed/denied counts of a segment.
     fn counters(&self, segment: u32) -> Result<SegmentCounters, DataplaneError>;
+    /// A reader of the same counters that needs neither `self` nor the
+    /// agent's lock (the metrics endpoint's).
+    fn counters_reader(&self) -> Result<CountersReader, DataplaneError>;
     /// Every entry of the discovery map: who reached which local port.
     fn read_discovery(&self) -> Result<Vec<(DiscoveryKey, Sighting)>, DataplaneError>;
     /// (grant map, peer maps) capacity.
@@ -106,6 +112,9 @@ impl KernelMaps for Dataplane {
     }
     fn counters(&self, segment: u32) -> Result<SegmentCounters, DataplaneError> {
         Dataplane::counters(self, segment)
+    }
+    fn counters_reader(&self) -> Result<CountersReader, DataplaneError> {
+        Dataplane::counters_reader(self)
     }
     fn read_discovery(&self) -> Result<Vec<(DiscoveryKey, Sighting)>, DataplaneError> {
         Dataplane::read_discovery(self)

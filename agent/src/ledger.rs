@@ -43,6 +43,9 @@ pub(crate) enum Change {
 pub(crate) struct Ledger {
     entries: HashMap<EntryKey, Vec<(Source, u64)>>,
     by_source: HashMap<Source, Vec<EntryKey>>,
+    /// How many of `entries` are peer entries (kept as they change, so
+    /// the metrics never count the whole map).
+    peers: usize,
 }
 
 fn latest(contributions: &[(Source, u64)]) -> Option<u64> {
@@ -86,6 +89,11 @@ impl Ledger {
         self.entries.len()
     }
 
+    /// (local identity entries, peer entries), without a walk.
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        (self.entries.len() - self.peers, self.peers)
+    }
+
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
@@ -100,6 +108,9 @@ impl Ledger {
         keys.dedup();
         for key in &keys {
             let slot = self.entries.entry(*key).or_default();
+            if slot.is_empty() && matches!(key, EntryKey::Peer { .. }) {
+                self.peers += 1;
+            }
             let before = latest(slot);
             match slot.iter_mut().find(|(s, _)| *s == source) {
                 Some(existing) => existing.1 = expiry,
@@ -171,6 +182,9 @@ impl Ledger {
         slot.get_mut().retain(|(s, _)| s != source);
         if slot.get().is_empty() {
             slot.remove();
+            if matches!(key, EntryKey::Peer { .. }) {
+                self.peers -= 1;
+            }
             return Some(Change::Delete(key));
         }
         let after = latest(slot.get());
@@ -189,6 +203,32 @@ mod tests {
             segment: 1,
             id,
         })
+    }
+
+    /// The entry counts kept as the ledger changes are what a walk finds.
+    #[test]
+    fn counts_follow_every_change() {
+        let peer = |n: u8| EntryKey::Peer {
+            segment: 1,
+            addr: [n; 16],
+            prefix: 128,
+        };
+        let walk = |l: &Ledger| {
+            let peers = l
+                .entries()
+                .filter(|(k, _)| matches!(k, EntryKey::Peer { .. }))
+                .count();
+            (l.len() - peers, peers)
+        };
+        let mut l = Ledger::new();
+        l.set(Source::Grant(1), &[uid(1), peer(1), peer(2)], 10);
+        l.set(Source::Grant(2), &[peer(2), peer(3), uid(2)], 20);
+        assert_eq!(l.counts(), (2, 3));
+        l.set(Source::Grant(1), &[uid(1)], 10);
+        assert_eq!(l.counts(), walk(&l));
+        l.remove(&Source::Grant(2));
+        assert_eq!(l.counts(), (1, 0));
+        assert_eq!(l.counts(), walk(&l));
     }
 
     #[test]

@@ -83,6 +83,8 @@ impl Default for AgentMetrics {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct SegmentCounts {
     pub name: String,
+    /// The segment's id in the kernel maps (its counters' index).
+    pub id: u32,
     pub allowed: u64,
     pub denied: u64,
     /// Refusals an audit-mode segment let through.
@@ -91,6 +93,30 @@ pub(crate) struct SegmentCounts {
 
 /// Every number the metrics page shows, taken at one moment; rendered by
 /// [`render`]. Map entry counts are `None` when the map could not be read.
+/// The snapshot the agent published last: the agent replaces it after
+/// every change (under its own lock, in O(segments)); a scrape takes a
+/// copy of the pointer under this board's lock, never the agent's, and
+/// reads the kernel's per-segment counters itself.
+#[derive(Default)]
+pub(crate) struct Board(std::sync::Mutex<Arc<Snapshot>>);
+
+impl Board {
+    pub(crate) fn publish(&self, snapshot: Snapshot) {
+        let snapshot = Arc::new(snapshot);
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = snapshot;
+    }
+
+    pub(crate) fn current(&self) -> Arc<Snapshot> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct Snapshot {
     pub segments: Vec<SegmentCounts>,

@@ -10,9 +10,9 @@ use tracing::info;
 use crate::{
     agent::Agent,
     cgroupfs::Hierarchy,
-    control::Reply,
     denylog::{DenyLogConfig, DenyLogger, DenyStats},
-    metrics::{SegmentCounts, Snapshot},
+    kernel::CountersReader,
+    metrics::{Board, Snapshot},
 };
 
 /// The deny-log reader and the metrics endpoint, started once the agent
@@ -32,6 +32,7 @@ impl Observers {
     ) -> anyhow::Result<Self> {
         use anyhow::Context;
         let mut deny = None;
+        let mut deny_stats = None;
         if let Some(ring) = ring {
             let stats = Arc::new(DenyStats::new(deny_log.path.clone()));
             let agent = shared.clone();
@@ -42,8 +43,9 @@ impl Observers {
                     .context("starting the deny-log reader thread")?,
             );
             if let Ok(mut a) = shared.lock() {
-                a.set_deny_stats(stats);
+                a.set_deny_stats(stats.clone());
             }
+            deny_stats = Some(stats);
         }
         let mut endpoint = None;
         if let Some(addr) = metrics_addr {
@@ -52,13 +54,16 @@ impl Observers {
                 .with_context(|| format!("binding the metrics endpoint on {addr}"))?;
             let bound = listener.local_addr().unwrap_or(addr);
             info!(addr = %bound, "metrics endpoint listening on http://{bound}/metrics");
-            let agent = shared.clone();
-            let page: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || {
-                agent
-                    .lock()
-                    .map(|a| crate::metrics::render(&snapshot(&a)))
-                    .unwrap_or_default()
-            });
+            // A scrape reads the board the agent publishes, the kernel's
+            // counters on their own descriptor and the deny log's own
+            // counters: it never waits for the agent's lock.
+            let (board, counters) = {
+                let a = shared.lock().expect("agent lock");
+                a.publish();
+                (a.board(), a.kernel().counters_reader().ok())
+            };
+            let page: Arc<dyn Fn() -> String + Send + Sync> =
+                Arc::new(move || scrape(&board, counters.as_ref(), deny_stats.as_deref()));
             endpoint = Some(tokio::spawn(crate::metrics::serve(listener, page)));
         }
         Ok(Self { deny, endpoint })
@@ -76,41 +81,23 @@ impl Observers {
     }
 }
 
-/// What the metrics page shows of `agent` now (its lock held by the caller).
-pub(crate) fn snapshot(agent: &Agent) -> Snapshot {
-    let (segments, grants_live, grant_capacity, peer_capacity) = match agent.status() {
-        Reply::Status(s) => (s.segments, s.grants, s.grant_capacity, s.peer_capacity),
-        _ => (Vec::new(), 0, 0, 0),
-    };
-    let requests_pending = match agent.list() {
-        Reply::List(l) => l.pending.len(),
-        _ => 0,
-    };
-    Snapshot {
-        segments: segments
-            .into_iter()
-            .map(|s| SegmentCounts {
-                name: s.name,
-                allowed: s.allowed,
-                denied: s.denied,
-                would_deny: s.would_deny,
-            })
-            .collect(),
-        grants_live: grants_live as u64,
-        requests_pending: requests_pending as u64,
-        grant_entries: agent.map_entries().0.ok().map(|n| n as u64),
-        peer_entries: agent.map_entries().1.ok().map(|n| n as u64),
-        grant_capacity: u64::from(grant_capacity),
-        peer_capacity: u64::from(peer_capacity),
-        reloads_ok: agent.metrics().reloads_ok,
-        reloads_failed: agent.metrics().reloads_failed,
-        enforcement_repairs: agent.enforcement().repairs,
-        enforcement_repair_failures: agent.enforcement().repair_failures,
-        enforcing: agent.enforcing(),
-        audit_write_failures: agent.audit_health().0,
-        audit_writable: agent.audit_health().1.is_none(),
-        audit_queued: agent.audit_health().2 as u64,
-        denies: agent.metrics().denies.as_ref().map(|d| d.view()),
-        revoke_latency: agent.metrics().revoke_latency.clone(),
+/// One metrics page: the board's snapshot with the kernel's per-segment
+/// counters and the deny log's read now. Takes no agent lock.
+pub(crate) fn scrape(
+    board: &Board,
+    counters: Option<&CountersReader>,
+    denies: Option<&DenyStats>,
+) -> String {
+    let mut s = Snapshot::clone(&board.current());
+    if let Some(read) = counters {
+        for seg in &mut s.segments {
+            if let Some(c) = read(seg.id) {
+                seg.allowed = c.allowed;
+                seg.denied = c.denied;
+                seg.would_deny = c.would_deny;
+            }
+        }
     }
+    s.denies = denies.map(DenyStats::view);
+    crate::metrics::render(&s)
 }

@@ -251,6 +251,8 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
+        // Whatever this turn changed, the metrics show it.
+        blocking(|| shared.lock().expect("agent lock").publish());
     }
     crate::notify::stopping();
     acceptor.abort();

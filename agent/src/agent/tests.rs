@@ -457,3 +457,55 @@ require_reason = false
     let (page, _) = a.list_page(&ListCursor::Grant { next_id: third.id }, 1);
     assert!(matches!(&page[0], Record::Grant(g) if g.id > third.id));
 }
+
+/// The metrics page comes from what the agent published and the kernel's
+/// counters read on their own: a scrape while the agent's lock is held
+/// (a grant writing the audit log, say) does not wait for it.
+#[test]
+fn a_scrape_needs_no_agent_lock_and_shows_the_last_published_state() {
+    let f = Fixture::new(FakeKernel::default());
+    let mut a = f.start(POLICY);
+    a.grant(
+        &cred(ROOT),
+        "db",
+        "uid:41200",
+        Some(Duration::from_secs(60)),
+        None,
+    )
+    .unwrap();
+    a.publish();
+    let seg = db_id(&f.kernel);
+    f.kernel.maps().counters.insert(
+        seg,
+        agent_common::SegmentCounters {
+            allowed: 7,
+            denied: 3,
+            would_deny: 0,
+        },
+    );
+    let board = a.board();
+    let counters = a.kernel().counters_reader().unwrap();
+    let shared = std::sync::Mutex::new(a);
+    let held = shared.lock().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(crate::observe::scrape(&board, Some(&counters), None));
+    });
+    let page = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the scrape waited for the agent's lock");
+    drop(held);
+    assert!(page.contains("portcullis_grants_live 1\n"), "{page}");
+    assert!(
+        page.contains("portcullis_map_entries{map=\"grants\"} 2\n"),
+        "{page}"
+    );
+    assert!(
+        page.contains("portcullis_segment_denied_total{segment=\"db\"} 3\n"),
+        "{page}"
+    );
+    assert!(
+        page.contains("portcullis_segment_allowed_total{segment=\"db\"} 7\n"),
+        "{page}"
+    );
+}

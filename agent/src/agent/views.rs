@@ -234,4 +234,40 @@ impl Agent {
             deny_log: self.metrics.denies.as_ref().map(|d| d.view()),
         }))
     }
+
+    /// What the metrics show of the agent, without the kernel's counters
+    /// (read at each scrape) or the deny log's (its own): O(segments).
+    pub(super) fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
+        use crate::metrics::{SegmentCounts, Snapshot};
+        let (grant_entries, peer_entries) = self.ledger.counts();
+        let (grant_capacity, peer_capacity) = self.kernel.capacity();
+        Snapshot {
+            segments: self
+                .policy
+                .segments
+                .values()
+                .map(|s| SegmentCounts {
+                    name: s.name.clone(),
+                    id: self.segment_ids[&s.name],
+                    ..SegmentCounts::default()
+                })
+                .collect(),
+            grants_live: self.grants.len() as u64,
+            requests_pending: self.requests.pending().count() as u64,
+            grant_entries: Some(grant_entries as u64),
+            peer_entries: Some(peer_entries as u64),
+            grant_capacity: u64::from(grant_capacity),
+            peer_capacity: u64::from(peer_capacity),
+            reloads_ok: self.metrics.reloads_ok,
+            reloads_failed: self.metrics.reloads_failed,
+            enforcement_repairs: self.enforcement.repairs,
+            enforcement_repair_failures: self.enforcement.repair_failures,
+            enforcing: self.enforcing(),
+            audit_write_failures: self.audit.write_failures(),
+            audit_writable: self.audit.failing().is_none(),
+            audit_queued: self.audit_health().2 as u64,
+            denies: None,
+            revoke_latency: self.metrics.revoke_latency.clone(),
+        }
+    }
 }

@@ -242,6 +242,30 @@ impl Dataplane {
             }))
     }
 
+    /// A reader of the per-segment counters on its own descriptor (the
+    /// pinned map opened again), usable without the agent: the metrics
+    /// endpoint reads the kernel's counters with it at every scrape.
+    pub(crate) fn counters_reader(&self) -> Result<crate::kernel::CountersReader> {
+        use aya::maps::{Map, MapData, PerCpuArray};
+        let path = self.pin_dir.join("maps").join(map_names::COUNTERS);
+        let open = || map_err(map_names::COUNTERS, "open");
+        let data = MapData::from_pin(&path).map_err(open())?;
+        let map: PerCpuArray<MapData, SegmentCounters> =
+            PerCpuArray::try_from(Map::from_map_data(data).map_err(open())?).map_err(open())?;
+        Ok(Box::new(move |segment| {
+            let per_cpu = map.get(&segment, 0).ok()?;
+            Some(
+                per_cpu
+                    .iter()
+                    .fold(SegmentCounters::default(), |acc, c| SegmentCounters {
+                        allowed: acc.allowed + c.allowed,
+                        denied: acc.denied + c.denied,
+                        would_deny: acc.would_deny + c.would_deny,
+                    }),
+            )
+        }))
+    }
+
     /// Every entry of the discovery map (bounded by its capacity). Entries
     /// the LRU evicts while the walk runs are skipped.
     pub(crate) fn read_discovery(&self) -> Result<Vec<(DiscoveryKey, Sighting)>> {

@@ -265,6 +265,19 @@ impl KernelMaps for FakeKernel {
     fn read_discovery(&self) -> Result<Vec<(DiscoveryKey, Sighting)>, DataplaneError> {
         Ok(self.maps().discovery.clone())
     }
+    fn counters_reader(&self) -> Result<super::CountersReader, DataplaneError> {
+        let maps = self.maps.clone();
+        Ok(Box::new(move |segment| {
+            Some(
+                maps.lock()
+                    .ok()?
+                    .counters
+                    .get(&segment)
+                    .copied()
+                    .unwrap_or_default(),
+            )
+        }))
+    }
     fn capacity(&self) -> (u32, u32) {
         let m = self.maps();
         (m.max_grants, m.max_peers)

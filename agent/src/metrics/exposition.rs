@@ -287,6 +287,7 @@ mod tests {
         let mut s = Snapshot::default();
         s.segments.push(SegmentCounts {
             name: "db".into(),
+            id: 1,
             allowed: 3,
             denied: 4,
             would_deny: 0,

@@ -315,6 +315,9 @@ fn handle(shared: &Shared, cred: &PeerCred, request: Request) -> Response {
         Request::Uninstall {} => a.uninstall(cred),
         Request::Debug { on } => crate::kernlog::request(cred, on),
     };
+    // The metrics show what this request changed (see `Agent::publish`).
+    a.publish();
+    drop(a);
     if matches!(result, Ok(Reply::Uninstalled { .. })) {
         UNINSTALLED.notify_one();
     }
