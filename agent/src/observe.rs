@@ -109,6 +109,8 @@ pub fn snapshot(agent: &Agent) -> Snapshot {
         audit_write_failures: agent.audit_health().0,
         audit_writable: agent.audit_health().1.is_none(),
         audit_queued: agent.audit_health().2 as u64,
+        journal_writable: agent.journal_health().0.is_none(),
+        journal_queued: agent.journal_health().1 as u64,
         denies: agent.metrics().denies.as_ref().map(|d| d.view()),
         revoke_latency: agent.metrics().revoke_latency.clone(),
     }

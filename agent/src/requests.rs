@@ -215,6 +215,17 @@ impl RequestBook {
         self.requests.values().cloned().collect()
     }
 
+    /// Every id in the book, in order.
+    pub fn ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.requests.keys().copied()
+    }
+
+    /// Drops request `id` (a request the agent could not journal or audit
+    /// is not made).
+    pub fn forget(&mut self, id: u64) -> Option<AccessRequest> {
+        self.requests.remove(&id)
+    }
+
     pub fn get(&self, id: u64) -> Option<&AccessRequest> {
         self.requests.get(&id)
     }

@@ -158,7 +158,13 @@ impl Agent {
             returning.push(gid);
         }
 
-        // 2. Write, all or nothing.
+        // 2. Write, all or nothing. New segment ids are journaled first
+        // (with the old ones, so either outcome finds its ids at start).
+        if ids != self.segment_ids {
+            let mut both = self.segment_ids.clone();
+            both.extend(ids.iter().map(|(n, i)| (n.clone(), *i)));
+            self.journal_segments(both);
+        }
         let changes = self.ledger.diff(&ledger);
         self.kernel.apply_atomic(&changes, &port_writes)?;
 
@@ -195,10 +201,24 @@ impl Agent {
         ids.retain(|name, _| {
             policy.segments.contains_key(name) || suspended.contains(name.as_str())
         });
+        if ids != self.segment_ids {
+            self.journal_segments(ids.clone());
+        }
         self.segment_ids = ids;
         self.policy = policy;
-        self.save();
         Ok(())
+    }
+
+    /// Journals the segment ids (queued when the journal cannot take them:
+    /// a reload is not refused for it; at start, ids are re-assigned and
+    /// the kernel's unclaimed entries swept).
+    fn journal_segments(&mut self, ids: BTreeMap<String, u32>) {
+        if let Err(e) = self
+            .journal
+            .append_or_queue(crate::journal::Op::Segments { ids })
+        {
+            warn!(error = %e, "segment ids not journaled yet");
+        }
     }
 
     fn ports_of_in(&self, policy: &Policy, segment: &str) -> Vec<String> {
@@ -254,6 +274,7 @@ impl Agent {
                     cleaned_at: None,
                     expires_at: Some(expires_at),
                     why: Some(why.to_string()),
+                    while_down: None,
                 };
                 (event, why)
             } else {
@@ -268,9 +289,11 @@ impl Agent {
                     request_id: g.request_id,
                     why: Some(why.to_string()),
                     suspended: None,
+                    while_down: None,
                 };
                 (event, why)
             };
+            self.journal_end(*id, &event);
             let _ = self.audit.record(event);
             info!(grant = id, segment = %g.segment, identity = %g.identity, "{why}; grant dropped");
         }
@@ -293,7 +316,7 @@ impl Agent {
         }
         let s = self.suspended.remove(&gid).expect("checked above");
         let actor = Actor::from_uid(cred.uid, cred.pid);
-        let _ = self.audit.record(AuditEvent::Revoke {
+        let event = AuditEvent::Revoke {
             grant_id: gid,
             segment: s.grant.segment.clone(),
             identity: s.grant.identity.to_string(),
@@ -303,10 +326,12 @@ impl Agent {
             request_id: s.grant.request_id,
             why: None,
             suspended: Some(true),
-        });
+            while_down: None,
+        };
+        self.journal_end(gid, &event);
+        let _ = self.audit.record(event);
         info!(grant = gid, segment = %s.grant.segment, actor = %actor, "revoked (suspended)");
         let view = self.view(&s.grant);
-        self.save();
         Ok((Reply::Revoked { grants: vec![view] }, vec![s.grant]))
     }
 

@@ -106,6 +106,8 @@ impl Agent {
             last_reload: self.last_reload.clone(),
             audit_log: self.audit.path().display().to_string(),
             audit_failing: self.audit.failing().map(str::to_string),
+            journal: self.journal.path().display().to_string(),
+            journal_failing: self.journal.failing().map(str::to_string),
             deny_log: self.metrics.denies.as_ref().map(|d| d.view()),
         }))
     }

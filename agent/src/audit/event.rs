@@ -94,7 +94,9 @@ pub enum AuditEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         why: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        suspended: Option<bool>,
+        suspended: Option<bool>,        /// Ended while the agent was down; found and recorded at its start.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        while_down: Option<bool>,
     },
     /// A grant reached its end (or a suspended one did, during its grace).
     Expire {
@@ -113,6 +115,9 @@ pub enum AuditEvent {
         expires_at: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         why: Option<String>,
+        /// Expired while the agent was down; found and recorded at its start.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        while_down: Option<bool>,
     },
     GrantSuspended {
         grant_id: u64,
