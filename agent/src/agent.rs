@@ -30,10 +30,10 @@ use crate::{
         SegmentStatus, StatusView,
     },
     identity::{Identity, Protocol},
+    journal::{Journal, Op},
     kernel::KernelMaps,
     ledger::{Change, Ledger, Source},
     policy::{Policy, Segment},
-    journal::{Journal, Op},
     requests::{Now, RequestBook},
     resolve::Resolver,
     state::{self, Actor, Grant},
@@ -184,6 +184,9 @@ impl Agent {
         let mut memory = opened.memory;
         agent.settle_owed(&mut memory, opened.last);
         agent.next_id = memory.next_id.max(1);
+        if recovering {
+            agent.next_id = agent.next_id.max(agent.max_audited_id() + 1);
+        }
         agent.segment_ids = memory.segment_ids;
         agent.requests = RequestBook::restore(
             memory.requests.into_values().collect(),

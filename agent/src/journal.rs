@@ -44,8 +44,8 @@ use std::{
 use tracing::{error, info, warn};
 
 mod record;
-pub use record::{Memory, Op};
 use record::{frame, frames, Stop};
+pub use record::{Memory, Op};
 
 pub const LOG_FILE: &str = "journal.log";
 pub const SNAP_FILE: &str = "journal.snap";
@@ -126,7 +126,10 @@ fn check_trust(path: &Path, meta: &fs::Metadata) -> Result<(), JournalError> {
     let why = if !trusted_owner(meta.uid()) {
         format!("it belongs to uid {}", meta.uid())
     } else if meta.mode() & 0o022 != 0 {
-        format!("it is writable by others (mode {:04o})", meta.mode() & 0o7777)
+        format!(
+            "it is writable by others (mode {:04o})",
+            meta.mode() & 0o7777
+        )
     } else if meta.is_file() && !meta.file_type().is_file() {
         "it is not a regular file".into()
     } else {
@@ -314,8 +317,7 @@ impl Journal {
         let f = frames(bytes);
         match (f.payloads.as_slice(), f.stop) {
             ([payload], None) => {
-                let snap: Snapshot =
-                    serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+                let snap: Snapshot = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
                 if snap.format != FORMAT {
                     return Err(format!("unknown format {}", snap.format));
                 }
@@ -454,7 +456,9 @@ impl Journal {
         }
         if self.log_len == 0 {
             // A new log file is durable only once its directory entry is.
-            File::open(&self.dir).and_then(|d| d.sync_all()).map_err(err)?;
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(err)?;
         }
         self.log_len += bytes.len() as u64;
         Ok(())

@@ -8,8 +8,7 @@
 //! the live entries, keep enforcing meanwhile.
 use std::{
     collections::BTreeMap,
-    fs,
-    io,
+    fs, io,
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };

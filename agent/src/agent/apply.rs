@@ -35,12 +35,18 @@ use crate::{
 /// How long a grant outlives its segment's absence from the policy.
 pub const DEFAULT_GRANT_GRACE: Duration = Duration::from_secs(10 * 60);
 
+/// Why a grant is suspended at start: its segment left while the agent was down.
+pub(super) const AT_START: &str = "segment not in the policy at start";
+
 /// A grant whose segment is not in the policy in force.
 #[derive(Clone, Debug)]
 pub(super) struct Suspended {
     pub grant: Grant,
     /// Boot-clock instant at which the grant is dropped for good.
     pub until: u64,
+    /// Its segment was found gone at start (it left while the agent was
+    /// down): its end record says `while_down`.
+    pub while_down: bool,
 }
 
 /// The first free segment id for `name` in `ids` (or its id if it has one).
@@ -245,7 +251,15 @@ impl Agent {
         });
         warn!(grant = g.id, segment = %g.segment, identity = %g.identity, grace = %clock::human(self.grant_grace),
             "segment left the policy; grant suspended (live again if the segment comes back within the grace)");
-        self.suspended.insert(g.id, Suspended { grant: g, until });
+        let while_down = why == AT_START;
+        self.suspended.insert(
+            g.id,
+            Suspended {
+                grant: g,
+                until,
+                while_down,
+            },
+        );
     }
 
     /// Drops suspended grants that expired or outlived the grace (audited).
@@ -260,6 +274,7 @@ impl Agent {
         for id in &due {
             let s = self.suspended.remove(id).expect("listed above");
             let g = s.grant;
+            let while_down = s.while_down.then_some(true);
             let expires_at = clock::rfc3339(clock::wall_of(g.expires_boot_ns));
             let (event, why) = if g.expires_boot_ns <= now {
                 let why = "expired while its segment was not in the policy";
@@ -274,7 +289,7 @@ impl Agent {
                     cleaned_at: None,
                     expires_at: Some(expires_at),
                     why: Some(why.to_string()),
-                    while_down: None,
+                    while_down,
                 };
                 (event, why)
             } else {
@@ -289,7 +304,7 @@ impl Agent {
                     request_id: g.request_id,
                     why: Some(why.to_string()),
                     suspended: None,
-                    while_down: None,
+                    while_down,
                 };
                 (event, why)
             };

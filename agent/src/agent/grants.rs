@@ -110,7 +110,11 @@ impl Agent {
         // very next one after the head the journal names.
         let head = self.audit_head();
         if self.audit.backlog() > 0 {
-            let why = self.audit.failing().unwrap_or("records are queued").to_string();
+            let why = self
+                .audit
+                .failing()
+                .unwrap_or("records are queued")
+                .to_string();
             return Err(refuse(RefusalCode::Unavailable, format!("grant refused: the audit log cannot be written ({why}); revocations still work")));
         }
         let journaled = self.journal.append(&Op::Grant {
@@ -122,7 +126,12 @@ impl Agent {
         journaled.map_err(|e| refuse(RefusalCode::Unavailable, format!("grant refused: the agent cannot write its journal, so it could not remember this grant ({e}); revocations still work")))?;
         if let Err(e) = self.audit.record(self.grant_event(&grant, ttl)) {
             self.grant_failed(&grant, format!("the audit log cannot be written: {e}"));
-            return Err(refuse(RefusalCode::Unavailable, format!("grant refused: the audit log cannot be written ({e}); revocations still work")));
+            return Err(refuse(
+                RefusalCode::Unavailable,
+                format!(
+                    "grant refused: the audit log cannot be written ({e}); revocations still work"
+                ),
+            ));
         }
         let changes = self.ledger.set(Source::Grant(id), &keys, deadline);
         if let Err(e) = self.kernel.apply(&changes) {

@@ -143,17 +143,16 @@ impl Agent {
                 format!("request refused: the agent cannot write its journal, so it could not remember this request ({e})"),
             ));
         }
-        let audited = self.audit
-            .record(AuditEvent::Request {
-                request_id: id,
-                segment: seg.name.clone(),
-                identity: identity.to_string(),
-                ports: self.ports_of(&seg.name),
-                ttl_secs: ttl.as_secs(),
-                reason: reason.clone(),
-                expires_at: rfc3339_ms(expires_unix_ms),
-                actor: requester.clone(),
-            });
+        let audited = self.audit.record(AuditEvent::Request {
+            request_id: id,
+            segment: seg.name.clone(),
+            identity: identity.to_string(),
+            ports: self.ports_of(&seg.name),
+            ttl_secs: ttl.as_secs(),
+            reason: reason.clone(),
+            expires_at: rfc3339_ms(expires_unix_ms),
+            actor: requester.clone(),
+        });
         if let Err(e) = audited {
             self.requests.forget(id);
             self.journal_request(id);
@@ -404,9 +403,7 @@ impl Agent {
         // Expired ones in their new state, forgotten ones gone.
         let changed: Vec<u64> = before
             .into_iter()
-            .filter(|id| {
-                self.requests.get(*id).is_none() || expired.iter().any(|r| r.id == *id)
-            })
+            .filter(|id| self.requests.get(*id).is_none() || expired.iter().any(|r| r.id == *id))
             .collect();
         for id in changed {
             self.journal_request(id);

@@ -211,6 +211,7 @@ impl Agent {
         let mut ended: Vec<(Grant, AuditEvent)> = Vec::new();
         for g in grants {
             let deadline = g.deadline(&self.boot_id);
+            let this_boot = g.boot_id == self.boot_id;
             if deadline <= now {
                 let event = self.while_down_expire(&g);
                 ended.push((g, event));
@@ -224,7 +225,7 @@ impl Agent {
             if !self.policy.segments.contains_key(&g.segment) {
                 // Suspended before the restart, or its segment left while
                 // the agent was down: kept for the grace, opens nothing.
-                self.suspend(g, "segment not in the policy at start");
+                self.suspend(g, super::apply::AT_START);
                 continue;
             }
             let Some(&seg) = self.segment_ids.get(&g.segment) else {
@@ -239,6 +240,7 @@ impl Agent {
                     let stable = !matches!(g.identity, Identity::Unit(_) | Identity::Cgroup(_));
                     let enforced = before.ports.values().any(|&id| id == seg);
                     if stable
+                        && this_boot
                         && enforced
                         && !keys.is_empty()
                         && !keys.iter().any(|k| in_kernel.contains(k))
@@ -303,6 +305,29 @@ impl Agent {
             suspended: None,
             while_down: Some(true),
         }
+    }
+
+    /// The highest grant or request id in the audit log's current and last
+    /// rotated file: with a damaged journal, ids continue above it, so a
+    /// grant recovered from the kernel maps never takes a used id.
+    pub(super) fn max_audited_id(&self) -> u64 {
+        let path = self.audit.path();
+        let mut max = 0;
+        for file in [crate::audit::rotated_path(path, 1), path.to_path_buf()] {
+            let Ok(f) = File::open(&file) else { continue };
+            for line in BufReader::new(f).lines().map_while(Result::ok) {
+                if !line.contains("_id\"") {
+                    continue;
+                }
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                for key in ["grant_id", "request_id"] {
+                    max = max.max(v[key].as_u64().unwrap_or(0));
+                }
+            }
+        }
+        max
     }
 
     /// Which of `ids` already have an end record in the audit log's

@@ -364,3 +364,5 @@ fn ttl(text: &str) -> Duration {
         .expect("a valid TTL")
         .get()
 }
+
+mod journal;

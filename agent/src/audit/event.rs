@@ -94,7 +94,8 @@ pub enum AuditEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         why: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        suspended: Option<bool>,        /// Ended while the agent was down; found and recorded at its start.
+        suspended: Option<bool>,
+        /// Ended while the agent was down; found and recorded at its start.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         while_down: Option<bool>,
     },

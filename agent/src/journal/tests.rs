@@ -62,7 +62,10 @@ fn changes_survive_a_reopen_with_ids_reasons_and_names() {
     assert_eq!(o.memory.next_id, 3);
     // The last change owes nothing: an end with no audit head.
     assert!(o.last.is_none());
-    let mode = fs::metadata(d.path().join(LOG_FILE)).unwrap().permissions().mode();
+    let mode = fs::metadata(d.path().join(LOG_FILE))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
 
@@ -156,7 +159,10 @@ fn a_state_file_of_an_earlier_version_is_imported_once() {
     )
     .unwrap();
     let (_, o) = open(d.path());
-    assert_eq!(o.migrated.as_deref(), Some(&*d.path().join("state.json.migrated")));
+    assert_eq!(
+        o.migrated.as_deref(),
+        Some(&*d.path().join("state.json.migrated"))
+    );
     assert_eq!(o.memory.next_id, 12);
     assert_eq!(o.memory.segment_ids["db"], 3);
     assert_eq!(o.memory.grants[&8].reason.as_deref(), Some("because"));
