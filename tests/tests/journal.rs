@@ -556,3 +556,49 @@ fn recovery_keeps_ids_reasons_and_user_names_and_imports_an_old_state_file() {
     agent.spawn(&[]);
     assert!(live_grants(&agent).contains_key(&321));
 }
+
+/// One grant over the control socket, without a process start: the time
+/// the agent takes (journal, audit, kernel) plus a round trip.
+fn grant_over_socket(socket: &Path, identity: &str) -> Duration {
+    use std::io::{BufRead, BufReader, Write};
+    let req = serde_json::json!({"op": "grant", "segment": "db", "identity": identity,
+        "ttl": "30m", "reason": "bench"});
+    let started = Instant::now();
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    stream.write_all(format!("{req}\n").as_bytes()).unwrap();
+    let mut reply = String::new();
+    BufReader::new(&stream).read_line(&mut reply).unwrap();
+    let took = started.elapsed();
+    assert!(reply.contains("\"grant\""), "{reply}");
+    took
+}
+
+/// Not a test of a threshold: prints the time per grant at 1,000 and
+/// 20,000 live grants (issue 14's figures: 2.4 ms and 26.7 ms before the
+/// journal). Run with `-- --ignored per_grant_cost`.
+#[test]
+#[ignore]
+fn per_grant_cost_at_1000_and_20000_live_grants() {
+    let cg = TestCgroup::new();
+    let server = EchoServer::tcp("127.0.0.1:0");
+    let agent = Agent::builder(&policy(server.port(), None), &cg.path)
+        .arg("--max-grants")
+        .arg("65536")
+        .start();
+    let mut n = 0u32;
+    let sample = |upto: u32, n: &mut u32| {
+        while *n < upto {
+            grant_over_socket(&agent.socket, &format!("uid:{}", 200_000 + *n));
+            *n += 1;
+        }
+        let mut total = Duration::ZERO;
+        for _ in 0..500 {
+            total += grant_over_socket(&agent.socket, &format!("uid:{}", 200_000 + *n));
+            *n += 1;
+        }
+        total / 500
+    };
+    let at_1k = sample(1_000, &mut n);
+    let at_20k = sample(20_000, &mut n);
+    eprintln!("PER-GRANT over the socket: {at_1k:?} at 1,000 live, {at_20k:?} at 20,000 live");
+}
