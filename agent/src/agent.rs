@@ -1,16 +1,18 @@
 //! The agent's core: its state and start, with one submodule per use case.
 //!
 //! Owns the policy in force, the grants, the segment ids, and the ledger of
-//! what each source opened. Every change goes the same way: decide, audit,
-//! update the ledger, apply its changes to the kernel (through the
-//! [`KernelMaps`] seam), save state. The runtime (`server`) owns sockets,
+//! what each source opened. Every change goes the same way: decide,
+//! journal (the agent's memory, `crate::journal`), audit, update the
+//! ledger, apply its changes to the kernel (through the [`KernelMaps`]
+//! seam), reply. Ends of grants: journal, kernel, audit. The runtime (`server`) owns sockets,
 //! timers and signals and calls in here; it and the metrics see the agent
 //! only through methods, never its fields.
 //!
 //! Layout: `apply` (policy application), `grants` (make, revoke, expire;
 //! `book` is the expiry index), `jit` (requests), `authz` (who may do
-//! what), `views` (domain → `control` wire types), `recovery` (grants from
-//! the maps), `enforce` (the kernel check and uninstall).
+//! what), `views` (domain → `control` wire types), `restore` (start-up
+//! from the journal, ends while down), `recovery` (grants from the maps),
+//! `enforce` (the kernel check and uninstall).
 use std::{
     collections::BTreeMap,
     path::PathBuf,
@@ -28,12 +30,13 @@ use crate::{
         SegmentStatus, StatusView,
     },
     identity::{Identity, Protocol},
+    journal::{Journal, Op},
     kernel::KernelMaps,
     ledger::{Change, Ledger, Source},
     policy::{Mode, Policy, Segment},
     requests::{Now, RequestBook},
     resolve::Resolver,
-    state::{self, Actor, Grant, Loaded, Saved},
+    state::{self, Actor, Grant},
 };
 
 /// Applying a policy as one transaction; grants of vanished segments.
@@ -53,6 +56,9 @@ mod grants;
 /// Requests, approvals, denials and `explain` (the JIT workflow).
 mod jit;
 mod recovery;
+/// Start-up from the journal: changes a crash left unaudited, grants that
+/// ended while the agent was down.
+mod restore;
 /// Domain state → control wire types.
 mod views;
 pub(crate) use apply::DEFAULT_GRANT_GRACE;
@@ -93,7 +99,8 @@ pub(crate) struct Agent {
     local_addresses: usize,
     last_reload: Option<ReloadView>,
     boot_id: String,
-    paths: Paths,
+    /// What the agent remembers across restarts (written before each change).
+    journal: Journal,
     /// The kernel maps (and the links' check), behind the seam.
     kernel: Box<dyn KernelMaps>,
     resolver: Resolver,
@@ -129,6 +136,7 @@ impl Agent {
         grant_grace: Duration,
         mode_override: Option<Mode>,
     ) -> anyhow::Result<Self> {
+        let (journal, opened) = Journal::open(&paths.state_dir)?;
         let ports: BTreeMap<(Proto, u16), u32> = kernel
             .read_ports()?
             .into_iter()
@@ -156,7 +164,7 @@ impl Agent {
             local_addresses: 0,
             last_reload: None,
             boot_id: state::boot_id(),
-            paths,
+            journal,
             kernel,
             resolver,
             audit,
@@ -175,82 +183,47 @@ impl Agent {
                 agent.ports.len()
             );
         }
-        let mut restored = Vec::new();
-        // Without a readable state file the kernel maps are the record of
-        // what is live (see `recovery`).
-        let mut recovering = true;
-        match state::load(&agent.paths.state_dir)? {
-            Loaded::Fresh => {}
-            Loaded::Ok(saved) => {
-                recovering = false;
-                agent.next_id = saved.next_id.max(1);
-                agent.segment_ids = saved.segment_ids;
-                restored = saved.grants;
-                agent.requests =
-                    RequestBook::restore(saved.requests, &agent.boot_id, Now::current());
-            }
-            Loaded::Corrupt { why, moved_to } => {
-                warn!(%why, moved_to = %moved_to.display(), "state file unreadable; set aside, starting from the kernel maps and policy");
-                let _ = agent.audit.record(AuditEvent::StateCorrupt {
-                    why,
-                    moved_to: moved_to.display().to_string(),
-                });
-            }
+        // Without a journal (or with a damaged one) the kernel maps are the
+        // record of what is live (see `recovery`).
+        let recovering = opened.fresh || opened.damaged.is_some();
+        if let Some((why, moved_to)) = &opened.damaged {
+            warn!(%why, moved_to = %moved_to.display(), "journal damaged; a copy is kept, live grants it lost are recovered from the kernel maps");
+            let _ = agent.audit.record(AuditEvent::StateCorrupt {
+                why: why.clone(),
+                moved_to: moved_to.display().to_string(),
+            });
         }
+        let mut memory = opened.memory;
+        agent.settle_owed(&mut memory, opened.last);
+        agent.next_id = memory.next_id.max(1);
+        if recovering {
+            agent.next_id = agent.next_id.max(agent.max_audited_id() + 1);
+        }
+        agent.segment_ids = memory.segment_ids;
+        agent.requests = RequestBook::restore(
+            memory.requests.into_values().collect(),
+            &agent.boot_id,
+            Now::current(),
+        );
         // The previous run's entries: known to the kernel, not (yet) to this
         // ledger. Everything the new ledger does not claim is deleted once the
         // policy and grants are applied, never before.
         let kernel_before = agent.kernel.read_grants()?;
         let peers_before = agent.kernel.read_peers()?;
+        let ports_before = agent.ports.clone();
 
         if recovering {
             agent.adopt_segment_ids(&policy);
         }
         agent.apply_policy(policy)?;
-        let now = clock::boot_ns();
-        for g in restored {
-            let deadline = g.deadline(&agent.boot_id);
-            if deadline <= now {
-                continue;
-            }
-            if !agent.policy.segments.contains_key(&g.segment) {
-                // Suspended before the restart, or its segment left while
-                // the agent was down: kept for the grace, opens nothing.
-                let id = g.id;
-                agent.suspend(
-                    Grant {
-                        expires_boot_ns: deadline,
-                        boot_id: agent.boot_id.clone(),
-                        ..g
-                    },
-                    "segment not in the policy at start",
-                );
-                agent.next_id = agent.next_id.max(id + 1);
-                continue;
-            }
-            let id = g.id;
-            let Some(&seg) = agent.segment_ids.get(&g.segment) else {
-                continue;
-            };
-            match agent.resolver.keys(&g.identity, seg) {
-                Ok(keys) => {
-                    let changes = agent.ledger.set(Source::Grant(id), &keys, deadline);
-                    agent.apply_changes(&changes)?;
-                }
-                Err(e) => {
-                    warn!(grant = id, error = %e, "restored grant does not resolve now; kept, retried later")
-                }
-            }
-            agent.grants.insert(
-                id,
-                Grant {
-                    expires_boot_ns: deadline,
-                    boot_id: agent.boot_id.clone(),
-                    ..g
-                },
-            );
-            agent.next_id = agent.next_id.max(id + 1);
-        }
+        agent.restore_grants(
+            memory.grants.into_values().collect(),
+            &restore::KernelBefore {
+                locals: &kernel_before,
+                peers: &peers_before,
+                ports: &ports_before,
+            },
+        )?;
         if recovering {
             agent.recover_grants(&kernel_before, &peers_before)?;
         }
@@ -273,7 +246,11 @@ impl Agent {
             }
         }
         agent.apply_changes(&stale)?;
-        agent.save();
+        // Start from a fresh snapshot: the log holds only this run's changes.
+        let memory = agent.memory();
+        if let Err(e) = agent.journal.compact(&memory) {
+            warn!(error = %e, "could not compact the journal at start; new grants are refused until it can be written");
+        }
         Ok(agent)
     }
 
@@ -282,24 +259,6 @@ impl Agent {
         changes: &[Change],
     ) -> Result<(), crate::dataplane::DataplaneError> {
         self.kernel.apply(changes)
-    }
-
-    fn save(&self) {
-        let saved = Saved {
-            format: 0,
-            next_id: self.next_id,
-            segment_ids: self.segment_ids.clone(),
-            grants: self
-                .grants
-                .values()
-                .chain(self.suspended.values().map(|s| &s.grant))
-                .cloned()
-                .collect(),
-            requests: self.requests.saved(),
-        };
-        if let Err(e) = state::save(&self.paths.state_dir, &saved) {
-            warn!(error = %e, "could not save state; grants stay enforced in the kernel");
-        }
     }
 
     /// Records a reload attempt's outcome for `status` and the audit log:
@@ -427,9 +386,24 @@ impl Agent {
         )
     }
 
-    /// Writes audit records queued while the log could not be written.
+    /// Writes audit records and journal changes queued while they could
+    /// not be written, and compacts the journal when its log has grown
+    /// much larger than the live set (on the heartbeat: between
+    /// operations, never between a change and its audit record).
     pub(crate) fn retry_audit(&mut self) {
         self.audit.retry();
+        self.journal.retry();
+        if self.journal.wants_compaction() {
+            let memory = self.memory();
+            if let Err(e) = self.journal.compact(&memory) {
+                warn!(error = %e, "could not compact the journal");
+            }
+        }
+    }
+
+    /// The journal's health: why it cannot be written now, changes queued.
+    pub(crate) fn journal_health(&self) -> (Option<&str>, usize) {
+        (self.journal.failing(), self.journal.queued())
     }
 }
 

@@ -194,7 +194,6 @@ impl AuditLog {
     }
 
     /// The hash of the last record written (the head of the chain).
-    #[cfg(test)]
     pub(crate) fn last_hash(&self) -> &str {
         &self.last_hash
     }

@@ -319,6 +319,12 @@ pub(crate) struct StatusView {
     /// Why the audit log cannot be written, while it cannot (grants are refused meanwhile).
     #[serde(default)]
     pub audit_failing: Option<String>,
+    /// The journal's path (the agent's memory of grants and requests).
+    #[serde(default)]
+    pub journal: String,
+    /// Why the journal cannot be written, while it cannot (grants are refused meanwhile).
+    #[serde(default)]
+    pub journal_failing: Option<String>,
     /// The kernel deny log and its counters, once its reader runs.
     #[serde(default)]
     pub deny_log: Option<crate::denylog::DenyLogView>,

@@ -20,8 +20,7 @@ use crate::{
     ledger::Change,
 };
 
-/// Reads one segment's counters, summed over CPUs (`None` if the read fails).
-pub(crate) type CountersReader = Box<dyn Fn(u32) -> Option<SegmentCounters> + Send + Sync>;
+pub(crate) use crate::dataplane::CountersReader;
 
 /// What the agent's core reads from and writes to the kernel.
 pub(crate) trait KernelMaps: Send {

@@ -24,7 +24,9 @@
 //! - `denylog`: kernel deny events → the deny log and the journal, rate limited.
 //! - `metrics`: the Prometheus snapshot, exposition and endpoint; `observe` takes the
 //!   snapshot from the agent and starts the deny-log reader and the endpoint.
-//! - `state`: grants and ids saved across restarts.
+//! - `journal`: the agent's memory across restarts: a checksummed, fsync'd log of grants,
+//!   requests, ids and segment ids, with snapshots; `state` holds the grant type and
+//!   reads the state file of earlier versions (imported once).
 //! - `cli`: the command line.
 //! - `settings`: flags over the configuration file (`/etc/portcullis/agent.toml`) over
 //!   defaults, resolved once; `duration` parses every duration a user writes.
@@ -54,6 +56,7 @@ pub(crate) mod duration;
 pub(crate) mod explain;
 pub(crate) mod hostaddrs;
 pub(crate) mod identity;
+pub(crate) mod journal;
 pub(crate) mod kernel;
 pub(crate) mod kernlog;
 pub(crate) mod ledger;

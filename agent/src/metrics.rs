@@ -134,6 +134,10 @@ pub(crate) struct Snapshot {
     pub audit_write_failures: u64,
     pub audit_writable: bool,
     pub audit_queued: u64,
+    /// Whether the last journal write succeeded (grants are refused while not).
+    pub journal_writable: bool,
+    /// Journal changes (ends of grants) waiting in memory.
+    pub journal_queued: u64,
     /// The deny log's counters, once its reader runs.
     pub denies: Option<DenyLogView>,
     pub revoke_latency: Histogram,
@@ -157,6 +161,8 @@ impl Default for Snapshot {
             audit_write_failures: 0,
             audit_writable: false,
             audit_queued: 0,
+            journal_writable: false,
+            journal_queued: 0,
             denies: None,
             revoke_latency: Histogram::new(&LATENCY_BUCKETS),
         }

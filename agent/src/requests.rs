@@ -215,6 +215,17 @@ impl RequestBook {
         self.requests.values().cloned().collect()
     }
 
+    /// Every id in the book, in order.
+    pub(crate) fn ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.requests.keys().copied()
+    }
+
+    /// Drops request `id` (a request the agent could not journal or audit
+    /// is not made).
+    pub(crate) fn forget(&mut self, id: u64) -> Option<AccessRequest> {
+        self.requests.remove(&id)
+    }
+
     pub(crate) fn get(&self, id: u64) -> Option<&AccessRequest> {
         self.requests.get(&id)
     }
@@ -346,11 +357,6 @@ impl RequestBook {
     /// The earliest deadline of a pending request, for the agent's timer.
     pub(crate) fn next_deadline(&self) -> Option<u64> {
         self.pending().map(|r| r.expires_boot_ns).min()
-    }
-
-    /// Requests remembered: pending and recently decided.
-    pub(crate) fn len(&self) -> usize {
-        self.requests.len()
     }
 
     #[cfg(test)]

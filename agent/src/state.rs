@@ -1,15 +1,14 @@
-//! What the agent must remember across restarts: live grants, the id
-//! counter, and the id of every segment name (grant keys in the kernel carry
-//! segment ids, so an id must never be reused for another segment while a
-//! key with it may exist).
+//! A grant as the agent remembers it, and the state file of earlier
+//! versions (`state.json`: live grants, the id counter, segment ids and
+//! requests, rewritten whole at every change).
 //!
-//! Written atomically (temp file, fsync, rename, fsync of the directory).
-//! A file that cannot be parsed is moved aside and reported; the kernel maps,
-//! which still hold the live entries, keep enforcing meanwhile.
+//! The file is only read now, once, by `journal::Journal::open`, which
+//! imports it and keeps it as `state.json.migrated`. A file that cannot be
+//! parsed is moved aside and reported; the kernel maps, which still hold
+//! the live entries, keep enforcing meanwhile.
 use std::{
     collections::BTreeMap,
-    fs::{self, File},
-    io::{self, Write},
+    fs, io,
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -126,42 +125,6 @@ fn set_aside(path: &Path, why: String) -> Result<Loaded, StateError> {
     Ok(Loaded::Corrupt { why, moved_to })
 }
 
-pub(crate) fn save(dir: &Path, saved: &Saved) -> Result<(), StateError> {
-    let path = dir.join(STATE_FILE);
-    let err = |source| StateError::Write {
-        path: path.clone(),
-        source,
-    };
-    fs::create_dir_all(dir).map_err(err)?;
-    let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
-    // 0600: the grants and pending requests are the agent's alone (a
-    // temporary file left by a crash gets the mode too).
-    let mut f = {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(err)?;
-        f.set_permissions(fs::Permissions::from_mode(0o600))
-            .map_err(err)?;
-        f
-    };
-    let mut body = serde_json::to_vec_pretty(&Saved {
-        format: FORMAT,
-        ..saved.clone()
-    })
-    .expect("state serializes");
-    body.push(b'\n');
-    f.write_all(&body).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    fs::rename(&tmp, &path).map_err(err)?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,7 +137,7 @@ mod tests {
     }
 
     #[test]
-    fn save_then_load_round_trips() {
+    fn a_saved_file_loads() {
         let d = dir("rt");
         let saved = Saved {
             format: FORMAT,
@@ -198,7 +161,7 @@ mod tests {
             }],
             requests: vec![],
         };
-        save(&d, &saved).unwrap();
+        fs::write(d.join(STATE_FILE), serde_json::to_vec(&saved).unwrap()).unwrap();
         match load(&d).unwrap() {
             Loaded::Ok(s) => assert_eq!(s, saved),
             other => panic!("{other:?}"),

@@ -648,3 +648,60 @@ pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
 pub fn connect_outside(addr: SocketAddr) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
 }
+
+/// The agent's journal in `state_dir`: the snapshot's state and the log's
+/// records, each frame (`len u32 LE | crc32 u32 LE | JSON`) parsed.
+pub fn read_journal(state_dir: &Path) -> (Option<serde_json::Value>, Vec<serde_json::Value>) {
+    let frames = |bytes: &[u8]| {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at + 8 <= bytes.len() {
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+            if at + 8 + len > bytes.len() {
+                break;
+            }
+            out.push(serde_json::from_slice(&bytes[at + 8..at + 8 + len]).expect("journal JSON"));
+            at += 8 + len;
+        }
+        out
+    };
+    let snap = fs::read(state_dir.join("journal.snap"))
+        .ok()
+        .and_then(|b| frames(&b).into_iter().next());
+    let log = fs::read(state_dir.join("journal.log"))
+        .map(|b| frames(&b))
+        .unwrap_or_default();
+    (snap, log)
+}
+
+/// Rewrites the journal's log as `records`, each with a valid checksum: what
+/// someone who can write the state directory (root) could do.
+pub fn write_journal_log(state_dir: &Path, records: &[serde_json::Value]) {
+    let mut bytes = Vec::new();
+    for r in records {
+        let payload = serde_json::to_vec(r).unwrap();
+        bytes.extend((payload.len() as u32).to_le_bytes());
+        bytes.extend(crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend(payload);
+    }
+    fs::write(state_dir.join("journal.log"), bytes).unwrap();
+}
+
+/// Audit records, parsed; lines that are not JSON (a write torn by a
+/// SIGKILL) are counted, not parsed.
+pub fn audit_records_lenient(agent: &Agent) -> (Vec<serde_json::Value>, usize) {
+    let mut torn = 0;
+    let recs = fs::read_to_string(&agent.audit_log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter_map(|l| match serde_json::from_str(l) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                torn += 1;
+                None
+            }
+        })
+        .collect();
+    (recs, torn)
+}

@@ -181,9 +181,9 @@ fn every_event_kind_is_recorded_with_its_fields() {
     );
     assert!(agent.stop().success());
 
-    // A state file that cannot be read is set aside, and says so.
+    // A journal that cannot be read is set aside, and says so.
     fs::write(agent.policies.join("test.toml"), &good_policy).unwrap();
-    fs::write(agent.state_dir.join("state.json"), "{ not json").unwrap();
+    fs::write(agent.state_dir.join("journal.snap"), "{ not json").unwrap();
     agent.spawn(&[
         "--max-grants".into(),
         "2".into(),

@@ -327,17 +327,16 @@ fn old_records_and_saved_reasons_with_control_characters_are_shown_escaped() {
         "PLACEHOLDER",
     ]);
     agent.stop();
-    let state = agent.state_dir.join("state.json");
-    let saved = fs::read_to_string(&state).unwrap();
+    // Root rewrites the journal (with valid checksums) to forge a reason.
+    let (_, log) = read_journal(&agent.state_dir);
+    let saved = serde_json::Value::Array(log).to_string();
     assert!(saved.contains("PLACEHOLDER"), "{saved}");
-    fs::write(
-        &state,
-        saved.replace(
-            "PLACEHOLDER",
-            "ok\\nID  db  uid:0  1h  root  forged\\u001b[2K\\u202e",
-        ),
-    )
+    let forged: serde_json::Value = serde_json::from_str(&saved.replace(
+        "PLACEHOLDER",
+        "ok\\nID  db  uid:0  1h  root  forged\\u001b[2K\\u202e",
+    ))
     .unwrap();
+    write_journal_log(&agent.state_dir, forged.as_array().unwrap());
     agent.spawn(&[]);
     let list = agent.ok(&["list"]);
     assert_eq!(
@@ -397,8 +396,14 @@ fn state_audit_and_deny_logs_are_created_private() {
         "no deny log"
     );
     let mode = |p: &std::path::Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    let state = agent.state_dir.join("state.json");
+    let state = agent.state_dir.join("journal.log");
     assert_eq!(mode(&state), 0o600, "{}", state.display());
+    assert_eq!(
+        mode(&agent.state_dir),
+        0o700,
+        "{}",
+        agent.state_dir.display()
+    );
     assert_eq!(
         mode(&agent.audit_log),
         0o640,

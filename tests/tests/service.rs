@@ -170,7 +170,7 @@ fn restart_with_a_policy_change_and_a_layout_upgrade_has_no_gap() {
 }
 
 #[test]
-fn a_lost_state_file_is_recovered_from_the_kernel_maps() {
+fn a_damaged_journal_is_recovered_from_the_kernel_maps() {
     let cg = TestCgroup::new();
     let svc = cg.child("svc");
     let server = EchoServer::tcp("127.0.0.1:0");
@@ -178,9 +178,11 @@ fn a_lost_state_file_is_recovered_from_the_kernel_maps() {
     agent.grant("db", &format!("cgroup:{}/svc", cg.rel), "30m");
     agent.grant("db", "uid:40200", "20m");
     agent.kill();
-    let state = agent.state_dir.join("state.json");
-    let text = std::fs::read(&state).unwrap();
-    std::fs::write(&state, &text[..text.len() / 2]).unwrap();
+    // A flipped bit in the journal's first record: damage, not a torn write.
+    let state = agent.state_dir.join("journal.log");
+    let mut bytes = std::fs::read(&state).unwrap();
+    bytes[12] ^= 0x20;
+    std::fs::write(&state, &bytes).unwrap();
     agent.spawn(&[]);
 
     // Nothing live was lost: both grants are back, with their time left.
@@ -215,6 +217,15 @@ fn a_lost_state_file_is_recovered_from_the_kernel_maps() {
             .count(),
         2
     );
+    // Renumbered above every id the audit trail used: no id twice.
+    for r in recs.iter().filter(|r| r["event"] == "grant_recovered") {
+        assert!(
+            !recs
+                .iter()
+                .any(|g| g["event"] == "grant" && g["grant_id"] == r["grant_id"]),
+            "recovered grant reuses an id: {r}"
+        );
+    }
     let set_aside = std::fs::read_dir(&agent.state_dir)
         .unwrap()
         .flatten()

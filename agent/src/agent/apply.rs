@@ -35,12 +35,18 @@ use crate::{
 /// How long a grant outlives its segment's absence from the policy.
 pub(crate) const DEFAULT_GRANT_GRACE: Duration = Duration::from_secs(10 * 60);
 
+/// Why a grant is suspended at start: its segment left while the agent was down.
+pub(super) const AT_START: &str = "segment not in the policy at start";
+
 /// A grant whose segment is not in the policy in force.
 #[derive(Clone, Debug)]
 pub(super) struct Suspended {
     pub grant: Grant,
     /// Boot-clock instant at which the grant is dropped for good.
     pub until: u64,
+    /// Its segment was found gone at start (it left while the agent was
+    /// down): its end record says `while_down`.
+    pub while_down: bool,
 }
 
 /// The first free segment id for `name` in `ids` (or its id if it has one).
@@ -156,7 +162,13 @@ impl Agent {
             returning.push(gid);
         }
 
-        // 2. Write, all or nothing.
+        // 2. Write, all or nothing. New segment ids are journaled first
+        // (with the old ones, so either outcome finds its ids at start).
+        if ids != self.segment_ids {
+            let mut both = self.segment_ids.clone();
+            both.extend(ids.iter().map(|(n, i)| (n.clone(), *i)));
+            self.journal_segments(both);
+        }
         let changes = self.ledger.diff(&ledger);
         self.kernel.apply_atomic(&changes, &port_writes)?;
 
@@ -193,10 +205,24 @@ impl Agent {
         ids.retain(|name, _| {
             policy.segments.contains_key(name) || suspended.contains(name.as_str())
         });
+        if ids != self.segment_ids {
+            self.journal_segments(ids.clone());
+        }
         self.segment_ids = ids;
         self.policy = policy;
-        self.save();
         Ok(())
+    }
+
+    /// Journals the segment ids (queued when the journal cannot take them:
+    /// a reload is not refused for it; at start, ids are re-assigned and
+    /// the kernel's unclaimed entries swept).
+    fn journal_segments(&mut self, ids: BTreeMap<String, u32>) {
+        if let Err(e) = self
+            .journal
+            .append_or_queue(crate::journal::Op::Segments { ids })
+        {
+            warn!(error = %e, "segment ids not journaled yet");
+        }
     }
 
     fn ports_of_in(&self, policy: &Policy, segment: &str) -> Vec<String> {
@@ -223,7 +249,15 @@ impl Agent {
         });
         warn!(grant = g.id, segment = %g.segment, identity = %g.identity, grace = %clock::human(self.grant_grace),
             "segment left the policy; grant suspended (live again if the segment comes back within the grace)");
-        self.suspended.insert(g.id, Suspended { grant: g, until });
+        let while_down = why == AT_START;
+        self.suspended.insert(
+            g.id,
+            Suspended {
+                grant: g,
+                until,
+                while_down,
+            },
+        );
     }
 
     /// Drops suspended grants that expired or outlived the grace (audited).
@@ -238,6 +272,7 @@ impl Agent {
         for id in &due {
             let s = self.suspended.remove(id).expect("listed above");
             let g = s.grant;
+            let while_down = s.while_down.then_some(true);
             let expires_at = clock::rfc3339(clock::wall_of(g.expires_boot_ns));
             let (event, why) = if g.expires_boot_ns <= now {
                 let why = "expired while its segment was not in the policy";
@@ -252,6 +287,7 @@ impl Agent {
                     cleaned_at: None,
                     expires_at: Some(expires_at),
                     why: Some(why.to_string()),
+                    while_down,
                 };
                 (event, why)
             } else {
@@ -266,9 +302,11 @@ impl Agent {
                     request_id: g.request_id,
                     why: Some(why.to_string()),
                     suspended: None,
+                    while_down,
                 };
                 (event, why)
             };
+            self.journal_end(*id, &event);
             let _ = self.audit.record(event);
             info!(grant = id, segment = %g.segment, identity = %g.identity, "{why}; grant dropped");
         }
@@ -291,7 +329,7 @@ impl Agent {
         }
         let s = self.suspended.remove(&gid).expect("checked above");
         let actor = Actor::from_uid(cred.uid, cred.pid);
-        let _ = self.audit.record(AuditEvent::Revoke {
+        let event = AuditEvent::Revoke {
             grant_id: gid,
             segment: s.grant.segment.clone(),
             identity: s.grant.identity.to_string(),
@@ -301,10 +339,12 @@ impl Agent {
             request_id: s.grant.request_id,
             why: None,
             suspended: Some(true),
-        });
+            while_down: None,
+        };
+        self.journal_end(gid, &event);
+        let _ = self.audit.record(event);
         info!(grant = gid, segment = %s.grant.segment, actor = %actor, "revoked (suspended)");
         let view = self.view(&s.grant);
-        self.save();
         Ok((Reply::Revoked { grants: vec![view] }, vec![s.grant]))
     }
 

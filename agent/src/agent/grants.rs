@@ -1,8 +1,8 @@
 //! Grants: making, revoking, expiring and re-resolving them.
 //!
 //! Owns the one path by which access is granted (`open_grant`: resolve,
-//! audit first, ledger, kernel, state) and the ways it ends (revoke,
-//! expire). Who may do each is `authz`'s; what the wire says is `views`'.
+//! journal, audit, ledger, kernel) and the ways it ends (revoke, expire:
+//! journal, kernel, audit). Who may do each is `authz`'s; what the wire says is `views`'.
 use super::authz::{check_reason, check_ttl, credential_matches, jit_rules, requested_ttl};
 use super::errors::CoreError;
 use super::*;
@@ -62,10 +62,20 @@ impl Agent {
         })
     }
 
-    /// Opens `seg` to `identity` for `ttl`: resolve, audit (first: a grant
-    /// that cannot be recorded is not made), ledger, kernel, state. The one
-    /// path by which access is granted; the caller has already authorized
-    /// `cred` and checked the segment's rules.
+    /// Opens `seg` to `identity` for `ttl`: resolve, journal (a grant the
+    /// agent cannot remember is not made), audit (nor one it cannot
+    /// record), ledger, kernel. The one path by which access is granted;
+    /// the caller has already authorized `cred` and checked the segment's
+    /// rules.
+    ///
+    /// Why this order: a crash after the journal and before the audit
+    /// record leaves a journaled grant whose record is missing, which the
+    /// next start finds from the audit chain's head and ends as
+    /// `grant_failed` (see `restore`); after the audit record, the grant is
+    /// restored at start (or, if the kernel write never happened, ended
+    /// with a `revoke` while down). So every replied grant survives a
+    /// crash, every audited grant is live or has one end record, and the
+    /// id, persisted before use, is never handed out again.
     pub(super) fn open_grant(
         &mut self,
         cred: &PeerCred,
@@ -96,33 +106,62 @@ impl Agent {
             reason,
             request_id,
         };
-        // Audit first: a grant that cannot be recorded is not made.
-        self.audit
-            .record(self.grant_event(&grant, ttl))
-            .map_err(|e| refuse(RefusalCode::Unavailable, format!("grant refused: the audit log cannot be written ({e}); revocations still work")))?;
+        // Queued audit records first, so that the grant's record is the
+        // very next one after the head the journal names.
+        let head = self.audit_head();
+        if self.audit.backlog() > 0 {
+            let why = self
+                .audit
+                .failing()
+                .unwrap_or("records are queued")
+                .to_string();
+            return Err(refuse(RefusalCode::Unavailable, format!("grant refused: the audit log cannot be written ({why}); revocations still work")));
+        }
+        let journaled = self.journal.append(&Op::Grant {
+            grant: grant.clone(),
+            audit_prev: Some(head),
+        });
+        // Used from here on, even if the write failed half-way.
+        self.next_id += 1;
+        journaled.map_err(|e| refuse(RefusalCode::Unavailable, format!("grant refused: the agent cannot write its journal, so it could not remember this grant ({e}); revocations still work")))?;
+        if let Err(e) = self.audit.record(self.grant_event(&grant, ttl)) {
+            self.grant_failed(&grant, format!("the audit log cannot be written: {e}"));
+            return Err(refuse(
+                RefusalCode::Unavailable,
+                format!(
+                    "grant refused: the audit log cannot be written ({e}); revocations still work"
+                ),
+            ));
+        }
         let changes = self.ledger.set(Source::Grant(id), &keys, deadline);
         if let Err(e) = self.kernel.apply(&changes) {
             // Undo whatever part was written; nothing stays half-applied.
             let undo = self.ledger.remove(&Source::Grant(id));
             let _ = self.kernel.apply(&undo);
-            let _ = self.audit.record(AuditEvent::GrantFailed {
-                grant_id: id,
-                segment: seg.name.clone(),
-                identity: identity.to_string(),
-                actor: actor.clone(),
-                request_id,
-                error: e.to_string(),
-            });
+            self.grant_failed(&grant, e.to_string());
             return Err(refuse(
                 RefusalCode::Unavailable,
                 format!("grant refused: {e}"),
             ));
         }
-        self.next_id += 1;
         self.grants.insert(id, grant.clone());
-        self.save();
         info!(grant = id, segment = %seg.name, %identity, ttl = %clock::human(ttl), actor = %actor, "granted");
         Ok(grant)
+    }
+
+    /// Ends a journaled grant that was not made: its id stays used, and
+    /// the `grant_failed` record says why.
+    fn grant_failed(&mut self, g: &Grant, error: String) {
+        let event = AuditEvent::GrantFailed {
+            grant_id: g.id,
+            segment: g.segment.clone(),
+            identity: g.identity.to_string(),
+            actor: g.actor.clone(),
+            request_id: g.request_id,
+            error,
+        };
+        self.journal_end(g.id, &event);
+        let _ = self.audit.record(event);
     }
 
     fn grant_event(&self, g: &Grant, ttl: Duration) -> AuditEvent {
@@ -213,18 +252,10 @@ impl Agent {
         let actor = Actor::from_uid(cred.uid, cred.pid);
         let mut revoked = Vec::new();
         for gid in selected {
-            // Revocation happens even when the audit log cannot be written.
-            let changes = self.ledger.remove(&Source::Grant(gid));
-            if let Err(e) = self.kernel.apply(&changes) {
-                return Err(CoreError::RevokeFailed {
-                    id: gid,
-                    why: e.to_string(),
-                }
-                .into());
-            }
-            self.metrics.revoke_latency.observe(started.elapsed());
-            let g = self.grants.remove(&gid).expect("selected from grants");
-            if let Err(e) = self.audit.record(AuditEvent::Revoke {
+            // Revocation happens even when the audit log or the journal
+            // cannot be written (its end is then queued).
+            let g = self.grants.get(&gid).expect("selected from grants").clone();
+            let event = AuditEvent::Revoke {
                 grant_id: gid,
                 segment: g.segment.clone(),
                 identity: g.identity.to_string(),
@@ -234,13 +265,30 @@ impl Agent {
                 request_id: g.request_id,
                 why: None,
                 suspended: None,
-            }) {
+                while_down: None,
+            };
+            self.journal_end(gid, &event);
+            let changes = self.ledger.remove(&Source::Grant(gid));
+            if let Err(e) = self.kernel.apply(&changes) {
+                // Still live: the journal says so again.
+                let _ = self.journal.append_or_queue(Op::Grant {
+                    grant: g,
+                    audit_prev: None,
+                });
+                return Err(CoreError::RevokeFailed {
+                    id: gid,
+                    why: e.to_string(),
+                }
+                .into());
+            }
+            self.metrics.revoke_latency.observe(started.elapsed());
+            self.grants.remove(&gid);
+            if let Err(e) = self.audit.record(event) {
                 warn!(grant = gid, error = %e, "revoked, but the audit record could not be written");
             }
             info!(grant = gid, segment = %g.segment, identity = %g.identity, actor = %actor, "revoked");
             revoked.push(g);
         }
-        self.save();
         let views = revoked.iter().map(|g| self.view(g)).collect();
         Ok((Reply::Revoked { grants: views }, revoked))
     }
@@ -250,20 +298,14 @@ impl Agent {
     /// requests past their deadline too.
     pub(crate) fn expire(&mut self) -> Vec<Grant> {
         self.expire_requests();
-        if self.expire_suspended() {
-            self.save();
-        }
+        self.expire_suspended();
         let now = clock::boot_ns();
         // Earliest first, from the deadline index: no scan of every grant.
         let due = self.grants.due(now);
         let mut out = Vec::new();
         for id in due {
-            let changes = self.ledger.remove(&Source::Grant(id));
-            if let Err(e) = self.kernel.apply(&changes) {
-                warn!(grant = id, error = %e, "cleaning up an expired grant failed; the kernel ignores it anyway");
-            }
             let g = self.grants.remove(&id).expect("listed above");
-            let _ = self.audit.record(AuditEvent::Expire {
+            let event = AuditEvent::Expire {
                 grant_id: id,
                 segment: g.segment.clone(),
                 identity: g.identity.to_string(),
@@ -274,12 +316,16 @@ impl Agent {
                 cleaned_at: Some(clock::rfc3339(SystemTime::now())),
                 expires_at: None,
                 why: None,
-            });
+                while_down: None,
+            };
+            self.journal_end(id, &event);
+            let changes = self.ledger.remove(&Source::Grant(id));
+            if let Err(e) = self.kernel.apply(&changes) {
+                warn!(grant = id, error = %e, "cleaning up an expired grant failed; the kernel ignores it anyway");
+            }
+            let _ = self.audit.record(event);
             info!(grant = id, segment = %g.segment, identity = %g.identity, "expired");
             out.push(g);
-        }
-        if !out.is_empty() {
-            self.save();
         }
         out
     }

@@ -19,14 +19,15 @@ use tracing::{info, warn};
 use super::{
     authz::{check_reason, check_ttl, jit_rules, requested_ttl},
     errors::CoreError,
-    Agent,
+    refuse, Agent,
 };
 use crate::{
     audit::AuditEvent,
     clock,
-    control::{PeerCred, Refusal, Reply, RequestView},
+    control::{PeerCred, Refusal, RefusalCode, Reply, RequestView},
     explain::{self, Subject},
     identity::Identity,
+    journal::Op,
     ledger::Source,
     requests::{AccessRequest, Ask, Decision, Now, RequestError, RequestState},
     state::Actor,
@@ -113,25 +114,46 @@ impl Agent {
             pending_for: self.request_ttl,
             boot_id: self.boot_id.clone(),
         };
-        // Audit first, as for grants: a request nobody can trace is not made.
+        // Journal, then audit, as for grants: a request the agent cannot
+        // remember or nobody can trace is not made; its id stays used.
         let expires_unix_ms = now
             .unix_ms
             .saturating_add(self.request_ttl.as_millis() as u64);
-        self.audit
-            .record(AuditEvent::Request {
-                request_id: id,
-                segment: seg.name.clone(),
-                identity: identity.to_string(),
-                ports: self.ports_of(&seg.name),
-                ttl_secs: ttl.as_secs(),
-                reason: reason.clone(),
-                expires_at: rfc3339_ms(expires_unix_ms),
-                actor: requester.clone(),
-            })
-            .map_err(|e| CoreError::RequestNotAudited { why: e.to_string() })?;
+        let head = self.audit_head();
+        if self.audit.backlog() > 0 {
+            return Err(refuse(
+                RefusalCode::Unavailable,
+                "request refused: the audit log cannot be written",
+            ));
+        }
         let request = self.requests.open(ask, now).map_err(book_refusal)?.clone();
+        let journaled = self.journal.append(&Op::Request {
+            request: request.clone(),
+            audit_prev: Some(head),
+        });
         self.next_id += 1;
-        self.save();
+        if let Err(e) = journaled {
+            self.requests.forget(id);
+            return Err(refuse(
+                RefusalCode::Unavailable,
+                format!("request refused: the agent cannot write its journal, so it could not remember this request ({e})"),
+            ));
+        }
+        let audited = self.audit.record(AuditEvent::Request {
+            request_id: id,
+            segment: seg.name.clone(),
+            identity: identity.to_string(),
+            ports: self.ports_of(&seg.name),
+            ttl_secs: ttl.as_secs(),
+            reason: reason.clone(),
+            expires_at: rfc3339_ms(expires_unix_ms),
+            actor: requester.clone(),
+        });
+        if let Err(e) = audited {
+            self.requests.forget(id);
+            self.journal_request(id);
+            return Err(CoreError::RequestNotAudited { why: e.to_string() }.into());
+        }
         info!(request = id, segment = %seg.name, %identity, ttl = %clock::human(ttl), "access requested");
         Ok(Reply::Requested {
             request: Box::new(self.request_view(&request)),
@@ -252,7 +274,7 @@ impl Agent {
         }) {
             warn!(request = id, error = %e, "approved (the grant is audited), but the approve record could not be written");
         }
-        self.save();
+        self.journal_request(id);
         info!(request = id, grant = grant.id, actor = %by, "request approved");
         Ok(Reply::Approved {
             request: Box::new(self.request_view(&decided)),
@@ -324,7 +346,7 @@ impl Agent {
         }) {
             warn!(request = id, error = %e, "denied, but the audit record could not be written");
         }
-        self.save();
+        self.journal_request(id);
         info!(request = id, actor = %by, "request denied");
         Ok(Reply::Denied {
             request: Box::new(self.request_view(&decided)),
@@ -361,7 +383,7 @@ impl Agent {
     /// Marks pending requests past their deadline as expired, audits each,
     /// and forgets decided requests that are old enough.
     pub(super) fn expire_requests(&mut self) {
-        let before = self.requests.len();
+        let before: Vec<u64> = self.requests.ids().collect();
         let expired = self.requests.expire_due(Now::current());
         for r in &expired {
             let _ = self.audit.record(AuditEvent::RequestExpire {
@@ -373,8 +395,13 @@ impl Agent {
             });
             info!(request = r.id, segment = %r.segment, identity = %r.identity, "request expired without a decision");
         }
-        if !expired.is_empty() || self.requests.len() != before {
-            self.save();
+        // Expired ones in their new state, forgotten ones gone.
+        let changed: Vec<u64> = before
+            .into_iter()
+            .filter(|id| self.requests.get(*id).is_none() || expired.iter().any(|r| r.id == *id))
+            .collect();
+        for id in changed {
+            self.journal_request(id);
         }
     }
 

@@ -1,4 +1,4 @@
-//! Recovery when the state file is missing or unreadable: the kernel maps
+//! Recovery when the journal is missing or damaged: the kernel maps
 //! still hold every live grant, so they are the source.
 //!
 //! Segment ids come back from the kernel's port map (a segment's ports map
@@ -22,7 +22,7 @@ use crate::{
     state::{self, Actor, Grant},
 };
 
-const RECOVERED: &str = "recovered from the kernel maps: the state file was missing or unreadable";
+const RECOVERED: &str = "recovered from the kernel maps: the journal was missing or damaged";
 
 impl Agent {
     /// Takes the ids of segments that are already enforced from the kernel's

@@ -231,6 +231,8 @@ impl Agent {
             last_reload: self.last_reload.clone(),
             audit_log: self.audit.path().display().to_string(),
             audit_failing: self.audit.failing().map(str::to_string),
+            journal: self.journal.path().display().to_string(),
+            journal_failing: self.journal.failing().map(str::to_string),
             deny_log: self.metrics.denies.as_ref().map(|d| d.view()),
         }))
     }
@@ -266,6 +268,8 @@ impl Agent {
             audit_write_failures: self.audit.write_failures(),
             audit_writable: self.audit.failing().is_none(),
             audit_queued: self.audit_health().2 as u64,
+            journal_writable: self.journal_health().0.is_none(),
+            journal_queued: self.journal_health().1 as u64,
             denies: None,
             revoke_latency: self.metrics.revoke_latency.clone(),
         }

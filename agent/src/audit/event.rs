@@ -97,6 +97,9 @@ pub(crate) enum AuditEvent {
         why: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         suspended: Option<bool>,
+        /// Ended while the agent was down; found and recorded at its start.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        while_down: Option<bool>,
     },
     /// A grant reached its end (or a suspended one did, during its grace).
     Expire {
@@ -115,6 +118,9 @@ pub(crate) enum AuditEvent {
         expires_at: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         why: Option<String>,
+        /// Expired while the agent was down; found and recorded at its start.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        while_down: Option<bool>,
     },
     GrantSuspended {
         grant_id: u64,

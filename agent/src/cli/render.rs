@@ -95,8 +95,9 @@ pub(crate) fn render(reply: &Reply) -> String {
 }
 
 /// A `status` reply whose kernel check found enforcement incomplete.
+/// Also while the agent cannot write its journal (it refuses grants then).
 pub(super) fn not_enforcing(reply: &Reply) -> bool {
-    matches!(reply, Reply::Status(s) if s.enforcement.as_ref().is_some_and(|e| !e.ok))
+    matches!(reply, Reply::Status(s) if s.enforcement.as_ref().is_some_and(|e| !e.ok) || s.journal_failing.is_some())
 }
 
 fn render_list(l: &ListView) -> String {
@@ -205,6 +206,14 @@ fn render_status(s: &StatusView) -> String {
             s.audit_log
         )),
         None => out.push_str(&format!("audit log: {}\n", s.audit_log)),
+    }
+    if let Some(why) = &s.journal_failing {
+        out.push_str(&format!(
+            "journal: {} CANNOT BE WRITTEN ({why}); new grants, requests and approvals are refused until it can, revocations still work\n",
+            s.journal
+        ));
+    } else if !s.journal.is_empty() {
+        out.push_str(&format!("journal: {}\n", s.journal));
     }
     if let Some(d) = &s.deny_log {
         out.push_str(&format!(

@@ -245,7 +245,7 @@ impl Dataplane {
     /// A reader of the per-segment counters on its own descriptor (the
     /// pinned map opened again), usable without the agent: the metrics
     /// endpoint reads the kernel's counters with it at every scrape.
-    pub(crate) fn counters_reader(&self) -> Result<crate::kernel::CountersReader> {
+    pub(crate) fn counters_reader(&self) -> Result<super::CountersReader> {
         use aya::maps::{Map, MapData, PerCpuArray};
         let path = self.pin_dir.join("maps").join(map_names::COUNTERS);
         let open = || map_err(map_names::COUNTERS, "open");

@@ -146,6 +146,9 @@ pub(crate) struct PeerEntry {
     pub expiry: u64,
 }
 
+/// Reads one segment's counters, summed over CPUs (`None` if the read fails).
+pub(crate) type CountersReader = Box<dyn Fn(u32) -> Option<SegmentCounters> + Send + Sync>;
+
 /// Where and how to load.
 #[derive(Clone, Debug)]
 pub(crate) struct DataplaneConfig {

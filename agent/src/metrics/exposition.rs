@@ -205,6 +205,18 @@ pub(crate) fn render(s: &Snapshot) -> String {
         if s.audit_writable { 1.0 } else { 0.0 },
     );
     e.single(
+        "portcullis_journal_writable",
+        "gauge",
+        "1 when the last write to the agent's journal succeeded, 0 while it cannot be written (new grants, requests and approvals are refused meanwhile).",
+        if s.journal_writable { 1.0 } else { 0.0 },
+    );
+    e.single(
+        "portcullis_journal_changes_queued",
+        "gauge",
+        "Ends of grants and decided requests waiting in memory for the journal to take writes again.",
+        n(s.journal_queued),
+    );
+    e.single(
         "portcullis_audit_records_queued",
         "gauge",
         "Records of revocations, expiries and other events waiting in memory for the audit log to take writes again.",

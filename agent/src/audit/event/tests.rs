@@ -101,6 +101,7 @@ fn one_of_each() -> Vec<AuditEvent> {
             request_id: Some(2),
             why: Some(s("gone")),
             suspended: Some(true),
+            while_down: Some(true),
         },
         AuditEvent::Expire {
             grant_id: 1,
@@ -113,6 +114,7 @@ fn one_of_each() -> Vec<AuditEvent> {
             cleaned_at: Some(s("U")),
             expires_at: Some(s("T")),
             why: Some(s("w")),
+            while_down: Some(true),
         },
         AuditEvent::GrantSuspended {
             grant_id: 1,
