@@ -159,7 +159,7 @@ impl Bench<'_> {
             let mut filled = 0u32;
             let mut stopped = false;
             while filled < want {
-                if filled % 1000 == 0 {
+                if filled.is_multiple_of(1000) {
                     host::check_interrupted()?;
                     if t0.elapsed() > deadline {
                         stopped = true;
@@ -288,7 +288,10 @@ fn list_json(agent: &Agent) -> Result<ListRun> {
     let errors = std::thread::spawn(move || {
         let mut text = Vec::new();
         let _ = stderr.take(2048).read_to_end(&mut text);
-        String::from_utf8_lossy(&text).escape_debug().to_string()
+        String::from_utf8_lossy(&text)
+            .trim()
+            .escape_debug()
+            .to_string()
     });
     let pid = child.id() as libc::pid_t;
     let (status, rusage, killed) = wait_bounded(pid, LIST_LIMIT)?;
@@ -465,7 +468,11 @@ impl GrantScale {
                     "not measured ({} grants in {:.1} s{})",
                     thousands(p.live.into()),
                     p.cumulative_fill_seconds,
-                    if p.stopped { ", stopped at the time limit" } else { "" }
+                    if p.stopped {
+                        ", stopped at the time limit"
+                    } else {
+                        ""
+                    }
                 ),
                 (None, None) => "n/a".into(),
             },
@@ -514,21 +521,16 @@ impl GrantScale {
         let _ = writeln!(o, "\n| Live grants | Fill (this step) | Fill rate | Fill from empty | Per grant, socket (median / p90) | Per grant, process (median / p90) | Agent RSS |\n|---:|---:|---:|---:|---:|---:|---:|");
         for p in &self.points {
             let rate = f64::from(p.filled) / p.fill_seconds.max(1e-9);
-            let q = |s: &[f64]| {
-                match (median(s), super::stats::quantile(s, 0.9)) {
-                    (Some(m), Some(q)) => format!("{m:.2} / {q:.2} ms"),
-                    _ => "n/a".into(),
-                }
+            let q = |s: &[f64]| match (median(s), super::stats::quantile(s, 0.9)) {
+                (Some(m), Some(q)) => format!("{m:.2} / {q:.2} ms"),
+                _ => "n/a".into(),
             };
             let _ = writeln!(
                 o,
                 "| {}{} | {} in {:.1} s | {}/s | {:.1} s | {} | {} | {:.1} MiB |",
                 thousands(p.live.into()),
                 if p.stopped {
-                    format!(
-                        " (of {}; fill time limit)",
-                        thousands(p.target.into())
-                    )
+                    format!(" (of {}; fill time limit)", thousands(p.target.into()))
                 } else {
                     String::new()
                 },
@@ -623,7 +625,10 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(growth(&scale.points, SizePoint::socket_median), Some(2.0));
-        assert_eq!(growth(&scale.points, SizePoint::process_median), Some(2.125));
+        assert_eq!(
+            growth(&scale.points, SizePoint::process_median),
+            Some(2.125)
+        );
         let goals = scale.goals();
         assert!(goals[0][2].contains("(2.00×)"), "{:?}", goals[0]);
         assert!(goals[0][3].contains("not met"), "{:?}", goals[0]);

@@ -188,7 +188,10 @@ pub(crate) fn main(options: Options, ws: &Workspace) -> Result<()> {
         }
     } else {
         json.insert("machine".into(), machine.json());
-        json.insert("took_seconds".into(), started.elapsed().as_secs_f64().into());
+        json.insert(
+            "took_seconds".into(),
+            started.elapsed().as_secs_f64().into(),
+        );
         json.insert("host_rules_unchanged".into(), unchanged.into());
     }
     if let Some(g) = grants {
