@@ -37,7 +37,8 @@ pub(crate) mod stats;
 #[derive(clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub(crate) struct Options {
-    /// Fewer, shorter runs and at most 100,000 grants (about a minute): for
+    /// Fewer, shorter runs and at most 100,000 grants (about a minute, plus
+    /// filling an agent to 10,000 grants for the grant-scale table): for
     /// trying the bench itself. Its figures are not the reference ones.
     #[arg(long)]
     quick: bool,
