@@ -45,7 +45,9 @@ enum Command {
     /// Build a .deb under target/package/.
     Package(install::PackageOptions),
     /// Measure Portcullis against nftables and iptables (as root; about 5
-    /// minutes): Markdown tables on stdout, JSON in target/bench/.
+    /// minutes) and time per grant with up to 1,000,000 live grants (as long
+    /// as filling takes, at most 30 minutes): Markdown tables on stdout,
+    /// JSON in target/bench/.
     Bench(bench::Options),
 }
 

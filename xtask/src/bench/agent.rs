@@ -32,6 +32,8 @@ pub(super) struct Spec {
     pub peers: Vec<Ipv4Addr>,
     /// `--xdp-iface`.
     pub xdp_iface: Option<String>,
+    /// Grants the measurement will make (beyond the standing allows).
+    pub grants: usize,
 }
 
 impl Spec {
@@ -108,7 +110,7 @@ impl Agent {
             .arg("--audit-log")
             .arg(dir.join("audit.jsonl"))
             .arg("--max-grants")
-            .arg(Spec::capacity(spec.uids.len(), 262_144).to_string())
+            .arg(Spec::capacity(spec.uids.len() + spec.grants, 262_144).to_string())
             .arg("--max-peers")
             .arg(Spec::capacity(spec.peers.len(), 65_536).to_string());
         if let Some(iface) = &spec.xdp_iface {
@@ -261,6 +263,7 @@ mod tests {
             uids: vec![7, 8],
             peers: vec![Ipv4Addr::new(203, 0, 113, 2)],
             xdp_iface: None,
+            grants: 0,
         };
         let p = spec.policy();
         assert!(p.contains("ports = [\"15432/tcp\"]"));

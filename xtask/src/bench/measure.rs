@@ -54,6 +54,8 @@ pub(super) struct Plan {
     pub test_run_repeat: u32,
     pub test_run_runs: u32,
     pub bulk_starts: usize,
+    /// The grant-scale table.
+    pub grants: super::grants::GrantPlan,
 }
 
 /// Everything a measurement needs from the set-up.
@@ -125,7 +127,7 @@ pub(super) fn peers_around(around: Ipv4Addr, n: u32) -> Vec<Ipv4Addr> {
 }
 
 impl Bench<'_> {
-    fn log(&self, msg: &str) {
+    pub(super) fn log(&self, msg: &str) {
         eprintln!("bench: [{}] {msg}", util::human(self.started.elapsed()));
     }
 
@@ -370,6 +372,7 @@ impl Bench<'_> {
                 uids: uids(n),
                 peers: Vec::new(),
                 xdp_iface: None,
+                grants: 0,
             };
             if compare {
                 spec.peers = peers_around(self.filtered_ns.peer_addr, n);
@@ -497,6 +500,7 @@ impl Bench<'_> {
                     uids: uids(count),
                     peers: Vec::new(),
                     xdp_iface: None,
+                    grants: 0,
                 };
                 let agent = Agent::start(
                     &self.portcullis,

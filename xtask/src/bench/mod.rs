@@ -8,7 +8,8 @@
 //! runs a real `portcullis agent`, `firewall` the nftables and iptables
 //! peers, `host` the cgroups, namespaces, server and clean-up, `client`
 //! the hidden `client` and `probe` subcommands the bench spawns where the
-//! traffic starts. The per-packet figures come from the agent binary's
+//! traffic starts, `grants` the grant-scale table (time per grant with up
+//! to 1,000,000 live grants). The per-packet figures come from the agent binary's
 //! hidden `bench-dataplane` subcommand (agent/src/benchprog.rs).
 //!
 //! Not part of `cargo xtask test`: it takes minutes and its figures are
@@ -26,6 +27,7 @@ use crate::{setup, util, util::Workspace};
 mod agent;
 mod client;
 mod firewall;
+mod grants;
 mod host;
 mod measure;
 mod progstats;
@@ -35,12 +37,25 @@ pub(crate) mod stats;
 #[derive(clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub(crate) struct Options {
-    /// Fewer, shorter runs and at most 100,000 grants (about a minute): for
+    /// Fewer, shorter runs and at most 100,000 grants (about a minute, plus
+    /// filling an agent to 10,000 grants for the grant-scale table): for
     /// trying the bench itself. Its figures are not the reference ones.
     #[arg(long)]
     quick: bool,
+    /// Run only these tables (default: all): `comparison` (tables 1-6:
+    /// per-packet cost, connection rate, revocation, bulk load, footprint,
+    /// scale) and `grants` (table 7: time per grant at scale).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Part>,
     #[command(subcommand)]
     helper: Option<Helper>,
+}
+
+/// The parts of the report `--only` selects.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    Comparison,
+    Grants,
 }
 
 /// What the bench runs inside its cgroup and namespaces.
@@ -66,6 +81,12 @@ fn plan(quick: bool) -> measure::Plan {
             test_run_repeat: 100_000,
             test_run_runs: 3,
             bulk_starts: 1,
+            grants: grants::GrantPlan {
+                sizes: vec![1_000, 10_000],
+                socket_runs: 100,
+                process_runs: 15,
+                fill_limit: std::time::Duration::from_secs(300),
+            },
         }
     } else {
         measure::Plan {
@@ -80,6 +101,12 @@ fn plan(quick: bool) -> measure::Plan {
             test_run_repeat: 100_000,
             test_run_runs: 15,
             bulk_starts: 3,
+            grants: grants::GrantPlan {
+                sizes: vec![1_000, 100_000, 1_000_000],
+                socket_runs: 200,
+                process_runs: 30,
+                fill_limit: std::time::Duration::from_secs(1800),
+            },
         }
     }
 }
@@ -111,7 +138,12 @@ pub(crate) fn main(options: Options, ws: &Workspace) -> Result<()> {
     let rules_before = host::ruleset()?;
 
     let plan = plan(options.quick);
-    let result = run_all(&portcullis, plan.clone(), started);
+    let parts = if options.only.is_empty() {
+        vec![Part::Comparison, Part::Grants]
+    } else {
+        options.only.clone()
+    };
+    let result = run_all(&portcullis, plan.clone(), &parts, started);
     // Every guard has dropped by now: compare the host's rules.
     let rules_after = host::ruleset()?;
     let unchanged = rules_before == rules_after;
@@ -122,34 +154,56 @@ pub(crate) fn main(options: Options, ws: &Workspace) -> Result<()> {
     }
     let Results {
         machine,
+        comparison,
+        grants,
+    } = result?;
+    let mut markdown = report::machine_line(&machine, started.elapsed(), unchanged);
+    let mut json = serde_json::Map::new();
+    if let Some(Comparison {
         per_packet,
         peers,
         ours,
         bulk,
-    } = result?;
-    let mut rates = ours.rates;
-    rates.extend(peers.rates);
-    let report = report::Report {
-        machine,
-        plan,
-        per_packet,
-        rates,
-        scale: ours.scale,
-        footprint: ours.footprint,
-        revocations: vec![ours.revocation, peers.revocation],
-        bulk,
-        xdp_mode: ours.xdp_mode,
-        costs: ours.costs,
-        host_rules_unchanged: unchanged,
-        took: started.elapsed(),
-        clk_tck: clk_tck(),
-    };
-    let markdown = report.markdown();
+    }) = comparison
+    {
+        let mut rates = ours.rates;
+        rates.extend(peers.rates);
+        let report = report::Report {
+            machine,
+            plan,
+            per_packet,
+            rates,
+            scale: ours.scale,
+            footprint: ours.footprint,
+            revocations: vec![ours.revocation, peers.revocation],
+            bulk,
+            xdp_mode: ours.xdp_mode,
+            costs: ours.costs,
+            host_rules_unchanged: unchanged,
+            took: started.elapsed(),
+            clk_tck: clk_tck(),
+        };
+        markdown.push_str(&report.markdown());
+        if let serde_json::Value::Object(m) = report.json() {
+            json = m;
+        }
+    } else {
+        json.insert("machine".into(), machine.json());
+        json.insert(
+            "took_seconds".into(),
+            started.elapsed().as_secs_f64().into(),
+        );
+        json.insert("host_rules_unchanged".into(), unchanged.into());
+    }
+    if let Some(g) = grants {
+        markdown.push_str(&g.markdown());
+        json.insert("grant_scale".into(), g.json());
+    }
     println!("{markdown}");
     let dir = ws.target_dir()?.join("bench");
     fs::create_dir_all(&dir)?;
     let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let json = serde_json::to_string_pretty(&report.json())?;
+    let json = serde_json::to_string_pretty(&serde_json::Value::Object(json))?;
     for name in [format!("bench-{stamp}.json"), "latest.json".into()] {
         fs::write(dir.join(name), &json)?;
     }
@@ -171,6 +225,12 @@ fn clk_tck() -> u64 {
 /// Everything measured, before it becomes a report.
 struct Results {
     machine: report::Machine,
+    comparison: Option<Comparison>,
+    grants: Option<grants::GrantScale>,
+}
+
+/// Tables 1-6: Portcullis beside nftables and iptables.
+struct Comparison {
     per_packet: serde_json::Value,
     peers: measure::PeerResults,
     ours: measure::OurResults,
@@ -199,7 +259,12 @@ impl Drop for Pins {
 
 /// Creates the fixtures, runs every measurement, and drops the fixtures
 /// (in reverse order) whatever happens.
-fn run_all(portcullis: &std::path::Path, plan: measure::Plan, started: Instant) -> Result<Results> {
+fn run_all(
+    portcullis: &std::path::Path,
+    plan: measure::Plan,
+    parts: &[Part],
+    started: Instant,
+) -> Result<Results> {
     let pid = std::process::id();
     let work = Scratch(std::env::temp_dir().join(format!("{}-{pid}", host::PREFIX)));
     fs::create_dir(&work.0).with_context(|| format!("creating {}", work.0.display()))?;
@@ -228,16 +293,29 @@ fn run_all(portcullis: &std::path::Path, plan: measure::Plan, started: Instant) 
         server: &server,
         started,
     };
-    let per_packet = bench.per_packet()?;
-    let peers = bench.peers()?;
-    let ours = bench.portcullis()?;
-    let bulk = bench.bulk(&peers, &ours)?;
+    let comparison = if parts.contains(&Part::Comparison) {
+        let per_packet = bench.per_packet()?;
+        let peers = bench.peers()?;
+        let ours = bench.portcullis()?;
+        let bulk = bench.bulk(&peers, &ours)?;
+        Some(Comparison {
+            per_packet,
+            peers,
+            ours,
+            bulk,
+        })
+    } else {
+        None
+    };
+    let grants = if parts.contains(&Part::Grants) {
+        Some(bench.grant_scale()?)
+    } else {
+        None
+    };
     Ok(Results {
         machine,
-        per_packet,
-        peers,
-        ours,
-        bulk,
+        comparison,
+        grants,
     })
 }
 

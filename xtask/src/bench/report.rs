@@ -149,6 +149,11 @@ pub(super) struct Machine {
 }
 
 impl Machine {
+    pub(super) fn json(&self) -> Value {
+        json!({"nproc": self.nproc, "cpu": self.cpu, "kernel": self.kernel,
+            "nft": self.nft, "iptables": self.iptables})
+    }
+
     pub(super) fn probe(nft: String, iptables: String) -> Self {
         let cpu = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
@@ -172,6 +177,14 @@ impl Machine {
     }
 }
 
+/// The line that opens every report: the machine, how long the run took,
+/// and whether the host's ruleset came out unchanged.
+pub(super) fn machine_line(m: &Machine, took: Duration, host_rules_unchanged: bool) -> String {
+    format!("Machine: {} × {} (`nproc` {}), Linux {}; {}; {}. The run took {}; the host's ruleset was {} afterwards.\n\n",
+        m.nproc, m.cpu, m.nproc, m.kernel, m.nft, m.iptables, crate::util::human(took),
+        if host_rules_unchanged { "unchanged" } else { "**changed** (see the warning above)" })
+}
+
 pub(super) struct Report {
     pub machine: Machine,
     pub plan: Plan,
@@ -189,7 +202,7 @@ pub(super) struct Report {
 }
 
 /// 12,345
-fn thousands(n: u64) -> String {
+pub(super) fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let first = match digits.len() % 3 {
         0 => 3,
@@ -203,11 +216,11 @@ fn thousands(n: u64) -> String {
     out
 }
 
-fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
+pub(super) fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
     v.filter(|x| x.is_finite()).map_or_else(|| "n/a".into(), f)
 }
 
-fn met(ok: bool) -> &'static str {
+pub(super) fn met(ok: bool) -> &'static str {
     if ok {
         "**met**"
     } else {
@@ -441,13 +454,8 @@ impl Report {
 
     pub(super) fn markdown(&self) -> String {
         let mut o = String::new();
-        let m = &self.machine;
         let plan = &self.plan;
         let n = self.plan.compare_at;
-        let _ = writeln!(o, "Machine: {} × {} (`nproc` {}), Linux {}; {}; {}. The run took {}; the host's ruleset was {} afterwards.\n",
-            m.nproc, m.cpu, m.nproc, m.kernel, m.nft, m.iptables, crate::util::human(self.took),
-            if self.host_rules_unchanged { "unchanged" } else { "**changed** (see the warning above)" });
-
         let _ = writeln!(o, "#### Goals\n");
         let _ = writeln!(
             o,
@@ -637,8 +645,7 @@ impl Report {
         let f = &self.footprint;
         let b = &self.bulk;
         json!({
-            "machine": {"nproc": self.machine.nproc, "cpu": self.machine.cpu, "kernel": self.machine.kernel,
-                "nft": self.machine.nft, "iptables": self.machine.iptables},
+            "machine": self.machine.json(),
             "plan": {"runs": self.plan.runs, "connects": self.plan.connects, "run_seconds": self.plan.run_seconds,
                 "revocations": self.plan.revocations, "idle_seconds": self.plan.idle_seconds, "sizes": self.plan.sizes,
                 "compare_at": self.plan.compare_at, "iptables_rules": self.plan.iptables_rules,
