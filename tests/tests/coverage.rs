@@ -468,61 +468,17 @@ fn traffic_decapsulated_on_this_host_is_judged_by_its_inner_source() {
     );
 }
 
-/// Binds a TCP client to a local port, connects out, sends and reads an echo.
+/// Binds a client socket (`tcp` or `udp`, argv[1]) to a local port,
+/// connects out, sends and reads an echo three times.
 const BOUND_CLIENT_PY: &str = r#"
 import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+kind = socket.SOCK_STREAM if sys.argv[1] == 'tcp' else socket.SOCK_DGRAM
+s = socket.socket(socket.AF_INET, kind)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], int(sys.argv[2])))
+s.bind((sys.argv[2], int(sys.argv[3])))
 s.settimeout(3)
 try:
-    s.connect((sys.argv[3], int(sys.argv[4])))
-    for _ in range(3):
-        s.sendall(b'ping')
-        if s.recv(10) != b'ping':
-            raise OSError(0, 'short echo')
-    print('ok')
-except socket.timeout:
-    print('err TIMEOUT')
-except OSError as e:
-    print('err errno%d' % e.errno)
-"#;
-
-#[test]
-fn replies_to_this_hosts_own_connection_from_a_protected_port_number_pass() {
-    let peer = PeerHost::new();
-    let cg = TestCgroup::new();
-    // A protected port number this host's client will use as its own port.
-    let reserved = EchoServer::tcp("127.0.0.1:0");
-    let port = reserved.port();
-    drop(reserved);
-    let _agent = Agent::start(&policy(&[(port, "tcp")]), &cg.path);
-    let remote = ProcServer::start(peer.command("python3"), "tcp", &peer.peer_v4.to_string());
-    let out = python_line(
-        As::root_in(&cg.path).command("python3"),
-        BOUND_CLIENT_PY,
-        &[
-            &peer.host_v4.to_string(),
-            &port.to_string(),
-            &peer.peer_v4.to_string(),
-            &remote.port.to_string(),
-        ],
-    );
-    assert_eq!(
-        out, "ok",
-        "replies to this host's own connection were dropped"
-    );
-}
-
-/// Binds a UDP client to a local port, connects it out, sends and reads
-/// an echo.
-const BOUND_UDP_CLIENT_PY: &str = r#"
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind((sys.argv[1], int(sys.argv[2])))
-s.settimeout(3)
-try:
-    s.connect((sys.argv[3], int(sys.argv[4])))
+    s.connect((sys.argv[4], int(sys.argv[5])))
     for _ in range(3):
         s.send(b'ping')
         if s.recv(10) != b'ping':
@@ -534,31 +490,52 @@ except OSError as e:
     print('err errno%d' % e.errno)
 "#;
 
+/// What this host's own `kind` client, bound to a protected port number
+/// and talking to an echo server on a peer with no grant, reports.
+fn own_client_on_a_protected_port_number(kind: &str) -> String {
+    let peer = PeerHost::new();
+    let cg = TestCgroup::new();
+    // A protected port number this host's client will use as its own port.
+    let reserved = if kind == "tcp" {
+        EchoServer::tcp("127.0.0.1:0")
+    } else {
+        EchoServer::udp("127.0.0.1:0")
+    };
+    let port = reserved.port();
+    drop(reserved);
+    let _agent = Agent::start(&policy(&[(port, kind)]), &cg.path);
+    let remote = ProcServer::start(peer.command("python3"), kind, &peer.peer_v4.to_string());
+    python_line(
+        As::root_in(&cg.path).command("python3"),
+        BOUND_CLIENT_PY,
+        &[
+            kind,
+            &peer.host_v4.to_string(),
+            &port.to_string(),
+            &peer.peer_v4.to_string(),
+            &remote.port.to_string(),
+        ],
+    )
+}
+
+#[test]
+fn replies_to_this_hosts_own_connection_from_a_protected_port_number_pass() {
+    assert_eq!(
+        own_client_on_a_protected_port_number("tcp"),
+        "ok",
+        "replies to this host's own connection were dropped"
+    );
+}
+
 /// A connected UDP socket that speaks first is this host's client: its
 /// replies pass, although its port number is protected and the peer has no
 /// grant (a socket that heard first is a server's and is checked; see
 /// redteam.rs).
 #[test]
 fn replies_to_this_hosts_own_udp_client_on_a_protected_port_number_pass() {
-    let peer = PeerHost::new();
-    let cg = TestCgroup::new();
-    let reserved = EchoServer::udp("127.0.0.1:0");
-    let port = reserved.port();
-    drop(reserved);
-    let _agent = Agent::start(&policy(&[(port, "udp")]), &cg.path);
-    let remote = ProcServer::start(peer.command("python3"), "udp", &peer.peer_v4.to_string());
-    let out = python_line(
-        As::root_in(&cg.path).command("python3"),
-        BOUND_UDP_CLIENT_PY,
-        &[
-            &peer.host_v4.to_string(),
-            &port.to_string(),
-            &peer.peer_v4.to_string(),
-            &remote.port.to_string(),
-        ],
-    );
     assert_eq!(
-        out, "ok",
+        own_client_on_a_protected_port_number("udp"),
+        "ok",
         "replies to this host's own UDP client were dropped"
     );
 }
