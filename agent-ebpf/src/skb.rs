@@ -316,7 +316,10 @@ fn remote_peer(ctx: &SkBuffContext, full: *mut bpf_sock, facts: SockFacts) -> i3
         // it heard from, it is still checked like a listener, so a revoked
         // peer is dropped.
         Proto::Udp => {
-            let mark = storage_with(&OUTBOUND, full, true, HEARD_FIRST);
+            // Only an unconnected socket is marked from here: a datagram
+            // spoofed to a client's connected socket before the client
+            // speaks must not make it a server's (and drop its replies).
+            let mark = storage_with(&OUTBOUND, full, remote_port == 0, HEARD_FIRST);
             if !mark.is_null() {
                 // SAFETY: a non-null pointer from bpf_sk_storage_get points
                 // at the socket's u32 value.
