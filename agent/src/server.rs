@@ -384,7 +384,12 @@ fn bind_socket(opts: &Settings) -> anyhow::Result<UnixListener> {
         .with_context(|| format!("setting mode of {}", path.display()))?;
     if let Some(group) = &opts.socket_group {
         let gid = nix::unistd::Group::from_name(group)?
-            .with_context(|| format!("socket group {group:?} does not exist"))?
+            .with_context(|| {
+                format!(
+                    "socket group {group:?} does not exist: create it (`groupadd --system {group}`) \
+                     or set another socket_group in the configuration (or pass --socket-group)"
+                )
+            })?
             .gid;
         nix::unistd::chown(path, None, Some(gid))
             .with_context(|| format!("chown {} to group {group}", path.display()))?;

@@ -30,6 +30,10 @@ pub(crate) struct InstallOptions {
 #[derive(clap::Args)]
 pub(crate) struct PackageOptions {}
 
+/// The group packaging/agent.toml gives the control socket; created by
+/// packaging/debian/postinst and by `install`.
+const SOCKET_GROUP: &str = "portcullis";
+
 fn copy(from: &Path, to: &Path, mode: u32) -> Result<()> {
     if let Some(dir) = to.parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -130,6 +134,18 @@ pub(crate) fn install_main(options: InstallOptions, ws: &Workspace) -> Result<()
     let bin = run::build_agent(ws, true)?;
     lay_out(ws, &bin, &root)?;
     eprintln!("install: done under {}", root.display());
+    if root == Path::new("/") {
+        // What the package's postinst does: the group agent.toml names
+        // for the control socket.
+        let known = Command::new("getent")
+            .args(["group", SOCKET_GROUP])
+            .output()
+            .context("running getent")?;
+        if !known.status.success() {
+            util::run(Command::new("groupadd").args(["--system", SOCKET_GROUP]))?;
+            eprintln!("install: created the system group {SOCKET_GROUP} (members may use the control socket)");
+        }
+    }
     if root == Path::new("/") && Path::new("/run/systemd/system").exists() {
         util::run(Command::new("systemctl").arg("daemon-reload"))?;
         eprintln!("install: next: put segment policies in /etc/portcullis/policies, then `systemctl enable --now portcullis`");
