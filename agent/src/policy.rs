@@ -160,7 +160,7 @@ impl Segment {
                 };
                 format!(
                     "jit max {}, approvers {approvers}",
-                    humantime::format_duration(jit.max_ttl)
+                    crate::duration::format(jit.max_ttl, " ")
                 )
             }
         };
