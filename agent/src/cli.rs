@@ -1,7 +1,8 @@
 //! The `portcullis` command line: argument parsing, client-side checks, and
 //! output (readable tables for people, `--json` for scripts).
 //!
-//! Exit codes: 0 done; 1 the agent refused (the message says why); 2 bad
+//! Exit codes: 0 done; 1 the agent refused (the message says why), or
+//! the answer is "no" (`explain`: DENY; `status`: enforcement incomplete); 2 bad
 //! arguments (including text with control characters, which the agent
 //! refuses too) or an invalid policy (`check`); 3 the agent could not be
 //! reached.
@@ -25,7 +26,7 @@ mod suggest;
 mod uninstall;
 
 pub(crate) use render::render;
-use render::{left, not_enforcing, table};
+use render::{exits_one, left, table};
 
 use crate::{
     control::{self, Reply, Request, Response},
@@ -355,7 +356,7 @@ pub(crate) fn run_client(cli: Cli) -> ExitCode {
             serde_json::to_string_pretty(&response).expect("serializes")
         );
         return match response {
-            Response::Ok(reply) if !not_enforcing(&reply) => ExitCode::SUCCESS,
+            Response::Ok(reply) if !exits_one(&reply) => ExitCode::SUCCESS,
             _ => ExitCode::from(1),
         };
     }
@@ -363,8 +364,9 @@ pub(crate) fn run_client(cli: Cli) -> ExitCode {
         Response::Error(refusal) => refused(&refusal),
         Response::Ok(reply) => {
             print!("{}", render(&termtext::escaped(&reply)));
-            // `status` fails while the kernel lacks part of the enforcement.
-            if not_enforcing(&reply) {
+            // `status` fails while the kernel lacks part of the enforcement,
+            // `explain` when the answer is DENY.
+            if exits_one(&reply) {
                 ExitCode::from(1)
             } else {
                 ExitCode::SUCCESS

@@ -100,6 +100,16 @@ pub(super) fn not_enforcing(reply: &Reply) -> bool {
     matches!(reply, Reply::Status(s) if s.enforcement.as_ref().is_some_and(|e| !e.ok) || s.journal_failing.is_some())
 }
 
+/// Whether a reply is a "no" that scripts test with the exit code:
+/// `status` while the kernel lacks part of the enforcement, `explain`
+/// when the answer is DENY (as `kubectl auth can-i` exits 1 on "no"; a
+/// segment in audit mode lets the connection through, so its WOULD DENY
+/// exits 0).
+pub(super) fn exits_one(reply: &Reply) -> bool {
+    not_enforcing(reply)
+        || matches!(reply, Reply::Explained(v) if !v.allowed && v.mode.as_deref() != Some("audit"))
+}
+
 fn render_list(l: &ListView) -> String {
     let mut out = String::new();
     if l.standing.is_empty() && l.grants.is_empty() && l.pending.is_empty() {
