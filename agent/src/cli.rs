@@ -195,6 +195,22 @@ fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(code)
 }
 
+/// The agent could not be reached (exit 3). With `--json` the error is
+/// JSON on stdout too, shaped like the agent's refusals with the code
+/// `unreachable`, so a script reading stdout always gets JSON.
+fn unreachable(e: impl std::fmt::Display, json: bool) -> ExitCode {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "error": { "code": "unreachable", "message": e.to_string() }
+            }))
+            .expect("serializes")
+        );
+    }
+    fail(3, e)
+}
+
 /// Runs a client command (everything but `agent`).
 pub(crate) fn run_client(cli: Cli) -> ExitCode {
     let (request, json) = match cli.command {
@@ -348,7 +364,7 @@ pub(crate) fn run_client(cli: Cli) -> ExitCode {
             Ok(reply) => Response::Ok(reply),
             Err(e) => return fail(3, e),
         },
-        Err(e) => return fail(3, e),
+        Err(e) => return unreachable(e, json),
     };
     if json {
         println!(

@@ -16,7 +16,11 @@ use crate::{
 /// Why the core refuses a command.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum CoreError {
-    #[error("unknown segment {name:?}{}; segments in force: {}", did_you_mean(name, known), in_force(known))]
+    #[error(
+        "unknown segment {name:?}{}; segments in force: {}",
+        did_you_mean(name, known),
+        in_force(known)
+    )]
     UnknownSegment { name: String, known: Vec<String> },
     #[error("segment {segment} has no [segment.{segment}.jit] table, so it takes no grants or requests; add one to its policy")]
     NoJit { segment: String },

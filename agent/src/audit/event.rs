@@ -204,8 +204,8 @@ pub(crate) enum AuditEvent {
 }
 
 impl AuditEvent {
-    /// Every kind this version writes, as named on disk (for the docs test).
-    #[cfg(test)]
+    /// Every kind this version writes, as named on disk (the docs test,
+    /// and `audit --event`'s check).
     pub(crate) const KINDS: [&'static str; 20] = [
         "agent_start",
         "agent_stop",

@@ -72,7 +72,9 @@ pub(crate) struct QueryArgs {
     /// Only records about this segment.
     #[arg(long)]
     pub segment: Option<String>,
-    /// Only records of this event kind (grant, revoke, expire, ...).
+    /// Only records of this event kind (grant, revoke, expire, ...; with
+    /// --denies: deny, would_deny, suppressed). Another name is an error
+    /// listing the kinds.
     #[arg(long)]
     pub event: Option<String>,
     /// Keep printing new records as they are written.
@@ -170,6 +172,11 @@ impl Filter {
                 })
             })
             .transpose()?;
+        if let Some(ev) = &q.event {
+            if let Some(note) = check_event(ev, q.denies)? {
+                eprintln!("portcullis: note: {note}");
+            }
+        }
         let identity = q
             .identity
             .as_deref()
@@ -287,6 +294,40 @@ fn identity_matches(id: &Identity, rec: &Record) -> bool {
             .and_then(|i| i.strip_prefix("peer:"))
             .and_then(|a| a.split('/').next()?.parse::<IpAddr>().ok())
             .is_some_and(|ip| cidr.contains(ip)),
+    }
+}
+
+/// The kinds of the deny log's lines (`--denies`).
+const DENY_KINDS: [&str; 3] = ["deny", "would_deny", "suppressed"];
+
+/// `--event KIND` must name a kind of the log it reads: a typo (within
+/// two edits of a kind) would otherwise show nothing and exit 0, as if
+/// nothing had happened, so it is an error. A name far from every kind
+/// may be a newer version's kind in the log: a note, and the query runs.
+fn check_event(ev: &str, denies: bool) -> Result<Option<String>, String> {
+    let (log, kinds): (&str, &[&str]) = if denies {
+        ("deny log", &DENY_KINDS)
+    } else {
+        ("audit log", &AuditEvent::KINDS)
+    };
+    if kinds.contains(&ev) {
+        return Ok(None);
+    }
+    let guess = kinds
+        .iter()
+        .map(|k| (strsim::levenshtein(ev, k), *k))
+        .filter(|&(d, _)| d <= 2)
+        .min();
+    let ev = termtext::escape(ev);
+    match guess {
+        Some((_, k)) => Err(format!(
+            "--event {ev:?} is not a kind of the {log}; did you mean {k:?}?; kinds: {}",
+            kinds.join(", ")
+        )),
+        None => Ok(Some(format!(
+            "--event {ev:?} is not a kind this version writes (a newer agent's?); kinds: {}",
+            kinds.join(", ")
+        ))),
     }
 }
 

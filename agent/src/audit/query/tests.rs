@@ -193,3 +193,36 @@ fn partial_lines_are_left_for_later() {
         "{\"event\":\"a\",\"ts\":\"x\"}\n"
     );
 }
+
+/// `audit --event grnt` used to print nothing and exit 0 (issue 20).
+#[test]
+fn an_unknown_event_kind_is_an_error_listing_the_kinds() {
+    let q = |event: &str, denies: bool| QueryArgs {
+        event: Some(event.into()),
+        denies,
+        ..QueryArgs::default()
+    };
+    let e = Filter::new(&q("grnt", false)).err().expect("refused");
+    assert!(
+        e.starts_with("--event \"grnt\" is not a kind of the audit log; did you mean \"grant\"?; kinds: agent_start, agent_stop, grant, "),
+        "{e}"
+    );
+    let e = Filter::new(&q("deni", true)).err().expect("refused");
+    assert_eq!(
+        e,
+        "--event \"deni\" is not a kind of the deny log; did you mean \"deny\"?; kinds: deny, would_deny, suppressed"
+    );
+    assert!(Filter::new(&q("would_deny", true)).is_ok());
+    assert!(Filter::new(&q("revok", false)).is_err());
+    // Far from every kind: perhaps a newer version's; a note, not an error.
+    assert_eq!(
+        check_event("quorum_reached", false).unwrap().unwrap(),
+        format!(
+            "--event \"quorum_reached\" is not a kind this version writes (a newer agent's?); kinds: {}",
+            AuditEvent::KINDS.join(", ")
+        )
+    );
+    for kind in AuditEvent::KINDS {
+        assert!(Filter::new(&q(kind, false)).is_ok(), "{kind}");
+    }
+}
