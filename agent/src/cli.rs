@@ -444,7 +444,10 @@ fn check(paths: &[PathBuf]) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        _ => fail(2, format!("{errors} error(s); nothing was applied")),
+        _ => fail(
+            2,
+            format!("{errors} error(s): the policy is invalid; an agent would refuse it and keep its current policy"),
+        ),
     }
 }
 

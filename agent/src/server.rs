@@ -92,10 +92,12 @@ fn ensure_bpffs(bpffs: &Path) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
+    // 0. Privileges: without them nothing else matters (and the policy's
+    // warnings would only bury the one line that does).
+    crate::privileges::check()?;
     // 1. Policy first: a bad policy never reaches the kernel.
     let policy = load_policy(&opts.policies, &opts.policy_trust)
         .map_err(|e| anyhow::anyhow!("policy in {} is invalid:\n{e}", opts.policies.display()))?;
-    crate::privileges::check()?;
     // One agent per pin directory, state directory, audit log and socket:
     // a second one stops here, before it touches any of them.
     let _locks =
