@@ -109,6 +109,7 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
         .cgroup
         .clone()
         .unwrap_or_else(|| hierarchy.mount.clone());
+    crate::cgroupfs::check_attach_point(&cgroup, &hierarchy.mount)?;
     ensure_bpffs(&opts.bpffs)?;
     let mut dataplane = Dataplane::open(&DataplaneConfig {
         bpffs: opts.bpffs.clone(),
