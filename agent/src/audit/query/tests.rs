@@ -178,8 +178,18 @@ fn a_denied_request_is_not_shown_as_a_kernel_deny() {
     assert!(matches!(r.event, AuditEvent::Deny { .. }));
     assert_eq!(
         render(&r),
-        "T  deny            user:nobody → db  by root(0)/pid 1  reason=\"not now\" request_id=4 requested_by={\"pid\":2,\"uid\":65534,\"user\":\"nobody\"}"
+        "T  deny (request)  user:nobody → db  by root(0)/pid 1  reason=\"not now\" request_id=4 requested_by={\"pid\":2,\"uid\":65534,\"user\":\"nobody\"}"
     );
+    // The same line read untyped (as a record from the deny-log reader
+    // would be) is not taken for a kernel deny either.
+    let Value::Object(map) = json!({"ts": "T", "event": "deny", "request_id": 4, "segment": "db",
+        "identity": "user:nobody", "reason": "not now",
+        "requested_by": {"pid": 2, "uid": 65534, "user": "nobody"},
+        "actor": {"pid": 1, "uid": 0, "user": "root"}})
+    else {
+        unreachable!()
+    };
+    assert_eq!(render_map(&map), render(&r));
 }
 
 #[test]
