@@ -80,6 +80,9 @@ pub(crate) struct QueryArgs {
     /// Keep printing new records as they are written.
     #[arg(long, short = 'f')]
     pub follow: bool,
+    /// Only the last N matching records (then, with --follow, new ones).
+    #[arg(long = "lines", short = 'n', value_name = "N")]
+    pub lines: Option<usize>,
     /// Print the records as written (JSON lines).
     #[arg(long)]
     pub json: bool,
@@ -356,6 +359,8 @@ fn query(q: QueryArgs, socket: &Path) -> ExitCode {
     };
     files.retain(|f| f == &path || f.exists());
     let mut end = 0;
+    // With -n, matching lines go through a window of the last N first.
+    let mut last = q.lines.map(LastLines::new);
     for f in &files {
         let file = match File::open(f) {
             Ok(file) => file,
@@ -364,10 +369,24 @@ fn query(q: QueryArgs, socket: &Path) -> ExitCode {
             }
             Err(e) => return fail(1, format!("cannot read {}: {e}", f.display())),
         };
-        match print_lines(BufReader::new(file), &filter, q.json, &mut out) {
+        let printed = match &mut last {
+            Some(window) => print_lines(BufReader::new(file), &filter, q.json, window),
+            None => print_lines(BufReader::new(file), &filter, q.json, &mut out),
+        };
+        match printed {
             Ok(n) => end = n,
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return ExitCode::SUCCESS,
             Err(e) => return fail(1, format!("reading {}: {e}", f.display())),
+        }
+    }
+    if let Some(window) = last {
+        for line in window.lines {
+            if let Err(e) = out.write_all(&line) {
+                if e.kind() == io::ErrorKind::BrokenPipe {
+                    return ExitCode::SUCCESS;
+                }
+                return fail(1, format!("writing: {e}"));
+            }
         }
     }
     if q.follow {
@@ -378,6 +397,41 @@ fn query(q: QueryArgs, socket: &Path) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// The last `n` lines written to it (`audit -n N`), each with its newline.
+pub(crate) struct LastLines {
+    n: usize,
+    lines: std::collections::VecDeque<Vec<u8>>,
+    partial: Vec<u8>,
+}
+
+impl LastLines {
+    pub(crate) fn new(n: usize) -> Self {
+        Self {
+            n,
+            lines: std::collections::VecDeque::new(),
+            partial: Vec::new(),
+        }
+    }
+}
+
+impl Write for LastLines {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        for &b in buf {
+            self.partial.push(b);
+            if b == b'\n' {
+                self.lines.push_back(std::mem::take(&mut self.partial));
+                if self.lines.len() > self.n {
+                    self.lines.pop_front();
+                }
+            }
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Prints the matching records of `reader`; returns the bytes consumed

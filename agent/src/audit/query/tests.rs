@@ -236,3 +236,27 @@ fn an_unknown_event_kind_is_an_error_listing_the_kinds() {
         assert!(Filter::new(&q(kind, false)).is_ok(), "{kind}");
     }
 }
+
+/// `audit -n 2`: the last two matching records, not the whole history.
+#[test]
+fn the_last_n_matching_records() {
+    let data = b"{\"event\":\"grant\",\"grant_id\":1}\n{\"event\":\"revoke\",\"grant_id\":1}\n\
+{\"event\":\"grant\",\"grant_id\":2}\n{\"event\":\"grant\",\"grant_id\":3}\n{\"event\":\"revoke\",\"grant_id\":3}\n";
+    let mut window = LastLines::new(2);
+    print_lines(&data[..], &filter(&["--event", "grant"]), true, &mut window).unwrap();
+    let shown: Vec<String> = window
+        .lines
+        .iter()
+        .map(|l| String::from_utf8(l.clone()).unwrap())
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            "{\"event\":\"grant\",\"grant_id\":2}\n",
+            "{\"event\":\"grant\",\"grant_id\":3}\n"
+        ]
+    );
+    let mut none = LastLines::new(0);
+    print_lines(&data[..], &filter(&[]), true, &mut none).unwrap();
+    assert!(none.lines.is_empty());
+}
