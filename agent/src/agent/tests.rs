@@ -510,3 +510,48 @@ fn a_scrape_needs_no_agent_lock_and_shows_the_last_published_state() {
     );
 }
 mod journal;
+
+/// Issue 20: a pending request for a segment that left the policy stayed
+/// listed forever. A reload ends it, journaled and audited; a request for
+/// a segment that stays is untouched.
+#[test]
+fn a_reload_drops_the_pending_requests_of_a_segment_that_left() {
+    let f = Fixture::new(FakeKernel::default());
+    let both = format!(
+        "{POLICY}{}",
+        POLICY
+            .replace("segment.db", "segment.web")
+            .replace("5432", "8080")
+    );
+    let mut a = f.start(&both);
+    let gone = request_id(a.request(&cred(USER), "db", None, None).unwrap());
+    let stays = request_id(a.request(&cred(USER), "web", None, None).unwrap());
+    let pending = |a: &mut Agent| match a.pending() {
+        Reply::Pending { requests } => requests.iter().map(|r| r.id).collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(pending(&mut a), vec![gone, stays]);
+    let web_only = POLICY
+        .replace("segment.db", "segment.web")
+        .replace("5432", "8080");
+    a.apply_policy(parse(&web_only)).unwrap();
+    assert_eq!(pending(&mut a), vec![stays]);
+    let dropped: Vec<_> = f
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            AuditEvent::RequestDropped {
+                request_id, why, ..
+            } => Some((request_id, why)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        dropped,
+        vec![(gone, "segment db left the policy".to_string())]
+    );
+    // The journal has it too: a restart does not bring it back.
+    drop(a);
+    let mut again = f.start(&web_only);
+    assert_eq!(pending(&mut again), vec![stays]);
+}
