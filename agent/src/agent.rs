@@ -94,6 +94,9 @@ pub(crate) struct Agent {
     mode_override: Option<Mode>,
     /// Whether the hooks feed the discovery map.
     discovery_on: bool,
+    /// Where the metrics endpoint listens (for `status`'s warning when it
+    /// sits on a protected port).
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Standing allows that do not resolve right now, with why.
     unresolved: BTreeMap<(String, String), String>,
     local_addresses: usize,
@@ -160,6 +163,7 @@ impl Agent {
             ports,
             mode_override,
             discovery_on: true,
+            metrics_addr: None,
             unresolved: BTreeMap::new(),
             local_addresses: 0,
             last_reload: None,

@@ -296,6 +296,15 @@ pub(crate) struct SegmentStatus {
     /// "enforce" or "audit".
     #[serde(default)]
     pub mode: String,
+    /// The policy's `description`.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// How many identities the policy allows standing.
+    #[serde(default)]
+    pub standing: usize,
+    /// Live (not suspended) grants on the segment.
+    #[serde(default)]
+    pub grants: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -331,6 +340,10 @@ pub(crate) struct StatusView {
     /// Enforcement as the kernel has it (checked when `status` asks).
     #[serde(default)]
     pub enforcement: Option<EnforcementView>,
+    /// What a reader should know about the coverage (a partial attach
+    /// point, the metrics endpoint on a protected port).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -142,6 +142,7 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
     )?;
     agent.set_request_ttl(opts.request_expiry);
     agent.set_discovery(opts.discovery);
+    agent.set_metrics_addr(opts.metrics_addr);
     let addrs = hostaddrs::scan().context("listing this host's addresses")?;
     agent.set_local_addrs(&addrs)?;
     // Attach only now: the maps hold the policy, the grants and this host's
@@ -152,6 +153,7 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
         cgroup = %cgroup.display(),
         pins = %agent.pin_dir().display(),
         segments = agent.policy().segments.len(),
+        ports = %protected_ports(agent.policy()),
         addresses = addrs.len(),
         "enforcing"
     );
@@ -361,6 +363,20 @@ fn reload_with(shared: &Shared, dir: &Path, trust: &policy::FileTrust, only_if_c
             error!("policy reload refused; still enforcing the previous policy:\n{errors}");
         }
     }
+}
+
+/// `payments-db 5432/tcp,6432/tcp; sessions-cache 6379/tcp` for the
+/// start-up log line: which ports are closed, not only how many segments.
+fn protected_ports(policy: &policy::Policy) -> String {
+    policy
+        .segments
+        .values()
+        .map(|s| {
+            let ports: Vec<String> = s.ports.iter().map(ToString::to_string).collect();
+            format!("{} {}", s.name, ports.join(","))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn bind_socket(opts: &Settings) -> anyhow::Result<UnixListener> {

@@ -555,3 +555,42 @@ fn a_reload_drops_the_pending_requests_of_a_segment_that_left() {
     let mut again = f.start(&web_only);
     assert_eq!(pending(&mut again), vec![stays]);
 }
+
+/// Issue 20: `status` says per segment what is protected and for whom,
+/// and warns where coverage is narrower than one would assume.
+#[test]
+fn status_shows_each_segments_ports_mode_allows_grants_and_the_warnings() {
+    let f = Fixture::new(FakeKernel::default());
+    let text = POLICY.replace(
+        "[segment.db]\n",
+        "[segment.db]\ndescription = \"PostgreSQL\"\n",
+    );
+    let mut a = f.start(&text);
+    a.grant(&cred(ROOT), "db", "uid:41002", None, None).unwrap();
+    a.set_metrics_addr(Some("127.0.0.1:5432".parse().unwrap()));
+    let Reply::Status(s) = a.status() else {
+        panic!("not a status")
+    };
+    let db = &s.segments[0];
+    assert_eq!(db.ports, vec!["5432/tcp".to_string()]);
+    assert_eq!(db.description.as_deref(), Some("PostgreSQL"));
+    assert_eq!(
+        (db.mode.as_str(), db.standing, db.grants),
+        ("enforce", 1, 1)
+    );
+    assert_eq!(s.warnings.len(), 2, "{:?}", s.warnings);
+    assert!(
+        s.warnings[0].contains("not the cgroup2 root"),
+        "{:?}",
+        s.warnings
+    );
+    assert_eq!(
+        s.warnings[1],
+        "the metrics endpoint 127.0.0.1:5432 is on port 5432/tcp of segment db: scrapers need an allow or a grant there"
+    );
+    a.set_metrics_addr(Some("127.0.0.1:9464".parse().unwrap()));
+    let Reply::Status(s) = a.status() else {
+        panic!("not a status")
+    };
+    assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+}

@@ -242,6 +242,9 @@ fn render_status(s: &StatusView) -> String {
             }
         ));
     }
+    for w in &s.warnings {
+        out.push_str(&format!("WARNING: {w}\n"));
+    }
     out.push('\n');
     let rows: Vec<Vec<String>> = s
         .segments
@@ -251,9 +254,12 @@ fn render_status(s: &StatusView) -> String {
                 g.name.clone(),
                 g.ports.join(","),
                 g.mode.clone(),
+                g.standing.to_string(),
+                g.grants.to_string(),
                 g.allowed.to_string(),
                 g.denied.to_string(),
                 g.would_deny.to_string(),
+                g.description.clone().unwrap_or_default(),
             ]
         })
         .collect();
@@ -262,9 +268,12 @@ fn render_status(s: &StatusView) -> String {
             "SEGMENT",
             "PORTS",
             "MODE",
+            "STANDING",
+            "GRANTS",
             "ALLOWED",
             "DENIED",
             "WOULD_DENY",
+            "DESCRIPTION",
         ],
         &rows,
     ));
