@@ -14,8 +14,12 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
+/// The examples of each subcommand's `--help`.
+mod examples;
 /// `request --wait`, `explain` arguments, rendering of requests and explanations.
 mod jit;
+/// Shell completions and man pages.
+mod manuals;
 /// Human-readable replies: tables, grant lines, status.
 mod render;
 /// Streamed replies (`list --json`, `revoke`) printed record by record.
@@ -25,6 +29,7 @@ mod suggest;
 /// `uninstall`: through the running agent, or under its locks.
 mod uninstall;
 
+pub(crate) use examples::AUDIT_VERIFY as AUDIT_VERIFY_EXAMPLES;
 pub(crate) use render::render;
 use render::{exits_one, left, table};
 
@@ -56,9 +61,12 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Run the agent in the foreground: load and attach the programs, apply
     /// the policy, serve the control socket.
+    #[command(after_help = examples::AGENT)]
     Agent(Box<AgentArgs>),
     /// Open SEGMENT to IDENTITY for a bounded time; prints the grant's id.
+    #[command(after_help = examples::GRANT)]
     Grant {
+        /// The segment to open, as named in the policy.
         segment: String,
         /// unit:NAME.service, cgroup:/PATH, user:NAME, uid:N, group:NAME, gid:N, peer:CIDR
         identity: String,
@@ -68,31 +76,40 @@ pub(crate) enum Command {
         /// Why (required where the segment's policy says so).
         #[arg(long)]
         reason: Option<String>,
+        /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
     },
     /// Revoke a grant by id, every grant of an identity, or every grant on a segment.
+    #[command(after_help = examples::REVOKE)]
     Revoke {
         /// The grant id printed by `grant` and `list`.
         id: Option<u64>,
+        /// Every grant of this identity (with --segment: on that segment only).
         #[arg(long)]
         identity: Option<String>,
+        /// Every grant on this segment (with --identity: only that identity's).
         #[arg(long)]
         segment: Option<String>,
+        /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
     },
     /// Show standing allows, live grants with their time left, and pending requests.
+    #[command(after_help = examples::LIST)]
     List {
         /// Only the requests waiting for a decision.
         #[arg(long)]
         pending: bool,
+        /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
     },
     /// Ask for access to SEGMENT for yourself (your user: identity); prints
     /// the request's id. Root or one of the segment's approvers decides.
+    #[command(after_help = examples::REQUEST)]
     Request {
+        /// The segment to ask for, as named in the policy.
         segment: String,
         /// How long, e.g. 30m (default: the segment's default_ttl; at most its max_ttl).
         #[arg(long)]
@@ -103,30 +120,37 @@ pub(crate) enum Command {
         /// Wait for the decision: exit 0 when approved, 1 when denied or expired.
         #[arg(long)]
         wait: bool,
+        /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
     },
     /// Approve a pending request: grants it, for at most the TTL it asked for.
+    #[command(after_help = examples::APPROVE)]
     Approve {
         /// The request id printed by `request` and `list --pending`.
         id: u64,
         /// Grant less time than asked (never more).
         #[arg(long)]
         ttl: Option<Ttl>,
+        /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
     },
     /// Deny a pending request.
+    #[command(after_help = examples::DENY)]
     Deny {
+        /// The request id printed by `request` and `list --pending`.
         id: u64,
         /// Why; the requester sees it.
         #[arg(long, required = true)]
         reason: String,
+        /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
     },
     /// Say which segment, rule or grant decides whether IDENTITY (or the
     /// process --pid PID) may reach PORT/PROTO, read from the kernel maps.
+    #[command(after_help = examples::EXPLAIN)]
     Explain {
         /// IDENTITY PORT/PROTO, or just PORT/PROTO with --pid.
         #[arg(value_name = "[IDENTITY] PORT/PROTO", num_args = 1..=2, required = true)]
@@ -134,17 +158,21 @@ pub(crate) enum Command {
         /// Take the identity from a running process (its cgroup, uid and gid).
         #[arg(long)]
         pid: Option<u32>,
+        /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
     },
     /// List every listening TCP/UDP socket and who the kernel saw reach
     /// each port since the agent started, protected or not (root only).
+    #[command(after_help = examples::DISCOVER)]
     Discover {
+        /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
     },
     /// Print a segment policy (TOML) allowing the clients the kernel saw,
     /// for review: `--segment S` (its ports) or `--port PORT/PROTO`.
+    #[command(after_help = examples::SUGGEST)]
     Suggest {
         /// One port, e.g. 5432/tcp.
         #[arg(long, conflicts_with = "segment", required_unless_present = "segment")]
@@ -160,29 +188,50 @@ pub(crate) enum Command {
         aggregate: bool,
     },
     /// Show what the agent enforces: programs, segments, counters, capacity.
+    #[command(after_help = examples::STATUS)]
     Status {
+        /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
     },
     /// Query the audit trail (`--denies`: the kernel deny log), or `audit verify` its hash chain.
+    #[command(after_help = examples::AUDIT)]
     Audit(crate::audit::query::AuditArgs),
     /// Validate policy files or directories offline (no root, no agent).
+    #[command(after_help = examples::CHECK)]
     Check {
+        /// Policy files, or directories of them (every non-hidden *.toml).
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
     /// Stop enforcing: detach every program and remove every pinned map of
     /// the agent's bpffs directory (through the agent when one runs; it then
     /// stops). Explicit by design: stopping the agent never does this.
+    #[command(after_help = examples::UNINSTALL)]
     Uninstall(uninstall::UninstallArgs),
     /// Kernel debug lines in the agent's log (root only): which rule let a
     /// connection through, why one was refused. Off by default; without
     /// on/off, shows the state.
+    #[command(after_help = examples::DEBUG)]
     Debug {
+        /// `on` or `off`; without it, shows the state.
         #[arg(value_parser = ["on", "off"])]
         state: Option<String>,
+        /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
+    },
+    /// Print a shell completion script on stdout.
+    #[command(after_help = examples::COMPLETIONS)]
+    Completions {
+        /// The shell to complete in.
+        shell: manuals::Shell,
+    },
+    /// Write the man pages into DIR (for packaging).
+    #[command(hide = true)]
+    Man {
+        /// Where to write portcullis.1 and portcullis-SUBCOMMAND.1.
+        dir: PathBuf,
     },
     /// Per-packet cost of the programs under BPF_PROG_TEST_RUN, as JSON (for `cargo xtask bench`).
     #[cfg(feature = "bench")]
@@ -218,6 +267,21 @@ pub(crate) fn run_client(cli: Cli) -> ExitCode {
         #[cfg(feature = "bench")]
         Command::BenchDataplane(_) => unreachable!("handled by main"),
         Command::Check { paths } => return check(&paths),
+        Command::Completions { shell } => {
+            manuals::completions(shell, &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Command::Man { dir } => {
+            return match manuals::man_pages(&dir) {
+                Ok(pages) => {
+                    for p in pages {
+                        println!("{}", p.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(1, format!("writing man pages into {}: {e}", dir.display())),
+            }
+        }
         Command::Audit(args) => return crate::audit::query::run(args, &client_socket(cli.socket)),
         Command::Uninstall(args) => return uninstall::run(args),
         Command::Grant {
@@ -476,5 +540,40 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Issue 20: every subcommand shows examples, every option says what
+    /// it is for.
+    #[test]
+    fn every_subcommand_has_examples_and_every_option_a_description() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        let mut stack: Vec<(String, &clap::Command)> = cmd
+            .get_subcommands()
+            .map(|c| (c.get_name().to_string(), c))
+            .collect();
+        while let Some((path, c)) = stack.pop() {
+            if c.is_hide_set() || c.get_name() == "help" {
+                continue;
+            }
+            if c.get_after_help().is_none() {
+                missing.push(format!("{path}: no examples (after_help)"));
+            }
+            for a in c.get_arguments() {
+                if a.is_hide_set() || ["help", "version"].contains(&a.get_id().as_str()) {
+                    continue;
+                }
+                if a.get_help().is_none() {
+                    missing.push(format!("{path} {}: no description", a.get_id()));
+                }
+            }
+            stack.extend(
+                c.get_subcommands()
+                    .map(|s| (format!("{path} {}", s.get_name()), s)),
+            );
+        }
+        missing.sort();
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
     }
 }

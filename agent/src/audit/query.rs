@@ -54,6 +54,7 @@ pub(crate) struct AuditArgs {
 pub(crate) enum AuditCommand {
     /// Check the hash chain; names the first broken record. Given the
     /// current log (the default), checks its rotated files too.
+    #[command(after_help = crate::cli::AUDIT_VERIFY_EXAMPLES)]
     Verify {
         /// An audit log file [default: the agent's audit log].
         file: Option<PathBuf>,
