@@ -230,6 +230,12 @@ fn render_status(s: &StatusView) -> String {
             "deny log: {} ({} denies read, {} logged, {} suppressed by the rate limit)\n",
             d.path, d.received, d.logged, d.suppressed
         ));
+        if d.write_failures > 0 {
+            out.push_str(&format!(
+                "WARNING: the deny log could not be written {} time(s): those denies are counted (metrics) but not logged; check that {} is writable\n",
+                d.write_failures, d.path
+            ));
+        }
     }
     if let Some(r) = &s.last_reload {
         out.push_str(&format!(
