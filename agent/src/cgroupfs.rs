@@ -38,10 +38,6 @@ pub(crate) enum CgroupError {
     },
 }
 
-/// `statfs` magic numbers (linux/magic.h).
-const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
-
 /// Checks that `path` is a directory of the cgroup2 filesystem, so that a
 /// wrong `--cgroup` is named for what it is (a file, cgroup v1, not a
 /// cgroup at all) instead of failing later as a kernel refusal to attach.
@@ -64,8 +60,9 @@ pub(crate) fn check_attach_point(path: &Path, mount: &Path) -> Result<(), Cgroup
     if !meta.is_dir() {
         return Err(err("is a file, not a cgroup directory"));
     }
+    use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, CGROUP_SUPER_MAGIC};
     let magic = nix::sys::statfs::statfs(path)
-        .map(|s| s.filesystem_type().0 as i64)
+        .map(|s| s.filesystem_type())
         .map_err(|e| CgroupError::Io {
             path: path.display().to_string(),
             source: e.into(),

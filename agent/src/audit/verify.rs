@@ -86,7 +86,7 @@ pub(crate) fn verify_file(path: &Path, start: &Start) -> io::Result<Result<Verif
             record,
             why: why.into(),
         };
-        let Ok(Value::Object(mut rec)) = serde_json::from_str::<Value>(&line) else {
+        let Ok(Value::Object(mut rec)) = serde_json::from_str::<Value>(line) else {
             return Ok(Err(brk(None, "not a JSON object")));
         };
         let label = describe(&rec);
