@@ -29,7 +29,6 @@ mod suggest;
 /// `uninstall`: through the running agent, or under its locks.
 mod uninstall;
 
-pub(crate) use examples::AUDIT_VERIFY as AUDIT_VERIFY_EXAMPLES;
 pub(crate) use render::render;
 use render::{exits_one, left, table};
 

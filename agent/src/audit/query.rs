@@ -54,12 +54,19 @@ pub(crate) struct AuditArgs {
 pub(crate) enum AuditCommand {
     /// Check the hash chain; names the first broken record. Given the
     /// current log (the default), checks its rotated files too.
-    #[command(after_help = crate::cli::AUDIT_VERIFY_EXAMPLES)]
+    #[command(after_help = VERIFY_EXAMPLES)]
     Verify {
         /// An audit log file [default: the agent's audit log].
         file: Option<PathBuf>,
     },
 }
+
+/// `audit verify --help`'s examples (the other subcommands' are in
+/// `cli/examples.rs`, which this module cannot import: `cli` imports it).
+const VERIFY_EXAMPLES: &str = "\
+Examples:
+  portcullis audit verify                                   # the agent's log and its rotated files
+  portcullis audit verify /var/log/portcullis/audit.jsonl.3";
 
 #[derive(Args, Debug, Default)]
 pub(crate) struct QueryArgs {

@@ -75,11 +75,6 @@ Examples:
   portcullis audit --denies --identity user:alice
   portcullis audit verify";
 
-pub(crate) const AUDIT_VERIFY: &str = "\
-Examples:
-  portcullis audit verify                                   # the agent's log and its rotated files
-  portcullis audit verify /var/log/portcullis/audit.jsonl.3";
-
 pub(super) const CHECK: &str = "\
 Examples:
   portcullis check /etc/portcullis/policies
