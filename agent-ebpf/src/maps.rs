@@ -2,7 +2,7 @@
 //! from `agent-common`; the agent pins each map by name and may override the
 //! sizes of the grant and peer maps at load time.
 use agent_common::{
-    DebugBudget, DenyEvent, Expiry, FlowMark, GrantKey, PeerKey, SegmentCounters,
+    DebugBudget, DenyEvent, Expiry, FlowMark, GrantKey, PeerKey, SegmentCounters, Usage,
     DEFAULT_MAX_GRANTS, DEFAULT_MAX_PEERS, DENY_RING_BYTES, KILL_RING_BYTES, MAX_LOCAL_NETS,
     MAX_SEGMENTS, PORT_SLOTS,
 };
@@ -10,7 +10,7 @@ use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 
 /// Port index → segment id. An array: one bounds check and one load.
@@ -62,6 +62,12 @@ pub static KILL_REQUESTS: RingBuf = RingBuf::with_byte_size(KILL_RING_BYTES, 0);
 /// network while unconnected are marked as servers' (see `skb.rs`).
 #[btf_map(name = "PC_OUTBOUND")]
 pub static OUTBOUND: SkStorage<u32> = SkStorage::new();
+
+/// Local grant entry → its use on this CPU (see `usage.rs`). Sized like
+/// `GRANTS` (the agent overrides both alike); not preallocated.
+#[map(name = "PC_USAGE")]
+pub static USAGE: PerCpuHashMap<GrantKey, Usage> =
+    PerCpuHashMap::with_max_entries(DEFAULT_MAX_GRANTS, BPF_F_NO_PREALLOC);
 
 /// The kernel debug switch (entry 0: 0 off, else on); see `debug.rs`.
 /// Not pinned: written only by the agent that loaded these programs.

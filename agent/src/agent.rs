@@ -51,6 +51,8 @@ mod grants;
 /// Requests, approvals, denials and `explain` (the JIT workflow).
 mod jit;
 mod recovery;
+/// What the kernel counted per allow and grant; idle timeouts.
+mod usage;
 /// Domain state → control wire types.
 mod views;
 pub use apply::DEFAULT_GRANT_GRACE;

@@ -213,6 +213,12 @@ pub struct GrantView {
     /// comes back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspended_until: Option<String>,
+    /// What the kernel counted (filled by `list`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageView>,
+    /// The segment's idle timeout, in seconds, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u64>,
 }
 
 /// An access request and what became of it.
@@ -253,6 +259,24 @@ pub struct AllowView {
     pub ports: Vec<String>,
     /// Set when the identity does not currently resolve on this host.
     pub unresolved: Option<String>,
+    /// What the kernel counted (absent for `peer:` allows, not tracked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageView>,
+}
+
+/// How much an allow or grant was used, from the kernel's usage map.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UsageView {
+    /// Connections (and unconnected datagrams) admitted.
+    pub connections: u64,
+    /// RFC 3339, UTC; absent when never used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_use: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_use: Option<String>,
+    /// Seconds since the last use; absent when never used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_secs: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -18,6 +18,7 @@ use crate::{
     dataplane::{Dataplane, DataplaneError, KernelCheck, PeerEntry, XdpAttachment},
     hostaddrs::LocalNet,
     ledger::Change,
+    usage::Totals,
 };
 
 /// What the agent's core reads from and writes to the kernel.
@@ -50,6 +51,10 @@ pub trait KernelMaps: Send {
     fn counters(&self, segment: u32) -> Result<SegmentCounters, DataplaneError>;
     /// (grant map, peer maps) capacity.
     fn capacity(&self) -> (u32, u32);
+    /// Every usage entry, summed over CPUs.
+    fn read_usage(&self) -> Result<Vec<(GrantKey, Totals)>, DataplaneError>;
+    /// Deletes the usage entries of `keys` (gone from the grant map).
+    fn forget_usage(&mut self, keys: &[GrantKey]) -> Result<(), DataplaneError>;
 
     /// Attaches the programs (the server does this once the maps are full);
     /// returns where XDP went.
@@ -107,6 +112,12 @@ impl KernelMaps for Dataplane {
     }
     fn capacity(&self) -> (u32, u32) {
         Dataplane::capacity(self)
+    }
+    fn read_usage(&self) -> Result<Vec<(GrantKey, Totals)>, DataplaneError> {
+        Dataplane::read_usage(self)
+    }
+    fn forget_usage(&mut self, keys: &[GrantKey]) -> Result<(), DataplaneError> {
+        Dataplane::forget_usage(self, keys)
     }
     fn attach(&mut self) -> Result<Vec<XdpAttachment>, DataplaneError> {
         Dataplane::attach(self)?;

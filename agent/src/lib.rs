@@ -68,4 +68,5 @@ pub mod sockdiag;
 pub mod state;
 pub mod sweep;
 pub mod termtext;
+pub mod usage;
 pub mod watch;

@@ -170,6 +170,7 @@ mod tests {
                 identity: "cgroup:/evil\u{1b}]0;t\u{7}".into(),
                 ports: vec!["5432/tcp".into()],
                 unresolved: Some("gone\n".into()),
+                usage: None,
             }],
             grants: vec![],
             pending: vec![],

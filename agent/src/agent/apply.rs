@@ -254,6 +254,8 @@ impl Agent {
                     cleaned_at: None,
                     expires_at: Some(expires_at),
                     why: Some(why.to_string()),
+                    reason: Some("ttl".into()),
+                    usage: None,
                 };
                 (event, why)
             } else {
@@ -267,6 +269,7 @@ impl Agent {
                     expires_at,
                     request_id: g.request_id,
                     why: Some(why.to_string()),
+                    usage: None,
                     suspended: None,
                 };
                 (event, why)
@@ -303,6 +306,7 @@ impl Agent {
             request_id: s.grant.request_id,
             why: None,
             suspended: Some(true),
+            usage: None,
         });
         info!(grant = gid, segment = %s.grant.segment, actor = %actor, "revoked (suspended)");
         let view = self.view(&s.grant);

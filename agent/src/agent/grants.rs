@@ -216,6 +216,7 @@ impl Agent {
         let mut revoked = Vec::new();
         for gid in selected {
             // Revocation happens even when the audit log cannot be written.
+            let usage = self.usage_record(gid);
             let changes = self.ledger.remove(&Source::Grant(gid));
             if let Err(e) = self.kernel.apply(&changes) {
                 return Err(refuse(
@@ -235,12 +236,14 @@ impl Agent {
                 request_id: g.request_id,
                 why: None,
                 suspended: None,
+                usage,
             }) {
                 warn!(grant = gid, error = %e, "revoked, but the audit record could not be written");
             }
             info!(grant = gid, segment = %g.segment, identity = %g.identity, actor = %actor, "revoked");
             revoked.push(g);
         }
+        self.forget_unused_usage();
         self.save();
         let views = revoked.iter().map(|g| self.view(g)).collect();
         Ok((Reply::Revoked { grants: views }, revoked))
@@ -259,6 +262,7 @@ impl Agent {
         let due = self.grants.due(now);
         let mut out = Vec::new();
         for id in due {
+            let usage = self.usage_record(id);
             let changes = self.ledger.remove(&Source::Grant(id));
             if let Err(e) = self.kernel.apply(&changes) {
                 warn!(grant = id, error = %e, "cleaning up an expired grant failed; the kernel ignores it anyway");
@@ -275,13 +279,17 @@ impl Agent {
                 cleaned_at: Some(clock::rfc3339(SystemTime::now())),
                 expires_at: None,
                 why: None,
+                reason: Some("ttl".into()),
+                usage,
             });
             info!(grant = id, segment = %g.segment, identity = %g.identity, "expired");
             out.push(g);
         }
         if !out.is_empty() {
+            self.forget_unused_usage();
             self.save();
         }
+        out.extend(self.lapse_idle());
         out
     }
 
@@ -292,6 +300,7 @@ impl Agent {
             .next_deadline()
             .into_iter()
             .chain(self.next_suspended_deadline())
+            .chain(self.next_idle_deadline())
             .min();
         match (grants, self.requests.next_deadline()) {
             (Some(g), Some(r)) => Some(g.min(r)),

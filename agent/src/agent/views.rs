@@ -32,14 +32,30 @@ impl Agent {
                 .suspended
                 .get(&g.id)
                 .map(|s| clock::rfc3339(clock::wall_of(s.until.min(g.expires_boot_ns)))),
+            usage: None,
+            idle_timeout_secs: self
+                .policy
+                .segments
+                .get(&g.segment)
+                .and_then(|s| s.jit.as_ref()?.idle_timeout)
+                .map(|d| d.as_secs()),
         }
     }
 
     pub fn list(&self) -> Reply {
+        let map = self.read_usage();
+        let now = clock::boot_ns();
         let mut standing = Vec::new();
         for seg in self.policy.segments.values() {
             for identity in &seg.allow {
+                let source = Source::Standing {
+                    segment: seg.name.clone(),
+                    identity: identity.to_string(),
+                };
+                let usage = (!matches!(identity, Identity::Peer(_)))
+                    .then(|| Self::usage_view(&self.usage_of(&source, &map), now));
                 standing.push(AllowView {
+                    usage,
                     segment: seg.name.clone(),
                     identity: identity.to_string(),
                     ports: self.ports_of(&seg.name),
@@ -54,7 +70,13 @@ impl Agent {
             .grants
             .values()
             .chain(self.suspended.values().map(|s| &s.grant))
-            .map(|g| self.view(g))
+            .map(|g| GrantView {
+                usage: Some(Self::usage_view(
+                    &self.usage_of(&Source::Grant(g.id), &map),
+                    now,
+                )),
+                ..self.view(g)
+            })
             .collect();
         let pending = self.pending_views();
         Reply::List(ListView {

@@ -95,6 +95,9 @@ pub enum AuditEvent {
         why: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         suspended: Option<bool>,
+        /// How much the grant was used (absent for suspended grants).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<crate::usage::Record>,
     },
     /// A grant reached its end (or a suspended one did, during its grace).
     Expire {
@@ -113,6 +116,13 @@ pub enum AuditEvent {
         expires_at: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         why: Option<String>,
+        /// Why it ended: `ttl` (its deadline) or `idle` (unused for the
+        /// segment's idle timeout).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// How much the grant was used (absent for suspended grants).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<crate::usage::Record>,
     },
     GrantSuspended {
         grant_id: u64,

@@ -243,6 +243,24 @@ impl Dataplane {
     pub fn capacity(&self) -> (u32, u32) {
         (self.max_grants, self.max_peers)
     }
+
+    /// Every usage entry, its per-CPU values summed.
+    pub fn read_usage(&self) -> Result<Vec<(GrantKey, crate::usage::Totals)>> {
+        self.usage
+            .iter()
+            .map(|r| {
+                r.map(|(k, per_cpu)| (k, crate::usage::Totals::of(per_cpu.iter().copied())))
+                    .map_err(map_err(map_names::USAGE, "read"))
+            })
+            .collect()
+    }
+
+    /// Forgets the use of entries no longer in the grant map.
+    pub fn forget_usage(&mut self, keys: &[GrantKey]) -> Result<()> {
+        keys.iter().try_for_each(|k| {
+            ignore_missing(self.usage.remove(k)).map_err(map_err(map_names::USAGE, "delete"))
+        })
+    }
 }
 
 pub(super) fn peer_key(

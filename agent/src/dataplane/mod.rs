@@ -26,9 +26,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use agent_common::{map_names, DenyEvent, Expiry, GrantKey, KillRequest, PeerKey, SegmentCounters};
+use agent_common::{
+    map_names, DenyEvent, Expiry, GrantKey, KillRequest, PeerKey, SegmentCounters, Usage,
+};
 use aya::{
-    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::ProgramError,
     Ebpf, EbpfError,
 };
@@ -183,6 +185,7 @@ pub struct Dataplane {
     peer_hosts: HashMap<MapData, PeerKey, Expiry>,
     local_nets: LpmTrie<MapData, [u8; 16], u32>,
     counters: PerCpuArray<MapData, SegmentCounters>,
+    usage: PerCpuHashMap<MapData, GrantKey, Usage>,
     deny_events: Option<RingBuf<MapData>>,
     kill_requests: Option<RingBuf<MapData>>,
     programs: Vec<&'static str>,

@@ -18,6 +18,7 @@ use crate::{
     dataplane::{DataplaneError, KernelCheck, PeerEntry, XdpAttachment},
     hostaddrs::LocalNet,
     ledger::{Change, EntryKey},
+    usage::Totals,
 };
 
 /// One write, as the fake saw it.
@@ -37,6 +38,8 @@ pub(crate) struct FakeMaps {
     pub peers: Vec<(u32, [u8; 16], u8, u64)>,
     pub local_nets: BTreeSet<LocalNet>,
     pub counters: BTreeMap<u32, SegmentCounters>,
+    /// What the hooks would have counted (tests write it directly).
+    pub usage: BTreeMap<GrantKey, Totals>,
     pub max_grants: u32,
     pub max_peers: u32,
     /// Every write so far, oldest first.
@@ -263,6 +266,16 @@ impl KernelMaps for FakeKernel {
     fn capacity(&self) -> (u32, u32) {
         let m = self.maps();
         (m.max_grants, m.max_peers)
+    }
+    fn read_usage(&self) -> Result<Vec<(GrantKey, Totals)>, DataplaneError> {
+        Ok(self.maps().usage.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn forget_usage(&mut self, keys: &[GrantKey]) -> Result<(), DataplaneError> {
+        let mut m = self.maps();
+        for k in keys {
+            m.usage.remove(k);
+        }
+        Ok(())
     }
     fn attach(&mut self) -> Result<Vec<XdpAttachment>, DataplaneError> {
         Ok(Vec::new())
