@@ -113,6 +113,9 @@ pub struct Snapshot {
     /// The deny log's counters, once its reader runs.
     pub denies: Option<DenyLogView>,
     pub revoke_latency: Histogram,
+    /// Per segment: connections its current local allows and grants
+    /// admitted (the kernel's usage map).
+    pub usage_connections: Vec<(String, u64)>,
 }
 
 impl Default for Snapshot {
@@ -133,6 +136,7 @@ impl Default for Snapshot {
             audit_write_failures: 0,
             audit_writable: false,
             audit_queued: 0,
+            usage_connections: Vec::new(),
             denies: None,
             revoke_latency: Histogram::new(&LATENCY_BUCKETS),
         }

@@ -111,5 +111,6 @@ pub fn snapshot(agent: &Agent) -> Snapshot {
         audit_queued: agent.audit_health().2 as u64,
         denies: agent.metrics().denies.as_ref().map(|d| d.view()),
         revoke_latency: agent.metrics().revoke_latency.clone(),
+        usage_connections: agent.usage_by_segment(),
     }
 }

@@ -64,10 +64,7 @@ fn min_some(a: Option<u64>, b: Option<u64>) -> Option<u64> {
 /// or its start if it was never used (or only before it started, through
 /// an entry it shares with an allow), plus the timeout.
 pub fn idle_deadline(granted_boot_ns: u64, usage: &Totals, timeout: Duration) -> u64 {
-    let active = usage
-        .last_boot_ns
-        .unwrap_or(0)
-        .max(granted_boot_ns);
+    let active = usage.last_boot_ns.unwrap_or(0).max(granted_boot_ns);
     let ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
     active.saturating_add(ns)
 }
@@ -126,7 +123,10 @@ mod tests {
         let a = Totals::of([u(1, 10, 20)]);
         let b = Totals::of([u(4, 5, 15)]);
         let m = a.merge(b);
-        assert_eq!((m.connections, m.first_boot_ns, m.last_boot_ns), (5, Some(5), Some(20)));
+        assert_eq!(
+            (m.connections, m.first_boot_ns, m.last_boot_ns),
+            (5, Some(5), Some(20))
+        );
         assert_eq!(Totals::default().merge(a), a);
     }
 
@@ -136,7 +136,10 @@ mod tests {
         // Never used: idle from its start.
         assert_eq!(idle_deadline(1_000, &Totals::default(), t), 1_100);
         // Used after its start: from the last use.
-        assert_eq!(idle_deadline(1_000, &Totals::of([u(1, 1_050, 1_500)]), t), 1_600);
+        assert_eq!(
+            idle_deadline(1_000, &Totals::of([u(1, 1_050, 1_500)]), t),
+            1_600
+        );
         // Used only before it started (a shared entry): from its start.
         assert_eq!(idle_deadline(1_000, &Totals::of([u(1, 10, 20)]), t), 1_100);
         // Saturates instead of wrapping.

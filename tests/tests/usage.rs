@@ -88,7 +88,10 @@ fn list_usage_counts_a_grants_connections_and_report_unused_lists_the_unused_all
     let l = list(&agent);
     let g = grant_usage(&l, id).expect("grant listed");
     assert_eq!(g["connections"], 3, "{l}");
-    assert!(g["last_use"].is_string() && g["first_use"].is_string(), "{l}");
+    assert!(
+        g["last_use"].is_string() && g["first_use"].is_string(),
+        "{l}"
+    );
     assert_eq!(allow_usage(&l, "uid:40111")["connections"], 2, "{l}");
     let never = allow_usage(&l, "uid:40112");
     assert_eq!(never["connections"], 0, "{l}");
@@ -100,7 +103,10 @@ fn list_usage_counts_a_grants_connections_and_report_unused_lists_the_unused_all
         .lines()
         .find(|r| r.contains("uid:40113"))
         .unwrap_or_else(|| panic!("no grant row in {table}"));
-    assert!(row.contains(&format!("grant {id}")) && row.contains(" 3 "), "{row}");
+    assert!(
+        row.contains(&format!("grant {id}")) && row.contains(" 3 "),
+        "{row}"
+    );
 
     let report = json(&agent.ok(&["report", "unused", "--since", "1h", "--json"]));
     let unused: Vec<&str> = report["unused"]

@@ -21,6 +21,24 @@ use crate::{
 pub(super) type UsageMap = BTreeMap<GrantKey, Totals>;
 
 impl Agent {
+    /// Per segment in the policy: connections its current local entries
+    /// admitted, for the metrics.
+    pub fn usage_by_segment(&self) -> Vec<(String, u64)> {
+        let map = self.read_usage();
+        self.policy
+            .segments
+            .keys()
+            .map(|name| {
+                let id = self.segment_ids.get(name).copied().unwrap_or(0);
+                let sum = map
+                    .iter()
+                    .filter(|(k, _)| k.segment == id)
+                    .fold(0u64, |acc, (_, t)| acc.saturating_add(t.connections));
+                (name.clone(), sum)
+            })
+            .collect()
+    }
+
     /// The whole usage map (empty, with a warning, if it cannot be read:
     /// usage is information, never a reason to refuse).
     pub(super) fn read_usage(&self) -> UsageMap {
@@ -51,7 +69,9 @@ impl Agent {
             connections: t.connections,
             first_use: t.first_boot_ns.map(|ns| clock::rfc3339(clock::wall_of(ns))),
             last_use: t.last_boot_ns.map(|ns| clock::rfc3339(clock::wall_of(ns))),
-            idle_secs: t.last_boot_ns.map(|ns| now.saturating_sub(ns) / 1_000_000_000),
+            idle_secs: t
+                .last_boot_ns
+                .map(|ns| now.saturating_sub(ns) / 1_000_000_000),
         }
     }
 
@@ -110,7 +130,10 @@ impl Agent {
             return None;
         }
         let map = self.read_usage();
-        self.idle_deadlines(&map).into_iter().map(|(at, _)| at).min()
+        self.idle_deadlines(&map)
+            .into_iter()
+            .map(|(at, _)| at)
+            .min()
     }
 
     fn any_idle_timeout(&self) -> bool {

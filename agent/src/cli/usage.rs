@@ -76,7 +76,10 @@ pub(super) fn unused(l: &ListView, window_secs: u64) -> Vec<Unused> {
 
 fn render_unused(rows: &[Unused], window_secs: u64) -> String {
     if rows.is_empty() {
-        return format!("every allow and grant was used in the last {}\n", left(window_secs));
+        return format!(
+            "every allow and grant was used in the last {}\n",
+            left(window_secs)
+        );
     }
     let rows: Vec<Vec<String>> = rows
         .iter()
@@ -123,7 +126,11 @@ pub(super) fn render_usage(l: &ListView) -> String {
         rows.push(r);
     }
     for g in &l.grants {
-        let mut r = vec![g.segment.clone(), format!("grant {}", g.id), g.identity.clone()];
+        let mut r = vec![
+            g.segment.clone(),
+            format!("grant {}", g.id),
+            g.identity.clone(),
+        ];
         r.extend(cell(g.usage.as_ref()));
         rows.push(r);
     }
@@ -160,13 +167,19 @@ pub(super) fn report_unused(socket: &std::path::Path, window_secs: u64, json: bo
             since_secs: window_secs,
             unused: unused(&list, window_secs),
         };
-        println!("{}", serde_json::to_string_pretty(&report).expect("serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("serializes")
+        );
         return ExitCode::SUCCESS;
     }
     let Reply::List(list) = termtext::escaped(&Reply::List(list)) else {
         unreachable!("escaping keeps the variant")
     };
-    print!("{}", render_unused(&unused(&list, window_secs), window_secs));
+    print!(
+        "{}",
+        render_unused(&unused(&list, window_secs), window_secs)
+    );
     ExitCode::SUCCESS
 }
 
@@ -228,7 +241,11 @@ mod tests {
         let ids: Vec<(&str, &str)> = rows.iter().map(|r| (r.kind, r.identity.as_str())).collect();
         assert_eq!(
             ids,
-            vec![("allow", "user:never"), ("allow", "user:old"), ("grant", "user:bob")]
+            vec![
+                ("allow", "user:never"),
+                ("allow", "user:old"),
+                ("grant", "user:bob")
+            ]
         );
         assert_eq!(rows[2].grant_id, Some(4));
         assert_eq!(rows[2].since.as_deref(), Some("made"));

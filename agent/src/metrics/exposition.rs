@@ -109,6 +109,18 @@ pub fn render(s: &Snapshot) -> String {
             n(seg.denied),
         );
     }
+    e.family(
+        "portcullis_segment_usage_connections",
+        "gauge",
+        "Connections the segment's current local allows and grants admitted (kernel usage map).",
+    );
+    for (segment, connections) in &s.usage_connections {
+        e.sample(
+            "portcullis_segment_usage_connections",
+            &[("segment", segment)],
+            n(*connections),
+        );
+    }
     e.single(
         "portcullis_grants_live",
         "gauge",
@@ -279,6 +291,7 @@ mod tests {
             denied: 4,
         });
         s.grants_live = 2;
+        s.usage_connections = vec![("db".into(), 7)];
         s.grant_entries = Some(5);
         s.grant_capacity = 100;
         s.audit_writable = true;
@@ -287,6 +300,7 @@ mod tests {
             "portcullis_segment_allowed_total{segment=\"db\"} 3\n",
             "portcullis_segment_denied_total{segment=\"db\"} 4\n",
             "portcullis_grants_live 2\n",
+            "portcullis_segment_usage_connections{segment=\"db\"} 7\n",
             "portcullis_map_entries{map=\"grants\"} 5\n",
             "portcullis_map_capacity{map=\"grants\"} 100\n",
             "portcullis_audit_log_writable 1\n",

@@ -551,7 +551,13 @@ fn idle_timeout_is_a_bounded_duration() {
         "\"400d\"",
         "bad idle_timeout: idle timeout `400d` is longer than the maximum of 366 days",
     );
-    let number = "[segment.a]\nports = [\"1/tcp\"]\n[segment.a.jit]\nmax_ttl = \"1h\"\nidle_timeout = 60\n";
+    let number =
+        "[segment.a]\nports = [\"1/tcp\"]\n[segment.a.jit]\nmax_ttl = \"1h\"\nidle_timeout = 60\n";
     let d = only(number);
-    assert_error(&d, number, "60", "`idle_timeout` must be a string, not an integer");
+    assert_error(
+        &d,
+        number,
+        "60",
+        "`idle_timeout` must be a string, not an integer",
+    );
 }
