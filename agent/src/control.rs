@@ -7,6 +7,7 @@
 //! the request. Owns framing, limits and connection errors; the meaning of
 //! each request lives in `agent`.
 use std::{
+    collections::BTreeMap,
     io::{self, BufRead, BufReader, Read, Write},
     os::unix::net::UnixStream as StdUnixStream,
     path::{Path, PathBuf},
@@ -213,12 +214,6 @@ pub struct GrantView {
     /// comes back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspended_until: Option<String>,
-    /// What the kernel counted (filled by `list`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub usage: Option<UsageView>,
-    /// The segment's idle timeout, in seconds, if it has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub idle_timeout_secs: Option<u64>,
 }
 
 /// An access request and what became of it.
@@ -286,6 +281,10 @@ pub struct ListView {
     /// Requests waiting for a decision.
     #[serde(default)]
     pub pending: Vec<RequestView>,
+    /// What the kernel counted for each grant, by grant id (kept apart
+    /// from `GrantView`, which every grant reply carries).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub grant_usage: BTreeMap<u64, UsageView>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

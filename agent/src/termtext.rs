@@ -174,6 +174,7 @@ mod tests {
             }],
             grants: vec![],
             pending: vec![],
+            grant_usage: Default::default(),
         });
         let Reply::List(l) = escaped(&reply) else {
             panic!("not a list")

@@ -23,7 +23,7 @@ pub struct Totals {
 impl Totals {
     /// Sums one entry's per-CPU values (or several entries' totals):
     /// connections add up, the earliest first use and latest last use win.
-    pub fn add(self, u: &Usage) -> Self {
+    pub fn add_cpu(self, u: &Usage) -> Self {
         let nz = |v: u64| (v != 0).then_some(v);
         Self {
             connections: self.connections.saturating_add(u.connections),
@@ -43,7 +43,7 @@ impl Totals {
     pub fn of(per_cpu: impl IntoIterator<Item = Usage>) -> Self {
         per_cpu
             .into_iter()
-            .fold(Self::default(), |acc, u| acc.add(&u))
+            .fold(Self::default(), |acc, u| acc.add_cpu(&u))
     }
 
     /// Whether anything used it at or after `since` (boot ns).

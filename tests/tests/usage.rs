@@ -41,12 +41,7 @@ fn allow_usage(l: &Value, identity: &str) -> Value {
 }
 
 fn grant_usage(l: &Value, id: u64) -> Option<Value> {
-    l["ok"]["grants"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|g| g["id"] == id)
-        .map(|g| g["usage"].clone())
+    l["ok"]["grant_usage"].get(id.to_string()).cloned()
 }
 
 /// The audit record of event `event` for grant `id`, waiting (bounded) for it.

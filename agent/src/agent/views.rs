@@ -32,13 +32,6 @@ impl Agent {
                 .suspended
                 .get(&g.id)
                 .map(|s| clock::rfc3339(clock::wall_of(s.until.min(g.expires_boot_ns)))),
-            usage: None,
-            idle_timeout_secs: self
-                .policy
-                .segments
-                .get(&g.segment)
-                .and_then(|s| s.jit.as_ref()?.idle_timeout)
-                .map(|d| d.as_secs()),
         }
     }
 
@@ -70,12 +63,14 @@ impl Agent {
             .grants
             .values()
             .chain(self.suspended.values().map(|s| &s.grant))
-            .map(|g| GrantView {
-                usage: Some(Self::usage_view(
-                    &self.usage_of(&Source::Grant(g.id), &map),
-                    now,
-                )),
-                ..self.view(g)
+            .map(|g| self.view(g))
+            .collect();
+        let grant_usage = self
+            .grants
+            .values()
+            .map(|g| {
+                let t = self.usage_of(&Source::Grant(g.id), &map);
+                (g.id, Self::usage_view(&t, now))
             })
             .collect();
         let pending = self.pending_views();
@@ -83,6 +78,7 @@ impl Agent {
             standing,
             grants,
             pending,
+            grant_usage,
         })
     }
 

@@ -58,7 +58,10 @@ pub(super) fn unused(l: &ListView, window_secs: u64) -> Vec<Unused> {
             })
         })
         .chain(l.grants.iter().filter_map(|g| {
-            let u = g.usage.as_ref().filter(|u| idle_for(u, window_secs))?;
+            let u = l
+                .grant_usage
+                .get(&g.id)
+                .filter(|u| idle_for(u, window_secs))?;
             Some(Unused {
                 segment: g.segment.clone(),
                 kind: "grant",
@@ -131,7 +134,7 @@ pub(super) fn render_usage(l: &ListView) -> String {
             format!("grant {}", g.id),
             g.identity.clone(),
         ];
-        r.extend(cell(g.usage.as_ref()));
+        r.extend(cell(l.grant_usage.get(&g.id)));
         rows.push(r);
     }
     if rows.is_empty() {
@@ -207,7 +210,7 @@ mod tests {
         }
     }
 
-    fn grant(id: u64, u: Option<UsageView>) -> GrantView {
+    fn grant(id: u64) -> GrantView {
         GrantView {
             id,
             segment: "db".into(),
@@ -220,8 +223,6 @@ mod tests {
             reason: None,
             request_id: None,
             suspended_until: None,
-            usage: u,
-            idle_timeout_secs: None,
         }
     }
 
@@ -234,8 +235,14 @@ mod tests {
                 allow("user:old", usage(7, Some(100))),
                 allow("peer:10.0.0.0/8", None),
             ],
-            grants: vec![grant(4, usage(0, None)), grant(5, usage(1, Some(5)))],
+            grants: vec![grant(4), grant(5)],
             pending: vec![],
+            grant_usage: [
+                (4, usage(0, None).unwrap()),
+                (5, usage(1, Some(5)).unwrap()),
+            ]
+            .into_iter()
+            .collect(),
         };
         let rows = unused(&l, 100);
         let ids: Vec<(&str, &str)> = rows.iter().map(|r| (r.kind, r.identity.as_str())).collect();
