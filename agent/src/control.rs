@@ -7,7 +7,6 @@
 //! the request. Owns framing, limits and connection errors; the meaning of
 //! each request lives in `agent`.
 use std::{
-    collections::BTreeMap,
     io::{self, BufRead, BufReader, Read, Write},
     os::unix::net::UnixStream as StdUnixStream,
     path::{Path, PathBuf},
@@ -283,8 +282,25 @@ pub struct ListView {
     pub pending: Vec<RequestView>,
     /// What the kernel counted for each grant, by grant id (kept apart
     /// from `GrantView`, which every grant reply carries).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub grant_usage: BTreeMap<u64, UsageView>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grant_usage: Vec<GrantUsageView>,
+}
+
+/// One grant's use, in [`ListView::grant_usage`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GrantUsageView {
+    pub grant_id: u64,
+    pub usage: UsageView,
+}
+
+impl ListView {
+    /// The use of grant `id`, if listed.
+    pub fn usage_of_grant(&self, id: u64) -> Option<&UsageView> {
+        self.grant_usage
+            .iter()
+            .find(|g| g.grant_id == id)
+            .map(|g| &g.usage)
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -41,7 +41,11 @@ fn allow_usage(l: &Value, identity: &str) -> Value {
 }
 
 fn grant_usage(l: &Value, id: u64) -> Option<Value> {
-    l["ok"]["grant_usage"].get(id.to_string()).cloned()
+    l["ok"]["grant_usage"]
+        .as_array()?
+        .iter()
+        .find(|g| g["grant_id"] == id)
+        .map(|g| g["usage"].clone())
 }
 
 /// The audit record of event `event` for grant `id`, waiting (bounded) for it.

@@ -70,7 +70,10 @@ impl Agent {
             .values()
             .map(|g| {
                 let t = self.usage_of(&Source::Grant(g.id), &map);
-                (g.id, Self::usage_view(&t, now))
+                crate::control::GrantUsageView {
+                    grant_id: g.id,
+                    usage: Self::usage_view(&t, now),
+                }
             })
             .collect();
         let pending = self.pending_views();

@@ -59,8 +59,7 @@ pub(super) fn unused(l: &ListView, window_secs: u64) -> Vec<Unused> {
         })
         .chain(l.grants.iter().filter_map(|g| {
             let u = l
-                .grant_usage
-                .get(&g.id)
+                .usage_of_grant(g.id)
                 .filter(|u| idle_for(u, window_secs))?;
             Some(Unused {
                 segment: g.segment.clone(),
@@ -134,7 +133,7 @@ pub(super) fn render_usage(l: &ListView) -> String {
             format!("grant {}", g.id),
             g.identity.clone(),
         ];
-        r.extend(cell(l.grant_usage.get(&g.id)));
+        r.extend(cell(l.usage_of_grant(g.id)));
         rows.push(r);
     }
     if rows.is_empty() {
@@ -189,7 +188,7 @@ pub(super) fn report_unused(socket: &std::path::Path, window_secs: u64, json: bo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::{AllowView, GrantView};
+    use crate::control::{AllowView, GrantUsageView, GrantView};
 
     fn usage(connections: u64, idle_secs: Option<u64>) -> Option<UsageView> {
         Some(UsageView {
@@ -242,6 +241,7 @@ mod tests {
                 (5, usage(1, Some(5)).unwrap()),
             ]
             .into_iter()
+            .map(|(grant_id, usage)| GrantUsageView { grant_id, usage })
             .collect(),
         };
         let rows = unused(&l, 100);
