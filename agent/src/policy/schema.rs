@@ -21,12 +21,18 @@ use super::{
     Jit, Mode, Segment,
 };
 use crate::{
-    duration::parse_ttl,
+    duration::{parse_ttl, IdleTimeout},
     identity::{Identity, PortRange},
 };
 
 const SEGMENT_KEYS: [&str; 5] = ["description", "ports", "allow", "jit", "mode"];
-const JIT_KEYS: [&str; 4] = ["max_ttl", "default_ttl", "approvers", "require_reason"];
+const JIT_KEYS: [&str; 5] = [
+    "max_ttl",
+    "default_ttl",
+    "approvers",
+    "require_reason",
+    "idle_timeout",
+];
 /// `default_ttl` when the policy gives none (capped at `max_ttl`).
 const DEFAULT_TTL: Duration = Duration::from_secs(15 * 60);
 const SEGMENT_NAME_RULE: &str = "segment names are 1-63 characters: lowercase letters, digits, \
@@ -440,6 +446,10 @@ impl Parser<'_> {
                 true
             }),
         };
+        let idle_timeout = match table.get("idle_timeout") {
+            None => None,
+            Some(item) => Some(self.idle_timeout(item, &location)?),
+        };
 
         let max_ttl = max_ttl?;
         let default_ttl = match default_ttl {
@@ -466,7 +476,31 @@ impl Parser<'_> {
             default_ttl,
             approvers,
             require_reason,
+            idle_timeout,
         })
+    }
+
+    /// `idle_timeout`: a string duration within [`IdleTimeout`]'s bounds.
+    fn idle_timeout(&mut self, item: &Item, fallback: &Location) -> Option<Duration> {
+        let location = self.item_location(item, fallback);
+        let Some(text) = item.as_str() else {
+            let message = format!(
+                "`idle_timeout` must be a string, not {}",
+                article(item.type_name())
+            );
+            self.error(
+                location,
+                message,
+                r#"write idle_timeout = "15m": a grant nothing used for that long lapses"#,
+            );
+            return None;
+        };
+        text.parse::<IdleTimeout>()
+            .map(Duration::from)
+            .map_err(|error| {
+                self.error(location, format!("bad idle_timeout: {error}"), error.help())
+            })
+            .ok()
     }
 
     /// Whether `identity` can approve; reports why not.
