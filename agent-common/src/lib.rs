@@ -105,6 +105,10 @@ pub mod global_names {
     /// `u32`: 1 when the hooks feed [`super::map_names::DISCOVERY`], 0 when
     /// discovery is off (`discovery = false`).
     pub const DISCOVERY_ON: &str = "PC_DISCOVERY_ON";
+    /// `u32`: 1 (the default) when the hooks count use in
+    /// [`super::map_names::USAGE`]; 0 only in a bench-built agent asked to
+    /// measure the path without it.
+    pub const USAGE_ON: &str = "PC_USAGE_ON";
 }
 
 /// Program names (the Rust function names in `agent-ebpf`).

@@ -74,6 +74,12 @@ pub static DISCOVERY: LruHashMap<DiscoveryKey, Sighting> =
 #[unsafe(no_mangle)]
 pub static PC_DISCOVERY_ON: u32 = 0;
 
+/// 1 when the hooks count use in `USAGE` (always, but for the bench's
+/// measurement of the path without it). Read-only data: the verifier
+/// drops the branch not taken.
+#[unsafe(no_mangle)]
+pub static PC_USAGE_ON: u32 = 1;
+
 /// Local grant entry → its use on this CPU (see `usage.rs`). Sized like
 /// `GRANTS` (the agent overrides both alike); not preallocated.
 #[map(name = "PC_USAGE")]

@@ -15,13 +15,22 @@
 use agent_common::{kind, GrantKey, Usage};
 use aya_ebpf::bindings::BPF_NOEXIST;
 
-use crate::{debug, decide::LocalMatch, maps::USAGE};
+use crate::{
+    debug,
+    decide::LocalMatch,
+    maps::{PC_USAGE_ON, USAGE},
+};
 
 /// Counts an admitted connection or datagram against the entry that
 /// admitted it (`connection` false: a later packet of an admitted flow,
 /// which only refreshes the last use).
 #[inline(always)]
 pub fn record(segment: u32, found: &LocalMatch, now: u64, connection: bool) {
+    // SAFETY: a read of a constant the loader set; volatile so the
+    // compiler does not fold the default in.
+    if unsafe { core::ptr::read_volatile(&PC_USAGE_ON) } == 0 {
+        return;
+    }
     let kind = match found.reason {
         debug::reason::UID => kind::UID,
         debug::reason::GID => kind::GID,

@@ -40,11 +40,12 @@ fn allow_usage(l: &Value, identity: &str) -> Value {
         .clone()
 }
 
+/// The usage a listed grant carries; `None` if the grant is not listed.
 fn grant_usage(l: &Value, id: u64) -> Option<Value> {
-    l["ok"]["grant_usage"]
+    l["ok"]["grants"]
         .as_array()?
         .iter()
-        .find(|g| g["grant_id"] == id)
+        .find(|g| g["id"] == id)
         .map(|g| g["usage"].clone())
 }
 

@@ -166,6 +166,8 @@ impl Dataplane {
         loader.override_global(global_names::HOST_NETNS, &host_netns, true);
         let discovery_on = u32::from(cfg.discovery);
         loader.override_global(global_names::DISCOVERY_ON, &discovery_on, true);
+        let usage_on = u32::from(!bench_without_usage());
+        loader.override_global(global_names::USAGE_ON, &usage_on, true);
         let mut ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
         // The maps just loaded are the ones pinned (created or re-opened).
         let map_ids = map_paths
@@ -321,4 +323,11 @@ fn walk_dirs(root: &Path) -> io::Result<Vec<PathBuf>> {
         i += 1;
     }
     Ok(out)
+}
+
+/// Whether usage counting is off: only in an agent built with the `bench`
+/// feature, when `cargo xtask bench` sets `PORTCULLIS_BENCH_NO_USAGE` to
+/// measure the connect path without it. Never in a release build.
+fn bench_without_usage() -> bool {
+    cfg!(feature = "bench") && std::env::var_os("PORTCULLIS_BENCH_NO_USAGE").is_some()
 }
