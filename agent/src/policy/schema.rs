@@ -21,7 +21,7 @@ use super::{
     Jit, Mode, Segment,
 };
 use crate::{
-    duration::{parse_ttl, IdleTimeout},
+    duration::parse_ttl,
     identity::{Identity, PortRange},
 };
 
@@ -480,54 +480,6 @@ impl Parser<'_> {
         })
     }
 
-    /// `idle_timeout`: a string duration within [`IdleTimeout`]'s bounds.
-    fn idle_timeout(&mut self, item: &Item, fallback: &Location) -> Option<Duration> {
-        let location = self.item_location(item, fallback);
-        let Some(text) = item.as_str() else {
-            let message = format!(
-                "`idle_timeout` must be a string, not {}",
-                article(item.type_name())
-            );
-            self.error(
-                location,
-                message,
-                r#"write idle_timeout = "15m": a grant nothing used for that long lapses"#,
-            );
-            return None;
-        };
-        text.parse::<IdleTimeout>()
-            .map(Duration::from)
-            .map_err(|error| {
-                self.error(location, format!("bad idle_timeout: {error}"), error.help())
-            })
-            .ok()
-    }
-
-    /// Whether `identity` can approve; reports why not.
-    fn approver(&mut self, identity: &Identity, location: Location) -> bool {
-        let help = match identity {
-            Identity::User(_) | Identity::Uid(_) | Identity::Group(_) | Identity::Gid(_) => {
-                return true
-            }
-            Identity::Peer(_) => {
-                "approvals come over the agent's local socket, which knows the caller's uid \
-                 and groups, never its address: name a user:, uid:, group: or gid:"
-            }
-            _ => {
-                "approvals are made by people running `portcullis approve`: name their \
-                 user:, uid:, group: or gid:"
-            }
-        };
-        self.error(
-            location,
-            format!(
-                "`{identity}` cannot approve: approvers are user:NAME, uid:N, group:NAME or gid:N"
-            ),
-            help,
-        );
-        false
-    }
-
     fn ttl(&mut self, item: &Item, key: &str, fallback: &Location) -> Option<Duration> {
         let location = self.item_location(item, fallback);
         let Some(text) = item.as_str() else {
@@ -628,5 +580,7 @@ fn article(type_name: &str) -> String {
     format!("{} {type_name}", if vowel { "an" } else { "a" })
 }
 
+/// The `jit` table's `idle_timeout` and approvers.
+mod jit;
 #[cfg(test)]
 mod tests;
