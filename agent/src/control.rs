@@ -147,7 +147,7 @@ pub(crate) enum Reply {
     },
     Approved {
         request: Box<RequestView>,
-        grant: GrantView,
+        grant: Box<GrantView>,
     },
     Denied {
         request: Box<RequestView>,

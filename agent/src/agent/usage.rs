@@ -25,7 +25,7 @@ impl Agent {
             .keys_of(source)
             .iter()
             .filter_map(|k| match k {
-                EntryKey::Local(k) => match self.kernel.usage(&k) {
+                EntryKey::Local(k) => match self.kernel.usage(k) {
                     Ok(t) => t,
                     Err(e) => {
                         warn!(error = %e, "reading the usage map failed");
