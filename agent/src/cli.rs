@@ -28,6 +28,8 @@ mod stream;
 mod suggest;
 /// `uninstall`: through the running agent, or under its locks.
 mod uninstall;
+/// `list --usage` and `report unused`.
+mod usage;
 
 pub(crate) use render::render;
 use render::{exits_one, left, table};
@@ -100,10 +102,17 @@ pub(crate) enum Command {
         /// Only the requests waiting for a decision.
         #[arg(long)]
         pending: bool,
+        /// How much each allow and grant was used: connections, first and
+        /// last use (counted by the kernel).
+        #[arg(long, conflicts_with = "pending")]
+        usage: bool,
         /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
     },
+    /// Reports; `report unused`: standing allows and grants nobody used.
+    #[command(subcommand, after_help = examples::REPORT)]
+    Report(ReportCommand),
     /// Ask for access to SEGMENT for yourself (your user: identity); prints
     /// the request's id. Root or one of the segment's approvers decides.
     #[command(after_help = examples::REQUEST)]
@@ -238,6 +247,21 @@ pub(crate) enum Command {
     BenchDataplane(crate::benchprog::BenchArgs),
 }
 
+#[derive(Subcommand, Debug)]
+pub(crate) enum ReportCommand {
+    /// Standing allows and grants with no use in the window (and since
+    /// when), by segment. `peer:` allows are not counted and not listed.
+    #[command(after_help = examples::REPORT)]
+    Unused {
+        /// The window, e.g. 30d, 12h.
+        #[arg(long, default_value = "30d")]
+        since: Ttl,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("portcullis: {msg}");
     ExitCode::from(code)
@@ -335,7 +359,28 @@ pub(crate) fn run_client(cli: Cli) -> ExitCode {
                 json,
             )
         }
-        Command::List { pending, json } => (
+        Command::Report(ReportCommand::Unused { since, json }) => {
+            let window = std::time::Duration::from(since).as_secs();
+            return usage::report_unused(&client_socket(cli.socket), window, json);
+        }
+        Command::List {
+            usage: true,
+            json: false,
+            ..
+        } => {
+            return match control::call(&client_socket(cli.socket), &Request::List {}) {
+                Err(e) => fail(3, e),
+                Ok(Response::Error(refusal)) => refused(&refusal),
+                Ok(Response::Ok(reply)) => match termtext::escaped(&reply) {
+                    Reply::List(l) => {
+                        print!("{}", usage::render_usage(&l));
+                        ExitCode::SUCCESS
+                    }
+                    _ => fail(1, "the agent answered `list` with something else"),
+                },
+            };
+        }
+        Command::List { pending, json, .. } => (
             if pending {
                 Request::Pending {}
             } else {

@@ -75,6 +75,11 @@ Examples:
   portcullis audit --denies --identity user:alice
   portcullis audit verify";
 
+pub(super) const REPORT: &str = "\
+Examples:
+  portcullis report unused                 # no use in the last 30 days
+  portcullis report unused --since 7d --json";
+
 pub(super) const CHECK: &str = "\
 Examples:
   portcullis check /etc/portcullis/policies
