@@ -331,6 +331,16 @@ pub(crate) struct StatusView {
     /// Enforcement as the kernel has it (checked when `status` asks).
     #[serde(default)]
     pub enforcement: Option<EnforcementView>,
+    /// The peer filter per interface (`--xdp-iface`) and its mode:
+    /// `xdp-native`, `tcx` or `tc-clsact`.
+    #[serde(default)]
+    pub peer_filters: Vec<PeerFilterView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct PeerFilterView {
+    pub iface: String,
+    pub mode: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -143,7 +143,7 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
     agent.set_local_addrs(&addrs)?;
     // Attach only now: the maps hold the policy, the grants and this host's
     // addresses, so the programs never run on incomplete maps.
-    let xdp = agent.attach()?;
+    let filters = agent.attach()?;
     agent.note_start(&cgroup);
     info!(
         cgroup = %cgroup.display(),
@@ -152,8 +152,8 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
         addresses = addrs.len(),
         "enforcing"
     );
-    for x in &xdp {
-        info!(iface = %x.iface, mode = x.mode, "XDP attached");
+    for f in &filters {
+        info!(iface = %f.iface, mode = f.mode.name(), "peer filter attached");
     }
     let shared: Shared = Arc::new(Mutex::new(agent));
     // Judge the flows that were open before enforcement (or while the

@@ -4,7 +4,7 @@
 //! state (`list`, `status`, one grant); everything else returns domain
 //! values or errors.
 use super::*;
-use crate::control::Record;
+use crate::control::{PeerFilterView, Record};
 
 /// Where a paged `list` goes on: at which standing allow, grant or request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -234,6 +234,15 @@ impl Agent {
             journal: self.journal.path().display().to_string(),
             journal_failing: self.journal.failing().map(str::to_string),
             deny_log: self.metrics.denies.as_ref().map(|d| d.view()),
+            peer_filters: self
+                .kernel
+                .peer_filters()
+                .into_iter()
+                .map(|f| PeerFilterView {
+                    iface: f.iface,
+                    mode: f.mode.name().to_string(),
+                })
+                .collect(),
         }))
     }
 
