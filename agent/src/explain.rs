@@ -340,22 +340,21 @@ fn ledger_sources(ledger: &Ledger, segment: u32, lookup: &Lookup) -> Vec<(Source
                 kind: *kind,
                 segment,
                 id: *id,
-            }))
-            .to_vec(),
+            })),
         Lookup::Peer(addr) => ledger
-            .entries()
-            .filter_map(|(k, s)| match k {
+            .keys()
+            .filter_map(|k| match k {
                 EntryKey::Peer {
                     segment: seg,
                     addr: net,
                     prefix,
                 } if *seg == segment && crate::kernel::prefix_contains(net, *prefix, addr) => {
-                    Some((*prefix, s))
+                    Some((*prefix, k))
                 }
                 _ => None,
             })
             .max_by_key(|(prefix, _)| *prefix)
-            .map(|(_, s)| s.to_vec())
+            .map(|(_, k)| ledger.sources_of(k))
             .unwrap_or_default(),
     }
 }
