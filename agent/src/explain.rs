@@ -335,12 +335,11 @@ pub(crate) fn resolve(subject: &Subject, h: &Hierarchy) -> Result<Resolved, Expl
 /// local lookups, the longest recorded prefix containing the address for peers.
 fn ledger_sources(ledger: &Ledger, segment: u32, lookup: &Lookup) -> Vec<(Source, u64)> {
     match lookup {
-        Lookup::Local { kind, id } => ledger
-            .sources_of(&EntryKey::Local(GrantKey {
-                kind: *kind,
-                segment,
-                id: *id,
-            })),
+        Lookup::Local { kind, id } => ledger.sources_of(&EntryKey::Local(GrantKey {
+            kind: *kind,
+            segment,
+            id: *id,
+        })),
         Lookup::Peer(addr) => ledger
             .keys()
             .filter_map(|k| match k {

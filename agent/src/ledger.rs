@@ -134,7 +134,10 @@ impl Interner {
     fn id(&self, source: &Source) -> Option<SourceId> {
         match source {
             Source::Grant(id) => Some(SourceId(*id)),
-            Source::Standing { .. } => self.ids.get(source).map(|&i| SourceId(STANDING | u64::from(i))),
+            Source::Standing { .. } => self
+                .ids
+                .get(source)
+                .map(|&i| SourceId(STANDING | u64::from(i))),
         }
     }
 
@@ -180,10 +183,10 @@ impl Interner {
 
     /// Every standing allow interned now.
     fn standing(&self) -> impl Iterator<Item = (SourceId, &Source)> {
-        self.sources.iter().enumerate().filter_map(|(i, s)| {
-            s.as_deref()
-                .map(|s| (SourceId(STANDING | i as u64), s))
-        })
+        self.sources
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_deref().map(|s| (SourceId(STANDING | i as u64), s)))
     }
 }
 
@@ -300,7 +303,11 @@ impl Ledger {
         }
         let old = self.by_source.insert(id, Keys::new(keys.clone()));
         if let Some(old) = old {
-            for key in old.as_slice().iter().filter(|k| keys.binary_search(k).is_err()) {
+            for key in old
+                .as_slice()
+                .iter()
+                .filter(|k| keys.binary_search(k).is_err())
+            {
                 changes.extend(self.drop_contribution(id, *key));
             }
         }
@@ -477,6 +484,77 @@ mod tests {
             ]
         );
         assert_eq!(a.diff(&a.clone()), vec![]);
+    }
+
+    fn standing(identity: &str) -> Source {
+        Source::Standing {
+            segment: "db".into(),
+            identity: identity.into(),
+        }
+    }
+
+    /// A standing allow is held once whatever the number of keys it opens,
+    /// reads back as the same strings, and its id is reused once removed.
+    #[test]
+    fn standing_allows_are_interned_once_and_their_ids_reused() {
+        let mut i = Interner::default();
+        let a = i.intern(standing("uid:1"));
+        assert_eq!(i.intern(standing("uid:1")), a);
+        let b = i.intern(standing("uid:2"));
+        assert_ne!(a, b);
+        assert_eq!(i.ids.len(), 2);
+        assert_eq!(i.source(a), standing("uid:1"));
+        // Grants are their own ids: nothing interned.
+        assert_eq!(i.intern(Source::Grant(7)), SourceId(7));
+        assert_eq!(i.source(SourceId(7)), Source::Grant(7));
+        assert_eq!(i.ids.len(), 2);
+        i.forget(a);
+        assert_eq!(i.id(&standing("uid:1")), None);
+        assert_eq!(i.standing().count(), 1);
+        let c = i.intern(standing("uid:3"));
+        assert_eq!(c, a, "the freed id is reused");
+        assert_eq!(i.source(c), standing("uid:3"));
+        assert_eq!(i.source(b), standing("uid:2"));
+    }
+
+    /// Through the ledger: a standing allow removed is gone from the
+    /// sources, and one reset to no keys stays (a reload that cannot
+    /// resolve it keeps it known).
+    #[test]
+    fn the_ledger_reports_standing_allows_by_their_strings() {
+        let mut l = Ledger::new();
+        l.set(standing("uid:1"), &[uid(1)], u64::MAX);
+        l.set(standing("uid:2"), &[], u64::MAX);
+        l.set(Source::Grant(3), &[uid(1)], 5);
+        let mut names: Vec<Source> = l.standing_sources().cloned().collect();
+        names.sort();
+        assert_eq!(names, vec![standing("uid:1"), standing("uid:2")]);
+        assert_eq!(
+            l.sources_of(&uid(1)),
+            vec![(standing("uid:1"), u64::MAX), (Source::Grant(3), 5)]
+        );
+        assert_eq!(l.remove(&standing("uid:1")), vec![Change::Put(uid(1), 5)]);
+        assert_eq!(l.sources_of(&uid(1)), vec![(Source::Grant(3), 5)]);
+        assert_eq!(
+            l.standing_sources().cloned().collect::<Vec<_>>(),
+            vec![standing("uid:2")]
+        );
+        assert_eq!(l.sources().count(), 2);
+    }
+
+    /// One contribution is stored without a vector; a second makes one,
+    /// and dropping back to one goes back to no vector.
+    #[test]
+    fn contributions_go_from_one_to_many_and_back() {
+        let mut c = Contribs::One((SourceId(1), 10));
+        c.put(SourceId(1), 20);
+        assert!(matches!(c, Contribs::One((SourceId(1), 20))));
+        c.put(SourceId(2), 30);
+        assert_eq!(c.as_slice(), &[(SourceId(1), 20), (SourceId(2), 30)]);
+        assert_eq!(c.latest(), Some(30));
+        assert!(c.drop_source(SourceId(2)));
+        assert!(matches!(c, Contribs::One((SourceId(1), 20))));
+        assert!(!c.drop_source(SourceId(1)));
     }
 
     #[test]

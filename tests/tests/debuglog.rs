@@ -159,10 +159,7 @@ fn the_peer_filter_names_why_it_dropped_a_frame() {
     assert!(!send_frames(&peer, src, &[frame(&[], 42300)], 700));
     wait_line(
         &agent,
-        &[
-            "tc: deny no-peer-entry",
-            &format!("port={}", server.port()),
-        ],
+        &["tc: deny no-peer-entry", &format!("port={}", server.port())],
     );
     // More VLAN tags than the filter walks: dropped before any port is read.
     let src = SocketAddr::new(IpAddr::V4(p), 42301);

@@ -379,7 +379,8 @@ impl Dataplane {
         self.held
             .retain(|h| !matches!(&h.kind, LinkKind::Peer(i) if lost.contains(i)));
         for iface in &lost {
-            let f = super::peer_filter::attach_one(&mut self.ebpf, &links, &[], iface)?;
+            let f =
+                super::peer_filter::attach_one(&mut self.ebpf, &links, &[], iface, self.placement)?;
             if let Some(pin) = f.mode.pin(iface) {
                 self.hold(
                     &links,

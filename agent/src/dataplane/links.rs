@@ -80,7 +80,13 @@ impl Dataplane {
         self.attach_cgroup()?;
         let links = self.pin_dir.join("links");
         let older = older_layouts(&self.bpffs, &self.pin_dir);
-        self.filters = peer_filter::attach_all(&mut self.ebpf, &links, &older, &self.xdp_ifaces)?;
+        self.filters = peer_filter::attach_all(
+            &mut self.ebpf,
+            &links,
+            &older,
+            &self.xdp_ifaces,
+            self.placement,
+        )?;
         self.held.retain(|h| h.kind == LinkKind::Cgroup);
         let mut programs = self.programs.clone();
         for f in self.filters.clone() {

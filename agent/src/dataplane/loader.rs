@@ -250,6 +250,7 @@ impl Dataplane {
             bpffs: cfg.bpffs.clone(),
             cgroup: cfg.cgroup.clone(),
             xdp_ifaces: cfg.xdp_ifaces.clone(),
+            placement: cfg.placement,
             max_grants: capacity(&grants, map_names::GRANTS, cfg.max_grants),
             max_peers: capacity(&peers, map_names::PEERS, cfg.max_peers),
             ports,

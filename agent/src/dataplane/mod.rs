@@ -53,7 +53,7 @@ mod ring;
 pub(crate) use ring::Ring;
 
 mod peer_filter;
-pub(crate) use peer_filter::PeerFilter;
+pub(crate) use peer_filter::{PeerFilter, Placement};
 
 use links::{pin_fd, HeldLink, LinkKind};
 pub(crate) use loader::{pinned_ports, uninstall};
@@ -163,6 +163,8 @@ pub(crate) struct DataplaneConfig {
     pub xdp_ifaces: Vec<String>,
     /// Whether the hooks feed the discovery map (`discovery` setting).
     pub discovery: bool,
+    /// Which peer filter modes may be used (`peer_filter` setting).
+    pub placement: Placement,
 }
 
 pub(crate) struct Dataplane {
@@ -176,6 +178,7 @@ pub(crate) struct Dataplane {
     bpffs: PathBuf,
     cgroup: PathBuf,
     xdp_ifaces: Vec<String>,
+    placement: Placement,
     max_grants: u32,
     max_peers: u32,
     ports: Array<MapData, u32>,

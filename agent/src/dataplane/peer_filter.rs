@@ -71,6 +71,33 @@ impl FilterMode {
     }
 }
 
+/// Which attach modes the agent may use (`peer_filter` setting).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// Native XDP on physical NICs whose driver has it, else tc.
+    #[default]
+    Auto,
+    /// Native XDP on every interface, virtual ones too (veth drivers
+    /// have it); fails where the driver lacks it. For comparisons.
+    Xdp,
+    /// tc ingress (tcx, else clsact) on every interface.
+    Tc,
+}
+
+impl std::str::FromStr for Placement {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Placement::Auto),
+            "xdp" => Ok(Placement::Xdp),
+            "tc" => Ok(Placement::Tc),
+            _ => Err(format!(
+                "`{s}` is not a peer filter placement: use \"auto\", \"xdp\" or \"tc\""
+            )),
+        }
+    }
+}
+
 /// Where the peer filter went on one interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct PeerFilter {
@@ -96,10 +123,11 @@ pub(super) fn attach_all(
     links: &Path,
     older: &[PathBuf],
     ifaces: &[String],
+    placement: Placement,
 ) -> Result<Vec<PeerFilter>> {
     let mut out = Vec::new();
     for iface in ifaces {
-        out.push(attach_one(ebpf, links, older, iface)?);
+        out.push(attach_one(ebpf, links, older, iface, placement)?);
     }
     let keep: Vec<String> = out.iter().filter_map(|f| f.mode.pin(&f.iface)).collect();
     if let Ok(entries) = fs::read_dir(links) {
@@ -115,19 +143,23 @@ pub(super) fn attach_all(
 }
 
 /// Attaches the peer filter to one interface: native XDP on a physical NIC
-/// whose driver takes it, else tcx, else clsact. Fails (naming every
-/// attempt) when none can be attached.
+/// whose driver takes it, else tcx, else clsact (`placement` narrows the
+/// choice). Fails (naming every attempt) when none can be attached.
 pub(super) fn attach_one(
     ebpf: &mut Ebpf,
     links: &Path,
     older: &[PathBuf],
     iface: &str,
+    placement: Placement,
 ) -> Result<PeerFilter> {
     let mut tried = Vec::new();
-    let mut order = vec![FilterMode::Tcx, FilterMode::TcClsact];
-    if is_physical(iface) {
-        order.insert(0, FilterMode::XdpNative);
-    }
+    let order = match placement {
+        Placement::Auto if is_physical(iface) => {
+            vec![FilterMode::XdpNative, FilterMode::Tcx, FilterMode::TcClsact]
+        }
+        Placement::Auto | Placement::Tc => vec![FilterMode::Tcx, FilterMode::TcClsact],
+        Placement::Xdp => vec![FilterMode::XdpNative],
+    };
     for mode in order {
         let done = match mode {
             FilterMode::XdpNative => xdp(ebpf, links, older, iface),

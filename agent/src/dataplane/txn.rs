@@ -125,7 +125,12 @@ impl Dataplane {
         // per key.
         let locals = changes
             .iter()
-            .filter(|c| matches!(c, Change::Put(EntryKey::Local(_), _) | Change::Delete(EntryKey::Local(_))))
+            .filter(|c| {
+                matches!(
+                    c,
+                    Change::Put(EntryKey::Local(_), _) | Change::Delete(EntryKey::Local(_))
+                )
+            })
             .count();
         let grants: Option<HashMap<GrantKey, u64>> = if locals > super::batch::CHUNK {
             Some(self.read_grants()?.into_iter().collect())
