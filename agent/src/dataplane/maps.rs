@@ -96,9 +96,9 @@ impl Dataplane {
             entries,
             |k, v| batch::update(fd.as_fd(), k, v).map_err(|(n, e)| (n, Bulk::Io(e))),
             |k, v| {
-                grants
-                    .insert(*k, *v, 0)
-                    .map_err(|e| Bulk::Dataplane(full_or(e, map_names::GRANTS, max, "insert")))
+                grants.insert(*k, *v, 0).map_err(|e| {
+                    Bulk::Dataplane(Box::new(full_or(e, map_names::GRANTS, max, "insert")))
+                })
             },
         )
         .map_err(|e| match e {
@@ -107,7 +107,7 @@ impl Dataplane {
                 capacity: max,
             },
             Bulk::Io(e) => batch_err(map_names::GRANTS, "insert (batch)", e),
-            Bulk::Dataplane(e) => e,
+            Bulk::Dataplane(e) => *e,
         })
     }
 
@@ -385,7 +385,7 @@ pub(super) fn local_puts(changes: &[Change]) -> Vec<(GrantKey, Expiry)> {
 /// A batch write's failure: the batch call's own, or a single write's.
 enum Bulk {
     Io(std::io::Error),
-    Dataplane(DataplaneError),
+    Dataplane(Box<DataplaneError>),
 }
 
 /// A failed batch call as a map error naming the syscall.
