@@ -26,6 +26,8 @@ mod skb;
 #[cfg(target_arch = "bpf")]
 mod tc;
 #[cfg(target_arch = "bpf")]
+mod usage;
+#[cfg(target_arch = "bpf")]
 mod xdp;
 
 #[cfg(target_arch = "bpf")]

@@ -206,7 +206,6 @@ impl Ledger {
     }
 
     /// The keys a source contributes to.
-    #[cfg(test)]
     pub(crate) fn keys_of(&self, source: &Source) -> &[EntryKey] {
         self.interner
             .id(source)

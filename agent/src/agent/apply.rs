@@ -286,6 +286,8 @@ impl Agent {
                     expires_at: Some(expires_at),
                     why: Some(why.to_string()),
                     while_down,
+                    reason: Some("ttl".into()),
+                    usage: None,
                 };
                 (event, why)
             } else {
@@ -299,6 +301,7 @@ impl Agent {
                     expires_at,
                     request_id: g.request_id,
                     why: Some(why.to_string()),
+                    usage: None,
                     suspended: None,
                     while_down,
                 };
@@ -338,6 +341,7 @@ impl Agent {
             why: None,
             suspended: Some(true),
             while_down: None,
+            usage: None,
         };
         self.journal_end(gid, &event);
         let _ = self.audit.record(event);

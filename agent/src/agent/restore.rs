@@ -293,6 +293,9 @@ impl Agent {
             expires_at: None,
             why: None,
             while_down: Some(true),
+            reason: Some("ttl".into()),
+            // What the kernel counted went with its entries at the restart.
+            usage: None,
         }
     }
 
@@ -308,6 +311,7 @@ impl Agent {
             why: Some(GONE.into()),
             suspended: None,
             while_down: Some(true),
+            usage: None,
         }
     }
 

@@ -24,7 +24,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use super::{
-    agent::{Agent, Spec, SEGMENT},
+    agent::{Agent, Knobs, Spec, SEGMENT},
     host,
     measure::Bench,
     report::{met, opt, thousands},
@@ -120,6 +120,7 @@ impl Bench<'_> {
             xdp_iface: None,
             peer_filter: None,
             grants: largest + extra,
+            knobs: Knobs::default(),
         };
         self.log(&format!(
             "grant scale: one agent filled to {} grants",
