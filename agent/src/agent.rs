@@ -339,16 +339,17 @@ impl Agent {
     }
 
     /// Attaches the programs once the maps hold the policy, the grants and
-    /// this host's addresses; returns where XDP went.
+    /// this host's addresses; returns where the peer filter went.
     pub(crate) fn attach(
         &mut self,
-    ) -> Result<Vec<crate::dataplane::XdpAttachment>, crate::dataplane::DataplaneError> {
+    ) -> Result<Vec<crate::dataplane::PeerFilter>, crate::dataplane::DataplaneError> {
         self.kernel.attach()
     }
 
-    /// Whether XDP enforces remote peers (the sweep then judges every flow).
-    pub(crate) fn has_xdp(&self) -> bool {
-        self.kernel.has_xdp()
+    /// Whether the peer filter (XDP or tc) enforces remote peers on some
+    /// interface (the sweep then judges every flow).
+    pub(crate) fn has_peer_filter(&self) -> bool {
+        !self.kernel.peer_filters().is_empty()
     }
 
     /// The maps' read side, for the sweep's judgement.

@@ -351,6 +351,16 @@ pub(crate) struct StatusView {
     /// point, the metrics endpoint on a protected port).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// The peer filter per interface (`--xdp-iface`) and its mode:
+    /// `xdp-native`, `tcx` or `tc-clsact`.
+    #[serde(default)]
+    pub peer_filters: Vec<PeerFilterView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct PeerFilterView {
+    pub iface: String,
+    pub mode: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -335,27 +335,25 @@ pub(crate) fn resolve(subject: &Subject, h: &Hierarchy) -> Result<Resolved, Expl
 /// local lookups, the longest recorded prefix containing the address for peers.
 fn ledger_sources(ledger: &Ledger, segment: u32, lookup: &Lookup) -> Vec<(Source, u64)> {
     match lookup {
-        Lookup::Local { kind, id } => ledger
-            .sources_of(&EntryKey::Local(GrantKey {
-                kind: *kind,
-                segment,
-                id: *id,
-            }))
-            .to_vec(),
+        Lookup::Local { kind, id } => ledger.sources_of(&EntryKey::Local(GrantKey {
+            kind: *kind,
+            segment,
+            id: *id,
+        })),
         Lookup::Peer(addr) => ledger
-            .entries()
-            .filter_map(|(k, s)| match k {
+            .keys()
+            .filter_map(|k| match k {
                 EntryKey::Peer {
                     segment: seg,
                     addr: net,
                     prefix,
                 } if *seg == segment && crate::kernel::prefix_contains(net, *prefix, addr) => {
-                    Some((*prefix, s))
+                    Some((*prefix, k))
                 }
                 _ => None,
             })
             .max_by_key(|(prefix, _)| *prefix)
-            .map(|(_, s)| s.to_vec())
+            .map(|(_, k)| ledger.sources_of(k))
             .unwrap_or_default(),
     }
 }

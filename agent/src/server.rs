@@ -118,6 +118,7 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
         max_peers: opts.max_peers,
         xdp_ifaces: opts.xdp_ifaces.clone(),
         discovery: opts.discovery,
+        placement: opts.peer_filter,
     })?;
     // The rings go to their readers; the maps (and the links' check) go to
     // the agent, which sees them only through `KernelMaps`.
@@ -147,7 +148,8 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
     agent.set_local_addrs(&addrs)?;
     // Attach only now: the maps hold the policy, the grants and this host's
     // addresses, so the programs never run on incomplete maps.
-    let xdp = agent.attach()?;
+    let filters = agent.attach()?;
+    release_freed_memory();
     agent.note_start(&cgroup);
     info!(
         cgroup = %cgroup.display(),
@@ -157,8 +159,8 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
         addresses = addrs.len(),
         "enforcing"
     );
-    for x in &xdp {
-        info!(iface = %x.iface, mode = x.mode, "XDP attached");
+    for f in &filters {
+        info!(iface = %f.iface, mode = f.mode.name(), "peer filter attached");
     }
     let shared: Shared = Arc::new(Mutex::new(agent));
     // Judge the flows that were open before enforcement (or while the
@@ -364,6 +366,20 @@ fn reload_with(shared: &Shared, dir: &Path, trust: &policy::FileTrust, only_if_c
             a.note_reload(Err(lines), trigger);
             error!("policy reload refused; still enforcing the previous policy:\n{errors}");
         }
+    }
+    release_freed_memory();
+}
+
+/// Hands memory freed after a large parse or plan back to the kernel: a
+/// million-entry policy file passes through buffers many times the size of
+/// what the agent keeps, and the allocator would otherwise hold on to them
+/// as resident memory for the agent's whole life.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it
+    // touches no memory in use.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

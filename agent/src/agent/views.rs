@@ -4,7 +4,7 @@
 //! state (`list`, `status`, one grant); everything else returns domain
 //! values or errors.
 use super::*;
-use crate::control::{Record, UsageView};
+use crate::control::{PeerFilterView, Record, UsageView};
 
 /// Where a paged `list` goes on: at which standing allow, grant or request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -260,6 +260,15 @@ impl Agent {
             journal_failing: self.journal.failing().map(str::to_string),
             deny_log: self.metrics.denies.as_ref().map(|d| d.view()),
             warnings: self.status_warnings(),
+            peer_filters: self
+                .kernel
+                .peer_filters()
+                .into_iter()
+                .map(|f| PeerFilterView {
+                    iface: f.iface,
+                    mode: f.mode.name().to_string(),
+                })
+                .collect(),
         }))
     }
 

@@ -191,6 +191,9 @@ fn render_status(s: &StatusView) -> String {
         s.peer_capacity,
         s.local_addresses,
     );
+    for f in &s.peer_filters {
+        out.push_str(&format!("peer filter on {}: {}\n", f.iface, f.mode));
+    }
     if let Some(e) = &s.enforcement {
         for m in &e.missing {
             out.push_str(&format!("MISSING in the kernel: {m}\n"));

@@ -98,6 +98,7 @@ grant_grace = "5m"
 policy_symlinks_outside = true
 mode = "audit"
 discovery = false
+peer_filter = "tc"
 "#,
     )
     .unwrap();
@@ -127,9 +128,10 @@ discovery = false
             policy_symlinks_outside: true,
             mode: Some(crate::policy::Mode::Audit),
             discovery: false,
+            peer_filter: crate::dataplane::Placement::Tc,
         }
     );
-    assert_eq!(KEYS.len(), 23, "KEYS lists every field");
+    assert_eq!(KEYS.len(), 24, "KEYS lists every field");
 }
 
 #[test]
@@ -172,6 +174,7 @@ max_peers = -1
 request_expiry = "0s"
 identity_rescan = "soon"
 cgroup = "sys/fs/cgroup"
+peer_filter = "generic"
 "#,
     );
     let at = |line: usize, needle: &str| {
@@ -194,7 +197,8 @@ cgroup = "sys/fs/cgroup"
     at(7, "request_expiry");
     at(8, "identity_rescan \"soon\" is not a duration");
     at(9, "cgroup \"sys/fs/cgroup\" is not an absolute path");
-    assert_eq!(e.len(), 10, "{e:#?}");
+    at(10, "`generic` is not a peer filter placement");
+    assert_eq!(e.len(), 11, "{e:#?}");
     assert!(e.iter().all(|d| d.contains("\n  help: ")), "{e:#?}");
 }
 
