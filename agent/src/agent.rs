@@ -53,6 +53,8 @@ mod enforce;
 mod errors;
 /// Making, revoking and expiring grants.
 mod grants;
+/// `group:` identities kept current as members come and go.
+mod groups;
 /// Requests, approvals, denials and `explain` (the JIT workflow).
 mod jit;
 mod recovery;
@@ -96,6 +98,9 @@ pub(crate) struct Agent {
     discovery_on: bool,
     /// Standing allows that do not resolve right now, with why.
     unresolved: BTreeMap<(String, String), String>,
+    /// Each source naming a `group:`: the group and the uids its keys
+    /// were last written for (`groups`: what a refresh compares with).
+    group_members: BTreeMap<Source, (String, std::collections::BTreeSet<u32>)>,
     local_addresses: usize,
     last_reload: Option<ReloadView>,
     boot_id: String,
@@ -161,6 +166,7 @@ impl Agent {
             mode_override,
             discovery_on: true,
             unresolved: BTreeMap::new(),
+            group_members: BTreeMap::new(),
             local_addresses: 0,
             last_reload: None,
             boot_id: state::boot_id(),
@@ -246,6 +252,9 @@ impl Agent {
             }
         }
         agent.apply_changes(&stale)?;
+        // What each group stands for now: the base later changes are
+        // audited against.
+        agent.refresh_groups()?;
         // Start from a fresh snapshot: the log holds only this run's changes.
         let memory = agent.memory();
         if let Err(e) = agent.journal.compact(&memory) {

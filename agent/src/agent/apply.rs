@@ -320,7 +320,7 @@ impl Agent {
         gid: u64,
     ) -> Result<(Reply, Vec<Grant>), Refusal> {
         let g = &self.suspended[&gid].grant;
-        let own = super::credential_matches(&g.identity, cred)
+        let own = super::credential_matches(&g.identity, cred, &self.resolver)
             && matches!(g.identity, Identity::User(_) | Identity::Uid(_));
         if !(own || cred.uid == 0) {
             let why = format!("uid {} may not revoke grant {gid}: its segment {} is not in the policy, so only root and the grantee may", cred.uid, g.segment);

@@ -144,6 +144,7 @@ impl Agent {
                 format!("grant refused: {e}"),
             ));
         }
+        self.note_members(Source::Grant(id), &identity, &keys);
         self.grants.insert(id, grant.clone());
         info!(grant = id, segment = %seg.name, %identity, ttl = %clock::human(ttl), actor = %actor, "granted");
         Ok(grant)
@@ -237,7 +238,7 @@ impl Agent {
         for gid in &selected {
             let g = self.grants.get(gid).expect("selected from grants");
             let seg = self.policy.segments.get(&g.segment);
-            let own = credential_matches(&g.identity, cred)
+            let own = credential_matches(&g.identity, cred, &self.resolver)
                 && matches!(g.identity, Identity::User(_) | Identity::Uid(_));
             if !(own || seg.is_some_and(|s| self.may_administer(cred, s)) || cred.uid == 0) {
                 let why = CoreError::MayNotRevoke {

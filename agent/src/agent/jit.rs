@@ -498,7 +498,7 @@ impl Agent {
         };
         let port =
             explain::parse_port(port).map_err(|e| CoreError::ExplainPort { why: chain(&e) })?;
-        let resolved = explain::resolve(&subject, &self.resolver.hierarchy)
+        let resolved = explain::resolve(&subject, &self.resolver)
             .map_err(|e| CoreError::ExplainSubject { why: chain(&e) })?;
         let names: BTreeMap<u32, String> = self
             .segment_ids
@@ -521,13 +521,16 @@ impl Agent {
     /// What a ledger source is, for people.
     fn describe_source(&self, source: &Source) -> String {
         match source {
-            Source::Standing { segment, identity } => match self.policy.segments.get(segment) {
-                Some(seg) => format!(
-                    "standing allow {identity} of segment {segment} (policy {})",
-                    seg.origin.file.display()
-                ),
-                None => format!("standing allow {identity} of segment {segment}"),
-            },
+            Source::Standing { segment, identity } => {
+                let through = through_group(identity);
+                match self.policy.segments.get(segment) {
+                    Some(seg) => format!(
+                        "standing allow {identity} of segment {segment} (policy {}){through}",
+                        seg.origin.file.display()
+                    ),
+                    None => format!("standing allow {identity} of segment {segment}{through}"),
+                }
+            }
             Source::Grant(id) => match self.grants.get(id) {
                 Some(g) => {
                     let mut s = format!(
@@ -542,10 +545,19 @@ impl Agent {
                     if let Some(reason) = &g.reason {
                         s.push_str(&format!(" ({reason})"));
                     }
+                    s.push_str(&through_group(&g.identity.to_string()));
                     s
                 }
                 None => format!("grant {id} (no longer recorded)"),
             },
         }
+    }
+}
+
+/// ", through membership of group NAME" for a `group:` identity's source.
+fn through_group(identity: &str) -> String {
+    match identity.strip_prefix("group:") {
+        Some(name) => format!(", through membership of group {name}"),
+        None => String::new(),
     }
 }

@@ -122,6 +122,34 @@ pub(crate) enum AuditEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         while_down: Option<bool>,
     },
+    /// Access that came through a group ended because a uid left the
+    /// group (`reason` is always `membership`): the kernel entry is gone
+    /// and the member's open flows are swept. `grant_id` names the grant
+    /// the group held; without it, the segment's standing allow.
+    MembershipRevoke {
+        segment: String,
+        /// `group:NAME`, as the policy or the grant wrote it.
+        identity: String,
+        uid: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grant_id: Option<u64>,
+        reason: String,
+        actor: Actor,
+    },
+    /// A uid joined a group that a standing allow or a grant names: it is
+    /// let in from now on, without a reload.
+    MembershipAdd {
+        segment: String,
+        identity: String,
+        uid: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grant_id: Option<u64>,
+        actor: Actor,
+    },
     GrantSuspended {
         grant_id: u64,
         segment: String,
@@ -206,7 +234,7 @@ pub(crate) enum AuditEvent {
 impl AuditEvent {
     /// Every kind this version writes, as named on disk (for the docs test).
     #[cfg(test)]
-    pub(crate) const KINDS: [&'static str; 20] = [
+    pub(crate) const KINDS: [&'static str; 22] = [
         "agent_start",
         "agent_stop",
         "grant",
@@ -217,6 +245,8 @@ impl AuditEvent {
         "request_expire",
         "revoke",
         "expire",
+        "membership_revoke",
+        "membership_add",
         "grant_suspended",
         "grant_resumed",
         "grant_recovered",
@@ -244,6 +274,8 @@ impl AuditEvent {
             Self::RequestExpire { .. } => "request_expire",
             Self::Revoke { .. } => "revoke",
             Self::Expire { .. } => "expire",
+            Self::MembershipRevoke { .. } => "membership_revoke",
+            Self::MembershipAdd { .. } => "membership_add",
             Self::GrantSuspended { .. } => "grant_suspended",
             Self::GrantResumed { .. } => "grant_resumed",
             Self::GrantRecovered { .. } => "grant_recovered",
@@ -281,6 +313,8 @@ impl AuditEvent {
             | Self::RequestExpire { segment, .. }
             | Self::Revoke { segment, .. }
             | Self::Expire { segment, .. }
+            | Self::MembershipRevoke { segment, .. }
+            | Self::MembershipAdd { segment, .. }
             | Self::GrantSuspended { segment, .. }
             | Self::GrantResumed { segment, .. }
             | Self::GrantRecovered { segment, .. }
@@ -308,6 +342,8 @@ impl AuditEvent {
             | Self::RequestExpire { identity, .. }
             | Self::Revoke { identity, .. }
             | Self::Expire { identity, .. }
+            | Self::MembershipRevoke { identity, .. }
+            | Self::MembershipAdd { identity, .. }
             | Self::GrantSuspended { identity, .. }
             | Self::GrantResumed { identity, .. }
             | Self::GrantRecovered { identity, .. } => Some(identity),
@@ -335,6 +371,8 @@ impl AuditEvent {
             | Self::Deny { actor, .. }
             | Self::Revoke { actor, .. }
             | Self::Expire { actor, .. }
+            | Self::MembershipRevoke { actor, .. }
+            | Self::MembershipAdd { actor, .. }
             | Self::GrantSuspended { actor, .. }
             | Self::GrantResumed { actor, .. }
             | Self::GrantRecovered { actor, .. }

@@ -28,7 +28,7 @@ use crate::{
 pub(crate) const DEFAULT_PATH: &str = "/etc/portcullis/agent.toml";
 
 /// Every key the file may hold, for "did you mean" hints.
-const KEYS: [&str; 23] = [
+const KEYS: [&str; 24] = [
     "policy_dir",
     "socket",
     "socket_mode",
@@ -42,6 +42,7 @@ const KEYS: [&str; 23] = [
     "max_peers",
     "request_expiry",
     "identity_rescan",
+    "group_refresh",
     "audit_max_bytes",
     "audit_keep",
     "deny_log",
@@ -83,6 +84,9 @@ pub(crate) struct AgentConfig {
     /// How often unit and cgroup identities are re-resolved even when no
     /// cgroup event was seen (a safety net under the cgroup watch).
     pub identity_rescan: Duration,
+    /// How often `group:` memberships are read again through NSS even when
+    /// /etc/group and /etc/passwd did not change (directory-backed groups).
+    pub group_refresh: Duration,
     /// Rotate the audit log before it grows past this size; 0 never rotates.
     pub audit_max_bytes: u64,
     /// Rotated audit files kept (`audit.jsonl.1` ..).
@@ -123,6 +127,7 @@ impl Default for AgentConfig {
             max_peers: agent_common::DEFAULT_MAX_PEERS,
             request_expiry: Duration::from_secs(3600),
             identity_rescan: Duration::from_secs(30),
+            group_refresh: Duration::from_secs(30),
             audit_max_bytes: crate::audit::Rotation::default().max_bytes,
             audit_keep: crate::audit::Rotation::default().keep as u32,
             deny_log: None,
@@ -169,6 +174,7 @@ struct RawConfig {
     max_peers: Option<Spanned<i64>>,
     request_expiry: Option<Spanned<String>>,
     identity_rescan: Option<Spanned<String>>,
+    group_refresh: Option<Spanned<String>>,
     audit_max_bytes: Option<Spanned<String>>,
     audit_keep: Option<Spanned<i64>>,
     deny_log: Option<Spanned<PathBuf>>,
@@ -317,6 +323,15 @@ impl AgentConfig {
             )
         }) {
             config.identity_rescan = d;
+        }
+        if let Some(d) = raw.group_refresh.and_then(|v| {
+            check.duration::<IntervalBounds>(
+                "group_refresh",
+                v,
+                "write a duration from \"1s\" to \"1d\", such as \"30s\" or \"5m\"; changes to /etc/group and /etc/passwd are seen at once, this re-reads groups from a directory (SSSD, LDAP)",
+            )
+        }) {
+            config.group_refresh = d;
         }
         // The audit log's rotation, the deny log and the metrics endpoint
         // (docs/audit.md).

@@ -116,6 +116,23 @@ fn one_of_each() -> Vec<AuditEvent> {
             why: Some(s("w")),
             while_down: Some(true),
         },
+        AuditEvent::MembershipRevoke {
+            segment: s("db"),
+            identity: s("group:oncall"),
+            uid: 1001,
+            user: Some(s("alice")),
+            grant_id: Some(1),
+            reason: s("membership"),
+            actor: actor(),
+        },
+        AuditEvent::MembershipAdd {
+            segment: s("db"),
+            identity: s("group:oncall"),
+            uid: 1001,
+            user: Some(s("alice")),
+            grant_id: None,
+            actor: actor(),
+        },
         AuditEvent::GrantSuspended {
             grant_id: 1,
             segment: s("db"),

@@ -62,6 +62,7 @@ max_grants = 1024
 max_peers = 64
 request_expiry = "2h"
 identity_rescan = "1m"
+group_refresh = "10s"
 audit_max_bytes = "1M"
 audit_keep = 3
 deny_log = "/var/log/pc/denies.jsonl"
@@ -91,6 +92,7 @@ discovery = false
             max_peers: 64,
             request_expiry: Duration::from_secs(7200),
             identity_rescan: Duration::from_secs(60),
+            group_refresh: Duration::from_secs(10),
             audit_max_bytes: 1 << 20,
             audit_keep: 3,
             deny_log: Some("/var/log/pc/denies.jsonl".into()),
@@ -103,7 +105,7 @@ discovery = false
             discovery: false,
         }
     );
-    assert_eq!(KEYS.len(), 23, "KEYS lists every field");
+    assert_eq!(KEYS.len(), 24, "KEYS lists every field");
 }
 
 #[test]
