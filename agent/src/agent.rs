@@ -57,6 +57,8 @@ mod grants;
 mod groups;
 /// Requests, approvals, denials and `explain` (the JIT workflow).
 mod jit;
+/// Locks: an identity stopped everywhere until unlocked.
+mod locks;
 mod recovery;
 /// Start-up from the journal: changes a crash left unaudited, grants that
 /// ended while the agent was down.
@@ -101,6 +103,10 @@ pub(crate) struct Agent {
     /// Each source naming a `group:`: the group and the uids its keys
     /// were last written for (`groups`: what a refresh compares with).
     group_members: BTreeMap<Source, (String, std::collections::BTreeSet<u32>)>,
+    /// Locked identities, by text form (`locks`).
+    locks: BTreeMap<String, state::Lock>,
+    /// Who may lock and unlock besides root.
+    lock_admins: Vec<Identity>,
     local_addresses: usize,
     last_reload: Option<ReloadView>,
     boot_id: String,
@@ -167,6 +173,8 @@ impl Agent {
             discovery_on: true,
             unresolved: BTreeMap::new(),
             group_members: BTreeMap::new(),
+            locks: BTreeMap::new(),
+            lock_admins: Vec::new(),
             local_addresses: 0,
             last_reload: None,
             boot_id: state::boot_id(),
@@ -206,6 +214,7 @@ impl Agent {
             agent.next_id = agent.next_id.max(agent.max_audited_id() + 1);
         }
         agent.segment_ids = memory.segment_ids;
+        agent.locks = std::mem::take(&mut memory.locks);
         agent.requests = RequestBook::restore(
             memory.requests.into_values().collect(),
             &agent.boot_id,

@@ -99,6 +99,20 @@ pub(crate) enum Request {
         pid: Option<u32>,
         port: String,
     },
+    /// Lock an identity (root or `lock_admins`): its grants revoked, new
+    /// grants, requests and approvals refused, until `unlock` or `ttl`.
+    Lock {
+        identity: String,
+        reason: String,
+        #[serde(default)]
+        ttl: Option<Ttl>,
+        #[serde(default)]
+        include_standing: bool,
+    },
+    /// Lift the lock on an identity.
+    Unlock {
+        identity: String,
+    },
     // Empty struct variants, not unit variants, so that unknown fields are refused.
     Pending {},
     List {},
@@ -174,6 +188,14 @@ pub(crate) enum Reply {
         dropped: u64,
         lines_per_sec: u32,
     },
+    /// `lock`: the lock and the grants it revoked.
+    Locked {
+        lock: LockView,
+        revoked: Vec<GrantView>,
+    },
+    Unlocked {
+        lock: LockView,
+    },
     /// The header of a streamed reply: records follow, one per line, then
     /// an end line (see [`Record`]). `list` and `revoke` answer this way.
     Stream {
@@ -231,6 +253,20 @@ pub(crate) struct GrantView {
     pub suspended_until: Option<String>,
 }
 
+/// A locked identity.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct LockView {
+    pub identity: String,
+    pub reason: String,
+    pub include_standing: bool,
+    /// Who locked it: `user (uid N)`.
+    pub actor: String,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    /// When the lock lifts by itself; `None`: at `unlock` only.
+    pub expires_at: Option<String>,
+}
+
 /// An access request and what became of it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub(crate) struct RequestView {
@@ -281,6 +317,9 @@ pub(crate) struct ListView {
     /// Requests waiting for a decision.
     #[serde(default)]
     pub pending: Vec<RequestView>,
+    /// Locked identities.
+    #[serde(default)]
+    pub locks: Vec<LockView>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -313,6 +352,9 @@ pub(crate) struct StatusView {
     pub peer_capacity: u32,
     pub local_addresses: usize,
     pub last_reload: Option<ReloadView>,
+    /// Locked identities.
+    #[serde(default)]
+    pub locks: Vec<LockView>,
     /// The audit log's path.
     #[serde(default)]
     pub audit_log: String,
@@ -402,6 +444,10 @@ pub(crate) fn check_text(request: &Request) -> Result<(), crate::termtext::Unsaf
             segment, reason, ..
         } => vec![("segment", Some(segment)), ("reason", reason.as_deref())],
         Request::Deny { reason, .. } => vec![("reason", Some(reason))],
+        Request::Lock {
+            identity, reason, ..
+        } => vec![("identity", Some(identity)), ("reason", Some(reason))],
+        Request::Unlock { identity } => vec![("identity", Some(identity))],
         Request::Explain { identity, port, .. } => {
             vec![("identity", identity.as_deref()), ("port", Some(port))]
         }

@@ -138,6 +138,7 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
         opts.mode,
     )?;
     agent.set_request_ttl(opts.request_expiry);
+    agent.set_lock_admins(opts.lock_admins.clone());
     agent.set_discovery(opts.discovery);
     let addrs = hostaddrs::scan().context("listing this host's addresses")?;
     agent.set_local_addrs(&addrs)?;
@@ -231,6 +232,8 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
                 a.check_enforcement();
                 // Audit records queued while the log could not be written.
                 a.retry_audit();
+                // Locks whose TTL has passed are lifted.
+                a.expire_locks();
                 if groups_read.elapsed() >= opts.group_refresh {
                     groups_read = tokio::time::Instant::now();
                     refresh_groups(&mut a);

@@ -51,6 +51,8 @@ pub(crate) struct Settings {
     /// How often `group:` memberships are read again (besides the watch on
     /// /etc/group and /etc/passwd).
     pub group_refresh: Duration,
+    /// Who may lock and unlock besides root.
+    pub lock_admins: Vec<crate::identity::Identity>,
     /// How long grants of a segment that left the policy are kept.
     pub grant_grace: Duration,
     /// Which policy files are read (symbolic links out of the directory).
@@ -109,6 +111,7 @@ impl AgentArgs {
                 .map_or(file.request_expiry, Bounded::get),
             identity_rescan: file.identity_rescan,
             group_refresh: file.group_refresh,
+            lock_admins: file.lock_admins,
             grant_grace: self.grant_grace.map_or(file.grant_grace, Bounded::get),
             policy_trust: policy::FileTrust {
                 symlinks_outside: self.policy_symlinks_outside || file.policy_symlinks_outside,

@@ -56,7 +56,11 @@ fn a_supplementary_member_connects_and_removal_cuts_the_open_flow_at_once() {
     let as_alice = As::user(&cg.path, alice.uid, alice.gid);
     let as_bob = As::user(&cg.path, bob.uid, bob.gid);
     assert_eq!(as_alice.tcp(server.addr), Outcome::Ok, "a member gets in");
-    assert_eq!(as_bob.tcp(server.addr), Outcome::eperm(), "a non-member does not");
+    assert_eq!(
+        as_bob.tcp(server.addr),
+        Outcome::eperm(),
+        "a non-member does not"
+    );
 
     let session = hold(&as_alice, server.addr);
     session.wait_round_trips(2, Duration::from_secs(10));
@@ -133,7 +137,10 @@ fn gid_keeps_its_kernel_meaning_through_sg() {
     let team = TestGroup::new();
     let dave = TestUser::new();
     dave.join(&team);
-    let _agent = Agent::start(&policy(server.port(), &format!("gid:{}", team.gid)), &cg.path);
+    let _agent = Agent::start(
+        &policy(server.port(), &format!("gid:{}", team.gid)),
+        &cg.path,
+    );
     let as_dave = As::user(&cg.path, dave.uid, dave.gid);
     // As documented: `gid:` is the process's current primary gid. A member
     // whose processes run with their own group is not matched ...
@@ -146,5 +153,8 @@ fn gid_keeps_its_kernel_meaning_through_sg() {
     dave.leave(&team);
     let out = through_sg(&as_dave, &team.name, server.addr);
     assert!(!out.status.success(), "{out:?}");
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("ok"), "{out:?}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("ok"),
+        "{out:?}"
+    );
 }

@@ -91,6 +91,15 @@ impl Agent {
             let Some(&seg_id) = self.segment_ids.get(&n.segment) else {
                 continue;
             };
+            // A standing allow a lock suspends opens nothing (apply_policy).
+            let standing = n.grant_id.is_none();
+            if standing
+                && self
+                    .standing_locked(&Identity::Group(n.group.clone()))
+                    .is_some()
+            {
+                continue;
+            }
             let now = looked
                 .entry(n.group.clone())
                 .or_insert_with(|| self.resolver.members(&n.group).map(|m| m.uids));
@@ -107,14 +116,18 @@ impl Agent {
                 }
             };
             let slot = (n.segment.clone(), n.identity.clone());
-            if n.grant_id.is_none() {
+            if standing {
                 match now {
                     Ok(_) => self.unresolved.remove(&slot),
                     Err(e) => self.unresolved.insert(slot, e.to_string()),
                 };
             }
+            // Locked users are left out of every group's keys (of standing
+            // allows only for locks that include them).
+            let locked = self.locked_uids(standing);
             let keys: Vec<EntryKey> = uids
                 .iter()
+                .filter(|uid| !locked.contains(uid))
                 .map(|&uid| {
                     EntryKey::Local(GrantKey {
                         kind: kind::UID,

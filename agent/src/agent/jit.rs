@@ -98,6 +98,8 @@ impl Agent {
         check_ttl(&seg, jit, ttl)?;
         let reason = check_reason(&seg, jit, reason)?;
         let identity = own_identity(cred.uid);
+        self.refuse_locked(cred, "request", &seg.name, &identity)?;
+        self.refuse_locked(cred, "request", &seg.name, &Identity::Uid(cred.uid))?;
         self.requests
             .admissible(&identity, &seg.name)
             .map_err(book_refusal)?;
@@ -210,6 +212,7 @@ impl Agent {
                 },
             ));
         }
+        self.refuse_locked(cred, "approve", &seg.name, &req.identity)?;
         if let Some(why) = super::authz::refusal(&req.identity, cred, &self.resolver) {
             return Err(self.refused(
                 cred,

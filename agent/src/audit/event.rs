@@ -150,6 +150,24 @@ pub(crate) enum AuditEvent {
         grant_id: Option<u64>,
         actor: Actor,
     },
+    /// An identity locked: its grants are revoked (each with a `revoke`
+    /// record whose `why` starts with `locked:`), and grants, requests and
+    /// approvals for it are refused until the `unlock`.
+    Lock {
+        identity: String,
+        reason: String,
+        include_standing: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<String>,
+        actor: Actor,
+    },
+    /// A lock lifted: by a person, or by the agent at its TTL (`why: ttl`).
+    Unlock {
+        identity: String,
+        actor: Actor,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        why: Option<String>,
+    },
     GrantSuspended {
         grant_id: u64,
         segment: String,
@@ -234,7 +252,7 @@ pub(crate) enum AuditEvent {
 impl AuditEvent {
     /// Every kind this version writes, as named on disk (for the docs test).
     #[cfg(test)]
-    pub(crate) const KINDS: [&'static str; 22] = [
+    pub(crate) const KINDS: [&'static str; 24] = [
         "agent_start",
         "agent_stop",
         "grant",
@@ -247,6 +265,8 @@ impl AuditEvent {
         "expire",
         "membership_revoke",
         "membership_add",
+        "lock",
+        "unlock",
         "grant_suspended",
         "grant_resumed",
         "grant_recovered",
@@ -276,6 +296,8 @@ impl AuditEvent {
             Self::Expire { .. } => "expire",
             Self::MembershipRevoke { .. } => "membership_revoke",
             Self::MembershipAdd { .. } => "membership_add",
+            Self::Lock { .. } => "lock",
+            Self::Unlock { .. } => "unlock",
             Self::GrantSuspended { .. } => "grant_suspended",
             Self::GrantResumed { .. } => "grant_resumed",
             Self::GrantRecovered { .. } => "grant_recovered",
@@ -322,6 +344,8 @@ impl AuditEvent {
             Self::Other(fields) => fields.get("segment").and_then(serde_json::Value::as_str),
             Self::AgentStart { .. }
             | Self::AgentStop { .. }
+            | Self::Lock { .. }
+            | Self::Unlock { .. }
             | Self::PolicyReload { .. }
             | Self::StateCorrupt { .. }
             | Self::EnforcementRepaired { .. }
@@ -344,6 +368,8 @@ impl AuditEvent {
             | Self::Expire { identity, .. }
             | Self::MembershipRevoke { identity, .. }
             | Self::MembershipAdd { identity, .. }
+            | Self::Lock { identity, .. }
+            | Self::Unlock { identity, .. }
             | Self::GrantSuspended { identity, .. }
             | Self::GrantResumed { identity, .. }
             | Self::GrantRecovered { identity, .. } => Some(identity),
@@ -373,6 +399,8 @@ impl AuditEvent {
             | Self::Expire { actor, .. }
             | Self::MembershipRevoke { actor, .. }
             | Self::MembershipAdd { actor, .. }
+            | Self::Lock { actor, .. }
+            | Self::Unlock { actor, .. }
             | Self::GrantSuspended { actor, .. }
             | Self::GrantResumed { actor, .. }
             | Self::GrantRecovered { actor, .. }

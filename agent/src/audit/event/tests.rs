@@ -133,6 +133,18 @@ fn one_of_each() -> Vec<AuditEvent> {
             grant_id: None,
             actor: actor(),
         },
+        AuditEvent::Lock {
+            identity: s("user:mallory"),
+            reason: s("left the company"),
+            include_standing: true,
+            expires_at: Some(s("T")),
+            actor: actor(),
+        },
+        AuditEvent::Unlock {
+            identity: s("user:mallory"),
+            actor: actor(),
+            why: Some(s("ttl")),
+        },
         AuditEvent::GrantSuspended {
             grant_id: 1,
             segment: s("db"),

@@ -63,6 +63,7 @@ max_peers = 64
 request_expiry = "2h"
 identity_rescan = "1m"
 group_refresh = "10s"
+lock_admins = ["group:secops", "uid:0"]
 audit_max_bytes = "1M"
 audit_keep = 3
 deny_log = "/var/log/pc/denies.jsonl"
@@ -93,6 +94,7 @@ discovery = false
             request_expiry: Duration::from_secs(7200),
             identity_rescan: Duration::from_secs(60),
             group_refresh: Duration::from_secs(10),
+            lock_admins: vec!["group:secops".parse().unwrap(), "uid:0".parse().unwrap()],
             audit_max_bytes: 1 << 20,
             audit_keep: 3,
             deny_log: Some("/var/log/pc/denies.jsonl".into()),
@@ -105,7 +107,7 @@ discovery = false
             discovery: false,
         }
     );
-    assert_eq!(KEYS.len(), 24, "KEYS lists every field");
+    assert_eq!(KEYS.len(), 25, "KEYS lists every field");
 }
 
 #[test]
