@@ -276,6 +276,57 @@ pub(super) fn check_ttl(
     Ok(())
 }
 
+/// `ttl` inside the segment's windows: refused outside every window (the
+/// refusal names the next opening), cut to the end of the window it is in.
+pub(super) fn window_ttl(
+    seg: &Segment,
+    jit: &crate::policy::Jit,
+    ttl: Duration,
+) -> Result<Duration, CoreError> {
+    use crate::policy::windows::Standing;
+    let Some(w) = &jit.windows else {
+        return Ok(ttl);
+    };
+    let now = jiff::Timestamp::now();
+    let zone_name = w
+        .timezone
+        .clone()
+        .unwrap_or_else(|| "the host's time zone".into());
+    let refuse = |next: String| CoreError::OutsideWindows {
+        segment: seg.name.clone(),
+        windows: format!(
+            "{}, {zone_name}",
+            w.windows
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+        next,
+    };
+    let zone = w
+        .zone()
+        .map_err(|e| refuse(format!("its time zone cannot be read now ({e})")))?;
+    match w.at(now) {
+        Ok(Standing::OpenUntil(end)) => {
+            let left = end
+                .as_millisecond()
+                .saturating_sub(now.as_millisecond())
+                .max(0) as u64;
+            Ok(ttl.min(Duration::from_millis(left)))
+        }
+        Ok(Standing::ClosedUntil(Some(next))) => Err(refuse(format!(
+            "the next opens at {} ({})",
+            next.to_zoned(zone).strftime("%Y-%m-%d %H:%M %Z"),
+            clock::rfc3339(
+                std::time::UNIX_EPOCH + Duration::from_millis(next.as_millisecond().max(0) as u64)
+            )
+        ))),
+        Ok(Standing::ClosedUntil(None)) => Err(refuse("none opens in the coming week".into())),
+        Err(e) => Err(refuse(format!("its windows cannot be evaluated now ({e})"))),
+    }
+}
+
 /// The trimmed reason, required where the segment says so.
 pub(super) fn check_reason(
     seg: &Segment,

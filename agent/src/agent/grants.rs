@@ -3,7 +3,9 @@
 //! Owns the one path by which access is granted (`open_grant`: resolve,
 //! journal, audit, ledger, kernel) and the ways it ends (revoke, expire:
 //! journal, kernel, audit). Who may do each is `authz`'s; what the wire says is `views`'.
-use super::authz::{check_reason, check_ttl, credential_matches, jit_rules, requested_ttl};
+use super::authz::{
+    check_reason, check_ttl, credential_matches, jit_rules, requested_ttl, window_ttl,
+};
 use super::errors::CoreError;
 use super::groups;
 use super::*;
@@ -58,6 +60,8 @@ impl Agent {
         let ttl = requested_ttl(jit, ttl)?;
         check_ttl(&seg, jit, ttl)?;
         let reason = check_reason(&seg, jit, reason)?;
+        // A grant closes at the end of the window it is made in.
+        let ttl = window_ttl(&seg, jit, ttl)?;
         let grant = self.open_grant(cred, &seg, identity, ttl, reason, None)?;
         Ok(Reply::Granted {
             grant: self.view(&grant),

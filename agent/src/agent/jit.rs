@@ -17,7 +17,7 @@ use std::{collections::BTreeMap, time::Duration};
 use tracing::{info, warn};
 
 use super::{
-    authz::{check_reason, check_ttl, jit_rules, requested_ttl},
+    authz::{check_reason, check_ttl, jit_rules, requested_ttl, window_ttl},
     errors::CoreError,
     refuse, Agent,
 };
@@ -97,6 +97,8 @@ impl Agent {
         let ttl = requested_ttl(jit, ttl)?;
         check_ttl(&seg, jit, ttl)?;
         let reason = check_reason(&seg, jit, reason)?;
+        // Taken inside a window only (the grant's TTL is cut at approval).
+        window_ttl(&seg, jit, ttl)?;
         let identity = own_identity(cred.uid);
         self.refuse_locked(cred, "request", &seg.name, &identity)?;
         self.refuse_locked(cred, "request", &seg.name, &Identity::Uid(cred.uid))?;
@@ -242,6 +244,8 @@ impl Agent {
             None => req.ttl(),
         };
         check_ttl(&seg, jit, ttl)?;
+        // Approved inside a window only; the grant closes at its end.
+        let ttl = window_ttl(&seg, jit, ttl)?;
         let grant = self.open_grant(
             cred,
             &seg,

@@ -515,3 +515,4 @@ fn a_scrape_needs_no_agent_lock_and_shows_the_last_published_state() {
 mod groups;
 mod journal;
 mod locks;
+mod windows;

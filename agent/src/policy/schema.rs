@@ -26,7 +26,14 @@ use crate::{
 };
 
 const SEGMENT_KEYS: [&str; 5] = ["description", "ports", "allow", "jit", "mode"];
-const JIT_KEYS: [&str; 4] = ["max_ttl", "default_ttl", "approvers", "require_reason"];
+const JIT_KEYS: [&str; 6] = [
+    "max_ttl",
+    "default_ttl",
+    "approvers",
+    "require_reason",
+    "windows",
+    "timezone",
+];
 /// `default_ttl` when the policy gives none (capped at `max_ttl`).
 const DEFAULT_TTL: Duration = Duration::from_secs(15 * 60);
 const SEGMENT_NAME_RULE: &str = "segment names are 1-63 characters: lowercase letters, digits, \
@@ -441,6 +448,8 @@ impl Parser<'_> {
             }),
         };
 
+        let windows = self.windows(table, name, &location);
+
         let max_ttl = max_ttl?;
         let default_ttl = match default_ttl {
             None => DEFAULT_TTL.min(max_ttl),
@@ -466,6 +475,7 @@ impl Parser<'_> {
             default_ttl,
             approvers,
             require_reason,
+            windows,
         })
     }
 
@@ -593,6 +603,9 @@ fn article(type_name: &str) -> String {
     let vowel = type_name.starts_with(['a', 'e', 'i', 'o', 'u']);
     format!("{} {type_name}", if vowel { "an" } else { "a" })
 }
+
+/// `windows` and `timezone` of a jit table.
+mod windows;
 
 #[cfg(test)]
 mod tests;
