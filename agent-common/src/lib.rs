@@ -20,7 +20,8 @@ pub use user::{ip_of_key, key_of_ip};
 /// Layout 3: port entries carry the segment's mode bit ([`port_entry`]),
 /// [`SegmentCounters`] counts would-be refusals, [`DenyEvent`] says whether
 /// it was a refusal or an audit-mode one, and [`map_names::DISCOVERY`] exists.
-pub const LAYOUT_VERSION: u32 = 3;
+/// Layout 4 adds [`map_names::USAGE`].
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Map names (the ELF symbol names, and the file names under the pin directory).
 pub mod map_names {
@@ -59,9 +60,14 @@ pub mod map_names {
     /// local port (protected or not) and how often. Bounded; the least
     /// recently seen entries make room.
     pub const DISCOVERY: &str = "PC_DISCOVERY";
+    /// `PerCpuHashMap<GrantKey, Usage>`: how much each local grant entry
+    /// was used (admitted connections and datagrams, first and last use),
+    /// created by the hooks at an entry's first use and removed by the
+    /// agent when the entry leaves [`GRANTS`]. As large as [`GRANTS`].
+    pub const USAGE: &str = "PC_USAGE";
 
     /// Every pinned map, in a fixed order.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 12] = [
         PORTS,
         GRANTS,
         PEERS,
@@ -73,6 +79,7 @@ pub mod map_names {
         KILL_REQUESTS,
         OUTBOUND,
         DISCOVERY,
+        USAGE,
     ];
 
     /// `Array<u32>`, one entry: the kernel debug switch (0 = off, the
@@ -98,6 +105,10 @@ pub mod global_names {
     /// `u32`: 1 when the hooks feed [`super::map_names::DISCOVERY`], 0 when
     /// discovery is off (`discovery = false`).
     pub const DISCOVERY_ON: &str = "PC_DISCOVERY_ON";
+    /// `u32`: 1 (the default) when the hooks count use in
+    /// [`super::map_names::USAGE`]; 0 only in a bench-built agent asked to
+    /// measure the path without it.
+    pub const USAGE_ON: &str = "PC_USAGE_ON";
 }
 
 /// Program names (the Rust function names in `agent-ebpf`).
@@ -271,6 +282,19 @@ pub struct SegmentCounters {
     pub would_deny: u64,
 }
 
+/// Value of [`map_names::USAGE`] (per CPU; user space sums `connections`
+/// and takes the earliest `first_boot_ns` and latest `last_boot_ns`).
+/// Times are CLOCK_BOOTTIME nanoseconds; 0 means never.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Connections (connect) and datagrams (unconnected sendmsg) admitted.
+    pub connections: u64,
+    pub first_boot_ns: u64,
+    /// The last admitted connect or datagram, or packet of a flow it opened.
+    pub last_boot_ns: u64,
+}
+
 /// Which program made a decision.
 pub mod hook {
     pub const CONNECT4: u8 = 1;
@@ -428,6 +452,7 @@ const _: () = {
     // 8 + 2 + 2 + 1 + 1 + 1 + 1 + 16 + 16
     assert!(size_of::<KillRequest>() == 48);
     assert!(size_of::<DebugBudget>() == 16);
+    assert!(size_of::<Usage>() == 24);
     // Ring buffer sizes must be powers of two and page multiples (a power
     // of two of at least a page is one).
     assert!(DENY_RING_BYTES.is_power_of_two() && DENY_RING_BYTES >= 4096);
@@ -449,6 +474,7 @@ mod pod {
     unsafe impl aya::Pod for super::DebugBudget {}
     unsafe impl aya::Pod for super::DiscoveryKey {}
     unsafe impl aya::Pod for super::Sighting {}
+    unsafe impl aya::Pod for super::Usage {}
 }
 
 #[cfg(test)]
@@ -471,6 +497,7 @@ mod tests {
         // 8 + 2 + 2 + 1 + 1 + 1 + 1 + 16 + 16
         assert_eq!(size_of::<KillRequest>(), 48);
         assert_eq!(size_of::<DebugBudget>(), 16);
+        assert_eq!(size_of::<Usage>(), 24);
     }
 
     #[test]

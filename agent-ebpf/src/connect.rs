@@ -16,7 +16,7 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 
-use crate::{debug, decide, discovery, maps::FLOWS};
+use crate::{debug, decide, discovery, maps::FLOWS, usage};
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
@@ -178,6 +178,7 @@ fn verdict(
     }
     if found.allowed() {
         decide::count_allowed(segment);
+        usage::record(segment, &found, now, true);
         // Unconnected sends are checked one by one by sendmsg4/6; connected
         // sockets carry a flow that cgroup_skb keeps checking.
         if hook == hook::CONNECT4 || hook == hook::CONNECT6 {

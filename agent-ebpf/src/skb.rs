@@ -34,6 +34,7 @@ use aya_ebpf::{
 use crate::{
     debug, decide, discovery,
     maps::{FLOWS, OUTBOUND},
+    usage,
 };
 
 const PASS: i32 = 1;
@@ -436,6 +437,7 @@ fn local_flow(ctx: &SkBuffContext, full: *mut bpf_sock, hook: u8) -> i32 {
     let now = decide::now();
     let found = decide::local_match(segment, &owner, now);
     if found.allowed() {
+        usage::record(segment, &found, now, false);
         return PASS;
     }
     // Only the cut is logged: every packet of an admitted flow passes here.

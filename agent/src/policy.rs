@@ -129,6 +129,8 @@ pub struct Jit {
     /// When requests and grants are taken (`windows`, `timezone`);
     /// `None`: at any time.
     pub windows: Option<windows::Windows>,
+    /// A grant nothing used for this long lapses (`idle_timeout`).
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Policy {

@@ -304,6 +304,8 @@ impl Agent {
                     expires_at: Some(expires_at),
                     why: Some(why.to_string()),
                     while_down,
+                    reason: Some("ttl".into()),
+                    usage: None,
                 };
                 (event, why)
             } else {
@@ -317,6 +319,7 @@ impl Agent {
                     expires_at,
                     request_id: g.request_id,
                     why: Some(why.to_string()),
+                    usage: None,
                     suspended: None,
                     while_down,
                 };
@@ -356,6 +359,7 @@ impl Agent {
             why: None,
             suspended: Some(true),
             while_down: None,
+            usage: None,
         };
         self.journal_end(gid, &event);
         let _ = self.audit.record(event);
