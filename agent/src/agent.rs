@@ -100,6 +100,9 @@ pub(crate) struct Agent {
     mode_override: Option<Mode>,
     /// Whether the hooks feed the discovery map.
     discovery_on: bool,
+    /// Where the metrics endpoint listens (for `status`'s warning when it
+    /// sits on a protected port).
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Standing allows that do not resolve right now, with why.
     unresolved: BTreeMap<(String, String), String>,
     /// Each source naming a `group:`: the group and the uids its keys
@@ -173,6 +176,7 @@ impl Agent {
             ports,
             mode_override,
             discovery_on: true,
+            metrics_addr: None,
             unresolved: BTreeMap::new(),
             group_members: BTreeMap::new(),
             locks: BTreeMap::new(),

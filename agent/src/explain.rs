@@ -39,6 +39,8 @@ pub(crate) enum Subject {
 pub(crate) enum ExplainError {
     #[error("{0:?} is not one port: write PORT/PROTO, e.g. 5432/tcp")]
     Port(String),
+    #[error("{0} ({help})", help = .0.help())]
+    BadPort(crate::identity::PortRangeError),
     #[error("cannot read process {pid}: {why}")]
     Process { pid: u32, why: String },
     #[error("no user named {0:?} on this host")]
@@ -150,9 +152,7 @@ pub(crate) struct ExplainView {
 
 /// Parses `5432/tcp` into one port.
 pub(crate) fn parse_port(text: &str) -> Result<(Proto, u16), ExplainError> {
-    let range: PortRange = text
-        .parse()
-        .map_err(|_| ExplainError::Port(text.to_string()))?;
+    let range: PortRange = text.parse().map_err(ExplainError::BadPort)?;
     if range.first != range.last {
         return Err(ExplainError::Port(text.to_string()));
     }

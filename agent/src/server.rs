@@ -92,10 +92,12 @@ fn ensure_bpffs(bpffs: &Path) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
+    // 0. Privileges: without them nothing else matters (and the policy's
+    // warnings would only bury the one line that does).
+    crate::privileges::check()?;
     // 1. Policy first: a bad policy never reaches the kernel.
     let policy = load_policy(&opts.policies, &opts.policy_trust)
         .map_err(|e| anyhow::anyhow!("policy in {} is invalid:\n{e}", opts.policies.display()))?;
-    crate::privileges::check()?;
     // One agent per pin directory, state directory, audit log and socket:
     // a second one stops here, before it touches any of them.
     let _locks =
@@ -107,6 +109,7 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
         .cgroup
         .clone()
         .unwrap_or_else(|| hierarchy.mount.clone());
+    crate::cgroupfs::check_attach_point(&cgroup, &hierarchy.mount)?;
     ensure_bpffs(&opts.bpffs)?;
     let mut dataplane = Dataplane::open(&DataplaneConfig {
         bpffs: opts.bpffs.clone(),
@@ -140,6 +143,7 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
     agent.set_request_ttl(opts.request_expiry);
     agent.set_lock_admins(opts.lock_admins.clone());
     agent.set_discovery(opts.discovery);
+    agent.set_metrics_addr(opts.metrics_addr);
     let addrs = hostaddrs::scan().context("listing this host's addresses")?;
     agent.set_local_addrs(&addrs)?;
     // Attach only now: the maps hold the policy, the grants and this host's
@@ -150,6 +154,7 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
         cgroup = %cgroup.display(),
         pins = %agent.pin_dir().display(),
         segments = agent.policy().segments.len(),
+        ports = %protected_ports(agent.policy()),
         addresses = addrs.len(),
         "enforcing"
     );
@@ -387,6 +392,20 @@ fn reload_with(shared: &Shared, dir: &Path, trust: &policy::FileTrust, only_if_c
     }
 }
 
+/// `payments-db 5432/tcp,6432/tcp; sessions-cache 6379/tcp` for the
+/// start-up log line: which ports are closed, not only how many segments.
+fn protected_ports(policy: &policy::Policy) -> String {
+    policy
+        .segments
+        .values()
+        .map(|s| {
+            let ports: Vec<String> = s.ports.iter().map(ToString::to_string).collect();
+            format!("{} {}", s.name, ports.join(","))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 fn bind_socket(opts: &Settings) -> anyhow::Result<UnixListener> {
     // Socket activation first; binding the path ourselves is the fallback.
     if let Some(listener) =
@@ -411,7 +430,12 @@ fn bind_socket(opts: &Settings) -> anyhow::Result<UnixListener> {
         .with_context(|| format!("setting mode of {}", path.display()))?;
     if let Some(group) = &opts.socket_group {
         let gid = nix::unistd::Group::from_name(group)?
-            .with_context(|| format!("socket group {group:?} does not exist"))?
+            .with_context(|| {
+                format!(
+                    "socket group {group:?} does not exist: create it (`groupadd --system {group}`) \
+                     or set another socket_group in the configuration (or pass --socket-group)"
+                )
+            })?
             .gid;
         nix::unistd::chown(path, None, Some(gid))
             .with_context(|| format!("chown {} to group {group}", path.display()))?;

@@ -226,6 +226,7 @@ impl Agent {
         }
         self.segment_ids = ids;
         self.policy = policy;
+        self.drop_requests_of_gone_segments();
         Ok(())
     }
 

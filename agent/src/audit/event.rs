@@ -83,6 +83,14 @@ pub(crate) enum AuditEvent {
         requested_by: Actor,
         expired_at: String,
     },
+    /// A pending request ended because its segment left the policy.
+    RequestDropped {
+        request_id: u64,
+        segment: String,
+        identity: String,
+        requested_by: Actor,
+        why: String,
+    },
     /// Access closed: by `revoke`, or a suspended grant at the end of its grace.
     Revoke {
         grant_id: u64,
@@ -260,9 +268,9 @@ pub(crate) enum AuditEvent {
 }
 
 impl AuditEvent {
-    /// Every kind this version writes, as named on disk (for the docs test).
-    #[cfg(test)]
-    pub(crate) const KINDS: [&'static str; 24] = [
+    /// Every kind this version writes, as named on disk (the docs test,
+    /// and `audit --event`'s check).
+    pub(crate) const KINDS: [&'static str; 25] = [
         "agent_start",
         "agent_stop",
         "grant",
@@ -271,6 +279,7 @@ impl AuditEvent {
         "approve",
         "deny",
         "request_expire",
+        "request_dropped",
         "revoke",
         "expire",
         "membership_revoke",
@@ -302,6 +311,7 @@ impl AuditEvent {
             Self::Approve { .. } => "approve",
             Self::Deny { .. } => "deny",
             Self::RequestExpire { .. } => "request_expire",
+            Self::RequestDropped { .. } => "request_dropped",
             Self::Revoke { .. } => "revoke",
             Self::Expire { .. } => "expire",
             Self::MembershipRevoke { .. } => "membership_revoke",
@@ -343,6 +353,7 @@ impl AuditEvent {
             | Self::Approve { segment, .. }
             | Self::Deny { segment, .. }
             | Self::RequestExpire { segment, .. }
+            | Self::RequestDropped { segment, .. }
             | Self::Revoke { segment, .. }
             | Self::Expire { segment, .. }
             | Self::MembershipRevoke { segment, .. }
@@ -374,6 +385,7 @@ impl AuditEvent {
             | Self::Approve { identity, .. }
             | Self::Deny { identity, .. }
             | Self::RequestExpire { identity, .. }
+            | Self::RequestDropped { identity, .. }
             | Self::Revoke { identity, .. }
             | Self::Expire { identity, .. }
             | Self::MembershipRevoke { identity, .. }
@@ -421,6 +433,7 @@ impl AuditEvent {
             Self::AgentStart { .. }
             | Self::AgentStop { .. }
             | Self::RequestExpire { .. }
+            | Self::RequestDropped { .. }
             | Self::StateCorrupt { .. }
             | Self::Rotate { .. }
             | Self::RecordsLost { .. }

@@ -129,6 +129,11 @@ impl Dataplane {
         } else {
             parent
         };
+        if !mount_probe.exists() {
+            return Err(DataplaneError::NoBpffsParent {
+                parent: mount_probe.to_path_buf(),
+            });
+        }
         if !is_bpffs(mount_probe) {
             return Err(DataplaneError::NoBpffs {
                 path: mount_probe.to_path_buf(),

@@ -62,6 +62,8 @@ pub(crate) enum DataplaneError {
     NoObject,
     #[error("{path} is not a bpf filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf` (the agent does this itself when it runs as root)")]
     NoBpffs { path: PathBuf },
+    #[error("the bpffs directory's parent {parent} does not exist; the agent creates only its own directory: create the parent (`mkdir -m 0700 {parent}`) or choose a bpffs directory whose parent exists (default /sys/fs/bpf/portcullis)")]
+    NoBpffsParent { parent: PathBuf },
     #[error(transparent)]
     Unsafe(#[from] crate::pindir::PinDirError),
     #[error("cannot create pin directory {path}")]

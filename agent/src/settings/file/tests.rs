@@ -25,9 +25,35 @@ fn an_empty_file_means_every_default() {
 #[test]
 fn the_shipped_example_states_exactly_the_defaults() {
     // packaging/agent.toml documents the defaults by writing them out;
-    // if a default changes, the shipped file must change with it.
+    // if a default changes, the shipped file must change with it. The one
+    // exception is the socket's group, which the package creates
+    // (packaging/debian/postinst) and the shipped file names.
     let text = include_str!("../../../../packaging/agent.toml");
-    assert_eq!(parse(text).unwrap(), AgentConfig::default());
+    let shipped = parse(text).unwrap();
+    assert_eq!(shipped.socket_group.as_deref(), Some(PACKAGE_GROUP));
+    assert_eq!(
+        AgentConfig {
+            socket_group: None,
+            ..shipped
+        },
+        AgentConfig::default()
+    );
+}
+
+/// The group the package creates for the control socket.
+const PACKAGE_GROUP: &str = "portcullis";
+
+#[test]
+fn the_package_creates_the_group_the_shipped_file_names() {
+    let postinst = include_str!("../../../../packaging/debian/postinst");
+    assert!(
+        postinst.contains(&format!("groupadd --system {PACKAGE_GROUP}")),
+        "postinst must create the socket group:\n{postinst}"
+    );
+    assert!(
+        postinst.contains(&format!("getent group {PACKAGE_GROUP}")),
+        "postinst must create the group only when it is missing:\n{postinst}"
+    );
 }
 
 #[test]
