@@ -53,8 +53,12 @@ mod enforce;
 mod errors;
 /// Making, revoking and expiring grants.
 mod grants;
+/// `group:` identities kept current as members come and go.
+mod groups;
 /// Requests, approvals, denials and `explain` (the JIT workflow).
 mod jit;
+/// Locks: an identity stopped everywhere until unlocked.
+mod locks;
 mod recovery;
 /// Start-up from the journal: changes a crash left unaudited, grants that
 /// ended while the agent was down.
@@ -101,6 +105,13 @@ pub(crate) struct Agent {
     metrics_addr: Option<std::net::SocketAddr>,
     /// Standing allows that do not resolve right now, with why.
     unresolved: BTreeMap<(String, String), String>,
+    /// Each source naming a `group:`: the group and the uids its keys
+    /// were last written for (`groups`: what a refresh compares with).
+    group_members: BTreeMap<Source, (String, std::collections::BTreeSet<u32>)>,
+    /// Locked identities, by text form (`locks`).
+    locks: BTreeMap<String, state::Lock>,
+    /// Who may lock and unlock besides root.
+    lock_admins: Vec<Identity>,
     local_addresses: usize,
     last_reload: Option<ReloadView>,
     boot_id: String,
@@ -167,6 +178,9 @@ impl Agent {
             discovery_on: true,
             metrics_addr: None,
             unresolved: BTreeMap::new(),
+            group_members: BTreeMap::new(),
+            locks: BTreeMap::new(),
+            lock_admins: Vec::new(),
             local_addresses: 0,
             last_reload: None,
             boot_id: state::boot_id(),
@@ -206,6 +220,7 @@ impl Agent {
             agent.next_id = agent.next_id.max(agent.max_audited_id() + 1);
         }
         agent.segment_ids = memory.segment_ids;
+        agent.locks = std::mem::take(&mut memory.locks);
         agent.requests = RequestBook::restore(
             memory.requests.into_values().collect(),
             &agent.boot_id,
@@ -252,6 +267,9 @@ impl Agent {
             }
         }
         agent.apply_changes(&stale)?;
+        // What each group stands for now: the base later changes are
+        // audited against.
+        agent.refresh_groups()?;
         // Start from a fresh snapshot: the log holds only this run's changes.
         let memory = agent.memory();
         if let Err(e) = agent.journal.compact(&memory) {

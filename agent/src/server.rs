@@ -142,6 +142,7 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
         opts.mode,
     )?;
     agent.set_request_ttl(opts.request_expiry);
+    agent.set_lock_admins(opts.lock_admins.clone());
     agent.set_discovery(opts.discovery);
     agent.set_metrics_addr(opts.metrics_addr);
     let addrs = hostaddrs::scan().context("listing this host's addresses")?;
@@ -208,6 +209,10 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
     let mut rescanned = tokio::time::Instant::now();
     let mut policy_watch = watch::PolicyWatch::new(&opts.policies);
     let mut cgroup_watch = watch::CgroupWatch::new(&cgroup);
+    // Group members: at once when /etc/group or /etc/passwd change, and
+    // every `group_refresh` for groups that live in a directory.
+    let mut groups_read = tokio::time::Instant::now();
+    let mut accounts_watch = watch::AccountsWatch::new(Path::new("/etc"));
 
     loop {
         let sleep = blocking(|| next_expiry_sleep(&shared));
@@ -234,6 +239,12 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
                 a.check_enforcement();
                 // Audit records queued while the log could not be written.
                 a.retry_audit();
+                // Locks whose TTL has passed are lifted.
+                a.expire_locks();
+                if groups_read.elapsed() >= opts.group_refresh {
+                    groups_read = tokio::time::Instant::now();
+                    refresh_groups(&mut a);
+                }
                 if rescanned.elapsed() >= opts.identity_rescan {
                     rescanned = tokio::time::Instant::now();
                     if let Err(e) = a.refresh_identities() {
@@ -245,6 +256,10 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
             }),
             _ = hup.recv() => blocking(|| reload(&shared, &opts.policies, &opts.policy_trust)),
             _ = policy_watch.changed() => blocking(|| reload_changed(&shared, &opts.policies, &opts.policy_trust)),
+            _ = accounts_watch.changed() => blocking(|| {
+                groups_read = tokio::time::Instant::now();
+                refresh_groups(&mut shared.lock().expect("agent lock"));
+            }),
             _ = cgroup_watch.changed() => blocking(|| {
                 let mut a = shared.lock().expect("agent lock");
                 if let Err(e) = a.refresh_identities() {
@@ -282,6 +297,15 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
 /// tasks (control connections, the metrics endpoint) move to another worker.
 fn blocking<R>(f: impl FnOnce() -> R) -> R {
     tokio::task::block_in_place(f)
+}
+
+/// Reads group members again; a member who left is swept at once.
+fn refresh_groups(a: &mut Agent) {
+    match a.refresh_groups() {
+        Ok(true) => crate::sweep::request(),
+        Ok(false) => {}
+        Err(e) => warn!(error = %e, "writing changed group members to the kernel failed"),
+    }
 }
 
 fn next_expiry_sleep(shared: &Shared) -> Duration {
@@ -351,6 +375,7 @@ fn reload_with(shared: &Shared, dir: &Path, trust: &policy::FileTrust, only_if_c
             let digest = policy.digest.clone();
             match a.apply_policy(policy) {
                 Ok(()) => {
+                    refresh_groups(&mut a);
                     crate::sweep::request();
                     a.note_reload(Ok(digest.clone()), trigger);
                     info!(%digest, "policy reloaded");

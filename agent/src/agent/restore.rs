@@ -67,6 +67,7 @@ impl Agent {
                 .into_iter()
                 .map(|r| (r.id, r))
                 .collect(),
+            locks: self.locks.clone(),
         }
     }
 

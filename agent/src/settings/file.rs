@@ -28,7 +28,7 @@ use crate::{
 pub(crate) const DEFAULT_PATH: &str = "/etc/portcullis/agent.toml";
 
 /// Every key the file may hold, for "did you mean" hints.
-const KEYS: [&str; 24] = [
+const KEYS: [&str; 26] = [
     "policy_dir",
     "socket",
     "socket_mode",
@@ -43,6 +43,8 @@ const KEYS: [&str; 24] = [
     "max_peers",
     "request_expiry",
     "identity_rescan",
+    "group_refresh",
+    "lock_admins",
     "audit_max_bytes",
     "audit_keep",
     "deny_log",
@@ -86,6 +88,12 @@ pub(crate) struct AgentConfig {
     /// How often unit and cgroup identities are re-resolved even when no
     /// cgroup event was seen (a safety net under the cgroup watch).
     pub identity_rescan: Duration,
+    /// How often `group:` memberships are read again through NSS even when
+    /// /etc/group and /etc/passwd did not change (directory-backed groups).
+    pub group_refresh: Duration,
+    /// Who may `lock` and `unlock` identities besides root (`user:`,
+    /// `uid:`, `group:`, `gid:`).
+    pub lock_admins: Vec<crate::identity::Identity>,
     /// Rotate the audit log before it grows past this size; 0 never rotates.
     pub audit_max_bytes: u64,
     /// Rotated audit files kept (`audit.jsonl.1` ..).
@@ -127,6 +135,8 @@ impl Default for AgentConfig {
             max_peers: agent_common::DEFAULT_MAX_PEERS,
             request_expiry: Duration::from_secs(3600),
             identity_rescan: Duration::from_secs(30),
+            group_refresh: Duration::from_secs(30),
+            lock_admins: Vec::new(),
             audit_max_bytes: crate::audit::Rotation::default().max_bytes,
             audit_keep: crate::audit::Rotation::default().keep as u32,
             deny_log: None,
@@ -174,6 +184,8 @@ struct RawConfig {
     max_peers: Option<Spanned<i64>>,
     request_expiry: Option<Spanned<String>>,
     identity_rescan: Option<Spanned<String>>,
+    group_refresh: Option<Spanned<String>>,
+    lock_admins: Option<Vec<Spanned<String>>>,
     audit_max_bytes: Option<Spanned<String>>,
     audit_keep: Option<Spanned<i64>>,
     deny_log: Option<Spanned<PathBuf>>,
@@ -272,6 +284,27 @@ impl AgentConfig {
                 .filter_map(|i| check.interface(i))
                 .collect();
         }
+        for admin in raw.lock_admins.unwrap_or_default() {
+            let span = admin.span();
+            match admin.get_ref().parse::<crate::identity::Identity>() {
+                Ok(
+                    i @ (crate::identity::Identity::User(_)
+                    | crate::identity::Identity::Uid(_)
+                    | crate::identity::Identity::Group(_)
+                    | crate::identity::Identity::Gid(_)),
+                ) => config.lock_admins.push(i),
+                Ok(other) => check.error(
+                    span,
+                    format!("lock_admins: {other} is not a person"),
+                    "name people: user:NAME, uid:N, group:NAME or gid:N",
+                ),
+                Err(e) => check.error(
+                    span,
+                    format!("lock_admins: {e}"),
+                    "name people: user:NAME, uid:N, group:NAME or gid:N",
+                ),
+            }
+        }
         for (key, value, slot) in [
             ("max_grants", raw.max_grants, &mut config.max_grants),
             ("max_peers", raw.max_peers, &mut config.max_peers),
@@ -332,6 +365,15 @@ impl AgentConfig {
             )
         }) {
             config.identity_rescan = d;
+        }
+        if let Some(d) = raw.group_refresh.and_then(|v| {
+            check.duration::<IntervalBounds>(
+                "group_refresh",
+                v,
+                "write a duration from \"1s\" to \"1d\", such as \"30s\" or \"5m\"; changes to /etc/group and /etc/passwd are seen at once, this re-reads groups from a directory (SSSD, LDAP)",
+            )
+        }) {
+            config.group_refresh = d;
         }
         // The audit log's rotation, the deny log and the metrics endpoint
         // (docs/audit.md).

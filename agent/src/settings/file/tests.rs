@@ -88,6 +88,8 @@ max_grants = 1024
 max_peers = 64
 request_expiry = "2h"
 identity_rescan = "1m"
+group_refresh = "10s"
+lock_admins = ["group:secops", "uid:0"]
 audit_max_bytes = "1M"
 audit_keep = 3
 deny_log = "/var/log/pc/denies.jsonl"
@@ -118,6 +120,8 @@ peer_filter = "tc"
             max_peers: 64,
             request_expiry: Duration::from_secs(7200),
             identity_rescan: Duration::from_secs(60),
+            group_refresh: Duration::from_secs(10),
+            lock_admins: vec!["group:secops".parse().unwrap(), "uid:0".parse().unwrap()],
             audit_max_bytes: 1 << 20,
             audit_keep: 3,
             deny_log: Some("/var/log/pc/denies.jsonl".into()),
@@ -131,7 +135,7 @@ peer_filter = "tc"
             peer_filter: crate::dataplane::Placement::Tc,
         }
     );
-    assert_eq!(KEYS.len(), 24, "KEYS lists every field");
+    assert_eq!(KEYS.len(), 26, "KEYS lists every field");
 }
 
 #[test]
