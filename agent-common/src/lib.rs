@@ -20,7 +20,12 @@ pub use user::{ip_of_key, key_of_ip};
 /// Layout 3: port entries carry the segment's mode bit ([`port_entry`]),
 /// [`SegmentCounters`] counts would-be refusals, [`DenyEvent`] says whether
 /// it was a refusal or an audit-mode one, and [`map_names::DISCOVERY`] exists.
-pub const LAYOUT_VERSION: u32 = 3;
+/// Layout 4: [`FlowMark`] carries the cached decision (segment, matched
+/// entry, expiry, policy epoch), [`map_names::EPOCH`],
+/// [`map_names::CGROUP_LEVELS`] and [`map_names::DENY_LIMIT`] exist, and
+/// [`DenyEvent::repeats`] counts the denies the kernel's rate limit folded
+/// into an event.
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Map names (the ELF symbol names, and the file names under the pin directory).
 pub mod map_names {
@@ -59,9 +64,22 @@ pub mod map_names {
     /// local port (protected or not) and how often. Bounded; the least
     /// recently seen entries make room.
     pub const DISCOVERY: &str = "PC_DISCOVERY";
+    /// `Array<u64>`, one entry: the policy epoch. The agent bumps it after
+    /// every write that can end an allow (a delete, a lowered expiry, a
+    /// port change); a marked flow whose [`crate::FlowMark::epoch`]
+    /// differs decides again at its next packet.
+    pub const EPOCH: &str = "PC_EPOCH";
+    /// `Array<u32>` indexed by segment id: bit `n` set when some cgroup
+    /// entry of the segment is a cgroup at level `n` (0 = the root), so
+    /// the ancestor walk looks only there. All bits set when the agent
+    /// cannot tell a cgroup's level.
+    pub const CGROUP_LEVELS: &str = "PC_CGROUP_LEVELS";
+    /// `LruPerCpuHashMap<DenyLimitKey, DenyLimit>`: the kernel's rate limit
+    /// of deny events per (segment, subject), per CPU.
+    pub const DENY_LIMIT: &str = "PC_DENY_LIMIT";
 
     /// Every pinned map, in a fixed order.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 14] = [
         PORTS,
         GRANTS,
         PEERS,
@@ -73,6 +91,9 @@ pub mod map_names {
         KILL_REQUESTS,
         OUTBOUND,
         DISCOVERY,
+        EPOCH,
+        CGROUP_LEVELS,
+        DENY_LIMIT,
     ];
 
     /// `Array<u32>`, one entry: the kernel debug switch (0 = off, the
@@ -309,7 +330,11 @@ pub struct DenyEvent {
     pub hook: u8,
     /// One of [`verdict`]: refused, or let through by audit mode.
     pub verdict: u8,
-    pub _pad: [u8; 5],
+    pub _pad: u8,
+    /// Denies of the same (segment, subject) the kernel's rate limit did
+    /// not send since its previous event (on this CPU): this event stands
+    /// for `1 + repeats` refusals.
+    pub repeats: u32,
     /// Protected address, v4-mapped for IPv4.
     pub addr: [u8; 16],
     /// Client address, v4-mapped for IPv4 (zero when unknown).
@@ -365,13 +390,66 @@ pub struct Sighting {
 }
 
 /// What connect4/6 remember about a socket they let through to a
-/// protected port: the identity facts cgroup_skb cannot see itself.
+/// protected port by an allow that can end under it (a finite expiry, or a
+/// `group:` entry): the identity facts cgroup_skb cannot see itself, and
+/// the decision, cached. A packet passes on one compare while `epoch`
+/// equals [`map_names::EPOCH`] and the clock is below `expiry_ns` (not read
+/// when it is [`NEVER`]); otherwise the flow decides again and the mark is
+/// rewritten (or the packet dropped).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowMark {
     pub uid: u32,
     pub gid: u32,
+    /// The segment of the decision.
+    pub segment: u32,
+    /// The [`kind`] of the entry that allowed the flow.
+    pub kind: u32,
+    /// That entry's id (uid, gid or cgroup id).
+    pub id: u64,
+    /// The policy epoch read before the decision.
+    pub epoch: u64,
+    /// When the allowing entry ends (CLOCK_BOOTTIME ns), or [`NEVER`].
+    pub expiry_ns: u64,
 }
+
+/// Key of [`map_names::DENY_LIMIT`]: one refused subject on one segment.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DenyLimitKey {
+    /// The segment id; [`port_entry::AUDIT`] set for would-be refusals.
+    pub segment: u32,
+    pub uid: u32,
+    /// The caller's cgroup id (0 for remote peers).
+    pub cgroup_id: u64,
+    /// The remote source (zero for local callers).
+    pub peer: [u8; 16],
+}
+
+/// Value of [`map_names::DENY_LIMIT`] (this CPU's).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DenyLimit {
+    /// CLOCK_BOOTTIME ns at which the current window began.
+    pub window_ns: u64,
+    /// Events sent in the current window.
+    pub sent: u32,
+    /// Denies not sent since the last event that was.
+    pub pending: u32,
+}
+
+/// Deny events the kernel sends per (segment, subject) per CPU per
+/// [`DENY_LIMIT_WINDOW_NS`]; the rest ride as [`DenyEvent::repeats`].
+pub const DENY_LIMIT_BURST: u32 = 16;
+/// The kernel deny rate limit's window.
+pub const DENY_LIMIT_WINDOW_NS: u64 = 1_000_000_000;
+/// Capacity of [`map_names::DENY_LIMIT`] (an LRU, per CPU).
+pub const DENY_LIMIT_ENTRIES: u32 = 4096;
+/// Past this many unread bytes in [`map_names::DENY_EVENTS`] a deny event
+/// wakes the agent; below it, events wait for the agent's timed poll.
+pub const DENY_RING_WAKE_BYTES: u64 = DENY_RING_BYTES as u64 / 4;
+/// Levels of the cgroup mask ([`map_names::CGROUP_LEVELS`]): one bit each.
+pub const CGROUP_LEVEL_BITS: u32 = 32;
 
 /// A socket whose flow a program just cut, for the agent to destroy
 /// (SOCK_DESTROY) so that its owner sees an error at once instead of
@@ -422,9 +500,12 @@ const _: () = {
     // 2 + 1 + 1 + 4 + 4 + 4 + 8 + 16
     assert!(size_of::<DiscoveryKey>() == 40 && align_of::<DiscoveryKey>() == 8);
     assert!(size_of::<Sighting>() == 24);
-    // 8 + 8 + 4 * 3 + 2 + 2 + 1 + 1 + 1 + 5 + 16 + 16
+    // 8 + 8 + 4 * 3 + 2 + 2 + 1 + 1 + 1 + 1 + 4 + 16 + 16
     assert!(size_of::<DenyEvent>() == 72);
-    assert!(size_of::<FlowMark>() == 8);
+    assert!(size_of::<FlowMark>() == 40 && align_of::<FlowMark>() == 8);
+    assert!(size_of::<DenyLimitKey>() == 32);
+    assert!(size_of::<DenyLimit>() == 16);
+    assert!(MAX_CGROUP_DEPTH as u32 <= CGROUP_LEVEL_BITS);
     // 8 + 2 + 2 + 1 + 1 + 1 + 1 + 16 + 16
     assert!(size_of::<KillRequest>() == 48);
     assert!(size_of::<DebugBudget>() == 16);
@@ -449,6 +530,8 @@ mod pod {
     unsafe impl aya::Pod for super::DebugBudget {}
     unsafe impl aya::Pod for super::DiscoveryKey {}
     unsafe impl aya::Pod for super::Sighting {}
+    unsafe impl aya::Pod for super::DenyLimitKey {}
+    unsafe impl aya::Pod for super::DenyLimit {}
 }
 
 #[cfg(test)]
@@ -465,9 +548,11 @@ mod tests {
         assert_eq!(size_of::<SegmentCounters>(), 24);
         assert_eq!(size_of::<DiscoveryKey>(), 40);
         assert_eq!(size_of::<Sighting>(), 24);
-        // 8 + 8 + 4 * 3 + 2 + 2 + 1 + 1 + 1 + 5 + 16 + 16
+        // 8 + 8 + 4 * 3 + 2 + 2 + 1 + 1 + 1 + 1 + 4 + 16 + 16
         assert_eq!(size_of::<DenyEvent>(), 72);
-        assert_eq!(size_of::<FlowMark>(), 8);
+        assert_eq!(size_of::<FlowMark>(), 40);
+        assert_eq!(size_of::<DenyLimitKey>(), 32);
+        assert_eq!(size_of::<DenyLimit>(), 16);
         // 8 + 2 + 2 + 1 + 1 + 1 + 1 + 16 + 16
         assert_eq!(size_of::<KillRequest>(), 48);
         assert_eq!(size_of::<DebugBudget>(), 16);

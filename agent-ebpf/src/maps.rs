@@ -2,15 +2,15 @@
 //! from `agent-common`; the agent pins each map by name and may override the
 //! sizes of the grant and peer maps at load time.
 use agent_common::{
-    DebugBudget, DenyEvent, DiscoveryKey, Expiry, FlowMark, GrantKey, PeerKey, SegmentCounters,
-    Sighting, DEFAULT_MAX_GRANTS, DEFAULT_MAX_PEERS, DENY_RING_BYTES, DISCOVERY_ENTRIES,
-    KILL_RING_BYTES, MAX_LOCAL_NETS, MAX_SEGMENTS, PORT_SLOTS,
+    DebugBudget, DenyEvent, DenyLimit, DenyLimitKey, DiscoveryKey, Expiry, FlowMark, GrantKey,
+    PeerKey, SegmentCounters, Sighting, DEFAULT_MAX_GRANTS, DEFAULT_MAX_PEERS, DENY_LIMIT_ENTRIES,
+    DENY_RING_BYTES, DISCOVERY_ENTRIES, KILL_RING_BYTES, MAX_LOCAL_NETS, MAX_SEGMENTS, PORT_SLOTS,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 
 /// Port index → port entry (segment id and mode bit). An array: one bounds
@@ -51,6 +51,27 @@ pub static DENY_EVENTS: RingBuf = RingBuf::with_byte_size(DENY_RING_BYTES, 0);
 /// Minimum kernel: 5.2 (sk_storage), 5.10 for use from sock_addr programs.
 #[btf_map(name = "PC_FLOWS")]
 pub static FLOWS: SkStorage<FlowMark> = SkStorage::new();
+
+/// The policy epoch (entry 0), bumped by the agent after every write that
+/// can end an allow; see `skb.rs` for how marked flows use it.
+#[map(name = "PC_EPOCH")]
+pub static EPOCH: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Segment id → the cgroup levels at which the segment has cgroup entries
+/// (bit n: level n), kept by the agent; the ancestor walk visits only those.
+#[map(name = "PC_CGROUP_LEVELS")]
+pub static CGROUP_LEVELS: Array<u32> = Array::with_max_entries(MAX_SEGMENTS, 0);
+
+/// One slot per CPU that the decisions cached under the epoch update with
+/// a fully ordered atomic: a memory barrier that touches no shared cache
+/// line (see `decide::epoch_ordered`). Not pinned.
+#[map(name = "PC_FENCE")]
+pub static FENCE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The deny events' rate limit per (segment, subject), per CPU.
+#[map(name = "PC_DENY_LIMIT")]
+pub static DENY_LIMIT: LruPerCpuHashMap<DenyLimitKey, DenyLimit> =
+    LruPerCpuHashMap::with_max_entries(DENY_LIMIT_ENTRIES, 0);
 
 /// Sockets whose flow was just cut, for the agent to destroy.
 #[map(name = "PC_KILL_REQUESTS")]

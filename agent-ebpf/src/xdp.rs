@@ -213,7 +213,7 @@ fn transport(
     }
     let refuse = decide::refused(
         entry,
-        &DenyEvent {
+        DenyEvent {
             boot_ns: now,
             cgroup_id: 0,
             segment,
@@ -224,7 +224,8 @@ fn transport(
             proto: proto as u8,
             hook: hook::XDP,
             verdict: decide::verdict_of(entry),
-            _pad: [0; 5],
+            _pad: 0,
+            repeats: 0,
             addr: dst,
             peer_addr: src,
         },

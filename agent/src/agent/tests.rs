@@ -510,3 +510,5 @@ fn a_scrape_needs_no_agent_lock_and_shows_the_last_published_state() {
     );
 }
 mod journal;
+
+mod fastpath;
