@@ -206,8 +206,12 @@ fn an_entry_five_levels_down_is_found_and_one_on_another_level_is_not_confused_w
     let agent = Agent::start(&policy(server.port(), "tcp", &[]), &cg.path);
     let client = As::root_in(&deep);
     assert_eq!(client.tcp(server.addr), Outcome::eperm());
-    // An entry for an ancestor two levels up: found through its level bit.
+    // An entry for an ancestor two levels up: found through its level bit,
+    // the only one set.
     let id = agent.grant("db", &format!("cgroup:{mid_rel}"), "10m");
+    let level = mid_rel.matches('/').count() as u32
+        + cgroup2_mount_depth_below_root();
+    assert_eq!(level_masks(&agent), vec![1u32 << level]);
     assert_eq!(client.tcp(server.addr), Outcome::Ok);
     // A sibling at the same level as the client's parent is not an ancestor.
     let sibling = cg.child("a/b/x");
@@ -221,4 +225,38 @@ fn an_entry_five_levels_down_is_found_and_one_on_another_level_is_not_confused_w
     agent.grant("db", &format!("cgroup:{rel}"), "10m");
     assert_eq!(client.tcp(server.addr), Outcome::Ok);
     assert!(mid.exists());
+}
+
+/// The cgroup2 mount is the hierarchy's root here (the tests run in the
+/// initial cgroup namespace): levels count from it.
+fn cgroup2_mount_depth_below_root() -> u32 {
+    0
+}
+
+/// The non-zero cgroup-level masks the agent wrote (`PC_CGROUP_LEVELS`).
+fn level_masks(agent: &Agent) -> Vec<u32> {
+    let path = agent
+        .bpffs
+        .join(format!("v{}/maps/PC_CGROUP_LEVELS", agent_common::LAYOUT_VERSION));
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "dump", "pinned"])
+        .arg(&path)
+        .arg("-j")
+        .output()
+        .expect("bpftool runs");
+    assert!(out.status.success(), "bpftool map dump {}", path.display());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    v.as_array()
+        .expect("an array of entries")
+        .iter()
+        .filter_map(|e| {
+            let bytes: Vec<u8> = e["value"]
+                .as_array()?
+                .iter()
+                .filter_map(|b| u8::from_str_radix(b.as_str()?.trim_start_matches("0x"), 16).ok())
+                .collect();
+            let mask = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?);
+            (mask != 0).then_some(mask)
+        })
+        .collect()
 }

@@ -4,10 +4,11 @@
 //! remembered; at most one walk per second, so a vanished cgroup does not
 //! cost a walk per write (it counts as "level unknown": every bit set).
 //!
-//! The kernel's levels count from the root of the whole hierarchy; the
-//! mount shows the root of the agent's cgroup namespace. They agree only
-//! when the agent runs in the initial cgroup namespace: otherwise every
-//! level is unknown (correct, and as slow as before the masks).
+//! The kernel's levels count from the root of the whole hierarchy; a
+//! mount made in a cgroup namespace shows that namespace's root instead.
+//! They agree only when the mount's root is the hierarchy's root (the root
+//! cgroup's id is 1): otherwise every level is unknown (correct, and as
+//! slow as before the masks).
 use std::{
     collections::HashMap,
     fs,
@@ -28,6 +29,8 @@ impl LevelOf for HashMap<u64, u32> {
     }
 }
 
+/// The id of a cgroup2 hierarchy's root cgroup.
+const ROOT_CGROUP_ID: u64 = 1;
 /// Most directories one walk visits.
 const MAX_DIRS: usize = 100_000;
 /// Least time between two walks.
@@ -41,15 +44,12 @@ pub(crate) struct CgroupLevels {
 }
 
 impl CgroupLevels {
-    /// Levels under `mount`, or none at all when this process is not in
-    /// the initial cgroup namespace (its mount's depths are not the
-    /// kernel's levels).
+    /// Levels under `mount`, or none at all when the mount is not the
+    /// hierarchy's root (its depths are not the kernel's levels).
     pub(crate) fn new(mount: PathBuf) -> Self {
-        let ns = |p: &str| fs::metadata(p).map(|m| m.ino()).ok();
-        let initial = ns("/proc/self/ns/cgroup").is_some()
-            && ns("/proc/self/ns/cgroup") == ns("/proc/1/ns/cgroup");
+        let root = fs::metadata(&mount).is_ok_and(|m| m.ino() == ROOT_CGROUP_ID);
         Self {
-            mount: initial.then_some(mount),
+            mount: root.then_some(mount),
             known: HashMap::new(),
             walked: None,
         }
