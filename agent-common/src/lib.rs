@@ -20,12 +20,14 @@ pub use user::{ip_of_key, key_of_ip};
 /// Layout 3: port entries carry the segment's mode bit ([`port_entry`]),
 /// [`SegmentCounters`] counts would-be refusals, [`DenyEvent`] says whether
 /// it was a refusal or an audit-mode one, and [`map_names::DISCOVERY`] exists.
-/// Layout 4: [`FlowMark`] carries the cached decision (segment, matched
+/// Layout 4 (fast path): [`FlowMark`] carries the cached decision (segment, matched
 /// entry, expiry, policy epoch), [`map_names::EPOCH`],
 /// [`map_names::CGROUP_LEVELS`] and [`map_names::DENY_LIMIT`] exist, and
 /// [`DenyEvent::repeats`] counts the denies the kernel's rate limit folded
-/// into an event.
-pub const LAYOUT_VERSION: u32 = 4;
+/// into an event (the fast path, issue 15).
+/// Layout 4 (issue 16) adds [`map_names::USAGE`].
+/// Layout 5: both, and [`FlowMark::used_ns`].
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Map names (the ELF symbol names, and the file names under the pin directory).
 pub mod map_names {
@@ -77,9 +79,14 @@ pub mod map_names {
     /// `LruPerCpuHashMap<DenyLimitKey, DenyLimit>`: the kernel's rate limit
     /// of deny events per (segment, subject), per CPU.
     pub const DENY_LIMIT: &str = "PC_DENY_LIMIT";
+    /// `PerCpuHashMap<GrantKey, Usage>`: how much each local grant entry
+    /// was used (admitted connections and datagrams, first and last use),
+    /// created by the hooks at an entry's first use and removed by the
+    /// agent when the entry leaves [`GRANTS`]. As large as [`GRANTS`].
+    pub const USAGE: &str = "PC_USAGE";
 
     /// Every pinned map, in a fixed order.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         PORTS,
         GRANTS,
         PEERS,
@@ -94,6 +101,7 @@ pub mod map_names {
         EPOCH,
         CGROUP_LEVELS,
         DENY_LIMIT,
+        USAGE,
     ];
 
     /// `Array<u32>`, one entry: the kernel debug switch (0 = off, the
@@ -119,6 +127,10 @@ pub mod global_names {
     /// `u32`: 1 when the hooks feed [`super::map_names::DISCOVERY`], 0 when
     /// discovery is off (`discovery = false`).
     pub const DISCOVERY_ON: &str = "PC_DISCOVERY_ON";
+    /// `u32`: 1 (the default) when the hooks count use in
+    /// [`super::map_names::USAGE`]; 0 only in a bench-built agent asked to
+    /// measure the path without it.
+    pub const USAGE_ON: &str = "PC_USAGE_ON";
 }
 
 /// Program names (the Rust function names in `agent-ebpf`).
@@ -292,6 +304,19 @@ pub struct SegmentCounters {
     pub would_deny: u64,
 }
 
+/// Value of [`map_names::USAGE`] (per CPU; user space sums `connections`
+/// and takes the earliest `first_boot_ns` and latest `last_boot_ns`).
+/// Times are CLOCK_BOOTTIME nanoseconds; 0 means never.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Connections (connect) and datagrams (unconnected sendmsg) admitted.
+    pub connections: u64,
+    pub first_boot_ns: u64,
+    /// The last admitted connect or datagram, or packet of a flow it opened.
+    pub last_boot_ns: u64,
+}
+
 /// Which program made a decision.
 pub mod hook {
     pub const CONNECT4: u8 = 1;
@@ -411,6 +436,9 @@ pub struct FlowMark {
     pub epoch: u64,
     /// When the allowing entry ends (CLOCK_BOOTTIME ns), or [`NEVER`].
     pub expiry_ns: u64,
+    /// When a packet of this flow last refreshed the entry's usage
+    /// (`PC_USAGE` last use, at most once a second per flow).
+    pub used_ns: u64,
 }
 
 /// Key of [`map_names::DENY_LIMIT`]: one refused subject on one segment.
@@ -502,13 +530,14 @@ const _: () = {
     assert!(size_of::<Sighting>() == 24);
     // 8 + 8 + 4 * 3 + 2 + 2 + 1 + 1 + 1 + 1 + 4 + 16 + 16
     assert!(size_of::<DenyEvent>() == 72);
-    assert!(size_of::<FlowMark>() == 40 && align_of::<FlowMark>() == 8);
+    assert!(size_of::<FlowMark>() == 48 && align_of::<FlowMark>() == 8);
     assert!(size_of::<DenyLimitKey>() == 32);
     assert!(size_of::<DenyLimit>() == 16);
     assert!(MAX_CGROUP_DEPTH as u32 <= CGROUP_LEVEL_BITS);
     // 8 + 2 + 2 + 1 + 1 + 1 + 1 + 16 + 16
     assert!(size_of::<KillRequest>() == 48);
     assert!(size_of::<DebugBudget>() == 16);
+    assert!(size_of::<Usage>() == 24);
     // Ring buffer sizes must be powers of two and page multiples (a power
     // of two of at least a page is one).
     assert!(DENY_RING_BYTES.is_power_of_two() && DENY_RING_BYTES >= 4096);
@@ -532,6 +561,7 @@ mod pod {
     unsafe impl aya::Pod for super::Sighting {}
     unsafe impl aya::Pod for super::DenyLimitKey {}
     unsafe impl aya::Pod for super::DenyLimit {}
+    unsafe impl aya::Pod for super::Usage {}
 }
 
 #[cfg(test)]
@@ -550,12 +580,13 @@ mod tests {
         assert_eq!(size_of::<Sighting>(), 24);
         // 8 + 8 + 4 * 3 + 2 + 2 + 1 + 1 + 1 + 1 + 4 + 16 + 16
         assert_eq!(size_of::<DenyEvent>(), 72);
-        assert_eq!(size_of::<FlowMark>(), 40);
+        assert_eq!(size_of::<FlowMark>(), 48);
         assert_eq!(size_of::<DenyLimitKey>(), 32);
         assert_eq!(size_of::<DenyLimit>(), 16);
         // 8 + 2 + 2 + 1 + 1 + 1 + 1 + 16 + 16
         assert_eq!(size_of::<KillRequest>(), 48);
         assert_eq!(size_of::<DebugBudget>(), 16);
+        assert_eq!(size_of::<Usage>(), 24);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 
-use crate::{debug, decide, discovery, maps::FLOWS};
+use crate::{debug, decide, discovery, maps::FLOWS, usage};
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
@@ -76,6 +76,7 @@ fn mark_flow(ctx: &SockAddrContext, mark: FlowMark, create: bool) {
             (*p).kind = mark.kind;
             (*p).id = mark.id;
             (*p).expiry_ns = mark.expiry_ns;
+            (*p).used_ns = mark.used_ns;
             (*p).epoch = mark.epoch;
         }
     }
@@ -200,6 +201,8 @@ fn verdict(
     }
     if found.allowed() {
         decide::count_allowed(segment);
+        let now = clock.get();
+        usage::record(segment, &found, now, true);
         // Unconnected sends are checked one by one by sendmsg4/6; connected
         // sockets allowed by something that can end under them carry a
         // flow that cgroup_skb keeps checking. A standing uid or cgroup
@@ -216,6 +219,7 @@ fn verdict(
                     id: found.id,
                     epoch,
                     expiry_ns: found.expiry,
+                    used_ns: now,
                 },
                 found.needs_mark(),
             );

@@ -489,7 +489,9 @@ pub fn report_deny(mut event: DenyEvent) {
     } else {
         BPF_RB_NO_WAKEUP
     };
-    let sent = DENY_EVENTS.output::<DenyEvent>(&event, flags as u64).is_ok();
+    let sent = DENY_EVENTS
+        .output::<DenyEvent>(&event, flags as u64)
+        .is_ok();
     if let Some(l) = limit {
         // SAFETY: as above.
         unsafe {

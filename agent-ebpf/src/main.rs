@@ -26,6 +26,8 @@ mod maps;
 #[cfg(target_arch = "bpf")]
 mod skb;
 #[cfg(target_arch = "bpf")]
+mod usage;
+#[cfg(target_arch = "bpf")]
 mod xdp;
 
 #[cfg(target_arch = "bpf")]

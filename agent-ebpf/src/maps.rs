@@ -3,14 +3,17 @@
 //! sizes of the grant and peer maps at load time.
 use agent_common::{
     DebugBudget, DenyEvent, DenyLimit, DenyLimitKey, DiscoveryKey, Expiry, FlowMark, GrantKey,
-    PeerKey, SegmentCounters, Sighting, DEFAULT_MAX_GRANTS, DEFAULT_MAX_PEERS, DENY_LIMIT_ENTRIES,
-    DENY_RING_BYTES, DISCOVERY_ENTRIES, KILL_RING_BYTES, MAX_LOCAL_NETS, MAX_SEGMENTS, PORT_SLOTS,
+    PeerKey, SegmentCounters, Sighting, Usage, DEFAULT_MAX_GRANTS, DEFAULT_MAX_PEERS,
+    DENY_LIMIT_ENTRIES, DENY_RING_BYTES, DISCOVERY_ENTRIES, KILL_RING_BYTES, MAX_LOCAL_NETS,
+    MAX_SEGMENTS, PORT_SLOTS,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    maps::{
+        Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf,
+    },
 };
 
 /// Port index → port entry (segment id and mode bit). An array: one bounds
@@ -94,6 +97,18 @@ pub static DISCOVERY: LruHashMap<DiscoveryKey, Sighting> =
 /// 1 when the hooks feed `DISCOVERY`, set by the agent at load time.
 #[unsafe(no_mangle)]
 pub static PC_DISCOVERY_ON: u32 = 0;
+
+/// 1 when the hooks count use in `USAGE` (always, but for the bench's
+/// measurement of the path without it). Read-only data: the verifier
+/// drops the branch not taken.
+#[unsafe(no_mangle)]
+pub static PC_USAGE_ON: u32 = 1;
+
+/// Local grant entry → its use on this CPU (see `usage.rs`). Sized like
+/// `GRANTS` (the agent overrides both alike); not preallocated.
+#[map(name = "PC_USAGE")]
+pub static USAGE: PerCpuHashMap<GrantKey, Usage> =
+    PerCpuHashMap::with_max_entries(DEFAULT_MAX_GRANTS, BPF_F_NO_PREALLOC);
 
 /// The kernel debug switch (entry 0: 0 off, else on); see `debug.rs`.
 /// Not pinned: written only by the agent that loaded these programs.

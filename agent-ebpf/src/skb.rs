@@ -39,9 +39,12 @@ use aya_ebpf::{
 use crate::{
     debug, decide, discovery,
     maps::{FLOWS, OUTBOUND},
+    usage,
 };
 
 const PASS: i32 = 1;
+/// A marked flow's packets refresh its grant's last use at most this often.
+const USAGE_REFRESH_NS: u64 = 1_000_000_000;
 const DROP: i32 = 0;
 const AF_INET: u32 = 2;
 /// The loopback device has this index in every network namespace.
@@ -455,11 +458,30 @@ fn local_flow(ctx: &SkBuffContext, full: *mut bpf_sock, hook: u8) -> i32 {
     };
     // The one compare: the decision stands while nothing that could end an
     // allow was written since, and its expiry (if any) is ahead.
-    if cached_epoch != 0
-        && cached_epoch == decide::epoch()
-        && (expiry == NEVER || decide::now() < expiry)
-    {
-        return PASS;
+    if cached_epoch != 0 && cached_epoch == decide::epoch() {
+        if expiry == NEVER {
+            return PASS;
+        }
+        let now = decide::now();
+        if now < expiry {
+            // A grant's last use (idle timeouts): refreshed at most once a
+            // second per flow, so most packets stay one compare.
+            // SAFETY: as above.
+            unsafe {
+                use core::ptr::{addr_of, addr_of_mut, read_volatile as rv, write_volatile as wv};
+                if now.wrapping_sub(rv(addr_of!((*mark).used_ns))) >= USAGE_REFRESH_NS {
+                    wv(addr_of_mut!((*mark).used_ns), now);
+                    usage::record_key(
+                        rv(addr_of!((*mark).segment)),
+                        rv(addr_of!((*mark).kind)),
+                        rv(addr_of!((*mark).id)),
+                        now,
+                        false,
+                    );
+                }
+            }
+            return PASS;
+        }
     }
     // Decide again: epoch first, with a barrier before the lookups.
     let epoch = decide::epoch_ordered();
@@ -489,7 +511,8 @@ fn local_flow(ctx: &SkBuffContext, full: *mut bpf_sock, hook: u8) -> i32 {
         },
     };
     let mut clock = decide::Clock::new();
-    let found = if entry == 0 {
+    let unprotected = entry == 0;
+    let found = if unprotected {
         // No longer protected: passes, and stays so until a port change
         // bumps the epoch.
         decide::LocalMatch {
@@ -502,10 +525,19 @@ fn local_flow(ctx: &SkBuffContext, full: *mut bpf_sock, hook: u8) -> i32 {
         decide::local_match(segment, &owner, &mut clock)
     };
     if found.allowed() {
+        // The flow's use, now (and from here at most once a second).
+        let used = if unprotected {
+            0
+        } else {
+            let now = clock.get();
+            usage::record(segment, &found, now, false);
+            now
+        };
         // SAFETY: as above; the epoch last, after an invalid one first.
         unsafe {
             use core::ptr::{addr_of_mut, write_volatile as wv};
             wv(addr_of_mut!((*mark).epoch), 0);
+            (*mark).used_ns = used;
             (*mark).segment = segment;
             (*mark).kind = found.kind();
             (*mark).id = found.id;

@@ -59,6 +59,8 @@ mod recovery;
 /// Start-up from the journal: changes a crash left unaudited, grants that
 /// ended while the agent was down.
 mod restore;
+/// What the kernel counted per allow and grant; idle timeouts.
+mod usage;
 /// Domain state → control wire types.
 mod views;
 pub(crate) use apply::DEFAULT_GRANT_GRACE;

@@ -23,6 +23,8 @@ mod stream;
 mod suggest;
 /// `uninstall`: through the running agent, or under its locks.
 mod uninstall;
+/// `list --usage` and `report unused`.
+mod usage;
 
 pub(crate) use render::render;
 use render::{left, not_enforcing, table};
@@ -86,9 +88,16 @@ pub(crate) enum Command {
         /// Only the requests waiting for a decision.
         #[arg(long)]
         pending: bool,
+        /// How much each allow and grant was used: connections, first and
+        /// last use (counted by the kernel).
+        #[arg(long, conflicts_with = "pending")]
+        usage: bool,
         #[arg(long)]
         json: bool,
     },
+    /// Reports; `report unused`: standing allows and grants nobody used.
+    #[command(subcommand)]
+    Report(ReportCommand),
     /// Ask for access to SEGMENT for yourself (your user: identity); prints
     /// the request's id. Root or one of the segment's approvers decides.
     Request {
@@ -189,6 +198,19 @@ pub(crate) enum Command {
     BenchDataplane(crate::benchprog::BenchArgs),
 }
 
+#[derive(Subcommand, Debug)]
+pub(crate) enum ReportCommand {
+    /// Standing allows and grants with no use in the window (and since
+    /// when), by segment. `peer:` allows are not counted and not listed.
+    Unused {
+        /// The window, e.g. 30d, 12h.
+        #[arg(long, default_value = "30d")]
+        since: Ttl,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("portcullis: {msg}");
     ExitCode::from(code)
@@ -255,7 +277,28 @@ pub(crate) fn run_client(cli: Cli) -> ExitCode {
                 json,
             )
         }
-        Command::List { pending, json } => (
+        Command::Report(ReportCommand::Unused { since, json }) => {
+            let window = std::time::Duration::from(since).as_secs();
+            return usage::report_unused(&client_socket(cli.socket), window, json);
+        }
+        Command::List {
+            usage: true,
+            json: false,
+            ..
+        } => {
+            return match control::call(&client_socket(cli.socket), &Request::List {}) {
+                Err(e) => fail(3, e),
+                Ok(Response::Error(refusal)) => refused(&refusal),
+                Ok(Response::Ok(reply)) => match termtext::escaped(&reply) {
+                    Reply::List(l) => {
+                        print!("{}", usage::render_usage(&l));
+                        ExitCode::SUCCESS
+                    }
+                    _ => fail(1, "the agent answered `list` with something else"),
+                },
+            };
+        }
+        Command::List { pending, json, .. } => (
             if pending {
                 Request::Pending {}
             } else {

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::duration::Ttl;
 
 mod views;
-pub(crate) use views::{EnforcementView, RepairView};
+pub(crate) use views::{EnforcementView, RepairView, UsageView};
 /// The client's end: connect, send, read a whole or a streamed reply.
 mod client;
 /// Replies of any size: header, records, end.
@@ -147,7 +147,7 @@ pub(crate) enum Reply {
     },
     Approved {
         request: Box<RequestView>,
-        grant: GrantView,
+        grant: Box<GrantView>,
     },
     Denied {
         request: Box<RequestView>,
@@ -229,6 +229,10 @@ pub(crate) struct GrantView {
     /// comes back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspended_until: Option<String>,
+    /// What the kernel counted for it; set in `list` replies only (boxed:
+    /// every grant reply carries a `GrantView`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Box<UsageView>>,
 }
 
 /// An access request and what became of it.
@@ -272,6 +276,9 @@ pub(crate) struct AllowView {
     /// The segment's mode: "enforce" or "audit".
     #[serde(default)]
     pub mode: String,
+    /// What the kernel counted (absent for `peer:` allows, not tracked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageView>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

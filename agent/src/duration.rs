@@ -60,6 +60,18 @@ impl Bounds for IntervalBounds {
     const MIN_TEXT: &'static str = "1s";
 }
 
+/// Bounds of a segment's `idle_timeout`: at least a second (the agent
+/// checks use every heartbeat), at most the longest TTL.
+pub(crate) struct IdleBounds;
+
+impl Bounds for IdleBounds {
+    const MIN: Duration = Duration::from_secs(1);
+    const MAX: Duration = MAX_TTL;
+    const WHAT: &'static str = "idle timeout";
+    const MAX_TEXT: &'static str = "366 days";
+    const MIN_TEXT: &'static str = "1s";
+}
+
 /// A duration within `B`'s bounds.
 pub struct Bounded<B>(Duration, PhantomData<B>);
 
@@ -67,6 +79,8 @@ pub struct Bounded<B>(Duration, PhantomData<B>);
 pub(crate) type Ttl = Bounded<TtlBounds>;
 /// See [`IntervalBounds`].
 pub(crate) type Interval = Bounded<IntervalBounds>;
+/// See [`IdleBounds`].
+pub(crate) type IdleTimeout = Bounded<IdleBounds>;
 
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum DurationError {

@@ -21,9 +21,10 @@ use crate::{
     dataplane::{Dataplane, DataplaneError, KernelCheck, PeerEntry, XdpAttachment},
     hostaddrs::LocalNet,
     ledger::Change,
+    usage::Totals,
 };
 
-pub(crate) use crate::dataplane::CountersReader;
+pub(crate) use crate::dataplane::{CountersReader, UsageReader};
 
 /// What the agent's core reads from and writes to the kernel.
 pub(crate) trait KernelMaps: Send {
@@ -73,6 +74,15 @@ pub(crate) trait KernelMaps: Send {
     fn read_discovery(&self) -> Result<Vec<(DiscoveryKey, Sighting)>, DataplaneError>;
     /// (grant map, peer maps) capacity.
     fn capacity(&self) -> (u32, u32);
+    /// Every usage entry, summed over CPUs.
+    fn read_usage(&self) -> Result<Vec<(GrantKey, Totals)>, DataplaneError>;
+    /// One local entry's use, summed over CPUs (`None`: never used).
+    fn usage(&self, key: &GrantKey) -> Result<Option<Totals>, DataplaneError>;
+    /// A reader of connections per segment id from the usage map that
+    /// needs neither `self` nor the agent's lock (the metrics endpoint's).
+    fn usage_reader(&self) -> Result<UsageReader, DataplaneError>;
+    /// Deletes the usage entries of `keys` (gone from the grant map).
+    fn forget_usage(&mut self, keys: &[GrantKey]) -> Result<(), DataplaneError>;
 
     /// Attaches the programs (the server does this once the maps are full);
     /// returns where XDP went.
@@ -148,6 +158,18 @@ impl KernelMaps for Dataplane {
     }
     fn capacity(&self) -> (u32, u32) {
         Dataplane::capacity(self)
+    }
+    fn read_usage(&self) -> Result<Vec<(GrantKey, Totals)>, DataplaneError> {
+        Dataplane::read_usage(self)
+    }
+    fn usage(&self, key: &GrantKey) -> Result<Option<Totals>, DataplaneError> {
+        Dataplane::usage(self, key)
+    }
+    fn usage_reader(&self) -> Result<UsageReader, DataplaneError> {
+        Dataplane::usage_reader(self)
+    }
+    fn forget_usage(&mut self, keys: &[GrantKey]) -> Result<(), DataplaneError> {
+        Dataplane::forget_usage(self, keys)
     }
     fn attach(&mut self) -> Result<Vec<XdpAttachment>, DataplaneError> {
         Dataplane::attach(self)?;

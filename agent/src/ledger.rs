@@ -58,7 +58,6 @@ impl Ledger {
     }
 
     /// The keys a source contributes to.
-    #[cfg(test)]
     pub(crate) fn keys_of(&self, source: &Source) -> &[EntryKey] {
         self.by_source.get(source).map(Vec::as_slice).unwrap_or(&[])
     }

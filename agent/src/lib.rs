@@ -76,6 +76,7 @@ pub(crate) mod sockdiag;
 pub(crate) mod state;
 pub(crate) mod sweep;
 pub(crate) mod termtext;
+pub(crate) mod usage;
 pub(crate) mod watch;
 
 #[cfg(test)]

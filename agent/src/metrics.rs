@@ -89,6 +89,9 @@ pub(crate) struct SegmentCounts {
     pub denied: u64,
     /// Refusals an audit-mode segment let through.
     pub would_deny: u64,
+    /// Connections its current local allows and grants admitted (the
+    /// kernel's usage map, read at scrape time).
+    pub usage_connections: u64,
 }
 
 /// Every number the metrics page shows, taken at one moment; rendered by

@@ -11,7 +11,7 @@ use crate::{
     agent::Agent,
     cgroupfs::Hierarchy,
     denylog::{DenyLogConfig, DenyLogger, DenyStats},
-    kernel::CountersReader,
+    kernel::{CountersReader, UsageReader},
     metrics::{Board, Snapshot},
 };
 
@@ -57,13 +57,23 @@ impl Observers {
             // A scrape reads the board the agent publishes, the kernel's
             // counters on their own descriptor and the deny log's own
             // counters: it never waits for the agent's lock.
-            let (board, counters) = {
+            let (board, counters, usage) = {
                 let a = shared.lock().expect("agent lock");
                 a.publish();
-                (a.board(), a.kernel().counters_reader().ok())
+                (
+                    a.board(),
+                    a.kernel().counters_reader().ok(),
+                    a.kernel().usage_reader().ok(),
+                )
             };
-            let page: Arc<dyn Fn() -> String + Send + Sync> =
-                Arc::new(move || scrape(&board, counters.as_ref(), deny_stats.as_deref()));
+            let page: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || {
+                scrape(
+                    &board,
+                    counters.as_ref(),
+                    usage.as_ref(),
+                    deny_stats.as_deref(),
+                )
+            });
             endpoint = Some(tokio::spawn(crate::metrics::serve(listener, page)));
         }
         Ok(Self { deny, endpoint })
@@ -82,10 +92,11 @@ impl Observers {
 }
 
 /// One metrics page: the board's snapshot with the kernel's per-segment
-/// counters and the deny log's read now. Takes no agent lock.
+/// counters, the use of its entries and the deny log's read now. Takes no agent lock.
 pub(crate) fn scrape(
     board: &Board,
     counters: Option<&CountersReader>,
+    usage: Option<&UsageReader>,
     denies: Option<&DenyStats>,
 ) -> String {
     let mut s = Snapshot::clone(&board.current());
@@ -96,6 +107,12 @@ pub(crate) fn scrape(
                 seg.denied = c.denied;
                 seg.would_deny = c.would_deny;
             }
+        }
+    }
+    if let Some(read) = usage {
+        let by_segment = read();
+        for seg in &mut s.segments {
+            seg.usage_connections = by_segment.get(&seg.id).copied().unwrap_or(0);
         }
     }
     s.denies = denies.map(DenyStats::view);

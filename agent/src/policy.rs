@@ -124,6 +124,8 @@ pub struct Jit {
     pub approvers: Vec<Identity>,
     /// Whether a request or grant must state a reason.
     pub require_reason: bool,
+    /// A grant nothing used for this long lapses (`idle_timeout`).
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Policy {

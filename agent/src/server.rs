@@ -232,6 +232,8 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
                     if let Err(e) = a.refresh_identities() {
                         warn!(error = %e, "re-resolving unit and cgroup identities failed");
                     }
+                    // Counts of entries that left the grant map.
+                    a.forget_unused_usage();
                 }
             }),
             _ = hup.recv() => blocking(|| reload(&shared, &opts.policies, &opts.policy_trust)),

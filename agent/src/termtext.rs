@@ -171,6 +171,7 @@ mod tests {
                 ports: vec!["5432/tcp".into()],
                 unresolved: Some("gone\n".into()),
                 mode: "audit".into(),
+                usage: None,
             }],
             grants: vec![],
             pending: vec![],

@@ -175,7 +175,10 @@ fn no_datagram_sent_after_a_revoke_returns_gets_through() {
     let mark: u64 = next_with(&rx, "mark ")[5..].trim().parse().unwrap();
     let end = next_with(&rx, "end ");
     println!("revoked during the burst: mark {mark}, {end}");
-    assert!(!end.contains(" errors 0 "), "the burst was never cut: {end}");
+    assert!(
+        !end.contains(" errors 0 "),
+        "the burst was never cut: {end}"
+    );
     // Let the server drain what is in flight (a wait for quiet, bounded).
     let mut last = server.count.load(Ordering::Relaxed);
     for _ in 0..50 {
@@ -209,8 +212,7 @@ fn an_entry_five_levels_down_is_found_and_one_on_another_level_is_not_confused_w
     // An entry for an ancestor two levels up: found through its level bit,
     // the only one set.
     let id = agent.grant("db", &format!("cgroup:{mid_rel}"), "10m");
-    let level = mid_rel.matches('/').count() as u32
-        + cgroup2_mount_depth_below_root();
+    let level = mid_rel.matches('/').count() as u32 + cgroup2_mount_depth_below_root();
     assert_eq!(level_masks(&agent), vec![1u32 << level]);
     assert_eq!(client.tcp(server.addr), Outcome::Ok);
     // A sibling at the same level as the client's parent is not an ancestor.
@@ -235,9 +237,10 @@ fn cgroup2_mount_depth_below_root() -> u32 {
 
 /// The non-zero cgroup-level masks the agent wrote (`PC_CGROUP_LEVELS`).
 fn level_masks(agent: &Agent) -> Vec<u32> {
-    let path = agent
-        .bpffs
-        .join(format!("v{}/maps/PC_CGROUP_LEVELS", agent_common::LAYOUT_VERSION));
+    let path = agent.bpffs.join(format!(
+        "v{}/maps/PC_CGROUP_LEVELS",
+        agent_common::LAYOUT_VERSION
+    ));
     let out = std::process::Command::new("bpftool")
         .args(["map", "dump", "pinned"])
         .arg(&path)

@@ -288,6 +288,8 @@ impl Agent {
                     expires_at: Some(expires_at),
                     why: Some(why.to_string()),
                     while_down,
+                    reason: Some("ttl".into()),
+                    usage: None,
                 };
                 (event, why)
             } else {
@@ -301,6 +303,7 @@ impl Agent {
                     expires_at,
                     request_id: g.request_id,
                     why: Some(why.to_string()),
+                    usage: None,
                     suspended: None,
                     while_down,
                 };
@@ -340,6 +343,7 @@ impl Agent {
             why: None,
             suspended: Some(true),
             while_down: None,
+            usage: None,
         };
         self.journal_end(gid, &event);
         let _ = self.audit.record(event);

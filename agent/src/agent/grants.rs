@@ -255,6 +255,7 @@ impl Agent {
         for gid in selected {
             // Revocation happens even when the audit log or the journal
             // cannot be written (its end is then queued).
+            let usage = self.usage_record(gid);
             let g = self.grants.get(&gid).expect("selected from grants").clone();
             let event = AuditEvent::Revoke {
                 grant_id: gid,
@@ -267,6 +268,7 @@ impl Agent {
                 why: None,
                 suspended: None,
                 while_down: None,
+                usage,
             };
             self.journal_end(gid, &event);
             let changes = self.ledger.remove(&Source::Grant(gid));
@@ -283,6 +285,7 @@ impl Agent {
                 .into());
             }
             self.metrics.revoke_latency.observe(started.elapsed());
+            self.forget_usage_of(&changes);
             self.grants.remove(&gid);
             if let Err(e) = self.audit.record(event) {
                 warn!(grant = gid, error = %e, "revoked, but the audit record could not be written");
@@ -305,6 +308,7 @@ impl Agent {
         let due = self.grants.due(now);
         let mut out = Vec::new();
         for id in due {
+            let usage = self.usage_record(id);
             let g = self.grants.remove(&id).expect("listed above");
             let event = AuditEvent::Expire {
                 grant_id: id,
@@ -318,16 +322,21 @@ impl Agent {
                 expires_at: None,
                 why: None,
                 while_down: None,
+                reason: Some("ttl".into()),
+                usage,
             };
             self.journal_end(id, &event);
             let changes = self.ledger.remove(&Source::Grant(id));
             if let Err(e) = self.kernel.apply(&changes) {
                 warn!(grant = id, error = %e, "cleaning up an expired grant failed; the kernel ignores it anyway");
+            } else {
+                self.forget_usage_of(&changes);
             }
             let _ = self.audit.record(event);
             info!(grant = id, segment = %g.segment, identity = %g.identity, "expired");
             out.push(g);
         }
+        out.extend(self.lapse_idle());
         out
     }
 
@@ -338,6 +347,7 @@ impl Agent {
             .next_deadline()
             .into_iter()
             .chain(self.next_suspended_deadline())
+            .chain(self.next_idle_deadline())
             .min();
         match (grants, self.requests.next_deadline()) {
             (Some(g), Some(r)) => Some(g.min(r)),

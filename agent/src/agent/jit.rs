@@ -278,7 +278,7 @@ impl Agent {
         info!(request = id, grant = grant.id, actor = %by, "request approved");
         Ok(Reply::Approved {
             request: Box::new(self.request_view(&decided)),
-            grant: self.view(&grant),
+            grant: Box::new(self.view(&grant)),
         })
     }
 

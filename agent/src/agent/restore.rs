@@ -289,6 +289,9 @@ impl Agent {
             expires_at: None,
             why: None,
             while_down: Some(true),
+            reason: Some("ttl".into()),
+            // What the kernel counted went with its entries at the restart.
+            usage: None,
         }
     }
 
@@ -304,6 +307,7 @@ impl Agent {
             why: Some(GONE.into()),
             suspended: None,
             while_down: Some(true),
+            usage: None,
         }
     }
 

@@ -483,13 +483,31 @@ fn a_scrape_needs_no_agent_lock_and_shows_the_last_published_state() {
             would_deny: 0,
         },
     );
+    f.kernel.maps().usage.insert(
+        GrantKey {
+            kind: kind::UID,
+            segment: seg,
+            id: 41200,
+        },
+        crate::usage::Totals {
+            connections: 5,
+            first_boot_ns: Some(1),
+            last_boot_ns: Some(2),
+        },
+    );
     let board = a.board();
     let counters = a.kernel().counters_reader().unwrap();
+    let usage = a.kernel().usage_reader().unwrap();
     let shared = std::sync::Mutex::new(a);
     let held = shared.lock().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let _ = tx.send(crate::observe::scrape(&board, Some(&counters), None));
+        let _ = tx.send(crate::observe::scrape(
+            &board,
+            Some(&counters),
+            Some(&usage),
+            None,
+        ));
     });
     let page = rx
         .recv_timeout(Duration::from_secs(30))
@@ -508,7 +526,12 @@ fn a_scrape_needs_no_agent_lock_and_shows_the_last_published_state() {
         page.contains("portcullis_segment_allowed_total{segment=\"db\"} 7\n"),
         "{page}"
     );
+    assert!(
+        page.contains("portcullis_segment_usage_connections{segment=\"db\"} 5\n"),
+        "{page}"
+    );
 }
 mod journal;
 
 mod fastpath;
+mod usage;

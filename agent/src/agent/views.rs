@@ -4,7 +4,7 @@
 //! state (`list`, `status`, one grant); everything else returns domain
 //! values or errors.
 use super::*;
-use crate::control::Record;
+use crate::control::{Record, UsageView};
 
 /// Where a paged `list` goes on: at which standing allow, grant or request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,7 +52,25 @@ impl Agent {
                 .suspended
                 .get(&g.id)
                 .map(|s| clock::rfc3339(clock::wall_of(s.until.min(g.expires_boot_ns)))),
+            usage: None,
         }
+    }
+
+    /// A grant as `list` shows it: with what the kernel counted for it.
+    fn listed(&self, g: &Grant, now: u64) -> GrantView {
+        GrantView {
+            usage: Some(Box::new(self.usage_view(&Source::Grant(g.id), now))),
+            ..self.view(g)
+        }
+    }
+
+    /// What `list` shows of an allow's use (`peer:` allows are not counted).
+    fn allow_usage(&self, segment: &str, identity: &Identity, now: u64) -> Option<UsageView> {
+        let source = Source::Standing {
+            segment: segment.to_owned(),
+            identity: identity.to_string(),
+        };
+        (!matches!(identity, Identity::Peer(_))).then(|| self.usage_view(&source, now))
     }
 
     /// The mode a segment is in: the agent-wide override, else its own.
@@ -61,10 +79,12 @@ impl Agent {
     }
 
     pub(crate) fn list(&self) -> Reply {
+        let now = clock::boot_ns();
         let mut standing = Vec::new();
         for seg in self.policy.segments.values() {
             for identity in &seg.allow {
                 standing.push(AllowView {
+                    usage: self.allow_usage(&seg.name, identity, now),
                     segment: seg.name.clone(),
                     identity: identity.to_string(),
                     ports: self.ports_of(&seg.name),
@@ -80,7 +100,7 @@ impl Agent {
             .grants
             .values()
             .chain(self.suspended.values().map(|s| &s.grant))
-            .map(|g| self.view(g))
+            .map(|g| self.listed(g, now))
             .collect();
         let pending = self.pending_views();
         Reply::List(ListView {
@@ -101,6 +121,7 @@ impl Agent {
         at: &ListCursor,
         budget: usize,
     ) -> (Vec<Record>, Option<ListCursor>) {
+        let now = clock::boot_ns();
         let mut page = Vec::new();
         let mut weight = 0;
         // Adds `record` unless the page is full; then returns where to go on.
@@ -124,9 +145,10 @@ impl Agent {
             for seg in segments.map(|(_, s)| s) {
                 // A segment gone since the last page: the next one starts at 0.
                 let first = if seg.name == from { skip } else { 0 };
-                for (next, identity) in seg.allow.iter().enumerate().skip(first) {
-                    let identity = identity.to_string();
+                for (next, allow) in seg.allow.iter().enumerate().skip(first) {
+                    let identity = allow.to_string();
                     let record = Record::Standing(AllowView {
+                        usage: self.allow_usage(&seg.name, allow, now),
                         segment: seg.name.clone(),
                         ports: self.ports_of(&seg.name),
                         mode: self.mode_of(seg).name().to_owned(),
@@ -167,7 +189,7 @@ impl Agent {
                 };
                 let g = g.expect("peeked");
                 if let Some(stop) = add(
-                    Record::Grant(self.view(g)),
+                    Record::Grant(self.listed(g, now)),
                     ListCursor::Grant { next_id: g.id },
                 ) {
                     return (page, Some(stop));

@@ -100,6 +100,9 @@ pub(crate) enum AuditEvent {
         /// Ended while the agent was down; found and recorded at its start.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         while_down: Option<bool>,
+        /// How much the grant was used (absent for suspended grants).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<crate::usage::Record>,
     },
     /// A grant reached its end (or a suspended one did, during its grace).
     Expire {
@@ -121,6 +124,13 @@ pub(crate) enum AuditEvent {
         /// Expired while the agent was down; found and recorded at its start.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         while_down: Option<bool>,
+        /// Why it ended: `ttl` (its deadline) or `idle` (unused for the
+        /// segment's idle timeout).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// How much the grant was used (absent for suspended grants).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<crate::usage::Record>,
     },
     GrantSuspended {
         grant_id: u64,

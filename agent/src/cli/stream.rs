@@ -204,6 +204,7 @@ mod tests {
             reason: Some("INC \"1\"".into()),
             request_id: None,
             suspended_until: None,
+            usage: None,
         }
     }
 
@@ -234,6 +235,7 @@ mod tests {
             ports: vec!["5432/tcp".into()],
             mode: "enforce".into(),
             unresolved: None,
+            usage: None,
         };
         for (s, g) in [(0, 0), (1, 0), (0, 3), (2, 2)] {
             let list = ListView {

@@ -31,3 +31,18 @@ pub(crate) struct RepairView {
     /// Whether the kernel had everything again afterwards.
     pub ok: bool,
 }
+
+/// How much an allow or grant was used, from the kernel's usage map.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct UsageView {
+    /// Connections (and unconnected datagrams) admitted.
+    pub connections: u64,
+    /// RFC 3339, UTC; absent when never used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_use: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_use: Option<String>,
+    /// Seconds since the last use; absent when never used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_secs: Option<u64>,
+}

@@ -13,7 +13,7 @@ use agent_common::{
     global_names, map_names, program_names, Expiry, Proto, LAYOUT_VERSION, PORT_SLOTS,
 };
 use aya::{
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{CgroupSkb, CgroupSockAddr, ProgramError, Xdp},
     Ebpf, EbpfLoader,
 };
@@ -157,6 +157,7 @@ impl Dataplane {
             loader.map_pin_path(name, path.as_path());
         }
         loader.map_max_entries(map_names::GRANTS, cfg.max_grants);
+        loader.map_max_entries(map_names::USAGE, cfg.max_grants);
         loader.map_max_entries(map_names::PEERS, cfg.max_peers);
         loader.map_max_entries(map_names::PEER_HOSTS, cfg.max_peers);
         // Local-destination decisions apply to the host's network namespace
@@ -165,6 +166,8 @@ impl Dataplane {
         loader.override_global(global_names::HOST_NETNS, &host_netns, true);
         let discovery_on = u32::from(cfg.discovery);
         loader.override_global(global_names::DISCOVERY_ON, &discovery_on, true);
+        let usage_on = u32::from(!bench_without_usage());
+        loader.override_global(global_names::USAGE_ON, &usage_on, true);
         let mut ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
         // The maps just loaded are the ones pinned (created or re-opened).
         let map_ids = map_paths
@@ -218,6 +221,8 @@ impl Dataplane {
             .map_err(map_err(map_names::COUNTERS, "open"))?;
         let discovery = HashMap::try_from(take(&mut ebpf, map_names::DISCOVERY)?)
             .map_err(map_err(map_names::DISCOVERY, "open"))?;
+        let usage = PerCpuHashMap::try_from(take(&mut ebpf, map_names::USAGE)?)
+            .map_err(map_err(map_names::USAGE, "open"))?;
         let deny_events = RingBuf::try_from(take(&mut ebpf, map_names::DENY_EVENTS)?)
             .map_err(map_err(map_names::DENY_EVENTS, "open"))?;
         let kill_requests = RingBuf::try_from(take(&mut ebpf, map_names::KILL_REQUESTS)?)
@@ -246,6 +251,7 @@ impl Dataplane {
             discovery,
             epoch,
             cgroup_levels,
+            usage,
             deny_events: Some(deny_events),
             kill_requests: Some(kill_requests),
             programs: Vec::new(),
@@ -323,4 +329,11 @@ fn walk_dirs(root: &Path) -> io::Result<Vec<PathBuf>> {
         i += 1;
     }
     Ok(out)
+}
+
+/// Whether usage counting is off: only in an agent built with the `bench`
+/// feature, when `cargo xtask bench` sets `PORTCULLIS_BENCH_NO_USAGE` to
+/// measure the connect path without it. Never in a release build.
+fn bench_without_usage() -> bool {
+    cfg!(feature = "bench") && std::env::var_os("PORTCULLIS_BENCH_NO_USAGE").is_some()
 }

@@ -28,10 +28,10 @@ use std::{
 
 use agent_common::{
     map_names, DenyEvent, DiscoveryKey, Expiry, GrantKey, KillRequest, PeerKey, SegmentCounters,
-    Sighting,
+    Sighting, Usage,
 };
 use aya::{
-    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::ProgramError,
     Ebpf, EbpfError,
 };
@@ -48,6 +48,7 @@ mod links;
 mod loader;
 mod maps;
 mod ring;
+mod usage;
 pub(crate) use ring::Ring;
 
 use links::{new_xdp_link, pin_fd, xdp_pin_name, HeldLink, LinkKind};
@@ -149,6 +150,10 @@ pub(crate) struct PeerEntry {
 /// Reads one segment's counters, summed over CPUs (`None` if the read fails).
 pub(crate) type CountersReader = Box<dyn Fn(u32) -> Option<SegmentCounters> + Send + Sync>;
 
+/// Reads the usage map on its own descriptor: admitted connections summed
+/// per segment id (see `Dataplane::usage_reader`).
+pub(crate) type UsageReader = Box<dyn Fn() -> std::collections::BTreeMap<u32, u64> + Send + Sync>;
+
 /// Where and how to load.
 #[derive(Clone, Debug)]
 pub(crate) struct DataplaneConfig {
@@ -196,6 +201,7 @@ pub(crate) struct Dataplane {
     epoch: Array<MapData, u64>,
     /// Segment id → cgroup-level mask (`PC_CGROUP_LEVELS`).
     cgroup_levels: Array<MapData, u32>,
+    usage: PerCpuHashMap<MapData, GrantKey, Usage>,
     deny_events: Option<RingBuf<MapData>>,
     kill_requests: Option<RingBuf<MapData>>,
     programs: Vec<&'static str>,

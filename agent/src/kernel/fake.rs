@@ -18,6 +18,7 @@ use crate::{
     dataplane::{DataplaneError, KernelCheck, PeerEntry, XdpAttachment},
     hostaddrs::LocalNet,
     ledger::{Change, EntryKey},
+    usage::Totals,
 };
 
 /// One write, as the fake saw it.
@@ -39,6 +40,8 @@ pub(crate) struct FakeMaps {
     pub counters: BTreeMap<u32, SegmentCounters>,
     /// What the discovery map holds (tests fill it as the hooks would).
     pub discovery: Vec<(DiscoveryKey, Sighting)>,
+    /// What the hooks would have counted (tests write it directly).
+    pub usage: BTreeMap<GrantKey, Totals>,
     pub max_grants: u32,
     pub max_peers: u32,
     /// Every write so far, oldest first.
@@ -318,6 +321,31 @@ impl KernelMaps for FakeKernel {
     fn capacity(&self) -> (u32, u32) {
         let m = self.maps();
         (m.max_grants, m.max_peers)
+    }
+    fn read_usage(&self) -> Result<Vec<(GrantKey, Totals)>, DataplaneError> {
+        Ok(self.maps().usage.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn usage(&self, key: &GrantKey) -> Result<Option<Totals>, DataplaneError> {
+        Ok(self.maps().usage.get(key).copied())
+    }
+    fn usage_reader(&self) -> Result<super::UsageReader, DataplaneError> {
+        let maps = self.maps.clone();
+        Ok(Box::new(move || {
+            let mut by_segment = BTreeMap::new();
+            if let Ok(m) = maps.lock() {
+                for (k, t) in &m.usage {
+                    *by_segment.entry(k.segment).or_insert(0u64) += t.connections;
+                }
+            }
+            by_segment
+        }))
+    }
+    fn forget_usage(&mut self, keys: &[GrantKey]) -> Result<(), DataplaneError> {
+        let mut m = self.maps();
+        for k in keys {
+            m.usage.remove(k);
+        }
+        Ok(())
     }
     fn attach(&mut self) -> Result<Vec<XdpAttachment>, DataplaneError> {
         Ok(Vec::new())

@@ -25,11 +25,12 @@ use std::{
 
 use agent_common::{kind, DiscoveryKey, GrantKey, Proto, SegmentCounters, Sighting};
 
-use super::{CountersReader, KernelMaps};
+use super::{CountersReader, KernelMaps, UsageReader};
 use crate::{
     dataplane::{DataplaneError, KernelCheck, PeerEntry, XdpAttachment},
     hostaddrs::LocalNet,
     ledger::{Change, EntryKey},
+    usage::Totals,
 };
 
 mod levels;
@@ -198,11 +199,13 @@ impl FastPath {
 
     /// Masks widened, `write`, masks narrowed, epoch bumped (unless the
     /// changes can only add); after a failed write the counts are taken
-    /// again from the kernel, and the epoch is bumped anyway.
+    /// again from the kernel, and the epoch is bumped anyway unless the
+    /// write was all or nothing (`atomic`: nothing changed).
     fn around(
         &mut self,
         changes: &[Change],
         bump: bool,
+        atomic: bool,
         write: impl FnOnce(&mut dyn KernelMaps) -> Result<(), DataplaneError>,
     ) -> Result<(), DataplaneError> {
         let touched = self.note(changes);
@@ -210,7 +213,9 @@ impl FastPath {
         let result = write(&mut *self.inner);
         if result.is_err() {
             let _ = self.resync();
-            let _ = self.bump();
+            if !atomic {
+                let _ = self.bump();
+            }
             return result;
         }
         self.write_masks(&touched, false)?;
@@ -223,19 +228,19 @@ impl FastPath {
 
 impl KernelMaps for FastPath {
     fn apply(&mut self, changes: &[Change]) -> Result<(), DataplaneError> {
-        self.around(changes, true, |k| k.apply(changes))
+        self.around(changes, true, false, |k| k.apply(changes))
     }
     fn apply_adding(&mut self, changes: &[Change]) -> Result<(), DataplaneError> {
         // A delete among them is not "adding": bump after all.
         let bump = changes.iter().any(|c| matches!(c, Change::Delete(_)));
-        self.around(changes, bump, |k| k.apply(changes))
+        self.around(changes, bump, false, |k| k.apply(changes))
     }
     fn apply_atomic(
         &mut self,
         changes: &[Change],
         ports: &[(Proto, u16, u32)],
     ) -> Result<(), DataplaneError> {
-        self.around(changes, true, |k| k.apply_atomic(changes, ports))
+        self.around(changes, true, true, |k| k.apply_atomic(changes, ports))
     }
     fn epoch(&self) -> Result<u64, DataplaneError> {
         self.inner.epoch()
@@ -285,6 +290,18 @@ impl KernelMaps for FastPath {
     }
     fn capacity(&self) -> (u32, u32) {
         self.inner.capacity()
+    }
+    fn read_usage(&self) -> Result<Vec<(GrantKey, Totals)>, DataplaneError> {
+        self.inner.read_usage()
+    }
+    fn usage(&self, key: &GrantKey) -> Result<Option<Totals>, DataplaneError> {
+        self.inner.usage(key)
+    }
+    fn usage_reader(&self) -> Result<UsageReader, DataplaneError> {
+        self.inner.usage_reader()
+    }
+    fn forget_usage(&mut self, keys: &[GrantKey]) -> Result<(), DataplaneError> {
+        self.inner.forget_usage(keys)
     }
     fn attach(&mut self) -> Result<Vec<XdpAttachment>, DataplaneError> {
         self.inner.attach()

@@ -121,6 +121,18 @@ pub(crate) fn render(s: &Snapshot) -> String {
             n(seg.would_deny),
         );
     }
+    e.family(
+        "portcullis_segment_usage_connections",
+        "gauge",
+        "Connections the segment's current local allows and grants admitted (kernel usage map).",
+    );
+    for seg in &s.segments {
+        e.sample(
+            "portcullis_segment_usage_connections",
+            &[("segment", &seg.name)],
+            n(seg.usage_connections),
+        );
+    }
     e.single(
         "portcullis_grants_live",
         "gauge",
@@ -303,6 +315,7 @@ mod tests {
             allowed: 3,
             denied: 4,
             would_deny: 0,
+            usage_connections: 7,
         });
         s.grants_live = 2;
         s.grant_entries = Some(5);
@@ -313,6 +326,7 @@ mod tests {
             "portcullis_segment_allowed_total{segment=\"db\"} 3\n",
             "portcullis_segment_denied_total{segment=\"db\"} 4\n",
             "portcullis_grants_live 2\n",
+            "portcullis_segment_usage_connections{segment=\"db\"} 7\n",
             "portcullis_map_entries{map=\"grants\"} 5\n",
             "portcullis_map_capacity{map=\"grants\"} 100\n",
             "portcullis_audit_log_writable 1\n",

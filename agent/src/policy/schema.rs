@@ -26,7 +26,13 @@ use crate::{
 };
 
 const SEGMENT_KEYS: [&str; 5] = ["description", "ports", "allow", "jit", "mode"];
-const JIT_KEYS: [&str; 4] = ["max_ttl", "default_ttl", "approvers", "require_reason"];
+const JIT_KEYS: [&str; 5] = [
+    "max_ttl",
+    "default_ttl",
+    "approvers",
+    "require_reason",
+    "idle_timeout",
+];
 /// `default_ttl` when the policy gives none (capped at `max_ttl`).
 const DEFAULT_TTL: Duration = Duration::from_secs(15 * 60);
 const SEGMENT_NAME_RULE: &str = "segment names are 1-63 characters: lowercase letters, digits, \
@@ -440,6 +446,10 @@ impl Parser<'_> {
                 true
             }),
         };
+        let idle_timeout = match table.get("idle_timeout") {
+            None => None,
+            Some(item) => Some(self.idle_timeout(item, &location)?),
+        };
 
         let max_ttl = max_ttl?;
         let default_ttl = match default_ttl {
@@ -466,32 +476,8 @@ impl Parser<'_> {
             default_ttl,
             approvers,
             require_reason,
+            idle_timeout,
         })
-    }
-
-    /// Whether `identity` can approve; reports why not.
-    fn approver(&mut self, identity: &Identity, location: Location) -> bool {
-        let help = match identity {
-            Identity::User(_) | Identity::Uid(_) | Identity::Group(_) | Identity::Gid(_) => {
-                return true
-            }
-            Identity::Peer(_) => {
-                "approvals come over the agent's local socket, which knows the caller's uid \
-                 and groups, never its address: name a user:, uid:, group: or gid:"
-            }
-            _ => {
-                "approvals are made by people running `portcullis approve`: name their \
-                 user:, uid:, group: or gid:"
-            }
-        };
-        self.error(
-            location,
-            format!(
-                "`{identity}` cannot approve: approvers are user:NAME, uid:N, group:NAME or gid:N"
-            ),
-            help,
-        );
-        false
     }
 
     fn ttl(&mut self, item: &Item, key: &str, fallback: &Location) -> Option<Duration> {
@@ -594,5 +580,7 @@ fn article(type_name: &str) -> String {
     format!("{} {type_name}", if vowel { "an" } else { "a" })
 }
 
+/// The `jit` table's `idle_timeout` and approvers.
+mod jit;
 #[cfg(test)]
 mod tests;

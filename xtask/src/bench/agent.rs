@@ -34,6 +34,19 @@ pub(super) struct Spec {
     pub xdp_iface: Option<String>,
     /// Grants the measurement will make (beyond the standing allows).
     pub grants: usize,
+    /// The segment's mode and the features a measurement switches off.
+    pub knobs: Knobs,
+}
+
+/// What the rollout table switches (`bench/rollout.rs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Knobs {
+    /// `mode = "audit"` on the segment.
+    pub audit: bool,
+    /// No usage counting (`PORTCULLIS_BENCH_NO_USAGE`, bench builds only).
+    pub no_usage: bool,
+    /// `--no-discovery`.
+    pub no_discovery: bool,
 }
 
 impl Spec {
@@ -41,6 +54,9 @@ impl Spec {
         let mut p = String::with_capacity(64 + 16 * (self.uids.len() + self.peers.len()));
         let _ = writeln!(p, "[segment.{SEGMENT}]");
         let _ = writeln!(p, "ports = [\"{}/tcp\"]", self.port);
+        if self.knobs.audit {
+            p.push_str("mode = \"audit\"\n");
+        }
         p.push_str("allow = [\n");
         for uid in &self.uids {
             let _ = writeln!(p, "\"uid:{uid}\",");
@@ -115,6 +131,12 @@ impl Agent {
             .arg(Spec::capacity(spec.peers.len(), 65_536).to_string());
         if let Some(iface) = &spec.xdp_iface {
             cmd.arg("--xdp-iface").arg(iface);
+        }
+        if spec.knobs.no_discovery {
+            cmd.arg("--no-discovery");
+        }
+        if spec.knobs.no_usage {
+            cmd.env("PORTCULLIS_BENCH_NO_USAGE", "1");
         }
         // Logs to a file, not to a journal the bench's environment may name.
         cmd.env_remove("JOURNAL_STREAM")
@@ -264,6 +286,7 @@ mod tests {
             peers: vec![Ipv4Addr::new(203, 0, 113, 2)],
             xdp_iface: None,
             grants: 0,
+            knobs: Knobs::default(),
         };
         let p = spec.policy();
         assert!(p.contains("ports = [\"15432/tcp\"]"));

@@ -41,6 +41,9 @@ pub(super) struct ClientArgs {
     /// Stop after this many seconds even if `count` is not reached.
     #[arg(long)]
     seconds: f64,
+    /// A connect refused with EPERM is counted (as `refused`), not an error.
+    #[arg(long)]
+    refused_ok: bool,
 }
 
 #[derive(clap::Args)]
@@ -122,17 +125,20 @@ fn connect_once(addr: &libc::sockaddr_in) -> Result<(), io::Error> {
 }
 
 /// `cargo xtask bench client`: prints
-/// `{"ok": N, "elapsed_ns": T, "error": null | "..."}`; stops at the first
-/// refused connect (an allowed client is never refused).
+/// `{"ok": N, "refused": R, "elapsed_ns": T, "error": null | "..."}`; stops
+/// at the first refused connect (an allowed client is never refused)
+/// unless `--refused-ok` counts EPERM refusals.
 pub(super) fn client(args: ClientArgs) -> Result<()> {
     let addr = sockaddr(args.addr);
     let limit = Duration::from_secs_f64(args.seconds);
     let started = Instant::now();
     let mut ok = 0u64;
+    let mut refused = 0u64;
     let mut error = None;
-    while ok < args.count && started.elapsed() < limit {
+    while ok + refused < args.count && started.elapsed() < limit {
         match connect_once(&addr) {
             Ok(()) => ok += 1,
+            Err(e) if args.refused_ok && e.raw_os_error() == Some(libc::EPERM) => refused += 1,
             Err(e) => {
                 error = Some(e.to_string());
                 break;
@@ -142,7 +148,7 @@ pub(super) fn client(args: ClientArgs) -> Result<()> {
     let elapsed = started.elapsed();
     println!(
         "{}",
-        json!({"ok": ok, "elapsed_ns": elapsed.as_nanos() as u64, "error": error})
+        json!({"ok": ok, "refused": refused, "elapsed_ns": elapsed.as_nanos() as u64, "error": error})
     );
     Ok(())
 }

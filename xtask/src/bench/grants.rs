@@ -24,7 +24,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use super::{
-    agent::{Agent, Spec, SEGMENT},
+    agent::{Agent, Knobs, Spec, SEGMENT},
     host,
     measure::Bench,
     report::{met, opt, thousands},
@@ -119,6 +119,7 @@ impl Bench<'_> {
             peers: Vec::new(),
             xdp_iface: None,
             grants: largest + extra,
+            knobs: Knobs::default(),
         };
         self.log(&format!(
             "grant scale: one agent filled to {} grants",

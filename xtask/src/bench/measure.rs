@@ -19,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use super::{
-    agent::{Agent, Spec},
+    agent::{Agent, Knobs, Spec},
     client::mono_ns,
     firewall::{self, IptablesChain, NftTable},
     host::{self, Cgroups, Netns, Server},
@@ -30,7 +30,7 @@ use crate::util;
 
 /// The uids of N standing allows are BASE_UID..BASE_UID+N; the allowed
 /// client is the one in the middle.
-const BASE_UID: u32 = 2_000_000;
+pub(super) const BASE_UID: u32 = 2_000_000;
 /// The revocation probe's uid: in no standing allow, only ever granted.
 const PROBE_UID: u32 = 3_000_000;
 /// The probe connects this often while waiting for the cut (µs).
@@ -109,11 +109,11 @@ enum From<'a> {
     Netns(&'a Netns),
 }
 
-fn uids(n: u32) -> Vec<u32> {
+pub(super) fn uids(n: u32) -> Vec<u32> {
     (BASE_UID..BASE_UID + n).collect()
 }
 
-fn allowed_uid(n: u32) -> u32 {
+pub(super) fn allowed_uid(n: u32) -> u32 {
     BASE_UID + n / 2
 }
 
@@ -373,6 +373,7 @@ impl Bench<'_> {
                 peers: Vec::new(),
                 xdp_iface: None,
                 grants: 0,
+                knobs: Knobs::default(),
             };
             if compare {
                 spec.peers = peers_around(self.filtered_ns.peer_addr, n);
@@ -501,6 +502,7 @@ impl Bench<'_> {
                     peers: Vec::new(),
                     xdp_iface: None,
                     grants: 0,
+                    knobs: Knobs::default(),
                 };
                 let agent = Agent::start(
                     &self.portcullis,

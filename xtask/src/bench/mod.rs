@@ -32,6 +32,7 @@ mod host;
 mod measure;
 mod progstats;
 mod report;
+mod rollout;
 pub(crate) mod stats;
 
 #[derive(clap::Args)]
@@ -44,7 +45,8 @@ pub(crate) struct Options {
     quick: bool,
     /// Run only these tables (default: all): `comparison` (tables 1-6:
     /// per-packet cost, connection rate, revocation, bulk load, footprint,
-    /// scale) and `grants` (table 7: time per grant at scale).
+    /// scale), `grants` (table 7: time per grant at scale) and `rollout`
+    /// (table 8: usage, discovery and audit mode on the connect path).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Part>,
     #[command(subcommand)]
@@ -56,6 +58,7 @@ pub(crate) struct Options {
 enum Part {
     Comparison,
     Grants,
+    Rollout,
 }
 
 /// What the bench runs inside its cgroup and namespaces.
@@ -139,7 +142,7 @@ pub(crate) fn main(options: Options, ws: &Workspace) -> Result<()> {
 
     let plan = plan(options.quick);
     let parts = if options.only.is_empty() {
-        vec![Part::Comparison, Part::Grants]
+        vec![Part::Comparison, Part::Grants, Part::Rollout]
     } else {
         options.only.clone()
     };
@@ -156,6 +159,7 @@ pub(crate) fn main(options: Options, ws: &Workspace) -> Result<()> {
         machine,
         comparison,
         grants,
+        rollout,
     } = result?;
     let mut markdown = report::machine_line(&machine, started.elapsed(), unchanged);
     let mut json = serde_json::Map::new();
@@ -199,6 +203,10 @@ pub(crate) fn main(options: Options, ws: &Workspace) -> Result<()> {
         markdown.push_str(&g.markdown());
         json.insert("grant_scale".into(), g.json());
     }
+    if let Some(r) = rollout {
+        markdown.push_str(&r.markdown());
+        json.insert("rollout".into(), r.json());
+    }
     println!("{markdown}");
     let dir = ws.target_dir()?.join("bench");
     fs::create_dir_all(&dir)?;
@@ -227,6 +235,7 @@ struct Results {
     machine: report::Machine,
     comparison: Option<Comparison>,
     grants: Option<grants::GrantScale>,
+    rollout: Option<rollout::Rollout>,
 }
 
 /// Tables 1-6: Portcullis beside nftables and iptables.
@@ -312,10 +321,16 @@ fn run_all(
     } else {
         None
     };
+    let rollout = if parts.contains(&Part::Rollout) {
+        Some(bench.rollout()?)
+    } else {
+        None
+    };
     Ok(Results {
         machine,
         comparison,
         grants,
+        rollout,
     })
 }
 

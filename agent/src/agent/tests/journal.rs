@@ -135,6 +135,7 @@ fn an_end_record_a_crash_kept_from_the_audit_log_is_written_at_start() {
         why: None,
         suspended: None,
         while_down: None,
+        usage: None,
     };
     f.journal(Op::End {
         grant_id: id,

@@ -102,6 +102,11 @@ fn one_of_each() -> Vec<AuditEvent> {
             why: Some(s("gone")),
             suspended: Some(true),
             while_down: Some(true),
+            usage: Some(crate::usage::Record {
+                connections: 3,
+                first_use: Some(s("F")),
+                last_use: Some(s("L")),
+            }),
         },
         AuditEvent::Expire {
             grant_id: 1,
@@ -115,6 +120,12 @@ fn one_of_each() -> Vec<AuditEvent> {
             expires_at: Some(s("T")),
             why: Some(s("w")),
             while_down: Some(true),
+            reason: Some(s("idle")),
+            usage: Some(crate::usage::Record {
+                connections: 0,
+                first_use: None,
+                last_use: None,
+            }),
         },
         AuditEvent::GrantSuspended {
             grant_id: 1,

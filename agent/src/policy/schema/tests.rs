@@ -549,3 +549,42 @@ fn mode_is_enforce_by_default_audit_when_asked_and_checked() {
         "`mode` must be a string, not a boolean",
     );
 }
+
+#[test]
+fn idle_timeout_is_a_bounded_duration() {
+    let ok = "[segment.a]\nports = [\"1/tcp\"]\n[segment.a.jit]\nmax_ttl = \"1h\"\nidle_timeout = \"15m\"\n";
+    let segments = parse_str(Path::new(FILE), ok).unwrap();
+    assert_eq!(
+        segments[0].jit.as_ref().unwrap().idle_timeout,
+        Some(Duration::from_secs(15 * 60))
+    );
+    let none = "[segment.a]\nports = [\"1/tcp\"]\n[segment.a.jit]\nmax_ttl = \"1h\"\n";
+    let segments = parse_str(Path::new(FILE), none).unwrap();
+    assert_eq!(segments[0].jit.as_ref().unwrap().idle_timeout, None);
+
+    let short = "[segment.a]\nports = [\"1/tcp\"]\n[segment.a.jit]\nmax_ttl = \"1h\"\nidle_timeout = \"500ms\"\n";
+    let d = only(short);
+    assert_error(
+        &d,
+        short,
+        "\"500ms\"",
+        "bad idle_timeout: idle timeout `500ms` is shorter than the minimum of 1s",
+    );
+    let long = "[segment.a]\nports = [\"1/tcp\"]\n[segment.a.jit]\nmax_ttl = \"1h\"\nidle_timeout = \"400d\"\n";
+    let d = only(long);
+    assert_error(
+        &d,
+        long,
+        "\"400d\"",
+        "bad idle_timeout: idle timeout `400d` is longer than the maximum of 366 days",
+    );
+    let number =
+        "[segment.a]\nports = [\"1/tcp\"]\n[segment.a.jit]\nmax_ttl = \"1h\"\nidle_timeout = 60\n";
+    let d = only(number);
+    assert_error(
+        &d,
+        number,
+        "60",
+        "`idle_timeout` must be a string, not an integer",
+    );
+}
