@@ -28,7 +28,7 @@ fn uid(segment: u32, id: u64) -> EntryKey {
 }
 
 /// cgroup 100 is at level 3, 101 at level 3, 200 at level 5; others unknown.
-fn levels() -> Box<HashMap<u64, u32>> {
+fn levels() -> Box<dyn super::LevelOf> {
     Box::new(HashMap::from([(100, 3), (101, 3), (200, 5)]))
 }
 
