@@ -22,9 +22,7 @@ pub use user::{ip_of_key, key_of_ip};
 /// it was a refusal or an audit-mode one, and [`map_names::DISCOVERY`] exists.
 /// Layout 4 (fast path): [`FlowMark`] carries the cached decision (segment, matched
 /// entry, expiry, policy epoch), [`map_names::EPOCH`],
-/// [`map_names::CGROUP_LEVELS`] and [`map_names::DENY_LIMIT`] exist, and
-/// [`DenyEvent::repeats`] counts the denies the kernel's rate limit folded
-/// into an event (the fast path, issue 15).
+/// and [`map_names::CGROUP_LEVELS`] exist (the fast path, issue 15).
 /// Layout 4 (issue 16) adds [`map_names::USAGE`].
 /// Layout 5: both, and [`FlowMark::used_ns`].
 pub const LAYOUT_VERSION: u32 = 5;
@@ -76,9 +74,6 @@ pub mod map_names {
     /// the ancestor walk looks only there. All bits set when the agent
     /// cannot tell a cgroup's level.
     pub const CGROUP_LEVELS: &str = "PC_CGROUP_LEVELS";
-    /// `LruPerCpuHashMap<DenyLimitKey, DenyLimit>`: the kernel's rate limit
-    /// of deny events per (segment, subject), per CPU.
-    pub const DENY_LIMIT: &str = "PC_DENY_LIMIT";
     /// `PerCpuHashMap<GrantKey, Usage>`: how much each local grant entry
     /// was used (admitted connections and datagrams, first and last use),
     /// created by the hooks at an entry's first use and removed by the
@@ -86,7 +81,7 @@ pub mod map_names {
     pub const USAGE: &str = "PC_USAGE";
 
     /// Every pinned map, in a fixed order.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 14] = [
         PORTS,
         GRANTS,
         PEERS,
@@ -100,7 +95,6 @@ pub mod map_names {
         DISCOVERY,
         EPOCH,
         CGROUP_LEVELS,
-        DENY_LIMIT,
         USAGE,
     ];
 
@@ -355,11 +349,7 @@ pub struct DenyEvent {
     pub hook: u8,
     /// One of [`verdict`]: refused, or let through by audit mode.
     pub verdict: u8,
-    pub _pad: u8,
-    /// Denies of the same (segment, subject) the kernel's rate limit did
-    /// not send since its previous event (on this CPU): this event stands
-    /// for `1 + repeats` refusals.
-    pub repeats: u32,
+    pub _pad: [u8; 5],
     /// Protected address, v4-mapped for IPv4.
     pub addr: [u8; 16],
     /// Client address, v4-mapped for IPv4 (zero when unknown).
@@ -441,38 +431,6 @@ pub struct FlowMark {
     pub used_ns: u64,
 }
 
-/// Key of [`map_names::DENY_LIMIT`]: one refused subject on one segment.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct DenyLimitKey {
-    /// The segment id; [`port_entry::AUDIT`] set for would-be refusals.
-    pub segment: u32,
-    pub uid: u32,
-    /// The caller's cgroup id (0 for remote peers).
-    pub cgroup_id: u64,
-    /// The remote source (zero for local callers).
-    pub peer: [u8; 16],
-}
-
-/// Value of [`map_names::DENY_LIMIT`] (this CPU's).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DenyLimit {
-    /// CLOCK_BOOTTIME ns at which the current window began.
-    pub window_ns: u64,
-    /// Events sent in the current window.
-    pub sent: u32,
-    /// Denies not sent since the last event that was.
-    pub pending: u32,
-}
-
-/// Deny events the kernel sends per (segment, subject) per CPU per
-/// [`DENY_LIMIT_WINDOW_NS`]; the rest ride as [`DenyEvent::repeats`].
-pub const DENY_LIMIT_BURST: u32 = 16;
-/// The kernel deny rate limit's window.
-pub const DENY_LIMIT_WINDOW_NS: u64 = 1_000_000_000;
-/// Capacity of [`map_names::DENY_LIMIT`] (an LRU, per CPU).
-pub const DENY_LIMIT_ENTRIES: u32 = 4096;
 /// Past this many unread bytes in [`map_names::DENY_EVENTS`] a deny event
 /// wakes the agent; below it, events wait for the agent's timed poll.
 pub const DENY_RING_WAKE_BYTES: u64 = DENY_RING_BYTES as u64 / 4;
@@ -528,11 +486,9 @@ const _: () = {
     // 2 + 1 + 1 + 4 + 4 + 4 + 8 + 16
     assert!(size_of::<DiscoveryKey>() == 40 && align_of::<DiscoveryKey>() == 8);
     assert!(size_of::<Sighting>() == 24);
-    // 8 + 8 + 4 * 3 + 2 + 2 + 1 + 1 + 1 + 1 + 4 + 16 + 16
+    // 8 + 8 + 4 * 3 + 2 + 2 + 1 + 1 + 1 + 5 + 16 + 16
     assert!(size_of::<DenyEvent>() == 72);
     assert!(size_of::<FlowMark>() == 48 && align_of::<FlowMark>() == 8);
-    assert!(size_of::<DenyLimitKey>() == 32);
-    assert!(size_of::<DenyLimit>() == 16);
     assert!(MAX_CGROUP_DEPTH as u32 <= CGROUP_LEVEL_BITS);
     // 8 + 2 + 2 + 1 + 1 + 1 + 1 + 16 + 16
     assert!(size_of::<KillRequest>() == 48);
@@ -559,8 +515,6 @@ mod pod {
     unsafe impl aya::Pod for super::DebugBudget {}
     unsafe impl aya::Pod for super::DiscoveryKey {}
     unsafe impl aya::Pod for super::Sighting {}
-    unsafe impl aya::Pod for super::DenyLimitKey {}
-    unsafe impl aya::Pod for super::DenyLimit {}
     unsafe impl aya::Pod for super::Usage {}
 }
 
@@ -578,11 +532,9 @@ mod tests {
         assert_eq!(size_of::<SegmentCounters>(), 24);
         assert_eq!(size_of::<DiscoveryKey>(), 40);
         assert_eq!(size_of::<Sighting>(), 24);
-        // 8 + 8 + 4 * 3 + 2 + 2 + 1 + 1 + 1 + 1 + 4 + 16 + 16
+        // 8 + 8 + 4 * 3 + 2 + 2 + 1 + 1 + 1 + 5 + 16 + 16
         assert_eq!(size_of::<DenyEvent>(), 72);
         assert_eq!(size_of::<FlowMark>(), 48);
-        assert_eq!(size_of::<DenyLimitKey>(), 32);
-        assert_eq!(size_of::<DenyLimit>(), 16);
         // 8 + 2 + 2 + 1 + 1 + 1 + 1 + 16 + 16
         assert_eq!(size_of::<KillRequest>(), 48);
         assert_eq!(size_of::<DebugBudget>(), 16);

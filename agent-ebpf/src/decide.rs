@@ -17,9 +17,8 @@
 //! load that finds the segment tells whether a refusal is enforced or only
 //! recorded ([`refused`]); the decision itself is the same in both modes.
 use agent_common::{
-    hook, kind, peer_prefix_len, port_entry, port_index, verdict, DenyEvent, DenyLimit,
-    DenyLimitKey, GrantKey, KillRequest, PeerKey, Proto, DENY_LIMIT_BURST, DENY_LIMIT_WINDOW_NS,
-    DENY_RING_WAKE_BYTES, MAX_CGROUP_DEPTH, NEVER,
+    kind, peer_prefix_len, port_entry, port_index, verdict, DenyEvent, GrantKey, KillRequest,
+    PeerKey, Proto, DENY_RING_WAKE_BYTES, MAX_CGROUP_DEPTH, NEVER,
 };
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns;
@@ -28,8 +27,8 @@ use aya_ebpf::maps::lpm_trie::Key;
 
 use crate::debug;
 use crate::maps::{
-    CGROUP_LEVELS, COUNTERS, DENY_EVENTS, DENY_LIMIT, EPOCH, FENCE, GRANTS, KILL_REQUESTS,
-    LOCAL_NETS, PC_HOST_NETNS, PEERS, PEER_HOSTS, PORTS,
+    CGROUP_LEVELS, COUNTERS, DENY_EVENTS, EPOCH, FENCE, GRANTS, KILL_REQUESTS, LOCAL_NETS,
+    PC_HOST_NETNS, PEERS, PEER_HOSTS, PORTS,
 };
 
 /// What a hook can tell about the local process behind a connection.
@@ -438,71 +437,18 @@ pub fn count_allowed(segment: u32) {
     }
 }
 
-/// Reports a refusal to the agent, rate limited per (segment, subject)
-/// and CPU: at most `DENY_LIMIT_BURST` events per window; the refusals
-/// not sent ride on the subject's next event that is
-/// ([`DenyEvent::repeats`]), and the counters record every one. An event
-/// does not wake the agent (it polls on a timer) unless the ring is a
-/// quarter full, so a flood costs no wake-up per deny. Dropped (and its
-/// count kept pending) when the ring is full.
+/// Reports a refusal to the agent. The event does not wake the agent (it
+/// polls on a timer) unless the ring is a quarter full, so a flood of
+/// denies costs no wake-up per deny. Dropped silently when the ring is
+/// full; the counters still record it.
 #[inline(always)]
-pub fn report_deny(mut event: DenyEvent) {
-    let remote = event.hook == hook::XDP || event.cgroup_id == 0;
-    let key = DenyLimitKey {
-        segment: if event.verdict == verdict::WOULD_DENY {
-            event.segment | port_entry::AUDIT
-        } else {
-            event.segment
-        },
-        uid: if remote { 0 } else { event.uid },
-        cgroup_id: if remote { 0 } else { event.cgroup_id },
-        peer: if remote { event.peer_addr } else { [0; 16] },
-    };
-    let now = event.boot_ns;
-    let mut limit = DENY_LIMIT.get_ptr_mut(&key);
-    if limit.is_none() {
-        let fresh = DenyLimit {
-            window_ns: now,
-            sent: 0,
-            pending: 0,
-        };
-        let _ = DENY_LIMIT.insert(&key, &fresh, 0);
-        limit = DENY_LIMIT.get_ptr_mut(&key);
-    }
-    if let Some(l) = limit {
-        // SAFETY: this CPU's value of a per-CPU map entry; programs do not
-        // migrate while running.
-        unsafe {
-            if now.wrapping_sub((*l).window_ns) >= DENY_LIMIT_WINDOW_NS {
-                (*l).window_ns = now;
-                (*l).sent = 0;
-            }
-            if (*l).sent >= DENY_LIMIT_BURST {
-                (*l).pending = (*l).pending.saturating_add(1);
-                return;
-            }
-            event.repeats = (*l).pending;
-        }
-    }
+pub fn report_deny(event: DenyEvent) {
     let flags = if DENY_EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= DENY_RING_WAKE_BYTES {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     };
-    let sent = DENY_EVENTS
-        .output::<DenyEvent>(&event, flags as u64)
-        .is_ok();
-    if let Some(l) = limit {
-        // SAFETY: as above.
-        unsafe {
-            if sent {
-                (*l).sent += 1;
-                (*l).pending = 0;
-            } else {
-                (*l).pending = (*l).pending.saturating_add(1);
-            }
-        }
-    }
+    let _ = DENY_EVENTS.output::<DenyEvent>(&event, flags as u64);
 }
 
 /// Asks the agent to destroy a socket whose flow was just cut. Best effort:

@@ -2,18 +2,15 @@
 //! from `agent-common`; the agent pins each map by name and may override the
 //! sizes of the grant and peer maps at load time.
 use agent_common::{
-    DebugBudget, DenyEvent, DenyLimit, DenyLimitKey, DiscoveryKey, Expiry, FlowMark, GrantKey,
-    PeerKey, SegmentCounters, Sighting, Usage, DEFAULT_MAX_GRANTS, DEFAULT_MAX_PEERS,
-    DENY_LIMIT_ENTRIES, DENY_RING_BYTES, DISCOVERY_ENTRIES, KILL_RING_BYTES, MAX_LOCAL_NETS,
-    MAX_SEGMENTS, PORT_SLOTS,
+    DebugBudget, DenyEvent, DiscoveryKey, Expiry, FlowMark, GrantKey, PeerKey, SegmentCounters,
+    Sighting, Usage, DEFAULT_MAX_GRANTS, DEFAULT_MAX_PEERS, DENY_RING_BYTES, DISCOVERY_ENTRIES,
+    KILL_RING_BYTES, MAX_LOCAL_NETS, MAX_SEGMENTS, PORT_SLOTS,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{
-        Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf,
-    },
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 
 /// Port index → port entry (segment id and mode bit). An array: one bounds
@@ -70,11 +67,6 @@ pub static CGROUP_LEVELS: Array<u32> = Array::with_max_entries(MAX_SEGMENTS, 0);
 /// line (see `decide::epoch_ordered`). Not pinned.
 #[map(name = "PC_FENCE")]
 pub static FENCE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
-/// The deny events' rate limit per (segment, subject), per CPU.
-#[map(name = "PC_DENY_LIMIT")]
-pub static DENY_LIMIT: LruPerCpuHashMap<DenyLimitKey, DenyLimit> =
-    LruPerCpuHashMap::with_max_entries(DENY_LIMIT_ENTRIES, 0);
 
 /// Sockets whose flow was just cut, for the agent to destroy.
 #[map(name = "PC_KILL_REQUESTS")]

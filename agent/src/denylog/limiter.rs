@@ -97,24 +97,6 @@ impl<K: Clone + Eq + Hash> Limiter<K> {
         }
     }
 
-    /// Counts `n` refusals that were never sent as events (the kernel's
-    /// rate limit folded them into `ev`) as suppressed in `key`'s window.
-    pub(super) fn add_suppressed(&mut self, key: K, ev: DenyEvent, n: u64, now: Instant) {
-        let key = if self.keys.contains_key(&key) || self.keys.len() < MAX_SUBJECTS {
-            key
-        } else {
-            self.overflow.get_or_insert(key).clone()
-        };
-        let w = self.keys.entry(key).or_insert(Window {
-            start: now,
-            mixed: false,
-            logged: 0,
-            suppressed: 0,
-            first: ev,
-        });
-        w.suppressed += n;
-    }
-
     /// Ends the windows that are over (all of them when `all`), returning
     /// a summary for each that dropped events.
     pub(super) fn close_windows(&mut self, now: Instant, all: bool) -> Vec<Summary<DenyEvent>> {
@@ -160,8 +142,7 @@ mod tests {
             proto: 6,
             hook: hook::CONNECT4,
             verdict: agent_common::verdict::DENIED,
-            _pad: 0,
-            repeats: 0,
+            _pad: [0; 5],
             addr: agent_common::v4_mapped([127, 0, 0, 1]),
             peer_addr: [0; 16],
         }
@@ -190,18 +171,6 @@ mod tests {
             l.admit(Subject::of(&ev(1)), ev(1), t0 + Duration::from_secs(11)),
             Admit::Log
         );
-    }
-
-    #[test]
-    fn refusals_the_kernel_folded_in_are_summarised_with_the_window() {
-        let mut l = Limiter::new(3, 100, Duration::from_secs(10));
-        let t0 = Instant::now();
-        assert_eq!(l.admit(Subject::of(&ev(1)), ev(1), t0), Admit::Log);
-        l.add_suppressed(Subject::of(&ev(1)), ev(1), 500, t0);
-        assert_eq!(l.admit(Subject::of(&ev(1)), ev(1), t0), Admit::Log);
-        let closed = l.close_windows(t0 + Duration::from_secs(10), false);
-        assert_eq!(closed.len(), 1);
-        assert_eq!(closed[0].suppressed, 500);
     }
 
     #[test]

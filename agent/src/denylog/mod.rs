@@ -3,10 +3,8 @@
 //! user), and writes them to the deny log (JSON lines, not hash-chained) and
 //! to the journal.
 //!
-//! The kernel limits first (per CPU, per segment × subject: 16 events a
-//! second; the rest ride on the subject's next event as `repeats`, and
-//! events wake this reader only past a quarter-full ring, else it polls
-//! every [`TICK`]); the repeats are counted here as suppressed.
+//! Events wake this reader only past a quarter-full ring; otherwise it
+//! polls every [`TICK`], so a flood costs no wake-up per deny.
 //!
 //! Rate limited per identity × segment: in each window the first `burst`
 //! denies of a subject on a segment are written, the rest are only counted,
@@ -217,13 +215,6 @@ impl Reader {
 
     fn on_event(&mut self, ev: DenyEvent, now: Instant) {
         self.stats.received.fetch_add(1, Ordering::Relaxed);
-        // Refusals the kernel's own rate limit folded into this event:
-        // counted as suppressed, in this subject's window.
-        if ev.repeats > 0 {
-            let n = u64::from(ev.repeats);
-            self.limiter.add_suppressed(Subject::of(&ev), ev, n, now);
-            self.stats.suppressed.fetch_add(n, Ordering::Relaxed);
-        }
         match self.limiter.admit(Subject::of(&ev), ev, now) {
             Admit::Log => {
                 let rec = self.names.record(&ev);

@@ -188,8 +188,7 @@ mod tests {
             proto: 6,
             hook: hook::CONNECT4,
             verdict: agent_common::verdict::DENIED,
-            _pad: 0,
-            repeats: 0,
+            _pad: [0; 5],
             addr: agent_common::v4_mapped([127, 0, 0, 1]),
             peer_addr: [0; 16],
         }
