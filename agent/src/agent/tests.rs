@@ -531,6 +531,7 @@ fn a_scrape_needs_no_agent_lock_and_shows_the_last_published_state() {
         "{page}"
     );
 }
+mod first_use;
 mod journal;
 
 mod fastpath;

@@ -83,6 +83,14 @@ pub(crate) enum AuditEvent {
         requested_by: Actor,
         expired_at: String,
     },
+    /// A pending request ended because its segment left the policy.
+    RequestDropped {
+        request_id: u64,
+        segment: String,
+        identity: String,
+        requested_by: Actor,
+        why: String,
+    },
     /// Access closed: by `revoke`, or a suspended grant at the end of its grace.
     Revoke {
         grant_id: u64,
@@ -214,9 +222,9 @@ pub(crate) enum AuditEvent {
 }
 
 impl AuditEvent {
-    /// Every kind this version writes, as named on disk (for the docs test).
-    #[cfg(test)]
-    pub(crate) const KINDS: [&'static str; 20] = [
+    /// Every kind this version writes, as named on disk (the docs test,
+    /// and `audit --event`'s check).
+    pub(crate) const KINDS: [&'static str; 21] = [
         "agent_start",
         "agent_stop",
         "grant",
@@ -225,6 +233,7 @@ impl AuditEvent {
         "approve",
         "deny",
         "request_expire",
+        "request_dropped",
         "revoke",
         "expire",
         "grant_suspended",
@@ -252,6 +261,7 @@ impl AuditEvent {
             Self::Approve { .. } => "approve",
             Self::Deny { .. } => "deny",
             Self::RequestExpire { .. } => "request_expire",
+            Self::RequestDropped { .. } => "request_dropped",
             Self::Revoke { .. } => "revoke",
             Self::Expire { .. } => "expire",
             Self::GrantSuspended { .. } => "grant_suspended",
@@ -289,6 +299,7 @@ impl AuditEvent {
             | Self::Approve { segment, .. }
             | Self::Deny { segment, .. }
             | Self::RequestExpire { segment, .. }
+            | Self::RequestDropped { segment, .. }
             | Self::Revoke { segment, .. }
             | Self::Expire { segment, .. }
             | Self::GrantSuspended { segment, .. }
@@ -316,6 +327,7 @@ impl AuditEvent {
             | Self::Approve { identity, .. }
             | Self::Deny { identity, .. }
             | Self::RequestExpire { identity, .. }
+            | Self::RequestDropped { identity, .. }
             | Self::Revoke { identity, .. }
             | Self::Expire { identity, .. }
             | Self::GrantSuspended { identity, .. }
@@ -355,6 +367,7 @@ impl AuditEvent {
             Self::AgentStart { .. }
             | Self::AgentStop { .. }
             | Self::RequestExpire { .. }
+            | Self::RequestDropped { .. }
             | Self::StateCorrupt { .. }
             | Self::Rotate { .. }
             | Self::RecordsLost { .. }

@@ -27,7 +27,7 @@ use agent_common::{kind, DiscoveryKey, GrantKey, Proto, SegmentCounters, Sightin
 
 use super::{CountersReader, KernelMaps, UsageReader};
 use crate::{
-    dataplane::{DataplaneError, KernelCheck, PeerEntry, XdpAttachment},
+    dataplane::{DataplaneError, KernelCheck, PeerEntry, PeerFilter},
     hostaddrs::LocalNet,
     ledger::{Change, EntryKey},
     usage::Totals,
@@ -303,11 +303,11 @@ impl KernelMaps for FastPath {
     fn forget_usage(&mut self, keys: &[GrantKey]) -> Result<(), DataplaneError> {
         self.inner.forget_usage(keys)
     }
-    fn attach(&mut self) -> Result<Vec<XdpAttachment>, DataplaneError> {
+    fn attach(&mut self) -> Result<Vec<PeerFilter>, DataplaneError> {
         self.inner.attach()
     }
-    fn has_xdp(&self) -> bool {
-        self.inner.has_xdp()
+    fn peer_filters(&self) -> Vec<PeerFilter> {
+        self.inner.peer_filters()
     }
     fn check(&self) -> KernelCheck {
         self.inner.check()
