@@ -20,8 +20,12 @@ pub use user::{ip_of_key, key_of_ip};
 /// Layout 3: port entries carry the segment's mode bit ([`port_entry`]),
 /// [`SegmentCounters`] counts would-be refusals, [`DenyEvent`] says whether
 /// it was a refusal or an audit-mode one, and [`map_names::DISCOVERY`] exists.
-/// Layout 4 adds [`map_names::USAGE`].
-pub const LAYOUT_VERSION: u32 = 4;
+/// Layout 4 (fast path): [`FlowMark`] carries the cached decision (segment, matched
+/// entry, expiry, policy epoch), [`map_names::EPOCH`],
+/// and [`map_names::CGROUP_LEVELS`] exist (the fast path, issue 15).
+/// Layout 4 (issue 16) adds [`map_names::USAGE`].
+/// Layout 5: both, and [`FlowMark::used_ns`].
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Map names (the ELF symbol names, and the file names under the pin directory).
 pub mod map_names {
@@ -60,6 +64,16 @@ pub mod map_names {
     /// local port (protected or not) and how often. Bounded; the least
     /// recently seen entries make room.
     pub const DISCOVERY: &str = "PC_DISCOVERY";
+    /// `Array<u64>`, one entry: the policy epoch. The agent bumps it after
+    /// every write that can end an allow (a delete, a lowered expiry, a
+    /// port change); a marked flow whose [`crate::FlowMark::epoch`]
+    /// differs decides again at its next packet.
+    pub const EPOCH: &str = "PC_EPOCH";
+    /// `Array<u32>` indexed by segment id: bit `n` set when some cgroup
+    /// entry of the segment is a cgroup at level `n` (0 = the root), so
+    /// the ancestor walk looks only there. All bits set when the agent
+    /// cannot tell a cgroup's level.
+    pub const CGROUP_LEVELS: &str = "PC_CGROUP_LEVELS";
     /// `PerCpuHashMap<GrantKey, Usage>`: how much each local grant entry
     /// was used (admitted connections and datagrams, first and last use),
     /// created by the hooks at an entry's first use and removed by the
@@ -67,7 +81,7 @@ pub mod map_names {
     pub const USAGE: &str = "PC_USAGE";
 
     /// Every pinned map, in a fixed order.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 14] = [
         PORTS,
         GRANTS,
         PEERS,
@@ -79,6 +93,8 @@ pub mod map_names {
         KILL_REQUESTS,
         OUTBOUND,
         DISCOVERY,
+        EPOCH,
+        CGROUP_LEVELS,
         USAGE,
     ];
 
@@ -393,13 +409,37 @@ pub struct Sighting {
 }
 
 /// What connect4/6 remember about a socket they let through to a
-/// protected port: the identity facts cgroup_skb cannot see itself.
+/// protected port by an allow that can end under it (a finite expiry, or a
+/// `group:` entry): the identity facts cgroup_skb cannot see itself, and
+/// the decision, cached. A packet passes on one compare while `epoch`
+/// equals [`map_names::EPOCH`] and the clock is below `expiry_ns` (not read
+/// when it is [`NEVER`]); otherwise the flow decides again and the mark is
+/// rewritten (or the packet dropped).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowMark {
     pub uid: u32,
     pub gid: u32,
+    /// The segment of the decision.
+    pub segment: u32,
+    /// The [`kind`] of the entry that allowed the flow.
+    pub kind: u32,
+    /// That entry's id (uid, gid or cgroup id).
+    pub id: u64,
+    /// The policy epoch read before the decision.
+    pub epoch: u64,
+    /// When the allowing entry ends (CLOCK_BOOTTIME ns), or [`NEVER`].
+    pub expiry_ns: u64,
+    /// When a packet of this flow last refreshed the entry's usage
+    /// (`PC_USAGE` last use, at most once a second per flow).
+    pub used_ns: u64,
 }
+
+/// Past this many unread bytes in [`map_names::DENY_EVENTS`] a deny event
+/// wakes the agent; below it, events wait for the agent's timed poll.
+pub const DENY_RING_WAKE_BYTES: u64 = DENY_RING_BYTES as u64 / 4;
+/// Levels of the cgroup mask ([`map_names::CGROUP_LEVELS`]): one bit each.
+pub const CGROUP_LEVEL_BITS: u32 = 32;
 
 /// A socket whose flow a program just cut, for the agent to destroy
 /// (SOCK_DESTROY) so that its owner sees an error at once instead of
@@ -452,7 +492,8 @@ const _: () = {
     assert!(size_of::<Sighting>() == 24);
     // 8 + 8 + 4 * 3 + 2 + 2 + 1 + 1 + 1 + 5 + 16 + 16
     assert!(size_of::<DenyEvent>() == 72);
-    assert!(size_of::<FlowMark>() == 8);
+    assert!(size_of::<FlowMark>() == 48 && align_of::<FlowMark>() == 8);
+    assert!(MAX_CGROUP_DEPTH as u32 <= CGROUP_LEVEL_BITS);
     // 8 + 2 + 2 + 1 + 1 + 1 + 1 + 16 + 16
     assert!(size_of::<KillRequest>() == 48);
     assert!(size_of::<DebugBudget>() == 16);
@@ -497,7 +538,7 @@ mod tests {
         assert_eq!(size_of::<Sighting>(), 24);
         // 8 + 8 + 4 * 3 + 2 + 2 + 1 + 1 + 1 + 5 + 16 + 16
         assert_eq!(size_of::<DenyEvent>(), 72);
-        assert_eq!(size_of::<FlowMark>(), 8);
+        assert_eq!(size_of::<FlowMark>(), 48);
         // 8 + 2 + 2 + 1 + 1 + 1 + 1 + 16 + 16
         assert_eq!(size_of::<KillRequest>(), 48);
         assert_eq!(size_of::<DebugBudget>(), 16);

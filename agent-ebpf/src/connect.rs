@@ -47,18 +47,37 @@ pub fn pc_connect4(ctx: SockAddrContext) -> i32 {
     on_v4(&ctx, hook::CONNECT4)
 }
 
-/// Remembers who connected this socket to a protected port, so that the
-/// cgroup_skb programs re-check its flow at every packet.
+/// Remembers who connected this socket to a protected port, and the
+/// decision, so that cgroup_skb re-checks its flow only when the decision
+/// can have changed (see `skb.rs::local_flow`). Created only for an allow
+/// that can end under the flow ([`decide::LocalMatch::needs_mark`]); a
+/// socket that already carries a mark (a UDP socket connected again) has
+/// it rewritten whatever the allow, so it never keeps a decision about
+/// another destination.
 #[inline(always)]
-fn mark_flow(ctx: &SockAddrContext, uid: u32, gid: u32) {
-    let mut mark = FlowMark { uid, gid };
+fn mark_flow(ctx: &SockAddrContext, mark: FlowMark, create: bool) {
     // SAFETY: the context's socket is valid for the duration of the hook;
     // the returned pointer, when not null, points at this socket's storage.
     unsafe {
-        let p = FLOWS.get_or_insert_ptr_mut(ctx, Some(&mut mark));
+        let p = if create {
+            let mut initial = mark;
+            FLOWS.get_or_insert_ptr_mut(ctx, Some(&mut initial))
+        } else {
+            FLOWS.get_ptr_mut(ctx)
+        };
         if !p.is_null() {
-            (*p).uid = uid;
-            (*p).gid = gid;
+            // The epoch last, after an invalid one first: a packet on
+            // another CPU that sees this epoch sees (on a strongly
+            // ordered CPU) the fields written with it.
+            (*p).epoch = 0;
+            (*p).uid = mark.uid;
+            (*p).gid = mark.gid;
+            (*p).segment = mark.segment;
+            (*p).kind = mark.kind;
+            (*p).id = mark.id;
+            (*p).expiry_ns = mark.expiry_ns;
+            (*p).used_ns = mark.used_ns;
+            (*p).epoch = mark.epoch;
         }
     }
 }
@@ -165,8 +184,12 @@ fn verdict(
         uid_gid: unsafe { bpf_get_current_uid_gid() },
     };
     let segment = decide::segment(entry);
-    let now = decide::now();
-    let found = decide::local_match(segment, &caller, now);
+    let connect = hook == hook::CONNECT4 || hook == hook::CONNECT6;
+    // Read before the decision, with a barrier after it: the mark caches
+    // the decision under this epoch (see `decide::epoch_ordered`).
+    let epoch = if connect { decide::epoch_ordered() } else { 0 };
+    let mut clock = decide::Clock::new();
+    let found = decide::local_match(segment, &caller, &mut clock);
     if debug::on() {
         debug::emit(
             hook as u32,
@@ -178,14 +201,27 @@ fn verdict(
     }
     if found.allowed() {
         decide::count_allowed(segment);
+        let now = clock.get();
         usage::record(segment, &found, now, true);
         // Unconnected sends are checked one by one by sendmsg4/6; connected
-        // sockets carry a flow that cgroup_skb keeps checking.
-        if hook == hook::CONNECT4 || hook == hook::CONNECT6 {
+        // sockets allowed by something that can end under them carry a
+        // flow that cgroup_skb keeps checking. A standing uid or cgroup
+        // allow is not marked: when the policy removes it, the agent's
+        // sweep of open flows cuts the flow.
+        if connect {
             mark_flow(
                 ctx,
-                decide::LocalSubject::uid(&caller),
-                decide::LocalSubject::gid(&caller),
+                FlowMark {
+                    uid: decide::LocalSubject::uid(&caller),
+                    gid: decide::LocalSubject::gid(&caller),
+                    segment,
+                    kind: found.kind(),
+                    id: found.id,
+                    epoch,
+                    expiry_ns: found.expiry,
+                    used_ns: now,
+                },
+                found.needs_mark(),
             );
         }
         return ALLOW;
@@ -195,8 +231,8 @@ fn verdict(
     // enforces.
     let refuse = decide::refused(
         entry,
-        &DenyEvent {
-            boot_ns: now,
+        DenyEvent {
+            boot_ns: clock.get(),
             // SAFETY: helper without arguments.
             cgroup_id: unsafe { bpf_get_current_cgroup_id() },
             segment,

@@ -7,21 +7,28 @@
 //! expiry, so a grant stops working at its instant with no help from user
 //! space. Minimum kernel: 5.8 (`bpf_ktime_get_boot_ns`).
 //!
+//! The clock is read only when an entry's expiry is finite ([`Clock`]);
+//! standing allows ([`NEVER`]) need no clock. The ancestor walk visits
+//! only the cgroup levels at which the segment has cgroup entries (the
+//! agent keeps a mask per segment in `CGROUP_LEVELS`), so a segment with
+//! no cgroup entries costs no helper call and no lookup for them.
+//!
 //! Audit mode: the port entry carries the segment's mode bit, so the same
 //! load that finds the segment tells whether a refusal is enforced or only
 //! recorded ([`refused`]); the decision itself is the same in both modes.
 use agent_common::{
     kind, peer_prefix_len, port_entry, port_index, verdict, DenyEvent, GrantKey, KillRequest,
-    PeerKey, Proto, MAX_CGROUP_DEPTH,
+    PeerKey, Proto, DENY_RING_WAKE_BYTES, MAX_CGROUP_DEPTH, NEVER,
 };
+use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns;
 
 use aya_ebpf::maps::lpm_trie::Key;
 
 use crate::debug;
 use crate::maps::{
-    COUNTERS, DENY_EVENTS, GRANTS, KILL_REQUESTS, LOCAL_NETS, PC_HOST_NETNS, PEERS, PEER_HOSTS,
-    PORTS,
+    CGROUP_LEVELS, COUNTERS, DENY_EVENTS, EPOCH, FENCE, GRANTS, KILL_REQUESTS, LOCAL_NETS,
+    PC_HOST_NETNS, PEERS, PEER_HOSTS, PORTS,
 };
 
 /// What a hook can tell about the local process behind a connection.
@@ -67,7 +74,7 @@ pub fn verdict_of(entry: u32) -> u8 {
 /// refuse — true in enforce mode, false in audit mode, where the
 /// connection or packet goes through as if allowed.
 #[inline(always)]
-pub fn refused(entry: u32, event: &DenyEvent) -> bool {
+pub fn refused(entry: u32, event: DenyEvent) -> bool {
     let enforce = !audit(entry);
     if let Some(c) = COUNTERS.get_ptr_mut(segment(entry)) {
         // SAFETY: per-CPU slot of this CPU; programs do not migrate while running.
@@ -89,34 +96,115 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_boot_ns() }
 }
 
-/// What a grant lookup found.
+/// The boot-time clock, read at most once per decision and only when
+/// something needs it (a finite expiry, a deny event).
+pub struct Clock {
+    now: u64,
+}
+
+impl Clock {
+    #[inline(always)]
+    pub fn new() -> Self {
+        Clock { now: 0 }
+    }
+
+    /// Now, read on first use (the boot-time clock is never 0 once a
+    /// program runs).
+    #[inline(always)]
+    pub fn get(&mut self) -> u64 {
+        if self.now == 0 {
+            self.now = now();
+        }
+        self.now
+    }
+}
+
+/// The policy epoch as this CPU sees it now: a plain (volatile, so not
+/// torn, hoisted or merged) 8-byte load. Enough for the per-packet compare
+/// (see `skb.rs::local_flow` for why); a decision whose result is cached
+/// under the epoch reads it with [`epoch_ordered`] instead.
+#[inline(always)]
+pub fn epoch() -> u64 {
+    match EPOCH.get_ptr(0) {
+        // SAFETY: pointer into the one-entry array's value.
+        Some(p) => unsafe { core::ptr::read_volatile(p) },
+        None => 0,
+    }
+}
+
+/// The policy epoch, then a full memory barrier before anything the
+/// caller reads next: the map lookups of the decision that will be cached
+/// under this epoch.
+///
+/// Why: the agent writes the maps, then (after a full fence of its own)
+/// the new epoch. On a weakly ordered CPU a later load may be satisfied
+/// before an earlier one, so without a barrier a decision could read the
+/// *new* epoch and an *old* grant entry, and cache a stale allow under the
+/// new epoch, where no packet would ever re-check it. The barrier is an
+/// atomic fetch-and-add on this CPU's own slot of `FENCE` (no cache line
+/// shared between CPUs): BPF atomics with a fetch are fully ordered (x86
+/// `lock xadd`, arm64 `ldaddal` or an LL/SC loop between `dmb ish`), so the
+/// epoch load is ordered before it and the lookups after it. Pairs with the
+/// agent's fence between its map writes and its epoch write
+/// (`kernel/fastpath.rs`).
+#[inline(always)]
+pub fn epoch_ordered() -> u64 {
+    let e = epoch();
+    if let Some(p) = FENCE.get_ptr_mut(0) {
+        let mut v: u64 = 1;
+        // SAFETY: `p` is this CPU's slot of a per-CPU array: a valid,
+        // aligned u64. BPF_ATOMIC | BPF_ADD | BPF_FETCH (Linux 5.12): adds
+        // `v` to the slot and returns the old value in `v`.
+        unsafe {
+            core::arch::asm!(
+                "{v} = atomic_fetch_add((u64 *)({p} + 0), {v})",
+                p = in(reg) p,
+                v = inout(reg) v,
+                options(nostack),
+            );
+        }
+        let _ = v;
+    }
+    e
+}
+
+/// What a grant lookup found: live (with its expiry), expired, or nothing.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Found {
-    Live,
+    Live(u64),
     Expired,
     Missing,
 }
 
 #[inline(always)]
-fn lookup(key: &GrantKey, now: u64) -> Found {
+fn lookup(key: &GrantKey, clock: &mut Clock) -> Found {
     match GRANTS.get_ptr(key) {
-        // SAFETY: the pointer comes from a successful lookup and points to an
-        // 8-byte value inside the map; a concurrent update can only replace
-        // it with another valid u64.
-        Some(v) if (unsafe { (*v).at_boot_ns }) > now => Found::Live,
-        Some(_) => Found::Expired,
+        Some(v) => {
+            // SAFETY: the pointer comes from a successful lookup and points
+            // to an 8-byte value inside the map; a concurrent update can
+            // only replace it with another valid u64.
+            let at = unsafe { (*v).at_boot_ns };
+            // A standing allow needs no clock.
+            if at == NEVER || at > clock.get() {
+                Found::Live(at)
+            } else {
+                Found::Expired
+            }
+        }
         None => Found::Missing,
     }
 }
 
 /// How the local decision ended: the rule that matched, or why none did
 /// (a [`debug::reason`] code), and the matched identity (uid, gid or
-/// cgroup id) and cgroup level, for the debug line.
+/// cgroup id) and cgroup level, for the debug line; for an allow, the
+/// matched entry's expiry ([`NEVER`] for a standing one).
 #[derive(Clone, Copy)]
 pub struct LocalMatch {
     pub reason: u32,
     pub id: u64,
     pub level: u32,
+    pub expiry: u64,
 }
 
 impl LocalMatch {
@@ -124,27 +212,52 @@ impl LocalMatch {
     pub fn allowed(&self) -> bool {
         self.reason < debug::reason::FIRST_DENY
     }
+
+    /// The [`kind`] of the matched entry (0 when nothing matched).
+    #[inline(always)]
+    pub fn kind(&self) -> u32 {
+        match self.reason {
+            debug::reason::UID => kind::UID,
+            debug::reason::GID => kind::GID,
+            debug::reason::CGROUP => kind::CGROUP,
+            _ => 0,
+        }
+    }
+
+    /// Whether an allow can end under an open flow without the agent's
+    /// sweep knowing whom it let in: a finite expiry (the kernel ends it
+    /// at its instant), or a `group:` entry (the sweep cannot see a
+    /// socket's gid). Only such flows are marked for re-checks.
+    #[inline(always)]
+    pub fn needs_mark(&self) -> bool {
+        self.allowed() && (self.expiry != NEVER || self.reason == debug::reason::GID)
+    }
 }
 
 /// Which live grant on `segment` covers the subject's uid, primary gid,
 /// cgroup or one of its ancestors (in that order), or why none does.
 #[inline(always)]
-pub fn local_match<S: LocalSubject>(segment: u32, subject: &S, now: u64) -> LocalMatch {
+pub fn local_match<S: LocalSubject>(segment: u32, subject: &S, clock: &mut Clock) -> LocalMatch {
     let uid = subject.uid() as u64;
-    let mut expired = lookup(
+    let mut expired = false;
+    match lookup(
         &GrantKey {
             kind: kind::UID,
             segment,
             id: uid,
         },
-        now,
-    );
-    if expired == Found::Live {
-        return LocalMatch {
-            reason: debug::reason::UID,
-            id: uid,
-            level: 0,
-        };
+        clock,
+    ) {
+        Found::Live(expiry) => {
+            return LocalMatch {
+                reason: debug::reason::UID,
+                id: uid,
+                level: 0,
+                expiry,
+            }
+        }
+        Found::Expired => expired = true,
+        Found::Missing => {}
     }
     let gid = subject.gid() as u64;
     match lookup(
@@ -153,52 +266,63 @@ pub fn local_match<S: LocalSubject>(segment: u32, subject: &S, now: u64) -> Loca
             segment,
             id: gid,
         },
-        now,
+        clock,
     ) {
-        Found::Live => {
+        Found::Live(expiry) => {
             return LocalMatch {
                 reason: debug::reason::GID,
                 id: gid,
                 level: 0,
+                expiry,
             }
         }
-        Found::Expired => expired = Found::Expired,
+        Found::Expired => expired = true,
         Found::Missing => {}
     }
+    // Only the levels at which the segment has cgroup entries (all of
+    // them when the mask is unknown).
+    let mask = CGROUP_LEVELS.get(segment).copied().unwrap_or(u32::MAX);
     let mut level = 0;
     while level < MAX_CGROUP_DEPTH {
-        let id = subject.ancestor_cgroup(level);
-        if id == 0 {
+        if (mask >> level) == 0 {
             break;
         }
-        match lookup(
-            &GrantKey {
-                kind: kind::CGROUP,
-                segment,
-                id,
-            },
-            now,
-        ) {
-            Found::Live => {
-                return LocalMatch {
-                    reason: debug::reason::CGROUP,
-                    id,
-                    level: level as u32,
-                }
+        if mask & (1 << level) != 0 {
+            let id = subject.ancestor_cgroup(level);
+            if id == 0 {
+                break;
             }
-            Found::Expired => expired = Found::Expired,
-            Found::Missing => {}
+            match lookup(
+                &GrantKey {
+                    kind: kind::CGROUP,
+                    segment,
+                    id,
+                },
+                clock,
+            ) {
+                Found::Live(expiry) => {
+                    return LocalMatch {
+                        reason: debug::reason::CGROUP,
+                        id,
+                        level: level as u32,
+                        expiry,
+                    }
+                }
+                Found::Expired => expired = true,
+                Found::Missing => {}
+            }
         }
         level += 1;
     }
     LocalMatch {
-        reason: if expired == Found::Expired {
+        reason: if expired {
             debug::reason::GRANT_EXPIRED
         } else {
             debug::reason::NO_GRANT
         },
         id: uid,
         level: 0,
+        expiry: 0,
     }
 }
 
@@ -313,11 +437,18 @@ pub fn count_allowed(segment: u32) {
     }
 }
 
-/// Reports a refusal to the agent. Dropped silently when the ring is full;
-/// the counters still record it.
+/// Reports a refusal to the agent. The event does not wake the agent (it
+/// polls on a timer) unless the ring is a quarter full, so a flood of
+/// denies costs no wake-up per deny. Dropped silently when the ring is
+/// full; the counters still record it.
 #[inline(always)]
-pub fn report_deny(event: &DenyEvent) {
-    let _ = DENY_EVENTS.output::<DenyEvent>(event, 0);
+pub fn report_deny(event: DenyEvent) {
+    let flags = if DENY_EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= DENY_RING_WAKE_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    let _ = DENY_EVENTS.output::<DenyEvent>(&event, flags as u64);
 }
 
 /// Asks the agent to destroy a socket whose flow was just cut. Best effort:

@@ -8,6 +8,10 @@
 //! workspace builds and tests with a plain `cargo`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// `decide::epoch_ordered` needs a fetching atomic add, which `core`'s
+// atomic types do not offer on the BPF target, and LLVM emits only for
+// `-C target-cpu=v3` (the build uses `generic`): written in assembly.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
 mod connect;

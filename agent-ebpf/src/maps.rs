@@ -52,6 +52,22 @@ pub static DENY_EVENTS: RingBuf = RingBuf::with_byte_size(DENY_RING_BYTES, 0);
 #[btf_map(name = "PC_FLOWS")]
 pub static FLOWS: SkStorage<FlowMark> = SkStorage::new();
 
+/// The policy epoch (entry 0), bumped by the agent after every write that
+/// can end an allow; see `skb.rs` for how marked flows use it.
+#[map(name = "PC_EPOCH")]
+pub static EPOCH: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Segment id → the cgroup levels at which the segment has cgroup entries
+/// (bit n: level n), kept by the agent; the ancestor walk visits only those.
+#[map(name = "PC_CGROUP_LEVELS")]
+pub static CGROUP_LEVELS: Array<u32> = Array::with_max_entries(MAX_SEGMENTS, 0);
+
+/// One slot per CPU that the decisions cached under the epoch update with
+/// a fully ordered atomic: a memory barrier that touches no shared cache
+/// line (see `decide::epoch_ordered`). Not pinned.
+#[map(name = "PC_FENCE")]
+pub static FENCE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Sockets whose flow was just cut, for the agent to destroy.
 #[map(name = "PC_KILL_REQUESTS")]
 pub static KILL_REQUESTS: RingBuf = RingBuf::with_byte_size(KILL_RING_BYTES, 0);

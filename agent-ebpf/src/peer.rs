@@ -227,7 +227,7 @@ fn transport<F: Frame>(
     }
     let refuse = decide::refused(
         entry,
-        &DenyEvent {
+        DenyEvent {
             boot_ns: now,
             cgroup_id: 0,
             segment,

@@ -1,11 +1,16 @@
 //! `cgroup_skb` egress and ingress at the attach cgroup.
 //!
-//! Local flows: every packet of a flow that connect4/6 let through to a
-//! protected port is checked again, so a revoked or expired grant stops an
-//! open session at its next packet. Only sockets marked by connect4/6
-//! (per-socket storage) are checked; the flow's protected endpoint is the
-//! socket's own destination. A dropped packet also asks the agent to destroy
-//! the socket, so its owner sees an error at once.
+//! Local flows: a flow that connect4/6 let through to a protected port by
+//! an allow that can end under it (a finite expiry, a `group:` entry) is
+//! marked (per-socket storage) with the decision; each of its packets
+//! passes on one compare while the decision stands (same policy epoch, and
+//! its expiry not reached: the clock is read only for a finite one), and
+//! decides again otherwise, so a revoked or expired grant stops an open
+//! session at its next packet. Flows allowed by a standing uid or cgroup
+//! entry are not marked: the agent's sweep of open flows cuts them when
+//! the policy removes their allow. The flow's protected endpoint is the
+//! socket's own destination. A dropped packet also asks the agent to
+//! destroy the socket, so its owner sees an error at once.
 //!
 //! Remote peers (ingress, on every interface, with no XDP needed): a packet
 //! arriving from the network (not through this namespace's loopback) for a
@@ -19,7 +24,7 @@
 //! was chosen by a local process. Drops here never ask for a
 //! socket to be destroyed: nothing a packet says can make the agent kill
 //! a socket. Minimum kernel: 5.10.
-use agent_common::{hook, v4_mapped, DenyEvent, FlowMark, KillRequest, Proto};
+use agent_common::{hook, v4_mapped, DenyEvent, FlowMark, KillRequest, Proto, NEVER};
 use aya_ebpf::bindings::BPF_SK_STORAGE_GET_F_CREATE;
 use aya_ebpf::{
     bindings::{__sk_buff, bpf_sock},
@@ -38,6 +43,8 @@ use crate::{
 };
 
 const PASS: i32 = 1;
+/// A marked flow's packets refresh its grant's last use at most this often.
+const USAGE_REFRESH_NS: u64 = 1_000_000_000;
 const DROP: i32 = 0;
 const AF_INET: u32 = 2;
 /// The loopback device has this index in every network namespace.
@@ -361,7 +368,7 @@ fn remote_peer(ctx: &SkBuffContext, full: *mut bpf_sock, facts: SockFacts) -> i3
     }
     let refuse = decide::refused(
         entry,
-        &DenyEvent {
+        DenyEvent {
             boot_ns: now,
             cgroup_id: 0,
             segment,
@@ -404,6 +411,28 @@ fn sock_addr(family: u32, v4: u32, v6: [u32; 4]) -> [u8; 16] {
 }
 
 /// The re-check of a local flow connect4/6 admitted (marked sockets only).
+///
+/// The fast path is one storage read, one load of the policy epoch and a
+/// compare (plus a clock read when the cached allow has a finite expiry).
+/// Why a packet never acts on a stale allow once a revoke has returned:
+/// the agent writes the maps (delete, lowered expiry, port change), then a
+/// full fence, then the new epoch, and only then replies. Whoever acts on
+/// the reply (the revoking user, a process told by it) is causally after
+/// the epoch write: the reply travels through the kernel's socket locks
+/// (release on the agent's side, acquire on the reader's), so a packet
+/// sent after it, on any CPU, loads the new epoch (a volatile 8-byte load:
+/// never torn, never cached in a register across packets), finds its mark
+/// stale and decides again. That decision reads the epoch with a barrier
+/// after it (`decide::epoch_ordered`), so the lookups see at least the
+/// maps as they were when that epoch was written: the deleted entry is
+/// gone. A decision cached under epoch E therefore never saw maps older
+/// than E's. Packets concurrent with the revoke (not causally after its
+/// reply) may pass on the old epoch; that is the same window a packet
+/// already in flight has. Two re-decisions of one socket on two CPUs may
+/// interleave their mark writes; each writes the epoch last after zeroing
+/// it, and each only ever writes an allow that was true at its epoch; the
+/// epoch bump of any later change, and the expiry (re-decided at its
+/// instant), bound what a mixed mark can let through.
 #[inline(always)]
 fn local_flow(ctx: &SkBuffContext, full: *mut bpf_sock, hook: u8) -> i32 {
     let skb = ctx.skb.skb;
@@ -416,30 +445,111 @@ fn local_flow(ctx: &SkBuffContext, full: *mut bpf_sock, hook: u8) -> i32 {
             core::ptr::null_mut(),
             0,
         )
-    } as *const FlowMark;
+    } as *mut FlowMark;
     if mark.is_null() {
         return PASS;
     }
+    // SAFETY: `mark` points at this socket's storage (freed with the
+    // socket, which the packet holds). Volatile: another CPU may rewrite it.
+    let (cached_epoch, expiry) = unsafe {
+        use core::ptr::{addr_of, read_volatile as rv};
+        (rv(addr_of!((*mark).epoch)), rv(addr_of!((*mark).expiry_ns)))
+    };
+    // The one compare: the decision stands while nothing that could end an
+    // allow was written since, and its expiry (if any) is ahead.
+    if cached_epoch != 0 && cached_epoch == decide::epoch() {
+        if expiry == NEVER {
+            return PASS;
+        }
+        let now = decide::now();
+        if now < expiry {
+            // A grant's last use (idle timeouts): refreshed at most once a
+            // second per flow, so most packets stay one compare.
+            // SAFETY: as above.
+            unsafe {
+                use core::ptr::{addr_of, addr_of_mut, read_volatile as rv, write_volatile as wv};
+                if now.wrapping_sub(rv(addr_of!((*mark).used_ns))) >= USAGE_REFRESH_NS {
+                    wv(addr_of_mut!((*mark).used_ns), now);
+                    usage::record_key(
+                        rv(addr_of!((*mark).segment)),
+                        rv(addr_of!((*mark).kind)),
+                        rv(addr_of!((*mark).id)),
+                        now,
+                        false,
+                    );
+                }
+            }
+            return PASS;
+        }
+    }
+    // Decide again: epoch first, with a barrier before the lookups.
+    let epoch = decide::epoch_ordered();
     // SAFETY: `full` is a valid full socket; these fields are readable from
     // cgroup_skb programs. `mark` points at this socket's storage.
-    let (protocol, dst_port, family, mark) =
-        unsafe { ((*full).protocol, (*full).dst_port, (*full).family, *mark) };
+    let (protocol, dst_port, family, uid, gid) = unsafe {
+        (
+            (*full).protocol,
+            (*full).dst_port,
+            (*full).family,
+            (*mark).uid,
+            (*mark).gid,
+        )
+    };
     let Some(proto) = Proto::from_ip_proto(protocol) else {
         return PASS;
     };
     let port = u16::from_be(dst_port);
     let entry = decide::port_of(proto, port);
-    if entry == 0 {
-        return PASS;
-    }
     let segment = decide::segment(entry);
-    let owner = SocketOwner { skb, mark };
-    let now = decide::now();
-    let found = decide::local_match(segment, &owner, now);
+    let owner = SocketOwner {
+        skb,
+        mark: FlowMark {
+            uid,
+            gid,
+            ..FlowMark::default()
+        },
+    };
+    let mut clock = decide::Clock::new();
+    let unprotected = entry == 0;
+    let found = if unprotected {
+        // No longer protected: passes, and stays so until a port change
+        // bumps the epoch.
+        decide::LocalMatch {
+            reason: debug::reason::UID,
+            id: 0,
+            level: 0,
+            expiry: NEVER,
+        }
+    } else {
+        decide::local_match(segment, &owner, &mut clock)
+    };
     if found.allowed() {
-        usage::record(segment, &found, now, false);
+        // The flow's use, now (and from here at most once a second).
+        let used = if unprotected {
+            0
+        } else {
+            let now = clock.get();
+            usage::record(segment, &found, now, false);
+            now
+        };
+        // SAFETY: as above; the epoch last, after an invalid one first.
+        unsafe {
+            use core::ptr::{addr_of_mut, write_volatile as wv};
+            wv(addr_of_mut!((*mark).epoch), 0);
+            (*mark).used_ns = used;
+            (*mark).segment = segment;
+            (*mark).kind = found.kind();
+            (*mark).id = found.id;
+            wv(addr_of_mut!((*mark).expiry_ns), found.expiry);
+            wv(addr_of_mut!((*mark).epoch), epoch);
+        }
         return PASS;
     }
+    let mark = FlowMark {
+        uid,
+        gid,
+        ..FlowMark::default()
+    };
     // Only the cut is logged: every packet of an admitted flow passes here.
     if debug::on() {
         debug::emit(hook as u32, found.reason, segment, port as u32, found.id);
@@ -470,8 +580,8 @@ fn local_flow(ctx: &SkBuffContext, full: *mut bpf_sock, hook: u8) -> i32 {
     };
     let refuse = decide::refused(
         entry,
-        &DenyEvent {
-            boot_ns: now,
+        DenyEvent {
+            boot_ns: clock.get(),
             // SAFETY: context pointer.
             cgroup_id: unsafe { bpf_skb_cgroup_id(skb) },
             segment,

@@ -12,11 +12,10 @@
 //! and deleted by the agent when the grant entry goes. Per CPU: no
 //! atomics, no lost counts; one hash lookup and three stores per admitted
 //! connection.
-use agent_common::{kind, GrantKey, Usage};
+use agent_common::{GrantKey, Usage};
 use aya_ebpf::bindings::BPF_NOEXIST;
 
 use crate::{
-    debug,
     decide::LocalMatch,
     maps::{PC_USAGE_ON, USAGE},
 };
@@ -26,22 +25,18 @@ use crate::{
 /// which only refreshes the last use).
 #[inline(always)]
 pub fn record(segment: u32, found: &LocalMatch, now: u64, connection: bool) {
+    record_key(segment, found.kind(), found.id, now, connection);
+}
+
+/// [`record`] for the entry (`kind`, `segment`, `id`); nothing for kind 0.
+#[inline(always)]
+pub fn record_key(segment: u32, kind: u32, id: u64, now: u64, connection: bool) {
     // SAFETY: a read of a constant the loader set; volatile so the
     // compiler does not fold the default in.
-    if unsafe { core::ptr::read_volatile(&PC_USAGE_ON) } == 0 {
+    if unsafe { core::ptr::read_volatile(&PC_USAGE_ON) } == 0 || kind == 0 {
         return;
     }
-    let kind = match found.reason {
-        debug::reason::UID => kind::UID,
-        debug::reason::GID => kind::GID,
-        debug::reason::CGROUP => kind::CGROUP,
-        _ => return,
-    };
-    let key = GrantKey {
-        kind,
-        segment,
-        id: found.id,
-    };
+    let key = GrantKey { kind, segment, id };
     let add = connection as u64;
     match USAGE.get_ptr_mut(&key) {
         // SAFETY: the pointer is this CPU's slot of an entry just looked

@@ -153,6 +153,11 @@ impl Agent {
         mode_override: Option<Mode>,
     ) -> anyhow::Result<Self> {
         let (journal, opened) = Journal::open(&paths.state_dir)?;
+        // Every write from here on keeps the kernel's policy epoch and
+        // cgroup-level masks (see `kernel/fastpath.rs`).
+        let levels = crate::kernel::CgroupLevels::new(resolver.hierarchy.mount.clone());
+        let kernel: Box<dyn KernelMaps> =
+            Box::new(crate::kernel::FastPath::new(kernel, Box::new(levels))?);
         let ports: BTreeMap<(Proto, u16), u32> = kernel
             .read_ports()?
             .into_iter()

@@ -9,6 +9,9 @@
 //! this trait. Every method of the real implementation delegates to the
 //! dataplane's own public method of the same name.
 //!
+//! [`FastPath`] wraps either, so that every write keeps the kernel's
+//! policy epoch and cgroup-level masks (see `kernel/fastpath.rs`).
+//!
 //! Kernel: what the dataplane needs (see `dataplane`); the fake needs none.
 use std::{collections::BTreeSet, path::Path};
 
@@ -27,6 +30,19 @@ pub(crate) use crate::dataplane::{CountersReader, UsageReader};
 pub(crate) trait KernelMaps: Send {
     /// Applies ledger changes in order; stops at the first failure.
     fn apply(&mut self, changes: &[Change]) -> Result<(), DataplaneError>;
+    /// `apply` for changes that can only add or extend allows (a new
+    /// grant): no open flow's allow can end, so the policy epoch stays.
+    fn apply_adding(&mut self, changes: &[Change]) -> Result<(), DataplaneError> {
+        self.apply(changes)
+    }
+    /// The policy epoch marked flows are compared against.
+    fn epoch(&self) -> Result<u64, DataplaneError>;
+    /// Writes the policy epoch (see `kernel/fastpath.rs`).
+    fn set_epoch(&mut self, epoch: u64) -> Result<(), DataplaneError>;
+    /// Every segment's cgroup-level mask that is not 0.
+    fn read_cgroup_levels(&self) -> Result<Vec<(u32, u32)>, DataplaneError>;
+    /// Sets a segment's cgroup-level mask.
+    fn set_cgroup_levels(&mut self, segment: u32, mask: u32) -> Result<(), DataplaneError>;
     /// Puts, then `ports`, then deletes, all or nothing (see `dataplane::txn`).
     fn apply_atomic(
         &mut self,
@@ -94,6 +110,18 @@ impl KernelMaps for Dataplane {
         ports: &[(Proto, u16, u32)],
     ) -> Result<(), DataplaneError> {
         Dataplane::apply_atomic(self, changes, ports)
+    }
+    fn epoch(&self) -> Result<u64, DataplaneError> {
+        Dataplane::epoch(self)
+    }
+    fn set_epoch(&mut self, epoch: u64) -> Result<(), DataplaneError> {
+        Dataplane::set_epoch(self, epoch)
+    }
+    fn read_cgroup_levels(&self) -> Result<Vec<(u32, u32)>, DataplaneError> {
+        Dataplane::read_cgroup_levels(self)
+    }
+    fn set_cgroup_levels(&mut self, segment: u32, mask: u32) -> Result<(), DataplaneError> {
+        Dataplane::set_cgroup_levels(self, segment, mask)
     }
     fn set_local_addrs(&mut self, nets: &BTreeSet<LocalNet>) -> Result<(), DataplaneError> {
         Dataplane::set_local_addrs(self, nets)
@@ -175,6 +203,9 @@ pub(crate) use fake::{FakeKernel, Write};
 
 #[cfg(test)]
 mod fake;
+mod fastpath;
+
+pub(crate) use fastpath::{CgroupLevels, FastPath};
 
 /// Whether a peer trie entry (v6 form, v6 prefix length) contains `addr`.
 pub(crate) fn prefix_contains(net: &[u8; 16], prefix: u8, addr: &[u8; 16]) -> bool {

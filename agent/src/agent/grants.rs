@@ -148,7 +148,8 @@ impl Agent {
             ));
         }
         let changes = self.ledger.set(Source::Grant(id), &keys, deadline);
-        if let Err(e) = self.kernel.apply(&changes) {
+        // A new source only adds or extends entries: no epoch bump.
+        if let Err(e) = self.kernel.apply_adding(&changes) {
             // Undo whatever part was written; nothing stays half-applied.
             let undo = self.ledger.remove(&Source::Grant(id));
             let _ = self.kernel.apply(&undo);

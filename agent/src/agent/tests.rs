@@ -538,5 +538,6 @@ mod first_use;
 mod groups;
 mod journal;
 mod locks;
+mod fastpath;
 mod usage;
 mod windows;

@@ -251,6 +251,10 @@ impl Dataplane {
             .map_err(map_err(map_names::DENY_EVENTS, "open"))?;
         let kill_requests = RingBuf::try_from(take(&mut ebpf, map_names::KILL_REQUESTS)?)
             .map_err(map_err(map_names::KILL_REQUESTS, "open"))?;
+        let epoch = Array::try_from(take(&mut ebpf, map_names::EPOCH)?)
+            .map_err(map_err(map_names::EPOCH, "open"))?;
+        let cgroup_levels = Array::try_from(take(&mut ebpf, map_names::CGROUP_LEVELS)?)
+            .map_err(map_err(map_names::CGROUP_LEVELS, "open"))?;
 
         Ok(Self {
             pin_dir,
@@ -270,6 +274,8 @@ impl Dataplane {
             local_nets,
             counters,
             discovery,
+            epoch,
+            cgroup_levels,
             usage,
             deny_events: Some(deny_events),
             kill_requests: Some(kill_requests),

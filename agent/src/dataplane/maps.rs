@@ -169,6 +169,43 @@ impl Dataplane {
         }
     }
 
+    /// The policy epoch the programs compare marked flows against.
+    pub(crate) fn epoch(&self) -> Result<u64> {
+        self.epoch
+            .get(&0, 0)
+            .map_err(map_err(map_names::EPOCH, "read"))
+    }
+
+    /// Writes the policy epoch (one 8-byte array update: the programs
+    /// never see half of it).
+    pub(crate) fn set_epoch(&mut self, epoch: u64) -> Result<()> {
+        self.epoch
+            .set(0, epoch, 0)
+            .map_err(map_err(map_names::EPOCH, "write"))
+    }
+
+    /// Every segment's cgroup-level mask that is not 0.
+    pub(crate) fn read_cgroup_levels(&self) -> Result<Vec<(u32, u32)>> {
+        let mut out = Vec::new();
+        for segment in 0..agent_common::MAX_SEGMENTS {
+            let mask = self
+                .cgroup_levels
+                .get(&segment, 0)
+                .map_err(map_err(map_names::CGROUP_LEVELS, "read"))?;
+            if mask != 0 {
+                out.push((segment, mask));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sets a segment's cgroup-level mask.
+    pub(crate) fn set_cgroup_levels(&mut self, segment: u32, mask: u32) -> Result<()> {
+        self.cgroup_levels
+            .set(segment, mask, 0)
+            .map_err(map_err(map_names::CGROUP_LEVELS, "write"))
+    }
+
     /// Every local grant entry the kernel holds (batch reads where the
     /// kernel has them).
     pub(crate) fn read_grants(&self) -> Result<Vec<(GrantKey, u64)>> {

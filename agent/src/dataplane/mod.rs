@@ -195,6 +195,10 @@ pub(crate) struct Dataplane {
     local_nets: LpmTrie<MapData, [u8; 16], u32>,
     counters: PerCpuArray<MapData, SegmentCounters>,
     discovery: HashMap<MapData, DiscoveryKey, Sighting>,
+    /// The policy epoch (`PC_EPOCH`, one entry).
+    epoch: Array<MapData, u64>,
+    /// Segment id → cgroup-level mask (`PC_CGROUP_LEVELS`).
+    cgroup_levels: Array<MapData, u32>,
     usage: PerCpuHashMap<MapData, GrantKey, Usage>,
     deny_events: Option<RingBuf<MapData>>,
     kill_requests: Option<RingBuf<MapData>>,

@@ -3,6 +3,9 @@
 //! user), and writes them to the deny log (JSON lines, not hash-chained) and
 //! to the journal.
 //!
+//! Events wake this reader only past a quarter-full ring; otherwise it
+//! polls every [`TICK`], so a flood costs no wake-up per deny.
+//!
 //! Rate limited per identity × segment: in each window the first `burst`
 //! denies of a subject on a segment are written, the rest are only counted,
 //! and when the window closes one `suppressed` line says how many were

@@ -46,6 +46,14 @@ pub(crate) struct FakeMaps {
     pub max_peers: u32,
     /// Every write so far, oldest first.
     pub writes: Vec<Write>,
+    /// The policy epoch.
+    pub epoch: u64,
+    /// Segment → cgroup-level mask (no entry: 0).
+    pub cgroup_levels: BTreeMap<u32, u32>,
+    /// Every epoch write: (how many `writes` came before it, the epoch).
+    pub epoch_writes: Vec<(usize, u64)>,
+    /// Every mask write: (how many `writes` came before it, segment, mask).
+    pub level_writes: Vec<(usize, u32, u32)>,
 }
 
 impl FakeMaps {
@@ -207,6 +215,35 @@ impl KernelMaps for FakeKernel {
         }
     }
 
+    fn epoch(&self) -> Result<u64, DataplaneError> {
+        Ok(self.maps().epoch)
+    }
+    fn set_epoch(&mut self, epoch: u64) -> Result<(), DataplaneError> {
+        let mut m = self.maps();
+        m.epoch = epoch;
+        let at = m.writes.len();
+        m.epoch_writes.push((at, epoch));
+        Ok(())
+    }
+    fn read_cgroup_levels(&self) -> Result<Vec<(u32, u32)>, DataplaneError> {
+        Ok(self
+            .maps()
+            .cgroup_levels
+            .iter()
+            .map(|(s, m)| (*s, *m))
+            .collect())
+    }
+    fn set_cgroup_levels(&mut self, segment: u32, mask: u32) -> Result<(), DataplaneError> {
+        let mut m = self.maps();
+        if mask == 0 {
+            m.cgroup_levels.remove(&segment);
+        } else {
+            m.cgroup_levels.insert(segment, mask);
+        }
+        let at = m.writes.len();
+        m.level_writes.push((at, segment, mask));
+        Ok(())
+    }
     fn set_local_addrs(&mut self, nets: &BTreeSet<LocalNet>) -> Result<(), DataplaneError> {
         self.maps().local_nets = nets.clone();
         Ok(())

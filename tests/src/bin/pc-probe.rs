@@ -21,6 +21,14 @@
 //!   pc-probe flood-udp ADDR:PORT N SECS  up to N unconnected sendto(2)s back to back, stopping
 //!                                       after SECS seconds at most; prints `flood sent S eperm E other O`
 //!
+//!   pc-probe burst-udp ADDR:PORT SECS  a connected UDP socket sending numbered datagrams (the
+//!                                       8-byte sequence number, big endian) back to back for at
+//!                                       most SECS seconds; prints `started` once the first was
+//!                                       sent; each line read on stdin is answered with `mark N`:
+//!                                       every datagram numbered N or more is sent after that line
+//!                                       was read, then goes on 300 ms more (failed sends counted,
+//!                                       not fatal); ends with `end S errors E first NAME`
+//!
 //! PC_PROBE_TIMEOUT_MS sets the connect/receive timeout (default 3000).
 use std::{
     io::{Read, Write},
@@ -207,6 +215,7 @@ fn run(args: &[String]) -> std::io::Result<()> {
             println!("ok");
             Ok(())
         }
+        Some("burst-udp") => burst_udp(addr(&args[2]), args[3].parse().expect("SECS")),
         Some("hold") => {
             let interval = Duration::from_millis(args[3].parse().expect("MS"));
             let count: u32 = args[4].parse().expect("COUNT");
@@ -287,4 +296,52 @@ fn run(args: &[String]) -> std::io::Result<()> {
             std::process::exit(2);
         }
     }
+}
+
+/// `burst-udp`: numbered datagrams back to back, failed sends counted
+/// and retried; a line on stdin is answered with the first number sent
+/// after it was read, and the burst goes on 300 ms more.
+fn burst_udp(target: SocketAddr, secs: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let s = udp_socket_for(target)?;
+    s.connect(target)?;
+    let stdin = std::io::stdin();
+    let fd = stdin.as_raw_fd();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut stop_at: Option<Instant> = None;
+    let (mut seq, mut errors) = (0u64, 0u64);
+    let mut first_error = String::from("none");
+    let mut out = std::io::stdout();
+    while Instant::now() < deadline && stop_at.is_none_or(|t| Instant::now() < t) {
+        match s.send(&seq.to_be_bytes()) {
+            Ok(_) => {}
+            Err(e) => {
+                if errors == 0 {
+                    first_error = errno_name(&e);
+                }
+                errors += 1;
+            }
+        }
+        if seq == 0 {
+            writeln!(out, "started")?;
+            out.flush()?;
+        }
+        seq += 1;
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll(2) on one pollfd we own, without waiting.
+        if stop_at.is_none() && unsafe { libc::poll(&mut pfd, 1, 0) } > 0 {
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut stdin.lock(), &mut line)?;
+            // Every datagram from `seq` on is sent after the line was read.
+            writeln!(out, "mark {seq}")?;
+            out.flush()?;
+            stop_at = Some(Instant::now() + Duration::from_millis(300));
+        }
+    }
+    writeln!(out, "end {seq} errors {errors} first {first_error}")?;
+    out.flush()
 }
