@@ -534,10 +534,10 @@ fn a_scrape_needs_no_agent_lock_and_shows_the_last_published_state() {
         "{page}"
     );
 }
+mod fastpath;
 mod first_use;
 mod groups;
 mod journal;
 mod locks;
-mod fastpath;
 mod usage;
 mod windows;
