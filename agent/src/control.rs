@@ -264,6 +264,28 @@ pub(crate) struct RequestView {
     pub decided_at: Option<String>,
     /// The approver's reason for a denial.
     pub decision_reason: Option<String>,
+    /// Every approval, oldest first (the last one decided an approved request).
+    #[serde(default)]
+    pub approvals: Vec<ApprovalView>,
+    /// How many distinct approvers the segment requires.
+    #[serde(default = "one")]
+    pub approvals_required: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// One approver's yes.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct ApprovalView {
+    /// `user (uid N)`.
+    pub by: String,
+    pub uid: u32,
+    /// RFC 3339, UTC.
+    pub at: String,
+    /// The TTL this approver allowed.
+    pub ttl_secs: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -126,6 +126,9 @@ pub struct Jit {
     pub require_reason: bool,
     /// A grant nothing used for this long lapses (`idle_timeout`).
     pub idle_timeout: Option<Duration>,
+    /// How many distinct approvers (never the requester) must approve a
+    /// request before it is granted (`approvals_required`, default 1).
+    pub approvals_required: u32,
 }
 
 impl Policy {

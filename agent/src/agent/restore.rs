@@ -174,6 +174,23 @@ impl Agent {
                     "the agent stopped before auditing this request; it was never made"
                 );
             }
+            Op::Approval {
+                request_id,
+                approval,
+                ..
+            } => {
+                if let Some(r) = memory.requests.get_mut(&request_id) {
+                    r.approvals.retain(|a| a.by.uid != approval.by.uid);
+                    let _ = self.journal.append_or_queue(Op::Request {
+                        request: r.clone(),
+                        audit_prev: None,
+                    });
+                }
+                warn!(
+                    request = request_id,
+                    "the agent stopped before auditing an approval of this request; it was never given"
+                );
+            }
             Op::End {
                 grant_id,
                 event: Some(event),

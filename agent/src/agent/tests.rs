@@ -531,5 +531,6 @@ fn a_scrape_needs_no_agent_lock_and_shows_the_last_published_state() {
         "{page}"
     );
 }
+mod approvals;
 mod journal;
 mod usage;

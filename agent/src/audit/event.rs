@@ -68,6 +68,20 @@ pub(crate) enum AuditEvent {
         requested_by: Actor,
         actor: Actor,
     },
+    /// One approval of a request that needs more than one
+    /// (`approvals_required`), short of the last: the last is the `approve`.
+    Approval {
+        request_id: u64,
+        segment: String,
+        identity: String,
+        /// Approvals given so far, this one included.
+        approvals: u32,
+        /// How many the segment requires.
+        required: u32,
+        ttl_secs: u64,
+        requested_by: Actor,
+        actor: Actor,
+    },
     Deny {
         request_id: u64,
         segment: String,
@@ -216,13 +230,14 @@ pub(crate) enum AuditEvent {
 impl AuditEvent {
     /// Every kind this version writes, as named on disk (for the docs test).
     #[cfg(test)]
-    pub(crate) const KINDS: [&'static str; 20] = [
+    pub(crate) const KINDS: [&'static str; 21] = [
         "agent_start",
         "agent_stop",
         "grant",
         "grant_failed",
         "request",
         "approve",
+        "approval",
         "deny",
         "request_expire",
         "revoke",
@@ -250,6 +265,7 @@ impl AuditEvent {
             Self::GrantFailed { .. } => "grant_failed",
             Self::Request { .. } => "request",
             Self::Approve { .. } => "approve",
+            Self::Approval { .. } => "approval",
             Self::Deny { .. } => "deny",
             Self::RequestExpire { .. } => "request_expire",
             Self::Revoke { .. } => "revoke",
@@ -287,6 +303,7 @@ impl AuditEvent {
             | Self::GrantFailed { segment, .. }
             | Self::Request { segment, .. }
             | Self::Approve { segment, .. }
+            | Self::Approval { segment, .. }
             | Self::Deny { segment, .. }
             | Self::RequestExpire { segment, .. }
             | Self::Revoke { segment, .. }
@@ -314,6 +331,7 @@ impl AuditEvent {
             | Self::GrantFailed { identity, .. }
             | Self::Request { identity, .. }
             | Self::Approve { identity, .. }
+            | Self::Approval { identity, .. }
             | Self::Deny { identity, .. }
             | Self::RequestExpire { identity, .. }
             | Self::Revoke { identity, .. }
@@ -342,6 +360,7 @@ impl AuditEvent {
             | Self::GrantFailed { actor, .. }
             | Self::Request { actor, .. }
             | Self::Approve { actor, .. }
+            | Self::Approval { actor, .. }
             | Self::Deny { actor, .. }
             | Self::Revoke { actor, .. }
             | Self::Expire { actor, .. }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     audit::AuditEvent,
-    requests::{AccessRequest, RequestState},
+    requests::{AccessRequest, Approval, RequestState},
     state::Grant,
 };
 
@@ -53,6 +53,13 @@ pub(crate) enum Op {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         audit_prev: Option<String>,
     },
+    /// One approval of a pending request that needs more than one.
+    Approval {
+        request_id: u64,
+        approval: Approval,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        audit_prev: Option<String>,
+    },
     /// A decided request old enough to be forgotten.
     ForgetRequest { request_id: u64 },
     /// The whole segment-name → id map (at most `MAX_SEGMENTS` entries).
@@ -65,7 +72,8 @@ impl Op {
         match self {
             Op::Grant { audit_prev, .. }
             | Op::End { audit_prev, .. }
-            | Op::Request { audit_prev, .. } => audit_prev.as_deref(),
+            | Op::Request { audit_prev, .. }
+            | Op::Approval { audit_prev, .. } => audit_prev.as_deref(),
             _ => None,
         }
     }
@@ -103,6 +111,17 @@ impl Memory {
             Op::Request { request, .. } => {
                 self.next_id = self.next_id.max(request.id + 1);
                 self.requests.insert(request.id, request.clone());
+            }
+            Op::Approval {
+                request_id,
+                approval,
+                ..
+            } => {
+                if let Some(r) = self.requests.get_mut(request_id) {
+                    if r.is_pending() && !r.approved_by(approval.by.uid) {
+                        r.approvals.push(approval.clone());
+                    }
+                }
             }
             Op::ForgetRequest { request_id } => {
                 self.requests.remove(request_id);

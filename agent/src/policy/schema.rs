@@ -26,12 +26,13 @@ use crate::{
 };
 
 const SEGMENT_KEYS: [&str; 5] = ["description", "ports", "allow", "jit", "mode"];
-const JIT_KEYS: [&str; 5] = [
+const JIT_KEYS: [&str; 6] = [
     "max_ttl",
     "default_ttl",
     "approvers",
     "require_reason",
     "idle_timeout",
+    "approvals_required",
 ];
 /// `default_ttl` when the policy gives none (capped at `max_ttl`).
 const DEFAULT_TTL: Duration = Duration::from_secs(15 * 60);
@@ -450,6 +451,10 @@ impl Parser<'_> {
             None => None,
             Some(item) => Some(self.idle_timeout(item, &location)?),
         };
+        let approvals_required = match table.get("approvals_required") {
+            None => 1,
+            Some(item) => self.approvals_required(item, &location)?,
+        };
 
         let max_ttl = max_ttl?;
         let default_ttl = match default_ttl {
@@ -477,6 +482,7 @@ impl Parser<'_> {
             approvers,
             require_reason,
             idle_timeout,
+            approvals_required,
         })
     }
 
@@ -580,6 +586,8 @@ fn article(type_name: &str) -> String {
     format!("{} {type_name}", if vowel { "an" } else { "a" })
 }
 
+/// The `jit` table's `approvals_required`.
+mod approvals;
 /// The `jit` table's `idle_timeout` and approvers.
 mod jit;
 #[cfg(test)]

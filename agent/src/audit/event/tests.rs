@@ -76,6 +76,16 @@ fn one_of_each() -> Vec<AuditEvent> {
             requested_by: actor(),
             actor: actor(),
         },
+        AuditEvent::Approval {
+            request_id: 2,
+            segment: s("db"),
+            identity: s("uid:1"),
+            approvals: 1,
+            required: 2,
+            ttl_secs: 60,
+            requested_by: actor(),
+            actor: actor(),
+        },
         AuditEvent::Deny {
             request_id: 2,
             segment: s("db"),
