@@ -53,6 +53,8 @@ mod discovery;
 mod enforce;
 /// Typed refusals, mapped to `Refusal` at the edge.
 mod errors;
+/// `extend`: a live grant's later expiry, in place.
+mod extend;
 /// Making, revoking and expiring grants.
 mod grants;
 /// Requests, approvals, denials and `explain` (the JIT workflow).

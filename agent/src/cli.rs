@@ -124,6 +124,20 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Give a live grant more time, in place (root or an approver of its
+    /// segment); never past the segment's max_ttl from the grant's start.
+    Extend {
+        /// The grant id printed by `grant`, `approve` and `list`.
+        id: u64,
+        /// How long the grant lasts from now on.
+        #[arg(long)]
+        ttl: Ttl,
+        /// Why (required when the segment requires reasons).
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Deny a pending request.
     Deny {
         id: u64,
@@ -328,6 +342,12 @@ pub(crate) fn run_client(cli: Cli) -> ExitCode {
         }
         Command::Approve { id, ttl, json } => (Request::Approve { id, ttl }, json),
         Command::Deny { id, reason, json } => (Request::Deny { id, reason }, json),
+        Command::Extend {
+            id,
+            ttl,
+            reason,
+            json,
+        } => (Request::Extend { id, ttl, reason }, json),
         Command::Explain { args, pid, json } => match jit::explain_request(args, pid) {
             Ok(request) => (request, json),
             Err(msg) => return fail(2, msg),

@@ -86,6 +86,13 @@ pub(crate) enum Request {
         id: u64,
         reason: String,
     },
+    /// Give a live grant `ttl` more from now, in place.
+    Extend {
+        id: u64,
+        ttl: Ttl,
+        #[serde(default)]
+        reason: Option<String>,
+    },
     /// One request, pending or recently decided (what `request --wait` polls).
     ShowRequest {
         id: u64,
@@ -151,6 +158,10 @@ pub(crate) enum Reply {
     },
     Denied {
         request: Box<RequestView>,
+    },
+    /// A grant given a later expiry (`extend`).
+    Extended {
+        grant: Box<GrantView>,
     },
     Request {
         request: Box<RequestView>,
@@ -431,6 +442,7 @@ pub(crate) fn check_text(request: &Request) -> Result<(), crate::termtext::Unsaf
             segment, reason, ..
         } => vec![("segment", Some(segment)), ("reason", reason.as_deref())],
         Request::Deny { reason, .. } => vec![("reason", Some(reason))],
+        Request::Extend { reason, .. } => vec![("reason", reason.as_deref())],
         Request::Explain { identity, port, .. } => {
             vec![("identity", identity.as_deref()), ("port", Some(port))]
         }

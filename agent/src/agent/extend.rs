@@ -53,10 +53,7 @@ impl Agent {
         reason: Option<&str>,
     ) -> Result<Reply, Refusal> {
         let Some(old) = self.grants.get(&id).cloned() else {
-            return Err(CoreError::NoSuchGrant {
-                what: format!("grant {id}"),
-            }
-            .into());
+            return Err(CoreError::NoSuchGrant { id }.into());
         };
         let seg = self.segment(&old.segment)?.clone();
         let jit = jit_rules(&seg)?;
@@ -92,7 +89,8 @@ impl Agent {
             .created_unix_ms
             .saturating_add(u64::try_from(jit.max_ttl.as_millis()).unwrap_or(u64::MAX));
         if new_unix_ms > limit_unix_ms {
-            let left = Duration::from_millis(limit_unix_ms.saturating_sub(state::unix_ms(now_wall)));
+            let left =
+                Duration::from_millis(limit_unix_ms.saturating_sub(state::unix_ms(now_wall)));
             return Err(refuse(
                 RefusalCode::Invalid,
                 format!(
@@ -138,7 +136,10 @@ impl Agent {
             .map_err(|e| refuse(RefusalCode::Unavailable, format!("extend refused: the agent cannot write its journal, so it could not remember the new expiry ({e})")))?;
         if let Err(e) = self.set_expiry(&grant) {
             self.undo_extend(&old);
-            return Err(refuse(RefusalCode::Unavailable, format!("extend refused: {e}")));
+            return Err(refuse(
+                RefusalCode::Unavailable,
+                format!("extend refused: {e}"),
+            ));
         }
         let by = Actor::from_uid(cred.uid, cred.pid);
         let audited = self.audit.record(AuditEvent::Extend {

@@ -532,5 +532,6 @@ fn a_scrape_needs_no_agent_lock_and_shows_the_last_published_state() {
     );
 }
 mod approvals;
+mod extend;
 mod journal;
 mod usage;

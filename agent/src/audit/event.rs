@@ -82,6 +82,18 @@ pub(crate) enum AuditEvent {
         requested_by: Actor,
         actor: Actor,
     },
+    /// A live grant given a later expiry (`portcullis extend`), in place.
+    Extend {
+        grant_id: u64,
+        segment: String,
+        identity: String,
+        /// How long it lasts from the extension on.
+        ttl_secs: u64,
+        expires_at: String,
+        previous_expires_at: String,
+        reason: Option<String>,
+        actor: Actor,
+    },
     Deny {
         request_id: u64,
         segment: String,
@@ -230,7 +242,7 @@ pub(crate) enum AuditEvent {
 impl AuditEvent {
     /// Every kind this version writes, as named on disk (for the docs test).
     #[cfg(test)]
-    pub(crate) const KINDS: [&'static str; 21] = [
+    pub(crate) const KINDS: [&'static str; 22] = [
         "agent_start",
         "agent_stop",
         "grant",
@@ -238,6 +250,7 @@ impl AuditEvent {
         "request",
         "approve",
         "approval",
+        "extend",
         "deny",
         "request_expire",
         "revoke",
@@ -266,6 +279,7 @@ impl AuditEvent {
             Self::Request { .. } => "request",
             Self::Approve { .. } => "approve",
             Self::Approval { .. } => "approval",
+            Self::Extend { .. } => "extend",
             Self::Deny { .. } => "deny",
             Self::RequestExpire { .. } => "request_expire",
             Self::Revoke { .. } => "revoke",
@@ -304,6 +318,7 @@ impl AuditEvent {
             | Self::Request { segment, .. }
             | Self::Approve { segment, .. }
             | Self::Approval { segment, .. }
+            | Self::Extend { segment, .. }
             | Self::Deny { segment, .. }
             | Self::RequestExpire { segment, .. }
             | Self::Revoke { segment, .. }
@@ -332,6 +347,7 @@ impl AuditEvent {
             | Self::Request { identity, .. }
             | Self::Approve { identity, .. }
             | Self::Approval { identity, .. }
+            | Self::Extend { identity, .. }
             | Self::Deny { identity, .. }
             | Self::RequestExpire { identity, .. }
             | Self::Revoke { identity, .. }
@@ -361,6 +377,7 @@ impl AuditEvent {
             | Self::Request { actor, .. }
             | Self::Approve { actor, .. }
             | Self::Approval { actor, .. }
+            | Self::Extend { actor, .. }
             | Self::Deny { actor, .. }
             | Self::Revoke { actor, .. }
             | Self::Expire { actor, .. }

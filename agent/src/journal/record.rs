@@ -60,6 +60,18 @@ pub(crate) enum Op {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         audit_prev: Option<String>,
     },
+    /// A live grant's new expiry (`portcullis extend`), with the one it
+    /// replaces (put back at start if the `extend` record is missing).
+    Extend {
+        grant_id: u64,
+        expires_unix_ms: u64,
+        expires_boot_ns: u64,
+        previous_unix_ms: u64,
+        previous_boot_ns: u64,
+        boot_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        audit_prev: Option<String>,
+    },
     /// A decided request old enough to be forgotten.
     ForgetRequest { request_id: u64 },
     /// The whole segment-name → id map (at most `MAX_SEGMENTS` entries).
@@ -73,7 +85,8 @@ impl Op {
             Op::Grant { audit_prev, .. }
             | Op::End { audit_prev, .. }
             | Op::Request { audit_prev, .. }
-            | Op::Approval { audit_prev, .. } => audit_prev.as_deref(),
+            | Op::Approval { audit_prev, .. }
+            | Op::Extend { audit_prev, .. } => audit_prev.as_deref(),
             _ => None,
         }
     }
@@ -121,6 +134,19 @@ impl Memory {
                     if r.is_pending() && !r.approved_by(approval.by.uid) {
                         r.approvals.push(approval.clone());
                     }
+                }
+            }
+            Op::Extend {
+                grant_id,
+                expires_unix_ms,
+                expires_boot_ns,
+                boot_id,
+                ..
+            } => {
+                if let Some(g) = self.grants.get_mut(grant_id) {
+                    g.expires_unix_ms = *expires_unix_ms;
+                    g.expires_boot_ns = *expires_boot_ns;
+                    g.boot_id = boot_id.clone();
                 }
             }
             Op::ForgetRequest { request_id } => {

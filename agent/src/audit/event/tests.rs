@@ -86,6 +86,16 @@ fn one_of_each() -> Vec<AuditEvent> {
             requested_by: actor(),
             actor: actor(),
         },
+        AuditEvent::Extend {
+            grant_id: 1,
+            segment: s("db"),
+            identity: s("uid:1"),
+            ttl_secs: 60,
+            expires_at: s("T2"),
+            previous_expires_at: s("T1"),
+            reason: Some(s("r")),
+            actor: actor(),
+        },
         AuditEvent::Deny {
             request_id: 2,
             segment: s("db"),
