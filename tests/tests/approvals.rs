@@ -2,10 +2,18 @@
 //! agent: `approvals_required = 2` grants only after two distinct
 //! approvers, never counts the requester, audits each approval, shows
 //! "1 of 2" in `list --pending`, and keeps a partial approval across a
-//! restart.
-use std::{fs, os::unix::fs::PermissionsExt, process::Output};
+//! restart; `extend` lengthens a live grant in the kernel without a gap
+//! (an open session and a connect loop see no refusal across the original
+//! expiry) and is bounded by max_ttl from the grant's start.
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt,
+    process::{Output, Stdio},
+    time::Duration,
+};
 
 use portcullis_tests::{
+    session::Session,
     users::{TestGroup, TestUser},
     *,
 };
@@ -217,4 +225,102 @@ fn two_distinct_approvers_are_needed_and_the_requester_never_counts() {
         "the last approval is the approve"
     );
     assert!(w.pending().is_empty());
+}
+
+#[test]
+fn extend_lengthens_a_live_grant_without_a_gap_and_is_bounded() {
+    let w = World::new();
+    let alice = As::user(&w.cg.path, w.alice.uid, w.alice.gid);
+    let root = |args: &[&str]| Ran::of(w.agent.cli(args));
+    let v = root(&[
+        "grant",
+        "db",
+        &w.alice.identity(),
+        "--ttl",
+        "4s",
+        "--reason",
+        "INC-9",
+        "--json",
+    ])
+    .ok()
+    .json();
+    let id = v["ok"]["grant"]["id"].as_u64().unwrap().to_string();
+
+    // An open session (a round trip every 100 ms) and a connect loop, both
+    // running across the grant's original expiry.
+    let mut cmd = alice.command(probe_bin());
+    cmd.args(["hold", &w.server.addr.to_string(), "100", "600"]);
+    let session = Session::start(cmd);
+    session.wait_round_trips(2, Duration::from_secs(10));
+    let looping = alice
+        .command(probe_bin())
+        .args(["loop-until", &w.server.addr.to_string(), "8", "200000"])
+        .env("PC_PROBE_TIMEOUT_MS", "2000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start connect loop");
+
+    // An approver extends it (not alice herself: she is no approver of her own grant).
+    w.as_user(
+        &w.alice,
+        &["extend", &id, "--ttl", "2m", "--reason", "INC-9 still open"],
+    )
+    .refused("may not extend");
+    let e = w
+        .as_user(
+            &w.bob,
+            &[
+                "extend",
+                &id,
+                "--ttl",
+                "2m",
+                "--reason",
+                "INC-9 still open",
+                "--json",
+            ],
+        )
+        .ok()
+        .json();
+    assert_eq!(e["ok"]["grant"]["id"].to_string(), id, "{e}");
+    assert!(
+        e["ok"]["grant"]["remaining_secs"].as_u64().unwrap() > 60,
+        "{e}"
+    );
+
+    // 80 more round trips (8 s) outlive the original 4 s: none refused.
+    session.wait_round_trips(80, Duration::from_secs(60));
+    let out = looping.wait_with_output().expect("connect loop");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let f: Vec<&str> = text.split_whitespace().collect();
+    assert!(f.len() >= 7 && f[0] == "loop", "{text:?}");
+    assert_eq!(
+        f[4], "0",
+        "a connect was refused across the extension: {text}"
+    );
+    assert_ne!(f[2], "0", "{text}");
+    // The kernel holds the new expiry.
+    let x = root(&[
+        "explain",
+        &w.alice.identity(),
+        &format!("{}/tcp", w.server.port()),
+        "--json",
+    ])
+    .ok()
+    .json();
+    assert_eq!(x["ok"]["allowed"], true, "{x}");
+    assert!(x["ok"]["remaining_secs"].as_u64().unwrap() > 60, "{x}");
+
+    // Bounded by max_ttl (10m) from the grant's start, for root too.
+    root(&["extend", &id, "--ttl", "10m", "--reason", "more"])
+        .refused("at most 10m from the grant's start");
+    let rec = w
+        .agent
+        .audit_records()
+        .into_iter()
+        .find(|r| r["event"] == "extend" && r["grant_id"].to_string() == id)
+        .expect("extend audited");
+    assert_eq!(rec["actor"]["uid"], w.bob.uid);
+    assert_eq!(rec["ttl_secs"], 120);
+    assert_eq!(rec["reason"], "INC-9 still open");
 }
