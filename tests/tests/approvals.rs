@@ -244,7 +244,8 @@ fn extend_lengthens_a_live_grant_without_a_gap_and_is_bounded() {
     ])
     .ok()
     .json();
-    let id = v["ok"]["grant"]["id"].as_u64().unwrap().to_string();
+    let gid = v["ok"]["grant"]["id"].as_u64().unwrap();
+    let id = gid.to_string();
 
     // An open session (a round trip every 100 ms) and a connect loop, both
     // running across the grant's original expiry.
@@ -282,7 +283,7 @@ fn extend_lengthens_a_live_grant_without_a_gap_and_is_bounded() {
         )
         .ok()
         .json();
-    assert_eq!(e["ok"]["grant"]["id"].to_string(), id, "{e}");
+    assert_eq!(e["ok"]["grant"]["id"], gid, "{e}");
     assert!(
         e["ok"]["grant"]["remaining_secs"].as_u64().unwrap() > 60,
         "{e}"
@@ -318,7 +319,7 @@ fn extend_lengthens_a_live_grant_without_a_gap_and_is_bounded() {
         .agent
         .audit_records()
         .into_iter()
-        .find(|r| r["event"] == "extend" && r["grant_id"].to_string() == id)
+        .find(|r| r["event"] == "extend" && r["grant_id"] == gid)
         .expect("extend audited");
     assert_eq!(rec["actor"]["uid"], w.bob.uid);
     assert_eq!(rec["ttl_secs"], 120);

@@ -19,7 +19,7 @@ use crate::{
 /// What an approval does to a request.
 pub(super) enum Step {
     /// More approvals are needed: recorded, still pending.
-    Recorded(Reply),
+    Recorded(Box<Reply>),
     /// This approval completes the count: grant for this TTL (the shortest
     /// any approver allowed).
     Grant(Duration),
@@ -112,9 +112,9 @@ impl Agent {
             required,
             "approval recorded; more are required"
         );
-        Ok(Step::Recorded(Reply::Request {
+        Ok(Step::Recorded(Box::new(Reply::Request {
             request: Box::new(self.request_view(&updated)),
-        }))
+        })))
     }
 
     /// Every approval of `r`, oldest first: the recorded ones, then the

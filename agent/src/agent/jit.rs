@@ -242,7 +242,7 @@ impl Agent {
         check_ttl(&seg, jit, ttl)?;
         let by = Actor::from_uid(cred.uid, cred.pid);
         let ttl = match self.approval_step(&req, &by, ttl, now)? {
-            Step::Recorded(reply) => return Ok(reply),
+            Step::Recorded(reply) => return Ok(*reply),
             Step::Grant(ttl) => ttl,
         };
         let grant = self.open_grant(

@@ -121,7 +121,7 @@ fn an_extension_survives_a_restart_and_an_unaudited_one_is_taken_back() {
         id
     };
     let extended = expiry(&f, USER);
-    let mut a = f.start(POLICY);
+    let a = f.start(POLICY);
     let g = match a.list() {
         Reply::List(l) => l.grants.into_iter().find(|g| g.id == id).unwrap(),
         other => panic!("{other:?}"),
