@@ -100,6 +100,9 @@ pub(crate) struct Agent {
     mode_override: Option<Mode>,
     /// Whether the hooks feed the discovery map.
     discovery_on: bool,
+    /// Where the metrics endpoint listens (for `status`'s warning when it
+    /// sits on a protected port).
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Standing allows that do not resolve right now, with why.
     unresolved: BTreeMap<(String, String), String>,
     local_addresses: usize,
@@ -166,6 +169,7 @@ impl Agent {
             ports,
             mode_override,
             discovery_on: true,
+            metrics_addr: None,
             unresolved: BTreeMap::new(),
             local_addresses: 0,
             last_reload: None,
@@ -339,16 +343,17 @@ impl Agent {
     }
 
     /// Attaches the programs once the maps hold the policy, the grants and
-    /// this host's addresses; returns where XDP went.
+    /// this host's addresses; returns where the peer filter went.
     pub(crate) fn attach(
         &mut self,
-    ) -> Result<Vec<crate::dataplane::XdpAttachment>, crate::dataplane::DataplaneError> {
+    ) -> Result<Vec<crate::dataplane::PeerFilter>, crate::dataplane::DataplaneError> {
         self.kernel.attach()
     }
 
-    /// Whether XDP enforces remote peers (the sweep then judges every flow).
-    pub(crate) fn has_xdp(&self) -> bool {
-        self.kernel.has_xdp()
+    /// Whether the peer filter (XDP or tc) enforces remote peers on some
+    /// interface (the sweep then judges every flow).
+    pub(crate) fn has_peer_filter(&self) -> bool {
+        !self.kernel.peer_filters().is_empty()
     }
 
     /// The maps' read side, for the sweep's judgement.

@@ -30,6 +30,50 @@ pub(crate) enum CgroupError {
     Systemd { unit: String, why: String },
     #[error("process {pid} not found or has no cgroup v2 entry")]
     NoProcess { pid: u32 },
+    #[error("the cgroup to attach to, {path}, {why}; give a directory of the cgroup2 tree under {mount} (--cgroup or `cgroup` in the configuration; unset, the agent covers the whole host from {mount})", path = path.display(), mount = mount.display())]
+    AttachPoint {
+        path: PathBuf,
+        mount: PathBuf,
+        why: &'static str,
+    },
+}
+
+/// Checks that `path` is a directory of the cgroup2 filesystem, so that a
+/// wrong `--cgroup` is named for what it is (a file, cgroup v1, not a
+/// cgroup at all) instead of failing later as a kernel refusal to attach.
+pub(crate) fn check_attach_point(path: &Path, mount: &Path) -> Result<(), CgroupError> {
+    let err = |why| CgroupError::AttachPoint {
+        path: path.to_path_buf(),
+        mount: mount.to_path_buf(),
+        why,
+    };
+    let meta = match fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(err("does not exist")),
+        Err(e) => {
+            return Err(CgroupError::Io {
+                path: path.display().to_string(),
+                source: e,
+            })
+        }
+    };
+    if !meta.is_dir() {
+        return Err(err("is a file, not a cgroup directory"));
+    }
+    use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, CGROUP_SUPER_MAGIC};
+    let magic = nix::sys::statfs::statfs(path)
+        .map(|s| s.filesystem_type())
+        .map_err(|e| CgroupError::Io {
+            path: path.display().to_string(),
+            source: e.into(),
+        })?;
+    match magic {
+        CGROUP2_SUPER_MAGIC => Ok(()),
+        CGROUP_SUPER_MAGIC => Err(err(
+            "is on a cgroup v1 hierarchy; the programs attach only to cgroup v2",
+        )),
+        _ => Err(err("is not on a cgroup filesystem")),
+    }
 }
 
 /// The mount point of the cgroup2 filesystem, from /proc/self/mountinfo.

@@ -1,7 +1,8 @@
 //! The `portcullis` command line: argument parsing, client-side checks, and
 //! output (readable tables for people, `--json` for scripts).
 //!
-//! Exit codes: 0 done; 1 the agent refused (the message says why); 2 bad
+//! Exit codes: 0 done; 1 the agent refused (the message says why), or
+//! the answer is "no" (`explain`: DENY; `status`: enforcement incomplete); 2 bad
 //! arguments (including text with control characters, which the agent
 //! refuses too) or an invalid policy (`check`); 3 the agent could not be
 //! reached.
@@ -13,8 +14,12 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
+/// The examples of each subcommand's `--help`.
+mod examples;
 /// `request --wait`, `explain` arguments, rendering of requests and explanations.
 mod jit;
+/// Shell completions and man pages.
+mod manuals;
 /// Human-readable replies: tables, grant lines, status.
 mod render;
 /// Streamed replies (`list --json`, `revoke`) printed record by record.
@@ -27,7 +32,7 @@ mod uninstall;
 mod usage;
 
 pub(crate) use render::render;
-use render::{left, not_enforcing, table};
+use render::{exits_one, left, table};
 
 use crate::{
     control::{self, Reply, Request, Response},
@@ -57,9 +62,12 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Run the agent in the foreground: load and attach the programs, apply
     /// the policy, serve the control socket.
+    #[command(after_help = examples::AGENT)]
     Agent(Box<AgentArgs>),
     /// Open SEGMENT to IDENTITY for a bounded time; prints the grant's id.
+    #[command(after_help = examples::GRANT)]
     Grant {
+        /// The segment to open, as named in the policy.
         segment: String,
         /// unit:NAME.service, cgroup:/PATH, user:NAME, uid:N, group:NAME, gid:N, peer:CIDR
         identity: String,
@@ -69,21 +77,27 @@ pub(crate) enum Command {
         /// Why (required where the segment's policy says so).
         #[arg(long)]
         reason: Option<String>,
+        /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
     },
     /// Revoke a grant by id, every grant of an identity, or every grant on a segment.
+    #[command(after_help = examples::REVOKE)]
     Revoke {
         /// The grant id printed by `grant` and `list`.
         id: Option<u64>,
+        /// Every grant of this identity (with --segment: on that segment only).
         #[arg(long)]
         identity: Option<String>,
+        /// Every grant on this segment (with --identity: only that identity's).
         #[arg(long)]
         segment: Option<String>,
+        /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
     },
     /// Show standing allows, live grants with their time left, and pending requests.
+    #[command(after_help = examples::LIST)]
     List {
         /// Only the requests waiting for a decision.
         #[arg(long)]
@@ -92,15 +106,18 @@ pub(crate) enum Command {
         /// last use (counted by the kernel).
         #[arg(long, conflicts_with = "pending")]
         usage: bool,
+        /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
     },
     /// Reports; `report unused`: standing allows and grants nobody used.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = examples::REPORT)]
     Report(ReportCommand),
     /// Ask for access to SEGMENT for yourself (your user: identity); prints
     /// the request's id. Root or one of the segment's approvers decides.
+    #[command(after_help = examples::REQUEST)]
     Request {
+        /// The segment to ask for, as named in the policy.
         segment: String,
         /// How long, e.g. 30m (default: the segment's default_ttl; at most its max_ttl).
         #[arg(long)]
@@ -111,21 +128,25 @@ pub(crate) enum Command {
         /// Wait for the decision: exit 0 when approved, 1 when denied or expired.
         #[arg(long)]
         wait: bool,
+        /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
     },
     /// Approve a pending request: grants it, for at most the TTL it asked for.
+    #[command(after_help = examples::APPROVE)]
     Approve {
         /// The request id printed by `request` and `list --pending`.
         id: u64,
         /// Grant less time than asked (never more).
         #[arg(long)]
         ttl: Option<Ttl>,
+        /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
     },
     /// Give a live grant more time, in place (root or an approver of its
     /// segment); never past the segment's max_ttl from the grant's start.
+    #[command(after_help = examples::EXTEND)]
     Extend {
         /// The grant id printed by `grant`, `approve` and `list`.
         id: u64,
@@ -135,20 +156,25 @@ pub(crate) enum Command {
         /// Why (required when the segment requires reasons).
         #[arg(long)]
         reason: Option<String>,
+        /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
     },
     /// Deny a pending request.
+    #[command(after_help = examples::DENY)]
     Deny {
+        /// The request id printed by `request` and `list --pending`.
         id: u64,
         /// Why; the requester sees it.
         #[arg(long, required = true)]
         reason: String,
+        /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
     },
     /// Say which segment, rule or grant decides whether IDENTITY (or the
     /// process --pid PID) may reach PORT/PROTO, read from the kernel maps.
+    #[command(after_help = examples::EXPLAIN)]
     Explain {
         /// IDENTITY PORT/PROTO, or just PORT/PROTO with --pid.
         #[arg(value_name = "[IDENTITY] PORT/PROTO", num_args = 1..=2, required = true)]
@@ -156,17 +182,21 @@ pub(crate) enum Command {
         /// Take the identity from a running process (its cgroup, uid and gid).
         #[arg(long)]
         pid: Option<u32>,
+        /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
     },
     /// List every listening TCP/UDP socket and who the kernel saw reach
     /// each port since the agent started, protected or not (root only).
+    #[command(after_help = examples::DISCOVER)]
     Discover {
+        /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
     },
     /// Print a segment policy (TOML) allowing the clients the kernel saw,
     /// for review: `--segment S` (its ports) or `--port PORT/PROTO`.
+    #[command(after_help = examples::SUGGEST)]
     Suggest {
         /// One port, e.g. 5432/tcp.
         #[arg(long, conflicts_with = "segment", required_unless_present = "segment")]
@@ -182,29 +212,50 @@ pub(crate) enum Command {
         aggregate: bool,
     },
     /// Show what the agent enforces: programs, segments, counters, capacity.
+    #[command(after_help = examples::STATUS)]
     Status {
+        /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
     },
     /// Query the audit trail (`--denies`: the kernel deny log), or `audit verify` its hash chain.
+    #[command(after_help = examples::AUDIT)]
     Audit(crate::audit::query::AuditArgs),
     /// Validate policy files or directories offline (no root, no agent).
+    #[command(after_help = examples::CHECK)]
     Check {
+        /// Policy files, or directories of them (every non-hidden *.toml).
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
     /// Stop enforcing: detach every program and remove every pinned map of
     /// the agent's bpffs directory (through the agent when one runs; it then
     /// stops). Explicit by design: stopping the agent never does this.
+    #[command(after_help = examples::UNINSTALL)]
     Uninstall(uninstall::UninstallArgs),
     /// Kernel debug lines in the agent's log (root only): which rule let a
     /// connection through, why one was refused. Off by default; without
     /// on/off, shows the state.
+    #[command(after_help = examples::DEBUG)]
     Debug {
+        /// `on` or `off`; without it, shows the state.
         #[arg(value_parser = ["on", "off"])]
         state: Option<String>,
+        /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
+    },
+    /// Print a shell completion script on stdout.
+    #[command(after_help = examples::COMPLETIONS)]
+    Completions {
+        /// The shell to complete in.
+        shell: manuals::Shell,
+    },
+    /// Write the man pages into DIR (for packaging).
+    #[command(hide = true)]
+    Man {
+        /// Where to write portcullis.1 and portcullis-SUBCOMMAND.1.
+        dir: PathBuf,
     },
     /// Per-packet cost of the programs under BPF_PROG_TEST_RUN, as JSON (for `cargo xtask bench`).
     #[cfg(feature = "bench")]
@@ -216,10 +267,12 @@ pub(crate) enum Command {
 pub(crate) enum ReportCommand {
     /// Standing allows and grants with no use in the window (and since
     /// when), by segment. `peer:` allows are not counted and not listed.
+    #[command(after_help = examples::REPORT)]
     Unused {
         /// The window, e.g. 30d, 12h.
         #[arg(long, default_value = "30d")]
         since: Ttl,
+        /// Print the report as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -230,6 +283,22 @@ fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(code)
 }
 
+/// The agent could not be reached (exit 3). With `--json` the error is
+/// JSON on stdout too, shaped like the agent's refusals with the code
+/// `unreachable`, so a script reading stdout always gets JSON.
+fn unreachable(e: impl std::fmt::Display, json: bool) -> ExitCode {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "error": { "code": "unreachable", "message": e.to_string() }
+            }))
+            .expect("serializes")
+        );
+    }
+    fail(3, e)
+}
+
 /// Runs a client command (everything but `agent`).
 pub(crate) fn run_client(cli: Cli) -> ExitCode {
     let (request, json) = match cli.command {
@@ -237,6 +306,21 @@ pub(crate) fn run_client(cli: Cli) -> ExitCode {
         #[cfg(feature = "bench")]
         Command::BenchDataplane(_) => unreachable!("handled by main"),
         Command::Check { paths } => return check(&paths),
+        Command::Completions { shell } => {
+            manuals::completions(shell, &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Command::Man { dir } => {
+            return match manuals::man_pages(&dir) {
+                Ok(pages) => {
+                    for p in pages {
+                        println!("{}", p.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(1, format!("writing man pages into {}: {e}", dir.display())),
+            }
+        }
         Command::Audit(args) => return crate::audit::query::run(args, &client_socket(cli.socket)),
         Command::Uninstall(args) => return uninstall::run(args),
         Command::Grant {
@@ -410,7 +494,7 @@ pub(crate) fn run_client(cli: Cli) -> ExitCode {
             Ok(reply) => Response::Ok(reply),
             Err(e) => return fail(3, e),
         },
-        Err(e) => return fail(3, e),
+        Err(e) => return unreachable(e, json),
     };
     if json {
         println!(
@@ -418,7 +502,7 @@ pub(crate) fn run_client(cli: Cli) -> ExitCode {
             serde_json::to_string_pretty(&response).expect("serializes")
         );
         return match response {
-            Response::Ok(reply) if !not_enforcing(&reply) => ExitCode::SUCCESS,
+            Response::Ok(reply) if !exits_one(&reply) => ExitCode::SUCCESS,
             _ => ExitCode::from(1),
         };
     }
@@ -426,8 +510,9 @@ pub(crate) fn run_client(cli: Cli) -> ExitCode {
         Response::Error(refusal) => refused(&refusal),
         Response::Ok(reply) => {
             print!("{}", render(&termtext::escaped(&reply)));
-            // `status` fails while the kernel lacks part of the enforcement.
-            if not_enforcing(&reply) {
+            // `status` fails while the kernel lacks part of the enforcement,
+            // `explain` when the answer is DENY.
+            if exits_one(&reply) {
                 ExitCode::from(1)
             } else {
                 ExitCode::SUCCESS
@@ -489,7 +574,10 @@ fn check(paths: &[PathBuf]) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        _ => fail(2, format!("{errors} error(s); nothing was applied")),
+        _ => fail(
+            2,
+            format!("{errors} error(s): the policy is invalid; an agent would refuse it and keep its current policy"),
+        ),
     }
 }
 
@@ -518,5 +606,40 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Issue 20: every subcommand shows examples, every option says what
+    /// it is for.
+    #[test]
+    fn every_subcommand_has_examples_and_every_option_a_description() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        let mut stack: Vec<(String, &clap::Command)> = cmd
+            .get_subcommands()
+            .map(|c| (c.get_name().to_string(), c))
+            .collect();
+        while let Some((path, c)) = stack.pop() {
+            if c.is_hide_set() || c.get_name() == "help" {
+                continue;
+            }
+            if c.get_after_help().is_none() {
+                missing.push(format!("{path}: no examples (after_help)"));
+            }
+            for a in c.get_arguments() {
+                if a.is_hide_set() || ["help", "version"].contains(&a.get_id().as_str()) {
+                    continue;
+                }
+                if a.get_help().is_none() {
+                    missing.push(format!("{path} {}: no description", a.get_id()));
+                }
+            }
+            stack.extend(
+                c.get_subcommands()
+                    .map(|s| (format!("{path} {}", s.get_name()), s)),
+            );
+        }
+        missing.sort();
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
     }
 }

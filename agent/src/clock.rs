@@ -47,9 +47,10 @@ pub(crate) fn boot_of(wall: SystemTime) -> u64 {
     }
 }
 
-/// "12m 30s" style, rounded to the second, for tables.
+/// "12m 30s" style, rounded down to the second, for tables: the duration
+/// grammar (`duration.rs`) with spaces, so what is shown can be typed back.
 pub(crate) fn human(d: Duration) -> String {
-    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+    crate::duration::format(d, " ")
 }
 
 /// RFC 3339, UTC, millisecond precision (audit records).

@@ -336,6 +336,15 @@ pub(crate) struct SegmentStatus {
     /// "enforce" or "audit".
     #[serde(default)]
     pub mode: String,
+    /// The policy's `description`.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// How many identities the policy allows standing.
+    #[serde(default)]
+    pub standing: usize,
+    /// Live (not suspended) grants on the segment.
+    #[serde(default)]
+    pub grants: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -371,6 +380,20 @@ pub(crate) struct StatusView {
     /// Enforcement as the kernel has it (checked when `status` asks).
     #[serde(default)]
     pub enforcement: Option<EnforcementView>,
+    /// What a reader should know about the coverage (a partial attach
+    /// point, the metrics endpoint on a protected port).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// The peer filter per interface (`--xdp-iface`) and its mode:
+    /// `xdp-native`, `tcx` or `tc-clsact`.
+    #[serde(default)]
+    pub peer_filters: Vec<PeerFilterView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct PeerFilterView {
+    pub iface: String,
+    pub mode: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -387,8 +410,12 @@ pub(crate) enum ClientError {
     SocketMissing(PathBuf),
     #[error("the agent is not running: nothing listens on {0} (a stale socket)")]
     NotRunning(PathBuf),
-    #[error("permission denied on {0}: run as root or as a member of the socket's group")]
-    PermissionDenied(PathBuf),
+    #[error("permission denied on {}: run as root or as a member of {}", path.display(), group_hint(group.as_deref()))]
+    PermissionDenied {
+        path: PathBuf,
+        /// The socket's group, by name (escaped), when it can be read.
+        group: Option<String>,
+    },
     #[error("cannot connect to {path}")]
     Connect {
         path: PathBuf,
@@ -405,6 +432,16 @@ pub(crate) enum ClientError {
     BadReply(String),
     #[error("the agent's reply was cut short after {0} record(s) (the agent stops a reply that is not read within its deadline)")]
     CutShort(u64),
+}
+
+/// Names the group a user must join to reach the socket.
+fn group_hint(group: Option<&str>) -> String {
+    match group {
+        Some(g) => format!(
+            "the group {g} (`usermod -aG {g} $USER`, then log in again so the membership applies)"
+        ),
+        None => "the socket's group".into(),
+    }
 }
 
 /// Parses a request line, turning every problem into a refusal that says

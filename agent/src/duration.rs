@@ -6,14 +6,16 @@
 //! A [`Bounded`] value is parsed once, where it enters (a clap flag, a
 //! config key, a JSON field of a request), and is within its bounds from
 //! then on: nothing downstream re-parses text or re-checks a range. It
-//! displays and serialises as the humantime text it was written in
-//! canonical form (`30m`, `1h 30m`), so the wire format and files do not
-//! change. Owns the parsing and the range check, not what each duration
-//! means (that is the module using it).
+//! displays and serialises in the one grammar (`duration/grammar.rs`:
+//! `90s`, `15m`, `1h30m`, `2d`) with spaces between parts (`1h 30m`),
+//! which reads back. Owns the parsing and the range check, not what each
+//! duration means (that is the module using it).
 use std::{fmt, marker::PhantomData, str::FromStr, time::Duration};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use thiserror::Error;
+
+mod grammar;
+pub(crate) use grammar::{format, HINT};
 
 /// Longest TTL a grant or policy may ask for. A year and a day lets "yearly"
 /// access exist while catching typos such as `100000h`.
@@ -82,23 +84,25 @@ pub(crate) type Interval = Bounded<IntervalBounds>;
 /// See [`IdleBounds`].
 pub(crate) type IdleTimeout = Bounded<IdleBounds>;
 
-#[derive(Debug, Clone, PartialEq, Error)]
+/// Why a duration was refused. Displayed with the hint on how to write
+/// one (clap and control refusals show only this text); [`Self::message`]
+/// and [`Self::help`] are the two halves for diagnostics that show help
+/// on its own line.
+#[derive(Debug, Clone, PartialEq)]
 pub enum DurationError {
-    #[error("`{value}` is not a duration: {source}")]
     Parse {
         value: String,
-        #[source]
-        source: humantime::DurationError,
+        source: grammar::GrammarError,
     },
-    #[error("{what} must be greater than zero")]
-    Zero { value: String, what: &'static str },
-    #[error("{what} `{value}` is shorter than the minimum of {min}")]
+    Zero {
+        value: String,
+        what: &'static str,
+    },
     TooShort {
         value: String,
         what: &'static str,
         min: &'static str,
     },
-    #[error("{what} `{value}` is longer than the maximum of {max}")]
     TooLong {
         value: String,
         what: &'static str,
@@ -106,13 +110,35 @@ pub enum DurationError {
     },
 }
 
+impl fmt::Display for DurationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}; {}", self.message(), self.help())
+    }
+}
+
+impl std::error::Error for DurationError {}
+
 impl DurationError {
+    /// What is wrong, with the value, without the hint.
+    pub fn message(&self) -> String {
+        match self {
+            DurationError::Parse { value, source } => {
+                format!("`{value}` is not a duration: {source}")
+            }
+            DurationError::Zero { what, .. } => format!("{what} must be greater than zero"),
+            DurationError::TooShort {
+                value, what, min, ..
+            } => format!("{what} `{value}` is shorter than the minimum of {min}"),
+            DurationError::TooLong {
+                value, what, max, ..
+            } => format!("{what} `{value}` is longer than the maximum of {max}"),
+        }
+    }
+
     /// How to fix it, for diagnostics.
     pub fn help(&self) -> String {
         match self {
-            DurationError::Parse { .. } | DurationError::Zero { .. } => {
-                "write a duration such as `90s`, `30m`, `1h` or `1h 30m`".to_owned()
-            }
+            DurationError::Parse { .. } | DurationError::Zero { .. } => HINT.to_owned(),
             DurationError::TooShort { min, .. } => format!("use at least `{min}`"),
             DurationError::TooLong { what: "TTL", .. } => {
                 "grants are meant to expire; use at most `366d`, or a standing allow".to_owned()
@@ -136,7 +162,7 @@ impl DurationError {
 impl<B: Bounds> Bounded<B> {
     /// `d` if it is within the bounds.
     pub fn new(d: Duration) -> Result<Self, DurationError> {
-        Self::check(d, || humantime::format_duration(d).to_string())
+        Self::check(d, || format(d, ""))
     }
 
     fn check(d: Duration, value: impl FnOnce() -> String) -> Result<Self, DurationError> {
@@ -175,7 +201,7 @@ impl<B: Bounds> FromStr for Bounded<B> {
         // The text may come from a peer on the control socket: what an
         // error quotes of it is escaped, since errors reach logs and terminals.
         let value = || crate::termtext::escape(s).into_owned();
-        let d = humantime::parse_duration(s).map_err(|source| DurationError::Parse {
+        let d = grammar::parse(s).map_err(|source| DurationError::Parse {
             value: value(),
             source,
         })?;
@@ -185,7 +211,7 @@ impl<B: Bounds> FromStr for Bounded<B> {
 
 impl<B> fmt::Display for Bounded<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_duration(self.0))
+        f.write_str(&format(self.0, " "))
     }
 }
 
@@ -235,74 +261,4 @@ pub(crate) fn parse_ttl(s: &str) -> Result<Duration, DurationError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ttls() {
-        assert_eq!(parse_ttl("30m").unwrap(), Duration::from_secs(1800));
-        assert_eq!(parse_ttl("1h 30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_ttl("90s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_ttl("366d").unwrap(), MAX_TTL);
-        assert_eq!(
-            parse_ttl("0s").unwrap_err().to_string(),
-            "TTL must be greater than zero"
-        );
-        let e = parse_ttl("367d").unwrap_err();
-        assert!(matches!(e, DurationError::TooLong { .. }), "{e}");
-        assert_eq!(
-            e.to_string(),
-            "TTL `367d` is longer than the maximum of 366 days"
-        );
-        assert!(e.help().contains("366d"), "{}", e.help());
-        assert!(matches!(parse_ttl("30"), Err(DurationError::Parse { .. })));
-        assert!(parse_ttl("soon").unwrap_err().to_string().contains("soon"));
-    }
-
-    #[test]
-    fn intervals_are_one_second_to_one_day() {
-        assert_eq!(
-            "1s".parse::<Interval>().unwrap().get(),
-            Duration::from_secs(1)
-        );
-        assert_eq!(
-            "1d".parse::<Interval>().unwrap().get(),
-            Duration::from_secs(86_400)
-        );
-        let short = "500ms".parse::<Interval>().unwrap_err();
-        assert!(matches!(short, DurationError::TooShort { .. }), "{short}");
-        assert_eq!(short.reason(), "is out of range: at least 1s");
-        let long = "2d".parse::<Interval>().unwrap_err();
-        assert_eq!(
-            long.to_string(),
-            "interval `2d` is longer than the maximum of 1d"
-        );
-        assert!(matches!(
-            "0s".parse::<Interval>(),
-            Err(DurationError::TooShort { .. })
-        ));
-    }
-
-    #[test]
-    fn text_round_trips_and_serde_is_the_text() {
-        let t: Ttl = "1h 30m".parse().unwrap();
-        assert_eq!(t.to_string(), "1h 30m");
-        assert_eq!(t.to_string().parse::<Ttl>().unwrap(), t);
-        assert_eq!(serde_json::to_string(&t).unwrap(), "\"1h 30m\"");
-        let back: Ttl = serde_json::from_str("\"90m\"").unwrap();
-        assert_eq!(back.get(), Duration::from_secs(5400));
-        let e = serde_json::from_str::<Ttl>("\"0s\"").unwrap_err();
-        assert!(e.to_string().contains("greater than zero"), "{e}");
-        assert!(serde_json::from_str::<Ttl>("30").is_err());
-    }
-
-    #[test]
-    fn new_checks_the_bounds_too() {
-        assert!(Ttl::new(Duration::ZERO).is_err());
-        assert!(Ttl::new(MAX_TTL + Duration::from_secs(1)).is_err());
-        assert_eq!(
-            Interval::new(Duration::from_secs(60)).unwrap().get(),
-            Duration::from_secs(60)
-        );
-    }
-}
+mod tests;

@@ -39,6 +39,8 @@ pub(crate) enum Subject {
 pub(crate) enum ExplainError {
     #[error("{0:?} is not one port: write PORT/PROTO, e.g. 5432/tcp")]
     Port(String),
+    #[error("{0} ({help})", help = .0.help())]
+    BadPort(crate::identity::PortRangeError),
     #[error("cannot read process {pid}: {why}")]
     Process { pid: u32, why: String },
     #[error("no user named {0:?} on this host")]
@@ -150,9 +152,7 @@ pub(crate) struct ExplainView {
 
 /// Parses `5432/tcp` into one port.
 pub(crate) fn parse_port(text: &str) -> Result<(Proto, u16), ExplainError> {
-    let range: PortRange = text
-        .parse()
-        .map_err(|_| ExplainError::Port(text.to_string()))?;
+    let range: PortRange = text.parse().map_err(ExplainError::BadPort)?;
     if range.first != range.last {
         return Err(ExplainError::Port(text.to_string()));
     }
@@ -335,27 +335,25 @@ pub(crate) fn resolve(subject: &Subject, h: &Hierarchy) -> Result<Resolved, Expl
 /// local lookups, the longest recorded prefix containing the address for peers.
 fn ledger_sources(ledger: &Ledger, segment: u32, lookup: &Lookup) -> Vec<(Source, u64)> {
     match lookup {
-        Lookup::Local { kind, id } => ledger
-            .sources_of(&EntryKey::Local(GrantKey {
-                kind: *kind,
-                segment,
-                id: *id,
-            }))
-            .to_vec(),
+        Lookup::Local { kind, id } => ledger.sources_of(&EntryKey::Local(GrantKey {
+            kind: *kind,
+            segment,
+            id: *id,
+        })),
         Lookup::Peer(addr) => ledger
-            .entries()
-            .filter_map(|(k, s)| match k {
+            .keys()
+            .filter_map(|k| match k {
                 EntryKey::Peer {
                     segment: seg,
                     addr: net,
                     prefix,
                 } if *seg == segment && crate::kernel::prefix_contains(net, *prefix, addr) => {
-                    Some((*prefix, s))
+                    Some((*prefix, k))
                 }
                 _ => None,
             })
             .max_by_key(|(prefix, _)| *prefix)
-            .map(|(_, s)| s.to_vec())
+            .map(|(_, k)| ledger.sources_of(k))
             .unwrap_or_default(),
     }
 }

@@ -45,7 +45,7 @@ macro_rules! serde_as_string {
 }
 
 mod ports;
-pub(crate) use ports::{PortRange, Protocol};
+pub(crate) use ports::{PortRange, PortRangeError, Protocol};
 
 // ---------------------------------------------------------------------------
 // CIDR blocks
@@ -105,6 +105,8 @@ pub enum CidrError {
     },
     #[error("`{prefix}` in `{value}` is not a prefix length")]
     Prefix { value: String, prefix: String },
+    #[error("prefix `/{prefix}` in `{value}` has a leading zero")]
+    PrefixLeadingZero { value: String, prefix: String },
     #[error("prefix /{prefix} in `{value}` is longer than {max} bits")]
     PrefixTooLong {
         value: String,
@@ -121,6 +123,12 @@ impl CidrError {
             CidrError::HostBits { network, value } => {
                 let host = value.split_once('/').map_or(value.as_str(), |(a, _)| a);
                 format!("use the network address `{network}`, or `{host}` for that single host")
+            }
+            CidrError::PrefixLeadingZero { value, prefix } => {
+                let trimmed = prefix.trim_start_matches('0');
+                let trimmed = if trimmed.is_empty() { "0" } else { trimmed };
+                let addr = value.split_once('/').map_or(value.as_str(), |(a, _)| a);
+                format!("write `{addr}/{trimmed}`")
             }
             _ => "write an address or a network, e.g. `10.1.2.3`, `10.20.0.0/16` or \
                   `2001:db8::/32`"
@@ -147,6 +155,12 @@ impl FromStr for IpCidr {
             Some(text) => {
                 if text.is_empty() || text.len() > 3 || !text.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(CidrError::Prefix {
+                        value: value.to_owned(),
+                        prefix: text.to_owned(),
+                    });
+                }
+                if text.len() > 1 && text.starts_with('0') {
+                    return Err(CidrError::PrefixLeadingZero {
                         value: value.to_owned(),
                         prefix: text.to_owned(),
                     });

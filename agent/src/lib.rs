@@ -113,9 +113,14 @@ pub fn main() -> ExitCode {
             };
             match runtime.block_on(server::run(opts)) {
                 Ok(()) => ExitCode::SUCCESS,
+                // Once: through the log (a terminal, or the journal, where
+                // stderr would repeat it), or on stderr when logging is off.
                 Err(e) => {
-                    tracing::error!("{e:#}");
-                    eprintln!("portcullis: {e:#}");
+                    if tracing::enabled!(tracing::Level::ERROR) {
+                        tracing::error!("{e:#}");
+                    } else {
+                        eprintln!("portcullis: {e:#}");
+                    }
                     ExitCode::FAILURE
                 }
             }
@@ -141,8 +146,11 @@ fn init_tracing() {
             return;
         }
     }
+    // Colours only for a person at a terminal: a file, a pipe or a log
+    // collector gets plain text.
     fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }

@@ -165,7 +165,7 @@ impl Segment {
                 };
                 format!(
                     "jit max {}, approvers {approvers}",
-                    humantime::format_duration(jit.max_ttl)
+                    crate::duration::format(jit.max_ttl, " ")
                 )
             }
         };
@@ -219,6 +219,7 @@ pub fn load_paths_trusted(
         diagnostics.merge(found);
         texts.push((file, text));
     }
+    validate::segment_count(&segments, &mut diagnostics);
     validate::duplicate_names(&segments, &mut diagnostics);
     validate::port_conflicts(&segments, &mut diagnostics);
     validate::host_names(&segments, host, host_check, &mut diagnostics);

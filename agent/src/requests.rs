@@ -364,6 +364,25 @@ impl RequestBook {
         expired
     }
 
+    /// Ends every pending request for a segment `gone` says has left the
+    /// policy (it could never be approved) and returns them.
+    pub(crate) fn drop_pending(
+        &mut self,
+        gone: impl Fn(&str) -> bool,
+        now: Now,
+    ) -> Vec<AccessRequest> {
+        let mut dropped = Vec::new();
+        for r in self.requests.values_mut() {
+            if r.is_pending() && gone(&r.segment) {
+                r.state = RequestState::Expired {
+                    at_unix_ms: now.unix_ms,
+                };
+                dropped.push(r.clone());
+            }
+        }
+        dropped
+    }
+
     /// The earliest deadline of a pending request, for the agent's timer.
     pub(crate) fn next_deadline(&self) -> Option<u64> {
         self.pending().map(|r| r.expires_boot_ns).min()

@@ -92,10 +92,12 @@ fn ensure_bpffs(bpffs: &Path) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
+    // 0. Privileges: without them nothing else matters (and the policy's
+    // warnings would only bury the one line that does).
+    crate::privileges::check()?;
     // 1. Policy first: a bad policy never reaches the kernel.
     let policy = load_policy(&opts.policies, &opts.policy_trust)
         .map_err(|e| anyhow::anyhow!("policy in {} is invalid:\n{e}", opts.policies.display()))?;
-    crate::privileges::check()?;
     // One agent per pin directory, state directory, audit log and socket:
     // a second one stops here, before it touches any of them.
     let _locks =
@@ -107,6 +109,7 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
         .cgroup
         .clone()
         .unwrap_or_else(|| hierarchy.mount.clone());
+    crate::cgroupfs::check_attach_point(&cgroup, &hierarchy.mount)?;
     ensure_bpffs(&opts.bpffs)?;
     let mut dataplane = Dataplane::open(&DataplaneConfig {
         bpffs: opts.bpffs.clone(),
@@ -115,6 +118,7 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
         max_peers: opts.max_peers,
         xdp_ifaces: opts.xdp_ifaces.clone(),
         discovery: opts.discovery,
+        placement: opts.peer_filter,
     })?;
     // The rings go to their readers; the maps (and the links' check) go to
     // the agent, which sees them only through `KernelMaps`.
@@ -139,21 +143,24 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
     )?;
     agent.set_request_ttl(opts.request_expiry);
     agent.set_discovery(opts.discovery);
+    agent.set_metrics_addr(opts.metrics_addr);
     let addrs = hostaddrs::scan().context("listing this host's addresses")?;
     agent.set_local_addrs(&addrs)?;
     // Attach only now: the maps hold the policy, the grants and this host's
     // addresses, so the programs never run on incomplete maps.
-    let xdp = agent.attach()?;
+    let filters = agent.attach()?;
+    release_freed_memory();
     agent.note_start(&cgroup);
     info!(
         cgroup = %cgroup.display(),
         pins = %agent.pin_dir().display(),
         segments = agent.policy().segments.len(),
+        ports = %protected_ports(agent.policy()),
         addresses = addrs.len(),
         "enforcing"
     );
-    for x in &xdp {
-        info!(iface = %x.iface, mode = x.mode, "XDP attached");
+    for f in &filters {
+        info!(iface = %f.iface, mode = f.mode.name(), "peer filter attached");
     }
     let shared: Shared = Arc::new(Mutex::new(agent));
     // Judge the flows that were open before enforcement (or while the
@@ -360,6 +367,34 @@ fn reload_with(shared: &Shared, dir: &Path, trust: &policy::FileTrust, only_if_c
             error!("policy reload refused; still enforcing the previous policy:\n{errors}");
         }
     }
+    release_freed_memory();
+}
+
+/// Hands memory freed after a large parse or plan back to the kernel: a
+/// million-entry policy file passes through buffers many times the size of
+/// what the agent keeps, and the allocator would otherwise hold on to them
+/// as resident memory for the agent's whole life.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it
+    // touches no memory in use.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// `payments-db 5432/tcp,6432/tcp; sessions-cache 6379/tcp` for the
+/// start-up log line: which ports are closed, not only how many segments.
+fn protected_ports(policy: &policy::Policy) -> String {
+    policy
+        .segments
+        .values()
+        .map(|s| {
+            let ports: Vec<String> = s.ports.iter().map(ToString::to_string).collect();
+            format!("{} {}", s.name, ports.join(","))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn bind_socket(opts: &Settings) -> anyhow::Result<UnixListener> {
@@ -386,7 +421,12 @@ fn bind_socket(opts: &Settings) -> anyhow::Result<UnixListener> {
         .with_context(|| format!("setting mode of {}", path.display()))?;
     if let Some(group) = &opts.socket_group {
         let gid = nix::unistd::Group::from_name(group)?
-            .with_context(|| format!("socket group {group:?} does not exist"))?
+            .with_context(|| {
+                format!(
+                    "socket group {group:?} does not exist: create it (`groupadd --system {group}`) \
+                     or set another socket_group in the configuration (or pass --socket-group)"
+                )
+            })?
             .gid;
         nix::unistd::chown(path, None, Some(gid))
             .with_context(|| format!("chown {} to group {group}", path.display()))?;

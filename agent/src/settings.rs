@@ -43,6 +43,8 @@ pub(crate) struct Settings {
     pub max_peers: u32,
     /// Interfaces where XDP enforces `peer:` identities for remote traffic.
     pub xdp_ifaces: Vec<String>,
+    /// Where the peer filter may go on those interfaces.
+    pub peer_filter: crate::dataplane::Placement,
     /// How long a pending access request waits for an approver.
     pub request_expiry: Duration,
     /// How often unit and cgroup identities are re-resolved even without a
@@ -117,6 +119,7 @@ impl AgentArgs {
             metrics_addr: self.metrics_addr.or(file.metrics_addr),
             mode: self.mode.or(file.mode),
             discovery: file.discovery && !self.no_discovery,
+            peer_filter: self.peer_filter.unwrap_or(file.peer_filter),
             audit_log,
         }
     }

@@ -527,12 +527,15 @@ fn every_system_call_the_agent_makes_is_allowed_by_the_units_filter() {
     let id = agent.grant("db", "uid:40190", "5m");
     agent.ok(&["list"]);
     agent.ok(&["explain", "uid:40190", &format!("{}/tcp", server.port())]);
-    agent.ok(&[
+    // This process (root, in no allowed cgroup) is refused: `explain`
+    // says DENY and exits 1.
+    let denied = agent.cli(&[
         "explain",
         "--pid",
         &std::process::id().to_string(),
         &format!("{}/tcp", server.port()),
     ]);
+    assert_eq!(denied.status.code(), Some(1), "{denied:?}");
     let _ = As::user(&cg.path, 40191, 40191).tcp(server.addr);
     agent.ok(&["revoke", &id.to_string()]);
     unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) };

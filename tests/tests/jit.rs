@@ -603,7 +603,12 @@ fn explain(agent: &Agent, args: &[&str]) -> Value {
     let mut a = vec!["explain"];
     a.extend_from_slice(args);
     a.push("--json");
-    as_root(agent, &a).ok().json()["ok"].clone()
+    let ran = as_root(agent, &a);
+    let v = ran.json()["ok"].clone();
+    // `explain` exits 1 on DENY (as `kubectl auth can-i`), 0 otherwise.
+    let no = v["allowed"] == false && v["mode"] != "audit";
+    assert_eq!(ran.code, Some(if no { 1 } else { 0 }), "{v}");
+    v
 }
 
 #[test]

@@ -246,7 +246,7 @@ ports = []
         expected.len(),
         "every error says how to fix it:\n{err}"
     );
-    assert!(err.contains("12 error(s); nothing was applied"), "{err}");
+    assert!(err.contains("12 error(s): the policy is invalid; an agent would refuse it and keep its current policy"), "{err}");
 }
 
 #[test]

@@ -178,12 +178,42 @@ fn tee(from: impl Read) -> StderrSummary {
         match reader.read_until(b'\n', &mut buf) {
             Ok(0) | Err(_) => break,
             Ok(_) => {
-                let _ = io::stderr().lock().write_all(&buf);
-                summary.push(strip_ansi(&String::from_utf8_lossy(&buf)));
+                let line = strip_ansi(&String::from_utf8_lossy(&buf));
+                if !is_replayed_progress(&line) {
+                    let _ = io::stderr().lock().write_all(&buf);
+                }
+                summary.push(line);
             }
         }
     }
     summary
+}
+
+/// Whether `line` is the eBPF build's cargo progress replayed by aya-build
+/// as a build-script warning (`warning: portcullis@0.1.0:    Compiling
+/// agent-ebpf ...`): 40-80 lines of noise on every build. They are not
+/// shown (a failure still quotes them in its summary); real warnings are.
+fn is_replayed_progress(line: &str) -> bool {
+    const PROGRESS: [&str; 9] = [
+        "Compiling",
+        "Finished",
+        "Fresh",
+        "Checking",
+        "Downloading",
+        "Downloaded",
+        "Updating",
+        "Locking",
+        "Blocking",
+    ];
+    let Some(rest) = line.strip_prefix("warning: ") else {
+        return false;
+    };
+    let Some((package, said)) = rest.split_once(": ") else {
+        return false;
+    };
+    package.contains('@')
+        && !package.contains(' ')
+        && PROGRESS.iter().any(|p| said.trim_start().starts_with(p))
 }
 
 /// What a failure quotes of a command's stderr: its error lines (cargo's
@@ -359,6 +389,24 @@ pub(crate) fn human(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ebpf_builds_replayed_progress_is_quiet_and_real_warnings_are_not() {
+        for line in [
+            "warning: portcullis@0.1.0:    Compiling agent-ebpf v0.1.0 (/w/agent-ebpf)",
+            "warning: portcullis@0.1.0:     Finished `release` profile [optimized] target(s) in 2.01s",
+        ] {
+            assert!(is_replayed_progress(line), "{line}");
+        }
+        for line in [
+            "warning: unused import: `Human`",
+            "warning: portcullis@0.1.0: error: linking with bpf-linker failed",
+            "   Compiling portcullis v0.1.0 (/w/agent)",
+            "warning: `portcullis` (lib) generated 2 warnings",
+        ] {
+            assert!(!is_replayed_progress(line), "{line}");
+        }
+    }
 
     #[test]
     fn parses_mountinfo() {

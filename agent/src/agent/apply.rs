@@ -122,11 +122,9 @@ impl Agent {
                 .map(|&(p, port)| (p, port, 0)),
         );
         let stale: Vec<Source> = ledger
-            .sources()
-            .filter_map(|(s, _)| match s {
-                Source::Standing { .. } if !wanted.contains(s) => Some(s.clone()),
-                _ => None,
-            })
+            .standing_sources()
+            .filter(|s| !wanted.contains(*s))
+            .cloned()
             .collect();
         for s in &stale {
             ledger.remove(s);
@@ -210,6 +208,7 @@ impl Agent {
         }
         self.segment_ids = ids;
         self.policy = policy;
+        self.drop_requests_of_gone_segments();
         Ok(())
     }
 

@@ -11,6 +11,11 @@ impl Agent {
         self.discovery_on = on;
     }
 
+    /// Where the metrics endpoint listens, if it does (for `status`).
+    pub(crate) fn set_metrics_addr(&mut self, addr: Option<std::net::SocketAddr>) {
+        self.metrics_addr = addr;
+    }
+
     /// `portcullis discover`: listeners, and who the kernel saw reach them.
     pub(crate) fn discover(&self, cred: &PeerCred) -> Result<Reply, Refusal> {
         if cred.uid != 0 {

@@ -16,7 +16,11 @@ use crate::{
 /// Why the core refuses a command.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum CoreError {
-    #[error("unknown segment {name:?}; segments in force: {}", in_force(known))]
+    #[error(
+        "unknown segment {name:?}{}; segments in force: {}",
+        did_you_mean(name, known),
+        in_force(known)
+    )]
     UnknownSegment { name: String, known: Vec<String> },
     #[error("segment {segment} has no [segment.{segment}.jit] table, so it takes no grants or requests; add one to its policy")]
     NoJit { segment: String },
@@ -79,6 +83,18 @@ pub(crate) enum CoreError {
     /// Reading the kernel maps for `explain` failed.
     #[error("{why}")]
     ExplainMaps { why: String },
+}
+
+/// `; did you mean "payments-db"?` when one segment in force is within two
+/// edits of what was typed (or differs only in case), else nothing.
+fn did_you_mean(name: &str, known: &[String]) -> String {
+    let lower = name.to_lowercase();
+    known
+        .iter()
+        .map(|k| (strsim::levenshtein(&lower, &k.to_lowercase()), k))
+        .filter(|&(distance, _)| distance <= 2)
+        .min()
+        .map_or_else(String::new, |(_, k)| format!("; did you mean {k:?}?"))
 }
 
 fn in_force(known: &[String]) -> String {
@@ -148,6 +164,23 @@ mod tests {
         });
         assert_eq!(r.code, RefusalCode::NotFound);
         assert_eq!(r.message, "unknown segment \"x\"; segments in force: none");
+        let r = Refusal::from(CoreError::UnknownSegment {
+            name: "payments-bd".into(),
+            known: vec!["payments-db".into(), "sessions-cache".into()],
+        });
+        assert_eq!(
+            r.message,
+            "unknown segment \"payments-bd\"; did you mean \"payments-db\"?; \
+             segments in force: payments-db, sessions-cache"
+        );
+        let r = Refusal::from(CoreError::UnknownSegment {
+            name: "billing".into(),
+            known: vec!["payments-db".into()],
+        });
+        assert_eq!(
+            r.message,
+            "unknown segment \"billing\"; segments in force: payments-db"
+        );
         let r = Refusal::from(CoreError::SelfApproval {
             id: 3,
             requester: "alice (uid 1000)".into(),

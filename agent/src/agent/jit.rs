@@ -410,6 +410,26 @@ impl Agent {
         }
     }
 
+    /// Ends the pending requests of segments that left the policy: nobody
+    /// could approve them, and `list --pending` would show them forever.
+    pub(super) fn drop_requests_of_gone_segments(&mut self) {
+        let policy = &self.policy;
+        let dropped = self
+            .requests
+            .drop_pending(|s| !policy.segments.contains_key(s), Now::current());
+        for r in &dropped {
+            self.journal_request(r.id);
+            let _ = self.audit.record(AuditEvent::RequestDropped {
+                request_id: r.id,
+                segment: r.segment.clone(),
+                identity: r.identity.to_string(),
+                requested_by: r.requester.clone(),
+                why: format!("segment {} left the policy", r.segment),
+            });
+            info!(request = r.id, segment = %r.segment, "pending request dropped: its segment left the policy");
+        }
+    }
+
     fn request_segment(&self, id: u64) -> String {
         self.requests
             .get(id)

@@ -533,5 +533,6 @@ fn a_scrape_needs_no_agent_lock_and_shows_the_last_published_state() {
 }
 mod approvals;
 mod extend;
+mod first_use;
 mod journal;
 mod usage;

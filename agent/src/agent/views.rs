@@ -4,7 +4,7 @@
 //! state (`list`, `status`, one grant); everything else returns domain
 //! values or errors.
 use super::*;
-use crate::control::{Record, UsageView};
+use crate::control::{PeerFilterView, Record, UsageView};
 
 /// Where a paged `list` goes on: at which standing allow, grant or request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -225,6 +225,9 @@ impl Agent {
                     denied: c.denied,
                     would_deny: c.would_deny,
                     mode: self.mode_of(s).name().to_owned(),
+                    description: s.description.clone(),
+                    standing: s.allow.len(),
+                    grants: self.grants.values().filter(|g| g.segment == s.name).count(),
                 }
             })
             .collect();
@@ -256,7 +259,45 @@ impl Agent {
             journal: self.journal.path().display().to_string(),
             journal_failing: self.journal.failing().map(str::to_string),
             deny_log: self.metrics.denies.as_ref().map(|d| d.view()),
+            warnings: self.status_warnings(),
+            peer_filters: self
+                .kernel
+                .peer_filters()
+                .into_iter()
+                .map(|f| PeerFilterView {
+                    iface: f.iface,
+                    mode: f.mode.name().to_string(),
+                })
+                .collect(),
         }))
+    }
+
+    /// What `status` warns about: coverage that is narrower than a reader
+    /// may assume.
+    fn status_warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let cgroup = self.kernel.cgroup();
+        if cgroup != self.resolver.hierarchy.mount.as_path() {
+            out.push(format!(
+                "attached to {}, not the cgroup2 root: processes outside it are not covered, neither as clients nor as servers for other hosts' packets",
+                cgroup.display()
+            ));
+        }
+        if let Some(addr) = self.metrics_addr {
+            let on = self.policy.segments.values().find(|s| {
+                s.ports
+                    .iter()
+                    .any(|r| r.contains(addr.port(), Protocol::Tcp))
+            });
+            if let Some(s) = on {
+                out.push(format!(
+                    "the metrics endpoint {addr} is on port {}/tcp of segment {}: scrapers need an allow or a grant there",
+                    addr.port(),
+                    s.name
+                ));
+            }
+        }
+        out
     }
 
     /// What the metrics show of the agent, without the kernel's counters

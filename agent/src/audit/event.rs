@@ -109,6 +109,14 @@ pub(crate) enum AuditEvent {
         requested_by: Actor,
         expired_at: String,
     },
+    /// A pending request ended because its segment left the policy.
+    RequestDropped {
+        request_id: u64,
+        segment: String,
+        identity: String,
+        requested_by: Actor,
+        why: String,
+    },
     /// Access closed: by `revoke`, or a suspended grant at the end of its grace.
     Revoke {
         grant_id: u64,
@@ -240,9 +248,9 @@ pub(crate) enum AuditEvent {
 }
 
 impl AuditEvent {
-    /// Every kind this version writes, as named on disk (for the docs test).
-    #[cfg(test)]
-    pub(crate) const KINDS: [&'static str; 22] = [
+    /// Every kind this version writes, as named on disk (the docs test,
+    /// and `audit --event`'s check).
+    pub(crate) const KINDS: [&'static str; 23] = [
         "agent_start",
         "agent_stop",
         "grant",
@@ -253,6 +261,7 @@ impl AuditEvent {
         "extend",
         "deny",
         "request_expire",
+        "request_dropped",
         "revoke",
         "expire",
         "grant_suspended",
@@ -282,6 +291,7 @@ impl AuditEvent {
             Self::Extend { .. } => "extend",
             Self::Deny { .. } => "deny",
             Self::RequestExpire { .. } => "request_expire",
+            Self::RequestDropped { .. } => "request_dropped",
             Self::Revoke { .. } => "revoke",
             Self::Expire { .. } => "expire",
             Self::GrantSuspended { .. } => "grant_suspended",
@@ -321,6 +331,7 @@ impl AuditEvent {
             | Self::Extend { segment, .. }
             | Self::Deny { segment, .. }
             | Self::RequestExpire { segment, .. }
+            | Self::RequestDropped { segment, .. }
             | Self::Revoke { segment, .. }
             | Self::Expire { segment, .. }
             | Self::GrantSuspended { segment, .. }
@@ -350,6 +361,7 @@ impl AuditEvent {
             | Self::Extend { identity, .. }
             | Self::Deny { identity, .. }
             | Self::RequestExpire { identity, .. }
+            | Self::RequestDropped { identity, .. }
             | Self::Revoke { identity, .. }
             | Self::Expire { identity, .. }
             | Self::GrantSuspended { identity, .. }
@@ -391,6 +403,7 @@ impl AuditEvent {
             Self::AgentStart { .. }
             | Self::AgentStop { .. }
             | Self::RequestExpire { .. }
+            | Self::RequestDropped { .. }
             | Self::StateCorrupt { .. }
             | Self::Rotate { .. }
             | Self::RecordsLost { .. }

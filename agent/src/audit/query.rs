@@ -54,11 +54,19 @@ pub(crate) struct AuditArgs {
 pub(crate) enum AuditCommand {
     /// Check the hash chain; names the first broken record. Given the
     /// current log (the default), checks its rotated files too.
+    #[command(after_help = VERIFY_EXAMPLES)]
     Verify {
         /// An audit log file [default: the agent's audit log].
         file: Option<PathBuf>,
     },
 }
+
+/// `audit verify --help`'s examples (the other subcommands' are in
+/// `cli/examples.rs`, which this module cannot import: `cli` imports it).
+const VERIFY_EXAMPLES: &str = "\
+Examples:
+  portcullis audit verify                                   # the agent's log and its rotated files
+  portcullis audit verify /var/log/portcullis/audit.jsonl.3";
 
 #[derive(Args, Debug, Default)]
 pub(crate) struct QueryArgs {
@@ -72,12 +80,17 @@ pub(crate) struct QueryArgs {
     /// Only records about this segment.
     #[arg(long)]
     pub segment: Option<String>,
-    /// Only records of this event kind (grant, revoke, expire, ...).
+    /// Only records of this event kind (grant, revoke, expire, ...; with
+    /// --denies: deny, would_deny, suppressed). Another name is an error
+    /// listing the kinds.
     #[arg(long)]
     pub event: Option<String>,
     /// Keep printing new records as they are written.
     #[arg(long, short = 'f')]
     pub follow: bool,
+    /// Only the last N matching records (then, with --follow, new ones).
+    #[arg(long = "lines", short = 'n', value_name = "N")]
+    pub lines: Option<usize>,
     /// Print the records as written (JSON lines).
     #[arg(long)]
     pub json: bool,
@@ -170,6 +183,11 @@ impl Filter {
                 })
             })
             .transpose()?;
+        if let Some(ev) = &q.event {
+            if let Some(note) = check_event(ev, q.denies)? {
+                eprintln!("portcullis: note: {note}");
+            }
+        }
         let identity = q
             .identity
             .as_deref()
@@ -290,6 +308,40 @@ fn identity_matches(id: &Identity, rec: &Record) -> bool {
     }
 }
 
+/// The kinds of the deny log's lines (`--denies`).
+const DENY_KINDS: [&str; 3] = ["deny", "would_deny", "suppressed"];
+
+/// `--event KIND` must name a kind of the log it reads: a typo (within
+/// two edits of a kind) would otherwise show nothing and exit 0, as if
+/// nothing had happened, so it is an error. A name far from every kind
+/// may be a newer version's kind in the log: a note, and the query runs.
+fn check_event(ev: &str, denies: bool) -> Result<Option<String>, String> {
+    let (log, kinds): (&str, &[&str]) = if denies {
+        ("deny log", &DENY_KINDS)
+    } else {
+        ("audit log", &AuditEvent::KINDS)
+    };
+    if kinds.contains(&ev) {
+        return Ok(None);
+    }
+    let guess = kinds
+        .iter()
+        .map(|k| (strsim::levenshtein(ev, k), *k))
+        .filter(|&(d, _)| d <= 2)
+        .min();
+    let ev = termtext::escape(ev);
+    match guess {
+        Some((_, k)) => Err(format!(
+            "--event {ev:?} is not a kind of the {log}; did you mean {k:?}?; kinds: {}",
+            kinds.join(", ")
+        )),
+        None => Ok(Some(format!(
+            "--event {ev:?} is not a kind this version writes (a newer agent's?); kinds: {}",
+            kinds.join(", ")
+        ))),
+    }
+}
+
 fn query(q: QueryArgs, socket: &Path) -> ExitCode {
     let filter = match Filter::new(&q) {
         Ok(f) => f,
@@ -315,6 +367,8 @@ fn query(q: QueryArgs, socket: &Path) -> ExitCode {
     };
     files.retain(|f| f == &path || f.exists());
     let mut end = 0;
+    // With -n, matching lines go through a window of the last N first.
+    let mut last = q.lines.map(LastLines::new);
     for f in &files {
         let file = match File::open(f) {
             Ok(file) => file,
@@ -323,10 +377,24 @@ fn query(q: QueryArgs, socket: &Path) -> ExitCode {
             }
             Err(e) => return fail(1, format!("cannot read {}: {e}", f.display())),
         };
-        match print_lines(BufReader::new(file), &filter, q.json, &mut out) {
+        let printed = match &mut last {
+            Some(window) => print_lines(BufReader::new(file), &filter, q.json, window),
+            None => print_lines(BufReader::new(file), &filter, q.json, &mut out),
+        };
+        match printed {
             Ok(n) => end = n,
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return ExitCode::SUCCESS,
             Err(e) => return fail(1, format!("reading {}: {e}", f.display())),
+        }
+    }
+    if let Some(window) = last {
+        for line in window.lines {
+            if let Err(e) = out.write_all(&line) {
+                if e.kind() == io::ErrorKind::BrokenPipe {
+                    return ExitCode::SUCCESS;
+                }
+                return fail(1, format!("writing: {e}"));
+            }
         }
     }
     if q.follow {
@@ -337,6 +405,41 @@ fn query(q: QueryArgs, socket: &Path) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// The last `n` lines written to it (`audit -n N`), each with its newline.
+pub(crate) struct LastLines {
+    n: usize,
+    lines: std::collections::VecDeque<Vec<u8>>,
+    partial: Vec<u8>,
+}
+
+impl LastLines {
+    pub(crate) fn new(n: usize) -> Self {
+        Self {
+            n,
+            lines: std::collections::VecDeque::new(),
+            partial: Vec::new(),
+        }
+    }
+}
+
+impl Write for LastLines {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        for &b in buf {
+            self.partial.push(b);
+            if b == b'\n' {
+                self.lines.push_back(std::mem::take(&mut self.partial));
+                if self.lines.len() > self.n {
+                    self.lines.pop_front();
+                }
+            }
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Prints the matching records of `reader`; returns the bytes consumed

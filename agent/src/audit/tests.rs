@@ -60,6 +60,21 @@ fn tampering_is_found_at_the_right_line() {
     let b = verify(&p).unwrap().unwrap_err();
     assert_eq!(b.line, 1);
     assert!(b.to_string().contains("grant at "), "{b}");
+
+    // A byte that is not UTF-8 on line 3: named there, not an I/O error
+    // without a place (issue 20).
+    let mut bytes = [lines[0], lines[1]].join("\n").into_bytes();
+    bytes.extend_from_slice(b"\n{\"event\":\"gr\xffnt\"}\n");
+    bytes.extend_from_slice(lines[3].as_bytes());
+    fs::write(&p, bytes).unwrap();
+    let b = verify(&p).unwrap().unwrap_err();
+    assert_eq!(
+        b.to_string(),
+        format!(
+            "{}:3: byte 13 of the line is not UTF-8 (the record was altered or damaged)",
+            p.display()
+        )
+    );
 }
 
 fn rotating(p: &Path, max_bytes: u64, keep: usize) -> AuditLog {

@@ -52,12 +52,31 @@ pub(crate) struct Verified {
 
 /// Checks every record's hash and its link to the one before.
 pub(crate) fn verify_file(path: &Path, start: &Start) -> io::Result<Result<Verified, Break>> {
-    let reader = BufReader::new(File::open(path)?);
+    let mut reader = BufReader::new(File::open(path)?);
     let mut prev: Option<String> = None;
     let mut count = 0;
-    for (i, line) in reader.lines().enumerate() {
-        let line = line?;
-        let n = i + 1;
+    let mut bytes = Vec::new();
+    for n in 1.. {
+        // Bytes, not `lines()`: a byte that is not UTF-8 is a broken record
+        // on a line this names, not an I/O error without a place.
+        bytes.clear();
+        if reader.read_until(b'\n', &mut bytes)? == 0 {
+            break;
+        }
+        let line = match std::str::from_utf8(&bytes) {
+            Ok(text) => text.trim_end_matches('\n'),
+            Err(e) => {
+                return Ok(Err(Break {
+                    path: path.into(),
+                    line: n,
+                    record: None,
+                    why: format!(
+                        "byte {} of the line is not UTF-8 (the record was altered or damaged)",
+                        e.valid_up_to() + 1
+                    ),
+                }))
+            }
+        };
         if line.trim().is_empty() {
             continue;
         }
@@ -67,7 +86,7 @@ pub(crate) fn verify_file(path: &Path, start: &Start) -> io::Result<Result<Verif
             record,
             why: why.into(),
         };
-        let Ok(Value::Object(mut rec)) = serde_json::from_str::<Value>(&line) else {
+        let Ok(Value::Object(mut rec)) = serde_json::from_str::<Value>(line) else {
             return Ok(Err(brk(None, "not a JSON object")));
         };
         let label = describe(&rec);

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use super::{fail, left, refused, table};
+use super::{fail, left, refused, table, unreachable};
 use crate::{
     control::{self, Reply, Request, RequestView, Response},
     explain::{self, ExplainView},
@@ -238,7 +238,7 @@ fn print_json(response: &Response) {
 pub(super) fn request_and_wait(socket: &Path, request: Request, json: bool) -> ExitCode {
     let first = match control::call(socket, &request) {
         Ok(r) => r,
-        Err(e) => return fail(3, e),
+        Err(e) => return unreachable(e, json),
     };
     let filed = match first {
         Response::Ok(Reply::Requested { request }) => request,

@@ -101,6 +101,16 @@ pub(super) fn not_enforcing(reply: &Reply) -> bool {
     matches!(reply, Reply::Status(s) if s.enforcement.as_ref().is_some_and(|e| !e.ok) || s.journal_failing.is_some())
 }
 
+/// Whether a reply is a "no" that scripts test with the exit code:
+/// `status` while the kernel lacks part of the enforcement, `explain`
+/// when the answer is DENY (as `kubectl auth can-i` exits 1 on "no"; a
+/// segment in audit mode lets the connection through, so its WOULD DENY
+/// exits 0).
+pub(super) fn exits_one(reply: &Reply) -> bool {
+    not_enforcing(reply)
+        || matches!(reply, Reply::Explained(v) if !v.allowed && v.mode.as_deref() != Some("audit"))
+}
+
 fn render_list(l: &ListView) -> String {
     let mut out = String::new();
     if l.standing.is_empty() && l.grants.is_empty() && l.pending.is_empty() {
@@ -182,6 +192,9 @@ fn render_status(s: &StatusView) -> String {
         s.peer_capacity,
         s.local_addresses,
     );
+    for f in &s.peer_filters {
+        out.push_str(&format!("peer filter on {}: {}\n", f.iface, f.mode));
+    }
     if let Some(e) = &s.enforcement {
         for m in &e.missing {
             out.push_str(&format!("MISSING in the kernel: {m}\n"));
@@ -221,6 +234,12 @@ fn render_status(s: &StatusView) -> String {
             "deny log: {} ({} denies read, {} logged, {} suppressed by the rate limit)\n",
             d.path, d.received, d.logged, d.suppressed
         ));
+        if d.write_failures > 0 {
+            out.push_str(&format!(
+                "WARNING: the deny log could not be written {} time(s): those denies are counted (metrics) but not logged; check that {} is writable\n",
+                d.write_failures, d.path
+            ));
+        }
     }
     if let Some(r) = &s.last_reload {
         out.push_str(&format!(
@@ -233,6 +252,9 @@ fn render_status(s: &StatusView) -> String {
             }
         ));
     }
+    for w in &s.warnings {
+        out.push_str(&format!("WARNING: {w}\n"));
+    }
     out.push('\n');
     let rows: Vec<Vec<String>> = s
         .segments
@@ -242,9 +264,12 @@ fn render_status(s: &StatusView) -> String {
                 g.name.clone(),
                 g.ports.join(","),
                 g.mode.clone(),
+                g.standing.to_string(),
+                g.grants.to_string(),
                 g.allowed.to_string(),
                 g.denied.to_string(),
                 g.would_deny.to_string(),
+                g.description.clone().unwrap_or_default(),
             ]
         })
         .collect();
@@ -253,9 +278,12 @@ fn render_status(s: &StatusView) -> String {
             "SEGMENT",
             "PORTS",
             "MODE",
+            "STANDING",
+            "GRANTS",
             "ALLOWED",
             "DENIED",
             "WOULD_DENY",
+            "DESCRIPTION",
         ],
         &rows,
     ));

@@ -79,7 +79,14 @@ fn confirm(question: &str) -> bool {
     matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes")
 }
 
+/// The one message a non-root user gets (before anything is tried, so
+/// not a cascade of "could not be audited" and "Permission denied").
+pub(super) const NEEDS_ROOT: &str = "uninstall needs root: it detaches the agent's programs, removes its pinned maps and records that in the audit log (run it as root, e.g. with sudo)";
+
 pub(super) fn run(args: UninstallArgs) -> ExitCode {
+    if !nix::unistd::geteuid().is_root() {
+        return fail(1, NEEDS_ROOT);
+    }
     let file = match &args.config {
         Some(path) => AgentConfig::load(path, true),
         None => AgentConfig::load(Path::new(settings::DEFAULT_PATH), false),

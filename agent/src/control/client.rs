@@ -31,7 +31,10 @@ pub(crate) fn open(socket: &Path, request: &Request) -> Result<Answer, ClientErr
     let conn = StdUnixStream::connect(socket).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => ClientError::SocketMissing(socket.into()),
         io::ErrorKind::ConnectionRefused => ClientError::NotRunning(socket.into()),
-        io::ErrorKind::PermissionDenied => ClientError::PermissionDenied(socket.into()),
+        io::ErrorKind::PermissionDenied => ClientError::PermissionDenied {
+            path: socket.into(),
+            group: socket_group(socket),
+        },
         _ => ClientError::Connect {
             path: socket.into(),
             source: e,
@@ -67,4 +70,19 @@ pub(crate) fn open(socket: &Path, request: &Request) -> Result<Answer, ClientErr
         }
         whole => Answer::Whole(whole),
     })
+}
+
+/// The name of the group that owns `socket` (or of its gid), escaped for
+/// a terminal; `None` when it is root's group or cannot be read.
+fn socket_group(socket: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let gid = std::fs::metadata(socket).ok()?.gid();
+    if gid == 0 {
+        return None;
+    }
+    let name = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+        .ok()
+        .flatten()
+        .map_or_else(|| format!("gid {gid}"), |g| g.name);
+    Some(crate::termtext::escape(&name).into_owned())
 }

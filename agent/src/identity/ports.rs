@@ -29,14 +29,14 @@ pub struct ProtocolError(pub String);
 impl FromStr for Protocol {
     type Err = ProtocolError;
 
+    /// `tcp` or `udp`, lower case: one spelling per protocol, so what is
+    /// written is what every listing and audit record shows (`TCP` is
+    /// refused with a hint, not silently read).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        // Case-insensitive: `TCP` in a policy is not worth an error.
-        if s.eq_ignore_ascii_case("tcp") {
-            Ok(Protocol::Tcp)
-        } else if s.eq_ignore_ascii_case("udp") {
-            Ok(Protocol::Udp)
-        } else {
-            Err(ProtocolError(s.to_owned()))
+        match s {
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            _ => Err(ProtocolError(s.to_owned())),
         }
     }
 }
@@ -83,6 +83,10 @@ pub enum PortRangeError {
     MissingProtocol { value: String },
     #[error("unknown protocol `{proto}` in `{value}`: protocols are tcp and udp")]
     UnknownProtocol { value: String, proto: String },
+    #[error("protocol `{proto}` in `{value}` is written in lower case")]
+    ProtocolCase { value: String, proto: String },
+    #[error("port `{text}` in `{value}` has a leading zero")]
+    LeadingZero { value: String, text: String },
     #[error("`{text}` in `{value}` is not a port number")]
     NotANumber { value: String, text: String },
     #[error("port 0 in `{value}` is not a port")]
@@ -108,6 +112,18 @@ impl PortRangeError {
             PortRangeError::UnknownProtocol { .. } => {
                 "write PORT/tcp or PORT/udp, e.g. `5432/tcp`".to_owned()
             }
+            PortRangeError::ProtocolCase { value, proto } => format!(
+                "write `{}`",
+                value.replacen(
+                    &format!("/{proto}"),
+                    &format!("/{}", proto.to_lowercase()),
+                    1
+                )
+            ),
+            PortRangeError::LeadingZero { value, text } => {
+                let trimmed = text.trim_start_matches('0');
+                format!("write `{}`", value.replacen(text.as_str(), trimmed, 1))
+            }
             PortRangeError::NotANumber { .. } => {
                 "write PORT/PROTO or FIRST-LAST/PROTO, e.g. `5432/tcp` or `8000-8099/tcp`"
                     .to_owned()
@@ -132,9 +148,16 @@ impl FromStr for PortRange {
             });
         };
         let proto = proto.parse::<Protocol>().map_err(|ProtocolError(proto)| {
-            PortRangeError::UnknownProtocol {
-                value: value.to_owned(),
-                proto,
+            if proto.to_lowercase().parse::<Protocol>().is_ok() {
+                PortRangeError::ProtocolCase {
+                    value: value.to_owned(),
+                    proto,
+                }
+            } else {
+                PortRangeError::UnknownProtocol {
+                    value: value.to_owned(),
+                    proto,
+                }
             }
         })?;
         let (first, last) = match ports.split_once('-') {
@@ -165,6 +188,14 @@ fn parse_port(value: &str, text: &str) -> Result<u16, PortRangeError> {
         });
     }
     let trimmed = text.trim_start_matches('0');
+    // `021001` is refused rather than read as 21001: a leading zero reads
+    // as octal to some people and tools.
+    if !trimmed.is_empty() && trimmed.len() != text.len() {
+        return Err(PortRangeError::LeadingZero {
+            value: value.to_owned(),
+            text: text.to_owned(),
+        });
+    }
     match trimmed.parse::<u16>() {
         _ if trimmed.is_empty() => Err(PortRangeError::Zero {
             value: value.to_owned(),

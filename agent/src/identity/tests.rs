@@ -22,7 +22,7 @@ fn port_ranges_parse_and_display() {
         }
     );
     assert_eq!(single.to_string(), "5432/tcp");
-    let range: PortRange = "8000-8099/TCP".parse().unwrap();
+    let range: PortRange = "8000-8099/tcp".parse().unwrap();
     assert_eq!(range.to_string(), "8000-8099/tcp");
     assert_eq!(range.ports().count(), 100);
     assert!(range.contains(8050, Protocol::Tcp));
@@ -322,4 +322,40 @@ proptest! {
             prop_assert_eq!(range.to_string().parse::<PortRange>(), Ok(range));
         }
     }
+}
+
+/// Lenient spellings are refused with the one spelling to use (issue 20):
+/// they used to be read silently (`21001/TCP`, `021001/tcp`, `/08`).
+#[test]
+fn lenient_spellings_are_refused_with_the_canonical_form() {
+    let err = |s: &str| s.parse::<PortRange>().unwrap_err();
+    let e = err("21001/TCP");
+    assert_eq!(
+        e.to_string(),
+        "protocol `TCP` in `21001/TCP` is written in lower case"
+    );
+    assert_eq!(e.help(), "write `21001/tcp`");
+    let e = err("021001/tcp");
+    assert_eq!(
+        e.to_string(),
+        "port `021001` in `021001/tcp` has a leading zero"
+    );
+    assert_eq!(e.help(), "write `21001/tcp`");
+    let e = err("08000-08099/Udp");
+    assert_eq!(e.help(), "write `08000-08099/udp`");
+    let e = err("5432/sctp");
+    assert_eq!(
+        e.to_string(),
+        "unknown protocol `sctp` in `5432/sctp`: protocols are tcp and udp"
+    );
+    let e = id_err("peer:10.0.0.0/08");
+    assert_eq!(
+        e.to_string(),
+        "`peer:10.0.0.0/08` is not a network: prefix `/08` in `10.0.0.0/08` has a leading zero"
+    );
+    assert_eq!(e.help().unwrap(), "write `10.0.0.0/8`");
+    assert!(
+        "peer:0.0.0.0/0".parse::<Identity>().is_ok(),
+        "a lone 0 is no leading zero"
+    );
 }

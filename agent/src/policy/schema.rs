@@ -466,8 +466,8 @@ impl Parser<'_> {
                         at,
                         format!(
                             "default_ttl {} is longer than max_ttl {}",
-                            humantime::format_duration(ttl),
-                            humantime::format_duration(max_ttl)
+                            crate::duration::format(ttl, ""),
+                            crate::duration::format(max_ttl, "")
                         ),
                         "no grant may outlast max_ttl: lower default_ttl or raise max_ttl",
                     );
@@ -504,7 +504,13 @@ impl Parser<'_> {
             return None;
         };
         parse_ttl(text)
-            .map_err(|error| self.error(location, format!("bad {key}: {error}"), error.help()))
+            .map_err(|error| {
+                self.error(
+                    location,
+                    format!("bad {key}: {}", error.message()),
+                    error.help(),
+                )
+            })
             .ok()
     }
 

@@ -555,3 +555,29 @@ fn allow_empty_must_be_a_boolean() {
         "{d}"
     );
 }
+
+/// `check` used to pass a policy the agent then refused at apply
+/// (issue 20): more segments than the port map can number.
+#[test]
+fn more_segments_than_the_kernel_can_number_are_refused() {
+    let text = |n: usize| -> String {
+        (1..=n)
+            .map(|i| format!("[segment.s{i}]\nports = [\"{i}/tcp\"]\n"))
+            .collect()
+    };
+    let dir = policy_dir(&[("many.toml", &text(validate::MAX_POLICY_SEGMENTS))]);
+    let (policy, diags) = load(dir.path(), &everyone(), HostCheck::Error);
+    assert_eq!(policy.expect("4,095 fit").segments.len(), 4095, "{diags}");
+    let dir = policy_dir(&[("many.toml", &text(validate::MAX_POLICY_SEGMENTS + 1))]);
+    let (policy, diags) = load(dir.path(), &everyone(), HostCheck::Error);
+    assert!(policy.is_none());
+    let d = diags
+        .iter()
+        .find(|d| d.message.contains("fit the kernel's port map"))
+        .expect("refused");
+    assert_eq!(
+        d.message,
+        "4096 segments; at most 4095 fit the kernel's port map, and this is number 4096"
+    );
+    assert_eq!(d.location.as_ref().unwrap().line, 2 * 4095 + 1);
+}

@@ -13,6 +13,29 @@ use super::{
 };
 use crate::identity::Identity;
 
+/// The most segments a policy may hold: segment ids are 12 bits of a
+/// port entry, and 0 means "no segment" (`agent_common::MAX_SEGMENTS`).
+pub(crate) const MAX_POLICY_SEGMENTS: usize = agent_common::MAX_SEGMENTS as usize - 1;
+
+/// Reports a policy with more segments than the kernel's port entries can
+/// number, at the first segment past the limit: `check` refuses what the
+/// agent would (it used to pass `check` and fail at apply).
+pub(super) fn segment_count(segments: &[ParsedSegment], diagnostics: &mut Diagnostics) {
+    if let Some(over) = segments.get(MAX_POLICY_SEGMENTS) {
+        diagnostics.push(
+            Diagnostic::error(
+                Some(over.segment.origin.clone()),
+                format!(
+                    "{} segments; at most {MAX_POLICY_SEGMENTS} fit the kernel's port map, and this is number {}",
+                    segments.len(),
+                    MAX_POLICY_SEGMENTS + 1
+                ),
+            )
+            .with_help("merge segments that share their allows, or give one segment a port range"),
+        );
+    }
+}
+
 /// Reports a segment name defined more than once, at each later definition.
 pub(super) fn duplicate_names(segments: &[ParsedSegment], diagnostics: &mut Diagnostics) {
     let mut first: HashMap<&str, &Location> = HashMap::new();

@@ -28,12 +28,13 @@ use crate::{
 pub(crate) const DEFAULT_PATH: &str = "/etc/portcullis/agent.toml";
 
 /// Every key the file may hold, for "did you mean" hints.
-const KEYS: [&str; 23] = [
+const KEYS: [&str; 24] = [
     "policy_dir",
     "socket",
     "socket_mode",
     "socket_group",
     "xdp_ifaces",
+    "peer_filter",
     "audit_log",
     "state_dir",
     "bpffs",
@@ -68,6 +69,8 @@ pub(crate) struct AgentConfig {
     pub socket_group: Option<String>,
     /// Interfaces to attach the XDP program to (none: no XDP).
     pub xdp_ifaces: Vec<String>,
+    /// Where the peer filter may go (auto, xdp, tc).
+    pub peer_filter: crate::dataplane::Placement,
     pub audit_log: PathBuf,
     pub state_dir: PathBuf,
     /// This agent's bpffs directory (pinned programs, links and maps).
@@ -115,6 +118,7 @@ impl Default for AgentConfig {
             socket_mode: 0o660,
             socket_group: None,
             xdp_ifaces: Vec::new(),
+            peer_filter: crate::dataplane::Placement::Auto,
             audit_log: "/var/log/portcullis/audit.jsonl".into(),
             state_dir: "/var/lib/portcullis".into(),
             bpffs: "/sys/fs/bpf/portcullis".into(),
@@ -161,6 +165,7 @@ struct RawConfig {
     socket_mode: Option<Spanned<RawMode>>,
     socket_group: Option<Spanned<String>>,
     xdp_ifaces: Option<Vec<Spanned<String>>>,
+    peer_filter: Option<Spanned<String>>,
     audit_log: Option<Spanned<PathBuf>>,
     state_dir: Option<Spanned<PathBuf>>,
     bpffs: Option<Spanned<PathBuf>>,
@@ -289,6 +294,16 @@ impl AgentConfig {
         }
         if let Some(on) = raw.discovery {
             config.discovery = on;
+        }
+        if let Some(v) = raw.peer_filter {
+            match v.get_ref().parse::<crate::dataplane::Placement>() {
+                Ok(p) => config.peer_filter = p,
+                Err(e) => check.error(
+                    v.span(),
+                    e,
+                    "\"auto\" puts native XDP on physical NICs with driver support and tc ingress elsewhere",
+                ),
+            }
         }
         if let Some(v) = raw.mode {
             match v.get_ref().parse::<crate::policy::Mode>() {

@@ -111,6 +111,13 @@ fn one_of_each() -> Vec<AuditEvent> {
             requested_by: actor(),
             expired_at: s("T"),
         },
+        AuditEvent::RequestDropped {
+            request_id: 2,
+            segment: s("db"),
+            identity: s("uid:1"),
+            requested_by: actor(),
+            why: s("segment db left the policy"),
+        },
         AuditEvent::Revoke {
             grant_id: 1,
             segment: s("db"),

@@ -37,8 +37,17 @@ fn render_known(event: &AuditEvent, ts: &str, extra: &Map<String, Value>) -> Str
     let Value::Object(fields) = fields else {
         unreachable!("an object stays an object")
     };
-    line(&esc(ts), &kind, [subject, actor, details(&fields)])
+    // A person denying a request, told apart from the kernel's denies of
+    // the deny log (`audit --denies`), which share the name `deny`.
+    let kind = match event {
+        AuditEvent::Deny { .. } => REQUEST_DENY,
+        _ => kind.as_ref(),
+    };
+    line(&esc(ts), kind, [subject, actor, details(&fields)])
 }
+
+/// How `portcullis audit` labels the audit log's `deny` (a denied request).
+const REQUEST_DENY: &str = "deny (request)";
 
 /// `by alice(1000)/pid 42`.
 fn actor_column(a: &Actor) -> String {
@@ -138,7 +147,12 @@ fn render_escaped(rec: &Map<String, Value>) -> String {
     };
     let subject = subject(text("identity"), text("segment"));
     match text("event") {
-        // The deny log's records (an audit `deny`, a request denied, is typed).
+        // The audit log's `deny` is a person denying a request (it has a
+        // request id): who denied, and why, with the request's fields.
+        "deny" if rec.contains_key("request_id") => {
+            return line(text("ts"), REQUEST_DENY, [subject, actor, details(rec)])
+        }
+        // The deny log's records: the kernel refused a connection.
         "deny" | "would_deny" => return render_deny(rec, &subject),
         "suppressed" => {
             return format!(

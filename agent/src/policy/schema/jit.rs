@@ -25,7 +25,11 @@ impl Parser<'_> {
         text.parse::<IdleTimeout>()
             .map(Duration::from)
             .map_err(|error| {
-                self.error(location, format!("bad idle_timeout: {error}"), error.help())
+                self.error(
+                    location,
+                    format!("bad idle_timeout: {}", error.message()),
+                    error.help(),
+                )
             })
             .ok()
     }

@@ -568,7 +568,7 @@ fn idle_timeout_is_a_bounded_duration() {
         &d,
         short,
         "\"500ms\"",
-        "bad idle_timeout: idle timeout `500ms` is shorter than the minimum of 1s",
+        "bad idle_timeout: `500ms` is not a duration: `ms` is shorter than a second; the smallest unit is `s`",
     );
     let long = "[segment.a]\nports = [\"1/tcp\"]\n[segment.a.jit]\nmax_ttl = \"1h\"\nidle_timeout = \"400d\"\n";
     let d = only(long);

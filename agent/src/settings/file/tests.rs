@@ -25,9 +25,35 @@ fn an_empty_file_means_every_default() {
 #[test]
 fn the_shipped_example_states_exactly_the_defaults() {
     // packaging/agent.toml documents the defaults by writing them out;
-    // if a default changes, the shipped file must change with it.
+    // if a default changes, the shipped file must change with it. The one
+    // exception is the socket's group, which the package creates
+    // (packaging/debian/postinst) and the shipped file names.
     let text = include_str!("../../../../packaging/agent.toml");
-    assert_eq!(parse(text).unwrap(), AgentConfig::default());
+    let shipped = parse(text).unwrap();
+    assert_eq!(shipped.socket_group.as_deref(), Some(PACKAGE_GROUP));
+    assert_eq!(
+        AgentConfig {
+            socket_group: None,
+            ..shipped
+        },
+        AgentConfig::default()
+    );
+}
+
+/// The group the package creates for the control socket.
+const PACKAGE_GROUP: &str = "portcullis";
+
+#[test]
+fn the_package_creates_the_group_the_shipped_file_names() {
+    let postinst = include_str!("../../../../packaging/debian/postinst");
+    assert!(
+        postinst.contains(&format!("groupadd --system {PACKAGE_GROUP}")),
+        "postinst must create the socket group:\n{postinst}"
+    );
+    assert!(
+        postinst.contains(&format!("getent group {PACKAGE_GROUP}")),
+        "postinst must create the group only when it is missing:\n{postinst}"
+    );
 }
 
 #[test]
@@ -72,6 +98,7 @@ grant_grace = "5m"
 policy_symlinks_outside = true
 mode = "audit"
 discovery = false
+peer_filter = "tc"
 "#,
     )
     .unwrap();
@@ -101,9 +128,10 @@ discovery = false
             policy_symlinks_outside: true,
             mode: Some(crate::policy::Mode::Audit),
             discovery: false,
+            peer_filter: crate::dataplane::Placement::Tc,
         }
     );
-    assert_eq!(KEYS.len(), 23, "KEYS lists every field");
+    assert_eq!(KEYS.len(), 24, "KEYS lists every field");
 }
 
 #[test]
@@ -146,6 +174,7 @@ max_peers = -1
 request_expiry = "0s"
 identity_rescan = "soon"
 cgroup = "sys/fs/cgroup"
+peer_filter = "generic"
 "#,
     );
     let at = |line: usize, needle: &str| {
@@ -168,7 +197,8 @@ cgroup = "sys/fs/cgroup"
     at(7, "request_expiry");
     at(8, "identity_rescan \"soon\" is not a duration");
     at(9, "cgroup \"sys/fs/cgroup\" is not an absolute path");
-    assert_eq!(e.len(), 10, "{e:#?}");
+    at(10, "`generic` is not a peer filter placement");
+    assert_eq!(e.len(), 11, "{e:#?}");
     assert!(e.iter().all(|d| d.contains("\n  help: ")), "{e:#?}");
 }
 
