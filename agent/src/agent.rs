@@ -41,6 +41,8 @@ use crate::{
 
 /// Applying a policy as one transaction; grants of vanished segments.
 mod apply;
+/// Requests that need more than one approver.
+mod approvals;
 /// Who may do what; approvers may not grant to themselves or to catch-alls.
 mod authz;
 /// The live grants, indexed by id and by deadline.
@@ -51,6 +53,8 @@ mod discovery;
 mod enforce;
 /// Typed refusals, mapped to `Refusal` at the edge.
 mod errors;
+/// `extend`: a live grant's later expiry, in place.
+mod extend;
 /// Making, revoking and expiring grants.
 mod grants;
 /// `group:` identities kept current as members come and go.

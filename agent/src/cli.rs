@@ -173,6 +173,22 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Give a live grant more time, in place (root or an approver of its
+    /// segment); never past the segment's max_ttl from the grant's start.
+    #[command(after_help = examples::EXTEND)]
+    Extend {
+        /// The grant id printed by `grant`, `approve` and `list`.
+        id: u64,
+        /// How long the grant lasts from now on.
+        #[arg(long)]
+        ttl: Ttl,
+        /// Why (required when the segment requires reasons).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Print the reply as JSON (errors too, with exit codes as without).
+        #[arg(long)]
+        json: bool,
+    },
     /// Deny a pending request.
     #[command(after_help = examples::DENY)]
     Deny {
@@ -465,6 +481,12 @@ pub(crate) fn run_client(cli: Cli) -> ExitCode {
         }
         Command::Approve { id, ttl, json } => (Request::Approve { id, ttl }, json),
         Command::Deny { id, reason, json } => (Request::Deny { id, reason }, json),
+        Command::Extend {
+            id,
+            ttl,
+            reason,
+            json,
+        } => (Request::Extend { id, ttl, reason }, json),
         Command::Explain { args, pid, json } => match jit::explain_request(args, pid) {
             Ok(request) => (request, json),
             Err(msg) => return fail(2, msg),

@@ -86,6 +86,13 @@ pub(crate) enum Request {
         id: u64,
         reason: String,
     },
+    /// Give a live grant `ttl` more from now, in place.
+    Extend {
+        id: u64,
+        ttl: Ttl,
+        #[serde(default)]
+        reason: Option<String>,
+    },
     /// One request, pending or recently decided (what `request --wait` polls).
     ShowRequest {
         id: u64,
@@ -165,6 +172,10 @@ pub(crate) enum Reply {
     },
     Denied {
         request: Box<RequestView>,
+    },
+    /// A grant given a later expiry (`extend`).
+    Extended {
+        grant: Box<GrantView>,
     },
     Request {
         request: Box<RequestView>,
@@ -286,6 +297,28 @@ pub(crate) struct RequestView {
     pub decided_at: Option<String>,
     /// The approver's reason for a denial.
     pub decision_reason: Option<String>,
+    /// Every approval, oldest first (the last one decided an approved request).
+    #[serde(default)]
+    pub approvals: Vec<ApprovalView>,
+    /// How many distinct approvers the segment requires.
+    #[serde(default = "one")]
+    pub approvals_required: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// One approver's yes.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct ApprovalView {
+    /// `user (uid N)`.
+    pub by: String,
+    pub uid: u32,
+    /// RFC 3339, UTC.
+    pub at: String,
+    /// The TTL this approver allowed.
+    pub ttl_secs: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -478,6 +511,7 @@ pub(crate) fn check_text(request: &Request) -> Result<(), crate::termtext::Unsaf
             identity, reason, ..
         } => vec![("identity", Some(identity)), ("reason", Some(reason))],
         Request::Unlock { identity } => vec![("identity", Some(identity))],
+        Request::Extend { reason, .. } => vec![("reason", reason.as_deref())],
         Request::Explain { identity, port, .. } => {
             vec![("identity", identity.as_deref()), ("port", Some(port))]
         }

@@ -131,6 +131,9 @@ pub struct Jit {
     pub windows: Option<windows::Windows>,
     /// A grant nothing used for this long lapses (`idle_timeout`).
     pub idle_timeout: Option<Duration>,
+    /// How many distinct approvers (never the requester) must approve a
+    /// request before it is granted (`approvals_required`, default 1).
+    pub approvals_required: u32,
 }
 
 impl Policy {

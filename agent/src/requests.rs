@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{actor::Actor, identity::Identity};
 
+mod approvals;
+pub(crate) use approvals::Approval;
+
 /// How long a decided request stays in the book, so that a waiting
 /// requester (`request --wait`) and `list` can still see the outcome.
 pub(crate) const KEEP_DECIDED: Duration = Duration::from_secs(600);
@@ -116,6 +119,10 @@ pub(crate) struct AccessRequest {
     pub expires_boot_ns: u64,
     pub boot_id: String,
     pub state: RequestState,
+    /// Approvals given so far while more are required (`approvals_required`);
+    /// the last approval is the state's `by`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<Approval>,
 }
 
 /// What a new request asks for; the book assigns nothing but its deadline.
@@ -162,6 +169,8 @@ pub(crate) enum RequestError {
     },
     #[error("{MAX_PENDING} requests are already pending; ask an approver to decide some first")]
     Full,
+    #[error("{by} already approved request {id}; it needs approvals from distinct approvers")]
+    AlreadyApproved { id: u64, by: String },
 }
 
 fn ms(d: Duration) -> u64 {
@@ -276,6 +285,7 @@ impl RequestBook {
             expires_boot_ns: now.boot_ns.saturating_add(ns(ask.pending_for)),
             boot_id: ask.boot_id,
             state: RequestState::Pending,
+            approvals: Vec::new(),
         };
         Ok(self.requests.entry(request.id).or_insert(request))
     }

@@ -139,7 +139,8 @@ impl CoreError {
                 RequestError::Full => RefusalCode::Unavailable,
                 RequestError::Decided { .. }
                 | RequestError::Expired { .. }
-                | RequestError::Duplicate { .. } => RefusalCode::Invalid,
+                | RequestError::Duplicate { .. }
+                | RequestError::AlreadyApproved { .. } => RefusalCode::Invalid,
             },
         }
     }

@@ -17,6 +17,7 @@ use std::{collections::BTreeMap, time::Duration};
 use tracing::{info, warn};
 
 use super::{
+    approvals::Step,
     authz::{check_reason, check_ttl, jit_rules, requested_ttl, window_ttl},
     errors::CoreError,
     refuse, Agent,
@@ -37,7 +38,7 @@ use crate::{
 pub(crate) const DEFAULT_REQUEST_TTL: Duration = Duration::from_secs(3600);
 
 /// A refusal of the request book, at the edge.
-fn book_refusal(e: RequestError) -> Refusal {
+pub(super) fn book_refusal(e: RequestError) -> Refusal {
     CoreError::Book(e).into()
 }
 
@@ -50,7 +51,7 @@ fn own_identity(uid: u32) -> Identity {
         .unwrap_or(Identity::Uid(uid))
 }
 
-fn rfc3339_ms(unix_ms: u64) -> String {
+pub(super) fn rfc3339_ms(unix_ms: u64) -> String {
     clock::rfc3339(std::time::UNIX_EPOCH + Duration::from_millis(unix_ms))
 }
 
@@ -246,6 +247,11 @@ impl Agent {
         check_ttl(&seg, jit, ttl)?;
         // Approved inside a window only; the grant closes at its end.
         let ttl = window_ttl(&seg, jit, ttl)?;
+        let by = Actor::from_uid(cred.uid, cred.pid);
+        let ttl = match self.approval_step(&req, &by, ttl, now)? {
+            Step::Recorded(reply) => return Ok(*reply),
+            Step::Grant(ttl) => ttl,
+        };
         let grant = self.open_grant(
             cred,
             &seg,
@@ -254,7 +260,6 @@ impl Agent {
             req.reason.clone(),
             Some(id),
         )?;
-        let by = Actor::from_uid(cred.uid, cred.pid);
         // Decided at the instant it was found decidable: nothing can have
         // changed in between, the agent is locked.
         let decided = self
@@ -491,6 +496,8 @@ impl Agent {
             decided_by,
             decided_at,
             decision_reason,
+            approvals: self.approval_views(r),
+            approvals_required: self.approvals_required(&r.segment),
         }
     }
 

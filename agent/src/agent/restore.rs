@@ -175,6 +175,44 @@ impl Agent {
                     "the agent stopped before auditing this request; it was never made"
                 );
             }
+            Op::Approval {
+                request_id,
+                approval,
+                ..
+            } => {
+                if let Some(r) = memory.requests.get_mut(&request_id) {
+                    r.approvals.retain(|a| a.by.uid != approval.by.uid);
+                    let _ = self.journal.append_or_queue(Op::Request {
+                        request: r.clone(),
+                        audit_prev: None,
+                    });
+                }
+                warn!(
+                    request = request_id,
+                    "the agent stopped before auditing an approval of this request; it was never given"
+                );
+            }
+            Op::Extend {
+                grant_id,
+                previous_unix_ms,
+                previous_boot_ns,
+                boot_id,
+                ..
+            } => {
+                if let Some(g) = memory.grants.get_mut(&grant_id) {
+                    g.expires_unix_ms = previous_unix_ms;
+                    g.expires_boot_ns = previous_boot_ns;
+                    g.boot_id = boot_id;
+                    let _ = self.journal.append_or_queue(Op::Grant {
+                        grant: g.clone(),
+                        audit_prev: None,
+                    });
+                }
+                warn!(
+                    grant = grant_id,
+                    "the agent stopped before auditing an extension of this grant; its previous expiry stands"
+                );
+            }
             Op::End {
                 grant_id,
                 event: Some(event),

@@ -535,6 +535,8 @@ fn a_scrape_needs_no_agent_lock_and_shows_the_last_published_state() {
     );
 }
 mod fastpath;
+mod approvals;
+mod extend;
 mod first_use;
 mod groups;
 mod journal;

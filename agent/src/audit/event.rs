@@ -68,6 +68,32 @@ pub(crate) enum AuditEvent {
         requested_by: Actor,
         actor: Actor,
     },
+    /// One approval of a request that needs more than one
+    /// (`approvals_required`), short of the last: the last is the `approve`.
+    Approval {
+        request_id: u64,
+        segment: String,
+        identity: String,
+        /// Approvals given so far, this one included.
+        approvals: u32,
+        /// How many the segment requires.
+        required: u32,
+        ttl_secs: u64,
+        requested_by: Actor,
+        actor: Actor,
+    },
+    /// A live grant given a later expiry (`portcullis extend`), in place.
+    Extend {
+        grant_id: u64,
+        segment: String,
+        identity: String,
+        /// How long it lasts from the extension on.
+        ttl_secs: u64,
+        expires_at: String,
+        previous_expires_at: String,
+        reason: Option<String>,
+        actor: Actor,
+    },
     Deny {
         request_id: u64,
         segment: String,
@@ -270,13 +296,15 @@ pub(crate) enum AuditEvent {
 impl AuditEvent {
     /// Every kind this version writes, as named on disk (the docs test,
     /// and `audit --event`'s check).
-    pub(crate) const KINDS: [&'static str; 25] = [
+    pub(crate) const KINDS: [&'static str; 27] = [
         "agent_start",
         "agent_stop",
         "grant",
         "grant_failed",
         "request",
         "approve",
+        "approval",
+        "extend",
         "deny",
         "request_expire",
         "request_dropped",
@@ -309,6 +337,8 @@ impl AuditEvent {
             Self::GrantFailed { .. } => "grant_failed",
             Self::Request { .. } => "request",
             Self::Approve { .. } => "approve",
+            Self::Approval { .. } => "approval",
+            Self::Extend { .. } => "extend",
             Self::Deny { .. } => "deny",
             Self::RequestExpire { .. } => "request_expire",
             Self::RequestDropped { .. } => "request_dropped",
@@ -351,6 +381,8 @@ impl AuditEvent {
             | Self::GrantFailed { segment, .. }
             | Self::Request { segment, .. }
             | Self::Approve { segment, .. }
+            | Self::Approval { segment, .. }
+            | Self::Extend { segment, .. }
             | Self::Deny { segment, .. }
             | Self::RequestExpire { segment, .. }
             | Self::RequestDropped { segment, .. }
@@ -383,6 +415,8 @@ impl AuditEvent {
             | Self::GrantFailed { identity, .. }
             | Self::Request { identity, .. }
             | Self::Approve { identity, .. }
+            | Self::Approval { identity, .. }
+            | Self::Extend { identity, .. }
             | Self::Deny { identity, .. }
             | Self::RequestExpire { identity, .. }
             | Self::RequestDropped { identity, .. }
@@ -416,6 +450,8 @@ impl AuditEvent {
             | Self::GrantFailed { actor, .. }
             | Self::Request { actor, .. }
             | Self::Approve { actor, .. }
+            | Self::Approval { actor, .. }
+            | Self::Extend { actor, .. }
             | Self::Deny { actor, .. }
             | Self::Revoke { actor, .. }
             | Self::Expire { actor, .. }

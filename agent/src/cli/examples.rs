@@ -47,7 +47,13 @@ Examples:
 pub(super) const APPROVE: &str = "\
 Examples:
   portcullis approve 12               # for the TTL the request asked
-  portcullis approve 12 --ttl 15m     # shorter (never longer)";
+  portcullis approve 12 --ttl 15m     # shorter (never longer)
+A segment with approvals_required = N grants once N distinct approvers approved.";
+
+pub(super) const EXTEND: &str = "\
+Examples:
+  portcullis extend 13 --ttl 30m --reason \"INC-4411 still open\"   # 30m more from now
+The grant's kernel entry is updated in place; never past max_ttl from its start.";
 
 pub(super) const DENY: &str = "\
 Examples:

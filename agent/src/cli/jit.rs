@@ -45,6 +45,13 @@ fn request_line(r: &RequestView) -> String {
         left(r.ttl_secs)
     );
     match r.state.as_str() {
+        "pending" if r.approvals_required > 1 => s.push_str(&format!(
+            ", pending with {}; lapses {} unless decided (`portcullis approve {}` or `portcullis deny {} --reason TEXT`)",
+            approvals_of(r),
+            relative(&r.expires_at),
+            r.id,
+            r.id
+        )),
         "pending" => s.push_str(&format!(
             ", pending; lapses {} unless decided (`portcullis approve {}` or `portcullis deny {} --reason TEXT`)",
             relative(&r.expires_at),
@@ -55,6 +62,20 @@ fn request_line(r: &RequestView) -> String {
             s.push_str(": ");
             s.push_str(&r.outcome);
         }
+    }
+    s
+}
+
+/// "1 of 2 approvals (alice (uid 1001))".
+fn approvals_of(r: &RequestView) -> String {
+    let mut s = format!(
+        "{} of {} approvals",
+        r.approvals.len(),
+        r.approvals_required
+    );
+    if !r.approvals.is_empty() {
+        let who: Vec<&str> = r.approvals.iter().map(|a| a.by.as_str()).collect();
+        s.push_str(&format!(" ({})", who.join(", ")));
     }
     s
 }
@@ -107,13 +128,21 @@ pub(super) fn pending_table(requests: &[RequestView]) -> String {
                 left(r.ttl_secs),
                 relative(&r.created_at),
                 relative(&r.expires_at),
+                format!("{} of {}", r.approvals.len(), r.approvals_required),
                 r.reason.clone().unwrap_or_default(),
             ]
         })
         .collect();
     table(
         &[
-            "REQUEST", "SEGMENT", "IDENTITY", "TTL", "ASKED", "LAPSES", "REASON",
+            "REQUEST",
+            "SEGMENT",
+            "IDENTITY",
+            "TTL",
+            "ASKED",
+            "LAPSES",
+            "APPROVALS",
+            "REASON",
         ],
         &rows,
     )
@@ -297,7 +326,32 @@ mod tests {
             decided_by: Some("bob (uid 1001)".into()),
             decided_at: None,
             decision_reason: Some("not now".into()),
+            approvals: Vec::new(),
+            approvals_required: 1,
         }
+    }
+
+    #[test]
+    fn a_pending_request_that_needs_two_approvals_says_how_many_it_has() {
+        let mut r = view("pending");
+        r.approvals_required = 2;
+        r.approvals.push(control::ApprovalView {
+            by: "bob (uid 1001)".into(),
+            uid: 1001,
+            at: "2026-01-01T00:10:00Z".into(),
+            ttl_secs: 1800,
+        });
+        assert!(
+            request_line(&r).contains(", pending with 1 of 2 approvals (bob (uid 1001)); lapses"),
+            "{}",
+            request_line(&r)
+        );
+        let t = pending_table(&[r]);
+        let mut lines = t.lines();
+        assert!(lines.next().unwrap().contains("APPROVALS"), "{t}");
+        assert!(lines.next().unwrap().contains("  1 of 2  "), "{t}");
+        // One approval needed: the line reads as before.
+        assert!(!request_line(&view("pending")).contains("approvals"));
     }
 
     #[test]

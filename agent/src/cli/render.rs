@@ -70,6 +70,7 @@ pub(crate) fn render(reply: &Reply) -> String {
             format!("{}{}\n", jit::render_decided(request), grant_line(grant))
         }
         Reply::Denied { request } => jit::render_decided(request),
+        Reply::Extended { grant } => format!("extended: {}\n", grant_line(grant)),
         Reply::Pending { requests } => jit::render_pending(requests),
         Reply::Explained(view) => jit::render_explain(view),
         Reply::Uninstalled {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     audit::AuditEvent,
-    requests::{AccessRequest, RequestState},
+    requests::{AccessRequest, Approval, RequestState},
     state::{Grant, Lock},
 };
 
@@ -53,6 +53,25 @@ pub(crate) enum Op {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         audit_prev: Option<String>,
     },
+    /// One approval of a pending request that needs more than one.
+    Approval {
+        request_id: u64,
+        approval: Approval,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        audit_prev: Option<String>,
+    },
+    /// A live grant's new expiry (`portcullis extend`), with the one it
+    /// replaces (put back at start if the `extend` record is missing).
+    Extend {
+        grant_id: u64,
+        expires_unix_ms: u64,
+        expires_boot_ns: u64,
+        previous_unix_ms: u64,
+        previous_boot_ns: u64,
+        boot_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        audit_prev: Option<String>,
+    },
     /// A decided request old enough to be forgotten.
     ForgetRequest { request_id: u64 },
     /// The whole segment-name → id map (at most `MAX_SEGMENTS` entries).
@@ -69,7 +88,9 @@ impl Op {
         match self {
             Op::Grant { audit_prev, .. }
             | Op::End { audit_prev, .. }
-            | Op::Request { audit_prev, .. } => audit_prev.as_deref(),
+            | Op::Request { audit_prev, .. }
+            | Op::Approval { audit_prev, .. }
+            | Op::Extend { audit_prev, .. } => audit_prev.as_deref(),
             _ => None,
         }
     }
@@ -110,6 +131,30 @@ impl Memory {
             Op::Request { request, .. } => {
                 self.next_id = self.next_id.max(request.id + 1);
                 self.requests.insert(request.id, request.clone());
+            }
+            Op::Approval {
+                request_id,
+                approval,
+                ..
+            } => {
+                if let Some(r) = self.requests.get_mut(request_id) {
+                    if r.is_pending() && !r.approved_by(approval.by.uid) {
+                        r.approvals.push(approval.clone());
+                    }
+                }
+            }
+            Op::Extend {
+                grant_id,
+                expires_unix_ms,
+                expires_boot_ns,
+                boot_id,
+                ..
+            } => {
+                if let Some(g) = self.grants.get_mut(grant_id) {
+                    g.expires_unix_ms = *expires_unix_ms;
+                    g.expires_boot_ns = *expires_boot_ns;
+                    g.boot_id = boot_id.clone();
+                }
             }
             Op::ForgetRequest { request_id } => {
                 self.requests.remove(request_id);

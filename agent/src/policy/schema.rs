@@ -26,7 +26,7 @@ use crate::{
 };
 
 const SEGMENT_KEYS: [&str; 5] = ["description", "ports", "allow", "jit", "mode"];
-const JIT_KEYS: [&str; 7] = [
+const JIT_KEYS: [&str; 8] = [
     "max_ttl",
     "default_ttl",
     "approvers",
@@ -34,6 +34,7 @@ const JIT_KEYS: [&str; 7] = [
     "windows",
     "timezone",
     "idle_timeout",
+    "approvals_required",
 ];
 /// `default_ttl` when the policy gives none (capped at `max_ttl`).
 const DEFAULT_TTL: Duration = Duration::from_secs(15 * 60);
@@ -452,6 +453,10 @@ impl Parser<'_> {
             None => None,
             Some(item) => Some(self.idle_timeout(item, &location)?),
         };
+        let approvals_required = match table.get("approvals_required") {
+            None => 1,
+            Some(item) => self.approvals_required(item, &location)?,
+        };
 
         let windows = self.windows(table, name, &location);
 
@@ -482,6 +487,7 @@ impl Parser<'_> {
             require_reason,
             windows,
             idle_timeout,
+            approvals_required,
         })
     }
 
@@ -594,6 +600,8 @@ fn article(type_name: &str) -> String {
 /// `windows` and `timezone` of a jit table.
 mod windows;
 
+/// The `jit` table's `approvals_required`.
+mod approvals;
 /// The `jit` table's `idle_timeout` and approvers.
 mod jit;
 

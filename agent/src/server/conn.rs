@@ -305,6 +305,7 @@ fn handle(shared: &Shared, cred: &PeerCred, request: Request) -> Response {
         ),
         Request::Approve { id, ttl } => a.approve(cred, id, ttl.map(crate::duration::Ttl::get)),
         Request::Deny { id, reason } => a.deny(cred, id, &reason),
+        Request::Extend { id, ttl, reason } => a.extend(cred, id, ttl.get(), reason.as_deref()),
         Request::ShowRequest { id } => a.show_request(cred, id),
         Request::Pending {} => Ok(a.pending()),
         Request::Explain {
@@ -369,6 +370,7 @@ fn moves_deadlines(request: &Request) -> bool {
             | Request::Deny { .. }
             | Request::Lock { .. }
             | Request::Unlock { .. }
+            | Request::Extend { .. }
     )
 }
 
