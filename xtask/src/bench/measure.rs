@@ -375,6 +375,8 @@ impl Bench<'_> {
                 peer_filter: None,
                 grants: 0,
                 knobs: Knobs::default(),
+                extra_ports: Vec::new(),
+                extra_allows: Vec::new(),
             };
             if compare {
                 spec.peers = peers_around(self.filtered_ns.peer_addr, n);
@@ -502,6 +504,8 @@ impl Bench<'_> {
             peer_filter: Some("xdp"),
             grants: 0,
             knobs: Knobs::default(),
+            extra_ports: Vec::new(),
+            extra_allows: Vec::new(),
         };
         self.log(&format!(
             "Portcullis native XDP on veth ({n} peer allows), for reference"
@@ -547,6 +551,8 @@ impl Bench<'_> {
                     peer_filter: None,
                     grants: 0,
                     knobs: Knobs::default(),
+                    extra_ports: Vec::new(),
+                    extra_allows: Vec::new(),
                 };
                 let agent = Agent::start(
                     &self.portcullis,

@@ -26,6 +26,8 @@ use crate::{setup, util, util::Workspace};
 
 mod agent;
 mod client;
+mod emptyprog;
+mod fastpath;
 mod firewall;
 mod grants;
 mod host;
@@ -46,7 +48,9 @@ pub(crate) struct Options {
     /// Run only these tables (default: all): `comparison` (tables 1-6:
     /// per-packet cost, connection rate, revocation, bulk load, footprint,
     /// scale), `grants` (table 7: time per grant at scale) and `rollout`
-    /// (table 8: usage, discovery and audit mode on the connect path).
+    /// (table 8: usage, discovery and audit mode on the connect path),
+    /// `fastpath` (table 9: per-packet cost of marked and unmarked flows,
+    /// a deep cgroup entry, a stream, a deny flood, reload to cut).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Part>,
     #[command(subcommand)]
@@ -59,6 +63,7 @@ enum Part {
     Comparison,
     Grants,
     Rollout,
+    Fastpath,
 }
 
 /// What the bench runs inside its cgroup and namespaces.
@@ -68,6 +73,8 @@ enum Helper {
     Client(client::ClientArgs),
     #[command(hide = true)]
     Probe(client::ProbeArgs),
+    #[command(hide = true)]
+    Rr(client::RrArgs),
 }
 
 fn plan(quick: bool) -> measure::Plan {
@@ -118,6 +125,7 @@ pub(crate) fn main(options: Options, ws: &Workspace) -> Result<()> {
     match options.helper {
         Some(Helper::Client(args)) => return client::client(args),
         Some(Helper::Probe(args)) => return client::probe(args),
+        Some(Helper::Rr(args)) => return client::rr(args),
         None => {}
     }
     if !util::is_root() {
@@ -142,7 +150,12 @@ pub(crate) fn main(options: Options, ws: &Workspace) -> Result<()> {
 
     let plan = plan(options.quick);
     let parts = if options.only.is_empty() {
-        vec![Part::Comparison, Part::Grants, Part::Rollout]
+        vec![
+            Part::Comparison,
+            Part::Grants,
+            Part::Rollout,
+            Part::Fastpath,
+        ]
     } else {
         options.only.clone()
     };
@@ -160,6 +173,7 @@ pub(crate) fn main(options: Options, ws: &Workspace) -> Result<()> {
         comparison,
         grants,
         rollout,
+        fastpath,
     } = result?;
     let mut markdown = report::machine_line(&machine, started.elapsed(), unchanged);
     let mut json = serde_json::Map::new();
@@ -207,6 +221,10 @@ pub(crate) fn main(options: Options, ws: &Workspace) -> Result<()> {
         markdown.push_str(&r.markdown());
         json.insert("rollout".into(), r.json());
     }
+    if let Some(f) = fastpath {
+        markdown.push_str(&f.markdown());
+        json.insert("fastpath".into(), f.json());
+    }
     println!("{markdown}");
     let dir = ws.target_dir()?.join("bench");
     fs::create_dir_all(&dir)?;
@@ -236,6 +254,7 @@ struct Results {
     comparison: Option<Comparison>,
     grants: Option<grants::GrantScale>,
     rollout: Option<rollout::Rollout>,
+    fastpath: Option<fastpath::FastPath>,
 }
 
 /// Tables 1-6: Portcullis beside nftables and iptables.
@@ -326,11 +345,17 @@ fn run_all(
     } else {
         None
     };
+    let fastpath = if parts.contains(&Part::Fastpath) {
+        Some(bench.fastpath()?)
+    } else {
+        None
+    };
     Ok(Results {
         machine,
         comparison,
         grants,
         rollout,
+        fastpath,
     })
 }
 
