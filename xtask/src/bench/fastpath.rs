@@ -16,7 +16,7 @@
 //! - Reload to cut: a stream as a uid with a standing allow; the bench
 //!   rewrites the policy without that allow and sends SIGHUP; the time from
 //!   just before the rewrite to the start of the first round trip that did
-//!   not complete (one round trip is ~10-30 µs here).
+//!   not complete (one round trip takes a few µs here).
 //!
 //! Rounds alternate the order of the stream rows so that drift spreads evenly.
 use std::{
