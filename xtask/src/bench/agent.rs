@@ -335,6 +335,27 @@ mod tests {
     }
 
     #[test]
+    fn policy_lists_extra_ports_and_allows() {
+        let spec = Spec {
+            port: 15432,
+            uids: vec![7],
+            peers: Vec::new(),
+            xdp_iface: None,
+            peer_filter: None,
+            grants: 0,
+            knobs: Knobs::default(),
+            extra_ports: vec![15433],
+            extra_allows: vec!["cgroup:/pcbench-1/filtered/l3".into()],
+        };
+        let p = spec.policy();
+        assert!(p.contains("ports = [\"15432/tcp\", \"15433/tcp\"]"), "{p}");
+        assert!(
+            p.contains("\"uid:7\",\n\"cgroup:/pcbench-1/filtered/l3\",\n]"),
+            "{p}"
+        );
+    }
+
+    #[test]
     fn reads_the_xdp_mode_through_colours() {
         let line = "\u{1b}[32m INFO\u{1b}[0m peer filter attached \u{1b}[3miface\u{1b}[0m\u{1b}[2m=\u{1b}[0mpcbx1 \u{1b}[3mmode\u{1b}[0m\u{1b}[2m=\u{1b}[0m\"tcx\"";
         assert_eq!(
