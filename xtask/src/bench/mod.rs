@@ -75,6 +75,15 @@ enum Helper {
     Probe(client::ProbeArgs),
     #[command(hide = true)]
     Rr(client::RrArgs),
+    #[command(hide = true)]
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Where to listen.
+    #[arg(long)]
+    addr: std::net::SocketAddrV4,
 }
 
 fn plan(quick: bool) -> measure::Plan {
@@ -126,6 +135,7 @@ pub(crate) fn main(options: Options, ws: &Workspace) -> Result<()> {
         Some(Helper::Client(args)) => return client::client(args),
         Some(Helper::Probe(args)) => return client::probe(args),
         Some(Helper::Rr(args)) => return client::rr(args),
+        Some(Helper::Serve(args)) => return host::serve(args.addr),
         None => {}
     }
     if !util::is_root() {
@@ -302,11 +312,19 @@ fn run_all(
     let cgroups = host::Cgroups::create()?;
     let filtered_ns = host::Netns::create('x', 0)?;
     let plain_ns = host::Netns::create('p', 1)?;
-    let server = host::Server::start(&[
-        std::net::Ipv4Addr::LOCALHOST,
-        filtered_ns.host_addr,
-        plain_ns.host_addr,
-    ])?;
+    // The veth server stays in the bench's process (its packets come from
+    // the namespaces); the loopback ones run in the client's cgroup.
+    let server = host::Server::start(&[filtered_ns.host_addr, plain_ns.host_addr])?;
+    let _loop_filtered = host::LoopServer::start(
+        &xtask,
+        &cgroups.filtered,
+        std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, server.port),
+    )?;
+    let _loop_plain = host::LoopServer::start(
+        &xtask,
+        &cgroups.plain,
+        std::net::SocketAddrV4::new(measure::PLAIN_LOOPBACK, server.port),
+    )?;
     let (nft, iptables) = firewall::versions();
     let machine = report::Machine::probe(nft, iptables);
     let bench = measure::Bench {
