@@ -9,7 +9,8 @@
 //! peers, `host` the cgroups, namespaces, server and clean-up, `client`
 //! the hidden `client` and `probe` subcommands the bench spawns where the
 //! traffic starts, `grants` the grant-scale table (time per grant with up
-//! to 1,000,000 live grants). The per-packet figures come from the agent binary's
+//! to 1,000,000 live grants), `rollout` table 8, `fastpath` table 9 (issue
+//! 15's rows, with `emptyprog`'s empty cgroup_skb floor). The per-packet figures come from the agent binary's
 //! hidden `bench-dataplane` subcommand (agent/src/benchprog.rs).
 //!
 //! Not part of `cargo xtask test`: it takes minutes and its figures are
