@@ -11,7 +11,7 @@
 //! - An unprivileged client that asks for a huge list and stops reading
 //!   holds no lock: root is answered meanwhile, and the agent drops the
 //!   stalled stream after its deadline.
-//! - A 10 MB hostile policy (a 10 MB file; ten 1 MB files of duplicated
+//! - A 10 MB hostile policy (a file past the 32 MiB cap; ten 1 MB files of duplicated
 //!   ports and overlaps, 840,000 problems) is refused with a bounded audit
 //!   record, a bounded `status`, and the old policy kept.
 use std::{
@@ -403,18 +403,25 @@ fn a_10_mb_hostile_policy_is_refused_with_bounded_records_and_status() {
     let digest = status(&agent)["policy_digest"].clone();
     let hwm_before = vm_hwm_kib(agent.pid());
 
-    // One 10 MB file: refused by size, naming the file and the cap.
+    // One file past the cap (sparse: refused by its size before a byte is
+    // read), naming the file and the cap.
     let big = agent.policies.join("big.toml");
-    let line = "\"1/tcp\",".repeat(10 * 1024 * 1024 / 8);
-    fs::write(&big, format!("[segment.big]\nports = [{line}]\n")).unwrap();
+    fs::write(&big, "[segment.big]\nports = [\"1/tcp\"]\n").unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&big)
+        .unwrap()
+        .set_len(portcullis_cap() + 1)
+        .unwrap();
     let (record, took) = reload_and_wait(&agent);
     assert_eq!(record["ok"], false);
     let errors = record["errors"].to_string();
     assert!(
-        errors.contains(&big.display().to_string()) && errors.contains("1048576"),
+        errors.contains(&big.display().to_string())
+            && errors.contains(&portcullis_cap().to_string()),
         "{errors}"
     );
-    eprintln!("MEASURED: a 10 MB policy file refused in {took:?}");
+    eprintln!("MEASURED: a policy file past the cap refused in {took:?}");
     fs::remove_file(&big).unwrap();
 
     // Ten 1 MB files: 840,000 duplicated and overlapping ports.
@@ -475,4 +482,9 @@ fn a_10_mb_hostile_policy_is_refused_with_bounded_records_and_status() {
         err.lines().count()
     );
     assert!(err.contains("more error(s) in"), "{err}");
+}
+
+/// The agent's cap on one policy file (`MAX_POLICY_BYTES`, 32 MiB).
+fn portcullis_cap() -> u64 {
+    32 * 1024 * 1024
 }

@@ -25,9 +25,12 @@ use std::{
 
 use super::diagnostic::Diagnostic;
 
-/// The largest policy file read (a policy of a few hundred segments is
-/// well under 100 KiB).
-pub const MAX_POLICY_BYTES: u64 = 1024 * 1024;
+/// The largest policy file read. A policy of a few hundred segments is
+/// well under 100 KiB, but one segment's allow list may be long (a
+/// segment cannot span files): 1,000,000 `uid:` allows take ~15 MB. The
+/// cap bounds a mistake (the wrong file), not an attacker: only trusted,
+/// root-owned files are read at all.
+pub const MAX_POLICY_BYTES: u64 = 32 * 1024 * 1024;
 
 /// What a reader of policy files accepts.
 #[derive(Clone, Debug, Default)]

@@ -38,6 +38,10 @@ pub(super) struct Spec {
     pub grants: usize,
     /// The segment's mode and the features a measurement switches off.
     pub knobs: Knobs,
+    /// More protected ports of the segment (beside `port`).
+    pub extra_ports: Vec<u16>,
+    /// More standing allows, as written in a policy (`cgroup:/...`).
+    pub extra_allows: Vec<String>,
 }
 
 /// What the rollout table switches (`bench/rollout.rs`).
@@ -55,7 +59,11 @@ impl Spec {
     fn policy(&self) -> String {
         let mut p = String::with_capacity(64 + 16 * (self.uids.len() + self.peers.len()));
         let _ = writeln!(p, "[segment.{SEGMENT}]");
-        let _ = writeln!(p, "ports = [\"{}/tcp\"]", self.port);
+        let ports: Vec<String> = std::iter::once(self.port)
+            .chain(self.extra_ports.iter().copied())
+            .map(|p| format!("\"{p}/tcp\""))
+            .collect();
+        let _ = writeln!(p, "ports = [{}]", ports.join(", "));
         if self.knobs.audit {
             p.push_str("mode = \"audit\"\n");
         }
@@ -65,6 +73,9 @@ impl Spec {
         }
         for a in &self.peers {
             let _ = writeln!(p, "\"peer:{a}\",");
+        }
+        for a in &self.extra_allows {
+            let _ = writeln!(p, "{a:?},");
         }
         p.push_str("]\n\n");
         let _ = writeln!(p, "[segment.{SEGMENT}.jit]");
@@ -186,6 +197,24 @@ impl Agent {
         Ok(me)
     }
 
+    /// Replaces the agent's policy with `spec`'s (the agent reloads on
+    /// SIGHUP, see `reload`).
+    pub(super) fn rewrite_policy(&self, spec: &Spec) -> Result<()> {
+        let path = self.dir.join("policies").join("bench.toml");
+        let tmp = self.dir.join("bench.toml.new");
+        fs::write(&tmp, spec.policy())?;
+        fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))
+    }
+
+    /// Asks the agent to reload its policies (SIGHUP).
+    pub(super) fn reload(&self) -> Result<()> {
+        // SAFETY: kill(2) of our own child, which has not been reaped.
+        if unsafe { libc::kill(self.pid as i32, libc::SIGHUP) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("SIGHUP to the agent");
+        }
+        Ok(())
+    }
+
     /// The agent's bpffs directory (its pins).
     pub(super) fn bpffs(&self) -> &Path {
         &self.bpffs
@@ -294,6 +323,8 @@ mod tests {
             peer_filter: None,
             grants: 0,
             knobs: Knobs::default(),
+            extra_ports: Vec::new(),
+            extra_allows: Vec::new(),
         };
         let p = spec.policy();
         assert!(p.contains("ports = [\"15432/tcp\"]"));
@@ -301,6 +332,27 @@ mod tests {
         assert!(p.contains("[segment.bench.jit]"));
         assert_eq!(Spec::capacity(1_000_000, 262_144), 1_101_024);
         assert_eq!(Spec::capacity(5, 262_144), 262_144);
+    }
+
+    #[test]
+    fn policy_lists_extra_ports_and_allows() {
+        let spec = Spec {
+            port: 15432,
+            uids: vec![7],
+            peers: Vec::new(),
+            xdp_iface: None,
+            peer_filter: None,
+            grants: 0,
+            knobs: Knobs::default(),
+            extra_ports: vec![15433],
+            extra_allows: vec!["cgroup:/pcbench-1/filtered/l3".into()],
+        };
+        let p = spec.policy();
+        assert!(p.contains("ports = [\"15432/tcp\", \"15433/tcp\"]"), "{p}");
+        assert!(
+            p.contains("\"uid:7\",\n\"cgroup:/pcbench-1/filtered/l3\",\n]"),
+            "{p}"
+        );
     }
 
     #[test]

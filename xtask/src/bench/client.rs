@@ -46,6 +46,26 @@ pub(super) struct ClientArgs {
     refused_ok: bool,
 }
 
+/// `cargo xtask bench rr`: an echo server and its client in one process
+/// (so both ends sit in the cgroup the process was started in), talking
+/// over one TCP connection on 127.0.0.1:`port`.
+#[derive(clap::Args)]
+pub(super) struct RrArgs {
+    /// The port to listen on and connect to.
+    #[arg(long)]
+    port: u16,
+    /// Round trips to make.
+    #[arg(long)]
+    messages: u64,
+    /// Stop after this many seconds even if `messages` is not reached.
+    #[arg(long)]
+    seconds: f64,
+    /// Print `ready` once connected, then make round trips until one fails
+    /// (or `seconds` pass) and report when the failed one began.
+    #[arg(long)]
+    until_cut: bool,
+}
+
 #[derive(clap::Args)]
 pub(super) struct ProbeArgs {
     /// Where to connect.
@@ -204,6 +224,70 @@ fn cut(addr: &libc::sockaddr_in, limit: Duration, interval: Duration) -> String 
         std::thread::sleep(interval);
     }
     "timeout".into()
+}
+
+/// 4-byte messages echoed back; a read waits at most this long.
+const RR_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// `cargo xtask bench rr`: prints
+/// `{"messages": N, "elapsed_ns": T, "cut_at_ns": null | MONO_NS, "error": null | "..."}`.
+/// With `--until-cut`, `cut_at_ns` is the CLOCK_MONOTONIC instant at which
+/// the first round trip that did not complete (a refused send, a reset, or
+/// no answer within 1 s) began.
+pub(super) fn rr(args: RrArgs) -> Result<()> {
+    use std::io::Read;
+    let limit = Duration::from_secs_f64(args.seconds);
+    let listener = std::net::TcpListener::bind(("127.0.0.1", args.port))
+        .with_context(|| format!("binding 127.0.0.1:{}", args.port))?;
+    let echo = std::thread::spawn(move || {
+        let Ok((mut s, _)) = listener.accept() else {
+            return;
+        };
+        let _ = s.set_read_timeout(Some(limit + RR_TIMEOUT));
+        let _ = s.set_nodelay(true);
+        let mut buf = [0u8; 4];
+        while s.read_exact(&mut buf).is_ok() && s.write_all(&buf).is_ok() {}
+    });
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", args.port))
+        .with_context(|| format!("connecting to 127.0.0.1:{}", args.port))?;
+    c.set_nodelay(true)?;
+    c.set_read_timeout(Some(RR_TIMEOUT))?;
+    if args.until_cut {
+        let mut out = io::stdout().lock();
+        writeln!(out, "ready")?;
+        out.flush()?;
+    }
+    let started = Instant::now();
+    let mut messages = 0u64;
+    let mut cut_at = None;
+    let mut error = None;
+    let mut buf = [0u8; 4];
+    while (args.until_cut || messages < args.messages) && started.elapsed() < limit {
+        let began = mono_ns();
+        let r = c
+            .write_all(&(messages as u32).to_ne_bytes())
+            .and_then(|()| c.read_exact(&mut buf));
+        match r {
+            Ok(()) => messages += 1,
+            Err(e) => {
+                if args.until_cut {
+                    cut_at = Some(began);
+                } else {
+                    error = Some(e.to_string());
+                }
+                break;
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    let _ = c.shutdown(std::net::Shutdown::Both);
+    drop(c);
+    let _ = echo.join();
+    println!(
+        "{}",
+        json!({"messages": messages, "elapsed_ns": elapsed.as_nanos() as u64, "cut_at_ns": cut_at, "error": error})
+    );
+    Ok(())
 }
 
 #[cfg(test)]

@@ -121,6 +121,8 @@ impl Bench<'_> {
             peer_filter: None,
             grants: largest + extra,
             knobs: Knobs::default(),
+            extra_ports: Vec::new(),
+            extra_allows: Vec::new(),
         };
         self.log(&format!(
             "grant scale: one agent filled to {} grants",

@@ -361,7 +361,7 @@ impl Server {
     }
 }
 
-fn accept_loop(listener: &TcpListener, stop: &AtomicBool) {
+pub(super) fn accept_loop(listener: &TcpListener, stop: &AtomicBool) {
     let mut pfd = libc::pollfd {
         fd: listener.as_raw_fd(),
         events: libc::POLLIN,
@@ -388,6 +388,71 @@ impl Drop for Server {
             let _ = t.join();
         }
     }
+}
+
+/// The loopback server of the connection-rate, revocation and rollout
+/// tables: `cargo xtask bench serve` (the same accept-and-close loop as
+/// [`Server`]) in its own process, started in a cgroup, so that for
+/// Portcullis the server's side of each flow is under the attach point as
+/// it is in production (`filtered`), and outside it for the unfiltered
+/// twin (`plain`). Killed on drop (and by PR_SET_PDEATHSIG if the bench dies).
+pub(super) struct LoopServer {
+    child: std::process::Child,
+}
+
+impl LoopServer {
+    pub(super) fn start(xtask: &Path, cgroup: &Path, addr: SocketAddrV4) -> Result<Self> {
+        use std::io::BufRead;
+        let mut cmd = Command::new(xtask);
+        cmd.args(["bench", "serve", "--addr"])
+            .arg(addr.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        confine(&mut cmd, Some(cgroup), None);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting the loopback server on {addr}"))?;
+        let mut line = String::new();
+        let out = child.stdout.take().context("no stdout")?;
+        io::BufReader::new(out).read_line(&mut line)?;
+        if line.trim() != "listening" {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the loopback server on {addr} did not start (it printed {line:?})");
+        }
+        Ok(Self { child })
+    }
+}
+
+impl Drop for LoopServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `cargo xtask bench serve`: accepts and closes on `addr` until stdin
+/// closes; prints `listening` once bound.
+pub(super) fn serve(addr: SocketAddrV4) -> Result<()> {
+    use std::io::Read;
+    let listener =
+        TcpListener::bind(addr).with_context(|| format!("binding the bench server to {addr}"))?;
+    listener.set_nonblocking(true)?;
+    // SAFETY: listen(2) on a socket we own.
+    if unsafe { libc::listen(listener.as_raw_fd(), BACKLOG) } != 0 {
+        return Err(io::Error::last_os_error()).context("listen");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = stop.clone();
+    thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while matches!(io::stdin().read(&mut buf), Ok(n) if n > 0) {}
+        watcher.store(true, Ordering::Relaxed);
+    });
+    println!("listening");
+    io::Write::flush(&mut io::stdout())?;
+    accept_loop(&listener, &stop);
+    Ok(())
 }
 
 /// A copy of an executable that any uid may run (the bench's clients run

@@ -36,6 +36,10 @@ const PROBE_UID: u32 = 3_000_000;
 /// The probe connects this often while waiting for the cut (µs).
 pub(super) const PROBE_INTERVAL_US: u64 = 100;
 
+/// The address of the loopback server in the `plain` cgroup (the one in
+/// `filtered` has 127.0.0.1; same port, same `lo`).
+pub(super) const PLAIN_LOOPBACK: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+
 /// How much to measure.
 #[derive(Clone, Debug)]
 pub(super) struct Plan {
@@ -131,8 +135,15 @@ impl Bench<'_> {
         eprintln!("bench: [{}] {msg}", util::human(self.started.elapsed()));
     }
 
-    fn loopback(&self) -> SocketAddrV4 {
-        SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.server.port)
+    /// The loopback server a client in `cgroup` connects to: the one in
+    /// the same cgroup (127.0.0.1 in `filtered`, [`PLAIN_LOOPBACK`] in `plain`).
+    fn loopback(&self, cgroup: &Path) -> SocketAddrV4 {
+        let ip = if cgroup == self.cgroups.plain.as_path() {
+            PLAIN_LOOPBACK
+        } else {
+            Ipv4Addr::LOCALHOST
+        };
+        SocketAddrV4::new(ip, self.server.port)
     }
 
     /// One client run: connects per second.
@@ -148,7 +159,7 @@ impl Bench<'_> {
             From::Cgroup(cg, uid) => {
                 let mut c = Command::new(&self.xtask);
                 host::confine(&mut c, Some(cg), Some((uid, uid)));
-                (c, self.loopback())
+                (c, self.loopback(cg))
             }
             From::Netns(ns) => {
                 let mut c = ns.command(&self.xtask);
@@ -375,6 +386,8 @@ impl Bench<'_> {
                 peer_filter: None,
                 grants: 0,
                 knobs: Knobs::default(),
+                extra_ports: Vec::new(),
+                extra_allows: Vec::new(),
             };
             if compare {
                 spec.peers = peers_around(self.filtered_ns.peer_addr, n);
@@ -502,6 +515,8 @@ impl Bench<'_> {
             peer_filter: Some("xdp"),
             grants: 0,
             knobs: Knobs::default(),
+            extra_ports: Vec::new(),
+            extra_allows: Vec::new(),
         };
         self.log(&format!(
             "Portcullis native XDP on veth ({n} peer allows), for reference"
@@ -547,6 +562,8 @@ impl Bench<'_> {
                     peer_filter: None,
                     grants: 0,
                     knobs: Knobs::default(),
+                    extra_ports: Vec::new(),
+                    extra_allows: Vec::new(),
                 };
                 let agent = Agent::start(
                     &self.portcullis,
@@ -643,7 +660,7 @@ impl Probe {
     fn start(bench: &Bench, cgroup: &Path) -> Result<Self> {
         let mut cmd = Command::new(&bench.xtask);
         cmd.args(["bench", "probe", "--addr"])
-            .arg(bench.loopback().to_string())
+            .arg(bench.loopback(cgroup).to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
         host::confine(&mut cmd, Some(cgroup), Some((PROBE_UID, PROBE_UID)));

@@ -9,7 +9,8 @@
 //! peers, `host` the cgroups, namespaces, server and clean-up, `client`
 //! the hidden `client` and `probe` subcommands the bench spawns where the
 //! traffic starts, `grants` the grant-scale table (time per grant with up
-//! to 1,000,000 live grants). The per-packet figures come from the agent binary's
+//! to 1,000,000 live grants), `rollout` table 8, `fastpath` table 9 (issue
+//! 15's rows, with `emptyprog`'s empty cgroup_skb floor). The per-packet figures come from the agent binary's
 //! hidden `bench-dataplane` subcommand (agent/src/benchprog.rs).
 //!
 //! Not part of `cargo xtask test`: it takes minutes and its figures are
@@ -26,6 +27,8 @@ use crate::{setup, util, util::Workspace};
 
 mod agent;
 mod client;
+mod emptyprog;
+mod fastpath;
 mod firewall;
 mod grants;
 mod host;
@@ -46,7 +49,9 @@ pub(crate) struct Options {
     /// Run only these tables (default: all): `comparison` (tables 1-6:
     /// per-packet cost, connection rate, revocation, bulk load, footprint,
     /// scale), `grants` (table 7: time per grant at scale) and `rollout`
-    /// (table 8: usage, discovery and audit mode on the connect path).
+    /// (table 8: usage, discovery and audit mode on the connect path),
+    /// `fastpath` (table 9: per-packet cost of marked and unmarked flows,
+    /// a deep cgroup entry, a stream, a deny flood, reload to cut).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Part>,
     #[command(subcommand)]
@@ -59,6 +64,7 @@ enum Part {
     Comparison,
     Grants,
     Rollout,
+    Fastpath,
 }
 
 /// What the bench runs inside its cgroup and namespaces.
@@ -68,6 +74,17 @@ enum Helper {
     Client(client::ClientArgs),
     #[command(hide = true)]
     Probe(client::ProbeArgs),
+    #[command(hide = true)]
+    Rr(client::RrArgs),
+    #[command(hide = true)]
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Where to listen.
+    #[arg(long)]
+    addr: std::net::SocketAddrV4,
 }
 
 fn plan(quick: bool) -> measure::Plan {
@@ -118,6 +135,8 @@ pub(crate) fn main(options: Options, ws: &Workspace) -> Result<()> {
     match options.helper {
         Some(Helper::Client(args)) => return client::client(args),
         Some(Helper::Probe(args)) => return client::probe(args),
+        Some(Helper::Rr(args)) => return client::rr(args),
+        Some(Helper::Serve(args)) => return host::serve(args.addr),
         None => {}
     }
     if !util::is_root() {
@@ -142,7 +161,12 @@ pub(crate) fn main(options: Options, ws: &Workspace) -> Result<()> {
 
     let plan = plan(options.quick);
     let parts = if options.only.is_empty() {
-        vec![Part::Comparison, Part::Grants, Part::Rollout]
+        vec![
+            Part::Comparison,
+            Part::Grants,
+            Part::Rollout,
+            Part::Fastpath,
+        ]
     } else {
         options.only.clone()
     };
@@ -160,6 +184,7 @@ pub(crate) fn main(options: Options, ws: &Workspace) -> Result<()> {
         comparison,
         grants,
         rollout,
+        fastpath,
     } = result?;
     let mut markdown = report::machine_line(&machine, started.elapsed(), unchanged);
     let mut json = serde_json::Map::new();
@@ -207,6 +232,10 @@ pub(crate) fn main(options: Options, ws: &Workspace) -> Result<()> {
         markdown.push_str(&r.markdown());
         json.insert("rollout".into(), r.json());
     }
+    if let Some(f) = fastpath {
+        markdown.push_str(&f.markdown());
+        json.insert("fastpath".into(), f.json());
+    }
     println!("{markdown}");
     let dir = ws.target_dir()?.join("bench");
     fs::create_dir_all(&dir)?;
@@ -236,6 +265,7 @@ struct Results {
     comparison: Option<Comparison>,
     grants: Option<grants::GrantScale>,
     rollout: Option<rollout::Rollout>,
+    fastpath: Option<fastpath::FastPath>,
 }
 
 /// Tables 1-6: Portcullis beside nftables and iptables.
@@ -283,11 +313,19 @@ fn run_all(
     let cgroups = host::Cgroups::create()?;
     let filtered_ns = host::Netns::create('x', 0)?;
     let plain_ns = host::Netns::create('p', 1)?;
-    let server = host::Server::start(&[
-        std::net::Ipv4Addr::LOCALHOST,
-        filtered_ns.host_addr,
-        plain_ns.host_addr,
-    ])?;
+    // The veth server stays in the bench's process (its packets come from
+    // the namespaces); the loopback ones run in the client's cgroup.
+    let server = host::Server::start(&[filtered_ns.host_addr, plain_ns.host_addr])?;
+    let _loop_filtered = host::LoopServer::start(
+        &xtask,
+        &cgroups.filtered,
+        std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, server.port),
+    )?;
+    let _loop_plain = host::LoopServer::start(
+        &xtask,
+        &cgroups.plain,
+        std::net::SocketAddrV4::new(measure::PLAIN_LOOPBACK, server.port),
+    )?;
     let (nft, iptables) = firewall::versions();
     let machine = report::Machine::probe(nft, iptables);
     let bench = measure::Bench {
@@ -326,11 +364,17 @@ fn run_all(
     } else {
         None
     };
+    let fastpath = if parts.contains(&Part::Fastpath) {
+        Some(bench.fastpath()?)
+    } else {
+        None
+    };
     Ok(Results {
         machine,
         comparison,
         grants,
         rollout,
+        fastpath,
     })
 }
 

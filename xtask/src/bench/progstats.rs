@@ -77,6 +77,15 @@ pub(super) fn snapshot(bpffs: &Path) -> Result<Snapshot> {
     Ok(out)
 }
 
+/// Cumulative (run_time_ns, run_cnt) of one program by id.
+pub(super) fn by_id(id: u32) -> Result<(u64, u64)> {
+    let prog = bpftool_json(&["prog", "show", "id", &id.to_string(), "-j"])?;
+    Ok((
+        prog["run_time_ns"].as_u64().unwrap_or(0),
+        prog["run_cnt"].as_u64().unwrap_or(0),
+    ))
+}
+
 /// Per program between two snapshots: (runs, nanoseconds).
 pub(super) fn delta(before: &Snapshot, after: &Snapshot) -> BTreeMap<String, (u64, u64)> {
     after

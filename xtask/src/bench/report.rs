@@ -128,10 +128,12 @@ pub(super) struct Bulk {
 }
 
 impl Bulk {
-    /// Time the `grants` allows add to a start, and grants per second.
+    /// Time the `grants` allows add to a start, and grants per second;
+    /// `None` when the start with `grants` allows was not slower than with
+    /// one (the difference is below the run's noise: no rate to give).
     fn portcullis(&self) -> Option<(f64, f64)> {
         let t = median(&self.start_n)? - median(&self.start_one)?;
-        Some((t, self.grants as f64 / t.max(1e-9)))
+        (t > 0.0).then(|| (t, self.grants as f64 / t))
     }
 
     fn nft(&self) -> Option<(f64, f64)> {
@@ -520,7 +522,7 @@ impl Report {
                 opt(Some(b.ratio()), |r| format!("{:.1} %", r * 100.0))
             );
         }
-        let _ = writeln!(o, "\nLoopback: client in a child cgroup as an allowed uid, server in the bench's own cgroup; the no-filter runs use a twin cgroup the agent does not guard (Portcullis) or the same client with the ruleset removed (nftables, iptables; iptables' allowed rule is in the middle of the chain). Veth: client in a network namespace, server in the host's; the no-filter runs go through a second, unfiltered veth pair. Portcullis' peer filter on the veth ran as {} (its auto choice for a veth), and the reference row forced native XDP. Every connection is closed with a reset (no TIME_WAIT).",
+        let _ = writeln!(o, "\nLoopback: client in a child cgroup as an allowed uid, server in the same cgroup (under the attach point for Portcullis' filtered runs); the no-filter runs use a twin cgroup the agent does not guard (Portcullis) or the same client with the ruleset removed (nftables, iptables; iptables' allowed rule is in the middle of the chain). Veth: client in a network namespace, server in the host's; the no-filter runs go through a second, unfiltered veth pair. Portcullis' peer filter on the veth ran as {} (its auto choice for a veth), and the reference row forced native XDP. Every connection is closed with a reset (no TIME_WAIT).",
             self.xdp_mode.as_deref().unwrap_or("an unknown"));
 
         if !self.costs.is_empty() {
@@ -576,6 +578,9 @@ impl Report {
         if let Some((t, r)) = b.portcullis() {
             let _ = writeln!(o, "| Portcullis: policy with {} standing `uid:` allows, agent start minus start with 1 allow ({:.3} s − {:.3} s; parse, validate, ledger, map writes) | {:.3} s | {} |",
                 thousands(b.grants.into()), median(&b.start_n).unwrap_or(f64::NAN), median(&b.start_one).unwrap_or(f64::NAN), t, thousands(r as u64));
+        } else {
+            let _ = writeln!(o, "| Portcullis: policy with {} standing `uid:` allows, agent start minus start with 1 allow ({:.3} s − {:.3} s) | below the noise | n/a |",
+                thousands(b.grants.into()), median(&b.start_n).unwrap_or(f64::NAN), median(&b.start_one).unwrap_or(f64::NAN));
         }
         if let Some((t, r)) = b.nft() {
             let _ = writeln!(o, "| nftables: `nft -f` adding {} set elements (with timeouts) in one batch | {t:.3} s | {} |", thousands(b.grants.into()), thousands(r as u64));
@@ -678,6 +683,22 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bulk_rate_is_none_when_the_big_start_was_not_slower() {
+        let mut b = Bulk {
+            grants: 10_000,
+            start_one: vec![0.467],
+            start_n: vec![0.451],
+            nft_batch: vec![0.11],
+            iptables: Vec::new(),
+            grant_cli_ms: Vec::new(),
+        };
+        assert_eq!(b.portcullis(), None);
+        b.start_n = vec![0.567];
+        let (t, r) = b.portcullis().unwrap();
+        assert!((t - 0.1).abs() < 1e-9 && (r - 100_000.0).abs() < 1e-3);
+    }
 
     #[test]
     fn formats_thousands() {

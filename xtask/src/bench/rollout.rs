@@ -139,6 +139,8 @@ impl Bench<'_> {
             peer_filter: None,
             grants: 0,
             knobs: c.knobs,
+            extra_ports: Vec::new(),
+            extra_allows: Vec::new(),
         };
         let agent = Agent::start(
             &self.portcullis,
