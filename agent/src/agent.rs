@@ -41,6 +41,8 @@ use crate::{
 
 /// Applying a policy as one transaction; grants of vanished segments.
 mod apply;
+/// The cgroup cover for the kernel's `cgroup_mkdir` tracepoint.
+mod cover;
 /// Who may do what; approvers may not grant to themselves or to catch-alls.
 mod authz;
 /// The live grants, indexed by id and by deadline.

@@ -48,6 +48,7 @@ pub(crate) mod cgroupfs;
 pub(crate) mod cli;
 pub(crate) mod clock;
 pub(crate) mod connlimit;
+pub(crate) mod cover;
 pub(crate) mod control;
 pub(crate) mod dataplane;
 pub(crate) mod denylog;

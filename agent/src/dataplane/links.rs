@@ -14,7 +14,8 @@ use agent_common::program_names;
 use aya::{
     programs::{
         links::{FdLink, PinnedLink},
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, Xdp, XdpMode,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint, Xdp,
+        XdpMode,
     },
     Ebpf,
 };
@@ -42,6 +43,8 @@ pub(super) const SOCK_ADDR_PROGRAMS: [(&str, &str); 4] = [
 pub(super) enum LinkKind {
     Cgroup,
     Xdp(String),
+    /// The host-wide `cgroup:cgroup_mkdir` tracepoint (`cover.rs`).
+    Tracepoint,
 }
 
 /// A link this agent attached, held open beside its pin.
@@ -80,9 +83,10 @@ impl Dataplane {
     pub(crate) fn attach(&mut self) -> Result<()> {
         self.attach_cgroup()?;
         let links = self.pin_dir.join("links");
+        self.attach_mkdir_cover(&links)?;
         let older = older_layouts(&self.bpffs, &self.pin_dir);
         self.xdp = attach_xdp(&mut self.ebpf, &links, &older, &self.xdp_ifaces)?;
-        self.held.retain(|h| h.kind == LinkKind::Cgroup);
+        self.held.retain(|h| matches!(h.kind, LinkKind::Cgroup | LinkKind::Tracepoint));
         for x in self.xdp.clone() {
             let pin = xdp_pin_name(&x.iface);
             self.hold(&links, &pin, program_names::XDP, LinkKind::Xdp(x.iface))?;
@@ -154,6 +158,31 @@ impl Dataplane {
         self.cgroup_ino = ino;
         self.programs = programs;
         Ok(())
+    }
+
+    /// Attaches the `cgroup:cgroup_mkdir` tracepoint (host-wide; it acts
+    /// only on paths in the cover map), pinned over a previous run's link
+    /// like the cgroup programs. `PORTCULLIS_NO_MKDIR_COVER=1` (set by
+    /// root, for the end-to-end test's mutation check and measurement)
+    /// leaves it unattached.
+    fn attach_mkdir_cover(&mut self, links: &Path) -> Result<()> {
+        let name = program_names::CGROUP_MKDIR;
+        if std::env::var_os("PORTCULLIS_NO_MKDIR_COVER").is_some_and(|v| v == "1") {
+            tracing::warn!("PORTCULLIS_NO_MKDIR_COVER=1: re-created cgroups are covered only when the agent re-resolves them");
+            let _ = fs::remove_file(links.join(name));
+            self.held.retain(|h| h.kind != LinkKind::Tracepoint);
+            return Ok(());
+        }
+        let prog: &mut TracePoint = program(&mut self.ebpf, name)?;
+        let attach_err = |source| DataplaneError::Attach {
+            program: name,
+            cgroup: PathBuf::from("tracepoint cgroup:cgroup_mkdir"),
+            source,
+        };
+        let id = prog.attach("cgroup", "cgroup_mkdir").map_err(attach_err)?;
+        let link = prog.take_link(id).map_err(attach_err)?;
+        pin_link_replacing(fd_link(link, links, name)?, links, name)?;
+        self.hold(links, name, name, LinkKind::Tracepoint)
     }
 
     /// Opens the link pinned as `links/pin` and holds it (replacing the

@@ -27,7 +27,7 @@ use std::{
 };
 
 use agent_common::{
-    map_names, DenyEvent, DiscoveryKey, Expiry, GrantKey, KillRequest, PeerKey, SegmentCounters,
+    map_names, Cover, CoverKey, DenyEvent, DiscoveryKey, Expiry, GrantKey, KillRequest, PeerKey, SegmentCounters,
     Sighting, Usage,
 };
 use aya::{
@@ -200,6 +200,7 @@ pub(crate) struct Dataplane {
     counters: PerCpuArray<MapData, SegmentCounters>,
     discovery: HashMap<MapData, DiscoveryKey, Sighting>,
     usage: PerCpuHashMap<MapData, GrantKey, Usage>,
+    cover: HashMap<MapData, CoverKey, Cover>,
     deny_events: Option<RingBuf<MapData>>,
     kill_requests: Option<RingBuf<MapData>>,
     programs: Vec<&'static str>,
