@@ -12,8 +12,8 @@ use agent_common::{kind, CoverKey, Expiry, GrantKey, COVER_ENTRIES, COVER_PATH_M
 use aya_ebpf::{
     helpers::{bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes},
     macros::tracepoint,
-    EbpfContext,
     programs::TracePointContext,
+    EbpfContext,
 };
 
 use crate::maps::{CGROUP_COVER, GRANTS};

@@ -2,9 +2,10 @@
 //! from `agent-common`; the agent pins each map by name and may override the
 //! sizes of the grant and peer maps at load time.
 use agent_common::{
-    Cover, CoverKey, DebugBudget, DenyEvent, DiscoveryKey, Expiry, FlowMark, GrantKey, PeerKey, SegmentCounters,
-    Sighting, Usage, DEFAULT_MAX_GRANTS, DEFAULT_MAX_PEERS, DENY_RING_BYTES, DISCOVERY_ENTRIES,
-    KILL_RING_BYTES, MAX_COVERED_PATHS, MAX_LOCAL_NETS, MAX_SEGMENTS, PORT_SLOTS,
+    Cover, CoverKey, DebugBudget, DenyEvent, DiscoveryKey, Expiry, FlowMark, GrantKey, PeerKey,
+    SegmentCounters, Sighting, Usage, DEFAULT_MAX_GRANTS, DEFAULT_MAX_PEERS, DENY_RING_BYTES,
+    DISCOVERY_ENTRIES, KILL_RING_BYTES, MAX_COVERED_PATHS, MAX_LOCAL_NETS, MAX_SEGMENTS,
+    PORT_SLOTS,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,

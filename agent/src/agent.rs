@@ -32,7 +32,7 @@ use crate::{
     identity::{Identity, Protocol},
     journal::{Journal, Op},
     kernel::KernelMaps,
-    ledger::{Change, Ledger, Source},
+    ledger::{Change, EntryKey, Ledger, Source},
     policy::{Mode, Policy, Segment},
     requests::{Now, RequestBook},
     resolve::Resolver,
@@ -41,12 +41,12 @@ use crate::{
 
 /// Applying a policy as one transaction; grants of vanished segments.
 mod apply;
-/// The cgroup cover for the kernel's `cgroup_mkdir` tracepoint.
-mod cover;
 /// Who may do what; approvers may not grant to themselves or to catch-alls.
 mod authz;
 /// The live grants, indexed by id and by deadline.
 mod book;
+/// The cgroup cover for the kernel's `cgroup_mkdir` tracepoint.
+mod cover;
 /// `discover`: who may, and the join with the segments in force.
 mod discovery;
 /// What the kernel has attached, checked against what the agent expects.
@@ -103,6 +103,8 @@ pub(crate) struct Agent {
     metrics_addr: Option<std::net::SocketAddr>,
     /// Standing allows that do not resolve right now, with why.
     unresolved: BTreeMap<(String, String), String>,
+    /// The cgroup cover as last written to the kernel (see `cover`).
+    cover_written: crate::cover::CgroupCover,
     local_addresses: usize,
     last_reload: Option<ReloadView>,
     boot_id: String,
@@ -169,6 +171,7 @@ impl Agent {
             discovery_on: true,
             metrics_addr: None,
             unresolved: BTreeMap::new(),
+            cover_written: Default::default(),
             local_addresses: 0,
             last_reload: None,
             boot_id: state::boot_id(),
@@ -238,13 +241,13 @@ impl Agent {
         // Sweep what no source claims any more.
         let mut stale = Vec::new();
         for &(key, _) in &kernel_before {
-            let k = crate::ledger::EntryKey::Local(key);
+            let k = EntryKey::Local(key);
             if agent.ledger.value(&k).is_none() {
                 stale.push(Change::Delete(k));
             }
         }
         for p in peers_before {
-            let k = crate::ledger::EntryKey::Peer {
+            let k = EntryKey::Peer {
                 segment: p.segment,
                 addr: p.addr,
                 prefix: p.prefix,
@@ -266,7 +269,20 @@ impl Agent {
         &mut self,
         changes: &[Change],
     ) -> Result<(), crate::dataplane::DataplaneError> {
-        self.kernel.apply(changes)
+        self.kernel.apply(changes)?;
+        // A cgroup entry came or went (a grant, a revoke, a re-resolution):
+        // the cover follows at once, so a revoked grant's path stops being
+        // covered before the revoke is reported.
+        let cgroup_entry = |c: &Change| match c {
+            Change::Put(EntryKey::Local(k), _) | Change::Delete(EntryKey::Local(k)) => {
+                k.kind == agent_common::kind::CGROUP
+            }
+            _ => false,
+        };
+        if changes.iter().any(cgroup_entry) {
+            self.sync_cover();
+        }
+        Ok(())
     }
 
     /// Records a reload attempt's outcome for `status` and the audit log:

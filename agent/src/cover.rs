@@ -82,7 +82,10 @@ mod tests {
     fn values_keep_one_entry_per_segment_with_its_latest_expiry() {
         let v = value(&[(3, 10), (1, u64::MAX), (3, 20)]).unwrap();
         assert_eq!(v.count, 2);
-        assert_eq!((v.entries[0].segment, v.entries[0].at_boot_ns), (1, u64::MAX));
+        assert_eq!(
+            (v.entries[0].segment, v.entries[0].at_boot_ns),
+            (1, u64::MAX)
+        );
         assert_eq!((v.entries[1].segment, v.entries[1].at_boot_ns), (3, 20));
         assert!(value(&[]).is_none());
         let many: Vec<(u32, u64)> = (1..=COVER_ENTRIES as u32 + 1).map(|s| (s, 5)).collect();

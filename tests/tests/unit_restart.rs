@@ -54,7 +54,9 @@ fn first_connect_refusals(hook: bool) -> usize {
     for cycle in 0..CYCLES {
         // The agent has the current cgroup (so the cover holds its path).
         assert!(
-            eventually(Duration::from_secs(10), || As::root_in(&app).tcp(addr).is_ok()),
+            eventually(Duration::from_secs(10), || As::root_in(&app)
+                .tcp(addr)
+                .is_ok()),
             "cycle {cycle}: the agent never covered {}",
             app.display()
         );
@@ -66,9 +68,7 @@ fn first_connect_refusals(hook: bool) -> usize {
             o => panic!("cycle {cycle}: unexpected outcome {o:?}"),
         }
     }
-    eprintln!(
-        "unit_restart: hook={hook}: {refused} of {CYCLES} immediate first connects refused"
-    );
+    eprintln!("unit_restart: hook={hook}: {refused} of {CYCLES} immediate first connects refused");
     refused
 }
 

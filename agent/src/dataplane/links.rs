@@ -14,8 +14,7 @@ use agent_common::program_names;
 use aya::{
     programs::{
         links::{FdLink, PinnedLink},
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint, Xdp,
-        XdpMode,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint, Xdp, XdpMode,
     },
     Ebpf,
 };
@@ -86,7 +85,8 @@ impl Dataplane {
         self.attach_mkdir_cover(&links)?;
         let older = older_layouts(&self.bpffs, &self.pin_dir);
         self.xdp = attach_xdp(&mut self.ebpf, &links, &older, &self.xdp_ifaces)?;
-        self.held.retain(|h| matches!(h.kind, LinkKind::Cgroup | LinkKind::Tracepoint));
+        self.held
+            .retain(|h| matches!(h.kind, LinkKind::Cgroup | LinkKind::Tracepoint));
         for x in self.xdp.clone() {
             let pin = xdp_pin_name(&x.iface);
             self.hold(&links, &pin, program_names::XDP, LinkKind::Xdp(x.iface))?;

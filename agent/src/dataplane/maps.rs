@@ -6,8 +6,8 @@
 use std::collections::BTreeSet;
 
 use agent_common::{
-    map_names, port_index, CoverKey, DiscoveryKey, Expiry, GrantKey, PeerKey, Proto, SegmentCounters,
-    Sighting, DISCOVERY_ENTRIES, MAX_COVERED_PATHS, MAX_LOCAL_NETS, PORT_SLOTS,
+    map_names, port_index, CoverKey, DiscoveryKey, Expiry, GrantKey, PeerKey, Proto,
+    SegmentCounters, Sighting, DISCOVERY_ENTRIES, MAX_COVERED_PATHS, MAX_LOCAL_NETS, PORT_SLOTS,
 };
 use aya::maps::MapError;
 

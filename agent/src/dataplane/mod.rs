@@ -27,8 +27,8 @@ use std::{
 };
 
 use agent_common::{
-    map_names, Cover, CoverKey, DenyEvent, DiscoveryKey, Expiry, GrantKey, KillRequest, PeerKey, SegmentCounters,
-    Sighting, Usage,
+    map_names, Cover, CoverKey, DenyEvent, DiscoveryKey, Expiry, GrantKey, KillRequest, PeerKey,
+    SegmentCounters, Sighting, Usage,
 };
 use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
