@@ -129,6 +129,8 @@ pub mod program_names {
     pub const SKB_EGRESS: &str = "pc_skb_egress";
     pub const SKB_INGRESS: &str = "pc_skb_ingress";
     pub const XDP: &str = "pc_xdp";
+    /// The peer filter at tc ingress (tcx or clsact) on virtual devices.
+    pub const TC_PEER: &str = "pc_tc_peer";
     /// Never attached: the ingress peer check with the socket's facts taken
     /// from the packet, for `cargo xtask bench` (BPF_PROG_TEST_RUN).
     pub const SKB_INGRESS_BENCH: &str = "pc_skb_ingress_bench";
@@ -354,6 +356,8 @@ pub mod hook {
     pub const SKB_EGRESS: u8 = 5;
     pub const SKB_INGRESS: u8 = 6;
     pub const XDP: u8 = 7;
+    /// The peer filter at tc ingress (virtual devices).
+    pub const TC: u8 = 8;
 }
 
 /// A refused connection or packet, sent through [`map_names::DENY_EVENTS`].

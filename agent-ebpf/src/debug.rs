@@ -95,6 +95,7 @@ fn hook_name(h: u32) -> &'static str {
         hook::SKB_EGRESS => "skb_egress",
         hook::SKB_INGRESS => "skb_ingress",
         hook::XDP => "xdp",
+        hook::TC => "tc",
         _ => "unknown",
     }
 }

@@ -55,8 +55,12 @@ mod enforce;
 mod errors;
 /// Making, revoking and expiring grants.
 mod grants;
+/// `group:` identities kept current as members come and go.
+mod groups;
 /// Requests, approvals, denials and `explain` (the JIT workflow).
 mod jit;
+/// Locks: an identity stopped everywhere until unlocked.
+mod locks;
 mod recovery;
 /// Start-up from the journal: changes a crash left unaudited, grants that
 /// ended while the agent was down.
@@ -105,6 +109,13 @@ pub(crate) struct Agent {
     unresolved: BTreeMap<(String, String), String>,
     /// The cgroup cover as last written to the kernel (see `cover`).
     cover_written: crate::cover::CgroupCover,
+    /// Each source naming a `group:`: the group and the uids its keys
+    /// were last written for (`groups`: what a refresh compares with).
+    group_members: BTreeMap<Source, (String, std::collections::BTreeSet<u32>)>,
+    /// Locked identities, by text form (`locks`).
+    locks: BTreeMap<String, state::Lock>,
+    /// Who may lock and unlock besides root.
+    lock_admins: Vec<Identity>,
     local_addresses: usize,
     last_reload: Option<ReloadView>,
     boot_id: String,
@@ -172,6 +183,9 @@ impl Agent {
             metrics_addr: None,
             unresolved: BTreeMap::new(),
             cover_written: Default::default(),
+            group_members: BTreeMap::new(),
+            locks: BTreeMap::new(),
+            lock_admins: Vec::new(),
             local_addresses: 0,
             last_reload: None,
             boot_id: state::boot_id(),
@@ -211,6 +225,7 @@ impl Agent {
             agent.next_id = agent.next_id.max(agent.max_audited_id() + 1);
         }
         agent.segment_ids = memory.segment_ids;
+        agent.locks = std::mem::take(&mut memory.locks);
         agent.requests = RequestBook::restore(
             memory.requests.into_values().collect(),
             &agent.boot_id,
@@ -257,6 +272,9 @@ impl Agent {
             }
         }
         agent.apply_changes(&stale)?;
+        // What each group stands for now: the base later changes are
+        // audited against.
+        agent.refresh_groups()?;
         // Start from a fresh snapshot: the log holds only this run's changes.
         let memory = agent.memory();
         if let Err(e) = agent.journal.compact(&memory) {
@@ -357,16 +375,17 @@ impl Agent {
     }
 
     /// Attaches the programs once the maps hold the policy, the grants and
-    /// this host's addresses; returns where XDP went.
+    /// this host's addresses; returns where the peer filter went.
     pub(crate) fn attach(
         &mut self,
-    ) -> Result<Vec<crate::dataplane::XdpAttachment>, crate::dataplane::DataplaneError> {
+    ) -> Result<Vec<crate::dataplane::PeerFilter>, crate::dataplane::DataplaneError> {
         self.kernel.attach()
     }
 
-    /// Whether XDP enforces remote peers (the sweep then judges every flow).
-    pub(crate) fn has_xdp(&self) -> bool {
-        self.kernel.has_xdp()
+    /// Whether the peer filter (XDP or tc) enforces remote peers on some
+    /// interface (the sweep then judges every flow).
+    pub(crate) fn has_peer_filter(&self) -> bool {
+        !self.kernel.peer_filters().is_empty()
     }
 
     /// The maps' read side, for the sweep's judgement.

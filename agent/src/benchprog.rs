@@ -127,6 +127,7 @@ fn run(args: &BenchArgs) -> anyhow::Result<Value> {
         max_peers: capacity.max(DEFAULT_MAX_PEERS),
         xdp_ifaces: Vec::new(),
         discovery: !args.no_discovery,
+        placement: Default::default(),
     })
     .context("loading the programs")?;
     dp.set_port(Proto::Tcp, args.port, SEGMENT)?;

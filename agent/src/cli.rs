@@ -81,6 +81,35 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Lock an identity (root or `lock_admins`): revoke every grant that
+    /// covers it and refuse new grants, requests and approvals for it until
+    /// `unlock` (or the TTL). For "employee left / credentials compromised".
+    #[command(after_help = examples::LOCK)]
+    Lock {
+        /// user:NAME, uid:N, group:NAME, gid:N, unit:NAME.service, cgroup:/PATH, peer:CIDR
+        identity: String,
+        /// Why (required; shown to everyone the lock refuses).
+        #[arg(long)]
+        reason: String,
+        /// Lift the lock by itself after this long, e.g. 8h (default: never).
+        #[arg(long)]
+        ttl: Option<Ttl>,
+        /// Also suspend the identity's standing allows from policy files.
+        #[arg(long)]
+        include_standing: bool,
+        /// Print the reply as JSON (errors too, with exit codes as without).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift the lock on an identity.
+    #[command(after_help = examples::UNLOCK)]
+    Unlock {
+        /// The identity as it was locked (`portcullis list` shows it).
+        identity: String,
+        /// Print the reply as JSON (errors too, with exit codes as without).
+        #[arg(long)]
+        json: bool,
+    },
     /// Revoke a grant by id, every grant of an identity, or every grant on a segment.
     #[command(after_help = examples::REVOKE)]
     Revoke {
@@ -358,6 +387,32 @@ pub(crate) fn run_client(cli: Cli) -> ExitCode {
                 },
                 json,
             )
+        }
+        Command::Lock {
+            identity,
+            reason,
+            ttl,
+            include_standing,
+            json,
+        } => {
+            if let Err(e) = identity.parse::<Identity>() {
+                return fail(2, format!("identity {identity:?}: {e}"));
+            }
+            (
+                Request::Lock {
+                    identity,
+                    reason,
+                    ttl,
+                    include_standing,
+                },
+                json,
+            )
+        }
+        Command::Unlock { identity, json } => {
+            if let Err(e) = identity.parse::<Identity>() {
+                return fail(2, format!("identity {identity:?}: {e}"));
+            }
+            (Request::Unlock { identity }, json)
         }
         Command::Report(ReportCommand::Unused { since, json }) => {
             let window = std::time::Duration::from(since).as_secs();

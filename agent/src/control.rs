@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::duration::Ttl;
 
 mod views;
-pub(crate) use views::{EnforcementView, RepairView, UsageView};
+pub(crate) use views::{EnforcementView, LockView, RepairView, UsageView};
 /// The client's end: connect, send, read a whole or a streamed reply.
 mod client;
 /// Replies of any size: header, records, end.
@@ -99,6 +99,20 @@ pub(crate) enum Request {
         pid: Option<u32>,
         port: String,
     },
+    /// Lock an identity (root or `lock_admins`): its grants revoked, new
+    /// grants, requests and approvals refused, until `unlock` or `ttl`.
+    Lock {
+        identity: String,
+        reason: String,
+        #[serde(default)]
+        ttl: Option<Ttl>,
+        #[serde(default)]
+        include_standing: bool,
+    },
+    /// Lift the lock on an identity.
+    Unlock {
+        identity: String,
+    },
     // Empty struct variants, not unit variants, so that unknown fields are refused.
     Pending {},
     List {},
@@ -173,6 +187,14 @@ pub(crate) enum Reply {
         on: bool,
         dropped: u64,
         lines_per_sec: u32,
+    },
+    /// `lock`: the lock and the grants it revoked.
+    Locked {
+        lock: LockView,
+        revoked: Vec<GrantView>,
+    },
+    Unlocked {
+        lock: LockView,
     },
     /// The header of a streamed reply: records follow, one per line, then
     /// an end line (see [`Record`]). `list` and `revoke` answer this way.
@@ -288,6 +310,9 @@ pub(crate) struct ListView {
     /// Requests waiting for a decision.
     #[serde(default)]
     pub pending: Vec<RequestView>,
+    /// Locked identities.
+    #[serde(default)]
+    pub locks: Vec<LockView>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -329,6 +354,9 @@ pub(crate) struct StatusView {
     pub peer_capacity: u32,
     pub local_addresses: usize,
     pub last_reload: Option<ReloadView>,
+    /// Locked identities.
+    #[serde(default)]
+    pub locks: Vec<LockView>,
     /// The audit log's path.
     #[serde(default)]
     pub audit_log: String,
@@ -351,6 +379,16 @@ pub(crate) struct StatusView {
     /// point, the metrics endpoint on a protected port).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// The peer filter per interface (`--xdp-iface`) and its mode:
+    /// `xdp-native`, `tcx` or `tc-clsact`.
+    #[serde(default)]
+    pub peer_filters: Vec<PeerFilterView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct PeerFilterView {
+    pub iface: String,
+    pub mode: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -436,6 +474,10 @@ pub(crate) fn check_text(request: &Request) -> Result<(), crate::termtext::Unsaf
             segment, reason, ..
         } => vec![("segment", Some(segment)), ("reason", reason.as_deref())],
         Request::Deny { reason, .. } => vec![("reason", Some(reason))],
+        Request::Lock {
+            identity, reason, ..
+        } => vec![("identity", Some(identity)), ("reason", Some(reason))],
+        Request::Unlock { identity } => vec![("identity", Some(identity))],
         Request::Explain { identity, port, .. } => {
             vec![("identity", identity.as_deref()), ("port", Some(port))]
         }

@@ -235,8 +235,15 @@ fn cgroup_probes(h: &Hierarchy, path: &str, notes: &mut Vec<String>) -> Vec<Prob
     out
 }
 
+/// At most this many members of a `group:` subject are looked up.
+const MAX_MEMBER_PROBES: usize = 64;
+
 /// What the kernel would look up for `subject`.
-pub(crate) fn resolve(subject: &Subject, h: &Hierarchy) -> Result<Resolved, ExplainError> {
+pub(crate) fn resolve(
+    subject: &Subject,
+    resolver: &crate::resolve::Resolver,
+) -> Result<Resolved, ExplainError> {
+    let h = &resolver.hierarchy;
     let mut notes = Vec::new();
     let mut probes = Vec::new();
     let subject_text = match subject {
@@ -271,7 +278,7 @@ pub(crate) fn resolve(subject: &Subject, h: &Hierarchy) -> Result<Resolved, Expl
                     probes.push(uid_probe(user.uid.as_raw()));
                     probes.push(gid_probe(user.gid.as_raw(), " (primary gid, from passwd)"));
                     notes.push(format!(
-                        "{name}'s other groups do not count: the kernel sees a process's primary gid only ({} unless the process changed it); its cgroup is not known here (use --pid for a running process)",
+                        "group:NAME allows reach {name} by uid, as a member (primary or supplementary); gid:N allows only through a process's primary gid ({} unless the process changed it); its cgroup is not known here (use --pid for a running process)",
                         user.gid.as_raw()
                     ));
                 }
@@ -287,12 +294,24 @@ pub(crate) fn resolve(subject: &Subject, h: &Hierarchy) -> Result<Resolved, Expl
                     notes.push("a process's cgroup is not known from a uid (use --pid for a running process)".into());
                 }
                 Identity::Group(name) => {
-                    let group = nix::unistd::Group::from_name(name)
-                        .ok()
-                        .flatten()
-                        .ok_or_else(|| ExplainError::NoSuchGroup(name.clone()))?;
-                    probes.push(gid_probe(group.gid.as_raw(), &format!(" ({name})")));
-                    notes.push(format!("only processes whose primary gid is {} count as group:{name}; supplementary membership does not", group.gid.as_raw()));
+                    let group = resolver
+                        .members(name)
+                        .map_err(|_| ExplainError::NoSuchGroup(name.clone()))?;
+                    for &uid in group.uids.iter().take(MAX_MEMBER_PROBES) {
+                        let mut probe = uid_probe(uid);
+                        probe.label.push_str(&format!(" (member of {name})"));
+                        probes.push(probe);
+                    }
+                    notes.push(format!(
+                        "group:{name} is its {} member(s) by uid, primary and supplementary (NSS){}; a process that only took gid {} (sg, newgrp) is not a member by that",
+                        group.uids.len(),
+                        if group.uids.len() > MAX_MEMBER_PROBES {
+                            format!(", the first {MAX_MEMBER_PROBES} looked up here")
+                        } else {
+                            String::new()
+                        },
+                        group.gid
+                    ));
                 }
                 Identity::Gid(gid) => probes.push(gid_probe(*gid, "")),
                 Identity::Cgroup(path) => {
@@ -335,27 +354,25 @@ pub(crate) fn resolve(subject: &Subject, h: &Hierarchy) -> Result<Resolved, Expl
 /// local lookups, the longest recorded prefix containing the address for peers.
 fn ledger_sources(ledger: &Ledger, segment: u32, lookup: &Lookup) -> Vec<(Source, u64)> {
     match lookup {
-        Lookup::Local { kind, id } => ledger
-            .sources_of(&EntryKey::Local(GrantKey {
-                kind: *kind,
-                segment,
-                id: *id,
-            }))
-            .to_vec(),
+        Lookup::Local { kind, id } => ledger.sources_of(&EntryKey::Local(GrantKey {
+            kind: *kind,
+            segment,
+            id: *id,
+        })),
         Lookup::Peer(addr) => ledger
-            .entries()
-            .filter_map(|(k, s)| match k {
+            .keys()
+            .filter_map(|k| match k {
                 EntryKey::Peer {
                     segment: seg,
                     addr: net,
                     prefix,
                 } if *seg == segment && crate::kernel::prefix_contains(net, *prefix, addr) => {
-                    Some((*prefix, s))
+                    Some((*prefix, k))
                 }
                 _ => None,
             })
             .max_by_key(|(prefix, _)| *prefix)
-            .map(|(_, s)| s.to_vec())
+            .map(|(_, k)| ledger.sources_of(k))
             .unwrap_or_default(),
     }
 }

@@ -251,6 +251,7 @@ impl Journal {
                             segment_ids: saved.segment_ids,
                             grants: saved.grants.into_iter().map(|g| (g.id, g)).collect(),
                             requests: saved.requests.into_iter().map(|r| (r.id, r)).collect(),
+                            locks: std::collections::BTreeMap::new(),
                         };
                         // The import is durable before the old file moves.
                         journal.compact(&opened.memory)?;

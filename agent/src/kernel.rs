@@ -16,7 +16,7 @@ use agent_common::{DiscoveryKey, GrantKey, Proto, SegmentCounters, Sighting};
 
 use crate::{
     cover::CgroupCover,
-    dataplane::{Dataplane, DataplaneError, KernelCheck, PeerEntry, XdpAttachment},
+    dataplane::{Dataplane, DataplaneError, KernelCheck, PeerEntry, PeerFilter},
     hostaddrs::LocalNet,
     ledger::Change,
     usage::Totals,
@@ -70,10 +70,10 @@ pub(crate) trait KernelMaps: Send {
     fn forget_usage(&mut self, keys: &[GrantKey]) -> Result<(), DataplaneError>;
 
     /// Attaches the programs (the server does this once the maps are full);
-    /// returns where XDP went.
-    fn attach(&mut self) -> Result<Vec<XdpAttachment>, DataplaneError>;
-    /// Whether XDP enforces remote peers on some interface.
-    fn has_xdp(&self) -> bool;
+    /// returns where the peer filter went.
+    fn attach(&mut self) -> Result<Vec<PeerFilter>, DataplaneError>;
+    /// Where the peer filter is attached, and how (for `status`).
+    fn peer_filters(&self) -> Vec<PeerFilter>;
     /// Asks the kernel what is attached; changes nothing.
     fn check(&self) -> KernelCheck;
     /// Re-attaches what is missing: (before, after).
@@ -149,12 +149,12 @@ impl KernelMaps for Dataplane {
     fn forget_usage(&mut self, keys: &[GrantKey]) -> Result<(), DataplaneError> {
         Dataplane::forget_usage(self, keys)
     }
-    fn attach(&mut self) -> Result<Vec<XdpAttachment>, DataplaneError> {
+    fn attach(&mut self) -> Result<Vec<PeerFilter>, DataplaneError> {
         Dataplane::attach(self)?;
-        Ok(Dataplane::xdp(self).to_vec())
+        Ok(Dataplane::filters(self).to_vec())
     }
-    fn has_xdp(&self) -> bool {
-        !Dataplane::xdp(self).is_empty()
+    fn peer_filters(&self) -> Vec<PeerFilter> {
+        Dataplane::filters(self).to_vec()
     }
     fn check(&self) -> KernelCheck {
         Dataplane::check(self)

@@ -7,7 +7,10 @@
 //! Revoking one source therefore recomputes its keys from what remains
 //! instead of deleting them blindly. Pure bookkeeping: it returns the
 //! changes and the dataplane applies them; it never touches the kernel.
-use std::collections::{hash_map::Entry, HashMap};
+use std::{
+    collections::{hash_map::Entry, HashMap},
+    sync::Arc,
+};
 
 use agent_common::GrantKey;
 
@@ -39,17 +42,162 @@ pub(crate) enum Change {
     Delete(EntryKey),
 }
 
+/// A source as the ledger keeps it: a grant by its id, or a standing allow
+/// by its index in the ledger's interner (`STANDING` set). Eight bytes
+/// instead of two strings per contribution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct SourceId(u64);
+
+/// Marks an interned standing allow (grant ids never reach 2^63).
+const STANDING: u64 = 1 << 63;
+
+/// The sources contributing to one key: almost always one, so no vector
+/// for it.
+#[derive(Clone, Debug)]
+enum Contribs {
+    One((SourceId, u64)),
+    Many(Vec<(SourceId, u64)>),
+}
+
+impl Contribs {
+    fn as_slice(&self) -> &[(SourceId, u64)] {
+        match self {
+            Contribs::One(one) => std::slice::from_ref(one),
+            Contribs::Many(v) => v,
+        }
+    }
+
+    fn latest(&self) -> Option<u64> {
+        self.as_slice().iter().map(|(_, e)| *e).max()
+    }
+
+    /// Sets `source`'s expiry (adding it if new).
+    fn put(&mut self, source: SourceId, expiry: u64) {
+        match self {
+            Contribs::One((s, e)) if *s == source => *e = expiry,
+            Contribs::One(one) => *self = Contribs::Many(vec![*one, (source, expiry)]),
+            Contribs::Many(v) => match v.iter_mut().find(|(s, _)| *s == source) {
+                Some(existing) => existing.1 = expiry,
+                None => v.push((source, expiry)),
+            },
+        }
+    }
+
+    /// Drops `source`; false when nothing is left.
+    fn drop_source(&mut self, source: SourceId) -> bool {
+        match self {
+            Contribs::One((s, _)) => *s != source,
+            Contribs::Many(v) => {
+                v.retain(|(s, _)| *s != source);
+                if let [one] = v.as_slice() {
+                    *self = Contribs::One(*one);
+                }
+                !matches!(self, Contribs::Many(v) if v.is_empty())
+            }
+        }
+    }
+}
+
+/// The keys one source opens: almost always one, so no vector for it.
+#[derive(Clone, Debug)]
+enum Keys {
+    One(EntryKey),
+    Many(Box<[EntryKey]>),
+}
+
+impl Keys {
+    fn new(keys: Vec<EntryKey>) -> Self {
+        match keys.as_slice() {
+            [one] => Keys::One(*one),
+            _ => Keys::Many(keys.into_boxed_slice()),
+        }
+    }
+
+    fn as_slice(&self) -> &[EntryKey] {
+        match self {
+            Keys::One(k) => std::slice::from_ref(k),
+            Keys::Many(v) => v,
+        }
+    }
+}
+
+/// Standing allows by id and ids by standing allow, each string held once
+/// (shared between the two directions). Ids of removed sources are reused.
+#[derive(Clone, Debug, Default)]
+struct Interner {
+    ids: HashMap<Arc<Source>, u32>,
+    sources: Vec<Option<Arc<Source>>>,
+    free: Vec<u32>,
+}
+
+impl Interner {
+    fn id(&self, source: &Source) -> Option<SourceId> {
+        match source {
+            Source::Grant(id) => Some(SourceId(*id)),
+            Source::Standing { .. } => self
+                .ids
+                .get(source)
+                .map(|&i| SourceId(STANDING | u64::from(i))),
+        }
+    }
+
+    fn intern(&mut self, source: Source) -> SourceId {
+        if let Some(id) = self.id(&source) {
+            return id;
+        }
+        let shared = Arc::new(source);
+        let index = match self.free.pop() {
+            Some(i) => {
+                self.sources[i as usize] = Some(shared.clone());
+                i
+            }
+            None => {
+                self.sources.push(Some(shared.clone()));
+                u32::try_from(self.sources.len() - 1).expect("fewer than 2^32 standing allows")
+            }
+        };
+        self.ids.insert(shared, index);
+        SourceId(STANDING | u64::from(index))
+    }
+
+    fn forget(&mut self, id: SourceId) {
+        if id.0 & STANDING == 0 {
+            return;
+        }
+        let index = (id.0 & !STANDING) as u32;
+        if let Some(source) = self.sources.get_mut(index as usize).and_then(Option::take) {
+            self.ids.remove(&*source);
+            self.free.push(index);
+        }
+    }
+
+    fn source(&self, id: SourceId) -> Source {
+        if id.0 & STANDING == 0 {
+            return Source::Grant(id.0);
+        }
+        let shared = self.sources[(id.0 & !STANDING) as usize]
+            .as_ref()
+            .expect("a live id names a live source");
+        (**shared).clone()
+    }
+
+    /// Every standing allow interned now.
+    fn standing(&self) -> impl Iterator<Item = (SourceId, &Source)> {
+        self.sources
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_deref().map(|s| (SourceId(STANDING | i as u64), s)))
+    }
+}
+
 #[derive(Default, Debug, Clone)]
 pub(crate) struct Ledger {
-    entries: HashMap<EntryKey, Vec<(Source, u64)>>,
-    by_source: HashMap<Source, Vec<EntryKey>>,
+    entries: HashMap<EntryKey, Contribs>,
+    by_source: HashMap<SourceId, Keys>,
+    interner: Interner,
     /// How many of `entries` are peer entries (kept as they change, so
     /// the metrics never count the whole map).
     peers: usize,
-}
-
-fn latest(contributions: &[(Source, u64)]) -> Option<u64> {
-    contributions.iter().map(|(_, e)| *e).max()
 }
 
 impl Ledger {
@@ -59,28 +207,54 @@ impl Ledger {
 
     /// The keys a source contributes to.
     pub(crate) fn keys_of(&self, source: &Source) -> &[EntryKey] {
-        self.by_source.get(source).map(Vec::as_slice).unwrap_or(&[])
+        self.interner
+            .id(source)
+            .and_then(|id| self.by_source.get(&id))
+            .map(Keys::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// Every standing allow the ledger holds (with or without keys).
+    pub(crate) fn standing_sources(&self) -> impl Iterator<Item = &Source> {
+        self.interner.standing().map(|(_, s)| s)
     }
 
     /// Every source and the keys it opens.
-    pub(crate) fn sources(&self) -> impl Iterator<Item = (&Source, &[EntryKey])> {
-        self.by_source.iter().map(|(s, k)| (s, k.as_slice()))
+    #[cfg(test)]
+    pub(crate) fn sources(&self) -> impl Iterator<Item = (Source, &[EntryKey])> {
+        self.by_source
+            .iter()
+            .map(|(id, k)| (self.interner.source(*id), k.as_slice()))
     }
 
     /// The sources that open `key`, each with its expiry: the reverse of
-    /// [`Ledger::keys_of`] (used by `explain` to say why an entry exists).
-    pub(crate) fn sources_of(&self, key: &EntryKey) -> &[(Source, u64)] {
-        self.entries.get(key).map(Vec::as_slice).unwrap_or(&[])
+    /// `keys_of` (used by `explain` to say why an entry exists).
+    pub(crate) fn sources_of(&self, key: &EntryKey) -> Vec<(Source, u64)> {
+        self.entries
+            .get(key)
+            .map(|c| {
+                c.as_slice()
+                    .iter()
+                    .map(|(s, e)| (self.interner.source(*s), *e))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every map entry's key.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &EntryKey> {
+        self.entries.keys()
     }
 
     /// Every map entry with the sources that open it.
-    pub(crate) fn entries(&self) -> impl Iterator<Item = (&EntryKey, &[(Source, u64)])> {
-        self.entries.iter().map(|(k, s)| (k, s.as_slice()))
+    #[cfg(test)]
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&EntryKey, Vec<(Source, u64)>)> {
+        self.entries.keys().map(|k| (k, self.sources_of(k)))
     }
 
     /// The value the kernel should hold for `key`.
     pub(crate) fn value(&self, key: &EntryKey) -> Option<u64> {
-        self.entries.get(key).and_then(|c| latest(c))
+        self.entries.get(key).and_then(Contribs::latest)
     }
 
     /// Number of distinct map entries.
@@ -105,27 +279,36 @@ impl Ledger {
         let mut keys: Vec<EntryKey> = keys.to_vec();
         keys.sort();
         keys.dedup();
+        let id = self.interner.intern(source);
         for key in &keys {
-            let slot = self.entries.entry(*key).or_default();
-            if slot.is_empty() && matches!(key, EntryKey::Peer { .. }) {
-                self.peers += 1;
-            }
-            let before = latest(slot);
-            match slot.iter_mut().find(|(s, _)| *s == source) {
-                Some(existing) => existing.1 = expiry,
-                None => slot.push((source.clone(), expiry)),
-            }
-            let after = latest(slot);
+            let before = match self.entries.entry(*key) {
+                Entry::Vacant(v) => {
+                    if matches!(key, EntryKey::Peer { .. }) {
+                        self.peers += 1;
+                    }
+                    v.insert(Contribs::One((id, expiry)));
+                    None
+                }
+                Entry::Occupied(mut o) => {
+                    let before = o.get().latest();
+                    o.get_mut().put(id, expiry);
+                    before
+                }
+            };
+            let after = self.value(key);
             if after != before {
                 changes.push(Change::Put(*key, after.expect("just inserted")));
             }
         }
-        let old = self
-            .by_source
-            .insert(source.clone(), keys.clone())
-            .unwrap_or_default();
-        for key in old.into_iter().filter(|k| !keys.contains(k)) {
-            changes.extend(self.drop_contribution(&source, key));
+        let old = self.by_source.insert(id, Keys::new(keys.clone()));
+        if let Some(old) = old {
+            for key in old
+                .as_slice()
+                .iter()
+                .filter(|k| keys.binary_search(k).is_err())
+            {
+                changes.extend(self.drop_contribution(id, *key));
+            }
         }
         changes
     }
@@ -133,12 +316,17 @@ impl Ledger {
     /// Forgets `source` and returns the writes: keys no one else opens are
     /// deleted, keys others still open drop to the others' latest expiry.
     pub(crate) fn remove(&mut self, source: &Source) -> Vec<Change> {
-        let Some(keys) = self.by_source.remove(source) else {
+        let Some(id) = self.interner.id(source) else {
             return Vec::new();
         };
+        let Some(keys) = self.by_source.remove(&id) else {
+            return Vec::new();
+        };
+        self.interner.forget(id);
         let mut changes: Vec<Change> = keys
-            .into_iter()
-            .filter_map(|k| self.drop_contribution(source, k))
+            .as_slice()
+            .iter()
+            .filter_map(|k| self.drop_contribution(id, *k))
             .collect();
         // Puts before deletes, as everywhere else.
         changes.sort_by_key(|c| matches!(c, Change::Delete(_)));
@@ -152,8 +340,8 @@ impl Ledger {
     pub(crate) fn diff(&self, to: &Ledger) -> Vec<Change> {
         let mut puts = Vec::new();
         let mut deletes = Vec::new();
-        for key in to.entries.keys() {
-            let want = to.value(key);
+        for (key, c) in &to.entries {
+            let want = c.latest();
             if want != self.value(key) {
                 puts.push(Change::Put(*key, want.expect("present in `to`")));
             }
@@ -163,30 +351,29 @@ impl Ledger {
                 deletes.push(Change::Delete(*key));
             }
         }
-        puts.sort_by_key(|c| match c {
+        puts.sort_unstable_by_key(|c| match c {
             Change::Put(k, _) | Change::Delete(k) => *k,
         });
-        deletes.sort_by_key(|c| match c {
+        deletes.sort_unstable_by_key(|c| match c {
             Change::Put(k, _) | Change::Delete(k) => *k,
         });
         puts.extend(deletes);
         puts
     }
 
-    fn drop_contribution(&mut self, source: &Source, key: EntryKey) -> Option<Change> {
+    fn drop_contribution(&mut self, source: SourceId, key: EntryKey) -> Option<Change> {
         let Entry::Occupied(mut slot) = self.entries.entry(key) else {
             return None;
         };
-        let before = latest(slot.get());
-        slot.get_mut().retain(|(s, _)| s != source);
-        if slot.get().is_empty() {
+        let before = slot.get().latest();
+        if !slot.get_mut().drop_source(source) {
             slot.remove();
             if matches!(key, EntryKey::Peer { .. }) {
                 self.peers -= 1;
             }
             return Some(Change::Delete(key));
         }
-        let after = latest(slot.get());
+        let after = slot.get().latest();
         (after != before).then(|| Change::Put(key, after.expect("not empty")))
     }
 }
@@ -296,6 +483,77 @@ mod tests {
             ]
         );
         assert_eq!(a.diff(&a.clone()), vec![]);
+    }
+
+    fn standing(identity: &str) -> Source {
+        Source::Standing {
+            segment: "db".into(),
+            identity: identity.into(),
+        }
+    }
+
+    /// A standing allow is held once whatever the number of keys it opens,
+    /// reads back as the same strings, and its id is reused once removed.
+    #[test]
+    fn standing_allows_are_interned_once_and_their_ids_reused() {
+        let mut i = Interner::default();
+        let a = i.intern(standing("uid:1"));
+        assert_eq!(i.intern(standing("uid:1")), a);
+        let b = i.intern(standing("uid:2"));
+        assert_ne!(a, b);
+        assert_eq!(i.ids.len(), 2);
+        assert_eq!(i.source(a), standing("uid:1"));
+        // Grants are their own ids: nothing interned.
+        assert_eq!(i.intern(Source::Grant(7)), SourceId(7));
+        assert_eq!(i.source(SourceId(7)), Source::Grant(7));
+        assert_eq!(i.ids.len(), 2);
+        i.forget(a);
+        assert_eq!(i.id(&standing("uid:1")), None);
+        assert_eq!(i.standing().count(), 1);
+        let c = i.intern(standing("uid:3"));
+        assert_eq!(c, a, "the freed id is reused");
+        assert_eq!(i.source(c), standing("uid:3"));
+        assert_eq!(i.source(b), standing("uid:2"));
+    }
+
+    /// Through the ledger: a standing allow removed is gone from the
+    /// sources, and one reset to no keys stays (a reload that cannot
+    /// resolve it keeps it known).
+    #[test]
+    fn the_ledger_reports_standing_allows_by_their_strings() {
+        let mut l = Ledger::new();
+        l.set(standing("uid:1"), &[uid(1)], u64::MAX);
+        l.set(standing("uid:2"), &[], u64::MAX);
+        l.set(Source::Grant(3), &[uid(1)], 5);
+        let mut names: Vec<Source> = l.standing_sources().cloned().collect();
+        names.sort();
+        assert_eq!(names, vec![standing("uid:1"), standing("uid:2")]);
+        assert_eq!(
+            l.sources_of(&uid(1)),
+            vec![(standing("uid:1"), u64::MAX), (Source::Grant(3), 5)]
+        );
+        assert_eq!(l.remove(&standing("uid:1")), vec![Change::Put(uid(1), 5)]);
+        assert_eq!(l.sources_of(&uid(1)), vec![(Source::Grant(3), 5)]);
+        assert_eq!(
+            l.standing_sources().cloned().collect::<Vec<_>>(),
+            vec![standing("uid:2")]
+        );
+        assert_eq!(l.sources().count(), 2);
+    }
+
+    /// One contribution is stored without a vector; a second makes one,
+    /// and dropping back to one goes back to no vector.
+    #[test]
+    fn contributions_go_from_one_to_many_and_back() {
+        let mut c = Contribs::One((SourceId(1), 10));
+        c.put(SourceId(1), 20);
+        assert!(matches!(c, Contribs::One((SourceId(1), 20))));
+        c.put(SourceId(2), 30);
+        assert_eq!(c.as_slice(), &[(SourceId(1), 20), (SourceId(2), 30)]);
+        assert_eq!(c.latest(), Some(30));
+        assert!(c.drop_source(SourceId(2)));
+        assert!(matches!(c, Contribs::One((SourceId(1), 20))));
+        assert!(!c.drop_source(SourceId(1)));
     }
 
     #[test]

@@ -31,6 +31,8 @@ mod ranges;
 mod schema;
 mod trust;
 mod validate;
+/// Time windows of a jit table (`windows`, `timezone`).
+pub mod windows;
 
 /// Offsets → line:column, for other files reported in the same style
 /// (the agent's configuration).
@@ -124,6 +126,9 @@ pub struct Jit {
     pub approvers: Vec<Identity>,
     /// Whether a request or grant must state a reason.
     pub require_reason: bool,
+    /// When requests and grants are taken (`windows`, `timezone`);
+    /// `None`: at any time.
+    pub windows: Option<windows::Windows>,
     /// A grant nothing used for this long lapses (`idle_timeout`).
     pub idle_timeout: Option<Duration>,
 }

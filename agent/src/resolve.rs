@@ -1,5 +1,6 @@
 //! From an identity to the kernel map keys that stand for it on this host:
-//! `user:` → uid, `group:` → gid, `unit:` → the id of the cgroup systemd
+//! `user:` → uid, `group:` → the uid of every member (primary and
+//! supplementary, through NSS: [`members`]), `gid:` → gid, `unit:` → the id of the cgroup systemd
 //! created for the unit, `cgroup:` → that cgroup's id, `peer:` → a prefix.
 //! A `unit:` or `cgroup:` identity never resolves to a cgroup an
 //! unprivileged user could have created (not root's, or below a delegated
@@ -8,10 +9,13 @@
 //! Owns host lookups (passwd, group, systemd, cgroupfs). Results are valid for now
 //! only: a unit's cgroup gets a new id when it restarts, so callers
 //! re-resolve when the hierarchy changes.
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use agent_common::{kind, v4_mapped, GrantKey};
-use nix::unistd::{Group, User};
+use nix::unistd::User;
+
+pub(crate) mod members;
+pub(crate) use members::{Directory, Members};
 
 use crate::{
     cgroupfs::{self, CgroupError, Hierarchy},
@@ -43,12 +47,19 @@ pub(crate) struct Resolver {
     /// is stopped so that its restart's new cgroup is covered
     /// (`crate::cover`).
     unit_paths: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
+    /// Where group memberships come from (NSS on a host).
+    directory: Arc<dyn Directory>,
 }
 
 impl Resolver {
     pub(crate) fn new(hierarchy: Hierarchy) -> Self {
+        Self::with_directory(hierarchy, Arc::new(members::Nss))
+    }
+
+    pub(crate) fn with_directory(hierarchy: Hierarchy, directory: Arc<dyn Directory>) -> Self {
         Self {
             hierarchy,
+            directory,
             unit_paths: Default::default(),
         }
     }
@@ -57,6 +68,19 @@ impl Resolver {
     pub(crate) fn unit_path(&self, unit: &str) -> Option<String> {
         let paths = self.unit_paths.lock().unwrap_or_else(|e| e.into_inner());
         paths.get(unit).cloned()
+    }
+
+    /// The group named `name` and its members, primary and supplementary.
+    pub(crate) fn members(&self, name: &str) -> Result<Members, ResolveError> {
+        self.directory
+            .members(name)?
+            .ok_or_else(|| ResolveError::NoSuchGroup(name.to_string()))
+    }
+
+    /// Whether `uid` is a member of the group `name` (false when it does
+    /// not resolve: no answer is no membership).
+    pub(crate) fn is_member(&self, name: &str, uid: u32) -> bool {
+        self.members(name).is_ok_and(|m| m.uids.contains(&uid))
     }
 
     /// The id of the cgroup systemd created for `unit`: systemd says
@@ -100,15 +124,16 @@ impl Resolver {
                     .ok_or_else(|| ResolveError::NoSuchUser(name.clone()))?;
                 vec![local(kind::UID, user.uid.as_raw() as u64)]
             }
-            Identity::Group(name) => {
-                let group = Group::from_name(name)
-                    .map_err(|source| ResolveError::Lookup {
-                        what: format!("group {name}"),
-                        source,
-                    })?
-                    .ok_or_else(|| ResolveError::NoSuchGroup(name.clone()))?;
-                vec![local(kind::GID, group.gid.as_raw() as u64)]
-            }
+            // Every member by uid, never the gid: a process that took the
+            // group's gid with `sg`/`newgrp` (or a set-gid program) is not a
+            // member by that, and a member removed from the group loses the
+            // access at once, whatever gid its processes still run with.
+            Identity::Group(name) => self
+                .members(name)?
+                .uids
+                .into_iter()
+                .map(|uid| local(kind::UID, uid as u64))
+                .collect(),
             Identity::Cgroup(path) => vec![local(kind::CGROUP, self.hierarchy.trusted_id(path)?)],
             Identity::Unit(name) => vec![local(kind::CGROUP, self.unit_cgroup_id(name)?)],
             Identity::Peer(cidr) => vec![peer_key(segment, cidr.addr, cidr.prefix)],
@@ -194,6 +219,37 @@ mod tests {
             err.to_string().contains("unit nope-xyz.service"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_group_is_its_members_by_uid() {
+        let table = members::TableDirectory::default();
+        table.set("oncall", 700, &[1001, 1002]);
+        let r = Resolver::with_directory(
+            Hierarchy {
+                mount: "/nonexistent-cgroupfs".into(),
+            },
+            Arc::new(table.clone()),
+        );
+        let keys = r.keys(&"group:oncall".parse().unwrap(), 4).unwrap();
+        let uid = |id| {
+            EntryKey::Local(GrantKey {
+                kind: kind::UID,
+                segment: 4,
+                id,
+            })
+        };
+        assert_eq!(keys, vec![uid(1001), uid(1002)]);
+        table.set("oncall", 700, &[]);
+        assert!(r
+            .keys(&"group:oncall".parse().unwrap(), 4)
+            .unwrap()
+            .is_empty());
+        table.remove("oncall");
+        assert!(matches!(
+            r.keys(&"group:oncall".parse().unwrap(), 4),
+            Err(ResolveError::NoSuchGroup(_))
+        ));
     }
 
     #[test]

@@ -118,6 +118,7 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
         max_peers: opts.max_peers,
         xdp_ifaces: opts.xdp_ifaces.clone(),
         discovery: opts.discovery,
+        placement: opts.peer_filter,
     })?;
     // The rings go to their readers; the maps (and the links' check) go to
     // the agent, which sees them only through `KernelMaps`.
@@ -141,6 +142,7 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
         opts.mode,
     )?;
     agent.set_request_ttl(opts.request_expiry);
+    agent.set_lock_admins(opts.lock_admins.clone());
     agent.set_discovery(opts.discovery);
     agent.set_metrics_addr(opts.metrics_addr);
     let addrs = hostaddrs::scan().context("listing this host's addresses")?;
@@ -149,7 +151,8 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
     agent.sync_cover();
     // Attach only now: the maps hold the policy, the grants and this host's
     // addresses, so the programs never run on incomplete maps.
-    let xdp = agent.attach()?;
+    let filters = agent.attach()?;
+    release_freed_memory();
     agent.note_start(&cgroup);
     info!(
         cgroup = %cgroup.display(),
@@ -159,8 +162,8 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
         addresses = addrs.len(),
         "enforcing"
     );
-    for x in &xdp {
-        info!(iface = %x.iface, mode = x.mode, "XDP attached");
+    for f in &filters {
+        info!(iface = %f.iface, mode = f.mode.name(), "peer filter attached");
     }
     let shared: Shared = Arc::new(Mutex::new(agent));
     // Judge the flows that were open before enforcement (or while the
@@ -208,6 +211,10 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
     let mut rescanned = tokio::time::Instant::now();
     let mut policy_watch = watch::PolicyWatch::new(&opts.policies);
     let mut cgroup_watch = watch::CgroupWatch::new(&cgroup);
+    // Group members: at once when /etc/group or /etc/passwd change, and
+    // every `group_refresh` for groups that live in a directory.
+    let mut groups_read = tokio::time::Instant::now();
+    let mut accounts_watch = watch::AccountsWatch::new(Path::new("/etc"));
 
     loop {
         let sleep = blocking(|| next_expiry_sleep(&shared));
@@ -236,6 +243,12 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
                 a.retry_audit();
                 // The cgroup cover follows grants made and ended since.
                 a.sync_cover();
+                // Locks whose TTL has passed are lifted.
+                a.expire_locks();
+                if groups_read.elapsed() >= opts.group_refresh {
+                    groups_read = tokio::time::Instant::now();
+                    refresh_groups(&mut a);
+                }
                 if rescanned.elapsed() >= opts.identity_rescan {
                     rescanned = tokio::time::Instant::now();
                     if let Err(e) = a.refresh_identities() {
@@ -247,6 +260,10 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
             }),
             _ = hup.recv() => blocking(|| reload(&shared, &opts.policies, &opts.policy_trust)),
             _ = policy_watch.changed() => blocking(|| reload_changed(&shared, &opts.policies, &opts.policy_trust)),
+            _ = accounts_watch.changed() => blocking(|| {
+                groups_read = tokio::time::Instant::now();
+                refresh_groups(&mut shared.lock().expect("agent lock"));
+            }),
             _ = cgroup_watch.changed() => blocking(|| {
                 let mut a = shared.lock().expect("agent lock");
                 if let Err(e) = a.refresh_identities() {
@@ -284,6 +301,15 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
 /// tasks (control connections, the metrics endpoint) move to another worker.
 fn blocking<R>(f: impl FnOnce() -> R) -> R {
     tokio::task::block_in_place(f)
+}
+
+/// Reads group members again; a member who left is swept at once.
+fn refresh_groups(a: &mut Agent) {
+    match a.refresh_groups() {
+        Ok(true) => crate::sweep::request(),
+        Ok(false) => {}
+        Err(e) => warn!(error = %e, "writing changed group members to the kernel failed"),
+    }
 }
 
 fn next_expiry_sleep(shared: &Shared) -> Duration {
@@ -353,6 +379,7 @@ fn reload_with(shared: &Shared, dir: &Path, trust: &policy::FileTrust, only_if_c
             let digest = policy.digest.clone();
             match a.apply_policy(policy) {
                 Ok(()) => {
+                    refresh_groups(&mut a);
                     crate::sweep::request();
                     a.note_reload(Ok(digest.clone()), trigger);
                     info!(%digest, "policy reloaded");
@@ -368,6 +395,20 @@ fn reload_with(shared: &Shared, dir: &Path, trust: &policy::FileTrust, only_if_c
             a.note_reload(Err(lines), trigger);
             error!("policy reload refused; still enforcing the previous policy:\n{errors}");
         }
+    }
+    release_freed_memory();
+}
+
+/// Hands memory freed after a large parse or plan back to the kernel: a
+/// million-entry policy file passes through buffers many times the size of
+/// what the agent keeps, and the allocator would otherwise hold on to them
+/// as resident memory for the agent's whole life.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it
+    // touches no memory in use.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -43,11 +43,18 @@ pub(crate) struct Settings {
     pub max_peers: u32,
     /// Interfaces where XDP enforces `peer:` identities for remote traffic.
     pub xdp_ifaces: Vec<String>,
+    /// Where the peer filter may go on those interfaces.
+    pub peer_filter: crate::dataplane::Placement,
     /// How long a pending access request waits for an approver.
     pub request_expiry: Duration,
     /// How often unit and cgroup identities are re-resolved even without a
     /// cgroup event (the safety net under the cgroup watch).
     pub identity_rescan: Duration,
+    /// How often `group:` memberships are read again (besides the watch on
+    /// /etc/group and /etc/passwd).
+    pub group_refresh: Duration,
+    /// Who may lock and unlock besides root.
+    pub lock_admins: Vec<crate::identity::Identity>,
     /// How long grants of a segment that left the policy are kept.
     pub grant_grace: Duration,
     /// Which policy files are read (symbolic links out of the directory).
@@ -105,6 +112,8 @@ impl AgentArgs {
                 .request_expiry
                 .map_or(file.request_expiry, Bounded::get),
             identity_rescan: file.identity_rescan,
+            group_refresh: file.group_refresh,
+            lock_admins: file.lock_admins,
             grant_grace: self.grant_grace.map_or(file.grant_grace, Bounded::get),
             policy_trust: policy::FileTrust {
                 symlinks_outside: self.policy_symlinks_outside || file.policy_symlinks_outside,
@@ -117,6 +126,7 @@ impl AgentArgs {
             metrics_addr: self.metrics_addr.or(file.metrics_addr),
             mode: self.mode.or(file.mode),
             discovery: file.discovery && !self.no_discovery,
+            peer_filter: self.peer_filter.unwrap_or(file.peer_filter),
             audit_log,
         }
     }

@@ -38,6 +38,22 @@ pub(crate) enum StateError {
 
 pub(crate) use crate::actor::{unix_ms, Actor};
 
+/// A lock on an identity (`portcullis lock`): its grants revoked, new
+/// grants, requests and approvals for it refused, and with
+/// `include_standing` its standing allows suspended, until `unlock` or
+/// `expires_unix_ms` (wall clock: a lock outlives reboots).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct Lock {
+    pub identity: Identity,
+    pub reason: String,
+    #[serde(default)]
+    pub include_standing: bool,
+    pub actor: Actor,
+    pub created_unix_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_unix_ms: Option<u64>,
+}
+
 /// A just-in-time grant.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) struct Grant {

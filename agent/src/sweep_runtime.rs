@@ -44,7 +44,7 @@ pub(crate) fn request() {
 /// Without sock_diag, says why and returns `None`: the programs still drop
 /// refused flows' packets, but unmarked flows are not cut.
 pub(crate) fn start(mount: &Path, attach: &Path, agent: Arc<Mutex<Agent>>) -> Option<Trigger> {
-    let all_remote = agent.lock().expect("agent lock").has_xdp();
+    let all_remote = agent.lock().expect("agent lock").has_peer_filter();
     let mut sweeper = match Sweeper::open(mount, attach, all_remote) {
         Ok(s) => s,
         Err(e) => {

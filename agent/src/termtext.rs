@@ -175,6 +175,7 @@ mod tests {
             }],
             grants: vec![],
             pending: vec![],
+            locks: vec![],
         });
         let Reply::List(l) = escaped(&reply) else {
             panic!("not a list")

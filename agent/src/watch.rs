@@ -1,5 +1,6 @@
 //! What wakes the agent besides requests and timers: a change in the policy
-//! directory (→ reload) and cgroups appearing or disappearing below the
+//! directory (→ reload), in /etc/group or /etc/passwd (→ group members read
+//! again) and cgroups appearing or disappearing below the
 //! attach point (→ re-resolve `unit:` and `cgroup:` identities, whose
 //! kernel keys are cgroup ids that change when a unit restarts).
 //!
@@ -28,10 +29,12 @@ use tokio::{
 };
 use tracing::warn;
 
+mod accounts;
 mod cgroup;
 mod policy;
 #[cfg(test)]
 mod tests;
+pub(crate) use accounts::AccountsWatch;
 pub(crate) use cgroup::CgroupWatch;
 pub(crate) use policy::PolicyWatch;
 
@@ -41,6 +44,9 @@ pub(crate) use policy::PolicyWatch;
 pub(crate) const POLICY_DEBOUNCE: Duration = Duration::from_millis(200);
 /// A policy directory that never goes quiet is still reloaded this often.
 const POLICY_MAX_WAIT: Duration = Duration::from_secs(2);
+/// Quiet time after the last change to /etc/group or /etc/passwd before
+/// group members are read again (a `useradd` writes several files).
+pub(crate) const ACCOUNTS_DEBOUNCE: Duration = Duration::from_millis(100);
 /// At most one identity refresh per this much time while cgroups churn.
 pub(crate) const CGROUP_DEBOUNCE: Duration = Duration::from_millis(50);
 /// How deep below the attach point cgroup directories are watched; the

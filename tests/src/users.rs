@@ -72,6 +72,11 @@ impl TestUser {
     pub fn join(&self, group: &TestGroup) {
         run(&["usermod", "--append", "--groups", &group.name, &self.name]);
     }
+
+    /// Removes the user from `group`'s members (`gpasswd -d`).
+    pub fn leave(&self, group: &TestGroup) {
+        run(&["gpasswd", "--delete", &self.name, &group.name]);
+    }
 }
 
 impl Default for TestUser {

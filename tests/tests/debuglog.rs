@@ -134,10 +134,11 @@ fn only_root_may_switch_kernel_debug() {
 }
 
 #[test]
-fn xdp_names_why_it_dropped_a_frame() {
+fn the_peer_filter_names_why_it_dropped_a_frame() {
     let peer = PeerHost::new();
     let cg = TestCgroup::new();
-    // Outside the cgroup: only XDP judges the peer's datagrams to it.
+    // Outside the cgroup: only the peer filter judges the peer's datagrams
+    // to it (at tcx ingress: the interface is a veth).
     let server = EchoServer::udp(&format!("{}:0", peer.host_v4));
     let policy = format!(
         "[segment.db]\nports = [\"{}/udp\"]\n\n[segment.db.jit]\nmax_ttl = \"1h\"\nrequire_reason = false\n",
@@ -158,13 +159,10 @@ fn xdp_names_why_it_dropped_a_frame() {
     assert!(!send_frames(&peer, src, &[frame(&[], 42300)], 700));
     wait_line(
         &agent,
-        &[
-            "xdp: deny no-peer-entry",
-            &format!("port={}", server.port()),
-        ],
+        &["tc: deny no-peer-entry", &format!("port={}", server.port())],
     );
-    // More VLAN tags than XDP walks: dropped before any port is read.
+    // More VLAN tags than the filter walks: dropped before any port is read.
     let src = SocketAddr::new(IpAddr::V4(p), 42301);
     assert!(!send_frames(&peer, src, &[frame(&[0x8100; 9], 42301)], 700));
-    wait_line(&agent, &["xdp: deny vlan-stack-too-deep"]);
+    wait_line(&agent, &["tc: deny vlan-stack-too-deep"]);
 }

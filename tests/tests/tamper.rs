@@ -501,7 +501,7 @@ fn uninstall_of_a_directory_with_nothing_pinned_fails() {
 }
 
 #[test]
-fn an_xdp_link_detached_behind_the_agents_back_is_replaced_within_a_heartbeat() {
+fn a_peer_filter_link_detached_behind_the_agents_back_is_replaced_within_a_heartbeat() {
     let peer = netns::PeerHost::new();
     let cg = TestCgroup::new();
     let server = EchoServer::tcp(&peer.host_addr(false, 0).to_string());
@@ -515,7 +515,8 @@ fn an_xdp_link_detached_behind_the_agents_back_is_replaced_within_a_heartbeat() 
     let pin = agent
         .bpffs
         .join(format!("v{}/links", agent_common::LAYOUT_VERSION))
-        .join(format!("xdp_{}", peer.host_if));
+        // A veth: the peer filter is a tcx link (issue 15).
+        .join(format!("tcx_{}", peer.host_if));
     let id = link_id(&pin);
     let out = Command::new("bpftool")
         .args(["link", "detach", "id", &id.to_string()])
@@ -528,17 +529,17 @@ fn an_xdp_link_detached_behind_the_agents_back_is_replaced_within_a_heartbeat() 
             "enforcement_repaired"
         )
         .is_empty()),
-        "the detached XDP link was not noticed within a heartbeat"
+        "the detached tcx link was not noticed within a heartbeat"
     );
     let rec = &events(&agent, "enforcement_repaired")[0];
     assert!(
         rec["missing"]
             .to_string()
-            .contains("pc_xdp is not attached"),
+            .contains("pc_tc_peer is not attached"),
         "{rec}"
     );
     assert_eq!(rec["ok"], true, "{rec}");
-    assert_ne!(link_id(&pin), id, "no new XDP link pinned");
+    assert_ne!(link_id(&pin), id, "no new peer-filter link pinned");
     assert!(refused(), "the peer got through after the repair");
     assert!(agent.cli(&["status"]).status.success());
 }

@@ -85,8 +85,24 @@ impl Agent {
                     segment: seg.name.clone(),
                     identity: identity.to_string(),
                 };
+                // Suspended by a lock: not wanted, so removed below.
+                if let Some(lock) = self.standing_locked(identity) {
+                    unresolved.insert(
+                        (seg.name.clone(), identity.to_string()),
+                        format!("suspended: {} is locked ({})", lock.identity, lock.reason),
+                    );
+                    continue;
+                }
                 match self.resolver.keys(identity, id) {
-                    Ok(keys) => {
+                    Ok(mut keys) => {
+                        if matches!(identity, Identity::Group(_)) {
+                            let locked = self.locked_uids(true);
+                            keys.retain(|k| {
+                                !super::groups::uids_of(&[*k])
+                                    .iter()
+                                    .any(|u| locked.contains(u))
+                            });
+                        }
                         ledger.set(source.clone(), &keys, NEVER);
                     }
                     // Not there yet (a unit that has not started): keep
@@ -122,11 +138,9 @@ impl Agent {
                 .map(|&(p, port)| (p, port, 0)),
         );
         let stale: Vec<Source> = ledger
-            .sources()
-            .filter_map(|(s, _)| match s {
-                Source::Standing { .. } if !wanted.contains(s) => Some(s.clone()),
-                _ => None,
-            })
+            .standing_sources()
+            .filter(|s| !wanted.contains(*s))
+            .cloned()
             .collect();
         for s in &stale {
             ledger.remove(s);
@@ -325,7 +339,7 @@ impl Agent {
         gid: u64,
     ) -> Result<(Reply, Vec<Grant>), Refusal> {
         let g = &self.suspended[&gid].grant;
-        let own = super::credential_matches(&g.identity, cred)
+        let own = super::credential_matches(&g.identity, cred, &self.resolver)
             && matches!(g.identity, Identity::User(_) | Identity::Uid(_));
         if !(own || cred.uid == 0) {
             let why = format!("uid {} may not revoke grant {gid}: its segment {} is not in the policy, so only root and the grantee may", cred.uid, g.segment);

@@ -20,9 +20,12 @@
 //!
 //! Covered, for a caller with uid U:
 //! - `uid:U`, `user:` naming U;
-//! - `gid:G`/`group:` when G is U's primary group (passwd), the gid of the
+//! - `gid:G` when G is U's primary group (passwd), the gid of the
 //!   connection, or a supplementary group of U (`getgrouplist`): a member
 //!   can make any of their groups primary with `sg`/`newgrp`;
+//! - `group:NAME` when U is a member (the same expansion the kernel keys
+//!   come from, `resolve::members`), or its gid is U's primary or the
+//!   connection's;
 //! - `cgroup:`/`unit:` whose cgroup is, or is an ancestor of, the cgroup of
 //!   any process whose real or effective uid is U (from /proc);
 //! - catch-alls: `cgroup:/`, and `peer:` networks wider than /8 (IPv4) or
@@ -46,10 +49,10 @@ pub(super) fn refusal(identity: &Identity, cred: &PeerCred, resolver: &Resolver)
     }
     let me = format!("uid {}", cred.uid);
     match identity {
-        Identity::Uid(_) | Identity::User(_) if credential_matches(identity, cred) => {
+        Identity::Uid(_) | Identity::User(_) if credential_matches(identity, cred, resolver) => {
             Some(format!("{identity} is you ({me})"))
         }
-        Identity::Gid(_) | Identity::Group(_) if covers_group(identity, cred) => {
+        Identity::Gid(_) | Identity::Group(_) if covers_group(identity, cred, resolver) => {
             Some(format!("{identity} is a group you ({me}) belong to"))
         }
         Identity::Cgroup(path) if path == "/" => {
@@ -93,8 +96,18 @@ pub(super) fn refusal(identity: &Identity, cred: &PeerCred, resolver: &Resolver)
 
 /// Whether a `gid:`/`group:` identity is one of the caller's groups:
 /// the connection's gid, the passwd primary group, or a supplementary one.
-fn covers_group(identity: &Identity, cred: &PeerCred) -> bool {
-    if credential_matches(identity, cred) {
+fn covers_group(identity: &Identity, cred: &PeerCred, resolver: &Resolver) -> bool {
+    if credential_matches(identity, cred, resolver) {
+        return true;
+    }
+    // The group's gid as the caller's own: the connection's, or passwd's.
+    let gid = match identity {
+        Identity::Gid(g) => Some(*g),
+        Identity::Group(name) => resolver.members(name).ok().map(|m| m.gid),
+        _ => None,
+    };
+    let Some(gid) = gid else { return false };
+    if cred.gid == gid {
         return true;
     }
     let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(cred.uid)) else {
@@ -104,7 +117,7 @@ fn covers_group(identity: &Identity, cred: &PeerCred) -> bool {
         gid: user.gid.as_raw(),
         ..*cred
     };
-    credential_matches(identity, &primary)
+    credential_matches(&Identity::Gid(gid), &primary, resolver)
 }
 
 /// The cgroup (v2 path) of every process whose real or effective uid is `uid`.
@@ -163,10 +176,11 @@ impl Agent {
     /// Whether `cred` may grant and revoke on `segment`: root, or an approver.
     pub(super) fn may_administer(&self, cred: &PeerCred, segment: &Segment) -> bool {
         cred.uid == 0
-            || segment
-                .jit
-                .as_ref()
-                .is_some_and(|j| j.approvers.iter().any(|a| credential_matches(a, cred)))
+            || segment.jit.as_ref().is_some_and(|j| {
+                j.approvers
+                    .iter()
+                    .any(|a| credential_matches(a, cred, &self.resolver))
+            })
     }
 
     /// Records a command refused for who asked, and builds its refusal.
@@ -262,6 +276,57 @@ pub(super) fn check_ttl(
     Ok(())
 }
 
+/// `ttl` inside the segment's windows: refused outside every window (the
+/// refusal names the next opening), cut to the end of the window it is in.
+pub(super) fn window_ttl(
+    seg: &Segment,
+    jit: &crate::policy::Jit,
+    ttl: Duration,
+) -> Result<Duration, CoreError> {
+    use crate::policy::windows::Standing;
+    let Some(w) = &jit.windows else {
+        return Ok(ttl);
+    };
+    let now = jiff::Timestamp::now();
+    let zone_name = w
+        .timezone
+        .clone()
+        .unwrap_or_else(|| "the host's time zone".into());
+    let refuse = |next: String| CoreError::OutsideWindows {
+        segment: seg.name.clone(),
+        windows: format!(
+            "{}, {zone_name}",
+            w.windows
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+        next,
+    };
+    let zone = w
+        .zone()
+        .map_err(|e| refuse(format!("its time zone cannot be read now ({e})")))?;
+    match w.at(now) {
+        Ok(Standing::OpenUntil(end)) => {
+            let left = end
+                .as_millisecond()
+                .saturating_sub(now.as_millisecond())
+                .max(0) as u64;
+            Ok(ttl.min(Duration::from_millis(left)))
+        }
+        Ok(Standing::ClosedUntil(Some(next))) => Err(refuse(format!(
+            "the next opens at {} ({})",
+            next.to_zoned(zone).strftime("%Y-%m-%d %H:%M %Z"),
+            clock::rfc3339(
+                std::time::UNIX_EPOCH + Duration::from_millis(next.as_millisecond().max(0) as u64)
+            )
+        ))),
+        Ok(Standing::ClosedUntil(None)) => Err(refuse("none opens in the coming week".into())),
+        Err(e) => Err(refuse(format!("its windows cannot be evaluated now ({e})"))),
+    }
+}
+
 /// The trimmed reason, required where the segment says so.
 pub(super) fn check_reason(
     seg: &Segment,
@@ -278,26 +343,24 @@ pub(super) fn check_reason(
 }
 
 /// Whether the process behind `cred` is `identity` (for user/uid/group/gid
-/// identities; group membership includes supplementary groups).
-pub(crate) fn credential_matches(identity: &Identity, cred: &PeerCred) -> bool {
-    use nix::unistd::{Gid, Group, Uid, User};
+/// identities). `group:NAME` means its members ([`Resolver::members`]:
+/// the same expansion the kernel keys come from); `gid:N` the connection's
+/// gid or one of the caller's groups by `getgrouplist`.
+pub(crate) fn credential_matches(
+    identity: &Identity,
+    cred: &PeerCred,
+    resolver: &Resolver,
+) -> bool {
+    use nix::unistd::{Gid, Uid, User};
     match identity {
         Identity::Uid(u) => *u == cred.uid,
         Identity::User(name) => User::from_name(name)
             .ok()
             .flatten()
             .is_some_and(|u| u.uid.as_raw() == cred.uid),
-        Identity::Gid(_) | Identity::Group(_) => {
-            let gid = match identity {
-                Identity::Gid(g) => Some(*g),
-                Identity::Group(name) => Group::from_name(name)
-                    .ok()
-                    .flatten()
-                    .map(|g| g.gid.as_raw()),
-                _ => None,
-            };
-            let Some(gid) = gid else { return false };
-            if cred.gid == gid {
+        Identity::Group(name) => resolver.is_member(name, cred.uid),
+        Identity::Gid(gid) => {
+            if cred.gid == *gid {
                 return true;
             }
             let Some(user) = User::from_uid(Uid::from_raw(cred.uid)).ok().flatten() else {
@@ -307,7 +370,7 @@ pub(crate) fn credential_matches(identity: &Identity, cred: &PeerCred) -> bool {
                 return false;
             };
             nix::unistd::getgrouplist(&name, user.gid)
-                .map(|gs| gs.contains(&Gid::from_raw(gid)))
+                .map(|gs| gs.contains(&Gid::from_raw(*gid)))
                 .unwrap_or(false)
         }
         _ => false,

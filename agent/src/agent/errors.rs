@@ -32,6 +32,15 @@ pub(crate) enum CoreError {
     },
     #[error("segment {segment} requires a reason (--reason TEXT)")]
     ReasonRequired { segment: String },
+    /// Outside every access window of the segment's jit table.
+    #[error(
+        "segment {segment} takes requests and grants only inside its windows ({windows}); {next}"
+    )]
+    OutsideWindows {
+        segment: String,
+        windows: String,
+        next: String,
+    },
     #[error("approve may shorten a request, never lengthen it: request {id} asks for {}, --ttl is {}", clock::human(*requested), clock::human(*asked))]
     LongerThanRequested {
         id: u64,
@@ -113,6 +122,7 @@ impl CoreError {
             Self::NoJit { .. }
             | Self::TtlTooLong { .. }
             | Self::ReasonRequired { .. }
+            | Self::OutsideWindows { .. }
             | Self::LongerThanRequested { .. } => RefusalCode::Invalid,
             Self::NotApprover { .. } | Self::SelfApproval { .. } | Self::MayNotRevoke { .. } => {
                 RefusalCode::Forbidden

@@ -3,8 +3,11 @@
 //! Owns the one path by which access is granted (`open_grant`: resolve,
 //! journal, audit, ledger, kernel) and the ways it ends (revoke, expire:
 //! journal, kernel, audit). Who may do each is `authz`'s; what the wire says is `views`'.
-use super::authz::{check_reason, check_ttl, credential_matches, jit_rules, requested_ttl};
+use super::authz::{
+    check_reason, check_ttl, credential_matches, jit_rules, requested_ttl, window_ttl,
+};
 use super::errors::CoreError;
+use super::groups;
 use super::*;
 
 impl Agent {
@@ -52,10 +55,13 @@ impl Agent {
                 format!("uid {} may not grant {identity} on segment {}: {why}; approvers do not open segments to themselves or to everyone, only root may", cred.uid, seg.name),
             ));
         }
+        self.refuse_locked(cred, "grant", &seg.name, &identity)?;
         let jit = jit_rules(&seg)?;
         let ttl = requested_ttl(jit, ttl)?;
         check_ttl(&seg, jit, ttl)?;
         let reason = check_reason(&seg, jit, reason)?;
+        // A grant closes at the end of the window it is made in.
+        let ttl = window_ttl(&seg, jit, ttl)?;
         let grant = self.open_grant(cred, &seg, identity, ttl, reason, None)?;
         Ok(Reply::Granted {
             grant: self.view(&grant),
@@ -86,10 +92,18 @@ impl Agent {
         request_id: Option<u64>,
     ) -> Result<Grant, Refusal> {
         let seg_id = self.segment_ids[&seg.name];
-        let keys = self
+        let mut keys = self
             .resolver
             .keys(&identity, seg_id)
             .map_err(|e| refuse(RefusalCode::Invalid, format!("{identity}: {e}")))?;
+        let mut members = keys.clone();
+        if matches!(identity, Identity::Group(_)) {
+            // A locked member is left out (see `locks`).
+            let locked = self.locked_uids(false);
+            keys.retain(|k| !groups::uids_of(&[*k]).iter().any(|u| locked.contains(u)));
+        } else {
+            members.clear();
+        }
         let id = self.next_id;
         let actor = Actor::from_uid(cred.uid, cred.pid);
         let now_wall = SystemTime::now();
@@ -144,6 +158,7 @@ impl Agent {
                 format!("grant refused: {e}"),
             ));
         }
+        self.note_members(Source::Grant(id), &identity, &members);
         self.grants.insert(id, grant.clone());
         info!(grant = id, segment = %seg.name, %identity, ttl = %clock::human(ttl), actor = %actor, "granted");
         Ok(grant)
@@ -237,7 +252,7 @@ impl Agent {
         for gid in &selected {
             let g = self.grants.get(gid).expect("selected from grants");
             let seg = self.policy.segments.get(&g.segment);
-            let own = credential_matches(&g.identity, cred)
+            let own = credential_matches(&g.identity, cred, &self.resolver)
                 && matches!(g.identity, Identity::User(_) | Identity::Uid(_));
             if !(own || seg.is_some_and(|s| self.may_administer(cred, s)) || cred.uid == 0) {
                 let why = CoreError::MayNotRevoke {
@@ -252,48 +267,58 @@ impl Agent {
         let actor = Actor::from_uid(cred.uid, cred.pid);
         let mut revoked = Vec::new();
         for gid in selected {
-            // Revocation happens even when the audit log or the journal
-            // cannot be written (its end is then queued).
-            let usage = self.usage_record(gid);
-            let g = self.grants.get(&gid).expect("selected from grants").clone();
-            let event = AuditEvent::Revoke {
-                grant_id: gid,
-                segment: g.segment.clone(),
-                identity: g.identity.to_string(),
-                ports: Some(self.ports_of(&g.segment)),
-                actor: actor.clone(),
-                expires_at: clock::rfc3339(clock::wall_of(g.expires_boot_ns)),
-                request_id: g.request_id,
-                why: None,
-                suspended: None,
-                while_down: None,
-                usage,
-            };
-            self.journal_end(gid, &event);
-            let changes = self.ledger.remove(&Source::Grant(gid));
-            if let Err(e) = self.kernel.apply(&changes) {
-                // Still live: the journal says so again.
-                let _ = self.journal.append_or_queue(Op::Grant {
-                    grant: g,
-                    audit_prev: None,
-                });
-                return Err(CoreError::RevokeFailed {
-                    id: gid,
-                    why: e.to_string(),
-                }
-                .into());
-            }
+            revoked.push(self.revoke_one(gid, &actor, None)?);
             self.metrics.revoke_latency.observe(started.elapsed());
-            self.forget_usage_of(&changes);
-            self.grants.remove(&gid);
-            if let Err(e) = self.audit.record(event) {
-                warn!(grant = gid, error = %e, "revoked, but the audit record could not be written");
-            }
-            info!(grant = gid, segment = %g.segment, identity = %g.identity, actor = %actor, "revoked");
-            revoked.push(g);
         }
         let views = revoked.iter().map(|g| self.view(g)).collect();
         Ok((Reply::Revoked { grants: views }, revoked))
+    }
+
+    /// Ends live grant `gid` for `actor` (`why`: a reason beyond the
+    /// actor's say-so, e.g. a lock): journal, kernel, audit. Revocation
+    /// happens even when the audit log or the journal cannot be written
+    /// (its end is then queued).
+    pub(super) fn revoke_one(
+        &mut self,
+        gid: u64,
+        actor: &Actor,
+        why: Option<String>,
+    ) -> Result<Grant, CoreError> {
+        let usage = self.usage_record(gid);
+        let g = self.grants.get(&gid).expect("a live grant").clone();
+        let event = AuditEvent::Revoke {
+            grant_id: gid,
+            segment: g.segment.clone(),
+            identity: g.identity.to_string(),
+            ports: Some(self.ports_of(&g.segment)),
+            actor: actor.clone(),
+            expires_at: clock::rfc3339(clock::wall_of(g.expires_boot_ns)),
+            request_id: g.request_id,
+            why,
+            suspended: None,
+            while_down: None,
+            usage,
+        };
+        self.journal_end(gid, &event);
+        let changes = self.ledger.remove(&Source::Grant(gid));
+        if let Err(e) = self.kernel.apply(&changes) {
+            // Still live: the journal says so again.
+            let _ = self.journal.append_or_queue(Op::Grant {
+                grant: g,
+                audit_prev: None,
+            });
+            return Err(CoreError::RevokeFailed {
+                id: gid,
+                why: e.to_string(),
+            });
+        }
+        self.forget_usage_of(&changes);
+        self.grants.remove(&gid);
+        if let Err(e) = self.audit.record(event) {
+            warn!(grant = gid, error = %e, "revoked, but the audit record could not be written");
+        }
+        info!(grant = gid, segment = %g.segment, identity = %g.identity, actor = %actor, "revoked");
+        Ok(g)
     }
 
     /// Forgets grants whose deadline has passed (the kernel already stopped
@@ -360,11 +385,14 @@ impl Agent {
         let segments: Vec<Segment> = self.policy.segments.values().cloned().collect();
         for seg in segments {
             let id = self.segment_ids[&seg.name];
-            for identity in seg
+            let moving: Vec<Identity> = seg
                 .allow
                 .iter()
                 .filter(|i| matches!(i, Identity::Unit(_) | Identity::Cgroup(_)))
-            {
+                .filter(|i| self.standing_locked(i).is_none())
+                .cloned()
+                .collect();
+            for identity in &moving {
                 let source = Source::Standing {
                     segment: seg.name.clone(),
                     identity: identity.to_string(),

@@ -17,7 +17,7 @@ use std::{collections::BTreeMap, time::Duration};
 use tracing::{info, warn};
 
 use super::{
-    authz::{check_reason, check_ttl, jit_rules, requested_ttl},
+    authz::{check_reason, check_ttl, jit_rules, requested_ttl, window_ttl},
     errors::CoreError,
     refuse, Agent,
 };
@@ -97,7 +97,11 @@ impl Agent {
         let ttl = requested_ttl(jit, ttl)?;
         check_ttl(&seg, jit, ttl)?;
         let reason = check_reason(&seg, jit, reason)?;
+        // Taken inside a window only (the grant's TTL is cut at approval).
+        window_ttl(&seg, jit, ttl)?;
         let identity = own_identity(cred.uid);
+        self.refuse_locked(cred, "request", &seg.name, &identity)?;
+        self.refuse_locked(cred, "request", &seg.name, &Identity::Uid(cred.uid))?;
         self.requests
             .admissible(&identity, &seg.name)
             .map_err(book_refusal)?;
@@ -210,6 +214,7 @@ impl Agent {
                 },
             ));
         }
+        self.refuse_locked(cred, "approve", &seg.name, &req.identity)?;
         if let Some(why) = super::authz::refusal(&req.identity, cred, &self.resolver) {
             return Err(self.refused(
                 cred,
@@ -239,6 +244,8 @@ impl Agent {
             None => req.ttl(),
         };
         check_ttl(&seg, jit, ttl)?;
+        // Approved inside a window only; the grant closes at its end.
+        let ttl = window_ttl(&seg, jit, ttl)?;
         let grant = self.open_grant(
             cred,
             &seg,
@@ -518,7 +525,7 @@ impl Agent {
         };
         let port =
             explain::parse_port(port).map_err(|e| CoreError::ExplainPort { why: chain(&e) })?;
-        let resolved = explain::resolve(&subject, &self.resolver.hierarchy)
+        let resolved = explain::resolve(&subject, &self.resolver)
             .map_err(|e| CoreError::ExplainSubject { why: chain(&e) })?;
         let names: BTreeMap<u32, String> = self
             .segment_ids
@@ -541,13 +548,16 @@ impl Agent {
     /// What a ledger source is, for people.
     fn describe_source(&self, source: &Source) -> String {
         match source {
-            Source::Standing { segment, identity } => match self.policy.segments.get(segment) {
-                Some(seg) => format!(
-                    "standing allow {identity} of segment {segment} (policy {})",
-                    seg.origin.file.display()
-                ),
-                None => format!("standing allow {identity} of segment {segment}"),
-            },
+            Source::Standing { segment, identity } => {
+                let through = through_group(identity);
+                match self.policy.segments.get(segment) {
+                    Some(seg) => format!(
+                        "standing allow {identity} of segment {segment} (policy {}){through}",
+                        seg.origin.file.display()
+                    ),
+                    None => format!("standing allow {identity} of segment {segment}{through}"),
+                }
+            }
             Source::Grant(id) => match self.grants.get(id) {
                 Some(g) => {
                     let mut s = format!(
@@ -562,10 +572,19 @@ impl Agent {
                     if let Some(reason) = &g.reason {
                         s.push_str(&format!(" ({reason})"));
                     }
+                    s.push_str(&through_group(&g.identity.to_string()));
                     s
                 }
                 None => format!("grant {id} (no longer recorded)"),
             },
         }
+    }
+}
+
+/// ", through membership of group NAME" for a `group:` identity's source.
+fn through_group(identity: &str) -> String {
+    match identity.strip_prefix("group:") {
+        Some(name) => format!(", through membership of group {name}"),
+        None => String::new(),
     }
 }

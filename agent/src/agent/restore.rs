@@ -67,6 +67,7 @@ impl Agent {
                 .into_iter()
                 .map(|r| (r.id, r))
                 .collect(),
+            locks: self.locks.clone(),
         }
     }
 
@@ -198,7 +199,8 @@ impl Agent {
         before: &KernelBefore<'_>,
     ) -> Result<(), crate::dataplane::DataplaneError> {
         let now = clock::boot_ns();
-        let in_kernel: BTreeSet<EntryKey> = before
+        let mut writes = Vec::new();
+        let in_kernel: std::collections::HashSet<EntryKey> = before
             .locals
             .iter()
             .map(|&(k, _)| EntryKey::Local(k))
@@ -249,8 +251,9 @@ impl Agent {
                         ended.push((g, event));
                         continue;
                     }
-                    let changes = self.ledger.set(Source::Grant(g.id), &keys, deadline);
-                    self.apply_changes(&changes)?;
+                    // Written together after the loop: runs of puts go to
+                    // the kernel in batches.
+                    writes.extend(self.ledger.set(Source::Grant(g.id), &keys, deadline));
                 }
                 Err(e) => {
                     warn!(grant = g.id, error = %e, "restored grant does not resolve now; kept, retried later")
@@ -259,6 +262,8 @@ impl Agent {
             self.next_id = self.next_id.max(g.id + 1);
             self.grants.insert(g.id, g);
         }
+        self.apply_changes(&writes)?;
+        drop(writes);
         if ended.is_empty() {
             return Ok(());
         }

@@ -15,7 +15,7 @@ use crate::{
     control::{PeerCred, RefusalCode, Reply},
     kernel::{FakeKernel, Write},
     policy::{self, Policy},
-    resolve::Resolver,
+    resolve::{members::TableDirectory, Resolver},
 };
 
 const ROOT: u32 = 0;
@@ -58,6 +58,8 @@ fn cred(uid: u32) -> PeerCred {
 struct Fixture {
     dir: tempfile::TempDir,
     kernel: FakeKernel,
+    /// The groups the agent sees (its NSS), edited by the tests.
+    groups: TableDirectory,
 }
 
 impl Fixture {
@@ -65,6 +67,7 @@ impl Fixture {
         Self {
             dir: tempfile::tempdir().unwrap(),
             kernel,
+            groups: TableDirectory::default(),
         }
     }
 
@@ -80,7 +83,7 @@ impl Fixture {
         Agent::start(
             parse(policy),
             Box::new(self.kernel.clone()),
-            Resolver::new(hierarchy),
+            Resolver::with_directory(hierarchy, std::sync::Arc::new(self.groups.clone())),
             audit,
             Paths {
                 state_dir: self.dir.path().join(state),
@@ -532,5 +535,8 @@ fn a_scrape_needs_no_agent_lock_and_shows_the_last_published_state() {
     );
 }
 mod first_use;
+mod groups;
 mod journal;
+mod locks;
 mod usage;
+mod windows;

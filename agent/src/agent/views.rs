@@ -4,7 +4,7 @@
 //! state (`list`, `status`, one grant); everything else returns domain
 //! values or errors.
 use super::*;
-use crate::control::{Record, UsageView};
+use crate::control::{PeerFilterView, Record, UsageView};
 
 /// Where a paged `list` goes on: at which standing allow, grant or request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,6 +107,7 @@ impl Agent {
             standing,
             grants,
             pending,
+            locks: self.lock_views(),
         })
     }
 
@@ -206,6 +207,8 @@ impl Agent {
                 return (page, Some(stop));
             }
         }
+        // Locks last, all on the last page (at most `locks::MAX_LOCKS`).
+        page.extend(self.locks.values().map(|l| Record::Lock(self.lock_view(l))));
         (page, None)
     }
 
@@ -234,6 +237,7 @@ impl Agent {
         let (grant_capacity, peer_capacity) = self.kernel.capacity();
         let (programs, enforcement) = self.enforcement_view();
         Reply::Status(Box::new(StatusView {
+            locks: self.lock_views(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             cgroup: self.kernel.cgroup().display().to_string(),
             pin_dir: self.kernel.pin_dir().display().to_string(),
@@ -260,6 +264,15 @@ impl Agent {
             journal_failing: self.journal.failing().map(str::to_string),
             deny_log: self.metrics.denies.as_ref().map(|d| d.view()),
             warnings: self.status_warnings(),
+            peer_filters: self
+                .kernel
+                .peer_filters()
+                .into_iter()
+                .map(|f| PeerFilterView {
+                    iface: f.iface,
+                    mode: f.mode.name().to_string(),
+                })
+                .collect(),
         }))
     }
 

@@ -140,6 +140,52 @@ pub(crate) enum AuditEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         usage: Option<crate::usage::Record>,
     },
+    /// Access that came through a group ended because a uid left the
+    /// group (`reason` is always `membership`): the kernel entry is gone
+    /// and the member's open flows are swept. `grant_id` names the grant
+    /// the group held; without it, the segment's standing allow.
+    MembershipRevoke {
+        segment: String,
+        /// `group:NAME`, as the policy or the grant wrote it.
+        identity: String,
+        uid: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grant_id: Option<u64>,
+        reason: String,
+        actor: Actor,
+    },
+    /// A uid joined a group that a standing allow or a grant names: it is
+    /// let in from now on, without a reload.
+    MembershipAdd {
+        segment: String,
+        identity: String,
+        uid: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grant_id: Option<u64>,
+        actor: Actor,
+    },
+    /// An identity locked: its grants are revoked (each with a `revoke`
+    /// record whose `why` starts with `locked:`), and grants, requests and
+    /// approvals for it are refused until the `unlock`.
+    Lock {
+        identity: String,
+        reason: String,
+        include_standing: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<String>,
+        actor: Actor,
+    },
+    /// A lock lifted: by a person, or by the agent at its TTL (`why: ttl`).
+    Unlock {
+        identity: String,
+        actor: Actor,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        why: Option<String>,
+    },
     GrantSuspended {
         grant_id: u64,
         segment: String,
@@ -224,7 +270,7 @@ pub(crate) enum AuditEvent {
 impl AuditEvent {
     /// Every kind this version writes, as named on disk (the docs test,
     /// and `audit --event`'s check).
-    pub(crate) const KINDS: [&'static str; 21] = [
+    pub(crate) const KINDS: [&'static str; 25] = [
         "agent_start",
         "agent_stop",
         "grant",
@@ -236,6 +282,10 @@ impl AuditEvent {
         "request_dropped",
         "revoke",
         "expire",
+        "membership_revoke",
+        "membership_add",
+        "lock",
+        "unlock",
         "grant_suspended",
         "grant_resumed",
         "grant_recovered",
@@ -264,6 +314,10 @@ impl AuditEvent {
             Self::RequestDropped { .. } => "request_dropped",
             Self::Revoke { .. } => "revoke",
             Self::Expire { .. } => "expire",
+            Self::MembershipRevoke { .. } => "membership_revoke",
+            Self::MembershipAdd { .. } => "membership_add",
+            Self::Lock { .. } => "lock",
+            Self::Unlock { .. } => "unlock",
             Self::GrantSuspended { .. } => "grant_suspended",
             Self::GrantResumed { .. } => "grant_resumed",
             Self::GrantRecovered { .. } => "grant_recovered",
@@ -302,6 +356,8 @@ impl AuditEvent {
             | Self::RequestDropped { segment, .. }
             | Self::Revoke { segment, .. }
             | Self::Expire { segment, .. }
+            | Self::MembershipRevoke { segment, .. }
+            | Self::MembershipAdd { segment, .. }
             | Self::GrantSuspended { segment, .. }
             | Self::GrantResumed { segment, .. }
             | Self::GrantRecovered { segment, .. }
@@ -309,6 +365,8 @@ impl AuditEvent {
             Self::Other(fields) => fields.get("segment").and_then(serde_json::Value::as_str),
             Self::AgentStart { .. }
             | Self::AgentStop { .. }
+            | Self::Lock { .. }
+            | Self::Unlock { .. }
             | Self::PolicyReload { .. }
             | Self::StateCorrupt { .. }
             | Self::EnforcementRepaired { .. }
@@ -330,6 +388,10 @@ impl AuditEvent {
             | Self::RequestDropped { identity, .. }
             | Self::Revoke { identity, .. }
             | Self::Expire { identity, .. }
+            | Self::MembershipRevoke { identity, .. }
+            | Self::MembershipAdd { identity, .. }
+            | Self::Lock { identity, .. }
+            | Self::Unlock { identity, .. }
             | Self::GrantSuspended { identity, .. }
             | Self::GrantResumed { identity, .. }
             | Self::GrantRecovered { identity, .. } => Some(identity),
@@ -357,6 +419,10 @@ impl AuditEvent {
             | Self::Deny { actor, .. }
             | Self::Revoke { actor, .. }
             | Self::Expire { actor, .. }
+            | Self::MembershipRevoke { actor, .. }
+            | Self::MembershipAdd { actor, .. }
+            | Self::Lock { actor, .. }
+            | Self::Unlock { actor, .. }
             | Self::GrantSuspended { actor, .. }
             | Self::GrantResumed { actor, .. }
             | Self::GrantRecovered { actor, .. }

@@ -22,6 +22,16 @@ Examples:
   portcullis revoke --identity user:alice --segment payments-db
   portcullis revoke --segment payments-db               # every grant on the segment";
 
+pub(super) const LOCK: &str = "\
+Examples:
+  portcullis lock user:alice --reason \"left the company\" --include-standing
+  portcullis lock user:bob --reason \"laptop stolen, INC-5120\" --ttl 8h
+Revokes every grant covering the identity and cuts its flows; docs/jit.md#locks.";
+
+pub(super) const UNLOCK: &str = "\
+Examples:
+  portcullis unlock user:bob      # revoked grants stay revoked: grant or approve again";
+
 pub(super) const LIST: &str = "\
 Examples:
   portcullis list                 # standing allows, live grants, pending requests

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::jit;
 use crate::{
     clock,
-    control::{GrantView, ListView, Reply, StatusView},
+    control::{GrantView, ListView, LockView, Reply, StatusView},
 };
 
 pub(super) fn left(secs: u64) -> String {
@@ -81,6 +81,17 @@ pub(crate) fn render(reply: &Reply) -> String {
             "the agent (pid {pid}) removed {removed} pinned object(s) under {bpffs}; ports are no longer protected: {}\n",
             ports.join(", ")
         ),
+        Reply::Locked { lock, revoked } => {
+            let mut out = format!("locked {}\n", lock_line(lock));
+            for g in revoked {
+                out.push_str(&format!(
+                    "revoked {}\n",
+                    grant_line(g).trim_start_matches("grant ")
+                ));
+            }
+            out
+        }
+        Reply::Unlocked { lock } => format!("unlocked {}\n", lock.identity),
         // The records of a stream are printed by `super::stream`.
         Reply::Stream { .. } => String::new(),
         Reply::Debug {
@@ -100,6 +111,32 @@ pub(super) fn not_enforcing(reply: &Reply) -> bool {
     matches!(reply, Reply::Status(s) if s.enforcement.as_ref().is_some_and(|e| !e.ok) || s.journal_failing.is_some())
 }
 
+fn lock_line(l: &LockView) -> String {
+    format!(
+        "{}: {} (by {} at {}{}{})",
+        l.identity,
+        l.reason,
+        l.actor,
+        l.created_at,
+        l.expires_at
+            .as_ref()
+            .map(|e| format!(", until {e}"))
+            .unwrap_or_default(),
+        if l.include_standing {
+            ", standing allows suspended"
+        } else {
+            ""
+        }
+    )
+}
+
+fn render_locks(locks: &[LockView]) -> String {
+    locks
+        .iter()
+        .map(|l| format!("LOCKED {}\n", lock_line(l)))
+        .collect()
+}
+
 /// Whether a reply is a "no" that scripts test with the exit code:
 /// `status` while the kernel lacks part of the enforcement, `explain`
 /// when the answer is DENY (as `kubectl auth can-i` exits 1 on "no"; a
@@ -111,9 +148,10 @@ pub(super) fn exits_one(reply: &Reply) -> bool {
 }
 
 fn render_list(l: &ListView) -> String {
-    let mut out = String::new();
+    let mut out = render_locks(&l.locks);
     if l.standing.is_empty() && l.grants.is_empty() && l.pending.is_empty() {
-        return "no standing allows, no grants and no pending requests\n".into();
+        out.push_str("no standing allows, no grants and no pending requests\n");
+        return out;
     }
     if !l.standing.is_empty() {
         let rows: Vec<Vec<String>> = l
@@ -177,7 +215,8 @@ fn render_status(s: &StatusView) -> String {
         Some(e) if !e.ok => "NOT FULLY ENFORCING",
         _ => "enforcing",
     };
-    let mut out = format!(
+    let mut out = render_locks(&s.locks);
+    out += &format!(
         "portcullis {} {enforcing} on cgroup {}\nprograms (as the kernel has them): {}\npins: {}\npolicy: {} ({} file(s))\ngrants: {} live, {} map entries of {}; peer capacity {}\nlocal addresses: {}\n",
         s.version,
         s.cgroup,
@@ -191,6 +230,9 @@ fn render_status(s: &StatusView) -> String {
         s.peer_capacity,
         s.local_addresses,
     );
+    for f in &s.peer_filters {
+        out.push_str(&format!("peer filter on {}: {}\n", f.iface, f.mode));
+    }
     if let Some(e) = &s.enforcement {
         for m in &e.missing {
             out.push_str(&format!("MISSING in the kernel: {m}\n"));

@@ -16,7 +16,7 @@ use crate::{
 /// The arrays of each kind of stream, in the order the agent sends them.
 fn sections(of: StreamOf) -> (&'static str, &'static [&'static str]) {
     match of {
-        StreamOf::List => ("list", &["standing", "grants", "pending"]),
+        StreamOf::List => ("list", &["standing", "grants", "pending", "locks"]),
         StreamOf::Revoked => ("revoked", &["grants"]),
     }
 }
@@ -26,6 +26,7 @@ fn section_of(of: StreamOf, record: &Record) -> Option<usize> {
         (StreamOf::List, Record::Standing(_)) => Some(0),
         (StreamOf::List, Record::Grant(_)) => Some(1),
         (StreamOf::List, Record::Pending(_)) => Some(2),
+        (StreamOf::List, Record::Lock(_)) => Some(3),
         (StreamOf::Revoked, Record::Grant(_)) => Some(0),
         _ => None,
     }
@@ -36,6 +37,7 @@ fn element(record: &Record) -> serde_json::Result<String> {
         Record::Standing(a) => serde_json::to_string_pretty(a),
         Record::Grant(g) => serde_json::to_string_pretty(g),
         Record::Pending(r) => serde_json::to_string_pretty(r),
+        Record::Lock(l) => serde_json::to_string_pretty(l),
         Record::End { .. } => unreachable!("the end is not an element"),
     }
 }
@@ -242,6 +244,7 @@ mod tests {
                 standing: vec![standing.clone(); s],
                 grants: (1..=g).map(grant).collect(),
                 pending: Vec::new(),
+                locks: Vec::new(),
             };
             let mut lines: Vec<Record> = list
                 .standing

@@ -236,6 +236,7 @@ mod tests {
             ],
             grants: vec![grant(4, usage(0, None)), grant(5, usage(1, Some(5)))],
             pending: vec![],
+            locks: vec![],
         };
         let rows = unused(&l, 100);
         let ids: Vec<(&str, &str)> = rows.iter().map(|r| (r.kind, r.identity.as_str())).collect();

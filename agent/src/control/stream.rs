@@ -24,7 +24,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{AllowView, ClientError, GrantView, ListView, Reply, RequestView};
+use super::{AllowView, ClientError, GrantView, ListView, LockView, Reply, RequestView};
 
 /// The largest line of a reply the client reads: a whole reply (`status`
 /// with its capped reload errors) or one record of a stream (a standing
@@ -49,6 +49,8 @@ pub(crate) enum Record {
     Standing(AllowView),
     Grant(GrantView),
     Pending(RequestView),
+    /// A locked identity (`list`, first).
+    Lock(LockView),
     /// The last line: how many records came before it.
     End {
         records: u64,
@@ -62,6 +64,7 @@ impl Record {
             Record::Standing(a) => a.ports.len(),
             Record::Grant(g) => g.ports.len(),
             Record::Pending(r) => r.ports.len(),
+            Record::Lock(_) => 0,
             Record::End { .. } => 0,
         }
     }
@@ -160,12 +163,14 @@ impl Records {
             standing: Vec::new(),
             grants: Vec::new(),
             pending: Vec::new(),
+            locks: Vec::new(),
         };
         while let Some(record) = self.next_record()? {
             match record {
                 Record::Standing(a) => list.standing.push(a),
                 Record::Grant(g) => list.grants.push(g),
                 Record::Pending(r) => list.pending.push(r),
+                Record::Lock(l) => list.locks.push(l),
                 Record::End { .. } => unreachable!("next_record consumes the end"),
             }
         }

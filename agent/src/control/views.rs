@@ -46,3 +46,17 @@ pub(crate) struct UsageView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_secs: Option<u64>,
 }
+
+/// A locked identity.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct LockView {
+    pub identity: String,
+    pub reason: String,
+    pub include_standing: bool,
+    /// Who locked it: `user (uid N)`.
+    pub actor: String,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    /// When the lock lifts by itself; `None`: at `unlock` only.
+    pub expires_at: Option<String>,
+}

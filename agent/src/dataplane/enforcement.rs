@@ -3,12 +3,14 @@
 //! Owns asking the kernel what is really in force: which programs are
 //! attached to the attach cgroup (BPF_PROG_QUERY on the cgroup at its path,
 //! so a removed and recreated cgroup shows up as "nothing attached"), whether
-//! the XDP links still sit on their interfaces, and whether the pins under
+//! the peer filter's links (XDP or tcx) still sit on their interfaces, and whether the pins under
 //! the pin directory are this agent's links and maps. [`Dataplane::repair`]
 //! re-attaches and re-pins whatever is missing. Deciding what to audit, log
 //! and count is the agent's job.
 //!
-//! Minimum kernel: 5.7 (cgroup links), 5.9 (XDP links and link info).
+//! Minimum kernel: 5.7 (cgroup links), 5.9 (XDP links and link info), 6.6
+//! (tcx links). A clsact filter (kernels before 6.6) is no link and is not
+//! checked here.
 use std::{
     ffi::CString,
     fs, io,
@@ -106,8 +108,8 @@ pub(super) fn obj_get(path: &Path) -> io::Result<OwnedFd> {
 pub(super) struct LinkFacts {
     pub id: u32,
     pub prog_id: u32,
-    /// cgroup links: the cgroup id (0 once detached); XDP links: the ifindex
-    /// (0 once detached).
+    /// cgroup links: the cgroup id (0 once detached); XDP and tcx links:
+    /// the ifindex (0 once detached).
     pub target: u64,
 }
 
@@ -134,8 +136,9 @@ pub(super) fn link_facts(fd: &OwnedFd) -> io::Result<LinkFacts> {
     let target = match link_type {
         // BPF_LINK_TYPE_CGROUP: { __u64 cgroup_id; __u32 attach_type; }
         3 => u64::from_ne_bytes(info.0[16..24].try_into().expect("8 bytes")),
-        // BPF_LINK_TYPE_XDP: { __u32 ifindex; }
-        6 => u32_at(16) as u64,
+        // BPF_LINK_TYPE_XDP: { __u32 ifindex; }, BPF_LINK_TYPE_TCX:
+        // { __u32 ifindex; __u32 attach_type; }
+        6 | 11 => u32_at(16) as u64,
         _ => 0,
     };
     Ok(LinkFacts {
@@ -270,17 +273,17 @@ impl Dataplane {
             }
         }
         for held in self.held.iter().filter(|h| h.kind != LinkKind::Cgroup) {
-            let LinkKind::Xdp(iface) = &held.kind else {
+            let LinkKind::Peer(iface) = &held.kind else {
                 continue;
             };
             let want = nix::net::if_::if_nametoindex(iface.as_str()).unwrap_or(0) as u64;
             match link_facts(&held.fd) {
-                Ok(f) if f.target != 0 && f.target == want => out
-                    .attached
-                    .push(format!("{} on {iface}", program_names::XDP)),
+                Ok(f) if f.target != 0 && f.target == want => {
+                    out.attached.push(format!("{} on {iface}", held.program))
+                }
                 _ => out.missing.push(format!(
                     "{} is not attached to interface {iface}",
-                    program_names::XDP
+                    held.program
                 )),
             }
         }
@@ -329,8 +332,8 @@ impl Dataplane {
                 tracing::warn!(error = %format!("{e:#}"), "re-attaching the cgroup programs failed");
             }
         }
-        if let Err(e) = self.repair_xdp() {
-            tracing::warn!(error = %format!("{e:#}"), "re-attaching XDP failed");
+        if let Err(e) = self.repair_peer_filters() {
+            tracing::warn!(error = %format!("{e:#}"), "re-attaching the peer filter failed");
         }
         for (name, id) in self.map_ids.clone() {
             let pin = self.pin_dir.join("maps").join(name);
@@ -349,13 +352,14 @@ impl Dataplane {
         (before, self.check())
     }
 
-    /// XDP links that left their interface are replaced; pins that went
-    /// missing are re-made from the link this agent holds.
-    fn repair_xdp(&mut self) -> Result<()> {
+    /// Peer-filter links that left their interface are replaced (the mode
+    /// chosen again); pins that went missing are re-made from the link this
+    /// agent holds.
+    fn repair_peer_filters(&mut self) -> Result<()> {
         let links = self.pin_dir.join("links");
         let mut lost = Vec::new();
         for held in self.held.iter_mut() {
-            let LinkKind::Xdp(iface) = &held.kind else {
+            let LinkKind::Peer(iface) = &held.kind else {
                 continue;
             };
             let want = nix::net::if_::if_nametoindex(iface.as_str()).unwrap_or(0) as u64;
@@ -373,16 +377,21 @@ impl Dataplane {
             return Ok(());
         }
         self.held
-            .retain(|h| !matches!(&h.kind, LinkKind::Xdp(i) if lost.contains(i)));
+            .retain(|h| !matches!(&h.kind, LinkKind::Peer(i) if lost.contains(i)));
         for iface in &lost {
-            let prog: &mut aya::programs::Xdp = super::program(&mut self.ebpf, program_names::XDP)?;
-            super::new_xdp_link(prog, iface, &links.join(super::xdp_pin_name(iface)))?;
-            self.hold(
-                &links,
-                &super::xdp_pin_name(iface),
-                program_names::XDP,
-                LinkKind::Xdp(iface.clone()),
-            )?;
+            let f =
+                super::peer_filter::attach_one(&mut self.ebpf, &links, &[], iface, self.placement)?;
+            if let Some(pin) = f.mode.pin(iface) {
+                self.hold(
+                    &links,
+                    &pin,
+                    f.mode.program(),
+                    LinkKind::Peer(iface.clone()),
+                )?;
+            }
+            if let Some(old) = self.filters.iter_mut().find(|o| o.iface == *iface) {
+                *old = f;
+            }
         }
         Ok(())
     }

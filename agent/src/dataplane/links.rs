@@ -1,9 +1,10 @@
 //! Attaching: the cgroup programs through kernel links pinned under
 //! `<pin dir>/links/` (new links beside the old ones, then renamed over
-//! their pins), the XDP program into a previous run's link or a new one,
-//! and the descriptors of every link this agent holds.
+//! their pins), the peer filter on the configured interfaces (through
+//! `peer_filter`: native XDP, tcx or clsact), and the descriptors of every
+//! link this agent holds.
 //!
-//! Kernel: cgroup BPF links (Linux 5.7), XDP links (Linux 5.9).
+//! Kernel: cgroup BPF links (Linux 5.7).
 use std::{
     fs, io,
     os::{fd::OwnedFd, unix::fs::MetadataExt},
@@ -11,18 +12,14 @@ use std::{
 };
 
 use agent_common::program_names;
-use aya::{
-    programs::{
-        links::{FdLink, PinnedLink},
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint, Xdp, XdpMode,
-    },
-    Ebpf,
+use aya::programs::{
+    links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint,
 };
 
 use super::{
     enforcement,
     loader::{older_layouts, program, retire_layout},
-    Dataplane, DataplaneError, Result, XdpAttachment,
+    peer_filter, Dataplane, DataplaneError, Result,
 };
 
 pub(super) const SKB_PROGRAMS: [(&str, CgroupSkbAttachType); 2] = [
@@ -41,7 +38,8 @@ pub(super) const SOCK_ADDR_PROGRAMS: [(&str, &str); 4] = [
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum LinkKind {
     Cgroup,
-    Xdp(String),
+    /// The peer filter's link on an interface (XDP or tcx).
+    Peer(String),
     /// The host-wide `cgroup:cgroup_mkdir` tracepoint (`cover.rs`).
     Tracepoint,
 }
@@ -75,8 +73,9 @@ impl Dataplane {
     ///
     /// cgroup programs get new links beside any old ones (multi-attach: a
     /// connection passes only if every attached program allows it), pinned
-    /// over this layout's previous pins, which releases the old links. XDP
-    /// takes over an existing pinned link in place (BPF_LINK_UPDATE). Then
+    /// over this layout's previous pins, which releases the old links. The
+    /// peer filter takes over a previous run's link in place
+    /// (BPF_LINK_UPDATE) or is attached beside what it replaces. Then
     /// links and maps of older layouts are retired. At no instant is a
     /// protected port without a program whose maps are complete.
     pub(crate) fn attach(&mut self) -> Result<()> {
@@ -84,16 +83,23 @@ impl Dataplane {
         let links = self.pin_dir.join("links");
         self.attach_mkdir_cover(&links)?;
         let older = older_layouts(&self.bpffs, &self.pin_dir);
-        self.xdp = attach_xdp(&mut self.ebpf, &links, &older, &self.xdp_ifaces)?;
+        self.filters = peer_filter::attach_all(
+            &mut self.ebpf,
+            &links,
+            &older,
+            &self.xdp_ifaces,
+            self.placement,
+        )?;
         self.held
             .retain(|h| matches!(h.kind, LinkKind::Cgroup | LinkKind::Tracepoint));
-        for x in self.xdp.clone() {
-            let pin = xdp_pin_name(&x.iface);
-            self.hold(&links, &pin, program_names::XDP, LinkKind::Xdp(x.iface))?;
-        }
         let mut programs = self.programs.clone();
-        if !self.xdp.is_empty() {
-            programs.push(program_names::XDP);
+        for f in self.filters.clone() {
+            if let Some(pin) = f.mode.pin(&f.iface) {
+                self.hold(&links, &pin, f.mode.program(), LinkKind::Peer(f.iface))?;
+            }
+            if !programs.contains(&f.mode.program()) {
+                programs.push(f.mode.program());
+            }
         }
         self.programs = programs;
         for dir in older {
@@ -219,7 +225,7 @@ impl Dataplane {
     pub(crate) fn release_links(&mut self) {
         self.held.clear();
         self.programs.clear();
-        self.xdp.clear();
+        self.filters.clear();
     }
 }
 
@@ -243,115 +249,6 @@ pub(super) fn pin_link_replacing(link: FdLink, dir: &Path, name: &str) -> Result
     // Closing our fd leaves the pin holding the link.
     drop(pinned);
     Ok(())
-}
-
-/// The pin name of an interface's XDP link (bpffs refuses dots in names).
-pub(super) fn xdp_pin_name(iface: &str) -> String {
-    format!("xdp_{}", iface.replace('.', "_"))
-}
-
-/// Attaches the XDP program to each interface: into the link a previous run
-/// pinned, in this layout or an older one (BPF_LINK_UPDATE swaps the
-/// program atomically), else a new link in native mode, falling back to
-/// generic mode. Unpins links of interfaces no longer configured.
-pub(super) fn attach_xdp(
-    ebpf: &mut Ebpf,
-    links: &Path,
-    older: &[PathBuf],
-    ifaces: &[String],
-) -> Result<Vec<XdpAttachment>> {
-    let name = program_names::XDP;
-    let wanted: Vec<String> = ifaces.iter().map(|i| xdp_pin_name(i)).collect();
-    if let Ok(entries) = fs::read_dir(links) {
-        for e in entries.flatten() {
-            let file = e.file_name().to_string_lossy().to_string();
-            if file.starts_with("xdp_") && !wanted.contains(&file) {
-                tracing::info!(pin = %e.path().display(), "interface no longer configured; detaching its XDP program");
-                let _ = fs::remove_file(e.path());
-            }
-        }
-    }
-    if ifaces.is_empty() {
-        return Ok(Vec::new());
-    }
-    let prog: &mut Xdp = program(ebpf, name)?;
-    let mut out = Vec::new();
-    for iface in ifaces {
-        let pin = links.join(xdp_pin_name(iface));
-        let pin_err =
-            |e: Box<dyn std::error::Error + Send + Sync>, path: &Path| DataplaneError::Pin {
-                what: "XDP link",
-                path: path.to_path_buf(),
-                source: e,
-            };
-        let xdp_err = |source| DataplaneError::XdpAttach {
-            iface: iface.clone(),
-            source,
-        };
-        // A link pinned by a previous run of this or an older layout.
-        let previous = std::iter::once(pin.clone())
-            .chain(
-                older
-                    .iter()
-                    .map(|d| d.join("links").join(xdp_pin_name(iface))),
-            )
-            .find(|p| p.exists());
-        if let Some(prev) = previous {
-            if prev != pin {
-                // Pin the same link under this layout before the old layout is retired.
-                let again = PinnedLink::from_pin(&prev).map_err(|e| pin_err(Box::new(e), &prev))?;
-                FdLink::from(again)
-                    .pin(&pin)
-                    .map_err(|e| pin_err(Box::new(e), &pin))?;
-            }
-            let held = PinnedLink::from_pin(&pin).map_err(|e| pin_err(Box::new(e), &pin))?;
-            let link = aya::programs::xdp::XdpLink::try_from(FdLink::from(held))
-                .map_err(|e| pin_err(Box::new(e), &pin))?;
-            prog.attach_to_link(link).map_err(xdp_err)?;
-            out.push(XdpAttachment {
-                iface: iface.clone(),
-                mode: "replaced",
-            });
-            continue;
-        }
-        let mode = new_xdp_link(prog, iface, &pin)?;
-        out.push(XdpAttachment {
-            iface: iface.clone(),
-            mode,
-        });
-    }
-    Ok(out)
-}
-
-/// Attaches the XDP program to `iface` through a new link pinned at `pin`:
-/// native mode, else generic. Returns the mode.
-pub(super) fn new_xdp_link(prog: &mut Xdp, iface: &str, pin: &Path) -> Result<&'static str> {
-    let xdp_err = |source| DataplaneError::XdpAttach {
-        iface: iface.to_string(),
-        source,
-    };
-    let (id, mode) = match prog.attach(iface, XdpMode::Driver) {
-        Ok(id) => (id, "native"),
-        Err(native) => {
-            tracing::info!(%iface, error = %native, "native XDP unavailable; using generic mode");
-            (
-                prog.attach(iface, XdpMode::Skb).map_err(xdp_err)?,
-                "generic",
-            )
-        }
-    };
-    let link = prog.take_link(id).map_err(xdp_err)?;
-    let link = FdLink::try_from(link).map_err(|e| DataplaneError::Pin {
-        what: "XDP link (needs kernel ≥ 5.9 for XDP links)",
-        path: pin.to_path_buf(),
-        source: Box::new(e),
-    })?;
-    link.pin(pin).map_err(|e| DataplaneError::Pin {
-        what: "XDP link",
-        path: pin.to_path_buf(),
-        source: Box::new(e),
-    })?;
-    Ok(mode)
 }
 
 /// Pins the object behind `fd` at `path` (BPF_OBJ_PIN).

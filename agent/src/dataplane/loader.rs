@@ -14,7 +14,7 @@ use agent_common::{
 };
 use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{CgroupSkb, CgroupSockAddr, ProgramError, TracePoint, Xdp},
+    programs::{CgroupSkb, CgroupSockAddr, ProgramError, SchedClassifier, TracePoint, Xdp},
     Ebpf, EbpfLoader,
 };
 
@@ -214,7 +214,26 @@ impl Dataplane {
                 program: name,
                 source,
             })?;
+            let name = program_names::TC_PEER;
+            let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
+            prog.load().map_err(|source| DataplaneError::ProgramLoad {
+                program: name,
+                source,
+            })?;
         }
+
+        // Descriptors of their own for the batch operations (aya's typed
+        // maps do not lend theirs): the same maps, through their pins.
+        let raw_fd = |name: &'static str| {
+            let path = pin_dir.join("maps").join(name);
+            super::enforcement::obj_get(&path).map_err(|e| DataplaneError::Pin {
+                what: "map (re-opening it for batch operations)",
+                path,
+                source: Box::new(e),
+            })
+        };
+        let grants_fd = raw_fd(map_names::GRANTS)?;
+        let ports_fd = raw_fd(map_names::PORTS)?;
 
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name)
@@ -251,6 +270,7 @@ impl Dataplane {
             bpffs: cfg.bpffs.clone(),
             cgroup: cfg.cgroup.clone(),
             xdp_ifaces: cfg.xdp_ifaces.clone(),
+            placement: cfg.placement,
             max_grants: capacity(&grants, map_names::GRANTS, cfg.max_grants),
             max_peers: capacity(&peers, map_names::PEERS, cfg.max_peers),
             ports,
@@ -265,7 +285,9 @@ impl Dataplane {
             deny_events: Some(deny_events),
             kill_requests: Some(kill_requests),
             programs: Vec::new(),
-            xdp: Vec::new(),
+            filters: Vec::new(),
+            grants_fd,
+            ports_fd,
             ebpf,
         })
     }

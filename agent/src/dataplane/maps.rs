@@ -1,9 +1,10 @@
 //! Typed map I/O: ports, local grants, peers, local nets, counters and
-//! capacities, as the agent reads and writes them one entry at a time.
+//! capacities, as the agent reads and writes them: one entry at a time, or
+//! (whole-map reads, runs of grant puts) in batches through `batch`.
 //! All-or-nothing writes are `txn`'s.
 //!
 //! Kernel: array, hash, LPM-trie and per-CPU array maps (Linux 4.11).
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, os::fd::AsFd};
 
 use agent_common::{
     map_names, port_index, CoverKey, DiscoveryKey, Expiry, GrantKey, PeerKey, Proto,
@@ -11,15 +12,39 @@ use agent_common::{
 };
 use aya::maps::MapError;
 
-use super::{map_err, Dataplane, DataplaneError, PeerEntry, Result};
+use super::{
+    batch::{self, Batch},
+    map_err, Dataplane, DataplaneError, PeerEntry, Result,
+};
 use crate::{
     hostaddrs::LocalNet,
     ledger::{Change, EntryKey},
 };
 
 impl Dataplane {
-    /// Every (protocol, port) → port entry (segment id and mode bit) the kernel holds now.
+    /// Every (protocol, port) → port entry (segment id and mode bit) the
+    /// kernel holds now: one batch read of the whole array (a few dozen
+    /// calls), else one lookup per slot.
     pub(crate) fn read_ports(&self) -> Result<Vec<(Proto, u16, u32)>> {
+        let slot = |index: u32, seg: u32| {
+            let proto = if index < 65536 {
+                Proto::Tcp
+            } else {
+                Proto::Udp
+            };
+            (proto, (index & 0xffff) as u16, seg)
+        };
+        match batch::lookup_all::<u32, u32>(self.ports_fd.as_fd()) {
+            Ok(Batch::Done(all)) => {
+                return Ok(all
+                    .into_iter()
+                    .filter(|&(i, seg)| seg != 0 && i < PORT_SLOTS)
+                    .map(|(i, seg)| slot(i, seg))
+                    .collect())
+            }
+            Ok(Batch::Unsupported) => {}
+            Err(e) => return Err(batch_err(map_names::PORTS, "read", e)),
+        }
         let mut out = Vec::new();
         for index in 0..PORT_SLOTS {
             let seg = self
@@ -27,12 +52,7 @@ impl Dataplane {
                 .get(&index, 0)
                 .map_err(map_err(map_names::PORTS, "read"))?;
             if seg != 0 {
-                let proto = if index < 65536 {
-                    Proto::Tcp
-                } else {
-                    Proto::Udp
-                };
-                out.push((proto, (index & 0xffff) as u16, seg));
+                out.push(slot(index, seg));
             }
         }
         Ok(out)
@@ -53,8 +73,42 @@ impl Dataplane {
     }
 
     /// Applies ledger changes in order and stops at the first failure.
+    /// Runs of local-grant puts go to the kernel in batches.
     pub(crate) fn apply(&mut self, changes: &[Change]) -> Result<()> {
-        changes.iter().try_for_each(|c| self.apply_one(c))
+        let mut i = 0;
+        while i < changes.len() {
+            let run = local_puts(&changes[i..]);
+            if run.len() > 1 {
+                self.put_grants(&run)?;
+                i += run.len();
+            } else {
+                self.apply_one(&changes[i])?;
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes local grant entries, in batches where the kernel has them.
+    pub(super) fn put_grants(&mut self, entries: &[(GrantKey, Expiry)]) -> Result<()> {
+        let (fd, grants, max) = (&self.grants_fd, &mut self.grants, self.max_grants);
+        batch::put_all(
+            entries,
+            |k, v| batch::update(fd.as_fd(), k, v).map_err(|(n, e)| (n, Bulk::Io(e))),
+            |k, v| {
+                grants.insert(*k, *v, 0).map_err(|e| {
+                    Bulk::Dataplane(Box::new(full_or(e, map_names::GRANTS, max, "insert")))
+                })
+            },
+        )
+        .map_err(|e| match e {
+            Bulk::Io(e) if e.raw_os_error() == Some(libc::E2BIG) => DataplaneError::Full {
+                map: map_names::GRANTS,
+                capacity: max,
+            },
+            Bulk::Io(e) => batch_err(map_names::GRANTS, "insert (batch)", e),
+            Bulk::Dataplane(e) => *e,
+        })
     }
 
     pub(super) fn apply_one(&mut self, change: &Change) -> Result<()> {
@@ -115,13 +169,31 @@ impl Dataplane {
         }
     }
 
-    /// Every local grant entry the kernel holds.
+    /// Every local grant entry the kernel holds (batch reads where the
+    /// kernel has them).
     pub(crate) fn read_grants(&self) -> Result<Vec<(GrantKey, u64)>> {
+        match batch::lookup_all::<GrantKey, Expiry>(self.grants_fd.as_fd()) {
+            Ok(Batch::Done(all)) => {
+                return Ok(all.into_iter().map(|(k, v)| (k, v.at_boot_ns)).collect())
+            }
+            Ok(Batch::Unsupported) => {}
+            Err(e) => return Err(batch_err(map_names::GRANTS, "read", e)),
+        }
         self.grants
             .iter()
             .map(|r| r.map(|(k, v)| (k, v.at_boot_ns)))
             .collect::<std::result::Result<_, _>>()
             .map_err(map_err(map_names::GRANTS, "read"))
+    }
+
+    /// How many local grant entries the kernel holds (a batch read, else a
+    /// walk of the keys).
+    pub(super) fn grant_count(&self) -> Result<usize> {
+        match batch::lookup_all::<GrantKey, Expiry>(self.grants_fd.as_fd()) {
+            Ok(Batch::Done(all)) => Ok(all.len()),
+            Ok(Batch::Unsupported) => Ok(self.grants.keys().count()),
+            Err(e) => Err(batch_err(map_names::GRANTS, "read", e)),
+        }
     }
 
     /// One local grant entry's expiry, as the kernel holds it.
@@ -332,6 +404,35 @@ pub(super) fn peer_key(
             addr,
         },
     )
+}
+
+/// The leading run of local-grant puts in `changes`, as map entries.
+pub(super) fn local_puts(changes: &[Change]) -> Vec<(GrantKey, Expiry)> {
+    changes
+        .iter()
+        .map_while(|c| match *c {
+            Change::Put(EntryKey::Local(k), at) => Some((k, Expiry { at_boot_ns: at })),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A batch write's failure: the batch call's own, or a single write's.
+enum Bulk {
+    Io(std::io::Error),
+    Dataplane(Box<DataplaneError>),
+}
+
+/// A failed batch call as a map error naming the syscall.
+pub(super) fn batch_err(map: &'static str, op: &'static str, e: std::io::Error) -> DataplaneError {
+    DataplaneError::Map {
+        map,
+        op,
+        source: MapError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_map_batch",
+            io_error: e,
+        }),
+    }
 }
 
 pub(super) fn ignore_missing(

@@ -16,8 +16,8 @@
 //! checks the kernel against those links on every heartbeat and repairs.
 //!
 //! Split by lifecycle stage: [`loader`] (the object, its pins, layout
-//! retirement, uninstall), [`links`] (cgroup and XDP attach, pin
-//! replacing), [`maps`] (typed map I/O), `txn` (all-or-nothing writes),
+//! retirement, uninstall), [`links`] (cgroup attach, pin replacing),
+//! `peer_filter` (XDP, tcx or clsact on the configured interfaces), [`maps`] (typed map I/O), `txn` (all-or-nothing writes),
 //! [`enforcement`] (the kernel checked against what was attached), and
 //! `bench` (BPF_PROG_TEST_RUN, feature `bench` only). This file holds the
 //! shared types: the error, the configuration and the `Dataplane` itself.
@@ -39,6 +39,8 @@ use aya::{
 /// All-or-nothing application of a policy change.
 mod txn;
 
+mod batch;
+
 mod enforcement;
 pub(crate) use enforcement::KernelCheck;
 
@@ -51,8 +53,10 @@ mod ring;
 mod usage;
 pub(crate) use ring::Ring;
 
-use links::{new_xdp_link, pin_fd, xdp_pin_name, HeldLink, LinkKind};
-use loader::program;
+mod peer_filter;
+pub(crate) use peer_filter::{PeerFilter, Placement};
+
+use links::{pin_fd, HeldLink, LinkKind};
 pub(crate) use loader::{pinned_ports, uninstall};
 use maps::peer_key;
 
@@ -97,12 +101,8 @@ pub(crate) enum DataplaneError {
         #[source]
         source: ProgramError,
     },
-    #[error("attaching XDP to interface {iface} failed (does it exist? `ip link show {iface}`)")]
-    XdpAttach {
-        iface: String,
-        #[source]
-        source: ProgramError,
-    },
+    #[error("no peer filter could be attached to interface {iface} (does it exist? `ip link show {iface}`); tried {tried}")]
+    PeerFilter { iface: String, tried: String },
     #[error("pinning {what} at {path} failed")]
     Pin {
         what: &'static str,
@@ -165,18 +165,13 @@ pub(crate) struct DataplaneConfig {
     pub cgroup: PathBuf,
     pub max_grants: u32,
     pub max_peers: u32,
-    /// Interfaces to attach the XDP program to (remote-peer enforcement).
+    /// Interfaces to attach the peer filter to (native XDP on physical
+    /// NICs, tc ingress on virtual devices).
     pub xdp_ifaces: Vec<String>,
     /// Whether the hooks feed the discovery map (`discovery` setting).
     pub discovery: bool,
-}
-
-/// How the XDP program ended up attached to an interface.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct XdpAttachment {
-    pub iface: String,
-    /// "native", "generic", or "replaced" (a previous run's link kept its mode).
-    pub mode: &'static str,
+    /// Which peer filter modes may be used (`peer_filter` setting).
+    pub placement: Placement,
 }
 
 pub(crate) struct Dataplane {
@@ -190,6 +185,7 @@ pub(crate) struct Dataplane {
     bpffs: PathBuf,
     cgroup: PathBuf,
     xdp_ifaces: Vec<String>,
+    placement: Placement,
     max_grants: u32,
     max_peers: u32,
     ports: Array<MapData, u32>,
@@ -204,7 +200,11 @@ pub(crate) struct Dataplane {
     deny_events: Option<RingBuf<MapData>>,
     kill_requests: Option<RingBuf<MapData>>,
     programs: Vec<&'static str>,
-    xdp: Vec<XdpAttachment>,
+    /// Where the peer filter is attached, and how.
+    filters: Vec<PeerFilter>,
+    /// The grants and ports maps again, for batch reads and writes.
+    grants_fd: std::os::fd::OwnedFd,
+    ports_fd: std::os::fd::OwnedFd,
     ebpf: Ebpf,
 }
 
@@ -229,9 +229,9 @@ impl Dataplane {
         &self.cgroup
     }
 
-    /// Where the XDP program is attached, and how.
-    pub(crate) fn xdp(&self) -> &[XdpAttachment] {
-        &self.xdp
+    /// Where the peer filter is attached, and how.
+    pub(crate) fn filters(&self) -> &[PeerFilter] {
+        &self.filters
     }
 
     /// Hands the kill-request ring buffer to its reader (once).

@@ -21,7 +21,7 @@ use tracing::error;
 
 use super::{map_err, map_names, peer_key, Dataplane, DataplaneError, Result};
 use crate::ledger::{Change, EntryKey};
-use agent_common::PeerKey;
+use agent_common::{Expiry, GrantKey, PeerKey};
 
 /// One write and what the kernel held before it.
 enum Undo {
@@ -121,12 +121,32 @@ impl Dataplane {
     ) -> Result<()> {
         let mut before = Vec::with_capacity(changes.len());
         let mut prefixes = None;
+        // Many local keys: one batch read of the grants map beats a lookup
+        // per key.
+        let locals = changes
+            .iter()
+            .filter(|c| {
+                matches!(
+                    c,
+                    Change::Put(EntryKey::Local(_), _) | Change::Delete(EntryKey::Local(_))
+                )
+            })
+            .count();
+        let grants: Option<HashMap<GrantKey, u64>> = if locals > super::batch::CHUNK {
+            Some(self.read_grants()?.into_iter().collect())
+        } else {
+            None
+        };
         for c in changes {
             let key = match c {
                 Change::Put(k, _) | Change::Delete(k) => *k,
             };
-            before.push(self.entry_value(&key, &mut prefixes)?);
+            before.push(match (&grants, key) {
+                (Some(all), EntryKey::Local(k)) => all.get(&k).copied(),
+                _ => self.entry_value(&key, &mut prefixes)?,
+            });
         }
+        drop(grants);
         let deletes_first = self.check_room(changes, &before)?;
         let (puts, deletes): (Vec<usize>, Vec<usize>) =
             (0..changes.len()).partition(|&i| matches!(changes[i], Change::Put(..)));
@@ -137,9 +157,7 @@ impl Dataplane {
             } else {
                 puts.to_vec()
             };
-            for i in order {
-                self.write(&changes[i], before[i], &mut undo)?;
-            }
+            self.write_all(changes, &order, &before, &mut undo)?;
             for &(proto, port, segment) in ports {
                 let was = self.port_entry(proto, port)?;
                 if was != segment {
@@ -148,15 +166,49 @@ impl Dataplane {
                 }
             }
             if !deletes_first {
-                for &i in &deletes {
-                    self.write(&changes[i], before[i], &mut undo)?;
-                }
+                self.write_all(changes, &deletes, &before, &mut undo)?;
             }
             Ok(())
         })();
         if let Err(e) = result {
             self.roll_back(undo);
             return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Writes `changes[i]` for each `i` of `order`, runs of local-grant
+    /// puts in batches; every key's undo is recorded before it is written.
+    fn write_all(
+        &mut self,
+        changes: &[Change],
+        order: &[usize],
+        before: &[Option<u64>],
+        undo: &mut Vec<Undo>,
+    ) -> Result<()> {
+        let mut n = 0;
+        while n < order.len() {
+            let run: Vec<(GrantKey, Expiry)> = order[n..]
+                .iter()
+                .map_while(|&i| match changes[i] {
+                    Change::Put(EntryKey::Local(k), at) => Some((k, Expiry { at_boot_ns: at })),
+                    _ => None,
+                })
+                .collect();
+            if run.len() > 1 {
+                for &i in &order[n..n + run.len()] {
+                    let key = match changes[i] {
+                        Change::Put(k, _) | Change::Delete(k) => k,
+                    };
+                    undo.push(Undo::Entry(key, before[i]));
+                }
+                self.put_grants(&run)?;
+                n += run.len();
+            } else {
+                let i = order[n];
+                self.write(&changes[i], before[i], undo)?;
+                n += 1;
+            }
         }
         Ok(())
     }
@@ -208,7 +260,7 @@ impl Dataplane {
         if local.fresh + hosts.fresh + prefixes.fresh == 0 {
             return Ok(false);
         }
-        local.now = self.grants.keys().count();
+        local.now = self.grant_count()?;
         hosts.now = self.peer_hosts.keys().count();
         prefixes.now = self.peers.keys().count();
         let maps = [

@@ -306,8 +306,8 @@ impl Subject {
     }
 }
 
-/// Events of remote peers carry no local subject (XDP, or an skb hook
+/// Events of remote peers carry no local subject (XDP, tc, or an skb hook
 /// without a socket owner).
 fn is_remote(ev: &DenyEvent) -> bool {
-    ev.hook == hook::XDP || ev.cgroup_id == 0
+    ev.hook == hook::XDP || ev.hook == hook::TC || ev.cgroup_id == 0
 }

@@ -163,6 +163,7 @@ pub(crate) fn hook_name(h: u8) -> &'static str {
         hook::SKB_EGRESS => "skb_egress",
         hook::SKB_INGRESS => "skb_ingress",
         hook::XDP => "xdp",
+        hook::TC => "tc",
         _ => "unknown",
     }
 }

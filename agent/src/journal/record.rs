@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     audit::AuditEvent,
     requests::{AccessRequest, RequestState},
-    state::Grant,
+    state::{Grant, Lock},
 };
 
 /// Bytes of a frame header.
@@ -57,6 +57,10 @@ pub(crate) enum Op {
     ForgetRequest { request_id: u64 },
     /// The whole segment-name → id map (at most `MAX_SEGMENTS` entries).
     Segments { ids: BTreeMap<String, u32> },
+    /// An identity is locked from this record on (replacing an earlier lock).
+    Lock { lock: Lock },
+    /// The lock on an identity (its text form) is lifted.
+    Unlock { identity: String },
 }
 
 impl Op {
@@ -82,6 +86,9 @@ pub(crate) struct Memory {
     pub grants: BTreeMap<u64, Grant>,
     /// Pending and recently decided requests, by id.
     pub requests: BTreeMap<u64, AccessRequest>,
+    /// Locked identities, by their text form.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub locks: BTreeMap<String, Lock>,
 }
 
 impl Memory {
@@ -108,6 +115,12 @@ impl Memory {
                 self.requests.remove(request_id);
             }
             Op::Segments { ids } => self.segment_ids = ids.clone(),
+            Op::Lock { lock } => {
+                self.locks.insert(lock.identity.to_string(), lock.clone());
+            }
+            Op::Unlock { identity } => {
+                self.locks.remove(identity);
+            }
         }
     }
 

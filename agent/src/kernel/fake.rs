@@ -15,7 +15,7 @@ use agent_common::{DiscoveryKey, GrantKey, Proto, SegmentCounters, Sighting};
 
 use super::KernelMaps;
 use crate::{
-    dataplane::{DataplaneError, KernelCheck, PeerEntry, XdpAttachment},
+    dataplane::{DataplaneError, KernelCheck, PeerEntry, PeerFilter},
     hostaddrs::LocalNet,
     ledger::{Change, EntryKey},
     usage::Totals,
@@ -316,11 +316,11 @@ impl KernelMaps for FakeKernel {
         }
         Ok(())
     }
-    fn attach(&mut self) -> Result<Vec<XdpAttachment>, DataplaneError> {
+    fn attach(&mut self) -> Result<Vec<PeerFilter>, DataplaneError> {
         Ok(Vec::new())
     }
-    fn has_xdp(&self) -> bool {
-        false
+    fn peer_filters(&self) -> Vec<PeerFilter> {
+        Vec::new()
     }
     fn check(&self) -> KernelCheck {
         KernelCheck::default()

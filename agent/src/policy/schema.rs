@@ -26,11 +26,13 @@ use crate::{
 };
 
 const SEGMENT_KEYS: [&str; 5] = ["description", "ports", "allow", "jit", "mode"];
-const JIT_KEYS: [&str; 5] = [
+const JIT_KEYS: [&str; 7] = [
     "max_ttl",
     "default_ttl",
     "approvers",
     "require_reason",
+    "windows",
+    "timezone",
     "idle_timeout",
 ];
 /// `default_ttl` when the policy gives none (capped at `max_ttl`).
@@ -451,6 +453,8 @@ impl Parser<'_> {
             Some(item) => Some(self.idle_timeout(item, &location)?),
         };
 
+        let windows = self.windows(table, name, &location);
+
         let max_ttl = max_ttl?;
         let default_ttl = match default_ttl {
             None => DEFAULT_TTL.min(max_ttl),
@@ -476,6 +480,7 @@ impl Parser<'_> {
             default_ttl,
             approvers,
             require_reason,
+            windows,
             idle_timeout,
         })
     }
@@ -586,7 +591,11 @@ fn article(type_name: &str) -> String {
     format!("{} {type_name}", if vowel { "an" } else { "a" })
 }
 
+/// `windows` and `timezone` of a jit table.
+mod windows;
+
 /// The `jit` table's `idle_timeout` and approvers.
 mod jit;
+
 #[cfg(test)]
 mod tests;

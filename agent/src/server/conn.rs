@@ -312,6 +312,25 @@ fn handle(shared: &Shared, cred: &PeerCred, request: Request) -> Response {
             pid,
             port,
         } => a.explain(cred, identity.as_deref(), pid, &port),
+        Request::Lock {
+            identity,
+            reason,
+            ttl,
+            include_standing,
+        } => a
+            .lock(
+                cred,
+                &identity,
+                &reason,
+                ttl.map(crate::duration::Ttl::get),
+                include_standing,
+            )
+            .map(|(reply, _)| {
+                // The locked identity's open flows are cut now.
+                crate::sweep::request();
+                reply
+            }),
+        Request::Unlock { identity } => a.unlock(cred, &identity),
         Request::Uninstall {} => a.uninstall(cred),
         Request::Debug { on } => crate::kernlog::request(cred, on),
     };
@@ -348,6 +367,8 @@ fn moves_deadlines(request: &Request) -> bool {
             | Request::RequestAccess { .. }
             | Request::Approve { .. }
             | Request::Deny { .. }
+            | Request::Lock { .. }
+            | Request::Unlock { .. }
     )
 }
 

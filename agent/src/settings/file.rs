@@ -28,12 +28,13 @@ use crate::{
 pub(crate) const DEFAULT_PATH: &str = "/etc/portcullis/agent.toml";
 
 /// Every key the file may hold, for "did you mean" hints.
-const KEYS: [&str; 23] = [
+const KEYS: [&str; 26] = [
     "policy_dir",
     "socket",
     "socket_mode",
     "socket_group",
     "xdp_ifaces",
+    "peer_filter",
     "audit_log",
     "state_dir",
     "bpffs",
@@ -42,6 +43,8 @@ const KEYS: [&str; 23] = [
     "max_peers",
     "request_expiry",
     "identity_rescan",
+    "group_refresh",
+    "lock_admins",
     "audit_max_bytes",
     "audit_keep",
     "deny_log",
@@ -68,6 +71,8 @@ pub(crate) struct AgentConfig {
     pub socket_group: Option<String>,
     /// Interfaces to attach the XDP program to (none: no XDP).
     pub xdp_ifaces: Vec<String>,
+    /// Where the peer filter may go (auto, xdp, tc).
+    pub peer_filter: crate::dataplane::Placement,
     pub audit_log: PathBuf,
     pub state_dir: PathBuf,
     /// This agent's bpffs directory (pinned programs, links and maps).
@@ -83,6 +88,12 @@ pub(crate) struct AgentConfig {
     /// How often unit and cgroup identities are re-resolved even when no
     /// cgroup event was seen (a safety net under the cgroup watch).
     pub identity_rescan: Duration,
+    /// How often `group:` memberships are read again through NSS even when
+    /// /etc/group and /etc/passwd did not change (directory-backed groups).
+    pub group_refresh: Duration,
+    /// Who may `lock` and `unlock` identities besides root (`user:`,
+    /// `uid:`, `group:`, `gid:`).
+    pub lock_admins: Vec<crate::identity::Identity>,
     /// Rotate the audit log before it grows past this size; 0 never rotates.
     pub audit_max_bytes: u64,
     /// Rotated audit files kept (`audit.jsonl.1` ..).
@@ -115,6 +126,7 @@ impl Default for AgentConfig {
             socket_mode: 0o660,
             socket_group: None,
             xdp_ifaces: Vec::new(),
+            peer_filter: crate::dataplane::Placement::Auto,
             audit_log: "/var/log/portcullis/audit.jsonl".into(),
             state_dir: "/var/lib/portcullis".into(),
             bpffs: "/sys/fs/bpf/portcullis".into(),
@@ -123,6 +135,8 @@ impl Default for AgentConfig {
             max_peers: agent_common::DEFAULT_MAX_PEERS,
             request_expiry: Duration::from_secs(3600),
             identity_rescan: Duration::from_secs(30),
+            group_refresh: Duration::from_secs(30),
+            lock_admins: Vec::new(),
             audit_max_bytes: crate::audit::Rotation::default().max_bytes,
             audit_keep: crate::audit::Rotation::default().keep as u32,
             deny_log: None,
@@ -161,6 +175,7 @@ struct RawConfig {
     socket_mode: Option<Spanned<RawMode>>,
     socket_group: Option<Spanned<String>>,
     xdp_ifaces: Option<Vec<Spanned<String>>>,
+    peer_filter: Option<Spanned<String>>,
     audit_log: Option<Spanned<PathBuf>>,
     state_dir: Option<Spanned<PathBuf>>,
     bpffs: Option<Spanned<PathBuf>>,
@@ -169,6 +184,8 @@ struct RawConfig {
     max_peers: Option<Spanned<i64>>,
     request_expiry: Option<Spanned<String>>,
     identity_rescan: Option<Spanned<String>>,
+    group_refresh: Option<Spanned<String>>,
+    lock_admins: Option<Vec<Spanned<String>>>,
     audit_max_bytes: Option<Spanned<String>>,
     audit_keep: Option<Spanned<i64>>,
     deny_log: Option<Spanned<PathBuf>>,
@@ -267,6 +284,27 @@ impl AgentConfig {
                 .filter_map(|i| check.interface(i))
                 .collect();
         }
+        for admin in raw.lock_admins.unwrap_or_default() {
+            let span = admin.span();
+            match admin.get_ref().parse::<crate::identity::Identity>() {
+                Ok(
+                    i @ (crate::identity::Identity::User(_)
+                    | crate::identity::Identity::Uid(_)
+                    | crate::identity::Identity::Group(_)
+                    | crate::identity::Identity::Gid(_)),
+                ) => config.lock_admins.push(i),
+                Ok(other) => check.error(
+                    span,
+                    format!("lock_admins: {other} is not a person"),
+                    "name people: user:NAME, uid:N, group:NAME or gid:N",
+                ),
+                Err(e) => check.error(
+                    span,
+                    format!("lock_admins: {e}"),
+                    "name people: user:NAME, uid:N, group:NAME or gid:N",
+                ),
+            }
+        }
         for (key, value, slot) in [
             ("max_grants", raw.max_grants, &mut config.max_grants),
             ("max_peers", raw.max_peers, &mut config.max_peers),
@@ -289,6 +327,16 @@ impl AgentConfig {
         }
         if let Some(on) = raw.discovery {
             config.discovery = on;
+        }
+        if let Some(v) = raw.peer_filter {
+            match v.get_ref().parse::<crate::dataplane::Placement>() {
+                Ok(p) => config.peer_filter = p,
+                Err(e) => check.error(
+                    v.span(),
+                    e,
+                    "\"auto\" puts native XDP on physical NICs with driver support and tc ingress elsewhere",
+                ),
+            }
         }
         if let Some(v) = raw.mode {
             match v.get_ref().parse::<crate::policy::Mode>() {
@@ -317,6 +365,15 @@ impl AgentConfig {
             )
         }) {
             config.identity_rescan = d;
+        }
+        if let Some(d) = raw.group_refresh.and_then(|v| {
+            check.duration::<IntervalBounds>(
+                "group_refresh",
+                v,
+                "write a duration from \"1s\" to \"1d\", such as \"30s\" or \"5m\"; changes to /etc/group and /etc/passwd are seen at once, this re-reads groups from a directory (SSSD, LDAP)",
+            )
+        }) {
+            config.group_refresh = d;
         }
         // The audit log's rotation, the deny log and the metrics endpoint
         // (docs/audit.md).

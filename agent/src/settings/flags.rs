@@ -53,6 +53,11 @@ pub(crate) struct AgentArgs {
     /// still checked on every interface (repeatable) [file: xdp_ifaces].
     #[arg(long = "xdp-iface", value_name = "IFACE")]
     pub xdp_ifaces: Vec<String>,
+    /// Where the peer filter goes on those interfaces: auto (native XDP on
+    /// physical NICs with driver support, tc ingress elsewhere), xdp
+    /// (native XDP everywhere) or tc [file: peer_filter; default: auto].
+    #[arg(long, value_name = "auto|xdp|tc")]
+    pub peer_filter: Option<crate::dataplane::Placement>,
     /// How long grants of a segment that leaves the policy are kept (suspended), e.g. 10m [file: grant_grace].
     #[arg(long)]
     pub grant_grace: Option<Ttl>,

@@ -32,6 +32,8 @@ pub(super) struct Spec {
     pub peers: Vec<Ipv4Addr>,
     /// `--xdp-iface`.
     pub xdp_iface: Option<String>,
+    /// `--peer-filter` (auto when `None`).
+    pub peer_filter: Option<&'static str>,
     /// Grants the measurement will make (beyond the standing allows).
     pub grants: usize,
     /// The segment's mode and the features a measurement switches off.
@@ -132,6 +134,9 @@ impl Agent {
         if let Some(iface) = &spec.xdp_iface {
             cmd.arg("--xdp-iface").arg(iface);
         }
+        if let Some(placement) = spec.peer_filter {
+            cmd.arg("--peer-filter").arg(placement);
+        }
         if spec.knobs.no_discovery {
             cmd.arg("--no-discovery");
         }
@@ -192,10 +197,11 @@ impl Agent {
         lines[lines.len().saturating_sub(15)..].join("\n")
     }
 
-    /// How XDP was attached ("native", "generic"), from the agent's log.
+    /// How the peer filter was attached ("xdp-native", "tcx", "tc-clsact"),
+    /// from the agent's log.
     pub(super) fn xdp_mode(&self) -> Option<String> {
         let text = fs::read_to_string(&self.log).ok()?;
-        let line = util::strip_ansi(text.lines().find(|l| l.contains("XDP attached"))?);
+        let line = util::strip_ansi(text.lines().find(|l| l.contains("peer filter attached"))?);
         let mode = line.split("mode=").nth(1)?;
         Some(
             mode.split_whitespace()
@@ -285,6 +291,7 @@ mod tests {
             uids: vec![7, 8],
             peers: vec![Ipv4Addr::new(203, 0, 113, 2)],
             xdp_iface: None,
+            peer_filter: None,
             grants: 0,
             knobs: Knobs::default(),
         };
@@ -298,10 +305,10 @@ mod tests {
 
     #[test]
     fn reads_the_xdp_mode_through_colours() {
-        let line = "\u{1b}[32m INFO\u{1b}[0m XDP attached \u{1b}[3miface\u{1b}[0m\u{1b}[2m=\u{1b}[0mpcbx1 \u{1b}[3mmode\u{1b}[0m\u{1b}[2m=\u{1b}[0m\"native\"";
+        let line = "\u{1b}[32m INFO\u{1b}[0m peer filter attached \u{1b}[3miface\u{1b}[0m\u{1b}[2m=\u{1b}[0mpcbx1 \u{1b}[3mmode\u{1b}[0m\u{1b}[2m=\u{1b}[0m\"tcx\"";
         assert_eq!(
             util::strip_ansi(line),
-            " INFO XDP attached iface=pcbx1 mode=\"native\""
+            " INFO peer filter attached iface=pcbx1 mode=\"tcx\""
         );
     }
 }

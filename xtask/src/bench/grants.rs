@@ -118,6 +118,7 @@ impl Bench<'_> {
             uids: Vec::new(),
             peers: Vec::new(),
             xdp_iface: None,
+            peer_filter: None,
             grants: largest + extra,
             knobs: Knobs::default(),
         };

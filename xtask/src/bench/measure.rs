@@ -372,6 +372,7 @@ impl Bench<'_> {
                 uids: uids(n),
                 peers: Vec::new(),
                 xdp_iface: None,
+                peer_filter: None,
                 grants: 0,
                 knobs: Knobs::default(),
             };
@@ -443,11 +444,12 @@ impl Bench<'_> {
                 costs.push(self.program_cost(&agent, From::Netns(self.filtered_ns), "veth", &b)?);
                 blocks.push(RateBlock::new(
                     "veth",
-                    "Portcullis (XDP, peer allows)",
+                    "Portcullis (peer filter at tcx ingress, peer allows)",
                     n,
                     b,
                     f,
                 ));
+
                 self.log(&format!(
                     "Portcullis revocation latency ({} runs)",
                     self.plan.revocations
@@ -475,6 +477,8 @@ impl Bench<'_> {
             }
         }
         let revocation = revocation.context("the comparison grant count is not among the sizes")?;
+        // After the loop: the tcx agent of the comparison count is gone.
+        blocks.push(self.native_xdp_on_veth(self.plan.compare_at)?);
         Ok(OurResults {
             rates: blocks,
             scale,
@@ -484,6 +488,45 @@ impl Bench<'_> {
             xdp_mode,
             costs,
         })
+    }
+
+    /// The veth rate with the peer filter forced into native XDP, the
+    /// reference for the tcx row: an agent of its own with the same allows
+    /// (the tcx agent is stopped by then, so only one filter is on the path).
+    fn native_xdp_on_veth(&self, n: u32) -> Result<RateBlock> {
+        let spec = Spec {
+            port: self.server.port,
+            uids: uids(n),
+            peers: peers_around(self.filtered_ns.peer_addr, n),
+            xdp_iface: Some(self.filtered_ns.host_if.clone()),
+            peer_filter: Some("xdp"),
+            grants: 0,
+            knobs: Knobs::default(),
+        };
+        self.log(&format!(
+            "Portcullis native XDP on veth ({n} peer allows), for reference"
+        ));
+        let agent = Agent::start(
+            &self.portcullis,
+            &self.work,
+            &self.bpffs,
+            &format!("agent-{n}-xdp"),
+            &self.cgroups.filtered,
+            &spec,
+        )?;
+        host::sleep(std::time::Duration::from_secs(1))?;
+        let (b, f) = self.alternate(
+            || self.rate(From::Netns(self.plain_ns)),
+            || self.rate(From::Netns(self.filtered_ns)),
+        )?;
+        drop(agent);
+        Ok(RateBlock::new(
+            "veth",
+            "Portcullis (native XDP, peer allows; reference)",
+            n,
+            b,
+            f,
+        ))
     }
 
     /// Time to start an agent with 1 and with N standing allows (policy
@@ -501,6 +544,7 @@ impl Bench<'_> {
                     uids: uids(count),
                     peers: Vec::new(),
                     xdp_iface: None,
+                    peer_filter: None,
                     grants: 0,
                     knobs: Knobs::default(),
                 };

@@ -520,7 +520,7 @@ impl Report {
                 opt(Some(b.ratio()), |r| format!("{:.1} %", r * 100.0))
             );
         }
-        let _ = writeln!(o, "\nLoopback: client in a child cgroup as an allowed uid, server in the bench's own cgroup; the no-filter runs use a twin cgroup the agent does not guard (Portcullis) or the same client with the ruleset removed (nftables, iptables; iptables' allowed rule is in the middle of the chain). Veth: client in a network namespace, server in the host's; the no-filter runs go through a second, unfiltered veth pair. Portcullis' XDP ran in {} mode. Every connection is closed with a reset (no TIME_WAIT).",
+        let _ = writeln!(o, "\nLoopback: client in a child cgroup as an allowed uid, server in the bench's own cgroup; the no-filter runs use a twin cgroup the agent does not guard (Portcullis) or the same client with the ruleset removed (nftables, iptables; iptables' allowed rule is in the middle of the chain). Veth: client in a network namespace, server in the host's; the no-filter runs go through a second, unfiltered veth pair. Portcullis' peer filter on the veth ran as {} (its auto choice for a veth), and the reference row forced native XDP. Every connection is closed with a reset (no TIME_WAIT).",
             self.xdp_mode.as_deref().unwrap_or("an unknown"));
 
         if !self.costs.is_empty() {

@@ -136,6 +136,7 @@ impl Bench<'_> {
             uids: uids(ALLOWS),
             peers: Vec::new(),
             xdp_iface: None,
+            peer_filter: None,
             grants: 0,
             knobs: c.knobs,
         };

@@ -88,6 +88,8 @@ max_grants = 1024
 max_peers = 64
 request_expiry = "2h"
 identity_rescan = "1m"
+group_refresh = "10s"
+lock_admins = ["group:secops", "uid:0"]
 audit_max_bytes = "1M"
 audit_keep = 3
 deny_log = "/var/log/pc/denies.jsonl"
@@ -98,6 +100,7 @@ grant_grace = "5m"
 policy_symlinks_outside = true
 mode = "audit"
 discovery = false
+peer_filter = "tc"
 "#,
     )
     .unwrap();
@@ -117,6 +120,8 @@ discovery = false
             max_peers: 64,
             request_expiry: Duration::from_secs(7200),
             identity_rescan: Duration::from_secs(60),
+            group_refresh: Duration::from_secs(10),
+            lock_admins: vec!["group:secops".parse().unwrap(), "uid:0".parse().unwrap()],
             audit_max_bytes: 1 << 20,
             audit_keep: 3,
             deny_log: Some("/var/log/pc/denies.jsonl".into()),
@@ -127,9 +132,10 @@ discovery = false
             policy_symlinks_outside: true,
             mode: Some(crate::policy::Mode::Audit),
             discovery: false,
+            peer_filter: crate::dataplane::Placement::Tc,
         }
     );
-    assert_eq!(KEYS.len(), 23, "KEYS lists every field");
+    assert_eq!(KEYS.len(), 26, "KEYS lists every field");
 }
 
 #[test]
@@ -172,6 +178,7 @@ max_peers = -1
 request_expiry = "0s"
 identity_rescan = "soon"
 cgroup = "sys/fs/cgroup"
+peer_filter = "generic"
 "#,
     );
     let at = |line: usize, needle: &str| {
@@ -194,7 +201,8 @@ cgroup = "sys/fs/cgroup"
     at(7, "request_expiry");
     at(8, "identity_rescan \"soon\" is not a duration");
     at(9, "cgroup \"sys/fs/cgroup\" is not an absolute path");
-    assert_eq!(e.len(), 10, "{e:#?}");
+    at(10, "`generic` is not a peer filter placement");
+    assert_eq!(e.len(), 11, "{e:#?}");
     assert!(e.iter().all(|d| d.contains("\n  help: ")), "{e:#?}");
 }
 
