@@ -20,12 +20,14 @@ pub use user::{ip_of_key, key_of_ip};
 /// Layout 3: port entries carry the segment's mode bit ([`port_entry`]),
 /// [`SegmentCounters`] counts would-be refusals, [`DenyEvent`] says whether
 /// it was a refusal or an audit-mode one, and [`map_names::DISCOVERY`] exists.
-/// Layout 4 (fast path): [`FlowMark`] carries the cached decision (segment, matched
-/// entry, expiry, policy epoch), [`map_names::EPOCH`],
-/// and [`map_names::CGROUP_LEVELS`] exist (the fast path, issue 15).
 /// Layout 4 (issue 16) adds [`map_names::USAGE`].
-/// Layout 5: both, and [`FlowMark::used_ns`].
-pub const LAYOUT_VERSION: u32 = 5;
+/// Layout 5 (the fast path, issue 15): [`FlowMark`] carries the cached
+/// decision (segment, matched entry, expiry, policy epoch) and
+/// [`FlowMark::used_ns`]; [`map_names::EPOCH`] and
+/// [`map_names::CGROUP_LEVELS`] exist.
+/// Layout 6 (issue 20): [`map_names::CGROUP_COVER`], read by the
+/// `cgroup_mkdir` tracepoint.
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Map names (the ELF symbol names, and the file names under the pin directory).
 pub mod map_names {
@@ -79,9 +81,16 @@ pub mod map_names {
     /// created by the hooks at an entry's first use and removed by the
     /// agent when the entry leaves [`GRANTS`]. As large as [`GRANTS`].
     pub const USAGE: &str = "PC_USAGE";
+    /// `HashMap<CoverKey, Cover>`: cgroup path (relative to the cgroup2
+    /// mount) → the cgroup-kind entries a `unit:` or `cgroup:` identity
+    /// resolved to that path holds. Written by the agent; read by the
+    /// `cgroup_mkdir` tracepoint, which inserts those entries into
+    /// [`GRANTS`] for a cgroup re-created at that path before `mkdir`
+    /// returns.
+    pub const CGROUP_COVER: &str = "PC_CGROUP_COVER";
 
     /// Every pinned map, in a fixed order.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         PORTS,
         GRANTS,
         PEERS,
@@ -96,6 +105,7 @@ pub mod map_names {
         EPOCH,
         CGROUP_LEVELS,
         USAGE,
+        CGROUP_COVER,
     ];
 
     /// `Array<u32>`, one entry: the kernel debug switch (0 = off, the
@@ -141,6 +151,47 @@ pub mod program_names {
     /// Never attached: the ingress peer check with the socket's facts taken
     /// from the packet, for `cargo xtask bench` (BPF_PROG_TEST_RUN).
     pub const SKB_INGRESS_BENCH: &str = "pc_skb_ingress_bench";
+    /// Tracepoint `cgroup:cgroup_mkdir`: covers a re-created cgroup from
+    /// [`super::map_names::CGROUP_COVER`].
+    pub const CGROUP_MKDIR: &str = "pc_cgroup_mkdir";
+}
+
+/// Longest cgroup path (relative to the cgroup2 mount, with its leading
+/// `/`, without the NUL) the `cgroup_mkdir` tracepoint can cover. A longer
+/// path is not put in [`map_names::CGROUP_COVER`]: its re-creation is
+/// covered when the agent re-resolves it, as without the hook.
+pub const COVER_PATH_MAX: usize = 127;
+/// Most entries one covered path holds (segments × grants of identities
+/// resolved to it); a path with more is left to the agent.
+pub const COVER_ENTRIES: usize = 8;
+/// Capacity of [`map_names::CGROUP_COVER`].
+pub const MAX_COVERED_PATHS: u32 = 4096;
+
+/// Key of [`map_names::CGROUP_COVER`]: the path's bytes, zero-filled to
+/// the end (so the last byte is always NUL).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CoverKey {
+    pub path: [u8; COVER_PATH_MAX + 1],
+}
+
+/// One entry a covered path holds: the segment and the expiry of a
+/// cgroup-kind [`GrantKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CoverEntry {
+    pub segment: u32,
+    pub _pad: u32,
+    pub at_boot_ns: u64,
+}
+
+/// Value of [`map_names::CGROUP_COVER`]: the first `count` of `entries`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cover {
+    pub count: u32,
+    pub _pad: u32,
+    pub entries: [CoverEntry; COVER_ENTRIES],
 }
 
 /// The value of a [`map_names::PORTS`] entry: the segment id in the low
@@ -498,6 +549,8 @@ const _: () = {
     assert!(size_of::<KillRequest>() == 48);
     assert!(size_of::<DebugBudget>() == 16);
     assert!(size_of::<Usage>() == 24);
+    assert!(size_of::<CoverKey>() == 128);
+    assert!(size_of::<Cover>() == 8 + 16 * COVER_ENTRIES && align_of::<Cover>() == 8);
     // Ring buffer sizes must be powers of two and page multiples (a power
     // of two of at least a page is one).
     assert!(DENY_RING_BYTES.is_power_of_two() && DENY_RING_BYTES >= 4096);
@@ -519,6 +572,8 @@ mod pod {
     unsafe impl aya::Pod for super::DebugBudget {}
     unsafe impl aya::Pod for super::DiscoveryKey {}
     unsafe impl aya::Pod for super::Sighting {}
+    unsafe impl aya::Pod for super::CoverKey {}
+    unsafe impl aya::Pod for super::Cover {}
     unsafe impl aya::Pod for super::Usage {}
 }
 

@@ -16,6 +16,8 @@
 #[cfg(target_arch = "bpf")]
 mod connect;
 #[cfg(target_arch = "bpf")]
+mod cover;
+#[cfg(target_arch = "bpf")]
 mod debug;
 #[cfg(target_arch = "bpf")]
 mod decide;

@@ -2,9 +2,10 @@
 //! from `agent-common`; the agent pins each map by name and may override the
 //! sizes of the grant and peer maps at load time.
 use agent_common::{
-    DebugBudget, DenyEvent, DiscoveryKey, Expiry, FlowMark, GrantKey, PeerKey, SegmentCounters,
-    Sighting, Usage, DEFAULT_MAX_GRANTS, DEFAULT_MAX_PEERS, DENY_RING_BYTES, DISCOVERY_ENTRIES,
-    KILL_RING_BYTES, MAX_LOCAL_NETS, MAX_SEGMENTS, PORT_SLOTS,
+    Cover, CoverKey, DebugBudget, DenyEvent, DiscoveryKey, Expiry, FlowMark, GrantKey, PeerKey,
+    SegmentCounters, Sighting, Usage, DEFAULT_MAX_GRANTS, DEFAULT_MAX_PEERS, DENY_RING_BYTES,
+    DISCOVERY_ENTRIES, KILL_RING_BYTES, MAX_COVERED_PATHS, MAX_LOCAL_NETS, MAX_SEGMENTS,
+    PORT_SLOTS,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -101,6 +102,12 @@ pub static PC_USAGE_ON: u32 = 1;
 #[map(name = "PC_USAGE")]
 pub static USAGE: PerCpuHashMap<GrantKey, Usage> =
     PerCpuHashMap::with_max_entries(DEFAULT_MAX_GRANTS, BPF_F_NO_PREALLOC);
+
+/// Cgroup path → the cgroup-kind entries to give a cgroup created there
+/// (see `cover.rs`). Written by the agent.
+#[map(name = "PC_CGROUP_COVER")]
+pub static CGROUP_COVER: HashMap<CoverKey, Cover> =
+    HashMap::with_max_entries(MAX_COVERED_PATHS, BPF_F_NO_PREALLOC);
 
 /// The kernel debug switch (entry 0: 0 off, else on); see `debug.rs`.
 /// Not pinned: written only by the agent that loaded these programs.

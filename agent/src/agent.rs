@@ -32,7 +32,7 @@ use crate::{
     identity::{Identity, Protocol},
     journal::{Journal, Op},
     kernel::KernelMaps,
-    ledger::{Change, Ledger, Source},
+    ledger::{Change, EntryKey, Ledger, Source},
     policy::{Mode, Policy, Segment},
     requests::{Now, RequestBook},
     resolve::Resolver,
@@ -47,6 +47,8 @@ mod approvals;
 mod authz;
 /// The live grants, indexed by id and by deadline.
 mod book;
+/// The cgroup cover for the kernel's `cgroup_mkdir` tracepoint.
+mod cover;
 /// `discover`: who may, and the join with the segments in force.
 mod discovery;
 /// What the kernel has attached, checked against what the agent expects.
@@ -109,6 +111,8 @@ pub(crate) struct Agent {
     metrics_addr: Option<std::net::SocketAddr>,
     /// Standing allows that do not resolve right now, with why.
     unresolved: BTreeMap<(String, String), String>,
+    /// The cgroup cover as last written to the kernel (see `cover`).
+    cover_written: crate::cover::CgroupCover,
     /// Each source naming a `group:`: the group and the uids its keys
     /// were last written for (`groups`: what a refresh compares with).
     group_members: BTreeMap<Source, (String, std::collections::BTreeSet<u32>)>,
@@ -187,6 +191,7 @@ impl Agent {
             discovery_on: true,
             metrics_addr: None,
             unresolved: BTreeMap::new(),
+            cover_written: Default::default(),
             group_members: BTreeMap::new(),
             locks: BTreeMap::new(),
             lock_admins: Vec::new(),
@@ -260,13 +265,13 @@ impl Agent {
         // Sweep what no source claims any more.
         let mut stale = Vec::new();
         for &(key, _) in &kernel_before {
-            let k = crate::ledger::EntryKey::Local(key);
+            let k = EntryKey::Local(key);
             if agent.ledger.value(&k).is_none() {
                 stale.push(Change::Delete(k));
             }
         }
         for p in peers_before {
-            let k = crate::ledger::EntryKey::Peer {
+            let k = EntryKey::Peer {
                 segment: p.segment,
                 addr: p.addr,
                 prefix: p.prefix,
@@ -291,7 +296,20 @@ impl Agent {
         &mut self,
         changes: &[Change],
     ) -> Result<(), crate::dataplane::DataplaneError> {
-        self.kernel.apply(changes)
+        self.kernel.apply(changes)?;
+        // A cgroup entry came or went (a grant, a revoke, a re-resolution):
+        // the cover follows at once, so a revoked grant's path stops being
+        // covered before the revoke is reported.
+        let cgroup_entry = |c: &Change| match c {
+            Change::Put(EntryKey::Local(k), _) | Change::Delete(EntryKey::Local(k)) => {
+                k.kind == agent_common::kind::CGROUP
+            }
+            _ => false,
+        };
+        if changes.iter().any(cgroup_entry) {
+            self.sync_cover();
+        }
+        Ok(())
     }
 
     /// Records a reload attempt's outcome for `status` and the audit log:

@@ -172,6 +172,36 @@ impl Hierarchy {
         Ok(id)
     }
 
+    /// Whether a cgroup created at `cgroup` (a path relative to the mount)
+    /// may be covered by the kernel's `cgroup_mkdir` hook before the agent
+    /// sees it: only root can create it there. Its parent and every
+    /// ancestor up to the mount exist, are owned by root, are writable by
+    /// no one else (no group or other write bit), and none is delegated.
+    /// The cgroup itself may be absent (that is the point).
+    pub(crate) fn coverable(&self, cgroup: &str) -> bool {
+        let target = self.fs_path(cgroup);
+        if target == self.mount || !target.starts_with(&self.mount) {
+            return false;
+        }
+        if cgroup.split('/').any(|c| c == ".." || c == ".") {
+            return false;
+        }
+        let mut dir = target;
+        while dir.pop() && dir.starts_with(&self.mount) {
+            match fs::metadata(&dir) {
+                Ok(m) if m.is_dir() && m.uid() == 0 && m.mode() & 0o022 == 0 => {}
+                _ => return false,
+            }
+            if dir != self.mount && is_delegated(&dir) {
+                return false;
+            }
+            if dir == self.mount {
+                return true;
+            }
+        }
+        false
+    }
+
     /// The path of the cgroup with id `id`, searched breadth-first. `None`
     /// when it no longer exists.
     pub(crate) fn path_of_id(&self, id: u64) -> Option<String> {

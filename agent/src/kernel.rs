@@ -18,6 +18,7 @@ use std::{collections::BTreeSet, path::Path};
 use agent_common::{DiscoveryKey, GrantKey, Proto, SegmentCounters, Sighting};
 
 use crate::{
+    cover::CgroupCover,
     dataplane::{Dataplane, DataplaneError, KernelCheck, PeerEntry, PeerFilter},
     hostaddrs::LocalNet,
     ledger::Change,
@@ -98,6 +99,8 @@ pub(crate) trait KernelMaps: Send {
     fn bpffs(&self) -> &Path;
     fn pin_dir(&self) -> &Path;
     fn cgroup(&self) -> &Path;
+    /// Makes the cgroup cover map hold exactly `cover` (see `crate::cover`).
+    fn set_cover(&mut self, cover: &CgroupCover) -> Result<(), DataplaneError>;
 }
 
 impl KernelMaps for Dataplane {
@@ -125,6 +128,9 @@ impl KernelMaps for Dataplane {
     }
     fn set_local_addrs(&mut self, nets: &BTreeSet<LocalNet>) -> Result<(), DataplaneError> {
         Dataplane::set_local_addrs(self, nets)
+    }
+    fn set_cover(&mut self, cover: &CgroupCover) -> Result<(), DataplaneError> {
+        Dataplane::set_cover(self, cover)
     }
     fn read_ports(&self) -> Result<Vec<(Proto, u16, u32)>, DataplaneError> {
         Dataplane::read_ports(self)

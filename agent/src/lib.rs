@@ -49,6 +49,7 @@ pub(crate) mod cli;
 pub(crate) mod clock;
 pub(crate) mod connlimit;
 pub(crate) mod control;
+pub(crate) mod cover;
 pub(crate) mod dataplane;
 pub(crate) mod denylog;
 pub(crate) mod discover;

@@ -43,6 +43,10 @@ pub(crate) enum ResolveError {
 
 pub(crate) struct Resolver {
     pub hierarchy: Hierarchy,
+    /// The cgroup path systemd last gave for each unit, kept while the unit
+    /// is stopped so that its restart's new cgroup is covered
+    /// (`crate::cover`).
+    unit_paths: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
     /// Where group memberships come from (NSS on a host).
     directory: Arc<dyn Directory>,
 }
@@ -56,7 +60,14 @@ impl Resolver {
         Self {
             hierarchy,
             directory,
+            unit_paths: Default::default(),
         }
+    }
+
+    /// The cgroup path `unit` last resolved to, if it ever did.
+    pub(crate) fn unit_path(&self, unit: &str) -> Option<String> {
+        let paths = self.unit_paths.lock().unwrap_or_else(|e| e.into_inner());
+        paths.get(unit).cloned()
     }
 
     /// The group named `name` and its members, primary and supplementary.
@@ -80,6 +91,11 @@ impl Resolver {
     pub(crate) fn unit_cgroup_id(&self, unit: &str) -> Result<u64, ResolveError> {
         match cgroupfs::unit_control_group(unit)? {
             Some(path) => match self.hierarchy.trusted_id(&path) {
+                Ok(id) => {
+                    let mut paths = self.unit_paths.lock().unwrap_or_else(|e| e.into_inner());
+                    paths.insert(unit.to_string(), path);
+                    Ok(id)
+                }
                 Err(CgroupError::Missing { .. }) => {
                     Err(ResolveError::UnitNotRunning(unit.to_string()))
                 }

@@ -147,6 +147,8 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
     agent.set_metrics_addr(opts.metrics_addr);
     let addrs = hostaddrs::scan().context("listing this host's addresses")?;
     agent.set_local_addrs(&addrs)?;
+    // The cgroup cover too, before the tracepoint that reads it.
+    agent.sync_cover();
     // Attach only now: the maps hold the policy, the grants and this host's
     // addresses, so the programs never run on incomplete maps.
     let filters = agent.attach()?;
@@ -239,6 +241,8 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
                 a.check_enforcement();
                 // Audit records queued while the log could not be written.
                 a.retry_audit();
+                // The cgroup cover follows grants made and ended since.
+                a.sync_cover();
                 // Locks whose TTL has passed are lifted.
                 a.expire_locks();
                 if groups_read.elapsed() >= opts.group_refresh {

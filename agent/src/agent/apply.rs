@@ -190,6 +190,7 @@ impl Agent {
         self.ledger = ledger;
         self.ports = desired;
         self.unresolved = unresolved;
+        self.sync_cover();
         for id in leaving {
             if let Some(g) = self.grants.remove(&id) {
                 self.suspend(g, "segment removed from policy");

@@ -432,6 +432,7 @@ impl Agent {
             let changes = self.ledger.set(Source::Grant(gid), &keys, deadline);
             self.apply_changes(&changes)?;
         }
+        self.sync_cover();
         Ok(())
     }
 }

@@ -534,9 +534,9 @@ fn a_scrape_needs_no_agent_lock_and_shows_the_last_published_state() {
         "{page}"
     );
 }
-mod fastpath;
 mod approvals;
 mod extend;
+mod fastpath;
 mod first_use;
 mod groups;
 mod journal;

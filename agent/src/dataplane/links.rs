@@ -8,12 +8,12 @@
 use std::{
     fs, io,
     os::{fd::OwnedFd, unix::fs::MetadataExt},
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use agent_common::program_names;
 use aya::programs::{
-    links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr,
+    links::FdLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint,
 };
 
 use super::{
@@ -40,6 +40,8 @@ pub(super) enum LinkKind {
     Cgroup,
     /// The peer filter's link on an interface (XDP or tcx).
     Peer(String),
+    /// The host-wide `cgroup:cgroup_mkdir` tracepoint (`cover.rs`).
+    Tracepoint,
 }
 
 /// A link this agent attached, held open beside its pin.
@@ -79,6 +81,7 @@ impl Dataplane {
     pub(crate) fn attach(&mut self) -> Result<()> {
         self.attach_cgroup()?;
         let links = self.pin_dir.join("links");
+        self.attach_mkdir_cover(&links)?;
         let older = older_layouts(&self.bpffs, &self.pin_dir);
         self.filters = peer_filter::attach_all(
             &mut self.ebpf,
@@ -87,7 +90,8 @@ impl Dataplane {
             &self.xdp_ifaces,
             self.placement,
         )?;
-        self.held.retain(|h| h.kind == LinkKind::Cgroup);
+        self.held
+            .retain(|h| matches!(h.kind, LinkKind::Cgroup | LinkKind::Tracepoint));
         let mut programs = self.programs.clone();
         for f in self.filters.clone() {
             if let Some(pin) = f.mode.pin(&f.iface) {
@@ -160,6 +164,31 @@ impl Dataplane {
         self.cgroup_ino = ino;
         self.programs = programs;
         Ok(())
+    }
+
+    /// Attaches the `cgroup:cgroup_mkdir` tracepoint (host-wide; it acts
+    /// only on paths in the cover map), pinned over a previous run's link
+    /// like the cgroup programs. `PORTCULLIS_NO_MKDIR_COVER=1` (set by
+    /// root, for the end-to-end test's mutation check and measurement)
+    /// leaves it unattached.
+    fn attach_mkdir_cover(&mut self, links: &Path) -> Result<()> {
+        let name = program_names::CGROUP_MKDIR;
+        if std::env::var_os("PORTCULLIS_NO_MKDIR_COVER").is_some_and(|v| v == "1") {
+            tracing::warn!("PORTCULLIS_NO_MKDIR_COVER=1: re-created cgroups are covered only when the agent re-resolves them");
+            let _ = fs::remove_file(links.join(name));
+            self.held.retain(|h| h.kind != LinkKind::Tracepoint);
+            return Ok(());
+        }
+        let prog: &mut TracePoint = program(&mut self.ebpf, name)?;
+        let attach_err = |source| DataplaneError::Attach {
+            program: name,
+            cgroup: PathBuf::from("tracepoint cgroup:cgroup_mkdir"),
+            source,
+        };
+        let id = prog.attach("cgroup", "cgroup_mkdir").map_err(attach_err)?;
+        let link = prog.take_link(id).map_err(attach_err)?;
+        pin_link_replacing(fd_link(link, links, name)?, links, name)?;
+        self.hold(links, name, name, LinkKind::Tracepoint)
     }
 
     /// Opens the link pinned as `links/pin` and holds it (replacing the

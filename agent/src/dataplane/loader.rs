@@ -14,7 +14,7 @@ use agent_common::{
 };
 use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{CgroupSkb, CgroupSockAddr, ProgramError, SchedClassifier, Xdp},
+    programs::{CgroupSkb, CgroupSockAddr, ProgramError, SchedClassifier, TracePoint, Xdp},
     Ebpf, EbpfLoader,
 };
 
@@ -199,6 +199,14 @@ impl Dataplane {
                 source,
             })?;
         }
+        {
+            let name = program_names::CGROUP_MKDIR;
+            let prog: &mut TracePoint = program(&mut ebpf, name)?;
+            prog.load().map_err(|source| DataplaneError::ProgramLoad {
+                program: name,
+                source,
+            })?;
+        }
         if !cfg.xdp_ifaces.is_empty() {
             let name = program_names::XDP;
             let prog: &mut Xdp = program(&mut ebpf, name)?;
@@ -247,6 +255,8 @@ impl Dataplane {
             .map_err(map_err(map_names::DISCOVERY, "open"))?;
         let usage = PerCpuHashMap::try_from(take(&mut ebpf, map_names::USAGE)?)
             .map_err(map_err(map_names::USAGE, "open"))?;
+        let cover = HashMap::try_from(take(&mut ebpf, map_names::CGROUP_COVER)?)
+            .map_err(map_err(map_names::CGROUP_COVER, "open"))?;
         let deny_events = RingBuf::try_from(take(&mut ebpf, map_names::DENY_EVENTS)?)
             .map_err(map_err(map_names::DENY_EVENTS, "open"))?;
         let kill_requests = RingBuf::try_from(take(&mut ebpf, map_names::KILL_REQUESTS)?)
@@ -277,6 +287,7 @@ impl Dataplane {
             epoch,
             cgroup_levels,
             usage,
+            cover,
             deny_events: Some(deny_events),
             kill_requests: Some(kill_requests),
             programs: Vec::new(),

@@ -7,8 +7,8 @@
 use std::{collections::BTreeSet, os::fd::AsFd};
 
 use agent_common::{
-    map_names, port_index, DiscoveryKey, Expiry, GrantKey, PeerKey, Proto, SegmentCounters,
-    Sighting, DISCOVERY_ENTRIES, MAX_LOCAL_NETS, PORT_SLOTS,
+    map_names, port_index, CoverKey, DiscoveryKey, Expiry, GrantKey, PeerKey, Proto,
+    SegmentCounters, Sighting, DISCOVERY_ENTRIES, MAX_COVERED_PATHS, MAX_LOCAL_NETS, PORT_SLOTS,
 };
 use aya::maps::MapError;
 
@@ -332,6 +332,41 @@ impl Dataplane {
         for n in current.difference(nets) {
             ignore_missing(self.local_nets.remove(&key(n)))
                 .map_err(map_err(map_names::LOCAL_NETS, "delete"))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the cgroup cover map hold exactly `cover` (path → entries;
+    /// see [`crate::cover::CgroupCover`]). Paths too long for a key, and
+    /// paths with more entries than a value holds, are skipped by the
+    /// caller ([`crate::cover::key`]).
+    pub(crate) fn set_cover(&mut self, cover: &crate::cover::CgroupCover) -> Result<()> {
+        let current: Vec<CoverKey> = self
+            .cover
+            .keys()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(map_err(map_names::CGROUP_COVER, "read"))?;
+        let mut wanted = std::collections::BTreeMap::new();
+        for (path, entries) in cover {
+            if let (Some(key), Some(value)) =
+                (crate::cover::key(path), crate::cover::value(entries))
+            {
+                wanted.insert(key.path, value);
+            }
+        }
+        for key in current {
+            if !wanted.contains_key(&key.path) {
+                ignore_missing(self.cover.remove(&key))
+                    .map_err(map_err(map_names::CGROUP_COVER, "delete"))?;
+            }
+        }
+        for (path, value) in wanted {
+            let key = CoverKey { path };
+            if self.cover.get(&key, 0).ok() != Some(value) {
+                self.cover.insert(key, value, 0).map_err(|e| {
+                    full_or(e, map_names::CGROUP_COVER, MAX_COVERED_PATHS, "insert")
+                })?;
+            }
         }
         Ok(())
     }

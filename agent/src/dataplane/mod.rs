@@ -27,8 +27,8 @@ use std::{
 };
 
 use agent_common::{
-    map_names, DenyEvent, DiscoveryKey, Expiry, GrantKey, KillRequest, PeerKey, SegmentCounters,
-    Sighting, Usage,
+    map_names, Cover, CoverKey, DenyEvent, DiscoveryKey, Expiry, GrantKey, KillRequest, PeerKey,
+    SegmentCounters, Sighting, Usage,
 };
 use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -200,6 +200,7 @@ pub(crate) struct Dataplane {
     /// Segment id → cgroup-level mask (`PC_CGROUP_LEVELS`).
     cgroup_levels: Array<MapData, u32>,
     usage: PerCpuHashMap<MapData, GrantKey, Usage>,
+    cover: HashMap<MapData, CoverKey, Cover>,
     deny_events: Option<RingBuf<MapData>>,
     kill_requests: Option<RingBuf<MapData>>,
     programs: Vec<&'static str>,

@@ -37,6 +37,8 @@ pub(crate) struct FakeMaps {
     /// (segment, address, IPv6 prefix length, expiry).
     pub peers: Vec<(u32, [u8; 16], u8, u64)>,
     pub local_nets: BTreeSet<LocalNet>,
+    /// The cgroup cover map, as the agent last wrote it.
+    pub cover: crate::cover::CgroupCover,
     pub counters: BTreeMap<u32, SegmentCounters>,
     /// What the discovery map holds (tests fill it as the hooks would).
     pub discovery: Vec<(DiscoveryKey, Sighting)>,
@@ -246,6 +248,10 @@ impl KernelMaps for FakeKernel {
     }
     fn set_local_addrs(&mut self, nets: &BTreeSet<LocalNet>) -> Result<(), DataplaneError> {
         self.maps().local_nets = nets.clone();
+        Ok(())
+    }
+    fn set_cover(&mut self, cover: &crate::cover::CgroupCover) -> Result<(), DataplaneError> {
+        self.maps().cover = cover.clone();
         Ok(())
     }
     fn read_ports(&self) -> Result<Vec<(Proto, u16, u32)>, DataplaneError> {

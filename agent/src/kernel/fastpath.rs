@@ -27,6 +27,7 @@ use agent_common::{kind, DiscoveryKey, GrantKey, Proto, SegmentCounters, Sightin
 
 use super::{CountersReader, KernelMaps, UsageReader};
 use crate::{
+    cover::CgroupCover,
     dataplane::{DataplaneError, KernelCheck, PeerEntry, PeerFilter},
     hostaddrs::LocalNet,
     ledger::{Change, EntryKey},
@@ -63,6 +64,10 @@ pub(crate) struct FastPath {
     counts: HashMap<u32, Counts>,
     /// The masks as written to the kernel.
     written: HashMap<u32, u32>,
+    /// Per segment, the levels of the paths in the cgroup cover: the
+    /// `cgroup_mkdir` tracepoint writes entries there by itself, so the
+    /// walk must not skip those levels even while no entry is counted.
+    cover: HashMap<u32, u32>,
     epoch: u64,
 }
 
@@ -80,6 +85,7 @@ impl FastPath {
             cgroups: HashMap::new(),
             counts: HashMap::new(),
             written: HashMap::new(),
+            cover: HashMap::new(),
             epoch: 0,
         };
         fp.written = fp.inner.read_cgroup_levels()?.into_iter().collect();
@@ -146,6 +152,24 @@ impl FastPath {
 
     fn mask(&self, segment: u32) -> u32 {
         self.counts.get(&segment).map(mask_of).unwrap_or(0)
+            | self.cover.get(&segment).copied().unwrap_or(0)
+    }
+
+    /// The cover's levels per segment (every bit where a path's level
+    /// cannot be told).
+    fn cover_masks(&mut self, cover: &CgroupCover) -> HashMap<u32, u32> {
+        let mut masks: HashMap<u32, u32> = HashMap::new();
+        for (path, entries) in cover {
+            let bit = self
+                .levels
+                .level_of_path(path)
+                .filter(|l| (*l as usize) < UNKNOWN)
+                .map_or(u32::MAX, |l| 1 << l);
+            for &(segment, _) in entries {
+                *masks.entry(segment).or_default() |= bit;
+            }
+        }
+        masks
     }
 
     /// Writes the masks of `segments`: with `superset`, what was written
@@ -284,6 +308,20 @@ impl KernelMaps for FastPath {
     }
     fn counters_reader(&self) -> Result<CountersReader, DataplaneError> {
         self.inner.counters_reader()
+    }
+    fn set_cover(&mut self, cover: &CgroupCover) -> Result<(), DataplaneError> {
+        // Levels widened before the tracepoint can write there, narrowed
+        // only after the paths that needed them left the cover.
+        let new = self.cover_masks(cover);
+        let touched: BTreeSet<u32> = new.keys().chain(self.cover.keys()).copied().collect();
+        let old = std::mem::replace(&mut self.cover, new.clone());
+        for (segment, bits) in &old {
+            *self.cover.entry(*segment).or_default() |= bits;
+        }
+        self.write_masks(&touched, true)?;
+        self.inner.set_cover(cover)?;
+        self.cover = new;
+        self.write_masks(&touched, false)
     }
     fn read_discovery(&self) -> Result<Vec<(DiscoveryKey, Sighting)>, DataplaneError> {
         self.inner.read_discovery()

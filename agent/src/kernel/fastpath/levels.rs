@@ -20,6 +20,11 @@ use std::{
 /// What a cgroup id's level is, when that can be told.
 pub(crate) trait LevelOf: Send {
     fn level_of(&mut self, cgroup_id: u64) -> Option<u32>;
+    /// The level a cgroup at `path` (relative to the cgroup2 mount, with
+    /// its leading `/`) has or will have when it is made.
+    fn level_of_path(&mut self, _path: &str) -> Option<u32> {
+        None
+    }
 }
 
 /// Fixed answers, for tests and for "never known".
@@ -93,5 +98,10 @@ impl LevelOf for CgroupLevels {
             self.walk();
         }
         self.known.get(&cgroup_id).copied()
+    }
+
+    fn level_of_path(&mut self, path: &str) -> Option<u32> {
+        self.mount.as_ref()?;
+        u32::try_from(path.split('/').filter(|c| !c.is_empty()).count()).ok()
     }
 }

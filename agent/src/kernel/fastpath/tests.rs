@@ -159,3 +159,37 @@ fn a_failed_write_recounts_from_the_kernel_and_still_bumps() {
     assert_eq!(k.maps().cgroup_levels.get(&4), Some(&(1 << 3)));
     assert_eq!(k.maps().epoch, e0 + 1);
 }
+
+/// Levels of ids as [`levels`], and of paths by their depth.
+struct PathLevels;
+
+impl super::LevelOf for PathLevels {
+    fn level_of(&mut self, cgroup_id: u64) -> Option<u32> {
+        levels().level_of(cgroup_id)
+    }
+    fn level_of_path(&mut self, path: &str) -> Option<u32> {
+        Some(path.split('/').filter(|c| !c.is_empty()).count() as u32)
+    }
+}
+
+#[test]
+fn the_cgroup_cover_keeps_its_levels_in_the_mask_with_no_entry_there() {
+    // The tracepoint writes a re-created cgroup's entry by itself: the
+    // walk must look at that level although the agent counts no entry.
+    let k = FakeKernel::default();
+    let mut f = FastPath::new(Box::new(k.clone()), Box::new(PathLevels)).unwrap();
+    let cover = crate::cover::CgroupCover::from([("/t/a/app".to_string(), vec![(7, u64::MAX)])]);
+    f.set_cover(&cover).unwrap();
+    assert_eq!(k.maps().cgroup_levels.get(&7), Some(&(1 << 3)));
+    assert_eq!(k.maps().cover, cover);
+    // An entry elsewhere keeps the cover's bit; the cover leaving clears it.
+    f.apply_adding(&[Change::Put(cgroup(7, 200), u64::MAX)])
+        .unwrap();
+    assert_eq!(k.maps().cgroup_levels.get(&7), Some(&(1 << 3 | 1 << 5)));
+    f.set_cover(&crate::cover::CgroupCover::new()).unwrap();
+    assert_eq!(k.maps().cgroup_levels.get(&7), Some(&(1 << 5)));
+    // A path whose level cannot be told sets every bit.
+    let mut g = fast(&k);
+    g.set_cover(&cover).unwrap();
+    assert_eq!(k.maps().cgroup_levels.get(&7), Some(&u32::MAX));
+}
