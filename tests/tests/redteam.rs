@@ -233,14 +233,14 @@ fn two_segments(db_port: Option<u16>, keep_port: u16) -> String {
     text
 }
 
-/// Finding (written up, not fixed): a grant suspended because its segment
-/// left the policy resumes when *any* segment of that name comes back,
+/// Finding (fixed: a suspended grant keeps its segment's ports and resumes
+/// only onto the same ones): a grant suspended because its segment left
+/// the policy used to resume when *any* segment of that name came back,
 /// whatever its ports. An approver who granted `db` (one port) has, after a
 /// deploy that briefly drops `db` and brings back a `db` naming other
 /// ports, granted those ports instead. (Editing a live segment's ports
 /// moves its grants the same way; suspension makes it silent.)
 #[test]
-#[ignore = "finding: suspended grants resume on a same-named segment with other ports"]
 fn a_suspended_grant_does_not_resume_on_a_same_named_segment_with_other_ports() {
     let cg = TestCgroup::new();
     let user = users::TestUser::new();

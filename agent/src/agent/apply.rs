@@ -47,6 +47,12 @@ pub(super) struct Suspended {
     /// Its segment was found gone at start (it left while the agent was
     /// down): its end record says `while_down`.
     pub while_down: bool,
+    /// The ports its segment covered when it left (`None`: not known, the
+    /// segment was gone at start). The grant resumes only onto a segment
+    /// of the same name covering exactly these ports: what was granted is
+    /// access to those ports, not to whatever a segment of that name
+    /// covers later.
+    pub ports: Option<Vec<String>>,
 }
 
 /// The first free segment id for `name` in `ids` (or its id if it has one).
@@ -165,6 +171,15 @@ impl Agent {
             if !policy.segments.contains_key(&s.grant.segment) || s.grant.expires_boot_ns <= now {
                 continue;
             }
+            let mut back_on = self.ports_of_in(&policy, &s.grant.segment);
+            back_on.sort();
+            if s.ports.as_ref() != Some(&back_on) {
+                // Stays suspended (opening nothing) until its grace or
+                // expiry ends it, or it is revoked.
+                warn!(grant = gid, segment = %s.grant.segment, was = ?s.ports, now = ?back_on,
+                    "segment is back with other ports; grant stays suspended and does not open them");
+                continue;
+            }
             match self.resolver.keys(&s.grant.identity, seg) {
                 Ok(keys) => {
                     ledger.set(Source::Grant(gid), &keys, s.grant.expires_boot_ns);
@@ -193,7 +208,10 @@ impl Agent {
         self.sync_cover();
         for id in leaving {
             if let Some(g) = self.grants.remove(&id) {
-                self.suspend(g, "segment removed from policy");
+                // `self.policy` is still the one the segment left.
+                let mut ports = self.ports_of_in(&self.policy, &g.segment);
+                ports.sort();
+                self.suspend(g, "segment removed from policy", Some(ports));
             }
         }
         for id in returning {
@@ -251,7 +269,7 @@ impl Agent {
 
     /// Keeps `g` (whose segment is not in the policy, and which opens
     /// nothing) for the grace period.
-    pub(super) fn suspend(&mut self, g: Grant, why: &str) {
+    pub(super) fn suspend(&mut self, g: Grant, why: &str, ports: Option<Vec<String>>) {
         let until = clock::boot_ns().saturating_add(self.grant_grace.as_nanos() as u64);
         let _ = self.audit.record(AuditEvent::GrantSuspended {
             grant_id: g.id,
@@ -272,6 +290,7 @@ impl Agent {
                 grant: g,
                 until,
                 while_down,
+                ports,
             },
         );
     }

@@ -265,7 +265,7 @@ impl Agent {
             if !self.policy.segments.contains_key(&g.segment) {
                 // Suspended before the restart, or its segment left while
                 // the agent was down: kept for the grace, opens nothing.
-                self.suspend(g, super::apply::AT_START);
+                self.suspend(g, super::apply::AT_START, None);
                 continue;
             }
             let Some(&seg) = self.segment_ids.get(&g.segment) else {
