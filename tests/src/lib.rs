@@ -24,6 +24,7 @@ use std::{
 pub mod flood;
 pub mod frames;
 pub mod netns;
+pub mod ran;
 pub mod session;
 pub mod traffic;
 pub mod units;

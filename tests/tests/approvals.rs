@@ -5,60 +5,15 @@
 //! restart; `extend` lengthens a live grant in the kernel without a gap
 //! (an open session and a connect loop see no refusal across the original
 //! expiry) and is bounded by max_ttl from the grant's start.
-use std::{
-    fs,
-    os::unix::fs::PermissionsExt,
-    process::{Output, Stdio},
-    time::Duration,
-};
+use std::{fs, os::unix::fs::PermissionsExt, process::Stdio, time::Duration};
 
 use portcullis_tests::{
+    ran::Ran,
     session::Session,
     users::{TestGroup, TestUser},
     *,
 };
 use serde_json::Value;
-
-struct Ran {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Ran {
-    fn of(out: Output) -> Self {
-        Self {
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}{}", self.stdout, self.stderr))
-    }
-    #[track_caller]
-    fn ok(self) -> Self {
-        assert_eq!(self.code, Some(0), "{}{}", self.stdout, self.stderr);
-        self
-    }
-    #[track_caller]
-    fn refused(self, needle: &str) -> Self {
-        assert_eq!(
-            self.code,
-            Some(1),
-            "expected a refusal: {}{}",
-            self.stdout,
-            self.stderr
-        );
-        assert!(
-            self.stderr.contains(needle),
-            "expected {needle:?} in {:?}",
-            self.stderr
-        );
-        self
-    }
-}
 
 /// Fields drop in declaration order: the agent first, then the server,
 /// the cgroup and the accounts.

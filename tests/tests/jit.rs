@@ -6,12 +6,13 @@
 use std::{
     fs,
     os::unix::{fs::PermissionsExt, process::CommandExt},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use portcullis_tests::{
+    ran::Ran,
     users::{TestGroup, TestUser},
     *,
 };
@@ -52,54 +53,6 @@ fn open_agent(policy: &str, cg: &TestCgroup, extra: &[&str]) -> Agent {
     // The socket lives in the agent's private directory: let others traverse it.
     fs::set_permissions(&agent.dir, fs::Permissions::from_mode(0o755)).unwrap();
     agent
-}
-
-struct Ran {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Ran {
-    fn of(out: Output) -> Self {
-        Self {
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}{}", self.stdout, self.stderr))
-    }
-    #[track_caller]
-    fn ok(self) -> Self {
-        assert_eq!(self.code, Some(0), "{}{}", self.stdout, self.stderr);
-        self
-    }
-    /// Refused by the agent: exit 1 and a one-line message containing `needle`.
-    #[track_caller]
-    fn refused(self, needle: &str) -> Self {
-        assert_eq!(
-            self.code,
-            Some(1),
-            "expected a refusal: {}{}",
-            self.stdout,
-            self.stderr
-        );
-        assert!(
-            self.stderr.contains(needle),
-            "expected {needle:?} in {:?}",
-            self.stderr
-        );
-        assert_eq!(
-            self.stderr.trim_end().lines().count(),
-            1,
-            "{:?}",
-            self.stderr
-        );
-        self
-    }
 }
 
 fn as_user(agent: &Agent, u: &TestUser, args: &[&str]) -> Ran {
@@ -244,19 +197,19 @@ fn a_non_approver_can_neither_grant_nor_approve_and_both_are_audited() {
         carol,
         &["grant", "db", &carol.identity(), "--reason", "x"],
     )
-    .refused("may not grant on segment db");
+    .refused_one_line("may not grant on segment db");
     let r = refused_record(&w.agent, "grant", carol.uid).expect("refused grant audited");
     assert_eq!(r["segment"], "db");
 
     let id = request(&w.agent, &w.alice, "db", "5m");
     as_user(&w.agent, carol, &["approve", &id.to_string()])
-        .refused(&format!("may not approve request {id} on segment db"));
+        .refused_one_line(&format!("may not approve request {id} on segment db"));
     as_user(
         &w.agent,
         carol,
         &["deny", &id.to_string(), "--reason", "no"],
     )
-    .refused(&format!("may not deny request {id}"));
+    .refused_one_line(&format!("may not deny request {id}"));
     assert!(refused_record(&w.agent, "approve", carol.uid).is_some());
     assert!(refused_record(&w.agent, "deny", carol.uid).is_some());
     // Nothing changed: still pending, still closed.
@@ -271,7 +224,7 @@ fn nobody_approves_their_own_request_not_even_root() {
     // An approver asking for himself.
     let id = request(&w.agent, &w.bob, "db", "5m");
     as_user(&w.agent, &w.bob, &["approve", &id.to_string()])
-        .refused("nobody approves their own request");
+        .refused_one_line("nobody approves their own request");
     assert!(refused_record(&w.agent, "approve", w.bob.uid).is_some());
 
     // Root too: its request is for user:root, and another approver decides.
@@ -284,7 +237,7 @@ fn nobody_approves_their_own_request_not_even_root() {
     assert_eq!(v["ok"]["request"]["identity"], "user:root");
     let root_req = v["ok"]["request"]["id"].as_u64().unwrap();
     as_root(&w.agent, &["approve", &root_req.to_string()])
-        .refused("nobody approves their own request, root included");
+        .refused_one_line("nobody approves their own request, root included");
     assert!(refused_record(&w.agent, "approve", 0).is_some());
     // Root may approve bob's, and bob may approve root's.
     as_root(&w.agent, &["approve", &id.to_string()]).ok();
@@ -361,7 +314,7 @@ fn request_then_approve_opens_exactly_that_for_exactly_the_approved_ttl() {
     )
     .is_some()));
     // Decided once: approving again is refused.
-    as_user(&w.agent, &w.bob, &["approve", &id.to_string()]).refused("no longer pending");
+    as_user(&w.agent, &w.bob, &["approve", &id.to_string()]).refused_one_line("no longer pending");
 }
 
 #[test]
@@ -396,7 +349,7 @@ fn a_denied_request_stays_closed_and_the_requester_is_told_why() {
         &w.bob,
         &["deny", &id.to_string(), "--reason", "  "],
     )
-    .refused("needs a reason");
+    .refused_one_line("needs a reason");
     let v = as_user(
         &w.agent,
         &w.bob,
@@ -422,7 +375,7 @@ fn a_denied_request_stays_closed_and_the_requester_is_told_why() {
     let d = record(&w.agent, "deny", "request_id", id).expect("deny audited");
     assert_eq!(d["actor"]["uid"], w.bob.uid);
     assert_eq!(d["reason"], "not during the freeze");
-    as_user(&w.agent, &w.bob, &["approve", &id.to_string()]).refused("was denied by");
+    as_user(&w.agent, &w.bob, &["approve", &id.to_string()]).refused_one_line("was denied by");
 }
 
 #[test]
@@ -439,7 +392,7 @@ fn undecided_requests_expire_and_the_expiry_is_audited() {
     assert!(r.stdout.contains("expired"), "{}", r.stdout);
     let e = record(&w.agent, "request_expire", "request_id", id).expect("expiry audited");
     assert_eq!(e["requested_by"]["uid"], w.alice.uid);
-    as_user(&w.agent, &w.bob, &["approve", &id.to_string()]).refused("expired");
+    as_user(&w.agent, &w.bob, &["approve", &id.to_string()]).refused_one_line("expired");
     assert!(refused_record(&w.agent, "approve", w.bob.uid).is_some());
     assert_eq!(w.client(&w.alice).tcp(w.server.addr), Outcome::eperm());
 }
@@ -452,9 +405,9 @@ fn ttls_above_max_ttl_are_refused_for_requests_and_approvals() {
         &w.alice,
         &["request", "db", "--ttl", "1h", "--reason", "x"],
     )
-    .refused("longer than segment db's max_ttl of 10m");
+    .refused_one_line("longer than segment db's max_ttl of 10m");
     assert!(refused_record(&w.agent, "request", w.alice.uid).is_some());
-    as_user(&w.agent, &w.alice, &["request", "db"]).refused("requires a reason");
+    as_user(&w.agent, &w.alice, &["request", "db"]).refused_one_line("requires a reason");
     assert!(pending_ids(&w.agent).is_empty());
 
     let id = request(&w.agent, &w.alice, "db", "5m");
@@ -464,7 +417,7 @@ fn ttls_above_max_ttl_are_refused_for_requests_and_approvals() {
         &w.bob,
         &["approve", &id.to_string(), "--ttl", "8m"],
     )
-    .refused("never lengthen");
+    .refused_one_line("never lengthen");
     // ...nor than the policy in force when approving: shrink max_ttl to 1m.
     let digest =
         |a: &Agent| as_root(a, &["status", "--json"]).ok().json()["ok"]["policy_digest"].clone();
@@ -477,7 +430,7 @@ fn ttls_above_max_ttl_are_refused_for_requests_and_approvals() {
     unsafe { libc::kill(w.agent.pid() as i32, libc::SIGHUP) };
     assert!(eventually(Duration::from_secs(10), || digest(&w.agent) != before));
     as_user(&w.agent, &w.bob, &["approve", &id.to_string()])
-        .refused("longer than segment db's max_ttl of 1m");
+        .refused_one_line("longer than segment db's max_ttl of 1m");
     as_user(
         &w.agent,
         &w.bob,
@@ -494,12 +447,12 @@ fn segments_without_jit_take_no_requests_or_grants() {
     let alice = TestUser::new();
     let agent = open_agent(&segment("vault", server.port(), &[], None), &cg, &[]);
     as_user(&agent, &alice, &["request", "vault", "--reason", "x"])
-        .refused("has no [segment.vault.jit] table");
+        .refused_one_line("has no [segment.vault.jit] table");
     as_root(
         &agent,
         &["grant", "vault", &alice.identity(), "--ttl", "1m"],
     )
-    .refused("has no [segment.vault.jit] table");
+    .refused_one_line("has no [segment.vault.jit] table");
     assert!(refused_record(&agent, "request", alice.uid).is_some());
     assert!(refused_record(&agent, "grant", 0).is_some());
 }
@@ -541,7 +494,8 @@ fn revoke_by_identity_across_segments_and_by_segment() {
     assert_eq!(client(&alice).tcp(two.addr), Outcome::Ok);
 
     // Others may not revoke alice's grant; she may revoke her own.
-    as_user(&agent, &carol, &["revoke", &alice_two.to_string()]).refused("may not revoke grant");
+    as_user(&agent, &carol, &["revoke", &alice_two.to_string()])
+        .refused_one_line("may not revoke grant");
     assert!(refused_record(&agent, "revoke", carol.uid).is_some());
     as_user(&agent, &carol, &["revoke", &carol_one.to_string()]).ok();
     assert_eq!(client(&carol).tcp(one.addr), Outcome::eperm());
@@ -714,7 +668,7 @@ fn explain_agrees_with_real_connections() {
     assert!(human.contains("never expires"), "{human}");
     // Bad arguments are refused before reaching the agent, or by it, with a reason.
     as_root(&agent, &["explain", "--pid", "999999999", &port])
-        .refused("cannot read process 999999999");
+        .refused_one_line("cannot read process 999999999");
     let r = as_root(&agent, &["explain", "user:root", "5432"]);
     assert_eq!(r.code, Some(2), "{}", r.stderr);
 }
