@@ -65,12 +65,28 @@ pub struct Segment {
     pub ports: Vec<PortRange>,
     /// Standing access: these identities may always connect.
     pub allow: Vec<Identity>,
+    /// Windowed standing access: these identities may connect inside
+    /// their windows (`allow = [{ identity = ..., windows = [...] }]`).
+    /// No identity is both here and in `allow`.
+    pub windowed: Vec<WindowedAllow>,
     /// Just-in-time access; `None` means grants to this segment are refused.
     pub jit: Option<Jit>,
     /// Enforce refusals, or only record them (`mode = "audit"`).
     pub mode: Mode,
     /// Where the segment's name was written.
     pub origin: Location,
+}
+
+/// A standing allow open only inside its windows: the agent opens it at
+/// each window's start with the window's end as the kernel expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowedAllow {
+    pub identity: Identity,
+    /// The windows, in the entry's `timezone`, else the segment's jit
+    /// `timezone`, else the host's.
+    pub windows: windows::Windows,
+    /// Where the entry was written.
+    pub location: Location,
 }
 
 /// What the kernel does with a connection the segment refuses.
@@ -155,11 +171,14 @@ impl Policy {
 impl Segment {
     fn summary(&self) -> String {
         let ports = join(&self.ports);
-        let allows = match self.allow.len() {
+        let mut allows = match self.allow.len() + self.windowed.len() {
             0 => "no standing allows".to_owned(),
             1 => "1 standing allow".to_owned(),
             n => format!("{n} standing allows"),
         };
+        if !self.windowed.is_empty() {
+            allows.push_str(&format!(" ({} windowed)", self.windowed.len()));
+        }
         let jit = match &self.jit {
             None => "no jit".to_owned(),
             Some(jit) => {

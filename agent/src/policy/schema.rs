@@ -257,20 +257,29 @@ impl Parser<'_> {
         };
         let (ports, port_locations) = self.ports(name, table, &origin);
         let mut identities = Vec::new();
+        // The jit table's zone is also the zone of windowed allows.
+        let jit_zone = table
+            .get("jit")
+            .and_then(Item::as_table_like)
+            .and_then(|t| t.get("timezone"))
+            .and_then(Item::as_str)
+            .map(str::to_owned);
         let allow = match table.get("allow") {
-            None => Vec::new(),
-            Some(item) => self.identities(item, "allow", &origin, &mut identities),
+            None => allow::Allows::default(),
+            Some(item) => self.allow(item, name, &origin, jit_zone.as_deref(), &mut identities),
         };
+        let zone_used = !allow.windowed.is_empty();
         let jit = table.get("jit").and_then(|item| {
             let location = self.key_location(table, "jit", &origin);
-            self.jit(name, item, location, &mut identities)
+            self.jit(name, item, location, &mut identities, zone_used)
         });
         Some(ParsedSegment {
             segment: Segment {
                 name: name.to_owned(),
                 description,
                 ports,
-                allow,
+                allow: allow.always,
+                windowed: allow.windowed,
                 jit,
                 mode,
                 origin,
@@ -356,8 +365,12 @@ impl Parser<'_> {
         fallback: &Location,
         found: &mut Vec<(Identity, Location)>,
     ) -> Vec<Identity> {
-        let entries = self.strings(item, key, fallback, |_| {
-            r#"write each identity as a string, e.g. "user:root" or "peer:10.0.0.0/8""#.to_owned()
+        let entries = self.strings(item, key, fallback, |value| {
+            if value.is_inline_table() {
+                format!("windows bound allow entries and the jit table's requests, not `{key}`: write each identity as a string, e.g. \"group:oncall\"")
+            } else {
+                r#"write each identity as a string, e.g. "user:root" or "peer:10.0.0.0/8""#.to_owned()
+            }
         });
         let mut identities: Vec<Identity> = Vec::new();
         // Seen identities, for the duplicate warning in O(1) per entry.
@@ -393,6 +406,7 @@ impl Parser<'_> {
         item: &Item,
         location: Location,
         found: &mut Vec<(Identity, Location)>,
+        zone_used: bool,
     ) -> Option<Jit> {
         let Some(table) = item.as_table_like() else {
             let message = format!(
@@ -458,7 +472,7 @@ impl Parser<'_> {
             Some(item) => self.approvals_required(item, &location)?,
         };
 
-        let windows = self.windows(table, name, &location);
+        let windows = self.windows(table, name, &location, zone_used);
 
         let max_ttl = max_ttl?;
         let default_ttl = match default_ttl {
@@ -571,6 +585,9 @@ impl Parser<'_> {
             }
             let location = self.key_location(table, key, fallback);
             let help = match did_you_mean(key, known) {
+                _ if matches!(key, "windows" | "timezone") && known.contains(&"allow") => {
+                    r#"windows go in [segment.NAME.jit] (when requests and grants are taken) or on an allow entry: allow = [{ identity = "group:oncall", windows = ["Mon-Fri 08:00-18:00"] }]"#.to_owned()
+                }
                 Some(close) => format!("did you mean `{close}`?"),
                 None => format!("the keys of {context} are {}", known.join(", ")),
             };
@@ -597,8 +614,10 @@ fn article(type_name: &str) -> String {
     format!("{} {type_name}", if vowel { "an" } else { "a" })
 }
 
-/// `windows` and `timezone` of a jit table.
+/// `windows` and `timezone` of a jit table and of a windowed allow.
 mod windows;
+/// The `allow` list: plain and windowed allows.
+mod allow;
 
 /// The `jit` table's `approvals_required`.
 mod approvals;

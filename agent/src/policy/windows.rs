@@ -2,8 +2,9 @@
 //! in a segment's jit table. Access is requested and granted only inside
 //! a window, and a grant closes at the end of the window it was made in.
 //!
-//! Owns the text form (days, then `HH:MM-HH:MM`; a window whose end is
-//! not after its start runs past midnight into the next day) and the
+//! Owns the text form (days, then `HH:MM-HH:MM`, or `HH:MM:SS` for a
+//! window that starts or ends within a minute; a window whose end is not
+//! after its start runs past midnight into the next day) and the
 //! arithmetic: whether an instant is inside a window (and until when),
 //! and when the next one opens. Local times are turned into instants in
 //! the segment's time zone by `jiff`, which follows the zone's
@@ -18,13 +19,16 @@ const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
 /// At most this many windows per segment.
 pub const MAX_WINDOWS: usize = 64;
 
+/// Seconds in a day: `24:00`, the end of the day.
+const DAY: u32 = 24 * 3600;
+
 /// One recurring window: on these weekdays (Monday = 0), from `start` to
-/// `end` (minutes after midnight, local time).
+/// `end` (seconds after midnight, local time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
     pub days: [bool; 7],
-    pub start: u16,
-    pub end: u16,
+    pub start: u32,
+    pub end: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,14 +42,21 @@ fn day(text: &str) -> Option<usize> {
     DAYS.iter().position(|d| d.eq_ignore_ascii_case(text))
 }
 
-fn minutes(text: &str) -> Option<u16> {
-    let (h, m) = text.split_once(':')?;
-    if h.len() != 2 || m.len() != 2 || !h.bytes().chain(m.bytes()).all(|b| b.is_ascii_digit()) {
+/// `HH:MM` or `HH:MM:SS` as seconds after midnight; `24:00` is the end
+/// of the day.
+fn seconds(text: &str) -> Option<u32> {
+    let parts: Vec<&str> = text.split(':').collect();
+    if !(2..=3).contains(&parts.len())
+        || parts
+            .iter()
+            .any(|p| p.len() != 2 || !p.bytes().all(|b| b.is_ascii_digit()))
+    {
         return None;
     }
-    let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
-    // 24:00 is the end of the day.
-    ((h < 24 && m < 60) || (h == 24 && m == 0)).then_some(h * 60 + m)
+    let n: Vec<u32> = parts.iter().map(|p| p.parse().ok()).collect::<Option<_>>()?;
+    let (h, m, s) = (n[0], n[1], n.get(2).copied().unwrap_or(0));
+    let total = h * 3600 + m * 60 + s;
+    ((h < 24 && m < 60 && s < 60) || total == DAY).then_some(total)
 }
 
 impl FromStr for Window {
@@ -88,15 +99,29 @@ impl FromStr for Window {
             .trim()
             .split_once('-')
             .ok_or_else(|| err("the times are HH:MM-HH:MM, e.g. 08:00-18:00"))?;
-        let start = minutes(s).ok_or_else(|| err("a time is HH:MM, 00:00 to 24:00"))?;
-        let end = minutes(e).ok_or_else(|| err("a time is HH:MM, 00:00 to 24:00"))?;
+        let time_rule = "a time is HH:MM or HH:MM:SS, 00:00 to 24:00";
+        let start = seconds(s).ok_or_else(|| err(time_rule))?;
+        let end = seconds(e).ok_or_else(|| err(time_rule))?;
         if start == end {
             return Err(err("a window that ends when it starts is empty"));
         }
-        if start == 24 * 60 {
-            return Err(err("a window starts at 23:59 at the latest"));
+        if start == DAY {
+            return Err(err("a window starts at 23:59:59 at the latest"));
+        }
+        if !days.contains(&true) {
+            return Err(err("a window needs at least one day"));
         }
         Ok(Window { days, start, end })
+    }
+}
+
+/// `HH:MM`, or `HH:MM:SS` when the seconds are not zero.
+fn clock_text(secs: u32) -> String {
+    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    if s == 0 {
+        format!("{h:02}:{m:02}")
+    } else {
+        format!("{h:02}:{m:02}:{s:02}")
     }
 }
 
@@ -105,12 +130,10 @@ impl fmt::Display for Window {
         let days: Vec<&str> = (0..7).filter(|&d| self.days[d]).map(|d| DAYS[d]).collect();
         write!(
             f,
-            "{} {:02}:{:02}-{:02}:{:02}",
+            "{} {}-{}",
             days.join(","),
-            self.start / 60,
-            self.start % 60,
-            self.end / 60,
-            self.end % 60
+            clock_text(self.start),
+            clock_text(self.end)
         )
     }
 }
@@ -154,13 +177,19 @@ impl Windows {
                 if !w.days[weekday] {
                     continue;
                 }
-                let at = |day: civil::Date, mins: u16| -> Option<Timestamp> {
-                    let (day, mins) = if mins == 24 * 60 {
+                let at = |day: civil::Date, secs: u32| -> Option<Timestamp> {
+                    let (day, secs) = if secs == DAY {
                         (day.tomorrow().ok()?, 0)
                     } else {
-                        (day, mins)
+                        (day, secs)
                     };
-                    let time = civil::Time::new((mins / 60) as i8, (mins % 60) as i8, 0, 0).ok()?;
+                    let time = civil::Time::new(
+                        (secs / 3600) as i8,
+                        (secs % 3600 / 60) as i8,
+                        (secs % 60) as i8,
+                        0,
+                    )
+                    .ok()?;
                     // `compatible`: a skipped local time moves forward past
                     // the gap, a repeated one is its first occurrence.
                     tz.to_ambiguous_zoned(day.to_datetime(time))
@@ -228,12 +257,15 @@ mod tests {
     fn parses_days_ranges_and_times_and_refuses_nonsense() {
         let w: Window = "Mon-Fri 08:00-18:00".parse().unwrap();
         assert_eq!(w.days, [true, true, true, true, true, false, false]);
-        assert_eq!((w.start, w.end), (480, 1080));
+        assert_eq!((w.start, w.end), (8 * 3600, 18 * 3600));
         assert_eq!(w.to_string(), "Mon,Tue,Wed,Thu,Fri 08:00-18:00");
         let w: Window = "Fri-Mon 22:00-06:00".parse().unwrap();
         assert_eq!(w.days, [true, false, false, false, true, true, true]);
         let w: Window = "sat,Sun 00:00-24:00".parse().unwrap();
         assert_eq!(w.days, [false, false, false, false, false, true, true]);
+        let w: Window = "Mon 08:00:30-08:01:15".parse().unwrap();
+        assert_eq!((w.start, w.end), (8 * 3600 + 30, 8 * 3600 + 75));
+        assert_eq!(w.to_string(), "Mon 08:00:30-08:01:15");
         for bad in [
             "Mon-Fri",
             "Mon-Fry 08:00-18:00",
@@ -241,6 +273,11 @@ mod tests {
             "Mon 08:00-08:00",
             "Mon 25:00-26:00",
             "Mon 08:00",
+            "Mon 08:00:60-09:00",
+            "Mon 08:00:5-09:00",
+            "Mon 24:00:01-09:00",
+            "Mon 24:00-09:00",
+            ", 08:00-09:00",
         ] {
             assert!(bad.parse::<Window>().is_err(), "{bad}");
         }
