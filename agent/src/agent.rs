@@ -73,6 +73,8 @@ mod restore;
 mod usage;
 /// Domain state → control wire types.
 mod views;
+/// Windowed standing allows: opened and closed on time, audited.
+mod windowed;
 pub(crate) use apply::DEFAULT_GRANT_GRACE;
 pub(crate) use authz::credential_matches;
 pub(crate) use jit::DEFAULT_REQUEST_TTL;
@@ -116,6 +118,10 @@ pub(crate) struct Agent {
     /// Each source naming a `group:`: the group and the uids its keys
     /// were last written for (`groups`: what a refresh compares with).
     group_members: BTreeMap<Source, (String, std::collections::BTreeSet<u32>)>,
+    /// Where each windowed standing allow stands (`windowed`).
+    windows_state: BTreeMap<windowed::WindowKey, windowed::WindowState>,
+    /// The boot-clock instant the next windowed allow opens or closes.
+    window_deadline: Option<u64>,
     /// Locked identities, by text form (`locks`).
     locks: BTreeMap<String, state::Lock>,
     /// Who may lock and unlock besides root.
@@ -193,6 +199,8 @@ impl Agent {
             unresolved: BTreeMap::new(),
             cover_written: Default::default(),
             group_members: BTreeMap::new(),
+            windows_state: BTreeMap::new(),
+            window_deadline: None,
             locks: BTreeMap::new(),
             lock_admins: Vec::new(),
             local_addresses: 0,

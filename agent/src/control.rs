@@ -334,6 +334,31 @@ pub(crate) struct AllowView {
     /// What the kernel counted (absent for `peer:` allows, not tracked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<UsageView>,
+    /// A windowed allow: its windows and when it next closes or opens
+    /// (absent for an allow open at all times).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<WindowView>,
+}
+
+/// Where a windowed standing allow stands.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct WindowView {
+    /// `Mon,Tue,Wed,Thu,Fri 08:00-18:00`.
+    pub windows: Vec<String>,
+    /// The IANA zone; absent: the host's zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// Open now: the kernel lets the identity in.
+    pub open: bool,
+    /// When open: when it closes (local time in the windows' zone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closes_at: Option<String>,
+    /// When closed: when it opens next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opens_at: Option<String>,
+    /// Kept closed for another reason than the time (a lock, a zone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -224,7 +224,10 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
         tokio::select! {
             _ = tokio::time::sleep(sleep) => blocking(|| {
                 let mut a = shared.lock().expect("agent lock");
-                if !a.expire().is_empty() {
+                let ended = !a.expire().is_empty();
+                // Windowed allows due to open or close; a closed one's
+                // open flows are swept like an expired grant's.
+                if a.turn_windows() || ended {
                     crate::sweep::request();
                 }
             }),

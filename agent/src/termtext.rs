@@ -172,6 +172,7 @@ mod tests {
                 unresolved: Some("gone\n".into()),
                 mode: "audit".into(),
                 usage: None,
+                window: None,
             }],
             grants: vec![],
             pending: vec![],

@@ -21,7 +21,7 @@ use std::{
 use agent_common::{Proto, MAX_SEGMENTS, NEVER};
 use tracing::{info, warn};
 
-use super::{proto_of, Agent};
+use super::{proto_of, windowed::WindowState, Agent};
 use crate::{
     audit::AuditEvent,
     clock,
@@ -84,6 +84,9 @@ impl Agent {
         let mut ledger = self.ledger.clone();
         let mut unresolved = BTreeMap::new();
         let mut wanted: BTreeSet<Source> = BTreeSet::new();
+        // Windowed allows: where each stands now (one reading of both clocks).
+        let mut windows = BTreeMap::new();
+        let (wall_now, boot_now) = (jiff::Timestamp::now(), clock::boot_ns());
         for seg in policy.segments.values() {
             let id = ids[&seg.name];
             for identity in &seg.allow {
@@ -118,6 +121,44 @@ impl Agent {
                     }
                 }
                 wanted.insert(source);
+            }
+            for w in &seg.windowed {
+                let slot = (seg.name.clone(), w.identity.to_string());
+                let mut state = Self::window_at(w, wall_now, boot_now);
+                if let (WindowState::Open { .. }, Some(lock)) =
+                    (&state, self.standing_locked(&w.identity))
+                {
+                    let why = format!("{} is locked ({})", lock.identity, lock.reason);
+                    unresolved.insert(slot.clone(), format!("suspended: {why}"));
+                    state = WindowState::Closed {
+                        next: None,
+                        why: Some(why),
+                    };
+                }
+                if let WindowState::Open { expiry, .. } = &state {
+                    let source = Source::Standing {
+                        segment: seg.name.clone(),
+                        identity: w.identity.to_string(),
+                    };
+                    match self.resolver.keys(&w.identity, id) {
+                        Ok(mut keys) => {
+                            if matches!(w.identity, Identity::Group(_)) {
+                                let locked = self.locked_uids(true);
+                                keys.retain(|k| {
+                                    !super::groups::uids_of(&[*k])
+                                        .iter()
+                                        .any(|u| locked.contains(u))
+                                });
+                            }
+                            ledger.set(source.clone(), &keys, *expiry);
+                        }
+                        Err(e) => {
+                            unresolved.insert(slot.clone(), e.to_string());
+                        }
+                    }
+                    wanted.insert(source);
+                }
+                windows.insert(slot, state);
             }
         }
         let mut desired: BTreeMap<(Proto, u16), u32> = BTreeMap::new();
@@ -205,7 +246,7 @@ impl Agent {
         self.ledger = ledger;
         self.ports = desired;
         self.unresolved = unresolved;
-        self.sync_cover();
+        // `self.policy` is still the old one: windows are committed below.
         for id in leaving {
             if let Some(g) = self.grants.remove(&id) {
                 // `self.policy` is still the one the segment left.
@@ -243,6 +284,8 @@ impl Agent {
         }
         self.segment_ids = ids;
         self.policy = policy;
+        self.commit_windows(windows);
+        self.sync_cover();
         self.drop_requests_of_gone_segments();
         Ok(())
     }

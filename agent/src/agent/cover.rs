@@ -39,6 +39,11 @@ impl Agent {
             for identity in &seg.allow {
                 add(identity, id, NEVER);
             }
+            for w in &seg.windowed {
+                if let Some(expiry) = self.window_expiry(&seg.name, &w.identity.to_string()) {
+                    add(&w.identity, id, expiry);
+                }
+            }
         }
         for g in self.grants.values() {
             if let Some(&id) = self.segment_ids.get(&g.segment) {

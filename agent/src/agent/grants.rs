@@ -373,6 +373,7 @@ impl Agent {
             .into_iter()
             .chain(self.next_suspended_deadline())
             .chain(self.next_idle_deadline())
+            .chain(self.next_window_deadline())
             .min();
         match (grants, self.requests.next_deadline()) {
             (Some(g), Some(r)) => Some(g.min(r)),
@@ -386,14 +387,21 @@ impl Agent {
         let segments: Vec<Segment> = self.policy.segments.values().cloned().collect();
         for seg in segments {
             let id = self.segment_ids[&seg.name];
-            let moving: Vec<Identity> = seg
+            // Plain allows never expire; windowed ones while open, at
+            // their window's end.
+            let moving: Vec<(Identity, u64)> = seg
                 .allow
                 .iter()
-                .filter(|i| matches!(i, Identity::Unit(_) | Identity::Cgroup(_)))
-                .filter(|i| self.standing_locked(i).is_none())
-                .cloned()
+                .map(|i| (i, NEVER))
+                .chain(seg.windowed.iter().filter_map(|w| {
+                    self.window_expiry(&seg.name, &w.identity.to_string())
+                        .map(|e| (&w.identity, e))
+                }))
+                .filter(|(i, _)| matches!(i, Identity::Unit(_) | Identity::Cgroup(_)))
+                .filter(|(i, _)| self.standing_locked(i).is_none())
+                .map(|(i, e)| (i.clone(), e))
                 .collect();
-            for identity in &moving {
+            for (identity, expiry) in &moving {
                 let source = Source::Standing {
                     segment: seg.name.clone(),
                     identity: identity.to_string(),
@@ -401,12 +409,12 @@ impl Agent {
                 let slot = (seg.name.clone(), identity.to_string());
                 match self.resolver.keys(identity, id) {
                     Ok(keys) => {
-                        let changes = self.ledger.set(source, &keys, NEVER);
+                        let changes = self.ledger.set(source, &keys, *expiry);
                         self.apply_changes(&changes)?;
                         self.unresolved.remove(&slot);
                     }
                     Err(e) => {
-                        let changes = self.ledger.set(source, &[], NEVER);
+                        let changes = self.ledger.set(source, &[], *expiry);
                         self.apply_changes(&changes)?;
                         self.unresolved.insert(slot, e.to_string());
                     }

@@ -70,6 +70,25 @@ impl Agent {
                     });
                 }
             }
+            // Windowed allows while open, with their window's end.
+            for w in &seg.windowed {
+                let text = w.identity.to_string();
+                if let (Identity::Group(group), Some(expiry)) =
+                    (&w.identity, self.window_expiry(&seg.name, &text))
+                {
+                    named.push(Named {
+                        source: Source::Standing {
+                            segment: seg.name.clone(),
+                            identity: text.clone(),
+                        },
+                        segment: seg.name.clone(),
+                        group: group.clone(),
+                        identity: text,
+                        expiry,
+                        grant_id: None,
+                    });
+                }
+            }
         }
         for g in self.grants.values() {
             if let Identity::Group(group) = &g.identity {

@@ -549,6 +549,13 @@ impl Agent {
             &|s| self.describe_source(s),
         )
         .map_err(|e| CoreError::ExplainMaps { why: chain(&e) })?;
+        let mut view = view;
+        if !view.allowed {
+            if let Some(seg) = view.segment.clone() {
+                view.notes
+                    .extend(self.closed_window_notes(&seg, &resolved));
+            }
+        }
         Ok(Reply::Explained(Box::new(view)))
     }
 
@@ -556,7 +563,10 @@ impl Agent {
     fn describe_source(&self, source: &Source) -> String {
         match source {
             Source::Standing { segment, identity } => {
-                let through = through_group(identity);
+                let mut through = through_group(identity);
+                if let Some(w) = self.describe_window(segment, identity) {
+                    through.push_str(&format!("; {w}"));
+                }
                 match self.policy.segments.get(segment) {
                     Some(seg) => format!(
                         "standing allow {identity} of segment {segment} (policy {}){through}",

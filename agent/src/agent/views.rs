@@ -78,23 +78,36 @@ impl Agent {
         self.mode_override.unwrap_or(segment.mode)
     }
 
+    /// Allow number `n` of `seg` as `list` shows it: its plain allows,
+    /// then its windowed ones.
+    fn allow_view(&self, seg: &Segment, n: usize, now: u64) -> Option<AllowView> {
+        let (identity, window) = match seg.allow.get(n) {
+            Some(identity) => (identity, None),
+            None => {
+                let w = seg.windowed.get(n - seg.allow.len())?;
+                (&w.identity, Some(self.window_view(&seg.name, w)))
+            }
+        };
+        let text = identity.to_string();
+        Some(AllowView {
+            usage: self.allow_usage(&seg.name, identity, now),
+            segment: seg.name.clone(),
+            ports: self.ports_of(&seg.name),
+            mode: self.mode_of(seg).name().to_owned(),
+            unresolved: self
+                .unresolved
+                .get(&(seg.name.clone(), text.clone()))
+                .cloned(),
+            identity: text,
+            window,
+        })
+    }
+
     pub(crate) fn list(&self) -> Reply {
         let now = clock::boot_ns();
         let mut standing = Vec::new();
         for seg in self.policy.segments.values() {
-            for identity in &seg.allow {
-                standing.push(AllowView {
-                    usage: self.allow_usage(&seg.name, identity, now),
-                    segment: seg.name.clone(),
-                    identity: identity.to_string(),
-                    ports: self.ports_of(&seg.name),
-                    mode: self.mode_of(seg).name().to_owned(),
-                    unresolved: self
-                        .unresolved
-                        .get(&(seg.name.clone(), identity.to_string()))
-                        .cloned(),
-                });
-            }
+            standing.extend((0..).map_while(|n| self.allow_view(seg, n, now)));
         }
         let grants = self
             .grants
@@ -146,19 +159,11 @@ impl Agent {
             for seg in segments.map(|(_, s)| s) {
                 // A segment gone since the last page: the next one starts at 0.
                 let first = if seg.name == from { skip } else { 0 };
-                for (next, allow) in seg.allow.iter().enumerate().skip(first) {
-                    let identity = allow.to_string();
-                    let record = Record::Standing(AllowView {
-                        usage: self.allow_usage(&seg.name, allow, now),
-                        segment: seg.name.clone(),
-                        ports: self.ports_of(&seg.name),
-                        mode: self.mode_of(seg).name().to_owned(),
-                        unresolved: self
-                            .unresolved
-                            .get(&(seg.name.clone(), identity.clone()))
-                            .cloned(),
-                        identity,
-                    });
+                for next in first.. {
+                    let Some(view) = self.allow_view(seg, next, now) else {
+                        break;
+                    };
+                    let record = Record::Standing(view);
                     let here = ListCursor::Standing {
                         segment: seg.name.clone(),
                         next,
@@ -229,7 +234,7 @@ impl Agent {
                     would_deny: c.would_deny,
                     mode: self.mode_of(s).name().to_owned(),
                     description: s.description.clone(),
-                    standing: s.allow.len(),
+                    standing: s.allow.len() + s.windowed.len(),
                     grants: self.grants.values().filter(|g| g.segment == s.name).count(),
                 }
             })

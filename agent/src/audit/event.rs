@@ -205,6 +205,35 @@ pub(crate) enum AuditEvent {
         expires_at: Option<String>,
         actor: Actor,
     },
+    /// A windowed standing allow opened: its kernel entries expire at
+    /// `until`, the end of the window (the kernel closes it then even with
+    /// the agent down). Also at start or reload inside a window.
+    WindowOpen {
+        segment: String,
+        identity: String,
+        /// RFC 3339, UTC.
+        until: String,
+        /// `until` in the windows' zone, as people read it.
+        until_local: String,
+        /// The windows and their zone.
+        windows: String,
+        actor: Actor,
+    },
+    /// A windowed standing allow closed at its window's end (its open
+    /// flows are cut), or was kept closed when it would open (`why`: a
+    /// lock, a time zone that cannot be read).
+    WindowClose {
+        segment: String,
+        identity: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next_open: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next_open_local: Option<String>,
+        windows: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        why: Option<String>,
+        actor: Actor,
+    },
     /// A lock lifted: by a person, or by the agent at its TTL (`why: ttl`).
     Unlock {
         identity: String,
@@ -296,7 +325,7 @@ pub(crate) enum AuditEvent {
 impl AuditEvent {
     /// Every kind this version writes, as named on disk (the docs test,
     /// and `audit --event`'s check).
-    pub(crate) const KINDS: [&'static str; 27] = [
+    pub(crate) const KINDS: [&'static str; 29] = [
         "agent_start",
         "agent_stop",
         "grant",
@@ -314,6 +343,8 @@ impl AuditEvent {
         "membership_add",
         "lock",
         "unlock",
+        "window_open",
+        "window_close",
         "grant_suspended",
         "grant_resumed",
         "grant_recovered",
@@ -347,6 +378,8 @@ impl AuditEvent {
             Self::MembershipRevoke { .. } => "membership_revoke",
             Self::MembershipAdd { .. } => "membership_add",
             Self::Lock { .. } => "lock",
+            Self::WindowOpen { .. } => "window_open",
+            Self::WindowClose { .. } => "window_close",
             Self::Unlock { .. } => "unlock",
             Self::GrantSuspended { .. } => "grant_suspended",
             Self::GrantResumed { .. } => "grant_resumed",
@@ -390,6 +423,8 @@ impl AuditEvent {
             | Self::Expire { segment, .. }
             | Self::MembershipRevoke { segment, .. }
             | Self::MembershipAdd { segment, .. }
+            | Self::WindowOpen { segment, .. }
+            | Self::WindowClose { segment, .. }
             | Self::GrantSuspended { segment, .. }
             | Self::GrantResumed { segment, .. }
             | Self::GrantRecovered { segment, .. }
@@ -426,6 +461,8 @@ impl AuditEvent {
             | Self::MembershipAdd { identity, .. }
             | Self::Lock { identity, .. }
             | Self::Unlock { identity, .. }
+            | Self::WindowOpen { identity, .. }
+            | Self::WindowClose { identity, .. }
             | Self::GrantSuspended { identity, .. }
             | Self::GrantResumed { identity, .. }
             | Self::GrantRecovered { identity, .. } => Some(identity),
@@ -459,6 +496,8 @@ impl AuditEvent {
             | Self::MembershipAdd { actor, .. }
             | Self::Lock { actor, .. }
             | Self::Unlock { actor, .. }
+            | Self::WindowOpen { actor, .. }
+            | Self::WindowClose { actor, .. }
             | Self::GrantSuspended { actor, .. }
             | Self::GrantResumed { actor, .. }
             | Self::GrantRecovered { actor, .. }

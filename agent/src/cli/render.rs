@@ -148,6 +148,16 @@ pub(super) fn exits_one(reply: &Reply) -> bool {
         || matches!(reply, Reply::Explained(v) if !v.allowed && v.mode.as_deref() != Some("audit"))
 }
 
+/// The ACCESS column of a windowed allow: when it closes or opens next.
+fn window_access(w: &crate::control::WindowView) -> String {
+    match (w.open, &w.closes_at, &w.opens_at, &w.why) {
+        (true, Some(at), _, _) => format!("windowed: open until {at}"),
+        (_, _, _, Some(why)) => format!("windowed: closed ({why})"),
+        (false, _, Some(at), _) => format!("windowed: closed, opens {at}"),
+        _ => "windowed: closed, opens not within a week".into(),
+    }
+}
+
 fn render_list(l: &ListView) -> String {
     let mut out = render_locks(&l.locks);
     if l.standing.is_empty() && l.grants.is_empty() && l.pending.is_empty() {
@@ -164,10 +174,11 @@ fn render_list(l: &ListView) -> String {
                     a.identity.clone(),
                     a.ports.join(","),
                     a.mode.clone(),
-                    a.unresolved
-                        .clone()
-                        .map(|u| format!("not resolved: {u}"))
-                        .unwrap_or_else(|| "standing".into()),
+                    match (&a.unresolved, &a.window) {
+                        (Some(u), _) => format!("not resolved: {u}"),
+                        (None, None) => "standing".into(),
+                        (None, Some(w)) => window_access(w),
+                    },
                 ]
             })
             .collect();

@@ -238,6 +238,7 @@ mod tests {
             mode: "enforce".into(),
             unresolved: None,
             usage: None,
+            window: None,
         };
         for (s, g) in [(0, 0), (1, 0), (0, 3), (2, 2)] {
             let list = ListView {

@@ -205,6 +205,7 @@ mod tests {
             unresolved: None,
             mode: "enforce".into(),
             usage: u,
+            window: None,
         }
     }
 

@@ -164,6 +164,14 @@ impl Windows {
         }
     }
 
+    /// The windows and their zone, for people:
+    /// `Mon,Tue,Wed,Thu,Fri 08:00-18:00; Sat 10:00-12:00, Europe/Berlin`.
+    pub fn describe(&self) -> String {
+        let list: Vec<String> = self.windows.iter().map(ToString::to_string).collect();
+        let zone = self.timezone.as_deref().unwrap_or("the host's time zone");
+        format!("{}, {zone}", list.join("; "))
+    }
+
     /// The occurrences of every window that start from a week before
     /// `date` to a week after it, as instants.
     fn occurrences(&self, tz: &TimeZone, date: civil::Date) -> Vec<(Timestamp, Timestamp)> {

@@ -183,6 +183,23 @@ fn one_of_each() -> Vec<AuditEvent> {
             actor: actor(),
             why: Some(s("ttl")),
         },
+        AuditEvent::WindowOpen {
+            segment: s("db"),
+            identity: s("group:oncall"),
+            until: s("T"),
+            until_local: s("L"),
+            windows: s("Mon 08:00-18:00, UTC"),
+            actor: actor(),
+        },
+        AuditEvent::WindowClose {
+            segment: s("db"),
+            identity: s("group:oncall"),
+            next_open: Some(s("T")),
+            next_open_local: Some(s("L")),
+            windows: s("Mon 08:00-18:00, UTC"),
+            why: Some(s("locked")),
+            actor: actor(),
+        },
         AuditEvent::GrantSuspended {
             grant_id: 1,
             segment: s("db"),
