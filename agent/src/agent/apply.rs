@@ -284,7 +284,7 @@ impl Agent {
         }
         self.segment_ids = ids;
         self.policy = policy;
-        self.commit_windows(windows);
+        self.commit_windows(windows, (wall_now, boot_now));
         self.sync_cover();
         self.drop_requests_of_gone_segments();
         Ok(())

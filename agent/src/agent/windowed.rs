@@ -96,9 +96,13 @@ impl Agent {
 
     /// Records where each windowed allow stands after a policy was applied,
     /// audits what changed, and sets the next instant one changes.
-    pub(super) fn commit_windows(&mut self, states: BTreeMap<WindowKey, WindowState>) {
-        let now = Timestamp::now();
-        let boot_now = clock::boot_ns();
+    /// `now`, `boot_now`: the one reading of both clocks the states were
+    /// computed from (so a deadline is exactly the expiry written).
+    pub(super) fn commit_windows(
+        &mut self,
+        states: BTreeMap<WindowKey, WindowState>,
+        (now, boot_now): (Timestamp, u64),
+    ) {
         for ((segment, identity), state) in &states {
             let before = self.windows_state.get(&(segment.clone(), identity.clone()));
             let Some(w) = self.windowed_allow(segment, identity).cloned() else {
@@ -150,10 +154,9 @@ impl Agent {
         self.window_deadline = states
             .values()
             .filter_map(|s| match s {
-                WindowState::Open { until, .. } => Some(*until),
-                WindowState::Closed { next, .. } => *next,
+                WindowState::Open { expiry, .. } => Some(*expiry),
+                WindowState::Closed { next, .. } => next.map(|t| boot_at(t, now, boot_now)),
             })
-            .map(|t| boot_at(t, now, boot_now))
             .min();
         self.windows_state = states;
     }

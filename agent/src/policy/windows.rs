@@ -8,8 +8,10 @@
 //! arithmetic: whether an instant is inside a window (and until when),
 //! and when the next one opens. Local times are turned into instants in
 //! the segment's time zone by `jiff`, which follows the zone's
-//! daylight-saving rules: a window that starts in a skipped hour starts
-//! at the hour's end, one in a repeated hour at its first occurrence.
+//! daylight-saving rules: a local time in a skipped hour is read with the
+//! offset before the change (02:30 on the spring-forward night is 03:30
+//! summer time), one in a repeated hour is its first occurrence; a window
+//! spanning a change is an hour shorter or longer in real time.
 use std::{fmt, str::FromStr};
 
 use jiff::{civil, tz::TimeZone, Timestamp};
@@ -344,6 +346,61 @@ mod tests {
         assert_eq!(
             w.at(ts("2026-10-24T23:30:00Z")).unwrap(),
             Standing::OpenUntil(ts("2026-10-25T04:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn a_window_in_a_skipped_or_repeated_hour_and_one_spanning_the_change() {
+        use Standing::*;
+        // Spring forward, 2026-03-29 in Berlin: 02:00-03:00 local does not
+        // exist. A window from 02:30 starts at 02:30 read in the offset
+        // before the gap: 01:30Z, which is 03:30 CEST; it ends at 04:00
+        // CEST (02:00Z).
+        let w = windows(&["Sun 02:30-04:00"], "Europe/Berlin");
+        assert_eq!(
+            w.at(ts("2026-03-29T00:00:00Z")).unwrap(),
+            ClosedUntil(Some(ts("2026-03-29T01:30:00Z")))
+        );
+        assert_eq!(
+            w.at(ts("2026-03-29T01:45:00Z")).unwrap(),
+            OpenUntil(ts("2026-03-29T02:00:00Z"))
+        );
+        // Fall back, 2026-10-25: 02:00-03:00 local happens twice. A window
+        // from 02:30 opens at the first (CEST, 00:30Z) and ends at 03:30
+        // CET (02:30Z): two hours, and open through the second 02:30.
+        let w = windows(&["Sun 02:30-03:30"], "Europe/Berlin");
+        assert_eq!(
+            w.at(ts("2026-10-25T00:00:00Z")).unwrap(),
+            ClosedUntil(Some(ts("2026-10-25T00:30:00Z")))
+        );
+        for inside in ["2026-10-25T00:45:00Z", "2026-10-25T01:40:00Z"] {
+            assert_eq!(
+                w.at(ts(inside)).unwrap(),
+                OpenUntil(ts("2026-10-25T02:30:00Z")),
+                "{inside}"
+            );
+        }
+        // An overnight window across the fall back: Saturday 22:00 CEST
+        // (20:00Z) to Sunday 06:00 CET (05:00Z), nine hours; a week later
+        // the same local times are 21:00Z to 05:00Z, eight.
+        let w = windows(&["Sat 22:00-06:00"], "Europe/Berlin");
+        assert_eq!(
+            w.at(ts("2026-10-24T21:00:00Z")).unwrap(),
+            OpenUntil(ts("2026-10-25T05:00:00Z"))
+        );
+        assert_eq!(
+            w.at(ts("2026-10-24T19:30:00Z")).unwrap(),
+            ClosedUntil(Some(ts("2026-10-24T20:00:00Z")))
+        );
+        assert_eq!(
+            w.at(ts("2026-10-31T20:30:00Z")).unwrap(),
+            ClosedUntil(Some(ts("2026-10-31T21:00:00Z")))
+        );
+        // Across the spring forward: Saturday 22:00 CET (21:00Z) to Sunday
+        // 06:00 CEST (04:00Z), seven hours.
+        assert_eq!(
+            w.at(ts("2026-03-28T23:00:00Z")).unwrap(),
+            OpenUntil(ts("2026-03-29T04:00:00Z"))
         );
     }
 }

@@ -187,3 +187,112 @@ impl Parser<'_> {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::parse_file;
+    use crate::policy::{Diagnostic, Severity};
+
+    const FILE: &str = "policies/w.toml";
+
+    fn check(text: &str) -> Vec<Diagnostic> {
+        parse_file(Path::new(FILE), text).1 .0
+    }
+
+    /// The errors of `text` as `line:column message`.
+    fn errors(text: &str) -> Vec<String> {
+        check(text)
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .map(|d| {
+                assert!(d.help.is_some(), "every error says how to fix it: {d}");
+                let l = d.location.as_ref().expect("located");
+                format!("{}:{} {}", l.line, l.column, d.message)
+            })
+            .collect()
+    }
+
+    fn segment(allow: &str, jit: &str) -> String {
+        format!("[segment.db]\nports = [\"5432/tcp\"]\nallow = [{allow}]\n{jit}")
+    }
+
+    #[test]
+    fn a_windowed_allow_takes_its_zone_else_the_jit_tables_else_the_hosts() {
+        let text = segment(
+            r#""user:root", { identity = "group:oncall", windows = ["Mon-Fri 08:00-18:00"] }, { identity = "uid:7", windows = ["Sat 10:00:30-12:00"], timezone = "UTC" }"#,
+            "[segment.db.jit]\nmax_ttl = \"1h\"\ntimezone = \"Europe/Berlin\"\n",
+        );
+        let (segments, diagnostics) = parse_file(Path::new(FILE), &text);
+        // A jit timezone used by windowed allows is not "a timezone but no windows".
+        assert!(diagnostics.0.is_empty(), "{:?}", diagnostics.0);
+        let seg = &segments[0].segment;
+        assert_eq!(seg.allow.len(), 1);
+        assert_eq!(seg.windowed.len(), 2);
+        assert_eq!(seg.windowed[0].identity.to_string(), "group:oncall");
+        assert_eq!(
+            seg.windowed[0].windows.timezone.as_deref(),
+            Some("Europe/Berlin")
+        );
+        assert_eq!(seg.windowed[1].windows.timezone.as_deref(), Some("UTC"));
+        assert_eq!(seg.windowed[0].location.line, 3);
+        // Both identities are checked against the host like any other.
+        assert_eq!(segments[0].identities.len(), 3);
+        let plain = segment(r#"{ identity = "uid:7", windows = ["Mon 08:00-09:00"] }"#, "");
+        let (segments, _) = parse_file(Path::new(FILE), &plain);
+        assert_eq!(segments[0].segment.windowed[0].windows.timezone, None);
+    }
+
+    #[test]
+    fn check_names_the_place_of_each_mistake_in_a_windowed_allow() {
+        let text = segment(
+            r#"{ identity = "uid:7", windows = ["Mon 08:00-09:00"], zone = "UTC" },
+  { identity = "uid:8", windows = [] },
+  { identity = "uid:9", windows = ["Mon 25:00-26:00"] },
+  { identity = "uid:10", windows = ["Mon 09:00-09:00"] },
+  { windows = ["Mon 08:00-09:00"] },
+  { identity = "uid:11" },
+  { identity = "uid:12", windows = ["Mon 08:00-09:00"], timezone = "Mars/Olympus" },
+  { identity = "uid:13", windows = "Mon 08:00-09:00" },
+  42"#,
+            "",
+        );
+        let found = errors(&text);
+        let want = [
+            "3:63 unknown key `zone` in a windowed allow",
+            "4:35 a windowed allow of segment `db`: windows = [] never opens",
+            "5:36 window \"Mon 25:00-26:00\": a time is HH:MM or HH:MM:SS, 00:00 to 24:00",
+            "6:37 window \"Mon 09:00-09:00\": a window that ends when it starts is empty",
+            "7:3 a windowed allow has no identity",
+            "8:3 a windowed allow has no windows",
+            "9:68 unknown time zone \"Mars/Olympus\"",
+            "10:36 `windows` must be a list of strings, not a string",
+            "11:3 entries of `allow` are identities, not an integer",
+        ];
+        assert_eq!(found, want, "{found:#?}");
+    }
+
+    #[test]
+    fn a_window_where_it_cannot_apply_is_an_error_that_says_where_it_goes() {
+        // On the segment itself.
+        let text = "[segment.db]\nports = [\"5432/tcp\"]\nwindows = [\"Mon 08:00-09:00\"]\n";
+        let d = check(text);
+        assert_eq!(d[0].message, "unknown key `windows` in segment `db`");
+        assert!(d[0].help.as_deref().unwrap().contains("identity = "), "{}", d[0]);
+        // On an approver.
+        let text = "[segment.db]\nports = [\"5432/tcp\"]\n[segment.db.jit]\nmax_ttl = \"1h\"\napprovers = [{ identity = \"uid:7\", windows = [\"Mon 08:00-09:00\"] }]\n";
+        let d = check(text);
+        assert!(d[0].message.contains("entries of `approvers` are strings"), "{}", d[0]);
+        assert!(d[0].help.as_deref().unwrap().contains("not `approvers`"), "{}", d[0]);
+        // The same identity windowed twice, or plain and windowed.
+        let text = segment(
+            r#"{ identity = "uid:7", windows = ["Mon 08:00-09:00"] }, { identity = "uid:7", windows = ["Tue 08:00-09:00"] }, "uid:8", { identity = "uid:8", windows = ["Mon 08:00-09:00"] }"#,
+            "",
+        );
+        let found = errors(&text);
+        assert_eq!(found.len(), 2, "{found:#?}");
+        assert!(found[0].contains("two windowed allows"), "{found:#?}");
+        assert!(found[1].contains("both always and inside windows"), "{found:#?}");
+    }
+}
