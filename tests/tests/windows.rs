@@ -142,13 +142,21 @@ fn a_windowed_standing_allow_opens_and_closes_on_time() {
         let v: serde_json::Value = serde_json::from_str(&list).unwrap();
         let w = &v["ok"]["standing"][0]["window"];
         assert_eq!(w["open"], false, "{v}");
-        assert!(w["opens_at"].as_str().unwrap().contains(&hhmmss(start)), "{v}");
-        let out = agent.cli(&["explain", &format!("uid:{uid}"), &format!("{}/tcp", server.port())]);
+        assert!(
+            w["opens_at"].as_str().unwrap().contains(&hhmmss(start)),
+            "{v}"
+        );
+        let out = agent.cli(&[
+            "explain",
+            &format!("uid:{uid}"),
+            &format!("{}/tcp", server.port()),
+        ]);
         assert!(text(&out).contains("opens next at"), "{}", text(&out));
     }
     sleep_past(start);
     assert!(
-        eventually(Duration::from_secs(10), || client.tcp(server.addr) == Outcome::Ok),
+        eventually(Duration::from_secs(10), || client.tcp(server.addr)
+            == Outcome::Ok),
         "let in once the window opened"
     );
     let opened = agent
@@ -157,21 +165,37 @@ fn a_windowed_standing_allow_opens_and_closes_on_time() {
         .find(|r| r["event"] == "window_open")
         .expect("a window_open record");
     assert_eq!(opened["identity"], format!("uid:{uid}"));
-    assert!(opened["until_local"].as_str().unwrap().contains(&hhmmss(end)), "{opened}");
+    assert!(
+        opened["until_local"]
+            .as_str()
+            .unwrap()
+            .contains(&hhmmss(end)),
+        "{opened}"
+    );
     if unix_now() < end {
         let list = agent.ok(&["list"]);
         assert!(list.contains("windowed: open until"), "{list}");
-        let out = agent.cli(&["explain", &format!("uid:{uid}"), &format!("{}/tcp", server.port())]);
+        let out = agent.cli(&[
+            "explain",
+            &format!("uid:{uid}"),
+            &format!("{}/tcp", server.port()),
+        ]);
         assert!(text(&out).contains("open until"), "{}", text(&out));
     }
     sleep_past(end);
     // The kernel entry expired at the end: refused at once, not eventually.
-    assert_eq!(client.tcp(server.addr), Outcome::eperm(), "closed at the window's end");
+    assert_eq!(
+        client.tcp(server.addr),
+        Outcome::eperm(),
+        "closed at the window's end"
+    );
     assert!(
-        eventually(Duration::from_secs(10), || agent
-            .audit_records()
-            .iter()
-            .any(|r| r["event"] == "window_close" && r["next_open"].is_string())),
+        eventually(Duration::from_secs(10), || {
+            agent
+                .audit_records()
+                .iter()
+                .any(|r| r["event"] == "window_close" && r["next_open"].is_string())
+        }),
         "a window_close record naming the next opening"
     );
 }
@@ -184,10 +208,17 @@ fn a_windowed_allow_open_at_start_closes_in_the_kernel_with_the_agent_down() {
     let now = unix_now();
     // Inside the window at start: opened at once, until its end.
     let end = now + 20;
-    let mut agent = Agent::start(&windowed_allow(server.port(), uid, now - 120, end), &cg.path);
+    let mut agent = Agent::start(
+        &windowed_allow(server.port(), uid, now - 120, end),
+        &cg.path,
+    );
     let client = As::user(&cg.path, uid, uid);
     if unix_now() < end {
-        assert_eq!(client.tcp(server.addr), Outcome::Ok, "open at start, mid-window");
+        assert_eq!(
+            client.tcp(server.addr),
+            Outcome::Ok,
+            "open at start, mid-window"
+        );
     }
     // The kernel closes it, not the agent.
     agent.kill();

@@ -552,8 +552,7 @@ impl Agent {
         let mut view = view;
         if !view.allowed {
             if let Some(seg) = view.segment.clone() {
-                view.notes
-                    .extend(self.closed_window_notes(&seg, &resolved));
+                view.notes.extend(self.closed_window_notes(&seg, &resolved));
             }
         }
         Ok(Reply::Explained(Box::new(view)))

@@ -76,11 +76,7 @@ fn key_matches(key: &EntryKey, lookup: &Lookup) -> bool {
 impl Agent {
     /// Where `w` stands at `now`, before locks. A zone that cannot be read
     /// keeps it closed (fails closed), with why.
-    pub(super) fn window_at(
-        w: &WindowedAllow,
-        now: Timestamp,
-        boot_now: u64,
-    ) -> WindowState {
+    pub(super) fn window_at(w: &WindowedAllow, now: Timestamp, boot_now: u64) -> WindowState {
         match w.windows.at(now) {
             Ok(Standing::OpenUntil(until)) => WindowState::Open {
                 until,
@@ -180,10 +176,7 @@ impl Agent {
     /// applies the policy again (which opens and closes them). Returns
     /// whether one closed (its open flows are then to be swept).
     pub(crate) fn turn_windows(&mut self) -> bool {
-        if !self
-            .window_deadline
-            .is_some_and(|d| d <= clock::boot_ns())
-        {
+        if !self.window_deadline.is_some_and(|d| d <= clock::boot_ns()) {
             return false;
         }
         let open_before = self.open_windows();

@@ -614,10 +614,10 @@ fn article(type_name: &str) -> String {
     format!("{} {type_name}", if vowel { "an" } else { "a" })
 }
 
-/// `windows` and `timezone` of a jit table and of a windowed allow.
-mod windows;
 /// The `allow` list: plain and windowed allows.
 mod allow;
+/// `windows` and `timezone` of a jit table and of a windowed allow.
+mod windows;
 
 /// The `jit` table's `approvals_required`.
 mod approvals;

@@ -55,7 +55,10 @@ fn seconds(text: &str) -> Option<u32> {
     {
         return None;
     }
-    let n: Vec<u32> = parts.iter().map(|p| p.parse().ok()).collect::<Option<_>>()?;
+    let n: Vec<u32> = parts
+        .iter()
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
     let (h, m, s) = (n[0], n[1], n.get(2).copied().unwrap_or(0));
     let total = h * 3600 + m * 60 + s;
     ((h < 24 && m < 60 && s < 60) || total == DAY).then_some(total)

@@ -121,9 +121,10 @@ fn a_windowed_allow_opens_with_the_window_end_as_kernel_expiry_and_closes_at_it(
         f.kernel.maps().grants[&uid_key(seg, 41100)],
         agent_common::NEVER
     );
-    assert!(f.events().iter().any(
-        |e| matches!(e, AuditEvent::WindowOpen { identity, .. } if identity == "uid:41200")
-    ));
+    assert!(f
+        .events()
+        .iter()
+        .any(|e| matches!(e, AuditEvent::WindowOpen { identity, .. } if identity == "uid:41200")));
     let w = windowed_list(&a);
     assert!(w.open && w.closes_at.is_some(), "{w:?}");
     // The expiry timer's deadline is the window's end.
@@ -155,10 +156,10 @@ fn a_closed_windowed_allow_opens_nothing_and_explain_names_its_next_opening() {
     let seg = db_id(&f.kernel);
     assert!(!f.kernel.maps().grants.contains_key(&uid_key(seg, 41200)));
     // First seen closed: nothing happened, nothing audited.
-    assert!(!f
-        .events()
-        .iter()
-        .any(|e| matches!(e, AuditEvent::WindowClose { .. } | AuditEvent::WindowOpen { .. })));
+    assert!(!f.events().iter().any(|e| matches!(
+        e,
+        AuditEvent::WindowClose { .. } | AuditEvent::WindowOpen { .. }
+    )));
     let w = windowed_list(&a);
     assert!(!w.open && w.opens_at.is_some(), "{w:?}");
     let Reply::Explained(v) = a
@@ -188,7 +189,10 @@ fn a_restart_or_reload_inside_a_window_opens_it_at_once_until_its_end() {
     a.apply_policy(parse(&open)).unwrap();
     let expiry = f.kernel.maps().grants[&uid_key(seg, 41200)];
     let left = clock::remaining(expiry);
-    assert!(left > Duration::from_secs(500) && left <= Duration::from_secs(600), "{left:?}");
+    assert!(
+        left > Duration::from_secs(500) && left <= Duration::from_secs(600),
+        "{left:?}"
+    );
     let Reply::Explained(v) = a
         .explain(&cred(ROOT), Some("uid:41200"), None, "5432/tcp")
         .unwrap()
@@ -196,7 +200,11 @@ fn a_restart_or_reload_inside_a_window_opens_it_at_once_until_its_end() {
         panic!("explained")
     };
     assert!(v.allowed);
-    assert!(v.decided_by.contains("windowed") && v.decided_by.contains("open until"), "{}", v.decided_by);
+    assert!(
+        v.decided_by.contains("windowed") && v.decided_by.contains("open until"),
+        "{}",
+        v.decided_by
+    );
     drop(a);
     // A restart (same state directory) inside the window: open at once.
     f.kernel.maps().grants.clear();
@@ -212,10 +220,14 @@ fn a_lock_with_standing_keeps_a_window_closed_and_says_why() {
     let mut a = f.start(&windowed_allow(&hhmmss(-60), &hhmmss(600)));
     let seg = db_id(&f.kernel);
     assert!(f.kernel.maps().grants.contains_key(&uid_key(seg, 41200)));
-    a.lock(&cred(ROOT), "uid:41200", "left", None, true).unwrap();
+    a.lock(&cred(ROOT), "uid:41200", "left", None, true)
+        .unwrap();
     assert!(!f.kernel.maps().grants.contains_key(&uid_key(seg, 41200)));
     let w = windowed_list(&a);
-    assert!(!w.open && w.why.as_deref().is_some_and(|y| y.contains("locked")), "{w:?}");
+    assert!(
+        !w.open && w.why.as_deref().is_some_and(|y| y.contains("locked")),
+        "{w:?}"
+    );
     assert!(f.events().iter().any(|e| matches!(e,
         AuditEvent::WindowClose { why: Some(why), .. } if why.contains("locked"))));
 }

@@ -57,12 +57,10 @@ impl Parser<'_> {
                     Some(identity) => (identity, None),
                     None => continue,
                 },
-                Value::InlineTable(table) => {
-                    match self.windowed_entry(table, segment, zone, &at) {
-                        Some((identity, windows)) => (identity, Some(windows)),
-                        None => continue,
-                    }
-                }
+                Value::InlineTable(table) => match self.windowed_entry(table, segment, zone, &at) {
+                    Some((identity, windows)) => (identity, Some(windows)),
+                    None => continue,
+                },
                 other => {
                     let message = format!(
                         "entries of `allow` are identities, not {}",
@@ -239,7 +237,10 @@ mod tests {
         assert_eq!(seg.windowed[0].location.line, 3);
         // Both identities are checked against the host like any other.
         assert_eq!(segments[0].identities.len(), 3);
-        let plain = segment(r#"{ identity = "uid:7", windows = ["Mon 08:00-09:00"] }"#, "");
+        let plain = segment(
+            r#"{ identity = "uid:7", windows = ["Mon 08:00-09:00"] }"#,
+            "",
+        );
         let (segments, _) = parse_file(Path::new(FILE), &plain);
         assert_eq!(segments[0].segment.windowed[0].windows.timezone, None);
     }
@@ -279,12 +280,24 @@ mod tests {
         let text = "[segment.db]\nports = [\"5432/tcp\"]\nwindows = [\"Mon 08:00-09:00\"]\n";
         let d = check(text);
         assert_eq!(d[0].message, "unknown key `windows` in segment `db`");
-        assert!(d[0].help.as_deref().unwrap().contains("identity = "), "{}", d[0]);
+        assert!(
+            d[0].help.as_deref().unwrap().contains("identity = "),
+            "{}",
+            d[0]
+        );
         // On an approver.
         let text = "[segment.db]\nports = [\"5432/tcp\"]\n[segment.db.jit]\nmax_ttl = \"1h\"\napprovers = [{ identity = \"uid:7\", windows = [\"Mon 08:00-09:00\"] }]\n";
         let d = check(text);
-        assert!(d[0].message.contains("entries of `approvers` are strings"), "{}", d[0]);
-        assert!(d[0].help.as_deref().unwrap().contains("not `approvers`"), "{}", d[0]);
+        assert!(
+            d[0].message.contains("entries of `approvers` are strings"),
+            "{}",
+            d[0]
+        );
+        assert!(
+            d[0].help.as_deref().unwrap().contains("not `approvers`"),
+            "{}",
+            d[0]
+        );
         // The same identity windowed twice, or plain and windowed.
         let text = segment(
             r#"{ identity = "uid:7", windows = ["Mon 08:00-09:00"] }, { identity = "uid:7", windows = ["Tue 08:00-09:00"] }, "uid:8", { identity = "uid:8", windows = ["Mon 08:00-09:00"] }"#,
@@ -293,6 +306,9 @@ mod tests {
         let found = errors(&text);
         assert_eq!(found.len(), 2, "{found:#?}");
         assert!(found[0].contains("two windowed allows"), "{found:#?}");
-        assert!(found[1].contains("both always and inside windows"), "{found:#?}");
+        assert!(
+            found[1].contains("both always and inside windows"),
+            "{found:#?}"
+        );
     }
 }

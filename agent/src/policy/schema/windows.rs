@@ -24,7 +24,10 @@ impl Parser<'_> {
             None => {
                 self.error(
                     at,
-                    format!("`timezone` must be a string, not {}", article(item.type_name())),
+                    format!(
+                        "`timezone` must be a string, not {}",
+                        article(item.type_name())
+                    ),
                     r#"write timezone = "Europe/Berlin""#,
                 );
                 None
