@@ -176,7 +176,7 @@ impl Agent {
     /// applies the policy again (which opens and closes them). Returns
     /// whether one closed (its open flows are then to be swept).
     pub(crate) fn turn_windows(&mut self) -> bool {
-        if !self.window_deadline.is_some_and(|d| d <= clock::boot_ns()) {
+        if self.window_deadline.is_none_or(|d| d > clock::boot_ns()) {
             return false;
         }
         let open_before = self.open_windows();
