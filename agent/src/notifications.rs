@@ -193,7 +193,12 @@ impl Notifier {
         let json = event::payload(class, kind, record, &at, &self.host).to_string();
         let slack = wanted
             .iter()
-            .any(|s| matches!(s.sink.target, Target::Webhook { slack: true, .. }))
+            .any(|s| {
+                matches!(
+                    s.sink.target,
+                    Target::Webhook { slack: true, .. } | Target::WebhookFile { slack: true, .. }
+                )
+            })
             .then(|| event::slack_body(kind, record, &self.host).to_string());
         let item = Arc::new(Prepared { class, json, slack });
         for s in wanted {

@@ -87,6 +87,10 @@ impl fmt::Display for EventClass {
 pub(crate) enum Target {
     /// An HTTP(S) POST of the event; `slack`: a `{"text": ...}` body.
     Webhook { url: String, slack: bool },
+    /// A webhook whose URL is kept in a file of its own (`url_file`), read
+    /// by the agent at start ([`NotifyConfig::read_url_files`]): agent.toml
+    /// is world-readable (the CLI reads its `socket`), a secret is not.
+    WebhookFile { path: PathBuf, slack: bool },
     /// A program run with the event JSON on its standard input.
     Command { path: PathBuf },
 }
@@ -101,6 +105,11 @@ impl fmt::Debug for Target {
                 .field("url", &redact(url))
                 .field("slack", slack)
                 .finish(),
+            Self::WebhookFile { path, slack } => f
+                .debug_struct("WebhookFile")
+                .field("path", path)
+                .field("slack", slack)
+                .finish(),
             Self::Command { path } => f.debug_struct("Command").field("path", path).finish(),
         }
     }
@@ -113,6 +122,7 @@ impl fmt::Display for Target {
         match self {
             Self::Webhook { url, slack: false } => write!(f, "webhook {}", redact(url)),
             Self::Webhook { url, slack: true } => write!(f, "slack webhook {}", redact(url)),
+            Self::WebhookFile { path, .. } => write!(f, "webhook from {}", path.display()),
             Self::Command { path } => write!(f, "command {}", path.display()),
         }
     }
@@ -130,6 +140,37 @@ pub(crate) struct Sink {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct NotifyConfig {
     pub sinks: Vec<Sink>,
+}
+
+impl NotifyConfig {
+    /// The configuration with every `url_file` read: the agent's start
+    /// calls this (as root). The file must not be readable by others than
+    /// its owner and group, and must hold one URL (surrounding whitespace
+    /// ignored); its contents are never shown, only its path.
+    pub(crate) fn read_url_files(&self) -> Result<NotifyConfig, String> {
+        use std::os::unix::fs::MetadataExt;
+        let mut out = self.clone();
+        for sink in &mut out.sinks {
+            let Target::WebhookFile { path, slack } = &sink.target else {
+                continue;
+            };
+            let meta = std::fs::metadata(path)
+                .map_err(|e| format!("notify: cannot read url_file {}: {e}", path.display()))?;
+            if meta.mode() & 0o004 != 0 {
+                return Err(format!(
+                    "notify: url_file {} is readable by every user; it holds a webhook's secret: chmod o-r it (0600 or 0640)",
+                    path.display()
+                ));
+            }
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("notify: cannot read url_file {}: {e}", path.display()))?;
+            let url = text.trim().to_string();
+            check_url(&url)
+                .map_err(|e| format!("notify: url_file {}: {e}", path.display()))?;
+            sink.target = Target::Webhook { url, slack: *slack };
+        }
+        Ok(out)
+    }
 }
 
 /// Longest webhook URL taken.
@@ -217,5 +258,38 @@ mod tests {
             slack: true,
         };
         assert!(!format!("{t} {t:?}").contains("secret-token"));
+    }
+
+    #[test]
+    fn a_url_file_is_read_at_start_only_if_others_cannot_read_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("slack.url");
+        std::fs::write(&file, "https://hooks.example.com/T0/s3cret\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let config = NotifyConfig {
+            sinks: vec![Sink {
+                target: Target::WebhookFile {
+                    path: file.clone(),
+                    slack: true,
+                },
+                events: EventClass::all(),
+            }],
+        };
+        let read = config.read_url_files().unwrap();
+        assert_eq!(
+            read.sinks[0].target,
+            Target::Webhook {
+                url: "https://hooks.example.com/T0/s3cret".into(),
+                slack: true
+            }
+        );
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = config.read_url_files().unwrap_err();
+        assert!(e.contains("readable by every user"), "{e}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(&file, "not a url s3cret").unwrap();
+        let e = config.read_url_files().unwrap_err();
+        assert!(!e.contains("s3cret"), "{e}");
     }
 }

@@ -90,13 +90,16 @@ impl Queue {
 /// The sink's thread: takes events one by one and delivers each.
 pub(crate) fn run(target: Target, queue: Arc<Queue>, shared: Arc<Shared>) {
     let http = match target {
-        Target::Webhook { .. } => Some(http_agent()),
+        Target::Webhook { .. } | Target::WebhookFile { .. } => Some(http_agent()),
         Target::Command { .. } => None,
     };
     loop {
         let item = queue.pop();
         let body = match (&target, &item.slack) {
-            (Target::Webhook { slack: true, .. }, Some(slack)) => slack.as_bytes(),
+            (
+                Target::Webhook { slack: true, .. } | Target::WebhookFile { slack: true, .. },
+                Some(slack),
+            ) => slack.as_bytes(),
             _ => item.json.as_bytes(),
         };
         let first = Instant::now();
@@ -105,6 +108,8 @@ pub(crate) fn run(target: Target, queue: Arc<Queue>, shared: Arc<Shared>) {
             let tried = match &target {
                 Target::Webhook { url, .. } => post(http.as_ref().expect("webhook"), url, body),
                 Target::Command { path } => run_command(path, body),
+                // Read into a `Webhook` at start (`read_url_files`).
+                Target::WebhookFile { .. } => Err("the url_file was not read".into()),
             };
             let Err(why) = tried else { break Ok(()) };
             let wait = backoff(attempt);

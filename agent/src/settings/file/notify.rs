@@ -18,7 +18,7 @@ use crate::notifications::{config::check_url, EventClass, NotifyConfig, Sink, Ta
 
 /// The keys of `[notify]`, and of a sink written as a table.
 pub(super) const KEYS: [&str; 4] = ["webhooks", "commands", "events", "slack"];
-const WEBHOOK_KEYS: [&str; 3] = ["url", "slack", "events"];
+const WEBHOOK_KEYS: [&str; 4] = ["url", "url_file", "slack", "events"];
 const COMMAND_KEYS: [&str; 2] = ["path", "events"];
 
 /// Most sinks of each kind: each is a thread and a queue.
@@ -106,33 +106,39 @@ impl Checker<'_> {
         slack: bool,
         events: &BTreeSet<EventClass>,
     ) -> Option<Sink> {
-        let help = "write a URL string, or a table { url = \"https://...\", slack = true, events = [...] }";
+        let help = "write a URL string, or a table { url = \"https://...\" (or url_file = \"/etc/portcullis/NAME.url\"), slack = true, events = [...] }";
         let (url, slack, events) = match value {
             Value::String(url) => (url, slack, events.clone()),
             Value::Table(t) => {
                 self.unknown_keys(&t, &WEBHOOK_KEYS, "webhook", span.clone())?;
-                let Some(Value::String(url)) = t.get("url") else {
-                    self.error(
-                        span,
-                        "notify.webhooks: this entry has no url string".into(),
-                        help,
-                    );
-                    return None;
-                };
-                let slack = match t.get("slack") {
-                    None => slack,
-                    Some(Value::Boolean(b)) => *b,
-                    Some(_) => {
+                let slack = self.sink_slack(t.get("slack"), slack, span.clone(), help)?;
+                let events = self.sink_events(t.get("events"), span.clone(), events)?;
+                match (t.get("url"), t.get("url_file")) {
+                    (Some(Value::String(url)), None) => (url.clone(), slack, events),
+                    (None, Some(Value::String(file))) => {
+                        let path = PathBuf::from(file);
+                        if !path.is_absolute() {
+                            self.error(
+                                span,
+                                format!("notify.webhooks: url_file {file:?} is not an absolute path"),
+                                help,
+                            );
+                            return None;
+                        }
+                        return Some(Sink {
+                            target: Target::WebhookFile { path, slack },
+                            events,
+                        });
+                    }
+                    _ => {
                         self.error(
                             span,
-                            "notify.webhooks: slack must be true or false".into(),
+                            "notify.webhooks: this entry needs one url string or one url_file path".into(),
                             help,
                         );
                         return None;
                     }
-                };
-                let events = self.sink_events(t.get("events"), span.clone(), events)?;
-                (url.clone(), slack, events)
+                }
             }
             _ => {
                 self.error(
@@ -206,6 +212,24 @@ impl Checker<'_> {
             target: Target::Command { path },
             events,
         })
+    }
+
+    /// A webhook's own `slack`, else the table's.
+    fn sink_slack(
+        &mut self,
+        value: Option<&Value>,
+        default: bool,
+        span: Range<usize>,
+        help: &str,
+    ) -> Option<bool> {
+        match value {
+            None => Some(default),
+            Some(Value::Boolean(b)) => Some(*b),
+            Some(_) => {
+                self.error(span, "notify.webhooks: slack must be true or false".into(), help);
+                None
+            }
+        }
     }
 
     /// A sink's own `events`, else the table's.

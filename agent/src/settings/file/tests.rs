@@ -285,6 +285,22 @@ fn notify_defaults_to_no_sink_and_every_event() {
         .map(|s| matches!(s.target, Target::Webhook { slack: true, .. }))
         .collect();
     assert_eq!(slack, vec![true, false]);
+    // A secret URL kept in a file of its own, read when the agent starts.
+    let c = parse(
+        "[notify]\nwebhooks = [{ url_file = \"/etc/portcullis/slack.url\", slack = true }]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.notify.sinks[0].target,
+        Target::WebhookFile {
+            path: "/etc/portcullis/slack.url".into(),
+            slack: true
+        }
+    );
+    let e = errors("[notify]\nwebhooks = [{ url_file = \"slack.url\" }, { url = \"https://a.example/\", url_file = \"/x\" }]\n");
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e[0].contains("url_file \"slack.url\" is not an absolute path"), "{e:?}");
+    assert!(e[1].contains("needs one url string or one url_file path"), "{e:?}");
 }
 
 #[test]
