@@ -136,13 +136,19 @@ fn a_webhook_receives_the_request_and_the_approval_with_the_documented_fields() 
     );
     assert_eq!(e["ttl_secs"], 300, "{e}");
     assert_eq!(e["reason"], "INC-42 \"quoted\" <b>", "{e}");
-    assert_eq!(e["approve_command"], format!("portcullis approve {id}"), "{e}");
+    assert_eq!(
+        e["approve_command"],
+        format!("portcullis approve {id}"),
+        "{e}"
+    );
     assert!(e["at"].as_str().unwrap().ends_with('Z'), "{e}");
     // The approve command works as written.
     let gid = w.approve(id);
     assert_eq!(w.alice_connects(), Outcome::Ok);
     let d = rx
-        .wait_for(WAIT, |d| is(d, "approve", id) && d.body["audit_event"] == "approve")
+        .wait_for(WAIT, |d| {
+            is(d, "approve", id) && d.body["audit_event"] == "approve"
+        })
         .expect("the approval reaches the webhook");
     let e = &d.body;
     assert_eq!(e["grant_id"], gid, "{e}");
@@ -153,7 +159,9 @@ fn a_webhook_receives_the_request_and_the_approval_with_the_documented_fields() 
     assert_eq!(e["approve_command"], Value::Null, "decided: {e}");
     // The grant the approval opened is its own event, with its ports.
     let g = rx
-        .wait_for(WAIT, |d| d.body["event"] == "grant" && d.body["grant_id"] == gid)
+        .wait_for(WAIT, |d| {
+            d.body["event"] == "grant" && d.body["grant_id"] == gid
+        })
         .expect("the grant reaches the webhook");
     assert_eq!(g.body["request_id"], id);
     // Every notification was written to the audit log first.
@@ -200,7 +208,10 @@ fn a_webhook_that_never_answers_delays_no_approval_and_gets_its_events_once_it_a
         .map(|d| d.body["audit_event"].as_str().unwrap_or("").to_string())
         .collect();
     let first = |k: &str| order.iter().position(|o| o == k).unwrap();
-    assert!(first("request") < first("grant") && first("grant") < first("approve"), "{order:?}");
+    assert!(
+        first("request") < first("grant") && first("grant") < first("approve"),
+        "{order:?}"
+    );
 }
 
 #[test]
@@ -229,7 +240,10 @@ fn a_webhook_that_is_down_is_retried_and_gets_the_event_once_it_is_up() {
         "portcullis_notifications_total{outcome=\"sent\"}"
     ) >= 1.0));
     assert_eq!(
-        metric(metrics, "portcullis_notifications_total{outcome=\"failed\"}"),
+        metric(
+            metrics,
+            "portcullis_notifications_total{outcome=\"failed\"}"
+        ),
         0.0
     );
     // Only what was asked for: the approval is not sent to this sink.
@@ -250,10 +264,7 @@ fn a_command_gets_the_event_as_json_on_stdin_and_slack_gets_escaped_text() {
     let script = dir.join("sink.sh");
     fs::write(
         &script,
-        format!(
-            "#!/bin/sh\n{{ cat; echo; }} >> {}\n",
-            out.display()
-        ),
+        format!("#!/bin/sh\n{{ cat; echo; }} >> {}\n", out.display()),
     )
     .unwrap();
     fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
@@ -336,7 +347,9 @@ fn a_bad_notify_table_stops_the_agent_with_the_place_and_the_nearest_name() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains("agent.toml:2:11: notify: unknown event \"aprove\": did you mean \"approve\"?"),
+        err.contains(
+            "agent.toml:2:11: notify: unknown event \"aprove\": did you mean \"approve\"?"
+        ),
         "{err}"
     );
     let _ = fs::remove_dir_all(&dir);

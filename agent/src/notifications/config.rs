@@ -165,8 +165,7 @@ impl NotifyConfig {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("notify: cannot read url_file {}: {e}", path.display()))?;
             let url = text.trim().to_string();
-            check_url(&url)
-                .map_err(|e| format!("notify: url_file {}: {e}", path.display()))?;
+            check_url(&url).map_err(|e| format!("notify: url_file {}: {e}", path.display()))?;
             sink.target = Target::Webhook { url, slack: *slack };
         }
         Ok(out)

@@ -120,7 +120,9 @@ impl Checker<'_> {
                         if !path.is_absolute() {
                             self.error(
                                 span,
-                                format!("notify.webhooks: url_file {file:?} is not an absolute path"),
+                                format!(
+                                    "notify.webhooks: url_file {file:?} is not an absolute path"
+                                ),
                                 help,
                             );
                             return None;
@@ -133,7 +135,8 @@ impl Checker<'_> {
                     _ => {
                         self.error(
                             span,
-                            "notify.webhooks: this entry needs one url string or one url_file path".into(),
+                            "notify.webhooks: this entry needs one url string or one url_file path"
+                                .into(),
                             help,
                         );
                         return None;
@@ -226,7 +229,11 @@ impl Checker<'_> {
             None => Some(default),
             Some(Value::Boolean(b)) => Some(*b),
             Some(_) => {
-                self.error(span, "notify.webhooks: slack must be true or false".into(), help);
+                self.error(
+                    span,
+                    "notify.webhooks: slack must be true or false".into(),
+                    help,
+                );
                 None
             }
         }

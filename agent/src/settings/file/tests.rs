@@ -74,10 +74,13 @@ fn the_documented_example_parses_to_what_it_says() {
 
 #[test]
 fn every_key_is_read() {
-    let three: std::collections::BTreeSet<EventClass> =
-        [EventClass::Request, EventClass::Approve, EventClass::BreakGlass]
-            .into_iter()
-            .collect();
+    let three: std::collections::BTreeSet<EventClass> = [
+        EventClass::Request,
+        EventClass::Approve,
+        EventClass::BreakGlass,
+    ]
+    .into_iter()
+    .collect();
     let c = parse(
         r#"
 policy_dir = "/srv/policies"
@@ -299,21 +302,41 @@ fn notify_defaults_to_no_sink_and_every_event() {
     );
     let e = errors("[notify]\nwebhooks = [{ url_file = \"slack.url\" }, { url = \"https://a.example/\", url_file = \"/x\" }]\n");
     assert_eq!(e.len(), 2, "{e:?}");
-    assert!(e[0].contains("url_file \"slack.url\" is not an absolute path"), "{e:?}");
-    assert!(e[1].contains("needs one url string or one url_file path"), "{e:?}");
+    assert!(
+        e[0].contains("url_file \"slack.url\" is not an absolute path"),
+        "{e:?}"
+    );
+    assert!(
+        e[1].contains("needs one url string or one url_file path"),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn notify_problems_are_located_and_unknown_events_get_the_nearest_name() {
     let e = errors("[notify]\nevents = [\"request\", \"aprove\"]\n");
     assert_eq!(e.len(), 1, "{e:?}");
-    assert!(e[0].starts_with(&format!("error: {FILE}:2:22: notify: unknown event \"aprove\": did you mean \"approve\"?")), "{e:?}");
+    assert!(
+        e[0].starts_with(&format!(
+            "error: {FILE}:2:22: notify: unknown event \"aprove\": did you mean \"approve\"?"
+        )),
+        "{e:?}"
+    );
     let e = errors("[notify]\nwebhooks = [\"ftp://x.example/\", { url = \"https://ok.example/\", slak = true }]\ncommands = [\"page.sh\", { path = \"/bin/true\", events = [\"grnat\"] }]\nevents = []\n");
     let all = e.join("\n");
     assert_eq!(e.len(), 5, "{all}");
-    assert!(all.contains(":2:13: notify.webhooks: ftp://x.example is not an http(s) URL"), "{all}");
-    assert!(all.contains("unknown webhook key `slak`") && all.contains("did you mean `slack`?"), "{all}");
-    assert!(all.contains(":3:13: notify.commands: \"page.sh\" is not an absolute path"), "{all}");
+    assert!(
+        all.contains(":2:13: notify.webhooks: ftp://x.example is not an http(s) URL"),
+        "{all}"
+    );
+    assert!(
+        all.contains("unknown webhook key `slak`") && all.contains("did you mean `slack`?"),
+        "{all}"
+    );
+    assert!(
+        all.contains(":3:13: notify.commands: \"page.sh\" is not an absolute path"),
+        "{all}"
+    );
     assert!(all.contains("did you mean \"grant\"?"), "{all}");
     assert!(all.contains(":4:10: notify.events is empty"), "{all}");
     // A key of the table misspelt: serde stops there, with the nearest key.
