@@ -121,6 +121,8 @@ pub(crate) struct AuditLog {
     backlog: VecDeque<(String, Map<String, Value>)>,
     /// Records dropped because the backlog was full.
     lost: u64,
+    /// Where written records go out as notifications (`[notify]`).
+    notifier: Option<crate::notifications::Notifier>,
 }
 
 impl AuditLog {
@@ -176,7 +178,19 @@ impl AuditLog {
             write_failures: 0,
             backlog: VecDeque::new(),
             lost: 0,
+            notifier: None,
         })
+    }
+
+    /// From now on, every record a sink wants is offered to `notifier`
+    /// once it is written (fsynced).
+    pub(crate) fn set_notifier(&mut self, notifier: crate::notifications::Notifier) {
+        self.notifier = Some(notifier);
+    }
+
+    /// The notifications' counters; `None` without `[notify]` sinks.
+    pub(crate) fn notify_stats(&self) -> Option<crate::notifications::NotifyStats> {
+        self.notifier.as_ref().map(|n| n.stats())
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -228,10 +242,23 @@ impl AuditLog {
 
     /// Writes the queued records, if any (called on a timer, so they do
     /// not wait for the next event once the disk has room again).
+    /// Also audits the notifications' failures, once per burst.
     pub(crate) fn retry(&mut self) {
         if !self.backlog.is_empty() || self.lost > 0 {
             let result = self.flush_backlog().map(|()| String::new());
             let _ = self.note("backlog", result);
+        }
+        let failures = self
+            .notifier
+            .as_ref()
+            .and_then(|n| n.take_failures(std::time::Instant::now()));
+        if let Some(f) = failures {
+            let _ = self.record(AuditEvent::NotifyFailed {
+                failed: f.failed,
+                dropped: f.dropped,
+                sinks: f.sinks,
+                last_error: f.last_error,
+            });
         }
     }
 
@@ -291,7 +318,26 @@ impl AuditLog {
         Ok(())
     }
 
+    /// Writes one record and, once it is durable, offers it to the
+    /// notifier (records from the backlog included: they go out late).
     fn write_record(
+        &mut self,
+        event: &str,
+        fields: Map<String, Value>,
+    ) -> Result<String, AuditError> {
+        let copy = self
+            .notifier
+            .as_ref()
+            .filter(|n| n.wants(event))
+            .map(|_| fields.clone());
+        let hash = self.write_chained(event, fields)?;
+        if let (Some(n), Some(fields)) = (&self.notifier, copy) {
+            n.offer(event, &fields);
+        }
+        Ok(hash)
+    }
+
+    fn write_chained(
         &mut self,
         event: &str,
         fields: Map<String, Value>,

@@ -21,6 +21,8 @@
 //! - `connlimit`: how many control connections are served, per uid and for root.
 //! - `termtext`: free text the agent refuses, and the one escaping function for output.
 //! - `audit`: the hash-chained audit log, its rotation, and `portcullis audit`.
+//! - `notifications`: `[notify]` webhooks and commands, fed by the audit writer, delivered
+//!   off the agent's path by a thread per sink.
 //! - `denylog`: kernel deny events → the deny log and the journal, rate limited.
 //! - `metrics`: the Prometheus snapshot, exposition and endpoint; `observe` takes the
 //!   snapshot from the agent and starts the deny-log reader and the endpoint.
@@ -64,6 +66,7 @@ pub(crate) mod ledger;
 pub(crate) mod lock;
 pub(crate) mod metrics;
 pub(crate) mod mounts;
+pub(crate) mod notifications;
 pub(crate) mod notify;
 pub(crate) mod observe;
 pub(crate) mod pindir;

@@ -143,6 +143,8 @@ pub(crate) struct Snapshot {
     pub journal_queued: u64,
     /// The deny log's counters, once its reader runs.
     pub denies: Option<DenyLogView>,
+    /// The notifications' counters; `None` without `[notify]` sinks.
+    pub notify: Option<crate::notifications::NotifyStats>,
     pub revoke_latency: Histogram,
 }
 
@@ -167,6 +169,7 @@ impl Default for Snapshot {
             journal_writable: false,
             journal_queued: 0,
             denies: None,
+            notify: None,
             revoke_latency: Histogram::new(&LATENCY_BUCKETS),
         }
     }

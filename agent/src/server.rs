@@ -129,7 +129,20 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
     if let Err(e) = crate::kernlog::KernelLog::open(dataplane.ebpf_mut()).and_then(|k| k.serve()) {
         tracing::warn!("kernel debug lines unavailable: {e}");
     }
-    let audit = AuditLog::open_with(&opts.audit_log, opts.audit_rotation)?;
+    let mut audit = AuditLog::open_with(&opts.audit_log, opts.audit_rotation)?;
+    // Notifications go out from the audit writer, after each record is
+    // durable; a thread per sink delivers them. A secret URL's file is
+    // read now, as root.
+    let notify = opts.notify.read_url_files().map_err(anyhow::Error::msg)?;
+    if let Some(n) =
+        crate::notifications::Notifier::start(&notify, &crate::notifications::host_name())
+            .context("starting the notification threads")?
+    {
+        for s in &notify.sinks {
+            info!(sink = %s.target, events = ?s.events, "notifications on");
+        }
+        audit.set_notifier(n);
+    }
     let mut agent = Agent::start(
         policy,
         Box::new(dataplane),

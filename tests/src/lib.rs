@@ -29,6 +29,7 @@ pub mod session;
 pub mod traffic;
 pub mod units;
 pub mod users;
+pub mod webhook;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 

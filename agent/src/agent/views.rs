@@ -343,6 +343,7 @@ impl Agent {
             journal_writable: self.journal_health().0.is_none(),
             journal_queued: self.journal_health().1 as u64,
             denies: None,
+            notify: self.audit.notify_stats(),
             revoke_latency: self.metrics.revoke_latency.clone(),
         }
     }

@@ -314,6 +314,17 @@ pub(crate) enum AuditEvent {
         count: u64,
         why: String,
     },
+    /// Notifications (`[notify]`) not delivered since the last such record:
+    /// given up after their retries, or dropped from a full queue. At most
+    /// one a minute.
+    NotifyFailed {
+        failed: u64,
+        dropped: u64,
+        /// The sinks concerned, as logs name them (a webhook by scheme,
+        /// host and port only: its path may be a secret).
+        sinks: Vec<String>,
+        last_error: Option<String>,
+    },
     /// A record this version cannot read as one of the kinds above: a kind
     /// written by a newer version, or a known kind whose fields have another
     /// shape (an older or hand-edited record). Kept whole, `event` included,
@@ -325,7 +336,7 @@ pub(crate) enum AuditEvent {
 impl AuditEvent {
     /// Every kind this version writes, as named on disk (the docs test,
     /// and `audit --event`'s check).
-    pub(crate) const KINDS: [&'static str; 29] = [
+    pub(crate) const KINDS: [&'static str; 30] = [
         "agent_start",
         "agent_stop",
         "grant",
@@ -355,6 +366,7 @@ impl AuditEvent {
         "uninstall",
         "rotate",
         "records_lost",
+        "notify_failed",
     ];
 
     /// The event's name as written in the `event` field. Exhaustive: a new
@@ -391,6 +403,7 @@ impl AuditEvent {
             Self::Uninstall { .. } => "uninstall",
             Self::Rotate { .. } => "rotate",
             Self::RecordsLost { .. } => "records_lost",
+            Self::NotifyFailed { .. } => "notify_failed",
             Self::Other(_) => "other",
         }
     }
@@ -439,7 +452,8 @@ impl AuditEvent {
             | Self::EnforcementRepaired { .. }
             | Self::Uninstall { .. }
             | Self::Rotate { .. }
-            | Self::RecordsLost { .. } => None,
+            | Self::RecordsLost { .. }
+            | Self::NotifyFailed { .. } => None,
         }
     }
 
@@ -475,7 +489,8 @@ impl AuditEvent {
             | Self::EnforcementRepaired { .. }
             | Self::Uninstall { .. }
             | Self::Rotate { .. }
-            | Self::RecordsLost { .. } => None,
+            | Self::RecordsLost { .. }
+            | Self::NotifyFailed { .. } => None,
         }
     }
 
@@ -512,6 +527,7 @@ impl AuditEvent {
             | Self::StateCorrupt { .. }
             | Self::Rotate { .. }
             | Self::RecordsLost { .. }
+            | Self::NotifyFailed { .. }
             | Self::Other(_) => None,
         }
     }

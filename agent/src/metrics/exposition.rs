@@ -257,6 +257,36 @@ pub(crate) fn render(s: &Snapshot) -> String {
             n(v.write_failures),
         );
     }
+    if let Some(v) = &s.notify {
+        e.family(
+            "portcullis_notifications_total",
+            "counter",
+            "Notifications ([notify] sinks), by what became of them: sent (one per event and sink), failed (given up after the retries), dropped (a full queue).",
+        );
+        for (outcome, count) in [
+            ("sent", v.sent),
+            ("failed", v.failed),
+            ("dropped", v.dropped),
+        ] {
+            e.sample(
+                "portcullis_notifications_total",
+                &[("outcome", outcome)],
+                n(count),
+            );
+        }
+        e.single(
+            "portcullis_notification_retries_total",
+            "counter",
+            "Delivery tries after a failed one.",
+            n(v.retries),
+        );
+        e.single(
+            "portcullis_notifications_queued",
+            "gauge",
+            "Events waiting in the sinks' queues.",
+            n(v.queued),
+        );
+    }
     e.histogram(
         "portcullis_revocation_enforcement_seconds",
         "Time from the agent handling a revocation to the kernel map delete returning (enforced from then on).",
@@ -340,5 +370,23 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("portcullis_deny_events_total{"), "{text}");
+        assert!(!text.contains("portcullis_notifications_total"), "{text}");
+        s.notify = Some(crate::notifications::NotifyStats {
+            sent: 4,
+            failed: 1,
+            dropped: 2,
+            retries: 3,
+            queued: 5,
+        });
+        let text = render(&s);
+        for line in [
+            "portcullis_notifications_total{outcome=\"sent\"} 4\n",
+            "portcullis_notifications_total{outcome=\"failed\"} 1\n",
+            "portcullis_notifications_total{outcome=\"dropped\"} 2\n",
+            "portcullis_notification_retries_total 3\n",
+            "portcullis_notifications_queued 5\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from\n{text}");
+        }
     }
 }

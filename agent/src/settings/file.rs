@@ -27,8 +27,10 @@ use crate::{
 /// Where `portcullis agent` looks when `--config` is not given.
 pub(crate) const DEFAULT_PATH: &str = "/etc/portcullis/agent.toml";
 
+mod notify;
+
 /// Every key the file may hold, for "did you mean" hints.
-const KEYS: [&str; 26] = [
+const KEYS: [&str; 27] = [
     "policy_dir",
     "socket",
     "socket_mode",
@@ -55,6 +57,7 @@ const KEYS: [&str; 26] = [
     "policy_symlinks_outside",
     "mode",
     "discovery",
+    "notify",
 ];
 
 /// The agent's settings from the file, with the documented default for
@@ -115,6 +118,8 @@ pub(crate) struct AgentConfig {
     pub mode: Option<crate::policy::Mode>,
     /// Whether the kernel records who reaches which port (`portcullis discover`).
     pub discovery: bool,
+    /// `[notify]`: where events go out to people (none by default).
+    pub notify: crate::notifications::NotifyConfig,
 }
 
 impl Default for AgentConfig {
@@ -147,6 +152,7 @@ impl Default for AgentConfig {
             policy_symlinks_outside: false,
             mode: None,
             discovery: true,
+            notify: Default::default(),
         }
     }
 }
@@ -196,6 +202,7 @@ struct RawConfig {
     policy_symlinks_outside: Option<bool>,
     mode: Option<Spanned<String>>,
     discovery: Option<bool>,
+    notify: Option<notify::RawNotify>,
 }
 
 /// A mode is written as a string of octal digits; a TOML integer is taken
@@ -429,6 +436,9 @@ impl AgentConfig {
                 ),
             }
         }
+        if let Some(n) = raw.notify {
+            config.notify = check.notify(n);
+        }
         if check.diagnostics.has_errors() {
             Err(check.diagnostics)
         } else {
@@ -444,6 +454,7 @@ fn serde_help(message: &str) -> String {
         .and_then(|rest| rest.split('`').next());
     let near = unknown.and_then(|name| {
         KEYS.iter()
+            .chain(notify::KEYS.iter())
             .map(|k| (strsim::jaro_winkler(name, k), *k))
             .filter(|(score, _)| *score > 0.8)
             .max_by(|a, b| a.0.total_cmp(&b.0))

@@ -265,6 +265,12 @@ fn one_of_each() -> Vec<AuditEvent> {
             count: 3,
             why: s("full"),
         },
+        AuditEvent::NotifyFailed {
+            failed: 2,
+            dropped: 1,
+            sinks: vec![s("webhook https://hooks.example.com/…")],
+            last_error: Some(s("webhook https://hooks.example.com/…: answered HTTP 500")),
+        },
     ]
 }
 

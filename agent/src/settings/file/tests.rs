@@ -1,5 +1,6 @@
 //! Inline-TOML tests of the configuration file's parser.
 use super::*;
+use crate::notifications::{EventClass, NotifyConfig, Sink, Target};
 
 const FILE: &str = "/etc/portcullis/agent.toml";
 
@@ -73,6 +74,13 @@ fn the_documented_example_parses_to_what_it_says() {
 
 #[test]
 fn every_key_is_read() {
+    let three: std::collections::BTreeSet<EventClass> = [
+        EventClass::Request,
+        EventClass::Approve,
+        EventClass::BreakGlass,
+    ]
+    .into_iter()
+    .collect();
     let c = parse(
         r#"
 policy_dir = "/srv/policies"
@@ -101,6 +109,11 @@ policy_symlinks_outside = true
 mode = "audit"
 discovery = false
 peer_filter = "tc"
+
+[notify]
+webhooks = ["https://hooks.example.com/pc", { url = "https://hooks.slack.example/T/B/X", slack = true, events = ["request"] }]
+commands = ["/usr/local/bin/page"]
+events = ["request", "approve", "break_glass"]
 "#,
     )
     .unwrap();
@@ -133,9 +146,33 @@ peer_filter = "tc"
             mode: Some(crate::policy::Mode::Audit),
             discovery: false,
             peer_filter: crate::dataplane::Placement::Tc,
+            notify: NotifyConfig {
+                sinks: vec![
+                    Sink {
+                        target: Target::Webhook {
+                            url: "https://hooks.example.com/pc".into(),
+                            slack: false
+                        },
+                        events: three.clone(),
+                    },
+                    Sink {
+                        target: Target::Webhook {
+                            url: "https://hooks.slack.example/T/B/X".into(),
+                            slack: true
+                        },
+                        events: [EventClass::Request].into_iter().collect(),
+                    },
+                    Sink {
+                        target: Target::Command {
+                            path: "/usr/local/bin/page".into()
+                        },
+                        events: three,
+                    },
+                ],
+            },
         }
     );
-    assert_eq!(KEYS.len(), 26, "KEYS lists every field");
+    assert_eq!(KEYS.len(), 27, "KEYS lists every field");
 }
 
 #[test]
@@ -231,4 +268,81 @@ fn a_missing_default_file_means_defaults_but_a_named_one_is_an_error() {
     std::fs::write(&missing, "max_peers = 0\n").unwrap();
     let e = AgentConfig::load(&missing, false).unwrap_err().to_string();
     assert!(e.contains("agent.toml:1:13: max_peers 0"), "{e}");
+}
+
+#[test]
+fn notify_defaults_to_no_sink_and_every_event() {
+    let c = parse("[notify]\nslack = true\n").unwrap();
+    assert!(c.notify.sinks.is_empty());
+    let c = parse("[notify]\nwebhooks = [\"http://127.0.0.1:9/h\"]\n").unwrap();
+    assert_eq!(c.notify.sinks[0].events, EventClass::all());
+    // The table's `slack` is the default of URL entries; an entry's wins.
+    let c = parse(
+        "[notify]\nslack = true\nwebhooks = [\"https://a.example/x\", { url = \"https://b.example/y\", slack = false }]\n",
+    )
+    .unwrap();
+    let slack: Vec<bool> = c
+        .notify
+        .sinks
+        .iter()
+        .map(|s| matches!(s.target, Target::Webhook { slack: true, .. }))
+        .collect();
+    assert_eq!(slack, vec![true, false]);
+    // A secret URL kept in a file of its own, read when the agent starts.
+    let c = parse(
+        "[notify]\nwebhooks = [{ url_file = \"/etc/portcullis/slack.url\", slack = true }]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.notify.sinks[0].target,
+        Target::WebhookFile {
+            path: "/etc/portcullis/slack.url".into(),
+            slack: true
+        }
+    );
+    let e = errors("[notify]\nwebhooks = [{ url_file = \"slack.url\" }, { url = \"https://a.example/\", url_file = \"/x\" }]\n");
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e[0].contains("url_file \"slack.url\" is not an absolute path"),
+        "{e:?}"
+    );
+    assert!(
+        e[1].contains("needs one url string or one url_file path"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn notify_problems_are_located_and_unknown_events_get_the_nearest_name() {
+    let e = errors("[notify]\nevents = [\"request\", \"aprove\"]\n");
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with(&format!(
+            "error: {FILE}:2:22: notify: unknown event \"aprove\": did you mean \"approve\"?"
+        )),
+        "{e:?}"
+    );
+    let e = errors("[notify]\nwebhooks = [\"ftp://x.example/\", { url = \"https://ok.example/\", slak = true }]\ncommands = [\"page.sh\", { path = \"/bin/true\", events = [\"grnat\"] }]\nevents = []\n");
+    let all = e.join("\n");
+    assert_eq!(e.len(), 5, "{all}");
+    assert!(
+        all.contains(":2:13: notify.webhooks: ftp://x.example is not an http(s) URL"),
+        "{all}"
+    );
+    assert!(
+        all.contains("unknown webhook key `slak`") && all.contains("did you mean `slack`?"),
+        "{all}"
+    );
+    assert!(
+        all.contains(":3:13: notify.commands: \"page.sh\" is not an absolute path"),
+        "{all}"
+    );
+    assert!(all.contains("did you mean \"grant\"?"), "{all}");
+    assert!(all.contains(":4:10: notify.events is empty"), "{all}");
+    // A key of the table misspelt: serde stops there, with the nearest key.
+    let e = errors("[notify]\nwebhook = []\n");
+    assert!(e[0].contains("did you mean `webhooks`?"), "{e:?}");
+    // No secret of a URL in a problem about it.
+    let e = errors("[notify]\nwebhooks = [\"https://hooks.example/T0/s3cret x\"]\n");
+    assert!(!e.join("").contains("s3cret"), "{e:?}");
 }
