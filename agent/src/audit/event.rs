@@ -57,6 +57,23 @@ pub(crate) enum AuditEvent {
         reason: Option<String>,
         expires_at: String,
         actor: Actor,
+        /// The live grant this request asks to extend (a grantee's
+        /// `portcullis extend`), if it is one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        extends: Option<u64>,
+    },
+    /// Access opened at once without an approver (`request --break-glass`),
+    /// written before the grant's own `grant` record, for review
+    /// (`portcullis report break-glass`).
+    BreakGlass {
+        grant_id: u64,
+        segment: String,
+        identity: String,
+        ports: Vec<String>,
+        ttl_secs: u64,
+        expires_at: String,
+        reason: String,
+        actor: Actor,
     },
     Approve {
         request_id: u64,
@@ -93,6 +110,9 @@ pub(crate) enum AuditEvent {
         previous_expires_at: String,
         reason: Option<String>,
         actor: Actor,
+        /// The grantee's extension request this approval decided, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<u64>,
     },
     Deny {
         request_id: u64,
@@ -296,7 +316,7 @@ pub(crate) enum AuditEvent {
 impl AuditEvent {
     /// Every kind this version writes, as named on disk (the docs test,
     /// and `audit --event`'s check).
-    pub(crate) const KINDS: [&'static str; 27] = [
+    pub(crate) const KINDS: [&'static str; 28] = [
         "agent_start",
         "agent_stop",
         "grant",
@@ -305,6 +325,7 @@ impl AuditEvent {
         "approve",
         "approval",
         "extend",
+        "break_glass",
         "deny",
         "request_expire",
         "request_dropped",
@@ -339,6 +360,7 @@ impl AuditEvent {
             Self::Approve { .. } => "approve",
             Self::Approval { .. } => "approval",
             Self::Extend { .. } => "extend",
+            Self::BreakGlass { .. } => "break_glass",
             Self::Deny { .. } => "deny",
             Self::RequestExpire { .. } => "request_expire",
             Self::RequestDropped { .. } => "request_dropped",
@@ -383,6 +405,7 @@ impl AuditEvent {
             | Self::Approve { segment, .. }
             | Self::Approval { segment, .. }
             | Self::Extend { segment, .. }
+            | Self::BreakGlass { segment, .. }
             | Self::Deny { segment, .. }
             | Self::RequestExpire { segment, .. }
             | Self::RequestDropped { segment, .. }
@@ -417,6 +440,7 @@ impl AuditEvent {
             | Self::Approve { identity, .. }
             | Self::Approval { identity, .. }
             | Self::Extend { identity, .. }
+            | Self::BreakGlass { identity, .. }
             | Self::Deny { identity, .. }
             | Self::RequestExpire { identity, .. }
             | Self::RequestDropped { identity, .. }
@@ -452,6 +476,7 @@ impl AuditEvent {
             | Self::Approve { actor, .. }
             | Self::Approval { actor, .. }
             | Self::Extend { actor, .. }
+            | Self::BreakGlass { actor, .. }
             | Self::Deny { actor, .. }
             | Self::Revoke { actor, .. }
             | Self::Expire { actor, .. }
