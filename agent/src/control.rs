@@ -326,6 +326,9 @@ pub(crate) struct RequestView {
     /// How many distinct approvers the segment requires.
     #[serde(default = "one")]
     pub approvals_required: u32,
+    /// The live grant this request asks to extend (a grantee's `extend`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extends: Option<u64>,
 }
 
 fn one() -> u32 {

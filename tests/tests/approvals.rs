@@ -222,7 +222,15 @@ fn extend_lengthens_a_live_grant_without_a_gap_and_is_bounded() {
     let asked = w
         .as_user(
             &w.alice,
-            &["extend", &id, "--ttl", "2m", "--reason", "INC-9 still open", "--json"],
+            &[
+                "extend",
+                &id,
+                "--ttl",
+                "2m",
+                "--reason",
+                "INC-9 still open",
+                "--json",
+            ],
         )
         .ok()
         .json();

@@ -245,6 +245,7 @@ impl Agent {
             decision_reason: None,
             approvals: Vec::new(),
             approvals_required: self.approvals_required(&segment),
+            extends: num(asked, "extends"),
         };
         for r in records {
             let approval = |r: &Record| ApprovalView {

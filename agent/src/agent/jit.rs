@@ -456,6 +456,7 @@ impl Agent {
             decision_reason,
             approvals: self.approval_views(r),
             approvals_required: self.approvals_required(&r.segment),
+            extends: r.extends,
         }
     }
 

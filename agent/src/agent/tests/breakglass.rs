@@ -55,8 +55,10 @@ fn break_glass_opens_at_once_capped_and_audited() {
     let events = f.events();
     let at = events
         .iter()
-        .position(|e| matches!(e, AuditEvent::BreakGlass { grant_id, reason, ttl_secs, .. }
-            if *grant_id == g.id && reason == "INC-7: primary down" && *ttl_secs == 1200))
+        .position(|e| {
+            matches!(e, AuditEvent::BreakGlass { grant_id, reason, ttl_secs, .. }
+            if *grant_id == g.id && reason == "INC-7: primary down" && *ttl_secs == 1200)
+        })
         .expect("a break_glass record");
     assert!(
         matches!(&events[at + 1], AuditEvent::Grant { grant_id, .. } if *grant_id == g.id),
@@ -103,7 +105,11 @@ fn break_glass_is_refused_without_its_conditions() {
     let g = Fixture::new(FakeKernel::default());
     let mut b = g.start(POLICY);
     let e = b.break_glass(&cred(USER), "db", None, "INC-7").unwrap_err();
-    assert!(e.message.contains("does not allow break-glass"), "{}", e.message);
+    assert!(
+        e.message.contains("does not allow break-glass"),
+        "{}",
+        e.message
+    );
     assert!(g
         .events()
         .iter()
@@ -122,8 +128,14 @@ fn a_grantees_extend_is_a_request_whose_approval_extends_in_place() {
     let f = Fixture::new(FakeKernel::default());
     let mut a = f.start(GLASS);
     let id = granted_id(
-        a.grant(&cred(ROOT), "db", &format!("uid:{USER}"), Some(ttl("30m")), None)
-            .unwrap(),
+        a.grant(
+            &cred(ROOT),
+            "db",
+            &format!("uid:{USER}"),
+            Some(ttl("30m")),
+            None,
+        )
+        .unwrap(),
     );
     let before = expiry(&f, USER).unwrap();
     // Longer than max_ttl: refused as a request would be.
@@ -142,7 +154,11 @@ fn a_grantees_extend_is_a_request_whose_approval_extends_in_place() {
     assert_eq!(e.code, RefusalCode::Forbidden);
     // Root extending directly is bounded by max_ttl from the grant's start...
     let e = a.extend(&cred(ROOT), id, ttl("1h"), None).unwrap_err();
-    assert!(e.message.contains("from the grant's start"), "{}", e.message);
+    assert!(
+        e.message.contains("from the grant's start"),
+        "{}",
+        e.message
+    );
     // ...an approved request is a re-approval: up to max_ttl from now.
     let writes = f.kernel.maps().writes.len();
     match a.approve(&cred(APPROVER), rid, None) {
@@ -153,7 +169,10 @@ fn a_grantees_extend_is_a_request_whose_approval_extends_in_place() {
         other => panic!("{other:?}"),
     }
     let after = expiry(&f, USER).unwrap();
-    assert!(after >= before + ttl("29m").as_nanos() as u64, "{before} -> {after}");
+    assert!(
+        after >= before + ttl("29m").as_nanos() as u64,
+        "{before} -> {after}"
+    );
     let seg = db_id(&f.kernel);
     assert_eq!(
         f.kernel.maps().writes[writes..].to_vec(),
@@ -170,7 +189,12 @@ fn a_grantees_extend_is_a_request_whose_approval_extends_in_place() {
     }
 }
 
-fn history(a: &mut Agent, f: &Fixture, who: u32, id: u64) -> Result<crate::control::RequestHistoryView, crate::control::Refusal> {
+fn history(
+    a: &mut Agent,
+    f: &Fixture,
+    who: u32,
+    id: u64,
+) -> Result<crate::control::RequestHistoryView, crate::control::Refusal> {
     let records = crate::audit::history::records_of(&f.dir.path().join("audit.jsonl"), id);
     a.request_history(&cred(who), id, records).map(|r| match r {
         Reply::RequestHistory(v) => *v,
