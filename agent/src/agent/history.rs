@@ -8,8 +8,8 @@
 //! (`audit::history`), then joined here.
 //!
 //! Who may see a request: its requester, the approvers of its segment, and
-//! root. Anyone else is refused (and audited), whether or not the id exists
-//! in the book, so nobody learns others' reasons by walking ids.
+//! root. Anyone else is refused (and audited): walking ids tells which
+//! exist (they are sequential anyway), never who asked, why, or who decided.
 use std::{io, path::PathBuf};
 
 use serde_json::{Map, Value};

@@ -175,14 +175,18 @@ pub(crate) fn report(
         Err(e) => return fail(2, e),
     };
     let path = file.unwrap_or_else(|| super::query::log_paths(socket).0);
-    let mut lines = Vec::new();
+    // Opened first (a file that cannot be read is an error), then read
+    // line by line: the log may be far larger than the report.
+    let mut files = Vec::new();
     for f in super::chain_files(&path) {
-        let file = match File::open(&f) {
-            Ok(file) => file,
+        match File::open(&f) {
+            Ok(file) => files.push(BufReader::new(file)),
             Err(e) => return fail(1, format!("cannot read {}: {e}", f.display())),
-        };
-        lines.extend(BufReader::new(file).lines().map_while(Result::ok));
+        }
     }
+    let lines = files
+        .into_iter()
+        .flat_map(|r| r.lines().map_while(Result::ok));
     // A grant with no end in the log is live if the agent lists it.
     let live: Vec<u64> = match crate::control::call(socket, &crate::control::Request::List {}) {
         Ok(crate::control::Response::Ok(crate::control::Reply::List(l))) => {
@@ -190,7 +194,7 @@ pub(crate) fn report(
         }
         _ => Vec::new(),
     };
-    let rows = collect(lines.into_iter(), since, |id| live.contains(&id));
+    let rows = collect(lines, since, |id| live.contains(&id));
     if json {
         println!(
             "{}",
