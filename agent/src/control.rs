@@ -192,7 +192,7 @@ pub(crate) enum Reply {
     },
     /// Access opened by break-glass: the grant, for review later.
     BrokeGlass {
-        grant: GrantView,
+        grant: Box<GrantView>,
     },
     /// A grant given a later expiry (`extend`).
     Extended {

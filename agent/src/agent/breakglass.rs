@@ -131,7 +131,7 @@ impl Agent {
         debug_assert_eq!(grant.id, grant_id);
         tracing::warn!(grant = grant.id, segment = %seg.name, actor = %actor, ttl = %clock::human(ttl), "break-glass: access opened without an approver");
         Ok(Reply::BrokeGlass {
-            grant: self.view(&grant),
+            grant: Box::new(self.view(&grant)),
         })
     }
 }
