@@ -47,6 +47,8 @@ mod approvals;
 mod authz;
 /// The live grants, indexed by id and by deadline.
 mod book;
+/// Break-glass: access at once without an approver, bounded and audited.
+mod breakglass;
 /// The cgroup cover for the kernel's `cgroup_mkdir` tracepoint.
 mod cover;
 /// `discover`: who may, and the join with the segments in force.
@@ -57,10 +59,16 @@ mod enforce;
 mod errors;
 /// `extend`: a live grant's later expiry, in place.
 mod extend;
+/// Filing a request: journal, then audit.
+mod filing;
+/// A grantee's `extend`: a request whose approval extends the grant.
+mod grantee;
 /// Making, revoking and expiring grants.
 mod grants;
 /// `group:` identities kept current as members come and go.
 mod groups;
+/// `request show`: a request's history from the book and the audit log.
+mod history;
 /// Requests, approvals, denials and `explain` (the JIT workflow).
 mod jit;
 /// Locks: an identity stopped everywhere until unlocked.

@@ -36,7 +36,11 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tracing::{error, info, warn};
 
+/// `portcullis report break-glass`: break-glass records joined with their grants' ends.
+pub(crate) mod breakglass;
 mod event;
+/// One request's records, read back for `request show`.
+pub(crate) mod history;
 pub(crate) mod query;
 mod verify;
 pub(crate) use event::AuditEvent;

@@ -16,6 +16,8 @@ use clap::{Parser, Subcommand};
 
 /// The examples of each subcommand's `--help`.
 mod examples;
+/// `request show`: one request's history for people.
+mod history;
 /// `request --wait`, `explain` arguments, rendering of requests and explanations.
 mod jit;
 /// Shell completions and man pages.
@@ -144,16 +146,30 @@ pub(crate) enum Command {
     Report(ReportCommand),
     /// Ask for access to SEGMENT for yourself (your user: identity); prints
     /// the request's id. Root or one of the segment's approvers decides.
-    #[command(after_help = examples::REQUEST)]
+    /// `--break-glass` opens it at once instead, where the policy allows;
+    /// `request show ID` tells one request's history.
+    #[command(
+        after_help = examples::REQUEST,
+        args_conflicts_with_subcommands = true,
+        subcommand_negates_reqs = true
+    )]
     Request {
+        #[command(subcommand)]
+        command: Option<RequestCommand>,
         /// The segment to ask for, as named in the policy.
-        segment: String,
-        /// How long, e.g. 30m (default: the segment's default_ttl; at most its max_ttl).
+        #[arg(required = true)]
+        segment: Option<String>,
+        /// How long, e.g. 30m (default: the segment's default_ttl, or with
+        /// --break-glass its break_glass_max_ttl; never more than those allow).
         #[arg(long)]
         ttl: Option<Ttl>,
-        /// Why (required where the segment's policy says so).
+        /// Why (required where the segment's policy says so, and always with --break-glass).
         #[arg(long)]
         reason: Option<String>,
+        /// Open the segment now, without an approver (only where its jit
+        /// table has break_glass = true); audited as break_glass for review.
+        #[arg(long, requires = "reason", conflicts_with = "wait")]
+        break_glass: bool,
         /// Wait for the decision: exit 0 when approved, 1 when denied or expired.
         #[arg(long)]
         wait: bool,
@@ -173,8 +189,9 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Give a live grant more time, in place (root or an approver of its
-    /// segment); never past the segment's max_ttl from the grant's start.
+    /// Give a live grant more time, in place: by root or an approver of its
+    /// segment at once (never past max_ttl from the grant's start), by the
+    /// grantee as a request that approvers decide.
     #[command(after_help = examples::EXTEND)]
     Extend {
         /// The grant id printed by `grant`, `approve` and `list`.
@@ -293,6 +310,21 @@ pub(crate) enum Command {
 }
 
 #[derive(Subcommand, Debug)]
+pub(crate) enum RequestCommand {
+    /// One request's history: state, who asked and why, every approval
+    /// and denial, the grant it produced with its use and end (the
+    /// requester, the segment's approvers and root may see it).
+    #[command(after_help = examples::REQUEST_SHOW)]
+    Show {
+        /// The request id printed by `request` and `list --pending`.
+        id: u64,
+        /// Print the reply as JSON (errors too, with exit codes as without).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub(crate) enum ReportCommand {
     /// Standing allows and grants with no use in the window (and since
     /// when), by segment. `peer:` allows are not counted and not listed.
@@ -301,6 +333,20 @@ pub(crate) enum ReportCommand {
         /// The window, e.g. 30d, 12h.
         #[arg(long, default_value = "30d")]
         since: Ttl,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every break-glass in the audit log (current and rotated files):
+    /// who, when, segment, TTL, reason, grant and how it ended, with use.
+    #[command(name = "break-glass", after_help = examples::REPORT_BREAK_GLASS)]
+    BreakGlass {
+        /// Only those newer than this: a duration (`7d`) or an RFC 3339 time.
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Read this audit log instead of the agent's (its rotated files too).
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -430,6 +476,14 @@ pub(crate) fn run_client(cli: Cli) -> ExitCode {
             }
             (Request::Unlock { identity }, json)
         }
+        Command::Report(ReportCommand::BreakGlass { since, file, json }) => {
+            return crate::audit::breakglass::report(
+                &client_socket(cli.socket),
+                since.as_deref(),
+                file,
+                json,
+            );
+        }
         Command::Report(ReportCommand::Unused { since, json }) => {
             let window = std::time::Duration::from(since).as_secs();
             return usage::report_unused(&client_socket(cli.socket), window, json);
@@ -460,12 +514,35 @@ pub(crate) fn run_client(cli: Cli) -> ExitCode {
             json,
         ),
         Command::Request {
+            command: Some(RequestCommand::Show { id, json }),
+            ..
+        } => (Request::RequestHistory { id }, json),
+        Command::Request {
+            segment: Some(segment),
+            ttl,
+            reason: Some(reason),
+            break_glass: true,
+            json,
+            ..
+        } => (
+            Request::BreakGlass {
+                segment,
+                ttl,
+                reason,
+            },
+            json,
+        ),
+        Command::Request {
             segment,
             ttl,
             reason,
             wait,
             json,
+            ..
         } => {
+            let Some(segment) = segment else {
+                return fail(2, "request needs a SEGMENT (or `request show ID`)");
+            };
             let request = Request::RequestAccess {
                 segment,
                 ttl,

@@ -15,7 +15,10 @@ use serde::{Deserialize, Serialize};
 use crate::duration::Ttl;
 
 mod views;
-pub(crate) use views::{EnforcementView, LockView, RepairView, UsageView};
+pub(crate) use views::{
+    EnforcementView, GrantEndView, HistoryEntry, LockView, RepairView, RequestHistoryView,
+    UsageView,
+};
 /// The client's end: connect, send, read a whole or a streamed reply.
 mod client;
 /// Replies of any size: header, records, end.
@@ -75,6 +78,15 @@ pub(crate) enum Request {
         #[serde(default)]
         reason: Option<String>,
     },
+    /// Open `segment` to the caller at once, without an approver
+    /// (break-glass): for at most the segment's `break_glass_max_ttl`
+    /// (the default), with a reason.
+    BreakGlass {
+        segment: String,
+        #[serde(default)]
+        ttl: Option<Ttl>,
+        reason: String,
+    },
     /// Approve a pending request, optionally for less time than asked.
     Approve {
         id: u64,
@@ -95,6 +107,11 @@ pub(crate) enum Request {
     },
     /// One request, pending or recently decided (what `request --wait` polls).
     ShowRequest {
+        id: u64,
+    },
+    /// One request's whole history (`request show`), from the agent's book
+    /// and its audit log.
+    RequestHistory {
         id: u64,
     },
     /// Which segment, rule or grant decides for a subject on a port, read
@@ -173,6 +190,10 @@ pub(crate) enum Reply {
     Denied {
         request: Box<RequestView>,
     },
+    /// Access opened by break-glass: the grant, for review later.
+    BrokeGlass {
+        grant: Box<GrantView>,
+    },
     /// A grant given a later expiry (`extend`).
     Extended {
         grant: Box<GrantView>,
@@ -180,6 +201,8 @@ pub(crate) enum Reply {
     Request {
         request: Box<RequestView>,
     },
+    /// `request show`: a request, its history, its grant.
+    RequestHistory(Box<RequestHistoryView>),
     Pending {
         requests: Vec<RequestView>,
     },
@@ -303,6 +326,9 @@ pub(crate) struct RequestView {
     /// How many distinct approvers the segment requires.
     #[serde(default = "one")]
     pub approvals_required: u32,
+    /// The live grant this request asks to extend (a grantee's `extend`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extends: Option<u64>,
 }
 
 fn one() -> u32 {
@@ -531,6 +557,9 @@ pub(crate) fn check_text(request: &Request) -> Result<(), crate::termtext::Unsaf
         Request::RequestAccess {
             segment, reason, ..
         } => vec![("segment", Some(segment)), ("reason", reason.as_deref())],
+        Request::BreakGlass {
+            segment, reason, ..
+        } => vec![("segment", Some(segment)), ("reason", Some(reason))],
         Request::Deny { reason, .. } => vec![("reason", Some(reason))],
         Request::Lock {
             identity, reason, ..
@@ -542,6 +571,7 @@ pub(crate) fn check_text(request: &Request) -> Result<(), crate::termtext::Unsaf
         }
         // A TTL was checked when the request was decoded.
         Request::ShowRequest { .. }
+        | Request::RequestHistory { .. }
         | Request::Approve { .. }
         | Request::Pending {}
         | Request::List {}

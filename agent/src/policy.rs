@@ -150,6 +150,19 @@ pub struct Jit {
     /// How many distinct approvers (never the requester) must approve a
     /// request before it is granted (`approvals_required`, default 1).
     pub approvals_required: u32,
+    /// Break-glass (`break_glass = true`): access at once, without an
+    /// approver, for at most its own cap; `None`: not allowed.
+    pub break_glass: Option<BreakGlass>,
+}
+
+/// A segment's break-glass rules (`break_glass_max_ttl`, `break_glass_by`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakGlass {
+    /// The longest access break-glass opens; at most the segment's `max_ttl`.
+    pub max_ttl: Duration,
+    /// Who may break the glass (`user:`, `uid:`, `group:`, `gid:`); empty:
+    /// any local user, as for `request`.
+    pub by: Vec<Identity>,
 }
 
 impl Policy {

@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::{actor::Actor, identity::Identity};
 
 mod approvals;
+/// Requests that extend a live grant instead of opening one.
+mod extends;
 pub(crate) use approvals::Approval;
 
 /// How long a decided request stays in the book, so that a waiting
@@ -123,6 +125,9 @@ pub(crate) struct AccessRequest {
     /// the last approval is the state's `by`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub approvals: Vec<Approval>,
+    /// The live grant this request asks to extend (a grantee's `extend`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extends: Option<u64>,
 }
 
 /// What a new request asks for; the book assigns nothing but its deadline.
@@ -286,6 +291,7 @@ impl RequestBook {
             boot_id: ask.boot_id,
             state: RequestState::Pending,
             approvals: Vec::new(),
+            extends: None,
         };
         Ok(self.requests.entry(request.id).or_insert(request))
     }

@@ -81,6 +81,26 @@ pub(crate) enum CoreError {
     RequestNotAudited { why: String },
     #[error("a denial needs a reason (--reason TEXT); the requester sees it")]
     DenialWithoutReason,
+    #[error("segment {segment} does not allow break-glass; its [segment.{segment}.jit] table needs break_glass = true and break_glass_max_ttl (ask an approver: `portcullis request {segment}`)")]
+    NoBreakGlass { segment: String },
+    #[error("break-glass needs a reason (--reason TEXT): it opens access without an approver, and the reason is what reviewers read afterwards")]
+    BreakGlassWithoutReason,
+    #[error("break-glass on segment {segment} opens at most {} (its break_glass_max_ttl); --ttl is {}", clock::human(*max), clock::human(*asked))]
+    BreakGlassTooLong {
+        segment: String,
+        asked: Duration,
+        max: Duration,
+    },
+    #[error(
+        "{who} may not break the glass on segment {segment}: its break_glass_by lists {allowed}"
+    )]
+    NotBreakGlassUser {
+        who: String,
+        segment: String,
+        allowed: String,
+    },
+    #[error("{who} may not see request {id}: only its requester, the approvers of its segment and root may")]
+    MayNotSeeRequest { who: String, id: u64 },
     #[error("explain takes either an identity or a pid")]
     ExplainWhat,
     /// `explain`'s port does not parse (`why` is the whole error chain).
@@ -123,7 +143,13 @@ impl CoreError {
             | Self::TtlTooLong { .. }
             | Self::ReasonRequired { .. }
             | Self::OutsideWindows { .. }
-            | Self::LongerThanRequested { .. } => RefusalCode::Invalid,
+            | Self::LongerThanRequested { .. }
+            | Self::NoBreakGlass { .. }
+            | Self::BreakGlassWithoutReason
+            | Self::BreakGlassTooLong { .. } => RefusalCode::Invalid,
+            Self::NotBreakGlassUser { .. } | Self::MayNotSeeRequest { .. } => {
+                RefusalCode::Forbidden
+            }
             Self::NotApprover { .. } | Self::SelfApproval { .. } | Self::MayNotRevoke { .. } => {
                 RefusalCode::Forbidden
             }

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use tracing::info;
 
 use super::{
-    authz::{check_reason, jit_rules},
+    authz::{check_reason, credential_matches, jit_rules},
     errors::CoreError,
     refuse, Agent,
 };
@@ -22,10 +22,19 @@ use crate::{
     audit::AuditEvent,
     clock,
     control::{PeerCred, Refusal, RefusalCode, Reply},
+    identity::Identity,
     journal::Op,
     ledger::Source,
+    resolve::Resolver,
     state::{self, Actor, Grant},
 };
+
+/// Whether the caller is the grant's own person: a `user:` or `uid:`
+/// grant naming the caller's uid (a group's member is not its grantee).
+fn is_grantee(identity: &Identity, cred: &PeerCred, resolver: &Resolver) -> bool {
+    matches!(identity, Identity::User(_) | Identity::Uid(_))
+        && credential_matches(identity, cred, resolver)
+}
 
 impl Agent {
     /// `portcullis extend ID --ttl D [--reason TEXT]`.
@@ -57,6 +66,10 @@ impl Agent {
         };
         let seg = self.segment(&old.segment)?.clone();
         let jit = jit_rules(&seg)?;
+        // The grantee asks; approvers decide (root extends directly).
+        if cred.uid != 0 && is_grantee(&old.identity, cred, &self.resolver) {
+            return self.extension_request(cred, &old, &seg, ttl, reason);
+        }
         if !self.may_administer(cred, &seg) {
             return Err(self.forbidden(
                 cred,
@@ -112,6 +125,25 @@ impl Agent {
                 ),
             ));
         }
+        let by = Actor::from_uid(cred.uid, cred.pid);
+        let grant = self.apply_extension(&old, ttl, reason, &by, None)?;
+        Ok(Reply::Extended {
+            grant: Box::new(self.view(&grant)),
+        })
+    }
+
+    /// Gives `old` the expiry `ttl` from now, in place: journal, kernel,
+    /// audit (`extend`, naming the request it decides, if any). The caller
+    /// checked who and how long.
+    pub(super) fn apply_extension(
+        &mut self,
+        old: &Grant,
+        ttl: Duration,
+        reason: Option<String>,
+        by: &Actor,
+        request_id: Option<u64>,
+    ) -> Result<Grant, Refusal> {
+        let id = old.id;
         if self.audit.backlog() > 0 {
             return Err(refuse(
                 RefusalCode::Unavailable,
@@ -119,7 +151,7 @@ impl Agent {
             ));
         }
         let mut grant = old.clone();
-        grant.expires_unix_ms = new_unix_ms;
+        grant.expires_unix_ms = state::unix_ms(SystemTime::now() + ttl);
         grant.expires_boot_ns = clock::deadline_after(ttl);
         grant.boot_id = self.boot_id.clone();
         let head = self.audit_head();
@@ -135,16 +167,15 @@ impl Agent {
             })
             .map_err(|e| refuse(RefusalCode::Unavailable, format!("extend refused: the agent cannot write its journal, so it could not remember the new expiry ({e})")))?;
         if let Err(e) = self.set_expiry(&grant) {
-            self.undo_extend(&old);
+            self.undo_extend(old);
             return Err(refuse(
                 RefusalCode::Unavailable,
                 format!("extend refused: {e}"),
             ));
         }
-        let by = Actor::from_uid(cred.uid, cred.pid);
         let audited = self.audit.record(AuditEvent::Extend {
             grant_id: id,
-            segment: seg.name.clone(),
+            segment: grant.segment.clone(),
             identity: grant.identity.to_string(),
             ttl_secs: ttl.as_secs(),
             expires_at: clock::rfc3339(clock::wall_of(grant.expires_boot_ns)),
@@ -153,18 +184,17 @@ impl Agent {
             ),
             reason,
             actor: by.clone(),
+            request_id,
         });
         if let Err(e) = audited {
-            self.undo_extend(&old);
+            self.undo_extend(old);
             return Err(refuse(
                 RefusalCode::Unavailable,
                 format!("extend refused: the audit log cannot be written ({e})"),
             ));
         }
-        info!(grant = id, ttl = %clock::human(ttl), actor = %by, "grant extended");
-        Ok(Reply::Extended {
-            grant: Box::new(self.view(&grant)),
-        })
+        info!(grant = id, ttl = %clock::human(ttl), actor = %by, request = request_id, "grant extended");
+        Ok(grant)
     }
 
     /// Gives `g`'s kernel entries its expiry, in place (same keys: puts only).

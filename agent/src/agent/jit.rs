@@ -20,17 +20,16 @@ use super::{
     approvals::Step,
     authz::{check_reason, check_ttl, jit_rules, requested_ttl, window_ttl},
     errors::CoreError,
-    refuse, Agent,
+    Agent,
 };
 use crate::{
     audit::AuditEvent,
     clock,
-    control::{PeerCred, Refusal, RefusalCode, Reply, RequestView},
+    control::{PeerCred, Refusal, Reply, RequestView},
     explain::{self, Subject},
     identity::Identity,
-    journal::Op,
     ledger::Source,
-    requests::{AccessRequest, Ask, Decision, Now, RequestError, RequestState},
+    requests::{AccessRequest, Decision, Now, RequestError, RequestState},
     state::Actor,
 };
 
@@ -43,7 +42,7 @@ pub(super) fn book_refusal(e: RequestError) -> Refusal {
 }
 
 /// The caller's own identity: `user:NAME`, or `uid:N` when the uid has no name.
-fn own_identity(uid: u32) -> Identity {
+pub(super) fn own_identity(uid: u32) -> Identity {
     nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
         .ok()
         .flatten()
@@ -106,63 +105,7 @@ impl Agent {
         self.requests
             .admissible(&identity, &seg.name)
             .map_err(book_refusal)?;
-        let id = self.next_id;
-        let requester = Actor::from_uid(cred.uid, cred.pid);
-        let now = Now::current();
-        let ask = Ask {
-            id,
-            segment: seg.name.clone(),
-            identity: identity.clone(),
-            requester: requester.clone(),
-            ttl,
-            reason: reason.clone(),
-            pending_for: self.request_ttl,
-            boot_id: self.boot_id.clone(),
-        };
-        // Journal, then audit, as for grants: a request the agent cannot
-        // remember or nobody can trace is not made; its id stays used.
-        let expires_unix_ms = now
-            .unix_ms
-            .saturating_add(self.request_ttl.as_millis() as u64);
-        let head = self.audit_head();
-        if self.audit.backlog() > 0 {
-            return Err(refuse(
-                RefusalCode::Unavailable,
-                "request refused: the audit log cannot be written",
-            ));
-        }
-        let request = self.requests.open(ask, now).map_err(book_refusal)?.clone();
-        let journaled = self.journal.append(&Op::Request {
-            request: request.clone(),
-            audit_prev: Some(head),
-        });
-        self.next_id += 1;
-        if let Err(e) = journaled {
-            self.requests.forget(id);
-            return Err(refuse(
-                RefusalCode::Unavailable,
-                format!("request refused: the agent cannot write its journal, so it could not remember this request ({e})"),
-            ));
-        }
-        let audited = self.audit.record(AuditEvent::Request {
-            request_id: id,
-            segment: seg.name.clone(),
-            identity: identity.to_string(),
-            ports: self.ports_of(&seg.name),
-            ttl_secs: ttl.as_secs(),
-            reason: reason.clone(),
-            expires_at: rfc3339_ms(expires_unix_ms),
-            actor: requester.clone(),
-        });
-        if let Err(e) = audited {
-            self.requests.forget(id);
-            self.journal_request(id);
-            return Err(CoreError::RequestNotAudited { why: e.to_string() }.into());
-        }
-        info!(request = id, segment = %seg.name, %identity, ttl = %clock::human(ttl), "access requested");
-        Ok(Reply::Requested {
-            request: Box::new(self.request_view(&request)),
-        })
+        self.file_request(cred, &seg.name, identity, ttl, reason, None)
     }
 
     /// `portcullis approve ID [--ttl D]`: turns a pending request into a grant.
@@ -252,14 +195,17 @@ impl Agent {
             Step::Recorded(reply) => return Ok(*reply),
             Step::Grant(ttl) => ttl,
         };
-        let grant = self.open_grant(
-            cred,
-            &seg,
-            req.identity.clone(),
-            ttl,
-            req.reason.clone(),
-            Some(id),
-        )?;
+        let grant = match req.extends {
+            Some(grant_id) => self.extend_for_request(&req, grant_id, ttl, &by)?,
+            None => self.open_grant(
+                cred,
+                &seg,
+                req.identity.clone(),
+                ttl,
+                req.reason.clone(),
+                Some(id),
+            )?,
+        };
         // Decided at the instant it was found decidable: nothing can have
         // changed in between, the agent is locked.
         let decided = self
@@ -369,6 +315,18 @@ impl Agent {
     pub(crate) fn show_request(&mut self, cred: &PeerCred, id: u64) -> Result<Reply, Refusal> {
         self.expire_requests();
         let result = match self.requests.get(id) {
+            Some(r) if !self.may_see_request(cred, r.requester.uid, &r.segment) => {
+                let segment = r.segment.clone();
+                return Err(self.forbidden(
+                    cred,
+                    "show_request",
+                    &segment,
+                    CoreError::MayNotSeeRequest {
+                        who: Actor::from_uid(cred.uid, None).to_string(),
+                        id,
+                    },
+                ));
+            }
             Some(r) => Ok(Reply::Request {
                 request: Box::new(self.request_view(r)),
             }),
@@ -498,6 +456,7 @@ impl Agent {
             decision_reason,
             approvals: self.approval_views(r),
             approvals_required: self.approvals_required(&r.segment),
+            extends: r.extends,
         }
     }
 

@@ -535,6 +535,7 @@ fn a_scrape_needs_no_agent_lock_and_shows_the_last_published_state() {
     );
 }
 mod approvals;
+mod breakglass;
 mod extend;
 mod fastpath;
 mod first_use;

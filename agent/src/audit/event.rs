@@ -57,6 +57,23 @@ pub(crate) enum AuditEvent {
         reason: Option<String>,
         expires_at: String,
         actor: Actor,
+        /// The live grant this request asks to extend (a grantee's
+        /// `portcullis extend`), if it is one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        extends: Option<u64>,
+    },
+    /// Access opened at once without an approver (`request --break-glass`),
+    /// written before the grant's own `grant` record, for review
+    /// (`portcullis report break-glass`).
+    BreakGlass {
+        grant_id: u64,
+        segment: String,
+        identity: String,
+        ports: Vec<String>,
+        ttl_secs: u64,
+        expires_at: String,
+        reason: String,
+        actor: Actor,
     },
     Approve {
         request_id: u64,
@@ -93,6 +110,9 @@ pub(crate) enum AuditEvent {
         previous_expires_at: String,
         reason: Option<String>,
         actor: Actor,
+        /// The grantee's extension request this approval decided, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<u64>,
     },
     Deny {
         request_id: u64,
@@ -336,7 +356,7 @@ pub(crate) enum AuditEvent {
 impl AuditEvent {
     /// Every kind this version writes, as named on disk (the docs test,
     /// and `audit --event`'s check).
-    pub(crate) const KINDS: [&'static str; 30] = [
+    pub(crate) const KINDS: [&'static str; 31] = [
         "agent_start",
         "agent_stop",
         "grant",
@@ -345,6 +365,7 @@ impl AuditEvent {
         "approve",
         "approval",
         "extend",
+        "break_glass",
         "deny",
         "request_expire",
         "request_dropped",
@@ -382,6 +403,7 @@ impl AuditEvent {
             Self::Approve { .. } => "approve",
             Self::Approval { .. } => "approval",
             Self::Extend { .. } => "extend",
+            Self::BreakGlass { .. } => "break_glass",
             Self::Deny { .. } => "deny",
             Self::RequestExpire { .. } => "request_expire",
             Self::RequestDropped { .. } => "request_dropped",
@@ -429,6 +451,7 @@ impl AuditEvent {
             | Self::Approve { segment, .. }
             | Self::Approval { segment, .. }
             | Self::Extend { segment, .. }
+            | Self::BreakGlass { segment, .. }
             | Self::Deny { segment, .. }
             | Self::RequestExpire { segment, .. }
             | Self::RequestDropped { segment, .. }
@@ -466,6 +489,7 @@ impl AuditEvent {
             | Self::Approve { identity, .. }
             | Self::Approval { identity, .. }
             | Self::Extend { identity, .. }
+            | Self::BreakGlass { identity, .. }
             | Self::Deny { identity, .. }
             | Self::RequestExpire { identity, .. }
             | Self::RequestDropped { identity, .. }
@@ -504,6 +528,7 @@ impl AuditEvent {
             | Self::Approve { actor, .. }
             | Self::Approval { actor, .. }
             | Self::Extend { actor, .. }
+            | Self::BreakGlass { actor, .. }
             | Self::Deny { actor, .. }
             | Self::Revoke { actor, .. }
             | Self::Expire { actor, .. }

@@ -119,7 +119,7 @@ pub(crate) fn run(args: AuditArgs, socket: &Path) -> ExitCode {
 }
 
 /// The audit log and deny log paths, as the agent reports them.
-fn log_paths(socket: &Path) -> (PathBuf, PathBuf) {
+pub(crate) fn log_paths(socket: &Path) -> (PathBuf, PathBuf) {
     if let Ok(Response::Ok(Reply::Status(s))) = control::call(socket, &Request::Status {}) {
         if !s.audit_log.is_empty() {
             let audit = PathBuf::from(&s.audit_log);

@@ -42,7 +42,17 @@ pub(super) const REQUEST: &str = "\
 Examples:
   portcullis request payments-db --ttl 30m --reason \"INC-4411\" --wait
   portcullis request sessions-cache --reason \"debug a session\"   # the segment's default_ttl
---wait exits 0 once approved, 1 when denied or when the request lapses.";
+--wait exits 0 once approved, 1 when denied or when the request lapses.
+  portcullis request payments-db --break-glass --reason \"INC-5120: primary down, no approver answers\"
+--break-glass opens at once (only where the segment's jit table allows it), for at most
+its break_glass_max_ttl; it is audited as break_glass and reviewed with `report break-glass`.
+  portcullis request show 12 --json   # one request's history";
+
+pub(super) const REQUEST_SHOW: &str = "\
+Examples:
+  portcullis request show 12          # state, approvals, the grant and its use
+  portcullis request show 12 --json
+Decided requests are shown from the audit log for as long as it holds them.";
 
 pub(super) const APPROVE: &str = "\
 Examples:
@@ -53,7 +63,9 @@ A segment with approvals_required = N grants once N distinct approvers approved.
 pub(super) const EXTEND: &str = "\
 Examples:
   portcullis extend 13 --ttl 30m --reason \"INC-4411 still open\"   # 30m more from now
-The grant's kernel entry is updated in place; never past max_ttl from its start.";
+The grant's kernel entry is updated in place; never past max_ttl from its start.
+Run by the grantee, it files a request instead (approved like any other, no self-approval);
+once approved the grant is extended in place, by at most max_ttl from the approval.";
 
 pub(super) const DENY: &str = "\
 Examples:
@@ -94,7 +106,14 @@ Examples:
 pub(super) const REPORT: &str = "\
 Examples:
   portcullis report unused                 # no use in the last 30 days
-  portcullis report unused --since 7d --json";
+  portcullis report unused --since 7d --json
+  portcullis report break-glass --since 7d";
+
+pub(super) const REPORT_BREAK_GLASS: &str = "\
+Examples:
+  portcullis report break-glass                # every break-glass the audit log holds
+  portcullis report break-glass --since 7d --json
+Reads the audit log directly (its rotated files too): run it as a user who may read it.";
 
 pub(super) const CHECK: &str = "\
 Examples:

@@ -44,6 +44,9 @@ fn request_line(r: &RequestView) -> String {
         r.ports.join(", "),
         left(r.ttl_secs)
     );
+    if let Some(g) = r.extends {
+        s.push_str(&format!(" more on grant {g}"));
+    }
     match r.state.as_str() {
         "pending" if r.approvals_required > 1 => s.push_str(&format!(
             ", pending with {}; lapses {} unless decided (`portcullis approve {}` or `portcullis deny {} --reason TEXT`)",
@@ -328,6 +331,7 @@ mod tests {
             decision_reason: Some("not now".into()),
             approvals: Vec::new(),
             approvals_required: 1,
+            extends: None,
         }
     }
 

@@ -71,7 +71,12 @@ pub(crate) fn render(reply: &Reply) -> String {
         }
         Reply::Denied { request } => jit::render_decided(request),
         Reply::Extended { grant } => format!("extended: {}\n", grant_line(grant)),
+        Reply::BrokeGlass { grant } => format!(
+            "break-glass: {}\naudited as break_glass; reviewers see it in `portcullis report break-glass`\n",
+            grant_line(grant)
+        ),
         Reply::Pending { requests } => jit::render_pending(requests),
+        Reply::RequestHistory(v) => super::history::render_history(v),
         Reply::Explained(view) => jit::render_explain(view),
         Reply::Uninstalled {
             bpffs,

@@ -60,3 +60,52 @@ pub(crate) struct LockView {
     /// When the lock lifts by itself; `None`: at `unlock` only.
     pub expires_at: Option<String>,
 }
+
+/// `request show`: one request and everything that happened to it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct RequestHistoryView {
+    /// The request as the agent holds it, or (decided longer ago than the
+    /// agent keeps decided requests) as its audit records tell it.
+    pub request: super::RequestView,
+    /// Where the request came from: `agent` (its live book) or `audit log`.
+    pub source: String,
+    /// Every record about the request and its grant, oldest first.
+    pub history: Vec<HistoryEntry>,
+    /// The grant it produced, while live, with the kernel's usage count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<super::GrantView>,
+    /// How that grant ended, once it has (with the usage in its end record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_end: Option<GrantEndView>,
+    /// Set when the audit log could not be read: the history is partial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_error: Option<String>,
+}
+
+/// One audit record in a request's history.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct HistoryEntry {
+    /// RFC 3339, UTC (the record's `ts`).
+    pub at: String,
+    /// The audit kind: request, approval, approve, deny, grant, extend, ...
+    pub event: String,
+    /// Who did it, when someone did: `user (uid N)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// What it says, in words.
+    pub detail: String,
+}
+
+/// The end of a request's grant.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct GrantEndView {
+    /// `revoke`, `expire`, `grant_failed`, or another end kind.
+    pub event: String,
+    pub at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageView>,
+}

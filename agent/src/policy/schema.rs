@@ -26,7 +26,7 @@ use crate::{
 };
 
 const SEGMENT_KEYS: [&str; 5] = ["description", "ports", "allow", "jit", "mode"];
-const JIT_KEYS: [&str; 8] = [
+const JIT_KEYS: [&str; 11] = [
     "max_ttl",
     "default_ttl",
     "approvers",
@@ -35,6 +35,9 @@ const JIT_KEYS: [&str; 8] = [
     "timezone",
     "idle_timeout",
     "approvals_required",
+    "break_glass",
+    "break_glass_max_ttl",
+    "break_glass_by",
 ];
 /// `default_ttl` when the policy gives none (capped at `max_ttl`).
 const DEFAULT_TTL: Duration = Duration::from_secs(15 * 60);
@@ -473,6 +476,9 @@ impl Parser<'_> {
         };
 
         let windows = self.windows(table, name, &location, zone_used);
+        let break_glass = self
+            .break_glass(table, name, &location, max_ttl, found)
+            .ok()?;
 
         let max_ttl = max_ttl?;
         let default_ttl = match default_ttl {
@@ -502,6 +508,7 @@ impl Parser<'_> {
             windows,
             idle_timeout,
             approvals_required,
+            break_glass,
         })
     }
 
@@ -621,6 +628,8 @@ mod windows;
 
 /// The `jit` table's `approvals_required`.
 mod approvals;
+/// The `jit` table's `break_glass`, `break_glass_max_ttl`, `break_glass_by`.
+mod breakglass;
 /// The `jit` table's `idle_timeout` and approvers.
 mod jit;
 

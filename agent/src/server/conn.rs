@@ -262,6 +262,9 @@ async fn stream_revoked(mut write: OwnedWriteHalf, grants: Vec<control::GrantVie
 
 #[tracing::instrument(skip(shared, request), fields(uid = cred.uid, pid = cred.pid))]
 fn handle(shared: &Shared, cred: &PeerCred, request: Request) -> Response {
+    if let Request::RequestHistory { id } = request {
+        return request_history(shared, cred, id);
+    }
     let wake = moves_deadlines(&request);
     let mut a = shared.lock().expect("agent lock");
     let result = match request {
@@ -305,8 +308,14 @@ fn handle(shared: &Shared, cred: &PeerCred, request: Request) -> Response {
         ),
         Request::Approve { id, ttl } => a.approve(cred, id, ttl.map(crate::duration::Ttl::get)),
         Request::Deny { id, reason } => a.deny(cred, id, &reason),
+        Request::BreakGlass {
+            segment,
+            ttl,
+            reason,
+        } => a.break_glass(cred, &segment, ttl.map(crate::duration::Ttl::get), &reason),
         Request::Extend { id, ttl, reason } => a.extend(cred, id, ttl.get(), reason.as_deref()),
         Request::ShowRequest { id } => a.show_request(cred, id),
+        Request::RequestHistory { .. } => unreachable!("answered by request_history"),
         Request::Pending {} => Ok(a.pending()),
         Request::Explain {
             identity,
@@ -357,6 +366,22 @@ fn handle(shared: &Shared, cred: &PeerCred, request: Request) -> Response {
     }
 }
 
+/// `request show`: the audit log is read without the agent's lock (it may
+/// be large), between two short holds: one for its path, one to join what
+/// was read with the agent's live state and decide who may see it.
+fn request_history(shared: &Shared, cred: &PeerCred, id: u64) -> Response {
+    let path = shared.lock().expect("agent lock").audit_path();
+    let records = crate::audit::history::records_of(&path, id);
+    let mut a = shared.lock().expect("agent lock");
+    match a.request_history(cred, id, records) {
+        Ok(reply) => Response::Ok(reply),
+        Err(refusal) => {
+            info!(code = ?refusal.code, "refused: {}", refusal.message);
+            Response::Error(refusal)
+        }
+    }
+}
+
 /// Whether a request can move the earliest grant or request deadline (and
 /// so must wake the main loop's expiry timer). `list`, `status`,
 /// `pending`, `show`, `explain` and `uninstall` cannot.
@@ -371,6 +396,7 @@ fn moves_deadlines(request: &Request) -> bool {
             | Request::Lock { .. }
             | Request::Unlock { .. }
             | Request::Extend { .. }
+            | Request::BreakGlass { .. }
     )
 }
 

@@ -65,6 +65,7 @@ fn one_of_each() -> Vec<AuditEvent> {
             reason: Some(s("r")),
             expires_at: s("T"),
             actor: actor(),
+            extends: Some(1),
         },
         AuditEvent::Approve {
             request_id: 2,
@@ -94,6 +95,17 @@ fn one_of_each() -> Vec<AuditEvent> {
             expires_at: s("T2"),
             previous_expires_at: s("T1"),
             reason: Some(s("r")),
+            actor: actor(),
+            request_id: Some(3),
+        },
+        AuditEvent::BreakGlass {
+            grant_id: 1,
+            segment: s("db"),
+            identity: s("uid:1"),
+            ports: vec![s("5432/tcp")],
+            ttl_secs: 60,
+            expires_at: s("T2"),
+            reason: s("INC-1"),
             actor: actor(),
         },
         AuditEvent::Deny {
