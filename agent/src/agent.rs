@@ -161,6 +161,7 @@ impl Agent {
         mode_override: Option<Mode>,
     ) -> anyhow::Result<Self> {
         let (journal, opened) = Journal::open(&paths.state_dir)?;
+        crate::startup::mark("journal_replay");
         // Every write from here on keeps the kernel's policy epoch and
         // cgroup-level masks (see `kernel/fastpath.rs`).
         let levels = crate::kernel::CgroupLevels::new(resolver.hierarchy.mount.clone());
@@ -171,6 +172,7 @@ impl Agent {
             .into_iter()
             .map(|(p, port, s)| ((p, port), s))
             .collect();
+        crate::startup::mark("read_ports");
         let mut agent = Self {
             policy: Policy {
                 segments: BTreeMap::new(),
@@ -243,14 +245,17 @@ impl Agent {
         // The previous run's entries: known to the kernel, not (yet) to this
         // ledger. Everything the new ledger does not claim is deleted once the
         // policy and grants are applied, never before.
+        crate::startup::mark("settle_requests");
         let kernel_before = agent.kernel.read_grants()?;
         let peers_before = agent.kernel.read_peers()?;
         let ports_before = agent.ports.clone();
+        crate::startup::mark("read_kernel");
 
         if recovering {
             agent.adopt_segment_ids(&policy);
         }
         agent.apply_policy(policy)?;
+        crate::startup::mark("apply_policy");
         agent.restore_grants(
             memory.grants.into_values().collect(),
             &restore::KernelBefore {
@@ -259,6 +264,7 @@ impl Agent {
                 ports: &ports_before,
             },
         )?;
+        crate::startup::mark("restore_grants");
         if recovering {
             agent.recover_grants(&kernel_before, &peers_before)?;
         }
@@ -281,14 +287,17 @@ impl Agent {
             }
         }
         agent.apply_changes(&stale)?;
+        crate::startup::mark("stale_sweep");
         // What each group stands for now: the base later changes are
         // audited against.
         agent.refresh_groups()?;
         // Start from a fresh snapshot: the log holds only this run's changes.
+        crate::startup::mark("groups");
         let memory = agent.memory();
         if let Err(e) = agent.journal.compact(&memory) {
             warn!(error = %e, "could not compact the journal at start; new grants are refused until it can be written");
         }
+        crate::startup::mark("compact");
         Ok(agent)
     }
 
