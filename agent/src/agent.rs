@@ -293,9 +293,17 @@ impl Agent {
         agent.refresh_groups()?;
         // Start from a fresh snapshot: the log holds only this run's changes.
         crate::startup::mark("groups");
-        let memory = agent.memory();
-        if let Err(e) = agent.journal.compact(&memory) {
-            warn!(error = %e, "could not compact the journal at start; new grants are refused until it can be written");
+        // A fresh snapshot only when the journal needs one: after an import
+        // or a recovery (what is live came from elsewhere), or when the log
+        // has grown past the compaction threshold. Otherwise the snapshot
+        // and log on disk replay to this very state (what start changed was
+        // appended to the log), and rewriting a million grants costs
+        // seconds of start for nothing.
+        if recovering || opened.migrated.is_some() || agent.journal.wants_compaction() {
+            let memory = agent.memory();
+            if let Err(e) = agent.journal.compact(&memory) {
+                warn!(error = %e, "could not compact the journal at start; new grants are refused until it can be written");
+            }
         }
         crate::startup::mark("compact");
         Ok(agent)

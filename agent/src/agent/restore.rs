@@ -30,7 +30,7 @@ use crate::{
     dataplane::PeerEntry,
     identity::Identity,
     journal::{Memory, Op},
-    ledger::{EntryKey, Source},
+    ledger::{Change, EntryKey, Source},
     requests::RequestState,
     state::Actor,
 };
@@ -238,17 +238,25 @@ impl Agent {
     ) -> Result<(), crate::dataplane::DataplaneError> {
         let now = clock::boot_ns();
         let mut writes = Vec::new();
-        let in_kernel: std::collections::HashSet<EntryKey> = before
+        // What the kernel holds, with its value: on a restart the pinned
+        // maps already hold most grants' entries, and an entry the kernel
+        // holds with the very value the ledger wants is not written again.
+        let in_kernel: std::collections::HashMap<EntryKey, u64> = before
             .locals
             .iter()
-            .map(|&(k, _)| EntryKey::Local(k))
-            .chain(before.peers.iter().map(|p| EntryKey::Peer {
-                segment: p.segment,
-                addr: p.addr,
-                prefix: p.prefix,
+            .map(|&(k, v)| (EntryKey::Local(k), v))
+            .chain(before.peers.iter().map(|p| {
+                let k = EntryKey::Peer {
+                    segment: p.segment,
+                    addr: p.addr,
+                    prefix: p.prefix,
+                };
+                (k, p.expiry)
             }))
             .collect();
         let mut ended: Vec<(Grant, AuditEvent)> = Vec::new();
+        let mut live = Vec::with_capacity(grants.len());
+        self.ledger.reserve(grants.len());
         for g in grants {
             let deadline = g.deadline(&self.boot_id);
             let this_boot = g.boot_id == self.boot_id;
@@ -283,7 +291,7 @@ impl Agent {
                         && this_boot
                         && enforced
                         && !keys.is_empty()
-                        && !keys.iter().any(|k| in_kernel.contains(k))
+                        && !keys.iter().any(|k| in_kernel.contains_key(k))
                     {
                         let event = self.while_down_revoke(&g);
                         ended.push((g, event));
@@ -291,15 +299,25 @@ impl Agent {
                     }
                     // Written together after the loop: runs of puts go to
                     // the kernel in batches.
-                    writes.extend(self.ledger.set(Source::Grant(g.id), &keys, deadline));
+                    writes.extend(
+                        self.ledger
+                            .set(Source::Grant(g.id), &keys, deadline)
+                            .into_iter()
+                            .filter(|c| !already_there(c, &in_kernel)),
+                    );
                 }
                 Err(e) => {
                     warn!(grant = g.id, error = %e, "restored grant does not resolve now; kept, retried later")
                 }
             }
             self.next_id = self.next_id.max(g.id + 1);
-            self.grants.insert(g.id, g);
+            live.push(g);
         }
+        // In id order (the journal's order): built in one go, the index's
+        // nodes are full instead of half full.
+        self.grants.fill(live);
+        crate::startup::mark("restore_ledger");
+        drop(in_kernel);
         self.apply_changes(&writes)?;
         drop(writes);
         if ended.is_empty() {
@@ -402,5 +420,17 @@ impl Agent {
             }
         }
         found
+    }
+}
+
+/// Whether `change` puts a local uid or gid entry the kernel already holds
+/// with this value (cgroup entries are always written: the fast path
+/// counts them per level as they are put).
+fn already_there(change: &Change, in_kernel: &std::collections::HashMap<EntryKey, u64>) -> bool {
+    match change {
+        Change::Put(k @ EntryKey::Local(key), at) if key.kind != agent_common::kind::CGROUP => {
+            in_kernel.get(k) == Some(at)
+        }
+        _ => false,
     }
 }
