@@ -246,7 +246,8 @@ impl Agent {
         // ledger. Everything the new ledger does not claim is deleted once the
         // policy and grants are applied, never before.
         crate::startup::mark("settle_requests");
-        let kernel_before = agent.kernel.read_grants()?;
+        let mut kernel_before = agent.kernel.read_grants()?;
+        kernel_before.sort_unstable_by_key(|&(k, _)| k);
         let peers_before = agent.kernel.read_peers()?;
         let ports_before = agent.ports.clone();
         crate::startup::mark("read_kernel");

@@ -37,6 +37,8 @@ use crate::{
 
 /// What the kernel maps held at start, before anything was written.
 pub(super) struct KernelBefore<'a> {
+    /// Sorted by key (looked up by binary search: a million entries are
+    /// cheaper sorted once than hashed).
     pub locals: &'a [(GrantKey, u64)],
     pub peers: &'a [PeerEntry],
     pub ports: &'a BTreeMap<(Proto, u16), u32>,
@@ -241,19 +243,24 @@ impl Agent {
         // What the kernel holds, with its value: on a restart the pinned
         // maps already hold most grants' entries, and an entry the kernel
         // holds with the very value the ledger wants is not written again.
-        let in_kernel: std::collections::HashMap<EntryKey, u64> = before
-            .locals
+        debug_assert!(before.locals.windows(2).all(|w| w[0].0 <= w[1].0));
+        let mut peers: Vec<(EntryKey, u64)> = before
+            .peers
             .iter()
-            .map(|&(k, v)| (EntryKey::Local(k), v))
-            .chain(before.peers.iter().map(|p| {
+            .map(|p| {
                 let k = EntryKey::Peer {
                     segment: p.segment,
                     addr: p.addr,
                     prefix: p.prefix,
                 };
                 (k, p.expiry)
-            }))
+            })
             .collect();
+        peers.sort_unstable();
+        let in_kernel = InKernel {
+            locals: before.locals,
+            peers,
+        };
         let mut ended: Vec<(Grant, AuditEvent)> = Vec::new();
         let mut live = Vec::with_capacity(grants.len());
         self.ledger.reserve(grants.len());
@@ -291,7 +298,7 @@ impl Agent {
                         && this_boot
                         && enforced
                         && !keys.is_empty()
-                        && !keys.iter().any(|k| in_kernel.contains_key(k))
+                        && !keys.iter().any(|k| in_kernel.value(k).is_some())
                     {
                         let event = self.while_down_revoke(&g);
                         ended.push((g, event));
@@ -423,13 +430,38 @@ impl Agent {
     }
 }
 
+/// The kernel's entries at start, by key.
+struct InKernel<'a> {
+    /// Sorted by key.
+    locals: &'a [(GrantKey, u64)],
+    /// Sorted by key.
+    peers: Vec<(EntryKey, u64)>,
+}
+
+impl InKernel<'_> {
+    fn value(&self, key: &EntryKey) -> Option<u64> {
+        match key {
+            EntryKey::Local(k) => self
+                .locals
+                .binary_search_by(|(x, _)| x.cmp(k))
+                .ok()
+                .map(|i| self.locals[i].1),
+            EntryKey::Peer { .. } => self
+                .peers
+                .binary_search_by(|(x, _)| x.cmp(key))
+                .ok()
+                .map(|i| self.peers[i].1),
+        }
+    }
+}
+
 /// Whether `change` puts a local uid or gid entry the kernel already holds
 /// with this value (cgroup entries are always written: the fast path
 /// counts them per level as they are put).
-fn already_there(change: &Change, in_kernel: &std::collections::HashMap<EntryKey, u64>) -> bool {
+fn already_there(change: &Change, in_kernel: &InKernel<'_>) -> bool {
     match change {
         Change::Put(k @ EntryKey::Local(key), at) if key.kind != agent_common::kind::CGROUP => {
-            in_kernel.get(k) == Some(at)
+            in_kernel.value(k) == Some(*at)
         }
         _ => false,
     }
