@@ -37,8 +37,10 @@ impl GrantBook {
             }
             return;
         }
-        // `collect` sorts, then builds the tree in one go.
-        self.by_deadline = grants.iter().map(|g| (g.expires_boot_ns, g.id)).collect();
+        let mut deadlines: Vec<(u64, u64)> =
+            grants.iter().map(|g| (g.expires_boot_ns, g.id)).collect();
+        deadlines.sort_unstable();
+        self.by_deadline = deadlines.into_iter().collect();
         self.by_id = grants.into_iter().map(|g| (g.id, g)).collect();
     }
 
