@@ -48,7 +48,13 @@ pub(crate) fn finish() -> String {
     };
     p.marks
         .iter()
-        .map(|(n, d, kib)| format!("{n}={:.0}ms/{:.0}MiB", d.as_secs_f64() * 1e3, *kib as f64 / 1024.0))
+        .map(|(n, d, kib)| {
+            format!(
+                "{n}={:.0}ms/{:.0}MiB",
+                d.as_secs_f64() * 1e3,
+                *kib as f64 / 1024.0
+            )
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }

@@ -437,7 +437,10 @@ fn tracefs(ws: &Workspace, s: &Step, root: bool) -> Result<((), String)> {
         bail!("no tracefs at {TRACEFS} (the agent's cgroup_mkdir tracepoint needs it) and mounting one needs root");
     }
     s.note("mounting");
-    util::run(ws.command("mount").args(["-t", "tracefs", "tracefs", TRACEFS]))?;
+    util::run(
+        ws.command("mount")
+            .args(["-t", "tracefs", "tracefs", TRACEFS]),
+    )?;
     if !mounted("tracefs", at)? {
         bail!("`mount -t tracefs tracefs {TRACEFS}` succeeded but /proc/self/mountinfo shows no tracefs there");
     }

@@ -124,10 +124,14 @@ impl<'a> Cursor<'a> {
         Ok(self.take(1)?[0])
     }
     fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
 }
 
@@ -208,9 +212,15 @@ mod tests {
 
     fn grants() -> Vec<Grant> {
         let mut out = Vec::new();
-        for (i, identity) in ["uid:7", "gid:8", "user:root", "cgroup:/a/b", "peer:10.0.0.0/8"]
-            .iter()
-            .enumerate()
+        for (i, identity) in [
+            "uid:7",
+            "gid:8",
+            "user:root",
+            "cgroup:/a/b",
+            "peer:10.0.0.0/8",
+        ]
+        .iter()
+        .enumerate()
         {
             out.push(Grant {
                 id: 10 + i as u64,
@@ -262,7 +272,9 @@ mod tests {
         let records = bytes.len() - 5 * RECORD;
         let mut bad = bytes.clone();
         bad[records + 8..records + 12].copy_from_slice(&77u32.to_le_bytes());
-        assert!(decoded(&bad).unwrap_err().contains("segment names string 77"));
+        assert!(decoded(&bad)
+            .unwrap_err()
+            .contains("segment names string 77"));
         let mut kind = bytes;
         kind[records + 12] = 9;
         assert!(decoded(&kind).unwrap_err().contains("identity kind 9"));

@@ -137,7 +137,10 @@ impl Bench<'_> {
             nft_seconds: Vec::new(),
         };
         for round in 0..rounds {
-            self.log(&format!("scale round {}/{rounds}: nft -f of {n} elements", round + 1));
+            self.log(&format!(
+                "scale round {}/{rounds}: nft -f of {n} elements",
+                round + 1
+            ));
             {
                 let table = NftTable::loopback(self.server.port)?;
                 out.nft_seconds
