@@ -175,6 +175,7 @@ impl Agent {
         mode_override: Option<Mode>,
     ) -> anyhow::Result<Self> {
         let (journal, opened) = Journal::open(&paths.state_dir)?;
+        crate::startup::mark("journal_replay");
         // Every write from here on keeps the kernel's policy epoch and
         // cgroup-level masks (see `kernel/fastpath.rs`).
         let levels = crate::kernel::CgroupLevels::new(resolver.hierarchy.mount.clone());
@@ -185,6 +186,7 @@ impl Agent {
             .into_iter()
             .map(|(p, port, s)| ((p, port), s))
             .collect();
+        crate::startup::mark("read_ports");
         let mut agent = Self {
             policy: Policy {
                 segments: BTreeMap::new(),
@@ -259,14 +261,18 @@ impl Agent {
         // The previous run's entries: known to the kernel, not (yet) to this
         // ledger. Everything the new ledger does not claim is deleted once the
         // policy and grants are applied, never before.
-        let kernel_before = agent.kernel.read_grants()?;
+        crate::startup::mark("settle_requests");
+        let mut kernel_before = agent.kernel.read_grants()?;
+        kernel_before.sort_unstable_by_key(|&(k, _)| k);
         let peers_before = agent.kernel.read_peers()?;
         let ports_before = agent.ports.clone();
+        crate::startup::mark("read_kernel");
 
         if recovering {
             agent.adopt_segment_ids(&policy);
         }
         agent.apply_policy(policy)?;
+        crate::startup::mark("apply_policy");
         agent.restore_grants(
             memory.grants.into_values().collect(),
             &restore::KernelBefore {
@@ -275,6 +281,7 @@ impl Agent {
                 ports: &ports_before,
             },
         )?;
+        crate::startup::mark("restore_grants");
         if recovering {
             agent.recover_grants(&kernel_before, &peers_before)?;
         }
@@ -297,14 +304,25 @@ impl Agent {
             }
         }
         agent.apply_changes(&stale)?;
+        crate::startup::mark("stale_sweep");
         // What each group stands for now: the base later changes are
         // audited against.
         agent.refresh_groups()?;
         // Start from a fresh snapshot: the log holds only this run's changes.
-        let memory = agent.memory();
-        if let Err(e) = agent.journal.compact(&memory) {
-            warn!(error = %e, "could not compact the journal at start; new grants are refused until it can be written");
+        crate::startup::mark("groups");
+        // A fresh snapshot only when the journal needs one: after an import
+        // or a recovery (what is live came from elsewhere), or when the log
+        // has grown past the compaction threshold. Otherwise the snapshot
+        // and log on disk replay to this very state (what start changed was
+        // appended to the log), and rewriting a million grants costs
+        // seconds of start for nothing.
+        if recovering || opened.migrated.is_some() || agent.journal.wants_compaction() {
+            let memory = agent.memory();
+            if let Err(e) = agent.journal.compact(&memory) {
+                warn!(error = %e, "could not compact the journal at start; new grants are refused until it can be written");
+            }
         }
+        crate::startup::mark("compact");
         Ok(agent)
     }
 

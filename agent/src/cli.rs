@@ -307,6 +307,10 @@ pub(crate) enum Command {
     #[cfg(feature = "bench")]
     #[command(hide = true)]
     BenchDataplane(crate::benchprog::BenchArgs),
+    /// A state directory whose journal holds N grants (for `cargo xtask bench --only scale`).
+    #[cfg(feature = "bench")]
+    #[command(hide = true)]
+    BenchJournal(crate::benchjournal::JournalArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -379,7 +383,7 @@ pub(crate) fn run_client(cli: Cli) -> ExitCode {
     let (request, json) = match cli.command {
         Command::Agent(_) => unreachable!("handled by main"),
         #[cfg(feature = "bench")]
-        Command::BenchDataplane(_) => unreachable!("handled by main"),
+        Command::BenchDataplane(_) | Command::BenchJournal(_) => unreachable!("handled by main"),
         Command::Check { paths } => return check(&paths),
         Command::Completions { shell } => {
             manuals::completions(shell, &mut std::io::stdout());

@@ -44,6 +44,7 @@ use std::{
 use tracing::{error, info, warn};
 
 mod record;
+mod table;
 use record::{frame, frames, Stop};
 pub(crate) use record::{Memory, Op};
 
@@ -51,8 +52,11 @@ pub(crate) const LOG_FILE: &str = "journal.log";
 pub(crate) const SNAP_FILE: &str = "journal.snap";
 /// The state file of earlier versions, imported once.
 pub(crate) const LEGACY_FILE: &str = "state.json";
-/// Snapshot format.
-const FORMAT: u32 = 1;
+/// Snapshot format: 2 is a JSON frame of everything but the grants,
+/// then the grants as a binary table in a second frame (`journal/table.rs`);
+/// 1 (earlier versions; still read) is one JSON frame of everything.
+const FORMAT: u32 = 2;
+const FORMAT_JSON: u32 = 1;
 /// The log is compacted once it is this many times the snapshot...
 const COMPACT_RATIO: u64 = 4;
 /// ...and at least this large.
@@ -316,15 +320,31 @@ impl Journal {
 
     fn read_snapshot(bytes: &[u8]) -> Result<Memory, String> {
         let f = frames(bytes);
-        match (f.payloads.as_slice(), f.stop) {
-            ([payload], None) => {
-                let snap: Snapshot = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
-                if snap.format != FORMAT {
-                    return Err(format!("unknown format {}", snap.format));
+        let (header, table) = match (f.payloads.as_slice(), f.stop) {
+            ([header], None) => (header, None),
+            ([header, table], None) => (header, Some(table)),
+            _ => return Err("not one or two whole checksummed records".into()),
+        };
+        let snap: Snapshot = serde_json::from_slice(header).map_err(|e| e.to_string())?;
+        match (snap.format, table) {
+            (FORMAT_JSON, None) => Ok(snap.memory),
+            (FORMAT, Some(table)) => {
+                let mut memory = snap.memory;
+                if !memory.grants.is_empty() {
+                    return Err("grants both in the header and in the table".into());
                 }
-                Ok(snap.memory)
+                let mut grants = Vec::new();
+                table::decode(table, |g| grants.push(g))?;
+                // Written in id order: the map is built in one go.
+                memory.grants = grants.into_iter().map(|g| (g.id, g)).collect();
+                Ok(memory)
             }
-            _ => Err("not one whole checksummed record".into()),
+            (FORMAT_JSON | FORMAT, _) => Err(format!(
+                "format {} with {} records",
+                snap.format,
+                1 + usize::from(table.is_some())
+            )),
+            (other, _) => Err(format!("unknown format {other}")),
         }
     }
 
@@ -471,12 +491,19 @@ impl Journal {
     /// it changes nothing ([`Memory::apply`] is idempotent).
     pub(crate) fn compact(&mut self, memory: &Memory) -> Result<(), JournalError> {
         let snap_path = self.dir.join(SNAP_FILE);
-        let payload = serde_json::to_vec(&Snapshot {
+        let header = serde_json::to_vec(&Snapshot {
             format: FORMAT,
-            memory: memory.clone(),
+            memory: Memory {
+                next_id: memory.next_id,
+                segment_ids: memory.segment_ids.clone(),
+                grants: Default::default(),
+                requests: memory.requests.clone(),
+                locks: memory.locks.clone(),
+            },
         })
         .expect("snapshots serialize");
-        let bytes = frame(&payload);
+        let mut bytes = frame(&header);
+        bytes.extend(frame(&table::encode(memory.grants.values())));
         let result = write_atomic(&self.dir, &snap_path, &bytes)
             .map_err(|source| JournalError::Write {
                 path: snap_path.clone(),

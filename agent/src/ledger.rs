@@ -257,6 +257,13 @@ impl Ledger {
         self.entries.get(key).and_then(Contribs::latest)
     }
 
+    /// Room for `n` more sources of one key each, so that a bulk fill
+    /// (the grants at start) does not rehash on the way.
+    pub(crate) fn reserve(&mut self, n: usize) {
+        self.entries.reserve(n);
+        self.by_source.reserve(n);
+    }
+
     /// Number of distinct map entries.
     pub(crate) fn len(&self) -> usize {
         self.entries.len()

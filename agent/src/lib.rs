@@ -36,7 +36,8 @@
 //! - `sweep`: judging every open flow with the kernel maps and cutting refused ones
 //!   (at start, after revoke, expiry and reload, on kill requests); `sockdiag` is its netlink shim.
 //! - `cgroupfs`, `hostaddrs`, `clock`, `mounts`: host facts.
-//! - `benchprog` (feature `bench`): `portcullis bench-dataplane` (hidden): per-packet cost for `cargo xtask bench`.
+//! - `benchprog` (feature `bench`): `portcullis bench-dataplane` (hidden): per-packet cost for `cargo xtask bench`;
+//!   `benchjournal`: `portcullis bench-journal` (hidden): a state directory with N journaled grants.
 //!
 //! The crate's public surface is [`main`] (the binary is a one-line call to
 //! it) and [`policy`] (for the fuzz target); every other module is
@@ -44,6 +45,8 @@
 pub(crate) mod actor;
 pub(crate) mod agent;
 pub(crate) mod audit;
+#[cfg(feature = "bench")]
+pub(crate) mod benchjournal;
 #[cfg(feature = "bench")]
 pub(crate) mod benchprog;
 pub(crate) mod cgroupfs;
@@ -77,6 +80,7 @@ pub(crate) mod resolve;
 pub(crate) mod server;
 pub(crate) mod settings;
 pub(crate) mod sockdiag;
+pub(crate) mod startup;
 pub(crate) mod state;
 pub(crate) mod sweep;
 pub(crate) mod termtext;
@@ -131,6 +135,8 @@ pub fn main() -> ExitCode {
         }
         #[cfg(feature = "bench")]
         Command::BenchDataplane(args) => benchprog::main(args),
+        #[cfg(feature = "bench")]
+        Command::BenchJournal(args) => benchjournal::main(args),
         _ => cli::run_client(cli),
     }
 }

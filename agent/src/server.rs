@@ -95,11 +95,13 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
     // 0. Privileges: without them nothing else matters (and the policy's
     // warnings would only bury the one line that does).
     crate::privileges::check()?;
+    crate::startup::begin();
     // 1. Policy first: a bad policy never reaches the kernel.
     let policy = load_policy(&opts.policies, &opts.policy_trust)
         .map_err(|e| anyhow::anyhow!("policy in {} is invalid:\n{e}", opts.policies.display()))?;
     // One agent per pin directory, state directory, audit log and socket:
     // a second one stops here, before it touches any of them.
+    crate::startup::mark("policy_parse");
     let _locks =
         crate::lock::take_agent_locks(&opts.bpffs, &opts.state_dir, &opts.audit_log, &opts.socket)?;
 
@@ -143,6 +145,7 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
         }
         audit.set_notifier(n);
     }
+    crate::startup::mark("maps_open");
     let mut agent = Agent::start(
         policy,
         Box::new(dataplane),
@@ -162,10 +165,13 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
     agent.set_local_addrs(&addrs)?;
     // The cgroup cover too, before the tracepoint that reads it.
     agent.sync_cover();
+    crate::startup::mark("addresses_cover");
     // Attach only now: the maps hold the policy, the grants and this host's
     // addresses, so the programs never run on incomplete maps.
     let filters = agent.attach()?;
+    crate::startup::mark("attach");
     release_freed_memory();
+    crate::startup::mark("malloc_trim");
     agent.note_start(&cgroup);
     info!(
         cgroup = %cgroup.display(),
@@ -199,6 +205,8 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
 
     // 3. Control socket, only once enforcement is in place.
     let listener = bind_socket(&opts)?;
+    crate::startup::mark("sweep_observers_socket");
+    info!(phases = %crate::startup::finish(), "start phases (wall time, then resident memory after each)");
     info!(socket = %opts.socket.display(), "control socket ready");
     crate::notify::ready();
     let mut watchdog = crate::notify::Watchdog::from_env();

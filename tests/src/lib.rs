@@ -667,9 +667,12 @@ pub fn read_journal(state_dir: &Path) -> (Option<serde_json::Value>, Vec<serde_j
         }
         out
     };
-    let snap = fs::read(state_dir.join("journal.snap"))
-        .ok()
-        .and_then(|b| frames(&b).into_iter().next());
+    // Only the snapshot's first frame is JSON (its grants, format 2, are a
+    // binary table in the second).
+    let snap = fs::read(state_dir.join("journal.snap")).ok().and_then(|b| {
+        let len = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
+        serde_json::from_slice(b.get(8..8 + len)?).ok()
+    });
     let log = fs::read(state_dir.join("journal.log"))
         .map(|b| frames(&b))
         .unwrap_or_default();

@@ -75,6 +75,7 @@ pub(crate) fn setup(ws: &Workspace) -> Result<()> {
     })?;
     step("debian packages", |s| packages(ws, s, root))?;
     step(&format!("bpffs at {BPFFS}"), |s| bpffs(ws, s, root))?;
+    step(&format!("tracefs at {TRACEFS}"), |s| tracefs(ws, s, root))?;
     step("cgroup2", |_| cgroup2())?;
     eprintln!("setup: done in {}", util::human(start.elapsed()));
     Ok(())
@@ -419,6 +420,29 @@ fn bpffs(ws: &Workspace, s: &Step, root: bool) -> Result<((), String)> {
     )?;
     if !mounted("bpf", at)? {
         bail!("`mount -t bpf bpf {BPFFS}` succeeded but /proc/self/mountinfo shows no bpf there");
+    }
+    Ok(((), "ok (mounted)".into()))
+}
+
+/// Where aya looks for tracepoint ids first (the agent's `cgroup_mkdir`
+/// hook); a freshly booted host without systemd's automount lacks it.
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+fn tracefs(ws: &Workspace, s: &Step, root: bool) -> Result<((), String)> {
+    let at = Path::new(TRACEFS);
+    if mounted("tracefs", at)? {
+        return Ok(((), "ok (already mounted)".into()));
+    }
+    if !root {
+        bail!("no tracefs at {TRACEFS} (the agent's cgroup_mkdir tracepoint needs it) and mounting one needs root");
+    }
+    s.note("mounting");
+    util::run(
+        ws.command("mount")
+            .args(["-t", "tracefs", "tracefs", TRACEFS]),
+    )?;
+    if !mounted("tracefs", at)? {
+        bail!("`mount -t tracefs tracefs {TRACEFS}` succeeded but /proc/self/mountinfo shows no tracefs there");
     }
     Ok(((), "ok (mounted)".into()))
 }

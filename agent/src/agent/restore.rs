@@ -30,13 +30,15 @@ use crate::{
     dataplane::PeerEntry,
     identity::Identity,
     journal::{Memory, Op},
-    ledger::{EntryKey, Source},
+    ledger::{Change, EntryKey, Source},
     requests::RequestState,
     state::Actor,
 };
 
 /// What the kernel maps held at start, before anything was written.
 pub(super) struct KernelBefore<'a> {
+    /// Sorted by key (looked up by binary search: a million entries are
+    /// cheaper sorted once than hashed).
     pub locals: &'a [(GrantKey, u64)],
     pub peers: &'a [PeerEntry],
     pub ports: &'a BTreeMap<(Proto, u16), u32>,
@@ -238,17 +240,30 @@ impl Agent {
     ) -> Result<(), crate::dataplane::DataplaneError> {
         let now = clock::boot_ns();
         let mut writes = Vec::new();
-        let in_kernel: std::collections::HashSet<EntryKey> = before
-            .locals
+        // What the kernel holds, with its value: on a restart the pinned
+        // maps already hold most grants' entries, and an entry the kernel
+        // holds with the very value the ledger wants is not written again.
+        debug_assert!(before.locals.windows(2).all(|w| w[0].0 <= w[1].0));
+        let mut peers: Vec<(EntryKey, u64)> = before
+            .peers
             .iter()
-            .map(|&(k, _)| EntryKey::Local(k))
-            .chain(before.peers.iter().map(|p| EntryKey::Peer {
-                segment: p.segment,
-                addr: p.addr,
-                prefix: p.prefix,
-            }))
+            .map(|p| {
+                let k = EntryKey::Peer {
+                    segment: p.segment,
+                    addr: p.addr,
+                    prefix: p.prefix,
+                };
+                (k, p.expiry)
+            })
             .collect();
+        peers.sort_unstable();
+        let in_kernel = InKernel {
+            locals: before.locals,
+            peers,
+        };
         let mut ended: Vec<(Grant, AuditEvent)> = Vec::new();
+        let mut live = Vec::with_capacity(grants.len());
+        self.ledger.reserve(grants.len());
         for g in grants {
             let deadline = g.deadline(&self.boot_id);
             let this_boot = g.boot_id == self.boot_id;
@@ -283,7 +298,7 @@ impl Agent {
                         && this_boot
                         && enforced
                         && !keys.is_empty()
-                        && !keys.iter().any(|k| in_kernel.contains(k))
+                        && !keys.iter().any(|k| in_kernel.value(k).is_some())
                     {
                         let event = self.while_down_revoke(&g);
                         ended.push((g, event));
@@ -291,15 +306,25 @@ impl Agent {
                     }
                     // Written together after the loop: runs of puts go to
                     // the kernel in batches.
-                    writes.extend(self.ledger.set(Source::Grant(g.id), &keys, deadline));
+                    writes.extend(
+                        self.ledger
+                            .set(Source::Grant(g.id), &keys, deadline)
+                            .into_iter()
+                            .filter(|c| !already_there(c, &in_kernel)),
+                    );
                 }
                 Err(e) => {
                     warn!(grant = g.id, error = %e, "restored grant does not resolve now; kept, retried later")
                 }
             }
             self.next_id = self.next_id.max(g.id + 1);
-            self.grants.insert(g.id, g);
+            live.push(g);
         }
+        // In id order (the journal's order): built in one go, the index's
+        // nodes are full instead of half full.
+        self.grants.fill(live);
+        crate::startup::mark("restore_ledger");
+        drop(in_kernel);
         self.apply_changes(&writes)?;
         drop(writes);
         if ended.is_empty() {
@@ -402,5 +427,42 @@ impl Agent {
             }
         }
         found
+    }
+}
+
+/// The kernel's entries at start, by key.
+struct InKernel<'a> {
+    /// Sorted by key.
+    locals: &'a [(GrantKey, u64)],
+    /// Sorted by key.
+    peers: Vec<(EntryKey, u64)>,
+}
+
+impl InKernel<'_> {
+    fn value(&self, key: &EntryKey) -> Option<u64> {
+        match key {
+            EntryKey::Local(k) => self
+                .locals
+                .binary_search_by(|(x, _)| x.cmp(k))
+                .ok()
+                .map(|i| self.locals[i].1),
+            EntryKey::Peer { .. } => self
+                .peers
+                .binary_search_by(|(x, _)| x.cmp(key))
+                .ok()
+                .map(|i| self.peers[i].1),
+        }
+    }
+}
+
+/// Whether `change` puts a local uid or gid entry the kernel already holds
+/// with this value (cgroup entries are always written: the fast path
+/// counts them per level as they are put).
+fn already_there(change: &Change, in_kernel: &InKernel<'_>) -> bool {
+    match change {
+        Change::Put(k @ EntryKey::Local(key), at) if key.kind != agent_common::kind::CGROUP => {
+            in_kernel.value(k) == Some(*at)
+        }
+        _ => false,
     }
 }

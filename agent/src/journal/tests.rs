@@ -226,3 +226,40 @@ fn an_unwritable_journal_refuses_and_queues_then_catches_up() {
     assert!(o.memory.grants.is_empty());
     assert_eq!(o.memory.next_id, 2);
 }
+
+#[test]
+fn a_snapshot_holds_its_grants_in_a_binary_table_and_a_json_one_is_still_read() {
+    let d = dir();
+    let (mut j, _) = open(d.path());
+    let mut memory = Memory {
+        next_id: 9,
+        ..Memory::default()
+    };
+    for id in [3, 5, 8] {
+        memory.grants.insert(id, grant(id));
+    }
+    j.compact(&memory).unwrap();
+    let bytes = fs::read(d.path().join(SNAP_FILE)).unwrap();
+    let f = frames(&bytes);
+    assert_eq!(f.payloads.len(), 2, "a JSON header and the grant table");
+    let header: serde_json::Value = serde_json::from_slice(f.payloads[0]).unwrap();
+    assert_eq!(header["format"], 2);
+    assert_eq!(header["memory"]["grants"], serde_json::json!({}));
+    drop(j);
+    assert_eq!(open(d.path()).1.memory, memory);
+
+    // The format of earlier versions: everything in one JSON frame.
+    let old = serde_json::json!({ "format": 1, "memory": memory });
+    fs::write(
+        d.path().join(SNAP_FILE),
+        frame(&serde_json::to_vec(&old).unwrap()),
+    )
+    .unwrap();
+    assert_eq!(open(d.path()).1.memory, memory);
+
+    // Format 2 without its table, or format 1 with one, is damage.
+    let header_only = frame(f.payloads[0]);
+    fs::write(d.path().join(SNAP_FILE), header_only).unwrap();
+    let (_, o) = open(d.path());
+    assert!(o.damaged.unwrap().0.contains("format 2 with 1 records"));
+}

@@ -69,6 +69,12 @@ pub(crate) struct FastPath {
     /// walk must not skip those levels even while no entry is counted.
     cover: HashMap<u32, u32>,
     epoch: u64,
+    /// The grant map as `resync` read it at open, for the first
+    /// `read_grants` (see there); dropped at the first grant write. An
+    /// entry the old run's `cgroup_mkdir` tracepoint writes in between is
+    /// missed just as one written right after a fresh read would be: the
+    /// start's stale sweep only deletes what it read.
+    primed: std::sync::Mutex<Option<Vec<(GrantKey, u64)>>>,
 }
 
 impl FastPath {
@@ -87,6 +93,7 @@ impl FastPath {
             written: HashMap::new(),
             cover: HashMap::new(),
             epoch: 0,
+            primed: std::sync::Mutex::new(None),
         };
         fp.written = fp.inner.read_cgroup_levels()?.into_iter().collect();
         fp.epoch = fp.inner.epoch()?;
@@ -105,13 +112,13 @@ impl FastPath {
     fn resync(&mut self) -> Result<(), DataplaneError> {
         self.cgroups.clear();
         self.counts.clear();
-        let keys: Vec<GrantKey> = self
-            .inner
-            .read_grants()?
-            .into_iter()
-            .map(|(k, _)| k)
+        let all = self.inner.read_grants()?;
+        let keys: Vec<GrantKey> = all
+            .iter()
+            .map(|&(k, _)| k)
             .filter(|k| k.kind == kind::CGROUP)
             .collect();
+        *self.primed.lock().unwrap_or_else(|e| e.into_inner()) = Some(all);
         for k in keys {
             self.count_put(k);
         }
@@ -232,6 +239,7 @@ impl FastPath {
         atomic: bool,
         write: impl FnOnce(&mut dyn KernelMaps) -> Result<(), DataplaneError>,
     ) -> Result<(), DataplaneError> {
+        self.primed.lock().unwrap_or_else(|e| e.into_inner()).take();
         let touched = self.note(changes);
         self.write_masks(&touched, true)?;
         let result = write(&mut *self.inner);
@@ -286,7 +294,14 @@ impl KernelMaps for FastPath {
         self.inner.read_ports()
     }
     fn read_grants(&self) -> Result<Vec<(GrantKey, u64)>, DataplaneError> {
-        self.inner.read_grants()
+        // The agent's start reads the whole map right after `new` read it:
+        // with a million entries that is a second, so the first read is
+        // handed over once, unless the agent wrote grants in between.
+        let primed = self.primed.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match primed {
+            Some(all) => Ok(all),
+            None => self.inner.read_grants(),
+        }
     }
     fn read_peers(&self) -> Result<Vec<PeerEntry>, DataplaneError> {
         self.inner.read_peers()

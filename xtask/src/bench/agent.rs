@@ -42,6 +42,9 @@ pub(super) struct Spec {
     pub extra_ports: Vec<u16>,
     /// More standing allows, as written in a policy (`cgroup:/...`).
     pub extra_allows: Vec<String>,
+    /// A journal snapshot (`journal.snap`) to put in the state directory
+    /// before the first start: the agent restores its grants.
+    pub journal: Option<PathBuf>,
 }
 
 /// What the rollout table switches (`bench/rollout.rs`).
@@ -97,6 +100,9 @@ pub(super) struct Agent {
     pub socket: PathBuf,
     log: PathBuf,
     bin: PathBuf,
+    /// The agent's arguments and whether usage is off, for [`Agent::restart`].
+    args: Vec<std::ffi::OsString>,
+    no_usage: bool,
     /// From spawning the process to its control socket existing (which it
     /// binds only once the programs are attached and the maps filled).
     pub start_time: Duration,
@@ -122,36 +128,63 @@ impl Agent {
         fs::write(dir.join("agent.toml"), "")?;
         let socket = dir.join("control.sock");
         let log = dir.join("agent.log");
-        let mut cmd = Command::new(bin);
-        cmd.arg("agent")
-            .arg("--config")
-            .arg(dir.join("agent.toml"))
-            .arg("--policies")
-            .arg(&policies)
-            .arg("--bpffs")
-            .arg(&bpffs)
-            .arg("--cgroup")
-            .arg(cgroup)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--audit-log")
-            .arg(dir.join("audit.jsonl"))
-            .arg("--max-grants")
-            .arg(Spec::capacity(spec.uids.len() + spec.grants, 262_144).to_string())
-            .arg("--max-peers")
-            .arg(Spec::capacity(spec.peers.len(), 65_536).to_string());
+        if let Some(snap) = &spec.journal {
+            let state = dir.join("state");
+            fs::create_dir_all(&state)?;
+            fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+            fs::copy(snap, state.join("journal.snap"))
+                .with_context(|| format!("copying {}", snap.display()))?;
+        }
+        let mut args: Vec<std::ffi::OsString> = vec!["agent".into()];
+        let mut arg = |k: &str, v: &dyn AsRef<std::ffi::OsStr>| {
+            args.push(k.into());
+            args.push(v.as_ref().to_owned());
+        };
+        arg("--config", &dir.join("agent.toml"));
+        arg("--policies", &policies);
+        arg("--bpffs", &bpffs);
+        arg("--cgroup", &cgroup);
+        arg("--socket", &socket);
+        arg("--state-dir", &dir.join("state"));
+        arg("--audit-log", &dir.join("audit.jsonl"));
+        arg(
+            "--max-grants",
+            &Spec::capacity(spec.uids.len() + spec.grants, 262_144).to_string(),
+        );
+        arg(
+            "--max-peers",
+            &Spec::capacity(spec.peers.len(), 65_536).to_string(),
+        );
         if let Some(iface) = &spec.xdp_iface {
-            cmd.arg("--xdp-iface").arg(iface);
+            arg("--xdp-iface", iface);
         }
         if let Some(placement) = spec.peer_filter {
-            cmd.arg("--peer-filter").arg(placement);
+            arg("--peer-filter", &placement);
         }
         if spec.knobs.no_discovery {
-            cmd.arg("--no-discovery");
+            args.push("--no-discovery".into());
         }
-        if spec.knobs.no_usage {
+        let mut me = Self {
+            pid: 0,
+            child: None,
+            dir,
+            bpffs,
+            socket,
+            log,
+            bin: bin.to_path_buf(),
+            args,
+            no_usage: spec.knobs.no_usage,
+            start_time: Duration::ZERO,
+        };
+        me.spawn()?;
+        Ok(me)
+    }
+
+    /// Spawns the agent and waits until it serves its control socket.
+    fn spawn(&mut self) -> Result<()> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(&self.args);
+        if self.no_usage {
             cmd.env("PORTCULLIS_BENCH_NO_USAGE", "1");
         }
         // Logs to a file, not to a journal the bench's environment may name.
@@ -161,22 +194,15 @@ impl Agent {
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(fs::File::create(&log)?);
+            .stderr(fs::File::create(&self.log)?);
         host::confine(&mut cmd, None, None);
         let started = Instant::now();
         let child = cmd
             .spawn()
             .with_context(|| format!("starting `{}`", util::describe(&cmd)))?;
-        let mut me = Self {
-            pid: child.id(),
-            child: Some(child),
-            dir,
-            bpffs,
-            socket,
-            log,
-            bin: bin.to_path_buf(),
-            start_time: Duration::ZERO,
-        };
+        self.pid = child.id();
+        self.child = Some(child);
+        let me = self;
         while !me.socket.exists() {
             if let Some(status) = me.child.as_mut().expect("running").try_wait()? {
                 bail!(
@@ -194,7 +220,25 @@ impl Agent {
             std::thread::sleep(Duration::from_micros(500));
         }
         me.start_time = started.elapsed();
-        Ok(me)
+        Ok(())
+    }
+
+    /// Stops the agent (SIGTERM: its pins, maps and journal stay, as on a
+    /// service restart) and starts it again; `start_time` is the new start's.
+    pub(super) fn restart(&mut self) -> Result<()> {
+        self.terminate();
+        if self.child.is_some() {
+            bail!("the agent did not exit within {STOP_LIMIT:?} of SIGTERM");
+        }
+        self.spawn()
+    }
+
+    /// The agent's `start phases` log line (phase=ms/MiB ...), if it wrote one.
+    pub(super) fn start_phases(&self) -> Option<String> {
+        let text = fs::read_to_string(&self.log).ok()?;
+        let line = util::strip_ansi(text.lines().find(|l| l.contains("start phases"))?);
+        let phases = line.split("phases=").nth(1)?;
+        Some(phases.trim().trim_matches('"').to_string())
     }
 
     /// Replaces the agent's policy with `spec`'s (the agent reloads on
@@ -281,17 +325,26 @@ impl Agent {
             .with_context(|| format!("no grant id in {out}"))
     }
 
-    fn stop_now(&mut self) {
+    /// SIGTERM, and waits up to [`STOP_LIMIT`] for the exit; the child
+    /// stays (not reaped) if it did not exit.
+    fn terminate(&mut self) {
         if let Some(mut child) = self.child.take() {
             // SAFETY: kill(2) of our own child, which has not been reaped.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             let started = Instant::now();
             while started.elapsed() < STOP_LIMIT {
                 if let Ok(Some(_)) = child.try_wait() {
-                    break;
+                    return;
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
+            self.child = Some(child);
+        }
+    }
+
+    fn stop_now(&mut self) {
+        self.terminate();
+        if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -325,6 +378,7 @@ mod tests {
             knobs: Knobs::default(),
             extra_ports: Vec::new(),
             extra_allows: Vec::new(),
+            journal: None,
         };
         let p = spec.policy();
         assert!(p.contains("ports = [\"15432/tcp\"]"));
@@ -346,6 +400,7 @@ mod tests {
             knobs: Knobs::default(),
             extra_ports: vec![15433],
             extra_allows: vec!["cgroup:/pcbench-1/filtered/l3".into()],
+            journal: None,
         };
         let p = spec.policy();
         assert!(p.contains("ports = [\"15432/tcp\", \"15433/tcp\"]"), "{p}");

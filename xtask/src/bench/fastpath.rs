@@ -120,6 +120,7 @@ impl Bench<'_> {
             knobs: Knobs::default(),
             extra_ports: vec![rr_port],
             extra_allows: vec![deep_entry],
+            journal: None,
         };
         let agent = Agent::start(
             &self.portcullis,

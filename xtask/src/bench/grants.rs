@@ -123,6 +123,7 @@ impl Bench<'_> {
             knobs: Knobs::default(),
             extra_ports: Vec::new(),
             extra_allows: Vec::new(),
+            journal: None,
         };
         self.log(&format!(
             "grant scale: one agent filled to {} grants",

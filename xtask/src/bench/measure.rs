@@ -60,6 +60,9 @@ pub(super) struct Plan {
     pub bulk_starts: usize,
     /// The grant-scale table.
     pub grants: super::grants::GrantPlan,
+    /// Table 10: journaled grants, and rounds.
+    pub scale_grants: u32,
+    pub scale_rounds: usize,
 }
 
 /// Everything a measurement needs from the set-up.
@@ -388,6 +391,7 @@ impl Bench<'_> {
                 knobs: Knobs::default(),
                 extra_ports: Vec::new(),
                 extra_allows: Vec::new(),
+                journal: None,
             };
             if compare {
                 spec.peers = peers_around(self.filtered_ns.peer_addr, n);
@@ -517,6 +521,7 @@ impl Bench<'_> {
             knobs: Knobs::default(),
             extra_ports: Vec::new(),
             extra_allows: Vec::new(),
+            journal: None,
         };
         self.log(&format!(
             "Portcullis native XDP on veth ({n} peer allows), for reference"
@@ -564,6 +569,7 @@ impl Bench<'_> {
                     knobs: Knobs::default(),
                     extra_ports: Vec::new(),
                     extra_allows: Vec::new(),
+                    journal: None,
                 };
                 let agent = Agent::start(
                     &self.portcullis,

@@ -10,7 +10,8 @@
 //! the hidden `client` and `probe` subcommands the bench spawns where the
 //! traffic starts, `grants` the grant-scale table (time per grant with up
 //! to 1,000,000 live grants), `rollout` table 8, `fastpath` table 9 (issue
-//! 15's rows, with `emptyprog`'s empty cgroup_skb floor). The per-packet figures come from the agent binary's
+//! 15's rows, with `emptyprog`'s empty cgroup_skb floor), `scale` table 10
+//! (memory, restart and bulk load with a million journaled grants). The per-packet figures come from the agent binary's
 //! hidden `bench-dataplane` subcommand (agent/src/benchprog.rs).
 //!
 //! Not part of `cargo xtask test`: it takes minutes and its figures are
@@ -36,6 +37,7 @@ mod measure;
 mod progstats;
 mod report;
 mod rollout;
+mod scale;
 pub(crate) mod stats;
 
 #[derive(clap::Args)]
@@ -51,9 +53,15 @@ pub(crate) struct Options {
     /// scale), `grants` (table 7: time per grant at scale) and `rollout`
     /// (table 8: usage, discovery and audit mode on the connect path),
     /// `fastpath` (table 9: per-packet cost of marked and unmarked flows,
-    /// a deep cgroup entry, a stream, a deny flood, reload to cut).
+    /// a deep cgroup entry, a stream, a deny flood, reload to cut),
+    /// `scale` (table 10: memory, restart and bulk load with a million
+    /// journaled grants, beside `nft -f`).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Part>,
+    /// Journaled grants for table 10 (default 1,000,000; `--quick`
+    /// 100,000): a smaller N for a quick look at `--only scale`.
+    #[arg(long)]
+    scale_grants: Option<u32>,
     #[command(subcommand)]
     helper: Option<Helper>,
 }
@@ -65,6 +73,7 @@ enum Part {
     Grants,
     Rollout,
     Fastpath,
+    Scale,
 }
 
 /// What the bench runs inside its cgroup and namespaces.
@@ -107,6 +116,8 @@ fn plan(quick: bool) -> measure::Plan {
                 process_runs: 15,
                 fill_limit: std::time::Duration::from_secs(300),
             },
+            scale_grants: 100_000,
+            scale_rounds: 1,
         }
     } else {
         measure::Plan {
@@ -127,6 +138,8 @@ fn plan(quick: bool) -> measure::Plan {
                 process_runs: 30,
                 fill_limit: std::time::Duration::from_secs(1800),
             },
+            scale_grants: 1_000_000,
+            scale_rounds: 3,
         }
     }
 }
@@ -159,13 +172,17 @@ pub(crate) fn main(options: Options, ws: &Workspace) -> Result<()> {
     }
     let rules_before = host::ruleset()?;
 
-    let plan = plan(options.quick);
+    let mut plan = plan(options.quick);
+    if let Some(n) = options.scale_grants {
+        plan.scale_grants = n.max(1);
+    }
     let parts = if options.only.is_empty() {
         vec![
             Part::Comparison,
             Part::Grants,
             Part::Rollout,
             Part::Fastpath,
+            Part::Scale,
         ]
     } else {
         options.only.clone()
@@ -185,6 +202,7 @@ pub(crate) fn main(options: Options, ws: &Workspace) -> Result<()> {
         grants,
         rollout,
         fastpath,
+        scale,
     } = result?;
     let mut markdown = report::machine_line(&machine, started.elapsed(), unchanged);
     let mut json = serde_json::Map::new();
@@ -236,6 +254,10 @@ pub(crate) fn main(options: Options, ws: &Workspace) -> Result<()> {
         markdown.push_str(&f.markdown());
         json.insert("fastpath".into(), f.json());
     }
+    if let Some(s) = scale {
+        markdown.push_str(&s.markdown());
+        json.insert("scale".into(), s.json());
+    }
     println!("{markdown}");
     let dir = ws.target_dir()?.join("bench");
     fs::create_dir_all(&dir)?;
@@ -266,6 +288,7 @@ struct Results {
     grants: Option<grants::GrantScale>,
     rollout: Option<rollout::Rollout>,
     fastpath: Option<fastpath::FastPath>,
+    scale: Option<scale::Scale>,
 }
 
 /// Tables 1-6: Portcullis beside nftables and iptables.
@@ -369,12 +392,18 @@ fn run_all(
     } else {
         None
     };
+    let scale = if parts.contains(&Part::Scale) {
+        Some(bench.scale()?)
+    } else {
+        None
+    };
     Ok(Results {
         machine,
         comparison,
         grants,
         rollout,
         fastpath,
+        scale,
     })
 }
 

@@ -141,6 +141,7 @@ impl Bench<'_> {
             knobs: c.knobs,
             extra_ports: Vec::new(),
             extra_allows: Vec::new(),
+            journal: None,
         };
         let agent = Agent::start(
             &self.portcullis,
