@@ -57,6 +57,8 @@ mod enforce;
 mod errors;
 /// `extend`: a live grant's later expiry, in place.
 mod extend;
+/// Fleet grants (fleet mode): applied and ended as grants with a fleet id.
+mod fleet;
 /// Making, revoking and expiring grants.
 mod grants;
 /// `group:` identities kept current as members come and go.

@@ -24,6 +24,8 @@ mod manuals;
 mod render;
 /// Streamed replies (`list --json`, `revoke`) printed record by record.
 mod stream;
+/// `--fleet`: requests and their replies.
+mod fleet;
 /// `discover`'s table and `suggest`.
 mod suggest;
 /// `uninstall`: through the running agent, or under its locks.
@@ -80,6 +82,17 @@ pub(crate) enum Command {
         /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
+        /// Grant on every host --hosts names, through the fleet store (the
+        /// local agent must be in fleet mode; docs/fleet.md).
+        #[arg(long, requires = "hosts")]
+        fleet: bool,
+        /// With --fleet: host:NAME, group:NAME or all.
+        #[arg(long, requires = "fleet")]
+        hosts: Option<String>,
+        /// With --fleet: the grant stops working on a host cut off from the
+        /// store for longer than its staleness limit.
+        #[arg(long, requires = "fleet")]
+        strict: bool,
     },
     /// Lock an identity (root or `lock_admins`): revoke every grant that
     /// covers it and refuse new grants, requests and approvals for it until
@@ -113,8 +126,9 @@ pub(crate) enum Command {
     /// Revoke a grant by id, every grant of an identity, or every grant on a segment.
     #[command(after_help = examples::REVOKE)]
     Revoke {
-        /// The grant id printed by `grant` and `list`.
-        id: Option<u64>,
+        /// The grant id printed by `grant` and `list` (with --fleet: the
+        /// fleet grant id printed by `grant --fleet` and `list --fleet`).
+        id: Option<String>,
         /// Every grant of this identity (with --segment: on that segment only).
         #[arg(long)]
         identity: Option<String>,
@@ -124,6 +138,13 @@ pub(crate) enum Command {
         /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
+        /// Revoke fleet grants in the fleet store and wait until every
+        /// targeted host has applied the revocation.
+        #[arg(long)]
+        fleet: bool,
+        /// With --fleet: only grants for host:NAME, group:NAME or all.
+        #[arg(long, requires = "fleet")]
+        hosts: Option<String>,
     },
     /// Show standing allows, live grants with their time left, and pending requests.
     #[command(after_help = examples::LIST)]
@@ -138,6 +159,9 @@ pub(crate) enum Command {
         /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
+        /// The live fleet grants in the fleet store.
+        #[arg(long, conflicts_with_all = ["pending", "usage"])]
+        fleet: bool,
     },
     /// Reports; `report unused`: standing allows and grants nobody used.
     #[command(subcommand, after_help = examples::REPORT)]
@@ -246,6 +270,10 @@ pub(crate) enum Command {
         /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
+        /// This agent's link to the fleet store and every host's applied
+        /// revision and staleness.
+        #[arg(long)]
+        fleet: bool,
     },
     /// Query the audit trail (`--denies`: the kernel deny log), or `audit verify` its hash chain.
     #[command(after_help = examples::AUDIT)]
@@ -358,6 +386,35 @@ pub(crate) fn run_client(cli: Cli) -> ExitCode {
             ttl,
             reason,
             json,
+            fleet: true,
+            hosts,
+            strict,
+        } => match fleet::grant(hosts, segment, identity, ttl, reason, strict) {
+            Ok(request) => (request, json),
+            Err(e) => return fail(2, e),
+        },
+        Command::Revoke {
+            id,
+            identity,
+            segment,
+            json,
+            fleet: true,
+            hosts,
+        } => match fleet::revoke(id, identity, segment, hosts) {
+            Ok(request) => (request, json),
+            Err(e) => return fail(2, e),
+        },
+        Command::List {
+            json, fleet: true, ..
+        } => (Request::FleetList {}, json),
+        Command::Status { json, fleet: true } => (Request::FleetStatus {}, json),
+        Command::Grant {
+            segment,
+            identity,
+            ttl,
+            reason,
+            json,
+            ..
         } => {
             if let Err(e) = identity.parse::<Identity>() {
                 return fail(2, format!("identity {identity:?}: {e}"));
@@ -377,7 +434,12 @@ pub(crate) fn run_client(cli: Cli) -> ExitCode {
             identity,
             segment,
             json,
+            ..
         } => {
+            let id = match id.map(|i| i.parse::<u64>()).transpose() {
+                Ok(id) => id,
+                Err(_) => return fail(2, "a grant id is a number (fleet grant ids go with --fleet)"),
+            };
             if id.is_none() && identity.is_none() && segment.is_none() {
                 return fail(
                     2,
@@ -491,7 +553,7 @@ pub(crate) fn run_client(cli: Cli) -> ExitCode {
             Ok(request) => (request, json),
             Err(msg) => return fail(2, msg),
         },
-        Command::Status { json } => (Request::Status {}, json),
+        Command::Status { json, .. } => (Request::Status {}, json),
         Command::Discover { json } => (Request::Discover {}, json),
         Command::Suggest {
             port,

@@ -133,6 +133,33 @@ pub(crate) enum Request {
         #[serde(default)]
         on: Option<bool>,
     },
+    /// `grant --fleet`: write a fleet grant for `hosts` (`host:H`,
+    /// `group:G`, `all`) through this agent (docs/fleet.md).
+    FleetGrant {
+        hosts: String,
+        segment: String,
+        identity: String,
+        #[serde(default)]
+        ttl: Option<Ttl>,
+        #[serde(default)]
+        reason: Option<String>,
+        #[serde(default)]
+        strict: bool,
+    },
+    /// `revoke --fleet`: by fleet id, identity and/or segment; waits for
+    /// the targeted agents' acknowledgements.
+    FleetRevoke {
+        #[serde(default)]
+        id: Option<String>,
+        #[serde(default)]
+        identity: Option<String>,
+        #[serde(default)]
+        segment: Option<String>,
+        #[serde(default)]
+        hosts: Option<String>,
+    },
+    FleetList {},
+    FleetStatus {},
 }
 
 /// Who is asking, from SO_PEERCRED.
@@ -212,6 +239,18 @@ pub(crate) enum Reply {
     Stream {
         of: StreamOf,
     },
+    /// `grant --fleet`: the grant as written to the store.
+    FleetGranted {
+        grant: Box<crate::fleet::wire::FleetGrantView>,
+    },
+    /// `revoke --fleet`: what was revoked and which hosts acknowledged.
+    FleetRevoked(Box<crate::fleet::wire::FleetRevokeView>),
+    /// `list --fleet`: the live fleet grants in the store.
+    FleetList {
+        grants: Vec<crate::fleet::wire::FleetGrantView>,
+    },
+    /// `status --fleet`: this agent's link and every host's record.
+    FleetStatus(Box<crate::fleet::wire::FleetStatusView>),
 }
 
 /// Why a request was refused; `code` is stable for scripts.
@@ -512,6 +551,29 @@ pub(crate) fn check_text(request: &Request) -> Result<(), crate::termtext::Unsaf
         } => vec![("identity", Some(identity)), ("reason", Some(reason))],
         Request::Unlock { identity } => vec![("identity", Some(identity))],
         Request::Extend { reason, .. } => vec![("reason", reason.as_deref())],
+        Request::FleetGrant {
+            hosts,
+            segment,
+            identity,
+            reason,
+            ..
+        } => vec![
+            ("hosts", Some(hosts)),
+            ("segment", Some(segment)),
+            ("identity", Some(identity)),
+            ("reason", reason.as_deref()),
+        ],
+        Request::FleetRevoke {
+            id,
+            identity,
+            segment,
+            hosts,
+        } => vec![
+            ("id", id.as_deref()),
+            ("identity", identity.as_deref()),
+            ("segment", segment.as_deref()),
+            ("hosts", hosts.as_deref()),
+        ],
         Request::Explain { identity, port, .. } => {
             vec![("identity", identity.as_deref()), ("port", Some(port))]
         }
@@ -523,6 +585,8 @@ pub(crate) fn check_text(request: &Request) -> Result<(), crate::termtext::Unsaf
         | Request::Status {}
         | Request::Discover {}
         | Request::Uninstall {}
+        | Request::FleetList {}
+        | Request::FleetStatus {}
         | Request::Debug { .. } => {
             vec![]
         }

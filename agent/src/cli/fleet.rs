@@ -1,0 +1,193 @@
+//! `grant --fleet`, `revoke --fleet`, `list --fleet`, `status --fleet`:
+//! the requests (checked before sending) and their human output. Text from
+//! the store reaches here escaped (`termtext::escaped` on the whole reply).
+use super::table;
+use crate::{
+    control::Request,
+    duration::Ttl,
+    fleet::{
+        layout::Target,
+        wire::{FleetGrantView, FleetRevokeView, FleetStatusView},
+    },
+    identity::Identity,
+};
+
+pub(super) fn grant(
+    hosts: Option<String>,
+    segment: String,
+    identity: String,
+    ttl: Option<Ttl>,
+    reason: Option<String>,
+    strict: bool,
+) -> Result<Request, String> {
+    let hosts = hosts.ok_or("grant --fleet needs --hosts host:NAME|group:NAME|all")?;
+    Target::parse(&hosts)?;
+    identity
+        .parse::<Identity>()
+        .map_err(|e| format!("identity {identity:?}: {e}"))?;
+    Ok(Request::FleetGrant {
+        hosts,
+        segment,
+        identity,
+        ttl,
+        reason,
+        strict,
+    })
+}
+
+pub(super) fn revoke(
+    id: Option<String>,
+    identity: Option<String>,
+    segment: Option<String>,
+    hosts: Option<String>,
+) -> Result<Request, String> {
+    if id.is_none() && identity.is_none() && segment.is_none() {
+        return Err("revoke --fleet needs a fleet grant id, --identity IDENTITY or --segment S".into());
+    }
+    if let Some(h) = &hosts {
+        Target::parse(h)?;
+    }
+    if let Some(i) = &identity {
+        i.parse::<Identity>()
+            .map_err(|e| format!("identity {i:?}: {e}"))?;
+    }
+    Ok(Request::FleetRevoke {
+        id,
+        identity,
+        segment,
+        hosts,
+    })
+}
+
+pub(super) fn grant_line(g: &FleetGrantView) -> String {
+    format!(
+        "fleet grant {} for {}: {} on {} until {}{} (by {} on {}, revision {})",
+        g.id,
+        g.hosts,
+        g.identity,
+        g.segment,
+        g.expires_at,
+        if g.strict { ", strict" } else { "" },
+        g.actor,
+        g.origin_host,
+        g.revision
+    )
+}
+
+fn ago(secs: Option<u64>) -> String {
+    match secs {
+        None => "never".into(),
+        Some(s) => crate::clock::human(std::time::Duration::from_secs(s)),
+    }
+}
+
+pub(super) fn render_revoked(v: &FleetRevokeView) -> String {
+    let mut out = String::new();
+    for g in &v.revoked {
+        out.push_str(&format!(
+            "revoked {}\n",
+            grant_line(g).trim_start_matches("fleet grant ")
+        ));
+    }
+    let not_yet: Vec<String> = v
+        .hosts
+        .iter()
+        .filter(|h| h.state != "applied")
+        .map(|h| match h.state.as_str() {
+            "unreachable" => format!("{} (unreachable {})", h.host, ago(h.heard_secs_ago)),
+            _ => format!(
+                "{} (applied rev {} < {})",
+                h.host, h.applied_revision, v.revision
+            ),
+        })
+        .collect();
+    out.push_str(&format!(
+        "enforced on {} of {} hosts (store revision {})",
+        v.acknowledged,
+        v.hosts.len(),
+        v.revision
+    ));
+    if not_yet.is_empty() {
+        out.push('\n');
+    } else {
+        out.push_str(&format!("; not yet: {}\n", not_yet.join(", ")));
+    }
+    out
+}
+
+pub(super) fn render_list(grants: &[FleetGrantView]) -> String {
+    if grants.is_empty() {
+        return "no fleet grants\n".into();
+    }
+    let rows: Vec<Vec<String>> = grants
+        .iter()
+        .map(|g| {
+            vec![
+                g.id.clone(),
+                g.hosts.clone(),
+                g.segment.clone(),
+                g.identity.clone(),
+                g.expires_at.clone(),
+                g.origin_host.clone(),
+                if g.strict { "strict" } else { "" }.into(),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "HOSTS", "SEGMENT", "IDENTITY", "EXPIRES", "FROM", ""],
+        &rows,
+    )
+}
+
+pub(super) fn render_status(s: &FleetStatusView) -> String {
+    let mut out = format!(
+        "this host: {} (groups: {})\nstore: {}\napplied revision: {} of {}; last heard {} ago\n",
+        s.host,
+        if s.groups.is_empty() {
+            "none".into()
+        } else {
+            s.groups.join(", ")
+        },
+        if s.connected {
+            "connected".to_string()
+        } else {
+            format!(
+                "UNREACHABLE ({}): enforcing the last state; new fleet grants refused",
+                s.error.as_deref().unwrap_or("not connected yet")
+            )
+        },
+        s.applied_revision,
+        s.store_revision,
+        ago(s.heard_secs_ago),
+    );
+    for (id, why) in &s.refused {
+        out.push_str(&format!("not applied here: fleet grant {id}: {why}\n"));
+    }
+    let rows: Vec<Vec<String>> = s
+        .hosts
+        .iter()
+        .map(|h| {
+            vec![
+                h.host.clone(),
+                h.groups.join(","),
+                if h.live { "live" } else { "unreachable" }.into(),
+                h.applied_revision.to_string(),
+                (s.store_revision - h.applied_revision).max(0).to_string(),
+                ago(h.heard_secs_ago),
+                h.enforced.to_string(),
+                h.refused.to_string(),
+                h.audit_head.chars().take(12).collect(),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        out.push_str(&table(
+            &[
+                "HOST", "GROUPS", "STATE", "APPLIED", "BEHIND", "HEARD", "GRANTS", "REFUSED",
+                "AUDIT HEAD",
+            ],
+            &rows,
+        ));
+    }
+    out
+}
