@@ -113,6 +113,13 @@ pub(crate) enum Command {
         /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
+        /// Lock on every host --hosts names, through the fleet store, and
+        /// wait until each has applied it.
+        #[arg(long, requires = "hosts")]
+        fleet: bool,
+        /// With --fleet: host:NAME, group:NAME or all.
+        #[arg(long, requires = "fleet")]
+        hosts: Option<String>,
     },
     /// Lift the lock on an identity.
     #[command(after_help = examples::UNLOCK)]
@@ -122,6 +129,12 @@ pub(crate) enum Command {
         /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
+        /// Remove the identity's fleet locks from the fleet store.
+        #[arg(long)]
+        fleet: bool,
+        /// With --fleet: only its locks for host:NAME, group:NAME or all.
+        #[arg(long, requires = "fleet")]
+        hosts: Option<String>,
     },
     /// Revoke a grant by id, every grant of an identity, or every grant on a segment.
     #[command(after_help = examples::REVOKE)]
@@ -404,6 +417,27 @@ pub(crate) fn run_client(cli: Cli) -> ExitCode {
             Ok(request) => (request, json),
             Err(e) => return fail(2, e),
         },
+        Command::Lock {
+            identity,
+            reason,
+            ttl,
+            include_standing,
+            json,
+            fleet: true,
+            hosts,
+        } => match fleet::lock(hosts, identity, reason, ttl, include_standing) {
+            Ok(request) => (request, json),
+            Err(e) => return fail(2, e),
+        },
+        Command::Unlock {
+            identity,
+            json,
+            fleet: true,
+            hosts,
+        } => match fleet::unlock(identity, hosts) {
+            Ok(request) => (request, json),
+            Err(e) => return fail(2, e),
+        },
         Command::List {
             json, fleet: true, ..
         } => (Request::FleetList {}, json),
@@ -472,6 +506,7 @@ pub(crate) fn run_client(cli: Cli) -> ExitCode {
             ttl,
             include_standing,
             json,
+            ..
         } => {
             if let Err(e) = identity.parse::<Identity>() {
                 return fail(2, format!("identity {identity:?}: {e}"));
@@ -486,7 +521,7 @@ pub(crate) fn run_client(cli: Cli) -> ExitCode {
                 json,
             )
         }
-        Command::Unlock { identity, json } => {
+        Command::Unlock { identity, json, .. } => {
             if let Err(e) = identity.parse::<Identity>() {
                 return fail(2, format!("identity {identity:?}: {e}"));
             }

@@ -158,6 +158,22 @@ pub(crate) enum Request {
         #[serde(default)]
         hosts: Option<String>,
     },
+    /// `lock --fleet`: lock an identity on every host `hosts` names.
+    FleetLock {
+        hosts: String,
+        identity: String,
+        reason: String,
+        #[serde(default)]
+        ttl: Option<Ttl>,
+        #[serde(default)]
+        include_standing: bool,
+    },
+    /// `unlock --fleet`: remove the fleet locks of an identity.
+    FleetUnlock {
+        identity: String,
+        #[serde(default)]
+        hosts: Option<String>,
+    },
     FleetList {},
     FleetStatus {},
 }
@@ -245,10 +261,14 @@ pub(crate) enum Reply {
     },
     /// `revoke --fleet`: what was revoked and which hosts acknowledged.
     FleetRevoked(Box<crate::fleet::wire::FleetRevokeView>),
-    /// `list --fleet`: the live fleet grants in the store.
+    /// `list --fleet`: the live fleet grants and locks in the store.
     FleetList {
         grants: Vec<crate::fleet::wire::FleetGrantView>,
+        #[serde(default)]
+        locks: Vec<crate::fleet::wire::FleetLockView>,
     },
+    /// `lock --fleet`, `unlock --fleet`.
+    FleetLocked(Box<crate::fleet::wire::FleetLockedView>),
     /// `status --fleet`: this agent's link and every host's record.
     FleetStatus(Box<crate::fleet::wire::FleetStatusView>),
 }
@@ -574,6 +594,19 @@ pub(crate) fn check_text(request: &Request) -> Result<(), crate::termtext::Unsaf
             ("segment", segment.as_deref()),
             ("hosts", hosts.as_deref()),
         ],
+        Request::FleetLock {
+            hosts,
+            identity,
+            reason,
+            ..
+        } => vec![
+            ("hosts", Some(hosts)),
+            ("identity", Some(identity)),
+            ("reason", Some(reason)),
+        ],
+        Request::FleetUnlock { identity, hosts } => {
+            vec![("identity", Some(identity)), ("hosts", hosts.as_deref())]
+        }
         Request::Explain { identity, port, .. } => {
             vec![("identity", identity.as_deref()), ("port", Some(port))]
         }

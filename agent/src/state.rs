@@ -52,6 +52,9 @@ pub(crate) struct Lock {
     pub created_unix_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_unix_ms: Option<u64>,
+    /// The fleet lock this one enforces here (fleet mode), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<String>,
 }
 
 /// A just-in-time grant.

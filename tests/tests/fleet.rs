@@ -284,3 +284,44 @@ fn hostile_values_in_the_store_are_refused_and_named_escaped() {
     assert!(human.contains("payments") && human.contains("not in this host's policy"), "{human}");
     assert!(human.contains("max_ttl"), "{human}");
 }
+
+#[test]
+fn a_fleet_lock_propagates_to_its_hosts_and_unlock_restores() {
+    let etcd = Etcd::start();
+    let server = EchoServer::tcp("127.0.0.1:0");
+    let h1 = Host::start("h1", &["db"], &etcd, server.port());
+    let h2 = Host::start("h2", &["db"], &etcd, server.port());
+    let h3 = Host::start("h3", &["web"], &etcd, server.port());
+    let alice = TestUser::new();
+    fleet_grant(&h1, "all", &alice.identity(), "10m");
+    for h in [&h1, &h2, &h3] {
+        assert!(opens(h, &alice, server.addr), "{} did not open", h.name);
+    }
+    let s2 = hold(&h2, &alice, server.addr);
+
+    let out = h3.agent.cli(&[
+        "lock", "--fleet", "--hosts", "group:db", &alice.identity(), "--reason", "laptop stolen",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("enforced on 2 of 2 hosts"), "{}", text(&out));
+    let (err, _, _) = s2.wait_failure(Duration::from_secs(10));
+    assert_eq!(err, "ECONNABORTED");
+    for h in [&h1, &h2] {
+        assert_eq!(h.as_user(&alice).tcp(server.addr), Outcome::eperm(), "{}", h.name);
+        assert!(h.agent.ok(&["list"]).contains("laptop stolen"), "{}", h.name);
+    }
+    assert_eq!(h3.as_user(&alice).tcp(server.addr), Outcome::Ok, "h3 is not in the group");
+    // A grant made meanwhile does not get past the lock on h1 and h2.
+    fleet_grant(&h3, "all", &alice.identity(), "20m");
+    assert!(eventually(Duration::from_secs(10), || h1.status()["refused"]
+        .as_array()
+        .is_some_and(|r| r.iter().any(|x| x[1].as_str().is_some_and(|w| w.contains("locked"))))));
+    assert_eq!(h1.as_user(&alice).tcp(server.addr), Outcome::eperm());
+    assert!(h3.agent.ok(&["list", "--fleet"]).contains("laptop stolen"));
+
+    let out = h3.agent.cli(&["unlock", "--fleet", &alice.identity()]);
+    assert!(out.status.success(), "{}", text(&out));
+    for h in [&h1, &h2] {
+        assert!(opens(h, &alice, server.addr), "{} did not open after the unlock", h.name);
+    }
+}

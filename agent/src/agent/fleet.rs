@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::fleet::value::{remaining, GrantValue};
+use crate::fleet::value::{remaining, GrantValue, LockValue};
 
 /// How much longer than the segment's `max_ttl` a fleet grant may run when
 /// it reaches this host (clock skew between the granting host and this one).
@@ -143,6 +143,72 @@ impl Agent {
                 None
             }
         }
+    }
+
+    /// Fleet locks in force here, by fleet id.
+    pub(crate) fn fleet_locks(&self) -> std::collections::BTreeSet<String> {
+        self.locks.values().filter_map(|l| l.fleet.clone()).collect()
+    }
+
+    /// The checks of a fleet lock or unlock made through this agent: root
+    /// or this host's `lock_admins`.
+    pub(crate) fn fleet_may_lock(&self, cred: &PeerCred) -> bool {
+        self.may_lock_now(cred)
+    }
+
+    /// Imposes fleet lock `id` here. An identity locked here already (by
+    /// hand or by another fleet lock) stays under that lock.
+    pub(crate) fn fleet_lock(
+        &mut self,
+        id: &str,
+        v: &LockValue,
+        identity: Identity,
+        now_unix_ms: u64,
+    ) -> Result<Vec<Grant>, String> {
+        if v.expires_unix_ms.is_some_and(|e| e <= now_unix_ms) {
+            return Ok(Vec::new());
+        }
+        if let Some(l) = self.lock_on(&identity) {
+            if l.identity == identity {
+                return Err(format!("{identity} is locked here already"));
+            }
+        }
+        let lock = state::Lock {
+            identity,
+            reason: v.reason.clone(),
+            include_standing: v.include_standing,
+            actor: Actor {
+                uid: v.actor_uid,
+                user: Some(format!(
+                    "{}@{}",
+                    v.actor_user.as_deref().unwrap_or("?"),
+                    v.origin_host
+                )),
+                pid: None,
+            },
+            created_unix_ms: v.created_unix_ms,
+            expires_unix_ms: v.expires_unix_ms,
+            fleet: Some(id.to_string()),
+        };
+        self.impose(lock).map_err(|r| r.message)
+    }
+
+    /// Lifts fleet lock `id` here (its key left the store); false when
+    /// this host does not hold it.
+    pub(crate) fn fleet_unlock(&mut self, id: &str, revision: i64) -> bool {
+        let Some(lock) = self
+            .locks
+            .values()
+            .find(|l| l.fleet.as_deref() == Some(id))
+            .cloned()
+        else {
+            return false;
+        };
+        let why = format!("fleet lock {id} lifted (store revision {revision})");
+        if let Err(r) = self.lift(&lock, Actor::agent(), Some(why)) {
+            warn!(fleet = id, "lifting a fleet lock failed: {}", r.message);
+        }
+        true
     }
 
     /// This host's facts for its `agents/H` record: the policy digest, the

@@ -7,7 +7,7 @@ use crate::{
     duration::Ttl,
     fleet::{
         layout::Target,
-        wire::{FleetGrantView, FleetRevokeView, FleetStatusView},
+        wire::{FleetGrantView, FleetLockView, FleetLockedView, FleetRevokeView, FleetStatusView, HostAck},
     },
     identity::Identity,
 };
@@ -59,6 +59,72 @@ pub(super) fn revoke(
     })
 }
 
+pub(super) fn lock(
+    hosts: Option<String>,
+    identity: String,
+    reason: String,
+    ttl: Option<Ttl>,
+    include_standing: bool,
+) -> Result<Request, String> {
+    let hosts = hosts.ok_or("lock --fleet needs --hosts host:NAME|group:NAME|all")?;
+    Target::parse(&hosts)?;
+    identity
+        .parse::<Identity>()
+        .map_err(|e| format!("identity {identity:?}: {e}"))?;
+    Ok(Request::FleetLock {
+        hosts,
+        identity,
+        reason,
+        ttl,
+        include_standing,
+    })
+}
+
+pub(super) fn unlock(identity: String, hosts: Option<String>) -> Result<Request, String> {
+    if let Some(h) = &hosts {
+        Target::parse(h)?;
+    }
+    identity
+        .parse::<Identity>()
+        .map_err(|e| format!("identity {identity:?}: {e}"))?;
+    Ok(Request::FleetUnlock { identity, hosts })
+}
+
+fn lock_line(l: &FleetLockView) -> String {
+    format!(
+        "fleet lock {} for {}: {} ({}){}{} (by {} on {}, revision {})",
+        l.id,
+        l.hosts,
+        l.identity,
+        l.reason,
+        l.expires_at
+            .as_ref()
+            .map(|e| format!(" until {e}"))
+            .unwrap_or_default(),
+        if l.include_standing {
+            ", standing allows too"
+        } else {
+            ""
+        },
+        l.actor,
+        l.origin_host,
+        l.revision
+    )
+}
+
+pub(super) fn render_locked(v: &FleetLockedView) -> String {
+    let mut out = String::new();
+    for l in &v.locks {
+        out.push_str(&format!(
+            "{}ed {}\n",
+            v.action,
+            lock_line(l).trim_start_matches("fleet ")
+        ));
+    }
+    out.push_str(&acks(&v.hosts, v.acknowledged, v.revision));
+    out
+}
+
 pub(super) fn grant_line(g: &FleetGrantView) -> String {
     format!(
         "fleet grant {} for {}: {} on {} until {}{} (by {} on {}, revision {})",
@@ -89,24 +155,27 @@ pub(super) fn render_revoked(v: &FleetRevokeView) -> String {
             grant_line(g).trim_start_matches("fleet grant ")
         ));
     }
-    let not_yet: Vec<String> = v
-        .hosts
+    out.push_str(&acks(&v.hosts, v.acknowledged, v.revision));
+    out
+}
+
+/// "enforced on 2 of 3 hosts (store revision 15); not yet: h3 (applied rev 12 < 15)".
+fn acks(hosts: &[HostAck], acknowledged: usize, revision: i64) -> String {
+    let not_yet: Vec<String> = hosts
         .iter()
         .filter(|h| h.state != "applied")
         .map(|h| match h.state.as_str() {
             "unreachable" => format!("{} (unreachable {})", h.host, ago(h.heard_secs_ago)),
             _ => format!(
                 "{} (applied rev {} < {})",
-                h.host, h.applied_revision, v.revision
+                h.host, h.applied_revision, revision
             ),
         })
         .collect();
-    out.push_str(&format!(
-        "enforced on {} of {} hosts (store revision {})",
-        v.acknowledged,
-        v.hosts.len(),
-        v.revision
-    ));
+    let mut out = format!(
+        "enforced on {acknowledged} of {} hosts (store revision {revision})",
+        hosts.len()
+    );
     if not_yet.is_empty() {
         out.push('\n');
     } else {
@@ -115,9 +184,11 @@ pub(super) fn render_revoked(v: &FleetRevokeView) -> String {
     out
 }
 
-pub(super) fn render_list(grants: &[FleetGrantView]) -> String {
+pub(super) fn render_list(grants: &[FleetGrantView], locks: &[FleetLockView]) -> String {
+    let mut out: String = locks.iter().map(|l| format!("{}\n", lock_line(l))).collect();
     if grants.is_empty() {
-        return "no fleet grants\n".into();
+        out.push_str("no fleet grants\n");
+        return out;
     }
     let rows: Vec<Vec<String>> = grants
         .iter()
@@ -133,10 +204,11 @@ pub(super) fn render_list(grants: &[FleetGrantView]) -> String {
             ]
         })
         .collect();
-    table(
+    out.push_str(&table(
         &["ID", "HOSTS", "SEGMENT", "IDENTITY", "EXPIRES", "FROM", ""],
         &rows,
-    )
+    ));
+    out
 }
 
 pub(super) fn render_status(s: &FleetStatusView) -> String {

@@ -97,7 +97,8 @@ pub(crate) fn render(reply: &Reply) -> String {
         Reply::Stream { .. } => String::new(),
         Reply::FleetGranted { grant } => format!("{}\n", super::fleet::grant_line(grant)),
         Reply::FleetRevoked(v) => super::fleet::render_revoked(v),
-        Reply::FleetList { grants } => super::fleet::render_list(grants),
+        Reply::FleetList { grants, locks } => super::fleet::render_list(grants, locks),
+        Reply::FleetLocked(v) => super::fleet::render_locked(v),
         Reply::FleetStatus(s) => super::fleet::render_status(s),
         Reply::Debug {
             on,
@@ -151,6 +152,7 @@ pub(super) fn exits_one(reply: &Reply) -> bool {
     not_enforcing(reply)
         // A fleet revoke some targeted host has not acknowledged yet.
         || matches!(reply, Reply::FleetRevoked(v) if v.acknowledged < v.hosts.len())
+        || matches!(reply, Reply::FleetLocked(v) if v.acknowledged < v.hosts.len())
         || matches!(reply, Reply::Explained(v) if !v.allowed && v.mode.as_deref() != Some("audit"))
 }
 

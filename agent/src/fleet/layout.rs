@@ -4,9 +4,13 @@
 //! {prefix}/grants/host/H/ID    a grant for host H
 //! {prefix}/grants/group/G/ID   a grant for every host in group G
 //! {prefix}/grants/fleet/ID     a grant for every host
+//! {prefix}/locks/host/H/ID     a lock for host H (likewise group/G, fleet)
 //! {prefix}/agents/H            host H's live record (leased): applied revision, ...
-//! {prefix}/hosts/H             host H's last record (not leased): who was ever there
+//! {prefix}/seen/H              host H's last record (not leased): who was ever there
 //! ```
+//!
+//! An agent watches one key range, `grants/` up to and including `locks/`
+//! (nothing else sorts between them), so one revision orders both.
 //!
 //! Owns the key syntax and which grants target which host; nothing here
 //! talks to etcd.
@@ -93,6 +97,19 @@ impl Layout {
         format!("{}/grants/{}/{id}", self.prefix, target.path())
     }
 
+    pub(crate) fn locks(&self) -> String {
+        format!("{}/locks/", self.prefix)
+    }
+
+    pub(crate) fn lock(&self, target: &Target, id: &str) -> String {
+        format!("{}/locks/{}/{id}", self.prefix, target.path())
+    }
+
+    /// The watched range: `grants/` through `locks/` (start, end exclusive).
+    pub(crate) fn watched(&self) -> (String, String) {
+        (self.grants(), format!("{}/locks0", self.prefix))
+    }
+
     pub(crate) fn agents(&self) -> String {
         format!("{}/agents/", self.prefix)
     }
@@ -102,18 +119,27 @@ impl Layout {
     }
 
     pub(crate) fn hosts(&self) -> String {
-        format!("{}/hosts/", self.prefix)
+        format!("{}/seen/", self.prefix)
     }
 
     pub(crate) fn host(&self, host: &str) -> String {
-        format!("{}/hosts/{host}", self.prefix)
+        format!("{}/seen/{host}", self.prefix)
     }
 
     /// A grant key back into its target and id; `None` for anything that
     /// is not exactly one (an extra segment, a bad name, another prefix).
     pub(crate) fn parse_grant(&self, key: &[u8]) -> Option<(Target, String)> {
+        self.parse_under(&self.grants(), key)
+    }
+
+    /// A lock key back into its target and id (as [`Self::parse_grant`]).
+    pub(crate) fn parse_lock(&self, key: &[u8]) -> Option<(Target, String)> {
+        self.parse_under(&self.locks(), key)
+    }
+
+    fn parse_under(&self, under: &str, key: &[u8]) -> Option<(Target, String)> {
         let key = std::str::from_utf8(key).ok()?;
-        let rest = key.strip_prefix(&self.grants())?;
+        let rest = key.strip_prefix(under)?;
         let parts: Vec<&str> = rest.split('/').collect();
         let (target, id) = match parts.as_slice() {
             ["host", h, id] if valid_name(h) => (Target::Host(h.to_string()), id),
@@ -124,7 +150,7 @@ impl Layout {
         valid_name(id).then(|| (target, id.to_string()))
     }
 
-    /// The host an `agents/H` or `hosts/H` key names.
+    /// The host an `agents/H` or `seen/H` key names.
     pub(crate) fn parse_host(&self, key: &[u8]) -> Option<String> {
         let key = std::str::from_utf8(key).ok()?;
         let h = key
@@ -164,5 +190,16 @@ mod tests {
         assert_eq!(l.parse_grant(b"/other/grants/fleet/1"), None);
         assert_eq!(l.parse_grant(b"/p/v1/grants/fleet/\xff"), None);
         assert_eq!(l.parse_host(b"/p/v1/agents/h2"), Some("h2".into()));
+        let lock = l.lock(&Target::Fleet, "h1-9");
+        assert_eq!(l.parse_lock(lock.as_bytes()), Some((Target::Fleet, "h1-9".into())));
+        assert_eq!(l.parse_grant(lock.as_bytes()), None);
+        // The watched range holds grants and locks, not the agents' records.
+        let (start, end) = l.watched();
+        for k in [l.grant(&Target::Fleet, "x"), lock] {
+            assert!(start <= k && k < end, "{k}");
+        }
+        for k in [l.agent("h1"), l.host("h1")] {
+            assert!(!(start <= k && k < end), "{k}");
+        }
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::{
     layout::{Layout, Target},
-    value::{GrantValue, ValueError},
+    value::{GrantValue, LockValue, ValueError},
 };
 use crate::identity::Identity;
 
@@ -49,6 +49,63 @@ pub(crate) fn targeted<'a>(
         }
     }
     (wanted, bad)
+}
+
+/// One fleet lock for this host.
+#[derive(Clone, Debug)]
+pub(crate) struct WantedLock {
+    pub target: Target,
+    pub value: LockValue,
+    pub identity: Identity,
+}
+
+/// The locks among `kvs` that target this host, as [`targeted`] for grants.
+pub(crate) fn targeted_locks<'a>(
+    layout: &Layout,
+    host: &str,
+    groups: &[String],
+    kvs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+) -> (BTreeMap<String, WantedLock>, Vec<(String, ValueError)>) {
+    let mut wanted = BTreeMap::new();
+    let mut bad = Vec::new();
+    for (key, value) in kvs {
+        let Some((target, id)) = layout.parse_lock(key) else {
+            continue;
+        };
+        if !target.applies_to(host, groups) {
+            continue;
+        }
+        match LockValue::parse(value) {
+            Ok((value, identity)) => {
+                wanted.entry(id).or_insert(WantedLock {
+                    target,
+                    value,
+                    identity,
+                });
+            }
+            Err(e) => bad.push((id, e)),
+        }
+    }
+    (wanted, bad)
+}
+
+/// Fleet locks to lift here (gone from the store) and to impose (new).
+pub(crate) fn plan_locks(
+    wanted: &BTreeMap<String, WantedLock>,
+    enforced: &std::collections::BTreeSet<String>,
+) -> Plan {
+    Plan {
+        end: enforced
+            .iter()
+            .filter(|id| !wanted.contains_key(*id))
+            .cloned()
+            .collect(),
+        apply: wanted
+            .keys()
+            .filter(|id| !enforced.contains(*id))
+            .cloned()
+            .collect(),
+    }
 }
 
 /// What to do to make this host enforce `wanted` and nothing else from the
@@ -151,5 +208,41 @@ mod tests {
         assert_eq!(p.end, ["gone", "moved"]);
         assert_eq!(p.apply, ["moved", "new"]);
         assert_eq!(plan(&wanted, &BTreeMap::new()).end, Vec::<String>::new());
+    }
+
+    #[test]
+    fn locks_for_this_host_are_imposed_and_gone_ones_lifted() {
+        let l = Layout::new("/p");
+        let lock = |identity: &str| {
+            serde_json::to_vec(&LockValue {
+                format: FORMAT,
+                identity: identity.into(),
+                reason: "left".into(),
+                include_standing: false,
+                created_unix_ms: 1,
+                expires_unix_ms: None,
+                actor_uid: 0,
+                actor_user: None,
+                origin_host: "h1".into(),
+            })
+            .unwrap()
+        };
+        let kvs = [
+            (b"/p/locks/group/db/a".to_vec(), lock("uid:1")),
+            (b"/p/locks/group/web/b".to_vec(), lock("uid:2")),
+            (b"/p/locks/fleet/c".to_vec(), lock("nope")),
+            (b"/p/grants/fleet/d".to_vec(), value(10)),
+        ];
+        let (wanted, bad) = targeted_locks(
+            &l,
+            "h1",
+            &["db".to_string()],
+            kvs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
+        );
+        assert_eq!(wanted.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        let enforced = std::collections::BTreeSet::from(["old".to_string()]);
+        let p = plan_locks(&wanted, &enforced);
+        assert_eq!((p.end, p.apply), (vec!["old".to_string()], vec!["a".to_string()]));
     }
 }

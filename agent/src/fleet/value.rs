@@ -112,7 +112,51 @@ pub(crate) fn remaining(deadline_ms: u64, now_ms: u64) -> Result<Duration, Value
     Ok(left)
 }
 
-/// `agents/H` (leased) and `hosts/H` (kept): what one agent has applied.
+/// A fleet lock, as stored at `locks/{target}/ID`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LockValue {
+    pub format: u32,
+    pub identity: String,
+    pub reason: String,
+    #[serde(default)]
+    pub include_standing: bool,
+    pub created_unix_ms: u64,
+    /// When the lock lifts by itself (Unix ms); never when absent.
+    #[serde(default)]
+    pub expires_unix_ms: Option<u64>,
+    pub actor_uid: u32,
+    #[serde(default)]
+    pub actor_user: Option<String>,
+    pub origin_host: String,
+}
+
+impl LockValue {
+    /// Reads and checks a stored lock (the same limits as a grant's).
+    pub(crate) fn parse(bytes: &[u8]) -> Result<(Self, Identity), ValueError> {
+        if bytes.len() > MAX_VALUE {
+            return Err(ValueError::TooLarge { len: bytes.len() });
+        }
+        let v: LockValue =
+            serde_json::from_slice(bytes).map_err(|e| ValueError::Malformed(e.to_string()))?;
+        if v.format != FORMAT {
+            return Err(ValueError::Format(v.format));
+        }
+        text_ok("identity", &v.identity, 1024)?;
+        text_ok("reason", &v.reason, 1024)?;
+        text_ok("origin_host", &v.origin_host, 63)?;
+        if let Some(u) = &v.actor_user {
+            text_ok("actor_user", u, 255)?;
+        }
+        let identity: Identity = v
+            .identity
+            .parse()
+            .map_err(|e| ValueError::Identity(format!("{e}")))?;
+        Ok((v, identity))
+    }
+}
+
+/// `agents/H` (leased) and `seen/H` (kept): what one agent has applied.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct AgentRecord {
     pub host: String,

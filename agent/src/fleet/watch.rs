@@ -1,4 +1,5 @@
-//! The fleet watch: list the grants from a revision, reconcile, then watch
+//! The fleet watch: list the grants and locks from a revision, reconcile
+//! (locks first), then watch
 //! from the next revision; publish what was applied in this host's leased
 //! `agents/H` record (the acknowledgement `revoke --fleet` waits for).
 //!
@@ -18,7 +19,7 @@ use tracing::{info, warn};
 
 use super::{
     layout::Layout,
-    reconcile::{plan, targeted, Wanted},
+    reconcile::{plan, plan_locks, targeted, targeted_locks, Wanted, WantedLock},
     store::{self, call},
     value::{AgentRecord, GrantValue},
     FleetConfig, Link,
@@ -83,24 +84,24 @@ async fn session(
     info!(endpoints = %cfg.endpoints.join(","), host = %cfg.host, "fleet store connected");
     let late = |e: store::StoreError| (e.to_string(), true);
     'relist: loop {
+        let (start, end) = layout.watched();
         let listing = call(
             cfg,
-            client.get(layout.grants(), Some(GetOptions::new().with_prefix())),
+            client.get(start.clone(), Some(GetOptions::new().with_range(end.clone()))),
         )
         .await
         .map_err(early)?;
         let revision = listing.header().map_or(0, |h| h.revision());
-        let (wanted, bad) = targeted(
-            layout,
-            &cfg.host,
-            &cfg.groups,
-            listing.kvs().iter().map(|kv| (kv.key(), kv.value())),
-        );
+        let kvs = || listing.kvs().iter().map(|kv| (kv.key(), kv.value()));
+        let (wanted, bad) = targeted(layout, &cfg.host, &cfg.groups, kvs());
+        let (locks, bad_locks) = targeted_locks(layout, &cfg.host, &cfg.groups, kvs());
         let mut refused: BTreeMap<String, String> = bad
             .into_iter()
+            .chain(bad_locks)
             .map(|(id, e)| (id, e.to_string()))
             .collect();
-        let outcome = blocking(shared, move |a| reconcile(a, &wanted, revision)).await;
+        let outcome =
+            blocking(shared, move |a| reconcile(a, &locks, &wanted, revision)).await;
         refused.extend(outcome);
         note_refused(link, refused, true);
         link.update(|s| {
@@ -114,10 +115,10 @@ async fn session(
         let (_watcher, mut stream) = call(
             cfg,
             client.watch(
-                layout.grants(),
+                start,
                 Some(
                     WatchOptions::new()
-                        .with_prefix()
+                        .with_range(end)
                         .with_start_revision(revision + 1),
                 ),
             ),
@@ -139,6 +140,14 @@ async fn session(
                     }
                     if message.canceled() {
                         info!(reason = %message.cancel_reason(), "fleet watch cancelled by the store; listing again");
+                        continue 'relist;
+                    }
+                    // A lock imposed or lifted changes which grants may
+                    // apply here: the whole state is listed again.
+                    let locks_moved = message.events().iter().any(|ev| {
+                        ev.kv().and_then(|kv| layout.parse_lock(kv.key())).is_some_and(|(t, _)| t.applies_to(&cfg.host, &cfg.groups))
+                    });
+                    if locks_moved {
                         continue 'relist;
                     }
                     let revision = message.header().map_or(0, |h| h.revision());
@@ -215,12 +224,30 @@ async fn blocking<R: Send + 'static>(
 /// grants it refused to apply, with why.
 fn reconcile(
     a: &mut Agent,
+    locks: &BTreeMap<String, WantedLock>,
     wanted: &BTreeMap<String, Wanted>,
     revision: i64,
 ) -> BTreeMap<String, String> {
-    let p = plan(wanted, &a.fleet_enforced());
     let mut refused = BTreeMap::new();
     let mut ended = false;
+    // Locks first: a grant for a locked identity is then refused.
+    let pl = plan_locks(locks, &a.fleet_locks());
+    for id in &pl.end {
+        a.fleet_unlock(id, revision);
+    }
+    for id in &pl.apply {
+        let l = &locks[id];
+        match a.fleet_lock(id, &l.value, l.identity.clone(), now_ms()) {
+            Ok(revoked) => {
+                info!(fleet = id, hosts = %l.target, identity = %l.identity, revoked = revoked.len(), "fleet lock in force");
+                ended |= !revoked.is_empty();
+            }
+            Err(why) => {
+                refused.insert(id.clone(), why);
+            }
+        }
+    }
+    let p = plan(wanted, &a.fleet_enforced());
     for id in &p.end {
         ended |= a.fleet_end(id, revision).is_some();
     }
@@ -305,7 +332,7 @@ fn note_refused(link: &Link, refused: BTreeMap<String, String>, replace: bool) {
 }
 
 /// Writes `agents/H` (leased: gone when this agent stops renewing) and
-/// `hosts/H` (kept: a host that was there and is gone shows as
+/// `seen/H` (kept: a host that was there and is gone shows as
 /// unreachable) in one transaction.
 async fn publish(
     cfg: &FleetConfig,

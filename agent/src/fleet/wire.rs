@@ -81,3 +81,31 @@ pub(crate) struct FleetStatusView {
     pub refused: Vec<(String, String)>,
     pub hosts: Vec<FleetHostView>,
 }
+
+/// One fleet lock as stored.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct FleetLockView {
+    pub id: String,
+    pub hosts: String,
+    pub identity: String,
+    pub reason: String,
+    pub include_standing: bool,
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    pub actor: String,
+    pub origin_host: String,
+    pub revision: i64,
+}
+
+/// `lock --fleet` / `unlock --fleet`: the locks written or removed and
+/// which targeted hosts have applied that revision.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct FleetLockedView {
+    /// `lock` or `unlock`.
+    pub action: String,
+    pub locks: Vec<FleetLockView>,
+    pub revision: i64,
+    pub hosts: Vec<HostAck>,
+    pub acknowledged: usize,
+    pub timed_out: bool,
+}

@@ -134,6 +134,8 @@ async fn serve_connection(stream: UnixStream, cred: PeerCred, shared: Shared) {
             // Fleet operations wait on the store, never with the agent's lock.
             Ok(request @ (Request::FleetGrant { .. }
             | Request::FleetRevoke { .. }
+            | Request::FleetLock { .. }
+            | Request::FleetUnlock { .. }
             | Request::FleetList {}
             | Request::FleetStatus {})) => fleet(&shared, cred, request).await,
             // The agent's work (its lock, the audit fsync, the state write)
@@ -286,6 +288,19 @@ async fn fleet(shared: &Shared, cred: PeerCred, request: Request) -> Response {
             segment,
             hosts,
         } => ops::revoke(shared, cred, id, identity, segment, hosts).await,
+        Request::FleetLock {
+            hosts,
+            identity,
+            reason,
+            ttl,
+            include_standing,
+        } => {
+            let ttl = ttl.map(crate::duration::Ttl::get);
+            ops::lock(shared, cred, hosts, identity, reason, ttl, include_standing).await
+        }
+        Request::FleetUnlock { identity, hosts } => {
+            ops::unlock(shared, cred, identity, hosts).await
+        }
         Request::FleetList {} => ops::list().await,
         Request::FleetStatus {} => ops::status().await,
         _ => unreachable!("only fleet requests come here"),
@@ -375,6 +390,8 @@ fn handle(shared: &Shared, cred: &PeerCred, request: Request) -> Response {
         Request::Debug { on } => crate::kernlog::request(cred, on),
         Request::FleetGrant { .. }
         | Request::FleetRevoke { .. }
+        | Request::FleetLock { .. }
+        | Request::FleetUnlock { .. }
         | Request::FleetList {}
         | Request::FleetStatus {} => Err(Refusal::new(
             RefusalCode::Internal,
