@@ -77,6 +77,7 @@ mod usage;
 mod views;
 pub(crate) use apply::DEFAULT_GRANT_GRACE;
 pub(crate) use authz::credential_matches;
+pub(crate) use fleet::{IncomingGrant, IncomingLock};
 pub(crate) use jit::DEFAULT_REQUEST_TTL;
 pub(crate) use views::ListCursor;
 

@@ -16,6 +16,8 @@ use clap::{Parser, Subcommand};
 
 /// The examples of each subcommand's `--help`.
 mod examples;
+/// `--fleet`: requests and their replies.
+mod fleet;
 /// `request --wait`, `explain` arguments, rendering of requests and explanations.
 mod jit;
 /// Shell completions and man pages.
@@ -24,8 +26,6 @@ mod manuals;
 mod render;
 /// Streamed replies (`list --json`, `revoke`) printed record by record.
 mod stream;
-/// `--fleet`: requests and their replies.
-mod fleet;
 /// `discover`'s table and `suggest`.
 mod suggest;
 /// `uninstall`: through the running agent, or under its locks.
@@ -197,18 +197,29 @@ pub(crate) enum Command {
         /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
+        /// Ask through the fleet store for access on every host --hosts names.
+        #[arg(long, requires = "hosts", conflicts_with = "wait")]
+        fleet: bool,
+        /// With --fleet: host:NAME, group:NAME or all.
+        #[arg(long, requires = "fleet")]
+        hosts: Option<String>,
     },
     /// Approve a pending request: grants it, for at most the TTL it asked for.
     #[command(after_help = examples::APPROVE)]
     Approve {
-        /// The request id printed by `request` and `list --pending`.
-        id: u64,
+        /// The request id printed by `request` and `list --pending` (with
+        /// --fleet: the fleet request id).
+        id: String,
         /// Grant less time than asked (never more).
         #[arg(long)]
         ttl: Option<Ttl>,
         /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
+        /// Approve a fleet request (one compare-and-swap: two approvers
+        /// never both win).
+        #[arg(long)]
+        fleet: bool,
     },
     /// Give a live grant more time, in place (root or an approver of its
     /// segment); never past the segment's max_ttl from the grant's start.
@@ -229,14 +240,18 @@ pub(crate) enum Command {
     /// Deny a pending request.
     #[command(after_help = examples::DENY)]
     Deny {
-        /// The request id printed by `request` and `list --pending`.
-        id: u64,
+        /// The request id printed by `request` and `list --pending` (with
+        /// --fleet: the fleet request id).
+        id: String,
         /// Why; the requester sees it.
         #[arg(long, required = true)]
         reason: String,
         /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
+        /// Deny a fleet request.
+        #[arg(long)]
+        fleet: bool,
     },
     /// Say which segment, rule or grant decides whether IDENTITY (or the
     /// process --pid PID) may reach PORT/PROTO, read from the kernel maps.
@@ -472,7 +487,12 @@ pub(crate) fn run_client(cli: Cli) -> ExitCode {
         } => {
             let id = match id.map(|i| i.parse::<u64>()).transpose() {
                 Ok(id) => id,
-                Err(_) => return fail(2, "a grant id is a number (fleet grant ids go with --fleet)"),
+                Err(_) => {
+                    return fail(
+                        2,
+                        "a grant id is a number (fleet grant ids go with --fleet)",
+                    )
+                }
             };
             if id.is_none() && identity.is_none() && segment.is_none() {
                 return fail(
@@ -560,8 +580,21 @@ pub(crate) fn run_client(cli: Cli) -> ExitCode {
             segment,
             ttl,
             reason,
+            json,
+            fleet: true,
+            hosts,
+            ..
+        } => match fleet::request(hosts, segment, ttl, reason) {
+            Ok(request) => (request, json),
+            Err(e) => return fail(2, e),
+        },
+        Command::Request {
+            segment,
+            ttl,
+            reason,
             wait,
             json,
+            ..
         } => {
             let request = Request::RequestAccess {
                 segment,
@@ -576,8 +609,38 @@ pub(crate) fn run_client(cli: Cli) -> ExitCode {
             }
             (request, json)
         }
-        Command::Approve { id, ttl, json } => (Request::Approve { id, ttl }, json),
-        Command::Deny { id, reason, json } => (Request::Deny { id, reason }, json),
+        Command::Approve {
+            id,
+            ttl,
+            json,
+            fleet: true,
+        } => (Request::FleetApprove { id, ttl }, json),
+        Command::Deny {
+            id,
+            reason,
+            json,
+            fleet: true,
+        } => (Request::FleetDeny { id, reason }, json),
+        Command::Approve { id, ttl, json, .. } => match id.parse() {
+            Ok(id) => (Request::Approve { id, ttl }, json),
+            Err(_) => {
+                return fail(
+                    2,
+                    "a request id is a number (fleet request ids go with --fleet)",
+                )
+            }
+        },
+        Command::Deny {
+            id, reason, json, ..
+        } => match id.parse() {
+            Ok(id) => (Request::Deny { id, reason }, json),
+            Err(_) => {
+                return fail(
+                    2,
+                    "a request id is a number (fleet request ids go with --fleet)",
+                )
+            }
+        },
         Command::Extend {
             id,
             ttl,

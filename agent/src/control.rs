@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::duration::Ttl;
 
+/// The `--fleet` replies' views.
+pub(crate) mod fleet;
 mod views;
 pub(crate) use views::{EnforcementView, LockView, RepairView, UsageView};
 /// The client's end: connect, send, read a whole or a streamed reply.
@@ -174,6 +176,26 @@ pub(crate) enum Request {
         #[serde(default)]
         hosts: Option<String>,
     },
+    /// `request --fleet`: ask for access on `hosts` for oneself.
+    FleetRequest {
+        hosts: String,
+        segment: String,
+        #[serde(default)]
+        ttl: Option<Ttl>,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// `approve --fleet ID`.
+    FleetApprove {
+        id: String,
+        #[serde(default)]
+        ttl: Option<Ttl>,
+    },
+    /// `deny --fleet ID`.
+    FleetDeny {
+        id: String,
+        reason: String,
+    },
     FleetList {},
     FleetStatus {},
 }
@@ -257,20 +279,22 @@ pub(crate) enum Reply {
     },
     /// `grant --fleet`: the grant as written to the store.
     FleetGranted {
-        grant: Box<crate::fleet::wire::FleetGrantView>,
+        grant: Box<crate::control::fleet::FleetGrantView>,
     },
     /// `revoke --fleet`: what was revoked and which hosts acknowledged.
-    FleetRevoked(Box<crate::fleet::wire::FleetRevokeView>),
+    FleetRevoked(Box<crate::control::fleet::FleetRevokeView>),
     /// `list --fleet`: the live fleet grants and locks in the store.
     FleetList {
-        grants: Vec<crate::fleet::wire::FleetGrantView>,
+        grants: Vec<crate::control::fleet::FleetGrantView>,
         #[serde(default)]
-        locks: Vec<crate::fleet::wire::FleetLockView>,
+        locks: Vec<crate::control::fleet::FleetLockView>,
     },
     /// `lock --fleet`, `unlock --fleet`.
-    FleetLocked(Box<crate::fleet::wire::FleetLockedView>),
+    FleetLocked(Box<crate::control::fleet::FleetLockedView>),
+    /// `request`, `approve`, `deny` with `--fleet`: the request as it stands.
+    FleetRequest(Box<crate::control::fleet::FleetRequestView>),
     /// `status --fleet`: this agent's link and every host's record.
-    FleetStatus(Box<crate::fleet::wire::FleetStatusView>),
+    FleetStatus(Box<crate::control::fleet::FleetStatusView>),
 }
 
 /// Why a request was refused; `code` is stable for scripts.
@@ -607,6 +631,18 @@ pub(crate) fn check_text(request: &Request) -> Result<(), crate::termtext::Unsaf
         Request::FleetUnlock { identity, hosts } => {
             vec![("identity", Some(identity)), ("hosts", hosts.as_deref())]
         }
+        Request::FleetRequest {
+            hosts,
+            segment,
+            reason,
+            ..
+        } => vec![
+            ("hosts", Some(hosts)),
+            ("segment", Some(segment)),
+            ("reason", reason.as_deref()),
+        ],
+        Request::FleetApprove { id, .. } => vec![("id", Some(id))],
+        Request::FleetDeny { id, reason } => vec![("id", Some(id)), ("reason", Some(reason))],
         Request::Explain { identity, port, .. } => {
             vec![("identity", identity.as_deref()), ("port", Some(port))]
         }

@@ -7,7 +7,8 @@
 //! is enforced: the pure diff), `store` (the etcd client: connect, TLS),
 //! `watch` (the task that lists, watches, applies and acknowledges), `ops`
 //! (the CLI's `--fleet` operations, run by the local agent, which holds
-//! the credentials). The core's side — a fleet grant as one more grant, with
+//! the credentials), `requests` (fleet access requests, decided by a
+//! compare-and-swap). The core's side — a fleet grant as one more grant, with
 //! its fleet id — is `agent/fleet.rs`. docs/fleet.md has the design.
 use std::sync::Mutex;
 
@@ -15,10 +16,10 @@ pub(crate) mod config;
 pub(crate) mod layout;
 pub(crate) mod ops;
 pub(crate) mod reconcile;
+pub(crate) mod requests;
 mod store;
 pub(crate) mod value;
 pub(crate) mod watch;
-pub(crate) mod wire;
 
 pub(crate) use config::FleetConfig;
 

@@ -48,7 +48,7 @@ static DEADLINES_CHANGED: tokio::sync::Notify = tokio::sync::Notify::const_new()
 
 /// Wakes the main loop's expiry timer (a fleet grant applied by the fleet
 /// watch may be the earliest deadline now).
-pub(crate) fn deadlines_changed() {
+fn deadlines_changed() {
     DEADLINES_CHANGED.notify_one();
 }
 
@@ -181,7 +181,7 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
             cfg: cfg.clone(),
             link: link.clone(),
         });
-        crate::fleet::watch::start(cfg, shared.clone(), link);
+        crate::fleet::watch::start(cfg, shared.clone(), link, deadlines_changed);
     }
     // Judge the flows that were open before enforcement (or while the
     // agent was down), then keep a sweeper for revokes, expiries, reloads

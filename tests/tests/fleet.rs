@@ -2,12 +2,7 @@
 //! attached to its own child cgroup with its own pins, state and socket,
 //! all in fleet mode on that etcd: h1 and h2 in group `db`, h3 in `web`.
 //! What a user sees on each "host" is what its own cgroup's clients get.
-use std::{
-    net::SocketAddr,
-    path::PathBuf,
-    process::Output,
-    time::Duration,
-};
+use std::{net::SocketAddr, path::PathBuf, process::Output, time::Duration};
 
 use portcullis_tests::{etcd::Etcd, session::Session, users::TestUser, *};
 
@@ -60,6 +55,8 @@ impl Host {
         let agent = Agent::builder(&policy(port), &cg.path)
             .arg("--config")
             .arg(config.to_str().unwrap())
+            .arg("--socket-mode")
+            .arg("666")
             .start();
         let h = Host {
             name: name.to_string(),
@@ -73,7 +70,12 @@ impl Host {
 
     fn restart(&mut self) {
         let config = self.config.to_str().unwrap().to_string();
-        self.agent.spawn(&["--config".into(), config]);
+        self.agent.spawn(&[
+            "--config".into(),
+            config,
+            "--socket-mode".into(),
+            "666".into(),
+        ]);
         self.wait_connected();
     }
 
@@ -83,7 +85,8 @@ impl Host {
 
     fn wait_connected(&self) {
         assert!(
-            eventually(Duration::from_secs(20), || self.status()["connected"] == true),
+            eventually(Duration::from_secs(20), || self.status()["connected"]
+                == true),
             "{} did not connect to etcd: {}",
             self.name,
             self.status()
@@ -99,11 +102,16 @@ fn fleet_grant(h: &Host, hosts: &str, identity: &str, ttl: &str) -> String {
     let v = json_ok(&h.agent.cli(&[
         "grant", "--fleet", "--hosts", hosts, "db", identity, "--ttl", ttl, "--json",
     ]));
-    v["grant"]["id"].as_str().expect("fleet grant id").to_string()
+    v["grant"]["id"]
+        .as_str()
+        .expect("fleet grant id")
+        .to_string()
 }
 
 fn opens(h: &Host, u: &TestUser, addr: SocketAddr) -> bool {
-    eventually(Duration::from_secs(10), || h.as_user(u).tcp(addr) == Outcome::Ok)
+    eventually(Duration::from_secs(10), || {
+        h.as_user(u).tcp(addr) == Outcome::Ok
+    })
 }
 
 fn hold(h: &Host, u: &TestUser, addr: SocketAddr) -> Session {
@@ -132,7 +140,10 @@ fn a_group_grant_opens_exactly_its_hosts_and_a_revoke_cuts_each_and_is_acknowled
     assert!(opens(&h2, &alice, server.addr), "h2 did not open");
     assert_eq!(h3.as_user(&alice).tcp(server.addr), Outcome::eperm());
     let listed = h2.agent.ok(&["list", "--fleet"]);
-    assert!(listed.contains(&id) && listed.contains("group:db"), "{listed}");
+    assert!(
+        listed.contains(&id) && listed.contains("group:db"),
+        "{listed}"
+    );
     // The host's own audit log names the fleet grant it enforces.
     assert!(
         h1.agent
@@ -154,12 +165,18 @@ fn a_group_grant_opens_exactly_its_hosts_and_a_revoke_cuts_each_and_is_acknowled
     );
     for (s, h) in [(&s1, &h1), (&s2, &h2)] {
         let (err, _, took) = s.wait_failure(Duration::from_secs(10));
-        println!("{}: open flow cut {took:?} after the fleet revoke: {err}", h.name);
+        println!(
+            "{}: open flow cut {took:?} after the fleet revoke: {err}",
+            h.name
+        );
         assert_eq!(err, "ECONNABORTED");
         assert_eq!(h.as_user(&alice).tcp(server.addr), Outcome::eperm());
     }
-    assert!(h2.agent.audit_records().iter().any(|r| r["event"] == "revoke"
-        && r["why"].as_str().is_some_and(|w| w.contains(&id))));
+    assert!(h2
+        .agent
+        .audit_records()
+        .iter()
+        .any(|r| r["event"] == "revoke" && r["why"].as_str().is_some_and(|w| w.contains(&id))));
 
     // status --fleet: three live hosts, each at or past the revoke's revision.
     let st = h1.status();
@@ -170,9 +187,13 @@ fn a_group_grant_opens_exactly_its_hosts_and_a_revoke_cuts_each_and_is_acknowled
     assert!(human.contains("h3") && human.contains("APPLIED"), "{human}");
 
     // Authorization as locally: a person who is not an approver cannot.
-    let out = h1
-        .agent
-        .cli_as(alice.uid, alice.gid, &["grant", "--fleet", "--hosts", "all", "db", "uid:1", "--ttl", "5m"]);
+    let out = h1.agent.cli_as(
+        alice.uid,
+        alice.gid,
+        &[
+            "grant", "--fleet", "--hosts", "all", "db", "uid:1", "--ttl", "5m",
+        ],
+    );
     assert!(!out.status.success(), "{}", text(&out));
 }
 
@@ -192,18 +213,33 @@ fn store_down_keeps_enforcing_and_expiring_refuses_new_grants_and_agents_reconci
     // The store goes away: what is enforced stays, the kernel's expiry fires,
     // and a new fleet grant is refused with the reason.
     etcd.stop();
-    assert!(eventually(Duration::from_secs(20), || h1.status()["connected"] == false));
+    assert!(eventually(Duration::from_secs(20), || h1.status()
+        ["connected"]
+        == false));
     assert_eq!(h1.as_user(&long).tcp(server.addr), Outcome::Ok);
     assert!(
-        eventually(Duration::from_secs(15), || h2.as_user(&short).tcp(server.addr)
+        eventually(Duration::from_secs(15), || h2
+            .as_user(&short)
+            .tcp(server.addr)
             == Outcome::eperm()),
         "the 4s fleet grant did not expire while the store was down"
     );
     let out = h1.agent.cli(&[
-        "grant", "--fleet", "--hosts", "all", "db", &late.identity(), "--ttl", "5m",
+        "grant",
+        "--fleet",
+        "--hosts",
+        "all",
+        "db",
+        &late.identity(),
+        "--ttl",
+        "5m",
     ]);
     assert!(!out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("fleet store is unreachable"), "{}", text(&out));
+    assert!(
+        text(&out).contains("fleet store is unreachable"),
+        "{}",
+        text(&out)
+    );
 
     // Back: h1 reconnects and sees new grants again.
     etcd.resume();
@@ -215,10 +251,18 @@ fn store_down_keeps_enforcing_and_expiring_refuses_new_grants_and_agents_reconci
     assert_eq!(h2.as_user(&long).tcp(server.addr), Outcome::Ok);
     // Revoked meanwhile: h1 acknowledges, h2 does not (it is down).
     let out = h1.agent.cli(&["revoke", "--fleet", &long_id]);
-    assert!(!out.status.success(), "a revoke h2 never applied is not all acknowledged");
+    assert!(
+        !out.status.success(),
+        "a revoke h2 never applied is not all acknowledged"
+    );
     let said = text(&out);
-    assert!(said.contains("enforced on 1 of 2 hosts") && said.contains("h2"), "{said}");
-    assert!(eventually(Duration::from_secs(10), || h1.as_user(&long).tcp(server.addr)
+    assert!(
+        said.contains("enforced on 1 of 2 hosts") && said.contains("h2"),
+        "{said}"
+    );
+    assert!(eventually(Duration::from_secs(10), || h1
+        .as_user(&long)
+        .tcp(server.addr)
         == Outcome::eperm()));
     let late_id = fleet_grant(&h1, "group:db", &late.identity(), "10m");
     // The history h2 missed is compacted away, and etcd restarts once more.
@@ -230,11 +274,16 @@ fn store_down_keeps_enforcing_and_expiring_refuses_new_grants_and_agents_reconci
     // the grant made meanwhile) from a fresh listing.
     h2.restart();
     assert!(
-        eventually(Duration::from_secs(15), || h2.as_user(&long).tcp(server.addr)
+        eventually(Duration::from_secs(15), || h2
+            .as_user(&long)
+            .tcp(server.addr)
             == Outcome::eperm()),
         "h2 still lets in a grant revoked while it was down"
     );
-    assert!(opens(&h2, &late, server.addr), "h2 did not pick up {late_id}");
+    assert!(
+        opens(&h2, &late, server.addr),
+        "h2 did not pick up {late_id}"
+    );
     assert!(opens(&h1, &late, server.addr));
 }
 
@@ -258,16 +307,29 @@ fn hostile_values_in_the_store_are_refused_and_named_escaped() {
     };
     let hour = 3_600_000;
     let key = |id: &str| format!("{PREFIX}/grants/fleet/{id}");
-    etcd.put(&key("ctl"), value("db", "x\u{1b}[2Jy", now_ms + hour).as_bytes());
-    etcd.put(&key("noseg"), value("payments", "r", now_ms + hour).as_bytes());
+    etcd.put(
+        &key("ctl"),
+        value("db", "x\u{1b}[2Jy", now_ms + hour).as_bytes(),
+    );
+    etcd.put(
+        &key("noseg"),
+        value("payments", "r", now_ms + hour).as_bytes(),
+    );
     etcd.put(&key("past"), value("db", "r", now_ms - hour).as_bytes());
-    etcd.put(&key("far"), value("db", "r", now_ms + 400 * 24 * hour).as_bytes());
+    etcd.put(
+        &key("far"),
+        value("db", "r", now_ms + 400 * 24 * hour).as_bytes(),
+    );
     etcd.put(&key("long"), value("db", "r", now_ms + 5 * hour).as_bytes());
     etcd.put(&key("huge"), &vec![b'{'; 100_000]);
     let refused = || {
         h1.status()["refused"]
             .as_array()
-            .map(|a| a.iter().map(|r| r[0].as_str().unwrap().to_string()).collect::<Vec<_>>())
+            .map(|a| {
+                a.iter()
+                    .map(|r| r[0].as_str().unwrap().to_string())
+                    .collect::<Vec<_>>()
+            })
             .unwrap_or_default()
     };
     assert!(
@@ -281,7 +343,10 @@ fn hostile_values_in_the_store_are_refused_and_named_escaped() {
     assert_eq!(h1.as_user(&u).tcp(server.addr), Outcome::eperm());
     let human = h1.agent.ok(&["status", "--fleet"]);
     assert!(!human.contains('\u{1b}'), "raw escape printed: {human}");
-    assert!(human.contains("payments") && human.contains("not in this host's policy"), "{human}");
+    assert!(
+        human.contains("payments") && human.contains("not in this host's policy"),
+        "{human}"
+    );
     assert!(human.contains("max_ttl"), "{human}");
 }
 
@@ -300,28 +365,113 @@ fn a_fleet_lock_propagates_to_its_hosts_and_unlock_restores() {
     let s2 = hold(&h2, &alice, server.addr);
 
     let out = h3.agent.cli(&[
-        "lock", "--fleet", "--hosts", "group:db", &alice.identity(), "--reason", "laptop stolen",
+        "lock",
+        "--fleet",
+        "--hosts",
+        "group:db",
+        &alice.identity(),
+        "--reason",
+        "laptop stolen",
     ]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("enforced on 2 of 2 hosts"), "{}", text(&out));
+    assert!(
+        text(&out).contains("enforced on 2 of 2 hosts"),
+        "{}",
+        text(&out)
+    );
     let (err, _, _) = s2.wait_failure(Duration::from_secs(10));
     assert_eq!(err, "ECONNABORTED");
     for h in [&h1, &h2] {
-        assert_eq!(h.as_user(&alice).tcp(server.addr), Outcome::eperm(), "{}", h.name);
-        assert!(h.agent.ok(&["list"]).contains("laptop stolen"), "{}", h.name);
+        assert_eq!(
+            h.as_user(&alice).tcp(server.addr),
+            Outcome::eperm(),
+            "{}",
+            h.name
+        );
+        assert!(
+            h.agent.ok(&["list"]).contains("laptop stolen"),
+            "{}",
+            h.name
+        );
     }
-    assert_eq!(h3.as_user(&alice).tcp(server.addr), Outcome::Ok, "h3 is not in the group");
+    assert_eq!(
+        h3.as_user(&alice).tcp(server.addr),
+        Outcome::Ok,
+        "h3 is not in the group"
+    );
     // A grant made meanwhile does not get past the lock on h1 and h2.
     fleet_grant(&h3, "all", &alice.identity(), "20m");
-    assert!(eventually(Duration::from_secs(10), || h1.status()["refused"]
+    assert!(eventually(Duration::from_secs(10), || h1.status()
+        ["refused"]
         .as_array()
-        .is_some_and(|r| r.iter().any(|x| x[1].as_str().is_some_and(|w| w.contains("locked"))))));
+        .is_some_and(|r| r.iter().any(|x| x[1]
+            .as_str()
+            .is_some_and(|w| w.contains("locked"))))));
     assert_eq!(h1.as_user(&alice).tcp(server.addr), Outcome::eperm());
     assert!(h3.agent.ok(&["list", "--fleet"]).contains("laptop stolen"));
 
     let out = h3.agent.cli(&["unlock", "--fleet", &alice.identity()]);
     assert!(out.status.success(), "{}", text(&out));
     for h in [&h1, &h2] {
-        assert!(opens(h, &alice, server.addr), "{} did not open after the unlock", h.name);
+        assert!(
+            opens(h, &alice, server.addr),
+            "{} did not open after the unlock",
+            h.name
+        );
+    }
+}
+
+#[test]
+fn two_approvers_approving_a_fleet_request_at_once_make_one_grant() {
+    let etcd = Etcd::start();
+    let server = EchoServer::tcp("127.0.0.1:0");
+    let h1 = Host::start("h1", &["db"], &etcd, server.port());
+    let h2 = Host::start("h2", &["db"], &etcd, server.port());
+    let alice = TestUser::new();
+    let v = json_ok(&h1.agent.cli_as(
+        alice.uid,
+        alice.gid,
+        &[
+            "request", "--fleet", "--hosts", "group:db", "db", "--ttl", "10m", "--json",
+        ],
+    ));
+    let id = v["id"].as_str().expect("fleet request id").to_string();
+    assert_eq!(v["state"], "pending", "{v}");
+    // She may not approve her own request.
+    let out = h2
+        .agent
+        .cli_as(alice.uid, alice.gid, &["approve", "--fleet", &id]);
+    assert!(!out.status.success(), "{}", text(&out));
+
+    // Two approvers (root on h1 and on h2) at the same moment.
+    let run = |h: &Host| {
+        let mut c = std::process::Command::new(portcullis_bin());
+        c.arg("--socket")
+            .arg(&h.agent.socket)
+            .args(["approve", "--fleet", &id]);
+        c
+    };
+    let outs = std::thread::scope(|s| {
+        let x = s.spawn(|| run(&h1).output().unwrap());
+        let y = s.spawn(|| run(&h2).output().unwrap());
+        [x.join().unwrap(), y.join().unwrap()]
+    });
+    let won: Vec<&Output> = outs.iter().filter(|o| o.status.success()).collect();
+    assert_eq!(
+        won.len(),
+        1,
+        "exactly one approval wins: {:?}",
+        outs.iter().map(text).collect::<Vec<_>>()
+    );
+    let lost = outs.iter().find(|o| !o.status.success()).unwrap();
+    assert!(text(lost).contains("decided already"), "{}", text(lost));
+    let grants: Vec<_> = etcd
+        .list(&format!("{PREFIX}/grants/"))
+        .into_iter()
+        .filter(|(_, v)| String::from_utf8_lossy(v).contains(&alice.identity()))
+        .collect();
+    assert_eq!(grants.len(), 1, "{grants:?}");
+    for h in [&h1, &h2] {
+        assert!(opens(h, &alice, server.addr), "{} did not open", h.name);
     }
 }

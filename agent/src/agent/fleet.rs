@@ -11,8 +11,44 @@
 //! ends, and says what is enforced.
 use std::collections::BTreeMap;
 
+use super::authz::{check_reason, check_ttl, jit_rules, requested_ttl, window_ttl};
+use super::errors::CoreError;
 use super::*;
-use crate::fleet::value::{remaining, GrantValue, LockValue};
+
+/// A fleet grant as `crate::fleet` hands it over: checked, its absolute
+/// deadline already turned into the time it still runs.
+pub(crate) struct IncomingGrant<'a> {
+    pub id: &'a str,
+    pub segment: &'a str,
+    pub identity: Identity,
+    pub ttl: Duration,
+    pub reason: Option<String>,
+    pub actor_uid: u32,
+    pub actor_user: Option<&'a str>,
+    pub origin_host: &'a str,
+    pub revision: i64,
+}
+
+/// A fleet lock as `crate::fleet` hands it over.
+pub(crate) struct IncomingLock<'a> {
+    pub id: &'a str,
+    pub identity: Identity,
+    pub reason: &'a str,
+    pub include_standing: bool,
+    pub created_unix_ms: u64,
+    pub expires_unix_ms: Option<u64>,
+    pub actor_uid: u32,
+    pub actor_user: Option<&'a str>,
+    pub origin_host: &'a str,
+}
+
+fn remote_actor(uid: u32, user: Option<&str>, host: &str) -> Actor {
+    Actor {
+        uid,
+        user: Some(format!("{}@{host}", user.unwrap_or("?"))),
+        pid: None,
+    }
+}
 
 /// How much longer than the segment's `max_ttl` a fleet grant may run when
 /// it reaches this host (clock skew between the granting host and this one).
@@ -48,6 +84,85 @@ impl Agent {
         self.audited(cred, "fleet grant", segment, result)
     }
 
+    /// The checks of a fleet request made through this agent, as for a
+    /// local one: the segment takes requests, the TTL and reason fit, the
+    /// caller is not locked. Returns the caller's identity, the TTL, the
+    /// reason.
+    pub(crate) fn fleet_check_request(
+        &mut self,
+        cred: &PeerCred,
+        segment: &str,
+        ttl: Option<Duration>,
+        reason: Option<&str>,
+    ) -> Result<(Identity, Duration, Option<String>), Refusal> {
+        let result = self
+            .request_rules(segment, ttl, reason)
+            .map_err(Refusal::from);
+        let (seg, ttl, reason) = self.audited(cred, "fleet request", segment, result)?;
+        let identity = super::jit::own_identity(cred.uid);
+        self.refuse_locked(cred, "request", &seg.name, &identity)?;
+        Ok((identity, ttl, reason))
+    }
+
+    fn request_rules(
+        &self,
+        segment: &str,
+        ttl: Option<Duration>,
+        reason: Option<&str>,
+    ) -> Result<(Segment, Duration, Option<String>), CoreError> {
+        let seg = self.segment(segment)?.clone();
+        let jit = jit_rules(&seg)?;
+        let ttl = requested_ttl(jit, ttl)?;
+        check_ttl(&seg, jit, ttl)?;
+        let reason = check_reason(&seg, jit, reason)?;
+        window_ttl(&seg, jit, ttl)?;
+        Ok((seg, ttl, reason))
+    }
+
+    /// The checks of a fleet approval made through this agent: the caller
+    /// approves the segment here (root or its approvers), is not the
+    /// requester (`me` and `requester` are `user@host`), and the identity is
+    /// not locked here. Returns the TTL to grant: the asked one, or less.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn fleet_check_approval(
+        &mut self,
+        cred: &PeerCred,
+        segment: &str,
+        identity: &str,
+        requester: &str,
+        me: &str,
+        asked: Duration,
+        ttl: Option<Duration>,
+    ) -> Result<Duration, Refusal> {
+        let seg = self.segment(segment).map_err(Refusal::from)?.clone();
+        if !self.may_administer(cred, &seg) {
+            return Err(self.forbidden(
+                cred,
+                "approve",
+                &seg.name,
+                CoreError::NotApprover {
+                    who: format!("uid {}", cred.uid),
+                    action: "approve".into(),
+                    segment: seg.name.clone(),
+                },
+            ));
+        }
+        if me == requester {
+            return Err(refuse(
+                RefusalCode::Forbidden,
+                format!("{me} may not approve their own request"),
+            ));
+        }
+        let identity: Identity = identity
+            .parse()
+            .map_err(|e| refuse(RefusalCode::Invalid, format!("identity {identity:?}: {e}")))?;
+        self.refuse_locked(cred, "approve", &seg.name, &identity)?;
+        let jit = jit_rules(&seg).map_err(Refusal::from)?;
+        let ttl = ttl.map_or(asked, |t| t.min(asked));
+        check_ttl(&seg, jit, ttl).map_err(Refusal::from)?;
+        window_ttl(&seg, jit, ttl).map_err(Refusal::from)
+    }
+
     /// Whether `cred` may revoke a fleet grant of `identity` on `segment`,
     /// by this host's policy (root; the segment's approvers; a person for
     /// their own `user:`/`uid:` grant).
@@ -64,23 +179,15 @@ impl Agent {
         cred.uid == 0 || own || admin
     }
 
-    /// Enforces fleet grant `id` here, unless this host cannot: its segment
-    /// is not in this host's policy, its deadline passed or is further than
-    /// the segment allows, or the identity is locked here. Returns the local
-    /// grant id.
-    pub(crate) fn fleet_apply(
-        &mut self,
-        id: &str,
-        v: &GrantValue,
-        identity: Identity,
-        revision: i64,
-        now_unix_ms: u64,
-    ) -> Result<u64, String> {
-        let ttl = remaining(v.deadline_unix_ms, now_unix_ms).map_err(|e| e.to_string())?;
-        let Some(seg) = self.policy.segments.get(&v.segment).cloned() else {
+    /// Enforces a fleet grant here, unless this host cannot: its segment
+    /// is not in this host's policy, it runs longer than the segment allows,
+    /// or the identity is locked here. Returns the local grant id.
+    pub(crate) fn fleet_apply(&mut self, g: IncomingGrant<'_>) -> Result<u64, String> {
+        let ttl = g.ttl;
+        let Some(seg) = self.policy.segments.get(g.segment).cloned() else {
             return Err(format!(
                 "segment {:?} is not in this host's policy",
-                crate::termtext::escape(&v.segment)
+                crate::termtext::escape(g.segment)
             ));
         };
         if let Some(jit) = &seg.jit {
@@ -93,36 +200,21 @@ impl Agent {
                 ));
             }
         }
-        if let Some(lock) = self.lock_on(&identity) {
+        if let Some(lock) = self.lock_on(&g.identity) {
             return Err(format!(
-                "{identity} is locked on this host ({})",
+                "{} is locked on this host ({})",
+                g.identity,
                 crate::termtext::escape(&lock.reason)
             ));
         }
-        let actor = Actor {
-            uid: v.actor_uid,
-            user: Some(format!(
-                "{}@{}",
-                v.actor_user.as_deref().unwrap_or("?"),
-                v.origin_host
-            )),
-            pid: None,
-        };
         let origin = state::FleetOrigin {
-            id: id.to_string(),
-            revision,
-            origin_host: v.origin_host.clone(),
+            id: g.id.to_string(),
+            revision: g.revision,
+            origin_host: g.origin_host.to_string(),
         };
+        let actor = remote_actor(g.actor_uid, g.actor_user, g.origin_host);
         let grant = self
-            .open_grant_as(
-                actor,
-                &seg,
-                identity,
-                ttl,
-                v.reason.clone(),
-                None,
-                Some(origin),
-            )
+            .open_grant_as(actor, &seg, g.identity, ttl, g.reason, None, Some(origin))
             .map_err(|r| r.message)?;
         Ok(grant.id)
     }
@@ -147,7 +239,10 @@ impl Agent {
 
     /// Fleet locks in force here, by fleet id.
     pub(crate) fn fleet_locks(&self) -> std::collections::BTreeSet<String> {
-        self.locks.values().filter_map(|l| l.fleet.clone()).collect()
+        self.locks
+            .values()
+            .filter_map(|l| l.fleet.clone())
+            .collect()
     }
 
     /// The checks of a fleet lock or unlock made through this agent: root
@@ -160,35 +255,25 @@ impl Agent {
     /// hand or by another fleet lock) stays under that lock.
     pub(crate) fn fleet_lock(
         &mut self,
-        id: &str,
-        v: &LockValue,
-        identity: Identity,
+        l: IncomingLock<'_>,
         now_unix_ms: u64,
     ) -> Result<Vec<Grant>, String> {
-        if v.expires_unix_ms.is_some_and(|e| e <= now_unix_ms) {
+        if l.expires_unix_ms.is_some_and(|e| e <= now_unix_ms) {
             return Ok(Vec::new());
         }
-        if let Some(l) = self.lock_on(&identity) {
-            if l.identity == identity {
-                return Err(format!("{identity} is locked here already"));
+        if let Some(held) = self.lock_on(&l.identity) {
+            if held.identity == l.identity {
+                return Err(format!("{} is locked here already", l.identity));
             }
         }
         let lock = state::Lock {
-            identity,
-            reason: v.reason.clone(),
-            include_standing: v.include_standing,
-            actor: Actor {
-                uid: v.actor_uid,
-                user: Some(format!(
-                    "{}@{}",
-                    v.actor_user.as_deref().unwrap_or("?"),
-                    v.origin_host
-                )),
-                pid: None,
-            },
-            created_unix_ms: v.created_unix_ms,
-            expires_unix_ms: v.expires_unix_ms,
-            fleet: Some(id.to_string()),
+            identity: l.identity,
+            reason: l.reason.to_string(),
+            include_standing: l.include_standing,
+            actor: remote_actor(l.actor_uid, l.actor_user, l.origin_host),
+            created_unix_ms: l.created_unix_ms,
+            expires_unix_ms: l.expires_unix_ms,
+            fleet: Some(l.id.to_string()),
         };
         self.impose(lock).map_err(|r| r.message)
     }

@@ -258,7 +258,12 @@ impl Agent {
     }
 
     /// Lifts `lock`: journal, audit, then the kernel.
-    pub(super) fn lift(&mut self, lock: &Lock, actor: Actor, why: Option<String>) -> Result<(), Refusal> {
+    pub(super) fn lift(
+        &mut self,
+        lock: &Lock,
+        actor: Actor,
+        why: Option<String>,
+    ) -> Result<(), Refusal> {
         let key = lock.identity.to_string();
         self.journal
             .append(&Op::Unlock {

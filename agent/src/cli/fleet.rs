@@ -3,12 +3,15 @@
 //! the store reaches here escaped (`termtext::escaped` on the whole reply).
 use super::table;
 use crate::{
-    control::Request,
-    duration::Ttl,
-    fleet::{
-        layout::Target,
-        wire::{FleetGrantView, FleetLockView, FleetLockedView, FleetRevokeView, FleetStatusView, HostAck},
+    control::{
+        fleet::{
+            FleetGrantView, FleetLockView, FleetLockedView, FleetRequestView, FleetRevokeView,
+            FleetStatusView, HostAck,
+        },
+        Request,
     },
+    duration::Ttl,
+    fleet::layout::Target,
     identity::Identity,
 };
 
@@ -42,7 +45,9 @@ pub(super) fn revoke(
     hosts: Option<String>,
 ) -> Result<Request, String> {
     if id.is_none() && identity.is_none() && segment.is_none() {
-        return Err("revoke --fleet needs a fleet grant id, --identity IDENTITY or --segment S".into());
+        return Err(
+            "revoke --fleet needs a fleet grant id, --identity IDENTITY or --segment S".into(),
+        );
     }
     if let Some(h) = &hosts {
         Target::parse(h)?;
@@ -78,6 +83,47 @@ pub(super) fn lock(
         ttl,
         include_standing,
     })
+}
+
+pub(super) fn request(
+    hosts: Option<String>,
+    segment: String,
+    ttl: Option<Ttl>,
+    reason: Option<String>,
+) -> Result<Request, String> {
+    let hosts = hosts.ok_or("request --fleet needs --hosts host:NAME|group:NAME|all")?;
+    Target::parse(&hosts)?;
+    Ok(Request::FleetRequest {
+        hosts,
+        segment,
+        ttl,
+        reason,
+    })
+}
+
+pub(super) fn render_request(r: &FleetRequestView) -> String {
+    let mut out = format!(
+        "fleet request {} by {}: {} on {} for {} ({}s){}: {}",
+        r.id,
+        r.requester,
+        r.identity,
+        r.segment,
+        r.hosts,
+        r.ttl_secs,
+        r.reason
+            .as_ref()
+            .map(|x| format!(", reason {x:?}"))
+            .unwrap_or_default(),
+        r.state
+    );
+    if let Some(by) = &r.decided_by {
+        out.push_str(&format!(" by {by}"));
+    }
+    if let Some(g) = &r.grant {
+        out.push_str(&format!("; fleet grant {g}"));
+    }
+    out.push('\n');
+    out
 }
 
 pub(super) fn unlock(identity: String, hosts: Option<String>) -> Result<Request, String> {
@@ -118,7 +164,7 @@ pub(super) fn render_locked(v: &FleetLockedView) -> String {
         out.push_str(&format!(
             "{}ed {}\n",
             v.action,
-            lock_line(l).trim_start_matches("fleet ")
+            lock_line(l).trim_start_matches("fleet lock ")
         ));
     }
     out.push_str(&acks(&v.hosts, v.acknowledged, v.revision));
@@ -185,7 +231,10 @@ fn acks(hosts: &[HostAck], acknowledged: usize, revision: i64) -> String {
 }
 
 pub(super) fn render_list(grants: &[FleetGrantView], locks: &[FleetLockView]) -> String {
-    let mut out: String = locks.iter().map(|l| format!("{}\n", lock_line(l))).collect();
+    let mut out: String = locks
+        .iter()
+        .map(|l| format!("{}\n", lock_line(l)))
+        .collect();
     if grants.is_empty() {
         out.push_str("no fleet grants\n");
         return out;
@@ -255,7 +304,14 @@ pub(super) fn render_status(s: &FleetStatusView) -> String {
     if !rows.is_empty() {
         out.push_str(&table(
             &[
-                "HOST", "GROUPS", "STATE", "APPLIED", "BEHIND", "HEARD", "GRANTS", "REFUSED",
+                "HOST",
+                "GROUPS",
+                "STATE",
+                "APPLIED",
+                "BEHIND",
+                "HEARD",
+                "GRANTS",
+                "REFUSED",
                 "AUDIT HEAD",
             ],
             &rows,

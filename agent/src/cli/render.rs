@@ -99,6 +99,7 @@ pub(crate) fn render(reply: &Reply) -> String {
         Reply::FleetRevoked(v) => super::fleet::render_revoked(v),
         Reply::FleetList { grants, locks } => super::fleet::render_list(grants, locks),
         Reply::FleetLocked(v) => super::fleet::render_locked(v),
+        Reply::FleetRequest(r) => super::fleet::render_request(r),
         Reply::FleetStatus(s) => super::fleet::render_status(s),
         Reply::Debug {
             on,

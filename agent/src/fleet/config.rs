@@ -138,7 +138,10 @@ impl RawFleet {
         let host = self.host.unwrap_or_else(|| hostname.to_string());
         if !valid_name(&host) {
             problems.push(problem(
-                format!("fleet.host {:?} is not a valid host name", crate::termtext::escape(&host)),
+                format!(
+                    "fleet.host {:?} is not a valid host name",
+                    crate::termtext::escape(&host)
+                ),
                 "1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit",
             ));
         }
@@ -146,7 +149,10 @@ impl RawFleet {
         for g in self.groups {
             if !valid_name(&g) {
                 problems.push(problem(
-                    format!("fleet.groups: {:?} is not a valid group name", crate::termtext::escape(&g)),
+                    format!(
+                        "fleet.groups: {:?} is not a valid group name",
+                        crate::termtext::escape(&g)
+                    ),
                     "1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit",
                 ));
             } else if !groups.contains(&g) {
@@ -236,7 +242,8 @@ mod tests {
 
     #[test]
     fn loopback_http_is_accepted_with_defaults() {
-        let c = parse("endpoints = [\"http://127.0.0.1:2379\"]\ngroups = [\"db\", \"db\"]").unwrap();
+        let c =
+            parse("endpoints = [\"http://127.0.0.1:2379\"]\ngroups = [\"db\", \"db\"]").unwrap();
         assert_eq!(c.host, "h1");
         assert_eq!(c.groups, ["db"]);
         assert_eq!(c.prefix, DEFAULT_PREFIX);
@@ -254,14 +261,19 @@ mod tests {
     fn https_needs_a_ca_and_cert_needs_key() {
         assert!(parse("endpoints = [\"https://etcd:2379\"]").is_err());
         assert!(parse("endpoints = [\"https://etcd:2379\"]\nca = \"/ca\"\ncert = \"/c\"").is_err());
-        let c = parse("endpoints = [\"https://[::1]:2379\"]\nca = \"/ca\"\ncert = \"/c\"\nkey = \"/k\"").unwrap();
+        let c = parse(
+            "endpoints = [\"https://[::1]:2379\"]\nca = \"/ca\"\ncert = \"/c\"\nkey = \"/k\"",
+        )
+        .unwrap();
         assert_eq!(c.tls.unwrap().identity.unwrap().1, PathBuf::from("/k"));
     }
 
     #[test]
     fn names_and_prefixes_with_control_characters_or_slashes_are_refused() {
         assert!(parse("endpoints = [\"http://127.0.0.1:1\"]\nhost = \"a/b\"").is_err());
-        assert!(parse("endpoints = [\"http://127.0.0.1:1\"]\ngroups = [\"db\\u001b[2J\"]").is_err());
+        assert!(
+            parse("endpoints = [\"http://127.0.0.1:1\"]\ngroups = [\"db\\u001b[2J\"]").is_err()
+        );
         assert!(parse("endpoints = [\"http://127.0.0.1:1\"]\nprefix = \"/p/\"").is_err());
         assert!(parse("endpoints = [\"http://127.0.0.1:1\"]\nprefix = \"p\"").is_err());
         assert!(parse("endpoints = []").is_err());

@@ -110,6 +110,12 @@ impl Layout {
         (self.grants(), format!("{}/locks0", self.prefix))
     }
 
+    /// `requests/`: `requests/ID/` holds a request, `requests/ID/status`
+    /// its decision (the compare-and-swap target).
+    pub(crate) fn requests(&self) -> String {
+        format!("{}/requests/", self.prefix)
+    }
+
     pub(crate) fn agents(&self) -> String {
         format!("{}/agents/", self.prefix)
     }
@@ -180,7 +186,11 @@ mod tests {
     #[test]
     fn grant_keys_round_trip_and_odd_keys_are_ignored() {
         let l = Layout::new("/p/v1");
-        for t in [Target::Host("h1".into()), Target::Group("db".into()), Target::Fleet] {
+        for t in [
+            Target::Host("h1".into()),
+            Target::Group("db".into()),
+            Target::Fleet,
+        ] {
             let k = l.grant(&t, "h1-17");
             assert_eq!(l.parse_grant(k.as_bytes()), Some((t, "h1-17".into())));
         }
@@ -191,7 +201,10 @@ mod tests {
         assert_eq!(l.parse_grant(b"/p/v1/grants/fleet/\xff"), None);
         assert_eq!(l.parse_host(b"/p/v1/agents/h2"), Some("h2".into()));
         let lock = l.lock(&Target::Fleet, "h1-9");
-        assert_eq!(l.parse_lock(lock.as_bytes()), Some((Target::Fleet, "h1-9".into())));
+        assert_eq!(
+            l.parse_lock(lock.as_bytes()),
+            Some((Target::Fleet, "h1-9".into()))
+        );
         assert_eq!(l.parse_grant(lock.as_bytes()), None);
         // The watched range holds grants and locks, not the agents' records.
         let (start, end) = l.watched();

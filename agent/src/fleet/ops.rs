@@ -18,15 +18,17 @@ use super::{
     layout::{Layout, Target},
     store::call,
     value::{AgentRecord, GrantValue, LockValue, FORMAT},
-    wire::{
-        FleetGrantView, FleetHostView, FleetLockView, FleetLockedView, FleetRevokeView,
-        FleetStatusView, HostAck,
-    },
     FleetConfig, Link,
 };
 use crate::{
     agent::Agent,
-    control::{PeerCred, Refusal, RefusalCode, Reply},
+    control::{
+        fleet::{
+            FleetGrantView, FleetHostView, FleetLockView, FleetLockedView, FleetRevokeView,
+            FleetStatusView, HostAck,
+        },
+        PeerCred, Refusal, RefusalCode, Reply,
+    },
 };
 
 /// This agent's fleet: its configuration and the watch's link.
@@ -56,7 +58,7 @@ fn refuse(code: RefusalCode, msg: impl Into<String>) -> Refusal {
     Refusal::new(code, msg)
 }
 
-fn fleet() -> Result<&'static Fleet, Refusal> {
+pub(super) fn fleet() -> Result<&'static Fleet, Refusal> {
     FLEET.get().ok_or_else(|| {
         refuse(
             RefusalCode::Invalid,
@@ -66,7 +68,7 @@ fn fleet() -> Result<&'static Fleet, Refusal> {
 }
 
 /// The connected client, or the fail-closed refusal.
-fn client(f: &Fleet, what: &str) -> Result<etcd_client::Client, Refusal> {
+pub(super) fn client(f: &Fleet, what: &str) -> Result<etcd_client::Client, Refusal> {
     let s = f.link.get();
     s.client.ok_or_else(|| {
         refuse(
@@ -353,7 +355,13 @@ pub(crate) async fn lock(
     let revision = done.header().map_or(0, |h| h.revision());
     let (hosts, timed_out) = wait_for_acks(f, &mut client, &[target.clone()], revision).await?;
     tracing::info!(fleet = %id, hosts = %target, identity = %value.identity, revision, "fleet lock written");
-    Ok(locked_reply("lock", vec![lock_view(&id, &target, &value, revision)], revision, hosts, timed_out))
+    Ok(locked_reply(
+        "lock",
+        vec![lock_view(&id, &target, &value, revision)],
+        revision,
+        hosts,
+        timed_out,
+    ))
 }
 
 fn locked_reply(
@@ -459,7 +467,10 @@ pub(crate) async fn revoke(
         })
         .collect();
     if selected.is_empty() {
-        return Err(refuse(RefusalCode::NotFound, "no fleet grant matches; nothing revoked"));
+        return Err(refuse(
+            RefusalCode::NotFound,
+            "no fleet grant matches; nothing revoked",
+        ));
     }
     let checks: Vec<(String, String)> = selected
         .iter()
@@ -514,7 +525,13 @@ async fn records(
     f: &Fleet,
     client: &mut etcd_client::Client,
     what: &str,
-) -> Result<(i64, BTreeMap<String, (Option<AgentRecord>, Option<AgentRecord>)>), Refusal> {
+) -> Result<
+    (
+        i64,
+        BTreeMap<String, (Option<AgentRecord>, Option<AgentRecord>)>,
+    ),
+    Refusal,
+> {
     let layout = Layout::new(&f.cfg.prefix);
     let mut out: BTreeMap<String, (Option<AgentRecord>, Option<AgentRecord>)> = BTreeMap::new();
     let mut revision = 0;
@@ -527,7 +544,8 @@ async fn records(
         .map_err(store_err(what))?;
         revision = r.header().map_or(revision, |h| h.revision());
         for kv in r.kvs() {
-            let (Some(host), Some(rec)) = (layout.parse_host(kv.key()), AgentRecord::parse(kv.value()))
+            let (Some(host), Some(rec)) =
+                (layout.parse_host(kv.key()), AgentRecord::parse(kv.value()))
             else {
                 continue;
             };

@@ -243,6 +243,9 @@ mod tests {
         assert_eq!(bad.len(), 1, "{bad:?}");
         let enforced = std::collections::BTreeSet::from(["old".to_string()]);
         let p = plan_locks(&wanted, &enforced);
-        assert_eq!((p.end, p.apply), (vec!["old".to_string()], vec!["a".to_string()]));
+        assert_eq!(
+            (p.end, p.apply),
+            (vec!["old".to_string()], vec!["a".to_string()])
+        );
     }
 }

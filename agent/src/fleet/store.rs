@@ -24,7 +24,10 @@ pub(crate) enum StoreError {
         source: etcd_client::Error,
     },
     #[error("etcd at {endpoints} did not answer within {timeout:?}")]
-    Timeout { endpoints: String, timeout: Duration },
+    Timeout {
+        endpoints: String,
+        timeout: Duration,
+    },
 }
 
 fn read(what: &'static str, path: &std::path::Path) -> Result<Vec<u8>, StoreError> {

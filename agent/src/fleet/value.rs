@@ -254,7 +254,10 @@ mod tests {
         assert_eq!(remaining(0, 1_000), Err(ValueError::Expired));
         let far = MAX_REMAINING.as_millis() as u64 + 2_000;
         assert!(matches!(remaining(far, 1_000), Err(ValueError::TooFar(_))));
-        assert_eq!(remaining(u64::MAX, u64::MAX - 1), Ok(Duration::from_millis(1)));
+        assert_eq!(
+            remaining(u64::MAX, u64::MAX - 1),
+            Ok(Duration::from_millis(1))
+        );
     }
 
     #[test]

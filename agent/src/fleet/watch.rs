@@ -21,10 +21,10 @@ use super::{
     layout::Layout,
     reconcile::{plan, plan_locks, targeted, targeted_locks, Wanted, WantedLock},
     store::{self, call},
-    value::{AgentRecord, GrantValue},
+    value::{remaining, AgentRecord, GrantValue},
     FleetConfig, Link,
 };
-use crate::agent::Agent;
+use crate::agent::{Agent, IncomingGrant, IncomingLock};
 
 type Shared = Arc<Mutex<Agent>>;
 
@@ -35,8 +35,14 @@ fn now_ms() -> u64 {
     crate::state::unix_ms(SystemTime::now())
 }
 
-/// Starts the watch task (never returns; runs for the agent's life).
-pub(crate) fn start(cfg: FleetConfig, shared: Shared, link: Arc<Link>) {
+/// Wakes the agent's expiry timer (a grant applied here may hold the
+/// earliest deadline now); set once by `start`.
+static WAKE: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Starts the watch task (never returns; runs for the agent's life);
+/// `wake` tells the main loop that the earliest deadline may have moved.
+pub(crate) fn start(cfg: FleetConfig, shared: Shared, link: Arc<Link>, wake: fn()) {
+    let _ = WAKE.set(wake);
     tokio::spawn(async move {
         let layout = Layout::new(&cfg.prefix);
         let mut backoff = BACKOFF_MIN;
@@ -87,7 +93,10 @@ async fn session(
         let (start, end) = layout.watched();
         let listing = call(
             cfg,
-            client.get(start.clone(), Some(GetOptions::new().with_range(end.clone()))),
+            client.get(
+                start.clone(),
+                Some(GetOptions::new().with_range(end.clone())),
+            ),
         )
         .await
         .map_err(early)?;
@@ -100,8 +109,7 @@ async fn session(
             .chain(bad_locks)
             .map(|(id, e)| (id, e.to_string()))
             .collect();
-        let outcome =
-            blocking(shared, move |a| reconcile(a, &locks, &wanted, revision)).await;
+        let outcome = blocking(shared, move |a| reconcile(a, &locks, &wanted, revision)).await;
         refused.extend(outcome);
         note_refused(link, refused, true);
         link.update(|s| {
@@ -237,7 +245,19 @@ fn reconcile(
     }
     for id in &pl.apply {
         let l = &locks[id];
-        match a.fleet_lock(id, &l.value, l.identity.clone(), now_ms()) {
+        let v = &l.value;
+        let incoming = IncomingLock {
+            id,
+            identity: l.identity.clone(),
+            reason: &v.reason,
+            include_standing: v.include_standing,
+            created_unix_ms: v.created_unix_ms,
+            expires_unix_ms: v.expires_unix_ms,
+            actor_uid: v.actor_uid,
+            actor_user: v.actor_user.as_deref(),
+            origin_host: &v.origin_host,
+        };
+        match a.fleet_lock(incoming, now_ms()) {
             Ok(revoked) => {
                 info!(fleet = id, hosts = %l.target, identity = %l.identity, revoked = revoked.len(), "fleet lock in force");
                 ended |= !revoked.is_empty();
@@ -296,13 +316,22 @@ fn apply_one(a: &mut Agent, id: &str, w: &Wanted, revision: i64) -> Result<(), S
     if w.value.deadline_unix_ms <= now {
         return Ok(());
     }
-    match a.fleet_apply(id, &w.value, w.identity.clone(), revision, now) {
-        Ok(local) => {
-            info!(fleet = id, grant = local, hosts = %w.target, segment = %w.value.segment, identity = %w.identity, "fleet grant enforced");
-            Ok(())
-        }
-        Err(why) => Err(why),
-    }
+    let ttl = remaining(w.value.deadline_unix_ms, now).map_err(|e| e.to_string())?;
+    let v = &w.value;
+    let incoming = IncomingGrant {
+        id,
+        segment: &v.segment,
+        identity: w.identity.clone(),
+        ttl,
+        reason: v.reason.clone(),
+        actor_uid: v.actor_uid,
+        actor_user: v.actor_user.as_deref(),
+        origin_host: &v.origin_host,
+        revision,
+    };
+    let local = a.fleet_apply(incoming)?;
+    info!(fleet = id, grant = local, hosts = %w.target, segment = %v.segment, identity = %w.identity, "fleet grant enforced");
+    Ok(())
 }
 
 fn after(ended: bool, applied: bool) {
@@ -311,7 +340,9 @@ fn after(ended: bool, applied: bool) {
         crate::sweep::request();
     }
     if applied {
-        crate::server::deadlines_changed();
+        if let Some(wake) = WAKE.get() {
+            wake();
+        }
     }
 }
 

@@ -132,12 +132,17 @@ async fn serve_connection(stream: UnixStream, cred: PeerCred, shared: Shared) {
             // A list of any size goes out page by page (see `stream_list`).
             Ok(Request::List {}) => return stream_list(write, shared).await,
             // Fleet operations wait on the store, never with the agent's lock.
-            Ok(request @ (Request::FleetGrant { .. }
-            | Request::FleetRevoke { .. }
-            | Request::FleetLock { .. }
-            | Request::FleetUnlock { .. }
-            | Request::FleetList {}
-            | Request::FleetStatus {})) => fleet(&shared, cred, request).await,
+            Ok(
+                request @ (Request::FleetGrant { .. }
+                | Request::FleetRevoke { .. }
+                | Request::FleetLock { .. }
+                | Request::FleetUnlock { .. }
+                | Request::FleetRequest { .. }
+                | Request::FleetApprove { .. }
+                | Request::FleetDeny { .. }
+                | Request::FleetList {}
+                | Request::FleetStatus {}),
+            ) => fleet(&shared, cred, request).await,
             // The agent's work (its lock, the audit fsync, the state write)
             // runs off the async workers; the reply still waits for the
             // audit record to be on disk.
@@ -301,6 +306,22 @@ async fn fleet(shared: &Shared, cred: PeerCred, request: Request) -> Response {
         Request::FleetUnlock { identity, hosts } => {
             ops::unlock(shared, cred, identity, hosts).await
         }
+        Request::FleetRequest {
+            hosts,
+            segment,
+            ttl,
+            reason,
+        } => {
+            let ttl = ttl.map(crate::duration::Ttl::get);
+            crate::fleet::requests::request(shared, cred, hosts, segment, ttl, reason).await
+        }
+        Request::FleetApprove { id, ttl } => {
+            let ttl = ttl.map(crate::duration::Ttl::get);
+            crate::fleet::requests::decide(shared, cred, id, true, ttl, None).await
+        }
+        Request::FleetDeny { id, reason } => {
+            crate::fleet::requests::decide(shared, cred, id, false, None, Some(reason)).await
+        }
         Request::FleetList {} => ops::list().await,
         Request::FleetStatus {} => ops::status().await,
         _ => unreachable!("only fleet requests come here"),
@@ -392,6 +413,9 @@ fn handle(shared: &Shared, cred: &PeerCred, request: Request) -> Response {
         | Request::FleetRevoke { .. }
         | Request::FleetLock { .. }
         | Request::FleetUnlock { .. }
+        | Request::FleetRequest { .. }
+        | Request::FleetApprove { .. }
+        | Request::FleetDeny { .. }
         | Request::FleetList {}
         | Request::FleetStatus {} => Err(Refusal::new(
             RefusalCode::Internal,

@@ -1,5 +1,7 @@
-//! The control socket's `--fleet` requests and replies (wire view types;
-//! `control.rs` carries them as variants of `Request` and `Reply`).
+//! The wire views of the `--fleet` replies (`control.rs` carries them as
+//! variants of `Reply`; `crate::fleet` fills them, `cli/fleet.rs` prints
+//! them). Here, not in `fleet`, so that `control` depends on nothing that
+//! depends on the agent.
 use serde::{Deserialize, Serialize};
 
 /// One fleet grant as stored.
@@ -108,4 +110,25 @@ pub(crate) struct FleetLockedView {
     pub hosts: Vec<HostAck>,
     pub acknowledged: usize,
     pub timed_out: bool,
+}
+
+/// A fleet access request and where it stands.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct FleetRequestView {
+    pub id: String,
+    pub hosts: String,
+    pub segment: String,
+    pub identity: String,
+    pub ttl_secs: u64,
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// `user@host` who asked.
+    pub requester: String,
+    /// `pending`, `approved`, `denied` or `expired`.
+    pub state: String,
+    #[serde(default)]
+    pub decided_by: Option<String>,
+    /// The fleet grant an approval wrote.
+    #[serde(default)]
+    pub grant: Option<String>,
 }
