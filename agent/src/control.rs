@@ -279,22 +279,22 @@ pub(crate) enum Reply {
     },
     /// `grant --fleet`: the grant as written to the store.
     FleetGranted {
-        grant: Box<crate::control::fleet::FleetGrantView>,
+        grant: Box<fleet::FleetGrantView>,
     },
     /// `revoke --fleet`: what was revoked and which hosts acknowledged.
-    FleetRevoked(Box<crate::control::fleet::FleetRevokeView>),
+    FleetRevoked(Box<fleet::FleetRevokeView>),
     /// `list --fleet`: the live fleet grants and locks in the store.
     FleetList {
-        grants: Vec<crate::control::fleet::FleetGrantView>,
+        grants: Vec<fleet::FleetGrantView>,
         #[serde(default)]
-        locks: Vec<crate::control::fleet::FleetLockView>,
+        locks: Vec<fleet::FleetLockView>,
     },
     /// `lock --fleet`, `unlock --fleet`.
-    FleetLocked(Box<crate::control::fleet::FleetLockedView>),
+    FleetLocked(Box<fleet::FleetLockedView>),
     /// `request`, `approve`, `deny` with `--fleet`: the request as it stands.
-    FleetRequest(Box<crate::control::fleet::FleetRequestView>),
+    FleetRequest(Box<fleet::FleetRequestView>),
     /// `status --fleet`: this agent's link and every host's record.
-    FleetStatus(Box<crate::control::fleet::FleetStatusView>),
+    FleetStatus(Box<fleet::FleetStatusView>),
 }
 
 /// Why a request was refused; `code` is stable for scripts.

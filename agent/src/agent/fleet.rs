@@ -99,7 +99,7 @@ impl Agent {
             .request_rules(segment, ttl, reason)
             .map_err(Refusal::from);
         let (seg, ttl, reason) = self.audited(cred, "fleet request", segment, result)?;
-        let identity = super::jit::own_identity(cred.uid);
+        let identity = jit::own_identity(cred.uid);
         self.refuse_locked(cred, "request", &seg.name, &identity)?;
         Ok((identity, ttl, reason))
     }
