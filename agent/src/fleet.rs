@@ -6,14 +6,15 @@
 //! the checks on that untrusted text), `reconcile` (a listing against what
 //! is enforced: the pure diff), `store` (the etcd client: connect, TLS),
 //! `watch` (the task that lists, watches, applies and acknowledges), `ops`
-//! (the CLI's `--fleet` operations, run by the local agent, which holds
-//! the credentials), `requests` (fleet access requests, decided by a
-//! compare-and-swap). The core's side — a fleet grant as one more grant, with
+//! (the CLI's `--fleet` grant, revoke, list and status, run by the local
+//! agent, which holds the credentials), `locks` (lock and unlock),
+//! `requests` (fleet access requests, decided by a compare-and-swap). The core's side — a fleet grant as one more grant, with
 //! its fleet id — is `agent/fleet.rs`. docs/fleet.md has the design.
 use std::sync::Mutex;
 
 pub(crate) mod config;
 pub(crate) mod layout;
+pub(crate) mod locks;
 pub(crate) mod ops;
 pub(crate) mod reconcile;
 pub(crate) mod requests;

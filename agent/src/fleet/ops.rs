@@ -17,16 +17,13 @@ use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use super::{
     layout::{Layout, Target},
     store::call,
-    value::{AgentRecord, GrantValue, LockValue, FORMAT},
+    value::{AgentRecord, GrantValue, FORMAT},
     FleetConfig, Link,
 };
 use crate::{
     agent::Agent,
     control::{
-        fleet::{
-            FleetGrantView, FleetHostView, FleetLockView, FleetLockedView, FleetRevokeView,
-            FleetStatusView, HostAck,
-        },
+        fleet::{FleetGrantView, FleetHostView, FleetRevokeView, FleetStatusView, HostAck},
         PeerCred, Refusal, RefusalCode, Reply,
     },
 };
@@ -50,11 +47,11 @@ const ACK_POLL: Duration = Duration::from_millis(25);
 const TXN_OPS: usize = 128;
 /// The GC lease outlives the grant by this much (the kernel expiry is the
 /// deadline in the value; the lease only removes the key later).
-const GC_MARGIN: Duration = Duration::from_secs(300);
+pub(super) const GC_MARGIN: Duration = Duration::from_secs(300);
 
-type Shared = Arc<Mutex<Agent>>;
+pub(super) type Shared = Arc<Mutex<Agent>>;
 
-fn refuse(code: RefusalCode, msg: impl Into<String>) -> Refusal {
+pub(super) fn refuse(code: RefusalCode, msg: impl Into<String>) -> Refusal {
     Refusal::new(code, msg)
 }
 
@@ -81,7 +78,7 @@ pub(super) fn client(f: &Fleet, what: &str) -> Result<etcd_client::Client, Refus
     })
 }
 
-fn store_err(what: &str) -> impl Fn(super::store::StoreError) -> Refusal + '_ {
+pub(super) fn store_err(what: &str) -> impl Fn(super::store::StoreError) -> Refusal + '_ {
     move |e| {
         refuse(
             RefusalCode::Unavailable,
@@ -90,7 +87,7 @@ fn store_err(what: &str) -> impl Fn(super::store::StoreError) -> Refusal + '_ {
     }
 }
 
-async fn on_agent<R: Send + 'static>(
+pub(super) async fn on_agent<R: Send + 'static>(
     shared: &Shared,
     f: impl FnOnce(&mut Agent) -> R + Send + 'static,
 ) -> R {
@@ -100,7 +97,7 @@ async fn on_agent<R: Send + 'static>(
         .expect("agent task")
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     crate::state::unix_ms(SystemTime::now())
 }
 
@@ -228,209 +225,13 @@ pub(crate) async fn list() -> Result<Reply, Refusal> {
         .filter(|(.., v, _)| v.deadline_unix_ms > now)
         .map(|(_, t, id, v, rev)| view(id, t, v, *rev))
         .collect();
-    let locks = lock_listing(f, &mut client, "list --fleet")
+    let locks = super::locks::listing(f, &mut client, "list --fleet")
         .await?
         .iter()
         .filter(|(.., v, _)| v.expires_unix_ms.is_none_or(|e| e > now))
-        .map(|(_, t, id, v, rev)| lock_view(id, t, v, *rev))
+        .map(|(_, t, id, v, rev)| super::locks::view(id, t, v, *rev))
         .collect();
     Ok(Reply::FleetList { grants, locks })
-}
-
-fn lock_view(id: &str, target: &Target, v: &LockValue, revision: i64) -> FleetLockView {
-    FleetLockView {
-        id: id.to_string(),
-        hosts: target.to_string(),
-        identity: v.identity.clone(),
-        reason: v.reason.clone(),
-        include_standing: v.include_standing,
-        expires_at: v
-            .expires_unix_ms
-            .map(|e| crate::clock::rfc3339(UNIX_EPOCH + Duration::from_millis(e))),
-        actor: format!(
-            "{} (uid {})",
-            v.actor_user.as_deref().unwrap_or("?"),
-            v.actor_uid
-        ),
-        origin_host: v.origin_host.clone(),
-        revision,
-    }
-}
-
-type LockRow = (Vec<u8>, Target, String, LockValue, i64);
-
-async fn lock_listing(
-    f: &Fleet,
-    client: &mut etcd_client::Client,
-    what: &str,
-) -> Result<Vec<LockRow>, Refusal> {
-    let layout = Layout::new(&f.cfg.prefix);
-    let r = call(
-        &f.cfg,
-        client.get(layout.locks(), Some(GetOptions::new().with_prefix())),
-    )
-    .await
-    .map_err(store_err(what))?;
-    Ok(r.kvs()
-        .iter()
-        .filter_map(|kv| {
-            let (t, id) = layout.parse_lock(kv.key())?;
-            let (v, _) = LockValue::parse(kv.value()).ok()?;
-            Some((kv.key().to_vec(), t, id, v, kv.mod_revision()))
-        })
-        .collect())
-}
-
-fn may_lock_refusal(cred: &PeerCred, what: &str) -> Refusal {
-    refuse(
-        RefusalCode::Forbidden,
-        format!(
-            "uid {} may not {what} identities across the fleet: only root and this host's lock_admins may",
-            cred.uid
-        ),
-    )
-}
-
-/// `lock --fleet`: written with its own deadline (if any) and a GC lease
-/// after it; waits for the targeted hosts like a revoke.
-pub(crate) async fn lock(
-    shared: &Shared,
-    cred: PeerCred,
-    hosts: String,
-    identity: String,
-    reason: String,
-    ttl: Option<Duration>,
-    include_standing: bool,
-) -> Result<Reply, Refusal> {
-    let f = fleet()?;
-    let target = Target::parse(&hosts).map_err(|e| refuse(RefusalCode::Invalid, e))?;
-    let parsed: crate::identity::Identity = identity
-        .parse()
-        .map_err(|e| refuse(RefusalCode::Invalid, format!("identity {identity:?}: {e}")))?;
-    let reason = reason.trim().to_string();
-    if reason.is_empty() {
-        return Err(refuse(
-            RefusalCode::Invalid,
-            "a lock needs a reason (--reason TEXT): it is shown to everyone it refuses",
-        ));
-    }
-    if !on_agent(shared, move |a| a.fleet_may_lock(&cred)).await {
-        return Err(may_lock_refusal(&cred, "lock"));
-    }
-    let mut client = client(f, "fleet lock")?;
-    let created = now_ms();
-    let value = LockValue {
-        format: FORMAT,
-        identity: parsed.to_string(),
-        reason,
-        include_standing,
-        created_unix_ms: created,
-        expires_unix_ms: ttl.map(|t| created + t.as_millis() as u64),
-        actor_uid: cred.uid,
-        actor_user: crate::actor::Actor::from_uid(cred.uid, None).user,
-        origin_host: f.cfg.host.clone(),
-    };
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let id = format!("{}-{created}-{nanos:09}", f.cfg.host);
-    let key = Layout::new(&f.cfg.prefix).lock(&target, &id);
-    let options = match ttl {
-        Some(t) => {
-            let gc = call(
-                &f.cfg,
-                client.lease_grant((t + GC_MARGIN).as_secs() as i64, None),
-            )
-            .await
-            .map_err(store_err("fleet lock"))?
-            .id();
-            Some(PutOptions::new().with_lease(gc))
-        }
-        None => None,
-    };
-    let bytes = serde_json::to_vec(&value).expect("values serialize");
-    let done = call(&f.cfg, client.put(key, bytes, options))
-        .await
-        .map_err(store_err("fleet lock"))?;
-    let revision = done.header().map_or(0, |h| h.revision());
-    let (hosts, timed_out) = wait_for_acks(f, &mut client, &[target.clone()], revision).await?;
-    tracing::info!(fleet = %id, hosts = %target, identity = %value.identity, revision, "fleet lock written");
-    Ok(locked_reply(
-        "lock",
-        vec![lock_view(&id, &target, &value, revision)],
-        revision,
-        hosts,
-        timed_out,
-    ))
-}
-
-fn locked_reply(
-    action: &str,
-    locks: Vec<FleetLockView>,
-    revision: i64,
-    hosts: Vec<HostAck>,
-    timed_out: bool,
-) -> Reply {
-    let acknowledged = hosts.iter().filter(|h| h.state == "applied").count();
-    Reply::FleetLocked(Box::new(FleetLockedView {
-        action: action.into(),
-        locks,
-        revision,
-        hosts,
-        acknowledged,
-        timed_out,
-    }))
-}
-
-/// `unlock --fleet`: removes every fleet lock of `identity` (only those
-/// for `hosts` when given).
-pub(crate) async fn unlock(
-    shared: &Shared,
-    cred: PeerCred,
-    identity: String,
-    hosts: Option<String>,
-) -> Result<Reply, Refusal> {
-    let f = fleet()?;
-    let only = hosts
-        .as_deref()
-        .map(Target::parse)
-        .transpose()
-        .map_err(|e| refuse(RefusalCode::Invalid, e))?;
-    let parsed: crate::identity::Identity = identity
-        .parse()
-        .map_err(|e| refuse(RefusalCode::Invalid, format!("identity {identity:?}: {e}")))?;
-    if !on_agent(shared, move |a| a.fleet_may_lock(&cred)).await {
-        return Err(may_lock_refusal(&cred, "unlock"));
-    }
-    let mut client = client(f, "fleet unlock")?;
-    let selected: Vec<LockRow> = lock_listing(f, &mut client, "fleet unlock")
-        .await?
-        .into_iter()
-        .filter(|(_, t, _, v, _)| {
-            v.identity == parsed.to_string() && only.as_ref().is_none_or(|o| o == t)
-        })
-        .collect();
-    if selected.is_empty() {
-        return Err(refuse(
-            RefusalCode::NotFound,
-            format!("{parsed} has no fleet lock; nothing unlocked"),
-        ));
-    }
-    let ops: Vec<TxnOp> = selected
-        .iter()
-        .map(|(k, ..)| TxnOp::delete(k.clone(), None))
-        .collect();
-    let r = call(&f.cfg, client.txn(Txn::new().and_then(ops)))
-        .await
-        .map_err(store_err("fleet unlock"))?;
-    let revision = r.header().map_or(0, |h| h.revision());
-    let targets: Vec<Target> = selected.iter().map(|(_, t, ..)| t.clone()).collect();
-    let (hosts, timed_out) = wait_for_acks(f, &mut client, &targets, revision).await?;
-    let views = selected
-        .iter()
-        .map(|(_, t, id, v, rev)| lock_view(id, t, v, *rev))
-        .collect();
-    Ok(locked_reply("unlock", views, revision, hosts, timed_out))
 }
 
 /// `revoke --fleet`: by fleet id, or every grant of an identity and/or
@@ -569,7 +370,7 @@ fn heard_ago(rec: &AgentRecord, now: u64) -> Option<u64> {
 
 /// Waits (at most `ack_timeout`) until every targeted host with a live
 /// record has applied `revision`; hosts without one are unreachable.
-async fn wait_for_acks(
+pub(super) async fn wait_for_acks(
     f: &Fleet,
     client: &mut etcd_client::Client,
     targets: &[Target],

@@ -20,8 +20,10 @@ pub(crate) enum StoreError {
     #[error("etcd at {endpoints}: {source}")]
     Etcd {
         endpoints: String,
+        // Boxed: the client's error is large, and this one travels in every
+        // store call's result.
         #[source]
-        source: etcd_client::Error,
+        source: Box<etcd_client::Error>,
     },
     #[error("etcd at {endpoints} did not answer within {timeout:?}")]
     Timeout {
@@ -62,7 +64,10 @@ pub(super) async fn call<T>(
     let endpoints = cfg.endpoints.join(",");
     match tokio::time::timeout(cfg.call_timeout, f).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(source)) => Err(StoreError::Etcd { endpoints, source }),
+        Ok(Err(source)) => Err(StoreError::Etcd {
+            endpoints,
+            source: Box::new(source),
+        }),
         Err(_) => Err(StoreError::Timeout {
             endpoints,
             timeout: cfg.call_timeout,

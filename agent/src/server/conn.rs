@@ -301,10 +301,11 @@ async fn fleet(shared: &Shared, cred: PeerCred, request: Request) -> Response {
             include_standing,
         } => {
             let ttl = ttl.map(crate::duration::Ttl::get);
-            ops::lock(shared, cred, hosts, identity, reason, ttl, include_standing).await
+            crate::fleet::locks::lock(shared, cred, hosts, identity, reason, ttl, include_standing)
+                .await
         }
         Request::FleetUnlock { identity, hosts } => {
-            ops::unlock(shared, cred, identity, hosts).await
+            crate::fleet::locks::unlock(shared, cred, identity, hosts).await
         }
         Request::FleetRequest {
             hosts,
