@@ -63,6 +63,8 @@ mod extend;
 mod filing;
 /// A grantee's `extend`: a request whose approval extends the grant.
 mod grantee;
+/// Fleet grants (fleet mode): applied and ended as grants with a fleet id.
+mod fleet;
 /// Making, revoking and expiring grants.
 mod grants;
 /// `group:` identities kept current as members come and go.
@@ -85,6 +87,7 @@ mod views;
 mod windowed;
 pub(crate) use apply::DEFAULT_GRANT_GRACE;
 pub(crate) use authz::credential_matches;
+pub(crate) use fleet::{IncomingGrant, IncomingLock};
 pub(crate) use jit::DEFAULT_REQUEST_TTL;
 pub(crate) use views::ListCursor;
 

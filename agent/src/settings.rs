@@ -71,6 +71,8 @@ pub(crate) struct Settings {
     pub discovery: bool,
     /// `[notify]`: webhooks and commands told of requests, grants and more.
     pub notify: crate::notifications::NotifyConfig,
+    /// Fleet mode (`[fleet]` in the file; no flag).
+    pub fleet: Option<crate::fleet::FleetConfig>,
 }
 
 impl AgentArgs {
@@ -130,6 +132,7 @@ impl AgentArgs {
             discovery: file.discovery && !self.no_discovery,
             peer_filter: self.peer_filter.unwrap_or(file.peer_filter),
             notify: file.notify,
+            fleet: file.fleet,
             audit_log,
         }
     }

@@ -103,6 +103,7 @@ mod tests {
             actor: Actor::agent(),
             reason: None,
             request_id: None,
+            fleet: None,
         }
     }
 

@@ -30,7 +30,7 @@ pub(crate) const DEFAULT_PATH: &str = "/etc/portcullis/agent.toml";
 mod notify;
 
 /// Every key the file may hold, for "did you mean" hints.
-const KEYS: [&str; 27] = [
+const KEYS: [&str; 28] = [
     "policy_dir",
     "socket",
     "socket_mode",
@@ -58,6 +58,7 @@ const KEYS: [&str; 27] = [
     "mode",
     "discovery",
     "notify",
+    "fleet",
 ];
 
 /// The agent's settings from the file, with the documented default for
@@ -120,6 +121,8 @@ pub(crate) struct AgentConfig {
     pub discovery: bool,
     /// `[notify]`: where events go out to people (none by default).
     pub notify: crate::notifications::NotifyConfig,
+    /// Fleet mode (`[fleet]`, docs/fleet.md); off when absent.
+    pub fleet: Option<crate::fleet::FleetConfig>,
 }
 
 impl Default for AgentConfig {
@@ -153,6 +156,7 @@ impl Default for AgentConfig {
             mode: None,
             discovery: true,
             notify: Default::default(),
+            fleet: None,
         }
     }
 }
@@ -203,6 +207,7 @@ struct RawConfig {
     mode: Option<Spanned<String>>,
     discovery: Option<bool>,
     notify: Option<notify::RawNotify>,
+    fleet: Option<Spanned<crate::fleet::config::RawFleet>>,
 }
 
 /// A mode is written as a string of octal digits; a TOML integer is taken
@@ -438,6 +443,20 @@ impl AgentConfig {
         }
         if let Some(n) = raw.notify {
             config.notify = check.notify(n);
+        }
+        if let Some(f) = raw.fleet {
+            let span = f.span();
+            let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default();
+            match f.into_inner().resolve(&hostname) {
+                Ok(c) => config.fleet = Some(c),
+                Err(problems) => {
+                    for p in problems {
+                        check.error(span.clone(), p.message, &p.help);
+                    }
+                }
+            }
         }
         if check.diagnostics.has_errors() {
             Err(check.diagnostics)

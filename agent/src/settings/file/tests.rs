@@ -170,6 +170,7 @@ events = ["request", "approve", "break_glass"]
                     },
                 ],
             },
+            fleet: None,
         }
     );
     assert_eq!(KEYS.len(), 27, "KEYS lists every field");
