@@ -224,7 +224,10 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
         tokio::select! {
             _ = tokio::time::sleep(sleep) => blocking(|| {
                 let mut a = shared.lock().expect("agent lock");
-                if !a.expire().is_empty() {
+                // Ended grants, and strict ones once this host went stale:
+                // the kernel already refuses them; the sweep cuts idle flows.
+                let ended = !a.expire().is_empty();
+                if a.check_freshness() || ended {
                     crate::sweep::request();
                 }
             }),

@@ -373,6 +373,7 @@ impl Agent {
             .into_iter()
             .chain(self.next_suspended_deadline())
             .chain(self.next_idle_deadline())
+            .chain(self.freshness_deadline())
             .min();
         match (grants, self.requests.next_deadline()) {
             (Some(g), Some(r)) => Some(g.min(r)),

@@ -538,6 +538,7 @@ mod approvals;
 mod extend;
 mod fastpath;
 mod first_use;
+mod freshness;
 mod groups;
 mod journal;
 mod locks;
