@@ -100,8 +100,7 @@ fn signal(agent: &Agent, sig: i32) {
 }
 
 #[test]
-fn a_strict_entry_works_only_until_fresh_until_with_the_agent_hung_and_a_plain_one_keeps_working()
-{
+fn a_strict_entry_works_only_until_fresh_until_with_the_agent_hung_and_a_plain_one_keeps_working() {
     let cg = TestCgroup::new();
     let server = EchoServer::tcp("127.0.0.1:0");
     let agent = Agent::start(&policy(server.port()), &cg.path);
@@ -128,7 +127,10 @@ fn a_strict_entry_works_only_until_fresh_until_with_the_agent_hung_and_a_plain_o
     // Never heard from the store (0): refused, though the deadline is an hour away.
     update(&fresh, &[0; 4], &0u64.to_le_bytes());
     assert_eq!(strict.tcp(server.addr), Outcome::eperm(), "stale: refused");
-    assert!(plain.tcp(server.addr).is_ok(), "a plain entry ignores freshness");
+    assert!(
+        plain.tcp(server.addr).is_ok(),
+        "a plain entry ignores freshness"
+    );
 
     // Fresh for a minute: allowed.
     update(&fresh, &[0; 4], &(boot_ns() + 60_000_000_000).to_le_bytes());
@@ -145,8 +147,15 @@ fn a_strict_entry_works_only_until_fresh_until_with_the_agent_hung_and_a_plain_o
     session.wait_round_trips(2, Duration::from_secs(10));
     let (err, trips, took) = session.wait_failure(Duration::from_secs(30));
     println!("strict flow stopped {took:?} after it was open ({trips} more round trips): {err}");
-    assert_eq!(strict.tcp(server.addr), Outcome::eperm(), "stale again: refused");
-    assert!(plain.tcp(server.addr).is_ok(), "the plain entry still works");
+    assert_eq!(
+        strict.tcp(server.addr),
+        Outcome::eperm(),
+        "stale again: refused"
+    );
+    assert!(
+        plain.tcp(server.addr).is_ok(),
+        "the plain entry still works"
+    );
 
     signal(&agent, libc::SIGCONT);
 }

@@ -10,7 +10,8 @@
 //! the hidden `client` and `probe` subcommands the bench spawns where the
 //! traffic starts, `grants` the grant-scale table (time per grant with up
 //! to 1,000,000 live grants), `rollout` table 8, `fastpath` table 9 (issue
-//! 15's rows, with `emptyprog`'s empty cgroup_skb floor). The per-packet figures come from the agent binary's
+//! 15's rows, with `emptyprog`'s empty cgroup_skb floor), `fleet` table 10
+//! (issue 19: a real etcd and N fleet agents, `fleet/etcd.rs` the store). The per-packet figures come from the agent binary's
 //! hidden `bench-dataplane` subcommand (agent/src/benchprog.rs).
 //!
 //! Not part of `cargo xtask test`: it takes minutes and its figures are
@@ -30,6 +31,7 @@ mod client;
 mod emptyprog;
 mod fastpath;
 mod firewall;
+mod fleet;
 mod grants;
 mod host;
 mod measure;
@@ -51,9 +53,15 @@ pub(crate) struct Options {
     /// scale), `grants` (table 7: time per grant at scale) and `rollout`
     /// (table 8: usage, discovery and audit mode on the connect path),
     /// `fastpath` (table 9: per-packet cost of marked and unmarked flows,
-    /// a deep cgroup entry, a stream, a deny flood, reload to cut).
+    /// a deep cgroup entry, a stream, a deny flood, reload to cut), `fleet`
+    /// (table 10: a real etcd and N agents; revoke and grant propagation,
+    /// re-convergence after an etcd restart, idle memory and CPU).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Part>,
+    /// Numbers of hosts (agents) for the fleet table (default: 10 and 50;
+    /// with --quick, 10).
+    #[arg(long, value_delimiter = ',')]
+    fleet_hosts: Vec<usize>,
     #[command(subcommand)]
     helper: Option<Helper>,
 }
@@ -65,6 +73,7 @@ enum Part {
     Grants,
     Rollout,
     Fastpath,
+    Fleet,
 }
 
 /// What the bench runs inside its cgroup and namespaces.
@@ -166,11 +175,26 @@ pub(crate) fn main(options: Options, ws: &Workspace) -> Result<()> {
             Part::Grants,
             Part::Rollout,
             Part::Fastpath,
+            Part::Fleet,
         ]
     } else {
         options.only.clone()
     };
-    let result = run_all(&portcullis, plan.clone(), &parts, started);
+    let fleet_plan = fleet::FleetPlan {
+        sizes: if !options.fleet_hosts.is_empty() {
+            options.fleet_hosts.clone()
+        } else if options.quick {
+            vec![10]
+        } else {
+            vec![10, 50]
+        },
+        rounds: if options.quick { 5 } else { 20 },
+        idle_seconds: if options.quick { 10 } else { 30 },
+    };
+    if let Some(n) = fleet_plan.sizes.iter().find(|n| **n == 0 || **n > 200) {
+        bail!("--fleet-hosts {n}: from 1 to 200 agents");
+    }
+    let result = run_all(&portcullis, plan.clone(), &parts, &fleet_plan, started);
     // Every guard has dropped by now: compare the host's rules.
     let rules_after = host::ruleset()?;
     let unchanged = rules_before == rules_after;
@@ -185,6 +209,7 @@ pub(crate) fn main(options: Options, ws: &Workspace) -> Result<()> {
         grants,
         rollout,
         fastpath,
+        fleet,
     } = result?;
     let mut markdown = report::machine_line(&machine, started.elapsed(), unchanged);
     let mut json = serde_json::Map::new();
@@ -236,6 +261,10 @@ pub(crate) fn main(options: Options, ws: &Workspace) -> Result<()> {
         markdown.push_str(&f.markdown());
         json.insert("fastpath".into(), f.json());
     }
+    if let Some(f) = fleet {
+        markdown.push_str(&f.markdown());
+        json.insert("fleet".into(), f.json());
+    }
     println!("{markdown}");
     let dir = ws.target_dir()?.join("bench");
     fs::create_dir_all(&dir)?;
@@ -266,6 +295,7 @@ struct Results {
     grants: Option<grants::GrantScale>,
     rollout: Option<rollout::Rollout>,
     fastpath: Option<fastpath::FastPath>,
+    fleet: Option<fleet::Fleet>,
 }
 
 /// Tables 1-6: Portcullis beside nftables and iptables.
@@ -302,6 +332,7 @@ fn run_all(
     portcullis: &std::path::Path,
     plan: measure::Plan,
     parts: &[Part],
+    fleet_plan: &fleet::FleetPlan,
     started: Instant,
 ) -> Result<Results> {
     let pid = std::process::id();
@@ -369,12 +400,18 @@ fn run_all(
     } else {
         None
     };
+    let fleet = if parts.contains(&Part::Fleet) {
+        Some(bench.fleet(fleet_plan)?)
+    } else {
+        None
+    };
     Ok(Results {
         machine,
         comparison,
         grants,
         rollout,
         fastpath,
+        fleet,
     })
 }
 
