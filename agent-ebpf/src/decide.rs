@@ -264,8 +264,9 @@ impl LocalMatch {
 
     /// Whether an allow can end under an open flow without the agent's
     /// sweep knowing whom it let in: a finite expiry (the kernel ends it
-    /// at its instant), or a `group:` entry (the sweep cannot see a
-    /// socket's gid). Only such flows are marked for re-checks.
+    /// at its instant), or a `gid:` entry (the sweep cannot see a
+    /// socket's gid). `group:NAME` is expanded to uid entries by the agent,
+    /// so a GID reason means a `gid:N` entry. Only such flows are marked.
     #[inline(always)]
     pub fn needs_mark(&self) -> bool {
         self.allowed() && (self.expiry != NEVER || self.reason == debug::reason::GID)

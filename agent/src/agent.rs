@@ -57,6 +57,8 @@ mod enforce;
 mod errors;
 /// `extend`: a live grant's later expiry, in place.
 mod extend;
+/// Fleet grants (fleet mode): applied and ended as grants with a fleet id.
+mod fleet;
 /// "Fresh until" for strict fleet grants: the agent's side.
 mod freshness;
 /// Making, revoking and expiring grants.
@@ -77,6 +79,7 @@ mod usage;
 mod views;
 pub(crate) use apply::DEFAULT_GRANT_GRACE;
 pub(crate) use authz::credential_matches;
+pub(crate) use fleet::{IncomingGrant, IncomingLock};
 pub(crate) use jit::DEFAULT_REQUEST_TTL;
 pub(crate) use views::ListCursor;
 

@@ -16,6 +16,8 @@ use clap::{Parser, Subcommand};
 
 /// The examples of each subcommand's `--help`.
 mod examples;
+/// `--fleet`: requests and their replies.
+mod fleet;
 /// `request --wait`, `explain` arguments, rendering of requests and explanations.
 mod jit;
 /// Shell completions and man pages.
@@ -80,6 +82,17 @@ pub(crate) enum Command {
         /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
+        /// Grant on every host --hosts names, through the fleet store (the
+        /// local agent must be in fleet mode; docs/fleet.md).
+        #[arg(long, requires = "hosts")]
+        fleet: bool,
+        /// With --fleet: host:NAME, group:NAME or all.
+        #[arg(long, requires = "fleet")]
+        hosts: Option<String>,
+        /// With --fleet: the grant stops working on a host cut off from the
+        /// store for longer than its staleness limit.
+        #[arg(long, requires = "fleet")]
+        strict: bool,
     },
     /// Lock an identity (root or `lock_admins`): revoke every grant that
     /// covers it and refuse new grants, requests and approvals for it until
@@ -100,6 +113,13 @@ pub(crate) enum Command {
         /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
+        /// Lock on every host --hosts names, through the fleet store, and
+        /// wait until each has applied it.
+        #[arg(long, requires = "hosts")]
+        fleet: bool,
+        /// With --fleet: host:NAME, group:NAME or all.
+        #[arg(long, requires = "fleet")]
+        hosts: Option<String>,
     },
     /// Lift the lock on an identity.
     #[command(after_help = examples::UNLOCK)]
@@ -109,12 +129,19 @@ pub(crate) enum Command {
         /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
+        /// Remove the identity's fleet locks from the fleet store.
+        #[arg(long)]
+        fleet: bool,
+        /// With --fleet: only its locks for host:NAME, group:NAME or all.
+        #[arg(long, requires = "fleet")]
+        hosts: Option<String>,
     },
     /// Revoke a grant by id, every grant of an identity, or every grant on a segment.
     #[command(after_help = examples::REVOKE)]
     Revoke {
-        /// The grant id printed by `grant` and `list`.
-        id: Option<u64>,
+        /// The grant id printed by `grant` and `list` (with --fleet: the
+        /// fleet grant id printed by `grant --fleet` and `list --fleet`).
+        id: Option<String>,
         /// Every grant of this identity (with --segment: on that segment only).
         #[arg(long)]
         identity: Option<String>,
@@ -124,6 +151,13 @@ pub(crate) enum Command {
         /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
+        /// Revoke fleet grants in the fleet store and wait until every
+        /// targeted host has applied the revocation.
+        #[arg(long)]
+        fleet: bool,
+        /// With --fleet: only grants for host:NAME, group:NAME or all.
+        #[arg(long, requires = "fleet")]
+        hosts: Option<String>,
     },
     /// Show standing allows, live grants with their time left, and pending requests.
     #[command(after_help = examples::LIST)]
@@ -138,6 +172,9 @@ pub(crate) enum Command {
         /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
+        /// The live fleet grants in the fleet store.
+        #[arg(long, conflicts_with_all = ["pending", "usage"])]
+        fleet: bool,
     },
     /// Reports; `report unused`: standing allows and grants nobody used.
     #[command(subcommand, after_help = examples::REPORT)]
@@ -160,18 +197,29 @@ pub(crate) enum Command {
         /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
+        /// Ask through the fleet store for access on every host --hosts names.
+        #[arg(long, requires = "hosts", conflicts_with = "wait")]
+        fleet: bool,
+        /// With --fleet: host:NAME, group:NAME or all.
+        #[arg(long, requires = "fleet")]
+        hosts: Option<String>,
     },
     /// Approve a pending request: grants it, for at most the TTL it asked for.
     #[command(after_help = examples::APPROVE)]
     Approve {
-        /// The request id printed by `request` and `list --pending`.
-        id: u64,
+        /// The request id printed by `request` and `list --pending` (with
+        /// --fleet: the fleet request id).
+        id: String,
         /// Grant less time than asked (never more).
         #[arg(long)]
         ttl: Option<Ttl>,
         /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
+        /// Approve a fleet request (one compare-and-swap: two approvers
+        /// never both win).
+        #[arg(long)]
+        fleet: bool,
     },
     /// Give a live grant more time, in place (root or an approver of its
     /// segment); never past the segment's max_ttl from the grant's start.
@@ -192,14 +240,18 @@ pub(crate) enum Command {
     /// Deny a pending request.
     #[command(after_help = examples::DENY)]
     Deny {
-        /// The request id printed by `request` and `list --pending`.
-        id: u64,
+        /// The request id printed by `request` and `list --pending` (with
+        /// --fleet: the fleet request id).
+        id: String,
         /// Why; the requester sees it.
         #[arg(long, required = true)]
         reason: String,
         /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
+        /// Deny a fleet request.
+        #[arg(long)]
+        fleet: bool,
     },
     /// Say which segment, rule or grant decides whether IDENTITY (or the
     /// process --pid PID) may reach PORT/PROTO, read from the kernel maps.
@@ -246,6 +298,10 @@ pub(crate) enum Command {
         /// Print the reply as JSON (errors too, with exit codes as without).
         #[arg(long)]
         json: bool,
+        /// This agent's link to the fleet store and every host's applied
+        /// revision and staleness.
+        #[arg(long)]
+        fleet: bool,
     },
     /// Query the audit trail (`--denies`: the kernel deny log), or `audit verify` its hash chain.
     #[command(after_help = examples::AUDIT)]
@@ -358,6 +414,56 @@ pub(crate) fn run_client(cli: Cli) -> ExitCode {
             ttl,
             reason,
             json,
+            fleet: true,
+            hosts,
+            strict,
+        } => match fleet::grant(hosts, segment, identity, ttl, reason, strict) {
+            Ok(request) => (request, json),
+            Err(e) => return fail(2, e),
+        },
+        Command::Revoke {
+            id,
+            identity,
+            segment,
+            json,
+            fleet: true,
+            hosts,
+        } => match fleet::revoke(id, identity, segment, hosts) {
+            Ok(request) => (request, json),
+            Err(e) => return fail(2, e),
+        },
+        Command::Lock {
+            identity,
+            reason,
+            ttl,
+            include_standing,
+            json,
+            fleet: true,
+            hosts,
+        } => match fleet::lock(hosts, identity, reason, ttl, include_standing) {
+            Ok(request) => (request, json),
+            Err(e) => return fail(2, e),
+        },
+        Command::Unlock {
+            identity,
+            json,
+            fleet: true,
+            hosts,
+        } => match fleet::unlock(identity, hosts) {
+            Ok(request) => (request, json),
+            Err(e) => return fail(2, e),
+        },
+        Command::List {
+            json, fleet: true, ..
+        } => (Request::FleetList {}, json),
+        Command::Status { json, fleet: true } => (Request::FleetStatus {}, json),
+        Command::Grant {
+            segment,
+            identity,
+            ttl,
+            reason,
+            json,
+            ..
         } => {
             if let Err(e) = identity.parse::<Identity>() {
                 return fail(2, format!("identity {identity:?}: {e}"));
@@ -377,7 +483,17 @@ pub(crate) fn run_client(cli: Cli) -> ExitCode {
             identity,
             segment,
             json,
+            ..
         } => {
+            let id = match id.map(|i| i.parse::<u64>()).transpose() {
+                Ok(id) => id,
+                Err(_) => {
+                    return fail(
+                        2,
+                        "a grant id is a number (fleet grant ids go with --fleet)",
+                    )
+                }
+            };
             if id.is_none() && identity.is_none() && segment.is_none() {
                 return fail(
                     2,
@@ -410,6 +526,7 @@ pub(crate) fn run_client(cli: Cli) -> ExitCode {
             ttl,
             include_standing,
             json,
+            ..
         } => {
             if let Err(e) = identity.parse::<Identity>() {
                 return fail(2, format!("identity {identity:?}: {e}"));
@@ -424,7 +541,7 @@ pub(crate) fn run_client(cli: Cli) -> ExitCode {
                 json,
             )
         }
-        Command::Unlock { identity, json } => {
+        Command::Unlock { identity, json, .. } => {
             if let Err(e) = identity.parse::<Identity>() {
                 return fail(2, format!("identity {identity:?}: {e}"));
             }
@@ -463,8 +580,21 @@ pub(crate) fn run_client(cli: Cli) -> ExitCode {
             segment,
             ttl,
             reason,
+            json,
+            fleet: true,
+            hosts,
+            ..
+        } => match fleet::request(hosts, segment, ttl, reason) {
+            Ok(request) => (request, json),
+            Err(e) => return fail(2, e),
+        },
+        Command::Request {
+            segment,
+            ttl,
+            reason,
             wait,
             json,
+            ..
         } => {
             let request = Request::RequestAccess {
                 segment,
@@ -479,8 +609,38 @@ pub(crate) fn run_client(cli: Cli) -> ExitCode {
             }
             (request, json)
         }
-        Command::Approve { id, ttl, json } => (Request::Approve { id, ttl }, json),
-        Command::Deny { id, reason, json } => (Request::Deny { id, reason }, json),
+        Command::Approve {
+            id,
+            ttl,
+            json,
+            fleet: true,
+        } => (Request::FleetApprove { id, ttl }, json),
+        Command::Deny {
+            id,
+            reason,
+            json,
+            fleet: true,
+        } => (Request::FleetDeny { id, reason }, json),
+        Command::Approve { id, ttl, json, .. } => match id.parse() {
+            Ok(id) => (Request::Approve { id, ttl }, json),
+            Err(_) => {
+                return fail(
+                    2,
+                    "a request id is a number (fleet request ids go with --fleet)",
+                )
+            }
+        },
+        Command::Deny {
+            id, reason, json, ..
+        } => match id.parse() {
+            Ok(id) => (Request::Deny { id, reason }, json),
+            Err(_) => {
+                return fail(
+                    2,
+                    "a request id is a number (fleet request ids go with --fleet)",
+                )
+            }
+        },
         Command::Extend {
             id,
             ttl,
@@ -491,7 +651,7 @@ pub(crate) fn run_client(cli: Cli) -> ExitCode {
             Ok(request) => (request, json),
             Err(msg) => return fail(2, msg),
         },
-        Command::Status { json } => (Request::Status {}, json),
+        Command::Status { json, .. } => (Request::Status {}, json),
         Command::Discover { json } => (Request::Discover {}, json),
         Command::Suggest {
             port,

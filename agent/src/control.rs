@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::duration::Ttl;
 
+/// The `--fleet` replies' views.
+pub(crate) mod fleet;
 mod views;
 pub(crate) use views::{EnforcementView, LockView, RepairView, UsageView};
 /// The client's end: connect, send, read a whole or a streamed reply.
@@ -133,6 +135,69 @@ pub(crate) enum Request {
         #[serde(default)]
         on: Option<bool>,
     },
+    /// `grant --fleet`: write a fleet grant for `hosts` (`host:H`,
+    /// `group:G`, `all`) through this agent (docs/fleet.md).
+    FleetGrant {
+        hosts: String,
+        segment: String,
+        identity: String,
+        #[serde(default)]
+        ttl: Option<Ttl>,
+        #[serde(default)]
+        reason: Option<String>,
+        #[serde(default)]
+        strict: bool,
+    },
+    /// `revoke --fleet`: by fleet id, identity and/or segment; waits for
+    /// the targeted agents' acknowledgements.
+    FleetRevoke {
+        #[serde(default)]
+        id: Option<String>,
+        #[serde(default)]
+        identity: Option<String>,
+        #[serde(default)]
+        segment: Option<String>,
+        #[serde(default)]
+        hosts: Option<String>,
+    },
+    /// `lock --fleet`: lock an identity on every host `hosts` names.
+    FleetLock {
+        hosts: String,
+        identity: String,
+        reason: String,
+        #[serde(default)]
+        ttl: Option<Ttl>,
+        #[serde(default)]
+        include_standing: bool,
+    },
+    /// `unlock --fleet`: remove the fleet locks of an identity.
+    FleetUnlock {
+        identity: String,
+        #[serde(default)]
+        hosts: Option<String>,
+    },
+    /// `request --fleet`: ask for access on `hosts` for oneself.
+    FleetRequest {
+        hosts: String,
+        segment: String,
+        #[serde(default)]
+        ttl: Option<Ttl>,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// `approve --fleet ID`.
+    FleetApprove {
+        id: String,
+        #[serde(default)]
+        ttl: Option<Ttl>,
+    },
+    /// `deny --fleet ID`.
+    FleetDeny {
+        id: String,
+        reason: String,
+    },
+    FleetList {},
+    FleetStatus {},
 }
 
 /// Who is asking, from SO_PEERCRED.
@@ -212,6 +277,24 @@ pub(crate) enum Reply {
     Stream {
         of: StreamOf,
     },
+    /// `grant --fleet`: the grant as written to the store.
+    FleetGranted {
+        grant: Box<crate::control::fleet::FleetGrantView>,
+    },
+    /// `revoke --fleet`: what was revoked and which hosts acknowledged.
+    FleetRevoked(Box<crate::control::fleet::FleetRevokeView>),
+    /// `list --fleet`: the live fleet grants and locks in the store.
+    FleetList {
+        grants: Vec<crate::control::fleet::FleetGrantView>,
+        #[serde(default)]
+        locks: Vec<crate::control::fleet::FleetLockView>,
+    },
+    /// `lock --fleet`, `unlock --fleet`.
+    FleetLocked(Box<crate::control::fleet::FleetLockedView>),
+    /// `request`, `approve`, `deny` with `--fleet`: the request as it stands.
+    FleetRequest(Box<crate::control::fleet::FleetRequestView>),
+    /// `status --fleet`: this agent's link and every host's record.
+    FleetStatus(Box<crate::control::fleet::FleetStatusView>),
 }
 
 /// Why a request was refused; `code` is stable for scripts.
@@ -512,6 +595,54 @@ pub(crate) fn check_text(request: &Request) -> Result<(), crate::termtext::Unsaf
         } => vec![("identity", Some(identity)), ("reason", Some(reason))],
         Request::Unlock { identity } => vec![("identity", Some(identity))],
         Request::Extend { reason, .. } => vec![("reason", reason.as_deref())],
+        Request::FleetGrant {
+            hosts,
+            segment,
+            identity,
+            reason,
+            ..
+        } => vec![
+            ("hosts", Some(hosts)),
+            ("segment", Some(segment)),
+            ("identity", Some(identity)),
+            ("reason", reason.as_deref()),
+        ],
+        Request::FleetRevoke {
+            id,
+            identity,
+            segment,
+            hosts,
+        } => vec![
+            ("id", id.as_deref()),
+            ("identity", identity.as_deref()),
+            ("segment", segment.as_deref()),
+            ("hosts", hosts.as_deref()),
+        ],
+        Request::FleetLock {
+            hosts,
+            identity,
+            reason,
+            ..
+        } => vec![
+            ("hosts", Some(hosts)),
+            ("identity", Some(identity)),
+            ("reason", Some(reason)),
+        ],
+        Request::FleetUnlock { identity, hosts } => {
+            vec![("identity", Some(identity)), ("hosts", hosts.as_deref())]
+        }
+        Request::FleetRequest {
+            hosts,
+            segment,
+            reason,
+            ..
+        } => vec![
+            ("hosts", Some(hosts)),
+            ("segment", Some(segment)),
+            ("reason", reason.as_deref()),
+        ],
+        Request::FleetApprove { id, .. } => vec![("id", Some(id))],
+        Request::FleetDeny { id, reason } => vec![("id", Some(id)), ("reason", Some(reason))],
         Request::Explain { identity, port, .. } => {
             vec![("identity", identity.as_deref()), ("port", Some(port))]
         }
@@ -523,6 +654,8 @@ pub(crate) fn check_text(request: &Request) -> Result<(), crate::termtext::Unsaf
         | Request::Status {}
         | Request::Discover {}
         | Request::Uninstall {}
+        | Request::FleetList {}
+        | Request::FleetStatus {}
         | Request::Debug { .. } => {
             vec![]
         }

@@ -55,6 +55,7 @@ pub(crate) mod denylog;
 pub(crate) mod discover;
 pub(crate) mod duration;
 pub(crate) mod explain;
+pub(crate) mod fleet;
 pub(crate) mod hostaddrs;
 pub(crate) mod identity;
 pub(crate) mod journal;

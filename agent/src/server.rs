@@ -46,6 +46,12 @@ type Shared = Arc<Mutex<Agent>>;
 /// another task may have created an earlier one.
 static DEADLINES_CHANGED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
+/// Wakes the main loop's expiry timer (a fleet grant applied by the fleet
+/// watch may be the earliest deadline now).
+fn deadlines_changed() {
+    DEADLINES_CHANGED.notify_one();
+}
+
 /// Stops the main loop once `uninstall` went through this agent.
 static UNINSTALLED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
@@ -166,6 +172,17 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
         info!(iface = %f.iface, mode = f.mode.name(), "peer filter attached");
     }
     let shared: Shared = Arc::new(Mutex::new(agent));
+    // Fleet mode: the watch starts from what the journal restored (pinned
+    // and enforced already) and reconciles with the store when it answers.
+    if let Some(cfg) = opts.fleet.clone() {
+        info!(host = %cfg.host, groups = %cfg.groups.join(","), endpoints = %cfg.endpoints.join(","), "fleet mode");
+        let link = Arc::new(crate::fleet::Link::default());
+        crate::fleet::ops::install(crate::fleet::ops::Fleet {
+            cfg: cfg.clone(),
+            link: link.clone(),
+        });
+        crate::fleet::watch::start(cfg, shared.clone(), link, deadlines_changed);
+    }
     // Judge the flows that were open before enforcement (or while the
     // agent was down), then keep a sweeper for revokes, expiries, reloads
     // and the programs' kill requests.

@@ -69,6 +69,8 @@ pub(crate) struct Settings {
     pub mode: Option<policy::Mode>,
     /// Whether the hooks feed the discovery map.
     pub discovery: bool,
+    /// Fleet mode (`[fleet]` in the file; no flag).
+    pub fleet: Option<crate::fleet::FleetConfig>,
 }
 
 impl AgentArgs {
@@ -127,6 +129,7 @@ impl AgentArgs {
             mode: self.mode.or(file.mode),
             discovery: file.discovery && !self.no_discovery,
             peer_filter: self.peer_filter.unwrap_or(file.peer_filter),
+            fleet: file.fleet,
             audit_log,
         }
     }

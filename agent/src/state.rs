@@ -52,6 +52,9 @@ pub(crate) struct Lock {
     pub created_unix_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_unix_ms: Option<u64>,
+    /// The fleet lock this one enforces here (fleet mode), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<String>,
 }
 
 /// A just-in-time grant.
@@ -72,6 +75,20 @@ pub(crate) struct Grant {
     /// The access request this grant approved, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<u64>,
+    /// The fleet grant this one enforces here (fleet mode), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetOrigin>,
+}
+
+/// Where a grant made from the fleet store came from.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct FleetOrigin {
+    /// The fleet grant id (the last part of its etcd key).
+    pub id: String,
+    /// The store revision at which this host applied it.
+    pub revision: i64,
+    /// The host whose agent wrote it to the store.
+    pub origin_host: String,
 }
 
 impl Grant {
@@ -174,6 +191,7 @@ mod tests {
                 },
                 reason: Some("why".into()),
                 request_id: Some(7),
+                fleet: None,
             }],
             requests: vec![],
         };

@@ -21,6 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod etcd;
 pub mod flood;
 pub mod frames;
 pub mod netns;

@@ -37,6 +37,12 @@ const PACKAGES: &[&str] = &[
     // socket flood test's client is a python3 script.
     "strace",
     "python3",
+    // Fleet mode: the agent's etcd client (etcd-client, through tonic and
+    // prost) compiles etcd's .proto files with protoc at build time, so this
+    // step runs before anything builds the agent; the fleet tests and bench
+    // start a real etcd (Debian's 3.4).
+    "protobuf-compiler",
+    "etcd-server",
 ];
 /// fcntl locks apt and dpkg hold while they work.
 const APT_LOCKS: &[&str] = &[

@@ -85,6 +85,7 @@ mod tests {
             actor: Actor::agent(),
             reason: None,
             request_id: None,
+            fleet: None,
         }
     }
 

@@ -31,6 +31,24 @@ impl Agent {
         ttl: Option<Duration>,
         reason: Option<&str>,
     ) -> Result<Reply, Refusal> {
+        let (seg, identity, ttl, reason) =
+            self.grant_authorized(cred, segment, identity, ttl, reason)?;
+        let grant = self.open_grant(cred, &seg, identity, ttl, reason, None)?;
+        Ok(Reply::Granted {
+            grant: self.view(&grant),
+        })
+    }
+
+    /// The checks of a grant, local or fleet (`fleet`): who may, for whom,
+    /// how long (the TTL inside the segment's max and window), why.
+    pub(super) fn grant_authorized(
+        &mut self,
+        cred: &PeerCred,
+        segment: &str,
+        identity: &str,
+        ttl: Option<Duration>,
+        reason: Option<&str>,
+    ) -> Result<(Segment, Identity, Duration, Option<String>), Refusal> {
         let identity: Identity = identity
             .parse()
             .map_err(|e| refuse(RefusalCode::Invalid, format!("identity {identity:?}: {e}")))?;
@@ -62,10 +80,7 @@ impl Agent {
         let reason = check_reason(&seg, jit, reason)?;
         // A grant closes at the end of the window it is made in.
         let ttl = window_ttl(&seg, jit, ttl)?;
-        let grant = self.open_grant(cred, &seg, identity, ttl, reason, None)?;
-        Ok(Reply::Granted {
-            grant: self.view(&grant),
-        })
+        Ok((seg, identity, ttl, reason))
     }
 
     /// Opens `seg` to `identity` for `ttl`: resolve, journal (a grant the
@@ -91,6 +106,23 @@ impl Agent {
         reason: Option<String>,
         request_id: Option<u64>,
     ) -> Result<Grant, Refusal> {
+        let actor = Actor::from_uid(cred.uid, cred.pid);
+        self.open_grant_as(actor, seg, identity, ttl, reason, request_id, None)
+    }
+
+    /// [`Self::open_grant`] for an actor that may be on another host (a
+    /// fleet grant, `fleet`).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn open_grant_as(
+        &mut self,
+        actor: Actor,
+        seg: &Segment,
+        identity: Identity,
+        ttl: Duration,
+        reason: Option<String>,
+        request_id: Option<u64>,
+        fleet: Option<state::FleetOrigin>,
+    ) -> Result<Grant, Refusal> {
         let seg_id = self.segment_ids[&seg.name];
         let mut keys = self
             .resolver
@@ -105,7 +137,6 @@ impl Agent {
             members.clear();
         }
         let id = self.next_id;
-        let actor = Actor::from_uid(cred.uid, cred.pid);
         let now_wall = SystemTime::now();
         let deadline = clock::deadline_after(ttl);
         let grant = Grant {
@@ -119,6 +150,7 @@ impl Agent {
             actor: actor.clone(),
             reason,
             request_id,
+            fleet,
         };
         // Queued audit records first, so that the grant's record is the
         // very next one after the head the journal names.
@@ -191,6 +223,7 @@ impl Agent {
             reason: g.reason.clone(),
             actor: g.actor.clone(),
             request_id: g.request_id,
+            fleet: g.fleet.as_ref().map(|f| f.id.clone()),
         }
     }
 

@@ -43,7 +43,7 @@ pub(super) fn book_refusal(e: RequestError) -> Refusal {
 }
 
 /// The caller's own identity: `user:NAME`, or `uid:N` when the uid has no name.
-fn own_identity(uid: u32) -> Identity {
+pub(super) fn own_identity(uid: u32) -> Identity {
     nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
         .ok()
         .flatten()

@@ -158,7 +158,29 @@ impl Agent {
             actor: Actor::from_uid(cred.uid, cred.pid),
             created_unix_ms: state::unix_ms(now),
             expires_unix_ms: ttl.map(|t| state::unix_ms(now + t)),
+            fleet: None,
         };
+        let revoked = self.impose(lock.clone())?;
+        let views = revoked.iter().map(|g| self.view(g)).collect();
+        Ok((
+            Reply::Locked {
+                lock: self.lock_view(&lock),
+                revoked: views,
+            },
+            revoked,
+        ))
+    }
+
+    /// Whether `cred` may lock and unlock (root and `lock_admins`).
+    pub(super) fn may_lock_now(&self, cred: &PeerCred) -> bool {
+        self.may_lock(cred)
+    }
+
+    /// Puts `lock` in force: journal, audit, then grants, groups and
+    /// standing allows. Returns the grants it revoked.
+    pub(super) fn impose(&mut self, lock: Lock) -> Result<Vec<Grant>, Refusal> {
+        let identity = lock.identity.clone();
+        let include_standing = lock.include_standing;
         self.journal
             .append(&Op::Lock { lock: lock.clone() })
             .map_err(|e| refuse(RefusalCode::Unavailable, format!("lock refused: the agent cannot write its journal, so it could not remember this lock ({e})")))?;
@@ -174,15 +196,7 @@ impl Agent {
         }
         self.locks.insert(identity.to_string(), lock.clone());
         info!(%identity, reason = %lock.reason, include_standing, "locked");
-        let revoked = self.enforce_locks(&lock.actor, Some(&lock))?;
-        let views = revoked.iter().map(|g| self.view(g)).collect();
-        Ok((
-            Reply::Locked {
-                lock: self.lock_view(&lock),
-                revoked: views,
-            },
-            revoked,
-        ))
+        self.enforce_locks(&lock.actor, Some(&lock))
     }
 
     /// Makes the kernel hold what the locks allow: covered grants revoked
@@ -244,7 +258,12 @@ impl Agent {
     }
 
     /// Lifts `lock`: journal, audit, then the kernel.
-    fn lift(&mut self, lock: &Lock, actor: Actor, why: Option<String>) -> Result<(), Refusal> {
+    pub(super) fn lift(
+        &mut self,
+        lock: &Lock,
+        actor: Actor,
+        why: Option<String>,
+    ) -> Result<(), Refusal> {
         let key = lock.identity.to_string();
         self.journal
             .append(&Op::Unlock {

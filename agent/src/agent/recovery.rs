@@ -125,6 +125,7 @@ impl Agent {
                 actor: Actor::agent(),
                 reason: Some(RECOVERED.into()),
                 request_id: None,
+                fleet: None,
             };
             let changes = self.ledger.set(Source::Grant(id), &[key], expiry);
             self.apply_changes(&changes)?;

@@ -38,6 +38,9 @@ pub(crate) enum AuditEvent {
         reason: Option<String>,
         actor: Actor,
         request_id: Option<u64>,
+        /// The fleet grant this one enforces (fleet mode).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fleet: Option<String>,
     },
     /// A recorded grant the kernel then refused; undone.
     GrantFailed {

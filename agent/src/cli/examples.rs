@@ -13,6 +13,7 @@ Examples:
   portcullis grant payments-db user:alice --ttl 30m --reason \"INC-4411 replication lag\"
   portcullis grant sessions-cache unit:report.service --ttl 2h --reason \"monthly report\"
   portcullis grant payments-db peer:10.20.3.4 --ttl 15m --reason \"migration host\"
+  portcullis grant --fleet --hosts group:db payments-db user:alice --ttl 30m   # every db host
 Durations: whole numbers with s, m, h or d, largest first: 90s, 15m, 1h30m, 2d.";
 
 pub(super) const REVOKE: &str = "\
@@ -20,7 +21,8 @@ Examples:
   portcullis revoke 7                                   # one grant, by the id `grant` printed
   portcullis revoke --identity user:alice               # every grant of alice, everywhere
   portcullis revoke --identity user:alice --segment payments-db
-  portcullis revoke --segment payments-db               # every grant on the segment";
+  portcullis revoke --segment payments-db               # every grant on the segment
+  portcullis revoke --fleet --identity user:alice       # fleet grants; waits for every host";
 
 pub(super) const LOCK: &str = "\
 Examples:
@@ -48,6 +50,7 @@ pub(super) const APPROVE: &str = "\
 Examples:
   portcullis approve 12               # for the TTL the request asked
   portcullis approve 12 --ttl 15m     # shorter (never longer)
+  portcullis approve --fleet h1-1796601234567-000123456   # a fleet request
 A segment with approvals_required = N grants once N distinct approvers approved.";
 
 pub(super) const EXTEND: &str = "\

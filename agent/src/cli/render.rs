@@ -95,6 +95,12 @@ pub(crate) fn render(reply: &Reply) -> String {
         Reply::Unlocked { lock } => format!("unlocked {}\n", lock.identity),
         // The records of a stream are printed by `super::stream`.
         Reply::Stream { .. } => String::new(),
+        Reply::FleetGranted { grant } => format!("{}\n", super::fleet::grant_line(grant)),
+        Reply::FleetRevoked(v) => super::fleet::render_revoked(v),
+        Reply::FleetList { grants, locks } => super::fleet::render_list(grants, locks),
+        Reply::FleetLocked(v) => super::fleet::render_locked(v),
+        Reply::FleetRequest(r) => super::fleet::render_request(r),
+        Reply::FleetStatus(s) => super::fleet::render_status(s),
         Reply::Debug {
             on,
             dropped,
@@ -145,6 +151,9 @@ fn render_locks(locks: &[LockView]) -> String {
 /// exits 0).
 pub(super) fn exits_one(reply: &Reply) -> bool {
     not_enforcing(reply)
+        // A fleet revoke some targeted host has not acknowledged yet.
+        || matches!(reply, Reply::FleetRevoked(v) if v.acknowledged < v.hosts.len())
+        || matches!(reply, Reply::FleetLocked(v) if v.acknowledged < v.hosts.len())
         || matches!(reply, Reply::Explained(v) if !v.allowed && v.mode.as_deref() != Some("audit"))
 }
 

@@ -266,6 +266,7 @@ mod tests {
             },
             reason: Some("why".into()),
             request_id,
+            fleet: None,
         }
     }
 

@@ -20,6 +20,7 @@ fn grant(id: u64) -> Grant {
         },
         reason: Some("because".into()),
         request_id: None,
+        fleet: None,
     }
 }
 

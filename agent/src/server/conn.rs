@@ -131,6 +131,18 @@ async fn serve_connection(stream: UnixStream, cred: PeerCred, shared: Shared) {
         {
             // A list of any size goes out page by page (see `stream_list`).
             Ok(Request::List {}) => return stream_list(write, shared).await,
+            // Fleet operations wait on the store, never with the agent's lock.
+            Ok(
+                request @ (Request::FleetGrant { .. }
+                | Request::FleetRevoke { .. }
+                | Request::FleetLock { .. }
+                | Request::FleetUnlock { .. }
+                | Request::FleetRequest { .. }
+                | Request::FleetApprove { .. }
+                | Request::FleetDeny { .. }
+                | Request::FleetList {}
+                | Request::FleetStatus {}),
+            ) => fleet(&shared, cred, request).await,
             // The agent's work (its lock, the audit fsync, the state write)
             // runs off the async workers; the reply still waits for the
             // audit record to be on disk.
@@ -260,6 +272,69 @@ async fn stream_revoked(mut write: OwnedWriteHalf, grants: Vec<control::GrantVie
     let _ = send(&mut write, &out).await;
 }
 
+/// A `--fleet` request (see `crate::fleet::ops`).
+async fn fleet(shared: &Shared, cred: PeerCred, request: Request) -> Response {
+    use crate::fleet::ops;
+    let result = match request {
+        Request::FleetGrant {
+            hosts,
+            segment,
+            identity,
+            ttl,
+            reason,
+            strict,
+        } => {
+            let ttl = ttl.map(crate::duration::Ttl::get);
+            ops::grant(shared, cred, hosts, segment, identity, ttl, reason, strict).await
+        }
+        Request::FleetRevoke {
+            id,
+            identity,
+            segment,
+            hosts,
+        } => ops::revoke(shared, cred, id, identity, segment, hosts).await,
+        Request::FleetLock {
+            hosts,
+            identity,
+            reason,
+            ttl,
+            include_standing,
+        } => {
+            let ttl = ttl.map(crate::duration::Ttl::get);
+            ops::lock(shared, cred, hosts, identity, reason, ttl, include_standing).await
+        }
+        Request::FleetUnlock { identity, hosts } => {
+            ops::unlock(shared, cred, identity, hosts).await
+        }
+        Request::FleetRequest {
+            hosts,
+            segment,
+            ttl,
+            reason,
+        } => {
+            let ttl = ttl.map(crate::duration::Ttl::get);
+            crate::fleet::requests::request(shared, cred, hosts, segment, ttl, reason).await
+        }
+        Request::FleetApprove { id, ttl } => {
+            let ttl = ttl.map(crate::duration::Ttl::get);
+            crate::fleet::requests::decide(shared, cred, id, true, ttl, None).await
+        }
+        Request::FleetDeny { id, reason } => {
+            crate::fleet::requests::decide(shared, cred, id, false, None, Some(reason)).await
+        }
+        Request::FleetList {} => ops::list().await,
+        Request::FleetStatus {} => ops::status().await,
+        _ => unreachable!("only fleet requests come here"),
+    };
+    match result {
+        Ok(reply) => Response::Ok(reply),
+        Err(refusal) => {
+            info!(uid = cred.uid, code = ?refusal.code, "refused: {}", refusal.message);
+            Response::Error(refusal)
+        }
+    }
+}
+
 #[tracing::instrument(skip(shared, request), fields(uid = cred.uid, pid = cred.pid))]
 fn handle(shared: &Shared, cred: &PeerCred, request: Request) -> Response {
     let wake = moves_deadlines(&request);
@@ -334,6 +409,18 @@ fn handle(shared: &Shared, cred: &PeerCred, request: Request) -> Response {
         Request::Unlock { identity } => a.unlock(cred, &identity),
         Request::Uninstall {} => a.uninstall(cred),
         Request::Debug { on } => crate::kernlog::request(cred, on),
+        Request::FleetGrant { .. }
+        | Request::FleetRevoke { .. }
+        | Request::FleetLock { .. }
+        | Request::FleetUnlock { .. }
+        | Request::FleetRequest { .. }
+        | Request::FleetApprove { .. }
+        | Request::FleetDeny { .. }
+        | Request::FleetList {}
+        | Request::FleetStatus {} => Err(Refusal::new(
+            RefusalCode::Internal,
+            "fleet requests are served by the connection, not here",
+        )),
     };
     // The metrics show what this request changed (see `Agent::publish`).
     a.publish();

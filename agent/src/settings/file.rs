@@ -28,7 +28,7 @@ use crate::{
 pub(crate) const DEFAULT_PATH: &str = "/etc/portcullis/agent.toml";
 
 /// Every key the file may hold, for "did you mean" hints.
-const KEYS: [&str; 26] = [
+const KEYS: [&str; 27] = [
     "policy_dir",
     "socket",
     "socket_mode",
@@ -55,6 +55,7 @@ const KEYS: [&str; 26] = [
     "policy_symlinks_outside",
     "mode",
     "discovery",
+    "fleet",
 ];
 
 /// The agent's settings from the file, with the documented default for
@@ -115,6 +116,8 @@ pub(crate) struct AgentConfig {
     pub mode: Option<crate::policy::Mode>,
     /// Whether the kernel records who reaches which port (`portcullis discover`).
     pub discovery: bool,
+    /// Fleet mode (`[fleet]`, docs/fleet.md); off when absent.
+    pub fleet: Option<crate::fleet::FleetConfig>,
 }
 
 impl Default for AgentConfig {
@@ -147,6 +150,7 @@ impl Default for AgentConfig {
             policy_symlinks_outside: false,
             mode: None,
             discovery: true,
+            fleet: None,
         }
     }
 }
@@ -196,6 +200,7 @@ struct RawConfig {
     policy_symlinks_outside: Option<bool>,
     mode: Option<Spanned<String>>,
     discovery: Option<bool>,
+    fleet: Option<Spanned<crate::fleet::config::RawFleet>>,
 }
 
 /// A mode is written as a string of octal digits; a TOML integer is taken
@@ -427,6 +432,20 @@ impl AgentConfig {
                     e,
                     "e.g. \"127.0.0.1:9464\", or \"9464\" for localhost",
                 ),
+            }
+        }
+        if let Some(f) = raw.fleet {
+            let span = f.span();
+            let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default();
+            match f.into_inner().resolve(&hostname) {
+                Ok(c) => config.fleet = Some(c),
+                Err(problems) => {
+                    for p in problems {
+                        check.error(span.clone(), p.message, &p.help);
+                    }
+                }
             }
         }
         if check.diagnostics.has_errors() {

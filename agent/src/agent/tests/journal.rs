@@ -57,6 +57,7 @@ fn grant_by_hand(id: u64, expires_boot_ns: u64) -> Grant {
         actor: Actor::from_uid(0, Some(1)),
         reason: Some("by hand".into()),
         request_id: None,
+        fleet: None,
     }
 }
 

@@ -47,6 +47,7 @@ fn one_of_each() -> Vec<AuditEvent> {
             reason: Some(s("INC-1")),
             actor: actor(),
             request_id: Some(2),
+            fleet: Some(s("h1-1")),
         },
         AuditEvent::GrantFailed {
             grant_id: 1,

@@ -133,9 +133,10 @@ peer_filter = "tc"
             mode: Some(crate::policy::Mode::Audit),
             discovery: false,
             peer_filter: crate::dataplane::Placement::Tc,
+            fleet: None,
         }
     );
-    assert_eq!(KEYS.len(), 26, "KEYS lists every field");
+    assert_eq!(KEYS.len(), 27, "KEYS lists every field");
 }
 
 #[test]
