@@ -176,6 +176,11 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
     // and enforced already) and reconciles with the store when it answers.
     if let Some(cfg) = opts.fleet.clone() {
         info!(host = %cfg.host, groups = %cfg.groups.join(","), endpoints = %cfg.endpoints.join(","), "fleet mode");
+        // Strict fleet grants work only while the watch hears from the store.
+        shared
+            .lock()
+            .expect("agent lock")
+            .set_strict_after(Some(cfg.strict_after));
         let link = Arc::new(crate::fleet::Link::default());
         crate::fleet::ops::install(crate::fleet::ops::Fleet {
             cfg: cfg.clone(),

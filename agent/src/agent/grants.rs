@@ -179,7 +179,9 @@ impl Agent {
                 ),
             ));
         }
-        let changes = self.ledger.set(Source::Grant(id), &keys, deadline);
+        let changes = self
+            .ledger
+            .set(Source::Grant(id), &keys, grant.kernel_value(deadline));
         // A new source only adds or extends entries: no epoch bump.
         if let Err(e) = self.kernel.apply_adding(&changes) {
             // Undo whatever part was written; nothing stays half-applied.
@@ -456,7 +458,7 @@ impl Agent {
                     g.id,
                     g.identity.clone(),
                     g.segment.clone(),
-                    g.expires_boot_ns,
+                    g.kernel_value(g.expires_boot_ns),
                 )
             })
             .collect();

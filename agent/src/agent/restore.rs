@@ -291,7 +291,11 @@ impl Agent {
                     }
                     // Written together after the loop: runs of puts go to
                     // the kernel in batches.
-                    writes.extend(self.ledger.set(Source::Grant(g.id), &keys, deadline));
+                    writes.extend(self.ledger.set(
+                        Source::Grant(g.id),
+                        &keys,
+                        g.kernel_value(deadline),
+                    ));
                 }
                 Err(e) => {
                     warn!(grant = g.id, error = %e, "restored grant does not resolve now; kept, retried later")

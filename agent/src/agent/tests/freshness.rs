@@ -55,3 +55,32 @@ fn a_restarted_agent_keeps_the_pinned_fresh_until() {
     assert_eq!(f.kernel.maps().fresh_until, far, "not moved back");
     assert!(f.kernel.maps().fresh_writes.is_empty());
 }
+
+#[test]
+fn a_strict_fleet_grant_reaches_the_kernel_flagged_strict_and_a_plain_one_does_not() {
+    use agent_common::expiry;
+    let f = Fixture::new(FakeKernel::default());
+    let mut a = f.start(POLICY);
+    let seg = db_id(&f.kernel);
+    for (uid, strict) in [(USER, true), (OTHER, false)] {
+        let id = format!("h2-{uid}");
+        a.fleet_apply(crate::agent::IncomingGrant {
+            id: &id,
+            segment: "db",
+            identity: format!("uid:{uid}").parse().unwrap(),
+            ttl: Duration::from_secs(600),
+            reason: None,
+            actor_uid: 0,
+            actor_user: None,
+            origin_host: "h2",
+            revision: 5,
+            strict,
+        })
+        .unwrap();
+    }
+    let m = f.kernel.maps();
+    let strict = m.grants[&uid_key(seg, USER)];
+    assert!(expiry::is_strict(strict), "strict grant flagged");
+    assert!(expiry::deadline(strict) > clock::boot_ns());
+    assert!(!expiry::is_strict(m.grants[&uid_key(seg, OTHER)]), "plain grant not flagged");
+}
