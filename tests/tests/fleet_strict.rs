@@ -91,11 +91,17 @@ fn a_strict_fleet_grant_stops_on_a_host_cut_off_or_hung_and_a_plain_one_keeps_wo
     let (err, trips, took) = session.wait_failure(Duration::from_secs(40));
     println!("strict flow cut {took:?} after the store stopped ({trips} round trips): {err}");
     assert_eq!(strict.tcp(server.addr), Outcome::eperm(), "stale: refused");
-    assert!(plain.tcp(server.addr).is_ok(), "the plain grant keeps working");
+    assert!(
+        plain.tcp(server.addr).is_ok(),
+        "the plain grant keeps working"
+    );
 
     // The store is back: the agent re-lists, and the strict grant works.
     etcd.resume();
-    assert!(opens(&strict), "the strict grant did not come back with the store");
+    assert!(
+        opens(&strict),
+        "the strict grant did not come back with the store"
+    );
 
     // Hung: the store is up, the agent stopped. Nothing moves "fresh
     // until", so the kernel ends the strict grant by itself.
@@ -106,7 +112,10 @@ fn a_strict_fleet_grant_stops_on_a_host_cut_off_or_hung_and_a_plain_one_keeps_wo
     let plain_ok = plain.tcp(server.addr).is_ok();
     signal(&agent, libc::SIGCONT);
     assert!(refused, "a hung agent kept the strict grant alive");
-    assert!(plain_ok, "the plain grant keeps working while the agent is hung");
+    assert!(
+        plain_ok,
+        "the plain grant keeps working while the agent is hung"
+    );
     drop(agent);
     let _ = std::fs::remove_dir_all(dir);
 }

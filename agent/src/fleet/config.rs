@@ -205,8 +205,7 @@ impl RawFleet {
                 "use one scheme for all endpoints",
             ));
         }
-        let strict_after = match duration("strict_after", self.strict_after, DEFAULT_STRICT_AFTER)
-        {
+        let strict_after = match duration("strict_after", self.strict_after, DEFAULT_STRICT_AFTER) {
             Ok(d) => d,
             Err(p) => {
                 problems.push(p);

@@ -82,5 +82,8 @@ fn a_strict_fleet_grant_reaches_the_kernel_flagged_strict_and_a_plain_one_does_n
     let strict = m.grants[&uid_key(seg, USER)];
     assert!(expiry::is_strict(strict), "strict grant flagged");
     assert!(expiry::deadline(strict) > clock::boot_ns());
-    assert!(!expiry::is_strict(m.grants[&uid_key(seg, OTHER)]), "plain grant not flagged");
+    assert!(
+        !expiry::is_strict(m.grants[&uid_key(seg, OTHER)]),
+        "plain grant not flagged"
+    );
 }
