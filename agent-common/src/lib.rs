@@ -27,7 +27,9 @@ pub use user::{ip_of_key, key_of_ip};
 /// [`map_names::CGROUP_LEVELS`] exist.
 /// Layout 6 (issue 20): [`map_names::CGROUP_COVER`], read by the
 /// `cgroup_mkdir` tracepoint.
-pub const LAYOUT_VERSION: u32 = 6;
+/// Layout 7 (issue 19, strict fleet grants): an entry's expiry value may
+/// carry [`expiry::STRICT`], and [`map_names::FRESH`] exists.
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// Map names (the ELF symbol names, and the file names under the pin directory).
 pub mod map_names {
@@ -88,9 +90,16 @@ pub mod map_names {
     /// [`GRANTS`] for a cgroup re-created at that path before `mkdir`
     /// returns.
     pub const CGROUP_COVER: &str = "PC_CGROUP_COVER";
+    /// `Array<u64>`, one entry: "fresh until", the CLOCK_BOOTTIME instant
+    /// until which this host counts as having heard from the fleet store
+    /// (0: never). A strict entry ([`crate::expiry::STRICT`]) stops
+    /// working at this instant whatever its own expiry; the agent moves it
+    /// forward each time it hears from the store. Pinned, so a restarted
+    /// agent inherits it instead of reviving strict entries.
+    pub const FRESH: &str = "PC_FRESH";
 
     /// Every pinned map, in a fixed order.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 16] = [
         PORTS,
         GRANTS,
         PEERS,
@@ -106,6 +115,7 @@ pub mod map_names {
         CGROUP_LEVELS,
         USAGE,
         CGROUP_COVER,
+        FRESH,
     ];
 
     /// `Array<u32>`, one entry: the kernel debug switch (0 = off, the
@@ -258,6 +268,95 @@ pub const DEBUG_LINES_PER_SEC: u32 = 64;
 
 /// Expiry value meaning "never expires" (standing allows).
 pub const NEVER: u64 = u64::MAX;
+
+/// Strict entries: the expiry value of a grant or peer entry whose access
+/// must also stop once this host has not heard from the fleet store for a
+/// while. The flag rides in the top bit of the value, as the audit mode
+/// rides in the port entry ([`port_entry`]): one 8-byte load answers both
+/// "until when" and "strict?", the value size, the batch writes and the
+/// cgroup cover stay as they were, and an entry written without the flag
+/// (every non-fleet writer) means what it always meant. CLOCK_BOOTTIME
+/// needs 292 years of uptime to reach bit 63, so no real deadline has it.
+/// [`NEVER`] (all bits set) is never strict: a strict entry always has a
+/// finite deadline (fleet grants carry one).
+///
+/// Every reader must decode through [`until`](expiry::until): read raw, a
+/// strict value looks like an expiry 292 years away. The readers are
+/// `agent-ebpf/src/decide.rs` (grants, peer hosts, peer prefixes),
+/// `agent-ebpf/src/cover.rs`, and in the agent the sweep, explain and
+/// `dataplane::peer_lookup`.
+pub mod expiry {
+    use super::NEVER;
+
+    /// The flag bit.
+    pub const STRICT: u64 = 1 << 63;
+    /// The latest deadline a strict value can carry (one below the
+    /// value that would make it [`NEVER`]).
+    pub const MAX_STRICT_DEADLINE: u64 = STRICT - 2;
+
+    /// The value of a strict entry ending at `deadline` (boot-time ns),
+    /// clamped to [`MAX_STRICT_DEADLINE`].
+    #[inline(always)]
+    pub const fn strict(deadline: u64) -> u64 {
+        let d = if deadline > MAX_STRICT_DEADLINE {
+            MAX_STRICT_DEADLINE
+        } else {
+            deadline
+        };
+        STRICT | d
+    }
+
+    /// Whether a value is a strict entry's.
+    #[inline(always)]
+    pub const fn is_strict(value: u64) -> bool {
+        value != NEVER && value & STRICT != 0
+    }
+
+    /// The entry's own deadline (boot-time ns, or [`NEVER`]), flag removed.
+    #[inline(always)]
+    pub const fn deadline(value: u64) -> u64 {
+        if is_strict(value) {
+            value & !STRICT
+        } else {
+            value
+        }
+    }
+
+    /// When the entry stops working, given the host's "fresh until"
+    /// ([`super::map_names::FRESH`]): its deadline, or for a strict entry
+    /// the earlier of its deadline and `fresh_until`. The entry works
+    /// while the boot-time clock is below this.
+    #[inline(always)]
+    pub const fn until(value: u64, fresh_until: u64) -> u64 {
+        if is_strict(value) {
+            let d = value & !STRICT;
+            if d < fresh_until {
+                d
+            } else {
+                fresh_until
+            }
+        } else {
+            value
+        }
+    }
+
+    /// Which of two values one key should hold when two sources open it:
+    /// the later deadline; on equal deadlines the non-strict one. A strict
+    /// source that outlasts a non-strict one makes the entry strict (so
+    /// while the host is stale it refuses even what the non-strict source
+    /// alone would still allow: the kernel holds one value per key, and
+    /// of the two single values this is the one that never lets a strict
+    /// grant outlive the store).
+    #[inline(always)]
+    pub const fn later(a: u64, b: u64) -> u64 {
+        let (da, db) = (deadline(a), deadline(b));
+        if da > db || (da == db && !is_strict(a)) {
+            a
+        } else {
+            b
+        }
+    }
+}
 
 /// Transport protocols a segment can protect. Values are the IP protocol numbers.
 #[repr(u8)]
@@ -624,6 +723,34 @@ mod tests {
         assert!(port_entry::audit(e));
         assert!(!port_entry::audit(port_entry::new(7, false)));
         assert_eq!(port_entry::new(7, false), 7);
+    }
+
+    #[test]
+    fn strict_values_decode_and_never_is_never_strict() {
+        use expiry::*;
+        assert!(!is_strict(NEVER));
+        assert_eq!(until(NEVER, 0), NEVER);
+        assert!(!is_strict(1_000));
+        assert_eq!(until(1_000, 0), 1_000, "a plain value ignores freshness");
+        let v = strict(1_000);
+        assert!(is_strict(v));
+        assert_eq!(deadline(v), 1_000);
+        assert_eq!(until(v, 500), 500, "stale first: freshness decides");
+        assert_eq!(until(v, 5_000), 1_000, "fresh longer: the deadline decides");
+        assert_eq!(until(v, 0), 0, "never heard: not live");
+        assert_ne!(strict(NEVER), NEVER);
+        assert_eq!(deadline(strict(NEVER)), MAX_STRICT_DEADLINE);
+    }
+
+    #[test]
+    fn the_later_value_wins_and_plain_wins_a_tie() {
+        use expiry::*;
+        assert_eq!(later(strict(10), 20), 20);
+        assert_eq!(later(20, strict(10)), 20);
+        assert_eq!(later(strict(30), 20), strict(30));
+        assert_eq!(later(strict(20), 20), 20);
+        assert_eq!(later(20, strict(20)), 20);
+        assert_eq!(later(strict(50), NEVER), NEVER);
     }
 
     #[test]

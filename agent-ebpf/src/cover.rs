@@ -67,7 +67,10 @@ unsafe fn cover(ctx: &TracePointContext) -> Result<(), i32> {
             break;
         }
         let entry = cover.entries[i];
-        if entry.at_boot_ns <= now {
+        // Past its own deadline: nothing to cover. A strict entry's
+        // freshness is decided at lookup (`decide::until`); its value,
+        // flag and all, is copied as it is.
+        if agent_common::expiry::deadline(entry.at_boot_ns) <= now {
             continue;
         }
         let key = GrantKey {

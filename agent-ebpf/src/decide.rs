@@ -13,12 +13,22 @@
 //! agent keeps a mask per segment in `CGROUP_LEVELS`), so a segment with
 //! no cgroup entries costs no helper call and no lookup for them.
 //!
+//! Strict entries (fleet grants with `strict`): the expiry value carries
+//! `agent_common::expiry::STRICT`, and such an entry works only until the
+//! earlier of its deadline and `PC_FRESH` ("fresh until", which only the
+//! agent moves forward, each time it hears from the fleet store). The
+//! check is here, in the kernel, so a strict grant stops on time even if
+//! the agent hangs: a stalled agent simply stops moving `PC_FRESH`. An
+//! allow's expiry as the hooks cache it ([`LocalMatch::expiry`]) is that
+//! earlier instant, so a marked flow decides again when freshness runs
+//! out. Plain entries never read `PC_FRESH` (one bit test).
+//!
 //! Audit mode: the port entry carries the segment's mode bit, so the same
 //! load that finds the segment tells whether a refusal is enforced or only
 //! recorded ([`refused`]); the decision itself is the same in both modes.
 use agent_common::{
-    kind, peer_prefix_len, port_entry, port_index, verdict, DenyEvent, GrantKey, KillRequest,
-    PeerKey, Proto, DENY_RING_WAKE_BYTES, MAX_CGROUP_DEPTH, NEVER,
+    expiry, kind, peer_prefix_len, port_entry, port_index, verdict, DenyEvent, GrantKey,
+    KillRequest, PeerKey, Proto, DENY_RING_WAKE_BYTES, MAX_CGROUP_DEPTH, NEVER,
 };
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns;
@@ -27,7 +37,7 @@ use aya_ebpf::maps::lpm_trie::Key;
 
 use crate::debug;
 use crate::maps::{
-    CGROUP_LEVELS, COUNTERS, DENY_EVENTS, EPOCH, FENCE, GRANTS, KILL_REQUESTS, LOCAL_NETS,
+    CGROUP_LEVELS, COUNTERS, DENY_EVENTS, EPOCH, FENCE, FRESH, GRANTS, KILL_REQUESTS, LOCAL_NETS,
     PC_HOST_NETNS, PEERS, PEER_HOSTS, PORTS,
 };
 
@@ -168,6 +178,28 @@ pub fn epoch_ordered() -> u64 {
     e
 }
 
+/// "Fresh until": a plain (volatile: never hoisted or merged) 8-byte load
+/// of `PC_FRESH`; 0 (stale since boot) when missing.
+#[inline(always)]
+pub fn fresh_until() -> u64 {
+    match FRESH.get_ptr(0) {
+        // SAFETY: pointer into the one-entry array's value.
+        Some(p) => unsafe { core::ptr::read_volatile(p) },
+        None => 0,
+    }
+}
+
+/// When an entry whose value is `at` stops working: its deadline, or for
+/// a strict entry the earlier of that and [`fresh_until`] (read only then).
+#[inline(always)]
+pub fn until(at: u64) -> u64 {
+    if expiry::is_strict(at) {
+        expiry::until(at, fresh_until())
+    } else {
+        at
+    }
+}
+
 /// What a grant lookup found: live (with its expiry), expired, or nothing.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Found {
@@ -185,7 +217,13 @@ fn lookup(key: &GrantKey, clock: &mut Clock) -> Found {
             // only replace it with another valid u64.
             let at = unsafe { (*v).at_boot_ns };
             // A standing allow needs no clock.
-            if at == NEVER || at > clock.get() {
+            if at == NEVER {
+                return Found::Live(at);
+            }
+            // A strict entry ends at the earlier of its deadline and
+            // "fresh until": that is the expiry a flow's mark caches.
+            let at = until(at);
+            if at > clock.get() {
                 Found::Live(at)
             } else {
                 Found::Expired
@@ -340,7 +378,7 @@ pub fn peer_match(segment: u32, addr: [u8; 16], now: u64) -> u32 {
     // Single hosts first: a hash lookup, flat in the number of entries.
     if let Some(v) = PEER_HOSTS.get_ptr(&data) {
         // SAFETY: pointer from a successful lookup to an 8-byte value.
-        if (unsafe { (*v).at_boot_ns }) > now {
+        if until(unsafe { (*v).at_boot_ns }) > now {
             return debug::reason::PEER_HOST;
         }
         expired = true;
@@ -348,7 +386,7 @@ pub fn peer_match(segment: u32, addr: [u8; 16], now: u64) -> u32 {
     // Then the prefixes: the longest match decides.
     let key = Key::new(peer_prefix_len(128), data);
     match PEERS.get(&key) {
-        Some(v) if v.at_boot_ns > now => debug::reason::PEER_PREFIX,
+        Some(v) if until(v.at_boot_ns) > now => debug::reason::PEER_PREFIX,
         Some(_) => debug::reason::PEER_EXPIRED,
         None if expired => debug::reason::PEER_EXPIRED,
         None => debug::reason::NO_PEER,

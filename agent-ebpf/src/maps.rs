@@ -58,6 +58,12 @@ pub static FLOWS: SkStorage<FlowMark> = SkStorage::new();
 #[map(name = "PC_EPOCH")]
 pub static EPOCH: Array<u64> = Array::with_max_entries(1, 0);
 
+/// "Fresh until" (entry 0, CLOCK_BOOTTIME ns): strict entries stop
+/// working at this instant; the agent moves it forward each time it hears
+/// from the fleet store (see `decide::fresh_until`).
+#[map(name = "PC_FRESH")]
+pub static FRESH: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Segment id → the cgroup levels at which the segment has cgroup entries
 /// (bit n: level n), kept by the agent; the ancestor walk visits only those.
 #[map(name = "PC_CGROUP_LEVELS")]

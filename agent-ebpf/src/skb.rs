@@ -8,7 +8,12 @@
 //! decides again otherwise, so a revoked or expired grant stops an open
 //! session at its next packet. Flows allowed by a standing uid or cgroup
 //! entry are not marked: the agent's sweep of open flows cuts them when
-//! the policy removes their allow. The flow's protected endpoint is the
+//! the policy removes their allow. A flow admitted by a strict entry
+//! caches the earlier of the entry's deadline and "fresh until"
+//! (`decide::until`), so it decides again when freshness runs out, and is
+//! cut then unless the agent moved "fresh until" forward meanwhile; a
+//! lowered "fresh until" bumps the epoch (`kernel/fastpath.rs`), like any
+//! other write that can end an allow. The flow's protected endpoint is the
 //! socket's own destination. A dropped packet also asks the agent to
 //! destroy the socket, so its owner sees an error at once.
 //!

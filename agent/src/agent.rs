@@ -65,6 +65,8 @@ mod filing;
 mod grantee;
 /// Fleet grants (fleet mode): applied and ended as grants with a fleet id.
 mod fleet;
+/// "Fresh until" for strict fleet grants: the agent's side.
+mod freshness;
 /// Making, revoking and expiring grants.
 mod grants;
 /// `group:` identities kept current as members come and go.
@@ -152,6 +154,8 @@ pub(crate) struct Agent {
     enforcement: enforce::Enforcement,
     /// What the metrics endpoint shows, replaced by [`Agent::publish`].
     board: std::sync::Arc<crate::metrics::Board>,
+    /// "Fresh until" for strict fleet grants (`freshness`).
+    freshness: freshness::Freshness,
 }
 
 fn proto_of(p: Protocol) -> Proto {
@@ -226,7 +230,9 @@ impl Agent {
             metrics: Default::default(),
             enforcement: Default::default(),
             board: Default::default(),
+            freshness: Default::default(),
         };
+        agent.freshness = freshness::Freshness::new(agent.kernel.fresh_until()?, clock::boot_ns());
         agent.grant_grace = grant_grace;
         // An empty policy over pins that protect ports would open them all:
         // a directory being redeployed, not an intent, unless it says so.

@@ -15,7 +15,7 @@
 //! map and does not decide anything the kernel has not already decided.
 use std::fs;
 
-use agent_common::{kind, GrantKey, Proto, NEVER};
+use agent_common::{expiry, kind, GrantKey, Proto, NEVER};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -63,6 +63,12 @@ pub(crate) trait KernelView {
     fn port_entry(&self, proto: Proto, port: u16) -> Result<u32, DataplaneError>;
     fn grant_expiry(&self, key: &GrantKey) -> Result<Option<u64>, DataplaneError>;
     fn peer_lookup(&self, segment: u32, addr: [u8; 16]) -> Result<Option<u64>, DataplaneError>;
+    /// "Fresh until" (`PC_FRESH`): strict entries work only below it
+    /// (`agent_common::expiry::until`). Views without that map say 0: a
+    /// strict entry counts as stale, never as live.
+    fn fresh_until(&self) -> Result<u64, DataplaneError> {
+        Ok(0)
+    }
     /// Whether `addr` (IPv6, IPv4 as v4-mapped) is in the mirror of the
     /// kernel's local, broadcast and anycast routes (`PC_LOCAL_NETS`).
     /// Views without that map count every address as local.
@@ -83,6 +89,9 @@ impl<K: KernelMaps + ?Sized> KernelView for K {
     }
     fn in_local_nets(&self, addr: [u8; 16]) -> Result<bool, DataplaneError> {
         KernelMaps::in_local_nets(self, addr)
+    }
+    fn fresh_until(&self) -> Result<u64, DataplaneError> {
+        KernelMaps::fresh_until(self)
     }
 }
 
@@ -424,6 +433,23 @@ pub(crate) fn evaluate(
                 id: *id,
             })?,
             Lookup::Peer(addr) => kernel.peer_lookup(segment_id, *addr)?,
+        };
+        // A strict entry is judged, and shown, by when it stops working.
+        let expiry = match expiry {
+            Some(e) if expiry::is_strict(e) => {
+                let fresh = kernel.fresh_until()?;
+                notes.push(format!(
+                    "the entry for {} is strict: it works only while this host hears from the fleet store ({})",
+                    probe.label,
+                    if fresh > now {
+                        format!("fresh for {} s more", (fresh - now) / 1_000_000_000)
+                    } else {
+                        "stale now".to_string()
+                    }
+                ));
+                Some(expiry::until(e, fresh))
+            }
+            other => other,
         };
         let live = expiry.is_some_and(|e| e > now);
         let sources = ledger_sources(ledger, segment_id, &probe.lookup);

@@ -40,6 +40,11 @@ pub(crate) trait KernelMaps: Send {
     fn epoch(&self) -> Result<u64, DataplaneError>;
     /// Writes the policy epoch (see `kernel/fastpath.rs`).
     fn set_epoch(&mut self, epoch: u64) -> Result<(), DataplaneError>;
+    /// "Fresh until" (`PC_FRESH`): strict entries work only below it.
+    fn fresh_until(&self) -> Result<u64, DataplaneError>;
+    /// Writes "fresh until" (see `agent/freshness.rs`; [`FastPath`] bumps
+    /// the epoch when it goes down).
+    fn set_fresh_until(&mut self, at: u64) -> Result<(), DataplaneError>;
     /// Every segment's cgroup-level mask that is not 0.
     fn read_cgroup_levels(&self) -> Result<Vec<(u32, u32)>, DataplaneError>;
     /// Sets a segment's cgroup-level mask.
@@ -119,6 +124,12 @@ impl KernelMaps for Dataplane {
     }
     fn set_epoch(&mut self, epoch: u64) -> Result<(), DataplaneError> {
         Dataplane::set_epoch(self, epoch)
+    }
+    fn fresh_until(&self) -> Result<u64, DataplaneError> {
+        Dataplane::fresh_until(self)
+    }
+    fn set_fresh_until(&mut self, at: u64) -> Result<(), DataplaneError> {
+        Dataplane::set_fresh_until(self, at)
     }
     fn read_cgroup_levels(&self) -> Result<Vec<(u32, u32)>, DataplaneError> {
         Dataplane::read_cgroup_levels(self)

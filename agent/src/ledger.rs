@@ -3,7 +3,9 @@
 //!
 //! Several sources can open the same map key: a standing allow for
 //! `group:dev` and a JIT grant for `gid:1000` both write (gid 1000, segment).
-//! The kernel holds one expiry per key: the latest of its live sources.
+//! The kernel holds one expiry per key: the latest of its live sources (a
+//! strict source that outlasts the others makes the entry strict; see
+//! `agent_common::expiry::later`).
 //! Revoking one source therefore recomputes its keys from what remains
 //! instead of deleting them blindly. Pure bookkeeping: it returns the
 //! changes and the dataplane applies them; it never touches the kernel.
@@ -67,8 +69,13 @@ impl Contribs {
         }
     }
 
+    /// The value the key holds: the latest deadline, a plain value
+    /// winning a tie with a strict one (`agent_common::expiry::later`).
     fn latest(&self) -> Option<u64> {
-        self.as_slice().iter().map(|(_, e)| *e).max()
+        self.as_slice()
+            .iter()
+            .map(|(_, e)| *e)
+            .reduce(agent_common::expiry::later)
     }
 
     /// Sets `source`'s expiry (adding it if new).
@@ -568,5 +575,25 @@ mod tests {
         let mut l = Ledger::new();
         l.set(Source::Grant(1), &[uid(1)], 10);
         assert_eq!(l.set(Source::Grant(1), &[uid(1)], 10), vec![]);
+    }
+
+    /// Strict fleet entries (issue 19): a key opened by a plain and a
+    /// strict source holds the later deadline, plain on a tie, and drops
+    /// back to the plain one when the strict source goes.
+    #[test]
+    fn a_strict_source_makes_the_entry_strict_only_when_it_outlasts_the_rest() {
+        use agent_common::expiry::strict;
+        let mut l = Ledger::new();
+        assert_eq!(
+            l.set(Source::Grant(1), &[uid(7)], 100),
+            vec![Change::Put(uid(7), 100)]
+        );
+        assert_eq!(l.set(Source::Grant(2), &[uid(7)], strict(50)), vec![]);
+        assert_eq!(l.set(Source::Grant(2), &[uid(7)], strict(100)), vec![]);
+        assert_eq!(
+            l.set(Source::Grant(2), &[uid(7)], strict(200)),
+            vec![Change::Put(uid(7), strict(200))]
+        );
+        assert_eq!(l.remove(&Source::Grant(2)), vec![Change::Put(uid(7), 100)]);
     }
 }

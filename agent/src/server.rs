@@ -195,6 +195,11 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
     // and enforced already) and reconciles with the store when it answers.
     if let Some(cfg) = opts.fleet.clone() {
         info!(host = %cfg.host, groups = %cfg.groups.join(","), endpoints = %cfg.endpoints.join(","), "fleet mode");
+        // Strict fleet grants work only while the watch hears from the store.
+        shared
+            .lock()
+            .expect("agent lock")
+            .set_strict_after(Some(cfg.strict_after));
         let link = Arc::new(crate::fleet::Link::default());
         crate::fleet::ops::install(crate::fleet::ops::Fleet {
             cfg: cfg.clone(),
@@ -262,10 +267,14 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
         tokio::select! {
             _ = tokio::time::sleep(sleep) => blocking(|| {
                 let mut a = shared.lock().expect("agent lock");
+                // Ended grants, and strict ones once this host went stale:
+                // the kernel already refuses them; the sweep cuts idle flows.
                 let ended = !a.expire().is_empty();
                 // Windowed allows due to open or close; a closed one's
                 // open flows are swept like an expired grant's.
-                if a.turn_windows() || ended {
+                let windows = a.turn_windows();
+                let stale = a.check_freshness();
+                if windows || stale || ended {
                     crate::sweep::request();
                 }
             }),

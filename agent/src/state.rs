@@ -89,9 +89,25 @@ pub(crate) struct FleetOrigin {
     pub revision: i64,
     /// The host whose agent wrote it to the store.
     pub origin_host: String,
+    /// Works only while this host hears from the store (`[fleet]
+    /// strict_after`; `agent/freshness.rs`).
+    #[serde(default)]
+    pub strict: bool,
 }
 
 impl Grant {
+    /// The value its kernel entries hold for `deadline`: the deadline, or
+    /// for a strict fleet grant the deadline flagged strict
+    /// (`agent_common::expiry`), which the kernel ends early once this host
+    /// stops hearing from the store.
+    pub(crate) fn kernel_value(&self, deadline: u64) -> u64 {
+        if self.fleet.as_ref().is_some_and(|f| f.strict) {
+            agent_common::expiry::strict(deadline)
+        } else {
+            deadline
+        }
+    }
+
     /// The boot-clock deadline on this boot.
     pub(crate) fn deadline(&self, boot_id: &str) -> u64 {
         if self.boot_id == boot_id {

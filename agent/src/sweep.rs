@@ -26,6 +26,11 @@
 //!   connection this host made *out* from a port that happens to be
 //!   protected has no listener behind it and is left alone.
 //!
+//! A strict entry (a fleet grant marked `strict`) counts only until the
+//! earlier of its deadline and "fresh until" (`PC_FRESH`), as in the
+//! kernel; the agent asks for a sweep when it notices it has gone stale,
+//! so idle flows admitted by strict entries are cut then too.
+//!
 //! A segment in audit mode is not judged: its refusals are let through and
 //! logged, open flows included, until a reload makes it enforce (then the
 //! reload's sweep cuts what it refuses).
@@ -51,7 +56,7 @@ use std::{
     time::Duration,
 };
 
-use agent_common::{key_of_ip, kind, port_entry, GrantKey, Proto};
+use agent_common::{expiry, key_of_ip, kind, port_entry, GrantKey, Proto};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -260,13 +265,14 @@ fn local_allowed(
     s: &DiagSocket,
     chain: &[u64],
     now: u64,
+    fresh: u64,
 ) -> bool {
     let live = |kind, id| {
         kernel
             .grant_expiry(&GrantKey { kind, segment, id })
             .ok()
             .flatten()
-            .is_some_and(|at| at > now)
+            .is_some_and(|at| expiry::until(at, fresh) > now)
     };
     if live(kind::UID, s.uid as u64) || chain.iter().any(|&c| live(kind::CGROUP, c)) {
         return true;
@@ -286,6 +292,9 @@ pub(crate) fn judge(
     all_remote: bool,
 ) -> (Vec<Cut>, usize) {
     let now = clock::boot_ns();
+    // Strict entries work only until "fresh until", as in the kernel; an
+    // unreadable value counts as stale (cuts, never keeps).
+    let fresh = kernel.fresh_until().unwrap_or(0);
     let by_ends: HashMap<Ends, &DiagSocket> = sockets
         .iter()
         .filter(|s| s.state != TCP_LISTEN)
@@ -355,7 +364,7 @@ pub(crate) fn judge(
             continue;
         };
         judged += 1;
-        if local_allowed(kernel, owners, seg, s, &chain, now) {
+        if local_allowed(kernel, owners, seg, s, &chain, now, fresh) {
             continue;
         }
         cuts.push(Cut {
@@ -387,7 +396,7 @@ pub(crate) fn judge(
             .peer_lookup(seg, key_of_ip(s.remote.0))
             .ok()
             .flatten()
-            .is_some_and(|at| at > now);
+            .is_some_and(|at| expiry::until(at, fresh) > now);
         if !allowed {
             cuts.push(Cut {
                 socket: *s,

@@ -11,6 +11,8 @@ struct Maps {
     ports: HashMap<(Proto, u16), u32>,
     grants: HashMap<GrantKey, u64>,
     peers: HashMap<(u32, [u8; 16]), u64>,
+    /// "Fresh until" (0 unless a test sets it).
+    fresh: u64,
 }
 
 impl KernelView for Maps {
@@ -22,6 +24,9 @@ impl KernelView for Maps {
     }
     fn peer_lookup(&self, segment: u32, addr: [u8; 16]) -> Result<Option<u64>, DataplaneError> {
         Ok(self.peers.get(&(segment, addr)).copied())
+    }
+    fn fresh_until(&self) -> Result<u64, DataplaneError> {
+        Ok(self.fresh)
     }
 }
 
@@ -348,4 +353,45 @@ fn a_segment_in_audit_mode_cuts_nothing_and_enforce_cuts_again() {
         vec![(1, End::Client), (2, End::Server)]
     );
     assert_eq!(run(&[listener, accepted], &m), vec![(6, End::Peer)]);
+}
+
+/// Strict entries (issue 19): a flow they admit is kept while the host is
+/// fresh and cut once "fresh until" has passed, though the entry's own
+/// deadline is far ahead; a plain entry with that deadline keeps its flow.
+#[test]
+fn a_strict_entry_keeps_its_flow_only_while_the_host_is_fresh() {
+    let now = clock::boot_ns();
+    let hour = 3_600_000_000_000;
+    let key = GrantKey {
+        kind: kind::UID,
+        segment: 7,
+        id: 1000,
+    };
+    let mut m = maps();
+    m.grants.insert(key, expiry::strict(now + hour));
+    m.fresh = now + hour;
+    assert_eq!(run(&tcp_pair(CHILD), &m), vec![], "fresh: kept");
+    m.fresh = now.saturating_sub(1);
+    assert_eq!(
+        run(&tcp_pair(CHILD), &m),
+        vec![(1, End::Client), (2, End::Server)],
+        "stale: cut at both ends"
+    );
+    m.grants.insert(key, now + hour);
+    assert_eq!(
+        run(&tcp_pair(CHILD), &m),
+        vec![],
+        "plain: staleness ignored"
+    );
+
+    // The same for a remote peer's flow.
+    let listener = sock(TCP, 10, ("0.0.0.0", PORT), ("0.0.0.0", 0), 4);
+    let s = sock(TCP, 1, ("10.0.0.1", PORT), ("10.9.0.2", 50000), 5);
+    let mut m = maps();
+    m.peers
+        .insert((7, v4_mapped([10, 9, 0, 2])), expiry::strict(now + hour));
+    m.fresh = now + hour;
+    assert_eq!(run(&[listener, s], &m), vec![]);
+    m.fresh = 0;
+    assert_eq!(run(&[listener, s], &m), vec![(5, End::Peer)]);
 }

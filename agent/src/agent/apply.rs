@@ -223,7 +223,11 @@ impl Agent {
             }
             match self.resolver.keys(&s.grant.identity, seg) {
                 Ok(keys) => {
-                    ledger.set(Source::Grant(gid), &keys, s.grant.expires_boot_ns);
+                    ledger.set(
+                        Source::Grant(gid),
+                        &keys,
+                        s.grant.kernel_value(s.grant.expires_boot_ns),
+                    );
                 }
                 Err(e) => {
                     warn!(grant = gid, error = %e, "resumed grant does not resolve now; kept, retried later")

@@ -201,7 +201,9 @@ impl Agent {
     fn set_expiry(&mut self, g: &Grant) -> Result<(), crate::dataplane::DataplaneError> {
         let source = Source::Grant(g.id);
         let keys = self.ledger.keys_of(&source).to_vec();
-        let changes = self.ledger.set(source, &keys, g.expires_boot_ns);
+        let changes = self
+            .ledger
+            .set(source, &keys, g.kernel_value(g.expires_boot_ns));
         debug_assert!(changes
             .iter()
             .all(|c| matches!(c, crate::ledger::Change::Put(..))));

@@ -27,6 +27,8 @@ pub(crate) struct IncomingGrant<'a> {
     pub actor_user: Option<&'a str>,
     pub origin_host: &'a str,
     pub revision: i64,
+    /// Works only while this host hears from the store.
+    pub strict: bool,
 }
 
 /// A fleet lock as `crate::fleet` hands it over.
@@ -211,6 +213,7 @@ impl Agent {
             id: g.id.to_string(),
             revision: g.revision,
             origin_host: g.origin_host.to_string(),
+            strict: g.strict,
         };
         let actor = remote_actor(g.actor_uid, g.actor_user, g.origin_host);
         let grant = self

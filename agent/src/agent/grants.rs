@@ -179,7 +179,9 @@ impl Agent {
                 ),
             ));
         }
-        let changes = self.ledger.set(Source::Grant(id), &keys, deadline);
+        let changes = self
+            .ledger
+            .set(Source::Grant(id), &keys, grant.kernel_value(deadline));
         // A new source only adds or extends entries: no epoch bump.
         if let Err(e) = self.kernel.apply_adding(&changes) {
             // Undo whatever part was written; nothing stays half-applied.
@@ -407,6 +409,7 @@ impl Agent {
             .chain(self.next_suspended_deadline())
             .chain(self.next_idle_deadline())
             .chain(self.next_window_deadline())
+            .chain(self.freshness_deadline())
             .min();
         match (grants, self.requests.next_deadline()) {
             (Some(g), Some(r)) => Some(g.min(r)),
@@ -463,7 +466,7 @@ impl Agent {
                     g.id,
                     g.identity.clone(),
                     g.segment.clone(),
-                    g.expires_boot_ns,
+                    g.kernel_value(g.expires_boot_ns),
                 )
             })
             .collect();

@@ -97,7 +97,7 @@ impl Agent {
                     segment: g.segment.clone(),
                     group: group.clone(),
                     identity: g.identity.to_string(),
-                    expiry: g.expires_boot_ns,
+                    expiry: g.kernel_value(g.expires_boot_ns),
                     grant_id: Some(g.id),
                 });
             }

@@ -4,11 +4,14 @@
 //! Segment ids come back from the kernel's port map (a segment's ports map
 //! to its id), and every map entry with a finite expiry that no standing
 //! allow claims becomes a recovered grant, with its identity read back from
-//! the key. Nothing live is lost; what cannot be named (a segment no longer
+//! the key. A strict entry is not recovered: it is a fleet grant's, whose
+//! source is the fleet store (re-listed when the agent reconnects); read
+//! as a local grant it would lose its strictness, so it is swept (fail
+//! closed). Nothing live is lost; what cannot be named (a segment no longer
 //! in the policy, a cgroup that no longer exists) is swept as before.
 use std::{net::Ipv6Addr, time::SystemTime};
 
-use agent_common::{kind, GrantKey, NEVER};
+use agent_common::{expiry, kind, GrantKey, NEVER};
 use tracing::warn;
 
 use super::{proto_of, Agent};
@@ -57,7 +60,11 @@ impl Agent {
         let mut found: Vec<(EntryKey, Identity, String, u64)> = Vec::new();
         for &(key, expiry) in locals {
             let k = EntryKey::Local(key);
-            if expiry == NEVER || expiry <= now || self.ledger.value(&k).is_some() {
+            if expiry == NEVER
+                || expiry::is_strict(expiry)
+                || expiry <= now
+                || self.ledger.value(&k).is_some()
+            {
                 continue;
             }
             let Some(segment) = names.get(&key.segment) else {
@@ -80,7 +87,11 @@ impl Agent {
                 addr: p.addr,
                 prefix: p.prefix,
             };
-            if p.expiry == NEVER || p.expiry <= now || self.ledger.value(&k).is_some() {
+            if p.expiry == NEVER
+                || expiry::is_strict(p.expiry)
+                || p.expiry <= now
+                || self.ledger.value(&k).is_some()
+            {
                 continue;
             }
             let Some(segment) = names.get(&p.segment) else {

@@ -308,7 +308,7 @@ impl Agent {
                     // the kernel in batches.
                     writes.extend(
                         self.ledger
-                            .set(Source::Grant(g.id), &keys, deadline)
+                            .set(Source::Grant(g.id), &keys, g.kernel_value(deadline))
                             .into_iter()
                             .filter(|c| !already_there(c, &in_kernel)),
                     );

@@ -539,6 +539,7 @@ mod breakglass;
 mod extend;
 mod fastpath;
 mod first_use;
+mod freshness;
 mod groups;
 mod journal;
 mod locks;

@@ -179,7 +179,9 @@ impl Agent {
                 // Still live: the journal and the ledger say so again;
                 // tried again at the next deadline.
                 warn!(grant = id, error = %e, "ending an idle grant failed; retried");
-                let _ = self.ledger.set(Source::Grant(id), &keys, g.expires_boot_ns);
+                let _ =
+                    self.ledger
+                        .set(Source::Grant(id), &keys, g.kernel_value(g.expires_boot_ns));
                 let _ = self.journal.append_or_queue(Op::Grant {
                     grant: g,
                     audit_prev: None,

@@ -263,6 +263,8 @@ impl Dataplane {
             .map_err(map_err(map_names::KILL_REQUESTS, "open"))?;
         let epoch = Array::try_from(take(&mut ebpf, map_names::EPOCH)?)
             .map_err(map_err(map_names::EPOCH, "open"))?;
+        let fresh = Array::try_from(take(&mut ebpf, map_names::FRESH)?)
+            .map_err(map_err(map_names::FRESH, "open"))?;
         let cgroup_levels = Array::try_from(take(&mut ebpf, map_names::CGROUP_LEVELS)?)
             .map_err(map_err(map_names::CGROUP_LEVELS, "open"))?;
 
@@ -285,6 +287,7 @@ impl Dataplane {
             counters,
             discovery,
             epoch,
+            fresh,
             cgroup_levels,
             usage,
             cover,

@@ -184,6 +184,20 @@ impl Dataplane {
             .map_err(map_err(map_names::EPOCH, "write"))
     }
 
+    /// "Fresh until" (`PC_FRESH`): strict entries work only below it.
+    pub(crate) fn fresh_until(&self) -> Result<u64> {
+        self.fresh
+            .get(&0, 0)
+            .map_err(map_err(map_names::FRESH, "read"))
+    }
+
+    /// Writes "fresh until" (one 8-byte array update).
+    pub(crate) fn set_fresh_until(&mut self, at: u64) -> Result<()> {
+        self.fresh
+            .set(0, at, 0)
+            .map_err(map_err(map_names::FRESH, "write"))
+    }
+
     /// Every segment's cgroup-level mask that is not 0.
     pub(crate) fn read_cgroup_levels(&self) -> Result<Vec<(u32, u32)>> {
         let mut out = Vec::new();
@@ -283,7 +297,10 @@ impl Dataplane {
             Err(MapError::KeyNotFound) => None,
             Err(e) => return Err(map_err(map_names::PEER_HOSTS, "read")(e)),
         };
-        if host.is_some_and(|at| at > crate::clock::boot_ns()) {
+        if host.is_some_and(|at| {
+            agent_common::expiry::until(at, self.fresh_until().unwrap_or(0))
+                > crate::clock::boot_ns()
+        }) {
             return Ok(host);
         }
         match self.peers.get(&peer_key(segment, addr, 128), 0) {

@@ -197,6 +197,8 @@ pub(crate) struct Dataplane {
     discovery: HashMap<MapData, DiscoveryKey, Sighting>,
     /// The policy epoch (`PC_EPOCH`, one entry).
     epoch: Array<MapData, u64>,
+    /// "Fresh until" for strict entries (`PC_FRESH`, one entry).
+    fresh: Array<MapData, u64>,
     /// Segment id → cgroup-level mask (`PC_CGROUP_LEVELS`).
     cgroup_levels: Array<MapData, u32>,
     usage: PerCpuHashMap<MapData, GrantKey, Usage>,

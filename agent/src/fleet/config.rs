@@ -11,6 +11,9 @@ pub(crate) const DEFAULT_PREFIX: &str = "/portcullis/v1";
 pub(crate) const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// The liveness lease of `agents/H` by default.
 pub(crate) const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+/// How long after this host last heard from the store its strict fleet
+/// grants keep working (`strict_after`).
+pub(crate) const DEFAULT_STRICT_AFTER: Duration = Duration::from_secs(60);
 /// How long one call to etcd may take before it counts as unreachable.
 pub(crate) const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -30,6 +33,7 @@ pub(crate) struct RawFleet {
     ack_timeout: Option<String>,
     lease_ttl: Option<String>,
     call_timeout: Option<String>,
+    strict_after: Option<String>,
 }
 
 /// Client certificate and the CA that signs etcd's server certificate.
@@ -51,6 +55,9 @@ pub(crate) struct FleetConfig {
     pub ack_timeout: Duration,
     pub lease_ttl: Duration,
     pub call_timeout: Duration,
+    /// Strict fleet grants stop working this long after the store was
+    /// last heard from (enforced in the kernel: `agent/freshness.rs`).
+    pub strict_after: Duration,
 }
 
 /// A problem with one key of `[fleet]`: what, and how to fix it.
@@ -198,6 +205,13 @@ impl RawFleet {
                 "use one scheme for all endpoints",
             ));
         }
+        let strict_after = match duration("strict_after", self.strict_after, DEFAULT_STRICT_AFTER) {
+            Ok(d) => d,
+            Err(p) => {
+                problems.push(p);
+                DEFAULT_STRICT_AFTER
+            }
+        };
         let durations = (
             duration("ack_timeout", self.ack_timeout, DEFAULT_ACK_TIMEOUT),
             duration("lease_ttl", self.lease_ttl, DEFAULT_LEASE_TTL),
@@ -216,6 +230,17 @@ impl RawFleet {
                 "etcd leases count in whole seconds; use 2s or more",
             ));
         }
+        if strict_after < lease_ttl {
+            problems.push(problem(
+                format!(
+                    "fleet.strict_after ({}) is shorter than fleet.lease_ttl ({})",
+                    crate::clock::human(strict_after),
+                    crate::clock::human(lease_ttl)
+                ),
+                "the lease keepalive (every lease_ttl / 3) is how an idle agent hears from the store; \
+                 make strict_after at least lease_ttl, or strict grants stop between keepalives",
+            ));
+        }
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -228,6 +253,7 @@ impl RawFleet {
             ack_timeout,
             lease_ttl,
             call_timeout,
+            strict_after,
         })
     }
 }

@@ -117,6 +117,7 @@ async fn session(
             s.heard_unix_ms = now_ms();
             s.relists += 1;
         });
+        heard(shared).await;
         publish(cfg, layout, &mut client, lease, shared, link)
             .await
             .map_err(early)?;
@@ -185,6 +186,7 @@ async fn session(
                         s.applied_revision = s.applied_revision.max(revision);
                         s.heard_unix_ms = now_ms();
                     });
+                    heard(shared).await;
                     publish(cfg, layout, &mut client, lease, shared, link).await.map_err(late)?;
                     last_publish = tokio::time::Instant::now();
                 }
@@ -195,6 +197,7 @@ async fn session(
                         _ => return Err(("the store let this agent's lease lapse".into(), true)),
                     }
                     link.update(|s| s.heard_unix_ms = now_ms());
+                    heard(shared).await;
                     if last_publish.elapsed() >= cfg.lease_ttl {
                         publish(cfg, layout, &mut client, lease, shared, link).await.map_err(late)?;
                         last_publish = tokio::time::Instant::now();
@@ -203,6 +206,21 @@ async fn session(
             }
         }
     }
+}
+
+/// The store answered and this host's view of it is current (listed, or
+/// the watch delivering, or a keepalive answered on the watch's
+/// connection): strict fleet grants work for `strict_after` more. Nothing
+/// else moves that instant, so an agent that hangs or is cut off stops
+/// calling this and the kernel ends its strict grants (`agent/freshness.rs`).
+async fn heard(shared: &Shared) {
+    let shared = shared.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Err(e) = shared.lock().expect("agent lock").heard_from_store() {
+            warn!(error = %e, "writing \"fresh until\" failed; strict fleet grants stop when it passes");
+        }
+    })
+    .await;
 }
 
 enum Event {
@@ -328,6 +346,7 @@ fn apply_one(a: &mut Agent, id: &str, w: &Wanted, revision: i64) -> Result<(), S
         actor_user: v.actor_user.as_deref(),
         origin_host: &v.origin_host,
         revision,
+        strict: v.strict,
     };
     let local = a.fleet_apply(incoming)?;
     info!(fleet = id, grant = local, hosts = %w.target, segment = %v.segment, identity = %w.identity, "fleet grant enforced");

@@ -50,6 +50,10 @@ pub(crate) struct FakeMaps {
     pub writes: Vec<Write>,
     /// The policy epoch.
     pub epoch: u64,
+    /// "Fresh until" (`PC_FRESH`).
+    pub fresh_until: u64,
+    /// Every write of it: (how many `epoch_writes` came before it, value).
+    pub fresh_writes: Vec<(usize, u64)>,
     /// Segment → cgroup-level mask (no entry: 0).
     pub cgroup_levels: BTreeMap<u32, u32>,
     /// Every epoch write: (how many `writes` came before it, the epoch).
@@ -225,6 +229,16 @@ impl KernelMaps for FakeKernel {
         m.epoch = epoch;
         let at = m.writes.len();
         m.epoch_writes.push((at, epoch));
+        Ok(())
+    }
+    fn fresh_until(&self) -> Result<u64, DataplaneError> {
+        Ok(self.maps().fresh_until)
+    }
+    fn set_fresh_until(&mut self, at: u64) -> Result<(), DataplaneError> {
+        let mut m = self.maps();
+        m.fresh_until = at;
+        let before = m.epoch_writes.len();
+        m.fresh_writes.push((before, at));
         Ok(())
     }
     fn read_cgroup_levels(&self) -> Result<Vec<(u32, u32)>, DataplaneError> {

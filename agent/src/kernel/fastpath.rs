@@ -4,7 +4,8 @@
 //! writes cannot forget them.
 //!
 //! Owns: the epoch bump after every write that can end an allow (a delete,
-//! a lowered expiry, a port change: everything but [`KernelMaps::apply_adding`]),
+//! a lowered expiry, a port change: everything but [`KernelMaps::apply_adding`];
+//! a lowered "fresh until", which can end strict allows),
 //! and the masks: for each segment, which cgroup levels hold cgroup entries
 //! (counted per level from the entries written), set before the entries
 //! that need them and cleared only after the last one is gone, so the
@@ -280,6 +281,21 @@ impl KernelMaps for FastPath {
     fn set_epoch(&mut self, epoch: u64) -> Result<(), DataplaneError> {
         self.epoch = epoch;
         self.inner.set_epoch(epoch)
+    }
+    fn fresh_until(&self) -> Result<u64, DataplaneError> {
+        self.inner.fresh_until()
+    }
+    fn set_fresh_until(&mut self, at: u64) -> Result<(), DataplaneError> {
+        // Marked flows cache the earlier of a strict entry's deadline and
+        // "fresh until": moving it forward needs nothing (they decide
+        // again at the old instant and pick up the new one), moving it
+        // back can end an allow before a cached instant, so it bumps.
+        let lowered = at < self.inner.fresh_until()?;
+        self.inner.set_fresh_until(at)?;
+        if lowered {
+            self.bump()?;
+        }
+        Ok(())
     }
     fn read_cgroup_levels(&self) -> Result<Vec<(u32, u32)>, DataplaneError> {
         self.inner.read_cgroup_levels()

@@ -175,6 +175,8 @@ pub(super) fn client(args: ClientArgs) -> Result<()> {
 
 /// `cargo xtask bench probe`: one command per stdin line, one answer line each.
 /// - `allowed MS`: connect until one succeeds → `ok`, or `timeout ERROR` after MS ms.
+/// - `open MS US`: connect every US µs until one succeeds →
+///   `open MONO_NS ATTEMPTS`, or `timeout ERROR` after MS ms.
 /// - `cut MS US`: connect every US µs until one is refused →
 ///   `refused MONO_NS ATTEMPTS ERROR`, or `timeout` after MS ms.
 pub(super) fn probe(args: ProbeArgs) -> Result<()> {
@@ -186,6 +188,11 @@ pub(super) fn probe(args: ProbeArgs) -> Result<()> {
         let words: Vec<&str> = line.split_whitespace().collect();
         let answer = match words.as_slice() {
             ["allowed", ms] => allowed(&addr, Duration::from_millis(ms.parse()?)),
+            ["open", ms, us] => open(
+                &addr,
+                Duration::from_millis(ms.parse()?),
+                Duration::from_micros(us.parse()?),
+            ),
             ["cut", ms, us] => cut(
                 &addr,
                 Duration::from_millis(ms.parse()?),
@@ -209,6 +216,23 @@ fn allowed(addr: &libc::sockaddr_in, limit: Duration) -> String {
             Err(e) => last = e.to_string(),
         }
         std::thread::sleep(Duration::from_millis(1));
+    }
+    format!("timeout {last}")
+}
+
+/// Connects every `interval` until one succeeds: `open MONO_NS ATTEMPTS`,
+/// or `timeout ERROR` after `limit`.
+fn open(addr: &libc::sockaddr_in, limit: Duration, interval: Duration) -> String {
+    let started = Instant::now();
+    let mut attempts = 0u64;
+    let mut last = String::new();
+    while started.elapsed() < limit {
+        attempts += 1;
+        match connect_once(addr) {
+            Ok(()) => return format!("open {} {attempts}", mono_ns()),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(interval);
     }
     format!("timeout {last}")
 }

@@ -11,7 +11,8 @@
 //! traffic starts, `grants` the grant-scale table (time per grant with up
 //! to 1,000,000 live grants), `rollout` table 8, `fastpath` table 9 (issue
 //! 15's rows, with `emptyprog`'s empty cgroup_skb floor), `scale` table 10
-//! (memory, restart and bulk load with a million journaled grants). The per-packet figures come from the agent binary's
+//! (memory, restart and bulk load with a million journaled grants), `fleet`
+//! table 11 (issue 19: a real etcd and N fleet agents, `fleet/etcd.rs` the store). The per-packet figures come from the agent binary's
 //! hidden `bench-dataplane` subcommand (agent/src/benchprog.rs).
 //!
 //! Not part of `cargo xtask test`: it takes minutes and its figures are
@@ -31,6 +32,7 @@ mod client;
 mod emptyprog;
 mod fastpath;
 mod firewall;
+mod fleet;
 mod grants;
 mod host;
 mod measure;
@@ -55,13 +57,19 @@ pub(crate) struct Options {
     /// `fastpath` (table 9: per-packet cost of marked and unmarked flows,
     /// a deep cgroup entry, a stream, a deny flood, reload to cut),
     /// `scale` (table 10: memory, restart and bulk load with a million
-    /// journaled grants, beside `nft -f`).
+    /// journaled grants, beside `nft -f`), `fleet` (table 11: a real etcd
+    /// and N agents; revoke and grant propagation, re-convergence after an
+    /// etcd restart, idle memory and CPU).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Part>,
     /// Journaled grants for table 10 (default 1,000,000; `--quick`
     /// 100,000): a smaller N for a quick look at `--only scale`.
     #[arg(long)]
     scale_grants: Option<u32>,
+    /// Numbers of hosts (agents) for the fleet table (default: 10 and 50;
+    /// with --quick, 10).
+    #[arg(long, value_delimiter = ',')]
+    fleet_hosts: Vec<usize>,
     #[command(subcommand)]
     helper: Option<Helper>,
 }
@@ -74,6 +82,7 @@ enum Part {
     Rollout,
     Fastpath,
     Scale,
+    Fleet,
 }
 
 /// What the bench runs inside its cgroup and namespaces.
@@ -183,11 +192,26 @@ pub(crate) fn main(options: Options, ws: &Workspace) -> Result<()> {
             Part::Rollout,
             Part::Fastpath,
             Part::Scale,
+            Part::Fleet,
         ]
     } else {
         options.only.clone()
     };
-    let result = run_all(&portcullis, plan.clone(), &parts, started);
+    let fleet_plan = fleet::FleetPlan {
+        sizes: if !options.fleet_hosts.is_empty() {
+            options.fleet_hosts.clone()
+        } else if options.quick {
+            vec![10]
+        } else {
+            vec![10, 50]
+        },
+        rounds: if options.quick { 5 } else { 20 },
+        idle_seconds: if options.quick { 10 } else { 30 },
+    };
+    if let Some(n) = fleet_plan.sizes.iter().find(|n| **n == 0 || **n > 200) {
+        bail!("--fleet-hosts {n}: from 1 to 200 agents");
+    }
+    let result = run_all(&portcullis, plan.clone(), &parts, &fleet_plan, started);
     // Every guard has dropped by now: compare the host's rules.
     let rules_after = host::ruleset()?;
     let unchanged = rules_before == rules_after;
@@ -203,6 +227,7 @@ pub(crate) fn main(options: Options, ws: &Workspace) -> Result<()> {
         rollout,
         fastpath,
         scale,
+        fleet,
     } = result?;
     let mut markdown = report::machine_line(&machine, started.elapsed(), unchanged);
     let mut json = serde_json::Map::new();
@@ -258,6 +283,10 @@ pub(crate) fn main(options: Options, ws: &Workspace) -> Result<()> {
         markdown.push_str(&s.markdown());
         json.insert("scale".into(), s.json());
     }
+    if let Some(f) = fleet {
+        markdown.push_str(&f.markdown());
+        json.insert("fleet".into(), f.json());
+    }
     println!("{markdown}");
     let dir = ws.target_dir()?.join("bench");
     fs::create_dir_all(&dir)?;
@@ -289,6 +318,7 @@ struct Results {
     rollout: Option<rollout::Rollout>,
     fastpath: Option<fastpath::FastPath>,
     scale: Option<scale::Scale>,
+    fleet: Option<fleet::Fleet>,
 }
 
 /// Tables 1-6: Portcullis beside nftables and iptables.
@@ -325,6 +355,7 @@ fn run_all(
     portcullis: &std::path::Path,
     plan: measure::Plan,
     parts: &[Part],
+    fleet_plan: &fleet::FleetPlan,
     started: Instant,
 ) -> Result<Results> {
     let pid = std::process::id();
@@ -397,6 +428,11 @@ fn run_all(
     } else {
         None
     };
+    let fleet = if parts.contains(&Part::Fleet) {
+        Some(bench.fleet(fleet_plan)?)
+    } else {
+        None
+    };
     Ok(Results {
         machine,
         comparison,
@@ -404,6 +440,7 @@ fn run_all(
         rollout,
         fastpath,
         scale,
+        fleet,
     })
 }
 

@@ -193,3 +193,26 @@ fn the_cgroup_cover_keeps_its_levels_in_the_mask_with_no_entry_there() {
     g.set_cover(&cover).unwrap();
     assert_eq!(k.maps().cgroup_levels.get(&7), Some(&u32::MAX));
 }
+
+/// Strict entries (issue 19): marked flows cache the earlier of an entry's
+/// deadline and "fresh until", so moving it back must make them decide
+/// again (the epoch moves after the write); moving it forward need not.
+#[test]
+fn a_lowered_fresh_until_moves_the_epoch_after_it_and_a_raised_one_does_not() {
+    let k = FakeKernel::default();
+    let mut f = fast(&k);
+    let start = f.current_epoch();
+    f.set_fresh_until(1_000).unwrap();
+    f.set_fresh_until(2_000).unwrap();
+    assert_eq!(f.current_epoch(), start, "forward: no bump");
+    f.set_fresh_until(1_500).unwrap();
+    assert_eq!(f.current_epoch(), start + 1, "back: bump");
+    let m = k.maps();
+    assert_eq!(m.fresh_until, 1_500);
+    let (epochs_before, _) = *m.fresh_writes.last().unwrap();
+    assert_eq!(
+        m.epoch_writes.len(),
+        epochs_before + 1,
+        "the epoch after the write"
+    );
+}
