@@ -61,12 +61,12 @@ mod errors;
 mod extend;
 /// Filing a request: journal, then audit.
 mod filing;
-/// A grantee's `extend`: a request whose approval extends the grant.
-mod grantee;
 /// Fleet grants (fleet mode): applied and ended as grants with a fleet id.
 mod fleet;
 /// "Fresh until" for strict fleet grants: the agent's side.
 mod freshness;
+/// A grantee's `extend`: a request whose approval extends the grant.
+mod grantee;
 /// Making, revoking and expiring grants.
 mod grants;
 /// `group:` identities kept current as members come and go.

@@ -16,10 +16,10 @@ use clap::{Parser, Subcommand};
 
 /// The examples of each subcommand's `--help`.
 mod examples;
-/// `request show`: one request's history for people.
-mod history;
 /// `--fleet`: requests and their replies.
 mod fleet;
+/// `request show`: one request's history for people.
+mod history;
 /// `request --wait`, `explain` arguments, rendering of requests and explanations.
 mod jit;
 /// Shell completions and man pages.

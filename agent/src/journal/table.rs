@@ -9,8 +9,11 @@
 //! `id u64 | segment u32 | identity kind u8, value u32 | created u64 |
 //! expires u64 | expires_boot u64 | boot_id u32 | actor uid u32 |
 //! actor user u32 | actor pid: flag u8, i32 | reason u32 | request id:
-//! flag u8, u64`, where a string is its index in the table and
-//! [`NONE`] stands for "absent".
+//! flag u8, u64 | fleet origin u32`, where a string is its index in the
+//! table and [`NONE`] stands for "absent". A fleet grant's origin (its
+//! fleet id, revision, origin host and `strict` flag) is kept as one JSON
+//! string: such grants are few, and the flag must survive a restart (a
+//! strict grant restored as a plain one would outlive a cut-off store).
 //!
 //! The table sits in its own checksummed frame, so damage is found by the
 //! frame; the decoder still bounds every read and index and says where it
@@ -20,7 +23,7 @@ use std::collections::HashMap;
 
 use crate::{
     identity::Identity,
-    state::{Actor, Grant},
+    state::{Actor, FleetOrigin, Grant},
 };
 
 /// An absent optional string.
@@ -29,7 +32,7 @@ const UID: u8 = 0;
 const GID: u8 = 1;
 const TEXT: u8 = 2;
 /// Bytes of one grant record.
-const RECORD: usize = 8 + 4 + 1 + 4 + 8 + 8 + 8 + 4 + 4 + 4 + 1 + 4 + 4 + 1 + 8;
+const RECORD: usize = 8 + 4 + 1 + 4 + 8 + 8 + 8 + 4 + 4 + 4 + 1 + 4 + 4 + 1 + 8 + 4;
 
 /// Strings by first appearance, each once.
 #[derive(Default)]
@@ -59,9 +62,17 @@ pub(super) fn encode<'a>(grants: impl Iterator<Item = &'a Grant> + Clone) -> Vec
             _ => Some(g.identity.to_string()),
         })
         .collect();
+    let origins: Vec<Option<String>> = grants
+        .clone()
+        .map(|g| {
+            g.fleet
+                .as_ref()
+                .map(|f| serde_json::to_string(f).expect("a fleet origin serializes"))
+        })
+        .collect();
     let mut records = Vec::with_capacity(texts.len() * RECORD);
     let mut count = 0u64;
-    for (g, text) in grants.zip(&texts) {
+    for ((g, text), origin) in grants.zip(&texts).zip(&origins) {
         count += 1;
         let (kind, value) = match (&g.identity, text) {
             (Identity::Uid(u), _) => (UID, *u),
@@ -73,6 +84,7 @@ pub(super) fn encode<'a>(grants: impl Iterator<Item = &'a Grant> + Clone) -> Vec
         let boot = strings.id(&g.boot_id);
         let user = g.actor.user.as_deref().map_or(NONE, |u| strings.id(u));
         let reason = g.reason.as_deref().map_or(NONE, |r| strings.id(r));
+        let origin = origin.as_deref().map_or(NONE, |o| strings.id(o));
         let r = &mut records;
         r.extend_from_slice(&g.id.to_le_bytes());
         r.extend_from_slice(&segment.to_le_bytes());
@@ -89,6 +101,7 @@ pub(super) fn encode<'a>(grants: impl Iterator<Item = &'a Grant> + Clone) -> Vec
         r.extend_from_slice(&reason.to_le_bytes());
         r.push(u8::from(g.request_id.is_some()));
         r.extend_from_slice(&g.request_id.unwrap_or(0).to_le_bytes());
+        r.extend_from_slice(&origin.to_le_bytes());
     }
     let mut out = Vec::with_capacity(16 + records.len() + strings.list.len() * 16);
     out.extend_from_slice(&(strings.list.len() as u32).to_le_bytes());
@@ -186,6 +199,10 @@ pub(super) fn decode(bytes: &[u8], mut each: impl FnMut(Grant)) -> Result<(), St
         let reason = opt(c.u32()?, "reason")?;
         let has_request = c.u8()? != 0;
         let request = c.u64()?;
+        let fleet = opt(c.u32()?, "fleet origin")?
+            .map(|o| serde_json::from_str::<FleetOrigin>(&o))
+            .transpose()
+            .map_err(|e| format!("grant {id}'s fleet origin: {e}"))?;
         each(Grant {
             id,
             segment,
@@ -201,6 +218,7 @@ pub(super) fn decode(bytes: &[u8], mut each: impl FnMut(Grant)) -> Result<(), St
             },
             reason,
             request_id: has_request.then_some(request),
+            fleet,
         });
     }
     Ok(())
@@ -237,6 +255,12 @@ mod tests {
                 },
                 reason: (i != 3).then(|| format!("ticket {i}")),
                 request_id: (i == 4).then_some(99),
+                fleet: (i == 2).then(|| FleetOrigin {
+                    id: "f-1".into(),
+                    revision: 42,
+                    origin_host: "h2".into(),
+                    strict: true,
+                }),
             });
         }
         out
@@ -254,7 +278,8 @@ mod tests {
         let bytes = encode(g.iter());
         assert_eq!(decoded(&bytes).unwrap(), g);
         // Strings are held once: "db", "web", "b0", "alice" and the reasons.
-        assert!(bytes.len() < 5 * RECORD + 200, "{} bytes", bytes.len());
+        assert!(bytes.len() < 5 * RECORD + 300, "{} bytes", bytes.len());
+        assert!(decoded(&bytes).unwrap()[2].fleet.as_ref().unwrap().strict);
         assert_eq!(decoded(&encode([].iter())).unwrap(), Vec::new());
     }
 

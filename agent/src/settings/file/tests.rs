@@ -173,7 +173,7 @@ events = ["request", "approve", "break_glass"]
             fleet: None,
         }
     );
-    assert_eq!(KEYS.len(), 27, "KEYS lists every field");
+    assert_eq!(KEYS.len(), 28, "KEYS lists every field");
 }
 
 #[test]
