@@ -175,11 +175,7 @@ pub(crate) async fn unlock(
     hosts: Option<String>,
 ) -> Result<Reply, Refusal> {
     let f = fleet()?;
-    let only = hosts
-        .as_deref()
-        .map(Target::parse)
-        .transpose()
-        .map_err(|e| refuse(RefusalCode::Invalid, e))?;
+    let only = ops::only_hosts(hosts.as_deref())?;
     let parsed: crate::identity::Identity = identity
         .parse()
         .map_err(|e| refuse(RefusalCode::Invalid, format!("identity {identity:?}: {e}")))?;

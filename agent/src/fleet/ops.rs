@@ -55,6 +55,14 @@ pub(super) fn refuse(code: RefusalCode, msg: impl Into<String>) -> Refusal {
     Refusal::new(code, msg)
 }
 
+/// The `--hosts` a verb is limited to, when given (`revoke`, `unlock`).
+pub(super) fn only_hosts(hosts: Option<&str>) -> Result<Option<Target>, Refusal> {
+    hosts
+        .map(Target::parse)
+        .transpose()
+        .map_err(|e| refuse(RefusalCode::Invalid, e))
+}
+
 pub(super) fn fleet() -> Result<&'static Fleet, Refusal> {
     FLEET.get().ok_or_else(|| {
         refuse(
@@ -245,11 +253,7 @@ pub(crate) async fn revoke(
     hosts: Option<String>,
 ) -> Result<Reply, Refusal> {
     let f = fleet()?;
-    let only = hosts
-        .as_deref()
-        .map(Target::parse)
-        .transpose()
-        .map_err(|e| refuse(RefusalCode::Invalid, e))?;
+    let only = only_hosts(hosts.as_deref())?;
     if id.is_none() && identity.is_none() && segment.is_none() {
         return Err(refuse(
             RefusalCode::Invalid,
