@@ -111,7 +111,7 @@ pub(super) struct OurResults {
 
 /// Where a client runs.
 #[derive(Clone, Copy)]
-enum From<'a> {
+pub(super) enum From<'a> {
     Cgroup(&'a Path, u32),
     Netns(&'a Netns),
 }
@@ -150,13 +150,13 @@ impl Bench<'_> {
     }
 
     /// One client run: connects per second.
-    fn rate(&self, from: From) -> Result<f64> {
+    pub(super) fn rate(&self, from: From) -> Result<f64> {
         let (ok, secs) = self.client_run(from)?;
         Ok(ok as f64 / secs)
     }
 
     /// One client run: connects made, and seconds taken.
-    fn client_run(&self, from: From) -> Result<(u64, f64)> {
+    pub(super) fn client_run(&self, from: From) -> Result<(u64, f64)> {
         host::check_interrupted()?;
         let (mut cmd, addr) = match from {
             From::Cgroup(cg, uid) => {
@@ -218,7 +218,7 @@ impl Bench<'_> {
 
     /// A warm-up pair, then `runs` baseline and `runs` filtered runs in the
     /// order B F F B B F ...
-    fn alternate(
+    pub(super) fn alternate(
         &self,
         mut baseline: impl FnMut() -> Result<f64>,
         mut filtered: impl FnMut() -> Result<f64>,

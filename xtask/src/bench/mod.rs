@@ -33,6 +33,8 @@ mod emptyprog;
 mod fastpath;
 mod firewall;
 mod fleet;
+mod floor;
+mod goals;
 mod grants;
 mod host;
 mod measure;
@@ -230,16 +232,22 @@ pub(crate) fn main(options: Options, ws: &Workspace) -> Result<()> {
         fleet,
     } = result?;
     let mut markdown = report::machine_line(&machine, started.elapsed(), unchanged);
+    let mut figures = goals::Figures::default();
+    let mut body = String::new();
     let mut json = serde_json::Map::new();
     if let Some(Comparison {
         per_packet,
         peers,
         ours,
         bulk,
+        floor,
     }) = comparison
     {
         let mut rates = ours.rates;
         rates.extend(peers.rates);
+        rates.extend(floor.rates);
+        let mut costs = ours.costs;
+        costs.extend(floor.costs);
         let report = report::Report {
             machine,
             plan,
@@ -250,12 +258,13 @@ pub(crate) fn main(options: Options, ws: &Workspace) -> Result<()> {
             revocations: vec![ours.revocation, peers.revocation],
             bulk,
             xdp_mode: ours.xdp_mode,
-            costs: ours.costs,
+            costs,
             host_rules_unchanged: unchanged,
             took: started.elapsed(),
             clk_tck: clk_tck(),
         };
-        markdown.push_str(&report.markdown());
+        report.figures(&mut figures);
+        body.push_str(&report.markdown());
         if let serde_json::Value::Object(m) = report.json() {
             json = m;
         }
@@ -268,25 +277,30 @@ pub(crate) fn main(options: Options, ws: &Workspace) -> Result<()> {
         json.insert("host_rules_unchanged".into(), unchanged.into());
     }
     if let Some(g) = grants {
-        markdown.push_str(&g.markdown());
+        body.push_str(&g.markdown());
         json.insert("grant_scale".into(), g.json());
     }
     if let Some(r) = rollout {
-        markdown.push_str(&r.markdown());
+        body.push_str(&r.markdown());
         json.insert("rollout".into(), r.json());
     }
     if let Some(f) = fastpath {
-        markdown.push_str(&f.markdown());
+        f.figures(&mut figures);
+        body.push_str(&f.markdown());
         json.insert("fastpath".into(), f.json());
     }
     if let Some(s) = scale {
-        markdown.push_str(&s.markdown());
+        s.figures(&mut figures);
+        body.push_str(&s.markdown());
         json.insert("scale".into(), s.json());
     }
     if let Some(f) = fleet {
-        markdown.push_str(&f.markdown());
+        body.push_str(&f.markdown());
         json.insert("fleet".into(), f.json());
     }
+    markdown.push_str(&figures.markdown());
+    markdown.push_str(&body);
+    json.insert("goals".into(), figures.json());
     println!("{markdown}");
     let dir = ws.target_dir()?.join("bench");
     fs::create_dir_all(&dir)?;
@@ -327,6 +341,8 @@ struct Comparison {
     peers: measure::PeerResults,
     ours: measure::OurResults,
     bulk: report::Bulk,
+    /// Empty programs at the same hooks (table 2's floor rows).
+    floor: floor::Floor,
 }
 
 /// Removes a directory tree on drop.
@@ -397,6 +413,8 @@ fn run_all(
     let comparison = if parts.contains(&Part::Comparison) {
         let per_packet = bench.per_packet()?;
         let peers = bench.peers()?;
+        // No agent runs between the peers and Portcullis: the floors' turn.
+        let floor = bench.floors()?;
         let ours = bench.portcullis()?;
         let bulk = bench.bulk(&peers, &ours)?;
         Some(Comparison {
@@ -404,6 +422,7 @@ fn run_all(
             peers,
             ours,
             bulk,
+            floor,
         })
     } else {
         None
