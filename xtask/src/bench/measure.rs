@@ -608,13 +608,18 @@ impl Bench<'_> {
         // Any of these is the refusal: the tool's own error (EPERM from
         // Portcullis' connect hook, ECONNREFUSED from nft's reset), a reset
         // when the revocation lands between a connect's SYN and its ACK, or
-        // an abort when Portcullis destroys the half-open socket. Anything
-        // else (a timeout, an unreachable network) means a broken set-up.
+        // an abort when Portcullis destroys the half-open socket, or the
+        // probe's 2 s connect timeout (EINPROGRESS) when the revocation
+        // landed mid-handshake and the handshake's packets were dropped
+        // from then on: counted, at the instant the probe gave up, and
+        // shown in the table's last column. Anything else (an unreachable
+        // network) means a broken set-up.
         let refusals: Vec<String> = [
             libc::EPERM,
             libc::ECONNREFUSED,
             libc::ECONNRESET,
             libc::ECONNABORTED,
+            libc::EINPROGRESS,
         ]
         .iter()
         .map(|&e| std::io::Error::from_raw_os_error(e).to_string())
