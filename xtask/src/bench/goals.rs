@@ -48,6 +48,7 @@ impl Unit {
     fn gap(self, d: f64) -> String {
         match self {
             Unit::Percent => format!("{:.1} points", d * 100.0),
+            Unit::Times => format!("{d:.2}"),
             _ => self.show(d),
         }
     }
@@ -77,17 +78,16 @@ pub(super) fn verdict(target: Option<Target>, measured: Option<f64>, unit: Unit)
         Target::AtMost(t) if !t.is_finite() => "no figure for the target".into(),
         Target::AtLeast(t) if m >= t => "**met**".into(),
         Target::AtMost(t) if m <= t => "**met**".into(),
-        Target::AtLeast(t) => format!("**missed** by {}{}", unit.gap(t - m), factor(t, m)),
-        Target::AtMost(t) => format!("**missed** by {}{}", unit.gap(m - t), factor(m, t)),
-    }
-}
-
-/// " (1.25× the target)" for counts, sizes and times; nothing for ratios.
-fn factor(big: f64, small: f64) -> String {
-    if small > 0.0 {
-        format!(" ({:.2}×)", big / small)
-    } else {
-        String::new()
+        Target::AtLeast(t) if m > 0.0 => {
+            format!("**missed** by {} ({:.2}× short)", unit.gap(t - m), t / m)
+        }
+        Target::AtMost(t) if t > 0.0 => format!(
+            "**missed** by {} ({:.2}× the target)",
+            unit.gap(m - t),
+            m / t
+        ),
+        Target::AtLeast(t) => format!("**missed** by {}", unit.gap(t - m)),
+        Target::AtMost(t) => format!("**missed** by {}", unit.gap(m - t)),
     }
 }
 
@@ -348,7 +348,7 @@ mod tests {
         assert_eq!(verdict(t, Some(0.99), Unit::Percent), "**met**");
         assert_eq!(
             verdict(t, Some(0.89), Unit::Percent),
-            "**missed** by 8.0 points (1.09×)"
+            "**missed** by 8.0 points (1.09× short)"
         );
     }
 
@@ -359,11 +359,11 @@ mod tests {
         assert_eq!(verdict(t, Some(100.0), Unit::Bytes), "**met**");
         assert_eq!(
             verdict(t, Some(830.0), Unit::Bytes),
-            "**missed** by 580 B (3.32×)"
+            "**missed** by 580 B (3.32× the target)"
         );
         assert_eq!(
             verdict(Some(Target::AtMost(1.5)), Some(1.8), Unit::Times),
-            "**missed** by 0.30× (1.20×)"
+            "**missed** by 0.30 (1.20× the target)"
         );
     }
 
