@@ -11,7 +11,9 @@
 //!
 //! - A *local* flow has both ends on this host (both sockets are in the
 //!   dump; for UDP, a destination that is this host, by the programs' rule,
-//!   and a socket bound to its port). Its client
+//!   and a socket bound to its port; for a TCP connect still in SYN_SENT,
+//!   whose server has no socket for it yet, a destination that is this host
+//!   and a listener on its port). Its client
 //!   is judged by uid, primary gid (of the process holding the socket,
 //!   from /proc) and its cgroup with every ancestor, and only when that
 //!   cgroup is below the agent's attach point (the programs see no other
@@ -72,6 +74,7 @@ pub(crate) const MIN_INTERVAL: Duration = Duration::from_millis(50);
 /// FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT (1, 2, 3, 4, 5, 8).
 const TCP_OPEN_STATES: u32 = (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 8);
 const TCP_ESTABLISHED: u8 = 1;
+const TCP_SYN_SENT: u8 = 2;
 const TCP_LISTEN: u8 = 10;
 /// The state sock_diag reports for an unconnected UDP socket (TCP_CLOSE).
 const UDP_UNCONNECTED: u8 = 7;
@@ -317,11 +320,12 @@ pub(crate) fn judge(
         })
         .map(|s| (s.proto, s.local.1, s.local.0))
         .collect();
-    let accepted = |s: &DiagSocket| {
-        serving.contains(&(s.proto, s.local.1, s.local.0))
-            || serving.contains(&(s.proto, s.local.1, IpAddr::V4([0; 4].into())))
-            || serving.contains(&(s.proto, s.local.1, IpAddr::V6([0u8; 16].into())))
+    let serves = |proto: u8, (ip, port): (IpAddr, u16)| {
+        serving.contains(&(proto, port, ip))
+            || serving.contains(&(proto, port, IpAddr::V4([0; 4].into())))
+            || serving.contains(&(proto, port, IpAddr::V6([0u8; 16].into())))
     };
+    let accepted = |s: &DiagSocket| serves(s.proto, s.local);
     // A segment in audit mode cuts nothing: its refusals are only logged
     // (by the programs, at connect); its flows are judged again once a
     // reload makes it enforce.
@@ -348,12 +352,22 @@ pub(crate) fn judge(
         // A connected UDP socket is a local flow only when its destination
         // is this host: a local socket bound to the same port number says
         // nothing about a datagram sent to another host.
+        // Likewise a TCP connect still in its handshake (SYN_SENT) has no
+        // server socket to mirror it while its SYNs go unanswered (dropped by
+        // a full accept queue, then by the programs once its allow is
+        // revoked): it is a local flow when its destination is this host and
+        // a listener there serves the port. Left out, such a connect would
+        // hang until its own timeout, each retransmitted SYN dropped.
         let local = mirror.is_some()
             || (s.proto == UDP
                 && this_host(kernel, s.remote.0)
                 && (udp_bound.contains(&(s.remote.1, s.remote.0))
                     || udp_bound.contains(&(s.remote.1, IpAddr::V4([0; 4].into())))
-                    || udp_bound.contains(&(s.remote.1, IpAddr::V6([0u8; 16].into())))));
+                    || udp_bound.contains(&(s.remote.1, IpAddr::V6([0u8; 16].into())))))
+            || (s.proto == TCP
+                && s.state == TCP_SYN_SENT
+                && this_host(kernel, s.remote.0)
+                && serves(TCP, s.remote));
         if !local {
             continue;
         }

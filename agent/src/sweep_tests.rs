@@ -163,6 +163,19 @@ fn a_connected_udp_client_to_a_wildcard_bound_server_is_local() {
 }
 
 #[test]
+fn a_tcp_connect_in_syn_sent_to_a_local_listener_is_a_local_flow() {
+    // The server has not answered (no accepted or request socket yet).
+    let c = sock(TCP, 2, ("127.0.0.1", 40000), ("127.0.0.1", PORT), 1);
+    let listener = sock(TCP, 10, ("0.0.0.0", PORT), ("0.0.0.0", 0), 2);
+    assert_eq!(run(&[c, listener], &maps()), vec![(1, End::Client)]);
+    let mut m = maps();
+    grant(&mut m, kind::CGROUP, CHILD);
+    assert_eq!(run(&[c, listener], &m), vec![]);
+    // Without a listener on the port it is not a local flow.
+    assert_eq!(run(&[c], &maps()), vec![]);
+}
+
+#[test]
 fn remote_flows_are_judged_by_peer_entries_on_the_servers_side() {
     let listener = sock(TCP, 10, ("0.0.0.0", PORT), ("0.0.0.0", 0), 4);
     let s = sock(TCP, 1, ("10.0.0.1", PORT), ("10.9.0.2", 50000), 5);

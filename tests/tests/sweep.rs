@@ -373,3 +373,58 @@ fn a_flood_of_spoofed_kill_triggers_is_batched_and_the_allowed_flow_survives() {
     );
     session.wait_round_trips(5, Duration::from_secs(5));
 }
+
+// ---- a revoke lands while a granted connect is mid-handshake ---------------
+
+/// A protected listener that drops every SYN: its accept queue (backlog 0)
+/// holds one connection from the test process, never accepted, so the
+/// kernel drops further SYNs (listen overflow) and a client's connect sits
+/// in SYN_SENT, retransmitting.
+fn listener_dropping_syns() -> (TcpListener, TcpStream) {
+    use std::os::fd::AsRawFd;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    // SAFETY: listen(2) again on a listening socket we own: only its backlog changes.
+    assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+    let filler = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    (listener, filler)
+}
+
+/// Whether a TCP socket in SYN_SENT to `port` on 127.0.0.1 exists (/proc/net/tcp).
+fn syn_sent_to(port: u16) -> bool {
+    let want = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[2] == want && f[3] == "02"
+        })
+}
+
+#[test]
+fn revoke_during_a_granted_handshake_ends_the_connect_with_an_error() {
+    let cg = TestCgroup::new();
+    let (listener, _filler) = listener_dropping_syns();
+    let addr = listener.local_addr().unwrap();
+    let agent = Agent::start(&policy(&[format!("{}/tcp", addr.port())], &[]), &cg.path);
+    let id = agent.grant("db", &format!("cgroup:{}", cg.rel), "10m");
+    // The probe's own connect timeout is far beyond the bound below: an
+    // error within the bound comes from the cut, not from the probe giving up.
+    let mut cmd = As::root_in(&cg.path).command(probe_bin());
+    cmd.env("PC_PROBE_TIMEOUT_MS", "120000")
+        .args(["tcp", &addr.to_string()]);
+    let session = Session::start(cmd);
+    assert!(
+        eventually(Duration::from_secs(10), || syn_sent_to(addr.port())),
+        "the granted client's connect never sat in SYN_SENT"
+    );
+    agent.ok(&["revoke", &id.to_string()]);
+    // A liveness bound (several SYN retransmits), not a timing measurement.
+    let (err, _, took) = session.wait_failure(Duration::from_secs(10));
+    println!("connect mid-handshake ended {took:?} after the revoke: {err}");
+    assert_eq!(err, "ECONNABORTED");
+
+    // A connect that starts after the revoke returned is refused at connect.
+    assert_eq!(As::root_in(&cg.path).tcp(addr), Outcome::eperm());
+}
