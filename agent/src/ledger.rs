@@ -16,6 +16,10 @@ use std::{
 
 use agent_common::GrantKey;
 
+use by_grant::ByGrant;
+
+mod by_grant;
+
 /// One map entry: a local identity key, or a peer prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum EntryKey {
@@ -54,11 +58,12 @@ struct SourceId(u64);
 const STANDING: u64 = 1 << 63;
 
 /// The sources contributing to one key: almost always one, so no vector
-/// for it.
+/// for it (and the rare vector boxed, so that the one-source case, a
+/// million times over, is 24 bytes).
 #[derive(Clone, Debug)]
 enum Contribs {
     One((SourceId, u64)),
-    Many(Vec<(SourceId, u64)>),
+    Many(Box<Vec<(SourceId, u64)>>),
 }
 
 impl Contribs {
@@ -82,7 +87,7 @@ impl Contribs {
     fn put(&mut self, source: SourceId, expiry: u64) {
         match self {
             Contribs::One((s, e)) if *s == source => *e = expiry,
-            Contribs::One(one) => *self = Contribs::Many(vec![*one, (source, expiry)]),
+            Contribs::One(one) => *self = Contribs::Many(Box::new(vec![*one, (source, expiry)])),
             Contribs::Many(v) => match v.iter_mut().find(|(s, _)| *s == source) {
                 Some(existing) => existing.1 = expiry,
                 None => v.push((source, expiry)),
@@ -112,14 +117,16 @@ enum Keys {
     Many(Box<[EntryKey]>),
 }
 
-impl Keys {
-    fn new(keys: Vec<EntryKey>) -> Self {
-        match keys.as_slice() {
-            [one] => Keys::One(*one),
-            _ => Keys::Many(keys.into_boxed_slice()),
+impl From<Box<[EntryKey]>> for Keys {
+    fn from(keys: Box<[EntryKey]>) -> Self {
+        match *keys {
+            [one] => Keys::One(one),
+            _ => Keys::Many(keys),
         }
     }
+}
 
+impl Keys {
     fn as_slice(&self) -> &[EntryKey] {
         match self {
             Keys::One(k) => std::slice::from_ref(k),
@@ -200,7 +207,10 @@ impl Interner {
 #[derive(Default, Debug, Clone)]
 pub(crate) struct Ledger {
     entries: HashMap<EntryKey, Contribs>,
-    by_source: HashMap<SourceId, Keys>,
+    /// The keys each standing allow opens.
+    by_standing: HashMap<SourceId, Keys>,
+    /// The keys each grant opens.
+    by_grant: ByGrant,
     interner: Interner,
     /// How many of `entries` are peer entries (kept as they change, so
     /// the metrics never count the whole map).
@@ -214,11 +224,33 @@ impl Ledger {
 
     /// The keys a source contributes to.
     pub(crate) fn keys_of(&self, source: &Source) -> &[EntryKey] {
-        self.interner
-            .id(source)
-            .and_then(|id| self.by_source.get(&id))
-            .map(Keys::as_slice)
-            .unwrap_or(&[])
+        match source {
+            Source::Grant(id) => self.by_grant.get(*id),
+            Source::Standing { .. } => self
+                .interner
+                .id(source)
+                .and_then(|id| self.by_standing.get(&id))
+                .map(Keys::as_slice),
+        }
+        .unwrap_or(&[])
+    }
+
+    /// What `id` opens now, replaced by `keys` (the previous keys returned).
+    fn record(&mut self, id: SourceId, keys: &[EntryKey]) -> Option<Keys> {
+        if id.0 & STANDING == 0 {
+            self.by_grant.insert(id.0, keys)
+        } else {
+            self.by_standing.insert(id, Keys::from(Box::from(keys)))
+        }
+    }
+
+    /// Forgets what `id` opens, returning it.
+    fn unrecord(&mut self, id: SourceId) -> Option<Keys> {
+        if id.0 & STANDING == 0 {
+            self.by_grant.remove(id.0)
+        } else {
+            self.by_standing.remove(&id)
+        }
     }
 
     /// Every standing allow the ledger holds (with or without keys).
@@ -229,9 +261,10 @@ impl Ledger {
     /// Every source and the keys it opens.
     #[cfg(test)]
     pub(crate) fn sources(&self) -> impl Iterator<Item = (Source, &[EntryKey])> {
-        self.by_source
+        self.by_standing
             .iter()
             .map(|(id, k)| (self.interner.source(*id), k.as_slice()))
+            .chain(self.by_grant.iter().map(|(id, k)| (Source::Grant(id), k)))
     }
 
     /// The sources that open `key`, each with its expiry: the reverse of
@@ -268,7 +301,7 @@ impl Ledger {
     /// (the grants at start) does not rehash on the way.
     pub(crate) fn reserve(&mut self, n: usize) {
         self.entries.reserve(n);
-        self.by_source.reserve(n);
+        self.by_grant.reserve(n);
     }
 
     /// Number of distinct map entries.
@@ -314,7 +347,7 @@ impl Ledger {
                 changes.push(Change::Put(*key, after.expect("just inserted")));
             }
         }
-        let old = self.by_source.insert(id, Keys::new(keys.clone()));
+        let old = self.record(id, &keys);
         if let Some(old) = old {
             for key in old
                 .as_slice()
@@ -333,7 +366,7 @@ impl Ledger {
         let Some(id) = self.interner.id(source) else {
             return Vec::new();
         };
-        let Some(keys) = self.by_source.remove(&id) else {
+        let Some(keys) = self.unrecord(id) else {
             return Vec::new();
         };
         self.interner.forget(id);

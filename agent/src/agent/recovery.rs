@@ -116,12 +116,12 @@ impl Agent {
             let wall = clock::wall_of(expiry);
             let grant = Grant {
                 id,
-                segment: segment.clone(),
+                segment: crate::name::Name::from(segment.clone()),
                 identity: identity.clone(),
                 created_unix_ms: state::unix_ms(SystemTime::now()),
                 expires_unix_ms: state::unix_ms(wall),
                 expires_boot_ns: expiry,
-                boot_id: self.boot_id.clone(),
+                boot_id: crate::name::Name::from(self.boot_id.clone()),
                 actor: Actor::agent(),
                 reason: Some(RECOVERED.into()),
                 request_id: None,
