@@ -305,7 +305,7 @@ impl Agent {
         (
             self.policy.digest.clone(),
             self.audit.last_hash().to_string(),
-            self.boot_id.clone(),
+            self.boot_id.to_string(),
         )
     }
 }

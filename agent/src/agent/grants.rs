@@ -146,7 +146,7 @@ impl Agent {
             created_unix_ms: state::unix_ms(now_wall),
             expires_unix_ms: state::unix_ms(now_wall + ttl),
             expires_boot_ns: deadline,
-            boot_id: crate::name::Name::new(&self.boot_id),
+            boot_id: self.boot_id.clone(),
             actor: actor.clone(),
             reason: reason.map(crate::name::Name::from),
             request_id,

@@ -121,7 +121,7 @@ impl Agent {
                 created_unix_ms: state::unix_ms(SystemTime::now()),
                 expires_unix_ms: state::unix_ms(wall),
                 expires_boot_ns: expiry,
-                boot_id: crate::name::Name::from(self.boot_id.clone()),
+                boot_id: self.boot_id.clone(),
                 actor: Actor::agent(),
                 reason: Some(RECOVERED.into()),
                 request_id: None,

@@ -274,7 +274,7 @@ impl Agent {
             }
             let g = Grant {
                 expires_boot_ns: deadline,
-                boot_id: crate::name::Name::from(self.boot_id.clone()),
+                boot_id: self.boot_id.clone(),
                 ..g
             };
             if !self.policy.segments.contains_key(g.segment.as_str()) {

@@ -265,9 +265,7 @@ mod tests {
                     user: (i != 1).then(|| "alice".into()),
                     pid: (i != 2).then_some(-5 + i as i32),
                 },
-                reason: (i != 3)
-                    .then(|| format!("ticket {i}"))
-                    .map(crate::name::Name::from),
+                reason: (i != 3).then(|| format!("ticket {i}")).map(Name::from),
                 request_id: (i == 4).then_some(99),
                 fleet: ((i == 2).then(|| FleetOrigin {
                     id: "f-1".into(),
