@@ -228,10 +228,11 @@ mod tests {
     /// copy, and it reads, compares and serializes as the text.
     #[test]
     fn equal_texts_share_one_copy() {
-        let a = Name::new("name-test-db");
-        let b = Name::from("name-test-db".to_string());
+        let a = Name::from("name-test-db".to_string());
+        let b = Name::new("name-test-db");
         let c: Name = serde_json::from_str("\"name-test-db\"").unwrap();
-        assert!(a.shares(&b) && a.shares(&c));
+        let d = Name::from("name-test-db");
+        assert!(a.shares(&b) && a.shares(&c) && a.shares(&d));
         assert!(!a.shares(&Name::new("name-test-web")));
         assert_eq!(a, "name-test-db");
         assert_eq!(&*a, "name-test-db");
