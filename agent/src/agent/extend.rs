@@ -153,7 +153,7 @@ impl Agent {
         let mut grant = old.clone();
         grant.expires_unix_ms = state::unix_ms(SystemTime::now() + ttl);
         grant.expires_boot_ns = clock::deadline_after(ttl);
-        grant.boot_id = crate::name::Name::from(self.boot_id.clone());
+        grant.boot_id = self.boot_id.clone();
         let head = self.audit_head();
         self.journal
             .append(&Op::Extend {
