@@ -8,11 +8,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::name::Name;
+
 /// Who did something, from the control socket's peer credentials.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) struct Actor {
     pub uid: u32,
-    pub user: Option<String>,
+    pub user: Option<Name>,
     pub pid: Option<i32>,
 }
 
@@ -21,7 +23,7 @@ impl Actor {
         let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
             .ok()
             .flatten()
-            .map(|u| u.name);
+            .map(|u| Name::from(u.name));
         Self { uid, user, pid }
     }
 

@@ -141,7 +141,7 @@ pub(crate) struct Agent {
     lock_admins: Vec<Identity>,
     local_addresses: usize,
     last_reload: Option<ReloadView>,
-    boot_id: String,
+    boot_id: crate::name::Name,
     /// What the agent remembers across restarts (written before each change).
     journal: Journal,
     /// The kernel maps (and the links' check), behind the seam.
@@ -222,7 +222,7 @@ impl Agent {
             lock_admins: Vec::new(),
             local_addresses: 0,
             last_reload: None,
-            boot_id: state::boot_id(),
+            boot_id: state::boot_id().into(),
             journal,
             kernel,
             resolver,

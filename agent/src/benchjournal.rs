@@ -75,12 +75,12 @@ fn run(args: &JournalArgs) -> anyhow::Result<()> {
         let id = u64::from(i) + 1;
         let grant = Grant {
             id,
-            segment: args.segment.clone(),
+            segment: crate::name::Name::from(args.segment.clone()),
             identity: Identity::Uid(args.first_uid.saturating_add(i)),
             created_unix_ms: unix_ms(now),
             expires_unix_ms: unix_ms(now + ttl),
             expires_boot_ns: deadline,
-            boot_id: boot_id.clone(),
+            boot_id: crate::name::Name::from(boot_id.clone()),
             actor: actor.clone(),
             reason: Some("bench".into()),
             request_id: None,

@@ -375,13 +375,13 @@ fn ledger_sources(ledger: &Ledger, segment: u32, lookup: &Lookup) -> Vec<(Source
                     segment: seg,
                     addr: net,
                     prefix,
-                } if *seg == segment && crate::kernel::prefix_contains(net, *prefix, addr) => {
-                    Some((*prefix, k))
+                } if seg == segment && crate::kernel::prefix_contains(&net, prefix, addr) => {
+                    Some((prefix, k))
                 }
                 _ => None,
             })
             .max_by_key(|(prefix, _)| *prefix)
-            .map(|(_, k)| ledger.sources_of(k))
+            .map(|(_, k)| ledger.sources_of(&k))
             .unwrap_or_default(),
     }
 }

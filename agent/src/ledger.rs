@@ -9,12 +9,15 @@
 //! Revoking one source therefore recomputes its keys from what remains
 //! instead of deleting them blindly. Pure bookkeeping: it returns the
 //! changes and the dataplane applies them; it never touches the kernel.
-use std::{
-    collections::{hash_map::Entry, HashMap},
-    sync::Arc,
-};
+use std::{collections::HashMap, num::NonZeroU64, sync::Arc};
 
 use agent_common::GrantKey;
+
+use by_grant::ByGrant;
+use entries::{Contribs, Entries};
+
+mod by_grant;
+mod entries;
 
 /// One map entry: a local identity key, or a peer prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -46,64 +49,24 @@ pub(crate) enum Change {
 
 /// A source as the ledger keeps it: a grant by its id, or a standing allow
 /// by its index in the ledger's interner (`STANDING` set). Eight bytes
-/// instead of two strings per contribution.
+/// instead of two strings per contribution, held complemented so that it
+/// is never zero (no id is `u64::MAX`): the niche lets a contribution list
+/// hold one source or a box in 16 bytes (`entries::Contribs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct SourceId(u64);
+struct SourceId(NonZeroU64);
+
+impl SourceId {
+    fn new(raw: u64) -> Self {
+        Self(NonZeroU64::new(!raw).expect("no source id is u64::MAX"))
+    }
+
+    fn raw(self) -> u64 {
+        !self.0.get()
+    }
+}
 
 /// Marks an interned standing allow (grant ids never reach 2^63).
 const STANDING: u64 = 1 << 63;
-
-/// The sources contributing to one key: almost always one, so no vector
-/// for it.
-#[derive(Clone, Debug)]
-enum Contribs {
-    One((SourceId, u64)),
-    Many(Vec<(SourceId, u64)>),
-}
-
-impl Contribs {
-    fn as_slice(&self) -> &[(SourceId, u64)] {
-        match self {
-            Contribs::One(one) => std::slice::from_ref(one),
-            Contribs::Many(v) => v,
-        }
-    }
-
-    /// The value the key holds: the latest deadline, a plain value
-    /// winning a tie with a strict one (`agent_common::expiry::later`).
-    fn latest(&self) -> Option<u64> {
-        self.as_slice()
-            .iter()
-            .map(|(_, e)| *e)
-            .reduce(agent_common::expiry::later)
-    }
-
-    /// Sets `source`'s expiry (adding it if new).
-    fn put(&mut self, source: SourceId, expiry: u64) {
-        match self {
-            Contribs::One((s, e)) if *s == source => *e = expiry,
-            Contribs::One(one) => *self = Contribs::Many(vec![*one, (source, expiry)]),
-            Contribs::Many(v) => match v.iter_mut().find(|(s, _)| *s == source) {
-                Some(existing) => existing.1 = expiry,
-                None => v.push((source, expiry)),
-            },
-        }
-    }
-
-    /// Drops `source`; false when nothing is left.
-    fn drop_source(&mut self, source: SourceId) -> bool {
-        match self {
-            Contribs::One((s, _)) => *s != source,
-            Contribs::Many(v) => {
-                v.retain(|(s, _)| *s != source);
-                if let [one] = v.as_slice() {
-                    *self = Contribs::One(*one);
-                }
-                !matches!(self, Contribs::Many(v) if v.is_empty())
-            }
-        }
-    }
-}
 
 /// The keys one source opens: almost always one, so no vector for it.
 #[derive(Clone, Debug)]
@@ -112,14 +75,16 @@ enum Keys {
     Many(Box<[EntryKey]>),
 }
 
-impl Keys {
-    fn new(keys: Vec<EntryKey>) -> Self {
-        match keys.as_slice() {
-            [one] => Keys::One(*one),
-            _ => Keys::Many(keys.into_boxed_slice()),
+impl From<Box<[EntryKey]>> for Keys {
+    fn from(keys: Box<[EntryKey]>) -> Self {
+        match *keys {
+            [one] => Keys::One(one),
+            _ => Keys::Many(keys),
         }
     }
+}
 
+impl Keys {
     fn as_slice(&self) -> &[EntryKey] {
         match self {
             Keys::One(k) => std::slice::from_ref(k),
@@ -140,11 +105,11 @@ struct Interner {
 impl Interner {
     fn id(&self, source: &Source) -> Option<SourceId> {
         match source {
-            Source::Grant(id) => Some(SourceId(*id)),
+            Source::Grant(id) => Some(SourceId::new(*id)),
             Source::Standing { .. } => self
                 .ids
                 .get(source)
-                .map(|&i| SourceId(STANDING | u64::from(i))),
+                .map(|&i| SourceId::new(STANDING | u64::from(i))),
         }
     }
 
@@ -164,14 +129,14 @@ impl Interner {
             }
         };
         self.ids.insert(shared, index);
-        SourceId(STANDING | u64::from(index))
+        SourceId::new(STANDING | u64::from(index))
     }
 
     fn forget(&mut self, id: SourceId) {
-        if id.0 & STANDING == 0 {
+        if id.raw() & STANDING == 0 {
             return;
         }
-        let index = (id.0 & !STANDING) as u32;
+        let index = (id.raw() & !STANDING) as u32;
         if let Some(source) = self.sources.get_mut(index as usize).and_then(Option::take) {
             self.ids.remove(&*source);
             self.free.push(index);
@@ -179,10 +144,10 @@ impl Interner {
     }
 
     fn source(&self, id: SourceId) -> Source {
-        if id.0 & STANDING == 0 {
-            return Source::Grant(id.0);
+        if id.raw() & STANDING == 0 {
+            return Source::Grant(id.raw());
         }
-        let shared = self.sources[(id.0 & !STANDING) as usize]
+        let shared = self.sources[(id.raw() & !STANDING) as usize]
             .as_ref()
             .expect("a live id names a live source");
         (**shared).clone()
@@ -190,21 +155,21 @@ impl Interner {
 
     /// Every standing allow interned now.
     fn standing(&self) -> impl Iterator<Item = (SourceId, &Source)> {
-        self.sources
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.as_deref().map(|s| (SourceId(STANDING | i as u64), s)))
+        self.sources.iter().enumerate().filter_map(|(i, s)| {
+            s.as_deref()
+                .map(|s| (SourceId::new(STANDING | i as u64), s))
+        })
     }
 }
 
 #[derive(Default, Debug, Clone)]
 pub(crate) struct Ledger {
-    entries: HashMap<EntryKey, Contribs>,
-    by_source: HashMap<SourceId, Keys>,
+    entries: Entries,
+    /// The keys each standing allow opens.
+    by_standing: HashMap<SourceId, Keys>,
+    /// The keys each grant opens.
+    by_grant: ByGrant,
     interner: Interner,
-    /// How many of `entries` are peer entries (kept as they change, so
-    /// the metrics never count the whole map).
-    peers: usize,
 }
 
 impl Ledger {
@@ -214,11 +179,33 @@ impl Ledger {
 
     /// The keys a source contributes to.
     pub(crate) fn keys_of(&self, source: &Source) -> &[EntryKey] {
-        self.interner
-            .id(source)
-            .and_then(|id| self.by_source.get(&id))
-            .map(Keys::as_slice)
-            .unwrap_or(&[])
+        match source {
+            Source::Grant(id) => self.by_grant.get(*id),
+            Source::Standing { .. } => self
+                .interner
+                .id(source)
+                .and_then(|id| self.by_standing.get(&id))
+                .map(Keys::as_slice),
+        }
+        .unwrap_or(&[])
+    }
+
+    /// What `id` opens now, replaced by `keys` (the previous keys returned).
+    fn record(&mut self, id: SourceId, keys: &[EntryKey]) -> Option<Keys> {
+        if id.raw() & STANDING == 0 {
+            self.by_grant.insert(id.raw(), keys)
+        } else {
+            self.by_standing.insert(id, Keys::from(Box::from(keys)))
+        }
+    }
+
+    /// Forgets what `id` opens, returning it.
+    fn unrecord(&mut self, id: SourceId) -> Option<Keys> {
+        if id.raw() & STANDING == 0 {
+            self.by_grant.remove(id.raw())
+        } else {
+            self.by_standing.remove(&id)
+        }
     }
 
     /// Every standing allow the ledger holds (with or without keys).
@@ -229,9 +216,10 @@ impl Ledger {
     /// Every source and the keys it opens.
     #[cfg(test)]
     pub(crate) fn sources(&self) -> impl Iterator<Item = (Source, &[EntryKey])> {
-        self.by_source
+        self.by_standing
             .iter()
             .map(|(id, k)| (self.interner.source(*id), k.as_slice()))
+            .chain(self.by_grant.iter().map(|(id, k)| (Source::Grant(id), k)))
     }
 
     /// The sources that open `key`, each with its expiry: the reverse of
@@ -249,14 +237,14 @@ impl Ledger {
     }
 
     /// Every map entry's key.
-    pub(crate) fn keys(&self) -> impl Iterator<Item = &EntryKey> {
+    pub(crate) fn keys(&self) -> impl Iterator<Item = EntryKey> + '_ {
         self.entries.keys()
     }
 
     /// Every map entry with the sources that open it.
     #[cfg(test)]
-    pub(crate) fn entries(&self) -> impl Iterator<Item = (&EntryKey, Vec<(Source, u64)>)> {
-        self.entries.keys().map(|k| (k, self.sources_of(k)))
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (EntryKey, Vec<(Source, u64)>)> + '_ {
+        self.entries.keys().map(|k| (k, self.sources_of(&k)))
     }
 
     /// The value the kernel should hold for `key`.
@@ -268,22 +256,23 @@ impl Ledger {
     /// (the grants at start) does not rehash on the way.
     pub(crate) fn reserve(&mut self, n: usize) {
         self.entries.reserve(n);
-        self.by_source.reserve(n);
+        self.by_grant.reserve(n);
     }
 
     /// Number of distinct map entries.
     pub(crate) fn len(&self) -> usize {
-        self.entries.len()
+        let (locals, peers) = self.entries.counts();
+        locals + peers
     }
 
     /// (local identity entries, peer entries), without a walk.
     pub(crate) fn counts(&self) -> (usize, usize) {
-        (self.entries.len() - self.peers, self.peers)
+        self.entries.counts()
     }
 
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
     /// Records `source` opening `keys` until `expiry` (replacing what it
@@ -295,17 +284,14 @@ impl Ledger {
         keys.dedup();
         let id = self.interner.intern(source);
         for key in &keys {
-            let before = match self.entries.entry(*key) {
-                Entry::Vacant(v) => {
-                    if matches!(key, EntryKey::Peer { .. }) {
-                        self.peers += 1;
-                    }
-                    v.insert(Contribs::One((id, expiry)));
+            let before = match self.entries.get_mut(key) {
+                None => {
+                    self.entries.insert(*key, Contribs::One((id, expiry)));
                     None
                 }
-                Entry::Occupied(mut o) => {
-                    let before = o.get().latest();
-                    o.get_mut().put(id, expiry);
+                Some(c) => {
+                    let before = c.latest();
+                    c.put(id, expiry);
                     before
                 }
             };
@@ -314,7 +300,7 @@ impl Ledger {
                 changes.push(Change::Put(*key, after.expect("just inserted")));
             }
         }
-        let old = self.by_source.insert(id, Keys::new(keys.clone()));
+        let old = self.record(id, &keys);
         if let Some(old) = old {
             for key in old
                 .as_slice()
@@ -333,7 +319,7 @@ impl Ledger {
         let Some(id) = self.interner.id(source) else {
             return Vec::new();
         };
-        let Some(keys) = self.by_source.remove(&id) else {
+        let Some(keys) = self.unrecord(id) else {
             return Vec::new();
         };
         self.interner.forget(id);
@@ -354,15 +340,15 @@ impl Ledger {
     pub(crate) fn diff(&self, to: &Ledger) -> Vec<Change> {
         let mut puts = Vec::new();
         let mut deletes = Vec::new();
-        for (key, c) in &to.entries {
+        for (key, c) in to.entries.iter() {
             let want = c.latest();
-            if want != self.value(key) {
-                puts.push(Change::Put(*key, want.expect("present in `to`")));
+            if want != self.value(&key) {
+                puts.push(Change::Put(key, want.expect("present in `to`")));
             }
         }
         for key in self.entries.keys() {
-            if !to.entries.contains_key(key) {
-                deletes.push(Change::Delete(*key));
+            if !to.entries.contains_key(&key) {
+                deletes.push(Change::Delete(key));
             }
         }
         puts.sort_unstable_by_key(|c| match c {
@@ -376,18 +362,13 @@ impl Ledger {
     }
 
     fn drop_contribution(&mut self, source: SourceId, key: EntryKey) -> Option<Change> {
-        let Entry::Occupied(mut slot) = self.entries.entry(key) else {
-            return None;
-        };
-        let before = slot.get().latest();
-        if !slot.get_mut().drop_source(source) {
-            slot.remove();
-            if matches!(key, EntryKey::Peer { .. }) {
-                self.peers -= 1;
-            }
+        let slot = self.entries.get_mut(&key)?;
+        let before = slot.latest();
+        if !slot.drop_source(source) {
+            self.entries.remove(&key);
             return Some(Change::Delete(key));
         }
-        let after = slot.get().latest();
+        let after = slot.latest();
         (after != before).then(|| Change::Put(key, after.expect("not empty")))
     }
 }
@@ -518,8 +499,8 @@ mod tests {
         assert_eq!(i.ids.len(), 2);
         assert_eq!(i.source(a), standing("uid:1"));
         // Grants are their own ids: nothing interned.
-        assert_eq!(i.intern(Source::Grant(7)), SourceId(7));
-        assert_eq!(i.source(SourceId(7)), Source::Grant(7));
+        assert_eq!(i.intern(Source::Grant(7)), SourceId::new(7));
+        assert_eq!(i.source(SourceId::new(7)), Source::Grant(7));
         assert_eq!(i.ids.len(), 2);
         i.forget(a);
         assert_eq!(i.id(&standing("uid:1")), None);
@@ -555,19 +536,45 @@ mod tests {
         assert_eq!(l.sources().count(), 2);
     }
 
-    /// One contribution is stored without a vector; a second makes one,
-    /// and dropping back to one goes back to no vector.
+    /// Many single-key grants (the compact reverse index): revoking and
+    /// re-setting them keep every key's value and every grant's keys right,
+    /// on the ledger and on a copy a plan is made on.
     #[test]
-    fn contributions_go_from_one_to_many_and_back() {
-        let mut c = Contribs::One((SourceId(1), 10));
-        c.put(SourceId(1), 20);
-        assert!(matches!(c, Contribs::One((SourceId(1), 20))));
-        c.put(SourceId(2), 30);
-        assert_eq!(c.as_slice(), &[(SourceId(1), 20), (SourceId(2), 30)]);
-        assert_eq!(c.latest(), Some(30));
-        assert!(c.drop_source(SourceId(2)));
-        assert!(matches!(c, Contribs::One((SourceId(1), 20))));
-        assert!(!c.drop_source(SourceId(1)));
+    fn many_grants_come_and_go_with_their_keys() {
+        let mut l = Ledger::new();
+        for id in 1..=1000 {
+            l.set(Source::Grant(id), &[uid(id)], id);
+        }
+        // A grant of several keys, one of them shared with grant 1.
+        l.set(Source::Grant(1001), &[uid(1), uid(2000)], 5000);
+        for id in (1..=1000).filter(|i| i % 3 != 0) {
+            let want = match id {
+                1 => vec![],
+                _ => vec![Change::Delete(uid(id))],
+            };
+            assert_eq!(l.remove(&Source::Grant(id)), want, "{id}");
+        }
+        assert_eq!(l.counts(), (1000 / 3 + 2, 0));
+        for id in (3..=1000).step_by(3) {
+            assert_eq!(l.keys_of(&Source::Grant(id)), &[uid(id)]);
+            assert_eq!(l.value(&uid(id)), Some(id));
+        }
+        assert!(l.keys_of(&Source::Grant(2)).is_empty());
+        assert_eq!(l.keys_of(&Source::Grant(1001)), &[uid(1), uid(2000)]);
+        // An old id set again (a restore out of order), planned on a copy.
+        let mut plan = l.clone();
+        plan.set(Source::Grant(2), &[uid(2)], 7);
+        plan.remove(&Source::Grant(3));
+        assert_eq!(
+            l.diff(&plan),
+            vec![Change::Put(uid(2), 7), Change::Delete(uid(3))]
+        );
+        assert_eq!(
+            l.keys_of(&Source::Grant(3)),
+            &[uid(3)],
+            "the original is untouched"
+        );
+        assert_eq!(plan.keys_of(&Source::Grant(2)), &[uid(2)]);
     }
 
     #[test]

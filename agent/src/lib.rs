@@ -70,6 +70,7 @@ pub(crate) mod ledger;
 pub(crate) mod lock;
 pub(crate) mod metrics;
 pub(crate) mod mounts;
+pub(crate) mod name;
 pub(crate) mod notifications;
 pub(crate) mod notify;
 pub(crate) mod observe;

@@ -15,7 +15,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::Identity;
+use crate::{identity::Identity, name::Name};
 
 pub(crate) const STATE_FILE: &str = "state.json";
 const FORMAT: u32 = 1;
@@ -58,10 +58,15 @@ pub(crate) struct Lock {
 }
 
 /// A just-in-time grant.
+///
+/// Kept compact, as a million of them may be live: the texts a grant
+/// shares with many others (segment, boot id, actor name, reason) are
+/// interned [`Name`]s, one pointer each, and the rare fleet origin is
+/// boxed (one pointer when absent).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) struct Grant {
     pub id: u64,
-    pub segment: String,
+    pub segment: Name,
     pub identity: Identity,
     /// Unix milliseconds.
     pub created_unix_ms: u64,
@@ -69,15 +74,15 @@ pub(crate) struct Grant {
     pub expires_unix_ms: u64,
     /// CLOCK_BOOTTIME deadline, valid for `boot_id`.
     pub expires_boot_ns: u64,
-    pub boot_id: String,
+    pub boot_id: Name,
     pub actor: Actor,
-    pub reason: Option<String>,
+    pub reason: Option<Name>,
     /// The access request this grant approved, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<u64>,
     /// The fleet grant this one enforces here (fleet mode), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fleet: Option<FleetOrigin>,
+    pub fleet: Option<Box<FleetOrigin>>,
 }
 
 /// Where a grant made from the fleet store came from.

@@ -196,7 +196,7 @@ impl Agent {
         let leaving: Vec<u64> = self
             .grants
             .values()
-            .filter(|g| !policy.segments.contains_key(&g.segment))
+            .filter(|g| !policy.segments.contains_key(g.segment.as_str()))
             .map(|g| g.id)
             .collect();
         for id in &leaving {
@@ -206,10 +206,12 @@ impl Agent {
         let now = clock::boot_ns();
         let mut returning = Vec::new();
         for (&gid, s) in &self.suspended {
-            let Some(&seg) = ids.get(&s.grant.segment) else {
+            let Some(&seg) = ids.get(s.grant.segment.as_str()) else {
                 continue;
             };
-            if !policy.segments.contains_key(&s.grant.segment) || s.grant.expires_boot_ns <= now {
+            if !policy.segments.contains_key(s.grant.segment.as_str())
+                || s.grant.expires_boot_ns <= now
+            {
                 continue;
             }
             let mut back_on = self.ports_of_in(&policy, &s.grant.segment);
@@ -263,7 +265,7 @@ impl Agent {
             if let Some(s) = self.suspended.remove(&id) {
                 let _ = self.audit.record(AuditEvent::GrantResumed {
                     grant_id: id,
-                    segment: s.grant.segment.clone(),
+                    segment: s.grant.segment.to_string(),
                     identity: s.grant.identity.to_string(),
                     ports: self.ports_of_in(&policy, &s.grant.segment),
                     expires_at: clock::rfc3339(clock::wall_of(s.grant.expires_boot_ns)),
@@ -320,7 +322,7 @@ impl Agent {
         let until = clock::boot_ns().saturating_add(self.grant_grace.as_nanos() as u64);
         let _ = self.audit.record(AuditEvent::GrantSuspended {
             grant_id: g.id,
-            segment: g.segment.clone(),
+            segment: g.segment.to_string(),
             identity: g.identity.to_string(),
             why: why.to_string(),
             grace_secs: self.grant_grace.as_secs(),
@@ -360,7 +362,7 @@ impl Agent {
                 let why = "expired while its segment was not in the policy";
                 let event = AuditEvent::Expire {
                     grant_id: *id,
-                    segment: g.segment.clone(),
+                    segment: g.segment.to_string(),
                     identity: g.identity.to_string(),
                     ports: None,
                     actor: Actor::agent(),
@@ -378,7 +380,7 @@ impl Agent {
                 let why = "segment removed from policy and not back within the grace";
                 let event = AuditEvent::Revoke {
                     grant_id: *id,
-                    segment: g.segment.clone(),
+                    segment: g.segment.to_string(),
                     identity: g.identity.to_string(),
                     ports: None,
                     actor: Actor::agent(),
@@ -416,7 +418,7 @@ impl Agent {
         let actor = Actor::from_uid(cred.uid, cred.pid);
         let event = AuditEvent::Revoke {
             grant_id: gid,
-            segment: s.grant.segment.clone(),
+            segment: s.grant.segment.to_string(),
             identity: s.grant.identity.to_string(),
             ports: None,
             actor: actor.clone(),

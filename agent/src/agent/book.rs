@@ -99,7 +99,7 @@ mod tests {
             created_unix_ms: 0,
             expires_unix_ms: 0,
             expires_boot_ns: at,
-            boot_id: String::new(),
+            boot_id: "".into(),
             actor: Actor::agent(),
             reason: None,
             request_id: None,

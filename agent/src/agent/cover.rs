@@ -46,7 +46,7 @@ impl Agent {
             }
         }
         for g in self.grants.values() {
-            if let Some(&id) = self.segment_ids.get(&g.segment) {
+            if let Some(&id) = self.segment_ids.get(g.segment.as_str()) {
                 add(&g.identity, id, g.expires_boot_ns);
             }
         }

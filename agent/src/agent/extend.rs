@@ -48,7 +48,7 @@ impl Agent {
         let segment = self
             .grants
             .get(&id)
-            .map(|g| g.segment.clone())
+            .map(|g| g.segment.to_string())
             .unwrap_or_default();
         let result = self.extend_checked(cred, id, ttl, reason);
         self.audited(cred, "extend", &segment, result)
@@ -162,7 +162,7 @@ impl Agent {
                 expires_boot_ns: grant.expires_boot_ns,
                 previous_unix_ms: old.expires_unix_ms,
                 previous_boot_ns: old.expires_boot_ns,
-                boot_id: grant.boot_id.clone(),
+                boot_id: grant.boot_id.to_string(),
                 audit_prev: Some(head),
             })
             .map_err(|e| refuse(RefusalCode::Unavailable, format!("extend refused: the agent cannot write its journal, so it could not remember the new expiry ({e})")))?;
@@ -175,7 +175,7 @@ impl Agent {
         }
         let audited = self.audit.record(AuditEvent::Extend {
             grant_id: id,
-            segment: grant.segment.clone(),
+            segment: grant.segment.to_string(),
             identity: grant.identity.to_string(),
             ttl_secs: ttl.as_secs(),
             expires_at: clock::rfc3339(clock::wall_of(grant.expires_boot_ns)),

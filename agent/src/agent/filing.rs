@@ -41,7 +41,7 @@ impl Agent {
             ttl,
             reason: reason.clone(),
             pending_for: self.request_ttl,
-            boot_id: self.boot_id.clone(),
+            boot_id: self.boot_id.to_string(),
         };
         let expires_unix_ms = now
             .unix_ms

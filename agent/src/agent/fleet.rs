@@ -47,7 +47,7 @@ pub(crate) struct IncomingLock<'a> {
 fn remote_actor(uid: u32, user: Option<&str>, host: &str) -> Actor {
     Actor {
         uid,
-        user: Some(format!("{}@{host}", user.unwrap_or("?"))),
+        user: Some(format!("{}@{host}", user.unwrap_or("?")).into()),
         pid: None,
     }
 }
@@ -305,7 +305,7 @@ impl Agent {
         (
             self.policy.digest.clone(),
             self.audit.last_hash().to_string(),
-            self.boot_id.clone(),
+            self.boot_id.to_string(),
         )
     }
 }

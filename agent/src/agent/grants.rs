@@ -141,16 +141,16 @@ impl Agent {
         let deadline = clock::deadline_after(ttl);
         let grant = Grant {
             id,
-            segment: seg.name.clone(),
+            segment: crate::name::Name::from(seg.name.clone()),
             identity: identity.clone(),
             created_unix_ms: state::unix_ms(now_wall),
             expires_unix_ms: state::unix_ms(now_wall + ttl),
             expires_boot_ns: deadline,
             boot_id: self.boot_id.clone(),
             actor: actor.clone(),
-            reason,
+            reason: reason.map(crate::name::Name::from),
             request_id,
-            fleet,
+            fleet: fleet.map(Box::new),
         };
         // Queued audit records first, so that the grant's record is the
         // very next one after the head the journal names.
@@ -204,7 +204,7 @@ impl Agent {
     fn grant_failed(&mut self, g: &Grant, error: String) {
         let event = AuditEvent::GrantFailed {
             grant_id: g.id,
-            segment: g.segment.clone(),
+            segment: g.segment.to_string(),
             identity: g.identity.to_string(),
             actor: g.actor.clone(),
             request_id: g.request_id,
@@ -217,12 +217,12 @@ impl Agent {
     fn grant_event(&self, g: &Grant, ttl: Duration) -> AuditEvent {
         AuditEvent::Grant {
             grant_id: g.id,
-            segment: g.segment.clone(),
+            segment: g.segment.to_string(),
             identity: g.identity.to_string(),
             ports: self.ports_of(&g.segment),
             ttl_secs: ttl.as_secs(),
             expires_at: clock::rfc3339(clock::wall_of(g.expires_boot_ns)),
-            reason: g.reason.clone(),
+            reason: g.reason.clone().map(String::from),
             actor: g.actor.clone(),
             request_id: g.request_id,
             fleet: g.fleet.as_ref().map(|f| f.id.clone()),
@@ -287,14 +287,14 @@ impl Agent {
         // Authorize every grant before touching any.
         for gid in &selected {
             let g = self.grants.get(gid).expect("selected from grants");
-            let seg = self.policy.segments.get(&g.segment);
+            let seg = self.policy.segments.get(g.segment.as_str());
             let own = credential_matches(&g.identity, cred, &self.resolver)
                 && matches!(g.identity, Identity::User(_) | Identity::Uid(_));
             if !(own || seg.is_some_and(|s| self.may_administer(cred, s)) || cred.uid == 0) {
                 let why = CoreError::MayNotRevoke {
                     uid: cred.uid,
                     grant: *gid,
-                    segment: g.segment.clone(),
+                    segment: g.segment.to_string(),
                 };
                 let seg_name = g.segment.clone();
                 return Err(self.forbidden(cred, "revoke", &seg_name, why));
@@ -324,7 +324,7 @@ impl Agent {
         let g = self.grants.get(&gid).expect("a live grant").clone();
         let event = AuditEvent::Revoke {
             grant_id: gid,
-            segment: g.segment.clone(),
+            segment: g.segment.to_string(),
             identity: g.identity.to_string(),
             ports: Some(self.ports_of(&g.segment)),
             actor: actor.clone(),
@@ -372,7 +372,7 @@ impl Agent {
             let g = self.grants.remove(&id).expect("listed above");
             let event = AuditEvent::Expire {
                 grant_id: id,
-                segment: g.segment.clone(),
+                segment: g.segment.to_string(),
                 identity: g.identity.to_string(),
                 ports: Some(self.ports_of(&g.segment)),
                 actor: Actor::agent(),
@@ -457,7 +457,7 @@ impl Agent {
                 }
             }
         }
-        let grants: Vec<(u64, Identity, String, u64)> = self
+        let grants: Vec<(u64, Identity, crate::name::Name, u64)> = self
             .grants
             .values()
             .filter(|g| matches!(g.identity, Identity::Unit(_) | Identity::Cgroup(_)))
@@ -471,7 +471,7 @@ impl Agent {
             })
             .collect();
         for (gid, identity, segment, deadline) in grants {
-            let seg_id = self.segment_ids[&segment];
+            let seg_id = self.segment_ids[segment.as_str()];
             let keys = self.resolver.keys(&identity, seg_id).unwrap_or_default();
             let changes = self.ledger.set(Source::Grant(gid), &keys, deadline);
             self.apply_changes(&changes)?;

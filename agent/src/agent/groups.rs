@@ -94,7 +94,7 @@ impl Agent {
             if let Identity::Group(group) = &g.identity {
                 named.push(Named {
                     source: Source::Grant(g.id),
-                    segment: g.segment.clone(),
+                    segment: g.segment.to_string(),
                     group: group.clone(),
                     identity: g.identity.to_string(),
                     expiry: g.kernel_value(g.expires_boot_ns),

@@ -116,7 +116,7 @@ impl Agent {
             let wall = clock::wall_of(expiry);
             let grant = Grant {
                 id,
-                segment: segment.clone(),
+                segment: crate::name::Name::from(segment.clone()),
                 identity: identity.clone(),
                 created_unix_ms: state::unix_ms(SystemTime::now()),
                 expires_unix_ms: state::unix_ms(wall),

@@ -160,7 +160,7 @@ impl Agent {
                 warn!(grant = grant.id, "{NOT_AUDITED}; recorded as failed");
                 let _ = self.audit.record(AuditEvent::GrantFailed {
                     grant_id: grant.id,
-                    segment: grant.segment,
+                    segment: grant.segment.to_string(),
                     identity: grant.identity.to_string(),
                     actor: grant.actor,
                     request_id: grant.request_id,
@@ -204,7 +204,7 @@ impl Agent {
                 if let Some(g) = memory.grants.get_mut(&grant_id) {
                     g.expires_unix_ms = previous_unix_ms;
                     g.expires_boot_ns = previous_boot_ns;
-                    g.boot_id = boot_id;
+                    g.boot_id = crate::name::Name::from(boot_id);
                     let _ = self.journal.append_or_queue(Op::Grant {
                         grant: g.clone(),
                         audit_prev: None,
@@ -277,13 +277,13 @@ impl Agent {
                 boot_id: self.boot_id.clone(),
                 ..g
             };
-            if !self.policy.segments.contains_key(&g.segment) {
+            if !self.policy.segments.contains_key(g.segment.as_str()) {
                 // Suspended before the restart, or its segment left while
                 // the agent was down: kept for the grace, opens nothing.
                 self.suspend(g, super::apply::AT_START, None);
                 continue;
             }
-            let Some(&seg) = self.segment_ids.get(&g.segment) else {
+            let Some(&seg) = self.segment_ids.get(g.segment.as_str()) else {
                 continue;
             };
             match self.resolver.keys(&g.identity, seg) {
@@ -346,7 +346,7 @@ impl Agent {
     fn while_down_expire(&self, g: &Grant) -> AuditEvent {
         AuditEvent::Expire {
             grant_id: g.id,
-            segment: g.segment.clone(),
+            segment: g.segment.to_string(),
             identity: g.identity.to_string(),
             ports: Some(self.ports_of(&g.segment)),
             actor: Actor::agent(),
@@ -366,7 +366,7 @@ impl Agent {
     fn while_down_revoke(&self, g: &Grant) -> AuditEvent {
         AuditEvent::Revoke {
             grant_id: g.id,
-            segment: g.segment.clone(),
+            segment: g.segment.to_string(),
             identity: g.identity.to_string(),
             ports: Some(self.ports_of(&g.segment)),
             actor: Actor::agent(),

@@ -110,7 +110,7 @@ impl Agent {
                 let timeout = self
                     .policy
                     .segments
-                    .get(&g.segment)?
+                    .get(g.segment.as_str())?
                     .jit
                     .as_ref()?
                     .idle_timeout?;
@@ -159,7 +159,7 @@ impl Agent {
             let g = self.grants.get(&id).expect("listed above").clone();
             let event = AuditEvent::Expire {
                 grant_id: id,
-                segment: g.segment.clone(),
+                segment: g.segment.to_string(),
                 identity: g.identity.to_string(),
                 ports: Some(self.ports_of(&g.segment)),
                 actor: Actor::agent(),

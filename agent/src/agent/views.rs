@@ -37,7 +37,7 @@ impl Agent {
     pub(super) fn view(&self, g: &Grant) -> GrantView {
         GrantView {
             id: g.id,
-            segment: g.segment.clone(),
+            segment: g.segment.to_string(),
             identity: g.identity.to_string(),
             ports: self.ports_of(&g.segment),
             created_at: clock::rfc3339(
@@ -46,7 +46,7 @@ impl Agent {
             expires_at: clock::rfc3339(clock::wall_of(g.expires_boot_ns)),
             remaining_secs: clock::remaining(g.expires_boot_ns).as_secs_f64().ceil() as u64,
             actor: g.actor.to_string(),
-            reason: g.reason.clone(),
+            reason: g.reason.clone().map(String::from),
             request_id: g.request_id,
             suspended_until: self
                 .suspended

@@ -110,7 +110,9 @@ pub(crate) async fn lock(
         created_unix_ms: created,
         expires_unix_ms: ttl.map(|t| created + t.as_millis() as u64),
         actor_uid: cred.uid,
-        actor_user: crate::actor::Actor::from_uid(cred.uid, None).user,
+        actor_user: crate::actor::Actor::from_uid(cred.uid, None)
+            .user
+            .map(String::from),
         origin_host: f.cfg.host.clone(),
     };
     let nanos = SystemTime::now()

@@ -157,7 +157,9 @@ pub(crate) async fn grant(
         created_unix_ms: created,
         deadline_unix_ms: created + ttl.as_millis() as u64,
         actor_uid: cred.uid,
-        actor_user: crate::actor::Actor::from_uid(cred.uid, None).user,
+        actor_user: crate::actor::Actor::from_uid(cred.uid, None)
+            .user
+            .map(String::from),
         origin_host: f.cfg.host.clone(),
         reason,
         strict,

@@ -99,6 +99,7 @@ fn request_key(layout: &Layout, id: &str) -> String {
 fn who(uid: u32, host: &str) -> String {
     let user = crate::actor::Actor::from_uid(uid, None)
         .user
+        .map(String::from)
         .unwrap_or_else(|| format!("uid {uid}"));
     format!("{user}@{host}")
 }
@@ -163,7 +164,9 @@ pub(crate) async fn request(
         ttl_secs: ttl.as_secs(),
         reason,
         requester_uid: cred.uid,
-        requester_user: crate::actor::Actor::from_uid(cred.uid, None).user,
+        requester_user: crate::actor::Actor::from_uid(cred.uid, None)
+            .user
+            .map(String::from),
         origin_host: f.cfg.host.clone(),
         created_unix_ms: created,
         expires_unix_ms: created + REQUEST_TTL.as_millis() as u64,
@@ -297,7 +300,9 @@ pub(crate) async fn decide(
             created_unix_ms: now,
             deadline_unix_ms: now + checked.as_millis() as u64,
             actor_uid: cred.uid,
-            actor_user: crate::actor::Actor::from_uid(cred.uid, None).user,
+            actor_user: crate::actor::Actor::from_uid(cred.uid, None)
+                .user
+                .map(String::from),
             origin_host: f.cfg.host.clone(),
             reason: request.reason.clone(),
             strict: false,

@@ -153,7 +153,7 @@ impl Memory {
                 if let Some(g) = self.grants.get_mut(grant_id) {
                     g.expires_unix_ms = *expires_unix_ms;
                     g.expires_boot_ns = *expires_boot_ns;
-                    g.boot_id = boot_id.clone();
+                    g.boot_id = crate::name::Name::from(boot_id.clone());
                 }
             }
             Op::ForgetRequest { request_id } => {

@@ -23,6 +23,7 @@ use std::collections::HashMap;
 
 use crate::{
     identity::Identity,
+    name::Name,
     state::{Actor, FleetOrigin, Grant},
 };
 
@@ -161,10 +162,18 @@ pub(super) fn decode(bytes: &[u8], mut each: impl FnMut(Grant)) -> Result<(), St
             .map_err(|e| format!("string {i} of the grant table is not UTF-8: {e}"))?;
         strings.push(s);
     }
-    let string = |i: u32, what: &str| {
+    // Interned once each: a grant takes a shared copy, not an allocation.
+    let names: Vec<Name> = strings.iter().map(|s| Name::new(s)).collect();
+    let text = |i: u32, what: &str| {
         strings
             .get(i as usize)
-            .map(|s| s.to_string())
+            .copied()
+            .ok_or_else(|| format!("a grant's {what} names string {i} of {}", strings.len()))
+    };
+    let string = |i: u32, what: &str| {
+        names
+            .get(i as usize)
+            .cloned()
             .ok_or_else(|| format!("a grant's {what} names string {i} of {}", strings.len()))
     };
     let opt = |i: u32, what: &str| (i != NONE).then(|| string(i, what)).transpose();
@@ -183,7 +192,7 @@ pub(super) fn decode(bytes: &[u8], mut each: impl FnMut(Grant)) -> Result<(), St
         let identity = match kind {
             UID => Identity::Uid(value),
             GID => Identity::Gid(value),
-            TEXT => string(value, "identity")?
+            TEXT => text(value, "identity")?
                 .parse()
                 .map_err(|e| format!("grant {id}'s identity: {e}"))?,
             other => return Err(format!("grant {id} has identity kind {other}")),
@@ -199,8 +208,11 @@ pub(super) fn decode(bytes: &[u8], mut each: impl FnMut(Grant)) -> Result<(), St
         let reason = opt(c.u32()?, "reason")?;
         let has_request = c.u8()? != 0;
         let request = c.u64()?;
-        let fleet = opt(c.u32()?, "fleet origin")?
-            .map(|o| serde_json::from_str::<FleetOrigin>(&o))
+        let origin = c.u32()?;
+        let fleet = (origin != NONE)
+            .then(|| text(origin, "fleet origin"))
+            .transpose()?
+            .map(serde_json::from_str::<FleetOrigin>)
             .transpose()
             .map_err(|e| format!("grant {id}'s fleet origin: {e}"))?;
         each(Grant {
@@ -218,7 +230,7 @@ pub(super) fn decode(bytes: &[u8], mut each: impl FnMut(Grant)) -> Result<(), St
             },
             reason,
             request_id: has_request.then_some(request),
-            fleet,
+            fleet: fleet.map(Box::new),
         });
     }
     Ok(())
@@ -253,14 +265,15 @@ mod tests {
                     user: (i != 1).then(|| "alice".into()),
                     pid: (i != 2).then_some(-5 + i as i32),
                 },
-                reason: (i != 3).then(|| format!("ticket {i}")),
+                reason: (i != 3).then(|| format!("ticket {i}")).map(Name::from),
                 request_id: (i == 4).then_some(99),
-                fleet: (i == 2).then(|| FleetOrigin {
+                fleet: ((i == 2).then(|| FleetOrigin {
                     id: "f-1".into(),
                     revision: 42,
                     origin_host: "h2".into(),
                     strict: true,
-                }),
+                }))
+                .map(Box::new),
             });
         }
         out

@@ -99,7 +99,7 @@ mod tests {
     fn actor(uid: u32) -> Actor {
         Actor {
             uid,
-            user: Some(format!("u{uid}")),
+            user: Some(format!("u{uid}").into()),
             pid: None,
         }
     }

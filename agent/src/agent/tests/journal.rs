@@ -53,7 +53,7 @@ fn grant_by_hand(id: u64, expires_boot_ns: u64) -> Grant {
         created_unix_ms: 1,
         expires_unix_ms: 2,
         expires_boot_ns,
-        boot_id: crate::state::boot_id(),
+        boot_id: crate::name::Name::from(crate::state::boot_id()),
         actor: Actor::from_uid(0, Some(1)),
         reason: Some("by hand".into()),
         request_id: None,
