@@ -337,25 +337,12 @@ impl Agent {
             self.next_id = self.next_id.max(g.id + 1);
             live.push(g);
         }
-        crate::startup::mark("restore_ledger");
-        drop(in_kernel);
-        // The grant book is built on a thread of its own while the kernel
-        // takes the writes (on a first start, a million of them): neither
-        // needs the other, and nothing reads the book before both are done.
         // In id order (the journal's order): built in one go, the index's
         // nodes are full instead of half full.
-        let book = &mut self.grants;
-        let kernel = &mut self.kernel;
-        let written = std::thread::scope(|s| {
-            let filling = s.spawn(move || book.fill(live));
-            let written = kernel.apply(&writes);
-            if let Err(panic) = filling.join() {
-                std::panic::resume_unwind(panic);
-            }
-            written
-        });
-        written?;
-        self.changed_cgroups(&writes);
+        self.grants.fill(live);
+        crate::startup::mark("restore_ledger");
+        drop(in_kernel);
+        self.apply_changes(&writes)?;
         drop(writes);
         if ended.is_empty() {
             return Ok(claimed);

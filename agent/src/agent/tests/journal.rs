@@ -283,6 +283,9 @@ fn a_restart_deletes_what_nothing_claims_and_keeps_or_rewrites_what_grants_claim
     drop(maps);
     assert!(matches!(
         f.ends_of(ids[2]).as_slice(),
-        [AuditEvent::Revoke { while_down: Some(true), .. }]
+        [AuditEvent::Revoke {
+            while_down: Some(true),
+            ..
+        }]
     ));
 }
