@@ -15,7 +15,6 @@
 //! `enforce` (the kernel check and uninstall).
 use std::{
     collections::BTreeMap,
-    path::PathBuf,
     time::{Duration, SystemTime},
 };
 
@@ -94,9 +93,10 @@ pub(crate) use jit::DEFAULT_REQUEST_TTL;
 pub(crate) use views::ListCursor;
 
 /// Where the agent keeps what it must remember.
-#[derive(Clone, Debug)]
 pub(crate) struct Paths {
-    pub state_dir: PathBuf,
+    /// The journal in the state directory, being opened on its own thread
+    /// while the start reads the kernel maps.
+    pub journal: crate::startup::JournalOpening,
 }
 
 pub(crate) struct Agent {
@@ -181,8 +181,10 @@ impl Agent {
         grant_grace: Duration,
         mode_override: Option<Mode>,
     ) -> anyhow::Result<Self> {
-        let (journal, opened) = Journal::open(&paths.state_dir)?;
-        crate::startup::mark("journal_replay");
+        // The kernel's side first, while the journal is read on its own
+        // thread (`startup::JournalOpening`): nothing here writes a grant,
+        // and nothing here needs the journal.
+        //
         // Every write from here on keeps the kernel's policy epoch and
         // cgroup-level masks (see `kernel/fastpath.rs`).
         let levels = crate::kernel::CgroupLevels::new(resolver.hierarchy.mount.clone());
@@ -194,6 +196,16 @@ impl Agent {
             .map(|(p, port, s)| ((p, port), s))
             .collect();
         crate::startup::mark("read_ports");
+        // The previous run's entries: known to the kernel, not (yet) to this
+        // ledger. Everything the new ledger does not claim is deleted once the
+        // policy and grants are applied, never before. Read before anything
+        // is written (nothing until `apply_policy` writes to the maps).
+        let mut kernel_before = kernel.read_grants()?;
+        kernel_before.sort_unstable_by_key(|&(k, _)| k);
+        let peers_before = kernel.read_peers()?;
+        crate::startup::mark("read_kernel");
+        let (journal, opened) = paths.journal.wait()?;
+        crate::startup::mark("journal_wait");
         let mut agent = Self {
             policy: Policy {
                 segments: BTreeMap::new(),
@@ -267,22 +279,15 @@ impl Agent {
             &agent.boot_id,
             Now::current(),
         );
-        // The previous run's entries: known to the kernel, not (yet) to this
-        // ledger. Everything the new ledger does not claim is deleted once the
-        // policy and grants are applied, never before.
-        crate::startup::mark("settle_requests");
-        let mut kernel_before = agent.kernel.read_grants()?;
-        kernel_before.sort_unstable_by_key(|&(k, _)| k);
-        let peers_before = agent.kernel.read_peers()?;
         let ports_before = agent.ports.clone();
-        crate::startup::mark("read_kernel");
+        crate::startup::mark("settle_requests");
 
         if recovering {
             agent.adopt_segment_ids(&policy);
         }
         agent.apply_policy(policy)?;
         crate::startup::mark("apply_policy");
-        agent.restore_grants(
+        let claimed = agent.restore_grants(
             memory.grants.into_values().collect(),
             &restore::KernelBefore {
                 locals: &kernel_before,
@@ -294,11 +299,13 @@ impl Agent {
         if recovering {
             agent.recover_grants(&kernel_before, &peers_before)?;
         }
-        // Sweep what no source claims any more.
+        // Sweep what no source claims any more. An entry a restored grant
+        // claimed is in the ledger (nothing since took a claim away): only
+        // the others are looked up there.
         let mut stale = Vec::new();
-        for &(key, _) in &kernel_before {
+        for (&(key, _), claimed) in kernel_before.iter().zip(claimed) {
             let k = EntryKey::Local(key);
-            if agent.ledger.value(&k).is_none() {
+            if !claimed && agent.ledger.value(&k).is_none() {
                 stale.push(Change::Delete(k));
             }
         }
@@ -340,9 +347,15 @@ impl Agent {
         changes: &[Change],
     ) -> Result<(), crate::dataplane::DataplaneError> {
         self.kernel.apply(changes)?;
-        // A cgroup entry came or went (a grant, a revoke, a re-resolution):
-        // the cover follows at once, so a revoked grant's path stops being
-        // covered before the revoke is reported.
+        self.changed_cgroups(changes);
+        Ok(())
+    }
+
+    /// After `changes` reached the kernel: a cgroup entry came or went (a
+    /// grant, a revoke, a re-resolution): the cover follows at once, so a
+    /// revoked grant's path stops being covered before the revoke is
+    /// reported.
+    fn changed_cgroups(&mut self, changes: &[Change]) {
         let cgroup_entry = |c: &Change| match c {
             Change::Put(EntryKey::Local(k), _) | Change::Delete(EntryKey::Local(k)) => {
                 k.kind == agent_common::kind::CGROUP
@@ -352,7 +365,6 @@ impl Agent {
         if changes.iter().any(cgroup_entry) {
             self.sync_cover();
         }
-        Ok(())
     }
 
     /// Records a reload attempt's outcome for `status` and the audit log:

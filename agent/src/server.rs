@@ -110,6 +110,10 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
     crate::startup::mark("policy_parse");
     let _locks =
         crate::lock::take_agent_locks(&opts.bpffs, &opts.state_dir, &opts.audit_log, &opts.socket)?;
+    // The journal is ours now: it is read on a thread of its own while the
+    // programs load and the pinned maps are read (`startup`).
+    let journal = crate::startup::JournalOpening::spawn(opts.state_dir.clone())
+        .context("starting the thread that reads the journal")?;
 
     // 2. Kernel.
     let hierarchy = Hierarchy::discover()?;
@@ -157,9 +161,7 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
         Box::new(dataplane),
         Resolver::new(hierarchy.clone()),
         audit,
-        Paths {
-            state_dir: opts.state_dir.clone(),
-        },
+        Paths { journal },
         opts.grant_grace,
         opts.mode,
     )?;
@@ -176,7 +178,7 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
     // addresses, so the programs never run on incomplete maps.
     let filters = agent.attach()?;
     crate::startup::mark("attach");
-    release_freed_memory();
+    crate::startup::release_freed_memory();
     crate::startup::mark("malloc_trim");
     agent.note_start(&cgroup);
     info!(
@@ -446,20 +448,7 @@ fn reload_with(shared: &Shared, dir: &Path, trust: &policy::FileTrust, only_if_c
             error!("policy reload refused; still enforcing the previous policy:\n{errors}");
         }
     }
-    release_freed_memory();
-}
-
-/// Hands memory freed after a large parse or plan back to the kernel: a
-/// million-entry policy file passes through buffers many times the size of
-/// what the agent keeps, and the allocator would otherwise hold on to them
-/// as resident memory for the agent's whole life.
-fn release_freed_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only returns free heap pages to the kernel; it
-    // touches no memory in use.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    crate::startup::release_freed_memory();
 }
 
 /// `payments-db 5432/tcp,6432/tcp; sessions-cache 6379/tcp` for the

@@ -233,11 +233,15 @@ impl Agent {
     /// Puts the journal's grants back: live ones into the ledger and the
     /// kernel, those of a segment not in the policy into suspension, and
     /// those that ended while the agent was down out, with their records.
+    ///
+    /// Returns, for each of `before.locals`, whether a restored grant
+    /// claimed it (the ledger holds it now): the stale sweep asks the
+    /// ledger only about the others.
     pub(super) fn restore_grants(
         &mut self,
         grants: Vec<Grant>,
         before: &KernelBefore<'_>,
-    ) -> Result<(), crate::dataplane::DataplaneError> {
+    ) -> Result<Vec<bool>, crate::dataplane::DataplaneError> {
         let now = clock::boot_ns();
         let mut writes = Vec::new();
         // What the kernel holds, with its value: on a restart the pinned
@@ -261,6 +265,10 @@ impl Agent {
             locals: before.locals,
             peers,
         };
+        let mut claimed = vec![false; before.locals.len()];
+        // Per grant, where each of its keys is among the kernel's entries
+        // (one lookup per key, used three times below).
+        let mut found: Vec<Option<(usize, u64)>> = Vec::new();
         let mut ended: Vec<(Grant, AuditEvent)> = Vec::new();
         let mut live = Vec::with_capacity(grants.len());
         self.ledger.reserve(grants.len());
@@ -288,6 +296,8 @@ impl Agent {
             };
             match self.resolver.keys(&g.identity, seg) {
                 Ok(keys) => {
+                    found.clear();
+                    found.extend(keys.iter().map(|k| in_kernel.find(k)));
                     // Only where the keys cannot have changed by themselves
                     // (not units and cgroups, re-created with new ids), and
                     // only if the segment was enforced when the agent
@@ -298,7 +308,7 @@ impl Agent {
                         && this_boot
                         && enforced
                         && !keys.is_empty()
-                        && !keys.iter().any(|k| in_kernel.value(k).is_some())
+                        && found.iter().all(Option::is_none)
                     {
                         let event = self.while_down_revoke(&g);
                         ended.push((g, event));
@@ -306,11 +316,18 @@ impl Agent {
                     }
                     // Written together after the loop: runs of puts go to
                     // the kernel in batches.
-                    writes.extend(
+                    let changes =
                         self.ledger
-                            .set(Source::Grant(g.id), &keys, g.kernel_value(deadline))
+                            .set(Source::Grant(g.id), &keys, g.kernel_value(deadline));
+                    for (k, f) in keys.iter().zip(&found) {
+                        if let (EntryKey::Local(_), Some((i, _))) = (k, f) {
+                            claimed[*i] = true;
+                        }
+                    }
+                    writes.extend(
+                        changes
                             .into_iter()
-                            .filter(|c| !already_there(c, &in_kernel)),
+                            .filter(|c| !already_there(c, &keys, &found)),
                     );
                 }
                 Err(e) => {
@@ -328,7 +345,7 @@ impl Agent {
         self.apply_changes(&writes)?;
         drop(writes);
         if ended.is_empty() {
-            return Ok(());
+            return Ok(claimed);
         }
         let ids: BTreeSet<u64> = ended.iter().map(|(g, _)| g.id).collect();
         let recorded = self.audited_ends(&ids);
@@ -340,7 +357,7 @@ impl Agent {
             info!(grant = g.id, segment = %g.segment, identity = %g.identity, event = event.kind(), "grant ended while the agent was down");
             let _ = self.audit.record(event);
         }
-        Ok(())
+        Ok(claimed)
     }
 
     fn while_down_expire(&self, g: &Grant) -> AuditEvent {
@@ -439,30 +456,35 @@ struct InKernel<'a> {
 }
 
 impl InKernel<'_> {
-    fn value(&self, key: &EntryKey) -> Option<u64> {
+    /// Where `key` is (an index into `locals` or `peers`, by the key's
+    /// kind), with the kernel's value.
+    fn find(&self, key: &EntryKey) -> Option<(usize, u64)> {
         match key {
             EntryKey::Local(k) => self
                 .locals
                 .binary_search_by(|(x, _)| x.cmp(k))
                 .ok()
-                .map(|i| self.locals[i].1),
+                .map(|i| (i, self.locals[i].1)),
             EntryKey::Peer { .. } => self
                 .peers
                 .binary_search_by(|(x, _)| x.cmp(key))
                 .ok()
-                .map(|i| self.peers[i].1),
+                .map(|i| (i, self.peers[i].1)),
         }
     }
 }
 
 /// Whether `change` puts a local uid or gid entry the kernel already holds
 /// with this value (cgroup entries are always written: the fast path
-/// counts them per level as they are put).
-fn already_there(change: &Change, in_kernel: &InKernel<'_>) -> bool {
+/// counts them per level as they are put). `found` is where each of
+/// `keys` (the grant's, among which the change's) is in the kernel.
+fn already_there(change: &Change, keys: &[EntryKey], found: &[Option<(usize, u64)>]) -> bool {
     match change {
-        Change::Put(k @ EntryKey::Local(key), at) if key.kind != agent_common::kind::CGROUP => {
-            in_kernel.value(k) == Some(*at)
-        }
+        Change::Put(k @ EntryKey::Local(key), at) if key.kind != agent_common::kind::CGROUP => keys
+            .iter()
+            .position(|x| x == k)
+            .and_then(|i| found[i])
+            .is_some_and(|(_, v)| v == *at),
         _ => false,
     }
 }

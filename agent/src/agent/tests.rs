@@ -86,7 +86,8 @@ impl Fixture {
             Resolver::with_directory(hierarchy, std::sync::Arc::new(self.groups.clone())),
             audit,
             Paths {
-                state_dir: self.dir.path().join(state),
+                journal: crate::startup::JournalOpening::spawn(self.dir.path().join(state))
+                    .unwrap(),
             },
             Duration::from_secs(60),
             None,

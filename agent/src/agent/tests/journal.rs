@@ -240,3 +240,52 @@ fn an_unwritable_journal_refuses_grants_and_requests_but_still_revokes() {
     assert!(grants(&a).iter().all(|g| g.id != id));
     assert_eq!(f.ends_of(id).len(), 1);
 }
+
+/// A restart reconciles the pinned map with the journal exactly: an entry
+/// no grant or allow claims goes, a journaled grant's entry stays as it
+/// is, one the kernel holds with another value is written again, a grant
+/// whose entry the kernel lost ends (revoked while down), and the standing
+/// allow's entry stays.
+#[test]
+fn a_restart_deletes_what_nothing_claims_and_keeps_or_rewrites_what_grants_claim() {
+    let f = Fixture::new(FakeKernel::default());
+    let mut a = f.start(POLICY);
+    let ids: Vec<u64> = ["uid:41002", "uid:41003", "uid:41004"]
+        .iter()
+        .map(|uid| granted_id(a.grant(&cred(ROOT), "db", uid, None, None).unwrap()))
+        .collect();
+    drop(a);
+    let seg = db_id(&f.kernel);
+    let before = f.kernel.maps().grants.clone();
+    let (kept, changed, lost) = (
+        uid_key(seg, 41002),
+        uid_key(seg, 41003),
+        uid_key(seg, 41004),
+    );
+    let (stray, stray_too) = (uid_key(seg, 45555), uid_key(seg, 41000));
+    {
+        // While the agent was down.
+        let mut maps = f.kernel.maps();
+        maps.grants.insert(stray, before[&kept]);
+        maps.grants.insert(stray_too, before[&kept]);
+        maps.grants.insert(changed, before[&changed] - 1);
+        maps.grants.remove(&lost);
+    }
+    let _a = f.start(POLICY);
+    let maps = f.kernel.maps();
+    assert!(!maps.grants.contains_key(&stray));
+    assert!(!maps.grants.contains_key(&stray_too));
+    assert_eq!(maps.grants[&kept], before[&kept]);
+    assert_eq!(maps.grants[&changed], before[&changed]);
+    assert!(!maps.grants.contains_key(&lost));
+    assert!(maps.grants.contains_key(&uid_key(seg, 41100)));
+    assert_eq!(maps.grants.len(), before.len() - 1);
+    drop(maps);
+    assert!(matches!(
+        f.ends_of(ids[2]).as_slice(),
+        [AuditEvent::Revoke {
+            while_down: Some(true),
+            ..
+        }]
+    ));
+}
