@@ -13,7 +13,7 @@
 //! It stays inside the ledger (not in the grant book) because the ledger
 //! is cloned to plan a policy change on the copy: the copy must know what
 //! each grant opens without the book.
-use std::collections::HashMap;
+use super::FastMap;
 
 use super::{EntryKey, Keys};
 
@@ -29,7 +29,7 @@ pub(super) struct ByGrant {
     /// Tombstones in `one`.
     dead: usize,
     /// Grants opening none or several keys.
-    other: HashMap<u64, Box<[EntryKey]>>,
+    other: FastMap<u64, Box<[EntryKey]>>,
 }
 
 impl ByGrant {

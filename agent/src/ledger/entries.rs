@@ -5,7 +5,7 @@
 //! slot is its 16-byte kernel key and a 16-byte [`Contribs`] (one source
 //! inline; the rare several boxed), 32 bytes instead of the 56 of one
 //! table keyed by [`EntryKey`] with a vector per entry.
-use std::collections::HashMap;
+use super::FastMap;
 
 use agent_common::GrantKey;
 
@@ -78,8 +78,8 @@ struct PeerKey {
 /// Every map entry and its contributions, local and peer apart.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Entries {
-    local: HashMap<GrantKey, Contribs>,
-    peer: HashMap<PeerKey, Contribs>,
+    local: FastMap<GrantKey, Contribs>,
+    peer: FastMap<PeerKey, Contribs>,
 }
 
 impl Entries {
