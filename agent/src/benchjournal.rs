@@ -84,6 +84,7 @@ fn run(args: &JournalArgs) -> anyhow::Result<()> {
             actor: actor.clone(),
             reason: Some("bench".into()),
             request_id: None,
+            fleet: None,
         };
         memory.grants.insert(id, grant);
     }
