@@ -29,7 +29,9 @@ pub use user::{ip_of_key, key_of_ip};
 /// `cgroup_mkdir` tracepoint.
 /// Layout 7 (issue 19, strict fleet grants): an entry's expiry value may
 /// carry [`expiry::STRICT`], and [`map_names::FRESH`] exists.
-pub const LAYOUT_VERSION: u32 = 7;
+/// Layout 8: [`FlowMark::fast_until_jiffies`], the cheap-clock window of
+/// a marked flow with a finite expiry.
+pub const LAYOUT_VERSION: u32 = 8;
 
 /// Map names (the ELF symbol names, and the file names under the pin directory).
 pub mod map_names {
@@ -145,6 +147,11 @@ pub mod global_names {
     /// [`super::map_names::USAGE`]; 0 only in a bench-built agent asked to
     /// measure the path without it.
     pub const USAGE_ON: &str = "PC_USAGE_ON";
+    /// `u64`: an upper bound on the kernel's tick (1/HZ) in nanoseconds,
+    /// measured by the agent at load time, or 0 when unknown (then a
+    /// marked flow with a finite expiry reads the precise clock at every
+    /// packet). See [`crate::FlowMark::fast_until_jiffies`].
+    pub const TICK_NS: &str = "PC_TICK_NS";
 }
 
 /// Program names (the Rust function names in `agent-ebpf`).
@@ -563,7 +570,9 @@ pub struct Sighting {
 /// `group:` entry): the identity facts cgroup_skb cannot see itself, and
 /// the decision, cached. A packet passes on one compare while `epoch`
 /// equals [`map_names::EPOCH`] and the clock is below `expiry_ns` (not read
-/// when it is [`NEVER`]); otherwise the flow decides again and the mark is
+/// when it is [`NEVER`]; for a finite one, the cheap jiffies counter is
+/// compared with `fast_until_jiffies` first and the precise clock read
+/// only past it); otherwise the flow decides again and the mark is
 /// rewritten (or the packet dropped).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -583,6 +592,13 @@ pub struct FlowMark {
     /// When a packet of this flow last refreshed the entry's usage
     /// (`PC_USAGE` last use, at most once a second per flow).
     pub used_ns: u64,
+    /// While `bpf_jiffies64()` is below this, a packet passes without
+    /// reading the precise clock (0: read it at every packet). Set at each
+    /// precise read that found the expiry ahead, from that read, so that
+    /// the window ends a margin before `expiry_ns` and at most a short
+    /// interval after the read (`agent-ebpf/src/decide.rs::fast_window`
+    /// has the argument and its bounds).
+    pub fast_until_jiffies: u64,
 }
 
 /// Past this many unread bytes in [`map_names::DENY_EVENTS`] a deny event
@@ -642,7 +658,7 @@ const _: () = {
     assert!(size_of::<Sighting>() == 24);
     // 8 + 8 + 4 * 3 + 2 + 2 + 1 + 1 + 1 + 5 + 16 + 16
     assert!(size_of::<DenyEvent>() == 72);
-    assert!(size_of::<FlowMark>() == 48 && align_of::<FlowMark>() == 8);
+    assert!(size_of::<FlowMark>() == 56 && align_of::<FlowMark>() == 8);
     assert!(MAX_CGROUP_DEPTH as u32 <= CGROUP_LEVEL_BITS);
     // 8 + 2 + 2 + 1 + 1 + 1 + 1 + 16 + 16
     assert!(size_of::<KillRequest>() == 48);
@@ -692,7 +708,7 @@ mod tests {
         assert_eq!(size_of::<Sighting>(), 24);
         // 8 + 8 + 4 * 3 + 2 + 2 + 1 + 1 + 1 + 5 + 16 + 16
         assert_eq!(size_of::<DenyEvent>(), 72);
-        assert_eq!(size_of::<FlowMark>(), 48);
+        assert_eq!(size_of::<FlowMark>(), 56);
         // 8 + 2 + 2 + 1 + 1 + 1 + 1 + 16 + 16
         assert_eq!(size_of::<KillRequest>(), 48);
         assert_eq!(size_of::<DebugBudget>(), 16);

@@ -77,6 +77,7 @@ fn mark_flow(ctx: &SockAddrContext, mark: FlowMark, create: bool) {
             (*p).id = mark.id;
             (*p).expiry_ns = mark.expiry_ns;
             (*p).used_ns = mark.used_ns;
+            (*p).fast_until_jiffies = mark.fast_until_jiffies;
             (*p).epoch = mark.epoch;
         }
     }
@@ -188,6 +189,8 @@ fn verdict(
     // Read before the decision, with a barrier after it: the mark caches
     // the decision under this epoch (see `decide::epoch_ordered`).
     let epoch = if connect { decide::epoch_ordered() } else { 0 };
+    // Before any precise read (see `decide::fast_window`).
+    let j0 = decide::jiffies();
     let mut clock = decide::Clock::new();
     let found = decide::local_match(segment, &caller, &mut clock);
     if debug::on() {
@@ -220,6 +223,7 @@ fn verdict(
                     epoch,
                     expiry_ns: found.expiry,
                     used_ns: now,
+                    fast_until_jiffies: decide::fast_window(j0, now, found.expiry),
                 },
                 found.needs_mark(),
             );

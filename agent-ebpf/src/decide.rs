@@ -31,14 +31,14 @@ use agent_common::{
     KillRequest, PeerKey, Proto, DENY_RING_WAKE_BYTES, MAX_CGROUP_DEPTH, NEVER,
 };
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
-use aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns;
+use aya_ebpf::helpers::generated::{bpf_jiffies64, bpf_ktime_get_boot_ns};
 
 use aya_ebpf::maps::lpm_trie::Key;
 
 use crate::debug;
 use crate::maps::{
     CGROUP_LEVELS, COUNTERS, DENY_EVENTS, EPOCH, FENCE, FRESH, GRANTS, KILL_REQUESTS, LOCAL_NETS,
-    PC_HOST_NETNS, PEERS, PEER_HOSTS, PORTS,
+    PC_HOST_NETNS, PC_TICK_NS, PEERS, PEER_HOSTS, PORTS,
 };
 
 /// What a hook can tell about the local process behind a connection.
@@ -104,6 +104,74 @@ pub fn refused(entry: u32, event: DenyEvent) -> bool {
 pub fn now() -> u64 {
     // SAFETY: a helper without arguments, available to every program type.
     unsafe { bpf_ktime_get_boot_ns() }
+}
+
+/// The kernel's tick counter. The verifier inlines this helper into one
+/// load of `jiffies` (64-bit kernels with the JIT), where
+/// `bpf_ktime_get_boot_ns` is a call that reads the clocksource: ~39 ns
+/// per call on this project's VMs (tsc clocksource) against ~0.
+#[inline(always)]
+pub fn jiffies() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_jiffies64() }
+}
+
+/// How far before its expiry a marked flow stops trusting jiffies and
+/// reads the precise clock at every packet: the tolerance for a jiffies
+/// counter that lags the clock (a late tick: interrupts held off, a
+/// preempted vCPU).
+pub const FAST_MARGIN_NS: u64 = 100_000_000;
+/// The longest a marked flow passes on jiffies alone after a precise
+/// read: the bound on what a suspend can add (see [`fast_window`]).
+pub const FAST_RECHECK_NS: u64 = 200_000_000;
+
+/// The `FlowMark::fast_until_jiffies` of a flow whose allow ends at
+/// `expiry` (CLOCK_BOOTTIME ns, finite), given `j0`, a [`jiffies`]
+/// reading, and `now`, a precise reading of that clock taken after it
+/// that found `now < expiry`: packets pass while `jiffies()` is below the
+/// result without reading the precise clock. 0 (no window) when the tick
+/// length is unknown or the expiry too close.
+///
+/// Why no packet passes after the expiry: let T be `PC_TICK_NS`, an upper
+/// bound on the real tick T' (the agent measures HZ and rounds down), t0
+/// the instant of `j0`, and k = W / T (rounded down) with
+/// W = min(expiry - now - FAST_MARGIN_NS, FAST_RECHECK_NS); the window is
+/// j0 + k - 1. `jiffies` counts the ticks of the monotonic clock that
+/// the tick handler has accounted, so a reading at monotonic time t is at
+/// least j0 + (t - t0)/T' - 1 - L, L the ticks not accounted yet (0 or 1
+/// for a timely tick). A packet that passes saw jiffies <= j0 + k - 2, so
+/// (t - t0) <= (k - 1 + L)·T' <= W + (L - 1)·T: at most W for L <= 1, and
+/// below W + FAST_MARGIN_NS, hence below `expiry - now`, for a jiffies
+/// lag up to the margin (100 ms). `now` was read after t0, so t - (the
+/// instant of `now`) is smaller still. Without a suspend CLOCK_BOOTTIME
+/// advanced exactly as the monotonic clock did: boot time at the packet
+/// is below the expiry.
+///
+/// A suspend is the one case where this gives way: CLOCK_BOOTTIME counts
+/// the time suspended, jiffies does not. A flow whose allow expired while
+/// the machine slept passes at most FAST_RECHECK_NS (200 ms) of awake time
+/// after the resume, until its window ends and the precise read cuts it.
+/// Revocations are unaffected (the epoch compare comes first, and a
+/// revoke bumps the epoch).
+#[inline(always)]
+pub fn fast_window(j0: u64, now: u64, expiry: u64) -> u64 {
+    // SAFETY: a read of a constant the loader set; volatile so the
+    // compiler does not fold the default (0: unknown) in.
+    let tick = unsafe { core::ptr::read_volatile(&PC_TICK_NS) };
+    if tick == 0 || expiry == NEVER || expiry <= now.saturating_add(FAST_MARGIN_NS) {
+        return 0;
+    }
+    let left = expiry - now - FAST_MARGIN_NS;
+    let w = if left < FAST_RECHECK_NS {
+        left
+    } else {
+        FAST_RECHECK_NS
+    };
+    let k = w / tick;
+    if k < 2 {
+        return 0;
+    }
+    j0 + k - 1
 }
 
 /// The boot-time clock, read at most once per decision and only when

@@ -124,6 +124,11 @@ pub static DEBUG: Array<u32> = Array::with_max_entries(1, 0);
 #[map(name = "PC_DEBUG_BUDGET")]
 pub static DEBUG_BUDGET: PerCpuArray<DebugBudget> = PerCpuArray::with_max_entries(1, 0);
 
+/// An upper bound on the kernel's tick in ns (1/HZ, measured by the
+/// agent), or 0 when unknown: see `decide::fast_window`.
+#[unsafe(no_mangle)]
+pub static PC_TICK_NS: u64 = 0;
+
 /// The host's network-namespace cookie, set by the agent at load time
 /// (0: unknown, every namespace counts as the host's).
 #[unsafe(no_mangle)]

@@ -82,23 +82,52 @@ impl decide::LocalSubject for SocketOwner {
     }
 }
 
+// Both hooks take the packet's socket as the context gives it (possibly
+// not a full socket) and ask for the full socket only where a field of it
+// is needed: `bpf_sk_storage_get` takes any socket (and finds nothing on
+// one that is not full), and a marked or unmarked established flow then
+// passes without the `bpf_sk_fullsock` call and without touching the
+// full socket's fields (another cache line). Measured with
+// `cargo xtask bench --only fastpath` (docs/performance.md, table 9).
 #[cgroup_skb(egress)]
 pub fn pc_skb_egress(ctx: SkBuffContext) -> i32 {
-    let Some(full) = full_sock(&ctx) else {
+    let Some(sk) = sock(&ctx) else {
         return PASS;
     };
-    mark_outbound(full);
-    local_flow(&ctx, full, hook::SKB_EGRESS)
+    // `mark_outbound` can act only on a TCP SYN (only TCP sockets are ever
+    // in SYN_SENT) or on a socket whose local port is protected for UDP;
+    // both are told from the socket's common fields.
+    // SAFETY: state and local port are fields of every socket (the
+    // verifier allows them on a non-full one); one volatile load each.
+    let (state, local_port) = unsafe {
+        use core::ptr::{addr_of, read_volatile as rv};
+        (rv(addr_of!((*sk).state)), rv(addr_of!((*sk).src_port)))
+    };
+    if state == TCP_SYN_SENT || decide::port_of(Proto::Udp, local_port as u16) != 0 {
+        if let Some(full) = fullsock(sk) {
+            mark_outbound(full);
+        }
+    }
+    local_flow(&ctx, sk, hook::SKB_EGRESS)
 }
 
 #[cgroup_skb(ingress)]
 pub fn pc_skb_ingress(ctx: SkBuffContext) -> i32 {
-    let Some(full) = full_sock(&ctx) else {
+    let Some(sk) = sock(&ctx) else {
         return PASS;
     };
-    if local_flow(&ctx, full, hook::SKB_INGRESS) == DROP {
+    if local_flow(&ctx, sk, hook::SKB_INGRESS) == DROP {
         return DROP;
     }
+    // From a process of this namespace: decided by connect4/6/sendmsg
+    // (`remote_peer` passes it too), before any full-socket work.
+    // SAFETY: context field read.
+    if unsafe { (*ctx.skb.skb).ifindex } == LOOPBACK_IFINDEX {
+        return PASS;
+    }
+    let Some(full) = fullsock(sk) else {
+        return PASS;
+    };
     remote_peer(&ctx, full, socket_facts(full))
 }
 
@@ -109,12 +138,15 @@ pub fn pc_skb_ingress(ctx: SkBuffContext) -> i32 {
 /// and then runs exactly the decision `pc_skb_ingress` runs.
 #[cgroup_skb(ingress)]
 pub fn pc_skb_ingress_bench(ctx: SkBuffContext) -> i32 {
-    let Some(full) = full_sock(&ctx) else {
+    let Some(sk) = sock(&ctx) else {
         return PASS;
     };
-    if local_flow(&ctx, full, hook::SKB_INGRESS) == DROP {
+    if local_flow(&ctx, sk, hook::SKB_INGRESS) == DROP {
         return DROP;
     }
+    let Some(full) = fullsock(sk) else {
+        return PASS;
+    };
     let Some(facts) = packet_facts(&ctx) else {
         return PASS;
     };
@@ -169,16 +201,21 @@ fn packet_facts(ctx: &SkBuffContext) -> Option<SockFacts> {
     })
 }
 
-/// The packet's full socket, if it has one.
+/// The packet's socket, if it has one: possibly not a full socket (a
+/// request or time-wait socket), so only its common fields may be read
+/// (`state`, ports, addresses, family) until [`fullsock`] says otherwise.
 #[inline(always)]
-fn full_sock(ctx: &SkBuffContext) -> Option<*mut bpf_sock> {
+fn sock(ctx: &SkBuffContext) -> Option<*mut bpf_sock> {
     let skb = ctx.skb.skb;
     // SAFETY: reading the socket pointer of the context; the verifier types
     // it as a nullable socket pointer, checked below.
     let sk = unsafe { (*skb).__bindgen_anon_2.sk };
-    if sk.is_null() {
-        return None;
-    }
+    (!sk.is_null()).then_some(sk)
+}
+
+/// The full socket of `sk` (from [`sock`]), if it is one.
+#[inline(always)]
+fn fullsock(sk: *mut bpf_sock) -> Option<*mut bpf_sock> {
     // SAFETY: `sk` is a non-null socket pointer from the context.
     let full: *mut bpf_sock = unsafe { bpf_sk_fullsock(sk) };
     (!full.is_null()).then_some(full)
@@ -418,7 +455,10 @@ fn sock_addr(family: u32, v4: u32, v6: [u32; 4]) -> [u8; 16] {
 /// The re-check of a local flow connect4/6 admitted (marked sockets only).
 ///
 /// The fast path is one storage read, one load of the policy epoch and a
-/// compare (plus a clock read when the cached allow has a finite expiry).
+/// compare (plus, when the cached allow has a finite expiry, a jiffies
+/// load and compare, and a precise clock read only past the flow's
+/// jiffies window: at most every 200 ms, and at every packet in the last
+/// 100 ms before the expiry).
 /// Why a packet never acts on a stale allow once a revoke has returned:
 /// the agent writes the maps (delete, lowered expiry, port change), then a
 /// full fence, then the new epoch, and only then replies. Whoever acts on
@@ -439,14 +479,16 @@ fn sock_addr(family: u32, v4: u32, v6: [u32; 4]) -> [u8; 16] {
 /// epoch bump of any later change, and the expiry (re-decided at its
 /// instant), bound what a mixed mark can let through.
 #[inline(always)]
-fn local_flow(ctx: &SkBuffContext, full: *mut bpf_sock, hook: u8) -> i32 {
+fn local_flow(ctx: &SkBuffContext, sk: *mut bpf_sock, hook: u8) -> i32 {
     let skb = ctx.skb.skb;
     // SAFETY: the map pointer is the address of the map definition (what
-    // aya's own accessors pass); `full` is a full socket; no value to create.
+    // aya's own accessors pass); `sk` is the context's socket, which the
+    // helper accepts full or not (it finds no storage on one that is not
+    // full); no value to create.
     let mark = unsafe {
         bpf_sk_storage_get(
             core::ptr::from_ref(&FLOWS).cast_mut().cast(),
-            full.cast(),
+            sk.cast(),
             core::ptr::null_mut(),
             0,
         )
@@ -466,13 +508,27 @@ fn local_flow(ctx: &SkBuffContext, full: *mut bpf_sock, hook: u8) -> i32 {
         if expiry == NEVER {
             return PASS;
         }
+        // A finite expiry: jiffies (one inlined load) while the flow's
+        // window lasts, the precise clock (~39 ns a call here) past it;
+        // `decide::fast_window` has why this never passes a packet after
+        // the expiry (bar the time a suspend adds: at most 200 ms).
+        let j = decide::jiffies();
+        // SAFETY: as above.
+        if j < unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*mark).fast_until_jiffies)) }
+        {
+            return PASS;
+        }
         let now = decide::now();
         if now < expiry {
-            // A grant's last use (idle timeouts): refreshed at most once a
-            // second per flow, so most packets stay one compare.
             // SAFETY: as above.
             unsafe {
                 use core::ptr::{addr_of, addr_of_mut, read_volatile as rv, write_volatile as wv};
+                wv(
+                    addr_of_mut!((*mark).fast_until_jiffies),
+                    decide::fast_window(j, now, expiry),
+                );
+                // A grant's last use (idle timeouts): refreshed at most
+                // once a second per flow, at a precise read.
                 if now.wrapping_sub(rv(addr_of!((*mark).used_ns))) >= USAGE_REFRESH_NS {
                     wv(addr_of_mut!((*mark).used_ns), now);
                     usage::record_key(
@@ -487,8 +543,14 @@ fn local_flow(ctx: &SkBuffContext, full: *mut bpf_sock, hook: u8) -> i32 {
             return PASS;
         }
     }
+    // A socket with storage is a full one; the verifier wants it checked.
+    let Some(full) = fullsock(sk) else {
+        return PASS;
+    };
     // Decide again: epoch first, with a barrier before the lookups.
     let epoch = decide::epoch_ordered();
+    // Before any precise read (see `decide::fast_window`).
+    let j0 = decide::jiffies();
     // SAFETY: `full` is a valid full socket; these fields are readable from
     // cgroup_skb programs. `mark` points at this socket's storage.
     let (protocol, dst_port, family, uid, gid) = unsafe {
@@ -529,13 +591,14 @@ fn local_flow(ctx: &SkBuffContext, full: *mut bpf_sock, hook: u8) -> i32 {
         decide::local_match(segment, &owner, &mut clock)
     };
     if found.allowed() {
-        // The flow's use, now (and from here at most once a second).
-        let used = if unprotected {
-            0
+        // The flow's use, now (and from here at most once a second), and
+        // its jiffies window.
+        let (used, fast_until) = if unprotected {
+            (0, 0)
         } else {
             let now = clock.get();
             usage::record(segment, &found, now, false);
-            now
+            (now, decide::fast_window(j0, now, found.expiry))
         };
         // SAFETY: as above; the epoch last, after an invalid one first.
         unsafe {
@@ -545,6 +608,7 @@ fn local_flow(ctx: &SkBuffContext, full: *mut bpf_sock, hook: u8) -> i32 {
             (*mark).segment = segment;
             (*mark).kind = found.kind();
             (*mark).id = found.id;
+            (*mark).fast_until_jiffies = fast_until;
             wv(addr_of_mut!((*mark).expiry_ns), found.expiry);
             wv(addr_of_mut!((*mark).epoch), epoch);
         }

@@ -173,6 +173,10 @@ impl Dataplane {
         loader.override_global(global_names::DISCOVERY_ON, &discovery_on, true);
         let usage_on = u32::from(!bench_without_usage());
         loader.override_global(global_names::USAGE_ON, &usage_on, true);
+        // Marked flows with a finite expiry compare jiffies instead of
+        // reading the precise clock at every packet; 0 keeps the precise read.
+        let tick_ns = super::tick::tick_ns();
+        loader.override_global(global_names::TICK_NS, &tick_ns, true);
         let mut ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
         // The maps just loaded are the ones pinned (created or re-opened).
         let map_ids = map_paths

@@ -50,6 +50,7 @@ mod links;
 mod loader;
 mod maps;
 mod ring;
+mod tick;
 mod usage;
 pub(crate) use ring::Ring;
 
