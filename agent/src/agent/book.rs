@@ -1,4 +1,4 @@
-//! The live grants, by id and by deadline.
+//! The live grants, by id, by deadline, and the few that name a cgroup.
 //!
 //! Owns the two indexes and keeps them in step: every insert and remove
 //! goes through here, so "what expires next" is the first entry of the
@@ -6,13 +6,23 @@
 //! `expirations`). Knows nothing of the kernel, the audit log or policy.
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::state::Grant;
+use crate::{identity::Identity, state::Grant};
 
 #[derive(Debug, Default)]
 pub(crate) struct GrantBook {
     by_id: BTreeMap<u64, Grant>,
     /// (deadline on the boot clock, grant id).
     by_deadline: BTreeSet<(u64, u64)>,
+    /// Ids of the grants to a `cgroup:` or `unit:` identity: what the
+    /// cgroup cover is made of. The cover is re-made every few seconds
+    /// under the agent's lock; walking every grant there made that pause
+    /// grow with the grant count (a revoke arriving meanwhile waited).
+    by_cgroup: BTreeSet<u64>,
+}
+
+/// Whether a grant's identity is a cgroup (named directly or by its unit).
+fn names_a_cgroup(g: &Grant) -> bool {
+    matches!(g.identity, Identity::Cgroup(_) | Identity::Unit(_))
 }
 
 impl GrantBook {
@@ -21,8 +31,12 @@ impl GrantBook {
         debug_assert_eq!(id, grant.id);
         if let Some(old) = self.by_id.remove(&id) {
             self.by_deadline.remove(&(old.expires_boot_ns, id));
+            self.by_cgroup.remove(&id);
         }
         self.by_deadline.insert((grant.expires_boot_ns, id));
+        if names_a_cgroup(&grant) {
+            self.by_cgroup.insert(id);
+        }
         self.by_id.insert(id, grant);
     }
 
@@ -41,12 +55,18 @@ impl GrantBook {
             grants.iter().map(|g| (g.expires_boot_ns, g.id)).collect();
         deadlines.sort_unstable();
         self.by_deadline = deadlines.into_iter().collect();
+        self.by_cgroup = grants
+            .iter()
+            .filter(|g| names_a_cgroup(g))
+            .map(|g| g.id)
+            .collect();
         self.by_id = grants.into_iter().map(|g| (g.id, g)).collect();
     }
 
     pub(super) fn remove(&mut self, id: &u64) -> Option<Grant> {
         let g = self.by_id.remove(id)?;
         self.by_deadline.remove(&(g.expires_boot_ns, *id));
+        self.by_cgroup.remove(id);
         Some(g)
     }
 
@@ -65,6 +85,11 @@ impl GrantBook {
     /// In id order.
     pub(super) fn values(&self) -> impl Iterator<Item = &Grant> {
         self.by_id.values()
+    }
+
+    /// The grants to a `cgroup:` or `unit:` identity, in id order.
+    pub(super) fn naming_cgroups(&self) -> impl Iterator<Item = &Grant> {
+        self.by_cgroup.iter().filter_map(|id| self.by_id.get(id))
     }
 
     /// In id order, from id `first` on.
@@ -134,6 +159,39 @@ mod tests {
         b.insert(9, grant(9, 50));
         b.fill(vec![grant(1, 300), grant(2, 200)]);
         assert_eq!(b.due(1000), vec![9, 2, 1]);
+    }
+
+    fn with_identity(id: u64, identity: &str) -> Grant {
+        Grant {
+            identity: identity.parse().unwrap(),
+            ..grant(id, 100)
+        }
+    }
+
+    #[test]
+    fn the_cgroup_index_follows_inserts_fills_replacements_and_removals() {
+        let ids = |b: &GrantBook| b.naming_cgroups().map(|g| g.id).collect::<Vec<_>>();
+        let mut b = GrantBook::default();
+        b.fill(vec![
+            with_identity(1, "uid:1"),
+            with_identity(2, "cgroup:/a.slice"),
+            with_identity(3, "unit:x.service"),
+        ]);
+        assert_eq!(ids(&b), vec![2, 3]);
+        b.insert(4, with_identity(4, "cgroup:/b"));
+        b.insert(5, with_identity(5, "gid:5"));
+        assert_eq!(ids(&b), vec![2, 3, 4]);
+        // Replaced by a grant to a uid: no longer in the index.
+        b.insert(2, with_identity(2, "uid:2"));
+        assert_eq!(ids(&b), vec![3, 4]);
+        assert!(b.remove(&3).is_some());
+        assert_eq!(ids(&b), vec![4]);
+        // Into a book that already holds grants (one at a time).
+        b.fill(vec![
+            with_identity(7, "unit:y.service"),
+            with_identity(6, "uid:6"),
+        ]);
+        assert_eq!(ids(&b), vec![4, 7]);
     }
 
     #[test]

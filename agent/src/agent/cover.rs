@@ -45,7 +45,7 @@ impl Agent {
                 }
             }
         }
-        for g in self.grants.values() {
+        for g in self.grants.naming_cgroups() {
             if let Some(&id) = self.segment_ids.get(g.segment.as_str()) {
                 add(&g.identity, id, g.expires_boot_ns);
             }
