@@ -100,6 +100,26 @@ impl Keys {
     }
 }
 
+/// The keys one source opens, as [`Ledger::keys_of`] lends them: the one
+/// key by value (the grant index keeps it as a bare kernel key, not an
+/// [`EntryKey`] to borrow), several by reference. Reads as a slice.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum KeysRef<'a> {
+    One(EntryKey),
+    Many(&'a [EntryKey]),
+}
+
+impl std::ops::Deref for KeysRef<'_> {
+    type Target = [EntryKey];
+
+    fn deref(&self) -> &[EntryKey] {
+        match self {
+            KeysRef::One(k) => std::slice::from_ref(k),
+            KeysRef::Many(v) => v,
+        }
+    }
+}
+
 /// Standing allows by id and ids by standing allow, each string held once
 /// (shared between the two directions). Ids of removed sources are reused.
 #[derive(Clone, Debug, Default)]
@@ -185,16 +205,16 @@ impl Ledger {
     }
 
     /// The keys a source contributes to.
-    pub(crate) fn keys_of(&self, source: &Source) -> &[EntryKey] {
+    pub(crate) fn keys_of(&self, source: &Source) -> KeysRef<'_> {
         match source {
             Source::Grant(id) => self.by_grant.get(*id),
             Source::Standing { .. } => self
                 .interner
                 .id(source)
                 .and_then(|id| self.by_standing.get(&id))
-                .map(Keys::as_slice),
+                .map(|k| KeysRef::Many(k.as_slice())),
         }
-        .unwrap_or(&[])
+        .unwrap_or(KeysRef::Many(&[]))
     }
 
     /// What `id` opens now, replaced by `keys` (the previous keys returned).
@@ -222,10 +242,10 @@ impl Ledger {
 
     /// Every source and the keys it opens.
     #[cfg(test)]
-    pub(crate) fn sources(&self) -> impl Iterator<Item = (Source, &[EntryKey])> {
+    pub(crate) fn sources(&self) -> impl Iterator<Item = (Source, KeysRef<'_>)> {
         self.by_standing
             .iter()
-            .map(|(id, k)| (self.interner.source(*id), k.as_slice()))
+            .map(|(id, k)| (self.interner.source(*id), KeysRef::Many(k.as_slice())))
             .chain(self.by_grant.iter().map(|(id, k)| (Source::Grant(id), k)))
     }
 
@@ -466,7 +486,7 @@ mod tests {
             changes,
             vec![Change::Put(uid(3), 10), Change::Delete(uid(1))]
         );
-        assert_eq!(l.keys_of(&Source::Grant(1)), &[uid(2), uid(3)]);
+        assert_eq!(&*l.keys_of(&Source::Grant(1)), &[uid(2), uid(3)]);
     }
 
     #[test]
@@ -563,11 +583,11 @@ mod tests {
         }
         assert_eq!(l.counts(), (1000 / 3 + 2, 0));
         for id in (3..=1000).step_by(3) {
-            assert_eq!(l.keys_of(&Source::Grant(id)), &[uid(id)]);
+            assert_eq!(&*l.keys_of(&Source::Grant(id)), &[uid(id)]);
             assert_eq!(l.value(&uid(id)), Some(id));
         }
         assert!(l.keys_of(&Source::Grant(2)).is_empty());
-        assert_eq!(l.keys_of(&Source::Grant(1001)), &[uid(1), uid(2000)]);
+        assert_eq!(&*l.keys_of(&Source::Grant(1001)), &[uid(1), uid(2000)]);
         // An old id set again (a restore out of order), planned on a copy.
         let mut plan = l.clone();
         plan.set(Source::Grant(2), &[uid(2)], 7);
@@ -577,11 +597,11 @@ mod tests {
             vec![Change::Put(uid(2), 7), Change::Delete(uid(3))]
         );
         assert_eq!(
-            l.keys_of(&Source::Grant(3)),
+            &*l.keys_of(&Source::Grant(3)),
             &[uid(3)],
             "the original is untouched"
         );
-        assert_eq!(plan.keys_of(&Source::Grant(2)), &[uid(2)]);
+        assert_eq!(&*plan.keys_of(&Source::Grant(2)), &[uid(2)]);
     }
 
     #[test]

@@ -2,20 +2,24 @@
 //! reverse index for grants (standing allows, a few hundred at most, keep
 //! a plain map in the ledger).
 //!
-//! Almost every grant opens exactly one key and grant ids only grow, so
-//! those sit in one vector of (id, key) in ascending id order: 32 bytes a
-//! grant, appended at the end as grants are made, found by binary search.
+//! Almost every grant opens exactly one local key and grant ids only grow,
+//! so those sit in one vector of (id, kernel key) in ascending id order:
+//! 24 bytes a grant (the kernel key without the [`EntryKey`] tag a peer
+//! key needs room for, which made it 32), appended at the end as grants
+//! are made, found by binary search.
 //! A removed grant leaves a tombstone (its id flagged [`DEAD`]) that a new
 //! setting of the same id revives; the vector is compacted when half of it
 //! is tombstones, so removal costs no shifting of the rest. Grants with
-//! none or several keys (group and peer grants) go in a hash map.
+//! none or several keys (group grants) or one peer key go in a hash map.
 //!
 //! It stays inside the ledger (not in the grant book) because the ledger
 //! is cloned to plan a policy change on the copy: the copy must know what
 //! each grant opens without the book.
+use agent_common::GrantKey;
+
 use super::FastMap;
 
-use super::{EntryKey, Keys};
+use super::{EntryKey, Keys, KeysRef};
 
 /// Flags a tombstone's id (grant ids never reach 2^63).
 const DEAD: u64 = 1 << 63;
@@ -24,11 +28,11 @@ const COMPACT_FLOOR: usize = 64;
 
 #[derive(Clone, Debug, Default)]
 pub(super) struct ByGrant {
-    /// (grant id, possibly flagged [`DEAD`], its one key), ascending id.
-    one: Vec<(u64, EntryKey)>,
+    /// (grant id, possibly flagged [`DEAD`], its one local key), ascending id.
+    one: Vec<(u64, GrantKey)>,
     /// Tombstones in `one`.
     dead: usize,
-    /// Grants opening none or several keys.
+    /// Grants opening none, several or one peer key.
     other: FastMap<u64, Box<[EntryKey]>>,
 }
 
@@ -43,10 +47,10 @@ impl ByGrant {
     }
 
     /// The keys grant `id` opens; `None` when it is not recorded.
-    pub(super) fn get(&self, id: u64) -> Option<&[EntryKey]> {
+    pub(super) fn get(&self, id: u64) -> Option<KeysRef<'_>> {
         match self.live_at(id) {
-            Some(at) => Some(std::slice::from_ref(&self.one[at].1)),
-            None => self.other.get(&id).map(|k| &k[..]),
+            Some(at) => Some(KeysRef::One(EntryKey::Local(self.one[at].1))),
+            None => self.other.get(&id).map(|k| KeysRef::Many(k)),
         }
     }
 
@@ -54,7 +58,7 @@ impl ByGrant {
     pub(super) fn insert(&mut self, id: u64, keys: &[EntryKey]) -> Option<Keys> {
         debug_assert_eq!(id & DEAD, 0);
         let old = self.remove(id);
-        let [key] = keys else {
+        let [EntryKey::Local(key)] = keys else {
             self.other.insert(id, keys.into());
             return old;
         };
@@ -85,7 +89,7 @@ impl ByGrant {
             self.one.retain(|&(i, _)| i & DEAD == 0);
             self.dead = 0;
         }
-        Some(Keys::One(key))
+        Some(Keys::One(EntryKey::Local(key)))
     }
 
     /// Room for `n` more single-key grants.
@@ -95,12 +99,12 @@ impl ByGrant {
 
     /// Every recorded grant and its keys (in no particular order).
     #[cfg(test)]
-    pub(super) fn iter(&self) -> impl Iterator<Item = (u64, &[EntryKey])> {
+    pub(super) fn iter(&self) -> impl Iterator<Item = (u64, KeysRef<'_>)> {
         self.one
             .iter()
             .filter(|(i, _)| i & DEAD == 0)
-            .map(|(i, k)| (*i, std::slice::from_ref(k)))
-            .chain(self.other.iter().map(|(i, k)| (*i, &k[..])))
+            .map(|(i, k)| (*i, KeysRef::One(EntryKey::Local(*k))))
+            .chain(self.other.iter().map(|(i, k)| (*i, KeysRef::Many(k))))
     }
 
     /// Slots in the vector, live and dead.
@@ -124,6 +128,10 @@ mod tests {
         })
     }
 
+    fn got(b: &ByGrant, id: u64) -> Option<Vec<EntryKey>> {
+        b.get(id).map(|k| k.to_vec())
+    }
+
     fn keys(k: Option<Keys>) -> Option<Vec<EntryKey>> {
         k.map(|k| k.as_slice().to_vec())
     }
@@ -134,19 +142,19 @@ mod tests {
         assert!(b.insert(1, &[uid(10)]).is_none());
         assert!(b.insert(2, &[uid(20), uid(21)]).is_none());
         assert!(b.insert(3, &[]).is_none());
-        assert_eq!(b.get(1), Some(&[uid(10)][..]));
-        assert_eq!(b.get(2), Some(&[uid(20), uid(21)][..]));
-        assert_eq!(b.get(3), Some(&[][..]));
-        assert_eq!(b.get(4), None);
+        assert_eq!(got(&b, 1), Some(vec![uid(10)]));
+        assert_eq!(got(&b, 2), Some(vec![uid(20), uid(21)]));
+        assert_eq!(got(&b, 3), Some(vec![]));
+        assert_eq!(got(&b, 4), None);
         // One key to several and back: never in both homes.
         assert_eq!(keys(b.insert(1, &[uid(10), uid(11)])), Some(vec![uid(10)]));
-        assert_eq!(b.get(1), Some(&[uid(10), uid(11)][..]));
+        assert_eq!(got(&b, 1), Some(vec![uid(10), uid(11)]));
         assert_eq!(keys(b.insert(1, &[uid(12)])), Some(vec![uid(10), uid(11)]));
-        assert_eq!(b.get(1), Some(&[uid(12)][..]));
+        assert_eq!(got(&b, 1), Some(vec![uid(12)]));
         assert_eq!(b.iter().count(), 3);
         assert_eq!(keys(b.remove(1)), Some(vec![uid(12)]));
         assert_eq!(b.remove(1).map(|_| ()), None);
-        assert_eq!(b.get(1), None);
+        assert_eq!(got(&b, 1), None);
     }
 
     /// Ids arriving out of order (a restore, a re-set of an old grant) land
@@ -158,9 +166,9 @@ mod tests {
             b.insert(id, &[uid(id)]);
         }
         for id in [1, 3, 5, 7, 9] {
-            assert_eq!(b.get(id), Some(&[uid(id)][..]), "{id}");
+            assert_eq!(got(&b, id), Some(vec![uid(id)]), "{id}");
         }
-        assert_eq!(b.get(4), None);
+        assert_eq!(got(&b, 4), None);
     }
 
     /// Removals leave tombstones that are revived or compacted away, and a
@@ -173,9 +181,9 @@ mod tests {
             b.insert(id, &[uid(id)]);
         }
         b.remove(2);
-        assert_eq!(b.get(2), None);
+        assert_eq!(got(&b, 2), None);
         b.insert(2, &[uid(200)]);
-        assert_eq!(b.get(2), Some(&[uid(200)][..]));
+        assert_eq!(got(&b, 2), Some(vec![uid(200)]));
         assert_eq!(b.slots(), n as usize, "revived in place");
         for id in (1..=n).filter(|i| i % 4 != 0) {
             b.remove(id);
@@ -183,11 +191,33 @@ mod tests {
         assert!(b.slots() < n as usize, "compacted: {}", b.slots());
         for id in 1..=n {
             let want = (id % 4 == 0).then(|| vec![uid(id)]);
-            assert_eq!(b.get(id).map(<[_]>::to_vec), want, "{id}");
+            assert_eq!(got(&b, id), want, "{id}");
         }
         // New grants still go after the survivors.
         b.insert(n + 1, &[uid(n + 1)]);
-        assert_eq!(b.get(n + 1), Some(&[uid(n + 1)][..]));
+        assert_eq!(got(&b, n + 1), Some(vec![uid(n + 1)]));
         assert_eq!(b.iter().count(), n as usize / 4 + 1);
+    }
+
+    /// A grant's one peer key (no room for it in the compact vector) reads
+    /// back too, and moves to the vector when the grant is set to a local
+    /// key; the vector's slot is 24 bytes.
+    #[test]
+    fn a_single_peer_key_reads_back() {
+        assert_eq!(size_of::<(u64, GrantKey)>(), 24);
+        let peer = EntryKey::Peer {
+            segment: 1,
+            addr: [7; 16],
+            prefix: 128,
+        };
+        let mut b = ByGrant::default();
+        b.insert(1, &[uid(1)]);
+        assert!(b.insert(2, &[peer]).is_none());
+        assert_eq!(got(&b, 2), Some(vec![peer]));
+        assert_eq!(keys(b.insert(2, &[uid(2)])), Some(vec![peer]));
+        assert_eq!(got(&b, 2), Some(vec![uid(2)]));
+        assert_eq!(keys(b.insert(1, &[peer])), Some(vec![uid(1)]));
+        assert_eq!(keys(b.remove(1)), Some(vec![peer]));
+        assert_eq!(b.iter().count(), 1);
     }
 }
