@@ -322,7 +322,10 @@ mod tests {
         assert!(b.get(&3).is_none() && !b.contains_key(&3));
         assert_eq!(b.len(), 4);
         assert_eq!(ids(&b), vec![1, 2, 4, 5]);
-        assert_eq!(b.starting_at(3).map(|g| g.id).collect::<Vec<_>>(), vec![4, 5]);
+        assert_eq!(
+            b.starting_at(3).map(|g| g.id).collect::<Vec<_>>(),
+            vec![4, 5]
+        );
         assert_eq!(b.due(1000), vec![1, 2, 4, 5]);
         b.insert(3, grant(3, 50));
         assert_eq!(b.slots.len(), 5, "revived in place");
@@ -344,7 +347,10 @@ mod tests {
             assert_eq!(b.get(&id).map(|g| g.id), Some(id));
         }
         assert!(b.get(&11).is_none());
-        assert_eq!(b.starting_at(11).map(|g| g.id).collect::<Vec<_>>(), vec![15, 20, 30]);
+        assert_eq!(
+            b.starting_at(11).map(|g| g.id).collect::<Vec<_>>(),
+            vec![15, 20, 30]
+        );
         assert_eq!(b.starting_at(31).count(), 0);
     }
 
