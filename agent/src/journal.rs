@@ -21,8 +21,14 @@
 //!
 //! Order of writes for a change (see `agent::grants`): journal, then audit
 //! record, then kernel, then reply; for an end (revoke, expiry): journal,
-//! kernel, audit. A crash between the journal and the audit record is
-//! found at start from the audit chain's head (see `agent::restore`).
+//! kernel, audit. A revoke's journal frame is written before the kernel
+//! acts and fdatasync'ed right after ([`Journal::stage`], [`Journal::commit`]),
+//! before its audit record and the reply: refusing needs no disk, and what
+//! a crash can do in between is what it could do before (an agent crash
+//! leaves the written frame in the page cache; a host crash empties the
+//! kernel's maps too, and nothing was replied). A crash between the journal
+//! and the audit record is found at start from the audit chain's head (see
+//! `agent::restore`).
 //!
 //! When the journal cannot be written (a read-only or full file system),
 //! [`Journal::append`] fails and its callers refuse what must be
@@ -63,6 +69,15 @@ const COMPACT_RATIO: u64 = 4;
 const COMPACT_MIN: u64 = 1 << 20;
 /// Changes kept in memory while the journal cannot be written.
 pub(crate) const MAX_QUEUED: usize = 100_000;
+
+/// A change written to the log and not yet durable: hand it to
+/// [`Journal::commit`] before replying, and write nothing else meanwhile.
+#[must_use = "a staged change is durable only once committed"]
+pub(crate) struct Staged {
+    file: File,
+    len: u64,
+    op: Op,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum JournalError {
@@ -388,17 +403,50 @@ impl Journal {
     pub(crate) fn append_or_queue(&mut self, op: Op) -> Result<(), JournalError> {
         match self.append(&op) {
             Ok(()) => Ok(()),
+            Err(e) => Err(self.enqueue(op, &e)),
+        }
+    }
+
+    /// Keeps `op`, which could not be written (`e`), for [`Journal::retry`].
+    fn enqueue(&mut self, op: Op, e: &JournalError) -> JournalError {
+        if self.queue.len() < MAX_QUEUED {
+            self.queue.push_back(op);
+        } else {
+            self.dropped += 1;
+        }
+        JournalError::Queued {
+            path: self.log_path.clone(),
+            why: e.to_string(),
+        }
+    }
+
+    /// Writes `op` (after anything queued) without waiting for the disk:
+    /// for an end (a revoke) that the kernel then enforces at once; the
+    /// caller makes it durable with [`Journal::commit`] before it replies.
+    /// A crash of the agent leaves the frame in the page cache, so the end
+    /// survives it as if fdatasync'ed; a crash of the host in between also
+    /// empties the kernel's maps, and nothing was replied. When it cannot be
+    /// written, it is queued as by [`Journal::append_or_queue`] (and the
+    /// error says so); nothing is left to commit then.
+    pub(crate) fn stage(&mut self, op: Op) -> Result<Staged, JournalError> {
+        let written = self.flush_queue().and_then(|()| self.write_unsynced(&op));
+        match written {
+            Ok((file, len)) => Ok(Staged { file, len, op }),
             Err(e) => {
-                if self.queue.len() < MAX_QUEUED {
-                    self.queue.push_back(op);
-                } else {
-                    self.dropped += 1;
-                }
-                Err(JournalError::Queued {
-                    path: self.log_path.clone(),
-                    why: e.to_string(),
-                })
+                let e = self.note(Err(e)).expect_err("a failed write");
+                Err(self.enqueue(op, &e))
             }
+        }
+    }
+
+    /// Makes a staged change durable (fdatasync); if that fails, it is cut
+    /// off the file and queued, to be written again before anything else.
+    pub(crate) fn commit(&mut self, staged: Staged) -> Result<(), JournalError> {
+        let Staged { file, len, op } = staged;
+        let result = self.sync_written(&file, len);
+        match self.note(result) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.enqueue(op, &e)),
         }
     }
 
@@ -443,6 +491,12 @@ impl Journal {
     /// One frame, appended and fdatasync'ed. The file is opened for each
     /// write, so a directory made read-only is seen at once.
     fn write(&mut self, op: &Op) -> Result<(), JournalError> {
+        let (file, len) = self.write_unsynced(op)?;
+        self.sync_written(&file, len)
+    }
+
+    /// One frame appended, not yet fdatasync'ed: the file and its length.
+    fn write_unsynced(&mut self, op: &Op) -> Result<(File, u64), JournalError> {
         let err = |source| JournalError::Write {
             path: self.log_path.clone(),
             source,
@@ -465,8 +519,21 @@ impl Journal {
             // What a failed write left behind is cut off first.
             f.set_len(self.log_len).map_err(err)?;
         }
-        let written = f.write_all(&bytes).and_then(|()| f.sync_data());
-        if let Err(source) = written {
+        if let Err(source) = f.write_all(&bytes) {
+            let _ = f.set_len(self.log_len);
+            return Err(err(source));
+        }
+        Ok((f, bytes.len() as u64))
+    }
+
+    /// fdatasync of a frame of `len` bytes that `write_unsynced` appended;
+    /// on failure the frame is cut off again.
+    fn sync_written(&mut self, f: &File, len: u64) -> Result<(), JournalError> {
+        let err = |source| JournalError::Write {
+            path: self.log_path.clone(),
+            source,
+        };
+        if let Err(source) = f.sync_data() {
             let _ = f.set_len(self.log_len);
             return Err(err(source));
         }
@@ -476,7 +543,7 @@ impl Journal {
                 .and_then(|d| d.sync_all())
                 .map_err(err)?;
         }
-        self.log_len += bytes.len() as u64;
+        self.log_len += len;
         Ok(())
     }
 

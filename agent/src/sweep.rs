@@ -257,7 +257,7 @@ fn this_host(kernel: &(impl KernelView + ?Sized), ip: IpAddr) -> bool {
 /// Who holds a socket: the process's gid and cgroup, from /proc.
 #[path = "sweep_owners.rs"]
 mod owners;
-pub(crate) use owners::{Owners, ProcOwners};
+pub(crate) use owners::{Owners, OwnersAhead, ProcOwners};
 
 /// Whether a live entry in the grant map covers this local client, by the
 /// programs' rule: uid, then the cgroup and its ancestors, then the gid.
@@ -504,13 +504,13 @@ impl Sweeper {
     }
 
     /// One sweep for the running agent: snapshot, judge under the agent's
-    /// lock with its maps, destroy.
+    /// lock with its maps (the holders of sockets read from /proc with the
+    /// lock released, see [`Snapshot::judge_locked`]), destroy.
     pub(crate) fn sweep(&mut self, agent: &Mutex<Agent>) -> Result<Report, SweepError> {
         let mut snap = self.snapshot()?;
-        let (cuts, judged) = {
-            let a = agent.lock().expect("agent lock");
-            snap.judge(a.kernel(), &mut ProcOwners::default())
-        };
+        let (cuts, judged) = snap.judge_locked(agent, ProcOwners::default(), |a, snap, owners| {
+            snap.judge(a.kernel(), owners)
+        });
         Ok(Report {
             sockets: snap.sockets.len(),
             judged,
@@ -539,6 +539,36 @@ impl Snapshot {
             owners,
             self.all_remote,
         )
+    }
+}
+
+impl Snapshot {
+    /// Judges under `lock`, reading the sockets' holders (`owners`, /proc)
+    /// only while it is released: a scan of every process's descriptors
+    /// takes tens of milliseconds on a busy host, and a revoke, a grant or
+    /// any control request waited that long behind it. The judging asks,
+    /// what it asked and was not read is read outside the lock, and it runs
+    /// again until it asks nothing new (each socket asks for its holder's
+    /// cgroup and gid at most: a few runs). Only that last run decides:
+    /// with every answer it needed, from the maps as they are under the
+    /// lock, as one run with /proc read under the lock would.
+    /// `judge` is [`Snapshot::judge`] with the maps of what `lock` holds.
+    pub(crate) fn judge_locked<T, O: Owners>(
+        &mut self,
+        lock: &Mutex<T>,
+        owners: O,
+        judge: impl Fn(&T, &mut Self, &mut OwnersAhead<O>) -> (Vec<Cut>, usize),
+    ) -> (Vec<Cut>, usize) {
+        let mut owners = OwnersAhead::new(owners);
+        loop {
+            let verdict = {
+                let held = lock.lock().expect("agent lock");
+                judge(&held, self, &mut owners)
+            };
+            if !owners.read_missed() {
+                return verdict;
+            }
+        }
     }
 }
 

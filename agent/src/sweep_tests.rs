@@ -408,3 +408,73 @@ fn a_strict_entry_keeps_its_flow_only_while_the_host_is_fresh() {
     m.fresh = 0;
     assert_eq!(run(&[listener, s], &m), vec![(5, End::Peer)]);
 }
+
+/// A holder source that notes whether the agent's lock was held while it
+/// was read (the stand-in for /proc).
+struct Watched {
+    lock: std::sync::Arc<Mutex<Maps>>,
+    path: String,
+    gid: u32,
+    reads: usize,
+    read_under_lock: bool,
+}
+impl Watched {
+    fn note(&mut self) {
+        self.reads += 1;
+        self.read_under_lock |= self.lock.try_lock().is_err();
+    }
+}
+impl Owners for &mut Watched {
+    fn gid_of(&mut self, _inode: u32) -> Option<u32> {
+        self.note();
+        Some(self.gid)
+    }
+    fn cgroup_of(&mut self, _inode: u32) -> Option<String> {
+        self.note();
+        Some(self.path.clone())
+    }
+}
+
+/// The sweep reads the sockets' holders (/proc: tens of milliseconds on a
+/// busy host) only while the agent's lock is free, and decides as one
+/// judging with /proc read under the lock would: here a client whose
+/// cgroup must be learned from its holder and which only its holder's gid
+/// lets in (three runs: cgroup unknown, then gid unknown, then decided).
+#[test]
+fn holders_are_read_without_the_lock_and_decide_as_before() {
+    let t = Tree::new();
+    let leaf = t.ino("attach/a/b");
+    for (gid, cut) in [(4242, false), (7, true)] {
+        let mut m = maps();
+        grant(&mut m, kind::GID, 4242);
+        let lock = std::sync::Arc::new(Mutex::new(m));
+        let mut client = held(leaf, 9);
+        client.cookie = 1;
+        let mut server = sock(TCP, 1, ("127.0.0.1", PORT), ("127.0.0.1", 40000), 2);
+        server.cgroup_id = OUTSIDE;
+        let mut snap = Snapshot {
+            sockets: vec![client, server],
+            cgroups: Cgroups::scan(&t.0, &t.0.join("attach")).unwrap(),
+            all_remote: false,
+        };
+        let mut source = Watched {
+            lock: lock.clone(),
+            path: "/attach/a/b".into(),
+            gid,
+            reads: 0,
+            read_under_lock: false,
+        };
+        let (cuts, judged) =
+            snap.judge_locked(&lock, &mut source, |m, snap, owners| snap.judge(m, owners));
+        assert_eq!(judged, 1);
+        let cuts: Vec<_> = cuts.iter().map(|c| (c.socket.cookie, c.end)).collect();
+        let want = if cut {
+            vec![(1, End::Client), (2, End::Server)]
+        } else {
+            vec![]
+        };
+        assert_eq!(cuts, want, "holder gid {gid}");
+        assert_eq!(source.reads, 2, "the cgroup and the gid, once each");
+        assert!(!source.read_under_lock, "/proc read under the agent's lock");
+    }
+}

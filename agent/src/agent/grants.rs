@@ -335,9 +335,14 @@ impl Agent {
             while_down: None,
             usage,
         };
-        self.journal_end(gid, &event);
+        // Written before the kernel acts, fdatasync'ed after: the revoke is
+        // in force without waiting for the disk, and durable before its
+        // audit record and the reply (journal.rs, "Order of writes").
+        let staged = self.stage_journal_end(gid, &event);
         let changes = self.ledger.remove(&Source::Grant(gid));
-        if let Err(e) = self.kernel.apply(&changes) {
+        let applied = self.kernel.apply(&changes);
+        self.commit_journal_end(gid, staged);
+        if let Err(e) = applied {
             // Still live: the journal says so again.
             let _ = self.journal.append_or_queue(Op::Grant {
                 grant: g,

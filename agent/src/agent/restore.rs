@@ -93,6 +93,41 @@ impl Agent {
         }
     }
 
+    /// Writes the end of grant `grant_id` to the journal without waiting
+    /// for the disk (see `Journal::stage`): a revoke reaches the kernel
+    /// without an fdatasync in front of it. `None` when it was queued.
+    pub(super) fn stage_journal_end(
+        &mut self,
+        grant_id: u64,
+        event: &AuditEvent,
+    ) -> Option<crate::journal::Staged> {
+        let op = Op::End {
+            grant_id,
+            audit_prev: Some(self.audit_head()),
+            event: Some(Box::new(event.clone())),
+        };
+        match self.journal.stage(op) {
+            Ok(staged) => Some(staged),
+            Err(e) => {
+                warn!(grant = grant_id, error = %e, "the end of this grant is not journaled yet");
+                None
+            }
+        }
+    }
+
+    /// Makes a staged end durable (before its audit record and the reply).
+    pub(super) fn commit_journal_end(
+        &mut self,
+        grant_id: u64,
+        staged: Option<crate::journal::Staged>,
+    ) {
+        if let Some(staged) = staged {
+            if let Err(e) = self.journal.commit(staged) {
+                warn!(grant = grant_id, error = %e, "the end of this grant is not journaled yet");
+            }
+        }
+    }
+
     /// Journals request `id` as it is now (or that it was forgotten).
     pub(super) fn journal_request(&mut self, id: u64) {
         let op = match self.requests.get(id) {

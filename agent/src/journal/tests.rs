@@ -264,3 +264,35 @@ fn a_snapshot_holds_its_grants_in_a_binary_table_and_a_json_one_is_still_read() 
     let (_, o) = open(d.path());
     assert!(o.damaged.unwrap().0.contains("format 2 with 1 records"));
 }
+
+/// A staged change (a revoke's end) is in the file before it is committed,
+/// so that an agent crash between the kernel's refusal and the fdatasync
+/// keeps it; once committed, the log goes on after it.
+#[test]
+fn a_staged_end_is_written_before_its_commit_and_the_log_goes_on_after_it() {
+    let d = dir();
+    let (mut j, _) = open(d.path());
+    j.append(&g(1, None)).unwrap();
+    j.append(&g(2, None)).unwrap();
+    let staged = j
+        .stage(Op::End {
+            grant_id: 1,
+            audit_prev: None,
+            event: None,
+        })
+        .unwrap();
+    // What an agent crash here leaves: the frame, written, not synced.
+    let (_, crashed) = open(d.path());
+    assert_eq!(
+        crashed.memory.grants.keys().copied().collect::<Vec<_>>(),
+        vec![2]
+    );
+    j.commit(staged).unwrap();
+    j.append(&g(3, None)).unwrap();
+    drop(j);
+    let (_, o) = open(d.path());
+    assert_eq!(
+        o.memory.grants.keys().copied().collect::<Vec<_>>(),
+        vec![2, 3]
+    );
+}
