@@ -248,7 +248,9 @@ fn a_restart_clears_a_level_mask_that_no_entry_backs() {
     let status = std::process::Command::new("bpftool")
         .args(["map", "update", "pinned"])
         .arg(&path)
-        .args(["key", "0xa0", "0x0f", "0", "0", "value", "0x24", "0", "0", "0"])
+        .args([
+            "key", "0xa0", "0x0f", "0", "0", "value", "0x24", "0", "0", "0",
+        ])
         .status()
         .expect("bpftool runs");
     assert!(status.success(), "bpftool map update {}", path.display());
