@@ -102,6 +102,9 @@ pub(crate) async fn run(opts: Settings) -> anyhow::Result<()> {
     // warnings would only bury the one line that does).
     crate::privileges::check()?;
     crate::startup::begin();
+    // The programs' tick bound takes 50 ms to measure: it does so while the
+    // policy is parsed and the locks taken, not in front of the load.
+    crate::dataplane::prefetch_tick();
     // 1. Policy first: a bad policy never reaches the kernel.
     let policy = load_policy(&opts.policies, &opts.policy_trust)
         .map_err(|e| anyhow::anyhow!("policy in {} is invalid:\n{e}", opts.policies.display()))?;

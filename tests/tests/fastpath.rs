@@ -229,6 +229,36 @@ fn an_entry_five_levels_down_is_found_and_one_on_another_level_is_not_confused_w
     assert!(mid.exists());
 }
 
+#[test]
+fn a_restart_clears_a_level_mask_that_no_entry_backs() {
+    // The agent reads the masks the kernel holds at start (one batch read)
+    // and rewrites those its entries do not back: a mask left set by a
+    // run killed between two writes only costs walks, but it must not
+    // outlive the next start.
+    let cg = TestCgroup::new();
+    let server = EchoServer::tcp("127.0.0.1:0");
+    let mut agent = Agent::start(&policy(server.port(), "tcp", &[]), &cg.path);
+    assert_eq!(level_masks(&agent), Vec::<u32>::new());
+    agent.stop();
+    // Segment 4000 (no policy has that many segments): levels 2 and 5.
+    let path = agent.bpffs.join(format!(
+        "v{}/maps/PC_CGROUP_LEVELS",
+        agent_common::LAYOUT_VERSION
+    ));
+    let status = std::process::Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(&path)
+        .args([
+            "key", "0xa0", "0x0f", "0", "0", "value", "0x24", "0", "0", "0",
+        ])
+        .status()
+        .expect("bpftool runs");
+    assert!(status.success(), "bpftool map update {}", path.display());
+    assert_eq!(level_masks(&agent), vec![0x24]);
+    agent.spawn(&[]);
+    assert_eq!(level_masks(&agent), Vec::<u32>::new());
+}
+
 /// The cgroup2 mount is the hierarchy's root here (the tests run in the
 /// initial cgroup namespace): levels count from it.
 fn cgroup2_mount_depth_below_root() -> u32 {

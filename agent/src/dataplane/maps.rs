@@ -200,6 +200,22 @@ impl Dataplane {
 
     /// Every segment's cgroup-level mask that is not 0.
     pub(crate) fn read_cgroup_levels(&self) -> Result<Vec<(u32, u32)>> {
+        // One batch read where the kernel has it (one call instead of one
+        // per segment slot: 4,096 at every start).
+        match batch::lookup_all::<u32, u32>(
+            aya::maps::IterableMap::map(&self.cgroup_levels)
+                .fd()
+                .as_fd(),
+        ) {
+            Ok(Batch::Done(all)) => {
+                return Ok(all
+                    .into_iter()
+                    .filter(|&(segment, mask)| mask != 0 && segment < agent_common::MAX_SEGMENTS)
+                    .collect())
+            }
+            Ok(Batch::Unsupported) => {}
+            Err(e) => return Err(batch_err(map_names::CGROUP_LEVELS, "read", e)),
+        }
         let mut out = Vec::new();
         for segment in 0..agent_common::MAX_SEGMENTS {
             let mask = self

@@ -51,6 +51,7 @@ mod loader;
 mod maps;
 mod ring;
 mod tick;
+pub(crate) use tick::prefetch as prefetch_tick;
 mod usage;
 pub(crate) use ring::Ring;
 

@@ -7,7 +7,7 @@
 //! prints, twice, and bounds the tick from above. When the file is
 //! missing or the figures make no sense the bound is 0 ("unknown"), and the
 //! programs read the precise clock at every packet, as before.
-use std::{io::BufRead, time::Duration};
+use std::{io::BufRead, sync::Mutex, thread::JoinHandle, time::Duration};
 
 /// How long apart the two readings are.
 const GAP: Duration = Duration::from_millis(50);
@@ -45,8 +45,34 @@ fn bound(first: (u64, u64), second: (u64, u64)) -> u64 {
     dt.div_ceil(dj - 2)
 }
 
-/// The tick bound the programs get (0: unknown). Costs [`GAP`] at load.
+/// A measurement started by [`prefetch`], not yet taken.
+static PREFETCHED: Mutex<Option<JoinHandle<u64>>> = Mutex::new(None);
+
+/// Starts measuring the tick on a thread of its own, so that [`GAP`]
+/// passes while the agent parses its policy and takes its locks instead of
+/// in front of the programs' load; [`tick_ns`] takes the result. If the
+/// thread cannot be started, [`tick_ns`] measures as before.
+pub(crate) fn prefetch() {
+    let thread = std::thread::Builder::new()
+        .name("tick-measure".into())
+        .spawn(measure);
+    if let Ok(thread) = thread {
+        *PREFETCHED.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread);
+    }
+}
+
+/// The tick bound the programs get (0: unknown): the one [`prefetch`]
+/// measured, else measured now (costs [`GAP`]).
 pub(super) fn tick_ns() -> u64 {
+    let prefetched = PREFETCHED.lock().unwrap_or_else(|e| e.into_inner()).take();
+    match prefetched.map(JoinHandle::join) {
+        Some(Ok(t)) => t,
+        _ => measure(),
+    }
+}
+
+/// Two readings [`GAP`] apart, bounded: see the module's text.
+fn measure() -> u64 {
     let Some(first) = reading() else {
         return 0;
     };
