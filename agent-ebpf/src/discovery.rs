@@ -44,14 +44,14 @@ pub fn local(proto: Proto, port: u16, uid_gid: u64, clock: &mut decide::Clock) {
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     record(
         &DiscoveryKey {
-        port,
-        proto: proto as u8,
-        kind: seen::LOCAL,
-        uid: uid_gid as u32,
-        gid: (uid_gid >> 32) as u32,
-        _pad: 0,
-        cgroup_id,
-        addr: [0; 16],
+            port,
+            proto: proto as u8,
+            kind: seen::LOCAL,
+            uid: uid_gid as u32,
+            gid: (uid_gid >> 32) as u32,
+            _pad: 0,
+            cgroup_id,
+            addr: [0; 16],
         },
         clock.get(),
     );
@@ -66,14 +66,14 @@ pub fn peer(proto: Proto, port: u16, addr: [u8; 16], now: u64) {
     }
     record(
         &DiscoveryKey {
-        port,
-        proto: proto as u8,
-        kind: seen::PEER,
-        uid: 0,
-        gid: 0,
-        _pad: 0,
-        cgroup_id: 0,
-        addr,
+            port,
+            proto: proto as u8,
+            kind: seen::PEER,
+            uid: 0,
+            gid: 0,
+            _pad: 0,
+            cgroup_id: 0,
+            addr,
         },
         now,
     );
