@@ -152,6 +152,12 @@ pub mod global_names {
     /// marked flow with a finite expiry reads the precise clock at every
     /// packet). See [`crate::FlowMark::fast_until_jiffies`].
     pub const TICK_NS: &str = "PC_TICK_NS";
+    /// `u32`: 1 when the CPU never lets a load overtake an earlier load
+    /// (x86, whose memory model is TSO), so that a decision cached under
+    /// the policy epoch needs no fence between the epoch load and its map
+    /// lookups; 0 (the default: weakly ordered, arm64 and others) keeps
+    /// the fence. See `agent-ebpf/src/decide.rs` (`epoch_ordered`).
+    pub const LOADS_ORDERED: &str = "PC_LOADS_ORDERED";
 }
 
 /// Program names (the Rust function names in `agent-ebpf`).

@@ -130,11 +130,7 @@ fn on_v4(ctx: &SockAddrContext, hook: u8) -> i32 {
     if !decide::v4_is_local(ip) || !in_host_netns(ctx) {
         return ALLOW;
     }
-    discovery::local(proto, port);
-    if entry == 0 {
-        return ALLOW;
-    }
-    verdict(ctx, entry, proto, port, v4_mapped(ip), hook)
+    local(ctx, entry, proto, port, v4_mapped(ip), hook)
 }
 
 #[inline(always)]
@@ -164,11 +160,28 @@ fn on_v6(ctx: &SockAddrContext, hook: u8) -> i32 {
     if !decide::v6_is_local(ip) || !in_host_netns(ctx) {
         return ALLOW;
     }
-    discovery::local(proto, port);
+    local(ctx, entry, proto, port, ip, hook)
+}
+
+/// A process of the host's namespace reaches local `port`: seen by
+/// discovery, and decided when the port is protected (`entry` not 0).
+/// The caller's uid/gid is read once here for both.
+#[inline(always)]
+fn local(
+    ctx: &SockAddrContext,
+    entry: u32,
+    proto: Proto,
+    port: u16,
+    addr: [u8; 16],
+    hook: u8,
+) -> i32 {
+    // SAFETY: helper without arguments.
+    let uid_gid = unsafe { bpf_get_current_uid_gid() };
     if entry == 0 {
+        discovery::local(proto, port, uid_gid, &mut decide::Clock::new());
         return ALLOW;
     }
-    verdict(ctx, entry, proto, port, ip, hook)
+    verdict(ctx, entry, proto, port, addr, hook, uid_gid)
 }
 
 #[inline(always)]
@@ -179,11 +192,9 @@ fn verdict(
     port: u16,
     addr: [u8; 16],
     hook: u8,
+    uid_gid: u64,
 ) -> i32 {
-    // SAFETY: helper without arguments.
-    let caller = Caller {
-        uid_gid: unsafe { bpf_get_current_uid_gid() },
-    };
+    let caller = Caller { uid_gid };
     let segment = decide::segment(entry);
     let connect = hook == hook::CONNECT4 || hook == hook::CONNECT6;
     // Read before the decision, with a barrier after it: the mark caches
@@ -206,6 +217,8 @@ fn verdict(
         decide::count_allowed(segment);
         let now = clock.get();
         usage::record(segment, &found, now, true);
+        // After the decision, on its clock: no second read.
+        discovery::local(proto, port, uid_gid, &mut clock);
         // Unconnected sends are checked one by one by sendmsg4/6; connected
         // sockets allowed by something that can end under them carry a
         // flow that cgroup_skb keeps checking. A standing uid or cgroup
@@ -233,6 +246,7 @@ fn verdict(
     // In audit mode the connection goes through unmarked: its flow is not
     // re-checked per packet, and the sweep cuts it once the segment
     // enforces.
+    discovery::local(proto, port, uid_gid, &mut clock);
     let refuse = decide::refused(
         entry,
         DenyEvent {

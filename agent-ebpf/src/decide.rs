@@ -38,7 +38,7 @@ use aya_ebpf::maps::lpm_trie::Key;
 use crate::debug;
 use crate::maps::{
     CGROUP_LEVELS, COUNTERS, DENY_EVENTS, EPOCH, FENCE, FRESH, GRANTS, KILL_REQUESTS, LOCAL_NETS,
-    PC_HOST_NETNS, PC_TICK_NS, PEERS, PEER_HOSTS, PORTS,
+    PC_HOST_NETNS, PC_LOADS_ORDERED, PC_TICK_NS, PEERS, PEER_HOSTS, PORTS,
 };
 
 /// What a hook can tell about the local process behind a connection.
@@ -225,9 +225,29 @@ pub fn epoch() -> u64 {
 /// epoch load is ordered before it and the lookups after it. Pairs with the
 /// agent's fence between its map writes and its epoch write
 /// (`kernel/fastpath.rs`).
+///
+/// On x86 (`PC_LOADS_ORDERED`, set by the agent for the CPU it runs on)
+/// the barrier is left out: x86's memory model (TSO) never lets a load
+/// be satisfied before an earlier load (the kernel's own `smp_rmb()` is
+/// a compiler barrier there), and load→load order is all this side of
+/// the pairing needs; the agent's fence stays. What remains is the
+/// compiler's order: the epoch load is volatile and the lookups are
+/// helper calls after it, which LLVM does not move above a volatile
+/// access, and an empty asm block says so explicitly. Saves a per-CPU
+/// array lookup and a locked instruction (which also drains the store
+/// buffer) on every allowed connect.
 #[inline(always)]
 pub fn epoch_ordered() -> u64 {
     let e = epoch();
+    // SAFETY: a read of a constant the loader set; volatile so the
+    // compiler does not fold the default (0: keep the fence) in.
+    if unsafe { core::ptr::read_volatile(&PC_LOADS_ORDERED) } != 0 {
+        // SAFETY: an empty asm block without `nomem`: no instruction, but
+        // the compiler must assume it touches memory, so no load moves
+        // across it (`compiler_fence` has no BPF lowering).
+        unsafe { core::arch::asm!("", options(nostack, preserves_flags)) };
+        return e;
+    }
     if let Some(p) = FENCE.get_ptr_mut(0) {
         let mut v: u64 = 1;
         // SAFETY: `p` is this CPU's slot of a per-CPU array: a valid,

@@ -129,6 +129,12 @@ pub static DEBUG_BUDGET: PerCpuArray<DebugBudget> = PerCpuArray::with_max_entrie
 #[unsafe(no_mangle)]
 pub static PC_TICK_NS: u64 = 0;
 
+/// 1 when the CPU keeps loads in order (x86), set by the agent at load
+/// time: then `decide::epoch_ordered` needs no fence. Read-only data: the
+/// verifier drops the branch not taken.
+#[unsafe(no_mangle)]
+pub static PC_LOADS_ORDERED: u32 = 0;
+
 /// The host's network-namespace cookie, set by the agent at load time
 /// (0: unknown, every namespace counts as the host's).
 #[unsafe(no_mangle)]

@@ -346,7 +346,7 @@ fn remote_peer(ctx: &SkBuffContext, full: *mut bpf_sock, facts: SockFacts) -> i3
         // Unprotected: only discovery looks, at connection set-up.
         if discovery::on() && (state == TCP_LISTEN || (proto == Proto::Udp && remote_port == 0)) {
             if let Some((src, _, _)) = packet_addrs(ctx) {
-                discovery::peer(proto, port, src);
+                discovery::peer(proto, port, src, decide::now());
             }
         }
         return PASS;
@@ -390,10 +390,11 @@ fn remote_peer(ctx: &SkBuffContext, full: *mut bpf_sock, facts: SockFacts) -> i3
     };
     // Connection set-up (a listener's packet) or an unconnected datagram.
     let setup = state == TCP_LISTEN || proto == Proto::Udp;
-    if setup {
-        discovery::peer(proto, port, src);
-    }
+    // One clock read for the sighting and the decision.
     let now = decide::now();
+    if setup {
+        discovery::peer(proto, port, src, now);
+    }
     let found = decide::peer_match(segment, src, now);
     // Allowed packets are logged only at connection set-up (a listener's
     // packet): per-packet lines would spend the budget on bulk transfers.

@@ -255,6 +255,10 @@ impl Dataplane {
         // reading the precise clock at every packet; 0 keeps the precise read.
         let tick_ns = super::tick::tick_ns();
         loader.override_global(global_names::TICK_NS, &tick_ns, true);
+        // The programs run on this CPU: on x86 (TSO) the epoch load is
+        // ordered before the decision's lookups without a fence.
+        let loads_ordered = u32::from(loads_ordered());
+        loader.override_global(global_names::LOADS_ORDERED, &loads_ordered, true);
         let mut ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
         // The maps just loaded are the ones pinned (created or re-opened).
         let map_ids = map_paths
@@ -445,4 +449,11 @@ fn walk_dirs(root: &Path) -> io::Result<Vec<PathBuf>> {
 /// measure the connect path without it. Never in a release build.
 fn bench_without_usage() -> bool {
     cfg!(feature = "bench") && std::env::var_os("PORTCULLIS_BENCH_NO_USAGE").is_some()
+}
+
+/// Whether this CPU never lets a load overtake an earlier one (x86's TSO
+/// model), so the programs may skip the fence after the epoch load
+/// (`PC_LOADS_ORDERED`). Every other architecture keeps the fence.
+fn loads_ordered() -> bool {
+    cfg!(any(target_arch = "x86", target_arch = "x86_64"))
 }
