@@ -393,8 +393,8 @@ fn remote_peer(ctx: &SkBuffContext, full: *mut bpf_sock, facts: SockFacts) -> i3
     if setup {
         discovery::peer(proto, port, src);
     }
-    let now = decide::now();
-    let found = decide::peer_match(segment, src, now);
+    let mut clock = decide::Clock::new();
+    let found = decide::peer_match(segment, src, &mut clock);
     // Allowed packets are logged only at connection set-up (a listener's
     // packet): per-packet lines would spend the budget on bulk transfers.
     if debug::on() && (found >= debug::reason::FIRST_DENY || state == TCP_LISTEN) {
@@ -411,7 +411,7 @@ fn remote_peer(ctx: &SkBuffContext, full: *mut bpf_sock, facts: SockFacts) -> i3
     let refuse = decide::refused(
         entry,
         DenyEvent {
-            boot_ns: now,
+            boot_ns: clock.get(),
             cgroup_id: 0,
             segment,
             uid: 0,
