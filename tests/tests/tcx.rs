@@ -169,7 +169,16 @@ fn headers_outside_the_skbs_linear_area_are_judged_at_tcx() {
     // the linear area: it must be judged on them all the same.
     let peer = PeerHost::new();
     ip(&["link", "set", "dev", &peer.host_if, "mtu", "9000"]);
-    ip(&["-n", &peer.ns, "link", "set", "dev", &peer.peer_if, "mtu", "9000"]);
+    ip(&[
+        "-n",
+        &peer.ns,
+        "link",
+        "set",
+        "dev",
+        &peer.peer_if,
+        "mtu",
+        "9000",
+    ]);
     let cg = TestCgroup::new();
     let server = EchoServer::udp(&format!("{}:0", peer.host_v4));
     let agent = Agent::builder(&policy(server.port(), "udp"), &cg.path)
