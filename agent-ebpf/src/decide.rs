@@ -453,11 +453,19 @@ pub fn local_match<S: LocalSubject>(segment: u32, subject: &S, clock: &mut Clock
     }
 }
 
+/// Whether a `peer:` entry whose value is `at` works now: a standing one
+/// ([`NEVER`]) without reading the clock.
+#[inline(always)]
+fn peer_live(at: u64, clock: &mut Clock) -> bool {
+    at == NEVER || until(at) > clock.get()
+}
+
 /// Which live `peer:` entry on `segment` covers the remote address `addr`
 /// (IPv6, IPv4 as v4-mapped), as a [`debug::reason`] code: a host lookup,
-/// then a longest-prefix match. Allowed when below `FIRST_DENY`.
+/// then a longest-prefix match. Allowed when below `FIRST_DENY`. The clock
+/// is read only for an entry with a finite expiry.
 #[inline(always)]
-pub fn peer_match(segment: u32, addr: [u8; 16], now: u64) -> u32 {
+pub fn peer_match(segment: u32, addr: [u8; 16], clock: &mut Clock) -> u32 {
     let data = PeerKey {
         segment_be: segment.to_be_bytes(),
         addr,
@@ -466,7 +474,7 @@ pub fn peer_match(segment: u32, addr: [u8; 16], now: u64) -> u32 {
     // Single hosts first: a hash lookup, flat in the number of entries.
     if let Some(v) = PEER_HOSTS.get_ptr(&data) {
         // SAFETY: pointer from a successful lookup to an 8-byte value.
-        if until(unsafe { (*v).at_boot_ns }) > now {
+        if peer_live(unsafe { (*v).at_boot_ns }, clock) {
             return debug::reason::PEER_HOST;
         }
         expired = true;
@@ -474,7 +482,7 @@ pub fn peer_match(segment: u32, addr: [u8; 16], now: u64) -> u32 {
     // Then the prefixes: the longest match decides.
     let key = Key::new(peer_prefix_len(128), data);
     match PEERS.get(&key) {
-        Some(v) if until(v.at_boot_ns) > now => debug::reason::PEER_PREFIX,
+        Some(v) if peer_live(v.at_boot_ns, clock) => debug::reason::PEER_PREFIX,
         Some(_) => debug::reason::PEER_EXPIRED,
         None if expired => debug::reason::PEER_EXPIRED,
         None => debug::reason::NO_PEER,

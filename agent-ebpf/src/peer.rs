@@ -211,8 +211,8 @@ fn transport<F: Frame>(
         return Ok(Verdict::Pass);
     }
     let segment = decide::segment(entry);
-    let now = decide::now();
-    let found = decide::peer_match(segment, src, now);
+    let mut clock = decide::Clock::new();
+    let found = decide::peer_match(segment, src, &mut clock);
     if debug::on() {
         debug_peer(f, hook, off, proto, found, segment, dport);
     }
@@ -228,7 +228,7 @@ fn transport<F: Frame>(
     let refuse = decide::refused(
         entry,
         DenyEvent {
-            boot_ns: now,
+            boot_ns: clock.get(),
             cgroup_id: 0,
             segment,
             uid: 0,

@@ -390,12 +390,13 @@ fn remote_peer(ctx: &SkBuffContext, full: *mut bpf_sock, facts: SockFacts) -> i3
     };
     // Connection set-up (a listener's packet) or an unconnected datagram.
     let setup = state == TCP_LISTEN || proto == Proto::Udp;
-    // One clock read for the sighting and the decision.
-    let now = decide::now();
+    // One clock for the sighting and the decision, read at most once: a
+    // standing peer allow that is not a set-up packet never reads it.
+    let mut clock = decide::Clock::new();
     if setup {
-        discovery::peer(proto, port, src, now);
+        discovery::peer(proto, port, src, clock.get());
     }
-    let found = decide::peer_match(segment, src, now);
+    let found = decide::peer_match(segment, src, &mut clock);
     // Allowed packets are logged only at connection set-up (a listener's
     // packet): per-packet lines would spend the budget on bulk transfers.
     if debug::on() && (found >= debug::reason::FIRST_DENY || state == TCP_LISTEN) {
@@ -412,7 +413,7 @@ fn remote_peer(ctx: &SkBuffContext, full: *mut bpf_sock, facts: SockFacts) -> i3
     let refuse = decide::refused(
         entry,
         DenyEvent {
-            boot_ns: now,
+            boot_ns: clock.get(),
             cgroup_id: 0,
             segment,
             uid: 0,

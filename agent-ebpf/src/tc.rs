@@ -21,7 +21,18 @@ struct SkbFrame<'a>(&'a TcContext);
 impl Frame for SkbFrame<'_> {
     #[inline(always)]
     fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
-        // bpf_skb_load_bytes: also reads headers outside the linear area.
+        // Direct packet access where the bytes are in the skb's linear
+        // area (every header of an ordinary frame): a bounds check and a
+        // load, where a bpf_skb_load_bytes call costs ~15-20 ns.
+        let start = self.0.data();
+        if start + offset + N <= self.0.data_end() {
+            // SAFETY: bounds checked against data_end just above (the
+            // caller also bounds `offset`, which the verifier needs).
+            return Some(unsafe { *((start + offset) as *const [u8; N]) });
+        }
+        // Past the linear area (a sender may leave all but the Ethernet
+        // header in pages): the helper reads there too, so a frame is
+        // judged on the same bytes wherever the kernel keeps them.
         self.0.load::<[u8; N]>(offset).ok()
     }
 }

@@ -31,14 +31,23 @@
 //!   the debug ring and each CPU may write 64 lines a second, so nearly
 //!   every run pays for the switch, the budget check and nothing more:
 //!   debug on under a flood.
-//! - The floor: a two-instruction XDP program (`r0 = XDP_PASS; exit`),
-//!   loaded with a raw bpf(2) call: the cost of BPF_PROG_TEST_RUN itself.
+//! - tc (`pc_tc_peer`, the peer filter on virtual devices): the XDP
+//!   cases' frames through the tc entry point (unprotected, allowed,
+//!   denied).
+//! - `*_allowed_standing`: a source covered by a standing `peer:` allow
+//!   (a policy entry, no expiry: what the comparison bench's peers are),
+//!   one host among the N granted ones.
+//! - The floors: two-instruction XDP and tc programs (`r0 = XDP_PASS;
+//!   exit`, `r0 = TC_ACT_OK; exit`), loaded with raw bpf(2) calls: the
+//!   cost of BPF_PROG_TEST_RUN itself (`xdp_empty`, `tc_empty`).
 use std::{
     path::PathBuf,
     time::{Duration, Instant},
 };
 
-use agent_common::{kind, program_names, GrantKey, Proto, DEFAULT_MAX_GRANTS, DEFAULT_MAX_PEERS};
+use agent_common::{
+    kind, program_names, GrantKey, Proto, DEFAULT_MAX_GRANTS, DEFAULT_MAX_PEERS, NEVER,
+};
 use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::{json, Value};
@@ -57,6 +66,8 @@ const XDP_PASS: u32 = 2;
 const XDP_DROP: u32 = 1;
 const SKB_PASS: u32 = 1;
 const SKB_DROP: u32 = 0;
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
 
 /// Flags of `portcullis bench-dataplane`.
 #[derive(Args, Debug)]
@@ -138,7 +149,9 @@ fn run(args: &BenchArgs) -> anyhow::Result<Value> {
         crate::kernlog::KernelLog::open(dp.ebpf_mut()).context("opening the kernel debug maps")?;
     let debug = kernel_log.switch();
 
-    let floor = EmptyXdp::load().context("loading the empty XDP program")?;
+    let floor = EmptyProg::load(BPF_PROG_TYPE_XDP).context("loading the empty XDP program")?;
+    let tc_floor =
+        EmptyProg::load(BPF_PROG_TYPE_SCHED_CLS).context("loading the empty tc program")?;
     // The ingress cases need a packet that arrives from the network: any
     // device but loopback. Without one they are left out (and say so).
     let ifindex = nix::net::if_::if_nameindex()
@@ -184,6 +197,38 @@ fn run(args: &BenchArgs) -> anyhow::Result<Value> {
                 SKB_PASS,
             ),
         ];
+        cases.extend([
+            (
+                "tc_unprotected",
+                program_names::TC_PEER,
+                tcp_syn(allowed, args.port.wrapping_add(1)),
+                TC_ACT_OK,
+            ),
+            (
+                "tc_allowed",
+                program_names::TC_PEER,
+                tcp_syn(allowed, args.port),
+                TC_ACT_OK,
+            ),
+            (
+                "tc_allowed_standing",
+                program_names::TC_PEER,
+                tcp_syn(STANDING_PEER, args.port),
+                TC_ACT_OK,
+            ),
+            (
+                "xdp_allowed_standing",
+                program_names::XDP,
+                tcp_syn(STANDING_PEER, args.port),
+                XDP_PASS,
+            ),
+            (
+                "tc_denied",
+                program_names::TC_PEER,
+                tcp_syn(denied, args.port),
+                TC_ACT_SHOT,
+            ),
+        ]);
         cases.extend([
             (
                 "xdp_allowed_debug_on",
@@ -232,7 +277,7 @@ fn run(args: &BenchArgs) -> anyhow::Result<Value> {
         // One unmeasured call per case first (caches, the deny ring), then
         // the cases round-robin, so that drift on a shared machine spreads
         // over all of them instead of landing on one.
-        let mut ns: Vec<Vec<u64>> = vec![Vec::new(); cases.len() + 1];
+        let mut ns: Vec<Vec<u64>> = vec![Vec::new(); cases.len() + 2];
         for round in 0..=args.runs {
             for (i, (label, program, frame, expect)) in cases.iter().enumerate() {
                 let on = (*program == program_names::SKB_INGRESS_BENCH)
@@ -254,11 +299,19 @@ fn run(args: &BenchArgs) -> anyhow::Result<Value> {
             if round > 0 {
                 ns[cases.len()].push(per_run.as_nanos() as u64);
             }
+            let (ret, per_run) = tc_floor.test_run(&arp, args.repeat)?;
+            if ret != TC_ACT_OK {
+                bail!("the empty tc program returned {ret}");
+            }
+            if round > 0 {
+                ns[cases.len() + 1].push(per_run.as_nanos() as u64);
+            }
         }
         for (i, (label, ..)) in cases.iter().enumerate() {
             entry.insert((*label).into(), json!(ns[i]));
         }
         entry.insert("xdp_empty".into(), json!(ns[cases.len()]));
+        entry.insert("tc_empty".into(), json!(ns[cases.len() + 1]));
         sizes.push(Value::Object(entry));
     }
     drop(kernel_log);
@@ -269,6 +322,10 @@ fn run(args: &BenchArgs) -> anyhow::Result<Value> {
         "sizes": sizes,
     }))
 }
+
+/// A peer with a standing allow (`peer:` in the policy: no expiry), beside
+/// the N granted ones; outside their range at every N measured.
+const STANDING_PEER: [u8; 4] = [192, 0, 2, 1];
 
 /// The address of the i-th granted peer: 10.0.0.0 + i, so that every
 /// lookup walks a trie as deep as N entries make it.
@@ -283,6 +340,16 @@ fn peer_addr(i: u32) -> [u8; 4] {
 fn fill(dp: &mut Dataplane, from: u32, to: u32) -> anyhow::Result<()> {
     let expiry = clock::deadline_after(Duration::from_secs(3600));
     let mut changes = Vec::with_capacity(FILL_CHUNK);
+    if from == 0 {
+        changes.push(Change::Put(
+            EntryKey::Peer {
+                segment: SEGMENT,
+                addr: agent_common::v4_mapped(STANDING_PEER),
+                prefix: 128,
+            },
+            NEVER,
+        ));
+    }
     for i in from..to {
         changes.push(Change::Put(
             EntryKey::Local(GrantKey {
@@ -361,10 +428,11 @@ fn checksum(header: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-/// The floor: an XDP program that only returns XDP_PASS. aya loads ELF
-/// objects only and agent-ebpf holds only the real programs, so these two
-/// instructions go through bpf(2) directly.
-struct EmptyXdp {
+/// The floors: an XDP program that only returns XDP_PASS, and a tc
+/// program that only returns TC_ACT_OK. aya loads ELF objects only and
+/// agent-ebpf holds only the real programs, so these two instructions go
+/// through bpf(2) directly.
+struct EmptyProg {
     fd: std::os::fd::OwnedFd,
 }
 
@@ -409,18 +477,24 @@ struct TestRunAttr {
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 
-impl EmptyXdp {
-    fn load() -> std::io::Result<Self> {
+impl EmptyProg {
+    fn load(prog_type: u32) -> std::io::Result<Self> {
         use std::os::fd::FromRawFd;
-        // mov64 r0, 2 (XDP_PASS); exit
-        let insns: [u64; 2] = [0xb7 | (2u64 << 32), 0x95];
+        // mov64 r0, XDP_PASS (2) or TC_ACT_OK (0); exit
+        let ret = if prog_type == BPF_PROG_TYPE_XDP {
+            XDP_PASS
+        } else {
+            TC_ACT_OK
+        };
+        let insns: [u64; 2] = [0xb7 | (u64::from(ret) << 32), 0x95];
         let license = b"GPL\0";
         let mut name = [0u8; 16];
         name[..12].copy_from_slice(b"pcbench_noop");
         let attr = ProgLoadAttr {
-            prog_type: BPF_PROG_TYPE_XDP,
+            prog_type,
             insn_cnt: insns.len() as u32,
             insns: insns.as_ptr() as u64,
             license: license.as_ptr() as u64,

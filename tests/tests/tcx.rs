@@ -153,3 +153,90 @@ fn crafted_frames_from_a_peer_netns_are_judged_at_tcx_as_at_xdp() {
         "a revoked peer's datagram got past tcx"
     );
 }
+
+/// `ip ARGS`, which must succeed.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(out.status.success(), "ip {args:?}: {out:?}");
+}
+
+#[test]
+fn headers_outside_the_skbs_linear_area_are_judged_at_tcx() {
+    // tc reads the headers straight from the skb's linear area and falls
+    // back to bpf_skb_load_bytes past it. A packet socket leaves all but
+    // the Ethernet header of a frame of a page or more in page fragments,
+    // so a jumbo datagram reaches tc with its IP and UDP headers outside
+    // the linear area: it must be judged on them all the same.
+    let peer = PeerHost::new();
+    ip(&["link", "set", "dev", &peer.host_if, "mtu", "9000"]);
+    ip(&[
+        "-n",
+        &peer.ns,
+        "link",
+        "set",
+        "dev",
+        &peer.peer_if,
+        "mtu",
+        "9000",
+    ]);
+    let cg = TestCgroup::new();
+    let server = EchoServer::udp(&format!("{}:0", peer.host_v4));
+    let agent = Agent::builder(&policy(server.port(), "udp"), &cg.path)
+        .arg("--xdp-iface")
+        .arg(&peer.host_if)
+        .start();
+    let status = json(&agent.ok(&["status", "--json"]));
+    assert_eq!(status["ok"]["peer_filters"][0]["mode"], "tcx", "{status}");
+    let (p, h) = (peer.peer_v4, peer.host_v4);
+    let payload = vec![0x5a; 5000];
+    let send = |sport: u16, wait| {
+        let dgram = udp(p.into(), h.into(), sport, server.port(), &payload);
+        let frame = eth(&peer, 0x0800, &ipv4(p, h, 17, sport, 0, &dgram));
+        send_frames(&peer, SocketAddr::new(IpAddr::V4(p), sport), &[frame], wait)
+    };
+    assert!(
+        !send(43400, DENIED_WAIT_MS),
+        "an ungranted peer's jumbo datagram got past tcx"
+    );
+    agent.grant("db", &peer.peer_cidr(false), "10m");
+    assert!(
+        send(43401, 3000),
+        "a granted peer's jumbo datagram was not answered"
+    );
+}
+
+#[test]
+fn standing_peer_allows_let_a_peer_through_tcx() {
+    // A `peer:` allow in the policy never expires: the filter passes it
+    // without reading the clock, a single host from the host map and a
+    // prefix from the trie.
+    let peer = PeerHost::new();
+    let cg = TestCgroup::new();
+    let v4 = EchoServer::tcp(&peer.host_addr(false, 0).to_string());
+    let v6 = EchoServer::tcp(&peer.host_addr(true, 0).to_string());
+    let mut net = peer.peer_v6.segments();
+    net[4..].fill(0);
+    let net = std::net::Ipv6Addr::from(net);
+    let policy = format!(
+        "[segment.db]\nports = [\"{}/tcp\", \"{}/tcp\"]\nallow = [\"peer:{}/32\", \"peer:{net}/64\"]\n",
+        v4.port(),
+        v6.port(),
+        peer.peer_v4
+    );
+    let agent = Agent::builder(&policy, &cg.path)
+        .arg("--xdp-iface")
+        .arg(&peer.host_if)
+        .start();
+    let status = json(&agent.ok(&["status", "--json"]));
+    assert_eq!(status["ok"]["peer_filters"][0]["mode"], "tcx", "{status}");
+    assert_eq!(
+        peer.probe(&["tcp", &v4.addr.to_string()], 3000),
+        Outcome::Ok,
+        "a standing single-host allow did not let the peer in"
+    );
+    assert_eq!(
+        peer.probe(&["tcp", &v6.addr.to_string()], 3000),
+        Outcome::Ok,
+        "a standing prefix allow did not let the peer in"
+    );
+}

@@ -1,14 +1,15 @@
 //! BPF_PROG_TEST_RUN of a loaded program, for `portcullis bench-dataplane`
 //! (feature `bench` only: the agent never runs programs itself).
 //!
-//! Kernel: BPF_PROG_TEST_RUN for XDP (4.12) and cgroup_skb (5.10 with a context).
+//! Kernel: BPF_PROG_TEST_RUN for XDP (4.12), tc (4.12) and cgroup_skb (5.10
+//! with a context).
 use agent_common::program_names;
-use aya::programs::{CgroupSkb, ProgramError, Xdp};
+use aya::programs::{CgroupSkb, ProgramError, SchedClassifier, Xdp};
 
 use super::{loader::program, Dataplane, DataplaneError, Result};
 
 impl Dataplane {
-    /// Runs the XDP or a cgroup_skb program `repeat` times on `packet` (an
+    /// Runs the XDP, the tc or a cgroup_skb program `repeat` times on `packet` (an
     /// Ethernet frame) under BPF_PROG_TEST_RUN, attached nowhere: its return
     /// value and the kernel's mean time per run. `ifindex` (cgroup_skb only)
     /// makes the packet arrive on that device instead of loopback (kernel ≥
@@ -40,6 +41,13 @@ impl Dataplane {
         };
         let result = if name == program_names::XDP {
             let prog: &mut Xdp = program(&mut self.ebpf, name)?;
+            match prog.load() {
+                Ok(()) | Err(ProgramError::AlreadyLoaded) => {}
+                Err(source) => return Err(load_err(source)),
+            }
+            prog.test_run(opts)
+        } else if name == program_names::TC_PEER {
+            let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
             match prog.load() {
                 Ok(()) | Err(ProgramError::AlreadyLoaded) => {}
                 Err(source) => return Err(load_err(source)),

@@ -263,12 +263,24 @@ pub(super) fn met(ok: bool) -> &'static str {
 }
 
 /// The per-packet cases, in table order: (JSON key, label).
-const PACKET_CASES: [(&str, &str); 12] = [
+const PACKET_CASES: [(&str, &str); 18] = [
     ("xdp_empty", "XDP, empty program (floor)¹"),
     ("xdp_non_ip", "XDP, non-IP frame (ARP)"),
     ("xdp_unprotected", "XDP, TCP SYN to an unprotected port"),
     ("xdp_allowed", "XDP, protected port, allowed peer"),
     ("xdp_denied", "XDP, protected port, denied peer²"),
+    (
+        "xdp_allowed_standing",
+        "XDP, protected port, peer with a standing allow",
+    ),
+    ("tc_empty", "tc, empty program (floor)¹"),
+    ("tc_unprotected", "tc, TCP SYN to an unprotected port"),
+    ("tc_allowed", "tc, protected port, allowed peer"),
+    (
+        "tc_allowed_standing",
+        "tc, protected port, peer with a standing allow",
+    ),
+    ("tc_denied", "tc, protected port, denied peer²"),
     ("skb_unmarked", "cgroup_skb egress, unmarked socket³"),
     (
         "skb_ingress_unprotected",
@@ -432,8 +444,8 @@ impl Report {
             };
             let _ = writeln!(o, "| {label} | {} | {growth} |", cells.join(" | "));
         }
-        let _ = writeln!(o, "\nN grants = N uid grants in PC_GRANTS and N /32 peers in PC_PEER_HOSTS (consecutive addresses; the allowed peer is the middle one, the denied one just past the end).");
-        let _ = writeln!(o, "¹ Two instructions (`r0 = XDP_PASS; exit`) loaded with bpf(2): the cost of BPF_PROG_TEST_RUN itself.");
+        let _ = writeln!(o, "\nN grants = N uid grants in PC_GRANTS and N /32 peers in PC_PEER_HOSTS granted for an hour (consecutive addresses; the allowed peer is the middle one, the denied one just past the end), plus one /32 peer with a standing allow (no expiry: no clock read). tc is `pc_tc_peer`, the peer filter on virtual devices (tcx).");
+        let _ = writeln!(o, "¹ Two instructions (`r0 = XDP_PASS; exit`, `r0 = TC_ACT_OK; exit`) loaded with bpf(2): the cost of BPF_PROG_TEST_RUN itself.");
         let _ = writeln!(o, "² Nothing reads the deny-event ring during the run, so after the first ~3,000 packets the event write fails fast; with a reader it costs a little more.");
         let _ = writeln!(o, "³ BPF_PROG_TEST_RUN gives the packet a fresh socket that connect4/6 never marked: this is the path of every flow Portcullis did not let through a protected port (one socket-storage lookup). The per-packet check of marked flows is in the connection rates below.");
         let _ = writeln!(o, "⁴ The remote-peer check every interface gets without XDP: a SYN arriving on a network device for a listener's port. BPF_PROG_TEST_RUN gives a blank socket, so this runs `pc_skb_ingress_bench`, the same decision with the listener's protocol and port read from the packet.");
