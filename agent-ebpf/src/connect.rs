@@ -213,12 +213,13 @@ fn verdict(
             found.id,
         );
     }
+    // After the decision, on its clock (which an allow reads for usage and
+    // a refusal for its event anyway): no second uid/gid call or clock read.
+    discovery::local(proto, port, uid_gid, &mut clock);
     if found.allowed() {
         decide::count_allowed(segment);
         let now = clock.get();
         usage::record(segment, &found, now, true);
-        // After the decision, on its clock: no second read.
-        discovery::local(proto, port, uid_gid, &mut clock);
         // Unconnected sends are checked one by one by sendmsg4/6; connected
         // sockets allowed by something that can end under them carry a
         // flow that cgroup_skb keeps checking. A standing uid or cgroup
@@ -246,7 +247,6 @@ fn verdict(
     // In audit mode the connection goes through unmarked: its flow is not
     // re-checked per packet, and the sweep cuts it once the segment
     // enforces.
-    discovery::local(proto, port, uid_gid, &mut clock);
     let refuse = decide::refused(
         entry,
         DenyEvent {
