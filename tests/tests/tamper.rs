@@ -363,12 +363,16 @@ fn an_attach_cgroup_removed_and_recreated_gets_the_programs_again() {
             == Outcome::eperm()),
         "nothing attached to the recreated cgroup within a heartbeat"
     );
-    let recs = events(&agent, "enforcement_repaired");
-    assert!(
+    // The agent attaches first and audits the repair after: wait for it.
+    let repaired = |recs: &[serde_json::Value]| {
         recs.iter()
-            .any(|r| r["missing"].to_string().contains("removed and recreated")),
-        "{recs:?}"
-    );
+            .any(|r| r["missing"].to_string().contains("removed and recreated"))
+    };
+    eventually(HEARTBEAT_DEADLINE, || {
+        repaired(&events(&agent, "enforcement_repaired"))
+    });
+    let recs = events(&agent, "enforcement_repaired");
+    assert!(repaired(&recs), "{recs:?}");
     let status = agent.cli(&["status"]);
     assert!(status.status.success(), "{}", text(&status));
     assert!(
